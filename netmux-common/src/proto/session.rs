@@ -1,0 +1,543 @@
+//! Control-stream state machines for both ends, sans IO.
+//!
+//! Drivers feed received bytes with `handle_input`, take bytes to send with
+//! `poll_transmit`, and take what happened with `poll_event`. The server side
+//! also has a deadline for the hello ([`ServerSession::poll_timeout`] /
+//! [`ServerSession::handle_timeout`]). When a method returns an error, the
+//! driver still flushes `poll_transmit` (a refusal may be queued), then closes
+//! the connection with [`SessionError::close_code`].
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::catalog::{self, Catalog, CatalogEvent};
+use super::codec::DecodeError;
+use super::control::{self, ClientMessage, ServerMessage};
+use super::frame::{self, FrameDecoder};
+use super::hello::{Hello, HelloError, HelloReply, HelloStatus};
+use super::{error_code, PROTOCOL_VERSION};
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// The hello failed (bad magic, version mismatch, malformed).
+    #[error("hello failed: {0}")]
+    Hello(#[from] HelloError),
+    /// The server refused us.
+    #[error("refused by server ({status:?}): {message}")]
+    Refused {
+        /// Why.
+        status: HelloStatus,
+        /// The server's explanation.
+        message: String,
+    },
+    /// A frame after the hello was invalid.
+    #[error("protocol violation: {0}")]
+    Protocol(DecodeError),
+    /// The peer sent something that is not allowed in the current state.
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+    /// The daemon did not complete its hello in time.
+    #[error("no hello within {0:?}")]
+    HelloTimeout(Duration),
+}
+
+impl SessionError {
+    /// QUIC application error code to close the connection with.
+    pub fn close_code(&self) -> u32 {
+        match self {
+            SessionError::Refused { .. } => error_code::REFUSED,
+            SessionError::Hello(HelloError::VersionMismatch { .. }) => error_code::REFUSED,
+            SessionError::HelloTimeout(_) => error_code::HELLO_TIMEOUT,
+            _ => error_code::PROTOCOL_VIOLATION,
+        }
+    }
+}
+
+fn push_frame<T: serde::Serialize>(out: &mut BytesMut, msg: &T) {
+    // Messages that do not fit a frame are a bug on our side; an entry so
+    // large is dropped with an error log rather than sent truncated.
+    match control::encode(msg).and_then(|body| frame::encode(&body, out)) {
+        Ok(()) => {}
+        Err(e) => tracing::error!(error = %e, "control message not sent"),
+    }
+}
+
+/// What the daemon learns from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The hello was accepted; `message` names the server.
+    Accepted {
+        /// Server's greeting.
+        message: String,
+    },
+    /// A full snapshot arrived; [`ClientSession::catalog`] holds it.
+    CatalogReplaced,
+    /// An incremental change, already applied to the catalog.
+    Changed(CatalogEvent),
+    /// Answer to a ping.
+    Pong(u64),
+}
+
+#[derive(Debug)]
+enum ClientState {
+    /// Hello sent, waiting for the reply.
+    AwaitingReply { buf: BytesMut },
+    /// Accepted; receiving frames. `pending` holds a snapshot in progress.
+    Established { pending: Option<Catalog> },
+    /// Ended with an error; no further input is processed.
+    Failed,
+}
+
+/// The daemon's side of the control stream.
+#[derive(Debug)]
+pub struct ClientSession {
+    state: ClientState,
+    frames: FrameDecoder,
+    out: BytesMut,
+    events: VecDeque<ClientEvent>,
+    catalog: Catalog,
+    synced: bool,
+}
+
+impl ClientSession {
+    /// Starts a session; the hello is queued for transmission.
+    pub fn new(hello: &Hello) -> Self {
+        let mut out = BytesMut::new();
+        hello.encode(&mut out);
+        ClientSession {
+            state: ClientState::AwaitingReply {
+                buf: BytesMut::new(),
+            },
+            frames: FrameDecoder::new(),
+            out,
+            events: VecDeque::new(),
+            catalog: Catalog::new(),
+            synced: false,
+        }
+    }
+
+    /// The catalog as last synced and updated.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Whether a full snapshot has been received.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Queues a ping.
+    pub fn ping(&mut self, nonce: u64) {
+        push_frame(&mut self.out, &ClientMessage::Ping(nonce));
+    }
+
+    /// Bytes to write to the control stream, if any.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+
+    /// Next thing that happened.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Feeds bytes read from the control stream.
+    pub fn handle_input(&mut self, data: &[u8]) -> Result<(), SessionError> {
+        let result = self.handle_input_inner(data);
+        if result.is_err() {
+            self.state = ClientState::Failed;
+        }
+        result
+    }
+
+    fn handle_input_inner(&mut self, data: &[u8]) -> Result<(), SessionError> {
+        match &mut self.state {
+            ClientState::Failed => return Err(SessionError::Unexpected("input after failure")),
+            ClientState::AwaitingReply { buf } => {
+                buf.extend_from_slice(data);
+                let (reply, used) = match HelloReply::decode(buf) {
+                    Ok(r) => r,
+                    Err(HelloError::UnexpectedEnd) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                };
+                if reply.status != HelloStatus::Accepted {
+                    return Err(SessionError::Refused {
+                        status: reply.status,
+                        message: reply.message,
+                    });
+                }
+                if reply.version != PROTOCOL_VERSION {
+                    return Err(HelloError::VersionMismatch {
+                        peer: reply.version,
+                        ours: PROTOCOL_VERSION,
+                    }
+                    .into());
+                }
+                let rest = buf.split_off(used);
+                self.frames.push(&rest);
+                self.events.push_back(ClientEvent::Accepted {
+                    message: reply.message,
+                });
+                self.state = ClientState::Established { pending: None };
+            }
+            ClientState::Established { .. } => self.frames.push(data),
+        }
+        while let Some(payload) = self.frames.next_frame().map_err(SessionError::Protocol)? {
+            let msg = ServerMessage::decode(&payload).map_err(SessionError::Protocol)?;
+            self.handle_message(msg)?;
+        }
+        Ok(())
+    }
+
+    fn handle_message(&mut self, msg: ServerMessage) -> Result<(), SessionError> {
+        let ClientState::Established { pending } = &mut self.state else {
+            return Err(SessionError::Unexpected("message before hello reply"));
+        };
+        match msg {
+            ServerMessage::CatalogBegin => *pending = Some(Catalog::new()),
+            ServerMessage::CatalogSynced => {
+                let snapshot = pending.take().ok_or(SessionError::Unexpected(
+                    "CatalogSynced without CatalogBegin",
+                ))?;
+                self.catalog = snapshot;
+                self.synced = true;
+                self.events.push_back(ClientEvent::CatalogReplaced);
+            }
+            ServerMessage::Upsert(_) | ServerMessage::Remove(_) => {
+                let event = match msg {
+                    ServerMessage::Upsert(s) => CatalogEvent::Upsert(s),
+                    ServerMessage::Remove(id) => CatalogEvent::Remove(id),
+                    _ => return Err(SessionError::Unexpected("unreachable")),
+                };
+                match pending {
+                    Some(snapshot) => catalog::apply(snapshot, &event),
+                    None if self.synced => {
+                        catalog::apply(&mut self.catalog, &event);
+                        self.events.push_back(ClientEvent::Changed(event));
+                    }
+                    None => return Err(SessionError::Unexpected("catalog event before snapshot")),
+                }
+            }
+            ServerMessage::Pong(n) => self.events.push_back(ClientEvent::Pong(n)),
+        }
+        Ok(())
+    }
+}
+
+/// What the server learns from a daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A well-formed hello of our version: decide with
+    /// [`ServerSession::accept`] or [`ServerSession::refuse`].
+    Hello(Hello),
+}
+
+#[derive(Debug)]
+enum ServerState {
+    /// Waiting for the hello until `deadline`.
+    AwaitingHello { buf: BytesMut, deadline: Instant },
+    /// Hello received, verdict pending.
+    Deciding,
+    /// Accepted; `sent` is the catalog the daemon has.
+    Established { sent: Catalog },
+    /// Refused or failed.
+    Closed,
+}
+
+/// The server's side of one daemon's control stream.
+#[derive(Debug)]
+pub struct ServerSession {
+    state: ServerState,
+    hello_timeout: Duration,
+    frames: FrameDecoder,
+    out: BytesMut,
+    events: VecDeque<ServerEvent>,
+}
+
+impl ServerSession {
+    /// Starts waiting for a hello, which must arrive within `hello_timeout`.
+    pub fn new(now: Instant, hello_timeout: Duration) -> Self {
+        ServerSession {
+            state: ServerState::AwaitingHello {
+                buf: BytesMut::new(),
+                deadline: now + hello_timeout,
+            },
+            hello_timeout,
+            frames: FrameDecoder::new(),
+            out: BytesMut::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Bytes to write to the control stream, if any.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+
+    /// Next thing that happened.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            ServerState::AwaitingHello { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// Checks the hello deadline.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+        if let ServerState::AwaitingHello { deadline, .. } = &self.state {
+            if now >= *deadline {
+                self.state = ServerState::Closed;
+                return Err(SessionError::HelloTimeout(self.hello_timeout));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the daemon was accepted.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, ServerState::Established { .. })
+    }
+
+    fn reply(&mut self, status: HelloStatus, message: &str) {
+        HelloReply {
+            version: PROTOCOL_VERSION,
+            status,
+            message: message.to_owned(),
+        }
+        .encode(&mut self.out);
+    }
+
+    /// Feeds bytes read from the control stream.
+    pub fn handle_input(&mut self, data: &[u8]) -> Result<(), SessionError> {
+        let result = self.handle_input_inner(data);
+        if result.is_err() {
+            self.state = ServerState::Closed;
+        }
+        result
+    }
+
+    fn handle_input_inner(&mut self, data: &[u8]) -> Result<(), SessionError> {
+        match &mut self.state {
+            ServerState::Closed => Err(SessionError::Unexpected("input after close")),
+            ServerState::Deciding => Err(SessionError::Unexpected("data before hello verdict")),
+            ServerState::AwaitingHello { buf, .. } => {
+                buf.extend_from_slice(data);
+                match Hello::decode(buf) {
+                    Ok((hello, used)) => {
+                        if buf.len() > used {
+                            return Err(SessionError::Unexpected("data behind the hello"));
+                        }
+                        self.state = ServerState::Deciding;
+                        self.events.push_back(ServerEvent::Hello(hello));
+                        Ok(())
+                    }
+                    Err(HelloError::UnexpectedEnd) => Ok(()),
+                    Err(e @ HelloError::VersionMismatch { peer, ours }) => {
+                        self.reply(
+                            HelloStatus::VersionMismatch,
+                            &format!(
+                                "this server speaks netmux protocol v{ours}, the daemon v{peer}: \
+                                 install matching versions"
+                            ),
+                        );
+                        Err(e.into())
+                    }
+                    Err(e @ HelloError::BadMagic { .. }) => Err(e.into()),
+                    Err(e) => {
+                        self.reply(HelloStatus::Malformed, &e.to_string());
+                        Err(e.into())
+                    }
+                }
+            }
+            ServerState::Established { .. } => {
+                self.frames.push(data);
+                while let Some(payload) =
+                    self.frames.next_frame().map_err(SessionError::Protocol)?
+                {
+                    match ClientMessage::decode(&payload).map_err(SessionError::Protocol)? {
+                        ClientMessage::Ping(n) => {
+                            push_frame(&mut self.out, &ServerMessage::Pong(n))
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Accepts the daemon and queues the full catalog snapshot.
+    pub fn accept(&mut self, greeting: &str, catalog: &Catalog) {
+        self.reply(HelloStatus::Accepted, greeting);
+        push_frame(&mut self.out, &ServerMessage::CatalogBegin);
+        for svc in catalog.values() {
+            push_frame(&mut self.out, &ServerMessage::Upsert(svc.clone()));
+        }
+        push_frame(&mut self.out, &ServerMessage::CatalogSynced);
+        self.state = ServerState::Established {
+            sent: catalog.clone(),
+        };
+    }
+
+    /// Refuses the daemon; the driver flushes and closes.
+    pub fn refuse(&mut self, status: HelloStatus, message: &str) -> SessionError {
+        self.reply(status, message);
+        self.state = ServerState::Closed;
+        SessionError::Refused {
+            status,
+            message: message.to_owned(),
+        }
+    }
+
+    /// Queues the events that bring the daemon to `catalog`.
+    pub fn update_catalog(&mut self, catalog: &Catalog) {
+        if let ServerState::Established { sent } = &mut self.state {
+            for event in catalog::diff(sent, catalog) {
+                push_frame(&mut self.out, &ServerMessage::from(event));
+            }
+            *sent = catalog.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::catalog::tests::svc;
+    use crate::proto::catalog::ServiceId;
+    use crate::proto::hello::Credential;
+
+    /// Moves every queued byte between the two sessions, in small pieces.
+    fn pump(client: &mut ClientSession, server: &mut ServerSession) -> Result<(), SessionError> {
+        loop {
+            let mut moved = false;
+            while let Some(b) = client.poll_transmit() {
+                for chunk in b.chunks(5) {
+                    server.handle_input(chunk)?;
+                }
+                moved = true;
+            }
+            while let Some(b) = server.poll_transmit() {
+                for chunk in b.chunks(5) {
+                    client.handle_input(chunk)?;
+                }
+                moved = true;
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+    }
+
+    fn catalog(ids: &[u32]) -> Catalog {
+        ids.iter()
+            .map(|&i| (ServiceId(i), svc(i, &format!("svc{i}"))))
+            .collect()
+    }
+
+    #[test]
+    fn accepted_session_syncs_then_follows_changes() {
+        let now = Instant::now();
+        let mut client = ClientSession::new(&Hello::new("me", Credential::Bearer("t".into())));
+        let mut server = ServerSession::new(now, Duration::from_secs(5));
+        pump(&mut client, &mut server).unwrap();
+        let Some(ServerEvent::Hello(h)) = server.poll_event() else {
+            panic!("no hello event")
+        };
+        assert_eq!(h.credential, Credential::Bearer("t".into()));
+        server.accept("srv", &catalog(&[1, 2]));
+        pump(&mut client, &mut server).unwrap();
+        assert!(matches!(
+            client.poll_event(),
+            Some(ClientEvent::Accepted { .. })
+        ));
+        assert_eq!(client.poll_event(), Some(ClientEvent::CatalogReplaced));
+        assert_eq!(client.catalog(), &catalog(&[1, 2]));
+
+        server.update_catalog(&catalog(&[2, 3]));
+        pump(&mut client, &mut server).unwrap();
+        assert_eq!(client.catalog(), &catalog(&[2, 3]));
+        assert_eq!(
+            client.poll_event(),
+            Some(ClientEvent::Changed(CatalogEvent::Remove(ServiceId(1))))
+        );
+
+        client.ping(9);
+        pump(&mut client, &mut server).unwrap();
+        assert!(matches!(client.poll_event(), Some(ClientEvent::Changed(_))));
+        assert_eq!(client.poll_event(), Some(ClientEvent::Pong(9)));
+    }
+
+    #[test]
+    fn refusal_reaches_the_client_with_its_message() {
+        let mut client = ClientSession::new(&Hello::new("me", Credential::None));
+        let mut server = ServerSession::new(Instant::now(), Duration::from_secs(5));
+        pump(&mut client, &mut server).unwrap();
+        assert!(server.poll_event().is_some());
+        let err = server.refuse(HelloStatus::Unauthenticated, "bad token");
+        assert_eq!(err.close_code(), error_code::REFUSED);
+        let result = pump(&mut client, &mut server);
+        assert_eq!(
+            result,
+            Err(SessionError::Refused {
+                status: HelloStatus::Unauthenticated,
+                message: "bad token".into()
+            })
+        );
+    }
+
+    #[test]
+    fn version_mismatch_is_answered_and_reported() {
+        let mut hello = Hello::new("me", Credential::None);
+        hello.version = PROTOCOL_VERSION + 1;
+        let mut client = ClientSession::new(&hello);
+        let mut server = ServerSession::new(Instant::now(), Duration::from_secs(5));
+        let bytes = client.poll_transmit().unwrap();
+        let err = server.handle_input(&bytes).unwrap_err();
+        assert!(matches!(
+            err,
+            SessionError::Hello(HelloError::VersionMismatch { .. })
+        ));
+        let reply = server.poll_transmit().unwrap();
+        let err = client.handle_input(&reply).unwrap_err();
+        assert!(matches!(
+            err,
+            SessionError::Refused {
+                status: HelloStatus::VersionMismatch,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn hello_deadline() {
+        let now = Instant::now();
+        let mut server = ServerSession::new(now, Duration::from_secs(5));
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(5)));
+        assert!(server.handle_timeout(now + Duration::from_secs(4)).is_ok());
+        assert!(matches!(
+            server.handle_timeout(now + Duration::from_secs(5)),
+            Err(SessionError::HelloTimeout(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_after_hello_is_a_protocol_violation() {
+        let mut client = ClientSession::new(&Hello::new("me", Credential::None));
+        let mut server = ServerSession::new(Instant::now(), Duration::from_secs(5));
+        pump(&mut client, &mut server).unwrap();
+        server.poll_event();
+        server.accept("srv", &Catalog::new());
+        assert!(server
+            .handle_input(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+            .is_err());
+        assert!(!server.is_established());
+    }
+}

@@ -1,0 +1,3 @@
+//! Async pieces shared by daemon and server.
+pub mod pipe;
+pub mod quic;

@@ -1,0 +1,242 @@
+//! Moves bytes between a TCP socket and a QUIC bidirectional stream.
+//!
+//! Semantics, both directions: TCP EOF becomes a stream FIN and a stream FIN
+//! becomes a TCP write shutdown (half-close); a TCP reset becomes a stream
+//! reset (and `STOP_SENDING`) and a stream reset becomes a TCP RST (linger 0).
+//! Bytes are never lost, duplicated or reordered: QUIC streams are reliable
+//! and every chunk is fully written before the next read.
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+
+use crate::proto::error_code;
+
+/// Read size for the TCP side; large enough to fill QUIC packets in batches.
+const TCP_READ_CHUNK: usize = 64 * 1024;
+
+/// How a bridged connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Both directions finished cleanly.
+    Clean,
+    /// The local TCP peer reset the connection; the stream was reset.
+    TcpReset,
+    /// The remote side reset the stream; the TCP peer got a RST.
+    StreamReset,
+    /// The QUIC connection was lost.
+    ConnectionLost(String),
+    /// The far end refused before any byte flowed (see
+    /// [`crate::proto::stream::OpenResult`]); the TCP peer got a RST.
+    Refused(String),
+}
+
+impl End {
+    /// Label for metrics (`reason`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            End::Clean => "clean",
+            End::TcpReset => "tcp_reset",
+            End::StreamReset => "stream_reset",
+            End::ConnectionLost(_) => "connection_lost",
+            End::Refused(_) => "refused",
+        }
+    }
+}
+
+/// Byte counters the bridge reports to as data moves.
+pub trait Meter {
+    /// `n` bytes went from TCP into the stream.
+    fn tcp_to_stream(&self, n: usize);
+    /// `n` bytes went from the stream into TCP.
+    fn stream_to_tcp(&self, n: usize);
+}
+
+/// A meter that counts nothing.
+pub struct NoMeter;
+
+impl Meter for NoMeter {
+    fn tcp_to_stream(&self, _: usize) {}
+    fn stream_to_tcp(&self, _: usize) {}
+}
+
+/// Totals of a finished bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Bytes moved TCP → stream.
+    pub tcp_to_stream: u64,
+    /// Bytes moved stream → TCP.
+    pub stream_to_tcp: u64,
+    /// How it ended.
+    pub end: End,
+}
+
+fn reset_code() -> VarInt {
+    VarInt::from_u32(error_code::TCP_RESET)
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// Sends a RST to the TCP peer when the socket is dropped.
+pub fn abort_on_drop(tcp: &TcpStream) {
+    // Best effort: if setting linger fails the peer sees a FIN instead.
+    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+}
+
+async fn tcp_to_stream(
+    rd: &mut ReadHalf<'_>,
+    send: &mut SendStream,
+    meter: &impl Meter,
+) -> Result<u64, End> {
+    let mut total = 0u64;
+    let mut buf = BytesMut::with_capacity(TCP_READ_CHUNK);
+    loop {
+        if buf.capacity() < TCP_READ_CHUNK / 4 {
+            buf.reserve(TCP_READ_CHUNK);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => {
+                // Half-close: the stream's FIN tells the far end.
+                let _ = send.finish();
+                return Ok(total);
+            }
+            Ok(n) => {
+                total += n as u64;
+                meter.tcp_to_stream(n);
+                if let Err(e) = send.write_chunk(buf.split().freeze()).await {
+                    return Err(write_error(e));
+                }
+            }
+            Err(e) if is_reset(&e) => {
+                let _ = send.reset(reset_code());
+                return Err(End::TcpReset);
+            }
+            Err(e) => {
+                let _ = send.reset(reset_code());
+                return Err(End::ConnectionLost(format!("tcp read: {e}")));
+            }
+        }
+    }
+}
+
+fn write_error(e: WriteError) -> End {
+    match e {
+        WriteError::Stopped(_) => End::StreamReset,
+        WriteError::ConnectionLost(c) => End::ConnectionLost(c.to_string()),
+        other => End::ConnectionLost(other.to_string()),
+    }
+}
+
+async fn stream_to_tcp(
+    recv: &mut RecvStream,
+    wr: &mut WriteHalf<'_>,
+    pending: Bytes,
+    meter: &impl Meter,
+) -> Result<u64, End> {
+    let mut total = 0u64;
+    let mut chunk = pending;
+    loop {
+        if !chunk.is_empty() {
+            if let Err(e) = wr.write_all(&chunk).await {
+                let _ = recv.stop(reset_code());
+                return Err(if is_reset(&e) {
+                    End::TcpReset
+                } else {
+                    End::ConnectionLost(format!("tcp write: {e}"))
+                });
+            }
+            total += chunk.len() as u64;
+            meter.stream_to_tcp(chunk.len());
+        }
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(c)) => chunk = c.bytes,
+            Ok(None) => {
+                let _ = wr.shutdown().await;
+                return Ok(total);
+            }
+            Err(ReadError::Reset(_)) => return Err(End::StreamReset),
+            Err(ReadError::ConnectionLost(c)) => return Err(End::ConnectionLost(c.to_string())),
+            Err(other) => return Err(End::ConnectionLost(other.to_string())),
+        }
+    }
+}
+
+/// Bridges `tcp` and the stream until both directions end.
+///
+/// `pending` holds bytes already read from the stream (e.g. behind a header)
+/// that go to TCP first. `prelude` runs on the receive side before any stream
+/// byte is written to TCP (the daemon reads the server's open result there);
+/// an `Err` from it resets the TCP connection at once.
+pub async fn bridge<P, F>(
+    tcp: &mut TcpStream,
+    mut send: SendStream,
+    recv: RecvStream,
+    pending: Bytes,
+    prelude: P,
+    meter: &impl Meter,
+) -> Outcome
+where
+    P: FnOnce(RecvStream) -> F,
+    F: Future<Output = Result<(RecvStream, Bytes), End>>,
+{
+    let _ = tcp.set_nodelay(true);
+    let (up_total, down_total, end) = {
+        let (mut rd, mut wr) = tcp.split();
+        let up = tcp_to_stream(&mut rd, &mut send, meter);
+        let down = async {
+            let (mut recv, extra) = prelude(recv).await?;
+            let mut first = BytesMut::from(&pending[..]);
+            first.extend_from_slice(&extra);
+            stream_to_tcp(&mut recv, &mut wr, first.freeze(), meter).await
+        };
+        tokio::pin!(up, down);
+        let (mut up_res, mut down_res) = (None, None);
+        while up_res.is_none() || down_res.is_none() {
+            tokio::select! {
+                r = &mut up, if up_res.is_none() => {
+                    let failed = r.is_err();
+                    up_res = Some(r);
+                    if failed { break; }
+                }
+                r = &mut down, if down_res.is_none() => {
+                    let failed = r.is_err();
+                    down_res = Some(r);
+                    if failed { break; }
+                }
+            }
+        }
+        let total = |r: &Option<Result<u64, End>>| match r {
+            Some(Ok(n)) => *n,
+            _ => 0,
+        };
+        let end = match (&up_res, &down_res) {
+            (Some(Err(e)), _) | (_, Some(Err(e))) => e.clone(),
+            _ => End::Clean,
+        };
+        (total(&up_res), total(&down_res), end)
+    };
+    if end != End::Clean {
+        // Whatever failed, neither side may believe the connection ended
+        // cleanly: reset the stream and RST the TCP peer.
+        let _ = send.reset(reset_code());
+        abort_on_drop(tcp);
+    }
+    Outcome {
+        tcp_to_stream: up_total,
+        stream_to_tcp: down_total,
+        end,
+    }
+}

@@ -1,0 +1,74 @@
+//! QUIC settings shared by daemon and server.
+//!
+//! Tuned from measurements (BENCHMARKS.md): large UDP socket buffers (the
+//! default 208 KiB receive buffer overflows at multi-Gbit/s), BBR congestion
+//! control (random loss must not collapse the tunnel), generous flow-control
+//! windows, keepalive so a dead peer is noticed within seconds.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::congestion::BbrConfig;
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+/// Keepalive interval: a PING when the connection is otherwise idle.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// A peer silent this long is gone (dead server noticed within seconds).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// UDP socket send and receive buffer size requested.
+pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+/// Concurrent proxied connections one QUIC connection may carry.
+pub const MAX_STREAMS: u32 = 16 * 1024;
+
+/// The transport configuration both ends use.
+pub fn transport_config() -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.keep_alive_interval(Some(KEEPALIVE));
+    if let Ok(idle) = IdleTimeout::try_from(IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
+    t.receive_window(VarInt::from_u32(64 * 1024 * 1024));
+    t.send_window(64 * 1024 * 1024);
+    t.congestion_controller_factory(Arc::new(BbrConfig::default()));
+    t
+}
+
+/// Binds a UDP socket with large buffers for a QUIC endpoint.
+///
+/// As root, `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` bypass `net.core.rmem_max`;
+/// otherwise the kernel clamps the request, which is logged, not fatal.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    if socket.set_recv_buffer_size(SOCKET_BUFFER).is_err() {
+        tracing::debug!("could not set UDP receive buffer");
+    }
+    if socket.set_send_buffer_size(SOCKET_BUFFER).is_err() {
+        tracing::debug!("could not set UDP send buffer");
+    }
+    force_buffers(&socket);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+#[cfg(target_os = "linux")]
+fn force_buffers(socket: &socket2::Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    // Only root may exceed net.core.{r,w}mem_max; others keep what they got.
+    if let Err(e) = setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "SO_RCVBUFFORCE not permitted");
+    }
+    if let Err(e) = setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "SO_SNDBUFFORCE not permitted");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn force_buffers(_: &socket2::Socket) {}
