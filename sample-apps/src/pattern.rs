@@ -37,7 +37,7 @@ impl Pattern {
     pub fn fill(&mut self, buf: &mut [u8]) {
         let mut i = 0;
         // Unaligned head.
-        while i < buf.len() && self.offset % 8 != 0 {
+        while i < buf.len() && self.offset & 7 != 0 {
             buf[i] = self.byte();
             self.offset += 1;
             i += 1;
