@@ -1,1 +1,43 @@
-fn main() {}
+//! `netmux-server`: see the crate docs of `netmux_server`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// netmux cluster-side server.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Server configuration file.
+    #[arg(long, short, env = "NETMUX_SERVER_CONFIG", default_value = "/etc/netmux/server.toml")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let config = netmux_server::config::Config::load(&args.config)?;
+    netmux_server::run(config, async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGTERM handler");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
+    .await
+    .context("netmux-server failed")
+}

@@ -1,0 +1,133 @@
+//! The server's catalog: the one truth about what is published.
+//!
+//! Runtimes hand over complete lists of services; the store gives each a
+//! stable [`ServiceId`] (kept across updates, never reused for another
+//! service) and publishes the result on a watch channel that every daemon
+//! connection follows. Nothing polls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use netmux_common::proto::catalog::{Catalog, Service, ServiceId};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// Assigns ids and publishes catalogs.
+pub struct CatalogStore {
+    ids: Mutex<IdTable>,
+    tx: watch::Sender<Arc<Catalog>>,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct IdTable {
+    by_key: HashMap<String, ServiceId>,
+    next: u32,
+}
+
+impl CatalogStore {
+    /// An empty store and a receiver of its catalogs.
+    pub fn new(metrics: Metrics) -> (Arc<Self>, watch::Receiver<Arc<Catalog>>) {
+        let (tx, rx) = watch::channel(Arc::new(Catalog::new()));
+        (
+            Arc::new(CatalogStore {
+                ids: Mutex::new(IdTable {
+                    by_key: HashMap::new(),
+                    next: 1,
+                }),
+                tx,
+                metrics,
+            }),
+            rx,
+        )
+    }
+
+    /// Replaces the catalog with `services` (their `id` fields are ignored).
+    /// Receivers are woken only if something changed.
+    pub fn publish(&self, services: Vec<Service>) {
+        let catalog: Catalog = {
+            let mut ids = match self.ids.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            services
+                .into_iter()
+                .map(|mut svc| {
+                    let key = format!("{}/{}", svc.namespace, svc.name);
+                    let IdTable { by_key, next } = &mut *ids;
+                    let id = *ids_entry(by_key, key, next);
+                    svc.id = id;
+                    (id, svc)
+                })
+                .collect()
+        };
+        self.metrics.catalog_services.set(catalog.len() as i64);
+        self.tx.send_if_modified(|current| {
+            if **current == catalog {
+                false
+            } else {
+                *current = Arc::new(catalog);
+                true
+            }
+        });
+    }
+
+    /// The current catalog.
+    pub fn current(&self) -> Arc<Catalog> {
+        self.tx.borrow().clone()
+    }
+}
+
+fn ids_entry<'a>(
+    by_key: &'a mut HashMap<String, ServiceId>,
+    key: String,
+    next: &mut u32,
+) -> &'a ServiceId {
+    by_key.entry(key).or_insert_with(|| {
+        let id = ServiceId(*next);
+        *next = next.wrapping_add(1).max(1);
+        id
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmux_common::proto::catalog::{Direction, Protocol, ServicePort};
+
+    fn svc(name: &str, port: u16) -> Service {
+        Service {
+            id: ServiceId(0),
+            name: name.into(),
+            namespace: "ns".into(),
+            aliases: vec![],
+            addresses: vec!["10.0.0.1".parse().unwrap()],
+            ports: vec![ServicePort {
+                name: None,
+                port,
+                target_port: port,
+                protocol: Protocol::Tcp,
+            }],
+            direction: Direction::L2C,
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_across_updates_and_not_reused() {
+        let (store, mut rx) = CatalogStore::new(Metrics::new());
+        store.publish(vec![svc("a", 80), svc("b", 80)]);
+        assert!(rx.has_changed().unwrap());
+        let first = rx.borrow_and_update().clone();
+        let id_b = first.values().find(|s| s.name == "b").unwrap().id;
+
+        store.publish(vec![svc("b", 81), svc("c", 80)]);
+        let second = rx.borrow_and_update().clone();
+        assert_eq!(second.values().find(|s| s.name == "b").unwrap().id, id_b);
+        let id_c = second.values().find(|s| s.name == "c").unwrap().id;
+        assert!(first.keys().all(|id| *id != id_c));
+
+        store.publish(vec![svc("b", 81), svc("c", 80)]);
+        assert!(!rx.has_changed().unwrap(), "identical publish must not wake");
+    }
+}

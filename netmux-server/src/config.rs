@@ -1,0 +1,274 @@
+//! Server configuration: parsed strictly, then validated into [`Config`].
+//!
+//! Errors name the file, line and key, and say how to fix it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax or schema error.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}: `{field}`: {message}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// Key path.
+        field: String,
+        /// What is wrong and the fix.
+        message: String,
+    },
+}
+
+/// Turns a toml error into one naming file, line and column.
+pub fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = e
+        .span()
+        .map(|s| line_col(text, s.start))
+        .unwrap_or((0, 0));
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        message: e.message().to_owned(),
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: SocketAddr,
+    http: Option<SocketAddr>,
+    state_dir: PathBuf,
+    #[serde(default = "default_server_names")]
+    server_names: Vec<String>,
+    #[serde(default)]
+    token: Vec<RawToken>,
+    runtime: RuntimeConfig,
+    #[serde(default = "default_dial_timeout_ms")]
+    dial_timeout_ms: u64,
+    #[serde(default = "default_hello_timeout_ms")]
+    hello_timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    token: String,
+}
+
+fn default_server_names() -> Vec<String> {
+    vec!["netmux-server".into()]
+}
+fn default_dial_timeout_ms() -> u64 {
+    3000
+}
+fn default_hello_timeout_ms() -> u64 {
+    5000
+}
+
+/// Where services come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RuntimeConfig {
+    /// A services file, reloaded on change (bare metal, tests, demo).
+    Static {
+        /// Path of the services file.
+        services: PathBuf,
+    },
+}
+
+/// A daemon credential the server accepts.
+#[derive(Clone)]
+pub struct Token {
+    /// Who holds it (logs, metrics).
+    pub name: String,
+    /// The secret.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("secret", &"***")
+            .finish()
+    }
+}
+
+/// Validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// QUIC (UDP) listen address.
+    pub listen: SocketAddr,
+    /// Health and metrics HTTP address.
+    pub http: Option<SocketAddr>,
+    /// Where the CA and server certificate are kept.
+    pub state_dir: PathBuf,
+    /// Names (DNS or IP) in the server certificate.
+    pub server_names: Vec<String>,
+    /// Accepted bearer tokens.
+    pub tokens: Vec<Token>,
+    /// Service discovery.
+    pub runtime: RuntimeConfig,
+    /// Dial timeout towards targets.
+    pub dial_timeout: Duration,
+    /// Time a daemon has to complete its hello.
+    pub hello_timeout: Duration,
+}
+
+/// Shortest accepted token: long enough not to be guessed.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text` read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            message,
+        };
+        if raw.server_names.is_empty() {
+            return Err(invalid(
+                "server_names",
+                "list at least one name the daemons will use to reach the server".into(),
+            ));
+        }
+        let mut tokens: Vec<Token> = Vec::new();
+        for (i, t) in raw.token.into_iter().enumerate() {
+            if t.token.len() < MIN_TOKEN_LEN {
+                return Err(invalid(
+                    &format!("token[{i}].token"),
+                    format!("token of {:?} is shorter than {MIN_TOKEN_LEN} characters; use a random one (e.g. `openssl rand -hex 24`)", t.name),
+                ));
+            }
+            if tokens.iter().any(|o| o.name == t.name) {
+                return Err(invalid(
+                    &format!("token[{i}].name"),
+                    format!("{:?} is listed twice", t.name),
+                ));
+            }
+            tokens.push(Token {
+                name: t.name,
+                secret: t.token,
+            });
+        }
+        if tokens.is_empty() {
+            return Err(invalid(
+                "token",
+                "no [[token]] configured: every daemon would be refused; add one".into(),
+            ));
+        }
+        if raw.dial_timeout_ms == 0 || raw.hello_timeout_ms == 0 {
+            return Err(invalid(
+                "dial_timeout_ms/hello_timeout_ms",
+                "timeouts must be positive".into(),
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let runtime = match raw.runtime {
+            RuntimeConfig::Static { services } => RuntimeConfig::Static {
+                services: base.join(services),
+            },
+        };
+        Ok(Config {
+            listen: raw.listen,
+            http: raw.http,
+            state_dir: base.join(raw.state_dir),
+            server_names: raw.server_names,
+            tokens,
+            runtime,
+            dial_timeout: Duration::from_millis(raw.dial_timeout_ms),
+            hello_timeout: Duration::from_millis(raw.hello_timeout_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:7443"
+http = "127.0.0.1:7080"
+state_dir = "state"
+[[token]]
+name = "alice"
+token = "0123456789abcdef0123"
+[runtime]
+kind = "static"
+services = "services.toml"
+"#;
+
+    #[test]
+    fn good_config_resolves_relative_paths() {
+        let c = Config::parse(Path::new("/etc/netmux/server.toml"), GOOD).unwrap();
+        assert_eq!(c.state_dir, Path::new("/etc/netmux/state"));
+        assert!(format!("{c:?}").contains("***"));
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let text = GOOD.replace("http =", "htp =");
+        let err = Config::parse(Path::new("s.toml"), &text).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:3:"), "{err}");
+        assert!(err.contains("htp"), "{err}");
+    }
+
+    #[test]
+    fn short_token_is_refused_with_the_fix() {
+        let text = GOOD.replace("0123456789abcdef0123", "short");
+        let err = Config::parse(Path::new("s.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("token[0].token"), "{err}");
+        assert!(err.contains("shorter than 16"), "{err}");
+    }
+
+    #[test]
+    fn no_token_is_refused() {
+        let text = GOOD.replace("[[token]]\nname = \"alice\"\ntoken = \"0123456789abcdef0123\"\n", "");
+        assert!(Config::parse(Path::new("s.toml"), &text).is_err());
+    }
+}

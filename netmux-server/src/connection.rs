@@ -1,0 +1,262 @@
+//! One daemon's QUIC connection: control stream driver and proxied streams.
+//!
+//! The protocol decisions live in [`ServerSession`]; this driver only moves
+//! bytes and timers. Any protocol violation closes this connection alone.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use netmux_common::proto::catalog::Direction;
+use netmux_common::proto::error_code;
+use netmux_common::proto::hello::HelloStatus;
+use netmux_common::proto::session::{ServerEvent, ServerSession, SessionError};
+use netmux_common::proto::stream::{OpenResult, StreamHeader, MAX_HEADER_LEN};
+use netmux_common::tunnel::pipe::{self, End, Meter};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+
+use crate::access::Identity;
+use crate::{dial, Server};
+
+/// Serves one daemon until its connection ends.
+pub async fn serve(conn: Connection, server: Arc<Server>) {
+    let remote = conn.remote_address();
+    let span = tracing::info_span!("daemon", %remote);
+    let _enter = span.enter();
+    drop(_enter);
+    match handshake(&conn, &server).await {
+        Ok((identity, session, send, recv)) => {
+            server.metrics.sessions_total.with_label_values(&["accepted"]).inc();
+            server.metrics.sessions_active.inc();
+            tracing::info!(%remote, client = %identity.name, "daemon connected");
+            let streams = accept_streams(conn.clone(), server.clone(), identity.clone());
+            let control = control_loop(session, send, recv, server.clone());
+            let reason = tokio::select! {
+                r = control => r,
+                () = streams => Ok(()),
+            };
+            match reason {
+                Ok(()) => tracing::info!(%remote, client = %identity.name, "daemon disconnected"),
+                Err(e) => {
+                    tracing::warn!(%remote, client = %identity.name, error = %e, "dropping daemon");
+                    conn.close(VarInt::from_u32(e.close_code()), e.to_string().as_bytes());
+                }
+            }
+            server.metrics.sessions_active.dec();
+        }
+        Err(e) => {
+            let result = match &e {
+                SessionError::Refused { .. } => "refused",
+                SessionError::HelloTimeout(_) => "timeout",
+                _ => "protocol_error",
+            };
+            server.metrics.sessions_total.with_label_values(&[result]).inc();
+            tracing::warn!(%remote, error = %e, "daemon refused");
+            // Give the refusal time to reach the daemon before closing.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            conn.close(VarInt::from_u32(e.close_code()), e.to_string().as_bytes());
+        }
+    }
+}
+
+async fn flush(session: &mut ServerSession, send: &mut SendStream) -> Result<(), SessionError> {
+    while let Some(bytes) = session.poll_transmit() {
+        send.write_all(&bytes)
+            .await
+            .map_err(|_| SessionError::Unexpected("control stream closed"))?;
+    }
+    Ok(())
+}
+
+type Handshake = (Identity, ServerSession, SendStream, RecvStream);
+
+/// Accepts the control stream and decides on the hello.
+async fn handshake(conn: &Connection, server: &Server) -> Result<Handshake, SessionError> {
+    let timeout = server.config.hello_timeout;
+    let mut session = ServerSession::new(Instant::now(), timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (mut send, mut recv) = tokio::time::timeout_at(deadline, conn.accept_bi())
+        .await
+        .map_err(|_| SessionError::HelloTimeout(timeout))?
+        .map_err(|_| SessionError::Unexpected("connection closed before hello"))?;
+    let hello = loop {
+        if let Some(ServerEvent::Hello(h)) = session.poll_event() {
+            break h;
+        }
+        let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(4096, true)).await;
+        let result = match chunk {
+            Err(_) => session.handle_timeout(Instant::now() + timeout),
+            Ok(Ok(Some(c))) => session.handle_input(&c.bytes),
+            Ok(_) => Err(SessionError::Unexpected("control stream ended before hello")),
+        };
+        if let Err(e) = result {
+            let _ = flush(&mut session, &mut send).await;
+            return Err(e);
+        }
+    };
+    match server.access.authenticate(&hello.credential) {
+        Ok(identity) => {
+            let catalog = server.catalog.borrow().clone();
+            let visible = catalog
+                .iter()
+                .filter(|(_, s)| server.access.may_reach(&identity, s))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            session.accept(&format!("netmux-server {}", env!("CARGO_PKG_VERSION")), &visible);
+            flush(&mut session, &mut send).await?;
+            Ok((identity, session, send, recv))
+        }
+        Err(denied) => {
+            tracing::info!(client = %hello.client_name, reason = %denied, "authentication failed");
+            let e = session.refuse(HelloStatus::Unauthenticated, &denied.to_string());
+            let _ = flush(&mut session, &mut send).await;
+            let _ = send.finish();
+            Err(e)
+        }
+    }
+}
+
+/// Follows the catalog and the daemon's control messages.
+async fn control_loop(
+    mut session: ServerSession,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    server: Arc<Server>,
+) -> Result<(), SessionError> {
+    let mut catalog = server.catalog.clone();
+    catalog.mark_unchanged();
+    loop {
+        tokio::select! {
+            chunk = recv.read_chunk(64 * 1024, true) => match chunk {
+                Ok(Some(c)) => session.handle_input(&c.bytes)?,
+                Ok(None) => return Ok(()),
+                Err(quinn::ReadError::ConnectionLost(_)) => return Ok(()),
+                Err(_) => return Err(SessionError::Unexpected("control stream reset")),
+            },
+            changed = catalog.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let current = catalog.borrow_and_update().clone();
+                session.update_catalog(&current);
+            }
+        }
+        flush(&mut session, &mut send).await?;
+    }
+}
+
+/// Accepts proxied streams until the connection ends.
+async fn accept_streams(conn: Connection, server: Arc<Server>, identity: Identity) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let server = server.clone();
+        let identity = identity.clone();
+        tokio::spawn(async move { proxy_stream(send, recv, server, identity).await });
+    }
+}
+
+struct ServiceMeter<'a> {
+    server: &'a Server,
+    labels: [&'a str; 2],
+}
+
+impl Meter for ServiceMeter<'_> {
+    fn tcp_to_stream(&self, n: usize) {
+        self.server.metrics.bytes_sent.with_label_values(&self.labels).inc_by(n as u64);
+    }
+    fn stream_to_tcp(&self, n: usize) {
+        self.server.metrics.bytes_received.with_label_values(&self.labels).inc_by(n as u64);
+    }
+}
+
+/// Reads a stream header; `Err` carries a reason for the reset.
+async fn read_header(recv: &mut RecvStream) -> Result<(StreamHeader, Bytes), &'static str> {
+    let mut buf = BytesMut::new();
+    loop {
+        match StreamHeader::decode(&buf) {
+            Ok((h, used)) => return Ok((h, buf.split_off(used).freeze())),
+            Err(netmux_common::proto::codec::DecodeError::UnexpectedEnd) if buf.len() < MAX_HEADER_LEN => {}
+            Err(_) => return Err("bad stream header"),
+        }
+        match recv.read_chunk(MAX_HEADER_LEN, true).await {
+            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+            _ => return Err("stream ended before its header"),
+        }
+    }
+}
+
+async fn proxy_stream(mut send: SendStream, mut recv: RecvStream, server: Arc<Server>, who: Identity) {
+    let header = tokio::time::timeout(server.config.hello_timeout, read_header(&mut recv)).await;
+    let (header, pending) = match header {
+        Ok(Ok(h)) => h,
+        failed => {
+            let why = match failed {
+                Ok(Err(why)) => why,
+                _ => "no header in time",
+            };
+            tracing::debug!(client = %who.name, why, "stream dropped");
+            server
+                .metrics
+                .connection_errors
+                .with_label_values(&["unknown", "l2c", "bad_header"])
+                .inc();
+            let _ = send.reset(VarInt::from_u32(error_code::PROTOCOL_VIOLATION));
+            let _ = recv.stop(VarInt::from_u32(error_code::PROTOCOL_VIOLATION));
+            return;
+        }
+    };
+    let StreamHeader::Connect { service, port } = header;
+    let catalog = server.catalog.borrow().clone();
+    let resolved = dial::resolve(&catalog, service, port).and_then(|(svc, addrs)| {
+        if server.access.may_reach(&who, &svc) {
+            Ok((svc, addrs))
+        } else {
+            Err(OpenResult::NotAllowed)
+        }
+    });
+    let (svc_key, direction) = match &resolved {
+        Ok((svc, _)) => (svc.key(), svc.direction),
+        Err(_) => ("unknown".to_owned(), Direction::L2C),
+    };
+    let labels = [svc_key.as_str(), direction.label()];
+    let started = Instant::now();
+    let dialled = match resolved {
+        Ok((_, addrs)) => dial::connect(&addrs, server.config.dial_timeout).await,
+        Err(r) => Err(r),
+    };
+    let mut tcp = match dialled {
+        Ok(tcp) => tcp,
+        Err(result) => {
+            tracing::info!(client = %who.name, %service, port, %result, "connection not opened");
+            server
+                .metrics
+                .connection_errors
+                .with_label_values(&[labels[0], labels[1], result.label()])
+                .inc();
+            let mut out = BytesMut::new();
+            result.encode(&mut out);
+            let _ = send.write_all(&out).await;
+            let _ = send.finish();
+            let _ = recv.stop(VarInt::from_u32(error_code::NO_ERROR));
+            return;
+        }
+    };
+    server.metrics.connect_latency.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+    server.metrics.connections_total.with_label_values(&labels).inc();
+    let active = server.metrics.connections_active.with_label_values(&labels);
+    active.inc();
+    let mut out = BytesMut::new();
+    OpenResult::Connected.encode(&mut out);
+    if send.write_all(&out).await.is_ok() {
+        let meter = ServiceMeter { server: &server, labels };
+        let outcome = pipe::bridge(&mut tcp, send, recv, pending, |r| async move { Ok((r, Bytes::new())) }, &meter).await;
+        if outcome.end != End::Clean {
+            server
+                .metrics
+                .connection_errors
+                .with_label_values(&[labels[0], labels[1], outcome.end.label()])
+                .inc();
+        }
+        tracing::debug!(client = %who.name, service = %svc_key, up = outcome.tcp_to_stream, down = outcome.stream_to_tcp, end = ?outcome.end, "connection closed");
+    }
+    active.dec();
+}

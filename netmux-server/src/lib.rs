@@ -1,0 +1,82 @@
+//! netmux-server: the cluster side of netmux.
+//!
+//! A [`runtime`] discovers services and feeds the [`catalog`]; the
+//! [`transport`] accepts QUIC connections from daemons; each becomes a
+//! [`connection`] that authenticates the daemon ([`access`]), pushes the
+//! catalog, and proxies its streams to catalog addresses only ([`dial`]).
+//! [`http`] serves health and Prometheus [`metrics`].
+
+pub mod access;
+pub mod ca;
+pub mod catalog;
+pub mod config;
+pub mod connection;
+pub mod dial;
+pub mod http;
+pub mod metrics;
+pub mod runtime;
+pub mod transport;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+/// Everything a connection handler needs, shared by all connections.
+pub struct Server {
+    /// Validated configuration.
+    pub config: config::Config,
+    /// Catalog updates from the runtime.
+    pub catalog: watch::Receiver<Arc<netmux_common::proto::catalog::Catalog>>,
+    /// Who may connect.
+    pub access: access::Access,
+    /// Prometheus metrics.
+    pub metrics: metrics::Metrics,
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn run(
+    config: config::Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let identity = ca::ServerIdentity::load_or_create(&config.state_dir, &config.server_names)
+        .context("setting up the server's CA and certificate")?;
+    let metrics = metrics::Metrics::new();
+    let (store, catalog_rx) = catalog::CatalogStore::new(metrics.clone());
+    let runtime = runtime::start(&config.runtime, store)
+        .await
+        .context("starting the service runtime")?;
+    let endpoint = transport::server_endpoint(config.listen, &identity)
+        .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, "QUIC endpoint ready");
+    let server = Arc::new(Server {
+        access: access::Access::from_config(&config),
+        config,
+        catalog: catalog_rx,
+        metrics,
+    });
+    let http = match server.config.http {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding HTTP on {addr}"))?;
+            tracing::info!(%addr, "health and metrics on http://{addr}/");
+            Some(tokio::spawn(http::serve(listener, server.clone())))
+        }
+        None => None,
+    };
+    tokio::select! {
+        () = transport::accept_loop(endpoint.clone(), server.clone()) => {}
+        () = shutdown => tracing::info!("shutting down"),
+    }
+    endpoint.close(
+        quinn::VarInt::from_u32(netmux_common::proto::error_code::NO_ERROR),
+        b"server shutting down",
+    );
+    if let Some(h) = http {
+        h.abort();
+    }
+    drop(runtime);
+    endpoint.wait_idle().await;
+    Ok(())
+}
