@@ -32,6 +32,7 @@ mod bins;
 pub mod check;
 mod cleanup;
 mod error;
+pub mod netmux;
 mod netns;
 mod process;
 mod sandbox;
@@ -42,7 +43,7 @@ pub use cleanup::cleanup_stale;
 pub use error::{Error, Result};
 pub use netns::Netns;
 pub use process::{Output, Process, ProcessBuilder};
-pub use sandbox::{Sandbox, Side, CLUSTER_IF, WS_IF};
+pub use sandbox::{Sandbox, Side, Teardown, CLUSTER_IF, WS_IF};
 pub use wait::{wait_for_file, wait_until};
 
 /// Prefix of every namespace, link and temp dir this crate creates, unless a

@@ -271,6 +271,15 @@ impl Sandbox {
         out
     }
 
+    /// A handle that tears this sandbox down from another thread, for a
+    /// Ctrl-C handler that then exits the process (Drop never runs then).
+    pub fn teardown_handle(&self) -> Teardown {
+        Teardown {
+            namespaces: vec![self.ws.name().to_owned(), self.cluster.name().to_owned()],
+            dir: if self.keep_dir { None } else { Some(self.dir.clone()) },
+        }
+    }
+
     /// Prints [`Self::logs`] to stderr.
     pub fn dump_logs(&self, max_lines: usize) {
         for (name, tail) in self.logs(max_lines) {
@@ -295,6 +304,30 @@ impl Drop for Sandbox {
             eprintln!("netmux-testbed: keeping {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Removes a sandbox's namespaces (killing what runs inside) and temp dir;
+/// see [`Sandbox::teardown_handle`]. Idempotent.
+#[derive(Debug, Clone)]
+pub struct Teardown {
+    namespaces: Vec<String>,
+    dir: Option<PathBuf>,
+}
+
+impl Teardown {
+    /// Tears down now; errors are printed, not returned.
+    pub fn run(&self) {
+        for ns in &self.namespaces {
+            if Path::new("/run/netns").join(ns).exists() {
+                if let Err(e) = crate::netns::destroy(ns) {
+                    eprintln!("netmux-testbed: removing namespace {ns}: {e}");
+                }
+            }
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -1,0 +1,336 @@
+//! netmux deployed in a [`Sandbox`]: `netmux-server` (static runtime) in
+//! the cluster namespace, `netmuxd` in the workstation namespace, configs
+//! generated under the sandbox dir, and the `netmux` CLI to drive it.
+//!
+//! Shared by the end-to-end tests and `cargo xtask demo`, so both exercise
+//! the same configuration.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{bin, wait_for_file, Error, Output, Process, Result, Sandbox, Side};
+
+/// Port `netmux-server` listens on (QUIC, UDP) on the cluster veth address.
+pub const QUIC_PORT: u16 = 7443;
+/// Port of the server's health and metrics HTTP endpoint.
+pub const HTTP_PORT: u16 = 7080;
+/// The token the generated configs share.
+pub const TOKEN: &str = "s3cret-token-of-at-least-16-chars";
+/// Endpoint name in the daemon config.
+pub const ENDPOINT: &str = "demo";
+/// How long processes get to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one CLI call may take.
+const CLI_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One service of the static runtime's services file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Service name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Cluster address (put on the cluster side's `lo` by [`Netmux::start`]).
+    pub address: IpAddr,
+    /// Port clients dial.
+    pub port: u16,
+    /// Port the server dials on `address`.
+    pub target_port: u16,
+    /// `"L2C"` or `"C2L"`.
+    pub direction: &'static str,
+}
+
+impl ServiceSpec {
+    /// An L2C TCP service in namespace `demo`.
+    pub fn l2c(name: &str, address: IpAddr, port: u16, target_port: u16) -> Self {
+        ServiceSpec {
+            name: name.to_owned(),
+            namespace: ENDPOINT.to_owned(),
+            address,
+            port,
+            target_port,
+            direction: "L2C",
+        }
+    }
+
+    /// `name.namespace.svc.cluster.local`.
+    pub fn fqdn(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+    }
+
+    /// Where the service's backend listens in the cluster namespace.
+    pub fn target(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.target_port)
+    }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn toml_path(p: &Path) -> String {
+    toml_str(&p.to_string_lossy())
+}
+
+/// The services file of the static runtime.
+pub fn services_toml(services: &[ServiceSpec]) -> String {
+    let mut s = String::new();
+    for svc in services {
+        let _ = write!(
+            s,
+            "[[service]]\nname = {}\nnamespace = {}\naddresses = [{}]\naliases = []\n\
+             direction = {}\nports = [{{ port = {}, target_port = {}, name = \"p{}\" }}]\n\n",
+            toml_str(&svc.name),
+            toml_str(&svc.namespace),
+            toml_str(&svc.address.to_string()),
+            toml_str(svc.direction),
+            svc.port,
+            svc.target_port,
+            svc.port,
+        );
+    }
+    s
+}
+
+fn write(path: &Path, content: &str) -> Result<()> {
+    // Write then rename, so a reloading server never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).map_err(Error::io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(Error::io(format!("renaming to {}", path.display())))
+}
+
+/// Paths and addresses of a deployment.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `netmux-server` config.
+    pub server_config: PathBuf,
+    /// Static runtime services file.
+    pub services_file: PathBuf,
+    /// Server state dir (CA).
+    pub state_dir: PathBuf,
+    /// `netmuxd` config.
+    pub daemon_config: PathBuf,
+    /// Daemon control socket.
+    pub socket: PathBuf,
+    /// Server QUIC address.
+    pub quic: SocketAddr,
+    /// Server health/metrics address.
+    pub http: SocketAddr,
+}
+
+impl Layout {
+    /// The layout for `sb`.
+    pub fn new(sb: &Sandbox) -> Layout {
+        let dir = sb.dir();
+        let ip: IpAddr = sb.cluster_addr().into();
+        Layout {
+            server_config: dir.join("server.toml"),
+            services_file: dir.join("services.toml"),
+            state_dir: dir.join("server-state"),
+            daemon_config: dir.join("daemon.toml"),
+            socket: dir.join("netmuxd.sock"),
+            quic: SocketAddr::new(ip, QUIC_PORT),
+            http: SocketAddr::new(ip, HTTP_PORT),
+        }
+    }
+
+    /// The CA certificate the server creates on first start.
+    pub fn ca_file(&self) -> PathBuf {
+        self.state_dir.join("ca.pem")
+    }
+
+    /// `server.toml` accepting [`TOKEN`].
+    pub fn server_toml(&self) -> String {
+        format!(
+            "listen = {}\nhttp = {}\nstate_dir = {}\nserver_names = [\"netmux-server\"]\n\n\
+             [[token]]\nname = \"alice\"\ntoken = {}\n\n\
+             [runtime]\nkind = \"static\"\nservices = {}\n",
+            toml_str(&self.quic.to_string()),
+            toml_str(&self.http.to_string()),
+            toml_path(&self.state_dir),
+            toml_str(TOKEN),
+            toml_path(&self.services_file),
+        )
+    }
+
+    /// `daemon.toml` with one endpoint [`ENDPOINT`] using `token`.
+    pub fn daemon_toml(&self, hosts_file: &Path, token: &str) -> String {
+        format!(
+            "socket = {}\nhosts_file = {}\naddress_range = \"127.77.0.0/16\"\n\
+             metrics = \"127.0.0.1:9477\"\n\n\
+             [[endpoint]]\nname = {}\nserver = {}\nserver_name = \"netmux-server\"\n\
+             ca_file = {}\ntoken = {}\ncluster_domain = \"cluster.local\"\nautostart = false\n",
+            toml_path(&self.socket),
+            toml_path(hosts_file),
+            toml_str(ENDPOINT),
+            toml_str(&self.quic.to_string()),
+            toml_path(&self.ca_file()),
+            toml_str(token),
+        )
+    }
+}
+
+/// A running netmux deployment in a sandbox. Processes are killed on drop.
+#[derive(Debug)]
+pub struct Netmux<'a> {
+    sb: &'a Sandbox,
+    /// Paths and addresses.
+    pub layout: Layout,
+    /// `netmux-server` in the cluster namespace.
+    pub server: Process,
+    /// `netmuxd` in the workstation namespace.
+    pub daemon: Process,
+}
+
+impl<'a> Netmux<'a> {
+    /// Adds the services' addresses to the cluster side, writes the configs,
+    /// starts the server, waits for its CA and ports, starts the daemon and
+    /// waits for its socket. Backends of the services are the caller's.
+    pub fn start(sb: &'a Sandbox, services: &[ServiceSpec]) -> Result<Netmux<'a>> {
+        Netmux::start_with_token(sb, services, TOKEN)
+    }
+
+    /// [`Self::start`] with the daemon presenting `token` (for refusal tests).
+    pub fn start_with_token(
+        sb: &'a Sandbox,
+        services: &[ServiceSpec],
+        token: &str,
+    ) -> Result<Netmux<'a>> {
+        let layout = Layout::new(sb);
+        let mut addrs: Vec<IpAddr> = services.iter().map(|s| s.address).collect();
+        addrs.sort();
+        addrs.dedup();
+        for a in addrs {
+            sb.add_service_address(a)?;
+        }
+        write(&layout.services_file, &services_toml(services))?;
+        write(&layout.server_config, &layout.server_toml())?;
+        write(
+            &layout.daemon_config,
+            &layout.daemon_toml(&sb.ws_hosts_file(), token),
+        )?;
+        let server = sb
+            .process(Side::Cluster, "netmux-server", bin("netmux-server")?)
+            .arg("--config")
+            .arg(&layout.server_config)
+            .env("RUST_LOG", log_filter())
+            .spawn()?;
+        let started = wait_for_file(&layout.ca_file(), START_TIMEOUT)
+            .and_then(|()| sb.wait_for_tcp(Side::Cluster, layout.http, START_TIMEOUT));
+        if let Err(e) = started {
+            return Err(Error::Check(format!(
+                "netmux-server did not start: {e}\n{}",
+                server.log()
+            )));
+        }
+        let daemon = sb
+            .process(Side::Workstation, "netmuxd", bin("netmuxd")?)
+            .arg("--config")
+            .arg(&layout.daemon_config)
+            .env("RUST_LOG", log_filter())
+            .spawn()?;
+        if let Err(e) =
+            crate::wait_until("netmuxd's socket", START_TIMEOUT, || layout.socket.exists())
+        {
+            return Err(Error::Check(format!(
+                "netmuxd did not start: {e}\n{}",
+                daemon.log()
+            )));
+        }
+        Ok(Netmux {
+            sb,
+            layout,
+            server,
+            daemon,
+        })
+    }
+
+    /// Runs `netmux --socket S ARGS` in the workstation namespace; returns
+    /// its output whatever the exit status (see [`Output::ok`]).
+    pub fn cli<I, S>(&self, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.sb
+            .process(Side::Workstation, "netmux-cli", bin("netmux")?)
+            .arg("--socket")
+            .arg(&self.layout.socket)
+            .args(args)
+            .run(CLI_TIMEOUT)
+    }
+
+    /// Replaces the services file (the server reloads it).
+    pub fn set_services(&self, services: &[ServiceSpec]) -> Result<()> {
+        for s in services {
+            // Already present is fine.
+            let _ = self.sb.add_service_address(s.address);
+        }
+        write(&self.layout.services_file, &services_toml(services))
+    }
+
+    /// Polls `netmux ls --output json` until `pred` holds on its stdout.
+    pub fn wait_for_ls(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let mut last = String::new();
+        let r = crate::wait_until(what, timeout, || {
+            match self.cli(["ls", "--output", "json"]) {
+                Ok(out) => {
+                    let ok = out.success() && pred(&out.stdout);
+                    last = format!("{}{}", out.stdout, out.stderr);
+                    ok
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        });
+        r.map_err(|e| Error::Check(format!("{e}; last `netmux ls`: {last}")))
+    }
+}
+
+/// `RUST_LOG` for the netmux processes: `$NETMUX_TEST_LOG` or `info`.
+fn log_filter() -> String {
+    std::env::var("NETMUX_TEST_LOG").unwrap_or_else(|_| "info".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000A\"");
+    }
+
+    #[test]
+    fn services_file_lists_every_service() {
+        let s = services_toml(&[
+            ServiceSpec::l2c("http-echo", "10.96.0.10".parse().unwrap(), 80, 8080),
+            ServiceSpec::l2c("tcp-echo", "10.96.0.11".parse().unwrap(), 9000, 9000),
+        ]);
+        assert_eq!(s.matches("[[service]]").count(), 2);
+        assert!(s.contains("addresses = [\"10.96.0.10\"]"));
+        assert!(s.contains("ports = [{ port = 80, target_port = 8080"));
+    }
+}
