@@ -1,0 +1,331 @@
+//! netmux connect redirection: cgroup `sock_addr` hooks.
+//!
+//! * `cgroup/connect4`, `cgroup/connect6`: if the destination (address, port,
+//!   protocol) is in [`SERVICES`], rewrite it to the daemon's listener and
+//!   remember the original destination under the socket cookie in
+//!   [`ORIGINAL_DST`]. An IPv6 socket dialling `::ffff:a.b.c.d` hits the same
+//!   key as an IPv4 socket dialling `a.b.c.d`: keys are stored v4-mapped.
+//! * `cgroup/getpeername4`, `cgroup/getpeername6`: report the remembered
+//!   original destination instead of the listener, so the application sees
+//!   the address it dialled.
+//!
+//! Policy lives in the daemon; these programs only look up and rewrite. They
+//! fail open: a miss, an excluded socket or any error returns [`PROCEED`]
+//! with the socket address untouched. Sockets whose `SO_MARK` equals
+//! [`RedirectConfig::exclude_mark`] are never redirected (the daemon's own).
+//!
+//! All accesses to the `bpf_sock_addr` context are single 4-byte volatile
+//! loads and stores: the verifier rejects wider or merged context accesses
+//! on `user_ip6`.
+//!
+//! On the host this builds as a stub `main` so workspace-wide `cargo clippy`
+//! and `cargo test` keep working; the real object is built for
+//! `bpfel-unknown-none` by `netmux-daemon/build.rs`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::generated::bpf_get_socket_cookie,
+    macros::{cgroup_sock_addr, map},
+    maps::{Array, HashMap, LruHashMap},
+    programs::SockAddrContext,
+    EbpfContext as _,
+};
+use aya_log_ebpf::{debug, warn};
+use netmux_common::redirect::{
+    v4_mapped, v4_unmapped, ListenerTarget, OriginalDst, RedirectConfig, ServiceKey, CONFIG_INDEX,
+    MAX_REDIRECTED_SOCKETS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
+};
+
+/// Published services: destination → daemon listener. Filled by the daemon.
+#[map]
+static SERVICES: HashMap<ServiceKey, ListenerTarget> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Original destination of each redirected socket, by socket cookie. Cookies
+/// are never reused within a boot; closed sockets age out of the LRU.
+#[map]
+static ORIGINAL_DST: LruHashMap<u64, OriginalDst> =
+    LruHashMap::with_max_entries(MAX_REDIRECTED_SOCKETS, 0);
+
+/// Runtime settings, one entry at [`CONFIG_INDEX`].
+#[map]
+static CONFIG: Array<RedirectConfig> = Array::with_max_entries(1, 0);
+
+/// The only verdict these programs give: let the syscall proceed (with the
+/// address possibly rewritten). getpeername hooks must return exactly 1.
+const PROCEED: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    match try_connect4(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    match try_connect6(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    match try_getpeername4(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    match try_getpeername6(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    // SAFETY: `sa` is the context pointer the kernel passed in; every field
+    // read below is a 4-byte context load the verifier accepts.
+    let (ip4, port) = unsafe {
+        (
+            load(addr_of!((*sa).user_ip4)),
+            load(addr_of!((*sa).user_port)),
+        )
+    };
+    let dst = v4_mapped(ip4.to_ne_bytes());
+    let (key, target) = lookup(ctx, dst, port)?;
+    let Some(listener) = v4_unmapped(&target.addr) else {
+        warn!(
+            ctx,
+            "connect4: listener for {:i} is IPv6, not redirecting", dst
+        );
+        return Err(PROCEED);
+    };
+    remember(ctx, &key)?;
+    // SAFETY: 4-byte stores to writable `bpf_sock_addr` fields.
+    unsafe {
+        store(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(listener));
+        store(addr_of_mut!((*sa).user_port), u32::from(target.port));
+    }
+    debug!(
+        ctx,
+        "connect4: {:i}:{} -> {:i}:{}",
+        dst,
+        u16::from_be(key.port),
+        listener,
+        u16::from_be(target.port)
+    );
+    Ok(PROCEED)
+}
+
+fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `try_connect4`.
+    let (dst, port) = unsafe { (load_ip6(sa), load(addr_of!((*sa).user_port))) };
+    let (key, target) = lookup(ctx, dst, port)?;
+    remember(ctx, &key)?;
+    // A v4-mapped listener is fine here: the kernel hands a v6 socket
+    // connecting to `::ffff:a.b.c.d` to the IPv4 path (and fails it with
+    // ENETUNREACH on an IPV6_V6ONLY socket, as it would without us).
+    // SAFETY: as in `try_connect4`.
+    unsafe {
+        store_ip6(sa, &target.addr);
+        store(addr_of_mut!((*sa).user_port), u32::from(target.port));
+    }
+    debug!(
+        ctx,
+        "connect6: [{:i}]:{} -> [{:i}]:{}",
+        dst,
+        u16::from_be(key.port),
+        target.addr,
+        u16::from_be(target.port)
+    );
+    Ok(PROCEED)
+}
+
+fn try_getpeername4(ctx: &SockAddrContext) -> Result<i32, i32> {
+    let orig = original(ctx)?;
+    let ip4 = v4_unmapped(&orig.addr).ok_or(PROCEED)?;
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `try_connect4`.
+    unsafe {
+        store(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(ip4));
+        store(addr_of_mut!((*sa).user_port), u32::from(orig.port));
+    }
+    Ok(PROCEED)
+}
+
+fn try_getpeername6(ctx: &SockAddrContext) -> Result<i32, i32> {
+    let orig = original(ctx)?;
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `try_connect4`.
+    unsafe {
+        store_ip6(sa, &orig.addr);
+        store(addr_of_mut!((*sa).user_port), u32::from(orig.port));
+    }
+    Ok(PROCEED)
+}
+
+/// Finds the listener for `dst`/`port_be` on this socket's protocol, unless
+/// the socket is excluded. `Err(PROCEED)` means "leave this connect alone".
+fn lookup(
+    ctx: &SockAddrContext,
+    dst: [u8; 16],
+    port_be: u32,
+) -> Result<(ServiceKey, ListenerTarget), i32> {
+    let sa = ctx.sock_addr;
+    // SAFETY: 4-byte context load.
+    let proto = unsafe { load(addr_of!((*sa).protocol)) };
+    let proto = match proto {
+        p if p == u32::from(PROTO_TCP) => PROTO_TCP,
+        p if p == u32::from(PROTO_UDP) => PROTO_UDP,
+        _ => return Err(PROCEED),
+    };
+    let key = ServiceKey {
+        addr: dst,
+        // The port sits in the low 16 bits, already in network byte order.
+        port: port_be as u16,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once; a concurrent update from the
+    // daemon can at worst give a stale listener for this one connect.
+    let target = *unsafe { SERVICES.get(key) }.ok_or(PROCEED)?;
+    if excluded(ctx) {
+        return Err(PROCEED);
+    }
+    Ok((key, target))
+}
+
+/// True if the socket carries the daemon's exclusion mark.
+fn excluded(ctx: &SockAddrContext) -> bool {
+    let Some(config) = CONFIG.get(CONFIG_INDEX) else {
+        return false;
+    };
+    let mark = config.exclude_mark;
+    if mark == 0 {
+        return false;
+    }
+    // SAFETY: `sk` of `bpf_sock_addr` is a non-null PTR_TO_SOCKET for
+    // sock_addr programs; `mark` is a readable 4-byte field of `bpf_sock`.
+    let sk_mark = unsafe {
+        let sk = load(addr_of!((*ctx.sock_addr).__bindgen_anon_1.sk));
+        load(addr_of!((*sk).mark))
+    };
+    sk_mark == mark
+}
+
+/// Records the original destination for getpeername(). Failing to record it
+/// cancels the redirect: better an honest failure than a wrong peer name.
+fn remember(ctx: &SockAddrContext, key: &ServiceKey) -> Result<(), i32> {
+    // SAFETY: bpf_get_socket_cookie is allowed for sock_addr programs and
+    // takes the context pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let orig = OriginalDst {
+        addr: key.addr,
+        port: key.port,
+        _pad: [0; 2],
+    };
+    ORIGINAL_DST.insert(cookie, orig, 0).map_err(|e| {
+        warn!(ctx, "ORIGINAL_DST insert failed: {}", e);
+        PROCEED
+    })
+}
+
+/// The original destination of a redirected socket, `Err(PROCEED)` if this
+/// socket was not redirected.
+fn original(ctx: &SockAddrContext) -> Result<OriginalDst, i32> {
+    // SAFETY: as in `remember`.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once; entries are only replaced for the same socket.
+    unsafe { ORIGINAL_DST.get(cookie) }.copied().ok_or(PROCEED)
+}
+
+/// # Safety
+/// `p` must point to a readable 4-byte field of the context or socket.
+#[inline(always)]
+unsafe fn load<T: Copy>(p: *const T) -> T {
+    // SAFETY: guaranteed by the caller.
+    unsafe { read_volatile(p) }
+}
+
+/// # Safety
+/// `p` must point to a writable 4-byte context field.
+#[inline(always)]
+unsafe fn store(p: *mut u32, v: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { write_volatile(p, v) }
+}
+
+/// Reads `user_ip6` as four 4-byte loads at constant offsets (the verifier
+/// rejects variable-offset context accesses, so no loop).
+///
+/// # Safety
+/// `sa` must be the program's context.
+#[inline(always)]
+unsafe fn load_ip6(sa: *mut bpf_sock_addr) -> [u8; 16] {
+    // SAFETY: 4-byte loads of `user_ip6[0..4]`.
+    let w = unsafe {
+        [
+            load(addr_of!((*sa).user_ip6[0])).to_ne_bytes(),
+            load(addr_of!((*sa).user_ip6[1])).to_ne_bytes(),
+            load(addr_of!((*sa).user_ip6[2])).to_ne_bytes(),
+            load(addr_of!((*sa).user_ip6[3])).to_ne_bytes(),
+        ]
+    };
+    [
+        w[0][0], w[0][1], w[0][2], w[0][3], w[1][0], w[1][1], w[1][2], w[1][3], w[2][0], w[2][1],
+        w[2][2], w[2][3], w[3][0], w[3][1], w[3][2], w[3][3],
+    ]
+}
+
+/// Writes `user_ip6` as four 4-byte stores at constant offsets.
+///
+/// # Safety
+/// `sa` must be the program's context.
+#[inline(always)]
+unsafe fn store_ip6(sa: *mut bpf_sock_addr, a: &[u8; 16]) {
+    // SAFETY: 4-byte stores to `user_ip6[0..4]`.
+    unsafe {
+        store(
+            addr_of_mut!((*sa).user_ip6[0]),
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        );
+        store(
+            addr_of_mut!((*sa).user_ip6[1]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        );
+        store(
+            addr_of_mut!((*sa).user_ip6[2]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        );
+        store(
+            addr_of_mut!((*sa).user_ip6[3]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        );
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!(
+        "netmux-ebpf is an eBPF object: netmux-daemon/build.rs builds it for bpfel-unknown-none"
+    );
+    std::process::exit(2);
+}
+
+/// License declared to the kernel; GPL-compatible so GPL-only helpers stay
+/// available.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
