@@ -91,6 +91,9 @@ mod tests {
             access().authenticate(&Credential::Bearer("0123456789abcdeX".into())),
             Err(Denied::BadToken)
         );
-        assert_eq!(access().authenticate(&Credential::None), Err(Denied::Missing));
+        assert_eq!(
+            access().authenticate(&Credential::None),
+            Err(Denied::Missing)
+        );
     }
 }

@@ -11,8 +11,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -112,13 +112,18 @@ impl ServerIdentity {
 
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("netmux-server"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().map(String::as_str).unwrap_or("netmux-server"),
+        );
         for name in names {
             let san = match name.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) if !netmux_common::proto::catalog::valid_dns_name(&name.to_ascii_lowercase()) => {
+                Err(_)
+                    if !netmux_common::proto::catalog::valid_dns_name(
+                        &name.to_ascii_lowercase(),
+                    ) =>
+                {
                     return Err(CaError::BadName(name.clone()))
                 }
                 Err(_) => SanType::DnsName(

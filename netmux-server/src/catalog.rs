@@ -128,6 +128,9 @@ mod tests {
         assert!(first.keys().all(|id| *id != id_c));
 
         store.publish(vec![svc("b", 81), svc("c", 80)]);
-        assert!(!rx.has_changed().unwrap(), "identical publish must not wake");
+        assert!(
+            !rx.has_changed().unwrap(),
+            "identical publish must not wake"
+        );
     }
 }

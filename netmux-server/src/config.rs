@@ -45,10 +45,7 @@ pub enum ConfigError {
 
 /// Turns a toml error into one naming file, line and column.
 pub fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let (line, column) = e
-        .span()
-        .map(|s| line_col(text, s.start))
-        .unwrap_or((0, 0));
+    let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
     ConfigError::Parse {
         path: path.to_owned(),
         line,
@@ -253,7 +250,9 @@ services = "services.toml"
     #[test]
     fn unknown_key_names_line_and_key() {
         let text = GOOD.replace("http =", "htp =");
-        let err = Config::parse(Path::new("s.toml"), &text).unwrap_err().to_string();
+        let err = Config::parse(Path::new("s.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("s.toml:3:"), "{err}");
         assert!(err.contains("htp"), "{err}");
     }
@@ -261,14 +260,19 @@ services = "services.toml"
     #[test]
     fn short_token_is_refused_with_the_fix() {
         let text = GOOD.replace("0123456789abcdef0123", "short");
-        let err = Config::parse(Path::new("s.toml"), &text).unwrap_err().to_string();
+        let err = Config::parse(Path::new("s.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("token[0].token"), "{err}");
         assert!(err.contains("shorter than 16"), "{err}");
     }
 
     #[test]
     fn no_token_is_refused() {
-        let text = GOOD.replace("[[token]]\nname = \"alice\"\ntoken = \"0123456789abcdef0123\"\n", "");
+        let text = GOOD.replace(
+            "[[token]]\nname = \"alice\"\ntoken = \"0123456789abcdef0123\"\n",
+            "",
+        );
         assert!(Config::parse(Path::new("s.toml"), &text).is_err());
     }
 }

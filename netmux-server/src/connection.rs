@@ -26,7 +26,11 @@ pub async fn serve(conn: Connection, server: Arc<Server>) {
     drop(_enter);
     match handshake(&conn, &server).await {
         Ok((identity, session, send, recv)) => {
-            server.metrics.sessions_total.with_label_values(&["accepted"]).inc();
+            server
+                .metrics
+                .sessions_total
+                .with_label_values(&["accepted"])
+                .inc();
             server.metrics.sessions_active.inc();
             tracing::info!(%remote, client = %identity.name, "daemon connected");
             let streams = accept_streams(conn.clone(), server.clone(), identity.clone());
@@ -50,7 +54,11 @@ pub async fn serve(conn: Connection, server: Arc<Server>) {
                 SessionError::HelloTimeout(_) => "timeout",
                 _ => "protocol_error",
             };
-            server.metrics.sessions_total.with_label_values(&[result]).inc();
+            server
+                .metrics
+                .sessions_total
+                .with_label_values(&[result])
+                .inc();
             tracing::warn!(%remote, error = %e, "daemon refused");
             // Give the refusal time to reach the daemon before closing.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -87,7 +95,9 @@ async fn handshake(conn: &Connection, server: &Server) -> Result<Handshake, Sess
         let result = match chunk {
             Err(_) => session.handle_timeout(Instant::now() + timeout),
             Ok(Ok(Some(c))) => session.handle_input(&c.bytes),
-            Ok(_) => Err(SessionError::Unexpected("control stream ended before hello")),
+            Ok(_) => Err(SessionError::Unexpected(
+                "control stream ended before hello",
+            )),
         };
         if let Err(e) = result {
             let _ = flush(&mut session, &mut send).await;
@@ -102,7 +112,10 @@ async fn handshake(conn: &Connection, server: &Server) -> Result<Handshake, Sess
                 .filter(|(_, s)| server.access.may_reach(&identity, s))
                 .map(|(k, v)| (*k, v.clone()))
                 .collect();
-            session.accept(&format!("netmux-server {}", env!("CARGO_PKG_VERSION")), &visible);
+            session.accept(
+                &format!("netmux-server {}", env!("CARGO_PKG_VERSION")),
+                &visible,
+            );
             flush(&mut session, &mut send).await?;
             Ok((identity, session, send, recv))
         }
@@ -161,10 +174,18 @@ struct ServiceMeter<'a> {
 
 impl Meter for ServiceMeter<'_> {
     fn tcp_to_stream(&self, n: usize) {
-        self.server.metrics.bytes_sent.with_label_values(&self.labels).inc_by(n as u64);
+        self.server
+            .metrics
+            .bytes_sent
+            .with_label_values(&self.labels)
+            .inc_by(n as u64);
     }
     fn stream_to_tcp(&self, n: usize) {
-        self.server.metrics.bytes_received.with_label_values(&self.labels).inc_by(n as u64);
+        self.server
+            .metrics
+            .bytes_received
+            .with_label_values(&self.labels)
+            .inc_by(n as u64);
     }
 }
 
@@ -174,7 +195,8 @@ async fn read_header(recv: &mut RecvStream) -> Result<(StreamHeader, Bytes), &'s
     loop {
         match StreamHeader::decode(&buf) {
             Ok((h, used)) => return Ok((h, buf.split_off(used).freeze())),
-            Err(netmux_common::proto::codec::DecodeError::UnexpectedEnd) if buf.len() < MAX_HEADER_LEN => {}
+            Err(netmux_common::proto::codec::DecodeError::UnexpectedEnd)
+                if buf.len() < MAX_HEADER_LEN => {}
             Err(_) => return Err("bad stream header"),
         }
         match recv.read_chunk(MAX_HEADER_LEN, true).await {
@@ -184,7 +206,12 @@ async fn read_header(recv: &mut RecvStream) -> Result<(StreamHeader, Bytes), &'s
     }
 }
 
-async fn proxy_stream(mut send: SendStream, mut recv: RecvStream, server: Arc<Server>, who: Identity) {
+async fn proxy_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    server: Arc<Server>,
+    who: Identity,
+) {
     let header = tokio::time::timeout(server.config.hello_timeout, read_header(&mut recv)).await;
     let (header, pending) = match header {
         Ok(Ok(h)) => h,
@@ -240,15 +267,34 @@ async fn proxy_stream(mut send: SendStream, mut recv: RecvStream, server: Arc<Se
             return;
         }
     };
-    server.metrics.connect_latency.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
-    server.metrics.connections_total.with_label_values(&labels).inc();
+    server
+        .metrics
+        .connect_latency
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    server
+        .metrics
+        .connections_total
+        .with_label_values(&labels)
+        .inc();
     let active = server.metrics.connections_active.with_label_values(&labels);
     active.inc();
     let mut out = BytesMut::new();
     OpenResult::Connected.encode(&mut out);
     if send.write_all(&out).await.is_ok() {
-        let meter = ServiceMeter { server: &server, labels };
-        let outcome = pipe::bridge(&mut tcp, send, recv, pending, |r| async move { Ok((r, Bytes::new())) }, &meter).await;
+        let meter = ServiceMeter {
+            server: &server,
+            labels,
+        };
+        let outcome = pipe::bridge(
+            &mut tcp,
+            send,
+            recv,
+            pending,
+            |r| async move { Ok((r, Bytes::new())) },
+            &meter,
+        )
+        .await;
         if outcome.end != End::Clean {
             server
                 .metrics

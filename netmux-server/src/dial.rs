@@ -81,8 +81,14 @@ mod tests {
     fn only_published_ports_resolve_to_catalog_addresses() {
         let (_, addrs) = resolve(&catalog(), ServiceId(1), 80).unwrap();
         assert_eq!(addrs, vec!["127.0.0.1:8080".parse().unwrap()]);
-        assert_eq!(resolve(&catalog(), ServiceId(1), 8080).unwrap_err(), OpenResult::UnknownService);
-        assert_eq!(resolve(&catalog(), ServiceId(2), 80).unwrap_err(), OpenResult::UnknownService);
+        assert_eq!(
+            resolve(&catalog(), ServiceId(1), 8080).unwrap_err(),
+            OpenResult::UnknownService
+        );
+        assert_eq!(
+            resolve(&catalog(), ServiceId(2), 80).unwrap_err(),
+            OpenResult::UnknownService
+        );
     }
 
     #[tokio::test]

@@ -10,7 +10,12 @@ use clap::Parser;
 #[command(version, about)]
 struct Args {
     /// Server configuration file.
-    #[arg(long, short, env = "NETMUX_SERVER_CONFIG", default_value = "/etc/netmux/server.toml")]
+    #[arg(
+        long,
+        short,
+        env = "NETMUX_SERVER_CONFIG",
+        default_value = "/etc/netmux/server.toml"
+    )]
     config: PathBuf,
 }
 
@@ -25,14 +30,15 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = netmux_server::config::Config::load(&args.config)?;
     netmux_server::run(config, async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "no SIGTERM handler");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no SIGTERM handler");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -47,12 +47,16 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("static metric"))
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("static metric"),
+            )
         };
         Metrics {
             sessions_active: register(
                 &r,
-                IntGauge::new("netmux_server_sessions_active", "Daemons connected now").expect("static metric"),
+                IntGauge::new("netmux_server_sessions_active", "Daemons connected now")
+                    .expect("static metric"),
             ),
             sessions_total: counter(
                 "netmux_server_sessions_total",
@@ -61,7 +65,8 @@ impl Metrics {
             ),
             catalog_services: register(
                 &r,
-                IntGauge::new("netmux_server_catalog_services", "Services in the catalog").expect("static metric"),
+                IntGauge::new("netmux_server_catalog_services", "Services in the catalog")
+                    .expect("static metric"),
             ),
             connections_total: counter(
                 "netmux_server_connections_total",
@@ -71,7 +76,10 @@ impl Metrics {
             connections_active: register(
                 &r,
                 IntGaugeVec::new(
-                    Opts::new("netmux_server_connections_active", "Proxied connections open now"),
+                    Opts::new(
+                        "netmux_server_connections_active",
+                        "Proxied connections open now",
+                    ),
                     SVC,
                 )
                 .expect("static metric"),
@@ -98,7 +106,9 @@ impl Metrics {
                         "netmux_server_connect_latency_seconds",
                         "Time to dial a target",
                     )
-                    .buckets(prometheus::exponential_buckets(0.0001, 2.5, 14).expect("static buckets")),
+                    .buckets(
+                        prometheus::exponential_buckets(0.0001, 2.5, 14).expect("static buckets"),
+                    ),
                     SVC,
                 )
                 .expect("static metric"),

@@ -1,1 +1,221 @@
-fn main() {}
+//! `netmux`: the command-line client of netmuxd.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use netmux_daemon::api::{Reply, Request, Row};
+use netmux_daemon::config::{Config, DEFAULT_CONFIG, DEFAULT_SOCKET};
+use netmux_daemon::control;
+use netmux_daemon::system::hosts::HostsFile;
+
+/// netmux command line client.
+#[derive(Parser, Debug)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    /// netmuxd's control socket.
+    #[arg(long, global = true, env = "NETMUX_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Daemon configuration (used by `cleanup` when the daemon is not running).
+    #[arg(long, global = true, env = "NETMUX_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Lists endpoints and their services.
+    #[command(visible_aliases = ["ls", "l"])]
+    List {
+        /// Only rows whose name or endpoint contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Connects to an endpoint.
+    #[command(visible_aliases = ["con", "c"])]
+    Connect {
+        /// Endpoint name.
+        endpoint: String,
+    },
+    /// Disconnects from an endpoint.
+    #[command(visible_aliases = ["dis", "d"])]
+    Disconnect {
+        /// Endpoint name.
+        endpoint: String,
+    },
+    /// Starts services (`+` is a wildcard: `netmux start EP +` starts all).
+    #[command(visible_aliases = ["on", "+"])]
+    Start {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name, namespace/name, or pattern with `+`.
+        service: String,
+    },
+    /// Stops services.
+    #[command(visible_aliases = ["off", "-"])]
+    Stop {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name, namespace/name, or pattern with `+`.
+        service: String,
+    },
+    /// Shows the daemon's status.
+    Status {
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Stops the daemon.
+    Exit,
+    /// Removes every trace of netmux (works even if the daemon crashed).
+    Cleanup,
+}
+
+fn print_rows(rows: &[Row]) {
+    let header = Row {
+        kind: "#".into(),
+        name: "NAME".into(),
+        parent: "PARENT".into(),
+        description: "DESCRIPTION".into(),
+        status: "STATUS".into(),
+    };
+    let all: Vec<&Row> = std::iter::once(&header).chain(rows.iter()).collect();
+    let w = |f: fn(&Row) -> &str| all.iter().map(|r| f(r).len()).max().unwrap_or(0);
+    let (wk, wn, wp, wd) = (
+        w(|r| &r.kind),
+        w(|r| &r.name),
+        w(|r| &r.parent),
+        w(|r| &r.description),
+    );
+    for r in all {
+        println!(
+            "{:wk$}  {:wn$}  {:wp$}  {:wd$}  {}",
+            r.kind, r.name, r.parent, r.description, r.status
+        );
+    }
+}
+
+/// Removes what a crashed daemon may have left, without the daemon.
+fn offline_cleanup(cli: &Cli) -> Result<String, String> {
+    let config = Config::load(&cli.config).map_err(|e| e.to_string())?;
+    HostsFile::new(&config.hosts_file)
+        .clear()
+        .map_err(|e| format!("cannot clean {}: {e}", config.hosts_file.display()))?;
+    let mut done = vec![format!(
+        "removed the netmux block from {}",
+        config.hosts_file.display()
+    )];
+    if config.socket.exists() {
+        std::fs::remove_file(&config.socket)
+            .map_err(|e| format!("cannot remove {}: {e}", config.socket.display()))?;
+        done.push(format!("removed stale socket {}", config.socket.display()));
+    }
+    Ok(done.join("; "))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (request, output) = match &cli.command {
+        Command::List { filter, output } => (
+            Request::List {
+                filter: filter.clone(),
+            },
+            *output,
+        ),
+        Command::Connect { endpoint } => (
+            Request::Connect {
+                endpoint: endpoint.clone(),
+            },
+            Output::Table,
+        ),
+        Command::Disconnect { endpoint } => (
+            Request::Disconnect {
+                endpoint: endpoint.clone(),
+            },
+            Output::Table,
+        ),
+        Command::Start { endpoint, service } => (
+            Request::Start {
+                endpoint: endpoint.clone(),
+                service: service.clone(),
+            },
+            Output::Table,
+        ),
+        Command::Stop { endpoint, service } => (
+            Request::Stop {
+                endpoint: endpoint.clone(),
+                service: service.clone(),
+            },
+            Output::Table,
+        ),
+        Command::Status { output } => (Request::Status, *output),
+        Command::Exit => (Request::Exit, Output::Table),
+        Command::Cleanup => (Request::Cleanup, Output::Table),
+    };
+    let response = match control::call(&cli.socket, &request).await {
+        Ok(r) => r,
+        Err(e) if matches!(request, Request::Cleanup) => {
+            eprintln!("netmuxd not reachable ({e}); cleaning up locally");
+            return match offline_cleanup(&cli) {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("netmux: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Err(e) => {
+            eprintln!("netmux: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(e) = response.error {
+        eprintln!("netmux: {e}");
+        return ExitCode::FAILURE;
+    }
+    match (response.ok, output) {
+        (Some(reply), Output::Json) => match serde_json::to_string_pretty(&reply) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("netmux: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (Some(Reply::List { rows }), Output::Table) => print_rows(&rows),
+        (Some(Reply::Status(s)), Output::Table) => {
+            println!("netmuxd {}", s.version);
+            println!("redirect:   {}", s.redirect);
+            println!("hosts file: {}", s.hosts_file);
+            for e in s.endpoints {
+                print!(
+                    "endpoint {}: {} ({}), {} services, {} started",
+                    e.name, e.state, e.server, e.services, e.started
+                );
+                match e.error {
+                    Some(err) => println!(", last error: {err}"),
+                    None => println!(),
+                }
+            }
+        }
+        (Some(Reply::Done { message }), Output::Table) => println!("{message}"),
+        (None, _) => {
+            eprintln!("netmux: empty reply from netmuxd");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}

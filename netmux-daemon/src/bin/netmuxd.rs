@@ -1,1 +1,66 @@
-fn main() {}
+//! `netmuxd`: the workstation daemon.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use netmux_daemon::config::{Config, DEFAULT_CONFIG};
+use netmux_daemon::{control, daemon::Daemon, metrics::Metrics};
+
+/// netmux workstation daemon.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, short, env = "NETMUX_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let config = Config::load(&args.config)?;
+    let metrics = Metrics::new();
+    let (listener, gid) = control::bind(&config.socket, config.socket_group.as_deref())?;
+    let socket = config.socket.clone();
+    let metrics_task = match config.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics on {addr}"))?;
+            Some(tokio::spawn(metrics.clone().serve(l)))
+        }
+        None => None,
+    };
+    let daemon = Daemon::new(config, metrics);
+    // A crash leaves a hosts block behind; start from a clean slate.
+    daemon.cleanup().await;
+    for ep in daemon.config().endpoints.iter().filter(|e| e.autostart) {
+        let name = ep.name.clone();
+        if let Err(e) = daemon.connect(&name).await {
+            tracing::error!(endpoint = %name, error = %e, "autostart failed");
+        }
+    }
+    tracing::info!(socket = %socket.display(), "netmuxd ready");
+    let control = tokio::spawn(control::serve(listener, gid, daemon.clone()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("terminated"),
+        () = daemon.exit.notified() => tracing::info!("exit requested"),
+    }
+    control.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    daemon.cleanup().await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -148,7 +148,10 @@ pub fn load(path: &Path) -> Result<Vec<Service>, ConfigError> {
 }
 
 /// Publishes the file's services, then republishes on every change.
-pub async fn start(path: PathBuf, store: Arc<CatalogStore>) -> Result<RuntimeHandle, ServicesError> {
+pub async fn start(
+    path: PathBuf,
+    store: Arc<CatalogStore>,
+) -> Result<RuntimeHandle, ServicesError> {
     store.publish(load(&path)?);
     tracing::info!(path = %path.display(), services = store.current().len(), "static runtime loaded");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -186,7 +189,9 @@ pub async fn start(path: PathBuf, store: Arc<CatalogStore>) -> Result<RuntimeHan
                     store.publish(services);
                     tracing::info!(path = %path.display(), services = store.current().len(), "services reloaded");
                 }
-                Err(e) => tracing::error!(error = %e, "services file rejected; keeping the previous catalog"),
+                Err(e) => {
+                    tracing::error!(error = %e, "services file rejected; keeping the previous catalog")
+                }
             }
         }
     });
@@ -234,7 +239,8 @@ ports = [{ port = 80, target_port = 8080, name = "http" }, { port = 443 }]
     async fn reload_publishes_changes_and_keeps_catalog_on_bad_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("services.toml");
-        let one = "[[service]]\nname = \"a\"\naddresses = [\"10.0.0.1\"]\nports = [{ port = 80 }]\n";
+        let one =
+            "[[service]]\nname = \"a\"\naddresses = [\"10.0.0.1\"]\nports = [{ port = 80 }]\n";
         std::fs::write(&path, one).unwrap();
         let (store, mut rx) = CatalogStore::new(crate::metrics::Metrics::new());
         let _rt = start(path.clone(), store.clone()).await.unwrap();
@@ -248,6 +254,10 @@ ports = [{ port = 80, target_port = 8080, name = "http" }, { port = 443 }]
         assert_eq!(rx.borrow_and_update().len(), 2);
         std::fs::write(&path, "garbage = [").unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(store.current().len(), 2, "bad file must not change the catalog");
+        assert_eq!(
+            store.current().len(),
+            2,
+            "bad file must not change the catalog"
+        );
     }
 }

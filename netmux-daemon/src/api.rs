@@ -1,0 +1,185 @@
+//! The control API between the `netmux` CLI and the daemon: one JSON request
+//! per line on the unix socket, one JSON response per line back.
+
+use serde::{Deserialize, Serialize};
+
+/// A CLI request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Endpoints and services (`ls`).
+    List {
+        /// Only rows whose name or parent contains this.
+        filter: Option<String>,
+    },
+    /// Connect an endpoint.
+    Connect {
+        /// Endpoint name.
+        endpoint: String,
+    },
+    /// Disconnect an endpoint and stop its services.
+    Disconnect {
+        /// Endpoint name.
+        endpoint: String,
+    },
+    /// Start services matching a pattern (`+` matches any run of characters).
+    Start {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name, `namespace/name`, or pattern.
+        service: String,
+    },
+    /// Stop services matching a pattern.
+    Stop {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name, `namespace/name`, or pattern.
+        service: String,
+    },
+    /// Daemon status.
+    Status,
+    /// Stop everything and exit.
+    Exit,
+    /// Stop everything and remove every trace (hosts block, redirects).
+    Cleanup,
+}
+
+/// One line of `netmux ls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Row {
+    /// `EP` or `SVC`.
+    pub kind: String,
+    /// Endpoint or service name.
+    pub name: String,
+    /// Endpoint of a service; `-` for endpoints.
+    pub parent: String,
+    /// Address summary.
+    pub description: String,
+    /// connected/connecting/down/off for endpoints; on/off/gone for services.
+    pub status: String,
+}
+
+/// Endpoint part of the status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointView {
+    /// Name.
+    pub name: String,
+    /// Configured server.
+    pub server: String,
+    /// connected/connecting/down/off.
+    pub state: String,
+    /// Last error, if down.
+    pub error: Option<String>,
+    /// Services in its catalog.
+    pub services: usize,
+    /// Services started.
+    pub started: usize,
+}
+
+/// `netmux status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Daemon version.
+    pub version: String,
+    /// Redirect backend in use and why.
+    pub redirect: String,
+    /// Hosts file maintained.
+    pub hosts_file: String,
+    /// Endpoints.
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// Done; a message for the user.
+    Done {
+        /// What happened.
+        message: String,
+    },
+    /// `ls` rows.
+    List {
+        /// Rows.
+        rows: Vec<Row>,
+    },
+    /// Status.
+    Status(StatusView),
+}
+
+/// The wire response: a reply or an error for the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The reply, when the request succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ok: Option<Reply>,
+    /// The error, when it failed: names the thing and the fix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<Result<Reply, String>> for Response {
+    fn from(r: Result<Reply, String>) -> Self {
+        match r {
+            Ok(reply) => Response {
+                ok: Some(reply),
+                error: None,
+            },
+            Err(e) => Response {
+                ok: None,
+                error: Some(e),
+            },
+        }
+    }
+}
+
+/// Matches `pattern` (with `+` as "any run of characters") against `text`.
+pub fn matches(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('+').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(pos) => rest = &rest[pos + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plus_is_a_wildcard() {
+        assert!(matches("+", "anything"));
+        assert!(matches("kafka+", "kafka-0"));
+        assert!(matches("+-0", "kafka-0"));
+        assert!(matches("k+a+0", "kafka-0"));
+        assert!(!matches("kafka+", "zookeeper"));
+        assert!(matches("web", "web"));
+        assert!(!matches("web", "web2"));
+    }
+
+    #[test]
+    fn requests_round_trip_as_json() {
+        let r = Request::Start {
+            endpoint: "demo".into(),
+            service: "+".into(),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+    }
+}

@@ -1,0 +1,404 @@
+//! Daemon configuration (`/etc/netmux/config.toml`).
+//!
+//! Parsed strictly (unknown keys are errors naming file, line and key), then
+//! validated into [`Config`]: secrets are masked in `Debug`, relative paths
+//! resolved against the file's directory.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default control socket path.
+pub const DEFAULT_SOCKET: &str = "/run/netmux/netmuxd.sock";
+/// Default configuration path.
+pub const DEFAULT_CONFIG: &str = "/etc/netmux/config.toml";
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax or schema error.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}: `{field}`: {message}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// Key path.
+        field: String,
+        /// What is wrong and the fix.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_socket")]
+    socket: PathBuf,
+    socket_group: Option<String>,
+    #[serde(default = "default_hosts")]
+    hosts_file: PathBuf,
+    #[serde(default = "default_range")]
+    address_range: String,
+    metrics: Option<SocketAddr>,
+    #[serde(default)]
+    redirect: RedirectMode,
+    #[serde(default = "default_cgroup")]
+    cgroup: PathBuf,
+    #[serde(default)]
+    endpoint: Vec<RawEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    name: String,
+    server: String,
+    #[serde(default = "default_server_name")]
+    server_name: String,
+    ca_file: Option<PathBuf>,
+    ca_pem: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    #[serde(default = "default_domain")]
+    cluster_domain: String,
+    #[serde(default)]
+    autostart: bool,
+}
+
+fn default_socket() -> PathBuf {
+    DEFAULT_SOCKET.into()
+}
+fn default_hosts() -> PathBuf {
+    "/etc/hosts".into()
+}
+fn default_range() -> String {
+    "127.77.0.0/16".into()
+}
+fn default_cgroup() -> PathBuf {
+    "/sys/fs/cgroup".into()
+}
+fn default_server_name() -> String {
+    "netmux-server".into()
+}
+fn default_domain() -> String {
+    "cluster.local".into()
+}
+
+/// How connections reach the daemon's listeners.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectMode {
+    /// eBPF when it loads, loopback otherwise.
+    #[default]
+    Auto,
+    /// eBPF cgroup connect hooks; failing to load is an error.
+    Ebpf,
+    /// Loopback address per service plus hosts-file names.
+    Loopback,
+}
+
+/// An IPv4 range in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Range {
+    /// Network address.
+    pub network: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Ipv4Range {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not CIDR (like 127.77.0.0/16)"))?;
+        let network: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("prefix /{prefix} must be between /8 and /30"))?;
+        let mask = u32::MAX << (32 - prefix);
+        if u32::from(network) & !mask != 0 {
+            return Err(format!(
+                "{s} has host bits set; use {}/{prefix}",
+                Ipv4Addr::from(u32::from(network) & mask)
+            ));
+        }
+        Ok(Ipv4Range { network, prefix })
+    }
+}
+
+/// A secret string, masked in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// One netmux server the daemon can connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// Name used by the CLI (`netmux connect NAME`).
+    pub name: String,
+    /// `host:port` of the server's QUIC endpoint.
+    pub server: String,
+    /// Name the server certificate must carry.
+    pub server_name: String,
+    /// PEM of the CA that signs the server certificate.
+    pub ca_pem: String,
+    /// Bearer token for the hello.
+    pub token: Option<Secret>,
+    /// Cluster DNS domain, for the names written for each service.
+    pub cluster_domain: String,
+    /// Connect when the daemon starts.
+    pub autostart: bool,
+}
+
+/// Validated daemon configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from.
+    pub path: PathBuf,
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Group allowed to use the control socket (besides root and the
+    /// daemon's own user).
+    pub socket_group: Option<String>,
+    /// Hosts file the daemon maintains a block in.
+    pub hosts_file: PathBuf,
+    /// Addresses handed to services (loopback backend).
+    pub address_range: Ipv4Range,
+    /// Prometheus listen address.
+    pub metrics: Option<SocketAddr>,
+    /// Redirect backend choice.
+    pub redirect: RedirectMode,
+    /// cgroup v2 directory the eBPF programs attach to.
+    pub cgroup: PathBuf,
+    /// Servers.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text` read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let address_range: Ipv4Range = raw
+            .address_range
+            .parse()
+            .map_err(|m| invalid("address_range".into(), m))?;
+        if !address_range.network.is_loopback() {
+            return Err(invalid(
+                "address_range".into(),
+                "must be inside 127.0.0.0/8 (loopback), e.g. 127.77.0.0/16".into(),
+            ));
+        }
+        let mut endpoints: Vec<EndpointConfig> = Vec::new();
+        for (i, e) in raw.endpoint.into_iter().enumerate() {
+            let field = |k: &str| format!("endpoint[{i}].{k}");
+            if !netmux_common::proto::catalog::valid_dns_name(&e.name) || e.name.contains('.') {
+                return Err(invalid(
+                    field("name"),
+                    format!(
+                        "{:?} must be one DNS label (lower-case letters, digits, '-')",
+                        e.name
+                    ),
+                ));
+            }
+            if endpoints.iter().any(|o| o.name == e.name) {
+                return Err(invalid(
+                    field("name"),
+                    format!("{:?} is listed twice", e.name),
+                ));
+            }
+            if !e.server.contains(':') {
+                return Err(invalid(
+                    field("server"),
+                    format!("{:?} needs a port, like netmux.example.com:7443", e.server),
+                ));
+            }
+            let ca_pem = match (e.ca_file, e.ca_pem) {
+                (Some(f), None) => {
+                    let f = base.join(f);
+                    std::fs::read_to_string(&f).map_err(|err| {
+                        invalid(
+                            field("ca_file"),
+                            format!("cannot read {}: {err}", f.display()),
+                        )
+                    })?
+                }
+                (None, Some(pem)) => pem,
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        field("ca_pem"),
+                        "give ca_file or ca_pem, not both".into(),
+                    ))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        field("ca_file"),
+                        "missing: the server's CA (state_dir/ca.pem on the server) is required"
+                            .into(),
+                    ))
+                }
+            };
+            if !ca_pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(invalid(field("ca_file"), "no PEM certificate found".into()));
+            }
+            let token = match (e.token, e.token_file) {
+                (Some(t), None) => Some(Secret(t)),
+                (None, Some(f)) => {
+                    let f = base.join(f);
+                    let t = std::fs::read_to_string(&f).map_err(|err| {
+                        invalid(
+                            field("token_file"),
+                            format!("cannot read {}: {err}", f.display()),
+                        )
+                    })?;
+                    Some(Secret(t.trim().to_owned()))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        field("token"),
+                        "give token or token_file, not both".into(),
+                    ))
+                }
+                (None, None) => None,
+            };
+            endpoints.push(EndpointConfig {
+                name: e.name,
+                server: e.server,
+                server_name: e.server_name,
+                ca_pem,
+                token,
+                cluster_domain: e.cluster_domain.trim_end_matches('.').to_owned(),
+                autostart: e.autostart,
+            });
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            socket: base.join(raw.socket),
+            socket_group: raw.socket_group,
+            hosts_file: base.join(raw.hosts_file),
+            address_range,
+            metrics: raw.metrics,
+            redirect: raw.redirect,
+            cgroup: raw.cgroup,
+            endpoints,
+        })
+    }
+
+    /// The endpoint called `name`.
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+
+    fn good() -> String {
+        format!(
+            "socket = \"/tmp/x.sock\"\nhosts_file = \"/tmp/hosts\"\n[[endpoint]]\nname = \"demo\"\nserver = \"10.0.0.2:7443\"\nca_pem = \"\"\"{PEM}\"\"\"\ntoken = \"0123456789abcdef\"\n"
+        )
+    }
+
+    #[test]
+    fn good_config_and_defaults() {
+        let c = Config::parse(Path::new("/etc/netmux/config.toml"), &good()).unwrap();
+        assert_eq!(c.address_range.prefix, 16);
+        assert_eq!(c.endpoints[0].cluster_domain, "cluster.local");
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let text = good().replace("server =", "sever =");
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:5:"), "{e}");
+        assert!(e.contains("sever"), "{e}");
+
+        let text = good().replace("10.0.0.2:7443", "10.0.0.2");
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("endpoint[0].server") && e.contains("needs a port"),
+            "{e}"
+        );
+
+        let text = format!("address_range = \"10.0.0.0/16\"\n{}", good());
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("address_range"), "{e}");
+    }
+
+    #[test]
+    fn ranges() {
+        assert!("127.77.0.0/16".parse::<Ipv4Range>().is_ok());
+        assert!("127.77.0.1/16".parse::<Ipv4Range>().is_err());
+        assert!("127.77.0.0".parse::<Ipv4Range>().is_err());
+        assert!("127.77.0.0/31".parse::<Ipv4Range>().is_err());
+    }
+}

@@ -1,0 +1,570 @@
+//! The daemon's state: connected endpoints, started services, and the
+//! reconciliation that turns them into listeners, redirects and names.
+//!
+//! Intent (which endpoints are connected, which services the user started)
+//! is kept apart from what runs; [`Daemon::reconcile`] makes the running set
+//! follow intent and the endpoints' catalogs, whatever changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use netmux_common::proto::catalog::{Direction, Protocol, Service};
+use tokio::sync::{Mutex, Notify};
+
+use crate::api::{self, EndpointView, Reply, Row, StatusView};
+use crate::config::Config;
+use crate::endpoint::{Endpoint, EndpointStatus};
+use crate::listeners::{self, Route};
+use crate::metrics::Metrics;
+use crate::redirect::alloc::AddressAllocator;
+use crate::system::hosts::{HostsEntry, HostsFile};
+
+/// (endpoint, `namespace/name`).
+type ServiceRef = (String, String);
+
+struct Running {
+    addr: Ipv4Addr,
+    service: Service,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    domain: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Connected {
+    endpoint: Endpoint,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+#[derive(Default)]
+struct State {
+    endpoints: BTreeMap<String, Connected>,
+    wanted: BTreeSet<ServiceRef>,
+    running: BTreeMap<ServiceRef, Running>,
+    errors: BTreeMap<ServiceRef, String>,
+}
+
+/// The daemon.
+pub struct Daemon {
+    config: Config,
+    metrics: Metrics,
+    hosts: HostsFile,
+    state: Mutex<State>,
+    alloc: std::sync::Mutex<AddressAllocator>,
+    /// Notified when the daemon should exit.
+    pub exit: Notify,
+}
+
+/// All names a service answers to on the workstation.
+pub fn service_names(svc: &Service, domain: &str) -> Vec<String> {
+    let mut names = vec![
+        svc.name.clone(),
+        format!("{}.{}", svc.name, svc.namespace),
+        format!("{}.{}.svc", svc.name, svc.namespace),
+        format!("{}.{}.svc.{domain}", svc.name, svc.namespace),
+    ];
+    for a in &svc.aliases {
+        if !names.contains(a) {
+            names.push(a.clone());
+        }
+    }
+    names
+}
+
+fn describe(svc: &Service, local: Option<Ipv4Addr>) -> String {
+    let remote = svc
+        .addresses
+        .first()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "-".into());
+    let ports: Vec<String> = svc
+        .ports
+        .iter()
+        .filter(|p| p.protocol == Protocol::Tcp)
+        .map(|p| {
+            let local = local.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+            let remote = if remote.contains(':') {
+                format!("[{remote}]")
+            } else {
+                remote.clone()
+            };
+            format!("{local}:{} => {remote}:{}", p.port, p.target_port)
+        })
+        .collect();
+    format!("{}: {}", svc.direction, ports.join(", "))
+}
+
+impl Daemon {
+    /// A daemon with nothing connected.
+    pub fn new(config: Config, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Daemon {
+            hosts: HostsFile::new(&config.hosts_file),
+            alloc: std::sync::Mutex::new(AddressAllocator::new(config.address_range)),
+            config,
+            metrics,
+            state: Mutex::new(State::default()),
+            exit: Notify::new(),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Handles one control request.
+    pub async fn handle(self: &Arc<Self>, req: api::Request) -> Result<Reply, String> {
+        use api::Request::*;
+        match req {
+            List { filter } => Ok(Reply::List {
+                rows: self.list(filter.as_deref()).await,
+            }),
+            Connect { endpoint } => self.connect(&endpoint).await,
+            Disconnect { endpoint } => self.disconnect(&endpoint).await,
+            Start { endpoint, service } => self.start(&endpoint, &service).await,
+            Stop { endpoint, service } => self.stop(&endpoint, &service).await,
+            Status => Ok(Reply::Status(self.status().await)),
+            Exit => {
+                self.cleanup().await;
+                self.exit.notify_one();
+                Ok(Reply::Done {
+                    message: "daemon exiting".into(),
+                })
+            }
+            Cleanup => {
+                self.cleanup().await;
+                Ok(Reply::Done {
+                    message: format!(
+                        "disconnected everything and removed the netmux block from {}",
+                        self.hosts.path().display()
+                    ),
+                })
+            }
+        }
+    }
+
+    fn unknown_endpoint(&self, name: &str) -> String {
+        let known: Vec<&str> = self
+            .config
+            .endpoints
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        format!(
+            "unknown endpoint {name:?}: configured endpoints are [{}] (see {})",
+            known.join(", "),
+            self.config.path.display()
+        )
+    }
+
+    /// Connects an endpoint (idempotent).
+    pub async fn connect(self: &Arc<Self>, name: &str) -> Result<Reply, String> {
+        let cfg = self
+            .config
+            .endpoint(name)
+            .ok_or_else(|| self.unknown_endpoint(name))?
+            .clone();
+        let mut state = self.state.lock().await;
+        if state.endpoints.contains_key(name) {
+            return Ok(Reply::Done {
+                message: format!("{name} is already connected"),
+            });
+        }
+        let endpoint = Endpoint::start(cfg, self.metrics.clone());
+        let mut catalog = endpoint.watch_catalog();
+        let mut status = endpoint.watch_status();
+        let me = Arc::downgrade(self);
+        let watcher = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = catalog.changed() => if r.is_err() { return },
+                    r = status.changed() => if r.is_err() { return },
+                }
+                catalog.mark_unchanged();
+                status.mark_unchanged();
+                let Some(d) = me.upgrade() else { return };
+                d.reconcile().await;
+            }
+        });
+        state
+            .endpoints
+            .insert(name.to_owned(), Connected { endpoint, watcher });
+        drop(state);
+        // Wait briefly so `connect` reports the first outcome.
+        let first = self.wait_first_outcome(name).await;
+        Ok(Reply::Done {
+            message: match first {
+                EndpointStatus::Connected { server, .. } => format!("{name} connected to {server}"),
+                EndpointStatus::Down { error } => {
+                    format!("{name} is not up yet ({error}); retrying in the background")
+                }
+                EndpointStatus::Connecting => format!("{name} connecting in the background"),
+            },
+        })
+    }
+
+    async fn wait_first_outcome(&self, name: &str) -> EndpointStatus {
+        let rx = {
+            let state = self.state.lock().await;
+            match state.endpoints.get(name) {
+                Some(c) => c.endpoint.watch_status(),
+                None => return EndpointStatus::Connecting,
+            }
+        };
+        let mut rx = rx;
+        let wait = async {
+            rx.wait_for(|s| !matches!(s, EndpointStatus::Connecting))
+                .await
+                .map(|s| s.clone())
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), wait).await {
+            Ok(Ok(s)) => s,
+            _ => EndpointStatus::Connecting,
+        }
+    }
+
+    /// Disconnects an endpoint and stops its services.
+    pub async fn disconnect(self: &Arc<Self>, name: &str) -> Result<Reply, String> {
+        if self.config.endpoint(name).is_none() {
+            return Err(self.unknown_endpoint(name));
+        }
+        let mut state = self.state.lock().await;
+        if state.endpoints.remove(name).is_none() {
+            return Err(format!("{name} is not connected"));
+        }
+        state.wanted.retain(|(ep, _)| ep != name);
+        self.reconcile_locked(&mut state).await;
+        Ok(Reply::Done {
+            message: format!("{name} disconnected"),
+        })
+    }
+
+    fn matching(&self, state: &State, ep: &str, pattern: &str) -> Result<Vec<Service>, String> {
+        let connected = state.endpoints.get(ep).ok_or_else(|| {
+            if self.config.endpoint(ep).is_none() {
+                self.unknown_endpoint(ep)
+            } else {
+                format!("endpoint {ep} is not connected: run `netmux connect {ep}` first")
+            }
+        })?;
+        let catalog = connected.endpoint.catalog();
+        let found: Vec<Service> = catalog
+            .values()
+            .filter(|s| {
+                api::matches(pattern, &s.name)
+                    || api::matches(pattern, &s.key())
+                    || api::matches(pattern, &format!("{}.{}", s.name, s.namespace))
+            })
+            .cloned()
+            .collect();
+        if found.is_empty() {
+            return Err(format!(
+                "no service on {ep} matches {pattern:?}: see `netmux ls` (use `+` as a wildcard)"
+            ));
+        }
+        Ok(found)
+    }
+
+    /// Starts services matching `pattern` on `ep`.
+    pub async fn start(self: &Arc<Self>, ep: &str, pattern: &str) -> Result<Reply, String> {
+        let mut state = self.state.lock().await;
+        let found = self.matching(&state, ep, pattern)?;
+        let mut started = Vec::new();
+        for svc in &found {
+            if svc.direction == Direction::L2C {
+                state.wanted.insert((ep.to_owned(), svc.key()));
+                started.push(svc.key());
+            }
+        }
+        if started.is_empty() {
+            return Err(format!(
+                "{pattern:?} matches only C2L services, which are not started locally"
+            ));
+        }
+        self.reconcile_locked(&mut state).await;
+        let failed: Vec<String> = started
+            .iter()
+            .filter_map(|k| {
+                state
+                    .errors
+                    .get(&(ep.to_owned(), k.clone()))
+                    .map(|e| format!("{k}: {e}"))
+            })
+            .collect();
+        if !failed.is_empty() {
+            return Err(format!("could not start: {}", failed.join("; ")));
+        }
+        Ok(Reply::Done {
+            message: format!("started {}", started.join(", ")),
+        })
+    }
+
+    /// Stops services matching `pattern` on `ep`.
+    pub async fn stop(self: &Arc<Self>, ep: &str, pattern: &str) -> Result<Reply, String> {
+        let mut state = self.state.lock().await;
+        let found = self.matching(&state, ep, pattern)?;
+        let keys: Vec<String> = found.iter().map(Service::key).collect();
+        state.wanted.retain(|(e, k)| !(e == ep && keys.contains(k)));
+        self.reconcile_locked(&mut state).await;
+        Ok(Reply::Done {
+            message: format!("stopped {}", keys.join(", ")),
+        })
+    }
+
+    /// Disconnects everything and removes the hosts block.
+    pub async fn cleanup(self: &Arc<Self>) {
+        let mut state = self.state.lock().await;
+        state.endpoints.clear();
+        state.wanted.clear();
+        self.reconcile_locked(&mut state).await;
+        if let Err(e) = self.hosts.clear() {
+            tracing::error!(error = %e, path = %self.hosts.path().display(), "cannot clean hosts file");
+        }
+    }
+
+    /// Re-derives what runs from intent and catalogs.
+    pub async fn reconcile(self: &Arc<Self>) {
+        let mut state = self.state.lock().await;
+        self.reconcile_locked(&mut state).await;
+    }
+
+    async fn reconcile_locked(&self, state: &mut State) {
+        // Stop what is no longer wanted or no longer in its catalog (or changed).
+        let mut stop = Vec::new();
+        for (key, running) in &state.running {
+            let current = state.endpoints.get(&key.0).and_then(|c| {
+                c.endpoint
+                    .catalog()
+                    .values()
+                    .find(|s| s.key() == key.1)
+                    .cloned()
+            });
+            let keep = state.wanted.contains(key)
+                && current
+                    .as_ref()
+                    .is_some_and(|s| same_listeners(s, &running.service));
+            if !keep {
+                stop.push(key.clone());
+            }
+        }
+        for key in stop {
+            if let Some(r) = state.running.remove(&key) {
+                self.release(r.addr);
+                tracing::info!(endpoint = %key.0, service = %key.1, "service stopped");
+            }
+        }
+        state.errors.clear();
+        // Start what is wanted, in its catalog, and not running.
+        let wanted: Vec<ServiceRef> = state.wanted.iter().cloned().collect();
+        for key in wanted {
+            if state.running.contains_key(&key) {
+                if let (Some(r), Some(c)) =
+                    (state.running.get_mut(&key), state.endpoints.get(&key.0))
+                {
+                    if let Some(s) = c.endpoint.catalog().values().find(|s| s.key() == key.1) {
+                        r.service = s.clone();
+                    }
+                }
+                continue;
+            }
+            let Some(connected) = state.endpoints.get(&key.0) else {
+                continue;
+            };
+            let catalog = connected.endpoint.catalog();
+            let Some(svc) = catalog.values().find(|s| s.key() == key.1).cloned() else {
+                continue;
+            };
+            match self.launch(connected, &key, svc).await {
+                Ok(r) => {
+                    tracing::info!(endpoint = %key.0, service = %key.1, addr = %r.addr, "service started");
+                    state.running.insert(key, r);
+                }
+                Err(e) => {
+                    tracing::error!(endpoint = %key.0, service = %key.1, error = %e, "cannot start service");
+                    state.errors.insert(key, e);
+                }
+            }
+        }
+        let entries: Vec<HostsEntry> = state
+            .running
+            .values()
+            .map(|r| HostsEntry {
+                addr: IpAddr::V4(r.addr),
+                names: service_names(&r.service, &r.domain),
+            })
+            .collect();
+        if let Err(e) = self.hosts.write(&entries) {
+            tracing::error!(path = %self.hosts.path().display(), error = %e, "cannot write hosts file");
+        }
+    }
+
+    fn release(&self, addr: Ipv4Addr) {
+        match self.alloc.lock() {
+            Ok(mut a) => a.release(addr),
+            Err(p) => p.into_inner().release(addr),
+        }
+    }
+
+    async fn launch(
+        &self,
+        connected: &Connected,
+        key: &ServiceRef,
+        svc: Service,
+    ) -> Result<Running, String> {
+        let addr = {
+            let mut a = match self.alloc.lock() {
+                Ok(a) => a,
+                Err(p) => p.into_inner(),
+            };
+            a.allocate().ok_or_else(|| {
+                format!(
+                    "address range {}/{} is exhausted: widen `address_range`",
+                    self.config.address_range.network, self.config.address_range.prefix
+                )
+            })?
+        };
+        let mut tasks = Vec::new();
+        for p in svc.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
+            let local = SocketAddr::new(IpAddr::V4(addr), p.port);
+            let listener = match listeners::bind(local).await {
+                Ok(l) => l,
+                Err(e) => {
+                    for t in &tasks {
+                        tokio::task::JoinHandle::abort(t);
+                    }
+                    self.release(addr);
+                    return Err(format!("cannot listen on {local}: {e}"));
+                }
+            };
+            let route = Route {
+                endpoint: key.0.clone(),
+                service: key.1.clone(),
+                port: p.port,
+                conn: connected.endpoint.watch_connection(),
+                catalog: connected.endpoint.watch_catalog(),
+                metrics: self.metrics.clone(),
+            };
+            tasks.push(tokio::spawn(listeners::serve(listener, route)));
+        }
+        Ok(Running {
+            addr,
+            service: svc,
+            tasks,
+            domain: connected.endpoint.config.cluster_domain.clone(),
+        })
+    }
+
+    /// `ls` rows: every configured endpoint, then the services of connected
+    /// ones.
+    pub async fn list(&self, filter: Option<&str>) -> Vec<Row> {
+        let state = self.state.lock().await;
+        let mut rows = Vec::new();
+        for cfg in &self.config.endpoints {
+            let connected = state.endpoints.get(&cfg.name);
+            rows.push(Row {
+                kind: "EP".into(),
+                name: cfg.name.clone(),
+                parent: "-".into(),
+                description: format!("quic {}", cfg.server),
+                status: connected
+                    .map(|c| c.endpoint.status().word().to_owned())
+                    .unwrap_or_else(|| "off".into()),
+            });
+            let Some(c) = connected else { continue };
+            let catalog = c.endpoint.catalog();
+            for svc in catalog.values() {
+                let key = (cfg.name.clone(), svc.key());
+                let running = state.running.get(&key);
+                rows.push(Row {
+                    kind: "SVC".into(),
+                    name: svc.key(),
+                    parent: cfg.name.clone(),
+                    description: describe(svc, running.map(|r| r.addr)),
+                    status: if running.is_some() {
+                        "on".into()
+                    } else if state.wanted.contains(&key) {
+                        "error".into()
+                    } else {
+                        "off".into()
+                    },
+                });
+            }
+            for (ep, k) in state.wanted.iter().filter(|(ep, _)| *ep == cfg.name) {
+                if !catalog.values().any(|s| &s.key() == k) {
+                    rows.push(Row {
+                        kind: "SVC".into(),
+                        name: k.clone(),
+                        parent: ep.clone(),
+                        description: "no longer published".into(),
+                        status: "gone".into(),
+                    });
+                }
+            }
+        }
+        if let Some(f) = filter {
+            rows.retain(|r| r.name.contains(f) || r.parent.contains(f));
+        }
+        rows
+    }
+
+    /// `status`.
+    pub async fn status(&self) -> StatusView {
+        let state = self.state.lock().await;
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").into(),
+            redirect: "loopback: a 127.x address per service, names in the hosts file".into(),
+            hosts_file: self.hosts.path().display().to_string(),
+            endpoints: self
+                .config
+                .endpoints
+                .iter()
+                .map(|cfg| {
+                    let c = state.endpoints.get(&cfg.name);
+                    let st = c.map(|c| c.endpoint.status());
+                    EndpointView {
+                        name: cfg.name.clone(),
+                        server: cfg.server.clone(),
+                        state: st
+                            .as_ref()
+                            .map(|s| s.word().to_owned())
+                            .unwrap_or_else(|| "off".into()),
+                        error: match st {
+                            Some(EndpointStatus::Down { error }) => Some(error),
+                            _ => None,
+                        },
+                        services: c.map(|c| c.endpoint.catalog().len()).unwrap_or(0),
+                        started: state.running.keys().filter(|(e, _)| *e == cfg.name).count(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Whether a running service's listeners still fit its new catalog entry.
+fn same_listeners(a: &Service, b: &Service) -> bool {
+    let ports = |s: &Service| -> Vec<u16> {
+        let mut v: Vec<u16> = s
+            .ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .map(|p| p.port)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    ports(a) == ports(b) && a.direction == b.direction
+}

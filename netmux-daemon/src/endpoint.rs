@@ -1,0 +1,383 @@
+//! One netmux server the daemon is connected to.
+//!
+//! An [`Endpoint`] owns one QUIC connection to its server (one per daemon and
+//! endpoint), reconnects by itself with backoff when it is lost, and
+//! publishes its status, current connection and catalog on watch channels.
+//! The protocol itself is [`ClientSession`]'s; this is the thin driver.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use netmux_common::proto::catalog::Catalog;
+use netmux_common::proto::hello::{Credential, Hello};
+use netmux_common::proto::session::{ClientEvent, ClientSession, SessionError};
+use netmux_common::proto::{error_code, ALPN};
+use netmux_common::tunnel::quic;
+use quinn::{Connection, VarInt};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::EndpointConfig;
+use crate::metrics::Metrics;
+
+/// What the endpoint is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum EndpointStatus {
+    /// Dialling the server.
+    Connecting,
+    /// Session established.
+    Connected {
+        /// Server address in use.
+        server: String,
+        /// The server's greeting.
+        greeting: String,
+    },
+    /// Not connected; retrying.
+    Down {
+        /// Why the last attempt or connection failed.
+        error: String,
+    },
+}
+
+impl EndpointStatus {
+    /// Short word for `netmux ls`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            EndpointStatus::Connecting => "connecting",
+            EndpointStatus::Connected { .. } => "connected",
+            EndpointStatus::Down { .. } => "down",
+        }
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Name resolution.
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, String),
+    /// TLS or QUIC setup problem (bad CA, socket).
+    #[error("{0}")]
+    Setup(String),
+    /// QUIC handshake or connection failure.
+    #[error("QUIC: {0}")]
+    Quic(String),
+    /// The session failed (refused, version mismatch, protocol error).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// A connected-or-reconnecting endpoint; dropping it disconnects.
+pub struct Endpoint {
+    /// Its configuration.
+    pub config: EndpointConfig,
+    status: watch::Receiver<EndpointStatus>,
+    conn: watch::Receiver<Option<Connection>>,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(c) = self.conn.borrow().as_ref() {
+            c.close(
+                VarInt::from_u32(error_code::NO_ERROR),
+                b"daemon disconnected",
+            );
+        }
+    }
+}
+
+impl Endpoint {
+    /// Starts connecting in the background.
+    pub fn start(config: EndpointConfig, metrics: Metrics) -> Self {
+        let (status_tx, status) = watch::channel(EndpointStatus::Connecting);
+        let (conn_tx, conn) = watch::channel(None);
+        let (catalog_tx, catalog) = watch::channel(Arc::new(Catalog::new()));
+        let task = tokio::spawn(run(config.clone(), status_tx, conn_tx, catalog_tx, metrics));
+        Endpoint {
+            config,
+            status,
+            conn,
+            catalog,
+            task,
+        }
+    }
+
+    /// Current status.
+    pub fn status(&self) -> EndpointStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Status changes.
+    pub fn watch_status(&self) -> watch::Receiver<EndpointStatus> {
+        self.status.clone()
+    }
+
+    /// The live connection, if any.
+    pub fn connection(&self) -> Option<Connection> {
+        self.conn.borrow().clone()
+    }
+
+    /// A receiver of the live connection.
+    pub fn watch_connection(&self) -> watch::Receiver<Option<Connection>> {
+        self.conn.clone()
+    }
+
+    /// The catalog as last received (kept while reconnecting).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.borrow().clone()
+    }
+
+    /// Catalog changes.
+    pub fn watch_catalog(&self) -> watch::Receiver<Arc<Catalog>> {
+        self.catalog.clone()
+    }
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
+
+async fn run(
+    config: EndpointConfig,
+    status: watch::Sender<EndpointStatus>,
+    conn_tx: watch::Sender<Option<Connection>>,
+    catalog_tx: watch::Sender<Arc<Catalog>>,
+    metrics: Metrics,
+) {
+    let up = metrics.endpoint_up.with_label_values(&[&config.name]);
+    let mut backoff = BACKOFF_MIN;
+    let mut quic_endpoint: Option<(quinn::Endpoint, bool)> = None;
+    loop {
+        status.send_replace(EndpointStatus::Connecting);
+        match connect(&config, &mut quic_endpoint).await {
+            Ok((conn, session, send, recv, server, greeting)) => {
+                backoff = BACKOFF_MIN;
+                catalog_tx.send_replace(Arc::new(session.catalog().clone()));
+                conn_tx.send_replace(Some(conn.clone()));
+                status.send_replace(EndpointStatus::Connected {
+                    server: server.to_string(),
+                    greeting,
+                });
+                up.set(1);
+                tracing::info!(endpoint = %config.name, %server, services = session.catalog().len(), "connected");
+                let error = follow(&conn, session, send, recv, &catalog_tx).await;
+                up.set(0);
+                conn_tx.send_replace(None);
+                tracing::warn!(endpoint = %config.name, %error, "connection lost; reconnecting");
+                status.send_replace(EndpointStatus::Down { error });
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %config.name, error = %e, retry_in = ?backoff, "cannot connect");
+                status.send_replace(EndpointStatus::Down {
+                    error: e.to_string(),
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+type Established = (
+    Connection,
+    ClientSession,
+    quinn::SendStream,
+    quinn::RecvStream,
+    SocketAddr,
+    String,
+);
+
+fn client_config(config: &EndpointConfig) -> Result<quinn::ClientConfig, ConnectError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut reader = config.ca_pem.as_bytes();
+    for cert in rustls_pemfile::certs(&mut reader) {
+        let cert = cert.map_err(|e| ConnectError::Setup(format!("CA PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| ConnectError::Setup(format!("CA certificate rejected: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ConnectError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ConnectError::Setup(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(quic::transport_config()));
+    Ok(client)
+}
+
+/// Dials the server and completes the hello; returns once the catalog
+/// snapshot is in.
+async fn connect(
+    config: &EndpointConfig,
+    quic_endpoint: &mut Option<(quinn::Endpoint, bool)>,
+) -> Result<Established, ConnectError> {
+    let server = tokio::net::lookup_host(&config.server)
+        .await
+        .map_err(|e| ConnectError::Resolve(config.server.clone(), e.to_string()))?
+        .next()
+        .ok_or_else(|| ConnectError::Resolve(config.server.clone(), "no address".into()))?;
+    let v6 = server.is_ipv6();
+    let endpoint = match quic_endpoint {
+        Some((e, fam)) if *fam == v6 => e.clone(),
+        _ => {
+            let bind: SocketAddr = if v6 {
+                "[::]:0"
+                    .parse()
+                    .map_err(|_| ConnectError::Setup("bind".into()))?
+            } else {
+                "0.0.0.0:0"
+                    .parse()
+                    .map_err(|_| ConnectError::Setup("bind".into()))?
+            };
+            let socket = quic::bind_udp(bind)
+                .map_err(|e| ConnectError::Setup(format!("UDP socket: {e}")))?;
+            let e = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .map_err(|e| ConnectError::Setup(format!("QUIC endpoint: {e}")))?;
+            *quic_endpoint = Some((e.clone(), v6));
+            e
+        }
+    };
+    let conn = endpoint
+        .connect_with(client_config(config)?, server, &config.server_name)
+        .map_err(|e| ConnectError::Quic(e.to_string()))?
+        .await
+        .map_err(|e| ConnectError::Quic(e.to_string()))?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ConnectError::Quic(e.to_string()))?;
+    let credential = match &config.token {
+        Some(t) => Credential::Bearer(t.0.clone()),
+        None => Credential::None,
+    };
+    let mut session = ClientSession::new(&Hello::new(client_name(), credential));
+    flush(&mut session, &mut send).await?;
+    let mut greeting = String::new();
+    let handshake = async {
+        loop {
+            while let Some(ev) = session.poll_event() {
+                if let ClientEvent::Accepted { message } = ev {
+                    greeting = message;
+                }
+            }
+            if session.is_synced() {
+                return Ok(());
+            }
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(c)) => session.handle_input(&c.bytes)?,
+                Ok(None) => {
+                    return Err(ConnectError::Quic(
+                        "server closed the control stream".into(),
+                    ))
+                }
+                Err(e) => {
+                    // A refusal arrives as a close with a reason: surface it.
+                    return Err(ConnectError::Quic(close_reason(&conn, e)));
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+        Ok(Ok(())) => Ok((conn, session, send, recv, server, greeting)),
+        Ok(Err(e)) => {
+            conn.close(VarInt::from_u32(error_code::NO_ERROR), b"");
+            Err(e)
+        }
+        Err(_) => {
+            conn.close(
+                VarInt::from_u32(error_code::HELLO_TIMEOUT),
+                b"hello timeout",
+            );
+            Err(ConnectError::Quic(
+                "no catalog from the server within 10s".into(),
+            ))
+        }
+    }
+}
+
+fn close_reason(conn: &Connection, e: quinn::ReadError) -> String {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+            String::from_utf8_lossy(&c.reason).into_owned()
+        }
+        Some(other) => other.to_string(),
+        None => e.to_string(),
+    }
+}
+
+fn client_name() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "netmuxd".into());
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{user}@{host}")
+}
+
+async fn flush(
+    session: &mut ClientSession,
+    send: &mut quinn::SendStream,
+) -> Result<(), ConnectError> {
+    while let Some(bytes) = session.poll_transmit() {
+        send.write_all(&bytes)
+            .await
+            .map_err(|e| ConnectError::Quic(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Applies catalog updates until the connection ends; returns why.
+async fn follow(
+    conn: &Connection,
+    mut session: ClientSession,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    catalog_tx: &watch::Sender<Arc<Catalog>>,
+) -> String {
+    loop {
+        let chunk: Result<Option<Bytes>, String> = tokio::select! {
+            c = recv.read_chunk(64 * 1024, true) => match c {
+                Ok(Some(c)) => Ok(Some(c.bytes)),
+                Ok(None) => Ok(None),
+                Err(e) => Err(close_reason(conn, e)),
+            },
+            e = conn.closed() => Err(e.to_string()),
+        };
+        let bytes = match chunk {
+            Ok(Some(b)) => b,
+            Ok(None) => return "server closed the control stream".into(),
+            Err(e) => return e,
+        };
+        if let Err(e) = session.handle_input(&bytes) {
+            conn.close(VarInt::from_u32(e.close_code()), e.to_string().as_bytes());
+            return e.to_string();
+        }
+        let mut changed = false;
+        while let Some(ev) = session.poll_event() {
+            changed |= matches!(ev, ClientEvent::CatalogReplaced | ClientEvent::Changed(_));
+        }
+        if changed {
+            catalog_tx.send_replace(Arc::new(session.catalog().clone()));
+        }
+        if flush(&mut session, &mut send).await.is_err() {
+            return "control stream closed".into();
+        }
+    }
+}

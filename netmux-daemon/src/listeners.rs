@@ -1,0 +1,204 @@
+//! Local listeners of started services, and the tunnelling of each accepted
+//! connection over the endpoint's QUIC connection.
+//!
+//! Each accepted TCP connection becomes one bidirectional stream: header,
+//! then the client's bytes at once (no round trip for the open); the
+//! server's open result is read before any target byte is written back, and
+//! a failure resets the local connection promptly.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use netmux_common::proto::catalog::{Catalog, Protocol, ServiceId};
+use netmux_common::proto::stream::{OpenResult, StreamHeader};
+use netmux_common::tunnel::pipe::{self, End, Meter};
+use quinn::Connection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// What a listener needs to tunnel a connection.
+#[derive(Clone)]
+pub struct Route {
+    /// Endpoint name (metrics, logs).
+    pub endpoint: String,
+    /// `namespace/name` of the service; resolved to an id per connection so
+    /// a reconnect that renumbers the catalog is harmless.
+    pub service: String,
+    /// Service port the client dialled.
+    pub port: u16,
+    /// The endpoint's live connection.
+    pub conn: watch::Receiver<Option<Connection>>,
+    /// The endpoint's catalog.
+    pub catalog: watch::Receiver<std::sync::Arc<Catalog>>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl Route {
+    fn labels(&self) -> [&str; 3] {
+        [&self.endpoint, &self.service, "l2c"]
+    }
+
+    fn error(&self, reason: &str) {
+        let [e, s, d] = self.labels();
+        self.metrics
+            .connection_errors
+            .with_label_values(&[e, s, d, reason])
+            .inc();
+    }
+
+    fn service_id(&self) -> Option<ServiceId> {
+        let catalog = self.catalog.borrow();
+        catalog
+            .values()
+            .find(|s| s.key() == self.service && s.port(self.port, Protocol::Tcp).is_some())
+            .map(|s| s.id)
+    }
+}
+
+/// Binds a TCP listener on `addr`.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts connections until the task is aborted.
+pub async fn serve(listener: TcpListener, route: Route) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _peer)) => {
+                let route = route.clone();
+                tokio::spawn(async move { tunnel(tcp, route).await });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                tracing::warn!(service = %route.service, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+struct RouteMeter<'a>(&'a Route);
+
+impl Meter for RouteMeter<'_> {
+    fn tcp_to_stream(&self, n: usize) {
+        self.0
+            .metrics
+            .bytes_sent
+            .with_label_values(&self.0.labels())
+            .inc_by(n as u64);
+    }
+    fn stream_to_tcp(&self, n: usize) {
+        self.0
+            .metrics
+            .bytes_received
+            .with_label_values(&self.0.labels())
+            .inc_by(n as u64);
+    }
+}
+
+/// Tunnels one accepted connection.
+pub async fn tunnel(mut tcp: TcpStream, route: Route) {
+    let started = Instant::now();
+    let Some(conn) = route.conn.borrow().clone() else {
+        route.error("endpoint_down");
+        pipe::abort_on_drop(&tcp);
+        return;
+    };
+    let Some(service) = route.service_id() else {
+        route.error("unknown_service");
+        pipe::abort_on_drop(&tcp);
+        return;
+    };
+    let (mut send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(service = %route.service, error = %e, "cannot open stream");
+            route.error("endpoint_down");
+            pipe::abort_on_drop(&tcp);
+            return;
+        }
+    };
+    let mut head = BytesMut::with_capacity(16 * 1024);
+    StreamHeader::Connect {
+        service,
+        port: route.port,
+    }
+    .encode(&mut head);
+    // Whatever the client already sent travels in the same packet as the
+    // header; client-speaks-first protocols pay no extra round trip.
+    let _ = tcp.try_read_buf(&mut head);
+    let first = head.len() - 7;
+    if send.write_chunk(head.freeze()).await.is_err() {
+        route.error("endpoint_down");
+        pipe::abort_on_drop(&tcp);
+        return;
+    }
+    let meter = RouteMeter(&route);
+    if first > 0 {
+        meter.tcp_to_stream(first);
+    }
+    let labels = route.labels();
+    let active = route.metrics.connections_active.with_label_values(&labels);
+    let latency = route.metrics.connect_latency.with_label_values(&labels);
+    let connected = std::sync::atomic::AtomicBool::new(false);
+    let connected_ref = &connected;
+    let prelude = |mut recv: quinn::RecvStream| async move {
+        let mut buf = BytesMut::new();
+        while buf.len() < OpenResult::LEN {
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+                Ok(None) => return Err(End::Refused("stream ended before the open result".into())),
+                Err(e) => return Err(End::ConnectionLost(e.to_string())),
+            }
+        }
+        let (result, used) =
+            OpenResult::decode(&buf).map_err(|e| End::Refused(format!("bad open result: {e}")))?;
+        latency.observe(started.elapsed().as_secs_f64());
+        if result != OpenResult::Connected {
+            return Err(End::Refused(result.label().to_owned()));
+        }
+        active.inc();
+        connected_ref.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok((recv, Bytes::copy_from_slice(&buf[used..])))
+    };
+    route
+        .metrics
+        .connections_total
+        .with_label_values(&labels)
+        .inc();
+    let outcome = pipe::bridge(&mut tcp, send, recv, Bytes::new(), prelude, &meter).await;
+    match &outcome.end {
+        End::Clean => {}
+        End::Refused(reason) => {
+            tracing::info!(service = %route.service, port = route.port, %reason, "server did not connect");
+            route.error(reason_label(reason));
+        }
+        other => route.error(other.label()),
+    }
+    if connected.load(std::sync::atomic::Ordering::Relaxed) {
+        route
+            .metrics
+            .connections_active
+            .with_label_values(&labels)
+            .dec();
+    }
+}
+
+/// Bounded `reason` label for a refusal message.
+fn reason_label(reason: &str) -> &'static str {
+    OpenResult::ALL
+        .into_iter()
+        .find(|r| r.label() == reason)
+        .map(OpenResult::label)
+        .unwrap_or("protocol_error")
+}

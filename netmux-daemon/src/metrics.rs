@@ -1,0 +1,133 @@
+//! Prometheus metrics of the daemon.
+//!
+//! Labels are bounded: `endpoint` (configured names), `service`
+//! (namespace/name from the catalog), `direction`, `reason` from fixed sets;
+//! never peers or ephemeral ports.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All daemon metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// 1 while the endpoint's session is up.
+    pub endpoint_up: IntGaugeVec,
+    /// Proxied connections opened.
+    pub connections_total: IntCounterVec,
+    /// Proxied connections open now.
+    pub connections_active: IntGaugeVec,
+    /// Bytes sent towards the cluster.
+    pub bytes_sent: IntCounterVec,
+    /// Bytes received from the cluster.
+    pub bytes_received: IntCounterVec,
+    /// Failed or aborted connections by reason.
+    pub connection_errors: IntCounterVec,
+    /// Accept to server's open result.
+    pub connect_latency: HistogramVec,
+}
+
+const LABELS: &[&str] = &["endpoint", "service", "direction"];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            if let Err(e) = r.register(Box::new(c.clone())) {
+                tracing::error!(error = %e, "metric registration failed");
+            }
+            c
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("static metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric"),
+            )
+        };
+        Metrics {
+            endpoint_up: gauge(
+                "netmux_daemon_endpoint_up",
+                "1 while the endpoint session is up",
+                &["endpoint"],
+            ),
+            connections_total: counter(
+                "netmux_daemon_connections_total",
+                "Proxied connections opened",
+                LABELS,
+            ),
+            connections_active: gauge(
+                "netmux_daemon_connections_active",
+                "Proxied connections open now",
+                LABELS,
+            ),
+            bytes_sent: counter(
+                "netmux_daemon_bytes_sent_total",
+                "Bytes sent towards the cluster",
+                LABELS,
+            ),
+            bytes_received: counter(
+                "netmux_daemon_bytes_received_total",
+                "Bytes received from the cluster",
+                LABELS,
+            ),
+            connection_errors: counter(
+                "netmux_daemon_connection_errors_total",
+                "Failed or aborted proxied connections by reason",
+                &["endpoint", "service", "direction", "reason"],
+            ),
+            connect_latency: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "netmux_daemon_connect_latency_seconds",
+                        "From accepting a local connection to the server's open result",
+                    )
+                    .buckets(
+                        prometheus::exponential_buckets(0.0001, 2.5, 14).expect("static buckets"),
+                    ),
+                    LABELS,
+                )
+                .expect("static metric"),
+            ),
+            registry: r,
+        }
+    }
+
+    /// Text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Serves `/metrics` on `listener` until aborted.
+    pub async fn serve(self, listener: tokio::net::TcpListener) {
+        use axum::routing::get;
+        let app = axum::Router::new().route(
+            "/metrics",
+            get(move || {
+                let m = self.clone();
+                async move { m.render() }
+            }),
+        );
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,2 @@
+//! Integration with the workstation's system files.
+pub mod hosts;
