@@ -207,9 +207,12 @@ where
         while up_res.is_none() || down_res.is_none() {
             tokio::select! {
                 r = &mut up, if up_res.is_none() => {
-                    let failed = r.is_err();
+                    // The peer stopping our direction (STOP_SENDING) does
+                    // not end its own: it may still be sending, e.g. the
+                    // open result that says why it refused.
+                    let fatal = matches!(&r, Err(e) if *e != End::StreamReset);
                     up_res = Some(r);
-                    if failed { break; }
+                    if fatal { break; }
                 }
                 r = &mut down, if down_res.is_none() => {
                     let failed = r.is_err();
@@ -222,7 +225,7 @@ where
             Some(Ok(n)) => *n,
             _ => 0,
         };
-        let end = match (&up_res, &down_res) {
+        let end = match (&down_res, &up_res) {
             (Some(Err(e)), _) | (_, Some(Err(e))) => e.clone(),
             _ => End::Clean,
         };

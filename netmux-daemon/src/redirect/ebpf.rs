@@ -386,13 +386,14 @@ impl log::Log for TracingLog {
     }
 
     fn log(&self, r: &log::Record<'_>) {
-        let src = r.target();
+        // aya-log sets the record's target to the program's module path,
+        // which is always `netmux_ebpf`; use that as the tracing target.
         match r.level() {
-            log::Level::Error => tracing::error!(target: "netmux_ebpf", src, "{}", r.args()),
-            log::Level::Warn => tracing::warn!(target: "netmux_ebpf", src, "{}", r.args()),
-            log::Level::Info => tracing::info!(target: "netmux_ebpf", src, "{}", r.args()),
-            log::Level::Debug => tracing::debug!(target: "netmux_ebpf", src, "{}", r.args()),
-            log::Level::Trace => tracing::trace!(target: "netmux_ebpf", src, "{}", r.args()),
+            log::Level::Error => tracing::error!(target: "netmux_ebpf", "{}", r.args()),
+            log::Level::Warn => tracing::warn!(target: "netmux_ebpf", "{}", r.args()),
+            log::Level::Info => tracing::info!(target: "netmux_ebpf", "{}", r.args()),
+            log::Level::Debug => tracing::debug!(target: "netmux_ebpf", "{}", r.args()),
+            log::Level::Trace => tracing::trace!(target: "netmux_ebpf", "{}", r.args()),
         }
     }
 
@@ -411,17 +412,15 @@ impl LogForwarder {
         let (stop_rx, stop_tx) = nix::unistd::pipe().map_err(io::Error::from)?;
         let thread = std::thread::Builder::new()
             .name("netmux-ebpf-log".into())
-            .spawn(move || {
-                loop {
-                    let readable = wait_readable(logger.as_fd(), stop_rx.as_fd());
-                    logger.flush();
-                    match readable {
-                        Ok(false) => {}
-                        Ok(true) => break,
-                        Err(e) => {
-                            tracing::warn!("eBPF log forwarding stopped: {e}");
-                            break;
-                        }
+            .spawn(move || loop {
+                let readable = wait_readable(logger.as_fd(), stop_rx.as_fd());
+                logger.flush();
+                match readable {
+                    Ok(false) => {}
+                    Ok(true) => break,
+                    Err(e) => {
+                        tracing::warn!("eBPF log forwarding stopped: {e}");
+                        break;
                     }
                 }
             })?;
