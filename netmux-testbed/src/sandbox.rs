@@ -168,13 +168,19 @@ impl Sandbox {
     }
 
     /// Adds a cluster service address (a /32 or /128 on the cluster side's
-    /// `lo`). The workstation has no route to it.
+    /// `lo`); adding one already there is a no-op. The workstation has no
+    /// route to it.
     pub fn add_service_address(&self, addr: IpAddr) -> Result<()> {
         let cidr = match addr {
             IpAddr::V4(a) => format!("{a}/32"),
             IpAddr::V6(a) => format!("{a}/128"),
         };
-        self.cluster.ip(["addr", "add", &cidr, "dev", "lo"])?;
+        let present = self
+            .cluster
+            .ip(["-o", "addr", "show", "dev", "lo", "to", &cidr])?;
+        if present.trim().is_empty() {
+            self.cluster.ip(["addr", "add", &cidr, "dev", "lo"])?;
+        }
         Ok(())
     }
 
