@@ -373,7 +373,11 @@ struct Fixture {
 impl Fixture {
     fn new() -> Option<Self> {
         if let Some(why) = skip_reason() {
-            eprintln!("\n!!!!!!!! SKIPPED eBPF redirect test: {why} !!!!!!!!\n");
+            // Straight to fd 2: libtest captures `eprintln!` of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!!!!!! SKIPPED eBPF redirect test: {why} !!!!!!!!\n"
+            );
             return None;
         }
         let name = unique_name();
@@ -600,7 +604,12 @@ impl Drop for CgroupDir {
 
 /// Names of the programs attached directly to `cgroup`, per bpftool.
 fn attached(cgroup: &Path) -> Vec<String> {
-    let out = Command::new("bpftool")
+    // Debian puts it in /usr/sbin, which is not always on PATH.
+    let bpftool = ["/usr/sbin/bpftool", "/sbin/bpftool"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("bpftool");
+    let out = Command::new(bpftool)
         .args(["-j", "cgroup", "show"])
         .arg(cgroup)
         .output()

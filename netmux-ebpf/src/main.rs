@@ -86,6 +86,7 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     }
 }
 
+#[inline(always)]
 fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the context pointer the kernel passed in; every field
@@ -97,15 +98,18 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
         )
     };
     let dst = v4_mapped(ip4.to_ne_bytes());
-    let (key, target) = lookup(ctx, dst, port)?;
+    let (key, target) = lookup(ctx, dst, port).ok_or(PROCEED)?;
     let Some(listener) = v4_unmapped(&target.addr) else {
         warn!(
             ctx,
-            "connect4: listener for {:i} is IPv6, not redirecting", dst
+            "connect4: listener for {:i} is IPv6, not redirecting",
+            ip4.to_ne_bytes()
         );
         return Err(PROCEED);
     };
-    remember(ctx, &key)?;
+    if !remember(ctx, &key) {
+        return Err(PROCEED);
+    }
     // SAFETY: 4-byte stores to writable `bpf_sock_addr` fields.
     unsafe {
         store(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(listener));
@@ -114,7 +118,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
     debug!(
         ctx,
         "connect4: {:i}:{} -> {:i}:{}",
-        dst,
+        ip4.to_ne_bytes(),
         u16::from_be(key.port),
         listener,
         u16::from_be(target.port)
@@ -122,12 +126,15 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
     Ok(PROCEED)
 }
 
+#[inline(always)]
 fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
     // SAFETY: as in `try_connect4`.
     let (dst, port) = unsafe { (load_ip6(sa), load(addr_of!((*sa).user_port))) };
-    let (key, target) = lookup(ctx, dst, port)?;
-    remember(ctx, &key)?;
+    let (key, target) = lookup(ctx, dst, port).ok_or(PROCEED)?;
+    if !remember(ctx, &key) {
+        return Err(PROCEED);
+    }
     // A v4-mapped listener is fine here: the kernel hands a v6 socket
     // connecting to `::ffff:a.b.c.d` to the IPv4 path (and fails it with
     // ENETUNREACH on an IPV6_V6ONLY socket, as it would without us).
@@ -147,8 +154,9 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
     Ok(PROCEED)
 }
 
+#[inline(always)]
 fn try_getpeername4(ctx: &SockAddrContext) -> Result<i32, i32> {
-    let orig = original(ctx)?;
+    let orig = original(ctx).ok_or(PROCEED)?;
     let ip4 = v4_unmapped(&orig.addr).ok_or(PROCEED)?;
     let sa = ctx.sock_addr;
     // SAFETY: as in `try_connect4`.
@@ -159,8 +167,9 @@ fn try_getpeername4(ctx: &SockAddrContext) -> Result<i32, i32> {
     Ok(PROCEED)
 }
 
+#[inline(always)]
 fn try_getpeername6(ctx: &SockAddrContext) -> Result<i32, i32> {
-    let orig = original(ctx)?;
+    let orig = original(ctx).ok_or(PROCEED)?;
     let sa = ctx.sock_addr;
     // SAFETY: as in `try_connect4`.
     unsafe {
@@ -171,19 +180,24 @@ fn try_getpeername6(ctx: &SockAddrContext) -> Result<i32, i32> {
 }
 
 /// Finds the listener for `dst`/`port_be` on this socket's protocol, unless
-/// the socket is excluded. `Err(PROCEED)` means "leave this connect alone".
+/// the socket is excluded. `None` means "leave this connect alone".
+///
+/// Helpers return `Option`/`bool`, never the verdict: a verdict passed back
+/// through memory from a non-inlined BPF function loses its known range and
+/// the verifier then rejects the program's return value. The verdict is only
+/// produced in the inlined `try_*` functions.
 fn lookup(
     ctx: &SockAddrContext,
     dst: [u8; 16],
     port_be: u32,
-) -> Result<(ServiceKey, ListenerTarget), i32> {
+) -> Option<(ServiceKey, ListenerTarget)> {
     let sa = ctx.sock_addr;
     // SAFETY: 4-byte context load.
     let proto = unsafe { load(addr_of!((*sa).protocol)) };
     let proto = match proto {
         p if p == u32::from(PROTO_TCP) => PROTO_TCP,
         p if p == u32::from(PROTO_UDP) => PROTO_UDP,
-        _ => return Err(PROCEED),
+        _ => return None,
     };
     let key = ServiceKey {
         addr: dst,
@@ -194,11 +208,11 @@ fn lookup(
     };
     // SAFETY: the value is copied out at once; a concurrent update from the
     // daemon can at worst give a stale listener for this one connect.
-    let target = *unsafe { SERVICES.get(key) }.ok_or(PROCEED)?;
+    let target = *unsafe { SERVICES.get(key) }?;
     if excluded(ctx) {
-        return Err(PROCEED);
+        return None;
     }
-    Ok((key, target))
+    Some((key, target))
 }
 
 /// True if the socket carries the daemon's exclusion mark.
@@ -220,8 +234,9 @@ fn excluded(ctx: &SockAddrContext) -> bool {
 }
 
 /// Records the original destination for getpeername(). Failing to record it
-/// cancels the redirect: better an honest failure than a wrong peer name.
-fn remember(ctx: &SockAddrContext, key: &ServiceKey) -> Result<(), i32> {
+/// (false) cancels the redirect: better an honest failure than a wrong peer
+/// name.
+fn remember(ctx: &SockAddrContext, key: &ServiceKey) -> bool {
     // SAFETY: bpf_get_socket_cookie is allowed for sock_addr programs and
     // takes the context pointer.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -230,19 +245,22 @@ fn remember(ctx: &SockAddrContext, key: &ServiceKey) -> Result<(), i32> {
         port: key.port,
         _pad: [0; 2],
     };
-    ORIGINAL_DST.insert(cookie, orig, 0).map_err(|e| {
-        warn!(ctx, "ORIGINAL_DST insert failed: {}", e);
-        PROCEED
-    })
+    match ORIGINAL_DST.insert(cookie, orig, 0) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(ctx, "ORIGINAL_DST insert failed: {}", e);
+            false
+        }
+    }
 }
 
-/// The original destination of a redirected socket, `Err(PROCEED)` if this
-/// socket was not redirected.
-fn original(ctx: &SockAddrContext) -> Result<OriginalDst, i32> {
+/// The original destination of a redirected socket, `None` if this socket
+/// was not redirected.
+fn original(ctx: &SockAddrContext) -> Option<OriginalDst> {
     // SAFETY: as in `remember`.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: copied out at once; entries are only replaced for the same socket.
-    unsafe { ORIGINAL_DST.get(cookie) }.copied().ok_or(PROCEED)
+    unsafe { ORIGINAL_DST.get(cookie) }.copied()
 }
 
 /// # Safety
