@@ -309,6 +309,60 @@ impl<'a> Netmux<'a> {
     }
 }
 
+impl Netmux<'_> {
+    /// The rows of `netmux ls --output json` (objects with `kind`, `name`,
+    /// `parent`, `description`, `status`).
+    pub fn ls(&self) -> Result<Vec<serde_json::Value>> {
+        let out = self.cli(["ls", "--output", "json"])?.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)
+            .map_err(|e| Error::Check(format!("`netmux ls --output json`: {e}: {}", out.stdout)))?;
+        let rows = match v {
+            serde_json::Value::Array(rows) => rows,
+            serde_json::Value::Object(mut o) => match o.remove("rows") {
+                Some(serde_json::Value::Array(rows)) => rows,
+                _ => return Err(Error::Check(format!("unexpected ls JSON: {}", out.stdout))),
+            },
+            _ => return Err(Error::Check(format!("unexpected ls JSON: {}", out.stdout))),
+        };
+        Ok(rows)
+    }
+
+    /// Status column of the row of kind `kind` (`EP`/`SVC`) named `name`.
+    pub fn status_of(&self, kind: &str, name: &str) -> Result<Option<String>> {
+        Ok(self.ls()?.iter().find_map(|r| {
+            (r["kind"] == kind && r["name"] == name)
+                .then(|| r["status"].as_str().unwrap_or_default().to_owned())
+        }))
+    }
+
+    /// Waits until row `kind`/`name` has status `status`.
+    pub fn wait_for_status(
+        &self,
+        kind: &str,
+        name: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut last = None;
+        let r = crate::wait_until(&format!("{kind} {name} to be {status}"), timeout, || {
+            last = self.status_of(kind, name).ok().flatten();
+            last.as_deref() == Some(status)
+        });
+        r.map_err(|e| Error::Check(format!("{e}; last status {last:?}")))
+    }
+
+    /// The address the workstation's hosts file gives `name`.
+    pub fn resolve(&self, name: &str) -> Option<IpAddr> {
+        let hosts = std::fs::read_to_string(self.sb.ws_hosts_file()).ok()?;
+        hosts.lines().find_map(|line| {
+            let line = line.split('#').next().unwrap_or_default();
+            let mut words = line.split_whitespace();
+            let ip: IpAddr = words.next()?.parse().ok()?;
+            words.any(|w| w == name).then_some(ip)
+        })
+    }
+}
+
 /// `RUST_LOG` for the netmux processes: `$NETMUX_TEST_LOG` or `info`.
 fn log_filter() -> String {
     std::env::var("NETMUX_TEST_LOG").unwrap_or_else(|_| "info".into())

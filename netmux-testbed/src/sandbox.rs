@@ -282,7 +282,11 @@ impl Sandbox {
     pub fn teardown_handle(&self) -> Teardown {
         Teardown {
             namespaces: vec![self.ws.name().to_owned(), self.cluster.name().to_owned()],
-            dir: if self.keep_dir { None } else { Some(self.dir.clone()) },
+            dir: if self.keep_dir {
+                None
+            } else {
+                Some(self.dir.clone())
+            },
         }
     }
 
