@@ -71,7 +71,7 @@ fn redirects_published_services_only_inside_the_cgroup() {
     let mut redirect = EbpfRedirect::load(fx.cgroup.path()).expect("load eBPF redirect");
     assert_eq!(redirect.cgroup(), fx.cgroup.path());
     assert_eq!(redirect.exclude_mark(), DEFAULT_EXCLUDE_MARK);
-    assert_attached(fx.cgroup.path(), 4);
+    assert_attached(fx.cgroup.path(), 5);
 
     redirect.insert(service4(), srv4.addr).unwrap();
     redirect.insert(service6(), srv6.addr).unwrap();
@@ -168,6 +168,22 @@ fn redirects_published_services_only_inside_the_cgroup() {
         Err(EbpfError::ListenerFamily { .. })
     ));
 
+    // The original destination is kept while the socket is open...
+    let mut cmd = helper_command(&format!("connect-and-wait {}", service4()));
+    fx.place(&mut cmd, Place::Inside);
+    let mut waiter = ChildGuard(cmd.stdout(Stdio::piped()).spawn().unwrap());
+    let mut lines = BufReader::new(waiter.0.stdout.take().unwrap()).lines();
+    let line = lines.find_map(|l| l.ok()?.strip_prefix(RESULT_PREFIX).map(str::to_owned));
+    assert_eq!(line.as_deref(), Some("connected"));
+    assert_eq!(redirect.redirected_sockets().unwrap(), 1);
+    drop(waiter); // SIGKILL closes the socket
+
+    // ...and forgotten by sock_release once it is closed, as for every
+    // client above.
+    wait_for("redirected sockets forgotten", || {
+        redirect.redirected_sockets().unwrap() == 0
+    });
+
     // Dropping detaches everything.
     drop(redirect);
     assert_attached(fx.cgroup.path(), 0);
@@ -200,7 +216,7 @@ fn sigkill_of_the_holder_detaches_the_programs() {
     let mut lines = BufReader::new(holder.0.stdout.take().unwrap()).lines();
     let ready = lines.find_map(|l| l.ok()?.strip_prefix(RESULT_PREFIX).map(str::to_owned));
     assert_eq!(ready.as_deref(), Some("ready"), "holder failed to load");
-    assert_attached(fx.cgroup.path(), 4);
+    assert_attached(fx.cgroup.path(), 5);
     assert_eq!(
         fx.connect(Place::Inside, service4(), 0),
         Connect::Ok {
@@ -239,6 +255,28 @@ fn helper_entry() {
         ["connect", addr, mark] => {
             let r = helper_connect(addr.parse().unwrap(), mark.parse().unwrap());
             println!("{RESULT_PREFIX}{}", r.encode());
+        }
+        ["connect-and-wait", addr] => {
+            // Keep the socket open until killed.
+            use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType};
+            let addr: SocketAddr = addr.parse().unwrap();
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::empty(),
+                None,
+            )
+            .unwrap();
+            connect(
+                fd.as_raw_fd(),
+                &nix::sys::socket::SockaddrStorage::from(addr),
+            )
+            .unwrap();
+            println!("{RESULT_PREFIX}connected");
+            std::io::stdout().flush().unwrap();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
         ["hold", cgroup, service, listener] => {
             // RUST_LOG=netmux_ebpf=debug shows the programs' own logs.
@@ -625,6 +663,14 @@ fn attached(cgroup: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn assert_attached(cgroup: &Path, n: usize) {
     // Link release on close/exit is synchronous, but allow a moment.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -632,7 +678,13 @@ fn assert_attached(cgroup: &Path, n: usize) {
         let names = attached(cgroup);
         if names.len() == n {
             if n > 0 {
-                for p in ["connect4", "connect6", "getpeername4", "getpeername6"] {
+                for p in [
+                    "connect4",
+                    "connect6",
+                    "getpeername4",
+                    "getpeername6",
+                    "sock_release",
+                ] {
                     assert!(names.iter().any(|n| n == p), "{p} not in {names:?}");
                 }
             }

@@ -8,6 +8,8 @@
 //! * `cgroup/getpeername4`, `cgroup/getpeername6`: report the remembered
 //!   original destination instead of the listener, so the application sees
 //!   the address it dialled.
+//! * `cgroup/sock_release`: forgets a closed socket's original destination,
+//!   so the LRU only ever evicts when that many redirected sockets are open.
 //!
 //! Policy lives in the daemon; these programs only look up and rewrite. They
 //! fail open: a miss, an excluded socket or any error returns [`PROCEED`]
@@ -29,9 +31,9 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::bpf_get_socket_cookie,
-    macros::{cgroup_sock_addr, map},
+    macros::{cgroup_sock, cgroup_sock_addr, map},
     maps::{Array, HashMap, LruHashMap},
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
     EbpfContext as _,
 };
 use aya_log_ebpf::{debug, warn};
@@ -44,8 +46,8 @@ use netmux_common::redirect::{
 #[map]
 static SERVICES: HashMap<ServiceKey, ListenerTarget> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
-/// Original destination of each redirected socket, by socket cookie. Cookies
-/// are never reused within a boot; closed sockets age out of the LRU.
+/// Original destination of each redirected socket, by socket cookie (never
+/// reused within a boot). Entries are removed when the socket is released.
 #[map]
 static ORIGINAL_DST: LruHashMap<u64, OriginalDst> =
     LruHashMap::with_max_entries(MAX_REDIRECTED_SOCKETS, 0);
@@ -84,6 +86,16 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     match try_getpeername6(&ctx) {
         Ok(r) | Err(r) => r,
     }
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: bpf_get_socket_cookie is allowed for cgroup_sock programs and
+    // takes the context pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // Most sockets were never redirected: a miss is the common case.
+    let _ = ORIGINAL_DST.remove(cookie);
+    PROCEED
 }
 
 #[inline(always)]

@@ -5,7 +5,8 @@
 //! * `connect4`/`connect6` rewrite a connect() to a published TCP service to
 //!   the daemon's listener and remember the original destination per socket
 //!   cookie; `getpeername4`/`getpeername6` report that original destination,
-//!   so the application sees the address it dialled.
+//!   so the application sees the address it dialled; `sock_release` forgets
+//!   it when the socket is closed.
 //! * The programs fail open: a miss or any error leaves the connect alone.
 //! * Own sockets: the daemon's sockets carrying `SO_MARK ==`
 //!   [`EbpfRedirect::exclude_mark`] (default [`DEFAULT_EXCLUDE_MARK`]) are
@@ -33,13 +34,13 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError},
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
 pub use netmux_common::redirect::DEFAULT_EXCLUDE_MARK;
 use netmux_common::redirect::{
-    ListenerTarget, RedirectConfig, ServiceKey, CONFIG_INDEX, PROTO_TCP,
+    ListenerTarget, OriginalDst, RedirectConfig, ServiceKey, CONFIG_INDEX, PROTO_TCP,
 };
 use tracing::level_filters::LevelFilter;
 
@@ -47,10 +48,13 @@ use tracing::level_filters::LevelFilter;
 /// eBPF toolchain (or with `NETMUX_SKIP_EBPF=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmux-ebpf"));
 
-/// The programs, in attach order, with the hook each implements.
-const PROGRAMS: [&str; 4] = ["connect4", "connect6", "getpeername4", "getpeername6"];
+/// The `sock_addr` programs; each is named after the hook it implements.
+const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "getpeername4", "getpeername6"];
+/// The `sock` program that forgets a released socket's original destination.
+const SOCK_RELEASE_PROGRAM: &str = "sock_release";
 
 const SERVICES_MAP: &str = "SERVICES";
+const ORIGINAL_DST_MAP: &str = "ORIGINAL_DST";
 const CONFIG_MAP: &str = "CONFIG";
 
 /// What can go wrong loading or driving the eBPF redirect.
@@ -98,7 +102,8 @@ pub enum EbpfError {
     /// A program failed to load (verifier) or attach.
     #[error(
         "eBPF program {program}: {source}; the kernel needs cgroup sock_addr hooks \
-         (connect: Linux 4.17, getpeername: 5.8) and cgroup BPF links (5.7)"
+         (connect: Linux 4.17, getpeername: 5.8), sock_release (5.9) and cgroup BPF \
+         links (5.7)"
     )]
     Program {
         /// Name of the program (its hook).
@@ -174,6 +179,7 @@ pub fn mark_socket(socket: &impl AsFd, mark: u32) -> io::Result<()> {
 pub struct EbpfRedirect {
     cgroup: PathBuf,
     services: HashMap<MapData, ServiceKey, ListenerTarget>,
+    original_dst: HashMap<MapData, u64, OriginalDst>,
     config: Array<MapData, RedirectConfig>,
     exclude_mark: u32,
     // Owns the programs and their BPF links: dropping it detaches them.
@@ -192,8 +198,9 @@ impl std::fmt::Debug for EbpfRedirect {
 
 impl EbpfRedirect {
     /// Loads the programs and attaches `connect4`, `connect6`,
-    /// `getpeername4` and `getpeername6` to the cgroup v2 directory `cgroup`
-    /// (they then apply to every process in it and its descendants). The
+    /// `getpeername4`, `getpeername6` and `sock_release` to the cgroup v2
+    /// directory `cgroup` (they then apply to every process in it and its
+    /// descendants). The
     /// exclusion mark starts as [`DEFAULT_EXCLUDE_MARK`]; the map starts
     /// empty.
     pub fn load(cgroup: &Path) -> Result<Self, EbpfError> {
@@ -234,35 +241,41 @@ impl EbpfRedirect {
             }
         };
 
-        for name in PROGRAMS {
+        // Links are always multi-attach in the kernel; `Single` just means
+        // "no extra attach flags", as BPF_LINK_CREATE requires.
+        let mode = CgroupAttachMode::Single;
+        for name in SOCK_ADDR_PROGRAMS {
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .ok_or(EbpfError::Missing(name))?
                 .try_into()
                 .map_err(|_| EbpfError::Missing(name))?;
-            let program_err = |source| EbpfError::Program {
-                program: name,
-                source,
-            };
+            let step = Step { name, cgroup };
+            program.load().map_err(|e| step.load_error(e))?;
             program
-                .load()
-                .map_err(|e| classify(&format!("loading {name}"), e, program_err))?;
-            // Links are always multi-attach in the kernel; `Single` just
-            // means "no extra attach flags", as BPF_LINK_CREATE requires.
-            program
-                .attach(&cgroup_dir, CgroupAttachMode::Single)
-                .map_err(|e| {
-                    classify(
-                        &format!("attaching {name} to {}", cgroup.display()),
-                        e,
-                        program_err,
-                    )
-                })?;
+                .attach(&cgroup_dir, mode)
+                .map_err(|e| step.attach_error(e))?;
         }
+        let name = SOCK_RELEASE_PROGRAM;
+        let program: &mut CgroupSock = ebpf
+            .program_mut(name)
+            .ok_or(EbpfError::Missing(name))?
+            .try_into()
+            .map_err(|_| EbpfError::Missing(name))?;
+        let step = Step { name, cgroup };
+        program.load().map_err(|e| step.load_error(e))?;
+        program
+            .attach(&cgroup_dir, mode)
+            .map_err(|e| step.attach_error(e))?;
 
         let services = take_map(&mut ebpf, SERVICES_MAP)?;
         let services = HashMap::try_from(services).map_err(|source| EbpfError::Map {
             map: SERVICES_MAP,
+            source,
+        })?;
+        let original_dst = take_map(&mut ebpf, ORIGINAL_DST_MAP)?;
+        let original_dst = HashMap::try_from(original_dst).map_err(|source| EbpfError::Map {
+            map: ORIGINAL_DST_MAP,
             source,
         })?;
         let config = take_map(&mut ebpf, CONFIG_MAP)?;
@@ -273,6 +286,7 @@ impl EbpfRedirect {
         let mut redirect = Self {
             cgroup: cgroup.to_owned(),
             services,
+            original_dst,
             config,
             exclude_mark: 0,
             _ebpf: ebpf,
@@ -341,6 +355,20 @@ impl EbpfRedirect {
         Ok(out)
     }
 
+    /// How many redirected sockets are open (their original destination is
+    /// remembered for getpeername()); for metrics and leak checks.
+    pub fn redirected_sockets(&self) -> Result<usize, EbpfError> {
+        let mut n = 0;
+        for key in self.original_dst.keys() {
+            key.map_err(|source| EbpfError::Map {
+                map: ORIGINAL_DST_MAP,
+                source,
+            })?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// The `SO_MARK` that exempts a socket from redirection.
     pub fn exclude_mark(&self) -> u32 {
         self.exclude_mark
@@ -357,6 +385,27 @@ impl EbpfRedirect {
             })?;
         self.exclude_mark = mark;
         Ok(())
+    }
+}
+
+/// Names a program load/attach step in errors.
+struct Step<'a> {
+    name: &'static str,
+    cgroup: &'a Path,
+}
+
+impl Step<'_> {
+    fn load_error(&self, e: ProgramError) -> EbpfError {
+        let program = self.name;
+        classify(&format!("loading {program}"), e, |source| {
+            EbpfError::Program { program, source }
+        })
+    }
+
+    fn attach_error(&self, e: ProgramError) -> EbpfError {
+        let program = self.name;
+        let what = format!("attaching {program} to {}", self.cgroup.display());
+        classify(&what, e, |source| EbpfError::Program { program, source })
     }
 }
 
@@ -472,6 +521,12 @@ impl Drop for LogForwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<EbpfRedirect>();
+    }
 
     #[test]
     fn log_levels_match_aya_log_common() {
