@@ -142,6 +142,21 @@ fn http_by_name_with_curl() {
 }
 
 #[test]
+fn hosts_file_keeps_its_other_lines() {
+    let sb = sandbox();
+    let before = std::fs::read_to_string(sb.ws_hosts_file()).unwrap();
+    let w = world(&sb);
+    let _ = w.local("http-echo");
+    let during = std::fs::read_to_string(sb.ws_hosts_file()).unwrap();
+    for line in before.lines() {
+        assert!(
+            during.lines().any(|l| l == line),
+            "netmuxd dropped {line:?} from the hosts file:\n{during}"
+        );
+    }
+}
+
+#[test]
 fn hundred_mib_each_way_byte_exact() {
     let sb = sandbox();
     let w = world(&sb);

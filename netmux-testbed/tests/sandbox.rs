@@ -110,6 +110,10 @@ fn names_resolve_through_the_workstation_hosts_file() {
     let hosts = sb.ws_hosts_file();
     let tmp = hosts.with_extension("tmp");
     let mut content = std::fs::read_to_string(&hosts).unwrap();
+    assert!(
+        content.contains("127.0.0.1 localhost\n") && content.contains("::1 localhost"),
+        "fresh hosts file: {content:?}"
+    );
     content.push_str(&format!("{} echo.test\n", sb.cluster_addr()));
     std::fs::write(&tmp, content).unwrap();
     std::fs::rename(&tmp, &hosts).unwrap();

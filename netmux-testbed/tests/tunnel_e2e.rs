@@ -12,12 +12,8 @@ use netmux_testbed::netmux::{Netmux, ServiceSpec, ENDPOINT, TOKEN};
 use netmux_testbed::{bin, check, Process, Sandbox, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const T: Duration = Duration::from_secs(20);
-const MIB: u64 = 1024 * 1024;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("literal address")
-}
+mod common;
+use common::{curl, ip, on_failure_dump, restart_server, sandbox, MIB, T};
 
 /// The services every test publishes, with their backends' nx-echo modes.
 fn services() -> Vec<(ServiceSpec, Option<&'static str>)> {
@@ -116,33 +112,16 @@ fn local(sb: &Sandbox, name: &str, port: u16) -> SocketAddr {
     SocketAddr::new(addr, port)
 }
 
-fn curl(sb: &Sandbox, url: &str) -> netmux_testbed::Output {
-    sb.process(Side::Workstation, "curl", "curl")
-        .args(["-sS", "--max-time", "10", url])
-        .run(T)
-        .expect("running curl")
-}
-
-fn sandbox() -> Sandbox {
-    Sandbox::new().expect("creating a sandbox (needs root and iproute2)")
-}
-
-fn on_failure_dump<R>(sb: &Sandbox, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
-    match std::panic::catch_unwind(f) {
-        Ok(r) => r,
-        Err(p) => {
-            sb.dump_logs(40);
-            std::panic::resume_unwind(p)
-        }
-    }
-}
-
 #[test]
 fn http_by_name_with_curl_and_ls_table() {
     let sb = sandbox();
     let w = world(&sb);
     on_failure_dump(&sb, || {
-        let out = curl(w.sb, "http://http-echo.demo.svc.cluster.local/hello");
+        let out = curl(
+            w.sb,
+            Side::Workstation,
+            "http://http-echo.demo.svc.cluster.local/hello",
+        );
         assert!(out.success(), "curl: {}", out.stderr);
         assert!(
             out.stdout.starts_with("hello from nx-echo") && out.stdout.contains("path=/hello"),
@@ -150,7 +129,7 @@ fn http_by_name_with_curl_and_ls_table() {
             out.stdout
         );
         // Short names too.
-        let out = curl(w.sb, "http://http-echo.demo/short");
+        let out = curl(w.sb, Side::Workstation, "http://http-echo.demo/short");
         assert!(
             out.success() && out.stdout.contains("path=/short"),
             "{}",
@@ -181,7 +160,7 @@ fn http_by_name_with_curl_and_ls_table() {
         assert!(http_row.ends_with("on"), "{http_row}");
 
         // Directly, the cluster address is unroutable: nothing bypasses netmux.
-        let out = curl(w.sb, "http://10.96.0.10:8080/");
+        let out = curl(w.sb, Side::Workstation, "http://10.96.0.10:8080/");
         assert!(!out.success());
     });
 }
@@ -298,20 +277,6 @@ fn refusing_target_gives_a_prompt_reset() {
     });
 }
 
-fn restart_server(w: &mut World<'_>) {
-    let p =
-        w.sb.process(
-            Side::Cluster,
-            "netmux-server-2",
-            bin("netmux-server").expect("built"),
-        )
-        .arg("--config")
-        .arg(&w.nm.layout.server_config)
-        .spawn()
-        .expect("restart server");
-    w.nm.server = p;
-}
-
 #[test]
 fn server_killed_shows_down_then_reconnects_by_itself() {
     let sb = sandbox();
@@ -323,17 +288,25 @@ fn server_killed_shows_down_then_reconnects_by_itself() {
         })
         .expect("ls shows the endpoint down");
     });
-    let out = curl(&sb, "http://http-echo.demo.svc.cluster.local/while-down");
+    let out = curl(
+        &sb,
+        Side::Workstation,
+        "http://http-echo.demo.svc.cluster.local/while-down",
+    );
     assert!(
         !out.success(),
         "a connection while the server is down must fail, got {}",
         out.stdout
     );
-    restart_server(&mut w);
+    restart_server(&sb, &mut w.nm);
     on_failure_dump(&sb, || {
         w.nm.wait_for_ls("endpoint connected again", T, |ls| ls.contains("connected"))
             .expect("daemon reconnects by itself");
-        let out = curl(&sb, "http://http-echo.demo.svc.cluster.local/after");
+        let out = curl(
+            &sb,
+            Side::Workstation,
+            "http://http-echo.demo.svc.cluster.local/after",
+        );
         assert!(
             out.success() && out.stdout.contains("path=/after"),
             "{}",
@@ -414,7 +387,11 @@ fn garbage_on_a_control_stream_drops_only_that_client() {
             }
         }
         // The well-behaved daemon is unaffected.
-        let out = curl(w.sb, "http://http-echo.demo.svc.cluster.local/still-fine");
+        let out = curl(
+            w.sb,
+            Side::Workstation,
+            "http://http-echo.demo.svc.cluster.local/still-fine",
+        );
         assert!(
             out.success() && out.stdout.contains("path=/still-fine"),
             "{}",
@@ -498,7 +475,11 @@ fn migration_carries_a_live_transfer_across_an_address_change() {
                 .unwrap_or_else(|| panic!("sink said {reply:?}"));
             assert_eq!(got, sent, "byte-exact across migration");
         });
-        let out = curl(w.sb, "http://http-echo.demo.svc.cluster.local/after-move");
+        let out = curl(
+            w.sb,
+            Side::Workstation,
+            "http://http-echo.demo.svc.cluster.local/after-move",
+        );
         assert!(out.success(), "{}", out.stderr);
     });
 }

@@ -1,0 +1,70 @@
+//! Helpers shared by the end-to-end test files.
+#![allow(dead_code, reason = "each test file uses a subset")]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use netmux_testbed::netmux::Netmux;
+use netmux_testbed::{bin, Process, Sandbox, Side};
+
+/// Generous bound for anything to come up.
+pub const T: Duration = Duration::from_secs(20);
+/// One mebibyte.
+pub const MIB: u64 = 1024 * 1024;
+
+/// Parses a literal address.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("literal address")
+}
+
+/// A fresh sandbox.
+pub fn sandbox() -> Sandbox {
+    Sandbox::new().expect("creating a sandbox (needs root and iproute2)")
+}
+
+/// Runs `f`, printing the sandbox's logs if it panics.
+pub fn on_failure_dump<R>(sb: &Sandbox, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
+    match std::panic::catch_unwind(f) {
+        Ok(r) => r,
+        Err(p) => {
+            sb.dump_logs(40);
+            std::panic::resume_unwind(p)
+        }
+    }
+}
+
+/// Starts `nx-echo MODE --listen ADDR` on `side` and waits until it accepts.
+pub fn nx_echo(sb: &Sandbox, side: Side, label: &str, mode: &str, addr: SocketAddr) -> Process {
+    let p = sb
+        .process(side, label, bin("nx-echo").expect("nx-echo built"))
+        .args([mode, "--listen", &addr.to_string()])
+        .spawn()
+        .expect("start nx-echo");
+    sb.wait_for_tcp(side, addr, T)
+        .unwrap_or_else(|e| panic!("nx-echo {mode} on {addr}: {e}\n{}", p.log()));
+    p
+}
+
+/// `curl -sS URL` on `side`.
+pub fn curl(sb: &Sandbox, side: Side, url: &str) -> netmux_testbed::Output {
+    sb.process(side, "curl", "curl")
+        .args(["-sS", "--max-time", "10", url])
+        .run(T)
+        .expect("running curl")
+}
+
+/// Starts a new `netmux-server` with the deployment's config (after the
+/// previous one was killed).
+pub fn restart_server(sb: &Sandbox, nm: &mut Netmux<'_>) {
+    let p = sb
+        .process(
+            Side::Cluster,
+            "netmux-server-restarted",
+            bin("netmux-server").expect("built"),
+        )
+        .arg("--config")
+        .arg(&nm.layout.server_config)
+        .spawn()
+        .expect("restart server");
+    nm.server = p;
+}
