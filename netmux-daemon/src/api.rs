@@ -36,6 +36,24 @@ pub enum Request {
         /// Service name, `namespace/name`, or pattern.
         service: String,
     },
+    /// Publish a local service to the cluster (C2L) and hold it.
+    Expose {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name in the cluster.
+        name: String,
+        /// Local target, `host:port`.
+        local: String,
+        /// Cluster-side port.
+        remote_port: u16,
+    },
+    /// Withdraw a service published with `expose`.
+    Unexpose {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name.
+        name: String,
+    },
     /// Daemon status.
     Status,
     /// Stop everything and exit.

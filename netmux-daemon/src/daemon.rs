@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::api::{self, EndpointView, Reply, Row, StatusView};
 use crate::config::Config;
-use crate::endpoint::{Endpoint, EndpointStatus};
+use crate::endpoint::{ClaimKind, ClaimState, Endpoint, EndpointStatus};
 use crate::listeners::{self, Route};
 use crate::metrics::Metrics;
 use crate::redirect::alloc::AddressAllocator;
@@ -137,6 +137,13 @@ impl Daemon {
             Start { endpoint, service } => self.start(&endpoint, &service).await,
             Stop { endpoint, service } => self.stop(&endpoint, &service).await,
             Status => Ok(Reply::Status(self.status().await)),
+            Expose {
+                endpoint,
+                name,
+                local,
+                remote_port,
+            } => self.expose(&endpoint, &name, &local, remote_port).await,
+            Unexpose { endpoint, name } => self.unexpose(&endpoint, &name).await,
             Exit => {
                 self.cleanup().await;
                 self.exit.notify_one();
@@ -283,18 +290,34 @@ impl Daemon {
         let mut state = self.state.lock().await;
         let found = self.matching(&state, ep, pattern)?;
         let mut started = Vec::new();
+        let mut claimed = Vec::new();
         for svc in &found {
-            if svc.direction == Direction::L2C {
-                state.wanted.insert((ep.to_owned(), svc.key()));
-                started.push(svc.key());
+            match svc.direction {
+                Direction::L2C => {
+                    state.wanted.insert((ep.to_owned(), svc.key()));
+                    started.push(svc.key());
+                }
+                Direction::C2L => {
+                    let Some(port) = svc.ports.first() else {
+                        continue;
+                    };
+                    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port.target_port);
+                    if let Some(c) = state.endpoints.get(ep) {
+                        c.endpoint
+                            .claim(&svc.key(), ClaimKind::Catalog(svc.key()), local);
+                        claimed.push(svc.key());
+                    }
+                }
             }
         }
-        if started.is_empty() {
-            return Err(format!(
-                "{pattern:?} matches only C2L services, which are not started locally"
-            ));
-        }
         self.reconcile_locked(&mut state).await;
+        let claim_errors = match state.endpoints.get(ep) {
+            Some(c) => wait_claims(&c.endpoint, &claimed).await,
+            None => vec![],
+        };
+        if !claim_errors.is_empty() {
+            return Err(format!("could not claim: {}", claim_errors.join("; ")));
+        }
         let failed: Vec<String> = started
             .iter()
             .filter_map(|k| {
@@ -307,6 +330,7 @@ impl Daemon {
         if !failed.is_empty() {
             return Err(format!("could not start: {}", failed.join("; ")));
         }
+        started.extend(claimed);
         Ok(Reply::Done {
             message: format!("started {}", started.join(", ")),
         })
@@ -318,9 +342,80 @@ impl Daemon {
         let found = self.matching(&state, ep, pattern)?;
         let keys: Vec<String> = found.iter().map(Service::key).collect();
         state.wanted.retain(|(e, k)| !(e == ep && keys.contains(k)));
+        if let Some(c) = state.endpoints.get(ep) {
+            for k in &keys {
+                c.endpoint.release(k);
+            }
+        }
         self.reconcile_locked(&mut state).await;
         Ok(Reply::Done {
             message: format!("stopped {}", keys.join(", ")),
+        })
+    }
+
+    /// Publishes `local` to the cluster as C2L service `name` on `remote_port`.
+    pub async fn expose(
+        self: &Arc<Self>,
+        ep: &str,
+        name: &str,
+        local: &str,
+        remote_port: u16,
+    ) -> Result<Reply, String> {
+        if !netmux_common::proto::catalog::valid_dns_name(name) || name.contains('.') {
+            return Err(format!(
+                "{name:?} is not a valid service name: use lower-case letters, digits and '-'"
+            ));
+        }
+        if remote_port == 0 {
+            return Err("--remote-port must be 1-65535".into());
+        }
+        let local: SocketAddr = tokio::net::lookup_host(local)
+            .await
+            .map_err(|e| {
+                format!("--local {local:?}: {e} (expected HOST:PORT, e.g. 127.0.0.1:8080)")
+            })?
+            .next()
+            .ok_or_else(|| format!("--local {local:?} resolves to no address"))?;
+        let state = self.state.lock().await;
+        let c = self.connected(&state, ep)?;
+        c.endpoint.claim(
+            name,
+            ClaimKind::Adhoc {
+                name: name.to_owned(),
+                port: remote_port,
+            },
+            local,
+        );
+        let errors = wait_claims(&c.endpoint, &[name.to_owned()]).await;
+        if let Some(e) = errors.first() {
+            c.endpoint.release(name);
+            return Err(format!("could not expose: {e}"));
+        }
+        Ok(Reply::Done {
+            message: format!("{name}: cluster port {remote_port} => {local}"),
+        })
+    }
+
+    /// Withdraws an `expose`.
+    pub async fn unexpose(self: &Arc<Self>, ep: &str, name: &str) -> Result<Reply, String> {
+        let state = self.state.lock().await;
+        let c = self.connected(&state, ep)?;
+        if c.endpoint.release(name) {
+            Ok(Reply::Done {
+                message: format!("{name} withdrawn"),
+            })
+        } else {
+            Err(format!("{name} is not exposed on {ep}: see `netmux ls`"))
+        }
+    }
+
+    fn connected<'s>(&self, state: &'s State, ep: &str) -> Result<&'s Connected, String> {
+        state.endpoints.get(ep).ok_or_else(|| {
+            if self.config.endpoint(ep).is_none() {
+                self.unknown_endpoint(ep)
+            } else {
+                format!("endpoint {ep} is not connected: run `netmux connect {ep}` first")
+            }
         })
     }
 
@@ -485,7 +580,40 @@ impl Daemon {
             });
             let Some(c) = connected else { continue };
             let catalog = c.endpoint.catalog();
-            for svc in catalog.values() {
+            let claims = c.endpoint.claims();
+            let claims: Vec<crate::endpoint::Claim> = match claims.lock() {
+                Ok(g) => g.values().cloned().collect(),
+                Err(p) => p.into_inner().values().cloned().collect(),
+            };
+            for svc in catalog.values().filter(|s| s.direction == Direction::C2L) {
+                let claim = claims.iter().find(|cl| cl.kind.is_for(svc));
+                let cluster = svc
+                    .addresses
+                    .first()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "*".into());
+                let ports: Vec<String> = svc
+                    .ports
+                    .iter()
+                    .map(|p| match claim {
+                        Some(cl) => format!("{cluster}:{} => {}", p.port, cl.local),
+                        None => format!("{cluster}:{} => -:{}", p.port, p.target_port),
+                    })
+                    .collect();
+                rows.push(Row {
+                    kind: "SVC".into(),
+                    name: svc.key(),
+                    parent: cfg.name.clone(),
+                    description: format!("C2L: {}", ports.join(", ")),
+                    status: match claim.map(|c| &c.state) {
+                        Some(ClaimState::Held) => "on".into(),
+                        Some(ClaimState::Pending) => "pending".into(),
+                        Some(ClaimState::Refused(e)) => format!("error: {e}"),
+                        None => "off".into(),
+                    },
+                });
+            }
+            for svc in catalog.values().filter(|s| s.direction == Direction::L2C) {
                 let key = (cfg.name.clone(), svc.key());
                 let running = state.running.get(&key);
                 rows.push(Row {
@@ -551,6 +679,33 @@ impl Daemon {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Waits (bounded) for the server's answer to each claim; returns errors.
+async fn wait_claims(endpoint: &Endpoint, names: &[String]) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let states: Vec<(String, Option<ClaimState>)> = names
+            .iter()
+            .map(|n| (n.clone(), endpoint.claim_state(n)))
+            .collect();
+        let pending = states
+            .iter()
+            .any(|(_, s)| matches!(s, Some(ClaimState::Pending)));
+        if !pending || tokio::time::Instant::now() >= deadline {
+            return states
+                .into_iter()
+                .filter_map(|(n, s)| match s {
+                    Some(ClaimState::Refused(e)) => Some(format!("{n}: {e}")),
+                    Some(ClaimState::Pending) => Some(format!(
+                        "{n}: no answer from the server yet (kept pending; see `netmux ls`)"
+                    )),
+                    _ => None,
+                })
+                .collect();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
 

@@ -70,6 +70,71 @@ pub enum ConnectError {
     Session(#[from] SessionError),
 }
 
+/// What a reverse claim asks the server for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimKind {
+    /// A C2L service of the catalog, by `namespace/name`.
+    Catalog(String),
+    /// An ad hoc service published by this daemon (`netmux expose`).
+    Adhoc {
+        /// Service name.
+        name: String,
+        /// Cluster-side port.
+        port: u16,
+    },
+}
+
+impl ClaimKind {
+    /// Whether catalog entry `svc` is the one this claim is about.
+    pub fn is_for(&self, svc: &netmux_common::proto::catalog::Service) -> bool {
+        use netmux_common::proto::catalog::Direction;
+        svc.direction == Direction::C2L
+            && match self {
+                ClaimKind::Catalog(key) => svc.key() == *key,
+                ClaimKind::Adhoc { name, .. } => svc.name == *name,
+            }
+    }
+}
+
+/// Where a claim stands with the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimState {
+    /// Not (yet) answered; sent again on every reconnect.
+    Pending,
+    /// Held: cluster connections come to this daemon.
+    Held,
+    /// Refused, with the server's reason.
+    Refused(String),
+}
+
+/// A reverse service this daemon wants to hold.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// What is claimed.
+    pub kind: ClaimKind,
+    /// The local target cluster connections are sent to.
+    pub local: SocketAddr,
+    /// Where it stands.
+    pub state: ClaimState,
+}
+
+/// The claims of one endpoint, keyed by a name the CLI uses.
+pub type Claims = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Claim>>>;
+
+fn lock_claims(c: &Claims) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Claim>> {
+    match c.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+enum Command {
+    /// Send claims that are pending.
+    Sync,
+    /// Release a claim the user dropped (already removed from the table).
+    Release(ClaimKind),
+}
+
 /// A connected-or-reconnecting endpoint; dropping it disconnects.
 pub struct Endpoint {
     /// Its configuration.
@@ -78,6 +143,8 @@ pub struct Endpoint {
     conn: watch::Receiver<Option<Connection>>,
     catalog: watch::Receiver<Arc<Catalog>>,
     task: tokio::task::JoinHandle<()>,
+    claims: Claims,
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
 }
 
 impl Drop for Endpoint {
@@ -98,13 +165,25 @@ impl Endpoint {
         let (status_tx, status) = watch::channel(EndpointStatus::Connecting);
         let (conn_tx, conn) = watch::channel(None);
         let (catalog_tx, catalog) = watch::channel(Arc::new(Catalog::new()));
-        let task = tokio::spawn(run(config.clone(), status_tx, conn_tx, catalog_tx, metrics));
+        let claims = Claims::default();
+        let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(run(
+            config.clone(),
+            status_tx,
+            conn_tx,
+            catalog_tx,
+            metrics,
+            claims.clone(),
+            rx,
+        ));
         Endpoint {
             config,
             status,
             conn,
             catalog,
             task,
+            claims,
+            commands,
         }
     }
 
@@ -137,6 +216,42 @@ impl Endpoint {
     pub fn watch_catalog(&self) -> watch::Receiver<Arc<Catalog>> {
         self.catalog.clone()
     }
+
+    /// The reverse claims (shared with the reverse stream handler).
+    pub fn claims(&self) -> Claims {
+        self.claims.clone()
+    }
+
+    /// Asks the server for a reverse service under `name`; the outcome shows
+    /// in [`Self::claims`]. Kept across reconnects.
+    pub fn claim(&self, name: &str, kind: ClaimKind, local: SocketAddr) {
+        lock_claims(&self.claims).insert(
+            name.to_owned(),
+            Claim {
+                kind,
+                local,
+                state: ClaimState::Pending,
+            },
+        );
+        let _ = self.commands.send(Command::Sync);
+    }
+
+    /// Drops the claim `name`; returns whether there was one.
+    pub fn release(&self, name: &str) -> bool {
+        let removed = lock_claims(&self.claims).remove(name);
+        match removed {
+            Some(c) => {
+                let _ = self.commands.send(Command::Release(c.kind));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The state of claim `name`, if any.
+    pub fn claim_state(&self, name: &str) -> Option<ClaimState> {
+        lock_claims(&self.claims).get(name).map(|c| c.state.clone())
+    }
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -148,6 +263,8 @@ async fn run(
     conn_tx: watch::Sender<Option<Connection>>,
     catalog_tx: watch::Sender<Arc<Catalog>>,
     metrics: Metrics,
+    claims: Claims,
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
 ) {
     let up = metrics.endpoint_up.with_label_values(&[&config.name]);
     let mut backoff = BACKOFF_MIN;
@@ -165,7 +282,27 @@ async fn run(
                 });
                 up.set(1);
                 tracing::info!(endpoint = %config.name, %server, services = session.catalog().len(), "connected");
-                let error = follow(&conn, session, send, recv, &catalog_tx).await;
+                let reverse = tokio::spawn(crate::reverse::serve(
+                    conn.clone(),
+                    claims.clone(),
+                    catalog_tx.subscribe(),
+                    metrics.clone(),
+                    config.name.clone(),
+                ));
+                for c in lock_claims(&claims).values_mut() {
+                    c.state = ClaimState::Pending;
+                }
+                let error = follow(
+                    &conn,
+                    session,
+                    send,
+                    recv,
+                    &catalog_tx,
+                    &claims,
+                    &mut commands,
+                )
+                .await;
+                reverse.abort();
                 up.set(0);
                 conn_tx.send_replace(None);
                 tracing::warn!(endpoint = %config.name, %error, "connection lost; reconnecting");
@@ -343,6 +480,24 @@ async fn flush(
     Ok(())
 }
 
+/// Sends every pending claim not already awaiting an answer.
+fn send_pending(
+    session: &mut ClientSession,
+    claims: &Claims,
+    in_flight: &mut std::collections::HashMap<u32, String>,
+) {
+    for (name, claim) in lock_claims(claims).iter() {
+        if claim.state != ClaimState::Pending || in_flight.values().any(|n| n == name) {
+            continue;
+        }
+        let request = match &claim.kind {
+            ClaimKind::Catalog(key) => session.claim(key),
+            ClaimKind::Adhoc { name, port } => session.expose(name, *port, claim.local.port()),
+        };
+        in_flight.insert(request, name.clone());
+    }
+}
+
 /// Applies catalog updates until the connection ends; returns why.
 async fn follow(
     conn: &Connection,
@@ -350,9 +505,27 @@ async fn follow(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     catalog_tx: &watch::Sender<Arc<Catalog>>,
+    claims: &Claims,
+    commands: &mut tokio::sync::mpsc::UnboundedReceiver<Command>,
 ) -> String {
+    let mut in_flight: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
+    send_pending(&mut session, claims, &mut in_flight);
+    if flush(&mut session, &mut send).await.is_err() {
+        return "control stream closed".into();
+    }
     loop {
         let chunk: Result<Option<Bytes>, String> = tokio::select! {
+            Some(cmd) = commands.recv() => {
+                match cmd {
+                    Command::Sync => send_pending(&mut session, claims, &mut in_flight),
+                    Command::Release(ClaimKind::Catalog(key)) => session.release(&key),
+                    Command::Release(ClaimKind::Adhoc { name, .. }) => session.release(&name),
+                }
+                if flush(&mut session, &mut send).await.is_err() {
+                    return "control stream closed".into();
+                }
+                continue;
+            }
             c = recv.read_chunk(64 * 1024, true) => match c {
                 Ok(Some(c)) => Ok(Some(c.bytes)),
                 Ok(None) => Ok(None),
@@ -372,6 +545,17 @@ async fn follow(
         let mut changed = false;
         while let Some(ev) = session.poll_event() {
             changed |= matches!(ev, ClientEvent::CatalogReplaced | ClientEvent::Changed(_));
+            if let ClientEvent::ClaimResult { request, error } = ev {
+                if let Some(name) = in_flight.remove(&request) {
+                    if let Some(c) = lock_claims(claims).get_mut(&name) {
+                        c.state = match error {
+                            None => ClaimState::Held,
+                            Some(e) => ClaimState::Refused(e),
+                        };
+                    }
+                }
+                changed = true;
+            }
         }
         if changed {
             catalog_tx.send_replace(Arc::new(session.catalog().clone()));

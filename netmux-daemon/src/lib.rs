@@ -13,4 +13,5 @@ pub mod endpoint;
 pub mod listeners;
 pub mod metrics;
 pub mod redirect;
+pub mod reverse;
 pub mod system;

@@ -16,8 +16,17 @@ use crate::metrics::Metrics;
 /// Assigns ids and publishes catalogs.
 pub struct CatalogStore {
     ids: Mutex<IdTable>,
+    /// The runtime's last list and the ad hoc (exposed) services, merged on
+    /// every change.
+    sources: Mutex<Sources>,
     tx: watch::Sender<Arc<Catalog>>,
     metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Sources {
+    runtime: Vec<Service>,
+    adhoc: std::collections::BTreeMap<String, Service>,
 }
 
 #[derive(Default)]
@@ -36,6 +45,7 @@ impl CatalogStore {
                     by_key: HashMap::new(),
                     next: 1,
                 }),
+                sources: Mutex::new(Sources::default()),
                 tx,
                 metrics,
             }),
@@ -43,14 +53,48 @@ impl CatalogStore {
         )
     }
 
-    /// Replaces the catalog with `services` (their `id` fields are ignored).
-    /// Receivers are woken only if something changed.
+    /// Replaces the runtime's services (their `id` fields are ignored).
+    /// Receivers are woken only if the merged catalog changed.
     pub fn publish(&self, services: Vec<Service>) {
+        let mut sources = lock(&self.sources);
+        sources.runtime = services;
+        self.republish(&sources);
+    }
+
+    /// Adds an ad hoc service (`netmux expose`); refused when the runtime
+    /// already publishes that name.
+    pub fn add_adhoc(&self, service: Service) -> Result<(), String> {
+        let mut sources = lock(&self.sources);
+        let key = service.key();
+        if sources.runtime.iter().any(|s| s.key() == key) {
+            return Err(format!(
+                "{key} is already published by the server's runtime; choose another name"
+            ));
+        }
+        sources.adhoc.insert(key, service);
+        self.republish(&sources);
+        Ok(())
+    }
+
+    /// Removes an ad hoc service; returns whether it existed.
+    pub fn remove_adhoc(&self, key: &str) -> bool {
+        let mut sources = lock(&self.sources);
+        let existed = sources.adhoc.remove(key).is_some();
+        if existed {
+            self.republish(&sources);
+        }
+        existed
+    }
+
+    fn republish(&self, sources: &Sources) {
+        let services: Vec<Service> = sources
+            .runtime
+            .iter()
+            .chain(sources.adhoc.values())
+            .cloned()
+            .collect();
         let catalog: Catalog = {
-            let mut ids = match self.ids.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut ids = lock(&self.ids);
             services
                 .into_iter()
                 .map(|mut svc| {
@@ -76,6 +120,13 @@ impl CatalogStore {
     /// The current catalog.
     pub fn current(&self) -> Arc<Catalog> {
         self.tx.borrow().clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

@@ -77,6 +77,10 @@ struct RawConfig {
     dial_timeout_ms: u64,
     #[serde(default = "default_hello_timeout_ms")]
     hello_timeout_ms: u64,
+    #[serde(default = "default_reverse_bind")]
+    reverse_bind: std::net::IpAddr,
+    #[serde(default = "default_adhoc_namespace")]
+    adhoc_namespace: String,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +98,12 @@ fn default_dial_timeout_ms() -> u64 {
 }
 fn default_hello_timeout_ms() -> u64 {
     5000
+}
+fn default_reverse_bind() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+}
+fn default_adhoc_namespace() -> String {
+    "default".into()
 }
 
 /// Where services come from.
@@ -144,6 +154,10 @@ pub struct Config {
     pub dial_timeout: Duration,
     /// Time a daemon has to complete its hello.
     pub hello_timeout: Duration,
+    /// Where cluster-side listeners of C2L services without addresses bind.
+    pub reverse_bind: std::net::IpAddr,
+    /// Namespace of services exposed ad hoc (`netmux expose`).
+    pub adhoc_namespace: String,
 }
 
 /// Shortest accepted token: long enough not to be guessed.
@@ -204,6 +218,14 @@ impl Config {
                 "timeouts must be positive".into(),
             ));
         }
+        if !netmux_common::proto::catalog::valid_dns_name(&raw.adhoc_namespace)
+            || raw.adhoc_namespace.contains('.')
+        {
+            return Err(invalid(
+                "adhoc_namespace",
+                format!("{:?} must be one DNS label", raw.adhoc_namespace),
+            ));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         let runtime = match raw.runtime {
             RuntimeConfig::Static { services } => RuntimeConfig::Static {
@@ -219,6 +241,8 @@ impl Config {
             runtime,
             dial_timeout: Duration::from_millis(raw.dial_timeout_ms),
             hello_timeout: Duration::from_millis(raw.hello_timeout_ms),
+            reverse_bind: raw.reverse_bind,
+            adhoc_namespace: raw.adhoc_namespace,
         })
     }
 }

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use netmux_common::proto::catalog::Direction;
 use netmux_common::proto::error_code;
 use netmux_common::proto::hello::HelloStatus;
 use netmux_common::proto::session::{ServerEvent, ServerSession, SessionError};
-use netmux_common::proto::stream::{OpenResult, StreamHeader, MAX_HEADER_LEN};
+use netmux_common::proto::stream::{OpenResult, StreamHeader};
 use netmux_common::tunnel::pipe::{self, End, Meter};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
@@ -33,8 +33,15 @@ pub async fn serve(conn: Connection, server: Arc<Server>) {
                 .inc();
             server.metrics.sessions_active.inc();
             tracing::info!(%remote, client = %identity.name, "daemon connected");
+            let holder = crate::reverse::Holder {
+                session: server
+                    .sessions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                client: format!("{} ({remote})", identity.name),
+                conn: conn.clone(),
+            };
             let streams = accept_streams(conn.clone(), server.clone(), identity.clone());
-            let control = control_loop(session, send, recv, server.clone());
+            let control = control_loop(session, send, recv, server.clone(), &holder);
             let reason = tokio::select! {
                 r = control => r,
                 () = streams => Ok(()),
@@ -46,6 +53,7 @@ pub async fn serve(conn: Connection, server: Arc<Server>) {
                     conn.close(VarInt::from_u32(e.close_code()), e.to_string().as_bytes());
                 }
             }
+            server.reverse.release_all(holder.session);
             server.metrics.sessions_active.dec();
         }
         Err(e) => {
@@ -135,13 +143,19 @@ async fn control_loop(
     mut send: SendStream,
     mut recv: RecvStream,
     server: Arc<Server>,
+    holder: &crate::reverse::Holder,
 ) -> Result<(), SessionError> {
     let mut catalog = server.catalog.clone();
     catalog.mark_unchanged();
     loop {
         tokio::select! {
             chunk = recv.read_chunk(64 * 1024, true) => match chunk {
-                Ok(Some(c)) => session.handle_input(&c.bytes)?,
+                Ok(Some(c)) => {
+                    session.handle_input(&c.bytes)?;
+                    while let Some(event) = session.poll_event() {
+                        handle_event(&server, holder, &mut session, event).await;
+                    }
+                }
                 Ok(None) => return Ok(()),
                 Err(quinn::ReadError::ConnectionLost(_)) => return Ok(()),
                 Err(_) => return Err(SessionError::Unexpected("control stream reset")),
@@ -155,6 +169,47 @@ async fn control_loop(
             }
         }
         flush(&mut session, &mut send).await?;
+    }
+}
+
+/// Acts on a daemon's request after the hello.
+async fn handle_event(
+    server: &Server,
+    holder: &crate::reverse::Holder,
+    session: &mut ServerSession,
+    event: ServerEvent,
+) {
+    match event {
+        ServerEvent::Hello(_) => {}
+        ServerEvent::Claim { request, service } => {
+            let r = server.reverse.claim(holder, &service).await;
+            if let Err(e) = &r {
+                tracing::info!(client = %holder.client, %service, error = %e, "claim refused");
+            }
+            session.claim_result(request, r.err());
+        }
+        ServerEvent::Expose {
+            request,
+            name,
+            port,
+            target_port,
+        } => {
+            let r = server
+                .reverse
+                .expose(holder, &name, port, target_port)
+                .await;
+            if let Err(e) = &r {
+                tracing::info!(client = %holder.client, %name, error = %e, "expose refused");
+            }
+            session.claim_result(request, r.err());
+        }
+        ServerEvent::Release { service } => {
+            server.reverse.release(holder.session, &service);
+            server.reverse.release(
+                holder.session,
+                &format!("{}/{service}", server.config.adhoc_namespace),
+            );
+        }
     }
 }
 
@@ -189,30 +244,14 @@ impl Meter for ServiceMeter<'_> {
     }
 }
 
-/// Reads a stream header; `Err` carries a reason for the reset.
-async fn read_header(recv: &mut RecvStream) -> Result<(StreamHeader, Bytes), &'static str> {
-    let mut buf = BytesMut::new();
-    loop {
-        match StreamHeader::decode(&buf) {
-            Ok((h, used)) => return Ok((h, buf.split_off(used).freeze())),
-            Err(netmux_common::proto::codec::DecodeError::UnexpectedEnd)
-                if buf.len() < MAX_HEADER_LEN => {}
-            Err(_) => return Err("bad stream header"),
-        }
-        match recv.read_chunk(MAX_HEADER_LEN, true).await {
-            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
-            _ => return Err("stream ended before its header"),
-        }
-    }
-}
-
 async fn proxy_stream(
     mut send: SendStream,
     mut recv: RecvStream,
     server: Arc<Server>,
     who: Identity,
 ) {
-    let header = tokio::time::timeout(server.config.hello_timeout, read_header(&mut recv)).await;
+    let header =
+        tokio::time::timeout(server.config.hello_timeout, pipe::read_header(&mut recv)).await;
     let (header, pending) = match header {
         Ok(Ok(h)) => h,
         failed => {
@@ -231,7 +270,16 @@ async fn proxy_stream(
             return;
         }
     };
-    let StreamHeader::Connect { service, port } = header;
+    let StreamHeader::Connect { service, port } = header else {
+        // Only the server opens reverse streams.
+        server
+            .metrics
+            .connection_errors
+            .with_label_values(&["unknown", "l2c", "bad_header"])
+            .inc();
+        let _ = send.reset(VarInt::from_u32(error_code::PROTOCOL_VIOLATION));
+        return;
+    };
     let catalog = server.catalog.borrow().clone();
     let resolved = dial::resolve(&catalog, service, port).and_then(|(svc, addrs)| {
         if server.access.may_reach(&who, &svc) {
@@ -259,11 +307,7 @@ async fn proxy_stream(
                 .connection_errors
                 .with_label_values(&[labels[0], labels[1], result.label()])
                 .inc();
-            let mut out = BytesMut::new();
-            result.encode(&mut out);
-            let _ = send.write_all(&out).await;
-            let _ = send.finish();
-            let _ = recv.stop(VarInt::from_u32(error_code::NO_ERROR));
+            pipe::answer(&mut send, &mut recv, result).await;
             return;
         }
     };
@@ -279,9 +323,7 @@ async fn proxy_stream(
         .inc();
     let active = server.metrics.connections_active.with_label_values(&labels);
     active.inc();
-    let mut out = BytesMut::new();
-    OpenResult::Connected.encode(&mut out);
-    if send.write_all(&out).await.is_ok() {
+    if pipe::answer(&mut send, &mut recv, OpenResult::Connected).await {
         let meter = ServiceMeter {
             server: &server,
             labels,

@@ -14,6 +14,7 @@ pub mod connection;
 pub mod dial;
 pub mod http;
 pub mod metrics;
+pub mod reverse;
 pub mod runtime;
 pub mod transport;
 
@@ -32,6 +33,10 @@ pub struct Server {
     pub access: access::Access,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
+    /// Reverse service claims.
+    pub reverse: reverse::Claims,
+    /// Source of daemon session ids.
+    pub sessions: std::sync::atomic::AtomicU64,
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -43,7 +48,7 @@ pub async fn run(
         .context("setting up the server's CA and certificate")?;
     let metrics = metrics::Metrics::new();
     let (store, catalog_rx) = catalog::CatalogStore::new(metrics.clone());
-    let runtime = runtime::start(&config.runtime, store)
+    let runtime = runtime::start(&config.runtime, store.clone())
         .await
         .context("starting the service runtime")?;
     let endpoint = transport::server_endpoint(config.listen, &identity)
@@ -51,6 +56,13 @@ pub async fn run(
     tracing::info!(listen = %config.listen, "QUIC endpoint ready");
     let server = Arc::new(Server {
         access: access::Access::from_config(&config),
+        reverse: reverse::Claims::new(
+            store,
+            metrics.clone(),
+            config.reverse_bind,
+            config.adhoc_namespace.clone(),
+        ),
+        sessions: std::sync::atomic::AtomicU64::new(1),
         config,
         catalog: catalog_rx,
         metrics,

@@ -22,6 +22,14 @@ pub enum ServerMessage {
     CatalogSynced,
     /// Answer to [`ClientMessage::Ping`].
     Pong(u64),
+    /// Answer to a [`ClientMessage::Claim`] or [`ClientMessage::Expose`].
+    ClaimResult {
+        /// The request this answers.
+        request: u32,
+        /// `None` when the claim is held; otherwise why not (names the
+        /// current holder when another daemon has it).
+        error: Option<String>,
+    },
 }
 
 /// Daemon to server.
@@ -29,6 +37,31 @@ pub enum ServerMessage {
 pub enum ClientMessage {
     /// Application-level liveness probe, answered with a Pong.
     Ping(u64),
+    /// Hold a C2L catalog service (`namespace/name`): the server opens its
+    /// cluster-side listeners and sends their connections to this daemon.
+    Claim {
+        /// Correlates the [`ServerMessage::ClaimResult`].
+        request: u32,
+        /// `namespace/name` of a C2L service in the catalog.
+        service: String,
+    },
+    /// Publish an ad hoc C2L service and claim it (`netmux expose`).
+    Expose {
+        /// Correlates the [`ServerMessage::ClaimResult`].
+        request: u32,
+        /// Service name (DNS label); published in the server's namespace
+        /// for ad hoc services.
+        name: String,
+        /// Cluster-side port.
+        port: u16,
+        /// Port of the local target (informational, shown in `ls`).
+        target_port: u16,
+    },
+    /// Give up a claim (and remove the service if it was exposed ad hoc).
+    Release {
+        /// `namespace/name`.
+        service: String,
+    },
 }
 
 impl From<CatalogEvent> for ServerMessage {
@@ -58,9 +91,29 @@ impl ServerMessage {
 }
 
 impl ClientMessage {
-    /// Decodes one frame payload.
+    /// Decodes and validates one frame payload.
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        decode_exact(payload, "client message")
+        let msg: ClientMessage = decode_exact(payload, "client message")?;
+        match &msg {
+            ClientMessage::Expose { name, port, .. } => {
+                if !super::catalog::valid_dns_name(name) || name.contains('.') {
+                    return Err(DecodeError::invalid(
+                        "expose",
+                        format!("{name:?} is not a DNS label"),
+                    ));
+                }
+                if *port == 0 {
+                    return Err(DecodeError::invalid("expose", "port 0"));
+                }
+            }
+            ClientMessage::Claim { service, .. } | ClientMessage::Release { service } => {
+                if service.len() > 253 {
+                    return Err(DecodeError::invalid("claim", "service name too long"));
+                }
+            }
+            ClientMessage::Ping(_) => {}
+        }
+        Ok(msg)
     }
 }
 

@@ -79,6 +79,13 @@ pub enum ClientEvent {
     Changed(CatalogEvent),
     /// Answer to a ping.
     Pong(u64),
+    /// Answer to a claim or expose.
+    ClaimResult {
+        /// The request id returned by [`ClientSession::claim`].
+        request: u32,
+        /// Why it failed, if it did.
+        error: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -100,6 +107,7 @@ pub struct ClientSession {
     events: VecDeque<ClientEvent>,
     catalog: Catalog,
     synced: bool,
+    next_request: u32,
 }
 
 impl ClientSession {
@@ -116,6 +124,7 @@ impl ClientSession {
             events: VecDeque::new(),
             catalog: Catalog::new(),
             synced: false,
+            next_request: 0,
         }
     }
 
@@ -132,6 +141,50 @@ impl ClientSession {
     /// Queues a ping.
     pub fn ping(&mut self, nonce: u64) {
         push_frame(&mut self.out, &ClientMessage::Ping(nonce));
+    }
+
+    fn next_request(&mut self) -> u32 {
+        self.next_request = self.next_request.wrapping_add(1);
+        self.next_request
+    }
+
+    /// Queues a claim of the C2L service `namespace/name`; the answer comes
+    /// as [`ClientEvent::ClaimResult`] with the returned id.
+    pub fn claim(&mut self, service: &str) -> u32 {
+        let request = self.next_request();
+        push_frame(
+            &mut self.out,
+            &ClientMessage::Claim {
+                request,
+                service: service.to_owned(),
+            },
+        );
+        request
+    }
+
+    /// Queues an ad hoc C2L service publication and claim.
+    pub fn expose(&mut self, name: &str, port: u16, target_port: u16) -> u32 {
+        let request = self.next_request();
+        push_frame(
+            &mut self.out,
+            &ClientMessage::Expose {
+                request,
+                name: name.to_owned(),
+                port,
+                target_port,
+            },
+        );
+        request
+    }
+
+    /// Queues the release of a claim.
+    pub fn release(&mut self, service: &str) {
+        push_frame(
+            &mut self.out,
+            &ClientMessage::Release {
+                service: service.to_owned(),
+            },
+        );
     }
 
     /// Bytes to write to the control stream, if any.
@@ -222,6 +275,9 @@ impl ClientSession {
                 }
             }
             ServerMessage::Pong(n) => self.events.push_back(ClientEvent::Pong(n)),
+            ServerMessage::ClaimResult { request, error } => self
+                .events
+                .push_back(ClientEvent::ClaimResult { request, error }),
         }
         Ok(())
     }
@@ -233,6 +289,30 @@ pub enum ServerEvent {
     /// A well-formed hello of our version: decide with
     /// [`ServerSession::accept`] or [`ServerSession::refuse`].
     Hello(Hello),
+    /// The daemon asks to hold a C2L service; answer with
+    /// [`ServerSession::claim_result`].
+    Claim {
+        /// Request id.
+        request: u32,
+        /// `namespace/name`.
+        service: String,
+    },
+    /// The daemon publishes an ad hoc C2L service and claims it.
+    Expose {
+        /// Request id.
+        request: u32,
+        /// Service name.
+        name: String,
+        /// Cluster-side port.
+        port: u16,
+        /// Local target port.
+        target_port: u16,
+    },
+    /// The daemon gives up a claim.
+    Release {
+        /// `namespace/name`.
+        service: String,
+    },
 }
 
 #[derive(Debug)]
@@ -366,6 +446,23 @@ impl ServerSession {
                         ClientMessage::Ping(n) => {
                             push_frame(&mut self.out, &ServerMessage::Pong(n))
                         }
+                        ClientMessage::Claim { request, service } => self
+                            .events
+                            .push_back(ServerEvent::Claim { request, service }),
+                        ClientMessage::Expose {
+                            request,
+                            name,
+                            port,
+                            target_port,
+                        } => self.events.push_back(ServerEvent::Expose {
+                            request,
+                            name,
+                            port,
+                            target_port,
+                        }),
+                        ClientMessage::Release { service } => {
+                            self.events.push_back(ServerEvent::Release { service })
+                        }
                     }
                 }
                 Ok(())
@@ -394,6 +491,14 @@ impl ServerSession {
             status,
             message: message.to_owned(),
         }
+    }
+
+    /// Answers a claim or expose.
+    pub fn claim_result(&mut self, request: u32, error: Option<String>) {
+        push_frame(
+            &mut self.out,
+            &ServerMessage::ClaimResult { request, error },
+        );
     }
 
     /// Queues the events that bring the daemon to `catalog`.
@@ -473,6 +578,60 @@ mod tests {
         pump(&mut client, &mut server).unwrap();
         assert!(matches!(client.poll_event(), Some(ClientEvent::Changed(_))));
         assert_eq!(client.poll_event(), Some(ClientEvent::Pong(9)));
+    }
+
+    #[test]
+    fn claims_are_answered_by_request_id() {
+        let mut client = ClientSession::new(&Hello::new("me", Credential::None));
+        let mut server = ServerSession::new(Instant::now(), Duration::from_secs(5));
+        pump(&mut client, &mut server).unwrap();
+        server.poll_event();
+        server.accept("srv", &Catalog::new());
+        pump(&mut client, &mut server).unwrap();
+        while client.poll_event().is_some() {}
+        let a = client.claim("ns/web");
+        let b = client.expose("debug", 8080, 3000);
+        client.release("ns/web");
+        pump(&mut client, &mut server).unwrap();
+        assert_eq!(
+            server.poll_event(),
+            Some(ServerEvent::Claim {
+                request: a,
+                service: "ns/web".into()
+            })
+        );
+        assert_eq!(
+            server.poll_event(),
+            Some(ServerEvent::Expose {
+                request: b,
+                name: "debug".into(),
+                port: 8080,
+                target_port: 3000
+            })
+        );
+        assert_eq!(
+            server.poll_event(),
+            Some(ServerEvent::Release {
+                service: "ns/web".into()
+            })
+        );
+        server.claim_result(a, None);
+        server.claim_result(b, Some("held by bob@box".into()));
+        pump(&mut client, &mut server).unwrap();
+        assert_eq!(
+            client.poll_event(),
+            Some(ClientEvent::ClaimResult {
+                request: a,
+                error: None
+            })
+        );
+        assert_eq!(
+            client.poll_event(),
+            Some(ClientEvent::ClaimResult {
+                request: b,
+                error: Some("held by bob@box".into())
+            })
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! prompt reset on the workstation instead of a hang.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{BufMut, BytesMut};
 
@@ -18,6 +19,7 @@ use super::codec::{get_u16, get_u32, get_u8, DecodeError};
 pub const MAX_HEADER_LEN: usize = 64;
 
 const KIND_CONNECT: u8 = 1;
+const KIND_REVERSE: u8 = 2;
 
 /// First bytes of a daemon-opened stream: what to connect to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,16 @@ pub enum StreamHeader {
         /// The service port the client dialled.
         port: u16,
     },
+    /// Server to daemon: a cluster workload connected to the cluster-side
+    /// listener of a C2L service this daemon holds.
+    Reverse {
+        /// The C2L service.
+        service: ServiceId,
+        /// The cluster-side port it connected to.
+        port: u16,
+        /// The cluster peer (for logs; never used to dial).
+        peer: SocketAddr,
+    },
 }
 
 impl StreamHeader {
@@ -40,6 +52,26 @@ impl StreamHeader {
                 out.put_u8(KIND_CONNECT);
                 out.put_u32(service.0);
                 out.put_u16(*port);
+            }
+            StreamHeader::Reverse {
+                service,
+                port,
+                peer,
+            } => {
+                out.put_u8(KIND_REVERSE);
+                out.put_u32(service.0);
+                out.put_u16(*port);
+                match peer.ip() {
+                    IpAddr::V4(a) => {
+                        out.put_u8(4);
+                        out.put_slice(&a.octets());
+                    }
+                    IpAddr::V6(a) => {
+                        out.put_u8(6);
+                        out.put_slice(&a.octets());
+                    }
+                }
+                out.put_u16(peer.port());
             }
         }
     }
@@ -59,6 +91,40 @@ impl StreamHeader {
                     input.len() - buf.len(),
                 ))
             }
+            KIND_REVERSE => {
+                let service = ServiceId(get_u32(&mut buf)?);
+                let port = get_u16(&mut buf)?;
+                let ip = match get_u8(&mut buf)? {
+                    4 => {
+                        let mut o = [0u8; 4];
+                        take(&mut buf, &mut o)?;
+                        IpAddr::V4(Ipv4Addr::from(o))
+                    }
+                    6 => {
+                        let mut o = [0u8; 16];
+                        take(&mut buf, &mut o)?;
+                        IpAddr::V6(Ipv6Addr::from(o))
+                    }
+                    other => {
+                        return Err(DecodeError::invalid(
+                            "stream header",
+                            format!("unknown address family {other}"),
+                        ))
+                    }
+                };
+                let peer_port = get_u16(&mut buf)?;
+                if port == 0 {
+                    return Err(DecodeError::invalid("stream header", "port 0"));
+                }
+                Ok((
+                    StreamHeader::Reverse {
+                        service,
+                        port,
+                        peer: SocketAddr::new(ip, peer_port),
+                    },
+                    input.len() - buf.len(),
+                ))
+            }
             other => Err(DecodeError::invalid(
                 "stream header",
                 format!("unknown stream kind {other}"),
@@ -67,7 +133,17 @@ impl StreamHeader {
     }
 }
 
-/// The server's verdict on a [`StreamHeader::Connect`].
+fn take(buf: &mut &[u8], out: &mut [u8]) -> Result<(), DecodeError> {
+    if buf.len() < out.len() {
+        return Err(DecodeError::UnexpectedEnd);
+    }
+    out.copy_from_slice(&buf[..out.len()]);
+    *buf = &buf[out.len()..];
+    Ok(())
+}
+
+/// The answer to a stream's header, from whichever side dials: the server
+/// for [`StreamHeader::Connect`], the daemon for [`StreamHeader::Reverse`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpenResult {
     /// Connected; the target's bytes follow.
@@ -160,6 +236,27 @@ mod tests {
         }
         assert_eq!(StreamHeader::decode(&out).unwrap(), (h, 7));
         assert!(7 <= MAX_HEADER_LEN);
+    }
+
+    #[test]
+    fn reverse_header_round_trip_both_families() {
+        for peer in ["10.1.2.3:40000", "[fd00::1]:5"] {
+            let h = StreamHeader::Reverse {
+                service: ServiceId(9),
+                port: 8080,
+                peer: peer.parse().unwrap(),
+            };
+            let mut out = BytesMut::new();
+            h.encode(&mut out);
+            assert!(out.len() <= MAX_HEADER_LEN);
+            for cut in 0..out.len() {
+                assert_eq!(
+                    StreamHeader::decode(&out[..cut]),
+                    Err(DecodeError::UnexpectedEnd)
+                );
+            }
+            assert_eq!(StreamHeader::decode(&out).unwrap(), (h, out.len()));
+        }
     }
 
     #[test]

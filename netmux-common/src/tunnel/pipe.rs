@@ -243,3 +243,63 @@ where
         end,
     }
 }
+
+/// Prelude for the side that asked for a connection: reads the far end's
+/// [`OpenResult`](crate::proto::stream::OpenResult) before any of its bytes
+/// reach TCP; anything but `Connected` is an [`End::Refused`].
+pub async fn await_open_result(mut recv: RecvStream) -> Result<(RecvStream, Bytes), End> {
+    use crate::proto::stream::OpenResult;
+    let mut buf = BytesMut::new();
+    while buf.len() < OpenResult::LEN {
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+            Ok(None) => return Err(End::Refused("stream ended before the open result".into())),
+            Err(e) => return Err(End::ConnectionLost(e.to_string())),
+        }
+    }
+    let (result, used) =
+        OpenResult::decode(&buf).map_err(|e| End::Refused(format!("bad open result: {e}")))?;
+    if result != OpenResult::Connected {
+        return Err(End::Refused(result.label().to_owned()));
+    }
+    Ok((recv, buf.split_off(used).freeze()))
+}
+
+/// Reads the header that opens a stream, for the side that dials. `Err`
+/// says why the stream must be reset.
+pub async fn read_header(
+    recv: &mut RecvStream,
+) -> Result<(crate::proto::stream::StreamHeader, Bytes), &'static str> {
+    use crate::proto::codec::DecodeError;
+    use crate::proto::stream::{StreamHeader, MAX_HEADER_LEN};
+    let mut buf = BytesMut::new();
+    loop {
+        match StreamHeader::decode(&buf) {
+            Ok((h, used)) => return Ok((h, buf.split_off(used).freeze())),
+            Err(DecodeError::UnexpectedEnd) if buf.len() < MAX_HEADER_LEN => {}
+            Err(_) => return Err("bad stream header"),
+        }
+        match recv.read_chunk(MAX_HEADER_LEN, true).await {
+            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+            _ => return Err("stream ended before its header"),
+        }
+    }
+}
+
+/// Answers a stream's header with `result` and, unless connected, ends the
+/// stream so the asking side resets its TCP peer at once.
+pub async fn answer(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    result: crate::proto::stream::OpenResult,
+) -> bool {
+    let mut out = BytesMut::new();
+    result.encode(&mut out);
+    let written = send.write_all(&out).await.is_ok();
+    if result != crate::proto::stream::OpenResult::Connected {
+        let _ = send.finish();
+        let _ = recv.stop(VarInt::from_u32(error_code::NO_ERROR));
+        return false;
+    }
+    written
+}

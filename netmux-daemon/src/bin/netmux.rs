@@ -69,6 +69,26 @@ enum Command {
         /// Service name, namespace/name, or pattern with `+`.
         service: String,
     },
+    /// Publishes a local service to the cluster (C2L reverse tunnel).
+    Expose {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name in the cluster.
+        name: String,
+        /// Local target, HOST:PORT.
+        #[arg(long)]
+        local: String,
+        /// Port cluster workloads connect to.
+        #[arg(long)]
+        remote_port: u16,
+    },
+    /// Withdraws a service published with `expose`.
+    Unexpose {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name.
+        name: String,
+    },
     /// Shows the daemon's status.
     Status {
         /// Output format.
@@ -156,6 +176,27 @@ async fn main() -> ExitCode {
             Request::Stop {
                 endpoint: endpoint.clone(),
                 service: service.clone(),
+            },
+            Output::Table,
+        ),
+        Command::Expose {
+            endpoint,
+            name,
+            local,
+            remote_port,
+        } => (
+            Request::Expose {
+                endpoint: endpoint.clone(),
+                name: name.clone(),
+                local: local.clone(),
+                remote_port: *remote_port,
+            },
+            Output::Table,
+        ),
+        Command::Unexpose { endpoint, name } => (
+            Request::Unexpose {
+                endpoint: endpoint.clone(),
+                name: name.clone(),
             },
             Output::Table,
         ),

@@ -1,0 +1,342 @@
+//! Reverse (C2L) services: claims and cluster-side listeners.
+//!
+//! A daemon claims a C2L service (or exposes one ad hoc); exactly one
+//! session holds a service at a time. While held, the server listens on the
+//! service's cluster-side addresses and sends every accepted connection to
+//! the holder as a server-initiated stream. Listeners close when the claim is
+//! released or the holder's session ends.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use netmux_common::proto::catalog::{Direction, Protocol, Service, ServiceId, ServicePort};
+use netmux_common::proto::stream::StreamHeader;
+use netmux_common::tunnel::pipe::{self, End, Meter};
+use quinn::Connection;
+use tokio::net::TcpListener;
+
+use crate::catalog::CatalogStore;
+use crate::metrics::Metrics;
+
+/// The session that asks, as the claims table knows it.
+#[derive(Clone)]
+pub struct Holder {
+    /// Unique per daemon session.
+    pub session: u64,
+    /// Client name from the hello (shown to others whose claim is refused).
+    pub client: String,
+    /// Its QUIC connection, where reverse streams are opened.
+    pub conn: Connection,
+}
+
+struct Claim {
+    holder: Holder,
+    adhoc: bool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Who holds which reverse service.
+pub struct Claims {
+    table: Mutex<HashMap<String, Claim>>,
+    store: Arc<CatalogStore>,
+    metrics: Metrics,
+    bind: IpAddr,
+    adhoc_namespace: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Claims {
+    /// An empty table; listeners of services without addresses bind `bind`.
+    pub fn new(
+        store: Arc<CatalogStore>,
+        metrics: Metrics,
+        bind: IpAddr,
+        adhoc_namespace: String,
+    ) -> Self {
+        Claims {
+            table: Mutex::new(HashMap::new()),
+            store,
+            metrics,
+            bind,
+            adhoc_namespace,
+        }
+    }
+
+    /// Claims the C2L catalog service `key` for `holder`.
+    pub async fn claim(&self, holder: &Holder, key: &str) -> Result<(), String> {
+        let catalog = self.store.current();
+        let svc = catalog
+            .values()
+            .find(|s| s.key() == key)
+            .cloned()
+            .ok_or_else(|| format!("no service {key} in the catalog"))?;
+        if svc.direction != Direction::C2L {
+            return Err(format!(
+                "{key} is an L2C service; only C2L services can be claimed"
+            ));
+        }
+        self.hold(holder, svc, false).await
+    }
+
+    /// Publishes an ad hoc C2L service and claims it for `holder`.
+    pub async fn expose(
+        &self,
+        holder: &Holder,
+        name: &str,
+        port: u16,
+        target_port: u16,
+    ) -> Result<(), String> {
+        let svc = Service {
+            id: ServiceId(0),
+            name: name.to_owned(),
+            namespace: self.adhoc_namespace.clone(),
+            aliases: vec![],
+            addresses: if self.bind.is_unspecified() {
+                vec![]
+            } else {
+                vec![self.bind]
+            },
+            ports: vec![ServicePort {
+                name: None,
+                port,
+                target_port,
+                protocol: Protocol::Tcp,
+            }],
+            direction: Direction::C2L,
+        };
+        svc.validate().map_err(|e| e.to_string())?;
+        let key = svc.key();
+        if let Some(existing) = lock(&self.table).get(&key) {
+            if existing.holder.session != holder.session {
+                return Err(format!("{key} is held by {}", existing.holder.client));
+            }
+        }
+        self.store.add_adhoc(svc)?;
+        let svc = self
+            .store
+            .current()
+            .values()
+            .find(|s| s.key() == key)
+            .cloned()
+            .ok_or_else(|| format!("{key} vanished from the catalog"))?;
+        let result = self.hold(holder, svc, true).await;
+        if result.is_err() {
+            self.store.remove_adhoc(&key);
+        }
+        result
+    }
+
+    async fn hold(&self, holder: &Holder, svc: Service, adhoc: bool) -> Result<(), String> {
+        let key = svc.key();
+        {
+            let table = lock(&self.table);
+            if let Some(existing) = table.get(&key) {
+                return if existing.holder.session == holder.session {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{key} is held by {}; it is released when that daemon stops it or disconnects",
+                        existing.holder.client
+                    ))
+                };
+            }
+        }
+        let addrs: Vec<IpAddr> = if svc.addresses.is_empty() {
+            vec![self.bind]
+        } else {
+            svc.addresses.clone()
+        };
+        let mut listeners = Vec::new();
+        for ip in &addrs {
+            for p in svc.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
+                let addr = SocketAddr::new(*ip, p.port);
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} for {key}: {e}"))?;
+                listeners.push((l, p.port));
+            }
+        }
+        let tasks = listeners
+            .into_iter()
+            .map(|(l, port)| {
+                tokio::spawn(accept(
+                    l,
+                    holder.conn.clone(),
+                    svc.id,
+                    key.clone(),
+                    port,
+                    self.metrics.clone(),
+                ))
+            })
+            .collect();
+        let mut table = lock(&self.table);
+        if let Some(existing) = table.get(&key) {
+            // Lost a race with another claim: keep theirs.
+            return Err(format!("{key} is held by {}", existing.holder.client));
+        }
+        tracing::info!(service = %key, client = %holder.client, "reverse service claimed");
+        table.insert(
+            key,
+            Claim {
+                holder: holder.clone(),
+                adhoc,
+                tasks,
+            },
+        );
+        Ok(())
+    }
+
+    /// Releases `key` if `session` holds it.
+    pub fn release(&self, session: u64, key: &str) {
+        let removed = {
+            let mut table = lock(&self.table);
+            match table.get(key) {
+                Some(c) if c.holder.session == session => table.remove(key),
+                _ => None,
+            }
+        };
+        if let Some(claim) = removed {
+            tracing::info!(service = %key, client = %claim.holder.client, "reverse service released");
+            if claim.adhoc {
+                self.store.remove_adhoc(key);
+            }
+        }
+    }
+
+    /// Releases everything `session` holds (its connection ended).
+    pub fn release_all(&self, session: u64) {
+        let keys: Vec<String> = lock(&self.table)
+            .iter()
+            .filter(|(_, c)| c.holder.session == session)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.release(session, &k);
+        }
+    }
+}
+
+struct ReverseMeter<'a> {
+    metrics: &'a Metrics,
+    service: &'a str,
+}
+
+impl Meter for ReverseMeter<'_> {
+    fn tcp_to_stream(&self, n: usize) {
+        self.metrics
+            .bytes_sent
+            .with_label_values(&[self.service, "c2l"])
+            .inc_by(n as u64);
+    }
+    fn stream_to_tcp(&self, n: usize) {
+        self.metrics
+            .bytes_received
+            .with_label_values(&[self.service, "c2l"])
+            .inc_by(n as u64);
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    conn: Connection,
+    service: ServiceId,
+    key: String,
+    port: u16,
+    metrics: Metrics,
+) {
+    loop {
+        let (mut tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(service = %key, error = %e, "reverse accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn = conn.clone();
+        let key = key.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let labels = [key.as_str(), "c2l"];
+            let (mut send, recv) = match conn.open_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(service = %key, error = %e, "holder unreachable");
+                    metrics
+                        .connection_errors
+                        .with_label_values(&[&key, "c2l", "holder_gone"])
+                        .inc();
+                    pipe::abort_on_drop(&tcp);
+                    return;
+                }
+            };
+            let mut head = BytesMut::new();
+            StreamHeader::Reverse {
+                service,
+                port,
+                peer,
+            }
+            .encode(&mut head);
+            let header_len = head.len();
+            let _ = tcp.try_read_buf(&mut head);
+            let first = head.len() - header_len;
+            if send.write_chunk(head.freeze()).await.is_err() {
+                pipe::abort_on_drop(&tcp);
+                return;
+            }
+            metrics.connections_total.with_label_values(&labels).inc();
+            let active = metrics.connections_active.with_label_values(&labels);
+            active.inc();
+            let meter = ReverseMeter {
+                metrics: &metrics,
+                service: &key,
+            };
+            meter.tcp_to_stream(first);
+            let outcome = pipe::bridge(
+                &mut tcp,
+                send,
+                recv,
+                Bytes::new(),
+                pipe::await_open_result,
+                &meter,
+            )
+            .await;
+            active.dec();
+            if outcome.end != End::Clean {
+                let reason = match &outcome.end {
+                    End::Refused(r) => refused_label(r),
+                    other => other.label(),
+                };
+                metrics
+                    .connection_errors
+                    .with_label_values(&[&key, "c2l", reason])
+                    .inc();
+                tracing::debug!(service = %key, %peer, end = ?outcome.end, "reverse connection ended");
+            }
+        });
+    }
+}
+
+fn refused_label(reason: &str) -> &'static str {
+    netmux_common::proto::stream::OpenResult::ALL
+        .into_iter()
+        .find(|r| r.label() == reason)
+        .map(|r| r.label())
+        .unwrap_or("protocol_error")
+}
