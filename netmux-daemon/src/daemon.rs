@@ -57,8 +57,25 @@ struct State {
     errors: BTreeMap<ServiceRef, String>,
 }
 
+/// A name the workstation should resolve: published on every reconcile for
+/// consumers such as the DNS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameRecord {
+    /// Endpoint the service belongs to.
+    pub endpoint: String,
+    /// The endpoint's cluster domain.
+    pub domain: String,
+    /// The catalog entry (names, ports for SRV).
+    pub service: Service,
+    /// Addresses to answer with: where the redirect backend catches
+    /// connections (the allocated 127.x alias with loopback, the real
+    /// cluster addresses with eBPF).
+    pub addrs: Vec<IpAddr>,
+}
+
 /// The daemon.
 pub struct Daemon {
+    names: tokio::sync::watch::Sender<Arc<Vec<NameRecord>>>,
     config: Config,
     metrics: Metrics,
     hosts: HostsFile,
@@ -111,6 +128,7 @@ impl Daemon {
     /// A daemon with nothing connected.
     pub fn new(config: Config, metrics: Metrics) -> Arc<Self> {
         Arc::new(Daemon {
+            names: tokio::sync::watch::channel(Arc::new(Vec::new())).0,
             hosts: HostsFile::new(&config.hosts_file),
             alloc: std::sync::Mutex::new(AddressAllocator::new(config.address_range)),
             config,
@@ -123,6 +141,11 @@ impl Daemon {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Names of running services, updated whenever they change.
+    pub fn names(&self) -> tokio::sync::watch::Receiver<Arc<Vec<NameRecord>>> {
+        self.names.subscribe()
     }
 
     /// Handles one control request.
@@ -501,6 +524,24 @@ impl Daemon {
                 names: service_names(&r.service, &r.domain),
             })
             .collect();
+        let records: Vec<NameRecord> = state
+            .running
+            .iter()
+            .map(|((ep, _), r)| NameRecord {
+                endpoint: ep.clone(),
+                domain: r.domain.clone(),
+                service: r.service.clone(),
+                addrs: vec![IpAddr::V4(r.addr)],
+            })
+            .collect();
+        self.names.send_if_modified(|current| {
+            if **current == records {
+                false
+            } else {
+                *current = Arc::new(records);
+                true
+            }
+        });
         if let Err(e) = self.hosts.write(&entries) {
             tracing::error!(path = %self.hosts.path().display(), error = %e, "cannot write hosts file");
         }

@@ -13,14 +13,7 @@
 //! tests print a loud SKIPPED line and pass. Run with:
 //! `cargo test -p netmux-daemon --test ebpf_redirect -- --test-threads=1`
 
-// TODO(lead): once `redirect/mod.rs` has `pub mod ebpf;`, replace this with
-// `use netmux_daemon::redirect::ebpf;`.
-#[allow(
-    dead_code,
-    reason = "compiled into the test crate; not every item is used here"
-)]
-#[path = "../src/redirect/ebpf.rs"]
-mod ebpf;
+use netmux_daemon::redirect::ebpf;
 
 use std::{
     ffi::CString,

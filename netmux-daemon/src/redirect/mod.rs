@@ -6,3 +6,5 @@
 //!   cluster address into the listener.
 
 pub mod alloc;
+#[cfg(target_os = "linux")]
+pub mod ebpf;
