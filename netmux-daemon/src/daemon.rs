@@ -25,6 +25,8 @@ type ServiceRef = (String, String);
 
 struct Running {
     addr: Ipv4Addr,
+    /// Cluster addresses redirected to the listeners (eBPF backend).
+    redirects: Vec<SocketAddr>,
     service: Service,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     domain: String,
@@ -81,6 +83,8 @@ pub struct Daemon {
     hosts: HostsFile,
     state: Mutex<State>,
     alloc: std::sync::Mutex<AddressAllocator>,
+    backend: crate::redirect::Backend,
+    backend_reason: String,
     /// Notified when the daemon should exit.
     pub exit: Notify,
 }
@@ -125,9 +129,27 @@ fn describe(svc: &Service, local: Option<Ipv4Addr>) -> String {
 }
 
 impl Daemon {
-    /// A daemon with nothing connected.
+    /// A daemon with nothing connected, using the loopback backend.
     pub fn new(config: Config, metrics: Metrics) -> Arc<Self> {
+        Self::with_backend(
+            config,
+            metrics,
+            crate::redirect::Backend::Loopback,
+            "loopback".into(),
+        )
+    }
+
+    /// A daemon with nothing connected, using `backend` (chosen because of
+    /// `reason`, shown by `netmux status`).
+    pub fn with_backend(
+        config: Config,
+        metrics: Metrics,
+        backend: crate::redirect::Backend,
+        reason: String,
+    ) -> Arc<Self> {
         Arc::new(Daemon {
+            backend,
+            backend_reason: reason,
             names: tokio::sync::watch::channel(Arc::new(Vec::new())).0,
             hosts: HostsFile::new(&config.hosts_file),
             alloc: std::sync::Mutex::new(AddressAllocator::new(config.address_range)),
@@ -480,6 +502,9 @@ impl Daemon {
         }
         for key in stop {
             if let Some(r) = state.running.remove(&key) {
+                for service in &r.redirects {
+                    self.backend.remove(*service);
+                }
                 self.release(r.addr);
                 tracing::info!(endpoint = %key.0, service = %key.1, "service stopped");
             }
@@ -519,9 +544,11 @@ impl Daemon {
         let entries: Vec<HostsEntry> = state
             .running
             .values()
-            .map(|r| HostsEntry {
-                addr: IpAddr::V4(r.addr),
-                names: service_names(&r.service, &r.domain),
+            .flat_map(|r| {
+                self.answer_addrs(r).into_iter().map(|addr| HostsEntry {
+                    addr,
+                    names: service_names(&r.service, &r.domain),
+                })
             })
             .collect();
         let records: Vec<NameRecord> = state
@@ -531,7 +558,7 @@ impl Daemon {
                 endpoint: ep.clone(),
                 domain: r.domain.clone(),
                 service: r.service.clone(),
-                addrs: vec![IpAddr::V4(r.addr)],
+                addrs: self.answer_addrs(r),
             })
             .collect();
         self.names.send_if_modified(|current| {
@@ -544,6 +571,15 @@ impl Daemon {
         });
         if let Err(e) = self.hosts.write(&entries) {
             tracing::error!(path = %self.hosts.path().display(), error = %e, "cannot write hosts file");
+        }
+    }
+
+    /// Where names of a running service should point.
+    fn answer_addrs(&self, r: &Running) -> Vec<IpAddr> {
+        if self.backend.uses_cluster_addresses() && !r.service.addresses.is_empty() {
+            r.service.addresses.clone()
+        } else {
+            vec![IpAddr::V4(r.addr)]
         }
     }
 
@@ -595,8 +631,29 @@ impl Daemon {
             };
             tasks.push(tokio::spawn(listeners::serve(listener, route)));
         }
+        let mut redirects = Vec::new();
+        if self.backend.uses_cluster_addresses() {
+            for ip in &svc.addresses {
+                for p in svc.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
+                    let service = SocketAddr::new(*ip, p.port);
+                    let listener = SocketAddr::new(IpAddr::V4(addr), p.port);
+                    if let Err(e) = self.backend.insert(service, listener) {
+                        for s in &redirects {
+                            self.backend.remove(*s);
+                        }
+                        for t in &tasks {
+                            tokio::task::JoinHandle::abort(t);
+                        }
+                        self.release(addr);
+                        return Err(e);
+                    }
+                    redirects.push(service);
+                }
+            }
+        }
         Ok(Running {
             addr,
+            redirects,
             service: svc,
             tasks,
             domain: connected.endpoint.config.cluster_domain.clone(),
@@ -694,7 +751,7 @@ impl Daemon {
         let state = self.state.lock().await;
         StatusView {
             version: env!("CARGO_PKG_VERSION").into(),
-            redirect: "loopback: a 127.x address per service, names in the hosts file".into(),
+            redirect: self.backend_reason.clone(),
             hosts_file: self.hosts.path().display().to_string(),
             endpoints: self
                 .config
@@ -762,5 +819,5 @@ fn same_listeners(a: &Service, b: &Service) -> bool {
         v.sort_unstable();
         v
     };
-    ports(a) == ports(b) && a.direction == b.direction
+    ports(a) == ports(b) && a.direction == b.direction && a.addresses == b.addresses
 }

@@ -19,6 +19,16 @@ use crate::metrics::Metrics;
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Connects to a local target with a socket the redirect hooks leave alone.
+async fn dial_own(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    crate::redirect::exempt(&socket);
+    socket.connect(addr).await
+}
+
 /// Accepts reverse streams on `conn` until it closes.
 pub async fn serve(
     conn: Connection,
@@ -103,7 +113,7 @@ async fn handle(
         pipe::answer(&mut send, &mut recv, OpenResult::UnknownService).await;
         return;
     };
-    let dialled = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(local)).await;
+    let dialled = tokio::time::timeout(DIAL_TIMEOUT, dial_own(local)).await;
     let mut tcp = match dialled {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {

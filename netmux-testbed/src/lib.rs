@@ -29,6 +29,7 @@
 //! Needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN) and `ip` from iproute2.
 
 mod bins;
+pub mod cgroup;
 pub mod check;
 mod cleanup;
 mod error;

@@ -20,6 +20,9 @@ pub const HTTP_PORT: u16 = 7080;
 pub const TOKEN: &str = "s3cret-token-of-at-least-16-chars";
 /// Endpoint name in the daemon config.
 pub const ENDPOINT: &str = "demo";
+/// Default daemon setting for tests: the loopback redirect backend, so no
+/// test attaches eBPF programs to the machine's root cgroup by accident.
+pub const LOOPBACK: &str = "redirect = \"loopback\"\n";
 /// How long processes get to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long one CLI call may take.
@@ -169,9 +172,12 @@ impl Layout {
     }
 
     /// `daemon.toml` with one endpoint [`ENDPOINT`] using `token`.
-    pub fn daemon_toml(&self, hosts_file: &Path, token: &str) -> String {
+    ///
+    /// `extra` holds top-level keys placed before the endpoint table (e.g.
+    /// `redirect = "ebpf"`).
+    pub fn daemon_toml(&self, hosts_file: &Path, token: &str, extra: &str) -> String {
         format!(
-            "socket = {}\nhosts_file = {}\naddress_range = \"127.77.0.0/16\"\n\
+            "{extra}socket = {}\nhosts_file = {}\naddress_range = \"127.77.0.0/16\"\n\
              metrics = \"127.0.0.1:9477\"\n\n\
              [[endpoint]]\nname = {}\nserver = {}\nserver_name = \"netmux-server\"\n\
              ca_file = {}\ntoken = {}\ncluster_domain = \"cluster.local\"\nautostart = false\n",
@@ -211,6 +217,17 @@ impl<'a> Netmux<'a> {
         services: &[ServiceSpec],
         token: &str,
     ) -> Result<Netmux<'a>> {
+        Netmux::start_with(sb, services, token, LOOPBACK)
+    }
+
+    /// [`Self::start_with_token`] with extra top-level daemon settings
+    /// (`daemon_extra`, TOML) instead of [`LOOPBACK`].
+    pub fn start_with(
+        sb: &'a Sandbox,
+        services: &[ServiceSpec],
+        token: &str,
+        daemon_extra: &str,
+    ) -> Result<Netmux<'a>> {
         let layout = Layout::new(sb);
         let mut addrs: Vec<IpAddr> = services.iter().map(|s| s.address).collect();
         addrs.sort();
@@ -222,7 +239,7 @@ impl<'a> Netmux<'a> {
         write(&layout.server_config, &layout.server_toml())?;
         write(
             &layout.daemon_config,
-            &layout.daemon_toml(&sb.ws_hosts_file(), token),
+            &layout.daemon_toml(&sb.ws_hosts_file(), token, daemon_extra),
         )?;
         let server = sb
             .process(Side::Cluster, "netmux-server", bin("netmux-server")?)

@@ -38,7 +38,11 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let daemon = Daemon::new(config, metrics);
+    let (backend, reason) =
+        netmux_daemon::redirect::Backend::choose(config.redirect, &config.cgroup)
+            .map_err(anyhow::Error::msg)?;
+    tracing::info!(redirect = %reason, "redirect backend chosen");
+    let daemon = Daemon::with_backend(config, metrics, backend, reason);
     // A crash leaves a hosts block behind; start from a clean slate.
     daemon.cleanup().await;
     for ep in daemon.config().endpoints.iter().filter(|e| e.autostart) {

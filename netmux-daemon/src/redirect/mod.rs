@@ -1,10 +1,136 @@
 //! How local connections reach the daemon's listeners.
 //!
-//! * loopback (everywhere): each started service gets its own 127.x address
-//!   from [`alloc`], and its names go into the hosts file;
-//! * eBPF (Linux): cgroup connect hooks rewrite connections to the real
-//!   cluster address into the listener.
+//! Every started service gets listeners on its own 127.x address from
+//! [`alloc`]. Two backends bring applications there:
+//! * [`Backend::Loopback`] (everywhere): the service's names go into the
+//!   hosts file pointing at the 127.x address;
+//! * [`Backend::Ebpf`] (Linux): cgroup connect hooks rewrite connections to
+//!   the real cluster addresses into the listeners, and names point at the
+//!   real addresses — static binaries and hard-coded IPs work too.
 
 pub mod alloc;
 #[cfg(target_os = "linux")]
 pub mod ebpf;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::config::RedirectMode;
+
+/// The redirect backend in use, chosen once at start.
+pub enum Backend {
+    /// Hosts-file names to per-service loopback addresses.
+    Loopback,
+    /// eBPF cgroup connect hooks.
+    #[cfg(target_os = "linux")]
+    Ebpf(Mutex<ebpf::EbpfRedirect>),
+}
+
+/// Where cgroup v2 is mounted on this machine, for the default attach point.
+pub fn default_cgroup_root() -> PathBuf {
+    // Hybrid systems mount v2 at /sys/fs/cgroup/unified.
+    for dir in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        if Path::new(dir).join("cgroup.procs").exists() && is_cgroup2(Path::new(dir)) {
+            return dir.into();
+        }
+    }
+    "/sys/fs/cgroup".into()
+}
+
+fn is_cgroup2(dir: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // CGROUP2_SUPER_MAGIC
+        nix::sys::statfs::statfs(dir)
+            .map(|s| s.filesystem_type().0 == 0x6367_7270)
+            .unwrap_or(false)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        false
+    }
+}
+
+impl Backend {
+    /// Chooses the backend for `mode`; returns it and why it was chosen.
+    /// Only a forced `ebpf` that cannot load is an error.
+    pub fn choose(mode: RedirectMode, cgroup: &Path) -> Result<(Backend, String), String> {
+        match mode {
+            RedirectMode::Loopback => Ok((Backend::Loopback, "loopback (forced by config)".into())),
+            #[cfg(target_os = "linux")]
+            RedirectMode::Ebpf | RedirectMode::Auto => match ebpf::EbpfRedirect::load(cgroup) {
+                Ok(r) => Ok((
+                    {
+                        let _ = OWN_MARK.set(r.exclude_mark());
+                        Backend::Ebpf(Mutex::new(r))
+                    },
+                    format!("ebpf (cgroup connect hooks on {})", cgroup.display()),
+                )),
+                Err(e) if mode == RedirectMode::Ebpf => Err(format!(
+                    "redirect = \"ebpf\" but the programs cannot be loaded on {}: {e}",
+                    cgroup.display()
+                )),
+                Err(e) => Ok((
+                    Backend::Loopback,
+                    format!("loopback (eBPF unavailable: {e})"),
+                )),
+            },
+            #[cfg(not(target_os = "linux"))]
+            RedirectMode::Ebpf => Err("redirect = \"ebpf\" needs Linux".into()),
+            #[cfg(not(target_os = "linux"))]
+            RedirectMode::Auto => Ok((Backend::Loopback, "loopback (no eBPF on this OS)".into())),
+        }
+    }
+
+    /// Whether names should point at the real cluster addresses.
+    pub fn uses_cluster_addresses(&self) -> bool {
+        !matches!(self, Backend::Loopback)
+    }
+
+    /// Sends connects to `service` to `listener`.
+    pub fn insert(&self, service: SocketAddr, listener: SocketAddr) -> Result<(), String> {
+        match self {
+            Backend::Loopback => Ok(()),
+            #[cfg(target_os = "linux")]
+            Backend::Ebpf(r) => lock(r)
+                .insert(service, listener)
+                .map_err(|e| format!("redirect {service} -> {listener}: {e}")),
+        }
+    }
+
+    /// Stops redirecting `service`.
+    pub fn remove(&self, service: SocketAddr) {
+        #[cfg(target_os = "linux")]
+        if let Backend::Ebpf(r) = self {
+            if let Err(e) = lock(r).remove(service) {
+                tracing::error!(%service, error = %e, "cannot remove redirect");
+            }
+        }
+        let _ = service;
+    }
+}
+
+/// The mark of the daemon's own sockets, once the eBPF backend is loaded.
+static OWN_MARK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Marks a TCP socket the daemon dials itself (before `connect`) so the
+/// hooks never send it back to the daemon. A no-op without eBPF.
+pub fn exempt(socket: &impl std::os::fd::AsFd) {
+    #[cfg(target_os = "linux")]
+    if let Some(mark) = OWN_MARK.get() {
+        if let Err(e) = ebpf::mark_socket(socket, *mark) {
+            tracing::warn!(error = %e, "cannot mark own socket (needs CAP_NET_ADMIN)");
+        }
+    }
+    let _ = socket;
+}
+
+#[cfg(target_os = "linux")]
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
