@@ -81,6 +81,10 @@ struct RawConfig {
     reverse_bind: std::net::IpAddr,
     #[serde(default = "default_adhoc_namespace")]
     adhoc_namespace: String,
+    #[serde(default = "default_max_udp_flows")]
+    max_udp_flows: usize,
+    #[serde(default = "default_udp_idle_timeout_ms")]
+    udp_idle_timeout_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +109,12 @@ fn default_reverse_bind() -> std::net::IpAddr {
 fn default_adhoc_namespace() -> String {
     "default".into()
 }
+fn default_max_udp_flows() -> usize {
+    1024
+}
+fn default_udp_idle_timeout_ms() -> u64 {
+    60_000
+}
 
 /// Where services come from.
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +125,32 @@ pub enum RuntimeConfig {
         /// Path of the services file.
         services: PathBuf,
     },
+    /// Services and EndpointSlices of the cluster the server runs in (or
+    /// of KUBECONFIG's); see [`crate::runtime::kubernetes`].
+    Kubernetes {
+        /// `"own"` (default), `"all"`, or a list of namespaces.
+        #[serde(default)]
+        namespaces: crate::runtime::kubernetes::Namespaces,
+        /// Publish Services without an `nx` annotation (default true).
+        #[serde(default = "default_true")]
+        publish_unannotated: bool,
+        /// Cluster DNS domain for per-pod names (default `cluster.local`).
+        #[serde(default = "default_cluster_domain")]
+        cluster_domain: String,
+        /// How long the first list may take before start fails (ms).
+        #[serde(default = "default_initial_sync_timeout_ms")]
+        initial_sync_timeout_ms: u64,
+    },
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_cluster_domain() -> String {
+    "cluster.local".into()
+}
+fn default_initial_sync_timeout_ms() -> u64 {
+    60_000
 }
 
 /// A daemon credential the server accepts.
@@ -158,6 +194,10 @@ pub struct Config {
     pub reverse_bind: std::net::IpAddr,
     /// Namespace of services exposed ad hoc (`netmux expose`).
     pub adhoc_namespace: String,
+    /// UDP flows one daemon may have open at once; more are refused.
+    pub max_udp_flows: usize,
+    /// A UDP flow idle this long is closed.
+    pub udp_idle_timeout: Duration,
 }
 
 /// Shortest accepted token: long enough not to be guessed.
@@ -231,7 +271,27 @@ impl Config {
             RuntimeConfig::Static { services } => RuntimeConfig::Static {
                 services: base.join(services),
             },
+            k @ RuntimeConfig::Kubernetes { .. } => k,
         };
+        if let RuntimeConfig::Kubernetes {
+            cluster_domain,
+            initial_sync_timeout_ms,
+            ..
+        } = &runtime
+        {
+            if !netmux_common::proto::catalog::valid_dns_name(cluster_domain) {
+                return Err(invalid(
+                    "runtime.cluster_domain",
+                    format!("{cluster_domain:?} must be a DNS name such as cluster.local"),
+                ));
+            }
+            if *initial_sync_timeout_ms == 0 {
+                return Err(invalid(
+                    "runtime.initial_sync_timeout_ms",
+                    "must be positive".into(),
+                ));
+            }
+        }
         Ok(Config {
             listen: raw.listen,
             http: raw.http,
@@ -243,6 +303,8 @@ impl Config {
             hello_timeout: Duration::from_millis(raw.hello_timeout_ms),
             reverse_bind: raw.reverse_bind,
             adhoc_namespace: raw.adhoc_namespace,
+            max_udp_flows: raw.max_udp_flows,
+            udp_idle_timeout: Duration::from_millis(raw.udp_idle_timeout_ms.max(100)),
         })
     }
 }
@@ -298,5 +360,45 @@ services = "services.toml"
             "",
         );
         assert!(Config::parse(Path::new("s.toml"), &text).is_err());
+    }
+
+    #[test]
+    fn kubernetes_runtime_defaults_and_forms() {
+        use crate::runtime::kubernetes::Namespaces;
+        let k8s = |table: &str| {
+            let text = GOOD.replace(
+                "kind = \"static\"\nservices = \"services.toml\"",
+                &format!("kind = \"kubernetes\"\n{table}"),
+            );
+            Config::parse(Path::new("s.toml"), &text).map(|c| c.runtime)
+        };
+        match k8s("").unwrap() {
+            RuntimeConfig::Kubernetes {
+                namespaces,
+                publish_unannotated,
+                cluster_domain,
+                ..
+            } => {
+                assert_eq!(namespaces, Namespaces::Own);
+                assert!(publish_unannotated);
+                assert_eq!(cluster_domain, "cluster.local");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            k8s("namespaces = \"all\"").unwrap(),
+            RuntimeConfig::Kubernetes {
+                namespaces: Namespaces::All,
+                ..
+            }
+        ));
+        assert!(matches!(
+            k8s("namespaces = [\"a\", \"b\"]\npublish_unannotated = false").unwrap(),
+            RuntimeConfig::Kubernetes { namespaces: Namespaces::List(l), publish_unannotated: false, .. } if l == ["a", "b"]
+        ));
+        let e = k8s("namespaces = \"everything\"").unwrap_err().to_string();
+        assert!(e.contains("\"own\", \"all\""), "{e}");
+        let e = k8s("namespace = \"a\"").unwrap_err().to_string();
+        assert!(e.contains("namespace"), "{e}");
     }
 }

@@ -1,8 +1,10 @@
 //! Service discovery backends.
 //!
 //! A runtime turns its source of truth into complete service lists for the
-//! [`CatalogStore`]. Today: [`static_file`] (bare metal, tests, demo).
+//! [`CatalogStore`]: [`static_file`] (bare metal, tests, demo) and
+//! [`kubernetes`] (Services and EndpointSlices).
 
+pub mod kubernetes;
 pub mod static_file;
 
 use std::sync::Arc;
@@ -22,12 +24,44 @@ impl Drop for RuntimeHandle {
     }
 }
 
+/// Why a runtime did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The services file is unusable.
+    #[error(transparent)]
+    Static(#[from] static_file::ServicesError),
+    /// The cluster could not be watched.
+    #[error(transparent)]
+    Kubernetes(#[from] kubernetes::Error),
+}
+
 /// Starts the configured runtime after publishing its first catalog.
 pub async fn start(
     config: &RuntimeConfig,
     store: Arc<CatalogStore>,
-) -> Result<RuntimeHandle, static_file::ServicesError> {
+) -> Result<RuntimeHandle, StartError> {
     match config {
-        RuntimeConfig::Static { services } => static_file::start(services.clone(), store).await,
+        RuntimeConfig::Static { services } => {
+            Ok(static_file::start(services.clone(), store).await?)
+        }
+        RuntimeConfig::Kubernetes {
+            namespaces,
+            publish_unannotated,
+            cluster_domain,
+            initial_sync_timeout_ms,
+        } => {
+            let options = kubernetes::Options {
+                namespaces: namespaces.clone(),
+                catalog: kubernetes::CatalogOptions {
+                    publish_unannotated: *publish_unannotated,
+                    cluster_domain: cluster_domain.clone(),
+                },
+                initial_sync_timeout: std::time::Duration::from_millis(*initial_sync_timeout_ms),
+            };
+            let client = kube::Client::try_default()
+                .await
+                .map_err(kubernetes::Error::Client)?;
+            Ok(kubernetes::start(client, &options, store).await?)
+        }
     }
 }
