@@ -66,6 +66,82 @@ struct RawConfig {
     cgroup: PathBuf,
     #[serde(default)]
     endpoint: Vec<RawEndpoint>,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDns {
+    enabled: bool,
+    listen: SocketAddr,
+    method: DnsMethod,
+    link: String,
+    resolver_dir: PathBuf,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        RawDns {
+            enabled: true,
+            listen: DEFAULT_DNS_LISTEN,
+            method: DnsMethod::Auto,
+            link: "netmux0".into(),
+            resolver_dir: "/etc/resolver".into(),
+        }
+    }
+}
+
+/// Default address of the embedded DNS server: a loopback address of its
+/// own, outside the default `address_range`.
+pub const DEFAULT_DNS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 77, 53)), 53);
+
+/// How the system resolver is pointed at the embedded DNS server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DnsMethod {
+    /// The most specific that works: systemd-resolved, then macOS
+    /// `/etc/resolver`, then the hosts file.
+    #[default]
+    Auto,
+    /// systemd-resolved split DNS on a dummy link of the daemon.
+    Resolved,
+    /// One file per cluster domain in `/etc/resolver` (macOS).
+    ResolverDir,
+    /// The marked block in the hosts file, as before the DNS server.
+    Hosts,
+    /// No integration and no hosts block: point a resolver (dnsmasq,
+    /// `/etc/netns/NAME/resolv.conf`, ...) at `dns.listen` yourself.
+    None,
+}
+
+/// The `[dns]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Run the embedded DNS server.
+    pub enabled: bool,
+    /// Its UDP and TCP address (loopback).
+    pub listen: SocketAddr,
+    /// System integration.
+    pub method: DnsMethod,
+    /// Name of the dummy link carrying the systemd-resolved configuration.
+    pub link: String,
+    /// Directory of per-domain resolver files (macOS).
+    pub resolver_dir: PathBuf,
+    /// Per endpoint (`[[endpoint]] default_namespace`, default `default`):
+    /// the namespace short names (`svc`) resolve in through search domains.
+    pub default_namespaces: std::collections::BTreeMap<String, String>,
+}
+
+impl DnsConfig {
+    /// The default namespace of endpoint `name`.
+    pub fn default_namespace(&self, name: &str) -> &str {
+        self.default_namespaces
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or("default")
+    }
 }
 
 #[derive(Deserialize)]
@@ -83,6 +159,8 @@ struct RawEndpoint {
     cluster_domain: String,
     #[serde(default)]
     autostart: bool,
+    #[serde(default = "default_namespace")]
+    default_namespace: String,
 }
 
 fn default_socket() -> PathBuf {
@@ -99,6 +177,9 @@ fn default_cgroup() -> PathBuf {
 }
 fn default_server_name() -> String {
     "netmux-server".into()
+}
+fn default_namespace() -> String {
+    "default".into()
 }
 fn default_domain() -> String {
     "cluster.local".into()
@@ -202,6 +283,8 @@ pub struct Config {
     pub cgroup: PathBuf,
     /// Servers.
     pub endpoints: Vec<EndpointConfig>,
+    /// Embedded DNS server.
+    pub dns: DnsConfig,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -249,6 +332,7 @@ impl Config {
             ));
         }
         let mut endpoints: Vec<EndpointConfig> = Vec::new();
+        let mut default_namespaces = std::collections::BTreeMap::new();
         for (i, e) in raw.endpoint.into_iter().enumerate() {
             let field = |k: &str| format!("endpoint[{i}].{k}");
             if !netmux_common::proto::catalog::valid_dns_name(&e.name) || e.name.contains('.') {
@@ -320,6 +404,15 @@ impl Config {
                 }
                 (None, None) => None,
             };
+            if !netmux_common::proto::catalog::valid_dns_name(&e.default_namespace)
+                || e.default_namespace.contains('.')
+            {
+                return Err(invalid(
+                    field("default_namespace"),
+                    format!("{:?} must be one DNS label", e.default_namespace),
+                ));
+            }
+            default_namespaces.insert(e.name.clone(), e.default_namespace);
             endpoints.push(EndpointConfig {
                 name: e.name,
                 server: e.server,
@@ -329,6 +422,35 @@ impl Config {
                 cluster_domain: e.cluster_domain.trim_end_matches('.').to_owned(),
                 autostart: e.autostart,
             });
+        }
+        let dns = raw.dns;
+        let in_range = |ip: Ipv4Addr| {
+            let mask = u32::MAX << (32 - address_range.prefix);
+            u32::from(ip) & mask == u32::from(address_range.network)
+        };
+        match dns.listen.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_loopback() && !in_range(ip) => {}
+            std::net::IpAddr::V6(ip) if ip.is_loopback() => {}
+            ip => {
+                return Err(invalid(
+                    "dns.listen".into(),
+                    format!(
+                        "{ip} must be a loopback address outside address_range, e.g. {DEFAULT_DNS_LISTEN}"
+                    ),
+                ))
+            }
+        }
+        if dns.listen.port() == 0 {
+            return Err(invalid("dns.listen".into(), "needs a port (53)".into()));
+        }
+        if dns.link.is_empty()
+            || dns.link.len() > 15
+            || !dns.link.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "dns.link".into(),
+                format!("{:?} is not an interface name (1-15 of a-z 0-9 - _)", dns.link),
+            ));
         }
         Ok(Config {
             path: path.to_owned(),
@@ -340,6 +462,14 @@ impl Config {
             redirect: raw.redirect,
             cgroup: raw.cgroup,
             endpoints,
+            dns: DnsConfig {
+                enabled: dns.enabled,
+                listen: dns.listen,
+                method: dns.method,
+                link: dns.link,
+                resolver_dir: base.join(dns.resolver_dir),
+                default_namespaces,
+            },
         })
     }
 
@@ -392,6 +522,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("address_range"), "{e}");
+    }
+
+    #[test]
+    fn dns_section_defaults_and_checks() {
+        let c = Config::parse(Path::new("c.toml"), &good()).unwrap();
+        assert!(c.dns.enabled);
+        assert_eq!(c.dns.listen, DEFAULT_DNS_LISTEN);
+        assert_eq!(c.dns.method, DnsMethod::Auto);
+        assert_eq!(c.dns.default_namespace("demo"), "default");
+        let text = format!(
+            "{}default_namespace = \"apps\"\n[dns]\nmethod = \"resolver-dir\"\nlisten = \"127.0.0.153:5353\"\n",
+            good()
+        );
+        let c = Config::parse(Path::new("c.toml"), &text).unwrap();
+        assert_eq!(c.dns.method, DnsMethod::ResolverDir);
+        assert_eq!(c.dns.default_namespace("demo"), "apps");
+        for (bad, key) in [
+            ("listen = \"10.0.0.1:53\"", "dns.listen"),
+            ("listen = \"127.77.0.9:53\"", "dns.listen"),
+            ("method = \"magic\"", "magic"),
+            ("link = \"a/b\"", "dns.link"),
+            ("colour = 1", "colour"),
+        ] {
+            let text = format!("{}[dns]\n{bad}\n", good());
+            let e = Config::parse(Path::new("c.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dns;
 pub mod endpoint;
 pub mod listeners;
 pub mod metrics;
