@@ -81,10 +81,6 @@ struct RawConfig {
     reverse_bind: std::net::IpAddr,
     #[serde(default = "default_adhoc_namespace")]
     adhoc_namespace: String,
-    #[serde(default = "default_max_udp_flows")]
-    max_udp_flows: usize,
-    #[serde(default = "default_udp_idle_timeout_ms")]
-    udp_idle_timeout_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -108,12 +104,6 @@ fn default_reverse_bind() -> std::net::IpAddr {
 }
 fn default_adhoc_namespace() -> String {
     "default".into()
-}
-fn default_max_udp_flows() -> usize {
-    1024
-}
-fn default_udp_idle_timeout_ms() -> u64 {
-    60_000
 }
 
 /// Where services come from.
@@ -194,10 +184,6 @@ pub struct Config {
     pub reverse_bind: std::net::IpAddr,
     /// Namespace of services exposed ad hoc (`netmux expose`).
     pub adhoc_namespace: String,
-    /// UDP flows one daemon may have open at once; more are refused.
-    pub max_udp_flows: usize,
-    /// A UDP flow idle this long is closed.
-    pub udp_idle_timeout: Duration,
 }
 
 /// Shortest accepted token: long enough not to be guessed.
@@ -303,8 +289,6 @@ impl Config {
             hello_timeout: Duration::from_millis(raw.hello_timeout_ms),
             reverse_bind: raw.reverse_bind,
             adhoc_namespace: raw.adhoc_namespace,
-            max_udp_flows: raw.max_udp_flows,
-            udp_idle_timeout: Duration::from_millis(raw.udp_idle_timeout_ms.max(100)),
         })
     }
 }
