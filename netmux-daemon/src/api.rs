@@ -103,6 +103,9 @@ pub struct StatusView {
     pub redirect: String,
     /// Hosts file maintained.
     pub hosts_file: String,
+    /// How names resolve: the DNS integration in force and why.
+    #[serde(default)]
+    pub dns: String,
     /// Endpoints.
     pub endpoints: Vec<EndpointView>,
 }

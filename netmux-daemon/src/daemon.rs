@@ -87,6 +87,8 @@ pub struct Daemon {
     backend_reason: String,
     /// Notified when the daemon should exit.
     pub exit: Notify,
+    /// DNS status line and hosts-block switch, set by [`crate::dns::start`].
+    pub name_service: crate::dns::NameService,
 }
 
 /// All names a service answers to on the workstation.
@@ -157,6 +159,7 @@ impl Daemon {
             metrics,
             state: Mutex::new(State::default()),
             exit: Notify::new(),
+            name_service: crate::dns::NameService::default(),
         })
     }
 
@@ -569,6 +572,12 @@ impl Daemon {
                 true
             }
         });
+        // With a DNS integration in force, names come from the DNS server only.
+        let entries = if self.name_service.hosts_block() {
+            entries
+        } else {
+            vec![]
+        };
         if let Err(e) = self.hosts.write(&entries) {
             tracing::error!(path = %self.hosts.path().display(), error = %e, "cannot write hosts file");
         }
@@ -752,6 +761,7 @@ impl Daemon {
         StatusView {
             version: env!("CARGO_PKG_VERSION").into(),
             redirect: self.backend_reason.clone(),
+            dns: self.name_service.status(),
             hosts_file: self.hosts.path().display().to_string(),
             endpoints: self
                 .config

@@ -135,6 +135,7 @@ fn offline_cleanup(cli: &Cli) -> Result<String, String> {
         "removed the netmux block from {}",
         config.hosts_file.display()
     )];
+    done.extend(netmux_daemon::system::resolver::cleanup_leftovers(&config.dns)?);
     if config.socket.exists() {
         std::fs::remove_file(&config.socket)
             .map_err(|e| format!("cannot remove {}: {e}", config.socket.display()))?;
@@ -241,6 +242,9 @@ async fn main() -> ExitCode {
             println!("netmuxd {}", s.version);
             println!("redirect:   {}", s.redirect);
             println!("hosts file: {}", s.hosts_file);
+            if !s.dns.is_empty() {
+                println!("dns:        {}", s.dns);
+            }
             for e in s.endpoints {
                 print!(
                     "endpoint {}: {} ({}), {} services, {} started",

@@ -45,6 +45,8 @@ async fn main() -> anyhow::Result<()> {
     let daemon = Daemon::with_backend(config, metrics, backend, reason);
     // A crash leaves a hosts block behind; start from a clean slate.
     daemon.cleanup().await;
+    // DNS server and resolver integration (removes a crashed run's first).
+    let dns = netmux_daemon::dns::start(&daemon).await;
     for ep in daemon.config().endpoints.iter().filter(|e| e.autostart) {
         let name = ep.name.clone();
         if let Err(e) = daemon.connect(&name).await {
@@ -65,6 +67,9 @@ async fn main() -> anyhow::Result<()> {
         t.abort();
     }
     daemon.cleanup().await;
+    if let Some(dns) = dns {
+        dns.stop().await;
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

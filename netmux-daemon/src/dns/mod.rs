@@ -26,3 +26,208 @@ pub fn endpoints(config: &Config) -> Vec<DnsEndpoint> {
         })
         .collect()
 }
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::config::DnsMethod;
+use crate::daemon::Daemon;
+use crate::system::resolver::{self, Integration, Plan};
+
+/// What the daemon needs from the DNS side: the `netmux status` line and
+/// whether names still go into the hosts file.
+#[derive(Debug)]
+pub struct NameService {
+    status: Mutex<String>,
+    hosts_block: AtomicBool,
+}
+
+impl Default for NameService {
+    fn default() -> Self {
+        NameService {
+            status: Mutex::new("hosts file (DNS server not started)".into()),
+            hosts_block: AtomicBool::new(true),
+        }
+    }
+}
+
+impl NameService {
+    /// The `dns` line of `netmux status`.
+    pub fn status(&self) -> String {
+        match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the status line.
+    pub fn set_status(&self, s: String) {
+        match self.status.lock() {
+            Ok(mut g) => *g = s,
+            Err(p) => *p.into_inner() = s,
+        }
+    }
+
+    /// Whether the daemon writes its hosts-file block.
+    pub fn hosts_block(&self) -> bool {
+        self.hosts_block.load(Ordering::Relaxed)
+    }
+
+    /// Turns the hosts-file block on or off (takes effect on the next
+    /// reconcile).
+    pub fn set_hosts_block(&self, on: bool) {
+        self.hosts_block.store(on, Ordering::Relaxed);
+    }
+}
+
+/// The DNS server and the system integration following the daemon's names.
+pub struct DnsRuntime {
+    server: DnsServer,
+    follow: tokio::task::JoinHandle<()>,
+    integration: Arc<Mutex<Integration>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Starts the DNS server and the integration chosen by `[dns]`, after
+/// removing what a crashed daemon left. `None` when DNS is off or the
+/// server cannot listen: names then stay in the hosts file.
+pub async fn start(daemon: &Arc<Daemon>) -> Option<DnsRuntime> {
+    let cfg = daemon.config().dns.clone();
+    let ns = &daemon.name_service;
+    if !cfg.enabled {
+        ns.set_status("off (dns.enabled = false): names in the hosts file".into());
+        return None;
+    }
+    match tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || resolver::cleanup_leftovers(&cfg)
+    })
+    .await
+    {
+        Ok(Ok(done)) => {
+            for d in done {
+                tracing::info!(what = %d, "removed DNS integration left by an earlier run");
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot remove earlier DNS integration"),
+        Err(e) => tracing::error!(error = %e, "DNS cleanup task failed"),
+    }
+    let endpoints = endpoints(daemon.config());
+    let handler = Handler::new(daemon.names(), endpoints.clone());
+    let server = match DnsServer::bind(cfg.listen, handler).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(listen = %cfg.listen, error = %e, "DNS server cannot listen; names stay in the hosts file");
+            ns.set_status(format!(
+                "hosts file (DNS server cannot listen on {}: {e})",
+                cfg.listen
+            ));
+            return None;
+        }
+    };
+    let (method, why) = resolver::choose(cfg.method, &resolver::Probe::system());
+    tracing::info!(listen = %server.local_addr(), ?method, reason = %why, "DNS server started");
+    let integration = Arc::new(Mutex::new(Integration::new(method, &cfg)));
+    ns.set_hosts_block(lock(&integration).uses_hosts_file());
+    let follow = tokio::spawn(follow(
+        Arc::downgrade(daemon),
+        daemon.names(),
+        integration.clone(),
+        endpoints,
+        server.local_addr(),
+        (method, why),
+    ));
+    Some(DnsRuntime {
+        server,
+        follow,
+        integration,
+    })
+}
+
+/// Keeps the integration in line with the names until they stop.
+async fn follow(
+    daemon: Weak<Daemon>,
+    mut names: tokio::sync::watch::Receiver<Arc<Vec<crate::daemon::NameRecord>>>,
+    integration: Arc<Mutex<Integration>>,
+    endpoints: Vec<DnsEndpoint>,
+    server: std::net::SocketAddr,
+    (mut method, mut why): (DnsMethod, String),
+) {
+    let mut follower = ZoneFollower::new(endpoints);
+    let mut applied: Option<Plan> = None;
+    loop {
+        let records = names.borrow_and_update().clone();
+        follower.update(&records);
+        let plan = Plan {
+            server,
+            domains: follower.active_domains(),
+            search: follower.search(),
+        };
+        let Some(d) = daemon.upgrade() else { return };
+        if applied.as_ref() != Some(&plan) {
+            let job = {
+                let integration = integration.clone();
+                let plan = plan.clone();
+                move || lock(&integration).apply(&plan)
+            };
+            let result = tokio::task::spawn_blocking(job)
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match result {
+                Ok(()) => applied = Some(plan.clone()),
+                Err(e) => {
+                    tracing::error!(?method, error = %e, "DNS integration failed; falling back to the hosts file");
+                    let job = {
+                        let integration = integration.clone();
+                        move || {
+                            let mut i = lock(&integration);
+                            let r = i.restore(server);
+                            *i = Integration::Hosts;
+                            r
+                        }
+                    };
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(job).await {
+                        tracing::error!(error = %e, "cannot undo the failed DNS integration");
+                    }
+                    why = format!("fallback: {method:?} failed: {e}");
+                    method = DnsMethod::Hosts;
+                    d.name_service.set_hosts_block(true);
+                    d.reconcile().await;
+                    applied = Some(plan.clone());
+                }
+            }
+        }
+        let line = lock(&integration).describe(&d.config().dns, &plan);
+        d.name_service.set_status(format!("{line} [{why}]"));
+        drop(d);
+        if names.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl DnsRuntime {
+    /// The server's address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops following, puts the system back as it was, stops the server.
+    pub async fn stop(self) {
+        self.follow.abort();
+        let server = self.server.local_addr();
+        let integration = self.integration.clone();
+        match tokio::task::spawn_blocking(move || lock(&integration).restore(server)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot restore the resolver configuration"),
+            Err(e) => tracing::error!(error = %e, "restore task failed"),
+        }
+        self.server.shutdown().await;
+    }
+}

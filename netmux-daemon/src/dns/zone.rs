@@ -166,12 +166,18 @@ impl Zone {
         let rank = |ep: &str| order.iter().position(|o| o == ep).unwrap_or(usize::MAX);
         let mut sorted: Vec<&NameRecord> = records.iter().collect();
         sorted.sort_by(|a, b| {
-            (rank(&a.endpoint), &a.endpoint, &a.service.namespace, &a.service.name).cmp(&(
-                rank(&b.endpoint),
-                &b.endpoint,
-                &b.service.namespace,
-                &b.service.name,
-            ))
+            (
+                rank(&a.endpoint),
+                &a.endpoint,
+                &a.service.namespace,
+                &a.service.name,
+            )
+                .cmp(&(
+                    rank(&b.endpoint),
+                    &b.endpoint,
+                    &b.service.namespace,
+                    &b.service.name,
+                ))
         });
         for r in sorted {
             let Some(ep) = endpoints.iter().find(|e| e.name == r.endpoint) else {
@@ -506,7 +512,10 @@ mod tests {
             &[
                 record(
                     "demo",
-                    service("web", &["web-0.web.demo.svc.cluster.local", "pg.example.internal"]),
+                    service(
+                        "web",
+                        &["web-0.web.demo.svc.cluster.local", "pg.example.internal"],
+                    ),
                     &["127.77.0.1", "fd00::1"],
                 ),
                 record("staging", service("web", &[]), &["127.77.0.2"]),
@@ -564,7 +573,10 @@ mod tests {
         let z = zone();
         let a = answer(&q("web-0.web.demo.svc.cluster.local.", RecordType::A), &z);
         assert_eq!(ips(&a), ["127.77.0.1"]);
-        let a = answer(&q("web-0.web.demo.svc.demo.cluster.local.", RecordType::A), &z);
+        let a = answer(
+            &q("web-0.web.demo.svc.demo.cluster.local.", RecordType::A),
+            &z,
+        );
         assert_eq!(ips(&a), ["127.77.0.1"]);
         let a = answer(&q("pg.example.internal.", RecordType::A), &z);
         assert_eq!(a.code, ResponseCode::Refused);
@@ -573,7 +585,10 @@ mod tests {
     #[test]
     fn srv_for_named_tcp_ports_with_target_addresses() {
         let z = zone();
-        let a = answer(&q("_http._tcp.web.demo.svc.cluster.local.", RecordType::SRV), &z);
+        let a = answer(
+            &q("_http._tcp.web.demo.svc.cluster.local.", RecordType::SRV),
+            &z,
+        );
         assert_eq!(a.code, ResponseCode::NoError);
         assert_eq!(a.answers.len(), 1);
         let RData::SRV(srv) = &a.answers[0].data else {
@@ -584,15 +599,24 @@ mod tests {
         assert_eq!(a.additionals.len(), 2, "{:?}", a.additionals);
         // The qualified SRV points at the qualified target.
         let a = answer(
-            &q("_http._tcp.web.demo.svc.staging.cluster.local.", RecordType::SRV),
+            &q(
+                "_http._tcp.web.demo.svc.staging.cluster.local.",
+                RecordType::SRV,
+            ),
             &z,
         );
         let RData::SRV(srv) = &a.answers[0].data else {
             panic!("not SRV");
         };
-        assert_eq!(srv.target.to_string(), "web.demo.svc.staging.cluster.local.");
+        assert_eq!(
+            srv.target.to_string(),
+            "web.demo.svc.staging.cluster.local."
+        );
         // UDP ports are not tunnelled, so not published.
-        let a = answer(&q("_dns._udp.web.demo.svc.cluster.local.", RecordType::SRV), &z);
+        let a = answer(
+            &q("_dns._udp.web.demo.svc.cluster.local.", RecordType::SRV),
+            &z,
+        );
         assert_eq!(a.code, ResponseCode::NXDomain);
     }
 
@@ -625,7 +649,14 @@ mod tests {
     #[test]
     fn outside_the_domain_is_refused_never_recursed() {
         let z = zone();
-        for name in ["example.com.", "local.", ".", "web.", "web.demo.", "xcluster.local."] {
+        for name in [
+            "example.com.",
+            "local.",
+            ".",
+            "web.",
+            "web.demo.",
+            "xcluster.local.",
+        ] {
             let a = answer(&q(name, RecordType::A), &z);
             assert_eq!(a.code, ResponseCode::Refused, "{name}");
             assert!(!a.authoritative && a.answers.is_empty() && a.authority.is_empty());
@@ -661,9 +692,16 @@ mod tests {
         use std::sync::Arc;
         let mut f = ZoneFollower::new(vec![ep("demo"), ep("staging")]);
         assert!(f.active_domains().is_empty());
-        let one = Arc::new(vec![record("staging", service("web", &[]), &["127.77.0.2"])]);
+        let one = Arc::new(vec![record(
+            "staging",
+            service("web", &[]),
+            &["127.77.0.2"],
+        )]);
         let z1 = f.update(&one);
-        assert!(Arc::ptr_eq(&z1, &f.update(&one)), "unchanged names, same zone");
+        assert!(
+            Arc::ptr_eq(&z1, &f.update(&one)),
+            "unchanged names, same zone"
+        );
         let two = Arc::new(vec![
             record("demo", service("web", &[]), &["127.77.0.1"]),
             record("staging", service("web", &[]), &["127.77.0.2"]),
@@ -683,7 +721,11 @@ mod tests {
     fn search_list_is_the_pods() {
         assert_eq!(
             ep("demo").search(),
-            ["demo.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+            [
+                "demo.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
         );
     }
 

@@ -101,7 +101,16 @@ impl Resolved {
         vec![
             argv(&["ip", "link", "add", link, "type", "dummy"]),
             argv(&["ip", "link", "set", "dev", link, "alias", LINK_ALIAS]),
-            argv(&["ip", "-6", "addr", "add", LINK_ADDRESS, "dev", link, "nodad"]),
+            argv(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                LINK_ADDRESS,
+                "dev",
+                link,
+                "nodad",
+            ]),
             argv(&["ip", "link", "set", "dev", link, "up"]),
         ]
     }
@@ -272,7 +281,9 @@ impl ResolverDir {
 fn replace(path: &Path, content: &str) -> std::io::Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.netmux.tmp",
-        path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
     ));
     std::fs::write(&tmp, content)?;
     std::fs::rename(&tmp, path)
@@ -476,7 +487,10 @@ pub fn cleanup_leftovers(cfg: &DnsConfig) -> Result<Vec<String>, String> {
         let mut r = Resolved::new(&cfg.link, system_runner());
         r.created = true;
         r.restore()?;
-        done.push(format!("removed link {} and its resolved settings", cfg.link));
+        done.push(format!(
+            "removed link {} and its resolved settings",
+            cfg.link
+        ));
     }
     if let Ok(entries) = std::fs::read_dir(&cfg.resolver_dir) {
         for e in entries.filter_map(Result::ok) {
@@ -555,7 +569,12 @@ mod tests {
         r.apply(&plan(&[])).unwrap();
         let log = log.lock().unwrap();
         assert_eq!(log.iter().filter(|c| c.contains("type dummy")).count(), 1);
-        assert_eq!(log.iter().filter(|c| c.starts_with("resolvectl dns nmx-test0")).count(), 2);
+        assert_eq!(
+            log.iter()
+                .filter(|c| c.starts_with("resolvectl dns nmx-test0"))
+                .count(),
+            2
+        );
         assert_eq!(log.iter().filter(|c| c.contains("link del")).count(), 1);
         assert_eq!(log.last().unwrap(), "ip link del dev nmx-test0");
     }
@@ -656,14 +675,20 @@ mod tests {
         let (m, why) = choose(DnsMethod::Auto, &netns);
         assert_eq!(m, DnsMethod::Hosts);
         assert!(why.contains("network namespace"), "{why}");
-        assert_eq!(choose(DnsMethod::Auto, &Probe::default()).0, DnsMethod::Hosts);
+        assert_eq!(
+            choose(DnsMethod::Auto, &Probe::default()).0,
+            DnsMethod::Hosts
+        );
         assert_eq!(choose(DnsMethod::None, &all).0, DnsMethod::None);
     }
 
     #[test]
     fn detects_resolved_from_resolv_conf_or_nsswitch() {
         assert!(uses_resolved("nameserver 127.0.0.53\noptions edns0\n", ""));
-        assert!(uses_resolved("", "hosts: files resolve [!UNAVAIL=return] dns\n"));
+        assert!(uses_resolved(
+            "",
+            "hosts: files resolve [!UNAVAIL=return] dns\n"
+        ));
         assert!(!uses_resolved("nameserver 1.1.1.1\n", "hosts: files dns\n"));
         assert!(!uses_resolved("", "# hosts: resolve\n"));
     }
