@@ -6,8 +6,9 @@
 //! what an IPv6 socket passes to `connect()` for an IPv4 destination, so the
 //! IPv4 and IPv6 hooks share one key space.
 
-/// Destination of a connect() the programs look up: an IPv6 address (IPv4 is
-/// stored v4-mapped, `::ffff:a.b.c.d`) and a port, both in network byte order.
+/// Destination of a connect() or sendmsg() the programs look up: an IPv6
+/// address (IPv4 is stored v4-mapped, `::ffff:a.b.c.d`), a port, both in
+/// network byte order, and the IP protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
@@ -20,6 +21,11 @@ pub struct ServiceKey {
     /// Explicit padding, always zero.
     pub _pad: u8,
 }
+
+/// Key of the `SERVICE_BY_LISTENER` map: a daemon UDP listener (address,
+/// port, protocol), the source address of the replies recvmsg() translates
+/// back to the service address. Same layout as [`ServiceKey`].
+pub type ListenerKey = ServiceKey;
 
 /// Where a matching connect() is sent instead: the daemon's local listener.
 #[repr(C)]
@@ -34,7 +40,9 @@ pub struct ListenerTarget {
 }
 
 /// The destination an application passed to connect() before it was
-/// rewritten, kept per socket cookie so getpeername() can report it.
+/// rewritten, kept per socket cookie so getpeername() can report it. Also the
+/// value of `SERVICE_BY_LISTENER`: the service address a UDP listener's
+/// replies are reported from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OriginalDst {
@@ -66,6 +74,8 @@ pub const CONFIG_INDEX: u32 = 0;
 
 /// Capacity of the `SERVICES` map: published (address, port, protocol) triples.
 pub const MAX_SERVICES: u32 = 16 * 1024;
+/// Capacity of the `SERVICE_BY_LISTENER` map: one entry per UDP service.
+pub const MAX_UDP_LISTENERS: u32 = MAX_SERVICES;
 /// Capacity of the `ORIGINAL_DST` LRU map: redirected sockets remembered for
 /// getpeername(); the least recently used entry is evicted when full.
 pub const MAX_REDIRECTED_SOCKETS: u32 = 64 * 1024;

@@ -40,6 +40,8 @@ const HELPER_ENV: &str = "NXEBPF_HELPER";
 const RESULT_PREFIX: &str = "NXRESULT ";
 const ENETUNREACH: i32 = 101;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Every program `load` attaches (the sock_addr ones and sock_release).
+const ALL_PROGRAMS: usize = ebpf::SOCK_ADDR_PROGRAMS.len() + 1;
 
 fn service4() -> SocketAddr {
     "10.96.0.10:80".parse().unwrap()
@@ -64,7 +66,7 @@ fn redirects_published_services_only_inside_the_cgroup() {
     let mut redirect = EbpfRedirect::load(fx.cgroup.path()).expect("load eBPF redirect");
     assert_eq!(redirect.cgroup(), fx.cgroup.path());
     assert_eq!(redirect.exclude_mark(), DEFAULT_EXCLUDE_MARK);
-    assert_attached(fx.cgroup.path(), 5);
+    assert_attached(fx.cgroup.path(), ALL_PROGRAMS);
 
     redirect.insert(service4(), srv4.addr).unwrap();
     redirect.insert(service6(), srv6.addr).unwrap();
@@ -209,7 +211,7 @@ fn sigkill_of_the_holder_detaches_the_programs() {
     let mut lines = BufReader::new(holder.0.stdout.take().unwrap()).lines();
     let ready = lines.find_map(|l| l.ok()?.strip_prefix(RESULT_PREFIX).map(str::to_owned));
     assert_eq!(ready.as_deref(), Some("ready"), "holder failed to load");
-    assert_attached(fx.cgroup.path(), 5);
+    assert_attached(fx.cgroup.path(), ALL_PROGRAMS);
     assert_eq!(
         fx.connect(Place::Inside, service4(), 0),
         Connect::Ok {
@@ -671,13 +673,10 @@ fn assert_attached(cgroup: &Path, n: usize) {
         let names = attached(cgroup);
         if names.len() == n {
             if n > 0 {
-                for p in [
-                    "connect4",
-                    "connect6",
-                    "getpeername4",
-                    "getpeername6",
-                    "sock_release",
-                ] {
+                let expected = ebpf::SOCK_ADDR_PROGRAMS
+                    .into_iter()
+                    .chain([ebpf::SOCK_RELEASE_PROGRAM]);
+                for p in expected {
                     assert!(names.iter().any(|n| n == p), "{p} not in {names:?}");
                 }
             }

@@ -10,6 +10,19 @@
 //!   the address it dialled.
 //! * `cgroup/sock_release`: forgets a closed socket's original destination,
 //!   so the LRU only ever evicts when that many redirected sockets are open.
+//! * `cgroup/sendmsg4`, `cgroup/sendmsg6`: the same rewrite for each datagram
+//!   an unconnected UDP socket sends with a destination (`sendto`,
+//!   `sendmsg` with `msg_name`). Nothing is remembered per socket.
+//! * `cgroup/recvmsg4`, `cgroup/recvmsg6`: a datagram whose source is a
+//!   daemon UDP listener in [`SERVICE_BY_LISTENER`] is reported as coming
+//!   from that listener's service address, for connected and unconnected
+//!   sockets alike. Each UDP service has its own listener address:port, so
+//!   the listener alone names the service.
+//!
+//! Connected UDP sockets go through the connect hooks like TCP (the key's
+//! protocol is the socket's). A v4-mapped destination on an IPv6 UDP socket
+//! is handed by the kernel to the IPv4 path, so it meets `sendmsg4` and, for
+//! its replies, `recvmsg6` with a v4-mapped source: both hit the IPv4 keys.
 //!
 //! Policy lives in the daemon; these programs only look up and rewrite. They
 //! fail open: a miss, an excluded socket or any error returns [`PROCEED`]
@@ -36,10 +49,10 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
     EbpfContext as _,
 };
-use aya_log_ebpf::{debug, warn};
+use aya_log_ebpf::{debug, trace, warn};
 use netmux_common::redirect::{
-    v4_mapped, v4_unmapped, ListenerTarget, OriginalDst, RedirectConfig, ServiceKey, CONFIG_INDEX,
-    MAX_REDIRECTED_SOCKETS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
+    v4_mapped, v4_unmapped, ListenerKey, ListenerTarget, OriginalDst, RedirectConfig, ServiceKey,
+    CONFIG_INDEX, MAX_REDIRECTED_SOCKETS, MAX_SERVICES, MAX_UDP_LISTENERS, PROTO_TCP, PROTO_UDP,
 };
 
 /// Published services: destination → daemon listener. Filled by the daemon.
@@ -52,12 +65,19 @@ static SERVICES: HashMap<ServiceKey, ListenerTarget> = HashMap::with_max_entries
 static ORIGINAL_DST: LruHashMap<u64, OriginalDst> =
     LruHashMap::with_max_entries(MAX_REDIRECTED_SOCKETS, 0);
 
+/// UDP listener → the service it stands for, so replies are reported from
+/// the service address. Filled by the daemon together with [`SERVICES`].
+#[map]
+static SERVICE_BY_LISTENER: HashMap<ListenerKey, OriginalDst> =
+    HashMap::with_max_entries(MAX_UDP_LISTENERS, 0);
+
 /// Runtime settings, one entry at [`CONFIG_INDEX`].
 #[map]
 static CONFIG: Array<RedirectConfig> = Array::with_max_entries(1, 0);
 
 /// The only verdict these programs give: let the syscall proceed (with the
-/// address possibly rewritten). getpeername hooks must return exactly 1.
+/// address possibly rewritten). getpeername and recvmsg hooks must return
+/// exactly 1.
 const PROCEED: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
@@ -84,6 +104,34 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     match try_getpeername6(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    match try_sendmsg4(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    match try_sendmsg6(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    match try_recvmsg4(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    match try_recvmsg6(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }
@@ -191,6 +239,102 @@ fn try_getpeername6(ctx: &SockAddrContext) -> Result<i32, i32> {
     Ok(PROCEED)
 }
 
+#[inline(always)]
+fn try_sendmsg4(ctx: &SockAddrContext) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `try_connect4`.
+    let (ip4, port) = unsafe {
+        (
+            load(addr_of!((*sa).user_ip4)),
+            load(addr_of!((*sa).user_port)),
+        )
+    };
+    let (key, target) = lookup(ctx, v4_mapped(ip4.to_ne_bytes()), port).ok_or(PROCEED)?;
+    let listener = v4_unmapped(&target.addr).ok_or(PROCEED)?;
+    // SAFETY: as in `try_connect4`.
+    unsafe {
+        store(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(listener));
+        store(addr_of_mut!((*sa).user_port), u32::from(target.port));
+    }
+    // Per datagram: trace, not debug, so debug logs stay readable.
+    trace!(
+        ctx,
+        "sendmsg4: {:i}:{} -> {:i}:{}",
+        ip4.to_ne_bytes(),
+        u16::from_be(key.port),
+        listener,
+        u16::from_be(target.port)
+    );
+    Ok(PROCEED)
+}
+
+#[inline(always)]
+fn try_sendmsg6(ctx: &SockAddrContext) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `try_connect4`.
+    let (dst, port) = unsafe { (load_ip6(sa), load(addr_of!((*sa).user_port))) };
+    let (key, target) = lookup(ctx, dst, port).ok_or(PROCEED)?;
+    // Unlike connect6, udpv6_sendmsg fails a datagram whose destination a
+    // program rewrote to a v4-mapped address (ENOTSUPP): leave it alone. The
+    // daemon gives IPv6 UDP services IPv6 listeners, so this is a stale or
+    // foreign entry.
+    if v4_unmapped(&target.addr).is_some() {
+        return Err(PROCEED);
+    }
+    // SAFETY: as in `try_connect4`.
+    unsafe {
+        store_ip6(sa, &target.addr);
+        store(addr_of_mut!((*sa).user_port), u32::from(target.port));
+    }
+    trace!(
+        ctx,
+        "sendmsg6: [{:i}]:{} -> [{:i}]:{}",
+        dst,
+        u16::from_be(key.port),
+        target.addr,
+        u16::from_be(target.port)
+    );
+    Ok(PROCEED)
+}
+
+#[inline(always)]
+fn try_recvmsg4(ctx: &SockAddrContext) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `try_connect4`.
+    let (ip4, port) = unsafe {
+        (
+            load(addr_of!((*sa).user_ip4)),
+            load(addr_of!((*sa).user_port)),
+        )
+    };
+    let service = service_of(ctx, v4_mapped(ip4.to_ne_bytes()), port).ok_or(PROCEED)?;
+    // An IPv4 socket cannot be shown an IPv6 source.
+    let service_ip4 = v4_unmapped(&service.addr).ok_or(PROCEED)?;
+    // SAFETY: as in `try_connect4`.
+    unsafe {
+        store(
+            addr_of_mut!((*sa).user_ip4),
+            u32::from_ne_bytes(service_ip4),
+        );
+        store(addr_of_mut!((*sa).user_port), u32::from(service.port));
+    }
+    Ok(PROCEED)
+}
+
+#[inline(always)]
+fn try_recvmsg6(ctx: &SockAddrContext) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `try_connect4`.
+    let (src, port) = unsafe { (load_ip6(sa), load(addr_of!((*sa).user_port))) };
+    let service = service_of(ctx, src, port).ok_or(PROCEED)?;
+    // SAFETY: as in `try_connect4`.
+    unsafe {
+        store_ip6(sa, &service.addr);
+        store(addr_of_mut!((*sa).user_port), u32::from(service.port));
+    }
+    Ok(PROCEED)
+}
+
 /// Finds the listener for `dst`/`port_be` on this socket's protocol, unless
 /// the socket is excluded. `None` means "leave this connect alone".
 ///
@@ -225,6 +369,30 @@ fn lookup(
         return None;
     }
     Some((key, target))
+}
+
+/// The service whose UDP listener is `src`/`port_be` (a datagram's source),
+/// unless the socket is not UDP or is excluded. `None`: report the source
+/// as it is.
+fn service_of(ctx: &SockAddrContext, src: [u8; 16], port_be: u32) -> Option<OriginalDst> {
+    let sa = ctx.sock_addr;
+    // SAFETY: 4-byte context load.
+    let proto = unsafe { load(addr_of!((*sa).protocol)) };
+    if proto != u32::from(PROTO_UDP) {
+        return None;
+    }
+    let key = ListenerKey {
+        addr: src,
+        port: port_be as u16,
+        proto: PROTO_UDP,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once, as in `lookup`.
+    let service = *unsafe { SERVICE_BY_LISTENER.get(key) }?;
+    if excluded(ctx) {
+        return None;
+    }
+    Some(service)
 }
 
 /// True if the socket carries the daemon's exclusion mark.

@@ -6,7 +6,13 @@
 //!   the daemon's listener and remember the original destination per socket
 //!   cookie; `getpeername4`/`getpeername6` report that original destination,
 //!   so the application sees the address it dialled; `sock_release` forgets
-//!   it when the socket is closed.
+//!   it when the socket is closed. Connected UDP sockets take the same path
+//!   when their service is published for UDP ([`EbpfRedirect::insert_udp`]).
+//! * `sendmsg4`/`sendmsg6` rewrite each datagram an unconnected UDP socket
+//!   sends to a published UDP service; `recvmsg4`/`recvmsg6` report
+//!   datagrams from a UDP listener as coming from its service, found in the
+//!   `SERVICE_BY_LISTENER` map that [`EbpfRedirect::insert_udp`] fills
+//!   (hence one listener per UDP service).
 //! * The programs fail open: a miss or any error leaves the connect alone.
 //! * Own sockets: the daemon's sockets carrying `SO_MARK ==`
 //!   [`EbpfRedirect::exclude_mark`] (default [`DEFAULT_EXCLUDE_MARK`]) are
@@ -40,7 +46,8 @@ use aya::{
 use aya_log::EbpfLogger;
 pub use netmux_common::redirect::DEFAULT_EXCLUDE_MARK;
 use netmux_common::redirect::{
-    ListenerTarget, OriginalDst, RedirectConfig, ServiceKey, CONFIG_INDEX, PROTO_TCP,
+    ListenerKey, ListenerTarget, OriginalDst, RedirectConfig, ServiceKey, CONFIG_INDEX, PROTO_TCP,
+    PROTO_UDP,
 };
 use tracing::level_filters::LevelFilter;
 
@@ -49,12 +56,22 @@ use tracing::level_filters::LevelFilter;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netmux-ebpf"));
 
 /// The `sock_addr` programs; each is named after the hook it implements.
-const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "getpeername4", "getpeername6"];
+pub const SOCK_ADDR_PROGRAMS: [&str; 8] = [
+    "connect4",
+    "connect6",
+    "getpeername4",
+    "getpeername6",
+    "sendmsg4",
+    "sendmsg6",
+    "recvmsg4",
+    "recvmsg6",
+];
 /// The `sock` program that forgets a released socket's original destination.
-const SOCK_RELEASE_PROGRAM: &str = "sock_release";
+pub const SOCK_RELEASE_PROGRAM: &str = "sock_release";
 
 const SERVICES_MAP: &str = "SERVICES";
 const ORIGINAL_DST_MAP: &str = "ORIGINAL_DST";
+const SERVICE_BY_LISTENER_MAP: &str = "SERVICE_BY_LISTENER";
 const CONFIG_MAP: &str = "CONFIG";
 
 /// What can go wrong loading or driving the eBPF redirect.
@@ -102,8 +119,8 @@ pub enum EbpfError {
     /// A program failed to load (verifier) or attach.
     #[error(
         "eBPF program {program}: {source}; the kernel needs cgroup sock_addr hooks \
-         (connect: Linux 4.17, getpeername: 5.8), sock_release (5.9) and cgroup BPF \
-         links (5.7)"
+         (connect: Linux 4.17, sendmsg: 4.18, recvmsg: 5.2, getpeername: 5.8), \
+         sock_release (5.9) and cgroup BPF links (5.7)"
     )]
     Program {
         /// Name of the program (its hook).
@@ -114,6 +131,15 @@ pub enum EbpfError {
     /// The object lacks something the loader expects: a stale build.
     #[error("the eBPF object has no {0}; rebuild netmux-daemon")]
     Missing(&'static str),
+    /// The UDP listener already stands for another UDP service: replies
+    /// from it could not be attributed to one service.
+    #[error("UDP listener {listener} is already used by service {other}")]
+    ListenerShared {
+        /// The listener address.
+        listener: SocketAddr,
+        /// The service it already belongs to.
+        other: SocketAddr,
+    },
     /// A map operation failed.
     #[error("eBPF map {map}: {source}")]
     Map {
@@ -123,8 +149,10 @@ pub enum EbpfError {
         source: MapError,
     },
     /// An IPv4 service was given an IPv6 listener, which IPv4 sockets
-    /// cannot be redirected to.
-    #[error("service {service} is IPv4 but listener {listener} is IPv6")]
+    /// cannot be redirected to; or a UDP service and its listener differ in
+    /// family (the kernel refuses to send an IPv6 socket's datagram to a
+    /// v4-mapped address a program wrote).
+    #[error("service {service} and listener {listener} are of different address families")]
     ListenerFamily {
         /// The service address.
         service: SocketAddr,
@@ -160,6 +188,35 @@ where
     }
 }
 
+/// Transport protocol of a redirect entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    /// TCP: connect() redirected.
+    Tcp,
+    /// UDP: connect() and sendmsg() redirected, recvmsg() sources translated.
+    Udp,
+}
+
+impl Proto {
+    /// The protocol of an IP protocol number as stored in the map keys.
+    fn from_number(n: u8) -> Option<Self> {
+        match n {
+            PROTO_TCP => Some(Proto::Tcp),
+            PROTO_UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
 /// True if this daemon was built with the real eBPF object, not the stub.
 pub fn programs_built() -> bool {
     !OBJECT.is_empty()
@@ -178,13 +235,21 @@ pub fn mark_socket(socket: &impl AsFd, mark: u32) -> io::Result<()> {
 /// Dropping it detaches the programs from the cgroup and frees the maps.
 pub struct EbpfRedirect {
     cgroup: PathBuf,
-    services: HashMap<MapData, ServiceKey, ListenerTarget>,
-    original_dst: HashMap<MapData, u64, OriginalDst>,
-    config: Array<MapData, RedirectConfig>,
+    // Boxed: aya map handles are large, and the daemon keeps this in an
+    // enum next to a data-less variant.
+    maps: Box<Maps>,
     exclude_mark: u32,
     // Owns the programs and their BPF links: dropping it detaches them.
     _ebpf: Ebpf,
     _logs: Option<LogForwarder>,
+}
+
+/// The programs' maps, taken out of the [`Ebpf`] object.
+struct Maps {
+    services: HashMap<MapData, ServiceKey, ListenerTarget>,
+    original_dst: HashMap<MapData, u64, OriginalDst>,
+    service_by_listener: HashMap<MapData, ListenerKey, OriginalDst>,
+    config: Array<MapData, RedirectConfig>,
 }
 
 impl std::fmt::Debug for EbpfRedirect {
@@ -197,11 +262,10 @@ impl std::fmt::Debug for EbpfRedirect {
 }
 
 impl EbpfRedirect {
-    /// Loads the programs and attaches `connect4`, `connect6`,
-    /// `getpeername4`, `getpeername6` and `sock_release` to the cgroup v2
-    /// directory `cgroup` (they then apply to every process in it and its
-    /// descendants). The
-    /// exclusion mark starts as [`DEFAULT_EXCLUDE_MARK`]; the map starts
+    /// Loads the programs and attaches the [`SOCK_ADDR_PROGRAMS`] and
+    /// [`SOCK_RELEASE_PROGRAM`] to the cgroup v2 directory `cgroup` (they
+    /// then apply to every process in it and its descendants). The
+    /// exclusion mark starts as [`DEFAULT_EXCLUDE_MARK`]; the maps start
     /// empty.
     pub fn load(cgroup: &Path) -> Result<Self, EbpfError> {
         if !programs_built() {
@@ -278,6 +342,12 @@ impl EbpfRedirect {
             map: ORIGINAL_DST_MAP,
             source,
         })?;
+        let service_by_listener = take_map(&mut ebpf, SERVICE_BY_LISTENER_MAP)?;
+        let service_by_listener =
+            HashMap::try_from(service_by_listener).map_err(|source| EbpfError::Map {
+                map: SERVICE_BY_LISTENER_MAP,
+                source,
+            })?;
         let config = take_map(&mut ebpf, CONFIG_MAP)?;
         let config = Array::try_from(config).map_err(|source| EbpfError::Map {
             map: CONFIG_MAP,
@@ -285,9 +355,12 @@ impl EbpfRedirect {
         })?;
         let mut redirect = Self {
             cgroup: cgroup.to_owned(),
-            services,
-            original_dst,
-            config,
+            maps: Box::new(Maps {
+                services,
+                original_dst,
+                service_by_listener,
+                config,
+            }),
             exclude_mark: 0,
             _ebpf: ebpf,
             _logs: logs,
@@ -307,30 +380,138 @@ impl EbpfRedirect {
     /// listener; an IPv6 service may use either (an IPv4 listener is reached
     /// v4-mapped, so not from `IPV6_V6ONLY` sockets).
     pub fn insert(&mut self, service: SocketAddr, listener: SocketAddr) -> Result<(), EbpfError> {
-        let key = ServiceKey::new(service, PROTO_TCP);
-        let target = ListenerTarget::from(listener);
         let service_v4 = service.ip().to_canonical().is_ipv4();
         if service_v4 && !listener.ip().to_canonical().is_ipv4() {
             return Err(EbpfError::ListenerFamily { service, listener });
         }
-        self.services
-            .insert(key, target, 0)
+        self.insert_service(ServiceKey::new(service, PROTO_TCP), listener)
+    }
+
+    /// Stops redirecting TCP connects to `service`. Removing an address that
+    /// is not there is not an error. Connections already redirected stay up.
+    pub fn remove(&mut self, service: SocketAddr) -> Result<(), EbpfError> {
+        self.remove_service(ServiceKey::new(service, PROTO_TCP))
+            .map(drop)
+    }
+
+    /// Redirects UDP to `service` to `listener` from now on: connect() of
+    /// UDP sockets and each datagram unconnected sockets send there, while
+    /// datagrams from `listener` are reported as coming from `service`
+    /// (recvfrom/recvmsg source, getpeername of connected sockets).
+    /// Replaces any previous listener of `service`.
+    ///
+    /// `listener` must be of the same family as `service` (IPv4 and
+    /// v4-mapped count as one) and must not stand for another UDP service
+    /// ([`EbpfError::ListenerShared`]): replies are attributed to a service
+    /// by their source alone.
+    pub fn insert_udp(
+        &mut self,
+        service: SocketAddr,
+        listener: SocketAddr,
+    ) -> Result<(), EbpfError> {
+        let service_v4 = service.ip().to_canonical().is_ipv4();
+        if service_v4 != listener.ip().to_canonical().is_ipv4() {
+            return Err(EbpfError::ListenerFamily { service, listener });
+        }
+        let key = ServiceKey::new(service, PROTO_UDP);
+        let listener_key = ListenerKey::new(listener, PROTO_UDP);
+        if let Some(other) = self.listener_owner(&listener_key)? {
+            if other != key && self.listener_of(&other)? == Some(listener_key) {
+                return Err(EbpfError::ListenerShared {
+                    listener,
+                    other: other.socket_addr(),
+                });
+            }
+        }
+        let previous = self.listener_of(&key)?;
+        // Reverse first: once a datagram is redirected, its reply is
+        // translated.
+        self.maps
+            .service_by_listener
+            .insert(listener_key, original_dst(&key), 0)
+            .map_err(|source| EbpfError::Map {
+                map: SERVICE_BY_LISTENER_MAP,
+                source,
+            })?;
+        self.insert_service(key, listener)?;
+        if let Some(previous) = previous.filter(|p| *p != listener_key) {
+            self.forget_listener(&previous, &key)?;
+        }
+        Ok(())
+    }
+
+    /// Stops redirecting UDP to `service` and translating its listener's
+    /// replies. Removing an address that is not there is not an error.
+    pub fn remove_udp(&mut self, service: SocketAddr) -> Result<(), EbpfError> {
+        let key = ServiceKey::new(service, PROTO_UDP);
+        if let Some(listener) = self.remove_service(key)? {
+            self.forget_listener(&listener, &key)?;
+        }
+        Ok(())
+    }
+
+    /// The TCP redirects in the map, `(service, listener)`, sorted.
+    /// IPv4 addresses come back as IPv4, not v4-mapped.
+    pub fn entries(&self) -> Result<Vec<(SocketAddr, SocketAddr)>, EbpfError> {
+        Ok(self
+            .entries_with_proto()?
+            .into_iter()
+            .filter(|(proto, _, _)| *proto == Proto::Tcp)
+            .map(|(_, service, listener)| (service, listener))
+            .collect())
+    }
+
+    /// Every redirect in the map, `(protocol, service, listener)`, sorted
+    /// (TCP first). IPv4 addresses come back as IPv4, not v4-mapped.
+    pub fn entries_with_proto(&self) -> Result<Vec<(Proto, SocketAddr, SocketAddr)>, EbpfError> {
+        let mut out = Vec::new();
+        for entry in self.maps.services.iter() {
+            let (key, target) = entry.map_err(|source| EbpfError::Map {
+                map: SERVICES_MAP,
+                source,
+            })?;
+            // Only the daemon writes the map, with TCP or UDP keys.
+            if let Some(proto) = Proto::from_number(key.proto) {
+                out.push((proto, key.socket_addr(), SocketAddr::from(target)));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The UDP listeners whose replies are translated, `(listener,
+    /// service)`, sorted; for consistency checks (every UDP entry has
+    /// exactly one).
+    pub fn udp_reply_sources(&self) -> Result<Vec<(SocketAddr, SocketAddr)>, EbpfError> {
+        let mut out = Vec::new();
+        for entry in self.maps.service_by_listener.iter() {
+            let (listener, service) = entry.map_err(|source| EbpfError::Map {
+                map: SERVICE_BY_LISTENER_MAP,
+                source,
+            })?;
+            out.push((listener.socket_addr(), SocketAddr::from(service)));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn insert_service(&mut self, key: ServiceKey, listener: SocketAddr) -> Result<(), EbpfError> {
+        self.maps
+            .services
+            .insert(key, ListenerTarget::from(listener), 0)
             .map_err(|source| EbpfError::Map {
                 map: SERVICES_MAP,
                 source,
             })
     }
 
-    /// Stops redirecting TCP connects to `service`. Removing an address that
-    /// is not there is not an error. Connections already redirected stay up.
-    pub fn remove(&mut self, service: SocketAddr) -> Result<(), EbpfError> {
-        let key = ServiceKey::new(service, PROTO_TCP);
-        match self.services.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            // The kernel reports a missing key as ENOENT from the syscall.
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
+    /// Removes `key` from `SERVICES`, returning the listener it had (as a
+    /// UDP listener key) if it was there.
+    fn remove_service(&mut self, key: ServiceKey) -> Result<Option<ListenerKey>, EbpfError> {
+        let previous = self.listener_of(&key)?;
+        match self.maps.services.remove(&key) {
+            Ok(()) => Ok(previous),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(source) => Err(EbpfError::Map {
                 map: SERVICES_MAP,
                 source,
@@ -338,28 +519,54 @@ impl EbpfRedirect {
         }
     }
 
-    /// The TCP redirects in the map, `(service, listener)`, sorted.
-    /// IPv4 addresses come back as IPv4, not v4-mapped.
-    pub fn entries(&self) -> Result<Vec<(SocketAddr, SocketAddr)>, EbpfError> {
-        let mut out = Vec::new();
-        for entry in self.services.iter() {
-            let (key, target) = entry.map_err(|source| EbpfError::Map {
+    /// The listener `key` is redirected to, as a UDP listener key.
+    fn listener_of(&self, key: &ServiceKey) -> Result<Option<ListenerKey>, EbpfError> {
+        match self.maps.services.get(key, 0) {
+            Ok(target) => Ok(Some(ListenerKey::new(SocketAddr::from(target), PROTO_UDP))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(EbpfError::Map {
                 map: SERVICES_MAP,
                 source,
-            })?;
-            if key.proto == PROTO_TCP {
-                out.push((key.socket_addr(), SocketAddr::from(target)));
-            }
+            }),
         }
-        out.sort();
-        Ok(out)
+    }
+
+    /// The UDP service key `listener`'s replies are translated to.
+    fn listener_owner(&self, listener: &ListenerKey) -> Result<Option<ServiceKey>, EbpfError> {
+        match self.maps.service_by_listener.get(listener, 0) {
+            Ok(service) => Ok(Some(ServiceKey::new(SocketAddr::from(service), PROTO_UDP))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(EbpfError::Map {
+                map: SERVICE_BY_LISTENER_MAP,
+                source,
+            }),
+        }
+    }
+
+    /// Deletes `listener`'s reverse entry if it still points at `service`.
+    fn forget_listener(
+        &mut self,
+        listener: &ListenerKey,
+        service: &ServiceKey,
+    ) -> Result<(), EbpfError> {
+        if self.listener_owner(listener)? != Some(*service) {
+            return Ok(());
+        }
+        match self.maps.service_by_listener.remove(listener) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(source) => Err(EbpfError::Map {
+                map: SERVICE_BY_LISTENER_MAP,
+                source,
+            }),
+        }
     }
 
     /// How many redirected sockets are open (their original destination is
     /// remembered for getpeername()); for metrics and leak checks.
     pub fn redirected_sockets(&self) -> Result<usize, EbpfError> {
         let mut n = 0;
-        for key in self.original_dst.keys() {
+        for key in self.maps.original_dst.keys() {
             key.map_err(|source| EbpfError::Map {
                 map: ORIGINAL_DST_MAP,
                 source,
@@ -377,7 +584,8 @@ impl EbpfRedirect {
     /// Changes the exempting `SO_MARK`; 0 turns the exemption off.
     pub fn set_exclude_mark(&mut self, mark: u32) -> Result<(), EbpfError> {
         let config = RedirectConfig { exclude_mark: mark };
-        self.config
+        self.maps
+            .config
             .set(CONFIG_INDEX, config, 0)
             .map_err(|source| EbpfError::Map {
                 map: CONFIG_MAP,
@@ -385,6 +593,25 @@ impl EbpfRedirect {
             })?;
         self.exclude_mark = mark;
         Ok(())
+    }
+}
+
+/// The `SERVICE_BY_LISTENER` value for a service key.
+fn original_dst(key: &ServiceKey) -> OriginalDst {
+    OriginalDst {
+        addr: key.addr,
+        port: key.port,
+        _pad: [0; 2],
+    }
+}
+
+/// True for a map error meaning "no such key".
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        // The kernel reports a missing key as ENOENT from the syscall.
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 
