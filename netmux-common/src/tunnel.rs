@@ -1,3 +1,4 @@
 //! Async pieces shared by daemon and server.
 pub mod pipe;
 pub mod quic;
+pub mod udp;

@@ -56,6 +56,9 @@ pub enum Request {
     },
     /// Daemon status.
     Status,
+    /// Re-read the configuration file; unchanged endpoints keep their
+    /// connections.
+    Reload,
     /// Stop everything and exit.
     Exit,
     /// Stop everything and remove every trace (hosts block, redirects).

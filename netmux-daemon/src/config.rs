@@ -173,7 +173,7 @@ fn default_range() -> String {
     "127.77.0.0/16".into()
 }
 fn default_cgroup() -> PathBuf {
-    "/sys/fs/cgroup".into()
+    crate::redirect::default_cgroup_root()
 }
 fn default_server_name() -> String {
     "netmux-server".into()

@@ -27,6 +27,11 @@ struct Running {
     addr: Ipv4Addr,
     /// Cluster addresses redirected to the listeners (eBPF backend).
     redirects: Vec<SocketAddr>,
+    /// UDP listeners and the flow table their flows live in.
+    udp: Vec<(
+        Arc<netmux_common::tunnel::udp::Flows>,
+        Arc<tokio::net::UdpSocket>,
+    )>,
     service: Service,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     domain: String,
@@ -36,6 +41,10 @@ impl Drop for Running {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        // Flows hold the socket: forget them so the port is free again.
+        for (flows, socket) in &self.udp {
+            flows.forget_socket(socket);
         }
     }
 }
@@ -78,7 +87,7 @@ pub struct NameRecord {
 /// The daemon.
 pub struct Daemon {
     names: tokio::sync::watch::Sender<Arc<Vec<NameRecord>>>,
-    config: Config,
+    config: LiveConfig,
     metrics: Metrics,
     hosts: HostsFile,
     state: Mutex<State>,
@@ -116,7 +125,6 @@ fn describe(svc: &Service, local: Option<Ipv4Addr>) -> String {
     let ports: Vec<String> = svc
         .ports
         .iter()
-        .filter(|p| p.protocol == Protocol::Tcp)
         .map(|p| {
             let local = local.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
             let remote = if remote.contains(':') {
@@ -124,7 +132,8 @@ fn describe(svc: &Service, local: Option<Ipv4Addr>) -> String {
             } else {
                 remote.clone()
             };
-            format!("{local}:{} => {remote}:{}", p.port, p.target_port)
+            let udp = if p.protocol == Protocol::Udp { "/udp" } else { "" };
+            format!("{local}:{}{udp} => {remote}:{}{udp}", p.port, p.target_port)
         })
         .collect();
     format!("{}: {}", svc.direction, ports.join(", "))
@@ -155,7 +164,7 @@ impl Daemon {
             names: tokio::sync::watch::channel(Arc::new(Vec::new())).0,
             hosts: HostsFile::new(&config.hosts_file),
             alloc: std::sync::Mutex::new(AddressAllocator::new(config.address_range)),
-            config,
+            config: LiveConfig::new(config),
             metrics,
             state: Mutex::new(State::default()),
             exit: Notify::new(),
@@ -185,6 +194,7 @@ impl Daemon {
             Start { endpoint, service } => self.start(&endpoint, &service).await,
             Stop { endpoint, service } => self.stop(&endpoint, &service).await,
             Status => Ok(Reply::Status(self.status().await)),
+            Reload => self.reload_from_disk().await,
             Expose {
                 endpoint,
                 name,
@@ -640,6 +650,37 @@ impl Daemon {
             };
             tasks.push(tokio::spawn(listeners::serve(listener, route)));
         }
+        let mut udp = Vec::new();
+        for p in svc.ports.iter().filter(|p| p.protocol == Protocol::Udp) {
+            let local = SocketAddr::new(IpAddr::V4(addr), p.port);
+            let socket = match tokio::net::UdpSocket::bind(local).await {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    for t in &tasks {
+                        tokio::task::JoinHandle::abort(t);
+                    }
+                    self.release(addr);
+                    return Err(format!("cannot listen on udp {local}: {e}"));
+                }
+            };
+            let conn = connected.endpoint.watch_connection();
+            let catalog = connected.endpoint.watch_catalog();
+            let key = key.1.clone();
+            let port = p.port;
+            let route = move || {
+                let c = conn.borrow().clone()?;
+                let id = catalog
+                    .borrow()
+                    .values()
+                    .find(|s| s.key() == key && s.port(port, Protocol::Udp).is_some())
+                    .map(|s| s.id)?;
+                Some((c, id))
+            };
+            udp.push((connected.endpoint.udp(), socket.clone()));
+            tasks.push(tokio::spawn(
+                connected.endpoint.udp().originate(socket, p.port, route),
+            ));
+        }
         let mut redirects = Vec::new();
         if self.backend.uses_cluster_addresses() {
             for ip in &svc.addresses {
@@ -663,6 +704,7 @@ impl Daemon {
         Ok(Running {
             addr,
             redirects,
+            udp,
             service: svc,
             tasks,
             domain: connected.endpoint.config.cluster_domain.clone(),
@@ -819,15 +861,152 @@ async fn wait_claims(endpoint: &Endpoint, names: &[String]) -> Vec<String> {
 
 /// Whether a running service's listeners still fit its new catalog entry.
 fn same_listeners(a: &Service, b: &Service) -> bool {
-    let ports = |s: &Service| -> Vec<u16> {
-        let mut v: Vec<u16> = s
+    let ports = |s: &Service| -> Vec<(u16, bool)> {
+        let mut v: Vec<(u16, bool)> = s
             .ports
             .iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .map(|p| p.port)
+            .map(|p| (p.port, p.protocol == Protocol::Udp))
             .collect();
         v.sort_unstable();
         v
     };
     ports(a) == ports(b) && a.direction == b.direction && a.addresses == b.addresses
+}
+
+/// The configuration in force, replaced by [`Daemon::reload`].
+///
+/// Readers get a plain `&Config` (through `Deref`) that stays consistent for
+/// as long as they hold it, without a lock across `.await`s and without
+/// changing any reader. To make that safe each configuration is leaked:
+/// a reload keeps the previous one alive. That is a few KiB per reload, and
+/// reloads are operator actions.
+struct LiveConfig(std::sync::RwLock<&'static Config>);
+
+impl LiveConfig {
+    fn new(config: Config) -> Self {
+        LiveConfig(std::sync::RwLock::new(Box::leak(Box::new(config))))
+    }
+
+    fn get(&self) -> &'static Config {
+        match self.0.read() {
+            Ok(c) => *c,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
+    fn set(&self, config: Config) {
+        let leaked: &'static Config = Box::leak(Box::new(config));
+        match self.0.write() {
+            Ok(mut c) => *c = leaked,
+            Err(p) => *p.into_inner() = leaked,
+        }
+    }
+}
+
+impl std::ops::Deref for LiveConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        self.get()
+    }
+}
+
+/// Settings that only take effect when the daemon restarts.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.socket != new.socket || old.socket_group != new.socket_group {
+        v.push("socket");
+    }
+    if old.hosts_file != new.hosts_file {
+        v.push("hosts_file");
+    }
+    if old.address_range != new.address_range {
+        v.push("address_range");
+    }
+    if old.metrics != new.metrics {
+        v.push("metrics");
+    }
+    if old.redirect != new.redirect || old.cgroup != new.cgroup {
+        v.push("redirect");
+    }
+    v
+}
+
+impl Daemon {
+    /// Re-reads the configuration file and applies it ([`Self::reload`]).
+    pub async fn reload_from_disk(self: &Arc<Self>) -> Result<Reply, String> {
+        let path = self.config.path.clone();
+        let new = Config::load(&path).map_err(|e| {
+            format!("{e}; the running configuration is unchanged (fix the file and reload again)")
+        })?;
+        self.reload(new).await
+    }
+
+    /// Applies a new configuration without dropping tunnels: connected
+    /// endpoints whose settings are unchanged keep their connection and
+    /// running services; changed ones are reconnected (their started
+    /// services restart once the new catalog arrives); removed ones are
+    /// disconnected; new `autostart` ones are connected.
+    pub async fn reload(self: &Arc<Self>, new: Config) -> Result<Reply, String> {
+        let old = self.config.get();
+        let restart = restart_only_changes(old, &new);
+        let mut kept = Vec::new();
+        let mut reconnect = Vec::new();
+        let mut removed = Vec::new();
+        {
+            let mut state = self.state.lock().await;
+            for (name, c) in &state.endpoints {
+                match new.endpoint(name) {
+                    None => removed.push(name.clone()),
+                    Some(cfg) if *cfg != c.endpoint.config => reconnect.push(name.clone()),
+                    Some(_) => kept.push(name.clone()),
+                }
+            }
+            for name in &removed {
+                state.endpoints.remove(name);
+                state.wanted.retain(|(ep, _)| ep != name);
+            }
+            for name in &reconnect {
+                // Started services stay wanted: reconcile stops them now (no
+                // endpoint) and starts them again on the new connection.
+                state.endpoints.remove(name);
+            }
+            self.config.set(new);
+            self.reconcile_locked(&mut state).await;
+        }
+        let new = self.config.get();
+        let added: Vec<String> = new
+            .endpoints
+            .iter()
+            .filter(|e| e.autostart && old.endpoint(&e.name).is_none())
+            .map(|e| e.name.clone())
+            .collect();
+        for name in reconnect.iter().chain(&added) {
+            if let Err(e) = self.connect(name).await {
+                tracing::error!(endpoint = %name, error = %e, "reconnect after reload failed");
+            }
+        }
+        tracing::info!(?kept, ?reconnect, ?removed, ?added, "configuration reloaded");
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        let mut message = format!(
+            "reloaded {}: kept {}; reconnected {}; disconnected {}; connected {}",
+            new.path.display(),
+            list(&kept),
+            list(&reconnect),
+            list(&removed),
+            list(&added)
+        );
+        if !restart.is_empty() {
+            message.push_str(&format!(
+                "; changes to {} take effect after a restart (systemctl restart netmuxd)",
+                restart.join(", ")
+            ));
+        }
+        Ok(Reply::Done { message })
+    }
 }

@@ -145,11 +145,14 @@ pub struct Endpoint {
     task: tokio::task::JoinHandle<()>,
     claims: Claims,
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    udp: Arc<netmux_common::tunnel::udp::Flows>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
         self.task.abort();
+        self.sweeper.abort();
         if let Some(c) = self.conn.borrow().as_ref() {
             c.close(
                 VarInt::from_u32(error_code::NO_ERROR),
@@ -166,6 +169,12 @@ impl Endpoint {
         let (conn_tx, conn) = watch::channel(None);
         let (catalog_tx, catalog) = watch::channel(Arc::new(Catalog::new()));
         let claims = Claims::default();
+        let udp = netmux_common::tunnel::udp::Flows::new(
+            crate::udp::MAX_ANSWERED,
+            crate::udp::IDLE_TIMEOUT,
+            crate::udp::Meter::new(metrics.clone(), config.name.clone(), catalog.clone()),
+        );
+        let sweeper = tokio::spawn(udp.clone().sweep());
         let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(run(
             config.clone(),
@@ -175,6 +184,7 @@ impl Endpoint {
             metrics,
             claims.clone(),
             rx,
+            udp.clone(),
         ));
         Endpoint {
             config,
@@ -184,6 +194,8 @@ impl Endpoint {
             task,
             claims,
             commands,
+            udp,
+            sweeper,
         }
     }
 
@@ -215,6 +227,11 @@ impl Endpoint {
     /// Catalog changes.
     pub fn watch_catalog(&self) -> watch::Receiver<Arc<Catalog>> {
         self.catalog.clone()
+    }
+
+    /// The endpoint's UDP flows.
+    pub fn udp(&self) -> Arc<netmux_common::tunnel::udp::Flows> {
+        self.udp.clone()
     }
 
     /// The reverse claims (shared with the reverse stream handler).
@@ -265,6 +282,7 @@ async fn run(
     metrics: Metrics,
     claims: Claims,
     mut commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
+    udp: Arc<netmux_common::tunnel::udp::Flows>,
 ) {
     let up = metrics.endpoint_up.with_label_values(&[&config.name]);
     let mut backoff = BACKOFF_MIN;
@@ -289,6 +307,12 @@ async fn run(
                     metrics.clone(),
                     config.name.clone(),
                 ));
+                let datagrams = tokio::spawn(crate::udp::serve(
+                    conn.clone(),
+                    udp.clone(),
+                    claims.clone(),
+                    catalog_tx.subscribe(),
+                ));
                 for c in lock_claims(&claims).values_mut() {
                     c.state = ClaimState::Pending;
                 }
@@ -303,6 +327,7 @@ async fn run(
                 )
                 .await;
                 reverse.abort();
+                datagrams.abort();
                 up.set(0);
                 conn_tx.send_replace(None);
                 tracing::warn!(endpoint = %config.name, %error, "connection lost; reconnecting");

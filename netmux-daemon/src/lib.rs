@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod redirect;
 pub mod reverse;
 pub mod system;
+pub mod udp;

@@ -26,6 +26,14 @@ pub struct Metrics {
     pub connection_errors: IntCounterVec,
     /// Accept to server's open result.
     pub connect_latency: HistogramVec,
+    /// UDP datagrams by way (sent into the tunnel / received from it).
+    pub udp_datagrams: IntCounterVec,
+    /// UDP payload bytes by way.
+    pub udp_bytes: IntCounterVec,
+    /// UDP datagrams dropped by reason.
+    pub udp_drops: IntCounterVec,
+    /// UDP flows open now.
+    pub udp_flows: IntGaugeVec,
 }
 
 const LABELS: &[&str] = &["endpoint", "service", "direction"];
@@ -97,6 +105,22 @@ impl Metrics {
                 )
                 .expect("static metric"),
             ),
+            udp_datagrams: counter(
+                "netmux_daemon_udp_datagrams_total",
+                "UDP datagrams by way (sent into the tunnel / received from it)",
+                &["endpoint", "service", "direction", "way"],
+            ),
+            udp_bytes: counter(
+                "netmux_daemon_udp_bytes_total",
+                "UDP payload bytes by way",
+                &["endpoint", "service", "direction", "way"],
+            ),
+            udp_drops: counter(
+                "netmux_daemon_udp_drops_total",
+                "UDP datagrams dropped by reason",
+                &["endpoint", "service", "direction", "reason"],
+            ),
+            udp_flows: gauge("netmux_daemon_udp_flows_active", "UDP flows open now", LABELS),
             registry: r,
         }
     }

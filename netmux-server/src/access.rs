@@ -1,21 +1,37 @@
 //! Who may connect, and what they may reach.
 //!
-//! The static setup authenticates daemons by bearer tokens listed in the
-//! server configuration (compared in constant time). Authorization per
-//! service is a hook for the Kubernetes runtime (RBAC); with tokens, an
-//! authenticated daemon may reach every published service.
+//! Daemons authenticate by bearer tokens listed in the server configuration
+//! (compared in constant time); a daemon holding one may reach and claim
+//! every published service. With `[rbac]` the server also accepts the
+//! user's Kubernetes credential ([`kubernetes`]): TokenReview says who it
+//! is, RBAC what they may reach (`get services/proxy`) and claim (`update
+//! services`), and the catalog each daemon sees holds only that.
+//!
+//! Call sites: `authenticate(..).await` once per hello; `visible(..).await`
+//! for every catalog sent (it also refreshes the answers); `may_reach` stays
+//! synchronous for the per-stream check, reading those answers;
+//! `may_claim(..).await` before a reverse claim.
 
-use netmux_common::proto::catalog::Service;
+pub mod kubernetes;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use netmux_common::proto::catalog::{Catalog, Direction, Service};
 use netmux_common::proto::hello::Credential;
 use subtle::ConstantTimeEq;
 
+use crate::catalog::CatalogStore;
 use crate::config::{Config, Token};
 
 /// An authenticated daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The token's name.
+    /// The token's name, or the Kubernetes user name.
     pub name: String,
+    /// The Kubernetes user behind a reviewed credential; `None` for a
+    /// configured token (which may reach everything).
+    pub user: Option<Arc<kubernetes::User>>,
 }
 
 /// Why a daemon was refused.
@@ -27,24 +43,62 @@ pub enum Denied {
     /// The credential matches no configured token.
     #[error("invalid token: check the endpoint's `token` against the server's [[token]] list")]
     BadToken,
+    /// The Kubernetes API server did not accept the credential.
+    #[error("the cluster refused the credential: {0}; check the kubeconfig user, or ask the admin for a netmux ServiceAccount token (docs/kubernetes.md)")]
+    Kubernetes(String),
+    /// The Kubernetes API server could not be asked.
+    #[error("cannot check the credential with the cluster right now: {0}")]
+    Unavailable(String),
+    /// RBAC does not allow it.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
 }
 
 /// The server's access policy.
-#[derive(Debug, Clone)]
 pub struct Access {
     tokens: Vec<Token>,
+    rbac: Option<Rbac>,
 }
 
+/// RBAC and where catalog entries come from.
+struct Rbac {
+    review: Arc<kubernetes::Rbac>,
+    /// Origins of catalog entries (a bridge `kafka-0` asks about Service
+    /// `kafka`).
+    store: Arc<CatalogStore>,
+}
+
+/// SubjectAccessReviews in flight at once for one catalog.
+const REVIEWS_IN_FLIGHT: usize = 16;
+
 impl Access {
-    /// Builds the policy from the configured tokens.
-    pub fn from_config(config: &Config) -> Self {
+    /// Builds the policy from the configuration; with `[rbac]`, entry
+    /// origins come from `store` and the Kubernetes client is built on
+    /// first use.
+    pub fn from_config(config: &Config, store: &Arc<CatalogStore>) -> Self {
         Access {
             tokens: config.tokens.clone(),
+            rbac: config.rbac.map(|ttl| Rbac {
+                review: Arc::new(kubernetes::Rbac::lazy(ttl)),
+                store: store.clone(),
+            }),
         }
     }
 
-    /// Checks a hello's credential.
-    pub fn authenticate(&self, credential: &Credential) -> Result<Identity, Denied> {
+    /// Configured tokens plus RBAC through `review` (tests, shared clients).
+    pub fn with_rbac(tokens: Vec<Token>, review: kubernetes::Rbac, store: Arc<CatalogStore>) -> Self {
+        Access {
+            tokens,
+            rbac: Some(Rbac {
+                review: Arc::new(review),
+                store,
+            }),
+        }
+    }
+
+    /// Checks a hello's credential: a configured token, else (with RBAC) a
+    /// Kubernetes credential through TokenReview.
+    pub async fn authenticate(&self, credential: &Credential) -> Result<Identity, Denied> {
         let Credential::Bearer(presented) = credential else {
             return Err(Denied::Missing);
         };
@@ -55,12 +109,105 @@ impl Access {
                 found = Some(t.name.clone());
             }
         }
-        found.map(|name| Identity { name }).ok_or(Denied::BadToken)
+        if let Some(name) = found {
+            return Ok(Identity { name, user: None });
+        }
+        let Some(rbac) = &self.rbac else {
+            return Err(Denied::BadToken);
+        };
+        let user = rbac.review.review_token(presented).await?;
+        Ok(Identity {
+            name: user.username.clone(),
+            user: Some(Arc::new(user)),
+        })
     }
 
-    /// Whether `who` may reach `service`.
-    pub fn may_reach(&self, _who: &Identity, _service: &Service) -> bool {
-        true
+    /// The Kubernetes Service RBAC is asked about for `service`.
+    fn subject(rbac: &Rbac, service: &Service) -> String {
+        rbac.store
+            .origin(&service.key())
+            .unwrap_or_else(|| service.name.clone())
+    }
+
+    fn verb(service: &Service) -> kubernetes::Verb {
+        match service.direction {
+            Direction::L2C => kubernetes::Verb::Proxy,
+            Direction::C2L => kubernetes::Verb::Update,
+        }
+    }
+
+    /// The part of `catalog` that `who` may use: L2C entries they may proxy
+    /// to, C2L entries they may claim. Asks RBAC where its answers are
+    /// stale, so call it for every catalog sent.
+    pub async fn visible(&self, who: &Identity, catalog: &Catalog) -> Catalog {
+        let (Some(rbac), Some(user)) = (&self.rbac, &who.user) else {
+            return catalog.clone();
+        };
+        // Owned futures: borrowing closures here make the connection's
+        // future lose `Send` (higher-ranked lifetimes).
+        let checks: Vec<_> = catalog
+            .iter()
+            .map(|(id, svc)| {
+                let (review, user) = (rbac.review.clone(), user.clone());
+                let (id, svc) = (*id, svc.clone());
+                let name = Self::subject(rbac, &svc);
+                async move {
+                    let ok = review
+                        .allowed(&user, Self::verb(&svc), &svc.namespace, &name)
+                        .await;
+                    ok.then_some((id, svc))
+                }
+            })
+            .collect();
+        let answers: Vec<Option<_>> = futures::stream::iter(checks)
+            .buffer_unordered(REVIEWS_IN_FLIGHT)
+            .collect()
+            .await;
+        answers.into_iter().flatten().collect()
+    }
+
+    /// Whether `who` may reach `service`, from the answers [`Self::visible`]
+    /// gathered. A stale answer is still used (and refreshed in the
+    /// background) for up to 4 cache lifetimes; a missing one denies.
+    pub fn may_reach(&self, who: &Identity, service: &Service) -> bool {
+        let (Some(rbac), Some(user)) = (&self.rbac, &who.user) else {
+            return true;
+        };
+        let name = Self::subject(rbac, service);
+        let verb = Self::verb(service);
+        match rbac.review.cached(user, verb, &service.namespace, &name) {
+            Some((allowed, true)) => allowed,
+            cached => {
+                let review = rbac.review.clone();
+                let (user, ns) = (user.clone(), service.namespace.clone());
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move { review.allowed(&user, verb, &ns, &name).await });
+                }
+                cached.is_some_and(|(allowed, _)| allowed)
+            }
+        }
+    }
+
+    /// Whether `who` may claim the C2L service `key` (`namespace/name`):
+    /// `update` on that Service.
+    pub async fn may_claim(&self, who: &Identity, key: &str) -> Result<(), Denied> {
+        let (Some(rbac), Some(user)) = (&self.rbac, &who.user) else {
+            return Ok(());
+        };
+        let (ns, entry) = key.split_once('/').unwrap_or(("", key));
+        let name = rbac.store.origin(key).unwrap_or_else(|| entry.to_owned());
+        if rbac
+            .review
+            .allowed(user, kubernetes::Verb::Update, ns, &name)
+            .await
+        {
+            Ok(())
+        } else {
+            Err(Denied::NotAllowed(format!(
+                "{} may not claim {key}: RBAC does not allow `update` on Service {ns}/{name}",
+                user.username
+            )))
+        }
     }
 }
 
@@ -74,25 +221,30 @@ mod tests {
                 name: "alice".into(),
                 secret: "0123456789abcdef".into(),
             }],
+            rbac: None,
         }
     }
 
-    #[test]
-    fn right_token_authenticates() {
+    #[tokio::test]
+    async fn right_token_authenticates() {
         let id = access()
             .authenticate(&Credential::Bearer("0123456789abcdef".into()))
+            .await
             .unwrap();
         assert_eq!(id.name, "alice");
+        assert!(id.user.is_none());
     }
 
-    #[test]
-    fn wrong_or_missing_token_is_denied() {
+    #[tokio::test]
+    async fn wrong_or_missing_token_is_denied() {
         assert_eq!(
-            access().authenticate(&Credential::Bearer("0123456789abcdeX".into())),
+            access()
+                .authenticate(&Credential::Bearer("0123456789abcdeX".into()))
+                .await,
             Err(Denied::BadToken)
         );
         assert_eq!(
-            access().authenticate(&Credential::None),
+            access().authenticate(&Credential::None).await,
             Err(Denied::Missing)
         );
     }

@@ -21,6 +21,10 @@ pub struct CatalogStore {
     sources: Mutex<Sources>,
     tx: watch::Sender<Arc<Catalog>>,
     metrics: Metrics,
+    /// Catalog key → the Kubernetes Service that publishes it, where the
+    /// runtime knows one (a bridge `kafka-0` comes from Service `kafka`):
+    /// what RBAC is asked about.
+    origins: Mutex<HashMap<String, String>>,
 }
 
 #[derive(Default)]
@@ -48,6 +52,7 @@ impl CatalogStore {
                 sources: Mutex::new(Sources::default()),
                 tx,
                 metrics,
+                origins: Mutex::new(HashMap::new()),
             }),
             rx,
         )
@@ -115,6 +120,17 @@ impl CatalogStore {
                 true
             }
         });
+    }
+
+    /// Replaces the origins of runtime entries (catalog key → the name of
+    /// the Kubernetes Service in the same namespace that publishes it).
+    pub fn set_origins(&self, origins: HashMap<String, String>) {
+        *lock(&self.origins) = origins;
+    }
+
+    /// The Kubernetes Service behind catalog key `key`, if known.
+    pub fn origin(&self, key: &str) -> Option<String> {
+        lock(&self.origins).get(key).cloned()
     }
 
     /// The current catalog.

@@ -81,6 +81,24 @@ struct RawConfig {
     reverse_bind: std::net::IpAddr,
     #[serde(default = "default_adhoc_namespace")]
     adhoc_namespace: String,
+    rbac: Option<RawRbac>,
+    #[serde(default = "default_max_udp_flows")]
+    max_udp_flows: usize,
+    #[serde(default = "default_udp_idle_timeout_ms")]
+    udp_idle_timeout_ms: u64,
+}
+
+/// `[rbac]`: authenticate daemons by their Kubernetes credential and
+/// authorize with RBAC (see [`crate::access::kubernetes`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRbac {
+    #[serde(default = "default_rbac_cache_ttl_ms")]
+    cache_ttl_ms: u64,
+}
+
+fn default_rbac_cache_ttl_ms() -> u64 {
+    10_000
 }
 
 #[derive(Deserialize)]
@@ -104,6 +122,12 @@ fn default_reverse_bind() -> std::net::IpAddr {
 }
 fn default_adhoc_namespace() -> String {
     "default".into()
+}
+fn default_max_udp_flows() -> usize {
+    1024
+}
+fn default_udp_idle_timeout_ms() -> u64 {
+    60_000
 }
 
 /// Where services come from.
@@ -184,6 +208,13 @@ pub struct Config {
     pub reverse_bind: std::net::IpAddr,
     /// Namespace of services exposed ad hoc (`netmux expose`).
     pub adhoc_namespace: String,
+    /// Kubernetes RBAC: `Some(how long answers are cached)`; configured
+    /// tokens are accepted besides.
+    pub rbac: Option<Duration>,
+    /// UDP flows one daemon may have open at once; more are refused.
+    pub max_udp_flows: usize,
+    /// A UDP flow idle this long is closed.
+    pub udp_idle_timeout: Duration,
 }
 
 /// Shortest accepted token: long enough not to be guessed.
@@ -232,10 +263,16 @@ impl Config {
                 secret: t.token,
             });
         }
-        if tokens.is_empty() {
+        if tokens.is_empty() && raw.rbac.is_none() {
             return Err(invalid(
                 "token",
-                "no [[token]] configured: every daemon would be refused; add one".into(),
+                "no [[token]] configured and no [rbac]: every daemon would be refused; add a token or [rbac]".into(),
+            ));
+        }
+        if raw.rbac.as_ref().is_some_and(|r| r.cache_ttl_ms == 0) {
+            return Err(invalid(
+                "rbac.cache_ttl_ms",
+                "must be positive (a few seconds: how long an RBAC answer is reused)".into(),
             ));
         }
         if raw.dial_timeout_ms == 0 || raw.hello_timeout_ms == 0 {
@@ -289,6 +326,9 @@ impl Config {
             hello_timeout: Duration::from_millis(raw.hello_timeout_ms),
             reverse_bind: raw.reverse_bind,
             adhoc_namespace: raw.adhoc_namespace,
+            rbac: raw.rbac.map(|r| Duration::from_millis(r.cache_ttl_ms)),
+            max_udp_flows: raw.max_udp_flows,
+            udp_idle_timeout: Duration::from_millis(raw.udp_idle_timeout_ms.max(100)),
         })
     }
 }
@@ -335,6 +375,17 @@ services = "services.toml"
             .to_string();
         assert!(err.contains("token[0].token"), "{err}");
         assert!(err.contains("shorter than 16"), "{err}");
+    }
+
+    #[test]
+    fn rbac_alone_is_enough() {
+        let text = GOOD.replace(
+            "[[token]]\nname = \"alice\"\ntoken = \"0123456789abcdef0123\"\n",
+            "[rbac]\ncache_ttl_ms = 5000\n",
+        );
+        let c = Config::parse(Path::new("s.toml"), &text).unwrap();
+        assert_eq!(c.rbac, Some(Duration::from_secs(5)));
+        assert!(c.tokens.is_empty());
     }
 
     #[test]

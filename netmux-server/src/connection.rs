@@ -39,9 +39,20 @@ pub async fn serve(conn: Connection, server: Arc<Server>) {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 client: format!("{} ({remote})", identity.name),
                 conn: conn.clone(),
+                flows: netmux_common::tunnel::udp::Flows::new(
+                    server.config.max_udp_flows,
+                    server.config.udp_idle_timeout,
+                    crate::udp::Meter::new(server.metrics.clone(), server.catalog.clone()),
+                ),
             };
+            let udp = tokio::spawn(crate::udp::serve(
+                conn.clone(),
+                server.clone(),
+                identity.clone(),
+                holder.flows.clone(),
+            ));
             let streams = accept_streams(conn.clone(), server.clone(), identity.clone());
-            let control = control_loop(session, send, recv, server.clone(), &holder);
+            let control = control_loop(session, send, recv, server.clone(), &holder, &identity);
             let reason = tokio::select! {
                 r = control => r,
                 () = streams => Ok(()),
@@ -53,6 +64,8 @@ pub async fn serve(conn: Connection, server: Arc<Server>) {
                     conn.close(VarInt::from_u32(e.close_code()), e.to_string().as_bytes());
                 }
             }
+            udp.abort();
+            holder.flows.clear_answered();
             server.reverse.release_all(holder.session);
             server.metrics.sessions_active.dec();
         }
@@ -112,14 +125,10 @@ async fn handshake(conn: &Connection, server: &Server) -> Result<Handshake, Sess
             return Err(e);
         }
     };
-    match server.access.authenticate(&hello.credential) {
+    match server.access.authenticate(&hello.credential).await {
         Ok(identity) => {
             let catalog = server.catalog.borrow().clone();
-            let visible = catalog
-                .iter()
-                .filter(|(_, s)| server.access.may_reach(&identity, s))
-                .map(|(k, v)| (*k, v.clone()))
-                .collect();
+            let visible = server.access.visible(&identity, &catalog).await;
             session.accept(
                 &format!("netmux-server {}", env!("CARGO_PKG_VERSION")),
                 &visible,
@@ -144,6 +153,7 @@ async fn control_loop(
     mut recv: RecvStream,
     server: Arc<Server>,
     holder: &crate::reverse::Holder,
+    identity: &Identity,
 ) -> Result<(), SessionError> {
     let mut catalog = server.catalog.clone();
     catalog.mark_unchanged();
@@ -153,7 +163,7 @@ async fn control_loop(
                 Ok(Some(c)) => {
                     session.handle_input(&c.bytes)?;
                     while let Some(event) = session.poll_event() {
-                        handle_event(&server, holder, &mut session, event).await;
+                        handle_event(&server, holder, identity, &mut session, event).await;
                     }
                 }
                 Ok(None) => return Ok(()),
@@ -165,7 +175,7 @@ async fn control_loop(
                     return Ok(());
                 }
                 let current = catalog.borrow_and_update().clone();
-                session.update_catalog(&current);
+                session.update_catalog(&server.access.visible(identity, &current).await);
             }
         }
         flush(&mut session, &mut send).await?;
@@ -176,13 +186,17 @@ async fn control_loop(
 async fn handle_event(
     server: &Server,
     holder: &crate::reverse::Holder,
+    identity: &Identity,
     session: &mut ServerSession,
     event: ServerEvent,
 ) {
     match event {
         ServerEvent::Hello(_) => {}
         ServerEvent::Claim { request, service } => {
-            let r = server.reverse.claim(holder, &service).await;
+            let r = match server.access.may_claim(identity, &service).await {
+                Ok(()) => server.reverse.claim(holder, &service).await,
+                Err(denied) => Err(denied.to_string()),
+            };
             if let Err(e) = &r {
                 tracing::info!(client = %holder.client, %service, error = %e, "claim refused");
             }
@@ -194,10 +208,16 @@ async fn handle_event(
             port,
             target_port,
         } => {
-            let r = server
-                .reverse
-                .expose(holder, &name, port, target_port)
-                .await;
+            let key = format!("{}/{name}", server.config.adhoc_namespace);
+            let r = match server.access.may_claim(identity, &key).await {
+                Ok(()) => {
+                    server
+                        .reverse
+                        .expose(holder, &name, port, target_port)
+                        .await
+                }
+                Err(denied) => Err(denied.to_string()),
+            };
             if let Err(e) = &r {
                 tracing::info!(client = %holder.client, %name, error = %e, "expose refused");
             }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod reverse;
 pub mod runtime;
 pub mod transport;
+pub mod udp;
 
 use std::sync::Arc;
 
@@ -55,7 +56,7 @@ pub async fn run(
         .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "QUIC endpoint ready");
     let server = Arc::new(Server {
-        access: access::Access::from_config(&config),
+        access: access::Access::from_config(&config, &store),
         reverse: reverse::Claims::new(
             store,
             metrics.clone(),

@@ -30,6 +30,14 @@ pub struct Metrics {
     pub connection_errors: IntCounterVec,
     /// Time to dial a target.
     pub connect_latency: HistogramVec,
+    /// UDP datagrams by service, direction and way (sent/received).
+    pub udp_datagrams: IntCounterVec,
+    /// UDP payload bytes by service, direction and way.
+    pub udp_bytes: IntCounterVec,
+    /// UDP datagrams dropped by reason.
+    pub udp_drops: IntCounterVec,
+    /// UDP flows open now.
+    pub udp_flows: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -109,6 +117,29 @@ impl Metrics {
                     .buckets(
                         prometheus::exponential_buckets(0.0001, 2.5, 14).expect("static buckets"),
                     ),
+                    SVC,
+                )
+                .expect("static metric"),
+            ),
+            udp_datagrams: counter(
+                "netmux_server_udp_datagrams_total",
+                "UDP datagrams by way (sent towards daemons / received from them)",
+                &["service", "direction", "way"],
+            ),
+            udp_bytes: counter(
+                "netmux_server_udp_bytes_total",
+                "UDP payload bytes by way",
+                &["service", "direction", "way"],
+            ),
+            udp_drops: counter(
+                "netmux_server_udp_drops_total",
+                "UDP datagrams dropped by reason",
+                &["service", "direction", "reason"],
+            ),
+            udp_flows: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("netmux_server_udp_flows_active", "UDP flows open now"),
                     SVC,
                 )
                 .expect("static metric"),

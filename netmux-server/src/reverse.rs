@@ -29,6 +29,8 @@ pub struct Holder {
     pub client: String,
     /// Its QUIC connection, where reverse streams are opened.
     pub conn: Connection,
+    /// Its UDP flows (C2L UDP services originate flows here).
+    pub flows: Arc<netmux_common::tunnel::udp::Flows>,
 }
 
 struct Claim {
@@ -172,7 +174,23 @@ impl Claims {
                 listeners.push((l, p.port));
             }
         }
-        let tasks = listeners
+        let mut udp_tasks = Vec::new();
+        for ip in &addrs {
+            for p in svc.ports.iter().filter(|p| p.protocol == Protocol::Udp) {
+                let addr = SocketAddr::new(*ip, p.port);
+                let socket = tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on udp {addr} for {key}: {e}"))?;
+                let conn = holder.conn.clone();
+                let id = svc.id;
+                udp_tasks.push(tokio::spawn(holder.flows.clone().originate(
+                    Arc::new(socket),
+                    p.port,
+                    move || Some((conn.clone(), id)),
+                )));
+            }
+        }
+        let tasks: Vec<_> = listeners
             .into_iter()
             .map(|(l, port)| {
                 tokio::spawn(accept(
@@ -184,6 +202,7 @@ impl Claims {
                     self.metrics.clone(),
                 ))
             })
+            .chain(udp_tasks)
             .collect();
         let mut table = lock(&self.table);
         if let Some(existing) = table.get(&key) {

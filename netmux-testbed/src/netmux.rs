@@ -43,6 +43,8 @@ pub struct ServiceSpec {
     pub target_port: u16,
     /// `"L2C"` or `"C2L"`.
     pub direction: &'static str,
+    /// `"tcp"` or `"udp"`.
+    pub protocol: &'static str,
 }
 
 impl ServiceSpec {
@@ -55,6 +57,7 @@ impl ServiceSpec {
             port,
             target_port,
             direction: "L2C",
+            protocol: "tcp",
         }
     }
 
@@ -97,7 +100,7 @@ pub fn services_toml(services: &[ServiceSpec]) -> String {
         let _ = write!(
             s,
             "[[service]]\nname = {}\nnamespace = {}\naddresses = [{}]\naliases = []\n\
-             direction = {}\nports = [{{ port = {}, target_port = {}, name = \"p{}\" }}]\n\n",
+             direction = {}\nports = [{{ port = {}, target_port = {}, name = \"p{}\", protocol = {} }}]\n\n",
             toml_str(&svc.name),
             toml_str(&svc.namespace),
             toml_str(&svc.address.to_string()),
@@ -105,6 +108,7 @@ pub fn services_toml(services: &[ServiceSpec]) -> String {
             svc.port,
             svc.target_port,
             svc.port,
+            toml_str(svc.protocol),
         );
     }
     s

@@ -168,19 +168,22 @@ fn ipv6_v4_mapped_getpeername_and_a_static_binary() {
         );
         // A dual-stack socket dialling the v4-mapped form (what JVMs do), and
         // what it sees as its peer.
-        let py = "import socket\n\
-for fam, addr in ((socket.AF_INET6, ('::ffff:10.96.0.10', 80)), (socket.AF_INET, ('10.96.0.10', 80))):\n\
-    s = socket.socket(fam, socket.SOCK_STREAM)\n\
-    s.settimeout(5)\n\
-    s.connect(addr)\n\
-    print('peer', s.getpeername()[0], s.getpeername()[1])\n\
-    s.sendall(b'GET /py HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n\
-    data = b''\n\
-    while True:\n\
-        c = s.recv(4096)\n\
-        if not c: break\n\
-        data += c\n\
-    print('ok' if b'path=/py' in data else 'bad')\n";
+        let py = r#"
+import socket
+for fam, addr in ((socket.AF_INET6, ('::ffff:10.96.0.10', 80)), (socket.AF_INET, ('10.96.0.10', 80))):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(addr)
+    print('peer', s.getpeername()[0], s.getpeername()[1])
+    s.sendall(b'GET /py HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+    data = b''
+    while True:
+        c = s.recv(4096)
+        if not c:
+            break
+        data += c
+    print('ok' if b'path=/py' in data else 'bad')
+"#;
         let out = w.inside("python3", &["-c", py]);
         assert!(out.success(), "python: {}", out.stderr);
         let lines: Vec<&str> = out.stdout.lines().collect();

@@ -57,6 +57,12 @@ enum Mode {
         #[command(flatten)]
         listen: ListenArgs,
     },
+    /// UDP echo: every datagram is sent back to its sender.
+    Udp {
+        /// Address to listen on (repeatable).
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+    },
     /// Reads to EOF, answers "<count> <checksum>\n".
     Sink {
         #[command(flatten)]
@@ -85,6 +91,7 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Mode::Tcp { listen } => serve(listen, |sock, _| stream::echo(sock)).await,
+            Mode::Udp { listen } => udp_echo(listen).await,
             Mode::Sink { listen } => serve(listen, |sock, _| stream::sink(sock)).await,
             Mode::Source { listen } => serve(listen, |sock, _| stream::source(sock)).await,
         }
@@ -145,6 +152,32 @@ where
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
         _ = tasks.join_next() => {}
+    }
+    Ok(())
+}
+
+/// Echoes datagrams on every `listen` address until killed.
+async fn udp_echo(listen: Vec<SocketAddr>) -> anyhow::Result<()> {
+    let mut tasks = Vec::new();
+    for addr in listen {
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding udp {addr}"))?;
+        eprintln!("nx-echo udp listening on {addr}");
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match socket.recv_from(&mut buf).await {
+                    Ok((n, peer)) => {
+                        let _ = socket.send_to(&buf[..n], peer).await;
+                    }
+                    Err(e) => eprintln!("nx-echo udp: {e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("udp echo task")?;
     }
     Ok(())
 }

@@ -5,8 +5,10 @@
 //! * `demo`: netmux in a two-namespace sandbox, end to end, then cleans up.
 //! * `run -- ARGS`: builds and runs `netmuxd ARGS`.
 //! * `fuzz --seconds N`: runs every cargo-fuzz target for N seconds.
-//! * `bench`: not implemented yet (issue 7).
+//! * `bench [--quick]`: netmux next to ssh -L, rathole, socat and raw quinn
+//!   (issue 7); writes BENCHMARKS.md.
 
+mod bench;
 mod demo;
 mod prereq;
 mod util;
@@ -57,8 +59,8 @@ enum Task {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Benchmarks (not implemented yet).
-    Bench,
+    /// Benchmarks against the alternatives; writes BENCHMARKS.md.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,10 +79,7 @@ fn main() -> anyhow::Result<()> {
             run(&mut cmd)
         }
         Task::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
-        Task::Bench => {
-            eprintln!("cargo xtask bench: not yet implemented: see issue 7 (no results are faked)");
-            std::process::exit(2);
-        }
+        Task::Bench(opts) => bench::bench(opts),
     }
 }
 

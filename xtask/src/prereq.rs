@@ -17,6 +17,8 @@ const COMMANDS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("iptables", "iptables"),
     ("bpftool", "bpftool"),
+    ("dnsmasq", "dnsmasq-base"),
+    ("python3", "python3"),
 ];
 
 /// Packages checked with dpkg-query (libraries for bpf-linker).

@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod codec;
 pub mod control;
+pub mod datagram;
 pub mod frame;
 pub mod hello;
 pub mod session;

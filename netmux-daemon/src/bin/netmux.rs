@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use netmux_daemon::api::{Reply, Request, Row};
 use netmux_daemon::config::{Config, DEFAULT_CONFIG, DEFAULT_SOCKET};
 use netmux_daemon::control;
+use netmux_daemon::system::cli as sys;
 use netmux_daemon::system::hosts::HostsFile;
 
 /// netmux command line client.
@@ -99,6 +100,23 @@ enum Command {
     Exit,
     /// Removes every trace of netmux (works even if the daemon crashed).
     Cleanup,
+    /// Re-reads the daemon's config; unchanged endpoints keep their tunnels.
+    Reload,
+    /// Installs netmux as a system service (binaries, unit, user, config).
+    Install(sys::InstallArgs),
+    /// Removes what `install` installed (after `cleanup`).
+    Uninstall(sys::UninstallArgs),
+    /// Checks the workstation and explains each problem with its fix.
+    Doctor(sys::DoctorArgs),
+    /// Shows netmuxd's logs (journald).
+    Logs(sys::LogsArgs),
+    /// Prints a shell completion script.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page (generated from these definitions).
+    Man(sys::ManArgs),
 }
 
 fn print_rows(rows: &[Row]) {
@@ -204,6 +222,13 @@ async fn main() -> ExitCode {
         Command::Status { output } => (Request::Status, *output),
         Command::Exit => (Request::Exit, Output::Table),
         Command::Cleanup => (Request::Cleanup, Output::Table),
+        Command::Reload => (Request::Reload, Output::Table),
+        Command::Install(a) => return sys::run_install(a, &Cli::command()),
+        Command::Uninstall(a) => return sys::run_uninstall(a, &cli.socket).await,
+        Command::Doctor(a) => return sys::run_doctor(a, &cli.config, &cli.socket).await,
+        Command::Logs(a) => return sys::run_logs(a),
+        Command::Completions { shell } => return sys::run_completions(*shell, &Cli::command()),
+        Command::Man(a) => return sys::run_man(a, &Cli::command()),
     };
     let response = match control::call(&cli.socket, &request).await {
         Ok(r) => r,

@@ -18,12 +18,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // journald (structured fields) under systemd, text on stderr otherwise.
+    netmux_daemon::system::journal::init();
     let args = Args::parse();
     let config = Config::load(&args.config)?;
     let metrics = Metrics::new();
@@ -55,6 +51,21 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(socket = %socket.display(), "netmuxd ready");
     let control = tokio::spawn(control::serve(listener, gid, daemon.clone()));
+    notify(netmux_daemon::system::notify::State::Ready);
+    // SIGHUP (systemctl reload) re-reads the config like `netmux reload`.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing SIGHUP handler")?;
+    let reloader = daemon.clone();
+    let reload_task = tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            notify(netmux_daemon::system::notify::State::Reloading);
+            match reloader.reload_from_disk().await {
+                Ok(r) => tracing::info!(result = ?r, "SIGHUP: reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
+            }
+            notify(netmux_daemon::system::notify::State::Ready);
+        }
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
     tokio::select! {
@@ -62,7 +73,9 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("terminated"),
         () = daemon.exit.notified() => tracing::info!("exit requested"),
     }
+    notify(netmux_daemon::system::notify::State::Stopping);
     control.abort();
+    reload_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }
@@ -72,4 +85,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) about `state`; a no-op elsewhere.
+fn notify(state: netmux_daemon::system::notify::State) {
+    if let Err(e) = netmux_daemon::system::notify::notify(state, None) {
+        tracing::warn!(error = %e, ?state, "sd_notify failed");
+    }
 }

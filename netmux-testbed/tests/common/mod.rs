@@ -68,3 +68,15 @@ pub fn restart_server(sb: &Sandbox, nm: &mut Netmux<'_>) {
         .expect("restart server");
     nm.server = p;
 }
+
+/// Starts `nx-echo udp --listen ADDR` on `side`.
+pub fn nx_echo_udp(sb: &Sandbox, side: Side, label: &str, addr: SocketAddr) -> Process {
+    let p = sb
+        .process(side, label, bin("nx-echo").expect("nx-echo built"))
+        .args(["udp", "--listen", &addr.to_string()])
+        .spawn()
+        .expect("start nx-echo udp");
+    // A UDP server has no accept to wait for; give it a moment to bind.
+    std::thread::sleep(Duration::from_millis(200));
+    p
+}

@@ -323,8 +323,19 @@ pub fn catalog_from<S: Borrow<KService>, E: Borrow<EndpointSlice>>(
     slices: &[E],
     options: &CatalogOptions,
 ) -> (Vec<Service>, Vec<Problem>) {
+    let (out, problems) = catalog_with_origins(services, slices, options);
+    (out.into_iter().map(|(s, _)| s).collect(), problems)
+}
+
+/// [`catalog_from`], each entry with the name of the Kubernetes Service
+/// (same namespace) that publishes it: what RBAC is asked about.
+pub fn catalog_with_origins<S: Borrow<KService>, E: Borrow<EndpointSlice>>(
+    services: &[S],
+    slices: &[E],
+    options: &CatalogOptions,
+) -> (Vec<(Service, String)>, Vec<Problem>) {
     let index = Index::new(services, slices, &options.cluster_domain);
-    let mut out: Vec<Service> = Vec::new();
+    let mut out: Vec<(Service, String)> = Vec::new();
     let mut problems = Vec::new();
     let mut taken: HashMap<(String, String), String> = HashMap::new();
     let all = index
@@ -374,7 +385,7 @@ pub fn catalog_from<S: Borrow<KService>, E: Borrow<EndpointSlice>>(
                 continue;
             }
             taken.insert(key, format!("{ns}/{name}"));
-            out.push(entry);
+            out.push((entry, name.to_owned()));
         }
     }
     (out, problems)

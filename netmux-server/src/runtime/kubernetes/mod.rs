@@ -27,7 +27,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use serde::Deserialize;
 
-pub use catalog::{catalog_from, CatalogOptions, Problem, ProblemKind};
+pub use catalog::{catalog_from, catalog_with_origins, CatalogOptions, Problem, ProblemKind};
 
 use super::RuntimeHandle;
 use crate::catalog::CatalogStore;
@@ -310,13 +310,19 @@ impl Driver {
     fn publish(&self) {
         let services: Vec<Arc<KService>> = self.services.iter().flat_map(|s| s.state()).collect();
         let slices: Vec<Arc<EndpointSlice>> = self.slices.iter().flat_map(|s| s.state()).collect();
-        let (catalog, problems) = catalog_from(&services, &slices, &self.options);
+        let (entries, problems) = catalog_with_origins(&services, &slices, &self.options);
         tracing::debug!(
-            services = catalog.len(),
+            services = entries.len(),
             problems = problems.len(),
             "catalog rebuilt"
         );
-        self.store.publish(catalog);
+        let origins = entries
+            .iter()
+            .map(|(s, origin)| (s.key(), origin.clone()))
+            .collect();
+        self.store.set_origins(origins);
+        self.store
+            .publish(entries.into_iter().map(|(s, _)| s).collect());
         let fresh: Vec<Problem> = {
             let mut reported = lock(&self.reported);
             let now: HashSet<Problem> = problems.iter().cloned().collect();

@@ -1,0 +1,277 @@
+//! `nx-probe`: latency and scale probes against an echo server (`nx-echo
+//! tcp`). Each prints one JSON object on stdout.
+//!
+//! * `connect-rtt`: fresh TCP connection, 1 byte out, 1 byte back, close;
+//!   the time of all that per sample.
+//! * `reqlat`: one connection, 64-byte request/echo at a fixed rate for a
+//!   while (run next to a bulk transfer for head-of-line blocking).
+//! * `idle`: opens N connections, echoes once on each, holds them, reads
+//!   the RSS of the given processes, echoes again on every one.
+//! * `connect-close`: connect() + close() N times (no data), total time.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bench_tools::Stats;
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Parser)]
+#[command(name = "nx-probe")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    ConnectRtt {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// Pause between samples.
+        #[arg(long, default_value_t = 20)]
+        pause_ms: u64,
+    },
+    Reqlat {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Requests per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+    },
+    Idle {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Processes whose VmRSS to report (label=pid).
+        #[arg(long)]
+        rss: Vec<String>,
+        /// Seconds to hold the connections idle before re-checking.
+        #[arg(long, default_value_t = 3)]
+        hold_secs: u64,
+    },
+    ConnectClose {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
+}
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn connect_rtt(addr: SocketAddr, count: usize, pause: Duration) -> anyhow::Result<()> {
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t0 = Instant::now();
+        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.write_all(b"x")?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).context("reading the echo")?;
+        samples.push(t0.elapsed().as_secs_f64() * 1e6);
+        drop(s);
+        std::thread::sleep(pause);
+    }
+    let st = Stats::of(&mut samples).context("no samples")?;
+    println!("{{{}}}", st.json_fields());
+    Ok(())
+}
+
+fn reqlat(addr: SocketAddr, seconds: f64, rate: u32) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let req = [0x42u8; 64];
+    let mut resp = [0u8; 64];
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(seconds);
+    let mut next = start;
+    let mut samples = Vec::new();
+    while Instant::now() < end {
+        let t0 = Instant::now();
+        s.write_all(&req)?;
+        s.read_exact(&mut resp).context("reading the echo")?;
+        samples.push(t0.elapsed().as_secs_f64() * 1e6);
+        next += period;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+    let st = Stats::of(&mut samples).context("no samples")?;
+    println!("{{{}}}", st.json_fields());
+    Ok(())
+}
+
+fn rss_kib(pid: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+fn rss_all(specs: &[String]) -> anyhow::Result<Vec<(String, u64)>> {
+    specs
+        .iter()
+        .map(|s| {
+            let (label, pid) = s.split_once('=').context("--rss wants label=pid")?;
+            Ok((label.to_owned(), rss_kib(pid)?))
+        })
+        .collect()
+}
+
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+async fn echo_once(s: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    s.write_all(b"ping").await?;
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await?;
+    Ok(())
+}
+
+async fn idle(addr: SocketAddr, count: usize, rss: Vec<String>, hold: u64) -> anyhow::Result<()> {
+    raise_nofile();
+    let before = rss_all(&rss)?;
+    let t0 = Instant::now();
+    let mut conns: Vec<tokio::net::TcpStream> = Vec::with_capacity(count);
+    // Open in waves of 200 to keep accept queues short.
+    for wave in (0..count).collect::<Vec<_>>().chunks(200) {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in wave {
+            set.spawn(async move {
+                let mut s = tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| std::io::Error::other("connect timeout"))??;
+                s.set_nodelay(true)?;
+                tokio::time::timeout(IO_TIMEOUT, echo_once(&mut s))
+                    .await
+                    .map_err(|_| std::io::Error::other("echo timeout"))??;
+                Ok::<_, std::io::Error>(s)
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            conns.push(r?.with_context(|| format!("connection {}", conns.len()))?);
+        }
+    }
+    let open_secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let after = rss_all(&rss)?;
+    // Every connection still usable.
+    let mut ok = 0usize;
+    for chunk in conns.chunks_mut(500) {
+        let mut futs = Vec::new();
+        for s in chunk.iter_mut() {
+            futs.push(tokio::time::timeout(IO_TIMEOUT, echo_once(s)));
+        }
+        for r in futures_join(futs).await {
+            if matches!(r, Ok(Ok(()))) {
+                ok += 1;
+            }
+        }
+    }
+    let rss_json: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .map(|((l, b), (_, a))| format!("\"{l}\":{{\"before_kib\":{b},\"after_kib\":{a}}}"))
+        .collect();
+    println!(
+        "{{\"count\":{count},\"usable_after\":{ok},\"open_seconds\":{open_secs:.2},\"rss\":{{{}}}}}",
+        rss_json.join(",")
+    );
+    if ok != count {
+        bail!("{} of {count} connections failed the second echo", count - ok);
+    }
+    Ok(())
+}
+
+/// Awaits all futures concurrently (no extra dependency for join_all).
+async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in pinned.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+fn connect_close(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let mut samples = Vec::with_capacity(count);
+    let t0 = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        drop(s);
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let total = t0.elapsed().as_secs_f64();
+    let st = Stats::of(&mut samples).context("no samples")?;
+    println!("{{{},\"total_seconds\":{total:.4}}}", st.json_fields());
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.mode {
+        Mode::ConnectRtt {
+            addr,
+            count,
+            pause_ms,
+        } => connect_rtt(addr, count, Duration::from_millis(pause_ms)),
+        Mode::Reqlat {
+            addr,
+            seconds,
+            rate,
+        } => reqlat(addr, seconds, rate),
+        Mode::Idle {
+            addr,
+            count,
+            rss,
+            hold_secs,
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(idle(addr, count, rss, hold_secs)),
+        Mode::ConnectClose { addr, count } => connect_close(addr, count),
+    }
+}

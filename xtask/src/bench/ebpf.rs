@@ -1,0 +1,141 @@
+//! Scenario 8: the eBPF connect redirect's cost. A sandbox of its own,
+//! because netmuxd runs there with `redirect = "ebpf"` attached to a
+//! private child cgroup (the bench's main deployment uses the loopback
+//! backend). connect()+close is timed to the service's cluster address from
+//! inside the cgroup (rewritten by the hook to netmuxd's listener) and to
+//! that listener dialled directly from outside the cgroup (no hook), and,
+//! for the cost of a lookup miss, to the listener from inside.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use netmux_testbed::cgroup::ChildCgroup;
+use netmux_testbed::netmux::{Netmux, ServiceSpec, ENDPOINT, TOKEN};
+use netmux_testbed::{bin, Sandbox, Side};
+
+use super::{loadavg, Outcome, Peer, Row, Settings, Table};
+
+const SERVICE: &str = "10.96.0.30";
+const PORT: u16 = 9000;
+
+/// Finds a 127.77.x.y address in `netmux ls` JSON (the service's listener).
+fn find_listener(v: &serde_json::Value) -> Option<IpAddr> {
+    match v {
+        serde_json::Value::String(s) => s
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .find_map(|w| w.parse::<IpAddr>().ok())
+            .filter(|ip| ip.to_string().starts_with("127.77.")),
+        serde_json::Value::Array(a) => a.iter().find_map(find_listener),
+        serde_json::Value::Object(o) => o.values().find_map(find_listener),
+        _ => None,
+    }
+}
+
+pub fn scenario8(s: &Settings) -> anyhow::Result<Table> {
+    let load = loadavg();
+    let sb = Sandbox::with_prefix("nxb8").context("sandbox")?;
+    let echo = bin("nx-echo")?;
+    let _backend = sb
+        .process(Side::Cluster, "echo", &echo)
+        .args(["tcp", "--listen", &format!("0.0.0.0:{PORT}")])
+        .spawn()?;
+    let cg = ChildCgroup::new(&format!("nxb8-cg-{}", std::process::id()))?;
+    let extra = format!("redirect = \"ebpf\"\ncgroup = \"{}\"\n", cg.path().display());
+    let svc: IpAddr = SERVICE.parse()?;
+    let nm = Netmux::start_with(&sb, &[ServiceSpec::l2c("echo", svc, PORT, PORT)], TOKEN, &extra)
+        .context("netmux with redirect = \"ebpf\"")?;
+    for args in [vec!["connect", ENDPOINT], vec!["start", ENDPOINT, "+"]] {
+        let out = nm.cli(&args)?;
+        if !out.success() {
+            bail!("netmux {}: {}{}", args.join(" "), out.stdout, out.stderr);
+        }
+    }
+    if !nm.daemon.log().to_lowercase().contains("ebpf") {
+        bail!("netmuxd did not report the eBPF backend:\n{}", nm.daemon.log());
+    }
+    let ls = nm.ls()?;
+    let listener = find_listener(&serde_json::Value::Array(ls.clone()))
+        .with_context(|| format!("no 127.77.x.y listener in `netmux ls`: {ls:?}"))?;
+    let listener = SocketAddr::new(listener, PORT);
+    let service = SocketAddr::new(svc, PORT);
+    sb.wait_for_tcp(Side::Workstation, listener, Duration::from_secs(10))?;
+    let probe = bin("nx-probe")?.to_string_lossy().into_owned();
+    let count = if s.quick { 2_000 } else { 10_000 };
+    let run = |inside: bool, addr: SocketAddr| -> anyhow::Result<f64> {
+        let args = vec![
+            "connect-close".to_owned(),
+            "--addr".into(),
+            addr.to_string(),
+            "--count".into(),
+            count.to_string(),
+        ];
+        let out = if inside {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            sb.process(Side::Workstation, "probe-in-cgroup", "sh")
+                .args(cg.wrap(&probe, &a))
+                .run(Duration::from_secs(120))?
+                .ok()?
+        } else {
+            sb.exec(Side::Workstation, &probe, &args, Duration::from_secs(120))?
+        };
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
+        let total = v["total_seconds"].as_f64().context("total_seconds")?;
+        Ok(total / count as f64 * 1e6)
+    };
+    let cases: [(&'static str, bool, SocketAddr); 3] = [
+        ("redirected: cluster address, in cgroup", true, service),
+        ("listener dialled directly, no hook", false, listener),
+        ("listener from inside the cgroup (hook miss)", true, listener),
+    ];
+    let mut rows: Vec<Row> = cases
+        .iter()
+        .map(|(label, _, _)| Row {
+            peer: Peer::Netmux,
+            label: Some(label),
+            outcome: Outcome::Values(Vec::new()),
+            extra: Vec::new(),
+        })
+        .collect();
+    // Warm-up, then interleaved repetitions.
+    let _ = run(true, service);
+    for _ in 0..s.reps.max(3) {
+        for (row, (_, inside, addr)) in rows.iter_mut().zip(cases) {
+            if let Outcome::Values(v) = &mut row.outcome {
+                match run(inside, addr) {
+                    Ok(us) => v.push(us),
+                    Err(e) => row.outcome = Outcome::Failed(format!("{e:#}").chars().take(300).collect()),
+                }
+            }
+        }
+    }
+    let base = rows[1].median();
+    for r in &mut rows {
+        if let (Some(m), Some(b)) = (r.median(), base) {
+            r.extra.push(format!("{:+.1}%", (m / b - 1.0) * 100.0));
+        }
+    }
+    let mut t = Table {
+        id: "s8-ebpf-connect".into(),
+        scenario: 8,
+        title: "eBPF redirect: connect() + close(), per connection".into(),
+        profile: "lan",
+        unit: "µs per connect+close",
+        higher_better: false,
+        rows,
+        extra_cols: vec!["vs listener dialled directly".into()],
+        commands: vec![format!(
+            "nx-probe connect-close --addr ADDR:{PORT} --count {count} (in the cgroup via `sh -c 'echo $$ > CG/cgroup.procs && exec …'`)"
+        )],
+        load: (load, loadavg()),
+        link_check: "lan (bare veth; the connects stay in the workstation namespace)".into(),
+        notes: vec![format!(
+            "netmuxd with `redirect = \"ebpf\"` attached to a private child cgroup; service {service}, \
+             listener {listener}. Each figure is total time / {count} connects."
+        )],
+    };
+    drop(nm);
+    drop(cg);
+    t.notes.push("Overhead = redirected vs listener dialled directly.".into());
+    Ok(t)
+}

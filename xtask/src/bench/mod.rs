@@ -1,0 +1,389 @@
+//! `cargo xtask bench [--quick]` (issue 7): netmux next to the tools a user
+//! would pick instead, same traffic, same run, same machine.
+//!
+//! One [`Sandbox`](netmux_testbed::Sandbox) carries everything: backends
+//! (iperf3, nx-echo, redis, PostgreSQL) in the cluster namespace, one
+//! instance of every peer (netmux, two `ssh -L`, rathole, socat, raw quinn)
+//! set up once, and the link profile switched under them by [`link`]
+//! (a user-space delay/loss line, checked with ping). Each scenario in
+//! [`scenarios`] returns [`Table`]s; [`report`] writes them as Markdown with
+//! PNG charts. Nothing here asserts: the bench reports, the lead judges.
+
+mod chart;
+mod ebpf;
+mod link;
+mod report;
+mod scenarios;
+mod tools;
+mod world;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::util::{cargo, root};
+
+/// Command-line options of `cargo xtask bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Short runs, one repetition, 2,000 idle connections: a few minutes.
+    /// Writes to target/bench/ instead of BENCHMARKS.md.
+    #[arg(long)]
+    pub quick: bool,
+    /// Only these scenarios (1-9, repeatable); default all.
+    #[arg(long = "scenario", value_name = "N")]
+    pub scenarios: Vec<u8>,
+    /// Do not install missing tools (they are reported as skipped).
+    #[arg(long)]
+    pub no_install: bool,
+    /// Use the release binaries already built (e.g. while someone's edit
+    /// breaks the build); the report notes it.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Write the report here (default: BENCHMARKS.md for a full run,
+    /// target/bench/BENCHMARKS.quick.md for --quick).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Durations and counts of one run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub quick: bool,
+    /// Repetitions per figure (median, min, max).
+    pub reps: usize,
+    pub bulk_secs: u64,
+    pub lossy_bulk_secs: u64,
+    pub wrk_secs: u64,
+    pub connect_samples: usize,
+    pub reqlat_secs: u64,
+    pub idle_conns: usize,
+    pub pgbench_secs: u64,
+    pub redis_requests: usize,
+}
+
+impl Settings {
+    fn new(quick: bool) -> Settings {
+        if quick {
+            Settings {
+                quick,
+                reps: 1,
+                bulk_secs: 3,
+                lossy_bulk_secs: 5,
+                wrk_secs: 3,
+                connect_samples: 10,
+                reqlat_secs: 5,
+                idle_conns: 2_000,
+                pgbench_secs: 4,
+                redis_requests: 2_000,
+            }
+        } else {
+            Settings {
+                quick,
+                reps: 3,
+                bulk_secs: 8,
+                lossy_bulk_secs: 10,
+                wrk_secs: 5,
+                connect_samples: 30,
+                reqlat_secs: 10,
+                idle_conns: 10_000,
+                pgbench_secs: 8,
+                redis_requests: 10_000,
+            }
+        }
+    }
+}
+
+/// The tunnels (and the no-tunnel ceiling) every scenario compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    /// No tunnel: the workstation dials the cluster veth address.
+    Direct,
+    /// netmuxd + netmux-server over QUIC.
+    Netmux,
+    /// `ssh -L` with OpenSSH's default cipher.
+    SshDefault,
+    /// `ssh -L -c aes128-gcm@openssh.com`.
+    SshAes,
+    /// rathole with the noise transport.
+    Rathole,
+    /// A plain `socat` TCP relay in the cluster (no encryption).
+    Socat,
+    /// nx-quicperf: raw quinn, one stream, no relay (bulk only).
+    Quinn,
+}
+
+impl Peer {
+    /// Every peer, in table order.
+    pub const ALL: [Peer; 7] = [
+        Peer::Direct,
+        Peer::Netmux,
+        Peer::SshDefault,
+        Peer::SshAes,
+        Peer::Rathole,
+        Peer::Socat,
+        Peer::Quinn,
+    ];
+
+    /// Peers that relay TCP (all but raw quinn).
+    pub const TCP: [Peer; 6] = [
+        Peer::Direct,
+        Peer::Netmux,
+        Peer::SshDefault,
+        Peer::SshAes,
+        Peer::Rathole,
+        Peer::Socat,
+    ];
+
+    /// Name in tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Peer::Direct => "direct",
+            Peer::Netmux => "netmux",
+            Peer::SshDefault => "ssh -L (default cipher)",
+            Peer::SshAes => "ssh -L aes128-gcm",
+            Peer::Rathole => "rathole (noise)",
+            Peer::Socat => "socat relay",
+            Peer::Quinn => "raw quinn (1 stream)",
+        }
+    }
+
+    /// The alternatives a user would pick: "best peer" is the best of these.
+    pub fn is_alternative(self) -> bool {
+        matches!(
+            self,
+            Peer::SshDefault | Peer::SshAes | Peer::Rathole | Peer::Socat
+        )
+    }
+
+    /// Encrypted alternatives.
+    pub fn is_encrypted_alternative(self) -> bool {
+        matches!(self, Peer::SshDefault | Peer::SshAes | Peer::Rathole)
+    }
+}
+
+/// How one peer's figure came out.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// One value per repetition.
+    Values(Vec<f64>),
+    /// Not measured, and why (tool missing, not applicable).
+    Skipped(String),
+    /// The measurement failed.
+    Failed(String),
+}
+
+/// One peer's row of a [`Table`].
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub peer: Peer,
+    /// Shown instead of the peer's label (rows that are variants of one
+    /// peer, as in scenario 8).
+    pub label: Option<&'static str>,
+    pub outcome: Outcome,
+    /// Values for [`Table::extra_cols`].
+    pub extra: Vec<String>,
+}
+
+impl Row {
+    pub fn name(&self) -> &'static str {
+        self.label.unwrap_or_else(|| self.peer.label())
+    }
+
+    pub fn median(&self) -> Option<f64> {
+        match &self.outcome {
+            Outcome::Values(v) if !v.is_empty() => {
+                let mut v = v.clone();
+                v.sort_by(f64::total_cmp);
+                let n = v.len();
+                Some(if n % 2 == 1 {
+                    v[n / 2]
+                } else {
+                    (v[n / 2 - 1] + v[n / 2]) / 2.0
+                })
+            }
+            _ => None,
+        }
+    }
+
+    pub fn min_max(&self) -> Option<(f64, f64)> {
+        match &self.outcome {
+            Outcome::Values(v) if !v.is_empty() => Some((
+                v.iter().copied().fold(f64::INFINITY, f64::min),
+                v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// One measured figure for every peer.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Short id, also the chart's file name (`s1-bulk-lan`).
+    pub id: String,
+    pub scenario: u8,
+    pub title: String,
+    /// `lan`, `wan` or `lossy`.
+    pub profile: &'static str,
+    pub unit: &'static str,
+    pub higher_better: bool,
+    pub rows: Vec<Row>,
+    pub extra_cols: Vec<String>,
+    /// Command lines, with `ADDR`/`PORT` standing for each peer's address.
+    pub commands: Vec<String>,
+    /// /proc/loadavg before and after.
+    pub load: (String, String),
+    /// The link as ping measured it before the run.
+    pub link_check: String,
+    pub notes: Vec<String>,
+}
+
+impl Table {
+    pub fn row(&self, peer: Peer) -> Option<&Row> {
+        self.rows.iter().find(|r| r.peer == peer)
+    }
+
+    pub fn median(&self, peer: Peer) -> Option<f64> {
+        self.row(peer).and_then(Row::median)
+    }
+
+    /// The best alternative (ssh, rathole, socat) by median.
+    pub fn best_alternative(&self, encrypted_only: bool) -> Option<(Peer, f64)> {
+        self.rows
+            .iter()
+            .filter(|r| {
+                if encrypted_only {
+                    r.peer.is_encrypted_alternative()
+                } else {
+                    r.peer.is_alternative()
+                }
+            })
+            .filter_map(|r| r.median().map(|m| (r.peer, m)))
+            .reduce(|a, b| {
+                let b_better = if self.higher_better { b.1 > a.1 } else { b.1 < a.1 };
+                if b_better {
+                    b
+                } else {
+                    a
+                }
+            })
+    }
+}
+
+/// A target of the issue and how this run did against it.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub scenario: u8,
+    pub target: String,
+    pub measured: String,
+    /// `Some(true)` met, `Some(false)` missed, `None` not measured.
+    pub met: Option<bool>,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Default)]
+pub struct Results {
+    pub tables: Vec<Table>,
+    pub verdicts: Vec<Verdict>,
+    /// Scenarios not run, and why.
+    pub pending: Vec<(u8, String)>,
+    /// (peer, how it was started) for the report.
+    pub setup: Vec<(String, String)>,
+}
+
+/// /proc/loadavg, trimmed.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn build() -> anyhow::Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "netmux-server",
+        "-p",
+        "netmux-daemon",
+        "-p",
+        "sample-apps",
+        "-p",
+        "bench-tools",
+        "--bins",
+    ])
+}
+
+/// Entry point of `cargo xtask bench`.
+pub fn bench(opts: Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let settings = Settings::new(opts.quick);
+    let wanted = |n: u8| opts.scenarios.is_empty() || opts.scenarios.contains(&n);
+    if opts.no_build {
+        println!("==> bench: --no-build: using the release binaries as they are");
+    } else {
+        println!("==> bench: building release binaries");
+        build()?;
+    }
+
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    // The testbed's `bin()` looks here only: benchmarks use release builds.
+    std::env::set_var("NETMUX_BIN_DIR", target_dir.join("release"));
+    let tools = tools::prepare(!opts.no_install);
+    let load_start = loadavg();
+    let mut results = Results::default();
+    {
+        let sb = netmux_testbed::Sandbox::with_prefix("nxb").context("creating the sandbox")?;
+        let teardown = sb.teardown_handle();
+        let _ = ctrlc::set_handler(move || {
+            eprintln!("bench: interrupted, tearing the sandbox down");
+            teardown.run();
+            std::process::exit(130);
+        });
+        let mut world = world::World::start(&sb, &tools, &settings)?;
+        results.setup = world.setup_commands.clone();
+        for (peer, why) in &world.unavailable {
+            println!("bench: {} is skipped: {why}", peer.label());
+        }
+        let run = scenarios::run_all(&mut world, &settings, &wanted, &mut results);
+        if let Err(e) = &run {
+            eprintln!("bench: stopped early: {e:#}");
+            sb.dump_logs(30);
+        }
+        world.stop();
+        run?;
+    }
+    let elapsed = started.elapsed();
+    let out = opts.out.clone().unwrap_or_else(|| {
+        if opts.quick {
+            target_dir.join("bench/BENCHMARKS.quick.md")
+        } else {
+            root().join("BENCHMARKS.md")
+        }
+    });
+    let charts = if opts.quick {
+        target_dir.join("bench/charts")
+    } else {
+        root().join("docs/bench")
+    };
+    report::write(&out, &charts, &results, &tools, &settings, &load_start, elapsed)?;
+    println!(
+        "==> bench: done in {:.0?}; report {} (charts in {})",
+        Duration::from_secs(elapsed.as_secs()),
+        out.display(),
+        charts.display()
+    );
+    for v in &results.verdicts {
+        let mark = match v.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "n/a",
+        };
+        println!("  {}: {} -> {} [{mark}]", v.scenario, v.target, v.measured);
+    }
+    Ok(())
+}

@@ -1,0 +1,622 @@
+//! The issue's scenarios 1-9. Each measures every peer, repetition-major
+//! (rep 1 of every peer, then rep 2, ...) so that load drift from other
+//! work on the machine spreads over all peers alike.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use netmux_testbed::{bin, Side};
+
+use super::link::Profile;
+use super::world::{Target, World};
+use super::{loadavg, Outcome, Peer, Results, Row, Settings, Table, Verdict};
+
+/// Runs the wanted scenarios in an order that switches the link rarely.
+pub fn run_all(
+    w: &mut World<'_>,
+    s: &Settings,
+    wanted: &dyn Fn(u8) -> bool,
+    out: &mut Results,
+) -> anyhow::Result<()> {
+    let plan: [(u8, Profile); 8] = [
+        (1, Profile::Lan),
+        (3, Profile::Lan),
+        (6, Profile::Lan),
+        (8, Profile::Lan),
+        (4, Profile::Wan),
+        (7, Profile::Wan),
+        (2, Profile::Lossy),
+        (5, Profile::Lossy),
+    ];
+    for (n, profile) in plan {
+        if !(wanted(n) || n == 1 && wanted(9)) {
+            continue;
+        }
+        w.link.set(w.sb, profile)?;
+        println!("==> bench: scenario {n} ({})", profile.name());
+        let tables = match n {
+            1 => scenario1(w, s)?,
+            2 => vec![scenario2(w, s)?],
+            3 => vec![scenario3(w, s)?],
+            4 => vec![scenario4(w, s)?],
+            5 => vec![scenario5(w, s)?],
+            6 => vec![scenario6(w, s)?],
+            7 => scenario7(w, s)?,
+            8 => match super::ebpf::scenario8(s) {
+                Ok(t) => vec![t],
+                Err(e) => {
+                    println!("bench: scenario 8 not measured: {e:#}");
+                    let why: String = format!("{e:#}").chars().take(300).collect();
+                    out.pending.push((8, format!("not measured: {why}")));
+                    continue;
+                }
+            },
+            _ => continue,
+        };
+        for t in tables {
+            if t.scenario == 9 && !wanted(9) {
+                continue;
+            }
+            if t.scenario != 9 && !wanted(t.scenario) {
+                continue;
+            }
+            out.verdicts.extend(verdicts(&t));
+            out.tables.push(t);
+        }
+    }
+    w.link.set(w.sb, Profile::Lan)?;
+    Ok(())
+}
+
+/// Measures `f` for each usable peer, `reps` times, repetition-major.
+/// `f` returns the figure and the extra columns.
+fn measure(
+    w: &World<'_>,
+    peers: &[Peer],
+    target: Target,
+    reps: usize,
+    mut f: impl FnMut(&World<'_>, Peer) -> anyhow::Result<(f64, Vec<String>)>,
+) -> Vec<Row> {
+    let mut rows: Vec<Row> = peers
+        .iter()
+        .map(|&peer| Row {
+            peer,
+            label: None,
+            outcome: match w.usable(peer, target) {
+                Ok(()) => Outcome::Values(Vec::new()),
+                Err(why) => Outcome::Skipped(why),
+            },
+            extra: Vec::new(),
+        })
+        .collect();
+    for rep in 0..reps {
+        for row in &mut rows {
+            let Outcome::Values(values) = &mut row.outcome else {
+                continue;
+            };
+            match f(w, row.peer) {
+                Ok((v, extra)) => {
+                    println!("    {} rep {}: {v:.3}", row.peer.label(), rep + 1);
+                    values.push(v);
+                    row.extra = extra;
+                }
+                Err(e) => {
+                    println!("    {} rep {}: FAILED {e:#}", row.peer.label(), rep + 1);
+                    let msg = format!("{e:#}");
+                    let short: String = msg.chars().take(300).collect();
+                    row.outcome = Outcome::Failed(short);
+                }
+            }
+        }
+    }
+    rows
+}
+
+struct Meta {
+    id: &'static str,
+    scenario: u8,
+    title: &'static str,
+    profile: Profile,
+    unit: &'static str,
+    higher_better: bool,
+}
+
+fn table(m: Meta, w: &World<'_>, load_before: String, rows: Vec<Row>, extra_cols: &[&str], commands: Vec<String>) -> Table {
+    Table {
+        id: m.id.to_owned(),
+        scenario: m.scenario,
+        title: m.title.to_owned(),
+        profile: m.profile.name(),
+        unit: m.unit,
+        higher_better: m.higher_better,
+        rows,
+        extra_cols: extra_cols.iter().map(|s| (*s).to_owned()).collect(),
+        commands,
+        load: (load_before, loadavg()),
+        link_check: w.link.check.clone(),
+        notes: Vec::new(),
+    }
+}
+
+fn ws_exec(w: &World<'_>, program: &str, args: &[String], timeout: Duration) -> anyhow::Result<String> {
+    let out = w
+        .sb
+        .exec(Side::Workstation, program, args, timeout)
+        .with_context(|| format!("{program} {}", args.join(" ")))?;
+    Ok(out.stdout)
+}
+
+fn host_port(a: SocketAddr) -> (String, String) {
+    (a.ip().to_string(), a.port().to_string())
+}
+
+/// iperf3 client for `secs`: (Gbit/s received, bytes received).
+fn iperf(w: &World<'_>, addr: SocketAddr, secs: u64) -> anyhow::Result<(f64, f64)> {
+    let (h, p) = host_port(addr);
+    let args: Vec<String> = ["-c", &h, "-p", &p, "-t", &secs.to_string(), "-J"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let out = ws_exec(w, "iperf3", &args, Duration::from_secs(secs + 40))?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    if let Some(e) = v.get("error") {
+        bail!("iperf3: {e}");
+    }
+    let sum = &v["end"]["sum_received"];
+    let bps = sum["bits_per_second"].as_f64().context("no bits_per_second")?;
+    let bytes = sum["bytes"].as_f64().context("no bytes")?;
+    Ok((bps / 1e9, bytes))
+}
+
+fn quinn(w: &World<'_>, secs: u64) -> anyhow::Result<(f64, f64)> {
+    let qp = bin("nx-quicperf")?.to_string_lossy().into_owned();
+    let args = vec![
+        "client".into(),
+        "--connect".into(),
+        w.addr(Peer::Quinn, Target::Iperf).to_string(),
+        "--cert".into(),
+        w.quinn_cert.to_string_lossy().into_owned(),
+        "--seconds".into(),
+        secs.to_string(),
+    ];
+    let out = ws_exec(w, &qp, &args, Duration::from_secs(secs + 40))?;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).context("nx-quicperf JSON")?;
+    Ok((
+        v["gbit_s"].as_f64().context("gbit_s")?,
+        v["bytes"].as_f64().context("bytes")?,
+    ))
+}
+
+/// Bulk through `peer`: (Gbit/s, bytes).
+fn bulk(w: &World<'_>, peer: Peer, secs: u64) -> anyhow::Result<(f64, f64)> {
+    if peer == Peer::Quinn {
+        quinn(w, secs)
+    } else {
+        iperf(w, w.addr(peer, Target::Iperf), secs)
+    }
+}
+
+const IPERF_CMD: &str = "iperf3 -c ADDR -p PORT -t {T} -J (one TCP stream; server `iperf3 -s` in the cluster)";
+const QUINN_CMD: &str = "nx-quicperf client --connect CLUSTER:7600 --cert CERT --seconds {T} (one QUIC stream, netmux-common transport settings)";
+
+/// 1 (bulk, lan) and 9 (CPU per GiB, from the same runs).
+fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
+    let load = loadavg();
+    let mut cpu: Vec<(Peer, Vec<f64>)> = Vec::new();
+    let rows = measure(w, &Peer::ALL, Target::Iperf, s.reps, |w, peer| {
+        let names = World::cpu_names(peer);
+        let before = w.cpu_seconds(names);
+        let (gbit, bytes) = bulk(w, peer, s.bulk_secs)?;
+        let used = w.cpu_seconds(names) - before;
+        let per_gib = used / (bytes / f64::from(1u32 << 30));
+        match cpu.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, v)) => v.push(per_gib),
+            None => cpu.push((peer, vec![per_gib])),
+        }
+        Ok((gbit, Vec::new()))
+    });
+    let t = s.bulk_secs.to_string();
+    let commands = vec![IPERF_CMD.replace("{T}", &t), QUINN_CMD.replace("{T}", &t)];
+    let t1 = table(
+        Meta { id: "s1-bulk-lan", scenario: 1, title: "Bulk, one TCP stream", profile: Profile::Lan, unit: "Gbit/s", higher_better: true },
+        w,
+        load.clone(),
+        rows.clone(),
+        &[],
+        commands.clone(),
+    );
+    let rows9: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.peer != Peer::Direct)
+        .map(|r| Row {
+            peer: r.peer,
+            label: None,
+            outcome: match &r.outcome {
+                Outcome::Values(_) => Outcome::Values(
+                    cpu.iter().find(|(p, _)| *p == r.peer).map(|(_, v)| v.clone()).unwrap_or_default(),
+                ),
+                other => other.clone(),
+            },
+            extra: vec![World::cpu_names(r.peer).join(" + ")],
+        })
+        .collect();
+    let mut t9 = table(
+        Meta { id: "s9-cpu-per-gib", scenario: 9, title: "CPU seconds per GiB moved (tunnel processes, both ends; during scenario 1)", profile: Profile::Lan, unit: "CPU s/GiB", higher_better: false },
+        w,
+        load,
+        rows9,
+        &["processes counted"],
+        commands,
+    );
+    t9.notes.push(
+        "User + system time of the named processes in both namespaces (reaped children included), \
+         read from /proc/PID/stat before and after each bulk run; iperf3 itself is not counted. \
+         For raw quinn the sender and receiver are the endpoints themselves."
+            .into(),
+    );
+    Ok(vec![t1, t9])
+}
+
+fn scenario2(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
+    let load = loadavg();
+    let rows = measure(w, &Peer::ALL, Target::Iperf, s.reps, |w, peer| {
+        Ok((bulk(w, peer, s.lossy_bulk_secs)?.0 * 1000.0, Vec::new()))
+    });
+    let t = s.lossy_bulk_secs.to_string();
+    Ok(table(
+        Meta { id: "s2-bulk-lossy", scenario: 2, title: "Bulk under loss, one TCP stream", profile: Profile::Lossy, unit: "Mbit/s", higher_better: true },
+        w,
+        load,
+        rows,
+        &[],
+        vec![IPERF_CMD.replace("{T}", &t), QUINN_CMD.replace("{T}", &t)],
+    ))
+}
+
+fn scenario3(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
+    if let Some(why) = w.tools.missing("wrk") {
+        bail!("{why}");
+    }
+    let load = loadavg();
+    let secs = s.wrk_secs;
+    let rows = measure(w, &Peer::TCP, Target::Http, s.reps, |w, peer| {
+        let url = format!("http://{}/", w.addr(peer, Target::Http));
+        let args: Vec<String> = ["-t2", "-c256", &format!("-d{secs}s"), "--timeout", "5s", &url]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let out = ws_exec(w, "wrk", &args, Duration::from_secs(secs + 30))?;
+        let rps: f64 = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no Requests/sec in wrk output: {out}"))?;
+        let errors = out
+            .lines()
+            .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
+            .map(|l| l.trim().to_owned())
+            .unwrap_or_else(|| "none".into());
+        Ok((rps, vec![errors]))
+    });
+    Ok(table(
+        Meta { id: "s3-requests-lan", scenario: 3, title: "Small HTTP requests, 256 concurrent connections (wrk, nx-echo http)", profile: Profile::Lan, unit: "requests/s", higher_better: true },
+        w,
+        load,
+        rows,
+        &["errors (last rep)"],
+        vec![format!("wrk -t2 -c256 -d{secs}s --timeout 5s http://ADDR:PORT/")],
+    ))
+}
+
+fn probe() -> anyhow::Result<String> {
+    Ok(bin("nx-probe")?.to_string_lossy().into_owned())
+}
+
+fn scenario4(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
+    let load = loadavg();
+    let rtt = w.link.rtt_ms;
+    let p = probe()?;
+    let rows = measure(w, &Peer::TCP, Target::Echo, s.reps, |w, peer| {
+        let args = vec![
+            "connect-rtt".into(),
+            "--addr".into(),
+            w.addr(peer, Target::Echo).to_string(),
+            "--count".into(),
+            s.connect_samples.to_string(),
+        ];
+        let out = ws_exec(w, &p, &args, Duration::from_secs(120))?;
+        let v: serde_json::Value = serde_json::from_str(out.trim())?;
+        let p50 = v["p50_us"].as_f64().context("p50")? / 1000.0;
+        let p99 = v["p99_us"].as_f64().context("p99")? / 1000.0;
+        Ok((p50, vec![format!("{:.2}", p50 / rtt), format!("{p99:.2}")]))
+    });
+    let mut t = table(
+        Meta { id: "s4-connect-wan", scenario: 4, title: "New connection: connect + 1-byte echo on a fresh TCP connection (median of samples)", profile: Profile::Wan, unit: "ms", higher_better: false },
+        w,
+        load,
+        rows,
+        &["× ping RTT (last rep)", "p99 ms (last rep)"],
+        vec![format!("nx-probe connect-rtt --addr ADDR:PORT --count {} (echo server nx-echo tcp)", s.connect_samples)],
+    );
+    t.notes.push(format!("Ping RTT {rtt:.2} ms. Tunnels are established before the samples (ssh, rathole control channel, netmux QUIC connection)."));
+    Ok(t)
+}
+
+fn scenario5(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
+    let load = loadavg();
+    let p = probe()?;
+    let secs = s.reqlat_secs;
+    let rows = measure(w, &Peer::TCP, Target::Echo, s.reps, |w, peer| {
+        let (h, port) = host_port(w.addr(peer, Target::Iperf));
+        let mut bulk = w
+            .sb
+            .process(Side::Workstation, "hol-bulk", "iperf3")
+            .args(["-c", &h, "-p", &port, "-t", &(secs + 2).to_string()])
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let args = vec![
+            "reqlat".into(),
+            "--addr".into(),
+            w.addr(peer, Target::Echo).to_string(),
+            "--seconds".into(),
+            secs.to_string(),
+            "--rate".into(),
+            "50".into(),
+        ];
+        let r = ws_exec(w, &p, &args, Duration::from_secs(secs + 60));
+        // Let the bulk transfer end by itself so iperf3's server stays sane.
+        if bulk.wait_timeout(Duration::from_secs(20)).is_none() {
+            bulk.kill();
+        }
+        let out = r?;
+        let v: serde_json::Value = serde_json::from_str(out.trim())?;
+        let p99 = v["p99_us"].as_f64().context("p99")? / 1000.0;
+        let p50 = v["p50_us"].as_f64().context("p50")? / 1000.0;
+        let max = v["max_us"].as_f64().context("max")? / 1000.0;
+        Ok((p99, vec![format!("{p50:.1}"), format!("{max:.1}")]))
+    });
+    Ok(table(
+        Meta { id: "s5-hol-lossy", scenario: 5, title: "Head-of-line blocking: p99 of 64-byte echo requests while a bulk transfer shares the tunnel", profile: Profile::Lossy, unit: "ms (p99)", higher_better: false },
+        w,
+        load,
+        rows,
+        &["p50 ms (last rep)", "max ms (last rep)"],
+        vec![
+            format!("iperf3 -c ADDR -p PORT -t {} (bulk, same peer)", secs + 2),
+            format!("nx-probe reqlat --addr ADDR:PORT --seconds {secs} --rate 50 (one connection, 64-byte request, echo)"),
+        ],
+    ))
+}
+
+fn scenario6(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
+    let load = loadavg();
+    let p = probe()?;
+    let nm = w.netmux.as_ref();
+    let (dpid, spid) = match nm {
+        Some(nm) => (nm.daemon.pid(), nm.server.pid()),
+        None => (None, None),
+    };
+    let n = s.idle_conns;
+    let mut extra = Vec::new();
+    let outcome = match (w.usable(Peer::Netmux, Target::Echo), dpid, spid) {
+        (Err(why), _, _) => Outcome::Skipped(why),
+        (Ok(()), Some(d), Some(sv)) => {
+            let args = vec![
+                "idle".into(),
+                "--addr".into(),
+                w.addr(Peer::Netmux, Target::Echo).to_string(),
+                "--count".into(),
+                n.to_string(),
+                "--rss".into(),
+                format!("daemon={d}"),
+                "--rss".into(),
+                format!("server={sv}"),
+            ];
+            match ws_exec(w, &p, &args, Duration::from_secs(300)) {
+                Ok(out) => {
+                    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+                    let per = |who: &str| {
+                        let r = &v["rss"][who];
+                        (r["after_kib"].as_f64().unwrap_or(f64::NAN)
+                            - r["before_kib"].as_f64().unwrap_or(f64::NAN))
+                            / n as f64
+                    };
+                    extra.push(format!("{:.1}", per("server")));
+                    extra.push(format!("{}/{n}", v["usable_after"]));
+                    extra.push(format!("{}", v["open_seconds"]));
+                    extra.push(format!(
+                        "daemon {}→{} KiB, server {}→{} KiB",
+                        v["rss"]["daemon"]["before_kib"],
+                        v["rss"]["daemon"]["after_kib"],
+                        v["rss"]["server"]["before_kib"],
+                        v["rss"]["server"]["after_kib"]
+                    ));
+                    Outcome::Values(vec![per("daemon")])
+                }
+                Err(e) => Outcome::Failed(format!("{e:#}").chars().take(400).collect()),
+            }
+        }
+        _ => Outcome::Skipped("netmux processes not running".into()),
+    };
+    let mut t = table(
+        Meta { id: "s6-idle-scale", scenario: 6, title: "Scale: concurrent idle tunneled connections, memory per connection", profile: Profile::Lan, unit: "daemon KiB/conn", higher_better: false },
+        w,
+        load,
+        vec![Row { peer: Peer::Netmux, label: None, outcome, extra }],
+        &["server KiB/conn", "usable after hold", "open s", "VmRSS"],
+        vec![format!("nx-probe idle --addr ADDR:PORT --count {n} --rss daemon=PID --rss server=PID (opens, echoes once, holds 3 s, reads VmRSS, echoes again on each)")],
+    );
+    t.notes.push(format!("{n} connections; (VmRSS after - before) / {n} for netmuxd and netmux-server."));
+    Ok(t)
+}
+
+fn scenario7(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
+    let mut tables = Vec::new();
+    let secs = s.pgbench_secs.to_string();
+    for (id, title, extra_flag) in [
+        ("s7-pgbench-wan", "pgbench (TPC-B like, 8 clients), PostgreSQL in the cluster", None),
+        ("s7-pgbench-C-wan", "pgbench -C (new connection per transaction, 8 clients)", Some("-C")),
+    ] {
+        let load = loadavg();
+        let rows = measure(w, &Peer::TCP, Target::Postgres, s.reps, |w, peer| {
+            let (h, p) = host_port(w.addr(peer, Target::Postgres));
+            let mut args: Vec<String> = ["-h", &h, "-p", &p, "-U", "postgres", "-n", "-c", "8", "-j", "2", "-T", &secs]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            if let Some(f) = extra_flag {
+                args.push(f.into());
+            }
+            args.push("postgres".into());
+            let out = ws_exec(w, "pgbench", &args, Duration::from_secs(s.pgbench_secs + 60))?;
+            let tps: f64 = out
+                .lines()
+                .find_map(|l| l.strip_prefix("tps = "))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("no tps in pgbench output: {out}"))?;
+            Ok((tps, Vec::new()))
+        });
+        let cmd = format!("pgbench -h ADDR -p PORT -U postgres -n -c 8 -j 2 -T {secs}{} postgres (scale 1)", extra_flag.map(|f| format!(" {f}")).unwrap_or_default());
+        tables.push(table(
+            Meta { id, scenario: 7, title, profile: Profile::Wan, unit: "TPS", higher_better: true },
+            w,
+            load,
+            rows,
+            &[],
+            vec![cmd],
+        ));
+    }
+    let n = s.redis_requests.to_string();
+    for (id, title, test) in [
+        ("s7-redis-get-wan", "redis-benchmark GET (50 clients)", "get"),
+        ("s7-redis-set-wan", "redis-benchmark SET (50 clients)", "set"),
+    ] {
+        let load = loadavg();
+        let rows = measure(w, &Peer::TCP, Target::Redis, s.reps, |w, peer| {
+            let (h, p) = host_port(w.addr(peer, Target::Redis));
+            let args: Vec<String> = ["-h", &h, "-p", &p, "-c", "50", "-n", &n, "-t", test, "--csv"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            let out = ws_exec(w, "redis-benchmark", &args, Duration::from_secs(120))?;
+            let want = format!("\"{}\"", test.to_uppercase());
+            let ops: f64 = out
+                .lines()
+                .find(|l| l.starts_with(&want))
+                .and_then(|l| l.split(',').nth(1))
+                .and_then(|v| v.trim_matches('"').parse().ok())
+                .with_context(|| format!("no {want} line in redis-benchmark output: {out}"))?;
+            Ok((ops, Vec::new()))
+        });
+        tables.push(table(
+            Meta { id, scenario: 7, title, profile: Profile::Wan, unit: "ops/s", higher_better: true },
+            w,
+            load,
+            rows,
+            &[],
+            vec![format!("redis-benchmark -h ADDR -p PORT -c 50 -n {n} -t {test} --csv")],
+        ));
+    }
+    Ok(tables)
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "n/a".into())
+}
+
+fn best_ssh(t: &Table) -> Option<f64> {
+    let a = t.median(Peer::SshDefault);
+    let b = t.median(Peer::SshAes);
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if t.higher_better { a.max(b) } else { a.min(b) }),
+        (x, None) | (None, x) => x,
+    }
+}
+
+/// The issue's targets, evaluated on a table.
+fn verdicts(t: &Table) -> Vec<Verdict> {
+    let nm = t.median(Peer::Netmux);
+    let v = |target: &str, measured: String, met: Option<bool>| Verdict {
+        scenario: t.scenario,
+        target: target.to_owned(),
+        measured,
+        met,
+    };
+    match t.id.as_str() {
+        "s1-bulk-lan" => {
+            let q = ratio(nm, t.median(Peer::Quinn));
+            let s = ratio(nm, t.median(Peer::SshAes));
+            vec![
+                v("netmux ≥ 0.9× raw quinn (lan bulk)", fmt_ratio(q), q.map(|r| r >= 0.9)),
+                v("netmux ≥ 1.0× ssh -L aes128-gcm (lan bulk)", fmt_ratio(s), s.map(|r| r >= 1.0)),
+            ]
+        }
+        "s2-bulk-lossy" => {
+            let r = ratio(nm, best_ssh(t));
+            vec![v("netmux ≥ 5× ssh -L (lossy bulk)", format!("{} the better ssh", fmt_ratio(r)), r.map(|r| r >= 5.0))]
+        }
+        "s3-requests-lan" => {
+            let best = t.best_alternative(true);
+            let r = ratio(nm, best.map(|b| b.1));
+            let who = best.map(|b| b.0.label()).unwrap_or("none");
+            vec![v("netmux ≥ 2× best encrypted peer (requests/s)", format!("{} {who}", fmt_ratio(r)), r.map(|r| r >= 2.0))]
+        }
+        "s4-connect-wan" => {
+            let rtt = t
+                .notes
+                .first()
+                .and_then(|n| n.strip_prefix("Ping RTT "))
+                .and_then(|n| n.split_whitespace().next()?.parse::<f64>().ok());
+            let r = ratio(nm, rtt);
+            vec![v("new connection ≤ 1.1 RTT (wan)", format!("{} RTT", r.map(|r| format!("{r:.2}")).unwrap_or("n/a".into())), r.map(|r| r <= 1.1))]
+        }
+        "s5-hol-lossy" => {
+            let r = ratio(nm, best_ssh(t));
+            vec![v("p99 under bulk ≤ 1/3 of ssh -L's (lossy)", format!("{} the better ssh", fmt_ratio(r)), r.map(|r| r <= 1.0 / 3.0))]
+        }
+        "s6-idle-scale" => {
+            let row = t.row(Peer::Netmux);
+            let server: Option<f64> = row.and_then(|r| r.extra.first()?.parse().ok());
+            let usable = row.and_then(|r| r.extra.get(1)).cloned().unwrap_or_default();
+            let all = usable.split('/').next() == usable.split('/').nth(1);
+            let met = match (nm, server) {
+                (Some(d), Some(s)) => Some(d <= 32.0 && s <= 32.0 && all),
+                _ => None,
+            };
+            vec![v(
+                "idle connections usable, ≤ 32 KiB/conn in daemon and server",
+                format!(
+                    "daemon {} KiB, server {} KiB, usable {usable}",
+                    nm.map(|x| format!("{x:.1}")).unwrap_or("n/a".into()),
+                    server.map(|x| format!("{x:.1}")).unwrap_or("n/a".into())
+                ),
+                met,
+            )]
+        }
+        "s7-pgbench-wan" | "s7-redis-get-wan" | "s7-redis-set-wan" => {
+            let r = ratio(nm, t.median(Peer::Direct));
+            vec![v(&format!("{} ≥ 0.95× direct (wan)", t.title), fmt_ratio(r), r.map(|r| r >= 0.95))]
+        }
+        "s7-pgbench-C-wan" => {
+            let r = ratio(nm, t.median(Peer::Direct));
+            vec![v("pgbench -C faster than direct (wan)", fmt_ratio(r), r.map(|r| r > 1.0))]
+        }
+        "s8-ebpf-connect" => {
+            let r = ratio(t.rows.first().and_then(Row::median), t.rows.get(1).and_then(Row::median));
+            vec![v("eBPF redirect connect+close overhead ≤ 5%", r.map(|r| format!("{:+.1}%", (r - 1.0) * 100.0)).unwrap_or("n/a".into()), r.map(|r| r <= 1.05))]
+        }
+        "s9-cpu-per-gib" => {
+            let r = ratio(nm, best_ssh(t));
+            vec![v("netmux CPU/GiB below ssh -L's", format!("{} the better ssh", fmt_ratio(r)), r.map(|r| r < 1.0))]
+        }
+        _ => Vec::new(),
+    }
+}
