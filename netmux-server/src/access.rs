@@ -86,7 +86,11 @@ impl Access {
     }
 
     /// Configured tokens plus RBAC through `review` (tests, shared clients).
-    pub fn with_rbac(tokens: Vec<Token>, review: kubernetes::Rbac, store: Arc<CatalogStore>) -> Self {
+    pub fn with_rbac(
+        tokens: Vec<Token>,
+        review: kubernetes::Rbac,
+        store: Arc<CatalogStore>,
+    ) -> Self {
         Access {
             tokens,
             rbac: Some(Rbac {

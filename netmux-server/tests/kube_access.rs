@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube_support::FakeApi;
-use netmux_common::proto::catalog::{Catalog, Direction, Protocol, Service, ServiceId, ServicePort};
+use netmux_common::proto::catalog::{
+    Catalog, Direction, Protocol, Service, ServiceId, ServicePort,
+};
 use netmux_common::proto::hello::Credential;
 use netmux_server::access::kubernetes::Rbac;
 use netmux_server::access::{Access, Denied};
@@ -89,15 +91,24 @@ async fn token_review_names_the_user_and_refuses_unknown_tokens() {
         .await
         .expect("alice authenticates");
     assert_eq!(id.name, "alice@example.com");
-    assert_eq!(id.user.as_ref().map(|u| u.groups.clone()), Some(vec!["devs".to_owned()]));
+    assert_eq!(
+        id.user.as_ref().map(|u| u.groups.clone()),
+        Some(vec!["devs".to_owned()])
+    );
 
     let denied = access
         .authenticate(&Credential::Bearer("stolen".into()))
         .await
         .expect_err("unknown token refused");
     assert!(matches!(denied, Denied::Kubernetes(_)), "{denied:?}");
-    assert!(denied.to_string().contains("ServiceAccount token"), "{denied}");
-    assert_eq!(access.authenticate(&Credential::None).await, Err(Denied::Missing));
+    assert!(
+        denied.to_string().contains("ServiceAccount token"),
+        "{denied}"
+    );
+    assert_eq!(
+        access.authenticate(&Credential::None).await,
+        Err(Denied::Missing)
+    );
 }
 
 #[tokio::test]
@@ -111,8 +122,15 @@ async fn configured_tokens_still_reach_everything() {
     assert!(id.user.is_none());
     assert_eq!(access.visible(&id, &catalog).await.len(), 4);
     assert!(access.may_reach(&id, find(&catalog, "shop/admin")));
-    access.may_claim(&id, "shop/hook").await.expect("claim allowed");
-    assert_eq!(fake.sar_count(), 0, "no RBAC questions for configured tokens");
+    access
+        .may_claim(&id, "shop/hook")
+        .await
+        .expect("claim allowed");
+    assert_eq!(
+        fake.sar_count(),
+        0,
+        "no RBAC questions for configured tokens"
+    );
 }
 
 #[tokio::test]
@@ -186,11 +204,20 @@ async fn claims_need_update_on_the_service() {
         .authenticate(&Credential::Bearer("carol-token".into()))
         .await
         .unwrap();
-    access.may_claim(&carol, "shop/hook").await.expect("allowed");
-    let e = access.may_claim(&carol, "shop/web").await.expect_err("refused");
+    access
+        .may_claim(&carol, "shop/hook")
+        .await
+        .expect("allowed");
+    let e = access
+        .may_claim(&carol, "shop/web")
+        .await
+        .expect_err("refused");
     assert!(matches!(e, Denied::NotAllowed(_)));
     let text = e.to_string();
-    assert!(text.starts_with("not allowed:") && text.contains("update") && text.contains("shop/web"), "{text}");
+    assert!(
+        text.starts_with("not allowed:") && text.contains("update") && text.contains("shop/web"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -72,7 +72,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn user_key(u: &User) -> String {
-    format!("{}\0{}\0{}", u.username, u.uid.as_deref().unwrap_or(""), u.groups.join(","))
+    format!(
+        "{}\0{}\0{}",
+        u.username,
+        u.uid.as_deref().unwrap_or(""),
+        u.groups.join(",")
+    )
 }
 
 impl Rbac {

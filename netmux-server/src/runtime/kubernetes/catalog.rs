@@ -508,8 +508,7 @@ fn annotated(
         }
         match bridge(index, svc, ns, name, b, &entry_name) {
             Ok(Some(s)) => {
-                s.validate()
-                    .map_err(|e| fail("name", e.problem))?;
+                s.validate().map_err(|e| fail("name", e.problem))?;
                 out.push(s);
             }
             // A pod that is not ready now: published again when it is.
