@@ -445,11 +445,17 @@ impl Config {
         }
         if dns.link.is_empty()
             || dns.link.len() > 15
-            || !dns.link.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !dns
+                .link
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(invalid(
                 "dns.link".into(),
-                format!("{:?} is not an interface name (1-15 of a-z 0-9 - _)", dns.link),
+                format!(
+                    "{:?} is not an interface name (1-15 of a-z 0-9 - _)",
+                    dns.link
+                ),
             ));
         }
         Ok(Config {

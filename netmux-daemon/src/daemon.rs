@@ -25,8 +25,9 @@ type ServiceRef = (String, String);
 
 struct Running {
     addr: Ipv4Addr,
-    /// Cluster addresses redirected to the listeners (eBPF backend).
-    redirects: Vec<SocketAddr>,
+    /// Cluster addresses redirected to the listeners (eBPF backend), and
+    /// whether each is UDP.
+    redirects: Vec<(SocketAddr, bool)>,
     /// UDP listeners and the flow table their flows live in.
     udp: Vec<(
         Arc<netmux_common::tunnel::udp::Flows>,
@@ -132,7 +133,11 @@ fn describe(svc: &Service, local: Option<Ipv4Addr>) -> String {
             } else {
                 remote.clone()
             };
-            let udp = if p.protocol == Protocol::Udp { "/udp" } else { "" };
+            let udp = if p.protocol == Protocol::Udp {
+                "/udp"
+            } else {
+                ""
+            };
             format!("{local}:{}{udp} => {remote}:{}{udp}", p.port, p.target_port)
         })
         .collect();
@@ -515,8 +520,8 @@ impl Daemon {
         }
         for key in stop {
             if let Some(r) = state.running.remove(&key) {
-                for service in &r.redirects {
-                    self.backend.remove(*service);
+                for (service, udp) in &r.redirects {
+                    self.backend.remove(*service, *udp);
                 }
                 self.release(r.addr);
                 tracing::info!(endpoint = %key.0, service = %key.1, "service stopped");
@@ -684,12 +689,23 @@ impl Daemon {
         let mut redirects = Vec::new();
         if self.backend.uses_cluster_addresses() {
             for ip in &svc.addresses {
-                for p in svc.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
+                for p in &svc.ports {
                     let service = SocketAddr::new(*ip, p.port);
                     let listener = SocketAddr::new(IpAddr::V4(addr), p.port);
-                    if let Err(e) = self.backend.insert(service, listener) {
-                        for s in &redirects {
-                            self.backend.remove(*s);
+                    let udp = p.protocol == Protocol::Udp;
+                    if udp && !ip.is_ipv4() {
+                        // UDP listeners are IPv4 (127.x); the kernel cannot
+                        // send a v6 datagram to them.
+                        continue;
+                    }
+                    let inserted = if udp {
+                        self.backend.insert_udp(service, listener)
+                    } else {
+                        self.backend.insert(service, listener)
+                    };
+                    if let Err(e) = inserted {
+                        for (s, u) in &redirects {
+                            self.backend.remove(*s, *u);
                         }
                         for t in &tasks {
                             tokio::task::JoinHandle::abort(t);
@@ -697,7 +713,7 @@ impl Daemon {
                         self.release(addr);
                         return Err(e);
                     }
-                    redirects.push(service);
+                    redirects.push((service, udp));
                 }
             }
         }
@@ -985,7 +1001,13 @@ impl Daemon {
                 tracing::error!(endpoint = %name, error = %e, "reconnect after reload failed");
             }
         }
-        tracing::info!(?kept, ?reconnect, ?removed, ?added, "configuration reloaded");
+        tracing::info!(
+            ?kept,
+            ?reconnect,
+            ?removed,
+            ?added,
+            "configuration reloaded"
+        );
         let list = |v: &[String]| {
             if v.is_empty() {
                 "-".to_owned()

@@ -178,9 +178,11 @@ impl Endpoint {
         let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(run(
             config.clone(),
-            status_tx,
-            conn_tx,
-            catalog_tx,
+            Outputs {
+                status: status_tx,
+                conn_tx,
+                catalog_tx,
+            },
             metrics,
             claims.clone(),
             rx,
@@ -274,16 +276,26 @@ impl Endpoint {
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
-async fn run(
-    config: EndpointConfig,
+/// What the endpoint task publishes.
+struct Outputs {
     status: watch::Sender<EndpointStatus>,
     conn_tx: watch::Sender<Option<Connection>>,
     catalog_tx: watch::Sender<Arc<Catalog>>,
+}
+
+async fn run(
+    config: EndpointConfig,
+    outputs: Outputs,
     metrics: Metrics,
     claims: Claims,
     mut commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
     udp: Arc<netmux_common::tunnel::udp::Flows>,
 ) {
+    let Outputs {
+        status,
+        conn_tx,
+        catalog_tx,
+    } = outputs;
     let up = metrics.endpoint_up.with_label_values(&[&config.name]);
     let mut backoff = BACKOFF_MIN;
     let mut quic_endpoint: Option<(quinn::Endpoint, bool)> = None;

@@ -120,7 +120,11 @@ impl Metrics {
                 "UDP datagrams dropped by reason",
                 &["endpoint", "service", "direction", "reason"],
             ),
-            udp_flows: gauge("netmux_daemon_udp_flows_active", "UDP flows open now", LABELS),
+            udp_flows: gauge(
+                "netmux_daemon_udp_flows_active",
+                "UDP flows open now",
+                LABELS,
+            ),
             registry: r,
         }
     }

@@ -27,7 +27,11 @@ pub struct Meter {
 
 impl Meter {
     /// A meter for `endpoint`, labelling by its catalog.
-    pub fn new(metrics: Metrics, endpoint: String, catalog: watch::Receiver<Arc<Catalog>>) -> Arc<Self> {
+    pub fn new(
+        metrics: Metrics,
+        endpoint: String,
+        catalog: watch::Receiver<Arc<Catalog>>,
+    ) -> Arc<Self> {
         Arc::new(Meter {
             metrics,
             endpoint,
@@ -53,7 +57,10 @@ impl UdpMeter for Meter {
         };
         let l = [self.endpoint.as_str(), &svc, dir, way];
         self.metrics.udp_datagrams.with_label_values(&l).inc();
-        self.metrics.udp_bytes.with_label_values(&l).inc_by(bytes as u64);
+        self.metrics
+            .udp_bytes
+            .with_label_values(&l)
+            .inc_by(bytes as u64);
     }
 
     fn dropped(&self, service: Option<ServiceId>, why: Drop) {
@@ -75,7 +82,12 @@ impl UdpMeter for Meter {
 
 /// Handles the server's datagrams on `conn` until it closes: replies to
 /// L2C flows, and C2L flows to the local targets of held claims.
-pub async fn serve(conn: Connection, flows: Arc<Flows>, claims: Claims, catalog: watch::Receiver<Arc<Catalog>>) {
+pub async fn serve(
+    conn: Connection,
+    flows: Arc<Flows>,
+    claims: Claims,
+    catalog: watch::Receiver<Arc<Catalog>>,
+) {
     while let Ok(bytes) = conn.read_datagram().await {
         let resolve = |id: ServiceId, _port: u16| -> Option<SocketAddr> {
             let catalog = catalog.borrow();
@@ -84,10 +96,13 @@ pub async fn serve(conn: Connection, flows: Arc<Flows>, claims: Claims, catalog:
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            claims.values().find(|c| c.kind.is_for(svc)).map(|c| c.local)
+            claims
+                .values()
+                .find(|c| c.kind.is_for(svc))
+                .map(|c| c.local)
         };
         flows
-            .receive(&conn, &bytes, resolve, |s| crate::redirect::exempt(s))
+            .receive(&conn, &bytes, resolve, crate::redirect::exempt)
             .await;
     }
     flows.clear_answered();

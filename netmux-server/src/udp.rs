@@ -43,30 +43,50 @@ impl UdpMeter for Meter {
             Way::Sent => "sent",
             Way::Received => "received",
         };
-        self.metrics.udp_datagrams.with_label_values(&[&svc, dir, way]).inc();
-        self.metrics.udp_bytes.with_label_values(&[&svc, dir, way]).inc_by(bytes as u64);
+        self.metrics
+            .udp_datagrams
+            .with_label_values(&[&svc, dir, way])
+            .inc();
+        self.metrics
+            .udp_bytes
+            .with_label_values(&[&svc, dir, way])
+            .inc_by(bytes as u64);
     }
 
     fn dropped(&self, service: Option<ServiceId>, why: Drop) {
         let (svc, dir) = self.labels(service);
-        self.metrics.udp_drops.with_label_values(&[&svc, dir, why.label()]).inc();
+        self.metrics
+            .udp_drops
+            .with_label_values(&[&svc, dir, why.label()])
+            .inc();
     }
 
     fn flows(&self, service: ServiceId, delta: i64) {
         let (svc, dir) = self.labels(Some(service));
-        self.metrics.udp_flows.with_label_values(&[&svc, dir]).add(delta);
+        self.metrics
+            .udp_flows
+            .with_label_values(&[&svc, dir])
+            .add(delta);
     }
 }
 
 /// Resolves an L2C UDP flow's target: a published UDP port of an L2C
 /// service the daemon may reach; never an address named by the daemon.
-pub fn resolve(catalog: &Catalog, server: &Server, who: &Identity, service: ServiceId, port: u16) -> Option<SocketAddr> {
+pub fn resolve(
+    catalog: &Catalog,
+    server: &Server,
+    who: &Identity,
+    service: ServiceId,
+    port: u16,
+) -> Option<SocketAddr> {
     let svc = catalog.get(&service)?;
     if svc.direction != Direction::L2C || !server.access.may_reach(who, svc) {
         return None;
     }
     let p = svc.port(port, Protocol::Udp)?;
-    svc.addresses.first().map(|ip| SocketAddr::new(*ip, p.target_port))
+    svc.addresses
+        .first()
+        .map(|ip| SocketAddr::new(*ip, p.target_port))
 }
 
 /// Handles the daemon's datagrams until the connection ends.
@@ -75,7 +95,12 @@ pub async fn serve(conn: Connection, server: Arc<Server>, who: Identity, flows: 
     while let Ok(bytes) = conn.read_datagram().await {
         let catalog = server.catalog.borrow().clone();
         flows
-            .receive(&conn, &bytes, |id, port| resolve(&catalog, &server, &who, id, port), |_| {})
+            .receive(
+                &conn,
+                &bytes,
+                |id, port| resolve(&catalog, &server, &who, id, port),
+                |_| {},
+            )
             .await;
     }
     sweeper.abort();

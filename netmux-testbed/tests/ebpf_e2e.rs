@@ -20,6 +20,13 @@ fn http_echo() -> ServiceSpec {
     ServiceSpec::l2c("http-echo", ip("10.96.0.10"), 80, 8080)
 }
 
+fn udp_echo() -> ServiceSpec {
+    ServiceSpec {
+        protocol: "udp",
+        ..ServiceSpec::l2c("udp-echo", ip("10.96.0.54"), 7000, 7000)
+    }
+}
+
 fn http_echo6() -> ServiceSpec {
     ServiceSpec::l2c("http-echo6", ip("fd00:96::10"), 80, 8080)
 }
@@ -50,8 +57,8 @@ fn world(sb: &Sandbox) -> Option<World<'_>> {
         "redirect = \"ebpf\"\ncgroup = \"{}\"\n",
         cg.path().display()
     );
-    let nm =
-        Netmux::start_with(sb, &[http_echo(), http_echo6()], TOKEN, &extra).unwrap_or_else(|e| {
+    let nm = Netmux::start_with(sb, &[http_echo(), http_echo6(), udp_echo()], TOKEN, &extra)
+        .unwrap_or_else(|e| {
             sb.dump_logs(50);
             panic!("netmux start: {e}")
         });
@@ -69,6 +76,12 @@ fn world(sb: &Sandbox) -> Option<World<'_>> {
             "http-v6",
             "http",
             "[fd00:96::10]:8080".parse().expect("addr"),
+        ),
+        common::nx_echo_udp(
+            sb,
+            Side::Cluster,
+            "udp-echo",
+            "10.96.0.54:7000".parse().expect("addr"),
         ),
     ];
     assert!(nm.cli(["connect", ENDPOINT]).expect("connect").success());
@@ -113,7 +126,7 @@ impl World<'_> {
 
 const CURL: [&str; 3] = ["-sS", "--max-time", "5"];
 
-fn curl_args<'a>(url: &'a str) -> Vec<&'a str> {
+fn curl_args(url: &str) -> Vec<&str> {
     let mut v = CURL.to_vec();
     v.push(url);
     v
@@ -311,4 +324,55 @@ fn forced_ebpf_that_cannot_load_is_a_clear_error() {
         said.contains("redirect = \"ebpf\"") && said.contains("/nonexistent/cgroup"),
         "{said}"
     );
+}
+
+#[test]
+fn udp_to_a_cluster_address_is_redirected_and_answers_from_it() {
+    let sb = sandbox();
+    let Some(w) = world(&sb) else { return };
+    let py = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(b'unconnected', ('10.96.0.54', 7000))
+data, src = s.recvfrom(100)
+print(data.decode(), src[0], src[1])
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(3)
+c.connect(('10.96.0.54', 7000))
+c.send(b'connected')
+print(c.recv(100).decode(), c.getpeername()[0])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(1)
+try:
+    u.sendto(b'x', ('10.96.0.54', 7001))
+    u.recvfrom(100)
+    print('unpublished answered')
+except OSError as e:
+    print('unpublished', type(e).__name__)
+"#;
+    on_failure_dump(&sb, || {
+        let out = w.inside("python3", &["-c", py]);
+        assert!(out.success(), "python: {}", out.stderr);
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(
+            lines.first(),
+            Some(&"unconnected 10.96.0.54 7000"),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(
+            lines.get(1),
+            Some(&"connected 10.96.0.54"),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            lines
+                .get(2)
+                .is_some_and(|l| l.starts_with("unpublished ") && *l != "unpublished answered"),
+            "{}",
+            out.stdout
+        );
+    });
 }

@@ -52,7 +52,8 @@ fn world<'a>(sb: &'a Sandbox, server_extra: &str) -> World<'a> {
         std::fs::write(&nm.layout.server_config, format!("{server_extra}{cfg}")).expect("write");
         nm.server.kill();
         restart_server(sb, &mut nm);
-        sb.wait_for_tcp(Side::Cluster, nm.layout.http, T).expect("server back");
+        sb.wait_for_tcp(Side::Cluster, nm.layout.http, T)
+            .expect("server back");
     }
     let dnsmasq = sb
         .process(Side::Cluster, "dnsmasq", "dnsmasq")
@@ -70,12 +71,30 @@ fn world<'a>(sb: &'a Sandbox, server_extra: &str) -> World<'a> {
     let procs = vec![
         dnsmasq,
         nx_echo_udp(sb, Side::Cluster, "udp-echo", addr("10.96.0.54:7000")),
-        nx_echo_udp(sb, Side::Workstation, "ws-udp-echo", addr("127.0.0.1:17100")),
+        nx_echo_udp(
+            sb,
+            Side::Workstation,
+            "ws-udp-echo",
+            addr("127.0.0.1:17100"),
+        ),
     ];
-    netmux_testbed::wait_until("connected", T, || nm.cli(["connect", ENDPOINT]).map(|o| o.success()).unwrap_or(false))
-        .expect("connect");
-    netmux_testbed::wait_until("started", T, || nm.cli(["start", ENDPOINT, "+"]).map(|o| o.success()).unwrap_or(false))
-        .unwrap_or_else(|e| panic!("{e}: {:?}", nm.cli(["start", ENDPOINT, "+"]).map(|o| o.stderr)));
+    netmux_testbed::wait_until("connected", T, || {
+        nm.cli(["connect", ENDPOINT])
+            .map(|o| o.success())
+            .unwrap_or(false)
+    })
+    .expect("connect");
+    netmux_testbed::wait_until("started", T, || {
+        nm.cli(["start", ENDPOINT, "+"])
+            .map(|o| o.success())
+            .unwrap_or(false)
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}",
+            nm.cli(["start", ENDPOINT, "+"]).map(|o| o.stderr)
+        )
+    });
     World { nm, _procs: procs }
 }
 
@@ -100,7 +119,16 @@ fn dig_through_netmux_with_unconnected_and_connected_sockets() {
     on_failure_dump(&sb, || {
         let out = sb
             .process(Side::Workstation, "dig", "dig")
-            .args([&format!("@{}", server.ip()), "-p", "53", "+short", "+tries=1", "+time=3", "web.svc.example", "A"])
+            .args([
+                &format!("@{}", server.ip()),
+                "-p",
+                "53",
+                "+short",
+                "+tries=1",
+                "+time=3",
+                "web.svc.example",
+                "A",
+            ])
             .run(T)
             .expect("dig");
         assert!(out.success(), "{}", out.stderr);
@@ -114,7 +142,8 @@ fn dig_through_netmux_with_unconnected_and_connected_sockets() {
                 let s = UdpSocket::bind("0.0.0.0:0").await?;
                 s.send_to(&query, server).await?;
                 let mut buf = [0u8; 512];
-                let (n, from) = tokio::time::timeout(Duration::from_secs(3), s.recv_from(&mut buf)).await??;
+                let (n, from) =
+                    tokio::time::timeout(Duration::from_secs(3), s.recv_from(&mut buf)).await??;
                 let answered = buf[..n].windows(4).any(|w| w == [10, 1, 2, 3]);
                 let c = UdpSocket::bind("0.0.0.0:0").await?;
                 c.connect(server).await?;
@@ -125,7 +154,10 @@ fn dig_through_netmux_with_unconnected_and_connected_sockets() {
             })
             .unwrap()
             .expect("queries");
-        assert_eq!(from_unconnected, server, "reply seen from the service address");
+        assert_eq!(
+            from_unconnected, server,
+            "reply seen from the service address"
+        );
         assert!(connected_ok, "both sockets got the answer");
     });
 }
@@ -177,9 +209,16 @@ fn ten_thousand_datagrams_echoed_none_lost_both_directions() {
     let _w = world(&sb, "");
     let to = local(&sb, "udp-echo", 7000);
     on_failure_dump(&sb, || {
-        let (got, from_service) = sb.ws().block_on(|| echo_many(to, 10_000)).unwrap().expect("L2C echo");
+        let (got, from_service) = sb
+            .ws()
+            .block_on(|| echo_many(to, 10_000))
+            .unwrap()
+            .expect("L2C echo");
         assert_eq!(got.len(), 10_000, "L2C: datagrams lost");
-        assert!(from_service, "every reply must come from the service address");
+        assert!(
+            from_service,
+            "every reply must come from the service address"
+        );
         // C2L: a cluster client reaches the workstation's UDP echo.
         let (got, from_service) = sb
             .cluster()
@@ -225,7 +264,10 @@ fn flows_expire_when_idle_and_are_bounded_per_daemon() {
                 let mut answered = 0;
                 for s in &socks {
                     let mut buf = [0u8; 16];
-                    if tokio::time::timeout(Duration::from_millis(700), s.recv_from(&mut buf)).await.is_ok() {
+                    if tokio::time::timeout(Duration::from_millis(700), s.recv_from(&mut buf))
+                        .await
+                        .is_ok()
+                    {
                         answered += 1;
                     }
                 }
@@ -234,14 +276,30 @@ fn flows_expire_when_idle_and_are_bounded_per_daemon() {
             .unwrap()
             .expect("clients");
         assert_eq!(answered, 3, "max_udp_flows = 3");
-        assert!(server_metric(&sb, &w.nm, "netmux_server_udp_drops_total", &["reason=\"flow_limit\""]) >= 2.0);
+        assert!(
+            server_metric(
+                &sb,
+                &w.nm,
+                "netmux_server_udp_drops_total",
+                &["reason=\"flow_limit\""]
+            ) >= 2.0
+        );
         // Idle flows are closed: the gauge returns to zero.
         netmux_testbed::wait_until("flows expire", T, || {
-            server_metric(&sb, &w.nm, "netmux_server_udp_flows_active", &["service=\"demo/udp-echo\""]) == 0.0
+            server_metric(
+                &sb,
+                &w.nm,
+                "netmux_server_udp_flows_active",
+                &["service=\"demo/udp-echo\""],
+            ) == 0.0
         })
         .expect("idle flows expire");
         // And new flows are accepted again.
-        let (got, _) = sb.ws().block_on(|| echo_many(to, 10)).unwrap().expect("after expiry");
+        let (got, _) = sb
+            .ws()
+            .block_on(|| echo_many(to, 10))
+            .unwrap()
+            .expect("after expiry");
         assert_eq!(got.len(), 10);
     });
 }
@@ -265,6 +323,9 @@ fn an_unpublished_udp_port_gets_nothing() {
                 }
             })
             .unwrap();
-        assert!(!matches!(r, Ok(Some(_))), "no answer from an unpublished port: {r:?}");
+        assert!(
+            !matches!(r, Ok(Some(_))),
+            "no answer from an unpublished port: {r:?}"
+        );
     });
 }

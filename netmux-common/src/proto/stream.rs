@@ -235,7 +235,7 @@ mod tests {
             );
         }
         assert_eq!(StreamHeader::decode(&out).unwrap(), (h, 7));
-        assert!(7 <= MAX_HEADER_LEN);
+        const { assert!(7 <= MAX_HEADER_LEN) };
     }
 
     #[test]

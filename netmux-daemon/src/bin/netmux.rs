@@ -153,7 +153,9 @@ fn offline_cleanup(cli: &Cli) -> Result<String, String> {
         "removed the netmux block from {}",
         config.hosts_file.display()
     )];
-    done.extend(netmux_daemon::system::resolver::cleanup_leftovers(&config.dns)?);
+    done.extend(netmux_daemon::system::resolver::cleanup_leftovers(
+        &config.dns,
+    )?);
     if config.socket.exists() {
         std::fs::remove_file(&config.socket)
             .map_err(|e| format!("cannot remove {}: {e}", config.socket.display()))?;

@@ -100,15 +100,33 @@ impl Backend {
         }
     }
 
-    /// Stops redirecting `service`.
-    pub fn remove(&self, service: SocketAddr) {
+    /// Sends UDP datagrams to `service` to `listener` (and reports replies
+    /// from `listener` as coming from `service`).
+    pub fn insert_udp(&self, service: SocketAddr, listener: SocketAddr) -> Result<(), String> {
+        match self {
+            Backend::Loopback => Ok(()),
+            #[cfg(target_os = "linux")]
+            Backend::Ebpf(r) => lock(r)
+                .insert_udp(service, listener)
+                .map_err(|e| format!("redirect udp {service} -> {listener}: {e}")),
+        }
+    }
+
+    /// Stops redirecting `service` (TCP, or UDP when `udp`).
+    pub fn remove(&self, service: SocketAddr, udp: bool) {
         #[cfg(target_os = "linux")]
         if let Backend::Ebpf(r) = self {
-            if let Err(e) = lock(r).remove(service) {
-                tracing::error!(%service, error = %e, "cannot remove redirect");
+            let mut r = lock(r);
+            let result = if udp {
+                r.remove_udp(service)
+            } else {
+                r.remove(service)
+            };
+            if let Err(e) = result {
+                tracing::error!(%service, udp, error = %e, "cannot remove redirect");
             }
         }
-        let _ = service;
+        let _ = (service, udp);
     }
 }
 
