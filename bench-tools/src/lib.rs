@@ -60,7 +60,11 @@ pub struct XorShift(u64);
 impl XorShift {
     /// Seeded generator (a zero seed is replaced).
     pub fn new(seed: u64) -> Self {
-        XorShift(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+        XorShift(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
     }
 
     /// Uniform in [0, 1).
@@ -89,7 +93,10 @@ mod tests {
     #[test]
     fn xorshift_stays_in_unit_interval() {
         let mut r = XorShift::new(0);
-        let n = (0..10_000).map(|_| r.next_f64()).filter(|x| *x < 0.01).count();
+        let n = (0..10_000)
+            .map(|_| r.next_f64())
+            .filter(|x| *x < 0.01)
+            .count();
         assert!((50..200).contains(&n), "about 1% below 0.01, got {n}");
     }
 }

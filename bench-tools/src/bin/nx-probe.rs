@@ -206,7 +206,10 @@ async fn idle(addr: SocketAddr, count: usize, rss: Vec<String>, hold: u64) -> an
         rss_json.join(",")
     );
     if ok != count {
-        bail!("{} of {count} connections failed the second echo", count - ok);
+        bail!(
+            "{} of {count} connections failed the second echo",
+            count - ok
+        );
     }
     Ok(())
 }

@@ -172,11 +172,9 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 cert_out,
                 seconds,
-            } => {
-                tokio::time::timeout(Duration::from_secs(seconds), server(listen, cert_out))
-                    .await
-                    .unwrap_or(Ok(()))
-            }
+            } => tokio::time::timeout(Duration::from_secs(seconds), server(listen, cert_out))
+                .await
+                .unwrap_or(Ok(())),
             Mode::Client {
                 connect,
                 cert,

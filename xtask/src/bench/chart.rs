@@ -22,7 +22,9 @@ fn font() -> anyhow::Result<()> {
         let bytes = FONT_PATHS
             .iter()
             .find_map(|p| std::fs::read(p).ok())
-            .ok_or_else(|| format!("no DejaVuSans.ttf in {FONT_PATHS:?} (apt-get install fonts-dejavu-core)"))?;
+            .ok_or_else(|| {
+                format!("no DejaVuSans.ttf in {FONT_PATHS:?} (apt-get install fonts-dejavu-core)")
+            })?;
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
         plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
             .map_err(|_| "DejaVuSans.ttf is not a usable font".to_owned())
@@ -75,7 +77,11 @@ pub fn bar_chart(path: &Path, t: &Table) -> anyhow::Result<()> {
         .build_cartesian_2d(0.0..xmax, (0..n as i32).into_segmented())
         .map_err(e)?;
     let labels: Vec<&str> = bars.iter().map(|b| b.1).collect();
-    let better = if t.higher_better { "higher is better" } else { "lower is better" };
+    let better = if t.higher_better {
+        "higher is better"
+    } else {
+        "lower is better"
+    };
     chart
         .configure_mesh()
         .disable_y_mesh()
@@ -96,7 +102,10 @@ pub fn bar_chart(path: &Path, t: &Table) -> anyhow::Result<()> {
         chart
             .draw_series(std::iter::once({
                 let mut bar = Rectangle::new(
-                    [(0.0, SegmentValue::Exact(i)), (*m, SegmentValue::Exact(i + 1))],
+                    [
+                        (0.0, SegmentValue::Exact(i)),
+                        (*m, SegmentValue::Exact(i + 1)),
+                    ],
                     c.mix(0.8).filled(),
                 );
                 bar.set_margin(6, 6, 0, 0);
@@ -105,7 +114,10 @@ pub fn bar_chart(path: &Path, t: &Table) -> anyhow::Result<()> {
             .map_err(e)?;
         chart
             .draw_series(std::iter::once(PathElement::new(
-                vec![(*lo, SegmentValue::CenterOf(i)), (*hi, SegmentValue::CenterOf(i))],
+                vec![
+                    (*lo, SegmentValue::CenterOf(i)),
+                    (*hi, SegmentValue::CenterOf(i)),
+                ],
                 BLACK.stroke_width(2),
             )))
             .map_err(e)?;

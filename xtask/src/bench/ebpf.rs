@@ -41,10 +41,18 @@ pub fn scenario8(s: &Settings) -> anyhow::Result<Table> {
         .args(["tcp", "--listen", &format!("0.0.0.0:{PORT}")])
         .spawn()?;
     let cg = ChildCgroup::new(&format!("nxb8-cg-{}", std::process::id()))?;
-    let extra = format!("redirect = \"ebpf\"\ncgroup = \"{}\"\n", cg.path().display());
+    let extra = format!(
+        "redirect = \"ebpf\"\ncgroup = \"{}\"\n",
+        cg.path().display()
+    );
     let svc: IpAddr = SERVICE.parse()?;
-    let nm = Netmux::start_with(&sb, &[ServiceSpec::l2c("echo", svc, PORT, PORT)], TOKEN, &extra)
-        .context("netmux with redirect = \"ebpf\"")?;
+    let nm = Netmux::start_with(
+        &sb,
+        &[ServiceSpec::l2c("echo", svc, PORT, PORT)],
+        TOKEN,
+        &extra,
+    )
+    .context("netmux with redirect = \"ebpf\"")?;
     for args in [vec!["connect", ENDPOINT], vec!["start", ENDPOINT, "+"]] {
         let out = nm.cli(&args)?;
         if !out.success() {
@@ -52,7 +60,10 @@ pub fn scenario8(s: &Settings) -> anyhow::Result<Table> {
         }
     }
     if !nm.daemon.log().to_lowercase().contains("ebpf") {
-        bail!("netmuxd did not report the eBPF backend:\n{}", nm.daemon.log());
+        bail!(
+            "netmuxd did not report the eBPF backend:\n{}",
+            nm.daemon.log()
+        );
     }
     let ls = nm.ls()?;
     let listener = find_listener(&serde_json::Value::Array(ls.clone()))
@@ -86,7 +97,11 @@ pub fn scenario8(s: &Settings) -> anyhow::Result<Table> {
     let cases: [(&'static str, bool, SocketAddr); 3] = [
         ("redirected: cluster address, in cgroup", true, service),
         ("listener dialled directly, no hook", false, listener),
-        ("listener from inside the cgroup (hook miss)", true, listener),
+        (
+            "listener from inside the cgroup (hook miss)",
+            true,
+            listener,
+        ),
     ];
     let mut rows: Vec<Row> = cases
         .iter()
@@ -104,7 +119,9 @@ pub fn scenario8(s: &Settings) -> anyhow::Result<Table> {
             if let Outcome::Values(v) = &mut row.outcome {
                 match run(inside, addr) {
                     Ok(us) => v.push(us),
-                    Err(e) => row.outcome = Outcome::Failed(format!("{e:#}").chars().take(300).collect()),
+                    Err(e) => {
+                        row.outcome = Outcome::Failed(format!("{e:#}").chars().take(300).collect())
+                    }
                 }
             }
         }
@@ -136,6 +153,7 @@ pub fn scenario8(s: &Settings) -> anyhow::Result<Table> {
     };
     drop(nm);
     drop(cg);
-    t.notes.push("Overhead = redirected vs listener dialled directly.".into());
+    t.notes
+        .push("Overhead = redirected vs listener dialled directly.".into());
     Ok(t)
 }

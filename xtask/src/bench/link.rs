@@ -97,25 +97,57 @@ impl Link {
                 )?;
             }
             let sides = [
-                (Side::Workstation, TUN_WS, WS_IF, mac(sb, Side::Cluster, CLUSTER_IF)?, sb.cluster_addr(), sb.ws_addr()),
-                (Side::Cluster, TUN_CL, CLUSTER_IF, mac(sb, Side::Workstation, WS_IF)?, sb.ws_addr(), sb.cluster_addr()),
+                (
+                    Side::Workstation,
+                    TUN_WS,
+                    WS_IF,
+                    mac(sb, Side::Cluster, CLUSTER_IF)?,
+                    sb.cluster_addr(),
+                    sb.ws_addr(),
+                ),
+                (
+                    Side::Cluster,
+                    TUN_CL,
+                    CLUSTER_IF,
+                    mac(sb, Side::Workstation, WS_IF)?,
+                    sb.ws_addr(),
+                    sb.cluster_addr(),
+                ),
             ];
             for (side, tun, out_if, peer_mac, dst, src) in sides {
                 let p = sb
                     .process(side, &format!("delayline-{tun}"), &delayline)
                     .args(["--tun", tun, "--out-if", out_if, "--peer-mac", &peer_mac])
-                    .args(["--delay-ms", &delay.to_string(), "--loss", &loss.to_string()])
+                    .args([
+                        "--delay-ms",
+                        &delay.to_string(),
+                        "--loss",
+                        &loss.to_string(),
+                    ])
                     .args(["--seconds", "3600"])
                     .spawn()?;
                 self.lines.push(p);
                 let ns = sb.netns(side);
-                netmux_testbed::wait_until(&format!("{tun} to appear"), Duration::from_secs(5), || {
-                    ns.ip(["link", "show", "dev", tun]).is_ok()
-                })?;
-                sb.exec(side, "sysctl", ["-q", "-w", &format!("net.ipv4.conf.{out_if}.rp_filter=0")], Duration::from_secs(5))?;
+                netmux_testbed::wait_until(
+                    &format!("{tun} to appear"),
+                    Duration::from_secs(5),
+                    || ns.ip(["link", "show", "dev", tun]).is_ok(),
+                )?;
+                sb.exec(
+                    side,
+                    "sysctl",
+                    ["-q", "-w", &format!("net.ipv4.conf.{out_if}.rp_filter=0")],
+                    Duration::from_secs(5),
+                )?;
                 ns.ip(["link", "set", tun, "up", "mtu", "1500"])?;
                 ns.ip([
-                    "route", "replace", &format!("{dst}/32"), "dev", tun, "src", &src.to_string(),
+                    "route",
+                    "replace",
+                    &format!("{dst}/32"),
+                    "dev",
+                    tun,
+                    "src",
+                    &src.to_string(),
                 ])?;
             }
         }
@@ -124,11 +156,24 @@ impl Link {
     }
 
     fn ping(&mut self, sb: &Sandbox, profile: Profile) -> anyhow::Result<()> {
-        let count = if profile == Profile::Lossy { "400" } else { "100" };
+        let count = if profile == Profile::Lossy {
+            "400"
+        } else {
+            "100"
+        };
         let out = sb.exec(
             Side::Workstation,
             "ping",
-            ["-q", "-c", count, "-i", "0.005", "-W", "2", &sb.cluster_addr().to_string()],
+            [
+                "-q",
+                "-c",
+                count,
+                "-i",
+                "0.005",
+                "-W",
+                "2",
+                &sb.cluster_addr().to_string(),
+            ],
             Duration::from_secs(30),
         );
         // ping exits 1 when some replies were lost: that is the point of
@@ -155,9 +200,7 @@ impl Link {
             .and_then(|v| v.parse().ok())
             .unwrap_or(f64::NAN);
         self.rtt_ms = avg;
-        self.check = format!(
-            "ping -c {count} -i 0.005: rtt min/avg/max/mdev {rtt}, {loss}"
-        );
+        self.check = format!("ping -c {count} -i 0.005: rtt min/avg/max/mdev {rtt}, {loss}");
         println!("==> bench: link {}: {}", profile.name(), self.check);
         let want = 2.0 * profile.shape().0;
         if !(avg.is_finite() && (avg - want).abs() < 5.0 + want * 0.25) {

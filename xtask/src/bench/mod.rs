@@ -262,7 +262,11 @@ impl Table {
             })
             .filter_map(|r| r.median().map(|m| (r.peer, m)))
             .reduce(|a, b| {
-                let b_better = if self.higher_better { b.1 > a.1 } else { b.1 < a.1 };
+                let b_better = if self.higher_better {
+                    b.1 > a.1
+                } else {
+                    b.1 < a.1
+                };
                 if b_better {
                     b
                 } else {
@@ -370,7 +374,15 @@ pub fn bench(opts: Options) -> anyhow::Result<()> {
     } else {
         root().join("docs/bench")
     };
-    report::write(&out, &charts, &results, &tools, &settings, &load_start, elapsed)?;
+    report::write(
+        &out,
+        &charts,
+        &results,
+        &tools,
+        &settings,
+        &load_start,
+        elapsed,
+    )?;
     println!(
         "==> bench: done in {:.0?}; report {} (charts in {})",
         Duration::from_secs(elapsed.as_secs()),

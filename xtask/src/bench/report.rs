@@ -45,11 +45,19 @@ fn git(args: &[&str]) -> String {
 
 fn table_md(t: &Table, chart: Option<&str>) -> String {
     let mut s = String::new();
-    let better = if t.higher_better { "higher is better" } else { "lower is better" };
+    let better = if t.higher_better {
+        "higher is better"
+    } else {
+        "lower is better"
+    };
     let _ = writeln!(s, "### {}. {} ({})\n", t.scenario, t.title, t.profile);
     let direct = t.median(Peer::Direct);
     let best = t.best_alternative(false);
-    let _ = write!(s, "| peer | median {} | min | max | n | ÷ direct | ÷ best peer |", t.unit);
+    let _ = write!(
+        s,
+        "| peer | median {} | min | max | n | ÷ direct | ÷ best peer |",
+        t.unit
+    );
     for c in &t.extra_cols {
         let _ = write!(s, " {c} |");
     }
@@ -80,14 +88,28 @@ fn table_md(t: &Table, chart: Option<&str>) -> String {
                 let _ = write!(s, "| {} | no values | | | 0 | | |", r.name());
             }
             Outcome::Skipped(why) => {
-                let _ = write!(s, "| {} | skipped: {} | | | 0 | | |", r.name(), one_line(why));
+                let _ = write!(
+                    s,
+                    "| {} | skipped: {} | | | 0 | | |",
+                    r.name(),
+                    one_line(why)
+                );
             }
             Outcome::Failed(why) => {
-                let _ = write!(s, "| {} | FAILED: {} | | | 0 | | |", r.name(), one_line(why));
+                let _ = write!(
+                    s,
+                    "| {} | FAILED: {} | | | 0 | | |",
+                    r.name(),
+                    one_line(why)
+                );
             }
         }
         for i in 0..t.extra_cols.len() {
-            let _ = write!(s, " {} |", r.extra.get(i).map(|x| one_line(x)).unwrap_or_default());
+            let _ = write!(
+                s,
+                " {} |",
+                r.extra.get(i).map(|x| one_line(x)).unwrap_or_default()
+            );
         }
         s.push('\n');
     }
@@ -139,7 +161,11 @@ pub fn write(
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let mode = if settings.quick { "quick (`--quick`)" } else { "full" };
+    let mode = if settings.quick {
+        "quick (`--quick`)"
+    } else {
+        "full"
+    };
     let mut s = String::new();
     let _ = writeln!(s, "# netmux benchmarks\n");
     let _ = writeln!(
@@ -149,7 +175,11 @@ pub fn write(
          {load_start}. Everything above \"History\" is rewritten by each run; numbers are never \
          edited by hand.\n",
         if settings.quick { " --quick" } else { "" },
-        if dirty { " (with uncommitted changes in the tree)" } else { "" },
+        if dirty {
+            " (with uncommitted changes in the tree)"
+        } else {
+            ""
+        },
         settings.reps,
         elapsed.as_secs_f64() / 60.0
     );
@@ -160,7 +190,11 @@ pub fn write(
             Some(false) => "**missed**",
             None => "not measured",
         };
-        let _ = writeln!(s, "| {} | {} | {} | {mark} |", v.scenario, v.target, v.measured);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {mark} |",
+            v.scenario, v.target, v.measured
+        );
     }
     for (n, why) in &res.pending {
         let _ = writeln!(s, "| {n} | see scenario {n} | {why} | pending |");
@@ -185,7 +219,7 @@ pub fn write(
          - direct: clients dial the cluster's veth address (no tunnel: the ceiling).\n",
     );
     for (peer, cmd) in res_setup(res) {
-        let _ = writeln!(s, "- {peer}: `{}`", one_line(&cmd));
+        let _ = writeln!(s, "- {peer}: `{}`", cmd.replace(['\n', '|'], " "));
     }
     s.push_str(
         "\nLink profiles: `lan` is the bare veth. This kernel has no netem, so `wan` (20 ms RTT) \

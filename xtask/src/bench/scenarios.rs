@@ -122,7 +122,14 @@ struct Meta {
     higher_better: bool,
 }
 
-fn table(m: Meta, w: &World<'_>, load_before: String, rows: Vec<Row>, extra_cols: &[&str], commands: Vec<String>) -> Table {
+fn table(
+    m: Meta,
+    w: &World<'_>,
+    load_before: String,
+    rows: Vec<Row>,
+    extra_cols: &[&str],
+    commands: Vec<String>,
+) -> Table {
     Table {
         id: m.id.to_owned(),
         scenario: m.scenario,
@@ -139,11 +146,15 @@ fn table(m: Meta, w: &World<'_>, load_before: String, rows: Vec<Row>, extra_cols
     }
 }
 
-fn ws_exec(w: &World<'_>, program: &str, args: &[String], timeout: Duration) -> anyhow::Result<String> {
-    let out = w
-        .sb
-        .exec(Side::Workstation, program, args, timeout)
-        .with_context(|| format!("{program} {}", args.join(" ")))?;
+fn ws_exec(
+    w: &World<'_>,
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let out =
+        w.sb.exec(Side::Workstation, program, args, timeout)
+            .with_context(|| format!("{program} {}", args.join(" ")))?;
     Ok(out.stdout)
 }
 
@@ -164,7 +175,9 @@ fn iperf(w: &World<'_>, addr: SocketAddr, secs: u64) -> anyhow::Result<(f64, f64
         bail!("iperf3: {e}");
     }
     let sum = &v["end"]["sum_received"];
-    let bps = sum["bits_per_second"].as_f64().context("no bits_per_second")?;
+    let bps = sum["bits_per_second"]
+        .as_f64()
+        .context("no bits_per_second")?;
     let bytes = sum["bytes"].as_f64().context("no bytes")?;
     Ok((bps / 1e9, bytes))
 }
@@ -197,7 +210,8 @@ fn bulk(w: &World<'_>, peer: Peer, secs: u64) -> anyhow::Result<(f64, f64)> {
     }
 }
 
-const IPERF_CMD: &str = "iperf3 -c ADDR -p PORT -t {T} -J (one TCP stream; server `iperf3 -s` in the cluster)";
+const IPERF_CMD: &str =
+    "iperf3 -c ADDR -p PORT -t {T} -J (one TCP stream; server `iperf3 -s` in the cluster)";
 const QUINN_CMD: &str = "nx-quicperf client --connect CLUSTER:7600 --cert CERT --seconds {T} (one QUIC stream, netmux-common transport settings)";
 
 /// 1 (bulk, lan) and 9 (CPU per GiB, from the same runs).
@@ -219,7 +233,14 @@ fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
     let t = s.bulk_secs.to_string();
     let commands = vec![IPERF_CMD.replace("{T}", &t), QUINN_CMD.replace("{T}", &t)];
     let t1 = table(
-        Meta { id: "s1-bulk-lan", scenario: 1, title: "Bulk, one TCP stream", profile: Profile::Lan, unit: "Gbit/s", higher_better: true },
+        Meta {
+            id: "s1-bulk-lan",
+            scenario: 1,
+            title: "Bulk, one TCP stream",
+            profile: Profile::Lan,
+            unit: "Gbit/s",
+            higher_better: true,
+        },
         w,
         load.clone(),
         rows.clone(),
@@ -234,7 +255,10 @@ fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
             label: None,
             outcome: match &r.outcome {
                 Outcome::Values(_) => Outcome::Values(
-                    cpu.iter().find(|(p, _)| *p == r.peer).map(|(_, v)| v.clone()).unwrap_or_default(),
+                    cpu.iter()
+                        .find(|(p, _)| *p == r.peer)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default(),
                 ),
                 other => other.clone(),
             },
@@ -242,7 +266,14 @@ fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
         })
         .collect();
     let mut t9 = table(
-        Meta { id: "s9-cpu-per-gib", scenario: 9, title: "CPU seconds per GiB moved (tunnel processes, both ends; during scenario 1)", profile: Profile::Lan, unit: "CPU s/GiB", higher_better: false },
+        Meta {
+            id: "s9-cpu-per-gib",
+            scenario: 9,
+            title: "CPU seconds per GiB moved (tunnel processes, both ends; during scenario 1)",
+            profile: Profile::Lan,
+            unit: "CPU s/GiB",
+            higher_better: false,
+        },
         w,
         load,
         rows9,
@@ -265,7 +296,14 @@ fn scenario2(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
     });
     let t = s.lossy_bulk_secs.to_string();
     Ok(table(
-        Meta { id: "s2-bulk-lossy", scenario: 2, title: "Bulk under loss, one TCP stream", profile: Profile::Lossy, unit: "Mbit/s", higher_better: true },
+        Meta {
+            id: "s2-bulk-lossy",
+            scenario: 2,
+            title: "Bulk under loss, one TCP stream",
+            profile: Profile::Lossy,
+            unit: "Mbit/s",
+            higher_better: true,
+        },
         w,
         load,
         rows,
@@ -282,10 +320,17 @@ fn scenario3(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
     let secs = s.wrk_secs;
     let rows = measure(w, &Peer::TCP, Target::Http, s.reps, |w, peer| {
         let url = format!("http://{}/", w.addr(peer, Target::Http));
-        let args: Vec<String> = ["-t2", "-c256", &format!("-d{secs}s"), "--timeout", "5s", &url]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+        let args: Vec<String> = [
+            "-t2",
+            "-c256",
+            &format!("-d{secs}s"),
+            "--timeout",
+            "5s",
+            &url,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
         let out = ws_exec(w, "wrk", &args, Duration::from_secs(secs + 30))?;
         let rps: f64 = out
             .lines()
@@ -300,12 +345,21 @@ fn scenario3(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
         Ok((rps, vec![errors]))
     });
     Ok(table(
-        Meta { id: "s3-requests-lan", scenario: 3, title: "Small HTTP requests, 256 concurrent connections (wrk, nx-echo http)", profile: Profile::Lan, unit: "requests/s", higher_better: true },
+        Meta {
+            id: "s3-requests-lan",
+            scenario: 3,
+            title: "Small HTTP requests, 256 concurrent connections (wrk, nx-echo http)",
+            profile: Profile::Lan,
+            unit: "requests/s",
+            higher_better: true,
+        },
         w,
         load,
         rows,
         &["errors (last rep)"],
-        vec![format!("wrk -t2 -c256 -d{secs}s --timeout 5s http://ADDR:PORT/")],
+        vec![format!(
+            "wrk -t2 -c256 -d{secs}s --timeout 5s http://ADDR:PORT/"
+        )],
     ))
 }
 
@@ -349,11 +403,10 @@ fn scenario5(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
     let secs = s.reqlat_secs;
     let rows = measure(w, &Peer::TCP, Target::Echo, s.reps, |w, peer| {
         let (h, port) = host_port(w.addr(peer, Target::Iperf));
-        let mut bulk = w
-            .sb
-            .process(Side::Workstation, "hol-bulk", "iperf3")
-            .args(["-c", &h, "-p", &port, "-t", &(secs + 2).to_string()])
-            .spawn()?;
+        let mut bulk =
+            w.sb.process(Side::Workstation, "hol-bulk", "iperf3")
+                .args(["-c", &h, "-p", &port, "-t", &(secs + 2).to_string()])
+                .spawn()?;
         std::thread::sleep(Duration::from_millis(1500));
         let args = vec![
             "reqlat".into(),
@@ -447,7 +500,9 @@ fn scenario6(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
         &["server KiB/conn", "usable after hold", "open s", "VmRSS"],
         vec![format!("nx-probe idle --addr ADDR:PORT --count {n} --rss daemon=PID --rss server=PID (opens, echoes once, holds 3 s, reads VmRSS, echoes again on each)")],
     );
-    t.notes.push(format!("{n} connections; (VmRSS after - before) / {n} for netmuxd and netmux-server."));
+    t.notes.push(format!(
+        "{n} connections; (VmRSS after - before) / {n} for netmuxd and netmux-server."
+    ));
     Ok(t)
 }
 
@@ -455,21 +510,36 @@ fn scenario7(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
     let mut tables = Vec::new();
     let secs = s.pgbench_secs.to_string();
     for (id, title, extra_flag) in [
-        ("s7-pgbench-wan", "pgbench (TPC-B like, 8 clients), PostgreSQL in the cluster", None),
-        ("s7-pgbench-C-wan", "pgbench -C (new connection per transaction, 8 clients)", Some("-C")),
+        (
+            "s7-pgbench-wan",
+            "pgbench (TPC-B like, 8 clients), PostgreSQL in the cluster",
+            None,
+        ),
+        (
+            "s7-pgbench-C-wan",
+            "pgbench -C (new connection per transaction, 8 clients)",
+            Some("-C"),
+        ),
     ] {
         let load = loadavg();
         let rows = measure(w, &Peer::TCP, Target::Postgres, s.reps, |w, peer| {
             let (h, p) = host_port(w.addr(peer, Target::Postgres));
-            let mut args: Vec<String> = ["-h", &h, "-p", &p, "-U", "postgres", "-n", "-c", "8", "-j", "2", "-T", &secs]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
+            let mut args: Vec<String> = [
+                "-h", &h, "-p", &p, "-U", "postgres", "-n", "-c", "8", "-j", "2", "-T", &secs,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
             if let Some(f) = extra_flag {
                 args.push(f.into());
             }
             args.push("postgres".into());
-            let out = ws_exec(w, "pgbench", &args, Duration::from_secs(s.pgbench_secs + 60))?;
+            let out = ws_exec(
+                w,
+                "pgbench",
+                &args,
+                Duration::from_secs(s.pgbench_secs + 60),
+            )?;
             let tps: f64 = out
                 .lines()
                 .find_map(|l| l.strip_prefix("tps = "))
@@ -477,9 +547,19 @@ fn scenario7(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
                 .with_context(|| format!("no tps in pgbench output: {out}"))?;
             Ok((tps, Vec::new()))
         });
-        let cmd = format!("pgbench -h ADDR -p PORT -U postgres -n -c 8 -j 2 -T {secs}{} postgres (scale 1)", extra_flag.map(|f| format!(" {f}")).unwrap_or_default());
+        let cmd = format!(
+            "pgbench -h ADDR -p PORT -U postgres -n -c 8 -j 2 -T {secs}{} postgres (scale 1)",
+            extra_flag.map(|f| format!(" {f}")).unwrap_or_default()
+        );
         tables.push(table(
-            Meta { id, scenario: 7, title, profile: Profile::Wan, unit: "TPS", higher_better: true },
+            Meta {
+                id,
+                scenario: 7,
+                title,
+                profile: Profile::Wan,
+                unit: "TPS",
+                higher_better: true,
+            },
             w,
             load,
             rows,
@@ -489,16 +569,26 @@ fn scenario7(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
     }
     let n = s.redis_requests.to_string();
     for (id, title, test) in [
-        ("s7-redis-get-wan", "redis-benchmark GET (50 clients)", "get"),
-        ("s7-redis-set-wan", "redis-benchmark SET (50 clients)", "set"),
+        (
+            "s7-redis-get-wan",
+            "redis-benchmark GET (50 clients)",
+            "get",
+        ),
+        (
+            "s7-redis-set-wan",
+            "redis-benchmark SET (50 clients)",
+            "set",
+        ),
     ] {
         let load = loadavg();
         let rows = measure(w, &Peer::TCP, Target::Redis, s.reps, |w, peer| {
             let (h, p) = host_port(w.addr(peer, Target::Redis));
-            let args: Vec<String> = ["-h", &h, "-p", &p, "-c", "50", "-n", &n, "-t", test, "--csv"]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
+            let args: Vec<String> = [
+                "-h", &h, "-p", &p, "-c", "50", "-n", &n, "-t", test, "--csv",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
             let out = ws_exec(w, "redis-benchmark", &args, Duration::from_secs(120))?;
             let want = format!("\"{}\"", test.to_uppercase());
             let ops: f64 = out
@@ -510,12 +600,21 @@ fn scenario7(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
             Ok((ops, Vec::new()))
         });
         tables.push(table(
-            Meta { id, scenario: 7, title, profile: Profile::Wan, unit: "ops/s", higher_better: true },
+            Meta {
+                id,
+                scenario: 7,
+                title,
+                profile: Profile::Wan,
+                unit: "ops/s",
+                higher_better: true,
+            },
             w,
             load,
             rows,
             &[],
-            vec![format!("redis-benchmark -h ADDR -p PORT -c 50 -n {n} -t {test} --csv")],
+            vec![format!(
+                "redis-benchmark -h ADDR -p PORT -c 50 -n {n} -t {test} --csv"
+            )],
         ));
     }
     Ok(tables)
@@ -529,7 +628,8 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 fn fmt_ratio(r: Option<f64>) -> String {
-    r.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "n/a".into())
+    r.map(|r| format!("{r:.2}×"))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 fn best_ssh(t: &Table) -> Option<f64> {
@@ -555,19 +655,35 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
             let q = ratio(nm, t.median(Peer::Quinn));
             let s = ratio(nm, t.median(Peer::SshAes));
             vec![
-                v("netmux ≥ 0.9× raw quinn (lan bulk)", fmt_ratio(q), q.map(|r| r >= 0.9)),
-                v("netmux ≥ 1.0× ssh -L aes128-gcm (lan bulk)", fmt_ratio(s), s.map(|r| r >= 1.0)),
+                v(
+                    "netmux ≥ 0.9× raw quinn (lan bulk)",
+                    fmt_ratio(q),
+                    q.map(|r| r >= 0.9),
+                ),
+                v(
+                    "netmux ≥ 1.0× ssh -L aes128-gcm (lan bulk)",
+                    fmt_ratio(s),
+                    s.map(|r| r >= 1.0),
+                ),
             ]
         }
         "s2-bulk-lossy" => {
             let r = ratio(nm, best_ssh(t));
-            vec![v("netmux ≥ 5× ssh -L (lossy bulk)", format!("{} the better ssh", fmt_ratio(r)), r.map(|r| r >= 5.0))]
+            vec![v(
+                "netmux ≥ 5× ssh -L (lossy bulk)",
+                format!("{} the better ssh", fmt_ratio(r)),
+                r.map(|r| r >= 5.0),
+            )]
         }
         "s3-requests-lan" => {
             let best = t.best_alternative(true);
             let r = ratio(nm, best.map(|b| b.1));
             let who = best.map(|b| b.0.label()).unwrap_or("none");
-            vec![v("netmux ≥ 2× best encrypted peer (requests/s)", format!("{} {who}", fmt_ratio(r)), r.map(|r| r >= 2.0))]
+            vec![v(
+                "netmux ≥ 2× best encrypted peer (requests/s)",
+                format!("{} {who}", fmt_ratio(r)),
+                r.map(|r| r >= 2.0),
+            )]
         }
         "s4-connect-wan" => {
             let rtt = t
@@ -576,16 +692,30 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
                 .and_then(|n| n.strip_prefix("Ping RTT "))
                 .and_then(|n| n.split_whitespace().next()?.parse::<f64>().ok());
             let r = ratio(nm, rtt);
-            vec![v("new connection ≤ 1.1 RTT (wan)", format!("{} RTT", r.map(|r| format!("{r:.2}")).unwrap_or("n/a".into())), r.map(|r| r <= 1.1))]
+            vec![v(
+                "new connection ≤ 1.1 RTT (wan)",
+                format!(
+                    "{} RTT",
+                    r.map(|r| format!("{r:.2}")).unwrap_or("n/a".into())
+                ),
+                r.map(|r| r <= 1.1),
+            )]
         }
         "s5-hol-lossy" => {
             let r = ratio(nm, best_ssh(t));
-            vec![v("p99 under bulk ≤ 1/3 of ssh -L's (lossy)", format!("{} the better ssh", fmt_ratio(r)), r.map(|r| r <= 1.0 / 3.0))]
+            vec![v(
+                "p99 under bulk ≤ 1/3 of ssh -L's (lossy)",
+                format!("{} the better ssh", fmt_ratio(r)),
+                r.map(|r| r <= 1.0 / 3.0),
+            )]
         }
         "s6-idle-scale" => {
             let row = t.row(Peer::Netmux);
             let server: Option<f64> = row.and_then(|r| r.extra.first()?.parse().ok());
-            let usable = row.and_then(|r| r.extra.get(1)).cloned().unwrap_or_default();
+            let usable = row
+                .and_then(|r| r.extra.get(1))
+                .cloned()
+                .unwrap_or_default();
             let all = usable.split('/').next() == usable.split('/').nth(1);
             let met = match (nm, server) {
                 (Some(d), Some(s)) => Some(d <= 32.0 && s <= 32.0 && all),
@@ -603,19 +733,39 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
         }
         "s7-pgbench-wan" | "s7-redis-get-wan" | "s7-redis-set-wan" => {
             let r = ratio(nm, t.median(Peer::Direct));
-            vec![v(&format!("{} ≥ 0.95× direct (wan)", t.title), fmt_ratio(r), r.map(|r| r >= 0.95))]
+            vec![v(
+                &format!("{} ≥ 0.95× direct (wan)", t.title),
+                fmt_ratio(r),
+                r.map(|r| r >= 0.95),
+            )]
         }
         "s7-pgbench-C-wan" => {
             let r = ratio(nm, t.median(Peer::Direct));
-            vec![v("pgbench -C faster than direct (wan)", fmt_ratio(r), r.map(|r| r > 1.0))]
+            vec![v(
+                "pgbench -C faster than direct (wan)",
+                fmt_ratio(r),
+                r.map(|r| r > 1.0),
+            )]
         }
         "s8-ebpf-connect" => {
-            let r = ratio(t.rows.first().and_then(Row::median), t.rows.get(1).and_then(Row::median));
-            vec![v("eBPF redirect connect+close overhead ≤ 5%", r.map(|r| format!("{:+.1}%", (r - 1.0) * 100.0)).unwrap_or("n/a".into()), r.map(|r| r <= 1.05))]
+            let r = ratio(
+                t.rows.first().and_then(Row::median),
+                t.rows.get(1).and_then(Row::median),
+            );
+            vec![v(
+                "eBPF redirect connect+close overhead ≤ 5%",
+                r.map(|r| format!("{:+.1}%", (r - 1.0) * 100.0))
+                    .unwrap_or("n/a".into()),
+                r.map(|r| r <= 1.05),
+            )]
         }
         "s9-cpu-per-gib" => {
             let r = ratio(nm, best_ssh(t));
-            vec![v("netmux CPU/GiB below ssh -L's", format!("{} the better ssh", fmt_ratio(r)), r.map(|r| r < 1.0))]
+            vec![v(
+                "netmux CPU/GiB below ssh -L's",
+                format!("{} the better ssh", fmt_ratio(r)),
+                r.map(|r| r < 1.0),
+            )]
         }
         _ => Vec::new(),
     }

@@ -99,7 +99,11 @@ fn ip(s: &str) -> IpAddr {
 impl<'a> World<'a> {
     /// Starts backends, then peers; a peer that cannot start is recorded as
     /// unavailable, not fatal.
-    pub fn start(sb: &'a Sandbox, tools: &'a Tools, _settings: &Settings) -> anyhow::Result<World<'a>> {
+    pub fn start(
+        sb: &'a Sandbox,
+        tools: &'a Tools,
+        _settings: &Settings,
+    ) -> anyhow::Result<World<'a>> {
         let mut w = World {
             sb,
             tools,
@@ -143,7 +147,13 @@ impl<'a> World<'a> {
         self.procs.clear();
     }
 
-    fn spawn(&mut self, side: Side, label: &str, program: &str, args: &[String]) -> anyhow::Result<()> {
+    fn spawn(
+        &mut self,
+        side: Side,
+        label: &str,
+        program: &str,
+        args: &[String],
+    ) -> anyhow::Result<()> {
         let p = self
             .sb
             .process(side, label, program)
@@ -214,7 +224,13 @@ impl<'a> World<'a> {
     /// processes named `names` in both namespaces.
     pub fn cpu_seconds(&self, names: &[&str]) -> f64 {
         let mut ticks: u64 = 0;
-        for pid in self.sb.ws().pids().into_iter().chain(self.sb.cluster().pids()) {
+        for pid in self
+            .sb
+            .ws()
+            .pids()
+            .into_iter()
+            .chain(self.sb.cluster().pids())
+        {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 continue;
             };
@@ -242,24 +258,75 @@ impl<'a> World<'a> {
         if let Some(why) = self.tools.missing("iperf3") {
             self.no_backend.insert(Target::Iperf, why.to_owned());
         } else {
-            self.spawn(Side::Cluster, "iperf3-server", "iperf3", &["-s".into(), "-p".into(), "5201".into()])?;
+            self.spawn(
+                Side::Cluster,
+                "iperf3-server",
+                "iperf3",
+                &["-s".into(), "-p".into(), "5201".into()],
+            )?;
         }
-        self.spawn(Side::Cluster, "http", &echo, &["http".into(), "--listen".into(), any(8080), "--max-connections".into(), "20000".into()])?;
-        self.wait(Side::Cluster, SocketAddr::new(self.cluster_ip(), 8080), "nx-echo http")?;
-        self.spawn(Side::Cluster, "echo", &echo, &["tcp".into(), "--listen".into(), any(9000), "--max-connections".into(), "20000".into()])?;
-        self.wait(Side::Cluster, SocketAddr::new(self.cluster_ip(), 9000), "nx-echo tcp")?;
+        self.spawn(
+            Side::Cluster,
+            "http",
+            &echo,
+            &[
+                "http".into(),
+                "--listen".into(),
+                any(8080),
+                "--max-connections".into(),
+                "20000".into(),
+            ],
+        )?;
+        self.wait(
+            Side::Cluster,
+            SocketAddr::new(self.cluster_ip(), 8080),
+            "nx-echo http",
+        )?;
+        self.spawn(
+            Side::Cluster,
+            "echo",
+            &echo,
+            &[
+                "tcp".into(),
+                "--listen".into(),
+                any(9000),
+                "--max-connections".into(),
+                "20000".into(),
+            ],
+        )?;
+        self.wait(
+            Side::Cluster,
+            SocketAddr::new(self.cluster_ip(), 9000),
+            "nx-echo tcp",
+        )?;
         if let Some(why) = self.tools.missing("redis-server") {
             self.no_backend.insert(Target::Redis, why.to_owned());
         } else {
             let args: Vec<String> = [
-                "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "",
-                "--appendonly", "no", "--maxclients", "10000", "--daemonize", "no",
+                "--port",
+                "6379",
+                "--bind",
+                "0.0.0.0",
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                "10000",
+                "--daemonize",
+                "no",
             ]
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
             self.spawn(Side::Cluster, "redis", "redis-server", &args)?;
-            if let Err(e) = self.wait(Side::Cluster, SocketAddr::new(self.cluster_ip(), 6379), "redis") {
+            if let Err(e) = self.wait(
+                Side::Cluster,
+                SocketAddr::new(self.cluster_ip(), 6379),
+                "redis",
+            ) {
                 self.no_backend.insert(Target::Redis, format!("{e:#}"));
             }
         }
@@ -279,7 +346,11 @@ impl<'a> World<'a> {
         }
         let data = self.sb.dir().join("pgdata");
         std::fs::create_dir_all(&data)?;
-        crate::util::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data))?;
+        crate::util::run(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data),
+        )?;
         let out = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(pg.join("initdb"))
@@ -295,23 +366,46 @@ impl<'a> World<'a> {
         std::fs::write(&hba, conf)?;
         let d = data.to_string_lossy().into_owned();
         let args: Vec<String> = vec![
-            "-u".into(), "postgres".into(), "--".into(),
+            "-u".into(),
+            "postgres".into(),
+            "--".into(),
             pg.join("postgres").to_string_lossy().into_owned(),
-            "-D".into(), d.clone(),
-            "-c".into(), "listen_addresses=*".into(),
-            "-c".into(), "port=5432".into(),
-            "-c".into(), format!("unix_socket_directories={d}"),
-            "-c".into(), "max_connections=300".into(),
-            "-c".into(), "fsync=off".into(),
-            "-c".into(), "synchronous_commit=off".into(),
+            "-D".into(),
+            d.clone(),
+            "-c".into(),
+            "listen_addresses=*".into(),
+            "-c".into(),
+            "port=5432".into(),
+            "-c".into(),
+            format!("unix_socket_directories={d}"),
+            "-c".into(),
+            "max_connections=300".into(),
+            "-c".into(),
+            "fsync=off".into(),
+            "-c".into(),
+            "synchronous_commit=off".into(),
         ];
         self.spawn(Side::Cluster, "postgres", "runuser", &args)?;
-        self.wait(Side::Cluster, SocketAddr::new(self.cluster_ip(), 5432), "postgres")?;
+        self.wait(
+            Side::Cluster,
+            SocketAddr::new(self.cluster_ip(), 5432),
+            "postgres",
+        )?;
         self.sb
             .exec(
                 Side::Cluster,
                 "pgbench",
-                ["-i", "-s", "1", "-q", "-h", "127.0.0.1", "-U", "postgres", "postgres"],
+                [
+                    "-i",
+                    "-s",
+                    "1",
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "postgres",
+                ],
                 Duration::from_secs(120),
             )
             .context("pgbench -i")?;
@@ -353,7 +447,11 @@ impl<'a> World<'a> {
                 .into(),
         ));
         self.netmux = Some(nm);
-        self.wait(Side::Workstation, self.addr(Peer::Netmux, Target::Echo), "netmux echo service")
+        self.wait(
+            Side::Workstation,
+            self.addr(Peer::Netmux, Target::Echo),
+            "netmux echo service",
+        )
     }
 
     fn start_ssh(&mut self, peer: Peer) -> anyhow::Result<()> {
@@ -388,18 +486,36 @@ impl<'a> World<'a> {
             );
             std::fs::write(dir.join("sshd_config"), config)?;
             let sshd = "/usr/sbin/sshd".to_owned();
-            let args = vec!["-D".into(), "-e".into(), "-f".into(), dir.join("sshd_config").to_string_lossy().into_owned()];
+            let args = vec![
+                "-D".into(),
+                "-e".into(),
+                "-f".into(),
+                dir.join("sshd_config").to_string_lossy().into_owned(),
+            ];
             self.spawn(Side::Cluster, "sshd", &sshd, &args)?;
-            self.wait(Side::Cluster, SocketAddr::new(self.cluster_ip(), SSH_PORT), "sshd")?;
+            self.wait(
+                Side::Cluster,
+                SocketAddr::new(self.cluster_ip(), SSH_PORT),
+                "sshd",
+            )?;
             self.setup_commands.push((
                 "sshd".into(),
                 format!("/usr/sbin/sshd -D -e -f sshd_config (cluster; ed25519 host key, port {SSH_PORT})"),
             ));
         }
         let mut args: Vec<String> = [
-            "-F", "/dev/null", "-N", "-o", "StrictHostKeyChecking=no", "-o",
-            "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o",
-            "ExitOnForwardFailure=yes", "-p",
+            "-F",
+            "/dev/null",
+            "-N",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-p",
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -417,15 +533,25 @@ impl<'a> World<'a> {
             args.push(format!("{}:{}:127.0.0.1:{}", l.ip(), l.port(), t.port()));
         }
         args.push(format!("root@{}", self.sb.cluster_addr()));
-        let label = if peer == Peer::SshAes { "ssh-aes" } else { "ssh-default" };
-        self.setup_commands.push((peer.label().into(), format!("ssh {}", args.join(" "))));
+        let label = if peer == Peer::SshAes {
+            "ssh-aes"
+        } else {
+            "ssh-default"
+        };
+        self.setup_commands
+            .push((peer.label().into(), format!("ssh {}", args.join(" "))));
         self.spawn(Side::Workstation, label, "ssh", &args)?;
         self.wait(Side::Workstation, self.addr(peer, Target::Echo), label)
     }
 
     fn start_rathole(&mut self) -> anyhow::Result<()> {
         let Some(rathole) = self.tools.rathole.clone() else {
-            bail!("{}", self.tools.missing("rathole").unwrap_or("rathole not installed"));
+            bail!(
+                "{}",
+                self.tools
+                    .missing("rathole")
+                    .unwrap_or("rathole not installed")
+            );
         };
         let rathole = rathole.to_string_lossy().into_owned();
         let out = Command::new(&rathole).arg("--genkey").output()?;
@@ -433,7 +559,10 @@ impl<'a> World<'a> {
         let after = |label: &str| -> Option<String> {
             let mut lines = text.lines().skip_while(|l| !l.contains(label));
             lines.next()?;
-            lines.map(str::trim).find(|l| !l.is_empty()).map(str::to_owned)
+            lines
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_owned)
         };
         let (Some(private), Some(public)) = (after("Private Key"), after("Public Key")) else {
             bail!("could not parse `rathole --genkey`: {text}");
@@ -465,8 +594,18 @@ impl<'a> World<'a> {
         let cp = self.sb.dir().join("rathole-client.toml");
         std::fs::write(&sp, server)?;
         std::fs::write(&cp, client)?;
-        self.spawn(Side::Workstation, "rathole-server", &rathole, &["--server".into(), sp.to_string_lossy().into_owned()])?;
-        self.spawn(Side::Cluster, "rathole-client", &rathole, &["--client".into(), cp.to_string_lossy().into_owned()])?;
+        self.spawn(
+            Side::Workstation,
+            "rathole-server",
+            &rathole,
+            &["--server".into(), sp.to_string_lossy().into_owned()],
+        )?;
+        self.spawn(
+            Side::Cluster,
+            "rathole-client",
+            &rathole,
+            &["--client".into(), cp.to_string_lossy().into_owned()],
+        )?;
         self.setup_commands.push((
             peer_label(Peer::Rathole),
             "rathole --server server.toml (workstation: binds the local ports), rathole --client \
@@ -475,7 +614,11 @@ impl<'a> World<'a> {
                 .into(),
         ));
         // The server binds its service ports once the client has registered.
-        self.wait(Side::Workstation, self.addr(Peer::Rathole, Target::Echo), "rathole")
+        self.wait(
+            Side::Workstation,
+            self.addr(Peer::Rathole, Target::Echo),
+            "rathole",
+        )
     }
 
     fn start_socat(&mut self) -> anyhow::Result<()> {
@@ -484,15 +627,30 @@ impl<'a> World<'a> {
         }
         for t in Target::ALL {
             let args = vec![
-                format!("TCP-LISTEN:{},fork,reuseaddr,backlog=1024", t.port() + 10_000),
+                format!(
+                    "TCP-LISTEN:{},fork,reuseaddr,backlog=1024",
+                    t.port() + 10_000
+                ),
                 format!("TCP:127.0.0.1:{}", t.port()),
             ];
             if t == Target::Iperf {
-                self.setup_commands.push((peer_label(Peer::Socat), format!("socat {} (cluster, one per port)", args.join(" "))));
+                self.setup_commands.push((
+                    peer_label(Peer::Socat),
+                    format!("socat {} (cluster, one per port)", args.join(" ")),
+                ));
             }
-            self.spawn(Side::Cluster, &format!("socat-{}", t.name()), "socat", &args)?;
+            self.spawn(
+                Side::Cluster,
+                &format!("socat-{}", t.name()),
+                "socat",
+                &args,
+            )?;
         }
-        self.wait(Side::Workstation, self.addr(Peer::Socat, Target::Echo), "socat")
+        self.wait(
+            Side::Workstation,
+            self.addr(Peer::Socat, Target::Echo),
+            "socat",
+        )
     }
 
     fn start_quinn(&mut self) -> anyhow::Result<()> {
@@ -504,7 +662,10 @@ impl<'a> World<'a> {
             "--cert-out".into(),
             self.quinn_cert.to_string_lossy().into_owned(),
         ];
-        self.setup_commands.push((peer_label(Peer::Quinn), format!("nx-quicperf {} (cluster)", args.join(" "))));
+        self.setup_commands.push((
+            peer_label(Peer::Quinn),
+            format!("nx-quicperf {} (cluster)", args.join(" ")),
+        ));
         self.spawn(Side::Cluster, "quicperf-server", &qp, &args)?;
         netmux_testbed::wait_for_file(&self.quinn_cert, START).context("nx-quicperf server")?;
         Ok(())
