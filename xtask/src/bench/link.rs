@@ -71,10 +71,10 @@ impl Link {
         self.lines.clear();
     }
 
-    /// Switches to `profile` and checks it with ping.
-    pub fn set(&mut self, sb: &Sandbox, profile: Profile) -> anyhow::Result<()> {
+    /// Switches to `profile` and checks it with ping; whether it changed.
+    pub fn set(&mut self, sb: &Sandbox, profile: Profile) -> anyhow::Result<bool> {
         if self.current == Some(profile.name()) {
-            return Ok(());
+            return Ok(false);
         }
         self.stop();
         self.current = None;
@@ -152,7 +152,8 @@ impl Link {
             }
         }
         self.current = Some(profile.name());
-        self.ping(sb, profile)
+        self.ping(sb, profile)?;
+        Ok(true)
     }
 
     fn ping(&mut self, sb: &Sandbox, profile: Profile) -> anyhow::Result<()> {

@@ -37,6 +37,10 @@ pub struct Options {
     /// Do not install missing tools (they are reported as skipped).
     #[arg(long)]
     pub no_install: bool,
+    /// Record a perf profile of netmuxd and netmux-server during the first
+    /// netmux bulk run of scenario 1 (target/bench/perf-netmux-bulk.*).
+    #[arg(long)]
+    pub profile: bool,
     /// Use the release binaries already built (e.g. while someone's edit
     /// breaks the build); the report notes it.
     #[arg(long)]
@@ -51,6 +55,10 @@ pub struct Options {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub quick: bool,
+    /// Where `--profile` writes, if given.
+    pub profile: Option<PathBuf>,
+    /// `--no-build`: the binaries measured may predate the commit.
+    pub no_build: bool,
     /// Repetitions per figure (median, min, max).
     pub reps: usize,
     pub bulk_secs: u64,
@@ -68,6 +76,8 @@ impl Settings {
         if quick {
             Settings {
                 quick,
+                profile: None,
+                no_build: false,
                 reps: 1,
                 bulk_secs: 3,
                 lossy_bulk_secs: 5,
@@ -81,6 +91,8 @@ impl Settings {
         } else {
             Settings {
                 quick,
+                profile: None,
+                no_build: false,
                 reps: 3,
                 bulk_secs: 8,
                 lossy_bulk_secs: 10,
@@ -88,7 +100,7 @@ impl Settings {
                 connect_samples: 30,
                 reqlat_secs: 10,
                 idle_conns: 10_000,
-                pgbench_secs: 8,
+                pgbench_secs: 6,
                 redis_requests: 10_000,
             }
         }
@@ -323,7 +335,8 @@ fn build() -> anyhow::Result<()> {
 /// Entry point of `cargo xtask bench`.
 pub fn bench(opts: Options) -> anyhow::Result<()> {
     let started = Instant::now();
-    let settings = Settings::new(opts.quick);
+    let mut settings = Settings::new(opts.quick);
+    settings.no_build = opts.no_build;
     let wanted = |n: u8| opts.scenarios.is_empty() || opts.scenarios.contains(&n);
     if opts.no_build {
         println!("==> bench: --no-build: using the release binaries as they are");
@@ -335,6 +348,9 @@ pub fn bench(opts: Options) -> anyhow::Result<()> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
+    if opts.profile {
+        settings.profile = Some(target_dir.join("bench"));
+    }
     // The testbed's `bin()` looks here only: benchmarks use release builds.
     std::env::set_var("NETMUX_BIN_DIR", target_dir.join("release"));
     let tools = tools::prepare(!opts.no_install);

@@ -174,7 +174,12 @@ pub fn write(
          {} repetition(s) per figure (median, min, max), {:.0} min in all. Load average at start \
          {load_start}. Everything above \"History\" is rewritten by each run; numbers are never \
          edited by hand.\n",
-        if settings.quick { " --quick" } else { "" },
+        match (settings.quick, settings.no_build) {
+            (true, true) => " --quick --no-build",
+            (true, false) => " --quick",
+            (false, true) => " --no-build",
+            (false, false) => "",
+        },
         if dirty {
             " (with uncommitted changes in the tree)"
         } else {

@@ -33,7 +33,12 @@ pub fn run_all(
         if !(wanted(n) || n == 1 && wanted(9)) {
             continue;
         }
-        w.link.set(w.sb, profile)?;
+        let switched = w.link.set(w.sb, profile)?;
+        if switched && std::env::var_os("NETMUX_BENCH_RECONNECT").is_some() {
+            // Experiment: a fresh QUIC connection on the new link, so the
+            // congestion controller starts from this link's RTT.
+            w.reconnect_netmux()?;
+        }
         println!("==> bench: scenario {n} ({})", profile.name());
         let tables = match n {
             1 => scenario1(w, s)?,
@@ -169,11 +174,27 @@ fn iperf(w: &World<'_>, addr: SocketAddr, secs: u64) -> anyhow::Result<(f64, f64
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    let out = ws_exec(w, "iperf3", &args, Duration::from_secs(secs + 40))?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-    if let Some(e) = v.get("error") {
-        bail!("iperf3: {e}");
-    }
+    let mut tries = 0;
+    let v: serde_json::Value = loop {
+        // A tunnel that buffered a lot may still be draining the previous
+        // test into the server: iperf3 then answers "busy"; retry.
+        let out = match ws_exec(w, "iperf3", &args, Duration::from_secs(secs + 40)) {
+            Ok(out) => out,
+            Err(e) => match e.downcast_ref::<netmux_testbed::Error>() {
+                Some(netmux_testbed::Error::Command { stdout, .. }) => stdout.clone(),
+                _ => return Err(e),
+            },
+        };
+        let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+        match v.get("error") {
+            Some(e) if e.to_string().contains("busy") && tries < 10 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            Some(e) => bail!("iperf3: {e}"),
+            None => break v,
+        }
+    };
     let sum = &v["end"]["sum_received"];
     let bps = sum["bits_per_second"]
         .as_f64()
@@ -218,10 +239,21 @@ const QUINN_CMD: &str = "nx-quicperf client --connect CLUSTER:7600 --cert CERT -
 fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
     let load = loadavg();
     let mut cpu: Vec<(Peer, Vec<f64>)> = Vec::new();
+    let mut profiled = false;
     let rows = measure(w, &Peer::ALL, Target::Iperf, s.reps, |w, peer| {
         let names = World::cpu_names(peer);
         let before = w.cpu_seconds(names);
+        let perf = match (&s.profile, peer) {
+            (Some(dir), Peer::Netmux) if !profiled => {
+                profiled = true;
+                start_perf(w, dir, s.bulk_secs)
+            }
+            _ => None,
+        };
         let (gbit, bytes) = bulk(w, peer, s.bulk_secs)?;
+        if let Some((p, dir)) = perf {
+            finish_perf(p, &dir);
+        }
         let used = w.cpu_seconds(names) - before;
         let per_gib = used / (bytes / f64::from(1u32 << 30));
         match cpu.iter_mut().find(|(p, _)| *p == peer) {
@@ -287,6 +319,70 @@ fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
             .into(),
     );
     Ok(vec![t1, t9])
+}
+
+/// `perf record` of netmuxd and netmux-server for `secs` (call-graphs with
+/// DWARF unwinding would be too heavy for 2 vCPUs; frame pointers are off,
+/// so this is a flat profile plus LBR-free `-g` best effort).
+fn start_perf(
+    w: &World<'_>,
+    dir: &std::path::Path,
+    secs: u64,
+) -> Option<(std::process::Child, std::path::PathBuf)> {
+    let nm = w.netmux.as_ref()?;
+    let pids = format!("{},{}", nm.daemon.pid()?, nm.server.pid()?);
+    std::fs::create_dir_all(dir).ok()?;
+    let data = dir.join("perf-netmux-bulk.data");
+    let child = std::process::Command::new("perf")
+        .args(["record", "-q", "-F", "999", "-g", "-o"])
+        .arg(&data)
+        .args(["-p", &pids, "--", "sleep", &secs.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| println!("bench: perf record: {e}"))
+        .ok()?;
+    Some((child, dir.to_path_buf()))
+}
+
+fn finish_perf(mut child: std::process::Child, dir: &std::path::Path) {
+    let _ = child.wait();
+    let data = dir.join("perf-netmux-bulk.data");
+    for (name, args) in [
+        (
+            "perf-netmux-bulk.symbols.txt",
+            vec![
+                "--no-children",
+                "--sort",
+                "comm,dso,symbol",
+                "--percent-limit",
+                "0.5",
+            ],
+        ),
+        (
+            "perf-netmux-bulk.dso.txt",
+            vec![
+                "--no-children",
+                "--sort",
+                "comm,dso",
+                "--percent-limit",
+                "0.5",
+            ],
+        ),
+    ] {
+        let out = std::process::Command::new("perf")
+            .args(["report", "--stdio", "-g", "none", "-i"])
+            .arg(&data)
+            .args(args)
+            .output();
+        match out {
+            Ok(o) => {
+                let _ = std::fs::write(dir.join(name), &o.stdout);
+                println!("    profile: {}", dir.join(name).display());
+            }
+            Err(e) => println!("bench: perf report: {e}"),
+        }
+    }
 }
 
 fn scenario2(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {

@@ -454,6 +454,27 @@ impl<'a> World<'a> {
         )
     }
 
+    /// `netmux disconnect` + `connect`: a new QUIC connection.
+    pub fn reconnect_netmux(&self) -> anyhow::Result<()> {
+        let Some(nm) = &self.netmux else {
+            return Ok(());
+        };
+        let _ = nm.cli(["disconnect", ENDPOINT])?;
+        let out = nm.cli(["connect", ENDPOINT])?;
+        if !out.success() {
+            bail!("netmux connect: {}{}", out.stdout, out.stderr);
+        }
+        let out = nm.cli(["start", ENDPOINT, "+"])?;
+        if !out.success() {
+            bail!("netmux start: {}{}", out.stdout, out.stderr);
+        }
+        self.wait(
+            Side::Workstation,
+            self.addr(Peer::Netmux, Target::Echo),
+            "netmux echo service after reconnect",
+        )
+    }
+
     fn start_ssh(&mut self, peer: Peer) -> anyhow::Result<()> {
         for cmd in ["ssh", "sshd", "ssh-keygen"] {
             if let Some(why) = self.tools.missing(cmd) {
