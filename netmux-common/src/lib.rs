@@ -12,6 +12,9 @@
 pub mod redirect;
 
 #[cfg(feature = "std")]
+pub mod config;
+
+#[cfg(feature = "std")]
 pub mod proto;
 
 #[cfg(feature = "std")]

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use netmux_common::proto::catalog::{Catalog, Protocol, ServiceId};
-use netmux_common::proto::stream::{OpenResult, StreamHeader};
+use netmux_common::proto::stream::StreamHeader;
 use netmux_common::tunnel::pipe::{self, End, Meter};
 use quinn::Connection;
 use tokio::net::{TcpListener, TcpStream};
@@ -152,24 +152,16 @@ pub async fn tunnel(mut tcp: TcpStream, route: Route) {
     let latency = route.metrics.connect_latency.with_label_values(&labels);
     let connected = std::sync::atomic::AtomicBool::new(false);
     let connected_ref = &connected;
-    let prelude = |mut recv: quinn::RecvStream| async move {
-        let mut buf = BytesMut::new();
-        while buf.len() < OpenResult::LEN {
-            match recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
-                Ok(None) => return Err(End::Refused("stream ended before the open result".into())),
-                Err(e) => return Err(End::ConnectionLost(e.to_string())),
-            }
+    let prelude = |recv: quinn::RecvStream| async move {
+        let result = pipe::await_open_result(recv).await;
+        if !matches!(result, Err(End::ConnectionLost(_))) {
+            latency.observe(started.elapsed().as_secs_f64());
         }
-        let (result, used) =
-            OpenResult::decode(&buf).map_err(|e| End::Refused(format!("bad open result: {e}")))?;
-        latency.observe(started.elapsed().as_secs_f64());
-        if result != OpenResult::Connected {
-            return Err(End::Refused(result.label().to_owned()));
+        if result.is_ok() {
+            active.inc();
+            connected_ref.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        active.inc();
-        connected_ref.store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok((recv, Bytes::copy_from_slice(&buf[used..])))
+        result
     };
     route
         .metrics
@@ -181,7 +173,7 @@ pub async fn tunnel(mut tcp: TcpStream, route: Route) {
         End::Clean => {}
         End::Refused(reason) => {
             tracing::info!(service = %route.service, port = route.port, %reason, "server did not connect");
-            route.error(reason_label(reason));
+            route.error(outcome.end.metric_label());
         }
         other => route.error(other.label()),
     }
@@ -192,13 +184,4 @@ pub async fn tunnel(mut tcp: TcpStream, route: Route) {
             .with_label_values(&labels)
             .dec();
     }
-}
-
-/// Bounded `reason` label for a refusal message.
-fn reason_label(reason: &str) -> &'static str {
-    OpenResult::ALL
-        .into_iter()
-        .find(|r| r.label() == reason)
-        .map(OpenResult::label)
-        .unwrap_or("protocol_error")
 }

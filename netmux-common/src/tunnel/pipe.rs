@@ -38,6 +38,19 @@ pub enum End {
 }
 
 impl End {
+    /// Bounded metric label: for a refusal, the far end's
+    /// [`OpenResult`](crate::proto::stream::OpenResult) label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            End::Refused(reason) => crate::proto::stream::OpenResult::ALL
+                .into_iter()
+                .find(|r| r.label() == reason)
+                .map(|r| r.label())
+                .unwrap_or("protocol_error"),
+            other => other.label(),
+        }
+    }
+
     /// Label for metrics (`reason`).
     pub fn label(&self) -> &'static str {
         match self {
