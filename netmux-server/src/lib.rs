@@ -55,13 +55,15 @@ pub async fn run(
     let endpoint = transport::server_endpoint(config.listen, &identity)
         .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "QUIC endpoint ready");
+    let claim_lock = claim_lock(&config.runtime).await?;
     let server = Arc::new(Server {
         access: access::Access::from_config(&config, &store),
-        reverse: reverse::Claims::new(
+        reverse: reverse::Claims::with_lock(
             store,
             metrics.clone(),
             config.reverse_bind,
             config.adhoc_namespace.clone(),
+            claim_lock,
         ),
         sessions: std::sync::atomic::AtomicU64::new(1),
         config,
@@ -92,4 +94,22 @@ pub async fn run(
     drop(runtime);
     endpoint.wait_idle().await;
     Ok(())
+}
+
+/// Where reverse claims are coordinated: Leases with the Kubernetes
+/// runtime (replicas share nothing else), this process otherwise.
+async fn claim_lock(
+    runtime: &config::RuntimeConfig,
+) -> anyhow::Result<Arc<dyn reverse::ClaimLock>> {
+    Ok(match runtime {
+        config::RuntimeConfig::Kubernetes { .. } => {
+            let client = kube::Client::try_default()
+                .await
+                .context("building a Kubernetes client for reverse-claim Leases")?;
+            let options = reverse::lease::LeaseOptions::from_env(&client);
+            tracing::info!(replica = %options.replica, namespace = %options.namespace, pod_ip = ?options.pod_ip, "reverse claims coordinated by Leases");
+            Arc::new(reverse::lease::LeaseLock::new(client, options))
+        }
+        _ => Arc::new(reverse::MemoryLock::default()),
+    })
 }

@@ -5,6 +5,15 @@
 //! service's cluster-side addresses and sends every accepted connection to
 //! the holder as a server-initiated stream. Listeners close when the claim is
 //! released or the holder's session ends.
+//!
+//! Beyond this process, a [`ClaimLock`] says whether this replica may hold
+//! a service at all ([`lock::MemoryLock`] for one server, Leases and
+//! EndpointSlices in [`lease`] with the Kubernetes runtime).
+
+pub mod lease;
+pub mod lock;
+
+pub use lock::{ClaimLock, ClaimRequest, MemoryLock};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,6 +46,8 @@ struct Claim {
     holder: Holder,
     adhoc: bool,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// What the [`ClaimLock`] was given.
+    request: ClaimRequest,
 }
 
 impl Drop for Claim {
@@ -49,11 +60,12 @@ impl Drop for Claim {
 
 /// Who holds which reverse service.
 pub struct Claims {
-    table: Mutex<HashMap<String, Claim>>,
+    table: Arc<Mutex<HashMap<String, Claim>>>,
     store: Arc<CatalogStore>,
     metrics: Metrics,
     bind: IpAddr,
     adhoc_namespace: String,
+    lock: Arc<dyn ClaimLock>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,12 +83,31 @@ impl Claims {
         bind: IpAddr,
         adhoc_namespace: String,
     ) -> Self {
-        Claims {
-            table: Mutex::new(HashMap::new()),
+        Self::with_lock(
             store,
             metrics,
             bind,
             adhoc_namespace,
+            Arc::new(MemoryLock::default()),
+        )
+    }
+
+    /// An empty table whose claims also take `lock` (shared with other
+    /// replicas).
+    pub fn with_lock(
+        store: Arc<CatalogStore>,
+        metrics: Metrics,
+        bind: IpAddr,
+        adhoc_namespace: String,
+        lock: Arc<dyn ClaimLock>,
+    ) -> Self {
+        Claims {
+            table: Arc::new(Mutex::new(HashMap::new())),
+            store,
+            metrics,
+            bind,
+            adhoc_namespace,
+            lock,
         }
     }
 
@@ -159,6 +190,62 @@ impl Claims {
                 };
             }
         }
+        let request = ClaimRequest {
+            service: self.store.origin(&key).unwrap_or_else(|| svc.name.clone()),
+            key: key.clone(),
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+            session: holder.session,
+            client: holder.client.clone(),
+            ports: svc.ports.clone(),
+            adhoc,
+        };
+        self.lock.acquire(&request).await?;
+        let tasks = match self.listen(holder, &svc).await {
+            Ok(t) => t,
+            Err(e) => {
+                tokio::spawn(self.lock.release(&request));
+                return Err(e);
+            }
+        };
+        let mut claim = Claim {
+            holder: holder.clone(),
+            adhoc,
+            tasks,
+            request,
+        };
+        // Listeners are up: now send the cluster's traffic here.
+        if let Err(e) = self.lock.publish(&claim.request).await {
+            tokio::spawn(self.lock.release(&claim.request));
+            return Err(e);
+        }
+        if let Some(every) = self.lock.renew_every() {
+            claim.tasks.push(tokio::spawn(renew(
+                Arc::downgrade(&self.table),
+                self.lock.clone(),
+                self.store.clone(),
+                claim.request.clone(),
+                every,
+            )));
+        }
+        let mut table = lock(&self.table);
+        if let Some(existing) = table.get(&key) {
+            // Lost a race with another claim: keep theirs.
+            tokio::spawn(self.lock.release(&claim.request));
+            return Err(format!("{key} is held by {}", existing.holder.client));
+        }
+        tracing::info!(service = %key, client = %holder.client, "reverse service claimed");
+        table.insert(key, claim);
+        Ok(())
+    }
+
+    /// Binds `svc`'s listeners and starts accepting for `holder`.
+    async fn listen(
+        &self,
+        holder: &Holder,
+        svc: &Service,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+        let key = svc.key();
         let addrs: Vec<IpAddr> = if svc.addresses.is_empty() {
             vec![self.bind]
         } else {
@@ -204,21 +291,7 @@ impl Claims {
             })
             .chain(udp_tasks)
             .collect();
-        let mut table = lock(&self.table);
-        if let Some(existing) = table.get(&key) {
-            // Lost a race with another claim: keep theirs.
-            return Err(format!("{key} is held by {}", existing.holder.client));
-        }
-        tracing::info!(service = %key, client = %holder.client, "reverse service claimed");
-        table.insert(
-            key,
-            Claim {
-                holder: holder.clone(),
-                adhoc,
-                tasks,
-            },
-        );
-        Ok(())
+        Ok(tasks)
     }
 
     /// Releases `key` if `session` holds it.
@@ -232,9 +305,7 @@ impl Claims {
         };
         if let Some(claim) = removed {
             tracing::info!(service = %key, client = %claim.holder.client, "reverse service released");
-            if claim.adhoc {
-                self.store.remove_adhoc(key);
-            }
+            finish(claim, &*self.lock, &self.store);
         }
     }
 
@@ -248,6 +319,51 @@ impl Claims {
         for k in keys {
             self.release(session, &k);
         }
+    }
+}
+
+/// After a claim left the table: stops its listeners, gives the lock back,
+/// unpublishes an ad hoc service.
+fn finish(claim: Claim, lock: &dyn ClaimLock, store: &CatalogStore) {
+    tokio::spawn(lock.release(&claim.request));
+    if claim.adhoc {
+        store.remove_adhoc(&claim.request.key);
+    }
+    drop(claim);
+}
+
+/// Renews `request` every `every` while it is in the table; drops the
+/// claim when the lock says it is lost.
+async fn renew(
+    table: std::sync::Weak<Mutex<HashMap<String, Claim>>>,
+    claim_lock: Arc<dyn ClaimLock>,
+    store: Arc<CatalogStore>,
+    request: ClaimRequest,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Err(why) = claim_lock.renew(&request).await else {
+            continue;
+        };
+        tracing::warn!(service = %request.key, client = %request.client, reason = %why, "reverse claim lost");
+        let Some(table) = table.upgrade() else {
+            return;
+        };
+        let removed = {
+            let mut t = lock(&table);
+            match t.get(&request.key) {
+                Some(c) if c.holder.session == request.session => t.remove(&request.key),
+                _ => None,
+            }
+        };
+        // Dropping the claim aborts this task too: nothing awaits after.
+        if let Some(claim) = removed {
+            finish(claim, &*claim_lock, &store);
+        }
+        return;
     }
 }
 
@@ -338,10 +454,7 @@ async fn accept(
             .await;
             active.dec();
             if outcome.end != End::Clean {
-                let reason = match &outcome.end {
-                    End::Refused(r) => refused_label(r),
-                    other => other.label(),
-                };
+                let reason = outcome.end.metric_label();
                 metrics
                     .connection_errors
                     .with_label_values(&[&key, "c2l", reason])
@@ -350,12 +463,4 @@ async fn accept(
             }
         });
     }
-}
-
-fn refused_label(reason: &str) -> &'static str {
-    netmux_common::proto::stream::OpenResult::ALL
-        .into_iter()
-        .find(|r| r.label() == reason)
-        .map(|r| r.label())
-        .unwrap_or("protocol_error")
 }
