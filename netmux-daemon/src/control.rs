@@ -37,6 +37,15 @@ pub enum ControlError {
     NoGroup(String),
 }
 
+/// The group given access when the config names none: `netmux`, if it
+/// exists (`netmux install` creates it).
+pub fn default_group(configured: Option<&str>) -> Option<String> {
+    match configured {
+        Some(g) => Some(g.to_owned()),
+        None => Group::from_name("netmux").ok().flatten().map(|g| g.name),
+    }
+}
+
 /// Binds the socket, replacing a stale one, with mode 0660 and the group.
 pub fn bind(path: &Path, group: Option<&str>) -> Result<(UnixListener, Option<Gid>), ControlError> {
     let io = |source| ControlError::Io {

@@ -159,6 +159,35 @@ fn http_by_name_with_curl_and_ls_table() {
         );
         assert!(http_row.ends_with("on"), "{http_row}");
 
+        // The original's verb aliases, and clear errors for unknown names.
+        let out = w.nm.cli(["-", ENDPOINT, "tcp-echo"]).unwrap();
+        assert!(out.success(), "`-` stops: {}", out.stderr);
+        let ls = w.nm.cli(["l"]).unwrap().ok().unwrap().stdout;
+        assert!(
+            ls.lines()
+                .any(|l| l.contains("demo/tcp-echo") && l.ends_with("off")),
+            "{ls}"
+        );
+        assert!(w.nm.cli(["+", ENDPOINT, "tcp-echo"]).unwrap().success());
+        let out = w.nm.cli(["connect", "nope"]).unwrap();
+        assert!(
+            !out.success() && out.stderr.contains("unknown endpoint \"nope\""),
+            "{}",
+            out.stderr
+        );
+        let out = w.nm.cli(["start", ENDPOINT, "no-such-service"]).unwrap();
+        assert!(
+            !out.success() && out.stderr.contains("no service on demo matches"),
+            "{}",
+            out.stderr
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&w.nm.layout.socket)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o660, "control socket mode");
+
         // Directly, the cluster address is unroutable: nothing bypasses netmux.
         let out = curl(w.sb, Side::Workstation, "http://10.96.0.10:8080/");
         assert!(!out.success());

@@ -329,3 +329,47 @@ fn an_unpublished_udp_port_gets_nothing() {
         );
     });
 }
+
+#[test]
+fn a_datagram_too_large_for_the_path_is_dropped_and_counted() {
+    let sb = sandbox();
+    let _w = world(&sb, "");
+    let to = local(&sb, "udp-echo", 7000);
+    on_failure_dump(&sb, || {
+        let (big, small) = sb
+            .ws()
+            .block_on(|| async move {
+                let s = UdpSocket::bind("0.0.0.0:0").await?;
+                s.send_to(&[7u8; 4000], to).await?;
+                let mut buf = [0u8; 8192];
+                let big = tokio::time::timeout(Duration::from_millis(700), s.recv_from(&mut buf))
+                    .await
+                    .is_ok();
+                s.send_to(&[7u8; 500], to).await?;
+                let small = tokio::time::timeout(Duration::from_secs(3), s.recv_from(&mut buf))
+                    .await
+                    .is_ok();
+                Ok::<_, std::io::Error>((big, small))
+            })
+            .unwrap()
+            .expect("datagrams");
+        assert!(
+            !big,
+            "a 4000-byte datagram cannot cross a 1500-byte path as one QUIC datagram"
+        );
+        assert!(small, "the flow still works for datagrams that fit");
+        let (_, body) = sb
+            .ws()
+            .block_on(|| check::http_get(addr("127.0.0.1:9477"), "m", "/metrics"))
+            .unwrap()
+            .expect("daemon metrics");
+        let text = String::from_utf8_lossy(&body).into_owned();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("netmux_daemon_udp_drops_total")
+                    && l.contains("reason=\"too_large\"")
+                    && l.contains("service=\"demo/udp-echo\"")),
+            "{text}"
+        );
+    });
+}

@@ -23,7 +23,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load(&args.config)?;
     let metrics = Metrics::new();
-    let (listener, gid) = control::bind(&config.socket, config.socket_group.as_deref())?;
+    let (listener, gid) = control::bind(
+        &config.socket,
+        control::default_group(config.socket_group.as_deref()).as_deref(),
+    )?;
     let socket = config.socket.clone();
     let metrics_task = match config.metrics {
         Some(addr) => {
