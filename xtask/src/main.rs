@@ -72,6 +72,9 @@ fn main() -> anyhow::Result<()> {
         } => test(no_install, unit_only),
         Task::Demo { wait } => demo::demo(wait),
         Task::Run { args } => {
+            // The eBPF programs are built into netmuxd: rust-src and
+            // bpf-linker first (a fresh machine has neither).
+            prereq::install()?;
             cargo(&["build", "-p", "netmux-daemon", "--bins"])?;
             let bin = root().join("target/debug/netmuxd");
             let mut cmd = std::process::Command::new(&bin);
