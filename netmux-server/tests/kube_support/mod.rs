@@ -6,7 +6,8 @@
 //!   newline-delimited watch events from the requested `resourceVersion`)
 //!   for every namespaced collection, in one namespace or all of them;
 //! - get, create (POST), replace (PUT), delete, merge patch of one object,
-//!   with `resourceVersion` conflicts (409) on PUT;
+//!   with `resourceVersion` conflicts (409) on PUT and on DELETE with
+//!   preconditions; objects of any kind (Services, EndpointSlices, Leases...);
 //! - `410 Gone` as a watch `ERROR` event once history is compacted
 //!   ([`FakeApi::compact_silently`]), and dropped watches / 503 while down
 //!   ([`FakeApi::set_down`]), to force relists and API-server restarts;
@@ -484,6 +485,11 @@ async fn handle(
                 );
             };
             match fake.get(&t.collection, ns, name) {
+                Some(obj) if !precondition_holds(&body, &obj) => status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    "Precondition failed: the object has been modified",
+                ),
                 Some(obj) => {
                     fake.delete(&t.api_version, kind_for(&t.collection), ns, name);
                     ok_json(StatusCode::OK, &obj)
@@ -497,6 +503,20 @@ async fn handle(
             "unsupported",
         ),
     }
+}
+
+/// Whether a DELETE body's `preconditions` (resourceVersion, uid) match
+/// `obj`; no body or no preconditions match.
+fn precondition_holds(body: &[u8], obj: &Value) -> bool {
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return true;
+    };
+    let pre = &req["preconditions"];
+    ["resourceVersion", "uid"].iter().all(|k| {
+        pre[*k]
+            .as_str()
+            .is_none_or(|want| obj["metadata"][*k].as_str() == Some(want))
+    })
 }
 
 fn list(fake: &FakeApi, t: &Target, q: &HashMap<String, String>) -> Response {
