@@ -116,6 +116,11 @@ const WATCH_AND_EVENTS: &[(&str, &str)] = &[
     ("watch", "discovery.k8s.io/endpointslices"),
     ("create", "events.k8s.io/events"),
     ("patch", "events.k8s.io/events"),
+    // C2L: the holder's EndpointSlice; an ad hoc service's Service.
+    ("create", "discovery.k8s.io/endpointslices"),
+    ("update", "discovery.k8s.io/endpointslices"),
+    ("delete", "discovery.k8s.io/endpointslices"),
+    ("create", "/services"),
 ];
 
 fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
@@ -238,6 +243,21 @@ fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
             ("create", "authorization.k8s.io/subjectaccessreviews"),
         ])
     );
+    // Reverse-claim Leases, in the server's namespace only.
+    let leases: Role = as_(dir, one(docs, "Role", "netmux-server-leases"));
+    assert_eq!(leases.metadata.namespace.as_deref(), Some("netmux"));
+    assert_eq!(
+        grants(leases.rules.as_deref().unwrap_or_default()),
+        set(&[
+            ("get", "coordination.k8s.io/leases"),
+            ("create", "coordination.k8s.io/leases"),
+            ("update", "coordination.k8s.io/leases"),
+            ("delete", "coordination.k8s.io/leases"),
+        ])
+    );
+    let binding = one(docs, "RoleBinding", "netmux-server-leases");
+    assert_eq!(binding["roleRef"]["name"], "netmux-server-leases");
+    assert_eq!(binding["subjects"][0]["name"], "netmux-server");
 }
 
 fn config_map_name(docs: &[Value]) -> &str {
