@@ -67,6 +67,7 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 struct RawConfig {
     listen: SocketAddr,
     http: Option<SocketAddr>,
+    stream_listen: Option<SocketAddr>,
     state_dir: PathBuf,
     #[serde(default = "default_server_names")]
     server_names: Vec<String>,
@@ -192,6 +193,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Health and metrics HTTP address.
     pub http: Option<SocketAddr>,
+    /// TCP address where QUIC also arrives as length-prefixed datagrams
+    /// over a byte stream (`kubectl port-forward`, networks without UDP).
+    pub stream_listen: Option<SocketAddr>,
     /// Where the CA and server certificate are kept.
     pub state_dir: PathBuf,
     /// Names (DNS or IP) in the server certificate.
@@ -318,6 +322,7 @@ impl Config {
         Ok(Config {
             listen: raw.listen,
             http: raw.http,
+            stream_listen: raw.stream_listen,
             state_dir: base.join(raw.state_dir),
             server_names: raw.server_names,
             tokens,

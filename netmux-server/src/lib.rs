@@ -52,8 +52,9 @@ pub async fn run(
     let runtime = runtime::start(&config.runtime, store.clone())
         .await
         .context("starting the service runtime")?;
-    let endpoint = transport::server_endpoint(config.listen, &identity)
-        .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
+    let (endpoint, _streams) =
+        transport::server_endpoint(config.listen, config.stream_listen, &identity)
+            .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "QUIC endpoint ready");
     let claim_lock = claim_lock(&config.runtime).await?;
     let server = Arc::new(Server {

@@ -1,10 +1,14 @@
-//! The QUIC endpoint daemons connect to.
+//! The QUIC endpoint daemons connect to: UDP, and optionally a TCP port
+//! whose connections carry the same QUIC as length-prefixed datagrams
+//! (`kubectl port-forward` from a daemon), fed into the same endpoint by a
+//! [`CompositeSocket`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use netmux_common::proto::ALPN;
 use netmux_common::tunnel::quic;
+use netmux_common::tunnel::stream_socket::CompositeSocket;
 
 use crate::ca::ServerIdentity;
 use crate::Server;
@@ -20,11 +24,27 @@ pub enum TransportError {
     Io(#[from] std::io::Error),
 }
 
-/// Binds the QUIC endpoint with the server's certificate.
+/// Stream peers served at once; further TCP connections are closed.
+pub const MAX_STREAM_PEERS: usize = 4096;
+
+/// Accepts datagram streams on the TCP listener while alive; dropping it
+/// stops accepting (established streams end with the endpoint).
+#[derive(Debug)]
+pub struct StreamAcceptor(tokio::task::AbortHandle);
+
+impl Drop for StreamAcceptor {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds the QUIC endpoint with the server's certificate, on UDP `listen`
+/// and, if given, TCP `stream_listen`.
 pub fn server_endpoint(
     listen: SocketAddr,
+    stream_listen: Option<SocketAddr>,
     identity: &ServerIdentity,
-) -> Result<quinn::Endpoint, TransportError> {
+) -> Result<(quinn::Endpoint, Option<StreamAcceptor>), TransportError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -40,13 +60,52 @@ pub fn server_endpoint(
     config.transport_config(Arc::new(quic::transport_config()));
     config.migration(true);
     let socket = quic::bind_udp(listen)?;
-    let endpoint = quinn::Endpoint::new(
+    let Some(stream_listen) = stream_listen else {
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        return Ok((endpoint, None));
+    };
+    let composite = CompositeSocket::new(socket)?;
+    let listener = std::net::TcpListener::bind(stream_listen)?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         Some(config),
-        socket,
+        composite.clone(),
         Arc::new(quinn::TokioRuntime),
     )?;
-    Ok(endpoint)
+    tracing::info!(%stream_listen, "QUIC over TCP streams accepted");
+    let task = tokio::spawn(accept_streams(listener, composite));
+    Ok((endpoint, Some(StreamAcceptor(task.abort_handle()))))
+}
+
+/// Feeds each accepted TCP connection into the endpoint as a peer.
+async fn accept_streams(listener: tokio::net::TcpListener, composite: Arc<CompositeSocket>) {
+    loop {
+        let (stream, tcp_peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting a datagram stream");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if composite.stream_peers() >= MAX_STREAM_PEERS {
+            tracing::warn!(%tcp_peer, max = MAX_STREAM_PEERS, "too many datagram streams; closed");
+            continue;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%tcp_peer, error = %e, "TCP_NODELAY");
+        }
+        let (peer, _task) = composite.add_stream(stream);
+        tracing::info!(%tcp_peer, quic_peer = %peer, "datagram stream accepted");
+    }
 }
 
 /// Accepts daemons until the endpoint closes; each runs independently, so a

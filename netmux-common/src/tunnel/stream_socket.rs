@@ -563,6 +563,15 @@ impl CompositeSocket {
     }
 }
 
+impl Drop for CompositeSocket {
+    /// The endpoint is gone: end every stream (their tasks close them).
+    fn drop(&mut self) {
+        for outbox in lock(&self.peers).values() {
+            outbox.close();
+        }
+    }
+}
+
 impl AsyncUdpSocket for CompositeSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         // Stream peers never push back (see the module doc), so writability
