@@ -161,6 +161,8 @@ struct RawEndpoint {
     autostart: bool,
     #[serde(default = "default_namespace")]
     default_namespace: String,
+    #[serde(default)]
+    transport: crate::transport::Transport,
 }
 
 fn default_socket() -> PathBuf {
@@ -259,6 +261,8 @@ pub struct EndpointConfig {
     pub cluster_domain: String,
     /// Connect when the daemon starts.
     pub autostart: bool,
+    /// How `server` is reached: QUIC over UDP, or over a TCP stream.
+    pub transport: crate::transport::Transport,
 }
 
 /// Validated daemon configuration.
@@ -421,6 +425,7 @@ impl Config {
                 token,
                 cluster_domain: e.cluster_domain.trim_end_matches('.').to_owned(),
                 autostart: e.autostart,
+                transport: e.transport,
             });
         }
         let dns = raw.dns;

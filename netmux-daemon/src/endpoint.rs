@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::config::EndpointConfig;
 use crate::metrics::Metrics;
+use crate::transport::Transport;
 
 /// What the endpoint is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -400,6 +401,22 @@ async fn connect(
         .map_err(|e| ConnectError::Resolve(config.server.clone(), e.to_string()))?
         .next()
         .ok_or_else(|| ConnectError::Resolve(config.server.clone(), "no address".into()))?;
+    let conn = match config.transport {
+        Transport::Quic => dial_udp(config, server, quic_endpoint).await?,
+        Transport::Tcp => {
+            crate::transport::dial_tcp(server, client_config(config)?, &config.server_name).await?
+        }
+    };
+    hello(config, conn, server).await
+}
+
+/// Dials `server` over UDP from the endpoint's socket (made on first use
+/// and when the address family changes).
+async fn dial_udp(
+    config: &EndpointConfig,
+    server: SocketAddr,
+    quic_endpoint: &mut Option<(quinn::Endpoint, bool)>,
+) -> Result<Connection, ConnectError> {
     let v6 = server.is_ipv6();
     let endpoint = match quic_endpoint {
         Some((e, fam)) if *fam == v6 => e.clone(),
@@ -431,6 +448,16 @@ async fn connect(
         .map_err(|e| ConnectError::Quic(e.to_string()))?
         .await
         .map_err(|e| ConnectError::Quic(e.to_string()))?;
+    Ok(conn)
+}
+
+/// Completes the hello on a fresh connection; returns once the catalog
+/// snapshot is in.
+async fn hello(
+    config: &EndpointConfig,
+    conn: Connection,
+    server: SocketAddr,
+) -> Result<Established, ConnectError> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod redirect;
 pub mod reverse;
 pub mod system;
+pub mod transport;
 pub mod udp;
