@@ -14,6 +14,8 @@ use crate::{bin, wait_for_file, Error, Output, Process, Result, Sandbox, Side};
 
 /// Port `netmux-server` listens on (QUIC, UDP) on the cluster veth address.
 pub const QUIC_PORT: u16 = 7443;
+/// Port of the server's QUIC-over-TCP listener, when [`Layout::over_tcp`].
+pub const STREAM_PORT: u16 = 7444;
 /// Port of the server's health and metrics HTTP endpoint.
 pub const HTTP_PORT: u16 = 7080;
 /// The token the generated configs share.
@@ -138,6 +140,11 @@ pub struct Layout {
     pub quic: SocketAddr,
     /// Server health/metrics address.
     pub http: SocketAddr,
+    /// Server QUIC-over-TCP address (`stream_listen`), used only when
+    /// `over_tcp`.
+    pub stream: SocketAddr,
+    /// The daemon reaches the server over TCP (`transport = "tcp"`).
+    pub over_tcp: bool,
 }
 
 impl Layout {
@@ -153,6 +160,17 @@ impl Layout {
             socket: dir.join("netmuxd.sock"),
             quic: SocketAddr::new(ip, QUIC_PORT),
             http: SocketAddr::new(ip, HTTP_PORT),
+            stream: SocketAddr::new(ip, STREAM_PORT),
+            over_tcp: false,
+        }
+    }
+
+    /// [`Self::new`] with the server also listening on TCP
+    /// [`STREAM_PORT`] and the daemon's endpoint using it.
+    pub fn over_tcp(sb: &Sandbox) -> Layout {
+        Layout {
+            over_tcp: true,
+            ..Layout::new(sb)
         }
     }
 
@@ -163,8 +181,13 @@ impl Layout {
 
     /// `server.toml` accepting [`TOKEN`].
     pub fn server_toml(&self) -> String {
+        let stream = if self.over_tcp {
+            format!("stream_listen = {}\n", toml_str(&self.stream.to_string()))
+        } else {
+            String::new()
+        };
         format!(
-            "listen = {}\nhttp = {}\nstate_dir = {}\nserver_names = [\"netmux-server\"]\n\n\
+            "listen = {}\n{stream}http = {}\nstate_dir = {}\nserver_names = [\"netmux-server\"]\n\n\
              [[token]]\nname = \"alice\"\ntoken = {}\n\n\
              [runtime]\nkind = \"static\"\nservices = {}\n",
             toml_str(&self.quic.to_string()),
@@ -180,15 +203,21 @@ impl Layout {
     /// `extra` holds top-level keys placed before the endpoint table (e.g.
     /// `redirect = "ebpf"`).
     pub fn daemon_toml(&self, hosts_file: &Path, token: &str, extra: &str) -> String {
+        let (server, transport) = if self.over_tcp {
+            (self.stream, "transport = \"tcp\"\n")
+        } else {
+            (self.quic, "")
+        };
         format!(
             "{extra}socket = {}\nhosts_file = {}\naddress_range = \"127.77.0.0/16\"\n\
              metrics = \"127.0.0.1:9477\"\n\n\
              [[endpoint]]\nname = {}\nserver = {}\nserver_name = \"netmux-server\"\n\
-             ca_file = {}\ntoken = {}\ncluster_domain = \"cluster.local\"\nautostart = false\n",
+             ca_file = {}\ntoken = {}\ncluster_domain = \"cluster.local\"\nautostart = false\n\
+             {transport}",
             toml_path(&self.socket),
             toml_path(hosts_file),
             toml_str(ENDPOINT),
-            toml_str(&self.quic.to_string()),
+            toml_str(&server.to_string()),
             toml_path(&self.ca_file()),
             toml_str(token),
         )
@@ -232,7 +261,17 @@ impl<'a> Netmux<'a> {
         token: &str,
         daemon_extra: &str,
     ) -> Result<Netmux<'a>> {
-        let layout = Layout::new(sb);
+        Netmux::start_layout(sb, Layout::new(sb), services, token, daemon_extra)
+    }
+
+    /// [`Self::start_with`] with a given layout (e.g. [`Layout::over_tcp`]).
+    pub fn start_layout(
+        sb: &'a Sandbox,
+        layout: Layout,
+        services: &[ServiceSpec],
+        token: &str,
+        daemon_extra: &str,
+    ) -> Result<Netmux<'a>> {
         let mut addrs: Vec<IpAddr> = services.iter().map(|s| s.address).collect();
         addrs.sort();
         addrs.dedup();
