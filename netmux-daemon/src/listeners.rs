@@ -143,6 +143,8 @@ pub async fn tunnel(mut tcp: TcpStream, route: Route) {
         pipe::abort_on_drop(&tcp);
         return;
     }
+    // The QUIC stream id names the connection in logs (journald `CONN=`).
+    let conn_id = send.id().to_string();
     let meter = RouteMeter(&route);
     if first > 0 {
         meter.tcp_to_stream(first);
@@ -172,11 +174,20 @@ pub async fn tunnel(mut tcp: TcpStream, route: Route) {
     match &outcome.end {
         End::Clean => {}
         End::Refused(reason) => {
-            tracing::info!(service = %route.service, port = route.port, %reason, "server did not connect");
+            tracing::info!(endpoint = %route.endpoint, service = %route.service, conn = %conn_id, port = route.port, %reason, "server did not connect");
             route.error(outcome.end.metric_label());
         }
         other => route.error(other.label()),
     }
+    tracing::debug!(
+        endpoint = %route.endpoint,
+        service = %route.service,
+        conn = %conn_id,
+        sent = outcome.tcp_to_stream,
+        received = outcome.stream_to_tcp,
+        end = outcome.end.label(),
+        "connection closed"
+    );
     if connected.load(std::sync::atomic::Ordering::Relaxed) {
         route
             .metrics

@@ -88,6 +88,7 @@ async fn handle(
         let _ = send.reset(VarInt::from_u32(error_code::PROTOCOL_VIOLATION));
         return;
     };
+    let conn = send.id().to_string();
     let svc = catalog.borrow().get(&service).cloned();
     let target = svc.as_ref().and_then(|svc| {
         let claims = match claims.lock() {
@@ -122,7 +123,7 @@ async fn handle(
             } else {
                 OpenResult::Unreachable
             };
-            tracing::warn!(%endpoint, service = %key, %local, %peer, error = %e, "local target down; cluster client reset");
+            tracing::warn!(%endpoint, service = %key, %conn, %local, %peer, error = %e, "local target down; cluster client reset");
             metrics
                 .connection_errors
                 .with_label_values(&[&endpoint, &key, "c2l", result.label()])
@@ -131,7 +132,7 @@ async fn handle(
             return;
         }
         Err(_) => {
-            tracing::warn!(%endpoint, service = %key, %local, "local target did not answer in time");
+            tracing::warn!(%endpoint, service = %key, %conn, %local, "local target did not answer in time");
             metrics
                 .connection_errors
                 .with_label_values(&[&endpoint, &key, "c2l", "unreachable"])
@@ -140,7 +141,7 @@ async fn handle(
             return;
         }
     };
-    tracing::debug!(%endpoint, service = %key, %peer, port, "reverse connection");
+    tracing::debug!(%endpoint, service = %key, %conn, %peer, port, "reverse connection");
     metrics.connections_total.with_label_values(&labels).inc();
     let active = metrics.connections_active.with_label_values(&labels);
     active.inc();

@@ -303,6 +303,15 @@ fn refusing_target_gives_a_prompt_reset() {
                     && l.contains("service=\"demo/refuser\"")),
             "{text}"
         );
+        // Structured log fields name the endpoint, service and connection.
+        let log = w.nm.daemon.log();
+        assert!(
+            log.lines().any(|l| l.contains("server did not connect")
+                && l.contains("endpoint=demo")
+                && l.contains("service=demo/refuser")
+                && l.contains("conn=")),
+            "{log}"
+        );
     });
 }
 

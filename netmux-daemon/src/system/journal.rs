@@ -55,6 +55,7 @@ pub fn init() -> Sink {
     }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     Sink::Stderr
 }
