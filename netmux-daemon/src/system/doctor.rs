@@ -345,6 +345,34 @@ pub fn dns_backend(hosts_file: &Path, nsswitch: Option<&str>) -> Check {
     }
 }
 
+/// Which DNS integration the daemon will use, and whether names reach every
+/// program: split DNS through systemd-resolved or `/etc/resolver` is best;
+/// the hosts-file fallback only covers programs that read it.
+pub fn dns_method(dns: &crate::config::DnsConfig, probe: &crate::system::resolver::Probe) -> Check {
+    use crate::config::DnsMethod;
+    const NAME: &str = "dns-method";
+    if !dns.enabled {
+        return Check::warn(
+            NAME,
+            "embedded DNS server disabled: names only through the hosts file",
+            "set `[dns] enabled = true` for cluster DNS (A/AAAA/SRV, search domains)",
+        );
+    }
+    let (method, why) = crate::system::resolver::choose(dns.method, probe);
+    let detail = format!(
+        "embedded DNS on {}; integration {method:?} ({why})",
+        dns.listen
+    );
+    match method {
+        DnsMethod::Hosts if dns.method == DnsMethod::Auto => Check::warn(
+            NAME,
+            detail,
+            "run systemd-resolved (split DNS for the cluster domains only) for SRV records and search domains in every program",
+        ),
+        _ => Check::pass(NAME, detail),
+    }
+}
+
 // ------------------------------------------------------------ control socket
 
 /// What is known about the control socket and the user running doctor.
@@ -836,6 +864,10 @@ pub async fn run(
             .ok()
             .as_deref(),
     ));
+    out.push(dns_method(
+        &config.dns,
+        &crate::system::resolver::Probe::system(),
+    ));
     out.push(control_socket(&socket_facts(config)));
     for ep in &config.endpoints {
         out.push(certificates(
@@ -1030,6 +1062,26 @@ mod tests {
         let c = dns_backend(hosts, Some("# hosts: files\nhosts: dns myhostname\n"));
         assert_eq!(c.status, Status::Fail);
         assert_eq!(dns_backend(Path::new("/tmp/h"), None).status, Status::Warn);
+    }
+
+    #[test]
+    fn dns_method_pass_and_fallback() {
+        use crate::system::resolver::Probe;
+        let path = std::path::Path::new("/etc/netmux/config.toml");
+        let cfg = crate::config::Config::parse(path, "").expect("empty config is valid");
+        let resolved = Probe {
+            resolvectl: true,
+            resolved_running: true,
+            system_uses_resolved: true,
+            same_netns_as_init: true,
+            ..Probe::default()
+        };
+        let c = dns_method(&cfg.dns, &resolved);
+        assert_eq!(c.status, Status::Pass, "{c:?}");
+        assert!(c.detail.contains("Resolved"), "{c:?}");
+        let c = dns_method(&cfg.dns, &Probe::default());
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert!(c.detail.contains("resolvectl not installed"), "{c:?}");
     }
 
     fn facts() -> SocketFacts {
