@@ -14,40 +14,7 @@ pub const DEFAULT_SOCKET: &str = "/run/netmux/netmuxd.sock";
 /// Default configuration path.
 pub const DEFAULT_CONFIG: &str = "/etc/netmux/config.toml";
 
-/// Why the configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// File.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// TOML syntax or schema error.
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        /// File.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What is wrong.
-        message: String,
-    },
-    /// A value is out of range or inconsistent.
-    #[error("{path}: `{field}`: {message}")]
-    Invalid {
-        /// File.
-        path: PathBuf,
-        /// Key path.
-        field: String,
-        /// What is wrong and the fix.
-        message: String,
-    },
-}
+pub use netmux_common::config::{parse_error, ConfigError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -291,34 +258,17 @@ pub struct Config {
     pub dns: DnsConfig,
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
-}
 
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = netmux_common::config::read(path)?;
         Self::parse(path, &text)
     }
 
     /// Parses and validates `text` read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-            ConfigError::Parse {
-                path: path.to_owned(),
-                line,
-                column,
-                message: e.message().to_owned(),
-            }
-        })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
         let invalid = |field: String, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             field,

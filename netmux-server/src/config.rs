@@ -8,59 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Why the configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// File.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// TOML syntax or schema error.
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        /// File.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What is wrong.
-        message: String,
-    },
-    /// A value is out of range or inconsistent.
-    #[error("{path}: `{field}`: {message}")]
-    Invalid {
-        /// File.
-        path: PathBuf,
-        /// Key path.
-        field: String,
-        /// What is wrong and the fix.
-        message: String,
-    },
-}
+pub use netmux_common::config::{parse_error, ConfigError};
 
-/// Turns a toml error into one naming file, line and column.
-pub fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-    ConfigError::Parse {
-        path: path.to_owned(),
-        line,
-        column,
-        message: e.message().to_owned(),
-    }
-}
-
-/// 1-based line and column of byte `offset` in `text`.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -227,10 +176,7 @@ pub const MIN_TOKEN_LEN: usize = 16;
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = netmux_common::config::read(path)?;
         Self::parse(path, &text)
     }
 

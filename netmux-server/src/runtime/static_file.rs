@@ -140,10 +140,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Service>, ConfigError> {
 
 /// Reads and validates a services file.
 pub fn load(path: &Path) -> Result<Vec<Service>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = netmux_common::config::read(path)?;
     parse(path, &text)
 }
 
