@@ -394,7 +394,8 @@ impl StreamSocket {
     /// Starts moving datagrams over `stream` (spawns a task on the current
     /// tokio runtime). `local` is what the endpoint reports as its address
     /// and `peer` where datagrams come from; use the same address family.
-    /// `closed` resolves when the stream ends.
+    /// `closed` resolves when the stream ends (`Err` if the socket was
+    /// dropped first).
     pub fn new<S>(
         stream: S,
         local: SocketAddr,
@@ -756,13 +757,36 @@ mod tests {
         assert_eq!(outbox.push(&t), Push::Closed);
     }
 
-    /// Two quinn endpoints over an in-memory duplex stream: the daemon's
-    /// `StreamSocket` dialing a server `CompositeSocket`.
+    /// Echoes one bidirectional stream back, then waits for the close.
+    async fn echo_once(conn: quinn::Connection) {
+        let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
+        let data = recv.read_to_end(4 << 20).await.expect("read");
+        send.write_all(&data).await.expect("echo");
+        send.finish().expect("finish");
+        conn.closed().await;
+    }
+
+    /// Sends 2 MB on a new stream and checks the echo.
+    async fn roundtrip(conn: &quinn::Connection) {
+        let (mut send, mut recv) = conn.open_bi().await.expect("open");
+        let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = async {
+            send.write_all(&payload).await.expect("write");
+            send.finish().expect("finish");
+        };
+        let (_, echoed) = tokio::join!(writer, recv.read_to_end(4 << 20));
+        assert!(echoed.expect("echo") == payload, "echo differs");
+    }
+
+    /// One server endpoint on a `CompositeSocket` serving a client over an
+    /// in-memory stream (the daemon's `StreamSocket`) and a client over
+    /// real UDP at the same time; the stream peer goes away with its stream.
     #[tokio::test]
-    async fn quic_over_a_stream() {
+    async fn quic_over_a_stream_and_udp_in_one_endpoint() {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let udp = super::super::quic::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let composite = CompositeSocket::new(udp).expect("composite");
+        let udp_addr = composite.local_addr().expect("local addr");
         let (peer, _task) = composite.add_stream(server_io);
 
         let cert = test_cert();
@@ -776,52 +800,75 @@ mod tests {
             Arc::new(quinn::TokioRuntime),
         )
         .expect("server endpoint");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.0).expect("root");
+        let client_config =
+            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
 
         let local: SocketAddr = "[::]:0".parse().expect("addr");
-        let (socket, _closed) = StreamSocket::new(client_io, local, peer);
-        let mut client = quinn::Endpoint::new_with_abstract_socket(
+        let (socket, closed) = StreamSocket::new(client_io, local, peer);
+        let mut stream_client = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),
             None,
             socket,
             Arc::new(quinn::TokioRuntime),
         )
-        .expect("client endpoint");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.0).expect("root");
-        client.set_default_client_config(
-            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config"),
-        );
+        .expect("stream client endpoint");
+        stream_client.set_default_client_config(client_config.clone());
+        let mut udp_client =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("udp client");
+        udp_client.set_default_client_config(client_config);
 
-        let accept = tokio::spawn(async move {
-            let conn = server
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("handshake");
-            assert_eq!(conn.remote_address(), peer);
-            let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
-            let data = recv.read_to_end(4 << 20).await.expect("read");
-            send.write_all(&data).await.expect("echo");
-            send.finish().expect("finish");
-            conn.closed().await;
+        let acceptor = tokio::spawn(async move {
+            let mut remotes = Vec::new();
+            for _ in 0..2 {
+                let conn = server
+                    .accept()
+                    .await
+                    .expect("incoming")
+                    .await
+                    .expect("handshake");
+                remotes.push(conn.remote_address());
+                tokio::spawn(echo_once(conn));
+            }
+            (server, remotes)
         });
-        let conn = client
+        let over_stream = stream_client
             .connect(peer, "localhost")
             .expect("connect")
             .await
-            .expect("handshake");
-        let (mut send, mut recv) = conn.open_bi().await.expect("open");
-        let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
-        let writer = async {
-            send.write_all(&payload).await.expect("write");
-            send.finish().expect("finish");
-        };
-        let (_, echoed) = tokio::join!(writer, recv.read_to_end(4 << 20));
-        assert!(echoed.expect("echo") == payload, "echo differs");
+            .expect("stream handshake");
+        let over_udp = udp_client
+            .connect(udp_addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("udp handshake");
+        tokio::join!(roundtrip(&over_stream), roundtrip(&over_udp));
+        let (_server, remotes) = acceptor.await.expect("acceptor");
+        assert!(
+            remotes.contains(&peer),
+            "{remotes:?} lacks the stream peer {peer}"
+        );
         assert_eq!(composite.stream_peers(), 1);
-        conn.close(0u32.into(), b"done");
-        accept.await.expect("server task");
+
+        // The client endpoint goes away: its socket closes the stream, the
+        // server side forgets the peer.
+        over_stream.close(0u32.into(), b"done");
+        over_udp.close(0u32.into(), b"done");
+        drop(over_stream);
+        stream_client.wait_idle().await;
+        drop(stream_client);
+        // Err: the socket dropped with its stream, which also counts.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), closed)
+            .await
+            .expect("stream closed in time");
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while composite.stream_peers() != 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("stream peer removed");
     }
 
     /// A self-signed certificate for `localhost`.
