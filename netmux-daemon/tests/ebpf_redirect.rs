@@ -17,17 +17,16 @@ use netmux_daemon::redirect::ebpf;
 
 use std::{
     ffi::CString,
-    fs::{self, File},
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::{
-        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _},
         unix::{ffi::OsStrExt as _, process::CommandExt as _},
     },
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    path::Path,
+    process::{Command, Output, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -39,7 +38,6 @@ use ebpf::{EbpfError, EbpfRedirect, DEFAULT_EXCLUDE_MARK};
 const HELPER_ENV: &str = "NXEBPF_HELPER";
 const RESULT_PREFIX: &str = "NXRESULT ";
 const ENETUNREACH: i32 = 101;
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every program `load` attaches (the sock_addr ones and sock_release).
 const ALL_PROGRAMS: usize = ebpf::SOCK_ADDR_PROGRAMS.len() + 1;
 
@@ -413,7 +411,7 @@ impl Fixture {
             );
             return None;
         }
-        let name = unique_name();
+        let name = unique_name("nxebpf");
         let netns = NetNs::new(&name);
         let mount = Cgroup2Mount::new(&name);
         let cgroup = CgroupDir::new(&mount.dir.join(&name));
@@ -491,205 +489,8 @@ impl Fixture {
     }
 }
 
-fn unique_name() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "nxebpf-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn run_with_timeout(mut cmd: Command) -> Output {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = ChildGuard(cmd.spawn().expect("spawn client"));
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "client timed out: {cmd:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    // The outputs are small: they fit in the pipes until the child exits.
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    child
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut stderr)
-        .unwrap();
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-/// Kills and reaps the child on drop.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
-}
-
-/// `ip netns add NAME` with `lo` up; deleted on drop.
-struct NetNs {
-    name: String,
-    fd: OwnedFd,
-}
-
-impl NetNs {
-    fn new(name: &str) -> Self {
-        run("ip", &["netns", "add", name]);
-        let ns = NetNs {
-            name: name.to_owned(),
-            fd: File::open(format!("/run/netns/{name}")).unwrap().into(),
-        };
-        run("ip", &["-n", name, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-/// A private mount of the cgroup2 hierarchy (reachable from namespaces that
-/// remount /sys); unmounted and removed on drop.
-struct Cgroup2Mount {
-    dir: PathBuf,
-}
-
-impl Cgroup2Mount {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("{name}-cgroup2"));
-        fs::create_dir(&dir).unwrap();
-        let m = Cgroup2Mount { dir };
-        nix::mount::mount(
-            Some("none"),
-            &m.dir,
-            Some("cgroup2"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("mount cgroup2");
-        m
-    }
-}
-
-impl Drop for Cgroup2Mount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
-        let _ = fs::remove_dir(&self.dir);
-    }
-}
-
-/// A child cgroup; on drop its processes are killed and it is removed.
-struct CgroupDir {
-    path: PathBuf,
-}
-
-impl CgroupDir {
-    fn new(path: &Path) -> Self {
-        fs::create_dir(path).unwrap();
-        CgroupDir {
-            path: path.to_owned(),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for CgroupDir {
-    fn drop(&mut self) {
-        let _ = fs::write(self.path.join("cgroup.kill"), "1");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// Names of the programs attached directly to `cgroup`, per bpftool.
-fn attached(cgroup: &Path) -> Vec<String> {
-    // Debian puts it in /usr/sbin, which is not always on PATH.
-    let bpftool = ["/usr/sbin/bpftool", "/sbin/bpftool"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("bpftool");
-    let out = Command::new(bpftool)
-        .args(["-j", "cgroup", "show"])
-        .arg(cgroup)
-        .output()
-        .expect("bpftool");
-    assert!(out.status.success(), "bpftool: {out:?}");
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    json.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn assert_attached(cgroup: &Path, n: usize) {
-    // Link release on close/exit is synchronous, but allow a moment.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let names = attached(cgroup);
-        if names.len() == n {
-            if n > 0 {
-                let expected = ebpf::SOCK_ADDR_PROGRAMS
-                    .into_iter()
-                    .chain([ebpf::SOCK_RELEASE_PROGRAM]);
-                for p in expected {
-                    assert!(names.iter().any(|n| n == p), "{p} not in {names:?}");
-                }
-            }
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} programs on {}, bpftool shows {names:?}",
-            cgroup.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+mod support;
+use support::*;
 
 // --------------------------------------------------------------- server --
 
