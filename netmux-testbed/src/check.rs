@@ -140,3 +140,20 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, 
         .ok_or_else(|| Error::Check(format!("GET {path} from {addr}: bad status line {head:?}")))?;
     Ok((status, resp[split + 4..].to_vec()))
 }
+
+/// Runs `count` concurrent [`echo_round_trip`]s against `addr`, connection
+/// `i` sending `base + i * step` bytes; returns a description of each one
+/// that failed or took longer than a minute.
+pub async fn concurrent_echoes(addr: SocketAddr, count: u64, base: u64, step: u64) -> Vec<String> {
+    let tasks: Vec<_> = (0..count)
+        .map(|i| tokio::spawn(echo_round_trip(addr, base + i * step)))
+        .collect();
+    let mut failures = Vec::new();
+    for t in tasks {
+        match tokio::time::timeout(std::time::Duration::from_secs(60), t).await {
+            Ok(Ok(Ok(()))) => {}
+            other => failures.push(format!("{other:?}")),
+        }
+    }
+    failures
+}

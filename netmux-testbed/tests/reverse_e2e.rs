@@ -129,24 +129,7 @@ fn hundred_mib_each_way_and_hundred_concurrent_through_expose() {
             .expect("100 MiB each way through the reverse tunnel, byte-exact");
         let failures = sb
             .cluster()
-            .block_on(|| async {
-                let tasks: Vec<_> = (0..100u64)
-                    .map(|i| {
-                        tokio::spawn(check::echo_round_trip(
-                            addr("127.0.0.1:9103"),
-                            32 * 1024 + i * 131,
-                        ))
-                    })
-                    .collect();
-                let mut failures = Vec::new();
-                for t in tasks {
-                    match tokio::time::timeout(Duration::from_secs(60), t).await {
-                        Ok(Ok(Ok(()))) => {}
-                        other => failures.push(format!("{other:?}")),
-                    }
-                }
-                failures
-            })
+            .block_on(|| check::concurrent_echoes(addr("127.0.0.1:9103"), 100, 32 * 1024, 131))
             .unwrap();
         assert!(
             failures.is_empty(),

@@ -219,19 +219,7 @@ fn two_hundred_concurrent_connections_byte_exact() {
     on_failure_dump(&sb, || {
         let failures =
             w.sb.ws()
-                .block_on(|| async move {
-                    let tasks: Vec<_> = (0..200u64)
-                        .map(|i| tokio::spawn(check::echo_round_trip(echo, 64 * 1024 + i * 97)))
-                        .collect();
-                    let mut failures = Vec::new();
-                    for t in tasks {
-                        match tokio::time::timeout(Duration::from_secs(60), t).await {
-                            Ok(Ok(Ok(()))) => {}
-                            other => failures.push(format!("{other:?}")),
-                        }
-                    }
-                    failures
-                })
+                .block_on(|| check::concurrent_echoes(echo, 200, 64 * 1024, 97))
                 .unwrap();
         assert!(
             failures.is_empty(),
