@@ -587,6 +587,19 @@ pub async fn probe(cfg: &EndpointConfig, timeout: Duration) -> Probe {
         Ok(c) => c,
         Err(e) => return Probe::Tls(e),
     };
+    if matches!(cfg.transport, crate::transport::Transport::Tcp) {
+        let start = std::time::Instant::now();
+        let dial = crate::transport::dial_tcp(server, client, &cfg.server_name);
+        return match tokio::time::timeout(timeout, dial).await {
+            Err(_) => Probe::Timeout(timeout),
+            Ok(Err(e)) => Probe::Error(format!("QUIC over TCP to {server}: {e}")),
+            Ok(Ok(conn)) => {
+                let chain = peer_chain(&conn);
+                conn.close(0u32.into(), b"doctor");
+                Probe::Ok(start.elapsed(), chain)
+            }
+        };
+    }
     let bind: SocketAddr = if server.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -606,20 +619,24 @@ pub async fn probe(cfg: &EndpointConfig, timeout: Duration) -> Probe {
         Ok(Err(quinn::ConnectionError::TimedOut)) => Probe::Timeout(timeout),
         Ok(Err(e)) => Probe::Tls(e.to_string()),
         Ok(Ok(conn)) => {
-            let chain = conn
-                .peer_identity()
-                .and_then(|i| {
-                    i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                        .ok()
-                })
-                .map(|c| c.iter().map(|d| d.to_vec()).collect())
-                .unwrap_or_default();
+            let chain = peer_chain(&conn);
             conn.close(0u32.into(), b"doctor");
             Probe::Ok(start.elapsed(), chain)
         }
     };
     endpoint.close(0u32.into(), b"");
     r
+}
+
+/// The server's certificate chain as DER, for the validity check.
+fn peer_chain(conn: &quinn::Connection) -> Vec<Vec<u8>> {
+    conn.peer_identity()
+        .and_then(|i| {
+            i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .map(|c| c.iter().map(|d| d.to_vec()).collect())
+        .unwrap_or_default()
 }
 
 fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig, String> {
