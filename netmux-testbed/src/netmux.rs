@@ -45,7 +45,8 @@ pub struct ServiceSpec {
     pub target_port: u16,
     /// `"L2C"` or `"C2L"`.
     pub direction: &'static str,
-    /// `"tcp"` or `"udp"`.
+    /// `"tcp"`, `"udp"`, or `"tcp+udp"` (both, same port numbers: what
+    /// `iperf3 -u` needs).
     pub protocol: &'static str,
 }
 
@@ -99,18 +100,33 @@ fn toml_path(p: &Path) -> String {
 pub fn services_toml(services: &[ServiceSpec]) -> String {
     let mut s = String::new();
     for svc in services {
+        let protocols: &[&str] = match svc.protocol {
+            "tcp+udp" => &["tcp", "udp"],
+            "udp" => &["udp"],
+            _ => &["tcp"],
+        };
+        let ports: Vec<String> = protocols
+            .iter()
+            .map(|proto| {
+                format!(
+                    "{{ port = {}, target_port = {}, name = \"{}{}\", protocol = {} }}",
+                    svc.port,
+                    svc.target_port,
+                    &proto[..1],
+                    svc.port,
+                    toml_str(proto)
+                )
+            })
+            .collect();
         let _ = write!(
             s,
             "[[service]]\nname = {}\nnamespace = {}\naddresses = [{}]\naliases = []\n\
-             direction = {}\nports = [{{ port = {}, target_port = {}, name = \"p{}\", protocol = {} }}]\n\n",
+             direction = {}\nports = [{}]\n\n",
             toml_str(&svc.name),
             toml_str(&svc.namespace),
             toml_str(&svc.address.to_string()),
             toml_str(svc.direction),
-            svc.port,
-            svc.target_port,
-            svc.port,
-            toml_str(svc.protocol),
+            ports.join(", "),
         );
     }
     s

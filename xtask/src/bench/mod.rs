@@ -31,7 +31,7 @@ pub struct Options {
     /// Writes to target/bench/ instead of BENCHMARKS.md.
     #[arg(long)]
     pub quick: bool,
-    /// Only these scenarios (1-9, repeatable); default all.
+    /// Only these scenarios (1-10, repeatable; 10 is UDP); default all.
     #[arg(long = "scenario", value_name = "N")]
     pub scenarios: Vec<u8>,
     /// Do not install missing tools (they are reported as skipped).

@@ -19,8 +19,9 @@ pub fn run_all(
     wanted: &dyn Fn(u8) -> bool,
     out: &mut Results,
 ) -> anyhow::Result<()> {
-    let plan: [(u8, Profile); 8] = [
+    let plan: [(u8, Profile); 9] = [
         (1, Profile::Lan),
+        (10, Profile::Lan),
         (3, Profile::Lan),
         (6, Profile::Lan),
         (8, Profile::Lan),
@@ -48,6 +49,7 @@ pub fn run_all(
             5 => vec![scenario5(w, s)?],
             6 => vec![scenario6(w, s)?],
             7 => scenario7(w, s)?,
+            10 => vec![scenario10(w, s)?],
             8 => match super::ebpf::scenario8(s) {
                 Ok(t) => vec![t],
                 Err(e) => {
@@ -493,6 +495,68 @@ fn scenario4(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
     Ok(t)
 }
 
+/// Offered UDP rate for scenario 10 (issue 9): fixed, so loss is comparable.
+const UDP_RATE: &str = "200M";
+
+/// UDP (issue 9): `iperf3 -u` at a fixed offered rate, throughput received
+/// and loss; UDP rides QUIC datagrams, one flow. Only direct and netmux
+/// carry UDP among the peers.
+fn scenario10(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
+    let load = loadavg();
+    let secs = s.bulk_secs;
+    let rows = measure(
+        w,
+        &[Peer::Direct, Peer::Netmux],
+        Target::Iperf,
+        s.reps,
+        |w, peer| {
+            let (h, p) = host_port(w.addr(peer, Target::Iperf));
+            let args: Vec<String> = [
+                "-c",
+                &h,
+                "-p",
+                &p,
+                "-u",
+                "-b",
+                UDP_RATE,
+                "-l",
+                "1200",
+                "-t",
+                &secs.to_string(),
+                "-J",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            let out = match ws_exec(w, "iperf3", &args, Duration::from_secs(secs + 40)) {
+                Ok(out) => out,
+                Err(e) => match e.downcast_ref::<netmux_testbed::Error>() {
+                    Some(netmux_testbed::Error::Command { stdout, .. }) => stdout.clone(),
+                    _ => return Err(e),
+                },
+            };
+            let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+            if let Some(e) = v.get("error") {
+                bail!("iperf3: {e}");
+            }
+            let sum = &v["end"]["sum"];
+            let mbps = sum["bits_per_second"].as_f64().context("bits_per_second")? / 1e6;
+            let loss = sum["lost_percent"].as_f64().context("lost_percent")?;
+            Ok((mbps, vec![format!("{loss:.2}")]))
+        },
+    );
+    let mut t = table(
+        Meta { id: "s10-udp-lan", scenario: 10, title: "UDP: iperf3 -u at a fixed offered rate (receiver throughput)", profile: Profile::Lan, unit: "Mbit/s", higher_better: true },
+        w,
+        load,
+        rows,
+        &["loss % (last rep)"],
+        vec![format!("iperf3 -c ADDR -p PORT -u -b {UDP_RATE} -l 1200 -t {secs} -J (server `iperf3 -s`; TCP control and UDP data on the same port)")],
+    );
+    t.notes.push("ssh -L, rathole (TCP tunnel here), socat (TCP relay here) and raw quinn carry no UDP in this setup and are not listed.".into());
+    Ok(t)
+}
+
 fn scenario5(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
     let load = loadavg();
     let p = probe()?;
@@ -747,6 +811,14 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
         met,
     };
     match t.id.as_str() {
+        "s10-udp-lan" => {
+            let r = ratio(nm, t.median(Peer::Direct));
+            vec![v(
+                "UDP rows (issue 9): netmux delivers the offered rate like direct",
+                format!("{} direct", fmt_ratio(r)),
+                r.map(|r| r >= 0.9),
+            )]
+        }
         "s1-bulk-lan" => {
             let q = ratio(nm, t.median(Peer::Quinn));
             let s = ratio(nm, t.median(Peer::SshAes));

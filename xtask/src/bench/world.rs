@@ -417,7 +417,16 @@ impl<'a> World<'a> {
             .iter()
             .map(|t| {
                 let addr = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 20 + t.index() as u8));
-                ServiceSpec::l2c(t.name(), addr, t.port(), t.port())
+                let spec = ServiceSpec::l2c(t.name(), addr, t.port(), t.port());
+                if *t == Target::Iperf {
+                    // iperf3 -u: TCP control and UDP data on one port.
+                    ServiceSpec {
+                        protocol: "tcp+udp",
+                        ..spec
+                    }
+                } else {
+                    spec
+                }
             })
             .collect();
         let nm = Netmux::start(self.sb, &specs).context("netmux start")?;
