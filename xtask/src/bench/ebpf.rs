@@ -35,6 +35,19 @@ fn find_listener(v: &serde_json::Value) -> Option<IpAddr> {
 pub fn scenario8(s: &Settings) -> anyhow::Result<Table> {
     let load = loadavg();
     let sb = Sandbox::with_prefix("nxb8").context("sandbox")?;
+    // 10,000 connect+close per figure, each also dialled onward by
+    // netmux-server: without TIME_WAIT reuse the cluster side runs out of
+    // ephemeral ports and later connects are reset (seen as "connection
+    // reset" in the first full runs). Same settings on both sides.
+    for side in [Side::Workstation, Side::Cluster] {
+        for (key, value) in [
+            ("net.ipv4.tcp_tw_reuse", "1"),
+            ("net.ipv4.ip_local_port_range", "1024 65000"),
+        ] {
+            sb.exec(side, "sysctl", ["-q", "-w", &format!("{key}={value}")], Duration::from_secs(10))
+                .with_context(|| format!("sysctl {key}"))?;
+        }
+    }
     let echo = bin("nx-echo")?;
     let _backend = sb
         .process(Side::Cluster, "echo", &echo)
