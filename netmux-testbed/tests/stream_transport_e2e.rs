@@ -17,6 +17,10 @@ fn specs() -> Vec<ServiceSpec> {
         ServiceSpec::l2c("http-echo", ip("10.96.0.10"), 80, 8080),
         ServiceSpec::l2c("sink", ip("10.96.0.12"), 9001, 9001),
         ServiceSpec::l2c("source", ip("10.96.0.13"), 9002, 9002),
+        ServiceSpec {
+            protocol: "udp",
+            ..ServiceSpec::l2c("udp-echo", ip("10.96.0.14"), 7000, 7000)
+        },
     ]
 }
 
@@ -32,7 +36,7 @@ fn world(sb: &Sandbox) -> World<'_> {
         sb.dump_logs(50);
         panic!("netmux start: {e}")
     });
-    let backends = specs()
+    let mut backends: Vec<Process> = specs()
         .iter()
         .zip(["http", "sink", "source"])
         .map(|(s, mode)| {
@@ -45,6 +49,12 @@ fn world(sb: &Sandbox) -> World<'_> {
             )
         })
         .collect();
+    backends.push(common::nx_echo_udp(
+        sb,
+        Side::Cluster,
+        "backend-udp-echo",
+        "10.96.0.14:7000".parse().expect("addr"),
+    ));
     let out = nm.cli(["connect", ENDPOINT]).expect("netmux connect");
     if !out.success() {
         sb.dump_logs(50);
@@ -135,5 +145,46 @@ fn server_restart_reconnects_over_a_new_stream() {
             log.contains("datagram stream accepted"),
             "the restarted server did not see a new TCP stream:\n{log}"
         );
+    });
+}
+
+/// UDP datagrams ride the same QUIC-over-stream framing (issue 9: what the
+/// port-forward transport carries).
+#[test]
+fn udp_datagrams_over_tcp() {
+    let sb = sandbox();
+    let _w = world(&sb);
+    let hosts = std::fs::read_to_string(sb.ws_hosts_file()).expect("hosts");
+    let local: std::net::IpAddr = hosts
+        .lines()
+        .find(|l| l.contains("udp-echo.demo.svc.cluster.local"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("udp-echo not in\n{hosts}"));
+    let to = std::net::SocketAddr::new(local, 7000);
+    on_failure_dump(&sb, || {
+        let got = sb
+            .ws()
+            .block_on(|| async move {
+                let s = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+                let mut buf = [0u8; 2048];
+                let mut got = 0;
+                for i in 0u32..200 {
+                    s.send_to(&i.to_be_bytes(), to).await?;
+                    let r = tokio::time::timeout(
+                        std::time::Duration::from_secs(3),
+                        s.recv_from(&mut buf),
+                    )
+                    .await;
+                    if let Ok(Ok((n, from))) = r {
+                        if n == 4 && buf[..4] == i.to_be_bytes() && from == to {
+                            got += 1;
+                        }
+                    }
+                }
+                Ok::<_, std::io::Error>(got)
+            })
+            .unwrap()
+            .expect("udp");
+        assert_eq!(got, 200, "every datagram echoed through QUIC over TCP");
     });
 }
