@@ -41,10 +41,7 @@ pub enum ConfigError {
 
 /// Turns a TOML error into one naming file, line and column.
 pub fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let (line, column) = e
-        .span()
-        .map(|s| line_col(text, s.start))
-        .unwrap_or((0, 0));
+    let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
     ConfigError::Parse {
         path: path.to_owned(),
         line,

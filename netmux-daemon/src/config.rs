@@ -258,7 +258,6 @@ pub struct Config {
     pub dns: DnsConfig,
 }
 
-
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

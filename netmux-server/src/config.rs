@@ -10,7 +10,6 @@ use serde::Deserialize;
 
 pub use netmux_common::config::{parse_error, ConfigError};
 
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {

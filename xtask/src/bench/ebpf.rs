@@ -44,8 +44,13 @@ pub fn scenario8(s: &Settings) -> anyhow::Result<Table> {
             ("net.ipv4.tcp_tw_reuse", "1"),
             ("net.ipv4.ip_local_port_range", "1024 65000"),
         ] {
-            sb.exec(side, "sysctl", ["-q", "-w", &format!("{key}={value}")], Duration::from_secs(10))
-                .with_context(|| format!("sysctl {key}"))?;
+            sb.exec(
+                side,
+                "sysctl",
+                ["-q", "-w", &format!("{key}={value}")],
+                Duration::from_secs(10),
+            )
+            .with_context(|| format!("sysctl {key}"))?;
         }
     }
     let echo = bin("nx-echo")?;
