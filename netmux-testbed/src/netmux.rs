@@ -112,7 +112,7 @@ pub fn services_toml(services: &[ServiceSpec]) -> String {
                     "{{ port = {}, target_port = {}, name = \"{}{}\", protocol = {} }}",
                     svc.port,
                     svc.target_port,
-                    &proto[..1],
+                    if *proto == "udp" { "u" } else { "p" },
                     svc.port,
                     toml_str(proto)
                 )
