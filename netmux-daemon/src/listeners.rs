@@ -87,25 +87,6 @@ pub async fn serve(listener: TcpListener, route: Route) {
     }
 }
 
-struct RouteMeter<'a>(&'a Route);
-
-impl Meter for RouteMeter<'_> {
-    fn tcp_to_stream(&self, n: usize) {
-        self.0
-            .metrics
-            .bytes_sent
-            .with_label_values(&self.0.labels())
-            .inc_by(n as u64);
-    }
-    fn stream_to_tcp(&self, n: usize) {
-        self.0
-            .metrics
-            .bytes_received
-            .with_label_values(&self.0.labels())
-            .inc_by(n as u64);
-    }
-}
-
 /// Tunnels one accepted connection.
 pub async fn tunnel(mut tcp: TcpStream, route: Route) {
     let started = Instant::now();
@@ -145,7 +126,17 @@ pub async fn tunnel(mut tcp: TcpStream, route: Route) {
     }
     // The QUIC stream id names the connection in logs (journald `CONN=`).
     let conn_id = send.id().to_string();
-    let meter = RouteMeter(&route);
+    let (sent, received) = (
+        route.metrics.bytes_sent.with_label_values(&route.labels()),
+        route
+            .metrics
+            .bytes_received
+            .with_label_values(&route.labels()),
+    );
+    let meter = (
+        |n: usize| sent.inc_by(n as u64),
+        |n: usize| received.inc_by(n as u64),
+    );
     if first > 0 {
         meter.tcp_to_stream(first);
     }

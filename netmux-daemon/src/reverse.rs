@@ -9,7 +9,7 @@ use std::time::Duration;
 use netmux_common::proto::catalog::Catalog;
 use netmux_common::proto::error_code;
 use netmux_common::proto::stream::{OpenResult, StreamHeader};
-use netmux_common::tunnel::pipe::{self, End, Meter};
+use netmux_common::tunnel::pipe::{self, End};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -43,26 +43,6 @@ pub async fn serve(
         let metrics = metrics.clone();
         let endpoint = endpoint.clone();
         tokio::spawn(async move { handle(send, recv, claims, catalog, metrics, endpoint).await });
-    }
-}
-
-struct C2lMeter<'a> {
-    metrics: &'a Metrics,
-    labels: [&'a str; 3],
-}
-
-impl Meter for C2lMeter<'_> {
-    fn tcp_to_stream(&self, n: usize) {
-        self.metrics
-            .bytes_sent
-            .with_label_values(&self.labels)
-            .inc_by(n as u64);
-    }
-    fn stream_to_tcp(&self, n: usize) {
-        self.metrics
-            .bytes_received
-            .with_label_values(&self.labels)
-            .inc_by(n as u64);
     }
 }
 
@@ -146,10 +126,14 @@ async fn handle(
     let active = metrics.connections_active.with_label_values(&labels);
     active.inc();
     if pipe::answer(&mut send, &mut recv, OpenResult::Connected).await {
-        let meter = C2lMeter {
-            metrics: &metrics,
-            labels,
-        };
+        let (sent, received) = (
+            metrics.bytes_sent.with_label_values(&labels),
+            metrics.bytes_received.with_label_values(&labels),
+        );
+        let meter = (
+            |n: usize| sent.inc_by(n as u64),
+            |n: usize| received.inc_by(n as u64),
+        );
         let outcome = pipe::bridge(
             &mut tcp,
             send,

@@ -12,7 +12,7 @@ use netmux_common::proto::error_code;
 use netmux_common::proto::hello::HelloStatus;
 use netmux_common::proto::session::{ServerEvent, ServerSession, SessionError};
 use netmux_common::proto::stream::{OpenResult, StreamHeader};
-use netmux_common::tunnel::pipe::{self, End, Meter};
+use netmux_common::tunnel::pipe::{self, End};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use crate::access::Identity;
@@ -242,28 +242,6 @@ async fn accept_streams(conn: Connection, server: Arc<Server>, identity: Identit
     }
 }
 
-struct ServiceMeter<'a> {
-    server: &'a Server,
-    labels: [&'a str; 2],
-}
-
-impl Meter for ServiceMeter<'_> {
-    fn tcp_to_stream(&self, n: usize) {
-        self.server
-            .metrics
-            .bytes_sent
-            .with_label_values(&self.labels)
-            .inc_by(n as u64);
-    }
-    fn stream_to_tcp(&self, n: usize) {
-        self.server
-            .metrics
-            .bytes_received
-            .with_label_values(&self.labels)
-            .inc_by(n as u64);
-    }
-}
-
 async fn proxy_stream(
     mut send: SendStream,
     mut recv: RecvStream,
@@ -344,10 +322,14 @@ async fn proxy_stream(
     let active = server.metrics.connections_active.with_label_values(&labels);
     active.inc();
     if pipe::answer(&mut send, &mut recv, OpenResult::Connected).await {
-        let meter = ServiceMeter {
-            server: &server,
-            labels,
-        };
+        let (sent, received) = (
+            server.metrics.bytes_sent.with_label_values(&labels),
+            server.metrics.bytes_received.with_label_values(&labels),
+        );
+        let meter = (
+            |n: usize| sent.inc_by(n as u64),
+            |n: usize| received.inc_by(n as u64),
+        );
         let outcome = pipe::bridge(
             &mut tcp,
             send,

@@ -367,26 +367,6 @@ async fn renew(
     }
 }
 
-struct ReverseMeter<'a> {
-    metrics: &'a Metrics,
-    service: &'a str,
-}
-
-impl Meter for ReverseMeter<'_> {
-    fn tcp_to_stream(&self, n: usize) {
-        self.metrics
-            .bytes_sent
-            .with_label_values(&[self.service, "c2l"])
-            .inc_by(n as u64);
-    }
-    fn stream_to_tcp(&self, n: usize) {
-        self.metrics
-            .bytes_received
-            .with_label_values(&[self.service, "c2l"])
-            .inc_by(n as u64);
-    }
-}
-
 async fn accept(
     listener: TcpListener,
     conn: Connection,
@@ -438,10 +418,14 @@ async fn accept(
             metrics.connections_total.with_label_values(&labels).inc();
             let active = metrics.connections_active.with_label_values(&labels);
             active.inc();
-            let meter = ReverseMeter {
-                metrics: &metrics,
-                service: &key,
-            };
+            let (sent, received) = (
+                metrics.bytes_sent.with_label_values(&labels),
+                metrics.bytes_received.with_label_values(&labels),
+            );
+            let meter = (
+                |n: usize| sent.inc_by(n as u64),
+                |n: usize| received.inc_by(n as u64),
+            );
             meter.tcp_to_stream(first);
             let outcome = pipe::bridge(
                 &mut tcp,

@@ -71,6 +71,17 @@ pub trait Meter {
     fn stream_to_tcp(&self, n: usize);
 }
 
+/// A pair of callbacks is a meter: `(tcp_to_stream, stream_to_tcp)`.
+/// Callers resolve their counters once per connection, off the data path.
+impl<F: Fn(usize), G: Fn(usize)> Meter for (F, G) {
+    fn tcp_to_stream(&self, n: usize) {
+        (self.0)(n)
+    }
+    fn stream_to_tcp(&self, n: usize) {
+        (self.1)(n)
+    }
+}
+
 /// A meter that counts nothing.
 pub struct NoMeter;
 
