@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use netmux_common::proto::catalog::{Catalog, Protocol, ServiceId};
 use netmux_common::proto::stream::StreamHeader;
 use netmux_common::tunnel::pipe::{self, End, Meter};
@@ -109,21 +109,15 @@ pub async fn tunnel(mut tcp: TcpStream, route: Route) {
             return;
         }
     };
-    let mut head = BytesMut::with_capacity(16 * 1024);
-    StreamHeader::Connect {
+    let header = StreamHeader::Connect {
         service,
         port: route.port,
-    }
-    .encode(&mut head);
-    // Whatever the client already sent travels in the same packet as the
-    // header; client-speaks-first protocols pay no extra round trip.
-    let _ = tcp.try_read_buf(&mut head);
-    let first = head.len() - 7;
-    if send.write_chunk(head.freeze()).await.is_err() {
+    };
+    let Ok(first) = pipe::send_header(&mut send, &header, &tcp).await else {
         route.error("endpoint_down");
         pipe::abort_on_drop(&tcp);
         return;
-    }
+    };
     // The QUIC stream id names the connection in logs (journald `CONN=`).
     let conn_id = send.id().to_string();
     let (sent, received) = (

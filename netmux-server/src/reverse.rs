@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use netmux_common::proto::catalog::{Direction, Protocol, Service, ServiceId, ServicePort};
 use netmux_common::proto::stream::StreamHeader;
 use netmux_common::tunnel::pipe::{self, End, Meter};
@@ -401,20 +401,15 @@ async fn accept(
                     return;
                 }
             };
-            let mut head = BytesMut::new();
-            StreamHeader::Reverse {
+            let header = StreamHeader::Reverse {
                 service,
                 port,
                 peer,
-            }
-            .encode(&mut head);
-            let header_len = head.len();
-            let _ = tcp.try_read_buf(&mut head);
-            let first = head.len() - header_len;
-            if send.write_chunk(head.freeze()).await.is_err() {
+            };
+            let Ok(first) = pipe::send_header(&mut send, &header, &tcp).await else {
                 pipe::abort_on_drop(&tcp);
                 return;
-            }
+            };
             metrics.connections_total.with_label_values(&labels).inc();
             let active = metrics.connections_active.with_label_values(&labels);
             active.inc();

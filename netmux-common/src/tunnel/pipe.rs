@@ -268,6 +268,23 @@ where
     }
 }
 
+/// Opens a stream's life: writes `header` and, in the same write, whatever
+/// the TCP client has already sent, so client-speaks-first protocols pay no
+/// extra round trip. Returns how many client bytes went with the header.
+pub async fn send_header(
+    send: &mut SendStream,
+    header: &crate::proto::stream::StreamHeader,
+    tcp: &TcpStream,
+) -> Result<usize, WriteError> {
+    let mut head = BytesMut::with_capacity(16 * 1024);
+    header.encode(&mut head);
+    let header_len = head.len();
+    let _ = tcp.try_read_buf(&mut head);
+    let first = head.len() - header_len;
+    send.write_chunk(head.freeze()).await?;
+    Ok(first)
+}
+
 /// Prelude for the side that asked for a connection: reads the far end's
 /// [`OpenResult`](crate::proto::stream::OpenResult) before any of its bytes
 /// reach TCP; anything but `Connected` is an [`End::Refused`].
