@@ -16,6 +16,10 @@ pub enum Request {
     Connect {
         /// Endpoint name.
         endpoint: String,
+        /// For a Kubernetes endpoint: the user's credentials, resolved by
+        /// the CLI (the daemon answers [`Reply::NeedKube`] without them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kube: Option<crate::cluster::KubeAccess>,
     },
     /// Disconnect an endpoint and stop its services.
     Disconnect {
@@ -129,6 +133,12 @@ pub enum Reply {
     },
     /// Status.
     Status(StatusView),
+    /// The endpoint is a Kubernetes one: connect again with the user's
+    /// credentials for these settings.
+    NeedKube {
+        /// Its `[endpoint.kubernetes]`.
+        settings: crate::cluster::KubeSettings,
+    },
 }
 
 /// The wire response: a reply or an error for the user.

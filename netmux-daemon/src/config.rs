@@ -115,7 +115,7 @@ impl DnsConfig {
 #[serde(deny_unknown_fields)]
 struct RawEndpoint {
     name: String,
-    server: String,
+    server: Option<String>,
     #[serde(default = "default_server_name")]
     server_name: String,
     ca_file: Option<PathBuf>,
@@ -128,8 +128,28 @@ struct RawEndpoint {
     autostart: bool,
     #[serde(default = "default_namespace")]
     default_namespace: String,
-    #[serde(default)]
-    transport: crate::transport::Transport,
+    transport: Option<crate::transport::Transport>,
+    kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    #[serde(default = "default_server_namespace")]
+    namespace: String,
+    #[serde(default = "default_server_name")]
+    service: String,
+    #[serde(default = "default_stream_port")]
+    port: String,
+}
+
+fn default_server_namespace() -> String {
+    "netmux".into()
+}
+fn default_stream_port() -> String {
+    "quic-stream".into()
 }
 
 fn default_socket() -> PathBuf {
@@ -216,20 +236,44 @@ impl std::fmt::Debug for Secret {
 pub struct EndpointConfig {
     /// Name used by the CLI (`netmux connect NAME`).
     pub name: String,
-    /// `host:port` of the server's QUIC endpoint.
-    pub server: String,
+    /// `host:port` of the server's QUIC endpoint (UDP, or TCP with
+    /// `transport = "tcp"`); optional with `transport = "port-forward"`.
+    pub server: Option<String>,
     /// Name the server certificate must carry.
     pub server_name: String,
-    /// PEM of the CA that signs the server certificate.
-    pub ca_pem: String,
+    /// PEM of the CA that signs the server certificate; for a Kubernetes
+    /// endpoint without one, read from the ConfigMap `netmux-ca` in the
+    /// server's namespace with the user's credentials.
+    pub ca_pem: Option<String>,
     /// Bearer token for the hello.
     pub token: Option<Secret>,
     /// Cluster DNS domain, for the names written for each service.
     pub cluster_domain: String,
     /// Connect when the daemon starts.
     pub autostart: bool,
-    /// How `server` is reached: QUIC over UDP, or over a TCP stream.
+    /// How the server is reached: QUIC over UDP, over a TCP stream, or
+    /// over a Kubernetes port-forward.
     pub transport: crate::transport::Transport,
+    /// Where the server runs in Kubernetes (`[endpoint.kubernetes]`).
+    pub kubernetes: Option<crate::cluster::KubeSettings>,
+}
+
+impl EndpointConfig {
+    /// How the server is reached, for `ls` and `status`.
+    pub fn describe(&self) -> String {
+        use crate::transport::Transport;
+        let forward = || match &self.kubernetes {
+            Some(k) => format!("port-forward {}/{}:{}", k.namespace, k.service, k.port),
+            None => "port-forward".into(),
+        };
+        let server = self.server.as_deref().unwrap_or("-");
+        match self.transport {
+            Transport::Quic => format!("quic {server}"),
+            Transport::Tcp => format!("tcp {server}"),
+            Transport::PortForward => forward(),
+            Transport::Auto => format!("quic {server}, else {}", forward()),
+        }
+    }
 }
 
 /// Validated daemon configuration.
@@ -303,11 +347,58 @@ impl Config {
                     format!("{:?} is listed twice", e.name),
                 ));
             }
-            if !e.server.contains(':') {
+            use crate::transport::Transport;
+            let transport = e.transport.unwrap_or(if e.kubernetes.is_some() {
+                Transport::PortForward
+            } else {
+                Transport::Quic
+            });
+            let kubernetes = match e.kubernetes {
+                Some(k) => {
+                    if e.autostart {
+                        return Err(invalid(
+                            field("autostart"),
+                            "cannot be used with [endpoint.kubernetes]: the credentials come from the kubeconfig of the user who runs `netmux connect`".into(),
+                        ));
+                    }
+                    Some(
+                        crate::cluster::KubeSettings::validate(
+                            k.kubeconfig.map(|p| base.join(p)),
+                            k.context,
+                            k.namespace,
+                            k.service,
+                            k.port,
+                        )
+                        .map_err(|(key, m)| invalid(field(&format!("kubernetes.{key}")), m))?,
+                    )
+                }
+                None => None,
+            };
+            let needs_server = matches!(
+                transport,
+                Transport::Quic | Transport::Tcp | Transport::Auto
+            );
+            if matches!(transport, Transport::PortForward | Transport::Auto) && kubernetes.is_none()
+            {
                 return Err(invalid(
-                    field("server"),
-                    format!("{:?} needs a port, like netmux.example.com:7443", e.server),
+                    field("transport"),
+                    "port-forward and auto need an [endpoint.kubernetes] table (the server's namespace and Service)".into(),
                 ));
+            }
+            match &e.server {
+                Some(s) if !s.contains(':') => {
+                    return Err(invalid(
+                        field("server"),
+                        format!("{s:?} needs a port, like netmux.example.com:7443"),
+                    ))
+                }
+                None if needs_server => {
+                    return Err(invalid(
+                        field("server"),
+                        "missing: host:port of the server (or use [endpoint.kubernetes] with transport = \"port-forward\")".into(),
+                    ))
+                }
+                _ => {}
             }
             let ca_pem = match (e.ca_file, e.ca_pem) {
                 (Some(f), None) => {
@@ -326,6 +417,7 @@ impl Config {
                         "give ca_file or ca_pem, not both".into(),
                     ))
                 }
+                (None, None) if kubernetes.is_some() => String::new(),
                 (None, None) => {
                     return Err(invalid(
                         field("ca_file"),
@@ -334,9 +426,13 @@ impl Config {
                     ))
                 }
             };
-            if !ca_pem.contains("-----BEGIN CERTIFICATE-----") {
+            let ca_pem = if ca_pem.is_empty() {
+                None
+            } else if !ca_pem.contains("-----BEGIN CERTIFICATE-----") {
                 return Err(invalid(field("ca_file"), "no PEM certificate found".into()));
-            }
+            } else {
+                Some(ca_pem)
+            };
             let token = match (e.token, e.token_file) {
                 (Some(t), None) => Some(Secret(t)),
                 (None, Some(f)) => {
@@ -374,7 +470,8 @@ impl Config {
                 token,
                 cluster_domain: e.cluster_domain.trim_end_matches('.').to_owned(),
                 autostart: e.autostart,
-                transport: e.transport,
+                transport,
+                kubernetes,
             });
         }
         let dns = raw.dns;
@@ -511,6 +608,51 @@ mod tests {
                 .to_string();
             assert!(e.contains(key), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn kubernetes_endpoints() {
+        let text =
+            "[[endpoint]]\nname = \"kind\"\n[endpoint.kubernetes]\ncontext = \"kind-netmux\"\n";
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        let e = &c.endpoints[0];
+        assert_eq!(e.transport, crate::transport::Transport::PortForward);
+        assert_eq!(e.server, None);
+        assert_eq!(e.ca_pem, None);
+        let k = e.kubernetes.as_ref().unwrap();
+        assert_eq!(
+            (k.namespace.as_str(), k.service.as_str(), k.port.as_str()),
+            ("netmux", "netmux-server", "quic-stream")
+        );
+        assert_eq!(
+            e.describe(),
+            "port-forward netmux/netmux-server:quic-stream"
+        );
+        for (bad, key) in [
+            ("autostart = true\n", "endpoint[0].autostart"),
+            ("transport = \"quic\"\n", "endpoint[0].server"),
+            (
+                "[endpoint.kubernetes]\nport = \"Bad_Port\"\n",
+                "endpoint[0].kubernetes.port",
+            ),
+            ("[endpoint.kubernetes]\nnamspace = \"x\"\n", "namspace"),
+        ] {
+            let text = if bad.starts_with('[') {
+                format!("[[endpoint]]\nname = \"kind\"\n{bad}")
+            } else {
+                format!("[[endpoint]]\nname = \"kind\"\n{bad}[endpoint.kubernetes]\n")
+            };
+            let e = Config::parse(Path::new("c.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        // port-forward without a cluster to forward into.
+        let text = format!("{}transport = \"port-forward\"\n", good());
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[endpoint.kubernetes]"), "{e}");
     }
 
     #[test]

@@ -194,7 +194,7 @@ impl Daemon {
             List { filter } => Ok(Reply::List {
                 rows: self.list(filter.as_deref()).await,
             }),
-            Connect { endpoint } => self.connect(&endpoint).await,
+            Connect { endpoint, kube } => self.connect_request(&endpoint, kube).await,
             Disconnect { endpoint } => self.disconnect(&endpoint).await,
             Start { endpoint, service } => self.start(&endpoint, &service).await,
             Stop { endpoint, service } => self.stop(&endpoint, &service).await,
@@ -240,20 +240,59 @@ impl Daemon {
         )
     }
 
-    /// Connects an endpoint (idempotent).
-    pub async fn connect(self: &Arc<Self>, name: &str) -> Result<Reply, String> {
+    /// `netmux connect`: a Kubernetes endpoint needs the user's
+    /// credentials, which the CLI sends once asked ([`Reply::NeedKube`]).
+    async fn connect_request(
+        self: &Arc<Self>,
+        name: &str,
+        kube: Option<crate::cluster::KubeAccess>,
+    ) -> Result<Reply, String> {
         let cfg = self
             .config
             .endpoint(name)
             .ok_or_else(|| self.unknown_endpoint(name))?
             .clone();
+        let Some(settings) = cfg.kubernetes.clone() else {
+            return self.connect(name, None).await;
+        };
+        if self.state.lock().await.endpoints.contains_key(name) {
+            return Ok(Reply::Done {
+                message: format!("{name} is already connected"),
+            });
+        }
+        let Some(access) = kube else {
+            return Ok(Reply::NeedKube { settings });
+        };
+        let link = crate::cluster::forward::KubeLink::new(&access, settings)
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        tracing::info!(endpoint = %name, credentials = %link.describe, expires = ?access.expires, "kubernetes credentials received");
+        self.connect(name, Some(Arc::new(link))).await
+    }
+
+    /// Connects an endpoint (idempotent); `kube` for Kubernetes endpoints.
+    pub async fn connect(
+        self: &Arc<Self>,
+        name: &str,
+        kube: Option<Arc<crate::cluster::forward::KubeLink>>,
+    ) -> Result<Reply, String> {
+        let cfg = self
+            .config
+            .endpoint(name)
+            .ok_or_else(|| self.unknown_endpoint(name))?
+            .clone();
+        if cfg.kubernetes.is_some() && kube.is_none() {
+            return Err(format!(
+                "{name} is a Kubernetes endpoint: run `netmux connect {name}` as the user whose kubeconfig it uses"
+            ));
+        }
         let mut state = self.state.lock().await;
         if state.endpoints.contains_key(name) {
             return Ok(Reply::Done {
                 message: format!("{name} is already connected"),
             });
         }
-        let endpoint = Endpoint::start(cfg, self.metrics.clone());
+        let endpoint = Endpoint::start(cfg, self.metrics.clone(), kube);
         let mut catalog = endpoint.watch_catalog();
         let mut status = endpoint.watch_status();
         let me = Arc::downgrade(self);
@@ -738,7 +777,7 @@ impl Daemon {
                 kind: "EP".into(),
                 name: cfg.name.clone(),
                 parent: "-".into(),
-                description: format!("quic {}", cfg.server),
+                description: cfg.describe(),
                 status: connected
                     .map(|c| c.endpoint.status().word().to_owned())
                     .unwrap_or_else(|| "off".into()),
@@ -830,7 +869,7 @@ impl Daemon {
                     let st = c.map(|c| c.endpoint.status());
                     EndpointView {
                         name: cfg.name.clone(),
-                        server: cfg.server.clone(),
+                        server: cfg.describe(),
                         state: st
                             .as_ref()
                             .map(|s| s.word().to_owned())
@@ -968,6 +1007,7 @@ impl Daemon {
         let mut kept = Vec::new();
         let mut reconnect = Vec::new();
         let mut removed = Vec::new();
+        let mut kube_links = BTreeMap::new();
         {
             let mut state = self.state.lock().await;
             for (name, c) in &state.endpoints {
@@ -984,7 +1024,17 @@ impl Daemon {
             for name in &reconnect {
                 // Started services stay wanted: reconcile stops them now (no
                 // endpoint) and starts them again on the new connection.
-                state.endpoints.remove(name);
+                // The user's Kubernetes credentials are kept when the
+                // endpoint still points at the same place.
+                if let Some(c) = state.endpoints.remove(name) {
+                    if let Some(k) = c.endpoint.kube.clone() {
+                        if new.endpoint(name).and_then(|e| e.kubernetes.as_ref())
+                            == Some(k.settings())
+                        {
+                            kube_links.insert(name.clone(), k);
+                        }
+                    }
+                }
             }
             self.config.set(new);
             self.reconcile_locked(&mut state).await;
@@ -997,7 +1047,7 @@ impl Daemon {
             .map(|e| e.name.clone())
             .collect();
         for name in reconnect.iter().chain(&added) {
-            if let Err(e) = self.connect(name).await {
+            if let Err(e) = self.connect(name, kube_links.remove(name)).await {
                 tracing::error!(endpoint = %name, error = %e, "reconnect after reload failed");
             }
         }

@@ -19,6 +19,7 @@ use quinn::{Connection, VarInt};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::cluster::forward::KubeLink;
 use crate::config::EndpointConfig;
 use crate::metrics::Metrics;
 use crate::transport::Transport;
@@ -140,6 +141,8 @@ enum Command {
 pub struct Endpoint {
     /// Its configuration.
     pub config: EndpointConfig,
+    /// The user's Kubernetes credentials (Kubernetes endpoints).
+    pub kube: Option<Arc<KubeLink>>,
     status: watch::Receiver<EndpointStatus>,
     conn: watch::Receiver<Option<Connection>>,
     catalog: watch::Receiver<Arc<Catalog>>,
@@ -164,8 +167,9 @@ impl Drop for Endpoint {
 }
 
 impl Endpoint {
-    /// Starts connecting in the background.
-    pub fn start(config: EndpointConfig, metrics: Metrics) -> Self {
+    /// Starts connecting in the background; `kube` carries the user's
+    /// credentials for a Kubernetes endpoint (`[endpoint.kubernetes]`).
+    pub fn start(config: EndpointConfig, metrics: Metrics, kube: Option<Arc<KubeLink>>) -> Self {
         let (status_tx, status) = watch::channel(EndpointStatus::Connecting);
         let (conn_tx, conn) = watch::channel(None);
         let (catalog_tx, catalog) = watch::channel(Arc::new(Catalog::new()));
@@ -179,6 +183,7 @@ impl Endpoint {
         let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(run(
             config.clone(),
+            kube.clone(),
             Outputs {
                 status: status_tx,
                 conn_tx,
@@ -191,6 +196,7 @@ impl Endpoint {
         ));
         Endpoint {
             config,
+            kube,
             status,
             conn,
             catalog,
@@ -286,6 +292,7 @@ struct Outputs {
 
 async fn run(
     config: EndpointConfig,
+    kube: Option<Arc<KubeLink>>,
     outputs: Outputs,
     metrics: Metrics,
     claims: Claims,
@@ -302,7 +309,7 @@ async fn run(
     let mut quic_endpoint: Option<(quinn::Endpoint, bool)> = None;
     loop {
         status.send_replace(EndpointStatus::Connecting);
-        match connect(&config, &mut quic_endpoint).await {
+        match connect(&config, kube.as_deref(), &mut quic_endpoint).await {
             Ok((conn, session, send, recv, server, greeting)) => {
                 backoff = BACKOFF_MIN;
                 catalog_tx.send_replace(Arc::new(session.catalog().clone()));
@@ -367,9 +374,9 @@ type Established = (
     String,
 );
 
-fn client_config(config: &EndpointConfig) -> Result<quinn::ClientConfig, ConnectError> {
+fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig, ConnectError> {
     let mut roots = rustls::RootCertStore::empty();
-    let mut reader = config.ca_pem.as_bytes();
+    let mut reader = ca_pem.as_bytes();
     for cert in rustls_pemfile::certs(&mut reader) {
         let cert = cert.map_err(|e| ConnectError::Setup(format!("CA PEM: {e}")))?;
         roots
@@ -390,30 +397,121 @@ fn client_config(config: &EndpointConfig) -> Result<quinn::ClientConfig, Connect
     Ok(client)
 }
 
+/// How long `auto` waits for the server over UDP before it tries the
+/// port-forward.
+const AUTO_DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Dials the server and completes the hello; returns once the catalog
 /// snapshot is in.
 async fn connect(
     config: &EndpointConfig,
+    kube: Option<&KubeLink>,
     quic_endpoint: &mut Option<(quinn::Endpoint, bool)>,
 ) -> Result<Established, ConnectError> {
-    let server = tokio::net::lookup_host(&config.server)
-        .await
-        .map_err(|e| ConnectError::Resolve(config.server.clone(), e.to_string()))?
-        .next()
-        .ok_or_else(|| ConnectError::Resolve(config.server.clone(), "no address".into()))?;
-    let conn = match config.transport {
-        Transport::Quic => dial_udp(config, server, quic_endpoint).await?,
+    let ca_pem = match (&config.ca_pem, kube) {
+        (Some(pem), _) => pem.clone(),
+        (None, Some(k)) => k
+            .ca_pem()
+            .await
+            .map_err(|e| ConnectError::Setup(e.to_string()))?,
+        (None, None) => return Err(ConnectError::Setup("no CA for the server".into())),
+    };
+    let client = client_config(&ca_pem)?;
+    let (conn, server) = match config.transport {
+        Transport::Quic => {
+            let server = resolve(config).await?;
+            (
+                dial_udp(config, client, server, quic_endpoint).await?,
+                server,
+            )
+        }
         Transport::Tcp => {
-            crate::transport::dial_tcp(server, client_config(config)?, &config.server_name).await?
+            let server = resolve(config).await?;
+            let conn = crate::transport::dial_tcp(server, client, &config.server_name).await?;
+            (conn, server)
+        }
+        Transport::PortForward => port_forward(config, kube, client).await?,
+        Transport::Auto => {
+            let direct = async {
+                let server = resolve(config).await?;
+                let conn = dial_udp(config, client.clone(), server, quic_endpoint).await?;
+                Ok::<_, ConnectError>((conn, server))
+            };
+            match tokio::time::timeout(AUTO_DIRECT_TIMEOUT, direct).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::info!(endpoint = %config.name, error = %e, "direct QUIC failed; trying the port-forward");
+                    port_forward(config, kube, client).await?
+                }
+                Err(_) => {
+                    tracing::info!(endpoint = %config.name, "no answer over UDP within {AUTO_DIRECT_TIMEOUT:?}; trying the port-forward");
+                    port_forward(config, kube, client).await?
+                }
+            }
         }
     };
-    hello(config, conn, server).await
+    let token = config
+        .token
+        .as_ref()
+        .map(|t| t.0.clone())
+        .or_else(|| kube.and_then(|k| k.bearer().map(str::to_owned)));
+    hello(conn, server, token).await
+}
+
+/// The first address of `server`.
+async fn resolve(config: &EndpointConfig) -> Result<SocketAddr, ConnectError> {
+    let Some(name) = &config.server else {
+        return Err(ConnectError::Setup(
+            "no server address configured (needed for quic and tcp)".into(),
+        ));
+    };
+    tokio::net::lookup_host(name)
+        .await
+        .map_err(|e| ConnectError::Resolve(name.clone(), e.to_string()))?
+        .next()
+        .ok_or_else(|| ConnectError::Resolve(name.clone(), "no address".into()))
+}
+
+/// QUIC over a port-forward to a ready server pod.
+async fn port_forward(
+    config: &EndpointConfig,
+    kube: Option<&KubeLink>,
+    client: quinn::ClientConfig,
+) -> Result<(Connection, SocketAddr), ConnectError> {
+    let Some(kube) = kube else {
+        return Err(ConnectError::Setup(
+            "port-forward needs the user's kubeconfig: run `netmux connect` as that user".into(),
+        ));
+    };
+    let forward = kube
+        .open()
+        .await
+        .map_err(|e| ConnectError::Setup(e.to_string()))?;
+    tracing::info!(endpoint = %config.name, pod = %forward.pod, "port-forward open");
+    let local = SocketAddr::new(
+        if forward.peer.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        },
+        0,
+    );
+    let conn = crate::transport::dial_stream(
+        forward.stream,
+        local,
+        forward.peer,
+        client,
+        &config.server_name,
+    )
+    .await?;
+    Ok((conn, forward.peer))
 }
 
 /// Dials `server` over UDP from the endpoint's socket (made on first use
 /// and when the address family changes).
 async fn dial_udp(
     config: &EndpointConfig,
+    client: quinn::ClientConfig,
     server: SocketAddr,
     quic_endpoint: &mut Option<(quinn::Endpoint, bool)>,
 ) -> Result<Connection, ConnectError> {
@@ -444,7 +542,7 @@ async fn dial_udp(
         }
     };
     let conn = endpoint
-        .connect_with(client_config(config)?, server, &config.server_name)
+        .connect_with(client, server, &config.server_name)
         .map_err(|e| ConnectError::Quic(e.to_string()))?
         .await
         .map_err(|e| ConnectError::Quic(e.to_string()))?;
@@ -454,16 +552,16 @@ async fn dial_udp(
 /// Completes the hello on a fresh connection; returns once the catalog
 /// snapshot is in.
 async fn hello(
-    config: &EndpointConfig,
     conn: Connection,
     server: SocketAddr,
+    token: Option<String>,
 ) -> Result<Established, ConnectError> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await
         .map_err(|e| ConnectError::Quic(e.to_string()))?;
-    let credential = match &config.token {
-        Some(t) => Credential::Bearer(t.0.clone()),
+    let credential = match token {
+        Some(t) => Credential::Bearer(t),
         None => Credential::None,
     };
     let mut session = ClientSession::new(&Hello::new(client_name(), credential));

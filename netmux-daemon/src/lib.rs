@@ -6,6 +6,7 @@
 //! [`api`] on a unix socket; [`metrics`] exports Prometheus metrics.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

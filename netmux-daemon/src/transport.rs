@@ -26,11 +26,19 @@ pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Transport {
-    /// QUIC over UDP to `server`.
+    /// QUIC over UDP to `server` (a LoadBalancer, NodePort, VPN address);
+    /// `direct` is the same.
     #[default]
+    #[serde(alias = "direct")]
     Quic,
     /// QUIC over a TCP connection to `server` (the server's `stream_listen`).
     Tcp,
+    /// QUIC over a Kubernetes port-forward to a ready server pod, opened
+    /// with the user's kubeconfig (the default with `[endpoint.kubernetes]`).
+    PortForward,
+    /// `quic` to `server`, falling back to `port-forward` when the server
+    /// does not answer over UDP.
+    Auto,
 }
 
 /// Opens a TCP connection to `server` and a QUIC connection over it.
@@ -111,6 +119,12 @@ mod tests {
         assert_eq!(t.transport, Transport::Tcp);
         let t: T = toml::from_str("transport = \"quic\"").expect("quic");
         assert_eq!(t.transport, Transport::Quic);
+        let t: T = toml::from_str("transport = \"direct\"").expect("direct");
+        assert_eq!(t.transport, Transport::Quic);
+        let t: T = toml::from_str("transport = \"port-forward\"").expect("port-forward");
+        assert_eq!(t.transport, Transport::PortForward);
+        let t: T = toml::from_str("transport = \"auto\"").expect("auto");
+        assert_eq!(t.transport, Transport::Auto);
         assert!(toml::from_str::<T>("transport = \"udp\"").is_err());
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
-use netmux_daemon::api::{Reply, Request, Row};
+use netmux_daemon::api::{self, Reply, Request, Row};
 use netmux_daemon::config::{Config, DEFAULT_CONFIG, DEFAULT_SOCKET};
 use netmux_daemon::control;
 use netmux_daemon::system::cli as sys;
@@ -47,6 +47,14 @@ enum Command {
     Connect {
         /// Endpoint name.
         endpoint: String,
+        /// Kubernetes endpoints: the kubeconfig to use instead of the
+        /// configured one, `$KUBECONFIG` or `~/.kube/config`.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Kubernetes endpoints: the context to use instead of the
+        /// configured or current one.
+        #[arg(long)]
+        context: Option<String>,
     },
     /// Disconnects from an endpoint.
     #[command(visible_aliases = ["dis", "d"])]
@@ -174,9 +182,10 @@ async fn main() -> ExitCode {
             },
             *output,
         ),
-        Command::Connect { endpoint } => (
+        Command::Connect { endpoint, .. } => (
             Request::Connect {
                 endpoint: endpoint.clone(),
+                kube: None,
             },
             Output::Table,
         ),
@@ -232,7 +241,39 @@ async fn main() -> ExitCode {
         Command::Completions { shell } => return sys::run_completions(*shell, &Cli::command()),
         Command::Man(a) => return sys::run_man(a, &Cli::command()),
     };
-    let response = match control::call(&cli.socket, &request).await {
+    let mut response = control::call(&cli.socket, &request).await;
+    // A Kubernetes endpoint: resolve the user's kubeconfig here, as the
+    // user (credential plugins included), and connect again with it.
+    if let (
+        Ok(api::Response {
+            ok: Some(Reply::NeedKube { settings }),
+            ..
+        }),
+        Command::Connect {
+            endpoint,
+            kubeconfig,
+            context,
+        },
+    ) = (&response, &cli.command)
+    {
+        let access = match netmux_daemon::cluster::credentials::resolve(
+            settings,
+            kubeconfig.as_deref(),
+            context.as_deref(),
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("netmux: {endpoint}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let request = Request::Connect {
+            endpoint: endpoint.clone(),
+            kube: Some(access),
+        };
+        response = control::call(&cli.socket, &request).await;
+    }
+    let response = match response {
         Ok(r) => r,
         Err(e) if matches!(request, Request::Cleanup) => {
             eprintln!("netmuxd not reachable ({e}); cleaning up locally");
@@ -284,6 +325,10 @@ async fn main() -> ExitCode {
             }
         }
         (Some(Reply::Done { message }), Output::Table) => println!("{message}"),
+        (Some(Reply::NeedKube { .. }), Output::Table) => {
+            eprintln!("netmux: netmuxd keeps asking for Kubernetes credentials; is it the same version as this CLI?");
+            return ExitCode::FAILURE;
+        }
         (None, _) => {
             eprintln!("netmux: empty reply from netmuxd");
             return ExitCode::FAILURE;

@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
     let dns = netmux_daemon::dns::start(&daemon).await;
     for ep in daemon.config().endpoints.iter().filter(|e| e.autostart) {
         let name = ep.name.clone();
-        if let Err(e) = daemon.connect(&name).await {
+        if let Err(e) = daemon.connect(&name, None).await {
             tracing::error!(endpoint = %name, error = %e, "autostart failed");
         }
     }

@@ -467,6 +467,9 @@ pub enum Probe {
     Tls(String),
     /// Anything else (resolution, local setup).
     Error(String),
+    /// The Kubernetes port-forward could not be opened (kubeconfig,
+    /// credentials, RBAC, no ready pod).
+    PortForward(String),
 }
 
 /// Reachability of an endpoint's server over UDP (a QUIC handshake).
@@ -493,6 +496,13 @@ pub fn endpoint_reachability(ep: &str, server: &str, probe: &Probe) -> Check {
             name,
             e.clone(),
             "fix `server` for this endpoint in the config",
+        ),
+        Probe::PortForward(e) => Check::fail(
+            name,
+            format!("port-forward: {e}"),
+            "check the kubeconfig context (`kubectl config current-context`), that your user may \
+             create pods/portforward in the server's namespace, and that a server pod is ready \
+             (`kubectl -n NAMESPACE get pods -l app.kubernetes.io/name=netmux-server`); docs/kubernetes.md",
         ),
     }
 }
@@ -573,17 +583,97 @@ pub fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Dials `cfg.server` and completes a QUIC handshake (no hello), bounded by
-/// `timeout`.
-pub async fn probe(cfg: &EndpointConfig, timeout: Duration) -> Probe {
-    let server: SocketAddr = match tokio::net::lookup_host(&cfg.server).await {
+/// Dials the endpoint's server the way its `transport` says and completes
+/// a QUIC handshake (no hello), bounded by `timeout`. Kubernetes endpoints
+/// use the kubeconfig of the user running the doctor, as `netmux connect`
+/// does. Returns the probe and the CA PEM it trusted.
+pub async fn probe(cfg: &EndpointConfig, timeout: Duration) -> (Probe, Option<String>) {
+    use crate::transport::Transport;
+    let mut ca = cfg.ca_pem.clone();
+    let udp = match cfg.transport {
+        Transport::PortForward => None,
+        Transport::Quic | Transport::Tcp | Transport::Auto => match &ca {
+            Some(pem) => Some(probe_server(cfg, pem, timeout).await),
+            None => None,
+        },
+    };
+    let forward = match (&udp, cfg.transport) {
+        (_, Transport::PortForward)
+        | (Some(Probe::Timeout(_) | Probe::Error(_)) | None, Transport::Auto) => true,
+        _ => false,
+    };
+    if !forward {
+        return (udp.unwrap_or(Probe::Error("no CA configured".into())), ca);
+    }
+    let p = match tokio::time::timeout(timeout, probe_port_forward(cfg, &mut ca)).await {
+        Ok(p) => p,
+        Err(_) => Probe::PortForward(format!("no handshake within {} s", timeout.as_secs())),
+    };
+    (p, ca)
+}
+
+async fn probe_port_forward(cfg: &EndpointConfig, ca: &mut Option<String>) -> Probe {
+    let Some(settings) = cfg.kubernetes.clone() else {
+        return Probe::Error("transport needs [endpoint.kubernetes]".into());
+    };
+    let access = match crate::cluster::credentials::resolve(&settings, None, None) {
+        Ok(a) => a,
+        Err(e) => return Probe::PortForward(e.to_string()),
+    };
+    let link = match crate::cluster::forward::KubeLink::new(&access, settings).await {
+        Ok(l) => l,
+        Err(e) => return Probe::PortForward(e.to_string()),
+    };
+    if ca.is_none() {
+        match link.ca_pem().await {
+            Ok(pem) => *ca = Some(pem),
+            Err(e) => return Probe::PortForward(e.to_string()),
+        }
+    }
+    let client = match client_config(ca.as_deref().unwrap_or_default()) {
+        Ok(c) => c,
+        Err(e) => return Probe::Tls(e),
+    };
+    let start = std::time::Instant::now();
+    let forward = match link.open().await {
+        Ok(f) => f,
+        Err(e) => return Probe::PortForward(e.to_string()),
+    };
+    let local: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
+    match crate::transport::dial_stream(
+        forward.stream,
+        local,
+        forward.peer,
+        client,
+        &cfg.server_name,
+    )
+    .await
+    {
+        Ok(conn) => {
+            let chain = peer_chain(&conn);
+            conn.close(0u32.into(), b"doctor");
+            Probe::Ok(start.elapsed(), chain)
+        }
+        Err(e) => Probe::PortForward(format!(
+            "QUIC over the port-forward to {}: {e}",
+            forward.pod
+        )),
+    }
+}
+
+/// A QUIC handshake with `server` over UDP (or TCP with `transport = "tcp"`).
+async fn probe_server(cfg: &EndpointConfig, ca_pem: &str, timeout: Duration) -> Probe {
+    let Some(name) = &cfg.server else {
+        return Probe::Error("no `server` configured".into());
+    };
+    let server: SocketAddr = match tokio::net::lookup_host(name).await {
         Ok(mut a) => match a.next() {
             Some(a) => a,
-            None => return Probe::Error(format!("{} resolves to no address", cfg.server)),
+            None => return Probe::Error(format!("{name} resolves to no address")),
         },
-        Err(e) => return Probe::Error(format!("cannot resolve {}: {e}", cfg.server)),
+        Err(e) => return Probe::Error(format!("cannot resolve {name}: {e}")),
     };
-    let client = match client_config(&cfg.ca_pem) {
+    let client = match client_config(ca_pem) {
         Ok(c) => c,
         Err(e) => return Probe::Tls(e),
     };
@@ -887,14 +977,14 @@ pub async fn run(
     ));
     out.push(control_socket(&socket_facts(config)));
     for ep in &config.endpoints {
+        let (p, ca) = probe(ep, opts.timeout).await;
         out.push(certificates(
             &format!("certificate {}", ep.name),
             &format!("CA of {}", ep.name),
-            &pem_certs(&ep.ca_pem),
+            &pem_certs(ca.as_deref().unwrap_or_default()),
             SystemTime::now(),
         ));
-        let p = probe(ep, opts.timeout).await;
-        out.push(endpoint_reachability(&ep.name, &ep.server, &p));
+        out.push(endpoint_reachability(&ep.name, &ep.describe(), &p));
         if let Probe::Ok(_, chain) = &p {
             out.push(certificates(
                 &format!("certificate {}", ep.name),
@@ -1298,8 +1388,8 @@ mod tests {
             }
         });
         let cfg = endpoint_config(addr, ck.cert.pem());
-        let p = probe(&cfg, Duration::from_secs(5)).await;
-        let c = endpoint_reachability("dev", &cfg.server, &p);
+        let (p, _) = probe(&cfg, Duration::from_secs(5)).await;
+        let c = endpoint_reachability("dev", &cfg.describe(), &p);
         assert_eq!(c.status, Status::Pass, "{c:?}");
         let Probe::Ok(_, chain) = &p else {
             unreachable!()
@@ -1314,7 +1404,7 @@ mod tests {
 
         // Wrong CA: the server answers, TLS fails.
         let other = rcgen::generate_simple_self_signed(vec!["netmux-server".into()]).expect("cert");
-        let p = probe(
+        let (p, _) = probe(
             &endpoint_config(addr, other.cert.pem()),
             Duration::from_secs(5),
         )
@@ -1326,8 +1416,8 @@ mod tests {
         // A UDP port that never answers.
         let silent = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp");
         let cfg = endpoint_config(silent.local_addr().expect("addr"), ck.cert.pem());
-        let p = probe(&cfg, Duration::from_millis(500)).await;
-        let c = endpoint_reachability("dev", &cfg.server, &p);
+        let (p, _) = probe(&cfg, Duration::from_millis(500)).await;
+        let c = endpoint_reachability("dev", &cfg.describe(), &p);
         assert_eq!(c.status, Status::Fail);
         assert!(c.fix.as_deref().is_some_and(|f| f.contains("UDP")), "{c:?}");
     }

@@ -1,0 +1,608 @@
+//! The CLI side of a Kubernetes endpoint: the user's kubeconfig, resolved
+//! into one self-contained context for the daemon.
+//!
+//! Runs in `netmux connect` and `netmux doctor`, as the user who typed
+//! them. Every auth method kube supports ends up inline: token and token
+//! file, client certificate and key (data or files), basic auth, OIDC
+//! `id-token`, and `exec` credential plugins, which run here as that user
+//! (under `sudo`, as the invoking user: `SUDO_UID`), never in the daemon.
+//! What cannot be made inline (other `auth-provider`s, which run commands
+//! of their own) is refused with the fix.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use kube::config::{AuthInfo, Cluster, ExecConfig, ExecInteractiveMode, Kubeconfig};
+use serde_json::{json, Value};
+
+use super::{KubeAccess, KubeError, KubeSettings};
+
+/// Who credential plugins run as when the CLI itself runs as root through
+/// `sudo`: the user who ran sudo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Login name.
+    pub name: String,
+    /// Home directory (for `~/.kube/config`).
+    pub home: PathBuf,
+}
+
+/// The user behind `sudo`, when this process runs as root through it.
+pub fn invoking_user() -> Option<RunAs> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let uid: u32 = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    if uid == 0 {
+        return None;
+    }
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()??;
+    Some(RunAs {
+        uid,
+        gid: user.gid.as_raw(),
+        name: user.name,
+        home: user.dir,
+    })
+}
+
+/// The kubeconfig files to read: `explicit`, else `$KUBECONFIG` (a
+/// colon-separated list), else `~/.kube/config` of the user.
+pub fn kubeconfig_paths(explicit: Option<&Path>, run_as: Option<&RunAs>) -> Vec<PathBuf> {
+    if let Some(p) = explicit {
+        return vec![expand_home(p, run_as)];
+    }
+    if let Some(v) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        let paths: Vec<PathBuf> = std::env::split_paths(&v)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        if !paths.is_empty() {
+            return paths;
+        }
+    }
+    vec![home(run_as).join(".kube").join("config")]
+}
+
+fn home(run_as: Option<&RunAs>) -> PathBuf {
+    match run_as {
+        Some(r) => r.home.clone(),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+    }
+}
+
+fn expand_home(p: &Path, run_as: Option<&RunAs>) -> PathBuf {
+    match p.strip_prefix("~") {
+        Ok(rest) => home(run_as).join(rest),
+        Err(_) => p.to_owned(),
+    }
+}
+
+/// Reads and merges `paths` (the first file's values win, as in kubectl).
+pub fn read_kubeconfig(paths: &[PathBuf]) -> Result<Kubeconfig, KubeError> {
+    let shown = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut merged: Option<Kubeconfig> = None;
+    for p in paths {
+        if !p.exists() && paths.len() > 1 {
+            continue; // kubectl skips missing files of a KUBECONFIG list
+        }
+        let kc = Kubeconfig::read_from(p).map_err(|e| KubeError::Kubeconfig {
+            path: p.display().to_string(),
+            message: format!("{e}; point `kubeconfig` in [endpoint.kubernetes], --kubeconfig or $KUBECONFIG at a readable kubeconfig"),
+        })?;
+        merged = Some(match merged {
+            None => kc,
+            Some(m) => m.merge(kc).map_err(|e| KubeError::Kubeconfig {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?,
+        });
+    }
+    merged.ok_or_else(|| KubeError::Kubeconfig {
+        path: shown,
+        message: "no kubeconfig file exists".into(),
+    })
+}
+
+/// Resolves `settings` (with the CLI's `--kubeconfig`/`--context`
+/// overrides) into what the daemon needs. Runs credential plugins.
+pub fn resolve(
+    settings: &KubeSettings,
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<KubeAccess, KubeError> {
+    let run_as = invoking_user();
+    let paths = kubeconfig_paths(
+        kubeconfig.or(settings.kubeconfig.as_deref()),
+        run_as.as_ref(),
+    );
+    let kc = read_kubeconfig(&paths)?;
+    let shown = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    resolve_config(
+        &kc,
+        &shown,
+        context.or(settings.context.as_deref()),
+        run_as.as_ref(),
+    )
+}
+
+/// [`resolve`] on a kubeconfig already read (`shown` names it in errors).
+pub fn resolve_config(
+    kc: &Kubeconfig,
+    shown: &str,
+    context: Option<&str>,
+    run_as: Option<&RunAs>,
+) -> Result<KubeAccess, KubeError> {
+    let bad = |message: String| KubeError::Kubeconfig {
+        path: shown.to_owned(),
+        message,
+    };
+    let context_name = context
+        .map(str::to_owned)
+        .or_else(|| kc.current_context.clone())
+        .ok_or_else(|| {
+            bad(
+                "no current-context: set `context` in [endpoint.kubernetes] or pass --context"
+                    .into(),
+            )
+        })?;
+    let ctx = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.clone())
+        .ok_or_else(|| {
+            let known: Vec<&str> = kc.contexts.iter().map(|c| c.name.as_str()).collect();
+            bad(format!(
+                "no context {context_name:?}; contexts are [{}]",
+                known.join(", ")
+            ))
+        })?;
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)
+        .and_then(|c| c.cluster.clone())
+        .ok_or_else(|| {
+            bad(format!(
+                "context {context_name:?} names cluster {:?}, which is not in the file",
+                ctx.cluster
+            ))
+        })?;
+    let user_name = ctx.user.clone().unwrap_or_default();
+    let auth = match &ctx.user {
+        Some(u) => kc
+            .auth_infos
+            .iter()
+            .find(|a| &a.name == u)
+            .map(|a| a.auth_info.clone().unwrap_or_default())
+            .ok_or_else(|| {
+                bad(format!(
+                    "context {context_name:?} names user {u:?}, which is not in the file"
+                ))
+            })?,
+        None => AuthInfo::default(),
+    };
+    let cluster_json = inline_cluster(&cluster, &bad)?;
+    let (user_json, expires) = inline_user(&auth, &user_name, &cluster_json, run_as, &bad)?;
+    let mut context_json = json!({"cluster": "netmux", "user": "user"});
+    if let Some(ns) = &ctx.namespace {
+        context_json["namespace"] = json!(ns);
+    }
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "netmux", "cluster": cluster_json}],
+        "users": [{"name": "user", "user": user_json}],
+        "contexts": [{"name": "netmux", "context": context_json}],
+        "current-context": "netmux",
+    });
+    Ok(KubeAccess {
+        kubeconfig: config.to_string(),
+        describe: format!("{context_name} ({user_name})"),
+        expires,
+    })
+}
+
+fn read_b64(
+    path: &str,
+    what: &str,
+    bad: &dyn Fn(String) -> KubeError,
+) -> Result<String, KubeError> {
+    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read {what} {path}: {e}")))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn inline_cluster(c: &Cluster, bad: &dyn Fn(String) -> KubeError) -> Result<Value, KubeError> {
+    let server = c
+        .server
+        .clone()
+        .ok_or_else(|| bad("the context's cluster has no `server`".into()))?;
+    let mut out = json!({ "server": server });
+    match (&c.certificate_authority_data, &c.certificate_authority) {
+        (Some(d), _) => out["certificate-authority-data"] = json!(d),
+        (None, Some(f)) => {
+            out["certificate-authority-data"] = json!(read_b64(f, "certificate-authority", bad)?)
+        }
+        (None, None) => {}
+    }
+    if let Some(v) = c.insecure_skip_tls_verify {
+        out["insecure-skip-tls-verify"] = json!(v);
+    }
+    if let Some(v) = &c.tls_server_name {
+        out["tls-server-name"] = json!(v);
+    }
+    if let Some(v) = &c.proxy_url {
+        out["proxy-url"] = json!(v);
+    }
+    Ok(out)
+}
+
+fn inline_user(
+    a: &AuthInfo,
+    user_name: &str,
+    cluster: &Value,
+    run_as: Option<&RunAs>,
+    bad: &dyn Fn(String) -> KubeError,
+) -> Result<(Value, Option<String>), KubeError> {
+    // kube keeps secrets (token, key, password) in secrecy strings; its
+    // serializer writes them out, which is how they are read here.
+    let raw = serde_json::to_value(a).unwrap_or_default();
+    let secret = |key: &str| raw[key].as_str().map(str::to_owned);
+    let mut out = serde_json::Map::new();
+    let mut expires = None;
+    if let Some(exec) = &a.exec {
+        let cred = run_exec(exec, user_name, cluster, run_as)?;
+        if let Some(t) = cred.token {
+            out.insert("token".into(), json!(t));
+        }
+        if let Some(c) = cred.client_certificate_data {
+            out.insert(
+                "client-certificate-data".into(),
+                json!(base64::engine::general_purpose::STANDARD.encode(c)),
+            );
+        }
+        if let Some(k) = cred.client_key_data {
+            out.insert(
+                "client-key-data".into(),
+                json!(base64::engine::general_purpose::STANDARD.encode(k)),
+            );
+        }
+        expires = cred.expiration_timestamp;
+    }
+    if let Some(p) = &a.auth_provider {
+        match (p.name.as_str(), p.config.get("id-token")) {
+            ("oidc", Some(t)) => {
+                out.insert("token".into(), json!(t));
+            }
+            ("oidc", None) => {
+                return Err(bad(format!(
+                    "user {user_name:?}: the oidc auth-provider has no id-token yet: run any kubectl command once to log in"
+                )))
+            }
+            (other, _) => {
+                return Err(bad(format!(
+                    "user {user_name:?}: auth-provider {other:?} is not supported (it is deprecated in kubectl too): use its exec credential plugin instead (e.g. gke-gcloud-auth-plugin, kubelogin)"
+                )))
+            }
+        }
+    }
+    if !out.contains_key("token") {
+        if let Some(t) = secret("token") {
+            out.insert("token".into(), json!(t));
+        } else if let Some(f) = &a.token_file {
+            let t = std::fs::read_to_string(f)
+                .map_err(|e| bad(format!("cannot read tokenFile {f}: {e}")))?;
+            out.insert("token".into(), json!(t.trim()));
+        }
+    }
+    if !out.contains_key("client-certificate-data") {
+        match (&a.client_certificate_data, &a.client_certificate) {
+            (Some(d), _) => {
+                out.insert("client-certificate-data".into(), json!(d));
+            }
+            (None, Some(f)) => {
+                out.insert(
+                    "client-certificate-data".into(),
+                    json!(read_b64(f, "client-certificate", bad)?),
+                );
+            }
+            (None, None) => {}
+        }
+    }
+    if !out.contains_key("client-key-data") {
+        match (secret("client-key-data"), &a.client_key) {
+            (Some(d), _) => {
+                out.insert("client-key-data".into(), json!(d));
+            }
+            (None, Some(f)) => {
+                out.insert(
+                    "client-key-data".into(),
+                    json!(read_b64(f, "client-key", bad)?),
+                );
+            }
+            (None, None) => {}
+        }
+    }
+    if let (Some(u), Some(p)) = (&a.username, secret("password")) {
+        out.insert("username".into(), json!(u));
+        out.insert("password".into(), json!(p));
+    }
+    if let Some(v) = &a.impersonate {
+        out.insert("as".into(), json!(v));
+    }
+    if let Some(v) = &a.impersonate_groups {
+        out.insert("as-groups".into(), json!(v));
+    }
+    Ok((Value::Object(out), expires))
+}
+
+/// What a credential plugin returned (`ExecCredential.status`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecStatus {
+    token: Option<String>,
+    client_certificate_data: Option<String>,
+    client_key_data: Option<String>,
+    expiration_timestamp: Option<String>,
+}
+
+/// Runs a kubeconfig `exec` credential plugin as the user (client-go's
+/// protocol: `KUBERNETES_EXEC_INFO` in, an `ExecCredential` on stdout).
+fn run_exec(
+    exec: &ExecConfig,
+    user: &str,
+    cluster: &Value,
+    run_as: Option<&RunAs>,
+) -> Result<ExecStatus, KubeError> {
+    let command = exec.command.clone().unwrap_or_default();
+    let fail = |message: String| KubeError::Exec {
+        command: command.clone(),
+        user: user.to_owned(),
+        message,
+    };
+    if command.is_empty() {
+        return Err(fail("the exec entry has no command".into()));
+    }
+    let api_version = exec
+        .api_version
+        .clone()
+        .unwrap_or_else(|| "client.authentication.k8s.io/v1".into());
+    let interactive =
+        exec.interactive_mode != Some(ExecInteractiveMode::Never) && std::io::stdin().is_terminal();
+    if exec.interactive_mode == Some(ExecInteractiveMode::Always) && !interactive {
+        return Err(fail(
+            "needs an interactive terminal (interactiveMode: Always): run `netmux connect` in a terminal".into(),
+        ));
+    }
+    let mut spec = json!({ "interactive": interactive });
+    if exec.provide_cluster_info {
+        let mut c = json!({ "server": cluster["server"] });
+        if let Some(ca) = cluster.get("certificate-authority-data") {
+            c["certificate-authority-data"] = ca.clone();
+        }
+        spec["cluster"] = c;
+    }
+    let info = json!({"apiVersion": api_version, "kind": "ExecCredential", "spec": spec});
+    let mut cmd = std::process::Command::new(&command);
+    cmd.args(exec.args.iter().flatten());
+    for e in exec.env.iter().flatten() {
+        if let (Some(k), Some(v)) = (e.get("name"), e.get("value")) {
+            cmd.env(k, v);
+        }
+    }
+    cmd.env("KUBERNETES_EXEC_INFO", info.to_string());
+    cmd.stdout(std::process::Stdio::piped());
+    cmd.stderr(std::process::Stdio::inherit());
+    cmd.stdin(if interactive {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    });
+    if let Some(r) = run_as {
+        use std::os::unix::process::CommandExt as _;
+        cmd.uid(r.uid).gid(r.gid);
+        cmd.env("HOME", &r.home)
+            .env("USER", &r.name)
+            .env("LOGNAME", &r.name);
+    }
+    let out = cmd.output().map_err(|e| {
+        let hint = exec
+            .install_hint
+            .as_deref()
+            .map(|h| format!("; {}", h.trim()))
+            .unwrap_or_default();
+        fail(format!("cannot run it: {e}{hint}"))
+    })?;
+    if !out.status.success() {
+        return Err(fail(format!("exited with {}", out.status)));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| fail(format!("its output is not an ExecCredential: {e}")))?;
+    if v["kind"].as_str() != Some("ExecCredential") {
+        return Err(fail("its output is not an ExecCredential (kind)".into()));
+    }
+    let status: ExecStatus = serde_json::from_value(v["status"].clone())
+        .map_err(|e| fail(format!("its ExecCredential status: {e}")))?;
+    if status.token.is_none() && status.client_certificate_data.is_none() {
+        return Err(fail(
+            "its ExecCredential has neither a token nor a client certificate".into(),
+        ));
+    }
+    if status.client_certificate_data.is_some() != status.client_key_data.is_some() {
+        return Err(fail(
+            "its ExecCredential has a client certificate without a key, or a key without a certificate".into(),
+        ));
+    }
+    Ok(status)
+}
+
+/// The names of the fields a daemon-bound kubeconfig may carry per user.
+pub const INLINE_USER_FIELDS: &[&str] = &[
+    "token",
+    "client-certificate-data",
+    "client-key-data",
+    "username",
+    "password",
+    "as",
+    "as-groups",
+];
+
+/// A map of the user fields of a resolved kubeconfig (for tests).
+pub fn user_fields(access: &KubeAccess) -> BTreeMap<String, Value> {
+    serde_json::from_str::<Value>(&access.kubeconfig)
+        .ok()
+        .and_then(|v| v["users"][0]["user"].as_object().cloned())
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn plugin(dir: &Path, body: &str) -> PathBuf {
+        let p = write(dir, "plugin.sh", &format!("#!/bin/sh\n{body}\n"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn files_are_inlined_and_context_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ca.crt", "CA");
+        write(dir.path(), "token", "tok-from-file\n");
+        let kc = write(
+            dir.path(),
+            "config",
+            "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
+             clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n    certificate-authority: ca.crt\n\
+             users:\n- name: u\n  user:\n    tokenFile: token\n- name: v\n  user:\n    token: inline-tok\n\
+             contexts:\n- name: a\n  context: {cluster: c, user: u, namespace: apps}\n- name: b\n  context: {cluster: c, user: v}\n",
+        );
+        let cfg = read_kubeconfig(&[kc]).unwrap();
+        let a = resolve_config(&cfg, "config", None, None).unwrap();
+        assert_eq!(user_fields(&a)["token"], json!("tok-from-file"));
+        let v: Value = serde_json::from_str(&a.kubeconfig).unwrap();
+        assert_eq!(
+            v["clusters"][0]["cluster"]["certificate-authority-data"],
+            json!("Q0E=")
+        );
+        assert_eq!(v["contexts"][0]["context"]["namespace"], json!("apps"));
+        assert_eq!(a.describe, "a (u)");
+        let b = resolve_config(&cfg, "config", Some("b"), None).unwrap();
+        assert_eq!(user_fields(&b)["token"], json!("inline-tok"));
+        let e = resolve_config(&cfg, "config", Some("nope"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no context \"nope\"") && e.contains("[a, b]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn exec_plugin_gives_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plugin(
+            dir.path(),
+            r#"case "$KUBERNETES_EXEC_INFO" in *ExecCredential*) ;; *) exit 3;; esac
+echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"exec-tok-'"$EXTRA"'","expirationTimestamp":"2030-01-01T00:00:00Z"}}'"#,
+        );
+        let kc = write(
+            dir.path(),
+            "config",
+            &format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
+                 clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n\
+                 users:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      env: [{{name: EXTRA, value: x1}}]\n      interactiveMode: Never\n\
+                 contexts:\n- name: a\n  context: {{cluster: c, user: u}}\n",
+                p.display()
+            ),
+        );
+        let cfg = read_kubeconfig(&[kc]).unwrap();
+        let a = resolve_config(&cfg, "config", None, None).unwrap();
+        assert_eq!(user_fields(&a)["token"], json!("exec-tok-x1"));
+        assert_eq!(a.expires.as_deref(), Some("2030-01-01T00:00:00Z"));
+        let fields = user_fields(&a);
+        assert!(fields
+            .keys()
+            .all(|k| INLINE_USER_FIELDS.contains(&k.as_str())));
+    }
+
+    #[test]
+    fn bad_plugins_and_providers_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plugin(dir.path(), "echo not-json");
+        let cfg = |user: &str| {
+            let kc = write(
+                dir.path(),
+                "config",
+                &format!(
+                    "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
+                     clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n\
+                     users:\n- name: u\n  user:\n{user}\
+                     contexts:\n- name: a\n  context: {{cluster: c, user: u}}\n"
+                ),
+            );
+            read_kubeconfig(&[kc]).unwrap()
+        };
+        let e = resolve_config(
+            &cfg(&format!(
+                "    exec:\n      command: {}\n      interactiveMode: Never\n",
+                p.display()
+            )),
+            "config",
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not an ExecCredential"), "{e}");
+        let e = resolve_config(
+            &cfg("    exec:\n      command: /nonexistent/plugin\n      installHint: install it with brew\n"),
+            "config",
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cannot run it") && e.contains("install it with brew"),
+            "{e}"
+        );
+        let e = resolve_config(
+            &cfg("    auth-provider:\n      name: gcp\n      config: {}\n"),
+            "config",
+            None,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("gcp") && e.contains("exec credential plugin"),
+            "{e}"
+        );
+    }
+}
