@@ -982,11 +982,11 @@ async fn relay(mut socket: axum::extract::ws::WebSocket, target: SocketAddr) {
     let to_pod = async move {
         while let Some(Ok(msg)) = stream.next().await {
             match msg {
-                Message::Binary(b) if b.len() > 1 && b[0] == 0 => {
-                    if wr.write_all(&b[1..]).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if b.len() > 1 && b[0] == 0 => match wr.write_all(&b[1..]).await
+                {
+                    Ok(()) => {}
+                    Err(_) => break,
+                },
                 Message::Close(_) => break,
                 _ => {}
             }

@@ -597,11 +597,14 @@ pub async fn probe(cfg: &EndpointConfig, timeout: Duration) -> (Probe, Option<St
             None => None,
         },
     };
-    let forward = match (&udp, cfg.transport) {
+    let forward = matches!(
+        (&udp, cfg.transport),
         (_, Transport::PortForward)
-        | (Some(Probe::Timeout(_) | Probe::Error(_)) | None, Transport::Auto) => true,
-        _ => false,
-    };
+            | (
+                Some(Probe::Timeout(_) | Probe::Error(_)) | None,
+                Transport::Auto
+            )
+    );
     if !forward {
         return (udp.unwrap_or(Probe::Error("no CA configured".into())), ca);
     }
