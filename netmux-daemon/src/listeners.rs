@@ -118,8 +118,10 @@ pub async fn tunnel(mut tcp: TcpStream, route: Route) {
         pipe::abort_on_drop(&tcp);
         return;
     };
-    // The QUIC stream id names the connection in logs (journald `CONN=`).
-    let conn_id = send.id().to_string();
+    // The QUIC stream id (RFC 9000 2.1: a number, unique in the endpoint's
+    // connection) names the connection in logs (journald `CONN=`); the
+    // `Display` of `StreamId` is prose ("client bidirectional stream 1").
+    let conn_id = u64::from(send.id()).to_string();
     let (sent, received) = (
         route.metrics.bytes_sent.with_label_values(&route.labels()),
         route
@@ -168,7 +170,8 @@ pub async fn tunnel(mut tcp: TcpStream, route: Route) {
         endpoint = %route.endpoint,
         service = %route.service,
         conn = %conn_id,
-        sent = outcome.tcp_to_stream,
+        // The client's first bytes went with the stream header.
+        sent = outcome.tcp_to_stream + first as u64,
         received = outcome.stream_to_tcp,
         end = outcome.end.label(),
         "connection closed"

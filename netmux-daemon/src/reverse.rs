@@ -68,7 +68,8 @@ async fn handle(
         let _ = send.reset(VarInt::from_u32(error_code::PROTOCOL_VIOLATION));
         return;
     };
-    let conn = send.id().to_string();
+    // The QUIC stream id, a number, as in listeners.rs (journald `CONN=`).
+    let conn = u64::from(send.id()).to_string();
     let svc = catalog.borrow().get(&service).cloned();
     let target = svc.as_ref().and_then(|svc| {
         let claims = match claims.lock() {
