@@ -103,6 +103,20 @@ pub struct LogsArgs {
     /// Only entries since this time (journalctl syntax: "1 hour ago", "today").
     #[arg(long)]
     pub since: Option<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = LogFormat::Text)]
+    pub output: LogFormat,
+}
+
+/// How `netmux logs` prints journal entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per entry: time (UTC), `netmuxd[PID]:`, the message and
+    /// netmuxd's structured fields (`ENDPOINT=dev SERVICE=ns/web CONN=4`).
+    #[default]
+    Text,
+    /// journalctl's JSON: one object per entry and line, every field.
+    Json,
 }
 
 /// `netmux man`.
@@ -264,16 +278,30 @@ pub async fn run_doctor(args: &DoctorArgs, config: &Path, socket: &Path) -> Exit
     }
 }
 
+/// systemd-coredump's `MESSAGE_ID` for a core dump (what `journalctl -u`
+/// matches to show a unit's crashes).
+const COREDUMP_MESSAGE_ID: &str = "fc2e22bc6ee647b6b90729ab34a250b1";
+
 /// The `journalctl` command line for `netmux logs` (`NETMUX_JOURNALCTL`
-/// overrides the program).
+/// overrides the program). Entries are read as JSON whatever
+/// [`LogsArgs::output`] says: the text format is rendered from it.
+///
+/// Which entries are netmuxd's: not `--unit netmuxd.service`, which is
+/// `_SYSTEMD_UNIT=netmuxd.service` and exists only when systemd started the
+/// daemon, but the alternatives (journalctl's `+`)
+/// `_SYSTEMD_UNIT=netmuxd.service` or `SYSLOG_IDENTIFIER=netmuxd` (set by
+/// netmuxd on every entry, see [`crate::system::journal`]), so that a
+/// daemon started otherwise with stderr on the journal is found too. Without
+/// `--endpoint`/`--service` also what `--unit` adds: systemd's messages
+/// about the unit (started, exited, restarted) and its core dumps. The
+/// field filters are repeated in every alternative (each `+` starts a new
+/// conjunction).
 pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
     let mut v = vec![
-        "--unit".to_owned(),
-        install::UNIT_NAME.to_owned(),
         "--lines".to_owned(),
         args.lines.to_string(),
         "--output".to_owned(),
-        "short-iso".to_owned(),
+        "json".to_owned(),
         "--no-pager".to_owned(),
     ];
     if args.follow {
@@ -284,13 +312,195 @@ pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
         v.push(s.clone());
     }
     // journald matches on the structured fields netmuxd logs.
+    let mut filters = Vec::new();
     if let Some(e) = &args.endpoint {
-        v.push(format!("ENDPOINT={e}"));
+        filters.push(format!("ENDPOINT={e}"));
     }
     if let Some(s) = &args.service {
-        v.push(format!("SERVICE={s}"));
+        filters.push(format!("SERVICE={s}"));
+    }
+    let unit = install::UNIT_NAME;
+    let mut alternatives = vec![
+        vec![format!("_SYSTEMD_UNIT={unit}")],
+        vec![format!(
+            "SYSLOG_IDENTIFIER={}",
+            crate::system::journal::SYSLOG_IDENTIFIER
+        )],
+    ];
+    if filters.is_empty() {
+        alternatives.push(vec!["_PID=1".into(), format!("UNIT={unit}")]);
+        alternatives.push(vec![
+            format!("MESSAGE_ID={COREDUMP_MESSAGE_ID}"),
+            "_UID=0".into(),
+            format!("COREDUMP_UNIT={unit}"),
+        ]);
+        alternatives.push(vec!["_UID=0".into(), format!("OBJECT_SYSTEMD_UNIT={unit}")]);
+    }
+    for (i, alt) in alternatives.into_iter().enumerate() {
+        if i > 0 {
+            v.push("+".into());
+        }
+        v.extend(alt);
+        v.extend(filters.iter().cloned());
     }
     v
+}
+
+/// Fields of netmuxd's own entries that [`render_entry`] leaves out: the
+/// message itself and what journald or tracing-journald add to every entry.
+const UNSHOWN_FIELDS: &[&str] = &[
+    "MESSAGE",
+    "PRIORITY",
+    "SYSLOG_IDENTIFIER",
+    "SYSLOG_PID",
+    "SYSLOG_FACILITY",
+    "SYSLOG_TIMESTAMP",
+    "SYSLOG_RAW",
+    "TARGET",
+    "CODE_FILE",
+    "CODE_LINE",
+    "CODE_FUNC",
+    "SPAN_NAME",
+    "SPAN_TARGET",
+    "SPAN_CODE_FILE",
+    "SPAN_CODE_LINE",
+];
+
+/// Fields printed first, in this order; the others follow alphabetically.
+const FIRST_FIELDS: &[&str] = &["ENDPOINT", "SERVICE", "CONN"];
+
+/// The values of a field in journalctl's JSON: a string, an array of bytes
+/// (not UTF-8 or with control characters), or an array of those when the
+/// entry has the field more than once; `null` (too large) has none.
+fn field_values(v: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    let bytes = |a: &[Value]| -> Option<String> {
+        let b: Option<Vec<u8>> = a
+            .iter()
+            .map(|x| x.as_u64().and_then(|n| u8::try_from(n).ok()))
+            .collect();
+        b.map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => match bytes(a) {
+            Some(s) if !a.is_empty() => vec![s],
+            _ => a.iter().flat_map(field_values).collect(),
+        },
+        Value::Null => Vec::new(),
+        other => vec![other.to_string()],
+    }
+}
+
+/// `KEY=value`, the value quoted (Rust string syntax) when it has spaces,
+/// quotes, `=` or control characters.
+fn field_text(key: &str, value: &str) -> String {
+    let plain = !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '=');
+    if plain {
+        format!("{key}={value}")
+    } else {
+        format!("{key}={value:?}")
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for microseconds since the Unix epoch.
+fn utc_time(usec: u64) -> String {
+    let secs = usec / 1_000_000;
+    let millis = (usec % 1_000_000) / 1_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+/// One entry of journalctl's JSON output as a line of `netmux logs`:
+/// `TIME IDENTIFIER[PID]: [LEVEL ]MESSAGE FIELDS`. The structured fields
+/// are shown for netmuxd's own entries (native protocol, identifier
+/// netmuxd), not for systemd's or for text netmuxd wrote to stderr.
+pub fn render_entry(entry: &serde_json::Map<String, serde_json::Value>) -> String {
+    let first = |k: &str| {
+        entry
+            .get(k)
+            .and_then(|v| field_values(v).into_iter().next())
+    };
+    let time = first("__REALTIME_TIMESTAMP")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or_else(|| "-".to_owned(), utc_time);
+    let ident = first("SYSLOG_IDENTIFIER")
+        .or_else(|| first("_COMM"))
+        .unwrap_or_else(|| "?".into());
+    let pid = first("_PID").or_else(|| first("SYSLOG_PID"));
+    let mut line = match pid {
+        Some(p) => format!("{time} {ident}[{p}]:"),
+        None => format!("{time} {ident}:"),
+    };
+    match first("PRIORITY").and_then(|p| p.parse::<u8>().ok()) {
+        Some(0..=3) => line.push_str(" ERROR"),
+        Some(4) => line.push_str(" WARN"),
+        _ => {}
+    }
+    line.push(' ');
+    line.push_str(first("MESSAGE").unwrap_or_default().trim_end());
+    let ours = ident == crate::system::journal::SYSLOG_IDENTIFIER
+        && first("_TRANSPORT").as_deref() == Some("journal");
+    if ours {
+        let mut keys: Vec<&String> = entry
+            .keys()
+            .filter(|k| !k.starts_with('_') && !UNSHOWN_FIELDS.contains(&k.as_str()))
+            .collect();
+        keys.sort_by_key(|k| {
+            (
+                FIRST_FIELDS
+                    .iter()
+                    .position(|f| f == k)
+                    .unwrap_or(FIRST_FIELDS.len()),
+                k.as_str(),
+            )
+        });
+        for k in keys {
+            for v in entry.get(k.as_str()).map(field_values).unwrap_or_default() {
+                line.push(' ');
+                line.push_str(&field_text(k, &v));
+            }
+        }
+    }
+    line
+}
+
+/// Copies journalctl's JSON lines from `input` to `out` as [`render_entry`]
+/// lines; lines that are not JSON objects are copied unchanged. Stops at
+/// the end of `input` or when `out` fails (a closed pipe).
+pub fn render_stream(
+    input: impl std::io::BufRead,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    for line in input.lines() {
+        let line = line?;
+        let text = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(serde_json::Value::Object(entry)) => render_entry(&entry),
+            _ => line,
+        };
+        writeln!(out, "{text}")?;
+        // Entries appear as they come under --follow.
+        out.flush()?;
+    }
+    Ok(())
 }
 
 /// `netmux logs`: journald on Linux, launchd's log file on macOS.
@@ -305,12 +515,34 @@ pub fn run_logs(args: &LogsArgs) -> ExitCode {
         t.arg(log).status()
     } else {
         let program = std::env::var_os("NETMUX_JOURNALCTL").unwrap_or_else(|| "journalctl".into());
-        std::process::Command::new(program)
-            .args(journalctl_args(args))
-            .status()
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(journalctl_args(args));
+        match args.output {
+            LogFormat::Json => cmd.status(),
+            LogFormat::Text => {
+                cmd.stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .and_then(|mut child| {
+                        if let Some(out) = child.stdout.take() {
+                            let rendered = render_stream(
+                                std::io::BufReader::new(out),
+                                &mut std::io::stdout().lock(),
+                            );
+                            if rendered.is_err() {
+                                // Our reader is gone (`netmux logs | head`):
+                                // journalctl --follow would run on.
+                                let _ = child.kill();
+                            }
+                        }
+                        child.wait()
+                    })
+            }
+        }
     };
     match status {
         Ok(s) if s.success() => ExitCode::SUCCESS,
+        // Killed after our stdout closed.
+        Ok(s) if std::os::unix::process::ExitStatusExt::signal(&s).is_some() => ExitCode::SUCCESS,
         Ok(s) => fail(format!(
             "journalctl exited with {s}; to read the journal you need to be root or in the \
              systemd-journal (or adm) group"
@@ -348,5 +580,154 @@ pub fn run_man(args: &ManArgs, cmd: &clap::Command) -> ExitCode {
             }
             Err(e) => fail(format!("writing man pages to {}: {e}", dir.display())),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logs(endpoint: Option<&str>, service: Option<&str>) -> LogsArgs {
+        LogsArgs {
+            follow: false,
+            endpoint: endpoint.map(str::to_owned),
+            service: service.map(str::to_owned),
+            lines: 50,
+            since: None,
+            output: LogFormat::Text,
+        }
+    }
+
+    /// The match arguments, split into journalctl's `+` alternatives.
+    fn alternatives(args: &[String]) -> Vec<Vec<&str>> {
+        let matches = args
+            .iter()
+            .skip_while(|a| a.starts_with("--") || !a.contains('='))
+            .map(String::as_str)
+            .collect::<Vec<_>>();
+        matches.split(|a| *a == "+").map(<[&str]>::to_vec).collect()
+    }
+
+    #[test]
+    fn journalctl_matches_the_unit_or_the_identifier() {
+        let args = journalctl_args(&logs(None, None));
+        assert!(!args.iter().any(|a| a == "--unit" || a == "-u"), "{args:?}");
+        assert_eq!(
+            &args[..5],
+            ["--lines", "50", "--output", "json", "--no-pager"]
+        );
+        let alts = alternatives(&args);
+        assert_eq!(alts[0], ["_SYSTEMD_UNIT=netmuxd.service"]);
+        assert_eq!(alts[1], ["SYSLOG_IDENTIFIER=netmuxd"]);
+        // What `journalctl -u` adds: systemd's messages about the unit and
+        // its core dumps.
+        assert!(
+            alts.contains(&vec!["_PID=1", "UNIT=netmuxd.service"]),
+            "{alts:?}"
+        );
+        assert!(
+            alts.iter()
+                .any(|a| a.contains(&"COREDUMP_UNIT=netmuxd.service")),
+            "{alts:?}"
+        );
+
+        let args = journalctl_args(&logs(Some("dev"), Some("shop/web")));
+        let alts = alternatives(&args);
+        assert_eq!(
+            alts,
+            [
+                vec![
+                    "_SYSTEMD_UNIT=netmuxd.service",
+                    "ENDPOINT=dev",
+                    "SERVICE=shop/web"
+                ],
+                vec![
+                    "SYSLOG_IDENTIFIER=netmuxd",
+                    "ENDPOINT=dev",
+                    "SERVICE=shop/web"
+                ],
+            ]
+        );
+        let follow = journalctl_args(&LogsArgs {
+            follow: true,
+            since: Some("1 hour ago".into()),
+            ..logs(None, None)
+        });
+        assert!(follow.iter().any(|a| a == "--follow"));
+        assert!(follow.windows(2).any(|w| w == ["--since", "1 hour ago"]));
+    }
+
+    fn entry(json: &str) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::from_str(json) {
+            Ok(serde_json::Value::Object(m)) => m,
+            other => panic!("not an object: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn entries_render_with_their_fields() {
+        let e = entry(
+            r#"{"__REALTIME_TIMESTAMP":"1795664684123456","_PID":"812","_TRANSPORT":"journal",
+                "SYSLOG_IDENTIFIER":"netmuxd","PRIORITY":"6","MESSAGE":"connection closed",
+                "TARGET":"netmux_daemon::listeners","CODE_FILE":"x.rs","CODE_LINE":"1",
+                "END":"clean","SENT":"78","CONN":"4","SERVICE":"shop/web","ENDPOINT":"dev",
+                "_SYSTEMD_UNIT":"netmuxd.service","_HOSTNAME":"ws"}"#,
+        );
+        assert_eq!(
+            render_entry(&e),
+            "2026-11-26T03:44:44.123Z netmuxd[812]: connection closed \
+             ENDPOINT=dev SERVICE=shop/web CONN=4 END=clean SENT=78"
+        );
+        let warn = entry(
+            r#"{"_PID":"9","_TRANSPORT":"journal","SYSLOG_IDENTIFIER":"netmuxd",
+                "PRIORITY":"4","MESSAGE":"cannot connect","ENDPOINT":"prod",
+                "ERROR":"timed out = \"x\"","SPAN_NAME":"s"}"#,
+        );
+        assert_eq!(
+            render_entry(&warn),
+            r#"- netmuxd[9]: WARN cannot connect ENDPOINT=prod ERROR="timed out = \"x\"""#
+        );
+        // systemd's and stderr lines: the message only.
+        let pid1 = entry(
+            r#"{"_PID":"1","_TRANSPORT":"journal","SYSLOG_IDENTIFIER":"systemd",
+                "PRIORITY":"6","MESSAGE":"Started netmuxd.service.","UNIT":"netmuxd.service"}"#,
+        );
+        assert_eq!(
+            render_entry(&pid1),
+            "- systemd[1]: Started netmuxd.service."
+        );
+        let stderr = entry(
+            r#"{"_PID":"9","_TRANSPORT":"stdout","SYSLOG_IDENTIFIER":"netmuxd",
+                "PRIORITY":"3","MESSAGE":[112,97,110,105,99,10],"X":"y"}"#,
+        );
+        assert_eq!(render_entry(&stderr), "- netmuxd[9]: ERROR panic");
+        // A field logged twice, and a binary value.
+        let twice = entry(
+            r#"{"_TRANSPORT":"journal","SYSLOG_IDENTIFIER":"netmuxd","MESSAGE":"m",
+                "ENDPOINT":["a","b"],"DATA":[104,105]}"#,
+        );
+        assert_eq!(
+            render_entry(&twice),
+            "- netmuxd: m ENDPOINT=a ENDPOINT=b DATA=hi"
+        );
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc_time(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(utc_time(1_795_664_684_123_456), "2026-11-26T03:44:44.123Z");
+        assert_eq!(utc_time(4_107_542_399_999_999), "2100-02-28T23:59:59.999Z");
+    }
+
+    #[test]
+    fn non_json_lines_pass_through() {
+        let input = "{\"MESSAGE\":\"m\",\"SYSLOG_IDENTIFIER\":\"netmuxd\"}\n-- No entries --\n";
+        let mut out = Vec::new();
+        render_stream(input.as_bytes(), &mut out).expect("render");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "- netmuxd: m\n-- No entries --\n"
+        );
     }
 }

@@ -3,12 +3,19 @@
 //!
 //! Under systemd (`JOURNAL_STREAM` set, stderr going to the journal) events
 //! go to journald natively, each `tracing` field as a journal field of the
-//! same name in upper case: `ENDPOINT=`, `SERVICE=`, `CONN=`, ... so that
-//! `netmux logs --endpoint dev` is `journalctl -u netmuxd ENDPOINT=dev`.
+//! same name in upper case: `ENDPOINT=`, `SERVICE=`, `CONN=`, ..., and
+//! `SYSLOG_IDENTIFIER=netmuxd`, so that `netmux logs --endpoint dev` is
+//! `journalctl SYSLOG_IDENTIFIER=netmuxd ENDPOINT=dev` (or'ed with the unit's
+//! `_SYSTEMD_UNIT=netmuxd.service`, see `cli::journalctl_args`): the
+//! identifier works whoever started netmuxd with stderr on the journal, the
+//! unit only under systemd.
 
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
+
+/// `SYSLOG_IDENTIFIER` of netmuxd's journal entries.
+pub const SYSLOG_IDENTIFIER: &str = "netmuxd";
 
 /// Where logs went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +49,7 @@ pub fn init() -> Sink {
         if let Ok(layer) = tracing_journald::layer() {
             let layer = layer
                 .with_field_prefix(None)
-                .with_syslog_identifier("netmuxd".into());
+                .with_syslog_identifier(SYSLOG_IDENTIFIER.into());
             if tracing_subscriber::registry()
                 .with(filter())
                 .with(layer)
