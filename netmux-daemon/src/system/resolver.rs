@@ -26,6 +26,12 @@ pub const LINK_ALIAS: &str = "netmux cluster DNS (netmuxd)";
 pub const FILE_MARK: &str = "# netmux: managed by netmuxd, removed on disconnect";
 /// Left in a resolver directory the daemon created, so it is removed again.
 const CREATED_DIR_MARK: &str = ".netmux-created";
+/// Kinds of link tried for the daemon's link, in order: `dummy`, and `ifb`
+/// where the kernel has no dummy driver (some minimal VM kernels are built
+/// without `CONFIG_DUMMY`). Both are inert (nothing is routed through them
+/// or redirected into them) and have a carrier once up, which
+/// systemd-resolved requires before it uses a link's DNS servers.
+pub const LINK_KINDS: [&str; 2] = ["dummy", "ifb"];
 /// Address on the dummy link: systemd-resolved only uses the DNS servers of
 /// links with a routable address. A /128 from a unique-local prefix routes
 /// nothing anyone else uses.
@@ -96,10 +102,11 @@ impl Resolved {
         }
     }
 
-    /// Commands creating the link (once).
-    pub fn create_commands(link: &str) -> Vec<Vec<String>> {
+    /// Commands creating the link (once) as a link of type `kind` (one of
+    /// [`LINK_KINDS`]).
+    pub fn create_commands(link: &str, kind: &str) -> Vec<Vec<String>> {
         vec![
-            argv(&["ip", "link", "add", link, "type", "dummy"]),
+            argv(&["ip", "link", "add", link, "type", kind]),
             argv(&["ip", "link", "set", "dev", link, "alias", LINK_ALIAS]),
             argv(&[
                 "ip",
@@ -158,15 +165,36 @@ impl Resolved {
             return self.restore();
         }
         if !self.created {
-            for c in Self::create_commands(&self.link) {
-                (self.run)(&c)?;
-                self.created = true;
-            }
+            self.create()?;
         }
         for c in Self::apply_commands(&self.link, plan) {
             (self.run)(&c)?;
         }
         Ok(())
+    }
+
+    /// Creates the link with the first of [`LINK_KINDS`] the kernel has.
+    fn create(&mut self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for kind in LINK_KINDS {
+            let mut commands = Self::create_commands(&self.link, kind).into_iter();
+            let Some(add) = commands.next() else {
+                continue;
+            };
+            if let Err(e) = (self.run)(&add) {
+                // Most likely "Unknown device type": try the next kind. Any
+                // other cause (the name is taken) fails the next kind too,
+                // and both errors are reported.
+                errors.push(e);
+                continue;
+            }
+            self.created = true;
+            for c in commands {
+                (self.run)(&c)?;
+            }
+            return Ok(());
+        }
+        Err(errors.join("; "))
     }
 
     fn restore(&mut self) -> Result<(), String> {
@@ -547,7 +575,7 @@ mod tests {
             cmdline(&Resolved::remove_commands("netmux0")),
             ["resolvectl revert netmux0", "ip link del dev netmux0"]
         );
-        let create = cmdline(&Resolved::create_commands("netmux0"));
+        let create = cmdline(&Resolved::create_commands("netmux0", "dummy"));
         assert_eq!(create[0], "ip link add netmux0 type dummy");
         assert!(create[1].ends_with(LINK_ALIAS));
     }
@@ -580,10 +608,39 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_without_dummy_gets_an_ifb_link() {
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let l = log.clone();
+        let mut r = Resolved::new(
+            "nmx-test2",
+            Box::new(move |c: &[String]| {
+                let line = c.join(" ");
+                l.lock().unwrap().push(line.clone());
+                if line.ends_with("type dummy") {
+                    Err(format!("{line}: Error: Unknown device type."))
+                } else {
+                    Ok(())
+                }
+            }),
+        );
+        r.apply(&plan(&["cluster.local"])).unwrap();
+        let log = log.lock().unwrap();
+        assert_eq!(log[0], "ip link add nmx-test2 type dummy");
+        assert_eq!(log[1], "ip link add nmx-test2 type ifb");
+        assert!(log[2].ends_with(LINK_ALIAS), "{log:?}");
+        assert!(log
+            .iter()
+            .any(|c| c == "resolvectl dns nmx-test2 127.0.77.53"));
+    }
+
+    #[test]
     fn a_failing_command_is_reported() {
         let mut r = Resolved::new("nmx-test1", Box::new(|c: &[String]| Err(c.join(" "))));
         let e = r.apply(&plan(&["cluster.local"])).unwrap_err();
-        assert!(e.contains("ip link add"), "{e}");
+        assert!(
+            e.contains("type dummy") && e.contains("type ifb"),
+            "both kinds tried and reported: {e}"
+        );
     }
 
     #[test]
