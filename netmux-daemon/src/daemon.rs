@@ -53,6 +53,8 @@ impl Drop for Running {
 struct Connected {
     endpoint: Endpoint,
     watcher: tokio::task::JoinHandle<()>,
+    /// Connection order ([`NameRecord::connected`]).
+    order: u64,
 }
 
 impl Drop for Connected {
@@ -67,6 +69,8 @@ struct State {
     wanted: BTreeSet<ServiceRef>,
     running: BTreeMap<ServiceRef, Running>,
     errors: BTreeMap<ServiceRef, String>,
+    /// `connect`s so far; each numbers its [`Connected::order`].
+    connects: u64,
 }
 
 /// A name the workstation should resolve: published on every reconcile for
@@ -77,6 +81,10 @@ pub struct NameRecord {
     pub endpoint: String,
     /// The endpoint's cluster domain.
     pub domain: String,
+    /// When the endpoint connected, as a sequence number: smaller is
+    /// earlier; it stays the same while the endpoint is connected. Of two
+    /// endpoints publishing the same name, the earlier one owns it in DNS.
+    pub connected: u64,
     /// The catalog entry (names, ports for SRV).
     pub service: Service,
     /// Addresses to answer with: where the redirect backend catches
@@ -308,9 +316,16 @@ impl Daemon {
                 d.reconcile().await;
             }
         });
-        state
-            .endpoints
-            .insert(name.to_owned(), Connected { endpoint, watcher });
+        state.connects += 1;
+        let order = state.connects;
+        state.endpoints.insert(
+            name.to_owned(),
+            Connected {
+                endpoint,
+                watcher,
+                order,
+            },
+        );
         drop(state);
         // Wait briefly so `connect` reports the first outcome.
         let first = self.wait_first_outcome(name).await;
@@ -614,6 +629,7 @@ impl Daemon {
             .map(|((ep, _), r)| NameRecord {
                 endpoint: ep.clone(),
                 domain: r.domain.clone(),
+                connected: state.endpoints.get(ep).map_or(u64::MAX, |c| c.order),
                 service: r.service.clone(),
                 addrs: self.answer_addrs(r),
             })

@@ -47,6 +47,7 @@ fn record(svc: Service, addrs: &[&str]) -> NameRecord {
     NameRecord {
         endpoint: "demo".into(),
         domain: "cluster.local".into(),
+        connected: 1,
         service: svc,
         addrs: addrs.iter().map(|a| a.parse().expect("literal")).collect(),
     }
@@ -431,5 +432,90 @@ mod namespace {
         assert_eq!(snapshot(&sb), before, "after disconnect");
         nm.cli(["cleanup"]).expect("cli").ok().expect("cleanup");
         assert_eq!(snapshot(&sb), before, "after cleanup");
+    }
+
+    /// Two endpoints with the same cluster domain (both to the sandbox's
+    /// server): the one connected first owns `web.demo.svc.cluster.local`
+    /// whichever started `web` first; each keeps its qualified name; when
+    /// the first disconnects the other takes over, and keeps the name when
+    /// the first connects again.
+    #[test]
+    fn namespace_first_connected_endpoint_owns_the_plain_name() {
+        if !root() {
+            eprintln!("SKIPPED namespace DNS test: needs root (network namespaces)");
+            return;
+        }
+        let sb = Sandbox::new().expect("sandbox");
+        let web = ServiceSpec::l2c("web", "10.96.0.20".parse().expect("ip"), 80, 8080);
+        let mut nm = Netmux::start_with(&sb, std::slice::from_ref(&web), TOKEN, DAEMON_EXTRA)
+            .expect("netmux starts");
+        // A second endpoint, `staging`: the same table under another name.
+        let config = std::fs::read_to_string(&nm.layout.daemon_config).expect("daemon.toml");
+        let table = config
+            .find("[[endpoint]]")
+            .map(|i| config[i..].to_owned())
+            .expect("an endpoint table");
+        let staging = table.replace(&format!("name = \"{ENDPOINT}\""), "name = \"staging\"");
+        assert_ne!(staging, table);
+        std::fs::write(&nm.layout.daemon_config, format!("{config}\n{staging}"))
+            .expect("daemon.toml");
+        nm.daemon.restart().expect("netmuxd restarts");
+        wait_until("netmuxd with two endpoints", T, || {
+            nm.cli(["ls"])
+                .is_ok_and(|o| o.success() && o.stdout.contains("staging"))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", nm.daemon.log()));
+
+        let plain = |sb: &Sandbox| rdata(&ns_dig(sb, &["web.demo.svc.cluster.local", "A"]).1, "A");
+        let own = |sb: &Sandbox, ep: &str| {
+            let name = format!("web.demo.svc.{ep}.cluster.local");
+            rdata(&ns_dig(sb, &[name.as_str(), "A"]).1, "A")
+        };
+        let start = |ep: &str| {
+            let mut last = String::new();
+            wait_until(&format!("{ep}'s catalog"), T, || {
+                let out = nm.cli(["start", ep, "web"]).expect("cli");
+                last = format!("{}{}", out.stdout, out.stderr);
+                out.success()
+            })
+            .unwrap_or_else(|e| panic!("start {ep} web: {e}: {last}"));
+        };
+        let connect = |ep: &str| {
+            nm.cli(["connect", ep])
+                .expect("cli")
+                .ok()
+                .unwrap_or_else(|e| panic!("connect {ep}: {e}"));
+        };
+
+        // demo connects first, staging second; staging starts web first.
+        connect(ENDPOINT);
+        connect("staging");
+        start("staging");
+        let mut last = Vec::new();
+        wait_until("staging's web in DNS", T, || {
+            last = own(&sb, "staging");
+            !last.is_empty()
+        })
+        .unwrap_or_else(|e| panic!("{e}: {last:?}"));
+        let staging_addr = last.clone();
+        assert_eq!(plain(&sb), staging_addr, "the only publisher has it");
+        // demo, connected earlier, starts web later and takes the name.
+        start(ENDPOINT);
+        let demo_addr = own(&sb, ENDPOINT);
+        assert_eq!(demo_addr.len(), 1, "{demo_addr:?}");
+        assert_ne!(demo_addr, staging_addr, "one alias per endpoint");
+        assert_eq!(plain(&sb), demo_addr, "first connected wins");
+        assert_eq!(own(&sb, "staging"), staging_addr, "staging keeps its form");
+        // demo leaves: staging takes over; demo back: staging keeps it.
+        nm.cli(["disconnect", ENDPOINT])
+            .expect("cli")
+            .ok()
+            .expect("disconnect");
+        assert_eq!(plain(&sb), staging_addr, "the next one takes over");
+        assert!(own(&sb, ENDPOINT).is_empty());
+        connect(ENDPOINT);
+        start(ENDPOINT);
+        assert_eq!(own(&sb, ENDPOINT).len(), 1);
+        assert_eq!(plain(&sb), staging_addr, "now staging connected first");
     }
 }

@@ -5,8 +5,9 @@
 //! Names served, for every endpoint with cluster domain `D` (see
 //! `docs/dns.md`):
 //!
-//! * `SVC.NS.svc.D` — A/AAAA to the record's addresses; the first endpoint
-//!   (in connection order) to publish a name owns this plain form;
+//! * `SVC.NS.svc.D` — A/AAAA to the record's addresses; of the endpoints
+//!   publishing a name, the one connected first
+//!   ([`NameRecord::connected`]) owns this plain form;
 //! * `SVC.NS.svc.EP.D` — the same, qualified by endpoint `EP`, always
 //!   (except for endpoints called `svc` or `pod`, which would be ambiguous);
 //! * catalog aliases inside `D` (per-pod names of headless services such as
@@ -135,15 +136,11 @@ fn relative<'a>(name: &'a str, domain: &str) -> Option<&'a str> {
 impl Zone {
     /// A zone answering for the domains of `endpoints` with `records`.
     ///
-    /// `order` lists endpoints in the order they connected: when two
-    /// endpoints publish the same plain name, the earlier one wins it (the
-    /// other keeps its endpoint-qualified form). `serial` goes into the SOA.
-    pub fn build(
-        endpoints: &[DnsEndpoint],
-        order: &[String],
-        records: &[NameRecord],
-        serial: u32,
-    ) -> Zone {
+    /// When two endpoints publish the same plain name, the one connected
+    /// first (smaller [`NameRecord::connected`]) wins it; the other keeps its
+    /// endpoint-qualified form. Ties (records built by hand) go by endpoint
+    /// name. `serial` goes into the SOA.
+    pub fn build(endpoints: &[DnsEndpoint], records: &[NameRecord], serial: u32) -> Zone {
         let mut zone = Zone {
             apexes: Vec::new(),
             nodes: HashMap::new(),
@@ -163,17 +160,16 @@ impl Zone {
         zone.apexes
             .sort_by_key(|a| std::cmp::Reverse(a.name.num_labels()));
 
-        let rank = |ep: &str| order.iter().position(|o| o == ep).unwrap_or(usize::MAX);
         let mut sorted: Vec<&NameRecord> = records.iter().collect();
         sorted.sort_by(|a, b| {
             (
-                rank(&a.endpoint),
+                a.connected,
                 &a.endpoint,
                 &a.service.namespace,
                 &a.service.name,
             )
                 .cmp(&(
-                    rank(&b.endpoint),
+                    b.connected,
                     &b.endpoint,
                     &b.service.namespace,
                     &b.service.name,
@@ -265,11 +261,14 @@ impl Zone {
     }
 }
 
-/// Rebuilds the [`Zone`] when the names change, remembering the order in
-/// which endpoints appeared (for "first connected wins the plain form").
+/// Rebuilds the [`Zone`] when the names change, and knows which endpoints
+/// are active (have records) in connection order.
 ///
-/// An endpoint counts as connected from its first published record until it
-/// has none left: the daemon publishes records of running services only.
+/// The order is the daemon's ([`NameRecord::connected`], assigned by
+/// `netmux connect` and kept while the endpoint stays connected), not the
+/// order in which services were started: an endpoint connected first wins
+/// the plain names even if another one started its services earlier, and
+/// when it disconnects the next one takes them over.
 #[derive(Debug)]
 pub struct ZoneFollower {
     endpoints: Vec<DnsEndpoint>,
@@ -282,7 +281,7 @@ pub struct ZoneFollower {
 impl ZoneFollower {
     /// A follower for the configured `endpoints`, with no records yet.
     pub fn new(endpoints: Vec<DnsEndpoint>) -> Self {
-        let zone = std::sync::Arc::new(Zone::build(&endpoints, &[], &[], 1));
+        let zone = std::sync::Arc::new(Zone::build(&endpoints, &[], 1));
         ZoneFollower {
             endpoints,
             order: Vec::new(),
@@ -302,25 +301,22 @@ impl ZoneFollower {
         {
             return self.zone.clone();
         }
-        self.order
-            .retain(|ep| records.iter().any(|r| &r.endpoint == ep));
+        let mut active: Vec<(u64, &str)> = Vec::new();
         for r in records.iter() {
-            if !self.order.contains(&r.endpoint) {
-                self.order.push(r.endpoint.clone());
+            match active.iter_mut().find(|(_, ep)| *ep == r.endpoint) {
+                Some(a) => a.0 = a.0.min(r.connected),
+                None => active.push((r.connected, &r.endpoint)),
             }
         }
+        active.sort();
+        self.order = active.into_iter().map(|(_, ep)| ep.to_owned()).collect();
         self.serial = self.serial.wrapping_add(1);
-        self.zone = std::sync::Arc::new(Zone::build(
-            &self.endpoints,
-            &self.order,
-            records,
-            self.serial,
-        ));
+        self.zone = std::sync::Arc::new(Zone::build(&self.endpoints, records, self.serial));
         self.seen = Some(records.clone());
         self.zone.clone()
     }
 
-    /// Endpoints with records, in the order they appeared.
+    /// Endpoints with records, in connection order.
     pub fn active(&self) -> Vec<&DnsEndpoint> {
         self.order
             .iter()
@@ -481,10 +477,17 @@ mod tests {
         }
     }
 
+    /// A record of `endpoint`, which connected first if it is `demo`.
     fn record(endpoint: &str, svc: Service, addrs: &[&str]) -> NameRecord {
+        let connected = if endpoint == "demo" { 1 } else { 2 };
+        connected_as(connected, endpoint, svc, addrs)
+    }
+
+    fn connected_as(connected: u64, endpoint: &str, svc: Service, addrs: &[&str]) -> NameRecord {
         NameRecord {
             endpoint: endpoint.into(),
             domain: "cluster.local".into(),
+            connected,
             service: svc,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
         }
@@ -508,7 +511,6 @@ mod tests {
     fn zone() -> Zone {
         Zone::build(
             &[ep("demo"), ep("staging")],
-            &["demo".into(), "staging".into()],
             &[
                 record(
                     "demo",
@@ -554,18 +556,19 @@ mod tests {
         // db exists only on staging: the plain form is free for it.
         let a = answer(&q("db.demo.svc.cluster.local.", RecordType::A), &z);
         assert_eq!(ips(&a), ["127.77.0.3"]);
-        // Connection order decides, not names.
+        // Connection order decides, not names nor the order of records.
         let z = Zone::build(
             &[ep("demo"), ep("staging")],
-            &["staging".into(), "demo".into()],
             &[
-                record("demo", service("web", &[]), &["127.77.0.1"]),
-                record("staging", service("web", &[]), &["127.77.0.2"]),
+                connected_as(2, "demo", service("web", &[]), &["127.77.0.1"]),
+                connected_as(1, "staging", service("web", &[]), &["127.77.0.2"]),
             ],
             1,
         );
         let a = answer(&q("web.demo.svc.cluster.local.", RecordType::A), &z);
         assert_eq!(ips(&a), ["127.77.0.2"]);
+        let a = answer(&q("web.demo.svc.demo.cluster.local.", RecordType::A), &z);
+        assert_eq!(ips(&a), ["127.77.0.1"], "the later one keeps its own form");
     }
 
     #[test]
@@ -668,7 +671,7 @@ mod tests {
 
     #[test]
     fn configured_domains_answer_even_without_services() {
-        let z = Zone::build(&[ep("demo")], &[], &[], 1);
+        let z = Zone::build(&[ep("demo")], &[], 1);
         assert!(z.is_empty());
         assert_eq!(z.domains(), ["cluster.local"]);
         let a = answer(&q("web.demo.svc.cluster.local.", RecordType::A), &z);
@@ -679,7 +682,6 @@ mod tests {
     fn endpoints_named_like_kubernetes_labels_have_no_qualified_form() {
         let z = Zone::build(
             &[ep("svc")],
-            &[],
             &[record("svc", service("web", &[]), &["127.77.0.1"])],
             1,
         );
@@ -688,33 +690,63 @@ mod tests {
     }
 
     #[test]
-    fn follower_tracks_connection_order_and_rebuilds_on_change() {
+    fn follower_rebuilds_only_on_change() {
         use std::sync::Arc;
         let mut f = ZoneFollower::new(vec![ep("demo"), ep("staging")]);
         assert!(f.active_domains().is_empty());
-        let one = Arc::new(vec![record(
-            "staging",
-            service("web", &[]),
-            &["127.77.0.2"],
-        )]);
+        let one = Arc::new(vec![record("demo", service("web", &[]), &["127.77.0.1"])]);
         let z1 = f.update(&one);
         assert!(
             Arc::ptr_eq(&z1, &f.update(&one)),
             "unchanged names, same zone"
         );
-        let two = Arc::new(vec![
-            record("demo", service("web", &[]), &["127.77.0.1"]),
-            record("staging", service("web", &[]), &["127.77.0.2"]),
-        ]);
-        let z2 = f.update(&two);
-        // staging appeared first, so it keeps the plain name.
-        let a = answer(&q("web.demo.svc.cluster.local.", RecordType::A), &z2);
-        assert_eq!(ips(&a), ["127.77.0.2"]);
+        assert!(Arc::ptr_eq(&z1, &f.update(&Arc::new((*one).clone()))));
         assert_eq!(f.active_domains(), ["cluster.local"]);
         assert_eq!(f.search().len(), 3);
         let z3 = f.update(&Arc::new(vec![]));
         assert!(z3.is_empty());
         assert!(f.search().is_empty());
+    }
+
+    /// The rule: the first connected endpoint wins the plain form,
+    /// stays the owner while connected whoever starts services when, and
+    /// the next one takes over when it disconnects.
+    #[test]
+    fn first_connected_wins_the_plain_form_until_it_disconnects() {
+        use std::sync::Arc;
+        let plain = |z: &Zone| ips(&answer(&q("web.demo.svc.cluster.local.", RecordType::A), z));
+        let active = |f: &ZoneFollower| -> Vec<String> {
+            f.active().iter().map(|e| e.name.clone()).collect()
+        };
+        let mut f = ZoneFollower::new(vec![ep("demo"), ep("staging")]);
+        // demo connected (1), then staging (2); staging starts web first.
+        let staging_web = connected_as(2, "staging", service("web", &[]), &["127.77.0.2"]);
+        let z = f.update(&Arc::new(vec![staging_web.clone()]));
+        assert_eq!(plain(&z), ["127.77.0.2"], "the only publisher has it");
+        // demo starts web later, but connected earlier: it takes the name.
+        let demo_web = connected_as(1, "demo", service("web", &[]), &["127.77.0.1"]);
+        let z = f.update(&Arc::new(vec![staging_web.clone(), demo_web.clone()]));
+        assert_eq!(plain(&z), ["127.77.0.1"]);
+        assert_eq!(active(&f), ["demo", "staging"]);
+        let qualified = answer(&q("web.demo.svc.staging.cluster.local.", RecordType::A), &z);
+        assert_eq!(ips(&qualified), ["127.77.0.2"], "staging keeps its form");
+        // Stable while demo stays connected, whatever else changes.
+        let staging_db = connected_as(2, "staging", service("db", &[]), &["127.77.0.3"]);
+        let z = f.update(&Arc::new(vec![
+            staging_db.clone(),
+            staging_web.clone(),
+            demo_web.clone(),
+        ]));
+        assert_eq!(plain(&z), ["127.77.0.1"]);
+        // demo disconnects: staging, next in line, takes over.
+        let z = f.update(&Arc::new(vec![staging_web.clone(), staging_db.clone()]));
+        assert_eq!(plain(&z), ["127.77.0.2"]);
+        assert_eq!(active(&f), ["staging"]);
+        // demo connects again (3): now it is second.
+        let demo_again = connected_as(3, "demo", service("web", &[]), &["127.77.0.1"]);
+        let z = f.update(&Arc::new(vec![demo_again, staging_web, staging_db]));
+        assert_eq!(plain(&z), ["127.77.0.2"]);
+        assert_eq!(active(&f), ["staging", "demo"]);
     }
 
     #[test]
