@@ -18,6 +18,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("bpftool", "bpftool"),
     ("dnsmasq", "dnsmasq-base"),
+    ("dbus-daemon", "dbus-daemon"),
     ("python3", "python3"),
 ];
 
@@ -72,6 +73,13 @@ pub fn install() -> anyhow::Result<()> {
             .context("apt-get install")?;
         }
     }
+    if is_root() {
+        // Not fatal: only the resolved end-to-end test needs it, and it
+        // says why it cannot run.
+        if let Err(e) = fetch_resolved() {
+            println!("xtask: cannot fetch systemd-resolved for the tests: {e:#}");
+        }
+    }
     let has_rust_src = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
@@ -106,4 +114,47 @@ fn on_path_sbin(cmd: &str) -> bool {
     ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
         .iter()
         .any(|d| std::path::Path::new(d).join(cmd).is_file())
+}
+
+/// Where the resolved end-to-end test (netmux-daemon/tests/resolved_e2e.rs)
+/// finds systemd-resolved's binaries.
+const RESOLVED_CACHE: &str = "/var/cache/netmux-test";
+
+/// Extracts Debian's systemd-resolved package, of the installed
+/// libsystemd-shared's version, into [`RESOLVED_CACHE`] without installing
+/// it: installing it would take over the machine's /etc/resolv.conf. The
+/// test runs it in private namespaces.
+fn fetch_resolved() -> anyhow::Result<()> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "libsystemd-shared"])
+        .output()
+        .context("dpkg-query")?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    anyhow::ensure!(
+        out.status.success() && !version.is_empty(),
+        "libsystemd-shared is not installed"
+    );
+    let cache = std::path::Path::new(RESOLVED_CACHE);
+    let dir = cache.join(format!("systemd-resolved_{}", version.replace(':', "_")));
+    if dir.join("lib/systemd/systemd-resolved").is_file() {
+        return Ok(());
+    }
+    println!("==> apt-get download systemd-resolved={version} (extracted, not installed)");
+    let tmp = cache.join(format!(".download-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let result = (|| {
+        run(Command::new("apt-get")
+            .args(["download", &format!("systemd-resolved={version}")])
+            .current_dir(&tmp))?;
+        let deb = std::fs::read_dir(&tmp)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .context("apt-get download left no .deb")?;
+        let root = tmp.join("root");
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        std::fs::rename(&root, &dir).with_context(|| format!("renaming to {}", dir.display()))
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
 }
