@@ -450,6 +450,8 @@ async fn connect(
             }
         }
     };
+    // The configured token wins (a bot's endpoint); a Kubernetes
+    // endpoint presents the user's (`--token-file`, else the kubeconfig's).
     let token = config
         .token
         .as_ref()

@@ -138,6 +138,11 @@ fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
         config.http.expect("http listener").port(),
     );
     assert_eq!((quic, http), (7443, 7080), "the documented ports");
+    assert_eq!(
+        config.stream_listen.map(|a| a.port()),
+        Some(quic),
+        "the port-forward transport needs stream_listen on the quic-stream port"
+    );
     assert!(config.rbac.is_some(), "manifests use RBAC access");
     match &config.runtime {
         netmux_server::config::RuntimeConfig::Kubernetes { namespaces, .. } => {
@@ -204,6 +209,10 @@ fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
         cports.contains(&("http".into(), i32::from(http), "TCP".into())),
         "{cports:?}"
     );
+    assert!(
+        cports.contains(&("quic-stream".into(), i32::from(quic), "TCP".into())),
+        "{cports:?}"
+    );
     let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
         p.as_ref()
             .and_then(|p| p.http_get.as_ref())
@@ -244,6 +253,31 @@ fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
         ])
     );
     // Reverse-claim Leases, in the server's namespace only.
+    // What `netmux connect` does with the developer's credentials
+    // (netmux-daemon/src/cluster/forward.rs), and nothing more.
+    let user: Role = as_(dir, one(docs, "Role", "netmux-user"));
+    let mut granted: Vec<(String, String)> = user
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|r| {
+            let resources = r.resources.clone().unwrap_or_default();
+            resources
+                .into_iter()
+                .flat_map(|res| r.verbs.iter().map(move |v| (res.clone(), v.clone())))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    granted.sort();
+    assert_eq!(
+        granted,
+        [
+            ("configmaps".to_owned(), "get".to_owned()),
+            ("pods".to_owned(), "list".to_owned()),
+            ("pods/portforward".to_owned(), "create".to_owned()),
+            ("services".to_owned(), "get".to_owned()),
+        ]
+    );
     let leases: Role = as_(dir, one(docs, "Role", "netmux-server-leases"));
     assert_eq!(leases.metadata.namespace.as_deref(), Some("netmux"));
     assert_eq!(

@@ -32,6 +32,8 @@ const HTTP_PORT: u16 = 7080;
 const USER_ID: u32 = 65534;
 const SERVER_TOKEN: &str = "server-service-account-token";
 const ALICE_TOKEN: &str = "alice-token-from-the-exec-plugin";
+/// A user the API server knows who may reach nothing.
+const BOB_TOKEN: &str = "bob-token-without-permissions";
 
 /// The fake API server on its own thread inside the cluster namespace
 /// (its listener and its port-forward dials belong there); stopped on drop.
@@ -119,8 +121,10 @@ fn developer(base: &Path, api: SocketAddr) -> Developer {
              clusters:\n- name: fake\n  cluster:\n    server: http://{api}\n\
              users:\n- name: alice\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      interactiveMode: Never\n\
              - name: mallory\n  user:\n    token: not-a-token-the-cluster-knows\n\
+             - name: bob\n  user:\n    token: {BOB_TOKEN}\n\
              contexts:\n- name: dev\n  context: {{cluster: fake, user: alice, namespace: apps}}\n\
-             - name: stranger\n  context: {{cluster: fake, user: mallory}}\n",
+             - name: stranger\n  context: {{cluster: fake, user: mallory}}\n\
+             - name: bob\n  context: {{cluster: fake, user: bob}}\n",
             plugin.display()
         ),
         0o644,
@@ -214,6 +218,7 @@ fn world(sb: &Sandbox) -> World<'_> {
         &[],
     );
     api.add_token(ALICE_TOKEN, "alice", &[]);
+    api.add_token(BOB_TOKEN, "bob", &[]);
     api.allow("alice", "get", "/services/proxy", "apps", "web");
     api.require_auth(true);
     let port = |n: u16| json!([{"name": "http", "port": n, "targetPort": n, "protocol": "TCP"}]);
@@ -302,7 +307,11 @@ fn world(sb: &Sandbox) -> World<'_> {
             "socket = \"{}\"\nsocket_group = \"nogroup\"\nhosts_file = \"{}\"\nredirect = \"loopback\"\n\
              address_range = \"127.77.0.0/16\"\n\n\
              [[endpoint]]\nname = \"kube\"\nserver_name = \"netmux-server\"\n\
-             [endpoint.kubernetes]\nnamespace = \"netmux\"\nservice = \"netmux-server\"\n",
+             [endpoint.kubernetes]\nnamespace = \"netmux\"\nservice = \"netmux-server\"\n\n\
+             [[endpoint]]\nname = \"kube-auto\"\nserver = \"{cl}:7999\"\ntransport = \"auto\"\n\
+             [endpoint.kubernetes]\nnamespace = \"netmux\"\n\n\
+             [[endpoint]]\nname = \"kube-direct\"\nserver = \"{cl}:{QUIC_PORT}\"\ntransport = \"direct\"\n\
+             [endpoint.kubernetes]\nnamespace = \"netmux\"\n",
             socket.display(),
             sb.ws_hosts_file().display()
         ),

@@ -55,6 +55,11 @@ enum Command {
         /// configured or current one.
         #[arg(long)]
         context: Option<String>,
+        /// Kubernetes endpoints: present the netmux token in this file
+        /// instead of the kubeconfig's (client-certificate users; see
+        /// docs/kubernetes.md). Read as you.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Disconnects from an endpoint.
     #[command(visible_aliases = ["dis", "d"])]
@@ -253,15 +258,30 @@ async fn main() -> ExitCode {
             endpoint,
             kubeconfig,
             context,
+            token_file,
         },
     ) = (&response, &cli.command)
     {
+        let hello_token = match token_file {
+            Some(f) => match std::fs::read_to_string(f) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+                Ok(_) => {
+                    eprintln!("netmux: --token-file {}: empty", f.display());
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("netmux: --token-file {}: {e}", f.display());
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
         let access = match netmux_daemon::cluster::credentials::resolve(
             settings,
             kubeconfig.as_deref(),
             context.as_deref(),
         ) {
-            Ok(a) => a,
+            Ok(a) => netmux_daemon::cluster::KubeAccess { hello_token, ..a },
             Err(e) => {
                 eprintln!("netmux: {endpoint}: {e}");
                 return ExitCode::FAILURE;

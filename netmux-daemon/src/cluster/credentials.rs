@@ -215,6 +215,7 @@ pub fn resolve_config(
         kubeconfig: config.to_string(),
         describe: format!("{context_name} ({user_name})"),
         expires,
+        hello_token: None,
     })
 }
 

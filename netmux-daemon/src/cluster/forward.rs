@@ -98,12 +98,13 @@ impl KubeLink {
         let kc = Kubeconfig::from_yaml(&access.kubeconfig)
             .map_err(|e| KubeError::Refused(format!("the handed-over kubeconfig: {e}")))?;
         check_inline(&kc)?;
-        let bearer = kc
-            .auth_infos
-            .first()
-            .and_then(|a| a.auth_info.as_ref())
-            .and_then(|a| serde_json::to_value(a).ok())
-            .and_then(|v| v["token"].as_str().map(str::to_owned));
+        let bearer = access.hello_token.clone().or_else(|| {
+            kc.auth_infos
+                .first()
+                .and_then(|a| a.auth_info.as_ref())
+                .and_then(|a| serde_json::to_value(a).ok())
+                .and_then(|v| v["token"].as_str().map(str::to_owned))
+        });
         let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
             .map_err(|e| KubeError::Refused(format!("the handed-over kubeconfig: {e}")))?;
@@ -122,8 +123,9 @@ impl KubeLink {
         })
     }
 
-    /// The user's bearer token, presented in the hello (RBAC on the
-    /// server); `None` for client-certificate users.
+    /// The token presented in the hello (RBAC on the server): the one
+    /// given with `--token-file`, else the kubeconfig's bearer token;
+    /// `None` for client-certificate users without one.
     pub fn bearer(&self) -> Option<&str> {
         self.bearer.as_deref()
     }

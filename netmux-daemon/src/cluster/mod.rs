@@ -122,6 +122,11 @@ pub struct KubeAccess {
     /// When the credential stops working (an `exec` plugin's
     /// `expirationTimestamp`), if known.
     pub expires: Option<String>,
+    /// A netmux token for the hello instead of the kubeconfig's bearer
+    /// token (`netmux connect --token-file`): for client-certificate users,
+    /// a ServiceAccount token the admin handed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello_token: Option<String>,
 }
 
 impl std::fmt::Debug for KubeAccess {
@@ -130,6 +135,7 @@ impl std::fmt::Debug for KubeAccess {
             .field("describe", &self.describe)
             .field("expires", &self.expires)
             .field("kubeconfig", &"***")
+            .field("hello_token", &self.hello_token.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -205,7 +211,9 @@ mod tests {
             kubeconfig: "{\"token\":\"s3cret\"}".into(),
             describe: "kind (alice)".into(),
             expires: None,
+            hello_token: Some("t0ken".into()),
         };
+        assert!(!format!("{a:?}").contains("t0ken"));
         assert!(!format!("{a:?}").contains("s3cret"));
     }
 }
