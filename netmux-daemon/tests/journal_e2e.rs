@@ -23,7 +23,11 @@
 //! `_SYSTEMD_UNIT`): `journalctl -u netmuxd.service` finds none of its
 //! entries, `netmux logs` finds them by identifier. A stream opened with
 //! unit id `netmuxd.service` (what systemd sends for the unit's processes)
-//! checks that unit entries are still shown.
+//! checks that unit entries are still shown. The rest of what systemd
+//! sees of the unit is checked on the way: sd_notify `READY=1` once the
+//! control socket accepts, `RELOADING=1` (with `MONOTONIC_USEC`) then
+//! `READY=1` on SIGHUP, `STOPPING=1` and a clean exit on SIGTERM, each
+//! logged.
 //!
 //! Needs root, the built binaries (`cargo build --workspace`),
 //! `/lib/systemd/systemd-journald`, journalctl, unshare, nsenter, setpriv,
@@ -376,6 +380,44 @@ impl JournalStream {
     }
 }
 
+/// A `NOTIFY_SOCKET` (sd_notify(3)): a datagram socket in a temp dir.
+struct Notify {
+    socket: std::os::unix::net::UnixDatagram,
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Notify {
+    fn bind() -> Notify {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(T))
+            .expect("notify socket timeout");
+        Notify {
+            socket,
+            _dir: dir,
+            path,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits (bounded) for the next message and checks it.
+    fn expect(&self, ok: impl Fn(&str) -> bool, what: &str) {
+        let mut buf = [0u8; 4096];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no sd_notify message ({e}); expected {what}"));
+        let msg = String::from_utf8_lossy(&buf[..n]);
+        assert!(ok(&msg), "sd_notify sent {msg:?}; expected {what}");
+    }
+}
+
 /// What this test could leave behind on the host: the journal directories
 /// (`ls -laR`) and journald's socket directory.
 fn host_journal_dirs() -> String {
@@ -502,7 +544,9 @@ fn structured_fields_reach_journald_and_netmux_logs_shows_them() {
 
         // netmuxd in the workstation's network namespace and journald's
         // mount namespace (for /run/systemd/journal/socket), stdout and
-        // stderr on the journal stream; no unit.
+        // stderr on the journal stream; no unit. Its sd_notify messages
+        // (Type=notify) come here.
+        let notify = Notify::bind();
         let stream = JournalStream::new();
         let mut daemon_cmd = Command::new("nsenter");
         daemon_cmd
@@ -513,7 +557,7 @@ fn structured_fields_reach_journald_and_netmux_logs_shows_them() {
             .arg("--config")
             .arg(&layout.daemon_config)
             .env("RUST_LOG", "info,netmux_daemon::listeners=debug")
-            .env_remove("NOTIFY_SOCKET")
+            .env("NOTIFY_SOCKET", notify.path())
             .stdin(Stdio::null())
             .process_group(0);
         stream.attach(&mut daemon_cmd, &journal.stdout_socket(), "netmuxd", "");
@@ -528,6 +572,10 @@ fn structured_fields_reach_journald_and_netmux_logs_shows_them() {
                 journal.log()
             );
         }
+        notify.expect(
+            |m| m == "READY=1",
+            "READY=1 once the control socket accepts",
+        );
 
         // Traffic: connect, start web, one HTTP request through it; a
         // connect that the server refuses.
@@ -734,6 +782,42 @@ fn structured_fields_reach_journald_and_netmux_logs_shows_them() {
             );
         }
 
+        // `systemctl reload` (SIGHUP): reloading, ready again, and logged.
+        let pid = nix::unistd::Pid::from_raw(daemon.pid());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+        notify.expect(
+            |m| m.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+            "RELOADING=1 with MONOTONIC_USEC on SIGHUP",
+        );
+        notify.expect(|m| m == "READY=1", "READY=1 after the reload");
+        let mut reloaded = Vec::new();
+        wait_until("the reload's entry", T, || {
+            reloaded = journal.entries(&[ident, "MESSAGE=SIGHUP: reloaded"]);
+            !reloaded.is_empty()
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", dump(&journal.entries(&[ident]))));
+        assert!(str_field(&reloaded[0], "RESULT").is_some(), "{reloaded:?}");
+        let all = journal.netmux_logs(&[]).join("\n");
+        assert!(all.contains("SIGHUP: reloaded RESULT="), "{all}");
+
+        // `systemctl stop` (SIGTERM): stopping, a clean exit, logged.
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        notify.expect(|m| m == "STOPPING=1", "STOPPING=1 on SIGTERM");
+        let child = daemon.0.as_mut().expect("running");
+        let deadline = Instant::now() + T;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "netmuxd did not exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "netmuxd exited with {status}");
+        assert!(
+            !journal.entries(&[ident, "MESSAGE=terminated"]).is_empty(),
+            "{}",
+            dump(&journal.entries(&[ident]))
+        );
         daemon.stop(T);
     }
     assert_eq!(
