@@ -20,6 +20,9 @@ const COMMANDS: &[(&str, &str)] = &[
     ("dnsmasq", "dnsmasq-base"),
     ("dbus-daemon", "dbus-daemon"),
     ("python3", "python3"),
+    // systemd-analyze verify of the unit, systemd-journald and journalctl
+    // for netmux-daemon/tests/journal_e2e.rs (both skip without them).
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Packages checked with dpkg-query (libraries for bpf-linker).
