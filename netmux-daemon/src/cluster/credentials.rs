@@ -4,10 +4,10 @@
 //! Runs in `netmux connect` and `netmux doctor`, as the user who typed
 //! them. Every auth method kube supports ends up inline: token and token
 //! file, client certificate and key (data or files), basic auth, OIDC
-//! `id-token`, and `exec` credential plugins, which run here as that user
-//! (under `sudo`, as the invoking user: `SUDO_UID`), never in the daemon.
-//! What cannot be made inline (other `auth-provider`s, which run commands
-//! of their own) is refused with the fix.
+//! `id-token`, the legacy `gcp` auth-provider, and `exec` credential
+//! plugins; commands run here as that user (under `sudo`, as the invoking
+//! user: `SUDO_UID`), never in the daemon. Other auth-providers (azure),
+//! which kube does not support either, are refused with the fix.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
@@ -286,21 +286,20 @@ fn inline_user(
         expires = cred.expiration_timestamp;
     }
     if let Some(p) = &a.auth_provider {
-        match (p.name.as_str(), p.config.get("id-token")) {
-            ("oidc", Some(t)) => {
-                out.insert("token".into(), json!(t));
-            }
-            ("oidc", None) => {
-                return Err(bad(format!(
+        let token = match p.name.as_str() {
+            "oidc" => p.config.get("id-token").cloned().ok_or_else(|| {
+                bad(format!(
                     "user {user_name:?}: the oidc auth-provider has no id-token yet: run any kubectl command once to log in"
-                )))
-            }
-            (other, _) => {
+                ))
+            })?,
+            "gcp" => gcp_token(&p.config, user_name, run_as)?,
+            other => {
                 return Err(bad(format!(
-                    "user {user_name:?}: auth-provider {other:?} is not supported (it is deprecated in kubectl too): use its exec credential plugin instead (e.g. gke-gcloud-auth-plugin, kubelogin)"
+                    "user {user_name:?}: auth-provider {other:?} is not supported (kubectl dropped it too): use its exec credential plugin instead (e.g. kubelogin)"
                 )))
             }
-        }
+        };
+        out.insert("token".into(), json!(token));
     }
     if !out.contains_key("token") {
         if let Some(t) = secret("token") {
@@ -350,6 +349,83 @@ fn inline_user(
         out.insert("as-groups".into(), json!(v));
     }
     Ok((Value::Object(out), expires))
+}
+
+/// The legacy `gcp` auth-provider, as kube and client-go read it: the
+/// cached `access-token` while `expiry` is ahead, else its `cmd-path`
+/// (run as the user) and the `token-key` field of the command's JSON.
+fn gcp_token(
+    config: &std::collections::HashMap<String, String>,
+    user: &str,
+    run_as: Option<&RunAs>,
+) -> Result<String, KubeError> {
+    if let Some(t) = config.get("id-token") {
+        return Ok(t.clone());
+    }
+    let fresh = config
+        .get("expiry")
+        .and_then(|e| e.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .is_some_and(|e| {
+            e > k8s_openapi::jiff::Timestamp::now() + std::time::Duration::from_secs(60)
+        });
+    if let (Some(t), true) = (config.get("access-token"), fresh) {
+        return Ok(t.clone());
+    }
+    let command = config.get("cmd-path").cloned().unwrap_or_default();
+    let fail = |message: String| KubeError::Exec {
+        command: command.clone(),
+        user: user.to_owned(),
+        message,
+    };
+    if command.is_empty() {
+        return Err(fail(
+            "the gcp auth-provider has no fresh access-token and no cmd-path: use the exec plugin gke-gcloud-auth-plugin".into(),
+        ));
+    }
+    let mut cmd = std::process::Command::new(&command);
+    cmd.args(
+        config
+            .get("cmd-args")
+            .map(|a| a.split_whitespace())
+            .into_iter()
+            .flatten(),
+    );
+    cmd.stdin(std::process::Stdio::null());
+    cmd.stderr(std::process::Stdio::inherit());
+    as_user(&mut cmd, run_as);
+    let out = cmd
+        .output()
+        .map_err(|e| fail(format!("cannot run it: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(format!("exited with {}", out.status)));
+    }
+    let Some(key) = config.get("token-key") else {
+        return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    };
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| fail(format!("its output is not JSON: {e}")))?;
+    // `{.credential.access_token}`: a dotted path, all client-go uses here.
+    let path = key.trim_matches(|c| c == '{' || c == '}' || c == '"' || c == '$');
+    let found = path
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .try_fold(&v, |v, k| v.get(k));
+    found
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| fail(format!("its output has no string at token-key {key}")))
+}
+
+/// Runs `cmd` as `run_as` (the user behind sudo), with their identity in
+/// the environment.
+fn as_user(cmd: &mut std::process::Command, run_as: Option<&RunAs>) {
+    if let Some(r) = run_as {
+        use std::os::unix::process::CommandExt as _;
+        cmd.uid(r.uid).gid(r.gid);
+        cmd.env("HOME", &r.home)
+            .env("USER", &r.name)
+            .env("LOGNAME", &r.name);
+    }
 }
 
 /// What a credential plugin returned (`ExecCredential.status`).
@@ -414,13 +490,7 @@ fn run_exec(
     } else {
         std::process::Stdio::null()
     });
-    if let Some(r) = run_as {
-        use std::os::unix::process::CommandExt as _;
-        cmd.uid(r.uid).gid(r.gid);
-        cmd.env("HOME", &r.home)
-            .env("USER", &r.name)
-            .env("LOGNAME", &r.name);
-    }
+    as_user(&mut cmd, run_as);
     let out = cmd.output().map_err(|e| {
         let hint = exec
             .install_hint
@@ -593,8 +663,23 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
             e.contains("cannot run it") && e.contains("install it with brew"),
             "{e}"
         );
+        let gcp = plugin(
+            dir.path(),
+            r#"echo '{"credential":{"access_token":"gcp-tok"}}'"#,
+        );
+        let a = resolve_config(
+            &cfg(&format!(
+                "    auth-provider:\n      name: gcp\n      config:\n        cmd-path: {}\n        token-key: '{{.credential.access_token}}'\n",
+                gcp.display()
+            )),
+            "config",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(user_fields(&a)["token"], json!("gcp-tok"));
         let e = resolve_config(
-            &cfg("    auth-provider:\n      name: gcp\n      config: {}\n"),
+            &cfg("    auth-provider:\n      name: azure\n      config: {}\n"),
             "config",
             None,
             None,
@@ -602,7 +687,7 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("gcp") && e.contains("exec credential plugin"),
+            e.contains("azure") && e.contains("exec credential plugin"),
             "{e}"
         );
     }
