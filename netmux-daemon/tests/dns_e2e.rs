@@ -435,10 +435,10 @@ mod namespace {
     }
 
     /// Two endpoints with the same cluster domain (both to the sandbox's
-    /// server): the one connected first owns `web.demo.svc.cluster.local`
-    /// whichever started `web` first; each keeps its qualified name; when
-    /// the first disconnects the other takes over, and keeps the name when
-    /// the first connects again.
+    /// server, the second added by `netmux reload`): the one connected
+    /// first owns `web.demo.svc.cluster.local` whichever started `web`
+    /// first; each keeps its qualified name; when the first disconnects the
+    /// other takes over, and keeps the name when the first connects again.
     #[test]
     fn namespace_first_connected_endpoint_owns_the_plain_name() {
         if !root() {
@@ -447,7 +447,7 @@ mod namespace {
         }
         let sb = Sandbox::new().expect("sandbox");
         let web = ServiceSpec::l2c("web", "10.96.0.20".parse().expect("ip"), 80, 8080);
-        let mut nm = Netmux::start_with(&sb, std::slice::from_ref(&web), TOKEN, DAEMON_EXTRA)
+        let nm = Netmux::start_with(&sb, std::slice::from_ref(&web), TOKEN, DAEMON_EXTRA)
             .expect("netmux starts");
         // A second endpoint, `staging`: the same table under another name.
         let config = std::fs::read_to_string(&nm.layout.daemon_config).expect("daemon.toml");
@@ -459,7 +459,9 @@ mod namespace {
         assert_ne!(staging, table);
         std::fs::write(&nm.layout.daemon_config, format!("{config}\n{staging}"))
             .expect("daemon.toml");
-        nm.daemon.restart().expect("netmuxd restarts");
+        // Added by a reload: the DNS server follows the configuration in
+        // force (staging's names are served, not REFUSED as unknown).
+        nm.cli(["reload"]).expect("cli").ok().expect("reload");
         wait_until("netmuxd with two endpoints", T, || {
             nm.cli(["ls"])
                 .is_ok_and(|o| o.success() && o.stdout.contains("staging"))

@@ -9,7 +9,7 @@
 pub mod server;
 pub mod zone;
 
-pub use server::{DnsServer, Handler};
+pub use server::{DnsServer, EndpointSource, Handler};
 pub use zone::{answer, Answer, DnsEndpoint, Zone, ZoneFollower};
 
 use crate::config::Config;
@@ -118,8 +118,18 @@ pub async fn start(daemon: &Arc<Daemon>) -> Option<DnsRuntime> {
         Ok(Err(e)) => tracing::error!(error = %e, "cannot remove earlier DNS integration"),
         Err(e) => tracing::error!(error = %e, "DNS cleanup task failed"),
     }
-    let endpoints = endpoints(daemon.config());
-    let handler = Handler::new(daemon.names(), endpoints.clone());
+    // The configured endpoints as of each query: `netmux reload` may add
+    // endpoints or change their domains.
+    let source: EndpointSource = {
+        let daemon = Arc::downgrade(daemon);
+        Arc::new(move || {
+            daemon
+                .upgrade()
+                .map(|d| endpoints(d.config()))
+                .unwrap_or_default()
+        })
+    };
+    let handler = Handler::following(daemon.names(), source);
     let server = match DnsServer::bind(cfg.listen, handler).await {
         Ok(s) => s,
         Err(e) => {
@@ -139,7 +149,6 @@ pub async fn start(daemon: &Arc<Daemon>) -> Option<DnsRuntime> {
         Arc::downgrade(daemon),
         daemon.names(),
         integration.clone(),
-        endpoints,
         server.local_addr(),
         (method, why),
     ));
@@ -155,21 +164,22 @@ async fn follow(
     daemon: Weak<Daemon>,
     mut names: tokio::sync::watch::Receiver<Arc<Vec<crate::daemon::NameRecord>>>,
     integration: Arc<Mutex<Integration>>,
-    endpoints: Vec<DnsEndpoint>,
     server: std::net::SocketAddr,
     (mut method, mut why): (DnsMethod, String),
 ) {
-    let mut follower = ZoneFollower::new(endpoints);
+    let mut follower = ZoneFollower::new(Vec::new());
     let mut applied: Option<Plan> = None;
     loop {
+        let Some(d) = daemon.upgrade() else { return };
         let records = names.borrow_and_update().clone();
+        // The endpoints of the configuration in force (reloads change it).
+        follower.set_endpoints(endpoints(d.config()));
         follower.update(&records);
         let plan = Plan {
             server,
             domains: follower.active_domains(),
             search: follower.search(),
         };
-        let Some(d) = daemon.upgrade() else { return };
         if applied.as_ref() != Some(&plan) {
             let job = {
                 let integration = integration.clone();

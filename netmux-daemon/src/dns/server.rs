@@ -30,7 +30,12 @@ const UDP_PAYLOAD: u16 = 1232;
 pub struct Handler {
     names: watch::Receiver<Arc<Vec<NameRecord>>>,
     follower: Mutex<ZoneFollower>,
+    endpoints: Option<EndpointSource>,
 }
+
+/// The configured endpoints as of now (the daemon's configuration can be
+/// reloaded).
+pub type EndpointSource = Arc<dyn Fn() -> Vec<DnsEndpoint> + Send + Sync>;
 
 impl Handler {
     /// A handler for the configured `endpoints` following `names`.
@@ -38,15 +43,34 @@ impl Handler {
         Handler {
             names,
             follower: Mutex::new(ZoneFollower::new(endpoints)),
+            endpoints: None,
+        }
+    }
+
+    /// A handler following `names` and the endpoints `endpoints` returns,
+    /// asked at every query (so a `netmux reload` that adds an endpoint or
+    /// changes a cluster domain is answered for at once).
+    pub fn following(
+        names: watch::Receiver<Arc<Vec<NameRecord>>>,
+        endpoints: EndpointSource,
+    ) -> Self {
+        Handler {
+            names,
+            follower: Mutex::new(ZoneFollower::new(endpoints())),
+            endpoints: Some(endpoints),
         }
     }
 
     fn zone(&self) -> Arc<super::zone::Zone> {
         let records = self.names.borrow().clone();
+        let endpoints = self.endpoints.as_ref().map(|e| e());
         let mut f = match self.follower.lock() {
             Ok(f) => f,
             Err(p) => p.into_inner(),
         };
+        if let Some(e) = endpoints {
+            f.set_endpoints(e);
+        }
         f.update(&records)
     }
 }

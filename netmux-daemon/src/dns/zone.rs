@@ -291,8 +291,17 @@ impl ZoneFollower {
         }
     }
 
-    /// The zone for `records` (rebuilt only if they changed since the last
-    /// call).
+    /// Replaces the configured endpoints (after a configuration reload);
+    /// the next [`Self::update`] rebuilds the zone if they changed.
+    pub fn set_endpoints(&mut self, endpoints: Vec<DnsEndpoint>) {
+        if endpoints != self.endpoints {
+            self.endpoints = endpoints;
+            self.seen = None;
+        }
+    }
+
+    /// The zone for `records` (rebuilt only if they or the endpoints changed
+    /// since the last call).
     pub fn update(&mut self, records: &std::sync::Arc<Vec<NameRecord>>) -> std::sync::Arc<Zone> {
         if self
             .seen
@@ -687,6 +696,35 @@ mod tests {
         );
         let a = answer(&q("web.demo.svc.svc.cluster.local.", RecordType::A), &z);
         assert_eq!(a.code, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn follower_follows_reloaded_endpoints() {
+        use std::sync::Arc;
+        let mut f = ZoneFollower::new(vec![ep("demo")]);
+        let records = Arc::new(vec![
+            record("demo", service("web", &[]), &["127.77.0.1"]),
+            record("staging", service("db", &[]), &["127.77.0.3"]),
+        ]);
+        let z = f.update(&records);
+        let db = q("db.demo.svc.cluster.local.", RecordType::A);
+        assert_eq!(
+            answer(&db, &z).code,
+            ResponseCode::NXDomain,
+            "unknown endpoint"
+        );
+        let mut staging = ep("staging");
+        staging.domain = "staging.example".into();
+        f.set_endpoints(vec![ep("demo"), staging.clone()]);
+        let z2 = f.update(&records);
+        assert!(!Arc::ptr_eq(&z, &z2), "rebuilt for the new endpoints");
+        // staging's record says cluster.local, its endpoint another domain:
+        // the new domain is authoritative (NXDOMAIN, not REFUSED).
+        let other = q("x.staging.example.", RecordType::A);
+        assert_eq!(answer(&other, &z2).code, ResponseCode::NXDomain);
+        assert_eq!(ips(&answer(&db, &z2)), ["127.77.0.3"]);
+        f.set_endpoints(vec![ep("demo"), staging]);
+        assert!(Arc::ptr_eq(&z2, &f.update(&records)), "same endpoints");
     }
 
     #[test]
