@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use crate::api::{Reply, Request};
 use crate::config::Config;
 use crate::control;
-use crate::system::doctor::{self, Status};
+use crate::system::doctor;
 use crate::system::install::{self, Artifact, Commands, Init, Layout};
 
 /// `netmux install`.
@@ -271,11 +271,7 @@ pub async fn run_doctor(args: &DoctorArgs, config: &Path, socket: &Path) -> Exit
     } else {
         print!("{}", doctor::render(&checks));
     }
-    if checks.iter().any(|c| c.status == Status::Fail) {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    ExitCode::from(doctor::exit_status(&checks))
 }
 
 /// systemd-coredump's `MESSAGE_ID` for a core dump (what `journalctl -u`

@@ -888,8 +888,29 @@ pub fn route_conflicts(route_table: &str, range: &Ipv4Range) -> Check {
 
 // --------------------------------------------------------------- the report
 
-/// Finds a running `netmuxd` and its effective capabilities.
-fn running_daemon() -> Option<(u32, u64)> {
+/// The running `netmuxd` and its effective capabilities: the one serving
+/// `socket` (its pid from `SO_PEERCRED`), so that another netmuxd on the
+/// machine (a second config, a test) is not mistaken for it; else the first
+/// process named `netmuxd` (the socket may not be ours to connect to).
+fn running_daemon(socket: &Path) -> Option<(u32, u64)> {
+    socket_peer(socket)
+        .and_then(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            Some((pid, cap_eff(&status)?))
+        })
+        .or_else(any_netmuxd)
+}
+
+/// The pid of the process listening on the unix socket `socket`.
+fn socket_peer(socket: &Path) -> Option<u32> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    let creds = getsockopt(&stream, PeerCredentials).ok()?;
+    u32::try_from(creds.pid()).ok().filter(|p| *p > 0)
+}
+
+/// The first process named `netmuxd` and its effective capabilities.
+fn any_netmuxd() -> Option<(u32, u64)> {
     let dir = std::fs::read_dir("/proc").ok()?;
     for e in dir.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -957,7 +978,11 @@ pub async fn run(
         kernel_config(&release).as_deref(),
     );
     let unit = std::fs::read_to_string(&opts.unit).ok();
-    let caps = capabilities(config.redirect, running_daemon(), unit.as_deref());
+    let caps = capabilities(
+        config.redirect,
+        running_daemon(&config.socket),
+        unit.as_deref(),
+    );
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let cgroup = cgroup_v2(&mountinfo, &config.cgroup);
     let redirect = redirect_backend(
@@ -1037,6 +1062,12 @@ fn socket_facts(config: &Config) -> SocketFacts {
         gids,
         connectable: std::os::unix::net::UnixStream::connect(&config.socket).is_ok(),
     }
+}
+
+/// The exit status of `netmux doctor`: 1 when any check failed, 0 when
+/// every check passed or only warned.
+pub fn exit_status(checks: &[Check]) -> u8 {
+    u8::from(checks.iter().any(|c| c.status == Status::Fail))
 }
 
 /// Renders the report; one block per check.
@@ -1351,6 +1382,113 @@ mod tests {
         let c = route_conflicts(&bad, &range());
         assert_eq!(c.status, Status::Fail);
         assert!(c.detail.contains("127.77.0.0/16 dev tun0"), "{}", c.detail);
+    }
+
+    fn opts() -> Options {
+        Options {
+            timeout: Duration::from_secs(1),
+            unit: "/nonexistent/netmuxd.service".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn config_check_fails_alone_with_the_error_and_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "socket = \"/run/x.sock\"\nbogus_key = 1\n").expect("write");
+        let err = Config::load(&path).expect_err("unknown key").to_string();
+        assert!(err.contains("bogus_key"), "{err}");
+        let checks = run(Err(err.clone()), &path, None, &opts()).await;
+        // Nothing else is checked against a config that does not load.
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        let c = &checks[0];
+        assert_eq!((c.name.as_str(), c.status), ("config", Status::Fail));
+        assert_eq!(c.detail, err);
+        let fix = c.fix.as_deref().unwrap_or_default();
+        assert!(fix.contains(&format!("fix {}", path.display())), "{fix}");
+        assert_eq!(exit_status(&checks), 1);
+
+        // A missing file: the fix says how to get one.
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load(&missing).expect_err("missing").to_string();
+        let checks = run(Err(err), &missing, None, &opts()).await;
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].status, Status::Fail);
+        assert!(
+            checks[0]
+                .fix
+                .as_deref()
+                .is_some_and(|f| f.contains("netmux install") && f.contains("--config")),
+            "{checks:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn config_check_passes_first_and_the_other_checks_follow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        let socket = dir.path().join("netmuxd.sock");
+        let text = format!(
+            "socket = {:?}\nredirect = \"loopback\"\n",
+            socket.display().to_string()
+        );
+        std::fs::write(&path, &text).expect("write");
+        let config = Config::load(&path).expect("valid config");
+        let checks = run(Ok(&config), &path, None, &opts()).await;
+        let c = &checks[0];
+        assert_eq!(
+            (c.name.as_str(), c.status),
+            ("config", Status::Pass),
+            "{c:?}"
+        );
+        assert_eq!(c.detail, format!("{} is valid", path.display()));
+        assert!(c.fix.is_none());
+        for name in [
+            "kernel-bpf",
+            "capabilities",
+            "redirect",
+            "control-socket",
+            "routes",
+        ] {
+            assert!(
+                checks.iter().any(|c| c.name == name),
+                "{name} missing: {checks:?}"
+            );
+        }
+        // No daemon serves the socket: that check fails, and so does doctor.
+        let sock = checks
+            .iter()
+            .find(|c| c.name == "control-socket")
+            .expect("checked");
+        assert_eq!(sock.status, Status::Fail, "{sock:?}");
+        assert_eq!(exit_status(&checks), 1);
+    }
+
+    #[test]
+    fn exit_status_is_1_only_when_a_check_fails() {
+        assert_eq!(exit_status(&[]), 0);
+        let pass = Check::pass("a", "");
+        let warn = Check::warn("b", "", "");
+        let fail = Check::fail("c", "", "");
+        assert_eq!(exit_status(&[pass.clone(), warn.clone()]), 0);
+        assert_eq!(exit_status(&[pass.clone(), warn.clone(), fail.clone()]), 1);
+        assert_eq!(exit_status(&[fail]), 1);
+        assert_eq!(exit_status(&[warn]), 0);
+        assert_eq!(exit_status(&[pass]), 0);
+    }
+
+    #[test]
+    fn the_running_daemon_is_the_one_serving_the_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        // This test process listens: doctor reads its CapEff.
+        assert_eq!(socket_peer(&path), Some(std::process::id()));
+        let own = cap_eff(&std::fs::read_to_string("/proc/self/status").expect("status"));
+        let found = running_daemon(&path).expect("found");
+        assert_eq!(found.0, std::process::id());
+        assert_eq!(Some(found.1), own);
+        assert_eq!(socket_peer(&dir.path().join("none.sock")), None);
     }
 
     /// Through the config parser, so new endpoint fields get their defaults.
