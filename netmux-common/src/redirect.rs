@@ -62,6 +62,11 @@ pub struct RedirectConfig {
     /// daemon's own dials). Zero disables the check: unmarked sockets have
     /// mark 0 and must stay redirectable.
     pub exclude_mark: u32,
+    /// Connections made by this process (thread group id) are never
+    /// redirected either: the daemon's, including sockets it cannot mark
+    /// (the Kubernetes client's connections to the API server). Zero
+    /// disables the check.
+    pub exclude_tgid: u32,
 }
 
 /// IP protocol number of TCP, as stored in [`ServiceKey::proto`].

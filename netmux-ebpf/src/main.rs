@@ -395,11 +395,16 @@ fn service_of(ctx: &SockAddrContext, src: [u8; 16], port_be: u32) -> Option<Orig
     Some(service)
 }
 
-/// True if the socket carries the daemon's exclusion mark.
+/// True if the socket carries the daemon's exclusion mark, or the daemon
+/// itself is connecting.
 fn excluded(ctx: &SockAddrContext) -> bool {
     let Some(config) = CONFIG.get(CONFIG_INDEX) else {
         return false;
     };
+    let tgid = config.exclude_tgid;
+    if tgid != 0 && ctx.tgid() == tgid {
+        return true;
+    }
     let mark = config.exclude_mark;
     if mark == 0 {
         return false;

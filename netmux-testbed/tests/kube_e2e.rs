@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use netmux_fakekube::{pod, service, FakeApi};
+use netmux_testbed::cgroup::ChildCgroup;
 use netmux_testbed::{bin, Output, Sandbox, Side};
 use serde_json::json;
 
@@ -208,6 +209,13 @@ impl World<'_> {
 }
 
 fn world(sb: &Sandbox) -> World<'_> {
+    world_with(sb, None)
+}
+
+/// [`world`]; with `cgroup`, the daemon uses the eBPF backend on it and
+/// runs inside it, and the API server's own address is a published
+/// Service (the in-cluster `kubernetes` Service reached over a VPN).
+fn world_with<'a>(sb: &'a Sandbox, cgroup: Option<&ChildCgroup>) -> World<'a> {
     let cl = sb.cluster_addr();
     let api_addr = SocketAddr::new(cl.into(), API_PORT);
     let fake = start_fake_api(sb, api_addr);
@@ -241,6 +249,16 @@ fn world(sb: &Sandbox) -> World<'_> {
         "quic-stream",
         STREAM_PORT,
     ));
+    if cgroup.is_some() {
+        api.apply(service(
+            "apps",
+            "kubernetes",
+            &cl.to_string(),
+            json!([{"name": "https", "port": API_PORT, "targetPort": API_PORT, "protocol": "TCP"}]),
+            None,
+        ));
+        api.allow("alice", "get", "/services/proxy", "apps", "kubernetes");
+    }
     sb.add_service_address(ip("10.96.0.10")).expect("address");
     sb.add_service_address(ip("10.96.0.11")).expect("address");
     let web = nx_echo(
@@ -298,13 +316,20 @@ fn world(sb: &Sandbox) -> World<'_> {
 
     // The daemon: one Kubernetes endpoint, no server address, no CA, no
     // token in its config. Its socket is open to the developer's group.
+    let redirect = match cgroup {
+        Some(cg) => format!(
+            "redirect = \"ebpf\"\ncgroup = \"{}\"\n",
+            cg.path().display()
+        ),
+        None => "redirect = \"loopback\"\n".to_owned(),
+    };
     let run = dir(base.join("run"), 0o755);
     let socket = run.join("netmuxd.sock");
     let config = run.join("config.toml");
     write(
         &config,
         &format!(
-            "socket = \"{}\"\nsocket_group = \"nogroup\"\nhosts_file = \"{}\"\nredirect = \"loopback\"\n\
+            "socket = \"{}\"\nsocket_group = \"nogroup\"\nhosts_file = \"{}\"\n{redirect}\
              address_range = \"127.77.0.0/16\"\n\n\
              [[endpoint]]\nname = \"kube\"\nserver_name = \"netmux-server\"\n\
              [endpoint.kubernetes]\nnamespace = \"netmux\"\nservice = \"netmux-server\"\n\n\
@@ -317,13 +342,20 @@ fn world(sb: &Sandbox) -> World<'_> {
         ),
         0o644,
     );
-    let daemon = sb
-        .process(Side::Workstation, "netmuxd", bin("netmuxd").expect("built"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info,netmux_daemon=debug")
-        .spawn()
-        .expect("start netmuxd");
+    let netmuxd = bin("netmuxd").expect("built").display().to_string();
+    let config_arg = config.display().to_string();
+    let daemon_args = ["--config", config_arg.as_str()];
+    let daemon = match cgroup {
+        Some(cg) => sb
+            .process(Side::Workstation, "netmuxd", "sh")
+            .args(cg.wrap(&netmuxd, &daemon_args)),
+        None => sb
+            .process(Side::Workstation, "netmuxd", &netmuxd)
+            .args(daemon_args),
+    }
+    .env("RUST_LOG", "info,netmux_daemon=debug")
+    .spawn()
+    .expect("start netmuxd");
     netmux_testbed::wait_until("netmuxd's socket", T, || socket.exists())
         .unwrap_or_else(|e| panic!("netmuxd: {e}\n{}", daemon.log()));
     let dev = developer(base, api_addr);
@@ -448,6 +480,60 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
                 text.contains("401") && text.contains("netmux connect"),
                 "{text}"
             );
+        }),
+    );
+}
+
+/// The daemon's own connections are never redirected, even those it cannot
+/// mark: here the API server's address is itself a published, started
+/// Service, and the daemon's kube client must still reach the real API
+/// server when it re-opens the port-forward.
+#[test]
+fn the_daemons_api_connections_are_not_redirected_into_itself() {
+    let sb = sandbox();
+    let cg = ChildCgroup::new(&format!("nx-kube-{}", std::process::id())).expect("child cgroup");
+    let w = world_with(&sb, Some(&cg));
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let out = w.cli_as_user(&["connect", "kube"]);
+            assert!(out.success(), "connect: {}{}", out.stdout, out.stderr);
+            let out = w.cli_as_user(&["start", "kube", "+"]);
+            assert!(out.success(), "start: {}{}", out.stdout, out.stderr);
+            assert!(
+                w.ls()
+                    .iter()
+                    .any(|r| r["name"] == "apps/kubernetes" && r["status"] == "on"),
+                "{:?}",
+                w.ls()
+            );
+            // In the cgroup, by cluster IP: redirected into the tunnel.
+            let in_cgroup = |url: &str| {
+                sb.process(Side::Workstation, "curl-in-cgroup", "sh")
+                    .args(cg.wrap("curl", &["-sS", "--max-time", "10", url]))
+                    .run(T)
+                    .expect("curl")
+            };
+            let out = in_cgroup("http://10.96.0.10:8080/one");
+            assert!(
+                out.stdout.contains("path=/one"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+
+            // The forward drops: the daemon's kube client dials the API
+            // server's address, which is now redirected for everyone else.
+            let before = w.fake.api.forwards();
+            w.fake.api.drop_connections();
+            w.wait_for("the daemon to re-open the port-forward", |w| {
+                w.fake.api.forwards() > before
+            });
+            w.wait_for("curl through the new forward", |_| {
+                in_cgroup("http://10.96.0.10:8080/two")
+                    .stdout
+                    .contains("path=/two")
+            });
         }),
     );
 }

@@ -40,6 +40,9 @@ async fn main() -> anyhow::Result<()> {
     let (backend, reason) =
         netmux_daemon::redirect::Backend::choose(config.redirect, &config.cgroup)
             .map_err(anyhow::Error::msg)?;
+    backend
+        .exempt_this_process()
+        .map_err(|e| anyhow::anyhow!("exempting netmuxd from its own redirect: {e}"))?;
     tracing::info!(redirect = %reason, "redirect backend chosen");
     let daemon = Daemon::with_backend(config, metrics, backend, reason);
     // A crash leaves a hosts block behind; start from a clean slate.

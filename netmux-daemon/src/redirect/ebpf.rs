@@ -239,6 +239,7 @@ pub struct EbpfRedirect {
     // enum next to a data-less variant.
     maps: Box<Maps>,
     exclude_mark: u32,
+    exclude_tgid: u32,
     // Owns the programs and their BPF links: dropping it detaches them.
     _ebpf: Ebpf,
     _logs: Option<LogForwarder>,
@@ -362,6 +363,7 @@ impl EbpfRedirect {
                 config,
             }),
             exclude_mark: 0,
+            exclude_tgid: 0,
             _ebpf: ebpf,
             _logs: logs,
         };
@@ -583,16 +585,34 @@ impl EbpfRedirect {
 
     /// Changes the exempting `SO_MARK`; 0 turns the exemption off.
     pub fn set_exclude_mark(&mut self, mark: u32) -> Result<(), EbpfError> {
-        let config = RedirectConfig { exclude_mark: mark };
+        self.write_config(RedirectConfig {
+            exclude_mark: mark,
+            exclude_tgid: self.exclude_tgid,
+        })?;
+        self.exclude_mark = mark;
+        Ok(())
+    }
+
+    /// Never redirects connections of process `tgid` (0: none): netmuxd
+    /// exempts itself, so that sockets it cannot mark (the Kubernetes
+    /// client's) are never sent back into its own listeners.
+    pub fn set_exclude_tgid(&mut self, tgid: u32) -> Result<(), EbpfError> {
+        self.write_config(RedirectConfig {
+            exclude_mark: self.exclude_mark,
+            exclude_tgid: tgid,
+        })?;
+        self.exclude_tgid = tgid;
+        Ok(())
+    }
+
+    fn write_config(&mut self, config: RedirectConfig) -> Result<(), EbpfError> {
         self.maps
             .config
             .set(CONFIG_INDEX, config, 0)
             .map_err(|source| EbpfError::Map {
                 map: CONFIG_MAP,
                 source,
-            })?;
-        self.exclude_mark = mark;
-        Ok(())
+            })
     }
 }
 

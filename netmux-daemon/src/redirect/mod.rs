@@ -84,6 +84,21 @@ impl Backend {
         }
     }
 
+    /// Exempts this process from the redirect (eBPF): every connection the
+    /// daemon makes goes where it was aimed, marked or not.
+    pub fn exempt_this_process(&self) -> Result<(), String> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Backend::Ebpf(r) => match r.lock() {
+                Ok(mut r) => r
+                    .set_exclude_tgid(std::process::id())
+                    .map_err(|e| e.to_string()),
+                Err(_) => Err("redirect state poisoned".into()),
+            },
+            _ => Ok(()),
+        }
+    }
+
     /// Whether names should point at the real cluster addresses.
     pub fn uses_cluster_addresses(&self) -> bool {
         !matches!(self, Backend::Loopback)
