@@ -999,7 +999,47 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.redirect != new.redirect || old.cgroup != new.cgroup {
         v.push("redirect");
     }
+    // Endpoints' domains and default namespaces follow a reload; where the
+    // server listens and how the system is pointed at it do not.
+    let dns = |c: &Config| {
+        (
+            c.dns.enabled,
+            c.dns.listen,
+            c.dns.method,
+            c.dns.link.clone(),
+            c.dns.resolver_dir.clone(),
+        )
+    };
+    if dns(old) != dns(new) {
+        v.push("[dns]");
+    }
     v
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_need_a_restart_are_named() {
+        let parse = |extra: &str| {
+            Config::parse(
+                std::path::Path::new("/t/c.toml"),
+                &format!("hosts_file = \"/t/hosts\"\n{extra}"),
+            )
+            .expect("config")
+        };
+        let base = parse("");
+        assert!(restart_only_changes(&base, &parse("")).is_empty());
+        assert_eq!(
+            restart_only_changes(&base, &parse("[dns]\nmethod = \"hosts\"\n")),
+            ["[dns]"]
+        );
+        assert_eq!(
+            restart_only_changes(&base, &parse("redirect = \"loopback\"\n")),
+            ["redirect"]
+        );
+    }
 }
 
 impl Daemon {
