@@ -222,7 +222,10 @@ pub fn capabilities(mode: RedirectMode, running: Option<(u32, u64)>, unit: Optio
     }
     let mut notes = Vec::new();
     if !has(caps, cap::NET_BIND_SERVICE) {
-        notes.push("no CAP_NET_BIND_SERVICE: loopback services on ports below 1024 fail");
+        notes.push(
+            "no CAP_NET_BIND_SERVICE: services on ports below 1024 (their 127.77.x.y listener, \
+             with either redirect backend) and the DNS server on port 53 fail",
+        );
     }
     if !has(caps, cap::DAC_OVERRIDE) {
         notes.push("no CAP_DAC_OVERRIDE: the hosts file can only be written if netmuxd owns it");

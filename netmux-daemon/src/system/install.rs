@@ -35,8 +35,10 @@ pub const LAUNCHD_LABEL: &str = "dev.netmux.netmuxd";
 pub const DAEMON_USER: &str = "netmuxd";
 /// The group allowed to use the control socket.
 pub const SOCKET_GROUP: &str = "netmux";
-/// Ambient capabilities of the daemon; the need for each is in the unit
-/// template and docs/install.md.
+/// Ambient capabilities of the daemon (and its bounding set); the need for
+/// each is in the unit template and docs/install.md, measured by
+/// `tests/capabilities_e2e.rs`, which runs netmuxd with exactly these as a
+/// system user and then without each one.
 pub const CAPABILITIES: &[&str] = &[
     "CAP_BPF",
     "CAP_NET_ADMIN",
