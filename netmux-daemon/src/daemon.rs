@@ -263,19 +263,33 @@ impl Daemon {
         let Some(settings) = cfg.kubernetes.clone() else {
             return self.connect(name, None).await;
         };
-        if self.state.lock().await.endpoints.contains_key(name) {
-            return Ok(Reply::Done {
-                message: format!("{name} is already connected"),
-            });
-        }
+        // Always asked for: `netmux connect` on a connected endpoint
+        // renews its credentials (they expire).
         let Some(access) = kube else {
             return Ok(Reply::NeedKube { settings });
         };
-        let link = crate::cluster::forward::KubeLink::new(&access, settings)
-            .await
-            .map_err(|e| format!("{name}: {e}"))?;
-        tracing::info!(endpoint = %name, credentials = %link.describe, expires = ?access.expires, "kubernetes credentials received");
-        self.connect(name, Some(Arc::new(link))).await
+        let link = Arc::new(
+            crate::cluster::forward::KubeLink::new(&access, settings)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?,
+        );
+        let describe: String = link.describe.chars().filter(|c| !c.is_control()).collect();
+        tracing::info!(endpoint = %name, credentials = %describe, expires = ?access.expires, "kubernetes credentials received");
+        {
+            let state = self.state.lock().await;
+            if let Some(c) = state.endpoints.get(name) {
+                c.endpoint.renew_kube(link);
+                let until = access
+                    .expires
+                    .as_deref()
+                    .map(|e| format!(" (valid until {e})"))
+                    .unwrap_or_default();
+                return Ok(Reply::Done {
+                    message: format!("{name}: credentials of {describe} renewed{until}"),
+                });
+            }
+        }
+        self.connect(name, Some(link)).await
     }
 
     /// Connects an endpoint (idempotent); `kube` for Kubernetes endpoints.
@@ -1016,32 +1030,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     v
 }
 
-#[cfg(test)]
-mod reload_tests {
-    use super::*;
-
-    #[test]
-    fn settings_that_need_a_restart_are_named() {
-        let parse = |extra: &str| {
-            Config::parse(
-                std::path::Path::new("/t/c.toml"),
-                &format!("hosts_file = \"/t/hosts\"\n{extra}"),
-            )
-            .expect("config")
-        };
-        let base = parse("");
-        assert!(restart_only_changes(&base, &parse("")).is_empty());
-        assert_eq!(
-            restart_only_changes(&base, &parse("[dns]\nmethod = \"hosts\"\n")),
-            ["[dns]"]
-        );
-        assert_eq!(
-            restart_only_changes(&base, &parse("redirect = \"loopback\"\n")),
-            ["redirect"]
-        );
-    }
-}
-
 impl Daemon {
     /// Re-reads the configuration file and applies it ([`Self::reload`]).
     pub async fn reload_from_disk(self: &Arc<Self>) -> Result<Reply, String> {
@@ -1083,7 +1071,7 @@ impl Daemon {
                 // The user's Kubernetes credentials are kept when the
                 // endpoint still points at the same place.
                 if let Some(c) = state.endpoints.remove(name) {
-                    if let Some(k) = c.endpoint.kube.clone() {
+                    if let Some(k) = c.endpoint.kube() {
                         if new.endpoint(name).and_then(|e| e.kubernetes.as_ref())
                             == Some(k.settings())
                         {
@@ -1136,5 +1124,31 @@ impl Daemon {
             ));
         }
         Ok(Reply::Done { message })
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_need_a_restart_are_named() {
+        let parse = |extra: &str| {
+            Config::parse(
+                std::path::Path::new("/t/c.toml"),
+                &format!("hosts_file = \"/t/hosts\"\n{extra}"),
+            )
+            .expect("config")
+        };
+        let base = parse("");
+        assert!(restart_only_changes(&base, &parse("")).is_empty());
+        assert_eq!(
+            restart_only_changes(&base, &parse("[dns]\nmethod = \"hosts\"\n")),
+            ["[dns]"]
+        );
+        assert_eq!(
+            restart_only_changes(&base, &parse("redirect = \"loopback\"\n")),
+            ["redirect"]
+        );
     }
 }

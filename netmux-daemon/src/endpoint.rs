@@ -70,6 +70,30 @@ pub enum ConnectError {
     /// The session failed (refused, version mismatch, protocol error).
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The Kubernetes API refused the user's credentials (401).
+    #[error("{0}")]
+    Credentials(String),
+}
+
+/// How long one Kubernetes API step of a connection attempt (reading the
+/// CA, finding a pod, opening the forward) may take.
+const KUBE_STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs a Kubernetes API step with [`KUBE_STEP_TIMEOUT`].
+async fn kube_step<T>(
+    what: &str,
+    step: impl std::future::Future<Output = Result<T, crate::cluster::KubeError>>,
+) -> Result<T, ConnectError> {
+    use crate::cluster::KubeError;
+    match tokio::time::timeout(KUBE_STEP_TIMEOUT, step).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(KubeError::Unauthorized(m))) => Err(ConnectError::Credentials(m)),
+        Ok(Err(e)) => Err(ConnectError::Setup(e.to_string())),
+        Err(_) => Err(ConnectError::Setup(format!(
+            "{what}: no answer from the Kubernetes API within {}s",
+            KUBE_STEP_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// What a reverse claim asks the server for.
@@ -141,8 +165,9 @@ enum Command {
 pub struct Endpoint {
     /// Its configuration.
     pub config: EndpointConfig,
-    /// The user's Kubernetes credentials (Kubernetes endpoints).
-    pub kube: Option<Arc<KubeLink>>,
+    /// The user's Kubernetes credentials (Kubernetes endpoints); replaced
+    /// by [`Self::renew_kube`], read on every (re)connect.
+    kube: watch::Sender<Option<Arc<KubeLink>>>,
     status: watch::Receiver<EndpointStatus>,
     conn: watch::Receiver<Option<Connection>>,
     catalog: watch::Receiver<Arc<Catalog>>,
@@ -170,6 +195,7 @@ impl Endpoint {
     /// Starts connecting in the background; `kube` carries the user's
     /// credentials for a Kubernetes endpoint (`[endpoint.kubernetes]`).
     pub fn start(config: EndpointConfig, metrics: Metrics, kube: Option<Arc<KubeLink>>) -> Self {
+        let (kube, kube_rx) = watch::channel(kube);
         let (status_tx, status) = watch::channel(EndpointStatus::Connecting);
         let (conn_tx, conn) = watch::channel(None);
         let (catalog_tx, catalog) = watch::channel(Arc::new(Catalog::new()));
@@ -183,7 +209,7 @@ impl Endpoint {
         let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(run(
             config.clone(),
-            kube.clone(),
+            kube_rx,
             Outputs {
                 status: status_tx,
                 conn_tx,
@@ -206,6 +232,18 @@ impl Endpoint {
             udp,
             sweeper,
         }
+    }
+
+    /// The Kubernetes credentials in use, if any.
+    pub fn kube(&self) -> Option<Arc<KubeLink>> {
+        self.kube.borrow().clone()
+    }
+
+    /// Replaces the Kubernetes credentials (`netmux connect` again, e.g.
+    /// after they expired). The live connection is kept; the next
+    /// connection attempt uses them, at once if the endpoint is waiting.
+    pub fn renew_kube(&self, link: Arc<KubeLink>) {
+        self.kube.send_replace(Some(link));
     }
 
     /// Current status.
@@ -292,7 +330,7 @@ struct Outputs {
 
 async fn run(
     config: EndpointConfig,
-    kube: Option<Arc<KubeLink>>,
+    mut kube: watch::Receiver<Option<Arc<KubeLink>>>,
     outputs: Outputs,
     metrics: Metrics,
     claims: Claims,
@@ -309,7 +347,8 @@ async fn run(
     let mut quic_endpoint: Option<(quinn::Endpoint, bool)> = None;
     loop {
         status.send_replace(EndpointStatus::Connecting);
-        match connect(&config, kube.as_deref(), &mut quic_endpoint).await {
+        let link = kube.borrow_and_update().clone();
+        match connect(&config, link.as_deref(), &mut quic_endpoint).await {
             Ok((conn, session, send, recv, server, greeting)) => {
                 backoff = BACKOFF_MIN;
                 catalog_tx.send_replace(Arc::new(session.catalog().clone()));
@@ -353,12 +392,27 @@ async fn run(
                 tracing::warn!(endpoint = %config.name, %error, "connection lost; reconnecting");
                 status.send_replace(EndpointStatus::Down { error });
             }
+            Err(ConnectError::Credentials(e)) => {
+                // Retrying cannot help: wait for `netmux connect` to hand
+                // over fresh credentials.
+                let error = format!("{e}; run `netmux connect {}` to renew them", config.name);
+                tracing::warn!(endpoint = %config.name, %error, "credentials refused; waiting for new ones");
+                status.send_replace(EndpointStatus::Down { error });
+                if kube.changed().await.is_err() {
+                    return;
+                }
+                backoff = BACKOFF_MIN;
+            }
             Err(e) => {
                 tracing::warn!(endpoint = %config.name, error = %e, retry_in = ?backoff, "cannot connect");
                 status.send_replace(EndpointStatus::Down {
                     error: e.to_string(),
                 });
-                tokio::time::sleep(backoff).await;
+                // New credentials end the wait.
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = kube.changed() => {}
+                }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
@@ -410,10 +464,7 @@ async fn connect(
 ) -> Result<Established, ConnectError> {
     let ca_pem = match (&config.ca_pem, kube) {
         (Some(pem), _) => pem.clone(),
-        (None, Some(k)) => k
-            .ca_pem()
-            .await
-            .map_err(|e| ConnectError::Setup(e.to_string()))?,
+        (None, Some(k)) => kube_step("reading the server's CA", k.ca_pem()).await?,
         (None, None) => return Err(ConnectError::Setup("no CA for the server".into())),
     };
     let client = client_config(&ca_pem)?;
@@ -485,10 +536,7 @@ async fn port_forward(
             "port-forward needs the user's kubeconfig: run `netmux connect` as that user".into(),
         ));
     };
-    let forward = kube
-        .open()
-        .await
-        .map_err(|e| ConnectError::Setup(e.to_string()))?;
+    let forward = kube_step("opening the port-forward", kube.open()).await?;
     tracing::info!(endpoint = %config.name, pod = %forward.pod, "port-forward open");
     let local = SocketAddr::new(
         if forward.peer.is_ipv6() {

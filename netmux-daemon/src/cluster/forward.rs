@@ -80,12 +80,12 @@ pub fn check_inline(kc: &Kubeconfig) -> Result<(), KubeError> {
 fn api_error(settings: &KubeSettings, what: &str, e: kube::Error) -> KubeError {
     let ns = &settings.namespace;
     match &e {
-        kube::Error::Api(s) if s.code == 401 => KubeError::Api(format!(
-            "{what}: the cluster refused the credentials (401 {}): they may have expired; run `netmux connect` again",
+        kube::Error::Api(s) if s.code == 401 => KubeError::Unauthorized(format!(
+            "{what}: the cluster refused the credentials (401 {}): they expired or were revoked",
             s.message
         )),
         kube::Error::Api(s) if s.code == 403 => KubeError::Api(format!(
-            "{what}: forbidden ({}); your user needs get on services, list on pods and create on pods/portforward in namespace {ns} (docs/kubernetes.md)",
+            "{what}: forbidden ({}); your user needs what the Role netmux-user grants in namespace {ns}: get the Service, list pods, get and create pods/portforward, get the ConfigMap netmux-ca (docs/kubernetes.md)",
             s.message
         )),
         _ => KubeError::Api(format!("{what}: {e}")),

@@ -167,6 +167,9 @@ pub enum KubeError {
     /// The API server said no, or could not be reached.
     #[error("{0}")]
     Api(String),
+    /// The API server refused the credentials (401): expired or revoked.
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 #[cfg(test)]

@@ -104,7 +104,7 @@ pub enum EbpfError {
     },
     /// The kernel refused for lack of privileges.
     #[error(
-        "permission denied {what}: netmuxd needs root or CAP_BPF + CAP_NET_ADMIN \
+        "permission denied {what}: netmuxd needs root or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON \
          (CAP_SYS_ADMIN before Linux 5.8): {source}"
     )]
     PermissionDenied {
