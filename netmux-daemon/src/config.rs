@@ -143,6 +143,7 @@ struct RawKubernetes {
     service: String,
     #[serde(default = "default_stream_port")]
     port: String,
+    api_server: Option<String>,
 }
 
 fn default_server_namespace() -> String {
@@ -361,16 +362,24 @@ impl Config {
                             "cannot be used with [endpoint.kubernetes]: the credentials come from the kubeconfig of the user who runs `netmux connect`".into(),
                         ));
                     }
-                    Some(
-                        crate::cluster::KubeSettings::validate(
-                            k.kubeconfig.map(|p| base.join(p)),
-                            k.context,
-                            k.namespace,
-                            k.service,
-                            k.port,
-                        )
-                        .map_err(|(key, m)| invalid(field(&format!("kubernetes.{key}")), m))?,
+                    let mut settings = crate::cluster::KubeSettings::validate(
+                        k.kubeconfig.map(|p| base.join(p)),
+                        k.context,
+                        k.namespace,
+                        k.service,
+                        k.port,
                     )
+                    .map_err(|(key, m)| invalid(field(&format!("kubernetes.{key}")), m))?;
+                    if let Some(url) = &k.api_server {
+                        if !(url.starts_with("https://") || url.starts_with("http://")) {
+                            return Err(invalid(
+                                field("kubernetes.api_server"),
+                                format!("{url:?} is not a URL like https://api.example.com:6443"),
+                            ));
+                        }
+                    }
+                    settings.api_server = k.api_server.map(|u| u.trim_end_matches('/').to_owned());
+                    Some(settings)
                 }
                 None => None,
             };

@@ -17,7 +17,7 @@ use crate::api::{Request, Response};
 use crate::daemon::Daemon;
 
 /// Largest request line accepted.
-const MAX_REQUEST: usize = 64 * 1024;
+const MAX_REQUEST: usize = 1024 * 1024;
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -1090,9 +1090,11 @@ impl Daemon {
             .filter(|e| e.autostart && old.endpoint(&e.name).is_none())
             .map(|e| e.name.clone())
             .collect();
+        let mut not_reconnected = Vec::new();
         for name in reconnect.iter().chain(&added) {
             if let Err(e) = self.connect(name, kube_links.remove(name)).await {
                 tracing::error!(endpoint = %name, error = %e, "reconnect after reload failed");
+                not_reconnected.push(format!("{name} ({e})"));
             }
         }
         tracing::info!(
@@ -1121,6 +1123,12 @@ impl Daemon {
             message.push_str(&format!(
                 "; changes to {} take effect after a restart (systemctl restart netmuxd)",
                 restart.join(", ")
+            ));
+        }
+        if !not_reconnected.is_empty() {
+            message.push_str(&format!(
+                "; not reconnected: {}",
+                not_reconnected.join("; ")
             ));
         }
         Ok(Reply::Done { message })

@@ -16,7 +16,8 @@
 //!   `v4.channel.k8s.io`, as `kubectl port-forward` and kube's
 //!   `Api::portforward` speak it) to the pod's `status.podIP`;
 //! - optionally ([`FakeApi::require_auth`]), 401 for requests without a
-//!   bearer token it knows, as a real API server answers.
+//!   bearer token it knows, as a real API server answers, and 403 for a
+//!   port-forward its user may not `get` (see [`FakeApi::allow`]).
 //!
 //! Label selectors are honoured for `key` (exists) and `key=value` only.
 
@@ -910,6 +911,36 @@ async fn portforward(
 ) -> Response {
     if let Some(refused) = fake.admit(&method, &uri, &headers) {
         return refused;
+    }
+    // Authorized as the API server does a WebSocket GET: `get` on
+    // pods/portforward (with require_auth).
+    {
+        let st = lock(&fake.state);
+        if st.require_auth {
+            let user = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|b| st.tokens.get(b))
+                .map(|(u, _)| u.clone())
+                .unwrap_or_default();
+            let allowed = [name.as_str(), "*"].iter().any(|n| {
+                st.allowed.contains(&(
+                    user.clone(),
+                    "get".to_owned(),
+                    "/pods/portforward".to_owned(),
+                    ns.clone(),
+                    (*n).to_owned(),
+                ))
+            });
+            if !allowed {
+                return status(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    &format!("pods \"{name}\" is forbidden: User \"{user}\" cannot get resource \"pods/portforward\" in API group \"\" in the namespace \"{ns}\""),
+                );
+            }
+        }
     }
     let q = query(&uri);
     let Some(port) = q.get("ports").and_then(|p| p.parse::<u16>().ok()) else {

@@ -275,6 +275,7 @@ fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
             ("configmaps".to_owned(), "get".to_owned()),
             ("pods".to_owned(), "list".to_owned()),
             ("pods/portforward".to_owned(), "create".to_owned()),
+            ("pods/portforward".to_owned(), "get".to_owned()),
             ("services".to_owned(), "get".to_owned()),
         ]
     );

@@ -35,6 +35,8 @@ const SERVER_TOKEN: &str = "server-service-account-token";
 const ALICE_TOKEN: &str = "alice-token-from-the-exec-plugin";
 /// A user the API server knows who may reach nothing.
 const BOB_TOKEN: &str = "bob-token-without-permissions";
+/// A user the API server knows who may not even port-forward.
+const EVE_TOKEN: &str = "eve-token-without-port-forward";
 
 /// The fake API server on its own thread inside the cluster namespace
 /// (its listener and its port-forward dials belong there); stopped on drop.
@@ -123,9 +125,11 @@ fn developer(base: &Path, api: SocketAddr) -> Developer {
              users:\n- name: alice\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      interactiveMode: Never\n\
              - name: mallory\n  user:\n    token: not-a-token-the-cluster-knows\n\
              - name: bob\n  user:\n    token: {BOB_TOKEN}\n\
+             - name: eve\n  user:\n    token: {EVE_TOKEN}\n\
              contexts:\n- name: dev\n  context: {{cluster: fake, user: alice, namespace: apps}}\n\
              - name: stranger\n  context: {{cluster: fake, user: mallory}}\n\
-             - name: bob\n  context: {{cluster: fake, user: bob}}\n",
+             - name: bob\n  context: {{cluster: fake, user: bob}}\n\
+             - name: eve\n  context: {{cluster: fake, user: eve}}\n",
             plugin.display()
         ),
         0o644,
@@ -167,6 +171,25 @@ impl World<'_> {
             .env("KUBECONFIG", &self.dev.kubeconfig)
             .run(T)
             .expect("run netmux as the user")
+    }
+
+    /// `netmux ARGS` as root through sudo (SUDO_UID/SUDO_GID/SUDO_USER of
+    /// the developer, as sudo sets them).
+    fn cli_sudo(&self, args: &[&str]) -> Output {
+        self.sb
+            .process(
+                Side::Workstation,
+                "netmux-sudo",
+                bin("netmux").expect("built"),
+            )
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env("SUDO_UID", USER_ID.to_string())
+            .env("SUDO_GID", USER_ID.to_string())
+            .env("SUDO_USER", "nobody")
+            .run(T)
+            .expect("run netmux under sudo")
     }
 
     /// `netmux ARGS` as root.
@@ -227,6 +250,10 @@ fn world_with<'a>(sb: &'a Sandbox, cgroup: Option<&ChildCgroup>) -> World<'a> {
     );
     api.add_token(ALICE_TOKEN, "alice", &[]);
     api.add_token(BOB_TOKEN, "bob", &[]);
+    api.add_token(EVE_TOKEN, "eve", &[]);
+    for user in ["alice", "bob"] {
+        api.allow(user, "get", "/pods/portforward", "netmux", "*");
+    }
     api.allow("alice", "get", "/services/proxy", "apps", "web");
     api.require_auth(true);
     let port = |n: u16| json!([{"name": "http", "port": n, "targetPort": n, "protocol": "TCP"}]);
@@ -477,8 +504,137 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
             let out = w.cli_as_user(&["connect", "kube", "--context", "stranger"]);
             let text = format!("{}{}", out.stdout, out.stderr);
             assert!(
-                text.contains("401") && text.contains("netmux connect"),
+                text.contains("401") && text.contains("netmux connect kube"),
                 "{text}"
+            );
+            // It waits for new credentials instead of retrying: `netmux
+            // connect` again renews them in place and the endpoint comes up.
+            let refused = w.fake.api.requests().len();
+            std::thread::sleep(Duration::from_secs(2));
+            assert!(
+                w.fake.api.requests().len() <= refused + 1,
+                "no retry loop against the API server with refused credentials"
+            );
+            let out = w.cli_as_user(&["connect", "kube"]);
+            assert!(
+                out.success() && out.stdout.contains("renewed"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+            w.wait_for("the endpoint back up with renewed credentials", |w| {
+                w.ls()
+                    .iter()
+                    .any(|r| r["name"] == "kube" && r["status"] == "connected")
+            });
+            let out = w.cli(&["disconnect", "kube"]);
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
+
+            // Known to the cluster, but not allowed to port-forward: 403,
+            // and the message names the Role to bind.
+            let out = w.cli_as_user(&["connect", "kube", "--context", "eve"]);
+            let text = format!("{}{}", out.stdout, out.stderr);
+            assert!(
+                text.contains("forbidden") && text.contains("netmux-user"),
+                "{text}"
+            );
+            let out = w.cli(&["disconnect", "kube"]);
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
+
+            // bob may reach nothing; with alice's netmux token handed over
+            // by --token-file (the fallback for client-certificate users)
+            // the hello presents that token and the catalog is alice's.
+            let token = w.dev.home.join("netmux-token");
+            write(&token, ALICE_TOKEN, 0o644);
+            let out = w.cli_as_user(&["connect", "kube", "--context", "bob"]);
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
+            assert!(
+                !w.ls().iter().any(|r| r["kind"] == "SVC"),
+                "bob sees nothing: {:?}",
+                w.ls()
+            );
+            let out = w.cli(&["disconnect", "kube"]);
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
+            let token_arg = token.display().to_string();
+            let out = w.cli_as_user(&[
+                "connect",
+                "kube",
+                "--context",
+                "bob",
+                "--token-file",
+                &token_arg,
+            ]);
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
+            assert!(
+                w.ls().iter().any(|r| r["name"] == "apps/web"),
+                "with alice's token: {:?}",
+                w.ls()
+            );
+            let out = w.cli(&["disconnect", "kube"]);
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
+
+            // auto: nothing answers over UDP at its server, so it falls
+            // back to the port-forward; direct: QUIC over UDP with the
+            // user's token and the CA from the cluster, no forward.
+            let before = w.fake.api.forwards();
+            let out = w.cli_as_user(&["connect", "kube-auto"]);
+            assert!(
+                out.success() && out.stdout.contains("kube-auto connected"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+            assert!(
+                w.fake.api.forwards() > before,
+                "auto fell back to a forward"
+            );
+            let before = w.fake.api.forwards();
+            let out = w.cli_as_user(&["connect", "kube-direct"]);
+            let want = format!("kube-direct connected to {}:{QUIC_PORT}", sb.cluster_addr());
+            assert!(
+                out.success() && out.stdout.contains(&want),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+            assert_eq!(w.fake.api.forwards(), before, "direct opens no forward");
+            for ep in ["kube-auto", "kube-direct"] {
+                let out = w.cli(&["disconnect", ep]);
+                assert!(out.success(), "{}{}", out.stdout, out.stderr);
+            }
+
+            // Under sudo (root with SUDO_UID): everything is resolved by a
+            // child that became the invoking user, so a kubeconfig only root
+            // can read is refused, and the plugin runs as that user.
+            let secret_dir = dir(w.dev.home.join("root-only"), 0o700);
+            let secret = secret_dir.join("kubeconfig");
+            std::fs::copy(&w.dev.kubeconfig, &secret).expect("copy");
+            let out = w.cli_sudo(&[
+                "connect",
+                "kube",
+                "--kubeconfig",
+                &secret.display().to_string(),
+            ]);
+            assert!(
+                !out.success() && out.stderr.contains("Permission denied"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+            let calls = plugin_uids(&w).len();
+            let kubeconfig = w.dev.kubeconfig.display().to_string();
+            let out = w.cli_sudo(&["connect", "kube", "--kubeconfig", &kubeconfig]);
+            assert!(
+                out.success() && out.stdout.contains("kube connected"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+            let uids = plugin_uids(&w);
+            assert_eq!(uids.len(), calls + 1);
+            assert!(
+                uids.iter().all(|u| *u == USER_ID.to_string()),
+                "the plugin never ran as root: {uids:?}"
             );
         }),
     );

@@ -130,6 +130,10 @@ enum Command {
     },
     /// Prints the man page (generated from these definitions).
     Man(sys::ManArgs),
+    /// Internal: resolves a kubeconfig as the user `sudo netmux connect`
+    /// runs for (JSON in on stdin, out on stdout).
+    #[command(name = "__kube-credentials", hide = true)]
+    KubeCredentials,
 }
 
 fn print_rows(rows: &[Row]) {
@@ -245,6 +249,7 @@ async fn main() -> ExitCode {
         Command::Logs(a) => return sys::run_logs(a),
         Command::Completions { shell } => return sys::run_completions(*shell, &Cli::command()),
         Command::Man(a) => return sys::run_man(a, &Cli::command()),
+        Command::KubeCredentials => return netmux_daemon::cluster::credentials::serve_child(),
     };
     let mut response = control::call(&cli.socket, &request).await;
     // A Kubernetes endpoint: resolve the user's kubeconfig here, as the
@@ -262,26 +267,15 @@ async fn main() -> ExitCode {
         },
     ) = (&response, &cli.command)
     {
-        let hello_token = match token_file {
-            Some(f) => match std::fs::read_to_string(f) {
-                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
-                Ok(_) => {
-                    eprintln!("netmux: --token-file {}: empty", f.display());
-                    return ExitCode::FAILURE;
-                }
-                Err(e) => {
-                    eprintln!("netmux: --token-file {}: {e}", f.display());
-                    return ExitCode::FAILURE;
-                }
-            },
-            None => None,
+        let req = netmux_daemon::cluster::credentials::Request {
+            settings: Some(settings.clone()),
+            kubeconfig: kubeconfig.clone(),
+            context: context.clone(),
+            token_file: token_file.clone(),
+            interactive: true,
         };
-        let access = match netmux_daemon::cluster::credentials::resolve(
-            settings,
-            kubeconfig.as_deref(),
-            context.as_deref(),
-        ) {
-            Ok(a) => netmux_daemon::cluster::KubeAccess { hello_token, ..a },
+        let access = match netmux_daemon::cluster::credentials::resolve_as_user(&req) {
+            Ok(a) => a,
             Err(e) => {
                 eprintln!("netmux: {endpoint}: {e}");
                 return ExitCode::FAILURE;

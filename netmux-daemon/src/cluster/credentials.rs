@@ -114,17 +114,135 @@ pub fn read_kubeconfig(paths: &[PathBuf]) -> Result<Kubeconfig, KubeError> {
     })
 }
 
-/// Resolves `settings` (with the CLI's `--kubeconfig`/`--context`
-/// overrides) into what the daemon needs. Runs credential plugins.
-pub fn resolve(
-    settings: &KubeSettings,
-    kubeconfig: Option<&Path>,
-    context: Option<&str>,
-) -> Result<KubeAccess, KubeError> {
-    let run_as = invoking_user();
+/// What to resolve: an endpoint's settings and the CLI's overrides.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Request {
+    /// `[endpoint.kubernetes]` of the endpoint.
+    pub settings: Option<KubeSettings>,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--context`.
+    pub context: Option<String>,
+    /// `--token-file`: a netmux token for the hello, read as the user.
+    pub token_file: Option<PathBuf>,
+    /// Whether credential plugins may prompt (false for `doctor`).
+    pub interactive: bool,
+}
+
+/// Resolves as the user: in this process, or, when it runs as root
+/// through `sudo`, in a child process that has become the invoking user
+/// entirely (its groups, uid and gid: every file is read and every plugin
+/// run as that user, never as root). The child is this program's hidden
+/// `__kube-credentials` command ([`serve_child`]).
+pub fn resolve_as_user(req: &Request) -> Result<KubeAccess, KubeError> {
+    let Some(user) = invoking_user() else {
+        return resolve(req);
+    };
+    let fail = |message: String| KubeError::Exec {
+        command: "netmux __kube-credentials".into(),
+        user: user.name.clone(),
+        message,
+    };
+    let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find myself: {e}")))?;
+    let name = std::ffi::CString::new(user.name.clone())
+        .map_err(|_| fail("user name with a NUL byte".into()))?;
+    let gid = nix::unistd::Gid::from_raw(user.gid);
+    let uid = nix::unistd::Uid::from_raw(user.uid);
+    let groups = nix::unistd::getgrouplist(&name, gid)
+        .map_err(|e| fail(format!("groups of {}: {e}", user.name)))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("__kube-credentials")
+        .env("HOME", &user.home)
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: between fork and exec only the setgroups, setgid and
+        // setuid system calls run, on data prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setgroups(&groups)?;
+                nix::unistd::setgid(gid)?;
+                nix::unistd::setuid(uid)?;
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("cannot start: {e}")))?;
+    let input = serde_json::to_vec(req).map_err(|e| fail(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write as _;
+        stdin
+            .write_all(&input)
+            .map_err(|e| fail(format!("cannot send the request: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("no answer: {e}")))?;
+    let answer: ChildAnswer = serde_json::from_slice(&out.stdout).map_err(|e| {
+        fail(format!(
+            "unreadable answer ({e}); exit status {}",
+            out.status
+        ))
+    })?;
+    match answer {
+        ChildAnswer::Ok(a) => Ok(a),
+        ChildAnswer::Error(e) => Err(KubeError::Kubeconfig {
+            path: format!("(as {})", user.name),
+            message: e,
+        }),
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ChildAnswer {
+    Ok(KubeAccess),
+    Error(String),
+}
+
+/// The hidden `netmux __kube-credentials`: reads a [`Request`] (JSON) on
+/// stdin, resolves it as whoever runs it, writes the answer on stdout.
+pub fn serve_child() -> std::process::ExitCode {
+    let mut input = Vec::new();
+    let answer = match std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_slice::<Request>(&input).map_err(|e| e.to_string()))
+    {
+        Ok(req) => match resolve(&req) {
+            Ok(a) => ChildAnswer::Ok(a),
+            Err(e) => ChildAnswer::Error(e.to_string()),
+        },
+        Err(e) => ChildAnswer::Error(format!("bad request: {e}")),
+    };
+    match serde_json::to_string(&answer) {
+        Ok(s) => {
+            println!("{s}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(_) => std::process::ExitCode::FAILURE,
+    }
+}
+
+/// Resolves `req` in this process, as its user: the kubeconfig (with the
+/// CLI's overrides) into what the daemon needs. Runs credential plugins.
+pub fn resolve(req: &Request) -> Result<KubeAccess, KubeError> {
+    let settings = req.settings.clone().unwrap_or_else(|| KubeSettings {
+        kubeconfig: None,
+        context: None,
+        namespace: "netmux".into(),
+        service: "netmux-server".into(),
+        port: "quic-stream".into(),
+        api_server: None,
+    });
     let paths = kubeconfig_paths(
-        kubeconfig.or(settings.kubeconfig.as_deref()),
-        run_as.as_ref(),
+        req.kubeconfig.as_deref().or(settings.kubeconfig.as_deref()),
+        None,
     );
     let kc = read_kubeconfig(&paths)?;
     let shown = paths
@@ -132,12 +250,28 @@ pub fn resolve(
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
-    resolve_config(
+    let mut access = resolve_config(
         &kc,
         &shown,
-        context.or(settings.context.as_deref()),
-        run_as.as_ref(),
-    )
+        req.context.as_deref().or(settings.context.as_deref()),
+        None,
+        req.interactive,
+    )?;
+    if let Some(f) = &req.token_file {
+        let t = std::fs::read_to_string(f).map_err(|e| KubeError::Kubeconfig {
+            path: f.display().to_string(),
+            message: format!("--token-file: {e}"),
+        })?;
+        let t = t.trim();
+        if t.is_empty() {
+            return Err(KubeError::Kubeconfig {
+                path: f.display().to_string(),
+                message: "--token-file is empty".into(),
+            });
+        }
+        access.hello_token = Some(t.to_owned());
+    }
+    Ok(access)
 }
 
 /// [`resolve`] on a kubeconfig already read (`shown` names it in errors).
@@ -146,6 +280,7 @@ pub fn resolve_config(
     shown: &str,
     context: Option<&str>,
     run_as: Option<&RunAs>,
+    interactive: bool,
 ) -> Result<KubeAccess, KubeError> {
     let bad = |message: String| KubeError::Kubeconfig {
         path: shown.to_owned(),
@@ -198,7 +333,8 @@ pub fn resolve_config(
         None => AuthInfo::default(),
     };
     let cluster_json = inline_cluster(&cluster, &bad)?;
-    let (user_json, expires) = inline_user(&auth, &user_name, &cluster_json, run_as, &bad)?;
+    let (user_json, expires) =
+        inline_user(&auth, &user_name, &cluster_json, run_as, interactive, &bad)?;
     let mut context_json = json!({"cluster": "netmux", "user": "user"});
     if let Some(ns) = &ctx.namespace {
         context_json["namespace"] = json!(ns);
@@ -258,6 +394,7 @@ fn inline_user(
     user_name: &str,
     cluster: &Value,
     run_as: Option<&RunAs>,
+    interactive: bool,
     bad: &dyn Fn(String) -> KubeError,
 ) -> Result<(Value, Option<String>), KubeError> {
     // kube keeps secrets (token, key, password) in secrecy strings; its
@@ -267,7 +404,7 @@ fn inline_user(
     let mut out = serde_json::Map::new();
     let mut expires = None;
     if let Some(exec) = &a.exec {
-        let cred = run_exec(exec, user_name, cluster, run_as)?;
+        let cred = run_exec(exec, user_name, cluster, run_as, interactive)?;
         if let Some(t) = cred.token {
             out.insert("token".into(), json!(t));
         }
@@ -445,6 +582,7 @@ fn run_exec(
     user: &str,
     cluster: &Value,
     run_as: Option<&RunAs>,
+    may_prompt: bool,
 ) -> Result<ExecStatus, KubeError> {
     let command = exec.command.clone().unwrap_or_default();
     let fail = |message: String| KubeError::Exec {
@@ -459,8 +597,9 @@ fn run_exec(
         .api_version
         .clone()
         .unwrap_or_else(|| "client.authentication.k8s.io/v1".into());
-    let interactive =
-        exec.interactive_mode != Some(ExecInteractiveMode::Never) && std::io::stdin().is_terminal();
+    let interactive = may_prompt
+        && exec.interactive_mode != Some(ExecInteractiveMode::Never)
+        && std::io::stdin().is_terminal();
     if exec.interactive_mode == Some(ExecInteractiveMode::Always) && !interactive {
         return Err(fail(
             "needs an interactive terminal (interactiveMode: Always): run `netmux connect` in a terminal".into(),
@@ -573,7 +712,7 @@ mod tests {
              contexts:\n- name: a\n  context: {cluster: c, user: u, namespace: apps}\n- name: b\n  context: {cluster: c, user: v}\n",
         );
         let cfg = read_kubeconfig(&[kc]).unwrap();
-        let a = resolve_config(&cfg, "config", None, None).unwrap();
+        let a = resolve_config(&cfg, "config", None, None, true).unwrap();
         assert_eq!(user_fields(&a)["token"], json!("tok-from-file"));
         let v: Value = serde_json::from_str(&a.kubeconfig).unwrap();
         assert_eq!(
@@ -582,9 +721,9 @@ mod tests {
         );
         assert_eq!(v["contexts"][0]["context"]["namespace"], json!("apps"));
         assert_eq!(a.describe, "a (u)");
-        let b = resolve_config(&cfg, "config", Some("b"), None).unwrap();
+        let b = resolve_config(&cfg, "config", Some("b"), None, true).unwrap();
         assert_eq!(user_fields(&b)["token"], json!("inline-tok"));
-        let e = resolve_config(&cfg, "config", Some("nope"), None)
+        let e = resolve_config(&cfg, "config", Some("nope"), None, true)
             .unwrap_err()
             .to_string();
         assert!(
@@ -613,7 +752,7 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
             ),
         );
         let cfg = read_kubeconfig(&[kc]).unwrap();
-        let a = resolve_config(&cfg, "config", None, None).unwrap();
+        let a = resolve_config(&cfg, "config", None, None, true).unwrap();
         assert_eq!(user_fields(&a)["token"], json!("exec-tok-x1"));
         assert_eq!(a.expires.as_deref(), Some("2030-01-01T00:00:00Z"));
         let fields = user_fields(&a);
@@ -647,6 +786,7 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
             "config",
             None,
             None,
+            false,
         )
         .unwrap_err()
         .to_string();
@@ -656,6 +796,7 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
             "config",
             None,
             None,
+            false,
         )
         .unwrap_err()
         .to_string();
@@ -675,6 +816,7 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
             "config",
             None,
             None,
+            false,
         )
         .unwrap();
         assert_eq!(user_fields(&a)["token"], json!("gcp-tok"));
@@ -683,6 +825,7 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
             "config",
             None,
             None,
+            false,
         )
         .unwrap_err()
         .to_string();

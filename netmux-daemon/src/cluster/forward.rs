@@ -98,6 +98,20 @@ impl KubeLink {
         let kc = Kubeconfig::from_yaml(&access.kubeconfig)
             .map_err(|e| KubeError::Refused(format!("the handed-over kubeconfig: {e}")))?;
         check_inline(&kc)?;
+        if let Some(pinned) = &settings.api_server {
+            let given: Vec<String> = kc
+                .clusters
+                .iter()
+                .filter_map(|c| c.cluster.as_ref()?.server.clone())
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .collect();
+            if given.iter().any(|u| u != pinned) || given.is_empty() {
+                return Err(KubeError::Refused(format!(
+                    "this endpoint is pinned to the API server {pinned} (api_server in [endpoint.kubernetes]), and your kubeconfig context points at {}: use --context for that cluster",
+                    given.join(", ")
+                )));
+            }
+        }
         let bearer = access.hello_token.clone().or_else(|| {
             kc.auth_infos
                 .first()
@@ -311,11 +325,62 @@ mod tests {
             ("    tokenFile: /etc/shadow\n", "file"),
             ("    client-key: /root/key\n", "file"),
             ("    auth-provider:\n      name: gcp\n", "auth-provider"),
+            ("    client-certificate: /root/cert\n", "file"),
         ] {
             let kc = Kubeconfig::from_yaml(&format!("{base}{user}")).unwrap();
             let e = check_inline(&kc).unwrap_err().to_string();
             assert!(e.contains(what), "{user}: {e}");
         }
+    }
+
+    #[test]
+    fn ca_files_are_refused() {
+        let kc = Kubeconfig::from_yaml(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://x\n    certificate-authority: /etc/shadow\n",
+        )
+        .unwrap();
+        assert!(check_inline(&kc)
+            .unwrap_err()
+            .to_string()
+            .contains("certificate-authority"));
+    }
+
+    #[tokio::test]
+    async fn a_pinned_api_server_is_enforced() {
+        let access = |server: &str| KubeAccess {
+            kubeconfig: serde_json::json!({
+                "apiVersion": "v1", "kind": "Config", "current-context": "n",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "n", "context": {"cluster": "c", "user": "u"}}],
+            })
+            .to_string(),
+            describe: "n (u)".into(),
+            expires: None,
+            hello_token: None,
+        };
+        let mut settings = KubeSettings::validate(
+            None,
+            None,
+            "netmux".into(),
+            "netmux-server".into(),
+            "quic-stream".into(),
+        )
+        .unwrap();
+        settings.api_server = Some("https://api.example.com:6443".into());
+        assert!(
+            KubeLink::new(&access("https://api.example.com:6443/"), settings.clone())
+                .await
+                .is_ok()
+        );
+        let e = KubeLink::new(&access("https://evil.example.com"), settings)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pinned") && e.contains("evil.example.com"),
+            "{e}"
+        );
     }
 
     fn pod(ready: bool, deleting: bool) -> Pod {

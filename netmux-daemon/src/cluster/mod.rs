@@ -34,6 +34,11 @@ pub struct KubeSettings {
     /// The Service port (name or number) whose target carries QUIC over
     /// TCP (the server's `stream_listen`).
     pub port: String,
+    /// If set, the only API server URL accepted from `netmux connect`: the
+    /// administrator pins the cluster every user of this endpoint reaches
+    /// (any member of the control socket's group may connect it).
+    #[serde(default)]
+    pub api_server: Option<String>,
 }
 
 impl KubeSettings {
@@ -81,6 +86,7 @@ impl KubeSettings {
             namespace,
             service,
             port,
+            api_server: None,
         })
     }
 }

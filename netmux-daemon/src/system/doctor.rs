@@ -593,50 +593,100 @@ pub fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
 pub async fn probe(cfg: &EndpointConfig, timeout: Duration) -> (Probe, Option<String>) {
     use crate::transport::Transport;
     let mut ca = cfg.ca_pem.clone();
-    let udp = match cfg.transport {
+    // A Kubernetes endpoint: the user's credentials first, as `netmux
+    // connect` resolves them; the CA may come from the cluster.
+    let link = match &cfg.kubernetes {
+        None => None,
+        Some(settings) => {
+            let step = async {
+                let link = kube_link(settings).await?;
+                if ca.is_none() {
+                    ca = Some(
+                        link.ca_pem()
+                            .await
+                            .map_err(|e| Probe::PortForward(e.to_string()))?,
+                    );
+                }
+                Ok::<_, Probe>(link)
+            };
+            match tokio::time::timeout(timeout, step).await {
+                Ok(Ok(l)) => Some(l),
+                Ok(Err(p)) => return (p, ca),
+                Err(_) => {
+                    return (
+                        Probe::PortForward(format!(
+                            "no answer from the Kubernetes API within {} s",
+                            timeout.as_secs()
+                        )),
+                        ca,
+                    )
+                }
+            }
+        }
+    };
+    let Some(pem) = ca.clone() else {
+        return (Probe::Error("no CA configured (ca_file)".into()), None);
+    };
+    let direct = match cfg.transport {
         Transport::PortForward => None,
-        Transport::Quic | Transport::Tcp | Transport::Auto => match &ca {
-            Some(pem) => Some(probe_server(cfg, pem, timeout).await),
-            None => None,
-        },
+        Transport::Quic | Transport::Tcp | Transport::Auto => {
+            Some(probe_server(cfg, &pem, timeout).await)
+        }
     };
     let forward = matches!(
-        (&udp, cfg.transport),
-        (_, Transport::PortForward)
-            | (
-                Some(Probe::Timeout(_) | Probe::Error(_)) | None,
-                Transport::Auto
-            )
+        (&direct, cfg.transport),
+        (_, Transport::PortForward) | (Some(Probe::Timeout(_) | Probe::Error(_)), Transport::Auto)
     );
-    if !forward {
-        return (udp.unwrap_or(Probe::Error("no CA configured".into())), ca);
+    match (direct, forward, link) {
+        (Some(p), false, _) => (p, ca),
+        (_, true, Some(link)) => {
+            let p = match tokio::time::timeout(timeout, probe_port_forward(cfg, &link, &pem)).await
+            {
+                Ok(p) => p,
+                Err(_) => {
+                    Probe::PortForward(format!("no handshake within {} s", timeout.as_secs()))
+                }
+            };
+            (p, ca)
+        }
+        _ => (
+            Probe::Error("transport needs [endpoint.kubernetes]".into()),
+            ca,
+        ),
     }
-    let p = match tokio::time::timeout(timeout, probe_port_forward(cfg, &mut ca)).await {
-        Ok(p) => p,
-        Err(_) => Probe::PortForward(format!("no handshake within {} s", timeout.as_secs())),
-    };
-    (p, ca)
 }
 
-async fn probe_port_forward(cfg: &EndpointConfig, ca: &mut Option<String>) -> Probe {
-    let Some(settings) = cfg.kubernetes.clone() else {
-        return Probe::Error("transport needs [endpoint.kubernetes]".into());
+/// The user's credentials for a Kubernetes endpoint, resolved as
+/// `netmux connect` does (plugins do not prompt here, and run off the
+/// runtime so that the probe's timeout holds even if one hangs).
+async fn kube_link(
+    settings: &crate::cluster::KubeSettings,
+) -> Result<crate::cluster::forward::KubeLink, Probe> {
+    let req = crate::cluster::credentials::Request {
+        settings: Some(settings.clone()),
+        interactive: false,
+        ..Default::default()
     };
-    let access = match crate::cluster::credentials::resolve(&settings, None, None) {
-        Ok(a) => a,
-        Err(e) => return Probe::PortForward(e.to_string()),
+    let access = match tokio::task::spawn_blocking(move || {
+        crate::cluster::credentials::resolve_as_user(&req)
+    })
+    .await
+    {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return Err(Probe::PortForward(e.to_string())),
+        Err(e) => return Err(Probe::PortForward(format!("resolving the kubeconfig: {e}"))),
     };
-    let link = match crate::cluster::forward::KubeLink::new(&access, settings).await {
-        Ok(l) => l,
-        Err(e) => return Probe::PortForward(e.to_string()),
-    };
-    if ca.is_none() {
-        match link.ca_pem().await {
-            Ok(pem) => *ca = Some(pem),
-            Err(e) => return Probe::PortForward(e.to_string()),
-        }
-    }
-    let client = match client_config(ca.as_deref().unwrap_or_default()) {
+    crate::cluster::forward::KubeLink::new(&access, settings.clone())
+        .await
+        .map_err(|e| Probe::PortForward(e.to_string()))
+}
+
+async fn probe_port_forward(
+    cfg: &EndpointConfig,
+    link: &crate::cluster::forward::KubeLink,
+    ca_pem: &str,
+) -> Probe {
+    let client = match client_config(ca_pem) {
         Ok(c) => c,
         Err(e) => return Probe::Tls(e),
     };
