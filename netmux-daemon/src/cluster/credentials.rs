@@ -332,9 +332,23 @@ pub fn resolve_config(
             })?,
         None => AuthInfo::default(),
     };
-    let cluster_json = inline_cluster(&cluster, &bad)?;
+    let mut cluster_json = inline_cluster(&cluster, &bad)?;
+    // Only for a plugin's `provideClusterInfo` (client-go passes the
+    // cluster's `client.authentication.k8s.io/exec` extension as `config`);
+    // removed before the kubeconfig goes to the daemon.
+    if let Some(ext) = cluster
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.name == "client.authentication.k8s.io/exec")
+    {
+        cluster_json["config"] = ext.extension.clone();
+    }
     let (user_json, expires) =
         inline_user(&auth, &user_name, &cluster_json, run_as, interactive, &bad)?;
+    if let Some(m) = cluster_json.as_object_mut() {
+        m.remove("config");
+    }
     let mut context_json = json!({"cluster": "netmux", "user": "user"});
     if let Some(ns) = &ctx.namespace {
         context_json["namespace"] = json!(ns);
@@ -607,11 +621,22 @@ fn run_exec(
     }
     let mut spec = json!({ "interactive": interactive });
     if exec.provide_cluster_info {
-        let mut c = json!({ "server": cluster["server"] });
-        if let Some(ca) = cluster.get("certificate-authority-data") {
-            c["certificate-authority-data"] = ca.clone();
+        // client-go's Cluster of the ExecCredential spec (same kebab-case
+        // field names as the kubeconfig).
+        let mut c = serde_json::Map::new();
+        for (from, to) in [
+            ("server", "server"),
+            ("certificate-authority-data", "certificate-authority-data"),
+            ("tls-server-name", "tls-server-name"),
+            ("insecure-skip-tls-verify", "insecure-skip-tls-verify"),
+            ("proxy-url", "proxy-url"),
+            ("config", "config"),
+        ] {
+            if let Some(v) = cluster.get(from) {
+                c.insert(to.to_owned(), v.clone());
+            }
         }
-        spec["cluster"] = c;
+        spec["cluster"] = Value::Object(c);
     }
     let info = json!({"apiVersion": api_version, "kind": "ExecCredential", "spec": spec});
     let mut cmd = std::process::Command::new(&command);
@@ -759,6 +784,32 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
         assert!(fields
             .keys()
             .all(|k| INLINE_USER_FIELDS.contains(&k.as_str())));
+    }
+
+    #[test]
+    fn plugins_get_the_cluster_when_they_ask() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plugin(
+            dir.path(),
+            r#"case "$KUBERNETES_EXEC_INFO" in *'"config":{"audience":"aud"}'*'"server":"https://10.0.0.1:6443"'*) ;; *) echo "$KUBERNETES_EXEC_INFO" >&2; exit 4;; esac
+echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"t"}}'"#,
+        );
+        let kc = write(
+            dir.path(),
+            "config",
+            &format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
+                 clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n    extensions:\n    - name: client.authentication.k8s.io/exec\n      extension: {{audience: aud}}\n\
+                 users:\n- name: u\n  user:\n    exec:\n      command: {}\n      provideClusterInfo: true\n      interactiveMode: Never\n\
+                 contexts:\n- name: a\n  context: {{cluster: c, user: u}}\n",
+                p.display()
+            ),
+        );
+        let cfg = read_kubeconfig(&[kc]).unwrap();
+        let a = resolve_config(&cfg, "config", None, None, false).unwrap();
+        assert_eq!(user_fields(&a)["token"], json!("t"));
+        // The extension was for the plugin, not for the daemon.
+        assert!(!a.kubeconfig.contains("audience"), "{}", a.kubeconfig);
     }
 
     #[test]
