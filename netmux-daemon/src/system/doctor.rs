@@ -1614,5 +1614,22 @@ mod tests {
         let c = endpoint_reachability("dev", &cfg.describe(), &p);
         assert_eq!(c.status, Status::Fail);
         assert!(c.fix.as_deref().is_some_and(|f| f.contains("UDP")), "{c:?}");
+
+        // A Kubernetes endpoint whose kubeconfig does not exist: the
+        // port-forward check fails and says where to look.
+        let text = "[[endpoint]]\nname = \"kube\"\n[endpoint.kubernetes]\nkubeconfig = \"/nonexistent/kubeconfig\"\n";
+        let cfg = Config::parse(Path::new("/t/config.toml"), text).expect("config");
+        let ep = &cfg.endpoints[0];
+        let (p, _) = probe(ep, Duration::from_secs(5)).await;
+        assert!(matches!(p, Probe::PortForward(_)), "{p:?}");
+        let c = endpoint_reachability("kube", &ep.describe(), &p);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("/nonexistent/kubeconfig"), "{c:?}");
+        assert!(
+            c.fix
+                .as_deref()
+                .is_some_and(|f| f.contains("pods/portforward")),
+            "{c:?}"
+        );
     }
 }
