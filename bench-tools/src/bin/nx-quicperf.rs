@@ -1,8 +1,9 @@
 //! `nx-quicperf`: raw quinn, one bidirectional stream, no relay: the QUIC
 //! ceiling netmux's bulk numbers are compared with. It uses netmux's own
 //! transport settings and UDP socket setup
-//! (`netmux_common::tunnel::quic`), so the only difference to netmux is the
-//! TCP relay at both ends.
+//! (`netmux_common::tunnel::quic`) but, by default, quinn's stock BBR
+//! (`--congestion quinn`), so it stays the reference netmux's own
+//! controller is measured against; `--congestion netmux` runs netmux's.
 //!
 //! `server --listen ADDR --cert-out FILE` writes its self-signed certificate
 //! to FILE and, per stream, reads to the end, then answers the byte count
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use netmux_common::tunnel::quic;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -27,8 +28,32 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Debug, Parser)]
 #[command(name = "nx-quicperf")]
 struct Cli {
+    /// Congestion controller of this end.
+    #[arg(long, value_enum, default_value_t = Congestion::Quinn, global = true)]
+    congestion: Congestion,
     #[command(subcommand)]
     mode: Mode,
+}
+
+/// Which BBR the endpoint runs.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Congestion {
+    /// quinn's `BbrConfig` (lifetime minimum RTT).
+    Quinn,
+    /// netmux's (`netmux_common::tunnel::quic::congestion`, windowed
+    /// minimum RTT), as netmuxd and netmux-server run it.
+    Netmux,
+}
+
+impl Congestion {
+    fn transport(self) -> quinn::TransportConfig {
+        match self {
+            Congestion::Quinn => {
+                quic::transport_config_with(Arc::new(quinn::congestion::BbrConfig::default()))
+            }
+            Congestion::Netmux => quic::transport_config(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,7 +85,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-async fn server(listen: SocketAddr, cert_out: PathBuf) -> anyhow::Result<()> {
+async fn server(listen: SocketAddr, cert_out: PathBuf, cc: Congestion) -> anyhow::Result<()> {
     let ck = rcgen::generate_simple_self_signed(vec!["nx-quicperf".to_owned()])?;
     let cert = CertificateDer::from(ck.cert.der().to_vec());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
@@ -71,7 +96,7 @@ async fn server(listen: SocketAddr, cert_out: PathBuf) -> anyhow::Result<()> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(quic::transport_config()));
+    config.transport_config(Arc::new(cc.transport()));
     let socket = quic::bind_udp(listen)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -109,7 +134,12 @@ async fn server(listen: SocketAddr, cert_out: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn client(connect: SocketAddr, cert: PathBuf, seconds: f64) -> anyhow::Result<()> {
+async fn client(
+    connect: SocketAddr,
+    cert: PathBuf,
+    seconds: f64,
+    cc: Congestion,
+) -> anyhow::Result<()> {
     let der = std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from(der))?;
@@ -120,7 +150,7 @@ async fn client(connect: SocketAddr, cert: PathBuf, seconds: f64) -> anyhow::Res
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(quic::transport_config()));
+    config.transport_config(Arc::new(cc.transport()));
     let bind: SocketAddr = if connect.is_ipv6() {
         "[::]:0".parse()?
     } else {
@@ -163,6 +193,7 @@ async fn client(connect: SocketAddr, cert: PathBuf, seconds: f64) -> anyhow::Res
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let cc = cli.congestion;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -172,7 +203,7 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 cert_out,
                 seconds,
-            } => tokio::time::timeout(Duration::from_secs(seconds), server(listen, cert_out))
+            } => tokio::time::timeout(Duration::from_secs(seconds), server(listen, cert_out, cc))
                 .await
                 .unwrap_or(Ok(())),
             Mode::Client {
@@ -181,7 +212,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
             } => {
                 let limit = Duration::from_secs_f64(seconds + 30.0);
-                tokio::time::timeout(limit, client(connect, cert, seconds))
+                tokio::time::timeout(limit, client(connect, cert, seconds, cc))
                     .await
                     .context("client timed out")?
             }

@@ -2,14 +2,18 @@
 //!
 //! Tuned from measurements (BENCHMARKS.md): large UDP socket buffers (the
 //! default 208 KiB receive buffer overflows at multi-Gbit/s), BBR congestion
-//! control (random loss must not collapse the tunnel), generous flow-control
-//! windows, keepalive so a dead peer is noticed within seconds.
+//! control (random loss must not collapse the tunnel) with a windowed
+//! minimum RTT ([`congestion`]: the tunnel outlives the path it was opened
+//! on), generous flow-control windows, keepalive so a dead peer is noticed
+//! within seconds.
+
+pub mod congestion;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::congestion::BbrConfig;
+use quinn::congestion::ControllerFactory;
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
 /// Keepalive interval: a PING when the connection is otherwise idle.
@@ -21,8 +25,17 @@ pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// Concurrent proxied connections one QUIC connection may carry.
 pub const MAX_STREAMS: u32 = 16 * 1024;
 
-/// The transport configuration both ends use.
+/// The transport configuration both ends use, with netmux's BBR
+/// ([`congestion::BbrConfig`]).
 pub fn transport_config() -> TransportConfig {
+    transport_config_with(Arc::new(congestion::BbrConfig::default()))
+}
+
+/// [`transport_config`] with another congestion controller (the bench's raw
+/// quinn peer runs quinn's own BBR with otherwise identical settings).
+pub fn transport_config_with(
+    congestion: Arc<dyn ControllerFactory + Send + Sync + 'static>,
+) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.keep_alive_interval(Some(KEEPALIVE));
     if let Ok(idle) = IdleTimeout::try_from(IDLE_TIMEOUT) {
@@ -33,7 +46,7 @@ pub fn transport_config() -> TransportConfig {
     t.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
     t.receive_window(VarInt::from_u32(64 * 1024 * 1024));
     t.send_window(64 * 1024 * 1024);
-    t.congestion_controller_factory(Arc::new(BbrConfig::default()));
+    t.congestion_controller_factory(congestion);
     t
 }
 

@@ -207,7 +207,7 @@ fn iperf(w: &World<'_>, addr: SocketAddr, secs: u64) -> anyhow::Result<(f64, f64
 
 fn quinn(w: &World<'_>, secs: u64) -> anyhow::Result<(f64, f64)> {
     let qp = bin("nx-quicperf")?.to_string_lossy().into_owned();
-    let args = vec![
+    let mut args = vec![
         "client".into(),
         "--connect".into(),
         w.addr(Peer::Quinn, Target::Iperf).to_string(),
@@ -216,6 +216,12 @@ fn quinn(w: &World<'_>, secs: u64) -> anyhow::Result<(f64, f64)> {
         "--seconds".into(),
         secs.to_string(),
     ];
+    if let Some(cc) = std::env::var_os("NETMUX_BENCH_QUINN_CC") {
+        // Experiment: the sender runs `--congestion netmux` (netmux's BBR)
+        // instead of quinn's stock BBR.
+        args.push("--congestion".into());
+        args.push(cc.to_string_lossy().into_owned());
+    }
     let out = ws_exec(w, &qp, &args, Duration::from_secs(secs + 40))?;
     let v: serde_json::Value = serde_json::from_str(out.trim()).context("nx-quicperf JSON")?;
     Ok((
@@ -235,7 +241,7 @@ fn bulk(w: &World<'_>, peer: Peer, secs: u64) -> anyhow::Result<(f64, f64)> {
 
 const IPERF_CMD: &str =
     "iperf3 -c ADDR -p PORT -t {T} -J (one TCP stream; server `iperf3 -s` in the cluster)";
-const QUINN_CMD: &str = "nx-quicperf client --connect CLUSTER:7600 --cert CERT --seconds {T} (one QUIC stream, netmux-common transport settings)";
+const QUINN_CMD: &str = "nx-quicperf client --connect CLUSTER:7600 --cert CERT --seconds {T} (one QUIC stream, netmux-common transport settings, quinn's stock BBR)";
 
 /// 1 (bulk, lan) and 9 (CPU per GiB, from the same runs).
 fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
