@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(size_of::<ServiceKey>(), 16 + 2 + 1 + 1);
         assert_eq!(size_of::<ListenerTarget>(), 16 + 2 + 2);
         assert_eq!(size_of::<OriginalDst>(), 16 + 2 + 2);
-        assert_eq!(size_of::<RedirectConfig>(), 4);
+        assert_eq!(size_of::<RedirectConfig>(), 8);
     }
 
     #[test]

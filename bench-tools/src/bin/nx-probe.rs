@@ -8,6 +8,11 @@
 //! * `idle`: opens N connections, echoes once on each, holds them, reads
 //!   the RSS of the given processes, echoes again on every one.
 //! * `connect-close`: connect() + close() N times (no data), total time.
+//! * `connect-paired`: the eBPF redirect's own cost, paired per sample:
+//!   connect()+close() to the listener from outside the hooked cgroup, to
+//!   the service from inside it (redirected to that listener), and to the
+//!   listener from inside (a lookup miss), in random order each round; the
+//!   process moves itself between the cgroups between timings.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -62,6 +67,24 @@ enum Mode {
         addr: SocketAddr,
         #[arg(long, default_value_t = 2000)]
         count: usize,
+    },
+    ConnectPaired {
+        /// The cgroup the hooks are attached to.
+        #[arg(long)]
+        inside: std::path::PathBuf,
+        /// A cgroup without the hooks (e.g. the hierarchy's root).
+        #[arg(long)]
+        outside: std::path::PathBuf,
+        /// The service's cluster address (redirected inside).
+        #[arg(long)]
+        service: SocketAddr,
+        /// The daemon's listener the service is redirected to.
+        #[arg(long)]
+        listener: SocketAddr,
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -253,6 +276,104 @@ fn connect_close(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Moves this process into `cgroup`.
+fn enter(cgroup: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
+        .with_context(|| format!("moving into {}", cgroup.display()))
+}
+
+fn time_connect(addr: SocketAddr) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let s =
+        TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connect {addr}"))?;
+    drop(s);
+    Ok(t.elapsed().as_secs_f64() * 1e6)
+}
+
+/// xorshift64*: the shuffle needs no more.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Median of the paired differences and its 95% bootstrap interval.
+fn paired(diffs: &[f64], rng: &mut Rng) -> (f64, f64, f64) {
+    let mut d = diffs.to_vec();
+    let m = median(&mut d);
+    let mut boots = Vec::with_capacity(1000);
+    let mut sample = vec![0.0; diffs.len()];
+    for _ in 0..1000 {
+        for x in sample.iter_mut() {
+            *x = diffs[(rng.next() % diffs.len() as u64) as usize];
+        }
+        boots.push(median(&mut sample));
+    }
+    boots.sort_by(f64::total_cmp);
+    (m, boots[25], boots[974])
+}
+
+fn connect_paired(
+    inside: &std::path::Path,
+    outside: &std::path::Path,
+    service: SocketAddr,
+    listener: SocketAddr,
+    count: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
+    // (cgroup, address): direct (no hook), redirected, lookup miss.
+    let cases = [(outside, listener), (inside, service), (inside, listener)];
+    let mut rng = Rng(seed.max(1));
+    let mut t: [Vec<f64>; 3] = [vec![], vec![], vec![]];
+    // Warm-up round, not kept.
+    for (cg, addr) in cases {
+        enter(cg)?;
+        time_connect(addr)?;
+    }
+    for _ in 0..count {
+        let mut order = [0usize, 1, 2];
+        for i in (1..3).rev() {
+            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        }
+        for k in order {
+            let (cg, addr) = cases[k];
+            enter(cg)?;
+            t[k].push(time_connect(addr)?);
+        }
+    }
+    enter(outside)?;
+    let redirect: Vec<f64> = t[1].iter().zip(&t[0]).map(|(b, a)| b - a).collect();
+    let miss: Vec<f64> = t[2].iter().zip(&t[0]).map(|(c, a)| c - a).collect();
+    let (rd, rlo, rhi) = paired(&redirect, &mut rng);
+    let (md, mlo, mhi) = paired(&miss, &mut rng);
+    let [mut a, mut b, mut c] = t;
+    let base = median(&mut a);
+    println!(
+        "{{\"count\":{count},\"direct_us\":{base:.3},\"redirected_us\":{:.3},\"miss_us\":{:.3},\
+         \"redirect_delta_us\":[{rd:.3},{rlo:.3},{rhi:.3}],\"miss_delta_us\":[{md:.3},{mlo:.3},{mhi:.3}]}}",
+        median(&mut b),
+        median(&mut c),
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.mode {
@@ -276,5 +397,13 @@ fn main() -> anyhow::Result<()> {
             .build()?
             .block_on(idle(addr, count, rss, hold_secs)),
         Mode::ConnectClose { addr, count } => connect_close(addr, count),
+        Mode::ConnectPaired {
+            inside,
+            outside,
+            service,
+            listener,
+            count,
+            seed,
+        } => connect_paired(&inside, &outside, service, listener, count, seed),
     }
 }

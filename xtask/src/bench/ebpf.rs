@@ -4,7 +4,9 @@
 //! backend). connect()+close is timed to the service's cluster address from
 //! inside the cgroup (rewritten by the hook to netmuxd's listener) and to
 //! that listener dialled directly from outside the cgroup (no hook), and,
-//! for the cost of a lookup miss, to the listener from inside.
+//! for the cost of a lookup miss, to the listener from inside: paired per
+//! round by one process (`nx-probe connect-paired`), with the paired
+//! difference's bootstrap interval in the notes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -91,56 +93,77 @@ pub fn scenario8(s: &Settings) -> anyhow::Result<Table> {
     sb.wait_for_tcp(Side::Workstation, listener, Duration::from_secs(10))?;
     let probe = bin("nx-probe")?.to_string_lossy().into_owned();
     let count = if s.quick { 2_000 } else { 10_000 };
-    let run = |inside: bool, addr: SocketAddr| -> anyhow::Result<f64> {
-        let args = vec![
-            "connect-close".to_owned(),
-            "--addr".into(),
-            addr.to_string(),
+    let outside = cg
+        .path()
+        .parent()
+        .context("the child cgroup has a parent")?
+        .to_path_buf();
+    // One process times all three cases, paired per round in random order,
+    // moving itself between the hooked cgroup and its parent: drift and
+    // background load hit every case alike, and the difference of each
+    // pair isolates the hook from the tunnel behind the listener.
+    let run = |seed: usize| -> anyhow::Result<serde_json::Value> {
+        let args = [
+            "connect-paired".to_owned(),
+            "--inside".into(),
+            cg.path().display().to_string(),
+            "--outside".into(),
+            outside.display().to_string(),
+            "--service".into(),
+            service.to_string(),
+            "--listener".into(),
+            listener.to_string(),
             "--count".into(),
             count.to_string(),
+            "--seed".into(),
+            (seed + 1).to_string(),
         ];
-        let out = if inside {
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            sb.process(Side::Workstation, "probe-in-cgroup", "sh")
-                .args(cg.wrap(&probe, &a))
-                .run(Duration::from_secs(120))?
-                .ok()?
-        } else {
-            sb.exec(Side::Workstation, &probe, &args, Duration::from_secs(120))?
-        };
-        let v: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
-        let total = v["total_seconds"].as_f64().context("total_seconds")?;
-        Ok(total / count as f64 * 1e6)
+        let out = sb.exec(Side::Workstation, &probe, &args, Duration::from_secs(300))?;
+        Ok(serde_json::from_str(out.stdout.trim())?)
     };
-    let cases: [(&'static str, bool, SocketAddr); 3] = [
-        ("redirected: cluster address, in cgroup", true, service),
-        ("listener dialled directly, no hook", false, listener),
-        (
-            "listener from inside the cgroup (hook miss)",
-            true,
-            listener,
-        ),
+    let cases: [(&'static str, &'static str); 3] = [
+        ("redirected: cluster address, in cgroup", "redirected_us"),
+        ("listener dialled directly, no hook", "direct_us"),
+        ("listener from inside the cgroup (hook miss)", "miss_us"),
     ];
     let mut rows: Vec<Row> = cases
         .iter()
-        .map(|(label, _, _)| Row {
+        .map(|(label, _)| Row {
             peer: Peer::Netmux,
             label: Some(label),
             outcome: Outcome::Values(Vec::new()),
             extra: Vec::new(),
         })
         .collect();
-    // Warm-up, then interleaved repetitions.
-    let _ = run(true, service);
-    for _ in 0..s.reps.max(3) {
-        for (row, (_, inside, addr)) in rows.iter_mut().zip(cases) {
-            if let Outcome::Values(v) = &mut row.outcome {
-                match run(inside, addr) {
-                    Ok(us) => v.push(us),
-                    Err(e) => {
-                        row.outcome = Outcome::Failed(format!("{e:#}").chars().take(300).collect())
+    let mut paired_notes = Vec::new();
+    for rep in 0..s.reps.max(3) {
+        match run(rep) {
+            Ok(v) => {
+                for (row, (_, key)) in rows.iter_mut().zip(cases) {
+                    if let (Outcome::Values(vals), Some(x)) = (&mut row.outcome, v[key].as_f64()) {
+                        vals.push(x);
                     }
                 }
+                let d = |k: &str, i: usize| v[k][i].as_f64().unwrap_or(f64::NAN);
+                let base = v["direct_us"].as_f64().unwrap_or(f64::NAN);
+                paired_notes.push(format!(
+                    "rep {}: redirected − direct, paired median {:+.2} µs (95% CI {:+.2} … {:+.2} µs) = {:+.1}% of direct's {base:.1} µs (CI upper bound {:+.1}%); hook miss − direct {:+.2} µs (CI {:+.2} … {:+.2})",
+                    rep + 1,
+                    d("redirect_delta_us", 0),
+                    d("redirect_delta_us", 1),
+                    d("redirect_delta_us", 2),
+                    d("redirect_delta_us", 0) / base * 100.0,
+                    d("redirect_delta_us", 2) / base * 100.0,
+                    d("miss_delta_us", 0),
+                    d("miss_delta_us", 1),
+                    d("miss_delta_us", 2),
+                ));
+            }
+            Err(e) => {
+                for row in &mut rows {
+                    row.outcome = Outcome::Failed(format!("{e:#}").chars().take(300).collect());
+                }
+                break;
             }
         }
     }
@@ -160,18 +183,21 @@ pub fn scenario8(s: &Settings) -> anyhow::Result<Table> {
         rows,
         extra_cols: vec!["vs listener dialled directly".into()],
         commands: vec![format!(
-            "nx-probe connect-close --addr ADDR:{PORT} --count {count} (in the cgroup via `sh -c 'echo $$ > CG/cgroup.procs && exec …'`)"
+            "nx-probe connect-paired --inside CG --outside CG/.. --service {service} --listener {listener} --count {count} --seed REP"
         )],
         load: (load, loadavg()),
         link_check: "lan (bare veth; the connects stay in the workstation namespace)".into(),
         notes: vec![format!(
             "netmuxd with `redirect = \"ebpf\"` attached to a private child cgroup; service {service}, \
-             listener {listener}. Each figure is total time / {count} connects."
+             listener {listener}. Each figure is the median of {count} connect()+close() of one rep; the three \
+             cases are timed in random order within each round by one process that moves itself between the \
+             hooked cgroup and its parent."
         )],
     };
     drop(nm);
     drop(cg);
     t.notes
         .push("Overhead = redirected vs listener dialled directly.".into());
+    t.notes.extend(paired_notes);
     Ok(t)
 }
