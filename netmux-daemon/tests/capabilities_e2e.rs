@@ -51,7 +51,7 @@ use std::time::Duration;
 use netmux_daemon::system::install::{self, Init};
 use netmux_testbed::cgroup::ChildCgroup;
 use netmux_testbed::netmux::{services_toml, Layout, ServiceSpec, ENDPOINT, TOKEN};
-use netmux_testbed::{bin, wait_for_file, wait_until, Process, Sandbox, Side};
+use netmux_testbed::{bin, wait_until, Process, Sandbox, Side};
 use serde_json::Value;
 
 /// Bound on every wait and command.
@@ -384,21 +384,7 @@ fn start_cluster(sb: &Sandbox) -> Cluster {
     )
     .expect("services file");
     std::fs::write(&layout.server_config, layout.server_toml()).expect("server config");
-    let server = sb
-        .process(
-            Side::Cluster,
-            "netmux-server",
-            bin("netmux-server").expect("netmux-server"),
-        )
-        .arg("--config")
-        .arg(&layout.server_config)
-        .spawn()
-        .expect("netmux-server");
-    if let Err(e) = wait_for_file(&layout.ca_file(), T)
-        .and_then(|()| sb.wait_for_tcp(Side::Cluster, layout.http, T))
-    {
-        panic!("netmux-server did not start: {e}\n{}", server.log());
-    }
+    let server = netmux_testbed::netmux::start_server(sb, &layout).expect("netmux-server");
     let backend = sb
         .process(Side::Cluster, "echo-web", bin("nx-echo").expect("nx-echo"))
         .args(["http", "--listen", &web.target().to_string()])

@@ -45,7 +45,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use netmux_testbed::netmux::{Layout, ServiceSpec, ENDPOINT, LOOPBACK, TOKEN};
-use netmux_testbed::{bin, wait_for_file, wait_until, Process, Sandbox, Side};
+use netmux_testbed::{bin, wait_until, Process, Sandbox, Side};
 use serde_json::{Map, Value};
 
 /// Bound on every wait and command.
@@ -486,21 +486,7 @@ fn start_cluster(sb: &Sandbox) -> Cluster {
         layout.ca_file().display().to_string(),
     ));
     std::fs::write(&layout.daemon_config, daemon).expect("daemon config");
-    let server = sb
-        .process(
-            Side::Cluster,
-            "netmux-server",
-            bin("netmux-server").expect("netmux-server"),
-        )
-        .arg("--config")
-        .arg(&layout.server_config)
-        .spawn()
-        .expect("netmux-server");
-    if let Err(e) = wait_for_file(&layout.ca_file(), T)
-        .and_then(|()| sb.wait_for_tcp(Side::Cluster, layout.http, T))
-    {
-        panic!("netmux-server did not start: {e}\n{}", server.log());
-    }
+    let server = netmux_testbed::netmux::start_server(sb, &layout).expect("netmux-server");
     let backend = sb
         .process(Side::Cluster, "echo-web", bin("nx-echo").expect("nx-echo"))
         .args(["http", "--listen", &web.target().to_string()])

@@ -407,20 +407,7 @@ impl<'a> Deployment<'a> {
         let toml = layout.daemon_toml(&sb.ws_hosts_file(), TOKEN, &extra)
             + "default_namespace = \"demo\"\n";
         std::fs::write(&layout.daemon_config, toml).expect("daemon.toml");
-        let server = sb
-            .process(
-                Side::Cluster,
-                "netmux-server",
-                bin("netmux-server").expect("bin"),
-            )
-            .arg("--config")
-            .arg(&layout.server_config)
-            .env("RUST_LOG", "info")
-            .spawn()
-            .expect("netmux-server");
-        wait_for_file(&layout.ca_file(), T)
-            .and_then(|()| sb.wait_for_tcp(Side::Cluster, layout.http, T))
-            .unwrap_or_else(|e| panic!("netmux-server did not start: {e}\n{}", server.log()));
+        let server = netmux_testbed::netmux::start_server(sb, &layout).expect("netmux-server");
         let daemon = iso
             .process("netmuxd", bin("netmuxd").expect("bin"))
             .arg("--config")

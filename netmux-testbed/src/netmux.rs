@@ -240,6 +240,26 @@ impl Layout {
     }
 }
 
+/// Starts `netmux-server --config layout.server_config` in the cluster
+/// namespace and waits until its CA exists and its HTTP port accepts.
+pub fn start_server(sb: &Sandbox, layout: &Layout) -> Result<Process> {
+    let server = sb
+        .process(Side::Cluster, "netmux-server", bin("netmux-server")?)
+        .arg("--config")
+        .arg(&layout.server_config)
+        .env("RUST_LOG", log_filter())
+        .spawn()?;
+    let started = wait_for_file(&layout.ca_file(), START_TIMEOUT)
+        .and_then(|()| sb.wait_for_tcp(Side::Cluster, layout.http, START_TIMEOUT));
+    if let Err(e) = started {
+        return Err(Error::Check(format!(
+            "netmux-server did not start: {e}\n{}",
+            server.log()
+        )));
+    }
+    Ok(server)
+}
+
 /// A running netmux deployment in a sandbox. Processes are killed on drop.
 #[derive(Debug)]
 pub struct Netmux<'a> {
@@ -300,20 +320,7 @@ impl<'a> Netmux<'a> {
             &layout.daemon_config,
             &layout.daemon_toml(&sb.ws_hosts_file(), token, daemon_extra),
         )?;
-        let server = sb
-            .process(Side::Cluster, "netmux-server", bin("netmux-server")?)
-            .arg("--config")
-            .arg(&layout.server_config)
-            .env("RUST_LOG", log_filter())
-            .spawn()?;
-        let started = wait_for_file(&layout.ca_file(), START_TIMEOUT)
-            .and_then(|()| sb.wait_for_tcp(Side::Cluster, layout.http, START_TIMEOUT));
-        if let Err(e) = started {
-            return Err(Error::Check(format!(
-                "netmux-server did not start: {e}\n{}",
-                server.log()
-            )));
-        }
+        let server = start_server(sb, &layout)?;
         let daemon = sb
             .process(Side::Workstation, "netmuxd", bin("netmuxd")?)
             .arg("--config")

@@ -461,33 +461,30 @@ fn inline_user(
             out.insert("token".into(), json!(t.trim()));
         }
     }
-    if !out.contains_key("client-certificate-data") {
-        match (&a.client_certificate_data, &a.client_certificate) {
-            (Some(d), _) => {
-                out.insert("client-certificate-data".into(), json!(d));
-            }
-            (None, Some(f)) => {
-                out.insert(
-                    "client-certificate-data".into(),
-                    json!(read_b64(f, "client-certificate", bad)?),
-                );
-            }
-            (None, None) => {}
+    // Exec credentials win; else the kubeconfig's data, else its file.
+    for (key, data, file, what) in [
+        (
+            "client-certificate-data",
+            a.client_certificate_data.clone(),
+            &a.client_certificate,
+            "client-certificate",
+        ),
+        (
+            "client-key-data",
+            secret("client-key-data"),
+            &a.client_key,
+            "client-key",
+        ),
+    ] {
+        if out.contains_key(key) {
+            continue;
         }
-    }
-    if !out.contains_key("client-key-data") {
-        match (secret("client-key-data"), &a.client_key) {
-            (Some(d), _) => {
-                out.insert("client-key-data".into(), json!(d));
-            }
-            (None, Some(f)) => {
-                out.insert(
-                    "client-key-data".into(),
-                    json!(read_b64(f, "client-key", bad)?),
-                );
-            }
-            (None, None) => {}
-        }
+        let value = match (data, file) {
+            (Some(d), _) => d,
+            (None, Some(f)) => read_b64(f, what, bad)?,
+            (None, None) => continue,
+        };
+        out.insert(key.into(), json!(value));
     }
     if let (Some(u), Some(p)) = (&a.username, secret("password")) {
         out.insert("username".into(), json!(u));
@@ -734,7 +731,9 @@ mod tests {
             "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
              clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n    certificate-authority: ca.crt\n\
              users:\n- name: u\n  user:\n    tokenFile: token\n- name: v\n  user:\n    token: inline-tok\n\
-             contexts:\n- name: a\n  context: {cluster: c, user: u, namespace: apps}\n- name: b\n  context: {cluster: c, user: v}\n",
+             - name: w\n  user:\n    client-certificate: cert.pem\n    client-key: key.pem\n\
+             contexts:\n- name: a\n  context: {cluster: c, user: u, namespace: apps}\n- name: b\n  context: {cluster: c, user: v}\n\
+             - name: w\n  context: {cluster: c, user: w}\n",
         );
         let cfg = read_kubeconfig(&[kc]).unwrap();
         let a = resolve_config(&cfg, "config", None, None, true).unwrap();
@@ -748,11 +747,17 @@ mod tests {
         assert_eq!(a.describe, "a (u)");
         let b = resolve_config(&cfg, "config", Some("b"), None, true).unwrap();
         assert_eq!(user_fields(&b)["token"], json!("inline-tok"));
-        let e = resolve_config(&cfg, "config", Some("nope"), None, true)
+        write(dir.path(), "cert.pem", "CERT");
+        write(dir.path(), "key.pem", "KEY");
+        let w = resolve_config(&cfg, "config", Some("w"), None, true).unwrap();
+        let f = user_fields(&w);
+        assert_eq!(f["client-certificate-data"], json!("Q0VSVA=="));
+        assert_eq!(f["client-key-data"], json!("S0VZ"));
+                let e = resolve_config(&cfg, "config", Some("nope"), None, true)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("no context \"nope\"") && e.contains("[a, b]"),
+            e.contains("no context \"nope\"") && e.contains("[a, b, w]"),
             "{e}"
         );
     }
