@@ -753,7 +753,7 @@ mod tests {
         let f = user_fields(&w);
         assert_eq!(f["client-certificate-data"], json!("Q0VSVA=="));
         assert_eq!(f["client-key-data"], json!("S0VZ"));
-                let e = resolve_config(&cfg, "config", Some("nope"), None, true)
+        let e = resolve_config(&cfg, "config", Some("nope"), None, true)
             .unwrap_err()
             .to_string();
         assert!(
