@@ -314,6 +314,11 @@ impl Daemon {
                 message: format!("{name} is already connected"),
             });
         }
+        // Which kubeconfig context and user, so that `netmux connect`
+        // says whose credentials it used.
+        let credentials: Option<String> = kube
+            .as_ref()
+            .map(|k| k.describe.chars().filter(|c| !c.is_control()).collect());
         let endpoint = Endpoint::start(cfg, self.metrics.clone(), kube);
         let mut catalog = endpoint.watch_catalog();
         let mut status = endpoint.watch_status();
@@ -345,7 +350,10 @@ impl Daemon {
         let first = self.wait_first_outcome(name).await;
         Ok(Reply::Done {
             message: match first {
-                EndpointStatus::Connected { server, .. } => format!("{name} connected to {server}"),
+                EndpointStatus::Connected { server, .. } => match &credentials {
+                    Some(who) => format!("{name} connected to {server} as {who}"),
+                    None => format!("{name} connected to {server}"),
+                },
                 EndpointStatus::Down { error } => {
                     format!("{name} is not up yet ({error}); retrying in the background")
                 }

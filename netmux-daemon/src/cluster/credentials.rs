@@ -438,11 +438,28 @@ fn inline_user(
     }
     if let Some(p) = &a.auth_provider {
         let token = match p.name.as_str() {
-            "oidc" => p.config.get("id-token").cloned().ok_or_else(|| {
-                bad(format!(
-                    "user {user_name:?}: the oidc auth-provider has no id-token yet: run any kubectl command once to log in"
-                ))
-            })?,
+            "oidc" => {
+                let token = p.config.get("id-token").cloned().ok_or_else(|| {
+                    bad(format!(
+                        "user {user_name:?}: the oidc auth-provider has no id-token yet: run any kubectl command once to log in"
+                    ))
+                })?;
+                // kubectl would refresh it; here it would only fail later
+                // as a 401 in the daemon.
+                if let Some(exp) = jwt_expiry(&token) {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    if exp <= now {
+                        return Err(bad(format!(
+                            "user {user_name:?}: the oidc id-token expired {} s ago: run any kubectl command once to refresh it, then netmux connect again",
+                            now - exp
+                        )));
+                    }
+                }
+                token
+            }
             "gcp" => gcp_token(&p.config, user_name, run_as)?,
             other => {
                 return Err(bad(format!(
@@ -497,6 +514,15 @@ fn inline_user(
         out.insert("as-groups".into(), json!(v));
     }
     Ok((Value::Object(out), expires))
+}
+
+/// The `exp` claim (seconds since the epoch) of a JWT, if it is one.
+fn jwt_expiry(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<Value>(&bytes).ok()?["exp"].as_u64()
 }
 
 /// The legacy `gcp` auth-provider, as kube and client-go read it: the
@@ -815,6 +841,41 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
         assert_eq!(user_fields(&a)["token"], json!("t"));
         // The extension was for the plugin, not for the daemon.
         assert!(!a.kubeconfig.contains("audience"), "{}", a.kubeconfig);
+    }
+
+    #[test]
+    fn expired_oidc_tokens_are_caught_here() {
+        let jwt = |exp: u64| {
+            let b = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+            format!(
+                "{}.{}.sig",
+                b("{\"alg\":\"RS256\"}"),
+                b(&format!("{{\"exp\":{exp}}}"))
+            )
+        };
+        assert_eq!(jwt_expiry(&jwt(42)), Some(42));
+        assert_eq!(jwt_expiry("not-a-jwt"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |token: &str| {
+            let kc = write(
+                dir.path(),
+                "config",
+                &format!(
+                    "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
+                     clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n\
+                     users:\n- name: u\n  user:\n    auth-provider:\n      name: oidc\n      config:\n        id-token: {token}\n\
+                     contexts:\n- name: a\n  context: {{cluster: c, user: u}}\n"
+                ),
+            );
+            read_kubeconfig(&[kc]).unwrap()
+        };
+        let e = resolve_config(&cfg(&jwt(1000)), "config", None, None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expired") && e.contains("kubectl"), "{e}");
+        let fresh = jwt(4_000_000_000);
+        let a = resolve_config(&cfg(&fresh), "config", None, None, false).unwrap();
+        assert_eq!(user_fields(&a)["token"], json!(fresh));
     }
 
     #[test]
