@@ -127,15 +127,6 @@ fn cap_list(mask: u64) -> Vec<&'static str> {
         .collect()
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 /// Why the tests cannot run here, if they cannot.
 fn missing_prerequisite() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
@@ -144,19 +135,12 @@ fn missing_prerequisite() -> Option<String> {
     if !netmux_daemon::redirect::ebpf::programs_built() {
         return Some("netmuxd was built without the eBPF programs (install bpf-linker)".into());
     }
-    for tool in [
-        "setpriv", "nsenter", "useradd", "userdel", "groupadd", "groupdel", "curl", "dig",
-    ] {
-        if which(tool).is_none() {
-            return Some(format!("{tool} not installed"));
-        }
-    }
-    for b in ["netmuxd", "netmux", "netmux-server", "nx-echo"] {
-        if let Err(e) = bin(b) {
-            return Some(format!("{e} (cargo build --workspace)"));
-        }
-    }
-    None
+    support::missing_tools(
+        &[
+            "setpriv", "nsenter", "useradd", "userdel", "groupadd", "groupdel", "curl", "dig",
+        ],
+        &["netmuxd", "netmux", "netmux-server", "nx-echo"],
+    )
 }
 
 // ------------------------------------------------------------------ unit --
@@ -246,7 +230,7 @@ const USER_PREFIX: &str = "nxcapd";
 const GROUP_PREFIX: &str = "nxcaps";
 
 fn tool(name: &str, args: &[&str]) -> Result<(), String> {
-    let program = which(name).ok_or(format!("{name} not installed"))?;
+    let program = support::which(name).ok_or(format!("{name} not installed"))?;
     let out = Command::new(program)
         .args(args)
         .output()

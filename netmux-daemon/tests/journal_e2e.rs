@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 
 use netmux_testbed::netmux::{Layout, ServiceSpec, ENDPOINT, LOOPBACK, TOKEN};
 use netmux_testbed::{bin, wait_until, Process, Sandbox, Side};
+
+mod support;
 use serde_json::{Map, Value};
 
 /// Bound on every wait and command.
@@ -60,15 +62,6 @@ const JOURNALD_CANDIDATES: &[&str] = &[
     "/usr/lib/systemd/systemd-journald",
 ];
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 /// Why the test cannot run here, if it cannot.
 fn missing_prerequisite() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
@@ -77,17 +70,10 @@ fn missing_prerequisite() -> Option<String> {
     if !JOURNALD_CANDIDATES.iter().any(|p| Path::new(p).is_file()) {
         return Some("systemd-journald not installed (apt-get install systemd)".into());
     }
-    for tool in ["journalctl", "unshare", "nsenter", "setpriv", "curl"] {
-        if which(tool).is_none() {
-            return Some(format!("{tool} not installed"));
-        }
-    }
-    for b in ["netmuxd", "netmux", "netmux-server", "nx-echo"] {
-        if let Err(e) = bin(b) {
-            return Some(format!("{e} (cargo build --workspace)"));
-        }
-    }
-    None
+    support::missing_tools(
+        &["journalctl", "unshare", "nsenter", "setpriv", "curl"],
+        &["netmuxd", "netmux", "netmux-server", "nx-echo"],
+    )
 }
 
 /// What a command printed, and how it ended; killed after `timeout`.

@@ -1,5 +1,6 @@
-//! Fixtures shared by the eBPF integration tests: network namespaces, a
-//! private cgroup2 mount with a child cgroup, child-process guards, bpftool.
+//! Fixtures shared by the integration tests: network namespaces, a
+//! private cgroup2 mount with a child cgroup, child-process guards, bpftool,
+//! prerequisite lookups.
 #![allow(dead_code, reason = "each test file uses a subset")]
 
 use std::fs::{self, File};
@@ -14,6 +15,29 @@ use netmux_daemon::redirect::ebpf;
 
 /// Longest a helper child process may run.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `name` on PATH, or in /usr/sbin and /sbin (not always on root's PATH
+/// under sudo or cargo).
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The first of `tools` not installed or of the workspace's `binaries` not
+/// built, as a reason to skip.
+pub fn missing_tools(tools: &[&str], binaries: &[&str]) -> Option<String> {
+    if let Some(t) = tools.iter().find(|t| which(t).is_none()) {
+        return Some(format!("{t} not installed"));
+    }
+    binaries
+        .iter()
+        .find_map(|b| netmux_testbed::bin(b).err())
+        .map(|e| format!("{e} (cargo build --workspace)"))
+}
 
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
