@@ -746,6 +746,28 @@ mod tests {
         p
     }
 
+    /// Resolves (without prompting) a kubeconfig whose only context uses
+    /// one user, given as the YAML under `user:` (4-space indented).
+    fn resolve_user(dir: &Path, user: &str) -> Result<KubeAccess, KubeError> {
+        let kc = write(
+            dir,
+            "config",
+            &format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
+                 clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n\
+                 users:\n- name: u\n  user:\n{user}\
+                 contexts:\n- name: a\n  context: {{cluster: c, user: u}}\n"
+            ),
+        );
+        resolve_config(
+            &read_kubeconfig(&[kc]).unwrap(),
+            "config",
+            None,
+            None,
+            false,
+        )
+    }
+
     #[test]
     fn files_are_inlined_and_context_chosen() {
         let dir = tempfile::tempdir().unwrap();
@@ -796,19 +818,14 @@ mod tests {
             r#"case "$KUBERNETES_EXEC_INFO" in *ExecCredential*) ;; *) exit 3;; esac
 echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"exec-tok-'"$EXTRA"'","expirationTimestamp":"2030-01-01T00:00:00Z"}}'"#,
         );
-        let kc = write(
+        let a = resolve_user(
             dir.path(),
-            "config",
             &format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
-                 clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n\
-                 users:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      env: [{{name: EXTRA, value: x1}}]\n      interactiveMode: Never\n\
-                 contexts:\n- name: a\n  context: {{cluster: c, user: u}}\n",
+                "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      env: [{{name: EXTRA, value: x1}}]\n      interactiveMode: Never\n",
                 p.display()
             ),
-        );
-        let cfg = read_kubeconfig(&[kc]).unwrap();
-        let a = resolve_config(&cfg, "config", None, None, true).unwrap();
+        )
+        .unwrap();
         assert_eq!(user_fields(&a)["token"], json!("exec-tok-x1"));
         assert_eq!(a.expires.as_deref(), Some("2030-01-01T00:00:00Z"));
         let fields = user_fields(&a);
@@ -856,25 +873,16 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
         assert_eq!(jwt_expiry(&jwt(42)), Some(42));
         assert_eq!(jwt_expiry("not-a-jwt"), None);
         let dir = tempfile::tempdir().unwrap();
-        let cfg = |token: &str| {
-            let kc = write(
+        let oidc = |token: &str| {
+            resolve_user(
                 dir.path(),
-                "config",
-                &format!(
-                    "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
-                     clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n\
-                     users:\n- name: u\n  user:\n    auth-provider:\n      name: oidc\n      config:\n        id-token: {token}\n\
-                     contexts:\n- name: a\n  context: {{cluster: c, user: u}}\n"
-                ),
-            );
-            read_kubeconfig(&[kc]).unwrap()
+                &format!("    auth-provider:\n      name: oidc\n      config:\n        id-token: {token}\n"),
+            )
         };
-        let e = resolve_config(&cfg(&jwt(1000)), "config", None, None, false)
-            .unwrap_err()
-            .to_string();
+        let e = oidc(&jwt(1000)).unwrap_err().to_string();
         assert!(e.contains("expired") && e.contains("kubectl"), "{e}");
         let fresh = jwt(4_000_000_000);
-        let a = resolve_config(&cfg(&fresh), "config", None, None, false).unwrap();
+        let a = oidc(&fresh).unwrap();
         assert_eq!(user_fields(&a)["token"], json!(fresh));
     }
 
@@ -882,39 +890,17 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
     fn bad_plugins_and_providers_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let p = plugin(dir.path(), "echo not-json");
-        let cfg = |user: &str| {
-            let kc = write(
-                dir.path(),
-                "config",
-                &format!(
-                    "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
-                     clusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443\n\
-                     users:\n- name: u\n  user:\n{user}\
-                     contexts:\n- name: a\n  context: {{cluster: c, user: u}}\n"
-                ),
-            );
-            read_kubeconfig(&[kc]).unwrap()
-        };
-        let e = resolve_config(
-            &cfg(&format!(
+        let e = resolve_user(
+            dir.path(),
+            &format!(
                 "    exec:\n      command: {}\n      interactiveMode: Never\n",
                 p.display()
-            )),
-            "config",
-            None,
-            None,
-            false,
+            ),
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("not an ExecCredential"), "{e}");
-        let e = resolve_config(
-            &cfg("    exec:\n      command: /nonexistent/plugin\n      installHint: install it with brew\n"),
-            "config",
-            None,
-            None,
-            false,
-        )
+        let e = resolve_user(dir.path(), "    exec:\n      command: /nonexistent/plugin\n      installHint: install it with brew\n")
         .unwrap_err()
         .to_string();
         assert!(
@@ -925,24 +911,15 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
             dir.path(),
             r#"echo '{"credential":{"access_token":"gcp-tok"}}'"#,
         );
-        let a = resolve_config(
-            &cfg(&format!(
+        let a = resolve_user(dir.path(), &format!(
                 "    auth-provider:\n      name: gcp\n      config:\n        cmd-path: {}\n        token-key: '{{.credential.access_token}}'\n",
                 gcp.display()
-            )),
-            "config",
-            None,
-            None,
-            false,
-        )
+            ))
         .unwrap();
         assert_eq!(user_fields(&a)["token"], json!("gcp-tok"));
-        let e = resolve_config(
-            &cfg("    auth-provider:\n      name: azure\n      config: {}\n"),
-            "config",
-            None,
-            None,
-            false,
+        let e = resolve_user(
+            dir.path(),
+            "    auth-provider:\n      name: azure\n      config: {}\n",
         )
         .unwrap_err()
         .to_string();
