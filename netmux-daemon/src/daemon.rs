@@ -273,7 +273,7 @@ impl Daemon {
                 .await
                 .map_err(|e| format!("{name}: {e}"))?,
         );
-        let describe: String = link.describe.chars().filter(|c| !c.is_control()).collect();
+        let describe = link.describe.clone();
         tracing::info!(endpoint = %name, credentials = %describe, expires = ?access.expires, "kubernetes credentials received");
         {
             let state = self.state.lock().await;
@@ -316,9 +316,7 @@ impl Daemon {
         }
         // Which kubeconfig context and user, so that `netmux connect`
         // says whose credentials it used.
-        let credentials: Option<String> = kube
-            .as_ref()
-            .map(|k| k.describe.chars().filter(|c| !c.is_control()).collect());
+        let credentials: Option<String> = kube.as_ref().map(|k| k.describe.clone());
         let endpoint = Endpoint::start(cfg, self.metrics.clone(), kube);
         let mut catalog = endpoint.watch_catalog();
         let mut status = endpoint.watch_status();

@@ -428,7 +428,9 @@ type Established = (
     String,
 );
 
-fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig, ConnectError> {
+/// The QUIC client configuration trusting `ca_pem` (TLS 1.3, netmux's ALPN
+/// and transport settings); also used by `netmux doctor`'s probes.
+pub(crate) fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig, ConnectError> {
     let mut roots = rustls::RootCertStore::empty();
     let mut reader = ca_pem.as_bytes();
     for cert in rustls_pemfile::certs(&mut reader) {
@@ -538,23 +540,9 @@ async fn port_forward(
     };
     let forward = kube_step("opening the port-forward", kube.open()).await?;
     tracing::info!(endpoint = %config.name, pod = %forward.pod, "port-forward open");
-    let local = SocketAddr::new(
-        if forward.peer.is_ipv6() {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        },
-        0,
-    );
-    let conn = crate::transport::dial_stream(
-        forward.stream,
-        local,
-        forward.peer,
-        client,
-        &config.server_name,
-    )
-    .await?;
-    Ok((conn, forward.peer))
+    let peer = forward.peer;
+    let conn = crate::transport::dial_forward(forward, client, &config.server_name).await?;
+    Ok((conn, peer))
 }
 
 /// Dials `server` over UDP from the endpoint's socket (made on first use

@@ -60,6 +60,22 @@ pub async fn dial_tcp(
     dial_stream(tcp, local, server, client, server_name).await
 }
 
+/// Runs a QUIC connection over a Kubernetes port-forward: the local end is
+/// named as loopback of the pod address's family, the far end as the pod.
+pub async fn dial_forward(
+    forward: crate::cluster::forward::Forward,
+    client: quinn::ClientConfig,
+    server_name: &str,
+) -> Result<Connection, ConnectError> {
+    let loopback: std::net::IpAddr = if forward.peer.is_ipv6() {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    };
+    let local = SocketAddr::new(loopback, 0);
+    dial_stream(forward.stream, local, forward.peer, client, server_name).await
+}
+
 /// Runs a QUIC connection over any byte stream whose other end feeds a
 /// netmux server's stream listener (a TCP connection, a port-forward).
 /// `local` and `peer` only name the two ends (same address family); the

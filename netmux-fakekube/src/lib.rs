@@ -361,11 +361,7 @@ impl FakeApi {
     fn admit(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
         let mut st = lock(&self.state);
         st.requests.push((method.to_string(), uri.to_string()));
-        let bearer = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned);
+        let bearer = bearer(headers).map(str::to_owned);
         if let Some(b) = &bearer {
             st.bearers.push(b.clone());
         }
@@ -385,6 +381,14 @@ impl FakeApi {
         }
         None
     }
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response {
@@ -917,10 +921,7 @@ async fn portforward(
     {
         let st = lock(&fake.state);
         if st.require_auth {
-            let user = headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+            let user = bearer(&headers)
                 .and_then(|b| st.tokens.get(b))
                 .map(|(u, _)| u.clone())
                 .unwrap_or_default();

@@ -52,10 +52,19 @@ pub fn invoking_user() -> Option<RunAs> {
 }
 
 /// The kubeconfig files to read: `explicit`, else `$KUBECONFIG` (a
-/// colon-separated list), else `~/.kube/config` of the user.
-pub fn kubeconfig_paths(explicit: Option<&Path>, run_as: Option<&RunAs>) -> Vec<PathBuf> {
+/// colon-separated list), else `~/.kube/config`. Called as the user
+/// ([`resolve_as_user`] has become them under sudo), so `$HOME` is theirs.
+pub fn kubeconfig_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
+    let home = || {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+    };
     if let Some(p) = explicit {
-        return vec![expand_home(p, run_as)];
+        return vec![match p.strip_prefix("~") {
+            Ok(rest) => home().join(rest),
+            Err(_) => p.to_owned(),
+        }];
     }
     if let Some(v) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
         let paths: Vec<PathBuf> = std::env::split_paths(&v)
@@ -65,23 +74,7 @@ pub fn kubeconfig_paths(explicit: Option<&Path>, run_as: Option<&RunAs>) -> Vec<
             return paths;
         }
     }
-    vec![home(run_as).join(".kube").join("config")]
-}
-
-fn home(run_as: Option<&RunAs>) -> PathBuf {
-    match run_as {
-        Some(r) => r.home.clone(),
-        None => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default(),
-    }
-}
-
-fn expand_home(p: &Path, run_as: Option<&RunAs>) -> PathBuf {
-    match p.strip_prefix("~") {
-        Ok(rest) => home(run_as).join(rest),
-        Err(_) => p.to_owned(),
-    }
+    vec![home().join(".kube").join("config")]
 }
 
 /// Reads and merges `paths` (the first file's values win, as in kubectl).
@@ -240,10 +233,7 @@ pub fn resolve(req: &Request) -> Result<KubeAccess, KubeError> {
         port: "quic-stream".into(),
         api_server: None,
     });
-    let paths = kubeconfig_paths(
-        req.kubeconfig.as_deref().or(settings.kubeconfig.as_deref()),
-        None,
-    );
+    let paths = kubeconfig_paths(req.kubeconfig.as_deref().or(settings.kubeconfig.as_deref()));
     let kc = read_kubeconfig(&paths)?;
     let shown = paths
         .iter()
@@ -254,7 +244,6 @@ pub fn resolve(req: &Request) -> Result<KubeAccess, KubeError> {
         &kc,
         &shown,
         req.context.as_deref().or(settings.context.as_deref()),
-        None,
         req.interactive,
     )?;
     if let Some(f) = &req.token_file {
@@ -279,7 +268,6 @@ pub fn resolve_config(
     kc: &Kubeconfig,
     shown: &str,
     context: Option<&str>,
-    run_as: Option<&RunAs>,
     interactive: bool,
 ) -> Result<KubeAccess, KubeError> {
     let bad = |message: String| KubeError::Kubeconfig {
@@ -344,8 +332,7 @@ pub fn resolve_config(
     {
         cluster_json["config"] = ext.extension.clone();
     }
-    let (user_json, expires) =
-        inline_user(&auth, &user_name, &cluster_json, run_as, interactive, &bad)?;
+    let (user_json, expires) = inline_user(&auth, &user_name, &cluster_json, interactive, &bad)?;
     if let Some(m) = cluster_json.as_object_mut() {
         m.remove("config");
     }
@@ -407,7 +394,6 @@ fn inline_user(
     a: &AuthInfo,
     user_name: &str,
     cluster: &Value,
-    run_as: Option<&RunAs>,
     interactive: bool,
     bad: &dyn Fn(String) -> KubeError,
 ) -> Result<(Value, Option<String>), KubeError> {
@@ -418,7 +404,7 @@ fn inline_user(
     let mut out = serde_json::Map::new();
     let mut expires = None;
     if let Some(exec) = &a.exec {
-        let cred = run_exec(exec, user_name, cluster, run_as, interactive)?;
+        let cred = run_exec(exec, user_name, cluster, interactive)?;
         if let Some(t) = cred.token {
             out.insert("token".into(), json!(t));
         }
@@ -460,7 +446,7 @@ fn inline_user(
                 }
                 token
             }
-            "gcp" => gcp_token(&p.config, user_name, run_as)?,
+            "gcp" => gcp_token(&p.config, user_name)?,
             other => {
                 return Err(bad(format!(
                     "user {user_name:?}: auth-provider {other:?} is not supported (kubectl dropped it too): use its exec credential plugin instead (e.g. kubelogin)"
@@ -531,7 +517,6 @@ fn jwt_expiry(token: &str) -> Option<u64> {
 fn gcp_token(
     config: &std::collections::HashMap<String, String>,
     user: &str,
-    run_as: Option<&RunAs>,
 ) -> Result<String, KubeError> {
     if let Some(t) = config.get("id-token") {
         return Ok(t.clone());
@@ -566,7 +551,6 @@ fn gcp_token(
     );
     cmd.stdin(std::process::Stdio::null());
     cmd.stderr(std::process::Stdio::inherit());
-    as_user(&mut cmd, run_as);
     let out = cmd
         .output()
         .map_err(|e| fail(format!("cannot run it: {e}")))?;
@@ -590,18 +574,6 @@ fn gcp_token(
         .ok_or_else(|| fail(format!("its output has no string at token-key {key}")))
 }
 
-/// Runs `cmd` as `run_as` (the user behind sudo), with their identity in
-/// the environment.
-fn as_user(cmd: &mut std::process::Command, run_as: Option<&RunAs>) {
-    if let Some(r) = run_as {
-        use std::os::unix::process::CommandExt as _;
-        cmd.uid(r.uid).gid(r.gid);
-        cmd.env("HOME", &r.home)
-            .env("USER", &r.name)
-            .env("LOGNAME", &r.name);
-    }
-}
-
 /// What a credential plugin returned (`ExecCredential.status`).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -618,7 +590,6 @@ fn run_exec(
     exec: &ExecConfig,
     user: &str,
     cluster: &Value,
-    run_as: Option<&RunAs>,
     may_prompt: bool,
 ) -> Result<ExecStatus, KubeError> {
     let command = exec.command.clone().unwrap_or_default();
@@ -677,7 +648,6 @@ fn run_exec(
     } else {
         std::process::Stdio::null()
     });
-    as_user(&mut cmd, run_as);
     let out = cmd.output().map_err(|e| {
         let hint = exec
             .install_hint
@@ -759,13 +729,7 @@ mod tests {
                  contexts:\n- name: a\n  context: {{cluster: c, user: u}}\n"
             ),
         );
-        resolve_config(
-            &read_kubeconfig(&[kc]).unwrap(),
-            "config",
-            None,
-            None,
-            false,
-        )
+        resolve_config(&read_kubeconfig(&[kc]).unwrap(), "config", None, false)
     }
 
     #[test]
@@ -784,7 +748,7 @@ mod tests {
              - name: w\n  context: {cluster: c, user: w}\n",
         );
         let cfg = read_kubeconfig(&[kc]).unwrap();
-        let a = resolve_config(&cfg, "config", None, None, true).unwrap();
+        let a = resolve_config(&cfg, "config", None, true).unwrap();
         assert_eq!(user_fields(&a)["token"], json!("tok-from-file"));
         let v: Value = serde_json::from_str(&a.kubeconfig).unwrap();
         assert_eq!(
@@ -793,15 +757,15 @@ mod tests {
         );
         assert_eq!(v["contexts"][0]["context"]["namespace"], json!("apps"));
         assert_eq!(a.describe, "a (u)");
-        let b = resolve_config(&cfg, "config", Some("b"), None, true).unwrap();
+        let b = resolve_config(&cfg, "config", Some("b"), true).unwrap();
         assert_eq!(user_fields(&b)["token"], json!("inline-tok"));
         write(dir.path(), "cert.pem", "CERT");
         write(dir.path(), "key.pem", "KEY");
-        let w = resolve_config(&cfg, "config", Some("w"), None, true).unwrap();
+        let w = resolve_config(&cfg, "config", Some("w"), true).unwrap();
         let f = user_fields(&w);
         assert_eq!(f["client-certificate-data"], json!("Q0VSVA=="));
         assert_eq!(f["client-key-data"], json!("S0VZ"));
-        let e = resolve_config(&cfg, "config", Some("nope"), None, true)
+        let e = resolve_config(&cfg, "config", Some("nope"), true)
             .unwrap_err()
             .to_string();
         assert!(
@@ -854,7 +818,7 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
             ),
         );
         let cfg = read_kubeconfig(&[kc]).unwrap();
-        let a = resolve_config(&cfg, "config", None, None, false).unwrap();
+        let a = resolve_config(&cfg, "config", None, false).unwrap();
         assert_eq!(user_fields(&a)["token"], json!("t"));
         // The extension was for the plugin, not for the daemon.
         assert!(!a.kubeconfig.contains("audience"), "{}", a.kubeconfig);

@@ -132,7 +132,12 @@ impl KubeLink {
             client,
             settings,
             bearer,
-            describe: access.describe.clone(),
+            // Text from the client, shown in logs and replies.
+            describe: access
+                .describe
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect(),
             next: AtomicUsize::new(start),
         })
     }

@@ -7,7 +7,6 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -686,34 +685,23 @@ async fn probe_port_forward(
     link: &crate::cluster::forward::KubeLink,
     ca_pem: &str,
 ) -> Probe {
-    let client = match client_config(ca_pem) {
+    let client = match crate::endpoint::client_config(ca_pem) {
         Ok(c) => c,
-        Err(e) => return Probe::Tls(e),
+        Err(e) => return Probe::Tls(e.to_string()),
     };
     let start = std::time::Instant::now();
     let forward = match link.open().await {
         Ok(f) => f,
         Err(e) => return Probe::PortForward(e.to_string()),
     };
-    let local: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
-    match crate::transport::dial_stream(
-        forward.stream,
-        local,
-        forward.peer,
-        client,
-        &cfg.server_name,
-    )
-    .await
-    {
+    let pod = forward.pod.clone();
+    match crate::transport::dial_forward(forward, client, &cfg.server_name).await {
         Ok(conn) => {
             let chain = peer_chain(&conn);
             conn.close(0u32.into(), b"doctor");
             Probe::Ok(start.elapsed(), chain)
         }
-        Err(e) => Probe::PortForward(format!(
-            "QUIC over the port-forward to {}: {e}",
-            forward.pod
-        )),
+        Err(e) => Probe::PortForward(format!("QUIC over the port-forward to {pod}: {e}")),
     }
 }
 
@@ -729,9 +717,9 @@ async fn probe_server(cfg: &EndpointConfig, ca_pem: &str, timeout: Duration) -> 
         },
         Err(e) => return Probe::Error(format!("cannot resolve {name}: {e}")),
     };
-    let client = match client_config(ca_pem) {
+    let client = match crate::endpoint::client_config(ca_pem) {
         Ok(c) => c,
-        Err(e) => return Probe::Tls(e),
+        Err(e) => return Probe::Tls(e.to_string()),
     };
     if matches!(cfg.transport, crate::transport::Transport::Tcp) {
         let start = std::time::Instant::now();
@@ -783,27 +771,6 @@ fn peer_chain(conn: &quinn::Connection) -> Vec<Vec<u8>> {
         })
         .map(|c| c.iter().map(|d| d.to_vec()).collect())
         .unwrap_or_default()
-}
-
-fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let mut reader = ca_pem.as_bytes();
-    for cert in rustls_pemfile::certs(&mut reader) {
-        let cert = cert.map_err(|e| format!("CA PEM: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("CA certificate rejected: {e}"))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![netmux_common::proto::ALPN.to_vec()];
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
 // -------------------------------------------------------------------- clock
@@ -1556,7 +1523,7 @@ mod tests {
     #[tokio::test]
     async fn endpoint_reachable_and_not() {
         let ck = rcgen::generate_simple_self_signed(vec!["netmux-server".into()]).expect("cert");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("tls13")
@@ -1569,7 +1536,7 @@ mod tests {
         tls.alpn_protocols = vec![netmux_common::proto::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic tls");
         let server = quinn::Endpoint::server(
-            quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+            quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto)),
             (Ipv4Addr::LOCALHOST, 0).into(),
         )
         .expect("server endpoint");
