@@ -40,21 +40,14 @@ impl Meter {
     }
 
     fn labels(&self, service: Option<ServiceId>) -> (String, &'static str) {
-        let catalog = self.catalog.borrow();
-        match service.and_then(|id| catalog.get(&id)) {
-            Some(s) => (s.key(), s.direction.label()),
-            None => ("unknown".into(), "l2c"),
-        }
+        netmux_common::tunnel::udp::metric_labels(&self.catalog.borrow(), service)
     }
 }
 
 impl UdpMeter for Meter {
     fn datagram(&self, service: ServiceId, way: Way, bytes: usize) {
         let (svc, dir) = self.labels(Some(service));
-        let way = match way {
-            Way::Sent => "sent",
-            Way::Received => "received",
-        };
+        let way = way.label();
         let l = [self.endpoint.as_str(), &svc, dir, way];
         self.metrics.udp_datagrams.with_label_values(&l).inc();
         self.metrics

@@ -27,11 +27,7 @@ impl Meter {
     }
 
     fn labels(&self, service: Option<ServiceId>) -> (String, &'static str) {
-        let catalog = self.catalog.borrow();
-        match service.and_then(|id| catalog.get(&id)) {
-            Some(s) => (s.key(), s.direction.label()),
-            None => ("unknown".into(), "l2c"),
-        }
+        netmux_common::tunnel::udp::metric_labels(&self.catalog.borrow(), service)
     }
 }
 
@@ -39,10 +35,7 @@ impl UdpMeter for Meter {
     fn datagram(&self, service: ServiceId, way: Way, bytes: usize) {
         let (svc, dir) = self.labels(Some(service));
         // Server view: `sent` goes towards the daemon.
-        let way = match way {
-            Way::Sent => "sent",
-            Way::Received => "received",
-        };
+        let way = way.label();
         self.metrics
             .udp_datagrams
             .with_label_values(&[&svc, dir, way])

@@ -68,6 +68,29 @@ pub enum Way {
     Received,
 }
 
+impl Way {
+    /// The metric label: `sent` or `received`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Way::Sent => "sent",
+            Way::Received => "received",
+        }
+    }
+}
+
+/// The `service` and `direction` metric labels of a flow's service as the
+/// catalog names it (`unknown`/`l2c` once it left the catalog); both ends'
+/// UDP meters use them.
+pub fn metric_labels(
+    catalog: &crate::proto::catalog::Catalog,
+    service: Option<crate::proto::catalog::ServiceId>,
+) -> (String, &'static str) {
+    match service.and_then(|id| catalog.get(&id)) {
+        Some(s) => (s.key(), s.direction.label()),
+        None => ("unknown".into(), "l2c"),
+    }
+}
+
 /// Receives UDP accounting; implemented by each binary's metrics.
 pub trait UdpMeter: Send + Sync {
     /// A datagram of `bytes` payload for `service` moved `way`.
