@@ -17,6 +17,7 @@ pub mod control;
 pub mod datagram;
 pub mod frame;
 pub mod hello;
+pub mod open;
 pub mod session;
 pub mod stream;
 
