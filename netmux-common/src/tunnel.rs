@@ -1,5 +1,7 @@
 //! Async pieces shared by daemon and server.
+pub mod blackout;
 pub mod pipe;
 pub mod quic;
+pub mod stream;
 pub mod stream_socket;
 pub mod udp;
