@@ -20,17 +20,24 @@ use anyhow::{Context as _, Result};
 const EBPF_PACKAGE: &str = "netmux-ebpf";
 const SKIP_ENV: &str = "NETMUX_SKIP_EBPF";
 const NIGHTLY: &str = "nightly";
+/// Set by `cargo xtask` to bpf-linker's path and version, so a toolchain
+/// installed or upgraded after a stub build makes this script run again.
+const LINKER_ENV: &str = "NETMUX_BPF_LINKER";
 
 fn main() -> Result<()> {
     println!("cargo:rerun-if-env-changed={SKIP_ENV}");
+    println!("cargo:rerun-if-env-changed={LINKER_ENV}");
+    watch_toolchain();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let object = out_dir.join(EBPF_PACKAGE);
 
     if let Some(why) = skip_reason() {
         println!("cargo:warning=netmux-daemon: eBPF redirect not built ({why}); the daemon gets an empty stub object and needs the loopback redirect backend");
+        println!("cargo:rustc-env=NETMUX_EBPF_BUILD=stub: {why}");
         fs::write(&object, []).with_context(|| format!("writing stub {}", object.display()))?;
         return Ok(());
     }
+    println!("cargo:rustc-env=NETMUX_EBPF_BUILD=real");
 
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
@@ -59,6 +66,25 @@ fn main() -> Result<()> {
         object.display()
     );
     Ok(())
+}
+
+/// Makes cargo run this script again when bpf-linker appears or changes,
+/// even without `cargo xtask` (which also sets [`LINKER_ENV`]): a stub built
+/// before `cargo install bpf-linker` must never stay cached.
+fn watch_toolchain() {
+    match which::which("bpf-linker") {
+        Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
+        Err(_) => {
+            // Where `cargo install` puts it; a directory is scanned for any
+            // changed file.
+            let cargo_home = env::var_os("CARGO_HOME")
+                .map(PathBuf::from)
+                .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+            if let Some(bin) = cargo_home.map(|h| h.join("bin")).filter(|b| b.is_dir()) {
+                println!("cargo:rerun-if-changed={}", bin.display());
+            }
+        }
+    }
 }
 
 /// Why the eBPF object cannot or should not be built, if so.

@@ -228,10 +228,6 @@ mod namespace {
     const DAEMON_EXTRA: &str =
         "redirect = \"loopback\"\ndns = { listen = \"127.0.77.53:53\", method = \"none\" }\n";
 
-    fn root() -> bool {
-        nix::unistd::Uid::effective().is_root()
-    }
-
     /// What the daemon may touch in the workstation namespace.
     fn snapshot(sb: &Sandbox) -> String {
         let etc = sb.ws().etc_dir();
@@ -297,8 +293,7 @@ mod namespace {
 
     #[test]
     fn namespace_resolv_conf_at_the_daemon_short_and_full_names_cleanup_restores() {
-        if !root() {
-            eprintln!("SKIPPED namespace DNS test: needs root (network namespaces)");
+        if !netmux_testbed::prereq::require("dns_e2e::namespace_resolv_conf_at_the_daemon_short_and_full_names_cleanup_restores", netmux_testbed::prereq::root()) {
             return;
         }
         let sb = Sandbox::new().expect("sandbox");
@@ -441,8 +436,7 @@ mod namespace {
     /// other takes over, and keeps the name when the first connects again.
     #[test]
     fn namespace_first_connected_endpoint_owns_the_plain_name() {
-        if !root() {
-            eprintln!("SKIPPED namespace DNS test: needs root (network namespaces)");
+        if !netmux_testbed::prereq::require("dns_e2e::namespace_first_connected_endpoint_owns_the_plain_name", netmux_testbed::prereq::root()) {
             return;
         }
         let sb = Sandbox::new().expect("sandbox");

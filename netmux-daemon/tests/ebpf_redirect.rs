@@ -57,7 +57,7 @@ fn mapped4() -> SocketAddr {
 
 #[test]
 fn redirects_published_services_only_inside_the_cgroup() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = Fixture::new("ebpf_redirect::redirects_published_services_only_inside_the_cgroup") else { return };
     let srv4 = Server::start(&fx.netns, "127.0.0.1:0".parse().unwrap(), "hello-v4");
     let srv6 = Server::start(&fx.netns, "[::1]:0".parse().unwrap(), "hello-v6");
 
@@ -188,7 +188,7 @@ fn redirects_published_services_only_inside_the_cgroup() {
 
 #[test]
 fn sigkill_of_the_holder_detaches_the_programs() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = Fixture::new("ebpf_redirect::sigkill_of_the_holder_detaches_the_programs") else { return };
     let srv4 = Server::start(&fx.netns, "127.0.0.1:0".parse().unwrap(), "held");
 
     // The holder runs in this test's own cgroup and namespace; it only
@@ -229,7 +229,7 @@ fn sigkill_of_the_holder_detaches_the_programs() {
 
 #[test]
 fn not_a_cgroup_is_a_named_error() {
-    if skip_reason().is_some() {
+    if !netmux_testbed::prereq::require("ebpf_redirect::not_a_cgroup_is_a_named_error", skip_reason()) {
         return;
     }
     let e = EbpfRedirect::load(Path::new("/tmp")).unwrap_err();
@@ -396,28 +396,20 @@ fn skip_reason() -> Option<&'static str> {
 struct Fixture {
     // Field order is drop order: the cgroup (kills leftovers) before the
     // mount it lives in, the namespace last.
-    cgroup: CgroupDir,
-    _mount: Cgroup2Mount,
+    cgroup: ChildCgroup,
     netns: NetNs,
 }
 
 impl Fixture {
-    fn new() -> Option<Self> {
-        if let Some(why) = skip_reason() {
-            // Straight to fd 2: libtest captures `eprintln!` of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n!!!!!!!! SKIPPED eBPF redirect test: {why} !!!!!!!!\n"
-            );
+    fn new(test: &str) -> Option<Self> {
+        if !netmux_testbed::prereq::require(test, skip_reason()) {
             return None;
         }
         let name = unique_name("nxebpf");
         let netns = NetNs::new(&name);
-        let mount = Cgroup2Mount::new(&name);
-        let cgroup = CgroupDir::new(&mount.dir.join(&name));
+        let cgroup = ChildCgroup::new(&name).expect("child cgroup");
         Some(Self {
             cgroup,
-            _mount: mount,
             netns,
         })
     }

@@ -56,7 +56,7 @@ fn mapped4() -> SocketAddr {
 
 #[test]
 fn udp_redirect_unconnected_connected_and_mapped() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = Fixture::new("ebpf_udp::udp_redirect_unconnected_connected_and_mapped") else { return };
     let echo4 = Echo::start(&fx.netns, "127.0.0.1:0".parse().unwrap());
     let echo6 = Echo::start(&fx.netns, "[::1]:0".parse().unwrap());
 
@@ -199,7 +199,7 @@ fn udp_redirect_unconnected_connected_and_mapped() {
 
 #[test]
 fn tcp_and_udp_entries_are_distinct() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = Fixture::new("ebpf_udp::tcp_and_udp_entries_are_distinct") else { return };
     let echo = Echo::start(&fx.netns, "127.0.0.1:0".parse().unwrap());
     // A TCP listener on the same port number as the UDP echo: if the wrong
     // entry were used, the traffic would find a socket.
@@ -252,7 +252,7 @@ fn tcp_and_udp_entries_are_distinct() {
 
 #[test]
 fn udp_listener_rules() {
-    let Some(fx) = Fixture::new() else { return };
+    let Some(fx) = Fixture::new("ebpf_udp::udp_listener_rules") else { return };
     let a = Echo::start(&fx.netns, "127.0.0.1:0".parse().unwrap());
     let b = Echo::start(&fx.netns, "127.0.0.1:0".parse().unwrap());
     let mut redirect = EbpfRedirect::load(fx.cgroup.path()).expect("load eBPF redirect");
@@ -455,29 +455,21 @@ fn python3() -> Option<PathBuf> {
 struct Fixture {
     // Field order is drop order: the cgroup (kills leftovers) before the
     // mount it lives in, the namespace last.
-    cgroup: CgroupDir,
-    _mount: Cgroup2Mount,
+    cgroup: ChildCgroup,
     tcp_listeners: Mutex<Vec<TcpListener>>,
     netns: NetNs,
 }
 
 impl Fixture {
-    fn new() -> Option<Self> {
-        if let Some(why) = skip_reason() {
-            // Straight to fd 2: libtest captures `eprintln!` of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n!!!!!!!! SKIPPED eBPF UDP redirect test: {why} !!!!!!!!\n"
-            );
+    fn new(test: &str) -> Option<Self> {
+        if !netmux_testbed::prereq::require(test, skip_reason()) {
             return None;
         }
         let name = unique_name("nxudp");
         let netns = NetNs::new(&name);
-        let mount = Cgroup2Mount::new(&name);
-        let cgroup = CgroupDir::new(&mount.dir.join(&name));
+        let cgroup = ChildCgroup::new(&name).expect("child cgroup");
         Some(Self {
             cgroup,
-            _mount: mount,
             tcp_listeners: Mutex::new(Vec::new()),
             netns,
         })

@@ -503,8 +503,10 @@ fn cli(sb: &Sandbox, layout: &Layout, args: &[&str]) -> netmux_testbed::Output {
 
 #[test]
 fn structured_fields_reach_journald_and_netmux_logs_shows_them() {
-    if let Some(why) = missing_prerequisite() {
-        eprintln!("SKIPPED journal_e2e: {why}");
+    if !netmux_testbed::prereq::require(
+        "journal_e2e::structured_fields_reach_journald_and_netmux_logs_shows_them",
+        missing_prerequisite(),
+    ) {
         return;
     }
     let host_before = host_journal_dirs();
@@ -748,9 +750,12 @@ fn structured_fields_reach_journald_and_netmux_logs_shows_them() {
             let filtered = journal.netmux_logs(&["--endpoint", ENDPOINT]).join("\n");
             assert!(!filtered.contains("unit-stream-check"), "{filtered}");
         } else {
-            eprintln!(
-                "SKIPPED the _SYSTEMD_UNIT part: this test is not in the root cgroup, \
-                 so journald would not take the unit from the stream header"
+            netmux_testbed::prereq::require(
+                "journal_e2e: the _SYSTEMD_UNIT part",
+                Some(
+                    "this test is not in the root cgroup, so journald would not take the \
+                     unit from the stream header; run it from the root cgroup",
+                ),
             );
         }
 

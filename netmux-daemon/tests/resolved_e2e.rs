@@ -52,10 +52,6 @@ const UPSTREAM_ADDR: &str = "192.0.2.10";
 /// Where extracted packages are cached.
 const CACHE: &str = "/var/cache/netmux-test";
 
-fn root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 fn command_output(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if out.status.success() {
@@ -481,8 +477,10 @@ impl<'a> Deployment<'a> {
 
 #[test]
 fn resolved_split_dns_routes_the_cluster_domain_to_the_daemon_and_cleanup_restores_it() {
-    if !root() {
-        eprintln!("SKIPPED resolved e2e test: needs root (namespaces, mounts)");
+    if !netmux_testbed::prereq::require(
+        "resolved_e2e::resolved_split_dns_routes_the_cluster_domain_to_the_daemon_and_cleanup_restores_it",
+        netmux_testbed::prereq::root(),
+    ) {
         return;
     }
     let pkg = extracted_resolved().unwrap_or_else(|e| {

@@ -20,7 +20,8 @@ fn repo() -> PathBuf {
         .to_owned()
 }
 
-/// Objects of one kustomization, or `None` (loudly) without kubectl.
+/// Objects of one kustomization. Without kubectl the test fails, or with
+/// `NETMUX_ALLOW_SKIP=1` it is skipped (`None`).
 fn build(dir: &str) -> Option<Vec<Value>> {
     let out = match Command::new("kubectl")
         .arg("kustomize")
@@ -29,7 +30,13 @@ fn build(dir: &str) -> Option<Vec<Value>> {
     {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("SKIPPED: kubectl not runnable ({e}); manifests/{dir} not built");
+            netmux_testbed::prereq::require(
+                &format!("manifests: kubectl kustomize manifests/{dir}"),
+                Some(format!(
+                    "kubectl not runnable ({e}); apt-get install kubernetes-client \
+                     (cargo xtask test installs it)"
+                )),
+            );
             return None;
         }
     };

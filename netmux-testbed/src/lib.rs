@@ -34,6 +34,7 @@ pub mod check;
 mod cleanup;
 mod error;
 pub mod netmux;
+pub mod prereq;
 mod netns;
 mod process;
 mod sandbox;

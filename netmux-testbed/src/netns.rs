@@ -57,6 +57,21 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Creates namespace `name` on its own, outside a [`crate::Sandbox`]
+    /// (for tests that enter it with `setns` themselves); process logs go
+    /// to the temp dir.
+    pub fn new(name: &str) -> Result<Netns> {
+        Netns::create(name, &std::env::temp_dir())
+    }
+
+    /// A file descriptor of the namespace, for `setns(2)`.
+    pub fn open(&self) -> Result<std::os::fd::OwnedFd> {
+        let path = format!("/run/netns/{}", self.name);
+        std::fs::File::open(&path)
+            .map(Into::into)
+            .map_err(Error::io(format!("opening {path}")))
+    }
+
     /// The namespace's name (as in `ip netns list`).
     pub fn name(&self) -> &str {
         &self.name

@@ -1,17 +1,30 @@
 //! `cargo xtask demo`: netmux end to end in a two-namespace sandbox.
+//!
+//! It installs what it needs through the same prerequisite step as
+//! `cargo xtask test`, then shows, each step with its command and answer:
+//! the eBPF redirect in a cgroup the demo creates (a process reaches a
+//! Service by its cluster IP and `getpeername` shows the cluster address),
+//! a name through the embedded DNS, a static binary, UDP (`dig` against a
+//! DNS server in the cluster namespace) and C2L (a cluster client reaches a
+//! service on the workstation). Only where eBPF cannot load does it fall
+//! back to loopback, and it prints why.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use netmux_testbed::netmux::{Netmux, ServiceSpec, ENDPOINT};
-use netmux_testbed::{bin, Sandbox, Side};
+use netmux_testbed::cgroup::ChildCgroup;
+use netmux_testbed::netmux::{Netmux, ServiceSpec, ENDPOINT, TOKEN};
+use netmux_testbed::{bin, Process, Sandbox, Side};
 
+use crate::prereq::{self, EbpfBuild};
 use crate::util::cargo;
 
 const T: Duration = Duration::from_secs(20);
+/// The embedded DNS server's address in the workstation namespace.
+const DNS: &str = "127.0.77.53";
 
 fn step(msg: &str) {
     println!("\n==> {msg}");
@@ -24,22 +37,63 @@ fn show(out: &netmux_testbed::Output) {
     }
 }
 
+/// The demo's services: two TCP and one UDP L2C, one C2L.
+struct Services {
+    http: ServiceSpec,
+    tcp: ServiceSpec,
+    dns: ServiceSpec,
+    laptop: ServiceSpec,
+}
+
+impl Services {
+    fn new() -> anyhow::Result<Services> {
+        let ip = |s: &str| -> anyhow::Result<IpAddr> { Ok(s.parse()?) };
+        Ok(Services {
+            http: ServiceSpec::l2c("http-echo", ip("10.96.0.10")?, 80, 8080),
+            tcp: ServiceSpec::l2c("tcp-echo", ip("10.96.0.11")?, 9000, 9000),
+            dns: ServiceSpec {
+                protocol: "udp",
+                ..ServiceSpec::l2c("dns", ip("10.96.0.53")?, 53, 53)
+            },
+            // The server listens on 10.96.0.20:8088 in the cluster; the
+            // daemon dials 127.0.0.1:18080 on the workstation.
+            laptop: ServiceSpec {
+                direction: "C2L",
+                ..ServiceSpec::l2c("laptop-web", ip("10.96.0.20")?, 8088, 18080)
+            },
+        })
+    }
+
+    fn all(&self) -> [ServiceSpec; 4] {
+        [
+            self.http.clone(),
+            self.tcp.clone(),
+            self.dns.clone(),
+            self.laptop.clone(),
+        ]
+    }
+}
+
 /// Runs the demo; `wait` keeps it up until Ctrl-C.
 pub fn demo(wait: bool) -> anyhow::Result<()> {
-    step("building the workspace binaries");
-    cargo(&[
-        "build",
-        "-p",
-        "netmux-server",
-        "-p",
-        "netmux-daemon",
-        "-p",
-        "sample-apps",
-        "--bins",
-    ])?;
+    step("installing what the demo needs (the same step as `cargo xtask test`)");
+    prereq::install()?;
+
+    step("building the workspace binaries: cargo build --bins");
+    cargo(&["build", "--bins"])?;
     for b in ["netmux-server", "netmuxd", "netmux", "nx-echo"] {
         bin(b).with_context(|| format!("{b} was not built"))?;
     }
+    let ebpf_built = match prereq::check_daemon_ebpf("debug")? {
+        EbpfBuild::Real => {
+            println!("netmuxd --build-info: ebpf=real");
+            true
+        }
+        EbpfBuild::Stub(why) => {
+            println!("netmuxd has no eBPF programs ({why}); the demo falls back to loopback");
+            false
+        }
+    };
 
     step("creating the sandbox: a workstation and a cluster network namespace joined by a veth");
     let sb = Sandbox::new().context("creating the sandbox (run as root)")?;
@@ -64,40 +118,29 @@ pub fn demo(wait: bool) -> anyhow::Result<()> {
         sb.cluster().name(),
         sb.cluster_addr()
     );
+    let cgroup = ChildCgroup::new(&format!("nx-demo-{}", std::process::id()))
+        .context("creating the demo's cgroup")?;
+    println!("cgroup for the eBPF hooks: {}", cgroup.path().display());
+    // The workstation's resolver is the daemon's embedded DNS server.
+    std::fs::write(
+        sb.ws().etc_dir().join("resolv.conf"),
+        format!("nameserver {DNS}\nsearch demo.svc.cluster.local svc.cluster.local\noptions timeout:1 attempts:2\n"),
+    )
+    .context("writing the workstation's resolv.conf")?;
 
-    let http_ip: IpAddr = "10.96.0.10".parse()?;
-    let tcp_ip: IpAddr = "10.96.0.11".parse()?;
-    let services = [
-        ServiceSpec::l2c("http-echo", http_ip, 80, 8080),
-        ServiceSpec::l2c("tcp-echo", tcp_ip, 9000, 9000),
-    ];
-    for s in &services {
+    let services = Services::new()?;
+    for s in [&services.http, &services.tcp, &services.dns, &services.laptop] {
         sb.add_service_address(s.address)?;
     }
-
-    step("starting the sample services in the cluster namespace");
-    let nx_echo = bin("nx-echo")?;
-    let _http = sb
-        .process(Side::Cluster, "http-echo", &nx_echo)
-        .args([
-            "http",
-            "--listen",
-            &services[0].target().to_string(),
-            "--name",
-            "http-echo",
-        ])
-        .spawn()?;
-    let _tcp = sb
-        .process(Side::Cluster, "tcp-echo", &nx_echo)
-        .args(["tcp", "--listen", &services[1].target().to_string()])
-        .spawn()?;
-    for s in &services {
-        sb.wait_for_tcp(Side::Cluster, s.target(), T)?;
-        println!("{} listening on {} (cluster only)", s.name, s.target());
-    }
+    let _backends = start_backends(&sb, &services)?;
 
     step("starting netmux-server (cluster) and netmuxd (workstation)");
-    let nm = match Netmux::start(&sb, &services) {
+    let redirect = if ebpf_built { "auto" } else { "loopback" };
+    let extra = format!(
+        "redirect = \"{redirect}\"\ncgroup = \"{}\"\ndns = {{ listen = \"{DNS}:53\", method = \"none\" }}\n",
+        cgroup.path().display()
+    );
+    let nm = match Netmux::start_with(&sb, &services.all(), TOKEN, &extra) {
         Ok(nm) => nm,
         Err(e) => {
             sb.dump_logs(40);
@@ -107,20 +150,20 @@ pub fn demo(wait: bool) -> anyhow::Result<()> {
     println!("server config: {}", nm.layout.server_config.display());
     println!("daemon config: {}", nm.layout.daemon_config.display());
 
-    let result = run_cli_steps(&sb, &nm, &services);
+    let result = run_cli_steps(&sb, &nm, &services, &cgroup);
     if let Err(e) = &result {
         eprintln!("demo failed: {e:#}");
         sb.dump_logs(40);
     }
     if wait && result.is_ok() {
         println!(
-            "\nThe sandbox stays up until Ctrl-C. Try:\n  ip netns exec {} curl http://{}/\n  \
-             ip netns exec {} {} --socket {} ls",
-            sb.ws().name(),
-            services[0].fqdn(),
-            sb.ws().name(),
+            "\nThe sandbox stays up until Ctrl-C. Try:\n  ip netns exec {ws} sh -c 'echo $$ > {cg}/cgroup.procs; exec curl http://10.96.0.10/'\n  \
+             ip netns exec {ws} curl http://{}/\n  ip netns exec {ws} {} --socket {} ls",
+            services.http.fqdn(),
             bin("netmux")?.display(),
-            nm.layout.socket.display()
+            nm.layout.socket.display(),
+            ws = sb.ws().name(),
+            cg = cgroup.path().display(),
         );
         while !interrupted.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(200));
@@ -128,60 +171,221 @@ pub fn demo(wait: bool) -> anyhow::Result<()> {
     }
     step("cleaning up");
     drop(nm);
+    drop(cgroup);
     drop(sb);
-    println!("done: namespaces, processes and files removed");
+    println!("done: namespaces, cgroup, processes and files removed");
     result
 }
 
-fn run_cli_steps(sb: &Sandbox, nm: &Netmux<'_>, services: &[ServiceSpec]) -> anyhow::Result<()> {
+/// The sample services: HTTP and TCP echoes and dnsmasq in the cluster, an
+/// HTTP server on the workstation's loopback for C2L.
+fn start_backends(sb: &Sandbox, s: &Services) -> anyhow::Result<Vec<Process>> {
+    step("starting the sample services (cluster addresses exist only in the cluster namespace)");
+    let nx_echo = bin("nx-echo")?;
+    let mut procs = Vec::new();
+    let mut echo = |side: Side, label: &str, mode: &str, addr: SocketAddr| -> anyhow::Result<()> {
+        let mut b = sb
+            .process(side, label, &nx_echo)
+            .args([mode, "--listen", &addr.to_string()]);
+        if mode == "http" {
+            b = b.args(["--name", label]);
+        }
+        let p = b.spawn()?;
+        procs.push(p);
+        sb.wait_for_tcp(side, addr, T)?;
+        println!("{label}: nx-echo {mode} on {addr} ({side:?})");
+        Ok(())
+    };
+    echo(Side::Cluster, "http-echo", "http", s.http.target())?;
+    echo(Side::Cluster, "tcp-echo", "tcp", s.tcp.target())?;
+    echo(
+        Side::Workstation,
+        "laptop-web",
+        "http",
+        s.laptop.target_on_workstation(),
+    )?;
+    let dnsmasq = sb
+        .process(Side::Cluster, "dnsmasq", "dnsmasq")
+        .args([
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &format!("--listen-address={}", s.dns.address),
+            "--port=53",
+            "--address=/db.internal.example/10.1.2.3",
+        ])
+        .spawn()
+        .context("starting dnsmasq")?;
+    println!(
+        "dns: dnsmasq on {}:53/udp (cluster), answers db.internal.example",
+        s.dns.address
+    );
+    procs.push(dnsmasq);
+    Ok(procs)
+}
+
+trait WorkstationTarget {
+    fn target_on_workstation(&self) -> SocketAddr;
+}
+
+impl WorkstationTarget for ServiceSpec {
+    /// A C2L service's local target: 127.0.0.1:target_port.
+    fn target_on_workstation(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.target_port))
+    }
+}
+
+/// Runs `program args` in the workstation namespace inside the demo's
+/// cgroup, printing the command and its answer.
+fn in_cgroup(
+    sb: &Sandbox,
+    cg: &ChildCgroup,
+    program: &str,
+    args: &[&str],
+) -> anyhow::Result<netmux_testbed::Output> {
+    println!("$ {program} {}", args.join(" "));
+    let out = sb
+        .process(Side::Workstation, program, "sh")
+        .args(cg.wrap(program, args))
+        .run(T)?;
+    show(&out);
+    if !out.success() {
+        bail!("{program} failed in the workstation's cgroup");
+    }
+    Ok(out)
+}
+
+fn run_cli_steps(
+    sb: &Sandbox,
+    nm: &Netmux<'_>,
+    s: &Services,
+    cg: &ChildCgroup,
+) -> anyhow::Result<()> {
     step(&format!("netmux connect {ENDPOINT}"));
     show(&nm.cli(["connect", ENDPOINT])?.ok()?);
     nm.wait_for_ls("the endpoint to list its services", T, |json| {
-        services.iter().all(|s| json.contains(&s.name))
+        s.all().iter().all(|svc| json.contains(&svc.name))
     })?;
 
-    step(&format!("netmux start {ENDPOINT} +"));
+    step(&format!(
+        "netmux start {ENDPOINT} +   and   netmux start {ENDPOINT} {}",
+        s.laptop.name
+    ));
     show(&nm.cli(["start", ENDPOINT, "+"])?.ok()?);
+    show(&nm.cli(["start", ENDPOINT, &s.laptop.name])?.ok()?);
 
     step("netmux ls");
     show(&nm.cli(["ls"])?.ok()?);
+    step("netmux status");
+    let status = nm.cli(["status"])?.ok()?;
+    show(&status);
+    let redirect = status
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("redirect:"))
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_default();
+    let ebpf = redirect.starts_with("redirect:") && redirect.contains("ebpf");
+    if ebpf {
+        println!("redirect=ebpf: connections from the cgroup to cluster addresses are redirected");
+    } else {
+        println!("redirect=loopback: eBPF is not in use here ({redirect}); names point at 127.x listeners");
+    }
 
-    step(&format!(
-        "workstation hosts file ({})",
-        sb.ws_hosts_file().display()
-    ));
-    print!("{}", std::fs::read_to_string(sb.ws_hosts_file())?);
+    let http = &s.http;
+    if ebpf {
+        step(&format!(
+            "eBPF: a process in the cgroup connects to {}:{} (the cluster IP) and asks getpeername",
+            http.address, http.port
+        ));
+        let py = format!(
+            "import socket\ns = socket.create_connection(('{}', {}), timeout=5)\n\
+             print('getpeername:', s.getpeername())\n\
+             s.sendall(b'GET /by-cluster-ip HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n\
+             print(s.recv(4096).decode().splitlines()[0])\n",
+            http.address, http.port
+        );
+        let out = in_cgroup(sb, cg, "python3", &["-c", &py])?;
+        let want = format!("getpeername: ('{}', {})", http.address, http.port);
+        if !out.stdout.contains(&want) {
+            bail!("expected `{want}` (the cluster address) from getpeername");
+        }
+    }
 
-    let url = format!("http://{}/", services[0].fqdn());
-    step(&format!(
-        "curl -sS {url}   (in the workstation namespace, by name)"
-    ));
-    let curl = sb.exec(
+    step("the name, through the embedded DNS server (the workstation's resolv.conf points at it)");
+    let dig = sb.exec(
         Side::Workstation,
-        "curl",
-        ["-sS", "--max-time", "10", &url],
+        "dig",
+        [&format!("@{DNS}"), "+short", &http.fqdn()],
         T,
     )?;
-    show(&curl);
+    println!("$ dig @{DNS} +short {}", http.fqdn());
+    show(&dig);
+    let url = format!("http://{}/by-name", http.fqdn());
+    in_cgroup(sb, cg, "curl", &["-sS", "--max-time", "10", &url])?;
 
-    step(&format!(
-        "echo 'hello through the tunnel' | socat - TCP:{}:{}",
-        services[1].fqdn(),
-        services[1].port
-    ));
-    let socat = sb.exec(
-        Side::Workstation,
+    step("a static binary (busybox wget: no libc, nothing to hook but the kernel)");
+    let target = if ebpf {
+        format!("http://{}/static", http.address)
+    } else {
+        format!("http://{}/static", http.fqdn())
+    };
+    in_cgroup(
+        sb,
+        cg,
+        "/bin/busybox",
+        &["wget", "-q", "-O", "-", &target],
+    )?;
+
+    step("TCP: a line to the tcp-echo service and back");
+    let tcp_host = if ebpf {
+        s.tcp.address.to_string()
+    } else {
+        s.tcp.fqdn()
+    };
+    in_cgroup(
+        sb,
+        cg,
         "sh",
-        [
+        &[
             "-c",
             &format!(
-                "echo 'hello through the tunnel' | socat -t 5 - TCP:{}:{}",
-                services[1].fqdn(),
-                services[1].port
+                "echo 'hello through the tunnel' | socat -t 5 - TCP:{tcp_host}:{}",
+                s.tcp.port
             ),
         ],
-        T,
     )?;
-    show(&socat);
+
+    step("UDP: dig against the DNS server in the cluster namespace");
+    let dns_host = if ebpf {
+        s.dns.address.to_string()
+    } else {
+        nm.resolve(&s.dns.fqdn())
+            .map(|a| a.to_string())
+            .context("the dns service has no local address")?
+    };
+    let out = in_cgroup(
+        sb,
+        cg,
+        "dig",
+        &[
+            &format!("@{dns_host}"),
+            "+short",
+            "+tries=2",
+            "+time=3",
+            "db.internal.example",
+        ],
+    )?;
+    if out.stdout.trim() != "10.1.2.3" {
+        bail!("dig through the tunnel answered {:?}", out.stdout.trim());
+    }
+
+    let c2l = format!("http://{}:{}/from-the-cluster", s.laptop.address, s.laptop.port);
+    step(&format!(
+        "C2L: a client in the cluster namespace reaches laptop-web on the workstation: curl {c2l}"
+    ));
+    let out = sb.exec(Side::Cluster, "curl", ["-sS", "--max-time", "10", &c2l], T)?;
+    show(&out);
     Ok(())
 }

@@ -10,7 +10,10 @@
 
 mod bench;
 mod demo;
+mod deny;
+mod dist;
 mod prereq;
+mod testrun;
 mod util;
 
 use std::path::PathBuf;
@@ -61,6 +64,8 @@ enum Task {
     },
     /// Benchmarks against the alternatives; writes BENCHMARKS.md.
     Bench(bench::Options),
+    /// Static binaries, .deb, server image, install.sh and SHA256SUMS in target/dist.
+    Dist(dist::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,13 +74,16 @@ fn main() -> anyhow::Result<()> {
         Task::Test {
             no_install,
             unit_only,
-        } => test(no_install, unit_only),
+        } => testrun::test(no_install, unit_only),
         Task::Demo { wait } => demo::demo(wait),
         Task::Run { args } => {
             // The eBPF programs are built into netmuxd: rust-src and
             // bpf-linker first (a fresh machine has neither).
             prereq::install()?;
             cargo(&["build", "-p", "netmux-daemon", "--bins"])?;
+            if let prereq::EbpfBuild::Stub(why) = prereq::check_daemon_ebpf("debug")? {
+                println!("xtask run: netmuxd has no eBPF programs ({why}); it will use the loopback redirect");
+            }
             let bin = root().join("target/debug/netmuxd");
             let mut cmd = std::process::Command::new(&bin);
             cmd.args(&args);
@@ -83,52 +91,8 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
         Task::Bench(opts) => bench::bench(opts),
+        Task::Dist(opts) => dist::dist(opts),
     }
-}
-
-fn test(no_install: bool, unit_only: bool) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
-    if !no_install {
-        prereq::install()?;
-    }
-    let mut steps: Vec<(&str, Vec<&str>)> = vec![
-        ("build", vec!["build", "--workspace", "--all-targets"]),
-        (
-            "unit tests",
-            vec!["test", "--workspace", "--exclude", "netmux-testbed"],
-        ),
-    ];
-    if !unit_only {
-        steps.push((
-            "end-to-end tests",
-            vec!["test", "-p", "netmux-testbed", "--", "--test-threads=1"],
-        ));
-    }
-    let total = steps.len();
-    for (i, (name, args)) in steps.into_iter().enumerate() {
-        println!(
-            "==> xtask test: step {}/{total}: {name}: cargo {}",
-            i + 1,
-            args.join(" ")
-        );
-        if name == "end-to-end tests" {
-            // Leftovers of crashed runs would only confuse the logs.
-            let _ = netmux_testbed::cleanup_stale(netmux_testbed::DEFAULT_PREFIX);
-        }
-        if let Err(e) = cargo(&args) {
-            println!(
-                "xtask test: FAILED at step {}/{total} ({name}) after {:.0?}: {e:#}",
-                i + 1,
-                started.elapsed()
-            );
-            std::process::exit(1);
-        }
-    }
-    println!(
-        "xtask test: all {total} steps passed in {:.0?}",
-        started.elapsed()
-    );
-    Ok(())
 }
 
 fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {

@@ -20,6 +20,8 @@ const COMMANDS: &[(&str, &str)] = &[
     ("dnsmasq", "dnsmasq-base"),
     ("dbus-daemon", "dbus-daemon"),
     ("python3", "python3"),
+    // `kubectl kustomize` for netmux-server/tests/manifests.rs.
+    ("kubectl", "kubernetes-client"),
     // systemd-analyze verify of the unit, systemd-journald and journalctl
     // for netmux-daemon/tests/journal_e2e.rs (both skip without them).
     ("systemd-analyze", "systemd"),
@@ -160,4 +162,59 @@ fn fetch_resolved() -> anyhow::Result<()> {
     })();
     let _ = std::fs::remove_dir_all(&tmp);
     result
+}
+
+/// What the built `netmuxd` embeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EbpfBuild {
+    /// The real eBPF programs.
+    Real,
+    /// The empty stub, with build.rs's reason.
+    Stub(String),
+}
+
+/// Whether the eBPF toolchain (bpf-linker, nightly with rust-src) is here.
+pub fn ebpf_toolchain_present() -> bool {
+    on_path("bpf-linker")
+        && Command::new("rustup")
+            .args(["component", "list", "--toolchain", "nightly", "--installed"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+}
+
+/// Asks `target/<profile>/netmuxd --build-info` what it embeds, and fails
+/// when it is the stub although the toolchain is present: such a daemon
+/// would silently fall back to loopback and eBPF tests would not run.
+pub fn check_daemon_ebpf(profile: &str) -> anyhow::Result<EbpfBuild> {
+    let bin = crate::util::root()
+        .join("target")
+        .join(profile)
+        .join("netmuxd");
+    let out = Command::new(&bin)
+        .arg("--build-info")
+        .output()
+        .with_context(|| format!("running {} --build-info", bin.display()))?;
+    let info = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "{} --build-info failed: {info}{}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let build = match info.split_once("ebpf=") {
+        Some((_, "real")) => EbpfBuild::Real,
+        Some((_, stub)) => EbpfBuild::Stub(stub.trim_start_matches("stub: ").to_owned()),
+        None => anyhow::bail!("{} --build-info said {info:?}", bin.display()),
+    };
+    if let EbpfBuild::Stub(why) = &build {
+        if ebpf_toolchain_present() {
+            anyhow::bail!(
+                "{} embeds the empty eBPF stub ({why}) although bpf-linker and nightly \
+                 rust-src are installed; a stale build: run `cargo clean -p netmux-daemon` \
+                 and build again (and unset NETMUX_SKIP_EBPF)",
+                bin.display()
+            );
+        }
+    }
+    Ok(build)
 }

@@ -14,6 +14,10 @@ struct Args {
     /// Configuration file.
     #[arg(long, short, env = "NETMUX_CONFIG", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
+    /// Print how this binary was built (`ebpf=real` or `ebpf=stub: why`)
+    /// and exit; `cargo xtask` refuses a stub when the toolchain is present.
+    #[arg(long)]
+    build_info: bool,
 }
 
 #[tokio::main]
@@ -21,6 +25,14 @@ async fn main() -> anyhow::Result<()> {
     // journald (structured fields) under systemd, text on stderr otherwise.
     netmux_daemon::system::journal::init();
     let args = Args::parse();
+    if args.build_info {
+        println!(
+            "netmuxd {} ebpf={}",
+            env!("CARGO_PKG_VERSION"),
+            netmux_daemon::redirect::ebpf::BUILD
+        );
+        return Ok(());
+    }
     let config = Config::load(&args.config)?;
     let metrics = Metrics::new();
     let (listener, gid) = control::bind(

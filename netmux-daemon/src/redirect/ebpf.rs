@@ -222,6 +222,9 @@ pub fn programs_built() -> bool {
     !OBJECT.is_empty()
 }
 
+/// How build.rs built the eBPF object: `real`, or `stub: <why>`.
+pub const BUILD: &str = env!("NETMUX_EBPF_BUILD");
+
 /// Sets `SO_MARK` on `socket` (needs CAP_NET_ADMIN). Mark the daemon's own
 /// sockets with [`EbpfRedirect::exclude_mark`] before `connect()` so the
 /// redirect leaves them alone.
@@ -795,7 +798,10 @@ mod tests {
 
     #[test]
     fn missing_cgroup_is_named() {
-        if !programs_built() {
+        if !netmux_testbed::prereq::require(
+            "redirect::ebpf::tests::missing_cgroup_is_named",
+            (!programs_built()).then_some(BUILD),
+        ) {
             return;
         }
         let e = EbpfRedirect::load(Path::new("/nonexistent/cgroup")).unwrap_err();

@@ -16,27 +16,16 @@ use netmux_daemon::redirect::ebpf;
 /// Longest a helper child process may run.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `name` on PATH, or in /usr/sbin and /sbin (not always on root's PATH
-/// under sudo or cargo).
-pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+/// `name` on PATH, or in /usr/sbin and /sbin.
+pub use netmux_testbed::prereq::which;
 
 /// The first of `tools` not installed or of the workspace's `binaries` not
-/// built, as a reason to skip.
+/// built, as a reason (for [`netmux_testbed::prereq::require`]).
 pub fn missing_tools(tools: &[&str], binaries: &[&str]) -> Option<String> {
-    if let Some(t) = tools.iter().find(|t| which(t).is_none()) {
-        return Some(format!("{t} not installed"));
-    }
-    binaries
-        .iter()
-        .find_map(|b| netmux_testbed::bin(b).err())
-        .map(|e| format!("{e} (cargo build --workspace)"))
+    netmux_testbed::prereq::first([
+        netmux_testbed::prereq::tools(tools),
+        netmux_testbed::prereq::binaries(binaries),
+    ])
 }
 
 pub fn unique_name(prefix: &str) -> String {
@@ -99,89 +88,24 @@ pub fn run(cmd: &str, args: &[&str]) {
     assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
 }
 
-/// `ip netns add NAME` with `lo` up; deleted on drop.
+/// A test's own network namespace (netmux_testbed's, deleted on drop) with
+/// a file descriptor for `setns`.
 pub struct NetNs {
-    pub name: String,
+    // Field order is drop order: the fd before the namespace.
     pub fd: OwnedFd,
+    pub ns: netmux_testbed::Netns,
 }
 
 impl NetNs {
     pub fn new(name: &str) -> Self {
-        run("ip", &["netns", "add", name]);
-        let ns = NetNs {
-            name: name.to_owned(),
-            fd: File::open(format!("/run/netns/{name}")).unwrap().into(),
-        };
-        run("ip", &["-n", name, "link", "set", "lo", "up"]);
-        ns
+        let ns = netmux_testbed::Netns::new(name).expect("network namespace");
+        let fd = ns.open().expect("namespace fd");
+        NetNs { fd, ns }
     }
 }
 
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-/// A private mount of the cgroup2 hierarchy (reachable from namespaces that
-/// remount /sys); unmounted and removed on drop.
-pub struct Cgroup2Mount {
-    pub dir: PathBuf,
-}
-
-impl Cgroup2Mount {
-    pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("{name}-cgroup2"));
-        fs::create_dir(&dir).unwrap();
-        let m = Cgroup2Mount { dir };
-        nix::mount::mount(
-            Some("none"),
-            &m.dir,
-            Some("cgroup2"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("mount cgroup2");
-        m
-    }
-}
-
-impl Drop for Cgroup2Mount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
-        let _ = fs::remove_dir(&self.dir);
-    }
-}
-
-/// A child cgroup; on drop its processes are killed and it is removed.
-pub struct CgroupDir {
-    pub path: PathBuf,
-}
-
-impl CgroupDir {
-    pub fn new(path: &Path) -> Self {
-        fs::create_dir(path).unwrap();
-        CgroupDir {
-            path: path.to_owned(),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for CgroupDir {
-    fn drop(&mut self) {
-        let _ = fs::write(self.path.join("cgroup.kill"), "1");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
+/// A child cgroup under a private cgroup2 mount (netmux_testbed's).
+pub use netmux_testbed::cgroup::ChildCgroup;
 
 /// Names of the programs attached directly to `cgroup`, per bpftool.
 pub fn attached(cgroup: &Path) -> Vec<String> {
