@@ -253,9 +253,35 @@ impl HelloReply {
         encode_envelope(self.version, &payload, out);
     }
 
+    /// [`Self::encode`] followed by optional extensions
+    /// ([`super::cidr::ReplyExtensions`]), which daemons that predate them
+    /// ignore.
+    pub fn encode_with(&self, extensions: &super::cidr::ReplyExtensions, out: &mut BytesMut) {
+        let mut payload = BytesMut::new();
+        payload.put_u8(self.status as u8);
+        put_str16(&mut payload, &self.message);
+        extensions.encode(&mut payload);
+        encode_envelope(self.version, &payload, out);
+    }
+
     /// Decodes a reply of any version: a refusal from a newer or older server
     /// must still be readable.
     pub fn decode(input: &[u8]) -> Result<(HelloReply, usize), HelloError> {
+        let (reply, _, used) = Self::decode_parts(input)?;
+        Ok((reply, used))
+    }
+
+    /// [`Self::decode`] plus the extensions after the message (validated;
+    /// none from a server that predates them).
+    pub fn decode_with_extensions(
+        input: &[u8],
+    ) -> Result<(HelloReply, super::cidr::ReplyExtensions, usize), HelloError> {
+        let (reply, rest, used) = Self::decode_parts(input)?;
+        let ext = super::cidr::ReplyExtensions::decode(rest).map_err(HelloError::Invalid)?;
+        Ok((reply, ext, used))
+    }
+
+    fn decode_parts(input: &[u8]) -> Result<(HelloReply, &[u8], usize), HelloError> {
         let (version, mut payload, used) = decode_envelope(input, false)?;
         let status = HelloStatus::from_u8(get_u8(&mut payload).map_err(strict)?)?;
         let message = get_str16(&mut payload, "hello message").map_err(strict)?;
@@ -265,6 +291,7 @@ impl HelloReply {
                 status,
                 message,
             },
+            payload,
             used,
         ))
     }
@@ -324,6 +351,37 @@ mod tests {
         let mut out = BytesMut::new();
         reply.encode(&mut out);
         assert_eq!(HelloReply::decode(&out).unwrap().0, reply);
+    }
+
+    #[test]
+    fn extensions_are_optional_both_ways() {
+        use crate::proto::cidr::ReplyExtensions;
+        let reply = HelloReply {
+            version: PROTOCOL_VERSION,
+            status: HelloStatus::Accepted,
+            message: "netmux-server".into(),
+        };
+        let ext = ReplyExtensions {
+            cluster_ranges: vec!["10.96.0.0/12".parse().unwrap()],
+        };
+        let mut out = BytesMut::new();
+        reply.encode_with(&ext, &mut out);
+        // A daemon that predates extensions reads the same reply.
+        assert_eq!(
+            HelloReply::decode(&out).unwrap(),
+            (reply.clone(), out.len())
+        );
+        assert_eq!(
+            HelloReply::decode_with_extensions(&out).unwrap(),
+            (reply.clone(), ext, out.len())
+        );
+        // A server that predates them announces nothing.
+        let mut old = BytesMut::new();
+        reply.encode(&mut old);
+        assert_eq!(
+            HelloReply::decode_with_extensions(&old).unwrap().1,
+            ReplyExtensions::default()
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! machines that the daemon and server drivers feed.
 
 pub mod catalog;
+pub mod cidr;
 pub mod codec;
 pub mod control;
 pub mod datagram;

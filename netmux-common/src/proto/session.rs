@@ -108,6 +108,8 @@ pub struct ClientSession {
     catalog: Catalog,
     synced: bool,
     next_request: u32,
+    /// Ranges the server announced in its hello reply.
+    cluster_ranges: Vec<super::cidr::Cidr>,
 }
 
 impl ClientSession {
@@ -125,7 +127,15 @@ impl ClientSession {
             catalog: Catalog::new(),
             synced: false,
             next_request: 0,
+            cluster_ranges: Vec::new(),
         }
+    }
+
+    /// The cluster's address ranges as the server announced them in its
+    /// hello reply (empty before the reply, or from a server that announces
+    /// none).
+    pub fn cluster_ranges(&self) -> &[super::cidr::Cidr] {
+        &self.cluster_ranges
     }
 
     /// The catalog as last synced and updated.
@@ -229,6 +239,8 @@ impl ClientSession {
                     }
                     .into());
                 }
+                let (_, extensions, _) = HelloReply::decode_with_extensions(buf)?;
+                self.cluster_ranges = extensions.cluster_ranges;
                 let rest = buf.split_off(used);
                 self.frames.push(&rest);
                 self.events.push_back(ClientEvent::Accepted {
@@ -387,12 +399,21 @@ impl ServerSession {
     }
 
     fn reply(&mut self, status: HelloStatus, message: &str) {
+        self.reply_with(status, message, &super::cidr::ReplyExtensions::default());
+    }
+
+    fn reply_with(
+        &mut self,
+        status: HelloStatus,
+        message: &str,
+        extensions: &super::cidr::ReplyExtensions,
+    ) {
         HelloReply {
             version: PROTOCOL_VERSION,
             status,
             message: message.to_owned(),
         }
-        .encode(&mut self.out);
+        .encode_with(extensions, &mut self.out);
     }
 
     /// Feeds bytes read from the control stream.
@@ -472,7 +493,18 @@ impl ServerSession {
 
     /// Accepts the daemon and queues the full catalog snapshot.
     pub fn accept(&mut self, greeting: &str, catalog: &Catalog) {
-        self.reply(HelloStatus::Accepted, greeting);
+        self.accept_with(greeting, catalog, &super::cidr::ReplyExtensions::default());
+    }
+
+    /// [`Self::accept`], announcing `extensions` (the cluster's ranges) in
+    /// the hello reply.
+    pub fn accept_with(
+        &mut self,
+        greeting: &str,
+        catalog: &Catalog,
+        extensions: &super::cidr::ReplyExtensions,
+    ) {
+        self.reply_with(HelloStatus::Accepted, greeting, extensions);
         push_frame(&mut self.out, &ServerMessage::CatalogBegin);
         for svc in catalog.values() {
             push_frame(&mut self.out, &ServerMessage::Upsert(svc.clone()));
@@ -545,6 +577,21 @@ mod tests {
         ids.iter()
             .map(|&i| (ServiceId(i), svc(i, &format!("svc{i}"))))
             .collect()
+    }
+
+    #[test]
+    fn cluster_ranges_announced_in_the_hello_reach_the_client() {
+        let mut client = ClientSession::new(&Hello::new("me", Credential::None));
+        let mut server = ServerSession::new(Instant::now(), Duration::from_secs(5));
+        pump(&mut client, &mut server).unwrap();
+        assert!(matches!(server.poll_event(), Some(ServerEvent::Hello(_))));
+        let ext = crate::proto::cidr::ReplyExtensions {
+            cluster_ranges: vec!["10.96.0.0/12".parse().unwrap()],
+        };
+        server.accept_with("srv", &catalog(&[1]), &ext);
+        pump(&mut client, &mut server).unwrap();
+        assert_eq!(client.cluster_ranges(), &ext.cluster_ranges[..]);
+        assert_eq!(client.catalog(), &catalog(&[1]));
     }
 
     #[test]
