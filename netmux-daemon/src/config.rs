@@ -15,6 +15,7 @@ pub const DEFAULT_SOCKET: &str = "/run/netmux/netmuxd.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/netmux/config.toml";
 
 pub use netmux_common::config::{parse_error, ConfigError};
+pub use netmux_common::proto::cidr::Cidr;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +36,8 @@ struct RawConfig {
     endpoint: Vec<RawEndpoint>,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    expose_allow: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +161,7 @@ fn default_socket() -> PathBuf {
 }
 fn default_hosts() -> PathBuf {
     "/etc/hosts".into()
+    cluster_cidrs: Option<Vec<String>>,
 }
 fn default_range() -> String {
     "127.77.0.0/16".into()
@@ -286,6 +290,10 @@ pub struct Config {
     pub socket: PathBuf,
     /// Group allowed to use the control socket (besides root and the
     /// daemon's own user).
+    /// The cluster's address ranges: the eBPF redirect catches only
+    /// catalog addresses inside them. `None`: the ranges the server
+    /// announces in its hello.
+    pub cluster_cidrs: Option<Vec<Cidr>>,
     pub socket_group: Option<String>,
     /// Hosts file the daemon maintains a block in.
     pub hosts_file: PathBuf,
@@ -301,6 +309,8 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
     /// Embedded DNS server.
     pub dns: DnsConfig,
+    /// Ranges `netmux expose --local` may target besides loopback.
+    pub expose_allow: Vec<Cidr>,
 }
 
 impl Config {
@@ -470,6 +480,14 @@ impl Config {
                     format!("{:?} must be one DNS label", e.default_namespace),
                 ));
             }
+            let cluster_domain = validate_domain(&e.cluster_domain)
+                .map_err(|m| invalid(field("cluster_domain"), m))?;
+            let cluster_cidrs = match e.cluster_cidrs {
+                None => None,
+                Some(list) => Some(
+                    parse_cidrs(&list, false).map_err(|m| invalid(field("cluster_cidrs"), m))?,
+                ),
+            };
             default_namespaces.insert(e.name.clone(), e.default_namespace);
             endpoints.push(EndpointConfig {
                 name: e.name,
@@ -477,10 +495,11 @@ impl Config {
                 server_name: e.server_name,
                 ca_pem,
                 token,
-                cluster_domain: e.cluster_domain.trim_end_matches('.').to_owned(),
+                cluster_domain,
                 autostart: e.autostart,
                 transport,
                 kubernetes,
+                cluster_cidrs,
             });
         }
         let dns = raw.dns;
@@ -518,7 +537,10 @@ impl Config {
                 ),
             ));
         }
+        let expose_allow =
+            parse_cidrs(&raw.expose_allow, true).map_err(|m| invalid("expose_allow".into(), m))?;
         Ok(Config {
+            expose_allow,
             path: path.to_owned(),
             socket: base.join(raw.socket),
             socket_group: raw.socket_group,
@@ -543,6 +565,54 @@ impl Config {
     pub fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
         self.endpoints.iter().find(|e| e.name == name)
     }
+
+    /// Whether `netmux expose --local` may send cluster connections to
+    /// `ip`: loopback always, anything else only inside `expose_allow`.
+    pub fn expose_target_allowed(&self, ip: std::net::IpAddr) -> Result<(), String> {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        if ip.is_loopback() || self.expose_allow.iter().any(|c| c.contains(ip)) {
+            return Ok(());
+        }
+        Err(format!(
+            "--local {ip}: only loopback targets (127.0.0.0/8, ::1) may be exposed to the cluster; \
+             to allow {ip}, add a range containing it to `expose_allow` in {} and run `netmux reload`",
+            self.path.display()
+        ))
+    }
+}
+
+/// A cluster DNS domain: lower-case DNS labels (`cluster.local`), without
+/// the trailing dot. Anything else would end up in the hosts file and the
+/// resolver configuration.
+fn validate_domain(raw: &str) -> Result<String, String> {
+    let domain = raw.strip_suffix('.').unwrap_or(raw);
+    if !netmux_common::proto::catalog::valid_dns_name(domain) {
+        return Err(format!(
+            "{raw:?} is not a DNS domain: use lower-case labels of a-z, 0-9 and '-' separated by '.', like \"cluster.local\""
+        ));
+    }
+    Ok(domain.to_owned())
+}
+
+/// Parses a list of CIDR ranges; `allow_any` permits ranges wider than a
+/// /8 (up to `0.0.0.0/0`).
+fn parse_cidrs(list: &[String], allow_any: bool) -> Result<Vec<Cidr>, String> {
+    let mut out = Vec::new();
+    for s in list {
+        let c: Cidr = s
+            .parse()
+            .map_err(|e: netmux_common::proto::cidr::CidrError| e.to_string())?;
+        if !allow_any && c.prefix() < 8 {
+            return Err(format!(
+                "{c} is wider than a /8: list the cluster's Service and Pod ranges (e.g. 10.96.0.0/12)"
+            ));
+        }
+        out.push(c);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -662,6 +732,76 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("[endpoint.kubernetes]"), "{e}");
+    }
+
+    #[test]
+    fn cluster_domain_is_a_dns_domain() {
+        let with = |d: &str| format!("{}cluster_domain = {}\n", good(), d);
+        let c = Config::parse(Path::new("c.toml"), &with("\"corp.example.\"")).unwrap();
+        assert_eq!(c.endpoints[0].cluster_domain, "corp.example");
+        for bad in [
+            r#""evil\n6.6.6.6 github.com""#,
+            r#""Cluster.Local""#,
+            r#""""#,
+            r#""a..b""#,
+            r#""cluster.local localhost""#,
+        ] {
+            let e = Config::parse(Path::new("c.toml"), &with(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("endpoint[0].cluster_domain") && e.contains("cluster.local"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_cidrs_and_expose_allow() {
+        let c = Config::parse(Path::new("c.toml"), &good()).unwrap();
+        assert_eq!(c.endpoints[0].cluster_cidrs, None);
+        assert!(c
+            .expose_target_allowed("127.0.0.1".parse().unwrap())
+            .is_ok());
+        assert!(c.expose_target_allowed("::1".parse().unwrap()).is_ok());
+        let e = c
+            .expose_target_allowed("169.254.169.254".parse().unwrap())
+            .unwrap_err();
+        assert!(e.contains("expose_allow"), "{e}");
+        let text = format!(
+            "expose_allow = [\"192.168.1.0/24\"]\n{}cluster_cidrs = [\"10.96.0.0/12\", \"fd00::/108\"]\n",
+            good()
+        );
+        let c = Config::parse(Path::new("c.toml"), &text).unwrap();
+        assert_eq!(c.endpoints[0].cluster_cidrs.as_ref().map(Vec::len), Some(2));
+        assert!(c
+            .expose_target_allowed("192.168.1.7".parse().unwrap())
+            .is_ok());
+        assert!(c
+            .expose_target_allowed("192.168.2.7".parse().unwrap())
+            .is_err());
+        for (bad, key) in [
+            (
+                "cluster_cidrs = [\"10.96.0.1/12\"]\n",
+                "endpoint[0].cluster_cidrs",
+            ),
+            (
+                "cluster_cidrs = [\"0.0.0.0/0\"]\n",
+                "endpoint[0].cluster_cidrs",
+            ),
+        ] {
+            let e = Config::parse(Path::new("c.toml"), &format!("{}{bad}", good()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        let e = Config::parse(
+            Path::new("c.toml"),
+            &format!("expose_allow = [\"x\"]\n{}", good()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("expose_allow"), "{e}");
     }
 
     #[test]
