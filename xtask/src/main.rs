@@ -10,8 +10,6 @@
 
 mod bench;
 mod demo;
-mod deny;
-mod dist;
 mod prereq;
 mod testrun;
 mod util;
@@ -64,8 +62,6 @@ enum Task {
     },
     /// Benchmarks against the alternatives; writes BENCHMARKS.md.
     Bench(bench::Options),
-    /// Static binaries, .deb, server image, install.sh and SHA256SUMS in target/dist.
-    Dist(dist::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -91,7 +87,6 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
         Task::Bench(opts) => bench::bench(opts),
-        Task::Dist(opts) => dist::dist(opts),
     }
 }
 
