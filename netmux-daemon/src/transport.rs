@@ -120,6 +120,117 @@ where
     Ok(conn)
 }
 
+/// What a path probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathProbe {
+    /// The server's QUIC endpoint answered: the path works. `local` is the
+    /// address the kernel sends from towards the server now.
+    Answered {
+        /// Source address of the probe.
+        local: std::net::IpAddr,
+    },
+    /// Nothing listens on the server's port (ICMP port unreachable): the
+    /// server process is gone, and every session it held with it.
+    Refused,
+    /// No answer within the timeout: the path is still down (or the local
+    /// address could not even be chosen: `local` is `None`).
+    Silent {
+        /// Source address the kernel would use, if it has a route.
+        local: Option<std::net::IpAddr>,
+    },
+}
+
+/// How long a path probe waits for the server's answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Probes the path to `server`'s QUIC endpoint outside any connection.
+///
+/// A connected UDP socket sends one padded long-header packet with a
+/// reserved version (RFC 9000 15: versions `0x?a?a?a?a` are never
+/// supported): a live endpoint answers with Version Negotiation, a closed
+/// port with ICMP port unreachable (reported on a connected socket), a dead
+/// path with nothing. The connected socket also names the local address
+/// the kernel chose, which tells a change of network.
+pub async fn probe_path(server: SocketAddr) -> PathProbe {
+    let bind: SocketAddr = if server.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = match tokio::net::UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "probe socket");
+            return PathProbe::Silent { local: None };
+        }
+    };
+    if let Err(e) = socket.connect(server).await {
+        // No route (the interface is gone): the path is down.
+        tracing::debug!(%server, error = %e, "probe: no route");
+        return PathProbe::Silent { local: None };
+    }
+    let local = match socket.local_addr() {
+        Ok(a) => a.ip(),
+        Err(_) => return PathProbe::Silent { local: None },
+    };
+    let packet = version_probe(rand_id());
+    if let Err(e) = socket.send(&packet).await {
+        return match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => PathProbe::Refused,
+            _ => PathProbe::Silent { local: Some(local) },
+        };
+    }
+    let mut buf = [0u8; 1500];
+    match tokio::time::timeout(PROBE_TIMEOUT, socket.recv(&mut buf)).await {
+        Ok(Ok(_)) => PathProbe::Answered { local },
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => PathProbe::Refused,
+        _ => PathProbe::Silent { local: Some(local) },
+    }
+}
+
+/// A QUIC long-header packet of 1200 bytes (servers ignore shorter
+/// Initial-sized datagrams) with reserved version `0x1a2a3a4a` and the
+/// connection ids `id`, which a server answers with Version Negotiation.
+fn version_probe(id: [u8; 8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(1200);
+    p.push(0xc0);
+    p.extend_from_slice(&0x1a2a_3a4a_u32.to_be_bytes());
+    p.push(8);
+    p.extend_from_slice(&id);
+    p.push(8);
+    p.extend_from_slice(&id);
+    p.resize(1200, 0);
+    p
+}
+
+fn rand_id() -> [u8; 8] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish().to_be_bytes()
+}
+
+/// Moves `endpoint`'s connections to a new UDP socket (new port, and the
+/// address the kernel picks now): every connection sends from it at once,
+/// which the server takes as a migration (RFC 9000 9) and answers on a
+/// fresh path.
+pub fn rebind(endpoint: &quinn::Endpoint, v6: bool) -> std::io::Result<SocketAddr> {
+    let bind: SocketAddr = if v6 {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = netmux_common::tunnel::quic::bind_udp(bind)?;
+    let local = socket.local_addr()?;
+    endpoint.rebind(socket)?;
+    Ok(local)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +253,55 @@ mod tests {
         let t: T = toml::from_str("transport = \"auto\"").expect("auto");
         assert_eq!(t.transport, Transport::Auto);
         assert!(toml::from_str::<T>("transport = \"udp\"").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_probe_tells_answered_refused_and_silent_apart() {
+        // A quinn server answers the reserved version.
+        let server = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(
+                quinn::crypto::rustls::QuicServerConfig::try_from({
+                    let ck = rcgen::generate_simple_self_signed(vec!["x".into()]).expect("cert");
+                    rustls::ServerConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .expect("tls13")
+                    .with_no_client_auth()
+                    .with_single_cert(
+                        vec![ck.cert.der().clone()],
+                        rustls::pki_types::PrivateKeyDer::Pkcs8(
+                            ck.signing_key.serialize_der().into(),
+                        ),
+                    )
+                    .expect("cert")
+                })
+                .expect("quic tls"),
+            )),
+            (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+        )
+        .expect("server");
+        let addr = server.local_addr().expect("addr");
+        assert_eq!(
+            probe_path(addr).await,
+            PathProbe::Answered {
+                local: std::net::Ipv4Addr::LOCALHOST.into()
+            }
+        );
+        // Nothing on the port: ICMP port unreachable.
+        server.close(VarInt::from_u32(0), b"");
+        drop(server);
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let closed_addr = closed.local_addr().expect("addr");
+        drop(closed);
+        assert_eq!(probe_path(closed_addr).await, PathProbe::Refused);
+        // A socket that reads nothing: silence.
+        let mute = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        assert_eq!(
+            probe_path(mute.local_addr().expect("addr")).await,
+            PathProbe::Silent {
+                local: Some(std::net::Ipv4Addr::LOCALHOST.into())
+            }
+        );
     }
 }

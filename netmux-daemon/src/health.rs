@@ -1,0 +1,463 @@
+//! Endpoint health across blackouts: a laptop's sleep, a train tunnel, a
+//! change of network.
+//!
+//! The QUIC connection's idle timeout is the endpoint's `survive_blackout`
+//! (default 10 minutes), so a silent path no longer ends the session after
+//! seconds. This driver watches the connection instead
+//! ([`netmux_common::tunnel::blackout`] decides, with `CLOCK_BOOTTIME` as
+//! its clock so a suspended laptop's sleep counts):
+//!
+//! - after [`DEGRADED_AFTER`] without a datagram from the server the
+//!   endpoint shows `degraded` (status, `ls`, metrics); every stream and the
+//!   TCP connections on both sides are kept;
+//! - while degraded, and at once after a resume (suspend or `SIGSTOP`), it
+//!   probes the path ([`crate::transport::probe_path`]). A closed port
+//!   (the server process is gone) ends the session now; an answer means the
+//!   path is back: the probe gate lets a packet past the congestion window
+//!   filled in the blackout, and the endpoint's socket is rebound
+//!   (`Endpoint::rebind`), from the new local address if it changed, so the
+//!   server migrates to a fresh path instead of waiting out its PTO
+//!   backoff. A server that answers probes but not the session has lost it
+//!   (it restarted): the session ends and the endpoint reconnects;
+//! - after `survive_blackout` of silence the session is closed; open
+//!   connections get resets.
+//!
+//! New connections while degraded wait up to [`CONNECT_WAIT`] for the path
+//! to come back, then get a reset (see [`wait_usable`]).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use netmux_common::proto::error_code;
+use netmux_common::tunnel::blackout::{
+    human, Gap, Health, Phase, ProbeGate, ResumeDetector, Transition, DEGRADED_AFTER,
+};
+use quinn::{Connection, VarInt};
+use tokio::sync::watch;
+
+use crate::endpoint::EndpointStatus;
+use crate::metrics::Metrics;
+use crate::transport::PathProbe;
+
+/// How often the connection's counters are sampled.
+const TICK: Duration = Duration::from_millis(500);
+/// How long a new connection waits for a degraded endpoint's path.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// Probes the server answers while the session stays silent before the
+/// session is taken as lost by the server.
+const ANSWERED_BUT_SILENT: u32 = 3;
+
+/// The current blackout of an endpoint, for status and doctor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blackout {
+    /// Time since the server last answered.
+    pub silent_for: Duration,
+    /// Until the session is torn down.
+    pub remaining: Duration,
+    /// The endpoint's `survive_blackout`.
+    pub bound: Duration,
+}
+
+impl Blackout {
+    /// One line for `netmux status` and doctor.
+    pub fn describe(&self) -> String {
+        format!(
+            "no answer from the server for {}; the session and its open connections are kept {} more, then reset (survive_blackout {})",
+            human(self.silent_for),
+            human(self.remaining),
+            human(self.bound)
+        )
+    }
+}
+
+/// What the health driver shares with the endpoint.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The current blackout, if any.
+    pub blackout: Option<Blackout>,
+    /// Connections open (`service (direction)` and count) as last seen
+    /// while the session was alive: what a lost session takes with it.
+    pub open: Vec<(String, i64)>,
+}
+
+/// The shared state behind a lock that survives a panicked holder.
+pub type SharedState = Arc<Mutex<Shared>>;
+
+/// Locks `s`.
+pub fn lock(s: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
+    match s.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Degraded flags of live connections, by `Connection::stable_id`, for the
+/// listeners (which hold only the connection).
+static DEGRADED: LazyLock<Mutex<HashMap<usize, watch::Receiver<bool>>>> =
+    LazyLock::new(Default::default);
+
+struct Registration(usize);
+
+impl Registration {
+    fn new(conn: &Connection, rx: watch::Receiver<bool>) -> Self {
+        let id = conn.stable_id();
+        if let Ok(mut m) = DEGRADED.lock() {
+            m.insert(id, rx);
+        }
+        Registration(id)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut m) = DEGRADED.lock() {
+            m.remove(&self.0);
+        }
+    }
+}
+
+/// For a new local connection: `Ok` when `conn`'s server answers, or starts
+/// answering within [`CONNECT_WAIT`]; otherwise the error to log (the
+/// caller resets the local connection: a prompt, clear failure rather than
+/// a connection hanging for the whole blackout).
+pub async fn wait_usable(conn: &Connection) -> Result<(), String> {
+    let rx = match DEGRADED.lock() {
+        Ok(m) => m.get(&conn.stable_id()).cloned(),
+        Err(_) => None,
+    };
+    let Some(mut rx) = rx else { return Ok(()) };
+    if !*rx.borrow() {
+        return Ok(());
+    }
+    let answered = tokio::time::timeout(CONNECT_WAIT, rx.wait_for(|d| !*d))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    match answered {
+        true => Ok(()),
+        false => Err(format!(
+            "the server has not answered for a while (blackout); no new connection within {}s",
+            CONNECT_WAIT.as_secs()
+        )),
+    }
+}
+
+/// `CLOCK_BOOTTIME` (counts suspended time) and `CLOCK_MONOTONIC` (does
+/// not), since boot.
+fn clocks() -> (Duration, Duration) {
+    let mono = read_clock(libc::CLOCK_MONOTONIC).unwrap_or_default();
+    #[cfg(target_os = "linux")]
+    let boot = read_clock(libc::CLOCK_BOOTTIME).unwrap_or(mono);
+    #[cfg(not(target_os = "linux"))]
+    let boot = mono;
+    (boot, mono)
+}
+
+fn read_clock(id: libc::clockid_t) -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime writes only
+    // into it and reports failure through its return value.
+    let rc = unsafe { libc::clock_gettime(id, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    ))
+}
+
+/// The address the kernel sends from towards `server` now (no packet sent).
+fn route_source(server: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if server.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(server).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+/// What the driver watches and where it reports.
+pub struct Watch {
+    /// The session's connection.
+    pub conn: Connection,
+    /// For QUIC over UDP: the endpoint's socket owner (rebound on a change
+    /// of network) and the server's address (probed). `None` over TCP and
+    /// port-forwards, whose stream ends the connection when it breaks.
+    pub udp: Option<(quinn::Endpoint, SocketAddr)>,
+    /// `survive_blackout`.
+    pub bound: Duration,
+    /// The connection's probe gate ([`ProbeGate::wrap`] in its congestion
+    /// controller).
+    pub gate: ProbeGate,
+    /// Endpoint name (logs, metrics).
+    pub name: String,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The endpoint's status (`degraded` is set and cleared here).
+    pub status: watch::Sender<EndpointStatus>,
+    /// Blackout and open connections, for status.
+    pub shared: SharedState,
+}
+
+/// Watches the session until it must end; closes it and returns why.
+pub async fn watch(w: Watch) -> String {
+    let Watch {
+        conn,
+        udp,
+        bound,
+        gate,
+        name,
+        metrics,
+        status,
+        shared,
+    } = w;
+    let (degraded_tx, degraded_rx) = watch::channel(false);
+    let _registration = Registration::new(&conn, degraded_rx);
+    let degraded_gauge = metrics.endpoint_degraded.with_label_values(&[&name]);
+    let seconds = metrics.blackout_seconds.with_label_values(&[&name]);
+    let outcome = |o: &str| metrics.blackouts.with_label_values(&[&name, o]).inc();
+    let set_degraded = |d: bool| {
+        degraded_tx.send_replace(d);
+        degraded_gauge.set(i64::from(d));
+        status.send_modify(|s| {
+            if let EndpointStatus::Connected { degraded, .. } = s {
+                *degraded = d;
+            }
+        });
+    };
+    let (boot, mono) = clocks();
+    let mut health = Health::new(boot, bound, rx_count(&conn));
+    let mut resume = ResumeDetector::new(TICK);
+    resume.observe(boot, mono);
+    let mut local = udp.as_ref().and_then(|(_, s)| route_source(*s));
+    let mut answered_silent = 0u32;
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = |why: String, lost_session: bool| {
+        conn.close(VarInt::from_u32(error_code::NO_ERROR), why.as_bytes());
+        if lost_session {
+            outcome("session_lost");
+        }
+        degraded_gauge.set(0);
+        seconds.set(0);
+        lock(&shared).blackout = None;
+        why
+    };
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            e = conn.closed() => {
+                degraded_gauge.set(0);
+                seconds.set(0);
+                lock(&shared).blackout = None;
+                return e.to_string();
+            }
+        }
+        let (boot, mono) = clocks();
+        let gap = resume.observe(boot, mono);
+        match health.observe(boot, rx_count(&conn)) {
+            Transition::Degraded => {
+                tracing::warn!(endpoint = %name, silent = %human(DEGRADED_AFTER), survive_blackout = %human(bound), "no answer from the server; degraded, keeping the session and its connections");
+                set_degraded(true);
+            }
+            Transition::Recovered(len) => {
+                tracing::info!(endpoint = %name, blackout = %human(len), "the server answers again; connections carry on");
+                set_degraded(false);
+                outcome("recovered");
+                answered_silent = 0;
+            }
+            Transition::Expired => {
+                outcome("expired");
+                let why = format!(
+                    "no answer from the server for {}, longer than survive_blackout: session closed, open connections reset",
+                    human(bound)
+                );
+                tracing::warn!(endpoint = %name, "{why}");
+                return end(why, false);
+            }
+            Transition::None => {}
+        }
+        let phase = health.phase(boot);
+        {
+            let mut s = lock(&shared);
+            s.blackout = match phase {
+                Phase::Degraded {
+                    silent_for,
+                    remaining,
+                } => Some(Blackout {
+                    silent_for,
+                    remaining,
+                    bound,
+                }),
+                _ => None,
+            };
+            if matches!(phase, Phase::Healthy) {
+                s.open = open_connections(&metrics, &name);
+            }
+        }
+        seconds.set(match phase {
+            Phase::Degraded { silent_for, .. } => {
+                i64::try_from(silent_for.as_secs()).unwrap_or(i64::MAX)
+            }
+            _ => 0,
+        });
+        if let Some(g) = gap {
+            let what = match g {
+                Gap::Suspended(_) => "suspended",
+                Gap::Stalled(_) => "stopped",
+            };
+            tracing::info!(endpoint = %name, gap = %human(g.length()), "resumed after being {what}; probing the path now");
+        }
+        let resumed = gap.is_some();
+        if !resumed && !health.probe_due(boot) {
+            continue;
+        }
+        let Some((endpoint, server)) = &udp else {
+            continue;
+        };
+        let degraded = !matches!(phase, Phase::Healthy);
+        match crate::transport::probe_path(*server).await {
+            PathProbe::Refused => {
+                let why = format!(
+                    "the server at {server} is not listening any more (stopped or restarted): the session is lost{}",
+                    lost_list(&shared)
+                );
+                tracing::warn!(endpoint = %name, "{why}");
+                return end(why, true);
+            }
+            PathProbe::Answered { local: now_local } => {
+                // The path works: let a packet past the window the
+                // blackout filled and migrate, so both ends move at once.
+                if degraded || resumed || local != Some(now_local) {
+                    gate.open();
+                    match crate::transport::rebind(endpoint, server.is_ipv6()) {
+                        Ok(addr) => {
+                            tracing::info!(endpoint = %name, local = %addr, previous = ?local, "path answers; migrated the session to a new socket")
+                        }
+                        Err(e) => {
+                            tracing::warn!(endpoint = %name, error = %e, "cannot rebind the QUIC socket")
+                        }
+                    }
+                    local = Some(now_local);
+                }
+                if degraded {
+                    answered_silent += 1;
+                    if answered_silent >= ANSWERED_BUT_SILENT {
+                        let why = format!(
+                            "the server at {server} answers but no longer knows this session (it restarted): the session is lost{}",
+                            lost_list(&shared)
+                        );
+                        tracing::warn!(endpoint = %name, "{why}");
+                        return end(why, true);
+                    }
+                }
+            }
+            PathProbe::Silent { local: now_local } => {
+                if now_local.is_some() && now_local != local {
+                    // A new network, not answering yet: send from it now.
+                    match crate::transport::rebind(endpoint, server.is_ipv6()) {
+                        Ok(addr) => {
+                            tracing::info!(endpoint = %name, local = %addr, previous = ?local, "local address changed; migrated the session")
+                        }
+                        Err(e) => {
+                            tracing::warn!(endpoint = %name, error = %e, "cannot rebind the QUIC socket")
+                        }
+                    }
+                    gate.open();
+                    local = now_local;
+                }
+            }
+        }
+    }
+}
+
+fn rx_count(conn: &Connection) -> u64 {
+    conn.stats().udp_rx.datagrams
+}
+
+/// The endpoint's open connections by service and direction.
+fn open_connections(metrics: &Metrics, endpoint: &str) -> Vec<(String, i64)> {
+    use prometheus::core::Collector;
+    let mut out = Vec::new();
+    for family in metrics.connections_active.collect() {
+        for m in family.get_metric() {
+            let label = |k: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == k)
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default()
+            };
+            let n = m.get_gauge().get_value() as i64;
+            if n > 0 && label("endpoint") == endpoint {
+                out.push((format!("{} ({})", label("service"), label("direction")), n));
+            }
+        }
+    }
+    out
+}
+
+/// "; 3 open connections lost: demo/web (l2c) ×2, ..." or "".
+pub(crate) fn lost_list(shared: &SharedState) -> String {
+    let open = lock(shared).open.clone();
+    let total: i64 = open.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return String::new();
+    }
+    let list: Vec<String> = open.iter().map(|(s, n)| format!("{s} ×{n}")).collect();
+    format!("; {total} open connections lost: {}", list.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blackout_line_says_how_long_and_what_happens_at_the_bound() {
+        let b = Blackout {
+            silent_for: Duration::from_secs(42),
+            remaining: Duration::from_secs(558),
+            bound: Duration::from_secs(600),
+        };
+        let line = b.describe();
+        assert!(line.contains("for 42s"), "{line}");
+        assert!(line.contains("kept 9m18s more, then reset"), "{line}");
+        assert!(line.contains("survive_blackout 10m00s"), "{line}");
+    }
+
+    #[test]
+    fn the_clocks_run_and_boottime_is_not_behind() {
+        let (b0, m0) = clocks();
+        std::thread::sleep(Duration::from_millis(20));
+        let (b1, m1) = clocks();
+        assert!(m1 > m0 && b1 > b0);
+        assert!(b1 >= m1, "CLOCK_BOOTTIME counts everything MONOTONIC does");
+    }
+
+    #[test]
+    fn lost_connections_are_listed_from_the_gauge() {
+        let metrics = Metrics::new();
+        metrics
+            .connections_active
+            .with_label_values(&["dev", "demo/web", "l2c"])
+            .set(2);
+        metrics
+            .connections_active
+            .with_label_values(&["other", "demo/web", "l2c"])
+            .set(5);
+        let shared = SharedState::default();
+        assert_eq!(lost_list(&shared), "");
+        lock(&shared).open = open_connections(&metrics, "dev");
+        assert_eq!(
+            lost_list(&shared),
+            "; 2 open connections lost: demo/web (l2c) ×2"
+        );
+    }
+}
