@@ -109,22 +109,6 @@ pub struct Daemon {
     pub name_service: crate::dns::NameService,
 }
 
-/// All names a service answers to on the workstation.
-pub fn service_names(svc: &Service, domain: &str) -> Vec<String> {
-    let mut names = vec![
-        svc.name.clone(),
-        format!("{}.{}", svc.name, svc.namespace),
-        format!("{}.{}.svc", svc.name, svc.namespace),
-        format!("{}.{}.svc.{domain}", svc.name, svc.namespace),
-    ];
-    for a in &svc.aliases {
-        if !names.contains(a) {
-            names.push(a.clone());
-        }
-    }
-    names
-}
-
 fn describe(svc: &Service, local: Option<Ipv4Addr>) -> String {
     let remote = svc
         .addresses
@@ -633,16 +617,6 @@ impl Daemon {
                 }
             }
         }
-        let entries: Vec<HostsEntry> = state
-            .running
-            .values()
-            .flat_map(|r| {
-                self.answer_addrs(r).into_iter().map(|addr| HostsEntry {
-                    addr,
-                    names: service_names(&r.service, &r.domain),
-                })
-            })
-            .collect();
         let records: Vec<NameRecord> = state
             .running
             .iter()
@@ -654,6 +628,12 @@ impl Daemon {
                 addrs: self.answer_addrs(r),
             })
             .collect();
+        // With a DNS integration in force, names come from the DNS server only.
+        let entries: Vec<HostsEntry> = if self.name_service.hosts_block() {
+            crate::system::hosts::entries(&records)
+        } else {
+            vec![]
+        };
         self.names.send_if_modified(|current| {
             if **current == records {
                 false
@@ -662,12 +642,6 @@ impl Daemon {
                 true
             }
         });
-        // With a DNS integration in force, names come from the DNS server only.
-        let entries = if self.name_service.hosts_block() {
-            entries
-        } else {
-            vec![]
-        };
         if let Err(e) = self.hosts.write(&entries) {
             tracing::error!(path = %self.hosts.path().display(), error = %e, "cannot write hosts file");
         }

@@ -1,14 +1,27 @@
 //! The daemon's marked block in the hosts file.
 //!
 //! Everything outside the block is kept byte for byte. The file is replaced
-//! atomically (temporary file + rename) so readers never see half a file;
-//! where the hosts file is a mount point (containers, `ip netns exec`) rename
-//! is impossible and the file is rewritten in place instead.
+//! atomically (temporary file + rename) where the directory allows it. Where
+//! it does not — the hardened unit makes only the file itself writable
+//! (`ReadWritePaths=/etc/hosts` is a bind mount: rename onto it is EBUSY and
+//! `/etc` is read-only), and so do containers and `ip netns exec` — the file
+//! is changed in place without ever truncating what precedes the block:
+//! only the bytes from the first difference on are written, a shorter block
+//! is padded (trailing spaces on the BEGIN line) instead of shrinking the
+//! file, and removing the block is a single `ftruncate` to the user's part.
+//! So a concurrent reader, or a file left by a crash, always has the user's
+//! lines (`localhost` ...) intact.
+//!
+//! Names come from [`entries`]: the same rule as the embedded DNS server,
+//! names inside the endpoint's cluster domain only (plus the short forms
+//! `SVC` and `SVC.NS.svc`, which name nothing outside the cluster).
 
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+
+use crate::daemon::NameRecord;
 
 /// First line of the block.
 pub const BEGIN: &str = "# BEGIN netmux (managed by netmuxd, do not edit)";
@@ -48,6 +61,90 @@ pub fn strip_block(text: &str) -> String {
             continue;
         }
         out.push_str(line);
+    }
+    out
+}
+
+/// Whether `name` is `domain` or inside it.
+fn inside(name: &str, domain: &str) -> bool {
+    name == domain
+        || name
+            .strip_suffix(domain)
+            .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+}
+
+/// The hosts lines for `records`, with the embedded DNS server's rules
+/// (`dns::zone`): names inside the record's cluster domain only, so a
+/// catalog alias such as `github.com` or `localhost` is never written;
+/// every endpoint gets its qualified `SVC.NS.svc.EP.D` (and qualified
+/// in-domain aliases; not for endpoints called `svc` or `pod`); the plain
+/// names, and the short forms `SVC` and `SVC.NS.svc`, go to the endpoint
+/// connected first. `SVC.NS` is not written: it would be any two-label
+/// name (a service `github` in a namespace `com`); it resolves through
+/// search domains with a DNS integration.
+pub fn entries(records: &[NameRecord]) -> Vec<HostsEntry> {
+    let mut sorted: Vec<&NameRecord> = records.iter().collect();
+    sorted.sort_by(|a, b| {
+        (
+            a.connected,
+            &a.endpoint,
+            &a.service.namespace,
+            &a.service.name,
+        )
+            .cmp(&(
+                b.connected,
+                &b.endpoint,
+                &b.service.namespace,
+                &b.service.name,
+            ))
+    });
+    let mut taken: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for r in sorted {
+        let domain = r.domain.trim_end_matches('.').to_ascii_lowercase();
+        let svc = &r.service;
+        let base = format!("{}.{}.svc", svc.name, svc.namespace);
+        // Heads relative to the domain: the service's own, then aliases
+        // inside the domain.
+        let mut heads = vec![base.clone()];
+        for alias in &svc.aliases {
+            let alias = alias.trim_end_matches('.').to_ascii_lowercase();
+            if inside(&alias, &domain) && alias != domain {
+                let head = alias[..alias.len() - domain.len() - 1].to_owned();
+                if !heads.contains(&head) {
+                    heads.push(head);
+                }
+            } else {
+                tracing::debug!(endpoint = %r.endpoint, service = %svc.key(), %alias, %domain, "alias outside the cluster domain: not written to the hosts file");
+            }
+        }
+        let mut plain: Vec<String> = Vec::new();
+        if svc.name != "localhost" {
+            plain.push(svc.name.clone());
+        }
+        plain.push(base.clone());
+        plain.extend(heads.iter().map(|h| format!("{h}.{domain}")));
+        let mut names = Vec::new();
+        for n in plain {
+            let owner = taken.entry(n.clone()).or_insert(r.endpoint.as_str());
+            if *owner == r.endpoint && !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        if !matches!(r.endpoint.as_str(), "svc" | "pod") {
+            for h in &heads {
+                let n = format!("{h}.{}.{domain}", r.endpoint);
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        for addr in &r.addrs {
+            out.push(HostsEntry {
+                addr: *addr,
+                names: names.clone(),
+            });
+        }
     }
     out
 }
@@ -130,13 +227,66 @@ impl HostsFile {
         match atomic {
             Ok(()) => Ok(()),
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                // EBUSY (a bind mount) or EXDEV: rewrite in place.
+                if !fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_dir()) {
+                    let _ = fs::remove_file(&tmp);
+                }
+                // EROFS (the hardened unit's read-only /etc), EBUSY (a bind
+                // mount) or EXDEV: change the file in place.
                 tracing::debug!(path = %self.path.display(), error = %e, "atomic replace failed, writing in place");
-                fs::write(&self.path, contents)
+                write_in_place(&self.path, contents)
             }
         }
     }
+}
+
+/// Turns the file at `path` into `contents` without truncating it first:
+/// see the module doc. `contents` is `with_block(current, ..)`, so the
+/// user's part is a prefix of both the old and the new text.
+fn write_in_place(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let mut old = Vec::new();
+    f.read_to_end(&mut old)?;
+    let new = contents.as_bytes();
+    if new.len() < old.len() && old.starts_with(new) {
+        // The block goes (or gets shorter at its very end): one truncate.
+        f.set_len(new.len() as u64)?;
+        return f.sync_all();
+    }
+    let mut padded;
+    let mut new = new;
+    if new.len() < old.len() {
+        // Keep the length: pad the BEGIN line (`strip_block` compares it
+        // with trailing whitespace trimmed). The file shrinks again when
+        // the block goes.
+        let text = contents;
+        let Some(pos) = text.find(&format!("{BEGIN}\n")) else {
+            // No block in the new text but not a prefix either (the user
+            // part changed meanwhile): nothing safe but a plain rewrite.
+            f.seek(SeekFrom::Start(0))?;
+            f.write_all(new)?;
+            f.set_len(new.len() as u64)?;
+            return f.sync_all();
+        };
+        let at = pos + BEGIN.len();
+        padded = Vec::with_capacity(old.len());
+        padded.extend_from_slice(&new[..at]);
+        padded.resize(at + (old.len() - new.len()), b' ');
+        padded.extend_from_slice(&new[at..]);
+        new = &padded;
+    }
+    let same = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    if same == new.len() && new.len() == old.len() {
+        return Ok(());
+    }
+    f.seek(SeekFrom::Start(same as u64))?;
+    f.write_all(&new[same..])?;
+    f.sync_all()
 }
 
 #[cfg(test)]
@@ -167,6 +317,134 @@ mod tests {
         assert!(!t.contains("web") && t.contains("127.77.0.2 db"));
         h.clear().unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), format!("{original}\n"));
+    }
+
+    fn record(ep: &str, connected: u64, name: &str, aliases: &[&str], addr: &str) -> NameRecord {
+        NameRecord {
+            endpoint: ep.into(),
+            domain: "cluster.local".into(),
+            connected,
+            service: netmux_common::proto::catalog::Service {
+                id: netmux_common::proto::catalog::ServiceId(1),
+                name: name.into(),
+                namespace: "demo".into(),
+                aliases: aliases.iter().map(|s| s.to_string()).collect(),
+                addresses: vec![addr.parse().unwrap()],
+                ports: vec![netmux_common::proto::catalog::ServicePort {
+                    name: None,
+                    port: 80,
+                    target_port: 80,
+                    protocol: netmux_common::proto::catalog::Protocol::Tcp,
+                }],
+                direction: netmux_common::proto::catalog::Direction::L2C,
+            },
+            addrs: vec![addr.parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn names_stay_inside_the_cluster_domain() {
+        let r = record(
+            "demo",
+            1,
+            "web",
+            &[
+                "github.com",
+                "localhost",
+                "web-0.web.demo.svc.cluster.local",
+                "cluster.local",
+                "evilcluster.local",
+            ],
+            "127.77.0.1",
+        );
+        let e = entries(&[r]);
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            e[0].names,
+            [
+                "web",
+                "web.demo.svc",
+                "web.demo.svc.cluster.local",
+                "web-0.web.demo.svc.cluster.local",
+                "web.demo.svc.demo.cluster.local",
+                "web-0.web.demo.svc.demo.cluster.local",
+            ]
+        );
+        // A service called localhost never shadows localhost.
+        let e = entries(&[record("demo", 1, "localhost", &[], "127.77.0.2")]);
+        assert!(
+            !e[0].names.iter().any(|n| n == "localhost"),
+            "{:?}",
+            e[0].names
+        );
+        let text = with_block("127.0.0.1 localhost\n", &e);
+        assert!(!text
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().skip(1).any(|n| n == "localhost")));
+    }
+
+    #[test]
+    fn first_connected_endpoint_owns_the_plain_names() {
+        let a = record("alpha", 1, "web", &[], "10.96.0.10");
+        let b = record("beta", 2, "web", &[], "10.96.0.10");
+        let e = entries(&[b, a]);
+        assert_eq!(
+            e[0].names[..3],
+            ["web", "web.demo.svc", "web.demo.svc.cluster.local"]
+        );
+        assert_eq!(e[0].names[3], "web.demo.svc.alpha.cluster.local");
+        assert_eq!(e[1].names, ["web.demo.svc.beta.cluster.local"]);
+    }
+
+    #[test]
+    fn in_place_rewrites_never_hide_the_users_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        let original = "127.0.0.1 localhost\n::1 ip6-localhost\n";
+        fs::write(&path, original).unwrap();
+        // A directory where the temporary file would go: rename is
+        // impossible, as under the hardened unit, so every write below
+        // takes the in-place path.
+        fs::create_dir(dir.path().join(".hosts.netmux.tmp")).unwrap();
+        let h = HostsFile::new(&path);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (path, done) = (path.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = fs::read_to_string(&path).unwrap();
+                    assert!(t.contains("localhost"), "read {reads}: {t:?}");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for i in 0..1000u32 {
+            // Growing, shrinking and vanishing blocks.
+            let n = (i * 7) % 13;
+            let list: Vec<HostsEntry> = (0..n)
+                .map(|k| {
+                    entry(
+                        &format!("127.77.0.{}", k + 1),
+                        &[&format!("svc{k}-{}", "x".repeat((i % 5) as usize))],
+                    )
+                })
+                .collect();
+            h.write(&list).unwrap();
+            let t = fs::read_to_string(&path).unwrap();
+            assert!(t.starts_with(original), "{t:?}");
+            assert_eq!(strip_block(&t), original);
+            for e in &list {
+                assert!(t.contains(&format!("{} {}", e.addr, e.names[0])), "{t:?}");
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reads = reader.join().expect("reader saw a file without localhost");
+        assert!(reads > 0);
+        h.clear().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), original);
     }
 
     #[test]
