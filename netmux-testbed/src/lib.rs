@@ -31,6 +31,7 @@
 mod bins;
 pub mod cgroup;
 pub mod check;
+pub mod docker;
 mod cleanup;
 mod error;
 pub mod netmux;

@@ -1,0 +1,827 @@
+//! A private Docker daemon inside a sandbox's network namespace.
+//!
+//! [`Dockerd::start`] runs Debian's `dockerd` (package `docker.io`) with its
+//! own data root, exec root, pid file, config file and unix socket under a
+//! temp dir, entered into a namespace with `nsenter --net=/run/netns/NAME`
+//! (not `ip netns exec`, which remounts /sys and hides the cgroup mounts
+//! dockerd needs). `--iptables=false` leaves the machine's firewall alone;
+//! the bridges dockerd creates and every container address live inside that
+//! namespace, so nothing a test sends leaves the namespaces it created.
+//! No registry is reachable: images are built here from host files with
+//! [`ImageSpec`] (`docker import` of a tarball) or loaded from a tarball
+//! with [`Dockerd::load_image`].
+//!
+//! On drop, even while unwinding from a failed assertion: every container
+//! is removed, every user-defined network deleted, dockerd and the
+//! containerd it started stopped, leftover processes of its containers
+//! killed (through their cgroup parent), its mounts detached, its cgroups
+//! and its directory removed.
+//!
+//! ```no_run
+//! use netmux_testbed::docker::{Dockerd, ImageSpec, RunSpec};
+//! use netmux_testbed::{bin, Sandbox};
+//!
+//! let sb = Sandbox::new().unwrap();
+//! let docker = Dockerd::start(sb.cluster(), sb.dir()).unwrap();
+//! let image = ImageSpec::new("nx-echo:test")
+//!     .binary(bin("nx-echo").unwrap(), "/nx-echo")
+//!     .busybox();
+//! docker.build_image(&image).unwrap();
+//! let net = docker.create_network("apps", "172.31.5.0/24").unwrap();
+//! let web = docker
+//!     .run(&RunSpec::new("nx-echo:test").name("web").network(&net.name)
+//!         .args(["/nx-echo", "http", "--listen", "0.0.0.0:8080"]))
+//!     .unwrap();
+//! let ip = docker.address(&web, &net.name).unwrap();
+//! ```
+
+use std::ffi::OsStr;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::netns::Netns;
+use crate::process::{Process, ProcessBuilder};
+use crate::{prereq, Error, Output, Result};
+
+/// How long dockerd may take to answer on its socket after start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one `docker` CLI call may take.
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long dockerd gets to stop its containers and exit on SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Why docker tests cannot run here, or `None`: root, `dockerd` and the
+/// `docker` CLI, `nsenter` and `tar`.
+pub fn missing() -> Option<String> {
+    prereq::first([
+        prereq::root(),
+        prereq::tools(&["dockerd", "docker", "nsenter", "tar", "ldd"]),
+    ])
+}
+
+/// A private dockerd; see the [module docs](self).
+#[derive(Debug)]
+pub struct Dockerd {
+    process: Option<Process>,
+    builder: ProcessBuilder,
+    dir: PathBuf,
+    socket: PathBuf,
+    cgroup_parent: String,
+    netns: String,
+}
+
+/// A user-defined bridge network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// Its name.
+    pub name: String,
+    /// The subnet given at creation.
+    pub subnet: String,
+    /// The bridge's address in the daemon's namespace: how containers reach
+    /// processes running beside dockerd.
+    pub gateway: IpAddr,
+}
+
+/// A container started by [`Dockerd::run`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// Full id.
+    pub id: String,
+    /// Name (without the leading `/`).
+    pub name: String,
+}
+
+impl Dockerd {
+    /// Starts dockerd inside `netns`, its files under a new directory in
+    /// `parent`; returns once it answers on its socket.
+    pub fn start(netns: &Netns, parent: &Path) -> Result<Dockerd> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // Short: the socket path must fit in sun_path (108 bytes).
+        let dir = parent.join(format!("dockerd{n}"));
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        let socket = dir.join("docker.sock");
+        let config = dir.join("daemon.json");
+        std::fs::write(&config, "{}\n")
+            .map_err(Error::io(format!("writing {}", config.display())))?;
+        let cgroup_parent = format!("nx-docker-{pid}-{n}");
+        let nsenter = prereq::which("nsenter").unwrap_or_else(|| PathBuf::from("nsenter"));
+        let dockerd = prereq::which("dockerd").unwrap_or_else(|| PathBuf::from("dockerd"));
+        let builder =
+            ProcessBuilder::new(&format!("dockerd{n}"), None, nsenter.as_os_str(), parent)
+                .arg(format!("--net=/run/netns/{}", netns.name()))
+                .arg(dockerd)
+                .args([
+                    "--iptables=false",
+                    "--ip-masq=false",
+                    "--userland-proxy=false",
+                ])
+                .args(["--storage-driver=vfs", "--log-level=info"])
+                .arg(format!("--config-file={}", config.display()))
+                .arg(format!("--data-root={}", dir.join("data").display()))
+                .arg(format!("--exec-root={}", dir.join("exec").display()))
+                .arg(format!("--pidfile={}", dir.join("docker.pid").display()))
+                .arg(format!("--cgroup-parent=/{cgroup_parent}"))
+                .arg(format!("--host=unix://{}", socket.display()));
+        let mut d = Dockerd {
+            process: None,
+            builder,
+            dir,
+            socket,
+            cgroup_parent,
+            netns: netns.name().to_owned(),
+        };
+        // From here on, drop cleans up.
+        d.launch()?;
+        Ok(d)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(&self.socket);
+        self.process = Some(self.builder.clone().spawn()?);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if self.socket.exists()
+                && self
+                    .cli(["version"], Duration::from_secs(10))
+                    .is_ok_and(|o| o.success())
+            {
+                return Ok(());
+            }
+            let exited = self.process.as_mut().and_then(Process::try_status);
+            if exited.is_some() || Instant::now() >= deadline {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(Error::Check(format!(
+                    "dockerd in {} did not answer on {} ({}); its log ends:\n{}",
+                    self.netns,
+                    self.socket.display(),
+                    match exited {
+                        Some(s) => format!("exited: {s}"),
+                        None => format!("still silent after {START_TIMEOUT:?}"),
+                    },
+                    tail.join("\n")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemon's unix socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `DOCKER_HOST` for this daemon: `unix:///…/docker.sock`.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The directory holding the daemon's data, exec root and socket.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The name of the namespace dockerd runs in.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// Everything dockerd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.builder.log_path()).unwrap_or_default()
+    }
+
+    fn cli<I, S>(&self, args: I, timeout: Duration) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let docker = prereq::which("docker").unwrap_or_else(|| PathBuf::from("docker"));
+        ProcessBuilder::new("docker", None, docker.as_os_str(), &self.dir)
+            .arg("--host")
+            .arg(self.host())
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.join("cli"))
+            .run(timeout)
+    }
+
+    /// Runs `docker ARGS` against this daemon; fails unless it exits with 0.
+    pub fn docker<I, S>(&self, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cli(args, CLI_TIMEOUT)?.ok()
+    }
+
+    /// Builds `spec` into an image (a tarball of its files, `docker
+    /// import`ed with its `CMD`).
+    pub fn build_image(&self, spec: &ImageSpec) -> Result<()> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let root = self.dir.join(format!("image{n}"));
+        let result = (|| {
+            spec.populate(&root)?;
+            let tar = self.dir.join(format!("image{n}.tar"));
+            ProcessBuilder::new("tar", None, OsStr::new("tar"), &self.dir)
+                .arg("-C")
+                .arg(&root)
+                .args(["-cf"])
+                .arg(&tar)
+                .arg(".")
+                .run(CLI_TIMEOUT)?
+                .ok()?;
+            let mut args: Vec<String> = vec!["import".into()];
+            if !spec.cmd.is_empty() {
+                let json =
+                    serde_json::to_string(&spec.cmd).map_err(|e| Error::Check(e.to_string()))?;
+                args.push("--change".into());
+                args.push(format!("CMD {json}"));
+            }
+            args.push(tar.display().to_string());
+            args.push(spec.tag.clone());
+            let out = self.docker(&args);
+            let _ = std::fs::remove_file(&tar);
+            out.map(|_| ())
+        })();
+        let _ = std::fs::remove_dir_all(&root);
+        result
+    }
+
+    /// `docker load` of an image tarball (as `docker save` writes it);
+    /// returns what docker printed (`Loaded image: NAME:TAG`).
+    pub fn load_image(&self, tarball: &Path) -> Result<String> {
+        let out = self.docker([
+            OsStr::new("load"),
+            OsStr::new("--input"),
+            tarball.as_os_str(),
+        ])?;
+        Ok(out.stdout.trim().to_owned())
+    }
+
+    /// Creates a bridge network `name` on `subnet` (a CIDR such as
+    /// `172.31.5.0/24`, inside the daemon's private namespace).
+    pub fn create_network(&self, name: &str, subnet: &str) -> Result<Network> {
+        let gateway = first_host(subnet).ok_or_else(|| {
+            Error::Check(format!(
+                "network {name}: {subnet:?} is not an IPv4 CIDR such as 172.31.5.0/24"
+            ))
+        })?;
+        self.docker([
+            "network",
+            "create",
+            "--driver",
+            "bridge",
+            "--subnet",
+            subnet,
+            "--gateway",
+            &gateway.to_string(),
+            name,
+        ])?;
+        Ok(Network {
+            name: name.to_owned(),
+            subnet: subnet.to_owned(),
+            gateway: IpAddr::V4(gateway),
+        })
+    }
+
+    /// `docker run --detach` of `spec`.
+    pub fn run(&self, spec: &RunSpec) -> Result<Container> {
+        let out = self.docker(spec.args_vec())?;
+        let id = out.stdout.trim().to_owned();
+        let name = self
+            .docker(["inspect", "--format", "{{.Name}}", &id])?
+            .stdout
+            .trim()
+            .trim_start_matches('/')
+            .to_owned();
+        Ok(Container { id, name })
+    }
+
+    /// The container's address on `network`.
+    pub fn address(&self, c: &Container, network: &str) -> Result<IpAddr> {
+        let format = format!("{{{{with index .NetworkSettings.Networks \"{network}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}");
+        let out = self.docker(["inspect", "--format", &format, &c.id])?.stdout;
+        out.trim().parse().map_err(|_| {
+            Error::Check(format!(
+                "container {} has no address on network {network} ({:?})",
+                c.name,
+                out.trim()
+            ))
+        })
+    }
+
+    /// `docker inspect --format FORMAT` of a container, network or image.
+    pub fn inspect(&self, what: &str, format: &str) -> Result<String> {
+        Ok(self
+            .docker(["inspect", "--format", format, what])?
+            .stdout
+            .trim()
+            .to_owned())
+    }
+
+    /// Stops a container (SIGTERM, then SIGKILL after `grace_secs`).
+    pub fn stop(&self, c: &Container, grace_secs: u32) -> Result<()> {
+        self.docker(["stop", "--time", &grace_secs.to_string(), &c.id])
+            .map(|_| ())
+    }
+
+    /// Starts a stopped container again.
+    pub fn start_container(&self, c: &Container) -> Result<()> {
+        self.docker(["start", &c.id]).map(|_| ())
+    }
+
+    /// Removes a container, running or not.
+    pub fn remove(&self, c: &Container) -> Result<()> {
+        self.docker(["rm", "--force", &c.id]).map(|_| ())
+    }
+
+    /// Runs `argv` inside a running container and captures its output
+    /// (whatever its exit status: see [`Output::ok`]).
+    pub fn exec<I, S>(&self, c: &Container, argv: I, timeout: Duration) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut args: Vec<std::ffi::OsString> = vec!["exec".into(), c.id.clone().into()];
+        args.extend(argv.into_iter().map(|a| a.as_ref().to_owned()));
+        self.cli(args, timeout)
+    }
+
+    /// Stops dockerd (SIGTERM; containers stop with it unless they have a
+    /// restart policy) and starts it again with the same flags.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(mut p) = self.process.take() {
+            p.terminate(STOP_GRACE);
+        }
+        self.kill_leftovers();
+        self.launch()
+    }
+
+    /// Kills every process left by this daemon: its containerd and shims
+    /// (their command lines name our directory) and its containers' (in
+    /// our cgroup parent).
+    fn kill_leftovers(&self) {
+        let dir = self.dir.display().to_string();
+        let parent = format!("/{}/", self.cgroup_parent);
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in procs.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cgroup = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&cmdline).contains(&dir) || cgroup.contains(&parent);
+            if ours && pid != std::process::id() as i32 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    fn unmount_all(&self) {
+        let dir = self.dir.display().to_string();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<String> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(unescape_mount_path)
+            .filter(|p| p == &dir || p.starts_with(&format!("{dir}/")))
+            .collect();
+        // Deepest first.
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix::mount::umount2(Path::new(&p), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    fn remove_cgroups(&self) {
+        let root = Path::new("/sys/fs/cgroup");
+        let mut tops = vec![root.join(&self.cgroup_parent)];
+        if let Ok(controllers) = std::fs::read_dir(root) {
+            tops.extend(
+                controllers
+                    .flatten()
+                    .map(|c| c.path().join(&self.cgroup_parent)),
+            );
+        }
+        for top in tops.into_iter().filter(|t| t.is_dir()) {
+            if let Ok(children) = std::fs::read_dir(&top) {
+                for c in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&top);
+        }
+    }
+}
+
+/// The first host address of an IPv4 CIDR (the bridge's own address).
+fn first_host(cidr: &str) -> Option<std::net::Ipv4Addr> {
+    let (addr, len) = cidr.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u32 = len.parse().ok().filter(|l| *l <= 30)?;
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    Some(std::net::Ipv4Addr::from((u32::from(addr) & mask) + 1))
+}
+
+/// `/proc/self/mountinfo` escapes space, tab, newline and backslash as
+/// octal.
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "----- dockerd in {} (last 40 lines) -----\n{}",
+                self.netns,
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        if self.process.as_mut().is_some_and(Process::is_running) {
+            let quick = Duration::from_secs(20);
+            if let Ok(ids) = self.cli(["ps", "--all", "--quiet", "--no-trunc"], quick) {
+                let ids: Vec<&str> = ids.stdout.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "--force", "--volumes"];
+                    args.extend(ids);
+                    let _ = self.cli(args, quick);
+                }
+            }
+            if let Ok(nets) = self.cli(
+                ["network", "ls", "--quiet", "--filter", "type=custom"],
+                quick,
+            ) {
+                let ids: Vec<&str> = nets.stdout.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["network", "rm"];
+                    args.extend(ids);
+                    let _ = self.cli(args, quick);
+                }
+            }
+        }
+        if let Some(mut p) = self.process.take() {
+            p.terminate(STOP_GRACE);
+        }
+        self.kill_leftovers();
+        self.unmount_all();
+        self.remove_cgroups();
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if self.dir.exists() {
+                eprintln!("netmux-testbed: removing {}: {e}", self.dir.display());
+            }
+        }
+    }
+}
+
+/// An image made of host files: binaries (with the shared libraries `ldd`
+/// names, so dynamically linked ones run), busybox, plain files.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSpec {
+    tag: String,
+    files: Vec<(PathBuf, PathBuf)>,
+    binaries: Vec<(PathBuf, PathBuf)>,
+    contents: Vec<(PathBuf, Vec<u8>)>,
+    busybox: bool,
+    cmd: Vec<String>,
+}
+
+/// busybox applets linked into images with [`ImageSpec::busybox`].
+const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "env", "ls", "nc", "sleep", "test", "true", "false", "wget", "kill",
+    "printf", "ip", "nslookup", "ps", "rm", "touch", "grep", "hostname",
+];
+
+impl ImageSpec {
+    /// An empty image to be tagged `tag`.
+    pub fn new(tag: &str) -> Self {
+        ImageSpec {
+            tag: tag.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// Its tag.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Copies the executable `host` to `dest` (absolute) in the image,
+    /// with every shared library `ldd` lists for it at the same path.
+    pub fn binary(mut self, host: impl Into<PathBuf>, dest: impl Into<PathBuf>) -> Self {
+        self.binaries.push((host.into(), dest.into()));
+        self
+    }
+
+    /// Copies the host file `host` to `dest` in the image.
+    pub fn file(mut self, host: impl Into<PathBuf>, dest: impl Into<PathBuf>) -> Self {
+        self.files.push((host.into(), dest.into()));
+        self
+    }
+
+    /// Writes `content` to `dest` in the image.
+    pub fn content(mut self, dest: impl Into<PathBuf>, content: impl Into<Vec<u8>>) -> Self {
+        self.contents.push((dest.into(), content.into()));
+        self
+    }
+
+    /// Adds Debian's static busybox (`busybox-static`) as `/bin/busybox`
+    /// with `/bin/sh`, `nc`, `wget` and a few more applets: a shell for
+    /// health checks and clients inside containers.
+    pub fn busybox(mut self) -> Self {
+        self.busybox = true;
+        self
+    }
+
+    /// The image's default command.
+    pub fn cmd<I, S>(mut self, argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cmd = argv.into_iter().map(Into::into).collect();
+        self
+    }
+
+    fn populate(&self, root: &Path) -> Result<()> {
+        let put = |dest: &Path| -> Result<PathBuf> {
+            let rel = dest.strip_prefix("/").unwrap_or(dest);
+            let path = root.join(rel);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(Error::io(format!("creating {}", dir.display())))?;
+            }
+            Ok(path)
+        };
+        let copy = |host: &Path, dest: &Path| -> Result<()> {
+            let to = put(dest)?;
+            std::fs::copy(host, &to)
+                .map(|_| ())
+                .map_err(Error::io(format!(
+                    "copying {} into the image",
+                    host.display()
+                )))
+        };
+        for dir in ["tmp", "etc", "proc", "sys", "dev"] {
+            std::fs::create_dir_all(root.join(dir))
+                .map_err(Error::io(format!("creating {}", root.display())))?;
+        }
+        for (host, dest) in &self.binaries {
+            copy(host, dest)?;
+            for lib in shared_libraries(host)? {
+                copy(&lib, &lib)?;
+            }
+        }
+        for (host, dest) in &self.files {
+            copy(host, dest)?;
+        }
+        for (dest, content) in &self.contents {
+            let to = put(dest)?;
+            std::fs::write(&to, content).map_err(Error::io(format!("writing {}", to.display())))?;
+        }
+        if self.busybox {
+            let bb = ["/bin/busybox", "/usr/bin/busybox"]
+                .into_iter()
+                .map(Path::new)
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    Error::Check("busybox not installed (apt-get install busybox-static)".into())
+                })?;
+            copy(bb, Path::new("/bin/busybox"))?;
+            for applet in APPLETS {
+                let link = root.join("bin").join(applet);
+                if !link.exists() {
+                    std::os::unix::fs::symlink("busybox", &link)
+                        .map_err(Error::io(format!("linking {}", link.display())))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The shared libraries (and the dynamic loader) `ldd` lists for `binary`;
+/// none for a static one.
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = ProcessBuilder::new("ldd", None, OsStr::new("ldd"), Path::new("/"))
+        .arg(binary)
+        .run(CLI_TIMEOUT)?;
+    // "not a dynamic executable" exits with 1: a static binary.
+    if !out.success() {
+        return Ok(vec![]);
+    }
+    Ok(out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x…)"
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.trim().split(' ').next()?,
+                None => l.split(' ').next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// What `docker run --detach` gets.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    image: String,
+    name: Option<String>,
+    networks: Vec<String>,
+    aliases: Vec<String>,
+    ip: Option<IpAddr>,
+    labels: Vec<(String, String)>,
+    env: Vec<(String, String)>,
+    health_cmd: Option<String>,
+    restart: Option<String>,
+    extra: Vec<String>,
+    args: Vec<String>,
+}
+
+impl RunSpec {
+    /// A container of `image`.
+    pub fn new(image: &str) -> Self {
+        RunSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// `--name`.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// `--network` (the first one given; a container joins one network at
+    /// start, others later with `docker network connect`).
+    pub fn network(mut self, network: &str) -> Self {
+        self.networks.push(network.to_owned());
+        self
+    }
+
+    /// `--network-alias`.
+    pub fn alias(mut self, alias: &str) -> Self {
+        self.aliases.push(alias.to_owned());
+        self
+    }
+
+    /// `--ip` on the network.
+    pub fn ip(mut self, ip: IpAddr) -> Self {
+        self.ip = Some(ip);
+        self
+    }
+
+    /// `--label KEY=VALUE`.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// `--env KEY=VALUE`.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// A health check run by `/bin/sh -c` every second (the image needs a
+    /// shell: [`ImageSpec::busybox`]).
+    pub fn health_cmd(mut self, cmd: &str) -> Self {
+        self.health_cmd = Some(cmd.to_owned());
+        self
+    }
+
+    /// `--restart POLICY` (`always`, `unless-stopped`...).
+    pub fn restart(mut self, policy: &str) -> Self {
+        self.restart = Some(policy.to_owned());
+        self
+    }
+
+    /// Any other `docker run` option, before the image.
+    pub fn option(mut self, arg: &str) -> Self {
+        self.extra.push(arg.to_owned());
+        self
+    }
+
+    /// The command and its arguments (after the image).
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    fn args_vec(&self) -> Vec<String> {
+        let mut v: Vec<String> = vec!["run".into(), "--detach".into()];
+        if let Some(n) = &self.name {
+            v.extend(["--name".into(), n.clone()]);
+        }
+        if let Some(n) = self.networks.first() {
+            v.extend(["--network".into(), n.clone()]);
+        }
+        for a in &self.aliases {
+            v.extend(["--network-alias".into(), a.clone()]);
+        }
+        if let Some(ip) = self.ip {
+            v.extend(["--ip".into(), ip.to_string()]);
+        }
+        for (k, val) in &self.labels {
+            v.extend(["--label".into(), format!("{k}={val}")]);
+        }
+        for (k, val) in &self.env {
+            v.extend(["--env".into(), format!("{k}={val}")]);
+        }
+        if let Some(h) = &self.health_cmd {
+            v.extend([
+                "--health-cmd".into(),
+                h.clone(),
+                "--health-interval".into(),
+                "1s".into(),
+                "--health-retries".into(),
+                "1".into(),
+                "--health-timeout".into(),
+                "2s".into(),
+            ]);
+        }
+        if let Some(r) = &self.restart {
+            v.extend(["--restart".into(), r.clone()]);
+        }
+        v.extend(self.extra.iter().cloned());
+        v.push(self.image.clone());
+        v.extend(self.args.iter().cloned());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_is_the_first_host() {
+        assert_eq!(first_host("172.31.5.0/24"), Some([172, 31, 5, 1].into()));
+        assert_eq!(first_host("10.9.0.77/16"), Some([10, 9, 0, 1].into()));
+        assert_eq!(first_host("fd00::/64"), None);
+    }
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(unescape_mount_path("/tmp/a\\040b"), "/tmp/a b");
+        assert_eq!(unescape_mount_path("/tmp/plain"), "/tmp/plain");
+    }
+
+    #[test]
+    fn run_spec_puts_options_before_the_image() {
+        let v = RunSpec::new("img:1")
+            .name("web")
+            .network("apps")
+            .label("netmux.publish", "true")
+            .health_cmd("true")
+            .args(["/nx-echo", "http"])
+            .args_vec();
+        let img = v.iter().position(|a| a == "img:1").unwrap();
+        assert!(
+            v[..img].contains(&"netmux.publish=true".to_owned()),
+            "{v:?}"
+        );
+        assert_eq!(&v[img + 1..], ["/nx-echo", "http"]);
+    }
+}
