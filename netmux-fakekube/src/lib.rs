@@ -56,6 +56,9 @@ struct State {
     down: bool,
     /// bearer token → (username, groups)
     tokens: HashMap<String, (String, Vec<String>)>,
+    /// bearer token → the audiences it was issued for; absent: valid for
+    /// whatever audiences a TokenReview asks about.
+    audiences: HashMap<String, Vec<String>>,
     /// (user, verb, group/resource[/subresource], namespace, name)
     allowed: HashSet<(String, String, String, String, String)>,
     /// Requests seen: (method, path).
@@ -299,6 +302,26 @@ impl FakeApi {
                 user.to_owned(),
                 groups.iter().map(|g| (*g).to_owned()).collect(),
             ),
+        );
+    }
+
+    /// Makes `token` authenticate as `user` only for `audiences`, as a
+    /// bound ServiceAccount token does (`kubectl create token --audience`):
+    /// a TokenReview asking for none of them (none asked: the API server's
+    /// own, `https://kubernetes.default.svc`) is refused. Empty
+    /// `audiences`: an authenticator that ignores audiences (static
+    /// tokens), which answers with no audiences.
+    pub fn add_token_with_audiences(
+        &self,
+        token: &str,
+        user: &str,
+        groups: &[&str],
+        audiences: &[&str],
+    ) {
+        self.add_token(token, user, groups);
+        lock(&self.state).audiences.insert(
+            token.to_owned(),
+            audiences.iter().map(|a| (*a).to_owned()).collect(),
         );
     }
 
@@ -814,12 +837,32 @@ fn patch(fake: &FakeApi, t: &Target, body: &[u8]) -> Response {
 fn token_review(fake: &FakeApi, body: &[u8]) -> Response {
     let req: Value = serde_json::from_slice(body).unwrap_or_default();
     let token = req["spec"]["token"].as_str().unwrap_or_default();
+    let asked: Vec<String> = match req["spec"]["audiences"].as_array() {
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => vec!["https://kubernetes.default.svc".to_owned()],
+    };
     let st = lock(&fake.state);
-    let status = match st.tokens.get(token) {
-        Some((user, groups)) => {
-            json!({"authenticated": true, "user": {"username": user, "groups": groups}})
+    let granted: Option<Vec<String>> = match st.audiences.get(token) {
+        None => Some(asked.clone()),
+        Some(issued) if issued.is_empty() => Some(vec![]),
+        Some(issued) => {
+            let both: Vec<String> = asked
+                .iter()
+                .filter(|a| issued.contains(a))
+                .cloned()
+                .collect();
+            (!both.is_empty()).then_some(both)
         }
-        None => json!({"authenticated": false, "error": "token not recognised"}),
+    };
+    let status = match (st.tokens.get(token), granted) {
+        (Some((user, groups)), Some(granted)) => {
+            json!({"authenticated": true, "user": {"username": user, "groups": groups}, "audiences": granted})
+        }
+        (Some(_), None) => json!({"authenticated": false, "error": "token audiences are invalid"}),
+        (None, _) => json!({"authenticated": false, "error": "token not recognised"}),
     };
     let mut resp = req.clone();
     resp["status"] = status;

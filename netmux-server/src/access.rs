@@ -79,7 +79,9 @@ impl Access {
         Access {
             tokens: config.tokens.clone(),
             rbac: config.rbac.map(|ttl| Rbac {
-                review: Arc::new(kubernetes::Rbac::lazy(ttl)),
+                review: Arc::new(
+                    kubernetes::Rbac::lazy(ttl).token_reviews(config.token_review.clone()),
+                ),
                 store: store.clone(),
             }),
         }

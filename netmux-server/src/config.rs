@@ -10,6 +10,9 @@ use serde::Deserialize;
 
 pub use netmux_common::config::{parse_error, ConfigError};
 
+mod limits;
+pub use limits::Limits;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -35,6 +38,8 @@ struct RawConfig {
     max_udp_flows: usize,
     #[serde(default = "default_udp_idle_timeout_ms")]
     udp_idle_timeout_ms: u64,
+    #[serde(default)]
+    limits: limits::RawLimits,
 }
 
 /// `[rbac]`: authenticate daemons by their Kubernetes credential and
@@ -44,6 +49,27 @@ struct RawConfig {
 struct RawRbac {
     #[serde(default = "default_rbac_cache_ttl_ms")]
     cache_ttl_ms: u64,
+    #[serde(default = "default_rbac_audiences")]
+    audiences: Vec<String>,
+    #[serde(default = "default_rbac_review_timeout_ms")]
+    review_timeout_ms: u64,
+    #[serde(default = "default_rbac_reviews_in_flight")]
+    reviews_in_flight: usize,
+    #[serde(default = "default_rbac_negative_cache_ms")]
+    negative_cache_ms: u64,
+}
+
+fn default_rbac_audiences() -> Vec<String> {
+    crate::access::kubernetes::TokenReviewConfig::default().audiences
+}
+fn default_rbac_review_timeout_ms() -> u64 {
+    5_000
+}
+fn default_rbac_reviews_in_flight() -> usize {
+    8
+}
+fn default_rbac_negative_cache_ms() -> u64 {
+    10_000
 }
 
 fn default_rbac_cache_ttl_ms() -> u64 {
@@ -167,6 +193,12 @@ pub struct Config {
     pub max_udp_flows: usize,
     /// A UDP flow idle this long is closed.
     pub udp_idle_timeout: Duration,
+    /// `[limits]`: caps on connections, pending hellos, `stream_listen`
+    /// peers and per-session resources.
+    pub limits: Limits,
+    /// `[rbac]`'s TokenReview settings: audiences, timeout, concurrency,
+    /// negative cache (defaults without `[rbac]`).
+    pub token_review: crate::access::kubernetes::TokenReviewConfig,
 }
 
 /// Shortest accepted token: long enough not to be guessed.
@@ -224,6 +256,11 @@ impl Config {
                 "must be positive (a few seconds: how long an RBAC answer is reused)".into(),
             ));
         }
+        let token_review = match &raw.rbac {
+            Some(r) => token_review(path, r)?,
+            None => Default::default(),
+        };
+        let limits = raw.limits.validate(path)?;
         if raw.dial_timeout_ms == 0 || raw.hello_timeout_ms == 0 {
             return Err(invalid(
                 "dial_timeout_ms/hello_timeout_ms",
@@ -279,9 +316,42 @@ impl Config {
             rbac: raw.rbac.map(|r| Duration::from_millis(r.cache_ttl_ms)),
             max_udp_flows: raw.max_udp_flows,
             udp_idle_timeout: Duration::from_millis(raw.udp_idle_timeout_ms.max(100)),
+            limits,
+            token_review,
         })
     }
 }
+
+/// `[rbac]`'s TokenReview keys, validated.
+fn token_review(
+    path: &Path,
+    r: &RawRbac,
+) -> Result<crate::access::kubernetes::TokenReviewConfig, ConfigError> {
+    let invalid = |field: &str, message: &str| ConfigError::Invalid {
+        path: path.to_owned(),
+        field: format!("rbac.{field}"),
+        message: message.to_owned(),
+    };
+    if r.review_timeout_ms == 0 || r.negative_cache_ms == 0 || r.reviews_in_flight == 0 {
+        return Err(invalid(
+            "review_timeout_ms/negative_cache_ms/reviews_in_flight",
+            "must be positive (remove the key for the default)",
+        ));
+    }
+    if r.audiences.iter().any(|a| a.trim().is_empty()) {
+        return Err(invalid(
+            "audiences",
+            "an audience is empty; fix: audiences = [\"netmux\"] (tokens from `kubectl create token SA --audience netmux`)",
+        ));
+    }
+    Ok(crate::access::kubernetes::TokenReviewConfig {
+        audiences: r.audiences.clone(),
+        timeout: Duration::from_millis(r.review_timeout_ms),
+        in_flight: r.reviews_in_flight,
+        negative_ttl: Duration::from_millis(r.negative_cache_ms),
+    })
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,13 @@
 //!
 //! The protocol decisions live in [`ServerSession`]; this driver only moves
 //! bytes and timers. Any protocol violation closes this connection alone.
+//!
+//! Until the hello succeeded the peer has one stream and a small window
+//! ([`quic::server_transport_config`]), its datagrams are discarded, and
+//! the credential check is bounded in time; then the windows open and the
+//! per-session limits apply (`[limits]`): proxied streams at once, claims
+//! and exposes held, UDP flows ([`crate::udp`]). Each refusal is counted in
+//! `netmux_server_session_limit_refusals_total`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,19 +20,40 @@ use netmux_common::proto::hello::HelloStatus;
 use netmux_common::proto::session::{ServerEvent, ServerSession, SessionError};
 use netmux_common::proto::stream::{OpenResult, StreamHeader};
 use netmux_common::tunnel::pipe::{self, End};
+use netmux_common::tunnel::quic;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
-use crate::access::Identity;
+use crate::access::{Denied, Identity};
+use crate::admission::Ticket;
+use crate::metrics::limit;
 use crate::{dial, Server};
 
-/// Serves one daemon until its connection ends.
-pub async fn serve(conn: Connection, server: Arc<Server>) {
+/// The most `limits.max_streams_per_session` may be.
+pub const MAX_STREAMS_PER_SESSION: u32 = quic::MAX_STREAMS;
+/// Streams a daemon may open beyond its limit, so that the excess ones are
+/// refused promptly (reset) instead of waiting for QUIC stream credit.
+const REFUSAL_HEADROOM: u32 = 16;
+
+/// Serves one daemon until its connection ends; `ticket` holds its place
+/// among the admitted connections.
+pub async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Ticket) {
     let remote = conn.remote_address();
     let span = tracing::info_span!("daemon", %remote);
     let _enter = span.enter();
     drop(_enter);
-    match handshake(&conn, &server).await {
+    // Datagrams before the hello are nobody's: read and dropped, so they
+    // do not sit in quinn's receive buffer.
+    let discard = async { while conn.read_datagram().await.is_ok() {} };
+    let handshake = tokio::select! {
+        h = handshake(&conn, &server) => h,
+        () = discard => Err(SessionError::Unexpected("connection closed before hello")),
+    };
+    match handshake {
         Ok((identity, session, send, recv)) => {
+            ticket.hello_done();
+            let limits = &server.config.limits;
+            // The control stream, the proxied streams, and room to refuse.
+            quic::open_after_hello(&conn, limits.max_streams_per_session + 1 + REFUSAL_HEADROOM);
             server
                 .metrics
                 .sessions_total
@@ -51,7 +79,12 @@ pub async fn serve(conn: Connection, server: Arc<Server>) {
                 identity.clone(),
                 holder.flows.clone(),
             ));
-            let streams = accept_streams(conn.clone(), server.clone(), identity.clone());
+            let streams = accept_streams(
+                conn.clone(),
+                server.clone(),
+                identity.clone(),
+                limits.max_streams_per_session,
+            );
             let control = control_loop(session, send, recv, server.clone(), &holder, &identity);
             let reason = tokio::select! {
                 r = control => r,
@@ -125,7 +158,16 @@ async fn handshake(conn: &Connection, server: &Server) -> Result<Handshake, Sess
             return Err(e);
         }
     };
-    match server.access.authenticate(&hello.credential).await {
+    let timeout = server.config.hello_timeout;
+    let authenticated =
+        tokio::time::timeout(timeout, server.access.authenticate(&hello.credential))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Denied::Unavailable(format!(
+                    "the credential check took longer than {timeout:?}"
+                )))
+            });
+    match authenticated {
         Ok(identity) => {
             let catalog = server.catalog.borrow().clone();
             let visible = server.access.visible(&identity, &catalog).await;
@@ -193,9 +235,12 @@ async fn handle_event(
     match event {
         ServerEvent::Hello(_) => {}
         ServerEvent::Claim { request, service } => {
-            let r = match server.access.may_claim(identity, &service).await {
-                Ok(()) => server.reverse.claim(holder, &service).await,
-                Err(denied) => Err(denied.to_string()),
+            let r = match claims_left(server, holder) {
+                Err(e) => Err(e),
+                Ok(()) => match server.access.may_claim(identity, &service).await {
+                    Ok(()) => server.reverse.claim(holder, &service).await,
+                    Err(denied) => Err(denied.to_string()),
+                },
             };
             if let Err(e) = &r {
                 tracing::info!(client = %holder.client, %service, error = %e, "claim refused");
@@ -209,14 +254,17 @@ async fn handle_event(
             target_port,
         } => {
             let key = format!("{}/{name}", server.config.adhoc_namespace);
-            let r = match server.access.may_claim(identity, &key).await {
-                Ok(()) => {
-                    server
-                        .reverse
-                        .expose(holder, &name, port, target_port)
-                        .await
-                }
-                Err(denied) => Err(denied.to_string()),
+            let r = match claims_left(server, holder) {
+                Err(e) => Err(e),
+                Ok(()) => match server.access.may_claim(identity, &key).await {
+                    Ok(()) => {
+                        server
+                            .reverse
+                            .expose(holder, &name, port, target_port)
+                            .await
+                    }
+                    Err(denied) => Err(denied.to_string()),
+                },
             };
             if let Err(e) = &r {
                 tracing::info!(client = %holder.client, %name, error = %e, "expose refused");
@@ -233,12 +281,47 @@ async fn handle_event(
     }
 }
 
-/// Accepts proxied streams until the connection ends.
-async fn accept_streams(conn: Connection, server: Arc<Server>, identity: Identity) {
-    while let Ok((send, recv)) = conn.accept_bi().await {
+/// Whether `holder` may hold one more claim or expose
+/// (`limits.max_claims_per_session`); a refusal is counted.
+fn claims_left(server: &Server, holder: &crate::reverse::Holder) -> Result<(), String> {
+    let max = server.config.limits.max_claims_per_session;
+    if server.reverse.held_by(holder.session) < max {
+        return Ok(());
+    }
+    server
+        .metrics
+        .session_limit_refusals
+        .with_label_values(&[limit::CLAIMS])
+        .inc();
+    Err(format!(
+        "this daemon already holds {max} services (the server's limits.max_claims_per_session); stop one first"
+    ))
+}
+
+/// Accepts proxied streams until the connection ends, at most `max` at
+/// once: a stream beyond is reset (`REFUSED`) and counted.
+async fn accept_streams(conn: Connection, server: Arc<Server>, identity: Identity, max: u32) {
+    let open = Arc::new(());
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        // `open`'s clones are the streams in progress.
+        if Arc::strong_count(&open) > max as usize {
+            server
+                .metrics
+                .session_limit_refusals
+                .with_label_values(&[limit::STREAMS])
+                .inc();
+            tracing::debug!(client = %identity.name, max, "stream refused: limits.max_streams_per_session");
+            let _ = send.reset(VarInt::from_u32(error_code::REFUSED));
+            let _ = recv.stop(VarInt::from_u32(error_code::REFUSED));
+            continue;
+        }
         let server = server.clone();
         let identity = identity.clone();
-        tokio::spawn(async move { proxy_stream(send, recv, server, identity).await });
+        let open = open.clone();
+        tokio::spawn(async move {
+            proxy_stream(send, recv, server, identity).await;
+            drop(open);
+        });
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`http`] serves health and Prometheus [`metrics`].
 
 pub mod access;
+pub mod admission;
 pub mod ca;
 pub mod catalog;
 pub mod config;
@@ -53,7 +54,13 @@ pub async fn run(
         .await
         .context("starting the service runtime")?;
     let (endpoint, _streams) =
-        transport::server_endpoint(config.listen, config.stream_listen, &identity)
+        transport::server_endpoint(
+            config.listen,
+            config.stream_listen,
+            &identity,
+            &config.limits,
+            &metrics,
+        )
             .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "QUIC endpoint ready");
     let claim_lock = claim_lock(&config.runtime).await?;
@@ -82,7 +89,11 @@ pub async fn run(
         None => None,
     };
     tokio::select! {
-        () = transport::accept_loop(endpoint.clone(), server.clone()) => {}
+        () = transport::accept_loop(
+            endpoint.clone(),
+            server.clone(),
+            admission::Admission::new(server.config.limits.caps()),
+        ) => {}
         () = shutdown => tracing::info!("shutting down"),
     }
     endpoint.close(

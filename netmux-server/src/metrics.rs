@@ -2,7 +2,12 @@
 //!
 //! Labels are bounded: `service` (namespace/name from the catalog, or
 //! `unknown`), `direction`, `reason` from fixed sets; never peers or ports.
+//! A service's series are deleted when it leaves the catalog
+//! ([`Metrics::forget_service`]), so churn does not grow the exposition.
 
+use std::collections::HashMap;
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -38,6 +43,29 @@ pub struct Metrics {
     pub udp_drops: IntCounterVec,
     /// UDP flows open now.
     pub udp_flows: IntGaugeVec,
+    /// QUIC connections and `stream_listen` peers refused by a cap
+    /// (`[limits]`), by reason.
+    pub peers_refused: IntCounterVec,
+    /// Requests of an authenticated daemon refused by a per-session limit:
+    /// `streams`, `udp_flows`, `claims`.
+    pub session_limit_refusals: IntCounterVec,
+    /// Sessions whose daemon has not answered for a few seconds (kept up
+    /// to `survive_blackout`; [`crate::retention`]).
+    pub sessions_degraded: IntGauge,
+    /// Blackouts of daemon sessions by how they ended: `recovered`,
+    /// `expired` (longer than `survive_blackout`), `evicted`
+    /// (`max_blackout_sessions`).
+    pub blackouts: IntCounterVec,
+}
+
+/// `limit` label values of [`Metrics::session_limit_refusals`].
+pub mod limit {
+    /// Proxied streams at once (`limits.max_streams_per_session`).
+    pub const STREAMS: &str = "streams";
+    /// UDP flows at once (`max_udp_flows`), either direction.
+    pub const UDP_FLOWS: &str = "udp_flows";
+    /// Claims and exposes held at once (`limits.max_claims_per_session`).
+    pub const CLAIMS: &str = "claims";
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -144,8 +172,47 @@ impl Metrics {
                 )
                 .expect("static metric"),
             ),
+            peers_refused: counter(
+                "netmux_server_peers_refused_total",
+                "Connections and stream_listen peers refused by a [limits] cap, by reason",
+                &["reason"],
+            ),
+            session_limit_refusals: counter(
+                "netmux_server_session_limit_refusals_total",
+                "Requests of a daemon refused by a per-session limit",
+                &["limit"],
+            ),
+            sessions_degraded: register(
+                &r,
+                IntGauge::new(
+                    "netmux_server_sessions_degraded",
+                    "Sessions whose daemon has not answered for a few seconds (kept up to survive_blackout)",
+                )
+                .expect("static metric"),
+            ),
+            blackouts: counter(
+                "netmux_server_blackouts_total",
+                "Blackouts of daemon sessions by outcome (recovered, expired, evicted)",
+                &["outcome"],
+            ),
             registry: r,
         }
+    }
+
+    /// Deletes every series labelled `service = key` (the service left the
+    /// catalog). Handles still held by open connections keep working; their
+    /// updates just no longer show.
+    pub fn forget_service(&self, key: &str) {
+        forget(&self.connections_total, key);
+        forget(&self.connections_active, key);
+        forget(&self.bytes_sent, key);
+        forget(&self.bytes_received, key);
+        forget(&self.connection_errors, key);
+        forget(&self.connect_latency, key);
+        forget(&self.udp_datagrams, key);
+        forget(&self.udp_bytes, key);
+        forget(&self.udp_drops, key);
+        forget(&self.udp_flows, key);
     }
 
     /// Text exposition of every metric.
@@ -158,8 +225,61 @@ impl Metrics {
     }
 }
 
+/// Removes the series of `vec` whose `service` label is `key`.
+fn forget<T: MetricVecBuilder>(vec: &MetricVec<T>, key: &str) {
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels: HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("service") == Some(&key) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_a_service_deletes_its_series_only() {
+        let m = Metrics::new();
+        for svc in ["shop/web", "shop/db"] {
+            m.connections_total.with_label_values(&[svc, "l2c"]).inc();
+            m.connections_active.with_label_values(&[svc, "l2c"]).inc();
+            m.bytes_sent.with_label_values(&[svc, "l2c"]).inc_by(5);
+            m.bytes_received.with_label_values(&[svc, "l2c"]).inc_by(5);
+            m.connection_errors
+                .with_label_values(&[svc, "c2l", "refused"])
+                .inc();
+            m.connect_latency
+                .with_label_values(&[svc, "l2c"])
+                .observe(0.01);
+            m.udp_datagrams
+                .with_label_values(&[svc, "l2c", "sent"])
+                .inc();
+            m.udp_bytes.with_label_values(&[svc, "l2c", "sent"]).inc();
+            m.udp_drops
+                .with_label_values(&[svc, "l2c", "flow_limit"])
+                .inc();
+            m.udp_flows.with_label_values(&[svc, "l2c"]).inc();
+        }
+        let held = m.connections_active.with_label_values(&["shop/web", "l2c"]);
+        m.forget_service("shop/web");
+        let text = m.render();
+        assert!(!text.contains("shop/web"), "{text}");
+        assert!(text.contains("service=\"shop/db\""), "{text}");
+        held.dec(); // a connection that outlived its service
+        assert!(!m.render().contains("shop/web"));
     }
 }

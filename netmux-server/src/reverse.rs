@@ -309,6 +309,14 @@ impl Claims {
         }
     }
 
+    /// Claims and exposes `session` holds now.
+    pub fn held_by(&self, session: u64) -> usize {
+        lock(&self.table)
+            .values()
+            .filter(|c| c.holder.session == session)
+            .count()
+    }
+
     /// Releases everything `session` holds (its connection ended).
     pub fn release_all(&self, session: u64) {
         let keys: Vec<String> = lock(&self.table)

@@ -2,15 +2,25 @@
 //! whose connections carry the same QUIC as length-prefixed datagrams
 //! (`kubectl port-forward` from a daemon), fed into the same endpoint by a
 //! [`CompositeSocket`].
+//!
+//! Hostile peers are bounded here (`[limits]`, SECURITY.md): QUIC
+//! connections by [`crate::admission`] (total, per source, pending hello),
+//! with the windows nearly closed until the hello succeeded
+//! ([`quic::server_transport_config`]); TCP stream peers by
+//! [`MAX_STREAM_PEERS`], a per-source cap, a preamble deadline and an idle
+//! timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use netmux_common::proto::ALPN;
 use netmux_common::tunnel::quic;
-use netmux_common::tunnel::stream_socket::CompositeSocket;
+use netmux_common::tunnel::stream_socket::{CompositeSocket, StreamDeadlines};
 
+use crate::admission::Admission;
 use crate::ca::ServerIdentity;
+use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::Server;
 
 /// Why the endpoint could not be set up.
@@ -30,20 +40,33 @@ pub const MAX_STREAM_PEERS: usize = 4096;
 /// Accepts datagram streams on the TCP listener while alive; dropping it
 /// stops accepting (established streams end with the endpoint).
 #[derive(Debug)]
-pub struct StreamAcceptor(tokio::task::AbortHandle);
+pub struct StreamAcceptor {
+    task: tokio::task::AbortHandle,
+    addr: SocketAddr,
+}
+
+impl StreamAcceptor {
+    /// Where the TCP listener is bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
 
 impl Drop for StreamAcceptor {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
 /// Binds the QUIC endpoint with the server's certificate, on UDP `listen`
-/// and, if given, TCP `stream_listen`.
+/// and, if given, TCP `stream_listen` (its peers bounded by `limits`,
+/// refusals counted in `metrics`).
 pub fn server_endpoint(
     listen: SocketAddr,
     stream_listen: Option<SocketAddr>,
     identity: &ServerIdentity,
+    limits: &Limits,
+    metrics: &Metrics,
 ) -> Result<(quinn::Endpoint, Option<StreamAcceptor>), TransportError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -57,8 +80,14 @@ pub fn server_endpoint(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(quic::transport_config()));
+    let mut transport = quic::server_transport_config();
+    // A silent daemon's session is kept for `survive_blackout`: the idle
+    // timeout both ends negotiate is the smaller of theirs.
+    netmux_common::tunnel::blackout::set_idle_timeout(&mut transport, limits.survive_blackout);
+    config.transport_config(Arc::new(transport));
     config.migration(true);
+    // Handshakes the endpoint keeps before `accept` sees them.
+    config.max_incoming(limits.max_pending_hello);
     let socket = quic::bind_udp(listen)?;
     let Some(stream_listen) = stream_listen else {
         let endpoint = quinn::Endpoint::new(
@@ -80,12 +109,38 @@ pub fn server_endpoint(
         Arc::new(quinn::TokioRuntime),
     )?;
     tracing::info!(%stream_listen, "QUIC over TCP streams accepted");
-    let task = tokio::spawn(accept_streams(listener, composite));
-    Ok((endpoint, Some(StreamAcceptor(task.abort_handle()))))
+    let peers = StreamPeerLimits {
+        per_source: limits.max_connections_per_source,
+        deadlines: StreamDeadlines {
+            preamble: limits.stream_preamble_timeout,
+            idle: limits.stream_idle_timeout,
+        },
+    };
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(accept_streams(listener, composite, peers, metrics.clone()));
+    Ok((
+        endpoint,
+        Some(StreamAcceptor {
+            task: task.abort_handle(),
+            addr,
+        }),
+    ))
+}
+
+/// How TCP stream peers are bounded.
+#[derive(Debug, Clone, Copy)]
+struct StreamPeerLimits {
+    per_source: usize,
+    deadlines: StreamDeadlines,
 }
 
 /// Feeds each accepted TCP connection into the endpoint as a peer.
-async fn accept_streams(listener: tokio::net::TcpListener, composite: Arc<CompositeSocket>) {
+async fn accept_streams(
+    listener: tokio::net::TcpListener,
+    composite: Arc<CompositeSocket>,
+    limits: StreamPeerLimits,
+    metrics: Metrics,
+) {
     loop {
         let (stream, tcp_peer) = match listener.accept().await {
             Ok(s) => s,
@@ -98,25 +153,56 @@ async fn accept_streams(listener: tokio::net::TcpListener, composite: Arc<Compos
         };
         if composite.stream_peers() >= MAX_STREAM_PEERS {
             tracing::warn!(%tcp_peer, max = MAX_STREAM_PEERS, "too many datagram streams; closed");
+            metrics
+                .peers_refused
+                .with_label_values(&["stream_max_peers"])
+                .inc();
+            continue;
+        }
+        if composite.stream_peers_from(tcp_peer.ip()) >= limits.per_source {
+            tracing::warn!(%tcp_peer, max = limits.per_source, "too many datagram streams from this address (limits.max_connections_per_source); closed");
+            metrics
+                .peers_refused
+                .with_label_values(&["stream_per_source"])
+                .inc();
             continue;
         }
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%tcp_peer, error = %e, "TCP_NODELAY");
         }
-        let (peer, _task) = composite.add_stream(stream);
+        let (peer, _task) =
+            composite.add_stream_from(stream, tcp_peer.ip(), Some(limits.deadlines));
         tracing::info!(%tcp_peer, quic_peer = %peer, "datagram stream accepted");
     }
 }
 
-/// Accepts daemons until the endpoint closes; each runs independently, so a
-/// misbehaving one affects only itself.
-pub async fn accept_loop(endpoint: quinn::Endpoint, server: Arc<Server>) {
+/// Accepts daemons until the endpoint closes, within the caps of
+/// `admission`; each runs independently, so a misbehaving one affects only
+/// itself.
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    server: Arc<Server>,
+    admission: Arc<Admission>,
+) {
     while let Some(incoming) = endpoint.accept().await {
+        let remote = incoming.remote_address();
+        let ticket = match admission.admit(remote.ip()) {
+            Ok(t) => t,
+            Err(refusal) => {
+                tracing::debug!(%remote, reason = refusal.label(), "connection refused");
+                server
+                    .metrics
+                    .peers_refused
+                    .with_label_values(&[refusal.label()])
+                    .inc();
+                incoming.refuse();
+                continue;
+            }
+        };
         let server = server.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => crate::connection::serve(conn, server).await,
+                Ok(conn) => crate::connection::serve(conn, server, ticket).await,
                 Err(e) => tracing::debug!(%remote, error = %e, "handshake failed"),
             }
         });

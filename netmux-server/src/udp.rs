@@ -47,6 +47,12 @@ impl UdpMeter for Meter {
     }
 
     fn dropped(&self, service: Option<ServiceId>, why: Drop) {
+        if why == Drop::FlowLimit {
+            self.metrics
+                .session_limit_refusals
+                .with_label_values(&[crate::metrics::limit::UDP_FLOWS])
+                .inc();
+        }
         let (svc, dir) = self.labels(service);
         self.metrics
             .udp_drops

@@ -4,7 +4,8 @@
 //! default 208 KiB receive buffer overflows at multi-Gbit/s), BBR congestion
 //! control (random loss must not collapse the tunnel) with a windowed
 //! minimum RTT ([`congestion`]: the tunnel outlives the path it was opened
-//! on), generous flow-control windows, keepalive so a dead peer is noticed
+//! on), generous flow-control windows (on the server only once the hello
+//! succeeded: [`server_transport_config`]), keepalive so a dead peer is noticed
 //! within seconds.
 
 pub mod congestion;
@@ -24,6 +25,15 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// Concurrent proxied connections one QUIC connection may carry.
 pub const MAX_STREAMS: u32 = 16 * 1024;
+/// Bytes one stream may have in flight towards the receiver.
+pub const STREAM_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
+/// Bytes all streams of a connection may have in flight towards the
+/// receiver.
+pub const RECEIVE_WINDOW: u32 = 64 * 1024 * 1024;
+/// The server's connection-level receive window until the hello succeeded:
+/// room for the hello (one frame, at most 64 KiB) and little more, so an
+/// unauthenticated peer cannot make the server buffer megabytes.
+pub const PRE_HELLO_RECEIVE_WINDOW: u32 = 128 * 1024;
 
 /// The transport configuration both ends use, with netmux's BBR
 /// ([`congestion::BbrConfig`]).
@@ -43,11 +53,30 @@ pub fn transport_config_with(
     }
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.stream_receive_window(VarInt::from_u32(8 * 1024 * 1024));
-    t.receive_window(VarInt::from_u32(64 * 1024 * 1024));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.send_window(64 * 1024 * 1024);
     t.congestion_controller_factory(congestion);
     t
+}
+
+/// The server's transport configuration: [`transport_config`] with the
+/// windows nearly closed until the daemon's hello succeeded: one
+/// bidirectional stream (the control stream) and
+/// [`PRE_HELLO_RECEIVE_WINDOW`] bytes. [`open_after_hello`] opens them.
+pub fn server_transport_config() -> TransportConfig {
+    let mut t = transport_config();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    t.receive_window(VarInt::from_u32(PRE_HELLO_RECEIVE_WINDOW));
+    t
+}
+
+/// Opens the windows of a connection whose hello succeeded: the full
+/// receive window, and `streams` concurrent bidirectional streams from the
+/// peer (the control stream included).
+pub fn open_after_hello(conn: &quinn::Connection, streams: u32) {
+    conn.set_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(streams));
 }
 
 /// Binds a UDP socket with large buffers for a QUIC endpoint.

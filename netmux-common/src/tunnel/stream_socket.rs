@@ -15,7 +15,10 @@
 //!   there), so routing `try_send` by destination is unambiguous. A full
 //!   stream queue drops the datagram, as a congested UDP path would: a
 //!   `WouldBlock` here would stall connections of other peers, since
-//!   quinn's pollers cannot say which peer they wait for.
+//!   quinn's pollers cannot say which peer they wait for. A server's stream
+//!   peer is closed when it sends no preamble in time or stays silent too
+//!   long ([`StreamDeadlines`]); [`CompositeSocket::stream_peers_from`]
+//!   lets the acceptor cap peers per source address.
 //!
 //! GSO batches (`Transmit::segment_size`) are split into one frame per
 //! datagram; the stream peers of the composite accept whatever the UDP
@@ -24,11 +27,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use quinn::udp::{RecvMeta, Transmit};
@@ -48,6 +52,17 @@ pub const SEND_QUEUE_BYTES: usize = 1024 * 1024;
 const RECV_QUEUE: usize = 1024;
 /// Read buffer growth per read.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// When the server gives up on a stream peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamDeadlines {
+    /// The [`PREAMBLE`] must have arrived this long after the stream was
+    /// added.
+    pub preamble: Duration,
+    /// After the preamble, a stream with no byte for this long is closed
+    /// (a live QUIC connection sends keepalives far more often).
+    pub idle: Duration,
+}
 
 /// Why a stream's framing is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +119,11 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Whether the [`PREAMBLE`] has been consumed.
+    pub fn preamble_seen(&self) -> bool {
+        self.preamble_seen
+    }
+
     /// The next datagram in `buf`, consumed from it; `Ok(None)` when more
     /// bytes are needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
@@ -307,14 +327,17 @@ impl Inbox {
     }
 }
 
-/// Reads frames from `r` into `inbox` as coming from `peer`, until EOF.
+/// Reads frames from `r` into `inbox` as coming from `peer`, until EOF;
+/// `TimedOut` when `deadlines` expire.
 async fn read_frames<R: AsyncRead + Unpin>(
     mut r: R,
     peer: SocketAddr,
     inbox: mpsc::Sender<Inbound>,
+    deadlines: Option<StreamDeadlines>,
 ) -> io::Result<()> {
+    let started = tokio::time::Instant::now();
     let mut decoder = Decoder::default();
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::new();
     loop {
         while let Some(d) = decoder
             .decode(&mut buf)
@@ -324,8 +347,32 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 return Ok(());
             }
         }
-        buf.reserve(READ_CHUNK);
-        if r.read_buf(&mut buf).await? == 0 {
+        // A peer that has not even sent the preamble gets no 64 KiB buffer.
+        buf.reserve(if decoder.preamble_seen() {
+            READ_CHUNK
+        } else {
+            PREAMBLE.len()
+        });
+        let read = r.read_buf(&mut buf);
+        let n = match deadlines {
+            None => read.await?,
+            Some(d) => {
+                let (until, what) = if decoder.preamble_seen() {
+                    (tokio::time::Instant::now() + d.idle, "silent for")
+                } else {
+                    (started + d.preamble, "no preamble within")
+                };
+                let limit = if decoder.preamble_seen() {
+                    d.idle
+                } else {
+                    d.preamble
+                };
+                tokio::time::timeout_at(until, read).await.map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, format!("{what} {limit:?}"))
+                })??
+            }
+        };
+        if n == 0 {
             return Ok(());
         }
     }
@@ -348,13 +395,18 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, outbox: &Outbox) -> io::R
 
 /// Moves datagrams between `stream` and the endpoint until either side
 /// ends; then closes `outbox`.
-async fn pump<S>(stream: S, peer: SocketAddr, outbox: Arc<Outbox>, inbox: mpsc::Sender<Inbound>)
-where
+async fn pump<S>(
+    stream: S,
+    peer: SocketAddr,
+    outbox: Arc<Outbox>,
+    inbox: mpsc::Sender<Inbound>,
+    deadlines: Option<StreamDeadlines>,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
     let result = tokio::select! {
-        r = read_frames(r, peer, inbox) => r.map(|()| "peer closed the stream"),
+        r = read_frames(r, peer, inbox, deadlines) => r.map(|()| "peer closed the stream"),
         w = write_frames(w, &outbox) => w.map(|()| "endpoint closed"),
     };
     match result {
@@ -411,7 +463,7 @@ impl StreamSocket {
             let outbox = outbox.clone();
             let tx = tx.clone();
             async move {
-                pump(stream, peer, outbox, tx).await;
+                pump(stream, peer, outbox, tx, None).await;
                 let _ = done.send(());
             }
         })
@@ -469,7 +521,7 @@ impl AsyncUdpSocket for StreamSocket {
 /// The server's socket: real UDP plus stream peers, one endpoint.
 pub struct CompositeSocket {
     udp: Arc<dyn AsyncUdpSocket>,
-    peers: Arc<Mutex<HashMap<SocketAddr, Arc<Outbox>>>>,
+    peers: Arc<Mutex<Peers>>,
     inbox: Inbox,
     inbox_tx: mpsc::Sender<Inbound>,
     next_peer: AtomicU64,
@@ -487,16 +539,20 @@ impl fmt::Debug for CompositeSocket {
     }
 }
 
+/// Stream peers by the address the endpoint sees: their outbox and the
+/// source address of the stream.
+type Peers = HashMap<SocketAddr, (Arc<Outbox>, IpAddr)>;
+
 /// Removes a stream peer from the routing table when its task ends or is
 /// aborted.
 struct PeerGuard {
-    peers: Arc<Mutex<HashMap<SocketAddr, Arc<Outbox>>>>,
+    peers: Arc<Mutex<Peers>>,
     addr: SocketAddr,
 }
 
 impl Drop for PeerGuard {
     fn drop(&mut self) {
-        if let Some(o) = lock(&self.peers).remove(&self.addr) {
+        if let Some((o, _)) = lock(&self.peers).remove(&self.addr) {
             o.close();
         }
     }
@@ -524,6 +580,14 @@ impl CompositeSocket {
         lock(&self.peers).len()
     }
 
+    /// Stream peers currently connected whose stream comes from `source`.
+    pub fn stream_peers_from(&self, source: IpAddr) -> usize {
+        lock(&self.peers)
+            .values()
+            .filter(|(_, s)| *s == source)
+            .count()
+    }
+
     /// Datagrams dropped because a stream's send queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -536,13 +600,27 @@ impl CompositeSocket {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        self.add_stream_from(stream, IpAddr::V6(Ipv6Addr::UNSPECIFIED), None)
+    }
+
+    /// [`Self::add_stream`] for a stream from `source` (counted by
+    /// [`Self::stream_peers_from`]), closed when `deadlines` expire.
+    pub fn add_stream_from<S>(
+        &self,
+        stream: S,
+        source: IpAddr,
+        deadlines: Option<StreamDeadlines>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let n = self.next_peer.fetch_add(1, Ordering::Relaxed);
         // 100::/64, the discard-only prefix; the counter fills the low 64
         // bits and never wraps in practice.
         let ip = Ipv6Addr::from((0x0100_u128 << 112) | u128::from(n));
         let addr = SocketAddr::V6(SocketAddrV6::new(ip, 443, 0, 0));
         let outbox = Arc::new(Outbox::default());
-        lock(&self.peers).insert(addr, outbox.clone());
+        lock(&self.peers).insert(addr, (outbox.clone(), source));
         let guard = PeerGuard {
             peers: self.peers.clone(),
             addr,
@@ -550,7 +628,7 @@ impl CompositeSocket {
         let inbox = self.inbox_tx.clone();
         let task = tokio::spawn(async move {
             let _guard = guard;
-            pump(stream, addr, outbox, inbox).await;
+            pump(stream, addr, outbox, inbox, deadlines).await;
         });
         (addr, task)
     }
@@ -560,14 +638,14 @@ impl CompositeSocket {
         if peers.is_empty() {
             return None;
         }
-        peers.get(addr).cloned()
+        peers.get(addr).map(|(o, _)| o.clone())
     }
 }
 
 impl Drop for CompositeSocket {
     /// The endpoint is gone: end every stream (their tasks close them).
     fn drop(&mut self) {
-        for outbox in lock(&self.peers).values() {
+        for (outbox, _) in lock(&self.peers).values() {
             outbox.close();
         }
     }
@@ -869,6 +947,46 @@ mod tests {
         })
         .await
         .expect("stream peer removed");
+    }
+
+    /// A server's stream peer that never sends the preamble, and one that
+    /// goes silent after it, are closed by their deadlines; each counts
+    /// under its source address until then.
+    #[tokio::test]
+    async fn silent_stream_peers_are_closed_by_their_deadlines() {
+        let udp = super::super::quic::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let composite = CompositeSocket::new(udp).expect("composite");
+        let deadlines = StreamDeadlines {
+            preamble: Duration::from_millis(300),
+            idle: Duration::from_millis(500),
+        };
+        let source: IpAddr = "192.0.2.7".parse().expect("ip");
+        let (mut mute, server_io) = tokio::io::duplex(4096);
+        let (_, no_preamble) = composite.add_stream_from(server_io, source, Some(deadlines));
+        let (mut quiet, server_io) = tokio::io::duplex(4096);
+        quiet.write_all(&PREAMBLE).await.expect("preamble");
+        let (_, went_silent) = composite.add_stream_from(server_io, source, Some(deadlines));
+        assert_eq!(composite.stream_peers_from(source), 2);
+        assert_eq!(
+            composite.stream_peers_from("192.0.2.8".parse().expect("ip")),
+            0
+        );
+        for (task, what) in [(no_preamble, "no preamble"), (went_silent, "silent")] {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .unwrap_or_else(|_| panic!("{what} stream peer still open"))
+                .expect("stream task");
+        }
+        assert_eq!(composite.stream_peers_from(source), 0);
+        // Both ends see the server close: its preamble, then EOF.
+        for peer in [&mut mute, &mut quiet] {
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(20), peer.read_to_end(&mut got))
+                .await
+                .expect("closed")
+                .expect("read");
+            assert_eq!(got, PREAMBLE);
+        }
     }
 
     /// A self-signed certificate for `localhost`.

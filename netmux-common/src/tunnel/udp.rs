@@ -11,9 +11,12 @@
 //!   connected to the resolved target (catalog addresses only), and sends
 //!   what the target answers back as `Reply`.
 //!
-//! Flows expire when idle; answered flows are bounded per connection and
-//! overflow is refused (counted). A datagram too large for the path is
-//! dropped and counted, never sent fragmented through a stream.
+//! Flows expire when idle; originated and answered flows are each bounded
+//! per connection and overflow is refused (counted as
+//! [`Drop::FlowLimit`]). An answered flow holds a connected socket and a
+//! task, no buffer of its own: replies are read into one buffer per
+//! [`Flows`] when the socket is readable. A datagram too large for the path
+//! is dropped and counted, never sent fragmented through a stream.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -135,14 +138,17 @@ pub struct Flows {
     originated: Mutex<HashMap<u32, Origin>>,
     by_peer: Mutex<HashMap<(usize, SocketAddr), u32>>,
     answered: Mutex<HashMap<u32, Answer>>,
+    /// The most flows of each table (originated, answered).
     max_answered: usize,
+    /// Where answered flows' replies are read, one at a time.
+    reply_buf: Mutex<Vec<u8>>,
     idle: Duration,
     meter: Arc<dyn UdpMeter>,
 }
 
 impl Flows {
-    /// Flow tables with at most `max_answered` answered flows, expiring
-    /// flows idle for `idle`.
+    /// Flow tables with at most `max_answered` answered flows and as many
+    /// originated ones, expiring flows idle for `idle`.
     pub fn new(max_answered: usize, idle: Duration, meter: Arc<dyn UdpMeter>) -> Arc<Self> {
         Arc::new(Flows {
             next: AtomicU32::new(1),
@@ -150,6 +156,7 @@ impl Flows {
             by_peer: Mutex::new(HashMap::new()),
             answered: Mutex::new(HashMap::new()),
             max_answered,
+            reply_buf: Mutex::new(Vec::new()),
             idle,
             meter,
         })
@@ -165,15 +172,25 @@ impl Flows {
         lock(&self.originated).len()
     }
 
-    fn flow_for(&self, socket: &Arc<UdpSocket>, peer: SocketAddr, service: ServiceId) -> u32 {
+    /// The flow of `peer` on `socket`, new if need be; `None` when the
+    /// originated table is full.
+    fn flow_for(
+        &self,
+        socket: &Arc<UdpSocket>,
+        peer: SocketAddr,
+        service: ServiceId,
+    ) -> Option<u32> {
         let key = (Arc::as_ptr(socket) as usize, peer);
         let mut by_peer = lock(&self.by_peer);
         let mut originated = lock(&self.originated);
         if let Some(flow) = by_peer.get(&key) {
             if let Some(o) = originated.get_mut(flow) {
                 o.last = Instant::now();
-                return *flow;
+                return Some(*flow);
             }
+        }
+        if originated.len() >= self.max_answered {
+            return None;
         }
         let flow = self.next.fetch_add(1, Ordering::Relaxed);
         by_peer.insert(key, flow);
@@ -187,7 +204,7 @@ impl Flows {
             },
         );
         self.meter.flows(service, 1);
-        flow
+        Some(flow)
     }
 
     /// Originator loop: every datagram received on `socket` becomes an
@@ -216,7 +233,10 @@ impl Flows {
                 self.meter.dropped(None, Drop::NoConnection);
                 continue;
             };
-            let flow = self.flow_for(&socket, peer, service);
+            let Some(flow) = self.flow_for(&socket, peer, service) else {
+                self.meter.dropped(Some(service), Drop::FlowLimit);
+                continue;
+            };
             let d = Datagram::Open {
                 flow,
                 service,
@@ -360,9 +380,17 @@ impl Flows {
             let me = Arc::downgrade(self);
             let last = last.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                while let Ok(n) = socket.recv(&mut buf).await {
+                while socket.readable().await.is_ok() {
                     let Some(flows) = me.upgrade() else { return };
+                    let mut buf = lock(&flows.reply_buf);
+                    if buf.is_empty() {
+                        buf.resize(65536, 0);
+                    }
+                    let n = match socket.try_recv(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(_) => return,
+                    };
                     if let Ok(mut l) = last.lock() {
                         *l = Instant::now();
                     }

@@ -9,6 +9,13 @@
 //!
 //! Users whose kubeconfig holds no bearer token (client certificates) get a
 //! ServiceAccount token from their admin: see docs/kubernetes.md.
+//!
+//! TokenReviews ask for the configured audiences (`["netmux"]` by default:
+//! a token made for netmux, `kubectl create token SA --audience netmux`,
+//! is useless against the API server, and an API-server token is refused
+//! here), are bounded in time and in number at once, and a refused token is
+//! remembered briefly so a peer repeating it does not reach the API server
+//! each time ([`TokenReviewConfig`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -57,11 +64,99 @@ impl Verb {
 
 type CacheKey = (String, Verb, String, String);
 
+/// How TokenReviews are asked (`[rbac]` keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenReviewConfig {
+    /// Audiences the token must be valid for (`audiences`); empty: the API
+    /// server's own, which also accepts the user's kubeconfig token (and
+    /// lets whoever runs this server replay it against the API server).
+    pub audiences: Vec<String>,
+    /// Longest wait for one review, permit included (`review_timeout_ms`).
+    pub timeout: Duration,
+    /// Reviews in flight at once (`reviews_in_flight`).
+    pub in_flight: usize,
+    /// How long a refused token is refused without asking again
+    /// (`negative_cache_ms`).
+    pub negative_ttl: Duration,
+}
+
+impl Default for TokenReviewConfig {
+    fn default() -> Self {
+        TokenReviewConfig {
+            audiences: vec!["netmux".into()],
+            timeout: Duration::from_secs(5),
+            in_flight: 8,
+            negative_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Refused tokens remembered at most; beyond, the oldest half is dropped.
+const NEGATIVE_CACHE_MAX: usize = 4096;
+
+/// TokenReview state: settings, the permits, refused tokens by hash.
+struct Reviews {
+    config: TokenReviewConfig,
+    permits: tokio::sync::Semaphore,
+    /// Hash of a refused token (keyed per process, the token itself is not
+    /// kept) → when and why it was refused.
+    refused: Mutex<HashMap<u64, (Instant, String)>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Reviews {
+    fn new(config: TokenReviewConfig) -> Self {
+        Reviews {
+            permits: tokio::sync::Semaphore::new(config.in_flight),
+            config,
+            refused: Mutex::new(HashMap::new()),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn key(&self, token: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(token)
+    }
+
+    fn refused(&self, token: &str) -> Option<String> {
+        let key = self.key(token);
+        let ttl = self.config.negative_ttl;
+        let mut refused = lock(&self.refused);
+        match refused.get(&key) {
+            Some((at, why)) if at.elapsed() < ttl => Some(why.clone()),
+            Some(_) => {
+                refused.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember_refusal(&self, token: &str, why: &str) {
+        let key = self.key(token);
+        let ttl = self.config.negative_ttl;
+        let mut refused = lock(&self.refused);
+        if refused.len() >= NEGATIVE_CACHE_MAX {
+            refused.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        if refused.len() >= NEGATIVE_CACHE_MAX {
+            // Still full of fresh entries: forget the older half.
+            let mut ages: Vec<Instant> = refused.values().map(|(at, _)| *at).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            refused.retain(|_, (at, _)| *at > cut);
+        }
+        refused.insert(key, (Instant::now(), why.to_owned()));
+    }
+}
+
 /// TokenReview and cached SubjectAccessReviews.
 pub struct Rbac {
     client: OnceCell<Client>,
     ttl: Duration,
     cache: Mutex<HashMap<CacheKey, (bool, Instant)>>,
+    reviews: Reviews,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -87,7 +182,14 @@ impl Rbac {
             client: OnceCell::new_with(Some(client)),
             ttl,
             cache: Mutex::new(HashMap::new()),
+            reviews: Reviews::new(TokenReviewConfig::default()),
         }
+    }
+
+    /// With these TokenReview settings instead of the defaults.
+    pub fn token_reviews(mut self, config: TokenReviewConfig) -> Self {
+        self.reviews = Reviews::new(config);
+        self
     }
 
     /// Builds its client from the in-cluster account or KUBECONFIG on first
@@ -97,6 +199,7 @@ impl Rbac {
             client: OnceCell::new(),
             ttl,
             cache: Mutex::new(HashMap::new()),
+            reviews: Reviews::new(TokenReviewConfig::default()),
         }
     }
 
@@ -107,12 +210,42 @@ impl Rbac {
             .map_err(|e| Denied::Unavailable(format!("no Kubernetes client: {e}")))
     }
 
-    /// Who holds `token`, per the API server.
+    /// Who holds `token`, per the API server: within the configured
+    /// timeout, at most `in_flight` at once; a token refused within the
+    /// last `negative_ttl` is refused again without asking.
     pub async fn review_token(&self, token: &str) -> Result<User, Denied> {
+        if let Some(why) = self.reviews.refused(token) {
+            return Err(Denied::Kubernetes(why));
+        }
+        let timeout = self.reviews.config.timeout;
+        let answer = tokio::time::timeout(timeout, async {
+            let _permit = self.reviews.permits.acquire().await.map_err(|_| {
+                Denied::Unavailable("the server is shutting down".into())
+            })?;
+            self.ask_token_review(token).await
+        })
+        .await
+        .map_err(|_| {
+            Denied::Unavailable(format!(
+                "no TokenReview answer within {timeout:?} (the API server is slow, or {} reviews are already in flight: rbac.reviews_in_flight)",
+                self.reviews.config.in_flight
+            ))
+        })?;
+        match answer {
+            Err(Denied::Kubernetes(why)) => {
+                self.reviews.remember_refusal(token, &why);
+                Err(Denied::Kubernetes(why))
+            }
+            other => other,
+        }
+    }
+
+    async fn ask_token_review(&self, token: &str) -> Result<User, Denied> {
+        let audiences = &self.reviews.config.audiences;
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
-                audiences: None,
+                audiences: (!audiences.is_empty()).then(|| audiences.clone()),
             },
             ..Default::default()
         };
@@ -129,6 +262,15 @@ impl Rbac {
                     .filter(|e| !e.is_empty())
                     .unwrap_or_else(|| "the token is not valid for this cluster".into()),
             ));
+        }
+        // An authenticator that ignores audiences answers with none: the
+        // token is then valid for the API server, not for netmux.
+        let granted = status.audiences.unwrap_or_default();
+        if !audiences.is_empty() && !granted.iter().any(|a| audiences.contains(a)) {
+            return Err(Denied::Kubernetes(format!(
+                "the token is not meant for netmux (its audiences {granted:?} include none of {audiences:?}); get one with `kubectl create token SERVICEACCOUNT --audience {}` and pass it with `netmux connect --token-file`",
+                audiences[0]
+            )));
         }
         let info = status.user.unwrap_or_default();
         let username = info.username.filter(|u| !u.is_empty()).ok_or_else(|| {
