@@ -2,7 +2,8 @@
 //!
 //! Runtimes hand over complete lists of services; the store gives each a
 //! stable [`ServiceId`] (kept across updates, never reused for another
-//! service) and publishes the result on a watch channel that every daemon
+//! service; a service that leaves the catalog gives up its id, so the table
+//! stays as large as the catalog) and publishes the result on a watch channel that every daemon
 //! connection follows. Nothing polls.
 
 use std::collections::HashMap;
@@ -111,6 +112,21 @@ impl CatalogStore {
                 })
                 .collect()
         };
+        let gone = {
+            let mut ids = lock(&self.ids);
+            let mut gone = Vec::new();
+            ids.by_key.retain(|key, id| {
+                let keep = catalog.contains_key(id);
+                if !keep {
+                    gone.push(key.clone());
+                }
+                keep
+            });
+            gone
+        };
+        for key in &gone {
+            self.metrics.forget_service(key);
+        }
         self.metrics.catalog_services.set(catalog.len() as i64);
         self.tx.send_if_modified(|current| {
             if **current == catalog {
@@ -199,5 +215,33 @@ mod tests {
             !rx.has_changed().unwrap(),
             "identical publish must not wake"
         );
+    }
+
+    #[test]
+    fn the_id_table_and_metrics_shrink_when_services_go_away() {
+        let (store, _rx) = CatalogStore::new(Metrics::new());
+        for round in 0..50 {
+            let names: Vec<String> = (0..20).map(|i| format!("s{round}-{i}")).collect();
+            store.publish(names.iter().map(|n| svc(n, 80)).collect());
+            for n in &names {
+                store
+                    .metrics
+                    .connections_total
+                    .with_label_values(&[&format!("ns/{n}"), "l2c"])
+                    .inc();
+            }
+        }
+        assert_eq!(
+            lock(&store.ids).by_key.len(),
+            20,
+            "ids of services that left are forgotten"
+        );
+        let text = store.metrics.render();
+        assert!(!text.contains("ns/s0-"), "series of removed services remain");
+        assert!(text.contains("ns/s49-0"), "{text}");
+        // Ids are still never reused: a returning service gets a new one.
+        let before = store.current().values().map(|s| s.id.0).max().unwrap();
+        store.publish(vec![svc("s0-0", 80)]);
+        assert!(store.current().values().all(|s| s.id.0 > before));
     }
 }
