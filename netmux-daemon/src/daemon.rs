@@ -497,6 +497,8 @@ impl Daemon {
             })?
             .next()
             .ok_or_else(|| format!("--local {local:?} resolves to no address"))?;
+        // The cluster must not reach past this machine through it.
+        self.config.expose_target_allowed(local.ip())?;
         let state = self.state.lock().await;
         let c = self.connected(&state, ep)?;
         c.endpoint.claim(
@@ -886,6 +888,10 @@ impl Daemon {
                             .unwrap_or_else(|| "off".into()),
                         error: match st {
                             Some(EndpointStatus::Down { error }) => Some(error),
+                            // How long the blackout lasts, what happens at the bound.
+                            Some(EndpointStatus::Connected { degraded: true, .. }) => {
+                                c.and_then(|c| c.endpoint.blackout()).map(|b| b.describe())
+                            }
                             _ => None,
                         },
                         services: c.map(|c| c.endpoint.catalog().len()).unwrap_or(0),
@@ -1138,5 +1144,52 @@ mod reload_tests {
             restart_only_changes(&base, &parse("redirect = \"loopback\"\n")),
             ["redirect"]
         );
+    }
+}
+
+#[cfg(test)]
+mod bounds_tests {
+    use super::*;
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+
+    fn daemon(dir: &std::path::Path, extra: &str) -> Arc<Daemon> {
+        let text = format!(
+            "{extra}hosts_file = \"{}/hosts\"\nredirect = \"loopback\"\n[[endpoint]]\nname = \"demo\"\nserver = \"127.0.0.1:9\"\nca_pem = \"\"\"{PEM}\"\"\"\n",
+            dir.display()
+        );
+        let config = Config::parse(&dir.join("c.toml"), &text).expect("config");
+        Daemon::new(config, Metrics::new())
+    }
+
+    #[tokio::test]
+    async fn expose_targets_loopback_only_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path(), "");
+        let e = d
+            .expose("demo", "dbg", "169.254.169.254:80", 80)
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("only loopback") && e.contains("expose_allow"),
+            "{e}"
+        );
+        let e = d
+            .expose("demo", "dbg", "[fe80::1]:80", 80)
+            .await
+            .unwrap_err();
+        assert!(e.contains("expose_allow"), "{e}");
+        // Loopback passes the check (and then needs a connection).
+        let e = d
+            .expose("demo", "dbg", "127.0.0.1:8080", 80)
+            .await
+            .unwrap_err();
+        assert!(e.contains("not connected"), "{e}");
+        let d = daemon(dir.path(), "expose_allow = [\"169.254.0.0/16\"]\n");
+        let e = d
+            .expose("demo", "dbg", "169.254.169.254:80", 80)
+            .await
+            .unwrap_err();
+        assert!(e.contains("not connected"), "{e}");
     }
 }
