@@ -1,5 +1,15 @@
 //! The control API between the `netmux` CLI and the daemon: one JSON request
 //! per line on the unix socket, one JSON response per line back.
+//!
+//! Both sides use this crate: `netmux-cli` sends with [`call`], `netmuxd`
+//! answers in its `control` module. It holds no daemon logic, and it is
+//! what lets the daemon not depend on the CLI crate, which runs kubeconfig
+//! credential plugins.
+
+mod client;
+pub mod kube;
+
+pub use client::call;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +29,7 @@ pub enum Request {
         /// For a Kubernetes endpoint: the user's credentials, resolved by
         /// the CLI (the daemon answers [`Reply::NeedKube`] without them).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        kube: Option<crate::cluster::KubeAccess>,
+        kube: Option<crate::kube::KubeAccess>,
     },
     /// Disconnect an endpoint and stop its services.
     Disconnect {
@@ -137,7 +147,7 @@ pub enum Reply {
     /// credentials for these settings.
     NeedKube {
         /// Its `[endpoint.kubernetes]`.
-        settings: crate::cluster::KubeSettings,
+        settings: crate::kube::KubeSettings,
     },
 }
 

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::api::{Reply, Request};
-use crate::config::Config;
-use crate::control;
-use crate::system::doctor;
-use crate::system::install::{self, Artifact, Commands, Init, Layout};
+use netmux_api::{Reply, Request};
+use netmux_daemon::config::Config;
+
+use crate::doctor;
+use crate::install::{self, Artifact, Commands, Init, Layout};
 
 /// `netmux install`.
 #[derive(Args, Debug, Clone)]
@@ -221,7 +221,7 @@ pub async fn run_uninstall(args: &UninstallArgs, socket: &Path) -> ExitCode {
         }
     }
     if layout.is_live() {
-        match control::call(socket, &Request::Cleanup).await {
+        match netmux_api::call(socket, &Request::Cleanup).await {
             Ok(r) => match (r.ok, r.error) {
                 (Some(Reply::Done { message }), _) => println!("{message}"),
                 (_, Some(e)) => eprintln!("netmux: cleanup: {e}"),
@@ -245,7 +245,7 @@ pub async fn run_uninstall(args: &UninstallArgs, socket: &Path) -> ExitCode {
 /// `netmux doctor`: exit status 1 when any check fails.
 pub async fn run_doctor(args: &DoctorArgs, config: &Path, socket: &Path) -> ExitCode {
     let loaded = Config::load(config).map_err(|e| e.to_string());
-    let status = match control::call(socket, &Request::Status).await {
+    let status = match netmux_api::call(socket, &Request::Status).await {
         Ok(r) => match r.ok {
             Some(Reply::Status(s)) => Some(s),
             _ => None,
@@ -286,7 +286,7 @@ const COREDUMP_MESSAGE_ID: &str = "fc2e22bc6ee647b6b90729ab34a250b1";
 /// `_SYSTEMD_UNIT=netmuxd.service` and exists only when systemd started the
 /// daemon, but the alternatives (journalctl's `+`)
 /// `_SYSTEMD_UNIT=netmuxd.service` or `SYSLOG_IDENTIFIER=netmuxd` (set by
-/// netmuxd on every entry, see [`crate::system::journal`]), so that a
+/// netmuxd on every entry, see [`netmux_daemon::system::journal`]), so that a
 /// daemon started otherwise with stderr on the journal is found too. Without
 /// `--endpoint`/`--service` also what `--unit` adds: systemd's messages
 /// about the unit (started, exited, restarted) and its core dumps. The
@@ -320,7 +320,7 @@ pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
         vec![format!("_SYSTEMD_UNIT={unit}")],
         vec![format!(
             "SYSLOG_IDENTIFIER={}",
-            crate::system::journal::SYSLOG_IDENTIFIER
+            netmux_daemon::system::journal::SYSLOG_IDENTIFIER
         )],
     ];
     if filters.is_empty() {
@@ -453,7 +453,7 @@ pub fn render_entry(entry: &serde_json::Map<String, serde_json::Value>) -> Strin
     }
     line.push(' ');
     line.push_str(first("MESSAGE").unwrap_or_default().trim_end());
-    let ours = ident == crate::system::journal::SYSLOG_IDENTIFIER
+    let ours = ident == netmux_daemon::system::journal::SYSLOG_IDENTIFIER
         && first("_TRANSPORT").as_deref() == Some("journal");
     if ours {
         let mut keys: Vec<&String> = entry

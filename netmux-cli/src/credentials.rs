@@ -17,7 +17,7 @@ use base64::Engine as _;
 use kube::config::{AuthInfo, Cluster, ExecConfig, ExecInteractiveMode, Kubeconfig};
 use serde_json::{json, Value};
 
-use super::{KubeAccess, KubeError, KubeSettings};
+use netmux_api::kube::{KubeAccess, KubeError, KubeSettings};
 
 /// Who credential plugins run as when the CLI itself runs as root through
 /// `sudo`: the user who ran sudo.

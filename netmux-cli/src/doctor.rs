@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::api::StatusView;
-use crate::config::{Config, EndpointConfig, Ipv4Range, RedirectMode};
-use crate::system::hosts;
+use netmux_api::StatusView;
+use netmux_daemon::config::{Config, EndpointConfig, Ipv4Range, RedirectMode};
+use netmux_daemon::system::hosts;
 
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -350,8 +350,8 @@ pub fn dns_backend(hosts_file: &Path, nsswitch: Option<&str>) -> Check {
 /// Which DNS integration the daemon will use, and whether names reach every
 /// program: split DNS through systemd-resolved or `/etc/resolver` is best;
 /// the hosts-file fallback only covers programs that read it.
-pub fn dns_method(dns: &crate::config::DnsConfig, probe: &crate::system::resolver::Probe) -> Check {
-    use crate::config::DnsMethod;
+pub fn dns_method(dns: &netmux_daemon::config::DnsConfig, probe: &netmux_daemon::system::resolver::Probe) -> Check {
+    use netmux_daemon::config::DnsMethod;
     const NAME: &str = "dns-method";
     if !dns.enabled {
         return Check::warn(
@@ -360,7 +360,7 @@ pub fn dns_method(dns: &crate::config::DnsConfig, probe: &crate::system::resolve
             "set `[dns] enabled = true` for cluster DNS (A/AAAA/SRV, search domains)",
         );
     }
-    let (method, why) = crate::system::resolver::choose(dns.method, probe);
+    let (method, why) = netmux_daemon::system::resolver::choose(dns.method, probe);
     let detail = format!(
         "embedded DNS on {}; integration {method:?} ({why})",
         dns.listen
@@ -590,7 +590,7 @@ pub fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
 /// use the kubeconfig of the user running the doctor, as `netmux connect`
 /// does. Returns the probe and the CA PEM it trusted.
 pub async fn probe(cfg: &EndpointConfig, timeout: Duration) -> (Probe, Option<String>) {
-    use crate::transport::Transport;
+    use netmux_daemon::transport::Transport;
     let mut ca = cfg.ca_pem.clone();
     // A Kubernetes endpoint: the user's credentials first, as `netmux
     // connect` resolves them; the CA may come from the cluster.
@@ -659,15 +659,15 @@ pub async fn probe(cfg: &EndpointConfig, timeout: Duration) -> (Probe, Option<St
 /// `netmux connect` does (plugins do not prompt here, and run off the
 /// runtime so that the probe's timeout holds even if one hangs).
 async fn kube_link(
-    settings: &crate::cluster::KubeSettings,
-) -> Result<crate::cluster::forward::KubeLink, Probe> {
-    let req = crate::cluster::credentials::Request {
+    settings: &netmux_api::kube::KubeSettings,
+) -> Result<netmux_daemon::cluster::forward::KubeLink, Probe> {
+    let req = crate::credentials::Request {
         settings: Some(settings.clone()),
         interactive: false,
         ..Default::default()
     };
     let access = match tokio::task::spawn_blocking(move || {
-        crate::cluster::credentials::resolve_as_user(&req)
+        crate::credentials::resolve_as_user(&req)
     })
     .await
     {
@@ -675,17 +675,17 @@ async fn kube_link(
         Ok(Err(e)) => return Err(Probe::PortForward(e.to_string())),
         Err(e) => return Err(Probe::PortForward(format!("resolving the kubeconfig: {e}"))),
     };
-    crate::cluster::forward::KubeLink::new(&access, settings.clone())
+    netmux_daemon::cluster::forward::KubeLink::new(&access, settings.clone())
         .await
         .map_err(|e| Probe::PortForward(e.to_string()))
 }
 
 async fn probe_port_forward(
     cfg: &EndpointConfig,
-    link: &crate::cluster::forward::KubeLink,
+    link: &netmux_daemon::cluster::forward::KubeLink,
     ca_pem: &str,
 ) -> Probe {
-    let client = match crate::endpoint::client_config(ca_pem) {
+    let client = match netmux_daemon::endpoint::client_config(ca_pem) {
         Ok(c) => c,
         Err(e) => return Probe::Tls(e.to_string()),
     };
@@ -695,7 +695,7 @@ async fn probe_port_forward(
         Err(e) => return Probe::PortForward(e.to_string()),
     };
     let pod = forward.pod.clone();
-    match crate::transport::dial_forward(forward, client, &cfg.server_name).await {
+    match netmux_daemon::transport::dial_forward(forward, client, &cfg.server_name).await {
         Ok(conn) => {
             let chain = peer_chain(&conn);
             conn.close(0u32.into(), b"doctor");
@@ -717,13 +717,13 @@ async fn probe_server(cfg: &EndpointConfig, ca_pem: &str, timeout: Duration) -> 
         },
         Err(e) => return Probe::Error(format!("cannot resolve {name}: {e}")),
     };
-    let client = match crate::endpoint::client_config(ca_pem) {
+    let client = match netmux_daemon::endpoint::client_config(ca_pem) {
         Ok(c) => c,
         Err(e) => return Probe::Tls(e.to_string()),
     };
-    if matches!(cfg.transport, crate::transport::Transport::Tcp) {
+    if matches!(cfg.transport, netmux_daemon::transport::Transport::Tcp) {
         let start = std::time::Instant::now();
-        let dial = crate::transport::dial_tcp(server, client, &cfg.server_name);
+        let dial = netmux_daemon::transport::dial_tcp(server, client, &cfg.server_name);
         return match tokio::time::timeout(timeout, dial).await {
             Err(_) => Probe::Timeout(timeout),
             Ok(Err(e)) => Probe::Error(format!("QUIC over TCP to {server}: {e}")),
@@ -1021,7 +1021,7 @@ pub async fn run(
     ));
     out.push(dns_method(
         &config.dns,
-        &crate::system::resolver::Probe::system(),
+        &netmux_daemon::system::resolver::Probe::system(),
     ));
     out.push(control_socket(&socket_facts(config)));
     for ep in &config.endpoints {
@@ -1174,7 +1174,7 @@ mod tests {
         );
     }
 
-    use crate::system::install;
+    use crate::install;
 
     const MOUNTINFO_V2: &str =
         "25 1 0:22 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw\n";
@@ -1227,9 +1227,9 @@ mod tests {
 
     #[test]
     fn dns_method_pass_and_fallback() {
-        use crate::system::resolver::Probe;
+        use netmux_daemon::system::resolver::Probe;
         let path = std::path::Path::new("/etc/netmux/config.toml");
-        let cfg = crate::config::Config::parse(path, "").expect("empty config is valid");
+        let cfg = netmux_daemon::config::Config::parse(path, "").expect("empty config is valid");
         let resolved = Probe {
             resolvectl: true,
             resolved_running: true,

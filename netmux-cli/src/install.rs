@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 
 /// The systemd unit template (`@BINDIR@`, `@CONFIG@`, `@USER@`, `@GROUP@`,
 /// `@CAPS@`, `@HOSTS@`, `@SOCKET@`).
-pub const UNIT_TEMPLATE: &str = include_str!("../../../packaging/netmuxd.service.in");
+pub const UNIT_TEMPLATE: &str = include_str!("../../packaging/netmuxd.service.in");
 /// The launchd plist template (`@BINDIR@`, `@CONFIG@`, `@LOG@`).
-pub const PLIST_TEMPLATE: &str = include_str!("../../../packaging/dev.netmux.netmuxd.plist.in");
+pub const PLIST_TEMPLATE: &str = include_str!("../../packaging/dev.netmux.netmuxd.plist.in");
 /// The configuration written when none exists.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../packaging/config.toml");
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../packaging/config.toml");
 
 /// Name of the systemd unit.
 pub const UNIT_NAME: &str = "netmuxd.service";
@@ -158,7 +158,7 @@ impl Layout {
 
     /// The configuration file on the target system.
     pub fn config(&self) -> PathBuf {
-        PathBuf::from(crate::config::DEFAULT_CONFIG)
+        PathBuf::from(netmux_daemon::config::DEFAULT_CONFIG)
     }
 
     /// The manifest of an installation on the target system.
@@ -320,12 +320,12 @@ pub fn db_has(path: &Path, name: &str) -> bool {
 /// `ExecReload`) the configuration at `layout.config()` names; the defaults
 /// if it does not load.
 fn config_paths(layout: &Layout) -> (PathBuf, PathBuf) {
-    crate::config::Config::load(&layout.host(&layout.config()))
+    netmux_daemon::config::Config::load(&layout.host(&layout.config()))
         .map(|c| (c.hosts_file, c.socket))
         .unwrap_or_else(|_| {
             (
                 PathBuf::from("/etc/hosts"),
-                PathBuf::from(crate::config::DEFAULT_SOCKET),
+                PathBuf::from(netmux_daemon::config::DEFAULT_SOCKET),
             )
         })
 }
@@ -638,7 +638,7 @@ mod tests {
         assert!(unit.contains("AmbientCapabilities=CAP_BPF CAP_NET_ADMIN"));
         assert!(!l.plist().contains('@'));
         let c =
-            crate::config::Config::parse(Path::new("/etc/netmux/config.toml"), DEFAULT_CONFIG_TOML)
+            netmux_daemon::config::Config::parse(Path::new("/etc/netmux/config.toml"), DEFAULT_CONFIG_TOML)
                 .expect("the shipped default config parses");
         assert_eq!(c.socket_group.as_deref(), Some(SOCKET_GROUP));
     }

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
-use netmux_daemon::api::{self, Reply, Request, Row};
+use netmux_api::{self as api, Reply, Request, Row};
 use netmux_daemon::config::{Config, DEFAULT_CONFIG, DEFAULT_SOCKET};
-use netmux_daemon::control;
-use netmux_daemon::system::cli as sys;
+
+use netmux_cli::cli as sys;
 use netmux_daemon::system::hosts::HostsFile;
 
 /// netmux command line client.
@@ -249,9 +249,9 @@ async fn main() -> ExitCode {
         Command::Logs(a) => return sys::run_logs(a),
         Command::Completions { shell } => return sys::run_completions(*shell, &Cli::command()),
         Command::Man(a) => return sys::run_man(a, &Cli::command()),
-        Command::KubeCredentials => return netmux_daemon::cluster::credentials::serve_child(),
+        Command::KubeCredentials => return netmux_cli::credentials::serve_child(),
     };
-    let mut response = control::call(&cli.socket, &request).await;
+    let mut response = netmux_api::call(&cli.socket, &request).await;
     // A Kubernetes endpoint: resolve the user's kubeconfig here, as the
     // user (credential plugins included), and connect again with it.
     if let (
@@ -267,14 +267,14 @@ async fn main() -> ExitCode {
         },
     ) = (&response, &cli.command)
     {
-        let req = netmux_daemon::cluster::credentials::Request {
+        let req = netmux_cli::credentials::Request {
             settings: Some(settings.clone()),
             kubeconfig: kubeconfig.clone(),
             context: context.clone(),
             token_file: token_file.clone(),
             interactive: true,
         };
-        let access = match netmux_daemon::cluster::credentials::resolve_as_user(&req) {
+        let access = match netmux_cli::credentials::resolve_as_user(&req) {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("netmux: {endpoint}: {e}");
@@ -285,7 +285,7 @@ async fn main() -> ExitCode {
             endpoint: endpoint.clone(),
             kube: Some(access),
         };
-        response = control::call(&cli.socket, &request).await;
+        response = netmux_api::call(&cli.socket, &request).await;
     }
     let response = match response {
         Ok(r) => r,

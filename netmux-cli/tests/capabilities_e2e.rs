@@ -38,8 +38,10 @@
 //! Needs root, a netmuxd built with the eBPF programs, setpriv, nsenter,
 //! useradd/groupadd, curl and dig; skipped with a loud line otherwise.
 //!
-//! Run: `cargo test -p netmux-daemon --test capabilities_e2e -- --test-threads=1`
+//! Run: `cargo test -p netmux-cli --test capabilities_e2e -- --test-threads=1`
 
+// The daemon tests' shared fixtures (one copy, kept there).
+#[path = "../../netmux-daemon/tests/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;
@@ -48,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use netmux_daemon::system::install::{self, Init};
+use netmux_cli::install::{self, Init};
 use netmux_testbed::cgroup::ChildCgroup;
 use netmux_testbed::netmux::{services_toml, Layout, ServiceSpec, ENDPOINT, TOKEN};
 use netmux_testbed::{bin, wait_until, Process, Sandbox, Side};

@@ -1,4 +1,5 @@
-//! The control socket the `netmux` CLI talks to.
+//! The control socket the `netmux` CLI talks to (the server side; the
+//! request types and the client are in `netmux-api`).
 //!
 //! A unix socket (mode 0660, group `socket_group`); every peer's credentials
 //! are checked with `SO_PEERCRED`: root, the daemon's own user, and members of
@@ -164,24 +165,3 @@ async fn handle(
 }
 
 use tokio::io::AsyncReadExt as _;
-
-/// Sends one request to the daemon at `path` (the CLI side).
-pub async fn call(path: &Path, req: &Request) -> Result<Response, String> {
-    let stream = UnixStream::connect(path).await.map_err(|e| {
-        format!(
-            "cannot reach netmuxd at {}: {e} (is it running? start it with `systemctl start netmuxd` or `netmuxd --config ...`)",
-            path.display()
-        )
-    })?;
-    let (rd, mut wr) = stream.into_split();
-    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    line.push(b'\n');
-    wr.write_all(&line).await.map_err(|e| e.to_string())?;
-    let mut lines = BufReader::new(rd).lines();
-    let reply = lines
-        .next_line()
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("netmuxd closed the connection without answering")?;
-    serde_json::from_str(&reply).map_err(|e| format!("bad reply from netmuxd: {e}"))
-}

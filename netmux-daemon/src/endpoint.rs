@@ -430,7 +430,7 @@ type Established = (
 
 /// The QUIC client configuration trusting `ca_pem` (TLS 1.3, netmux's ALPN
 /// and transport settings); also used by `netmux doctor`'s probes.
-pub(crate) fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig, ConnectError> {
+pub fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig, ConnectError> {
     let mut roots = rustls::RootCertStore::empty();
     let mut reader = ca_pem.as_bytes();
     for cert in rustls_pemfile::certs(&mut reader) {

@@ -325,6 +325,8 @@ fn build() -> anyhow::Result<()> {
         "-p",
         "netmux-daemon",
         "-p",
+        "netmux-cli",
+        "-p",
         "sample-apps",
         "-p",
         "bench-tools",
