@@ -42,6 +42,10 @@ pub enum Request {
         endpoint: String,
         /// Service name, `namespace/name`, or pattern.
         service: String,
+        /// Also claim C2L services a `+` pattern matches (a C2L service
+        /// that is named exactly is always claimed).
+        #[serde(default)]
+        c2l: bool,
     },
     /// Stop services matching a pattern.
     Stop {
@@ -222,6 +226,7 @@ mod tests {
         let r = Request::Start {
             endpoint: "demo".into(),
             service: "+".into(),
+            c2l: false,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);

@@ -74,6 +74,11 @@ enum Command {
         endpoint: String,
         /// Service name, namespace/name, or pattern with `+`.
         service: String,
+        /// Also claim the C2L services a `+` pattern matches (cluster
+        /// traffic to this machine); a C2L service named exactly is
+        /// always claimed.
+        #[arg(long)]
+        c2l: bool,
     },
     /// Stops services.
     #[command(visible_aliases = ["off", "-"])]
@@ -204,10 +209,15 @@ async fn main() -> ExitCode {
             },
             Output::Table,
         ),
-        Command::Start { endpoint, service } => (
+        Command::Start {
+            endpoint,
+            service,
+            c2l,
+        } => (
             Request::Start {
                 endpoint: endpoint.clone(),
                 service: service.clone(),
+                c2l: *c2l,
             },
             Output::Table,
         ),

@@ -188,7 +188,11 @@ impl Daemon {
             }),
             Connect { endpoint, kube } => self.connect_request(&endpoint, kube).await,
             Disconnect { endpoint } => self.disconnect(&endpoint).await,
-            Start { endpoint, service } => self.start(&endpoint, &service).await,
+            Start {
+                endpoint,
+                service,
+                c2l,
+            } => self.start(&endpoint, &service, c2l).await,
             Stop { endpoint, service } => self.stop(&endpoint, &service).await,
             Status => Ok(Reply::Status(self.status().await)),
             Reload => self.reload_from_disk().await,
@@ -406,18 +410,29 @@ impl Daemon {
         Ok(found)
     }
 
-    /// Starts services matching `pattern` on `ep`.
-    pub async fn start(self: &Arc<Self>, ep: &str, pattern: &str) -> Result<Reply, String> {
+    /// Starts services matching `pattern` on `ep`. A pattern with `+`
+    /// starts L2C services only: a C2L entry makes the cluster's traffic
+    /// come to this machine, so it is claimed only when named, or with
+    /// `c2l` (`netmux start --c2l`).
+    pub async fn start(
+        self: &Arc<Self>,
+        ep: &str,
+        pattern: &str,
+        c2l: bool,
+    ) -> Result<Reply, String> {
         let mut state = self.state.lock().await;
         let found = self.matching(&state, ep, pattern)?;
+        let wildcard = pattern.contains('+');
         let mut started = Vec::new();
         let mut claimed = Vec::new();
+        let mut skipped = Vec::new();
         for svc in &found {
             match svc.direction {
                 Direction::L2C => {
                     state.wanted.insert((ep.to_owned(), svc.key()));
                     started.push(svc.key());
                 }
+                Direction::C2L if wildcard && !c2l => skipped.push(svc.key()),
                 Direction::C2L => {
                     let Some(port) = svc.ports.first() else {
                         continue;
@@ -452,9 +467,18 @@ impl Daemon {
             return Err(format!("could not start: {}", failed.join("; ")));
         }
         started.extend(claimed);
-        Ok(Reply::Done {
-            message: format!("started {}", started.join(", ")),
-        })
+        let mut message = if started.is_empty() {
+            "started nothing".to_owned()
+        } else {
+            format!("started {}", started.join(", "))
+        };
+        if !skipped.is_empty() {
+            message.push_str(&format!(
+                "; not claimed (C2L: cluster traffic to this machine): {}; name them, or add --c2l",
+                skipped.join(", ")
+            ));
+        }
+        Ok(Reply::Done { message })
     }
 
     /// Stops services matching `pattern` on `ep`.
