@@ -36,8 +36,18 @@ struct RawConfig {
     endpoint: Vec<RawEndpoint>,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default = "default_half_close_timeout_secs")]
+    half_close_timeout_secs: u64,
     #[serde(default)]
     expose_allow: Vec<String>,
+}
+
+/// After a half-close, the other direction of a proxied connection may
+/// stay silent this long before both are reset (`0`: never).
+pub const DEFAULT_HALF_CLOSE_TIMEOUT_SECS: u64 = 600;
+
+fn default_half_close_timeout_secs() -> u64 {
+    DEFAULT_HALF_CLOSE_TIMEOUT_SECS
 }
 
 #[derive(Deserialize)]
@@ -261,9 +271,20 @@ pub struct EndpointConfig {
     pub transport: crate::transport::Transport,
     /// Where the server runs in Kubernetes (`[endpoint.kubernetes]`).
     pub kubernetes: Option<crate::cluster::KubeSettings>,
+    /// Top-level `half_close_timeout_secs`: once one direction of a
+    /// proxied connection ended, the other is reset after moving no byte
+    /// this long (`None`: never).
+    pub half_close_timeout: Option<std::time::Duration>,
 }
 
 impl EndpointConfig {
+    /// The settings of this endpoint's proxied connections.
+    pub fn stream_options(&self) -> netmux_common::tunnel::stream::Options {
+        netmux_common::tunnel::stream::Options {
+            half_close_timeout: self.half_close_timeout,
+        }
+    }
+
     /// How the server is reached, for `ls` and `status`.
     pub fn describe(&self) -> String {
         use crate::transport::Transport;
@@ -339,6 +360,8 @@ impl Config {
                 "must be inside 127.0.0.0/8 (loopback), e.g. 127.77.0.0/16".into(),
             ));
         }
+        let half_close_timeout = (raw.half_close_timeout_secs > 0)
+            .then(|| std::time::Duration::from_secs(raw.half_close_timeout_secs));
         let mut endpoints: Vec<EndpointConfig> = Vec::new();
         let mut default_namespaces = std::collections::BTreeMap::new();
         for (i, e) in raw.endpoint.into_iter().enumerate() {
@@ -499,6 +522,7 @@ impl Config {
                 autostart: e.autostart,
                 transport,
                 kubernetes,
+                half_close_timeout,
                 cluster_cidrs,
             });
         }

@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::api::{self, EndpointView, Reply, Row, StatusView};
 use crate::config::Config;
-use crate::endpoint::{ClaimKind, ClaimState, Endpoint, EndpointStatus};
+use crate::endpoint::{ClaimKind, ClaimState, Endpoint, EndpointStatus, Targets};
 use crate::listeners::{self, Route};
 use crate::metrics::Metrics;
 use crate::redirect::alloc::AddressAllocator;
@@ -434,13 +434,11 @@ impl Daemon {
                 }
                 Direction::C2L if wildcard && !c2l => skipped.push(svc.key()),
                 Direction::C2L => {
-                    let Some(port) = svc.ports.first() else {
-                        continue;
-                    };
-                    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port.target_port);
+                    // One local target per cluster port, each port's own.
+                    let targets = Targets::for_service(svc, IpAddr::V4(Ipv4Addr::LOCALHOST));
                     if let Some(c) = state.endpoints.get(ep) {
                         c.endpoint
-                            .claim(&svc.key(), ClaimKind::Catalog(svc.key()), local);
+                            .claim(&svc.key(), ClaimKind::Catalog(svc.key()), targets);
                         claimed.push(svc.key());
                     }
                 }
@@ -531,7 +529,7 @@ impl Daemon {
                 name: name.to_owned(),
                 port: remote_port,
             },
-            local,
+            Targets::one(remote_port, local),
         );
         let errors = wait_claims(&c.endpoint, &[name.to_owned()]).await;
         if let Some(e) = errors.first() {
@@ -727,6 +725,7 @@ impl Daemon {
                 conn: connected.endpoint.watch_connection(),
                 catalog: connected.endpoint.watch_catalog(),
                 metrics: self.metrics.clone(),
+                options: connected.endpoint.config.stream_options(),
             };
             tasks.push(tokio::spawn(listeners::serve(listener, route)));
         }
@@ -820,11 +819,7 @@ impl Daemon {
             });
             let Some(c) = connected else { continue };
             let catalog = c.endpoint.catalog();
-            let claims = c.endpoint.claims();
-            let claims: Vec<crate::endpoint::Claim> = match claims.lock() {
-                Ok(g) => g.values().cloned().collect(),
-                Err(p) => p.into_inner().values().cloned().collect(),
-            };
+            let claims = c.endpoint.claims().snapshot();
             for svc in catalog.values().filter(|s| s.direction == Direction::C2L) {
                 let claim = claims.iter().find(|cl| cl.kind.is_for(svc));
                 let cluster = svc
@@ -836,7 +831,10 @@ impl Daemon {
                     .ports
                     .iter()
                     .map(|p| match claim {
-                        Some(cl) => format!("{cluster}:{} => {}", p.port, cl.local),
+                        Some(cl) => match cl.targets.get(p.port, p.protocol) {
+                            Some(local) => format!("{cluster}:{} => {local}", p.port),
+                            None => format!("{cluster}:{} => -", p.port),
+                        },
                         None => format!("{cluster}:{} => -:{}", p.port, p.target_port),
                     })
                     .collect();

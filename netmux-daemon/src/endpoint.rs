@@ -96,63 +96,7 @@ async fn kube_step<T>(
     }
 }
 
-/// What a reverse claim asks the server for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimKind {
-    /// A C2L service of the catalog, by `namespace/name`.
-    Catalog(String),
-    /// An ad hoc service published by this daemon (`netmux expose`).
-    Adhoc {
-        /// Service name.
-        name: String,
-        /// Cluster-side port.
-        port: u16,
-    },
-}
-
-impl ClaimKind {
-    /// Whether catalog entry `svc` is the one this claim is about.
-    pub fn is_for(&self, svc: &netmux_common::proto::catalog::Service) -> bool {
-        use netmux_common::proto::catalog::Direction;
-        svc.direction == Direction::C2L
-            && match self {
-                ClaimKind::Catalog(key) => svc.key() == *key,
-                ClaimKind::Adhoc { name, .. } => svc.name == *name,
-            }
-    }
-}
-
-/// Where a claim stands with the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimState {
-    /// Not (yet) answered; sent again on every reconnect.
-    Pending,
-    /// Held: cluster connections come to this daemon.
-    Held,
-    /// Refused, with the server's reason.
-    Refused(String),
-}
-
-/// A reverse service this daemon wants to hold.
-#[derive(Debug, Clone)]
-pub struct Claim {
-    /// What is claimed.
-    pub kind: ClaimKind,
-    /// The local target cluster connections are sent to.
-    pub local: SocketAddr,
-    /// Where it stands.
-    pub state: ClaimState,
-}
-
-/// The claims of one endpoint, keyed by a name the CLI uses.
-pub type Claims = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Claim>>>;
-
-fn lock_claims(c: &Claims) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Claim>> {
-    match c.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
+pub use crate::claims::{Claim, ClaimKind, ClaimState, Claims, Targets};
 
 enum Command {
     /// Send claims that are pending.
@@ -288,12 +232,12 @@ impl Endpoint {
 
     /// Asks the server for a reverse service under `name`; the outcome shows
     /// in [`Self::claims`]. Kept across reconnects.
-    pub fn claim(&self, name: &str, kind: ClaimKind, local: SocketAddr) {
-        lock_claims(&self.claims).insert(
+    pub fn claim(&self, name: &str, kind: ClaimKind, targets: Targets) {
+        self.claims.lock().insert(
             name.to_owned(),
             Claim {
                 kind,
-                local,
+                targets,
                 state: ClaimState::Pending,
             },
         );
@@ -302,7 +246,7 @@ impl Endpoint {
 
     /// Drops the claim `name`; returns whether there was one.
     pub fn release(&self, name: &str) -> bool {
-        let removed = lock_claims(&self.claims).remove(name);
+        let removed = self.claims.lock().remove(name);
         match removed {
             Some(c) => {
                 let _ = self.commands.send(Command::Release(c.kind));
@@ -314,7 +258,7 @@ impl Endpoint {
 
     /// The state of claim `name`, if any.
     pub fn claim_state(&self, name: &str) -> Option<ClaimState> {
-        lock_claims(&self.claims).get(name).map(|c| c.state.clone())
+        self.claims.lock().get(name).map(|c| c.state.clone())
     }
 }
 
@@ -361,10 +305,13 @@ async fn run(
                 tracing::info!(endpoint = %config.name, %server, services = session.catalog().len(), "connected");
                 let reverse = tokio::spawn(crate::reverse::serve(
                     conn.clone(),
-                    claims.clone(),
-                    catalog_tx.subscribe(),
-                    metrics.clone(),
-                    config.name.clone(),
+                    crate::reverse::Reverse {
+                        claims: claims.clone(),
+                        catalog: catalog_tx.subscribe(),
+                        metrics: metrics.clone(),
+                        endpoint: config.name.clone(),
+                        options: config.stream_options(),
+                    },
                 ));
                 let datagrams = tokio::spawn(crate::udp::serve(
                     conn.clone(),
@@ -372,7 +319,7 @@ async fn run(
                     claims.clone(),
                     catalog_tx.subscribe(),
                 ));
-                for c in lock_claims(&claims).values_mut() {
+                for c in claims.lock().values_mut() {
                     c.state = ClaimState::Pending;
                 }
                 let error = follow(
@@ -686,13 +633,19 @@ fn send_pending(
     claims: &Claims,
     in_flight: &mut std::collections::HashMap<u32, String>,
 ) {
-    for (name, claim) in lock_claims(claims).iter() {
+    for (name, claim) in claims.lock().iter() {
         if claim.state != ClaimState::Pending || in_flight.values().any(|n| n == name) {
             continue;
         }
         let request = match &claim.kind {
             ClaimKind::Catalog(key) => session.claim(key),
-            ClaimKind::Adhoc { name, port } => session.expose(name, *port, claim.local.port()),
+            ClaimKind::Adhoc { name, port } => match claim
+                .targets
+                .get(*port, netmux_common::proto::catalog::Protocol::Tcp)
+            {
+                Some(local) => session.expose(name, *port, local.port()),
+                None => continue,
+            },
         };
         in_flight.insert(request, name.clone());
     }
@@ -747,7 +700,7 @@ async fn follow(
             changed |= matches!(ev, ClientEvent::CatalogReplaced | ClientEvent::Changed(_));
             if let ClientEvent::ClaimResult { request, error } = ev {
                 if let Some(name) = in_flight.remove(&request) {
-                    if let Some(c) = lock_claims(claims).get_mut(&name) {
+                    if let Some(c) = claims.lock().get_mut(&name) {
                         c.state = match error {
                             None => ClaimState::Held,
                             Some(e) => ClaimState::Refused(e),

@@ -9,6 +9,7 @@
 
 /// The control API types, from `netmux-api` (shared with the CLI).
 pub use netmux_api as api;
+pub mod claims;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -7,12 +7,13 @@
 //! a failure resets the local connection promptly.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use netmux_common::proto::catalog::{Catalog, Protocol, ServiceId};
 use netmux_common::proto::stream::StreamHeader;
 use netmux_common::tunnel::pipe::{self, End, Meter};
+use netmux_common::tunnel::stream::{self, Hooks, NotOpened, Options};
+use prometheus::{IntCounter, IntGauge};
 use quinn::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -35,14 +36,78 @@ pub struct Route {
     pub catalog: watch::Receiver<std::sync::Arc<Catalog>>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The bridge's settings (the endpoint's `half_close_timeout_secs`).
+    pub options: Options,
 }
 
 impl Route {
-    fn labels(&self) -> [&str; 3] {
-        [&self.endpoint, &self.service, "l2c"]
+    fn service_id(&self) -> Option<ServiceId> {
+        let catalog = self.catalog.borrow();
+        catalog
+            .values()
+            .find(|s| s.key() == self.service && s.port(self.port, Protocol::Tcp).is_some())
+            .map(|s| s.id)
+    }
+}
+
+/// One proxied connection's metrics, labelled once (`endpoint`,
+/// `service`, `direction`): the [`Hooks`] of both the L2C listeners and
+/// the C2L streams ([`crate::reverse`]).
+pub(crate) struct Counters {
+    metrics: Metrics,
+    labels: [String; 3],
+    sent: IntCounter,
+    received: IntCounter,
+    active: IntGauge,
+}
+
+impl Counters {
+    pub(crate) fn new(metrics: &Metrics, endpoint: &str, service: &str, direction: &str) -> Self {
+        let labels = [endpoint, service, direction];
+        Counters {
+            sent: metrics.bytes_sent.with_label_values(&labels),
+            received: metrics.bytes_received.with_label_values(&labels),
+            active: metrics.connections_active.with_label_values(&labels),
+            labels: labels.map(str::to_owned),
+            metrics: metrics.clone(),
+        }
     }
 
-    fn error(&self, reason: &str) {
+    fn labels(&self) -> [&str; 3] {
+        [&self.labels[0], &self.labels[1], &self.labels[2]]
+    }
+}
+
+impl Meter for Counters {
+    fn tcp_to_stream(&self, n: usize) {
+        self.sent.inc_by(n as u64);
+    }
+    fn stream_to_tcp(&self, n: usize) {
+        self.received.inc_by(n as u64);
+    }
+}
+
+impl Hooks for Counters {
+    const PEER_DOWN: &'static str = "endpoint_down";
+
+    fn opened(&self) {
+        self.metrics
+            .connections_total
+            .with_label_values(&self.labels())
+            .inc();
+    }
+
+    fn answered(&self, connected: bool, latency: Duration) {
+        self.metrics
+            .connect_latency
+            .with_label_values(&self.labels())
+            .observe(latency.as_secs_f64());
+        if connected {
+            self.active.inc();
+        }
+    }
+
+    fn failed(&self, reason: &str) {
         let [e, s, d] = self.labels();
         self.metrics
             .connection_errors
@@ -50,12 +115,8 @@ impl Route {
             .inc();
     }
 
-    fn service_id(&self) -> Option<ServiceId> {
-        let catalog = self.catalog.borrow();
-        catalog
-            .values()
-            .find(|s| s.key() == self.service && s.port(self.port, Protocol::Tcp).is_some())
-            .map(|s| s.id)
+    fn closed(&self) {
+        self.active.dec();
     }
 }
 
@@ -88,99 +149,50 @@ pub async fn serve(listener: TcpListener, route: Route) {
 }
 
 /// Tunnels one accepted connection.
-pub async fn tunnel(mut tcp: TcpStream, route: Route) {
-    let started = Instant::now();
+pub async fn tunnel(tcp: TcpStream, route: Route) {
+    let accepted = Instant::now();
+    let counters = Counters::new(&route.metrics, &route.endpoint, &route.service, "l2c");
     let Some(conn) = route.conn.borrow().clone() else {
-        route.error("endpoint_down");
+        counters.failed(Counters::PEER_DOWN);
         pipe::abort_on_drop(&tcp);
         return;
     };
     let Some(service) = route.service_id() else {
-        route.error("unknown_service");
+        counters.failed("unknown_service");
         pipe::abort_on_drop(&tcp);
         return;
-    };
-    let (mut send, recv) = match conn.open_bi().await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(service = %route.service, error = %e, "cannot open stream");
-            route.error("endpoint_down");
-            pipe::abort_on_drop(&tcp);
-            return;
-        }
     };
     let header = StreamHeader::Connect {
         service,
         port: route.port,
     };
-    let Ok(first) = pipe::send_header(&mut send, &header, &tcp).await else {
-        route.error("endpoint_down");
-        pipe::abort_on_drop(&tcp);
-        return;
+    let opened = match stream::open(&conn, tcp, &header, accepted, route.options, &counters).await {
+        Ok(o) => o,
+        Err(NotOpened::PeerDown(error)) => {
+            tracing::debug!(service = %route.service, %error, "cannot open stream");
+            return;
+        }
+        Err(NotOpened::ClientReset) => {
+            tracing::debug!(service = %route.service, "client reset before its first bytes");
+            return;
+        }
     };
     // The QUIC stream id (RFC 9000 2.1: a number, unique in the endpoint's
     // connection) names the connection in logs (journald `CONN=`); the
     // `Display` of `StreamId` is prose ("client bidirectional stream 1").
-    let conn_id = u64::from(send.id()).to_string();
-    let (sent, received) = (
-        route.metrics.bytes_sent.with_label_values(&route.labels()),
-        route
-            .metrics
-            .bytes_received
-            .with_label_values(&route.labels()),
-    );
-    let meter = (
-        |n: usize| sent.inc_by(n as u64),
-        |n: usize| received.inc_by(n as u64),
-    );
-    if first > 0 {
-        meter.tcp_to_stream(first);
-    }
-    let labels = route.labels();
-    let active = route.metrics.connections_active.with_label_values(&labels);
-    let latency = route.metrics.connect_latency.with_label_values(&labels);
-    let connected = std::sync::atomic::AtomicBool::new(false);
-    let connected_ref = &connected;
-    let prelude = |recv: quinn::RecvStream| async move {
-        let result = pipe::await_open_result(recv).await;
-        if !matches!(result, Err(End::ConnectionLost(_))) {
-            latency.observe(started.elapsed().as_secs_f64());
-        }
-        if result.is_ok() {
-            active.inc();
-            connected_ref.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        result
-    };
-    route
-        .metrics
-        .connections_total
-        .with_label_values(&labels)
-        .inc();
-    let outcome = pipe::bridge(&mut tcp, send, recv, Bytes::new(), prelude, &meter).await;
-    match &outcome.end {
-        End::Clean => {}
-        End::Refused(reason) => {
-            tracing::info!(endpoint = %route.endpoint, service = %route.service, conn = %conn_id, port = route.port, %reason, "server did not connect");
-            route.error(outcome.end.metric_label());
-        }
-        other => route.error(other.label()),
+    let conn_id = opened.stream.to_string();
+    let outcome = &opened.outcome;
+    if let End::Refused(reason) = &outcome.end {
+        tracing::info!(endpoint = %route.endpoint, service = %route.service, conn = %conn_id, port = route.port, %reason, "server did not connect");
     }
     tracing::debug!(
         endpoint = %route.endpoint,
         service = %route.service,
         conn = %conn_id,
         // The client's first bytes went with the stream header.
-        sent = outcome.tcp_to_stream + first as u64,
+        sent = outcome.tcp_to_stream + opened.first as u64,
         received = outcome.stream_to_tcp,
         end = outcome.end.label(),
         "connection closed"
     );
-    if connected.load(std::sync::atomic::Ordering::Relaxed) {
-        route
-            .metrics
-            .connections_active
-            .with_label_values(&labels)
-            .dec();
-    }
 }

@@ -82,17 +82,10 @@ pub async fn serve(
     catalog: watch::Receiver<Arc<Catalog>>,
 ) {
     while let Ok(bytes) = conn.read_datagram().await {
-        let resolve = |id: ServiceId, _port: u16| -> Option<SocketAddr> {
+        let resolve = |id: ServiceId, port: u16| -> Option<SocketAddr> {
             let catalog = catalog.borrow();
             let svc = catalog.get(&id)?;
-            let claims = match claims.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            claims
-                .values()
-                .find(|c| c.kind.is_for(svc))
-                .map(|c| c.local)
+            claims.local_for(svc, port, netmux_common::proto::catalog::Protocol::Udp)
         };
         flows
             .receive(&conn, &bytes, resolve, crate::redirect::exempt)

@@ -38,6 +38,8 @@ struct RawConfig {
     max_udp_flows: usize,
     #[serde(default = "default_udp_idle_timeout_ms")]
     udp_idle_timeout_ms: u64,
+    #[serde(default = "default_half_close_timeout_ms")]
+    half_close_timeout_ms: u64,
     #[serde(default)]
     limits: limits::RawLimits,
 }
@@ -89,6 +91,14 @@ fn default_server_names() -> Vec<String> {
 fn default_dial_timeout_ms() -> u64 {
     3000
 }
+/// After a half-close, the other direction of a proxied connection may
+/// stay silent this long before both are reset (`0`: never).
+pub const DEFAULT_HALF_CLOSE_TIMEOUT_MS: u64 = 600_000;
+
+fn default_half_close_timeout_ms() -> u64 {
+    DEFAULT_HALF_CLOSE_TIMEOUT_MS
+}
+
 fn default_hello_timeout_ms() -> u64 {
     5000
 }
@@ -205,6 +215,10 @@ pub struct Config {
 pub const MIN_TOKEN_LEN: usize = 16;
 
 impl Config {
+    /// `half_close_timeout_ms`: once one direction of a proxied connection
+    /// ended, the other is reset after moving no byte this long (`None`:
+    /// never).
+    pub half_close_timeout: Option<Duration>,
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = netmux_common::config::read(path)?;
@@ -334,6 +348,8 @@ fn token_review(
     };
     if r.review_timeout_ms == 0 || r.negative_cache_ms == 0 || r.reviews_in_flight == 0 {
         return Err(invalid(
+            half_close_timeout: (raw.half_close_timeout_ms > 0)
+                .then(|| Duration::from_millis(raw.half_close_timeout_ms)),
             "review_timeout_ms/negative_cache_ms/reviews_in_flight",
             "must be positive (remove the key for the default)",
         ));

@@ -13,20 +13,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use netmux_common::proto::catalog::Direction;
 use netmux_common::proto::error_code;
 use netmux_common::proto::hello::HelloStatus;
 use netmux_common::proto::session::{ServerEvent, ServerSession, SessionError};
-use netmux_common::proto::stream::{OpenResult, StreamHeader};
-use netmux_common::tunnel::pipe::{self, End};
 use netmux_common::tunnel::quic;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 
 use crate::access::{Denied, Identity};
 use crate::admission::Ticket;
 use crate::metrics::limit;
-use crate::{dial, Server};
+use crate::Server;
 
 /// The most `limits.max_streams_per_session` may be.
 pub const MAX_STREAMS_PER_SESSION: u32 = quic::MAX_STREAMS;
@@ -325,111 +321,6 @@ async fn accept_streams(conn: Connection, server: Arc<Server>, identity: Identit
     }
 }
 
-async fn proxy_stream(
-    mut send: SendStream,
-    mut recv: RecvStream,
-    server: Arc<Server>,
-    who: Identity,
-) {
-    let header =
-        tokio::time::timeout(server.config.hello_timeout, pipe::read_header(&mut recv)).await;
-    let (header, pending) = match header {
-        Ok(Ok(h)) => h,
-        failed => {
-            let why = match failed {
-                Ok(Err(why)) => why,
-                _ => "no header in time",
-            };
-            tracing::debug!(client = %who.name, why, "stream dropped");
-            server
-                .metrics
-                .connection_errors
-                .with_label_values(&["unknown", "l2c", "bad_header"])
-                .inc();
-            let _ = send.reset(VarInt::from_u32(error_code::PROTOCOL_VIOLATION));
-            let _ = recv.stop(VarInt::from_u32(error_code::PROTOCOL_VIOLATION));
-            return;
-        }
-    };
-    let StreamHeader::Connect { service, port } = header else {
-        // Only the server opens reverse streams.
-        server
-            .metrics
-            .connection_errors
-            .with_label_values(&["unknown", "l2c", "bad_header"])
-            .inc();
-        let _ = send.reset(VarInt::from_u32(error_code::PROTOCOL_VIOLATION));
-        return;
-    };
-    let catalog = server.catalog.borrow().clone();
-    let resolved = dial::resolve(&catalog, service, port).and_then(|(svc, addrs)| {
-        if server.access.may_reach(&who, &svc) {
-            Ok((svc, addrs))
-        } else {
-            Err(OpenResult::NotAllowed)
-        }
-    });
-    let (svc_key, direction) = match &resolved {
-        Ok((svc, _)) => (svc.key(), svc.direction),
-        Err(_) => ("unknown".to_owned(), Direction::L2C),
-    };
-    let labels = [svc_key.as_str(), direction.label()];
-    let started = Instant::now();
-    let dialled = match resolved {
-        Ok((_, addrs)) => dial::connect(&addrs, server.config.dial_timeout).await,
-        Err(r) => Err(r),
-    };
-    let mut tcp = match dialled {
-        Ok(tcp) => tcp,
-        Err(result) => {
-            tracing::info!(client = %who.name, %service, port, %result, "connection not opened");
-            server
-                .metrics
-                .connection_errors
-                .with_label_values(&[labels[0], labels[1], result.label()])
-                .inc();
-            pipe::answer(&mut send, &mut recv, result).await;
-            return;
-        }
-    };
-    server
-        .metrics
-        .connect_latency
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    server
-        .metrics
-        .connections_total
-        .with_label_values(&labels)
-        .inc();
-    let active = server.metrics.connections_active.with_label_values(&labels);
-    active.inc();
-    if pipe::answer(&mut send, &mut recv, OpenResult::Connected).await {
-        let (sent, received) = (
-            server.metrics.bytes_sent.with_label_values(&labels),
-            server.metrics.bytes_received.with_label_values(&labels),
-        );
-        let meter = (
-            |n: usize| sent.inc_by(n as u64),
-            |n: usize| received.inc_by(n as u64),
-        );
-        let outcome = pipe::bridge(
-            &mut tcp,
-            send,
-            recv,
-            pending,
-            |r| async move { Ok((r, Bytes::new())) },
-            &meter,
-        )
-        .await;
-        if outcome.end != End::Clean {
-            server
-                .metrics
-                .connection_errors
-                .with_label_values(&[labels[0], labels[1], outcome.end.label()])
-                .inc();
-        }
-        tracing::debug!(client = %who.name, service = %svc_key, up = outcome.tcp_to_stream, down = outcome.stream_to_tcp, end = ?outcome.end, "connection closed");
-    }
-    active.dec();
+async fn proxy_stream(send: SendStream, recv: RecvStream, server: Arc<Server>, who: Identity) {
+    crate::stream::answer(send, recv, &server, &who).await;
 }

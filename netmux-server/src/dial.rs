@@ -30,28 +30,10 @@ pub fn resolve(
     Ok((svc.clone(), addrs))
 }
 
-/// Connects to the first address that answers; maps failures to the answer
-/// the daemon gets.
+/// Connects to the first address that answers; failures map to the answer
+/// the daemon gets (the one mapping, `netmux_common::tunnel::stream::dial`).
 pub async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, OpenResult> {
-    let mut last = OpenResult::Unreachable;
-    for addr in addrs {
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                tracing::debug!(%addr, "target refused");
-                last = OpenResult::Refused;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%addr, error = %e, "target unreachable");
-                last = OpenResult::Unreachable;
-            }
-            Err(_) => {
-                tracing::debug!(%addr, "target dial timed out");
-                last = OpenResult::Unreachable;
-            }
-        }
-    }
-    Err(last)
+    netmux_common::tunnel::stream::dial(addrs, timeout, TcpStream::connect).await
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub mod reverse;
 pub mod runtime;
 pub mod transport;
 pub mod udp;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -72,7 +73,10 @@ pub async fn run(
             config.reverse_bind,
             config.adhoc_namespace.clone(),
             claim_lock,
-        ),
+        )
+        .with_stream_options(netmux_common::tunnel::stream::Options {
+            half_close_timeout: config.half_close_timeout,
+        }),
         sessions: std::sync::atomic::AtomicU64::new(1),
         config,
         catalog: catalog_rx,

@@ -19,10 +19,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use netmux_common::proto::catalog::{Direction, Protocol, Service, ServiceId, ServicePort};
-use netmux_common::proto::stream::StreamHeader;
-use netmux_common::tunnel::pipe::{self, End, Meter};
 use quinn::Connection;
 use tokio::net::TcpListener;
 
@@ -66,6 +63,7 @@ pub struct Claims {
     bind: IpAddr,
     adhoc_namespace: String,
     lock: Arc<dyn ClaimLock>,
+    options: netmux_common::tunnel::stream::Options,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -108,7 +106,19 @@ impl Claims {
             bind,
             adhoc_namespace,
             lock,
+            options: netmux_common::tunnel::stream::Options {
+                half_close_timeout: Some(std::time::Duration::from_millis(
+                    crate::config::DEFAULT_HALF_CLOSE_TIMEOUT_MS,
+                )),
+            },
         }
+    }
+
+    /// Sets the bridge's settings of the cluster connections it sends to
+    /// holders (`half_close_timeout_ms`).
+    pub fn with_stream_options(mut self, options: netmux_common::tunnel::stream::Options) -> Self {
+        self.options = options;
+        self
     }
 
     /// Claims the C2L catalog service `key` for `holder`.
@@ -282,10 +292,13 @@ impl Claims {
             .map(|(l, port)| {
                 tokio::spawn(accept(
                     l,
-                    holder.conn.clone(),
-                    svc.id,
-                    key.clone(),
-                    port,
+                    crate::stream::Ask {
+                        conn: holder.conn.clone(),
+                        service: svc.id,
+                        key: key.clone(),
+                        port,
+                        options: self.options,
+                    },
                     self.metrics.clone(),
                 ))
             })
@@ -375,79 +388,19 @@ async fn renew(
     }
 }
 
-async fn accept(
-    listener: TcpListener,
-    conn: Connection,
-    service: ServiceId,
-    key: String,
-    port: u16,
-    metrics: Metrics,
-) {
+async fn accept(listener: TcpListener, ask: crate::stream::Ask, metrics: Metrics) {
+    let ask = Arc::new(ask);
     loop {
-        let (mut tcp, peer) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(service = %key, error = %e, "reverse accept failed");
+                tracing::warn!(service = %ask.key, error = %e, "reverse accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let conn = conn.clone();
-        let key = key.clone();
+        let ask = ask.clone();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let labels = [key.as_str(), "c2l"];
-            let (mut send, recv) = match conn.open_bi().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(service = %key, error = %e, "holder unreachable");
-                    metrics
-                        .connection_errors
-                        .with_label_values(&[&key, "c2l", "holder_gone"])
-                        .inc();
-                    pipe::abort_on_drop(&tcp);
-                    return;
-                }
-            };
-            let header = StreamHeader::Reverse {
-                service,
-                port,
-                peer,
-            };
-            let Ok(first) = pipe::send_header(&mut send, &header, &tcp).await else {
-                pipe::abort_on_drop(&tcp);
-                return;
-            };
-            metrics.connections_total.with_label_values(&labels).inc();
-            let active = metrics.connections_active.with_label_values(&labels);
-            active.inc();
-            let (sent, received) = (
-                metrics.bytes_sent.with_label_values(&labels),
-                metrics.bytes_received.with_label_values(&labels),
-            );
-            let meter = (
-                |n: usize| sent.inc_by(n as u64),
-                |n: usize| received.inc_by(n as u64),
-            );
-            meter.tcp_to_stream(first);
-            let outcome = pipe::bridge(
-                &mut tcp,
-                send,
-                recv,
-                Bytes::new(),
-                pipe::await_open_result,
-                &meter,
-            )
-            .await;
-            active.dec();
-            if outcome.end != End::Clean {
-                let reason = outcome.end.metric_label();
-                metrics
-                    .connection_errors
-                    .with_label_values(&[&key, "c2l", reason])
-                    .inc();
-                tracing::debug!(service = %key, %peer, end = ?outcome.end, "reverse connection ended");
-            }
-        });
+        tokio::spawn(async move { crate::stream::ask(&ask, tcp, peer, &metrics).await });
     }
 }

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -40,6 +41,9 @@ pub enum End {
     /// The far end refused before any byte flowed (see
     /// [`crate::proto::stream::OpenResult`]); the TCP peer got a RST.
     Refused(String),
+    /// One direction had ended and the other moved no byte for the
+    /// half-close timeout; both were reset.
+    HalfCloseTimeout,
 }
 
 impl End {
@@ -64,6 +68,7 @@ impl End {
             End::StreamReset => "stream_reset",
             End::ConnectionLost(_) => "connection_lost",
             End::Refused(_) => "refused",
+            End::HalfCloseTimeout => "half_close_timeout",
         }
     }
 }
@@ -84,6 +89,24 @@ impl<F: Fn(usize), G: Fn(usize)> Meter for (F, G) {
     }
     fn stream_to_tcp(&self, n: usize) {
         (self.1)(n)
+    }
+}
+
+/// Counts every byte moved, either way, besides the caller's meter: the
+/// half-close timer's sign of life.
+struct Activity<'m, M> {
+    meter: &'m M,
+    moved: AtomicU64,
+}
+
+impl<M: Meter> Meter for Activity<'_, M> {
+    fn tcp_to_stream(&self, n: usize) {
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        self.meter.tcp_to_stream(n)
+    }
+    fn stream_to_tcp(&self, n: usize) {
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        self.meter.stream_to_tcp(n)
     }
 }
 
@@ -132,11 +155,26 @@ async fn tcp_to_stream(
 ) -> Result<u64, End> {
     let mut total = 0u64;
     let mut buf = BytesMut::with_capacity(TCP_READ_CHUNK);
+    // The far end may stop this direction while the TCP peer is silent
+    // (e.g. its half-close timer fired): notice it without waiting for a
+    // byte to write.
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
     loop {
         if buf.capacity() < TCP_READ_CHUNK / 4 {
             buf.reserve(TCP_READ_CHUNK);
         }
-        match rd.read_buf(&mut buf).await {
+        let read = tokio::select! {
+            biased;
+            r = rd.read_buf(&mut buf) => r,
+            s = &mut stopped => {
+                return Err(match s {
+                    Ok(_) => End::StreamReset,
+                    Err(e) => End::ConnectionLost(e.to_string()),
+                });
+            }
+        };
+        match read {
             Ok(0) => {
                 // Half-close: the stream's FIN tells the far end.
                 let _ = send.finish();
@@ -253,14 +291,17 @@ async fn stream_to_tcp(
 ///
 /// `pending` holds bytes already read from the stream (e.g. behind a header)
 /// that go to TCP first. `prelude` runs on the receive side before any stream
-/// byte is written to TCP (the daemon reads the server's open result there);
-/// an `Err` from it resets the TCP connection at once.
+/// byte is written to TCP (the asking side reads the open result there);
+/// an `Err` from it resets the TCP connection at once. Once one direction
+/// has ended, the other is reset after moving no byte for
+/// `options.half_close_timeout` ([`End::HalfCloseTimeout`]).
 pub async fn bridge<P, F>(
     tcp: &mut TcpStream,
     mut send: SendStream,
     recv: RecvStream,
     pending: Bytes,
     prelude: P,
+    options: super::stream::Options,
     meter: &impl Meter,
 ) -> Outcome
 where
@@ -268,6 +309,10 @@ where
     F: Future<Output = Result<(RecvStream, Bytes), End>>,
 {
     let _ = tcp.set_nodelay(true);
+    let meter = &Activity {
+        meter,
+        moved: AtomicU64::new(0),
+    };
     let (up_total, down_total, end) = {
         let (mut rd, mut wr) = tcp.split();
         let up = tcp_to_stream(&mut rd, &mut send, meter);
@@ -277,10 +322,32 @@ where
             first.extend_from_slice(&extra);
             stream_to_tcp(&mut recv, &mut wr, first.freeze(), meter).await
         };
-        tokio::pin!(up, down);
+        // Armed once one direction ended: fires when the other moved no
+        // byte for the half-close timeout.
+        let idle = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(up, down, idle);
+        let mut last_moved = None;
+        let mut timed_out = false;
         let (mut up_res, mut down_res) = (None, None);
         while up_res.is_none() || down_res.is_none() {
+            if last_moved.is_none() && (up_res.is_some() || down_res.is_some()) {
+                if let Some(t) = options.half_close_timeout {
+                    last_moved = Some(meter.moved.load(Ordering::Relaxed));
+                    idle.as_mut().reset(tokio::time::Instant::now() + t);
+                }
+            }
             tokio::select! {
+                () = &mut idle, if last_moved.is_some() => {
+                    let moved = meter.moved.load(Ordering::Relaxed);
+                    if last_moved == Some(moved) {
+                        timed_out = true;
+                        break;
+                    }
+                    last_moved = Some(moved);
+                    if let Some(t) = options.half_close_timeout {
+                        idle.as_mut().reset(tokio::time::Instant::now() + t);
+                    }
+                }
                 r = &mut up, if up_res.is_none() => {
                     // The peer stopping our direction (STOP_SENDING) does
                     // not end its own: it may still be sending, e.g. the
@@ -302,6 +369,7 @@ where
         };
         let end = match (&down_res, &up_res) {
             (Some(Err(e)), _) | (_, Some(Err(e))) => e.clone(),
+            _ if timed_out => End::HalfCloseTimeout,
             _ => End::Clean,
         };
         (total(&up_res), total(&down_res), end)
@@ -317,83 +385,6 @@ where
         stream_to_tcp: down_total,
         end,
     }
-}
-
-/// Opens a stream's life: writes `header` and, in the same write, whatever
-/// the TCP client has already sent, so client-speaks-first protocols pay no
-/// extra round trip. Returns how many client bytes went with the header.
-pub async fn send_header(
-    send: &mut SendStream,
-    header: &crate::proto::stream::StreamHeader,
-    tcp: &TcpStream,
-) -> Result<usize, WriteError> {
-    let mut head = BytesMut::with_capacity(16 * 1024);
-    header.encode(&mut head);
-    let header_len = head.len();
-    let _ = tcp.try_read_buf(&mut head);
-    let first = head.len() - header_len;
-    send.write_chunk(head.freeze()).await?;
-    Ok(first)
-}
-
-/// Prelude for the side that asked for a connection: reads the far end's
-/// [`OpenResult`](crate::proto::stream::OpenResult) before any of its bytes
-/// reach TCP; anything but `Connected` is an [`End::Refused`].
-pub async fn await_open_result(mut recv: RecvStream) -> Result<(RecvStream, Bytes), End> {
-    use crate::proto::stream::OpenResult;
-    let mut buf = BytesMut::new();
-    while buf.len() < OpenResult::LEN {
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
-            Ok(None) => return Err(End::Refused("stream ended before the open result".into())),
-            Err(e) => return Err(End::ConnectionLost(e.to_string())),
-        }
-    }
-    let (result, used) =
-        OpenResult::decode(&buf).map_err(|e| End::Refused(format!("bad open result: {e}")))?;
-    if result != OpenResult::Connected {
-        return Err(End::Refused(result.label().to_owned()));
-    }
-    Ok((recv, buf.split_off(used).freeze()))
-}
-
-/// Reads the header that opens a stream, for the side that dials. `Err`
-/// says why the stream must be reset.
-pub async fn read_header(
-    recv: &mut RecvStream,
-) -> Result<(crate::proto::stream::StreamHeader, Bytes), &'static str> {
-    use crate::proto::codec::DecodeError;
-    use crate::proto::stream::{StreamHeader, MAX_HEADER_LEN};
-    let mut buf = BytesMut::new();
-    loop {
-        match StreamHeader::decode(&buf) {
-            Ok((h, used)) => return Ok((h, buf.split_off(used).freeze())),
-            Err(DecodeError::UnexpectedEnd) if buf.len() < MAX_HEADER_LEN => {}
-            Err(_) => return Err("bad stream header"),
-        }
-        match recv.read_chunk(MAX_HEADER_LEN, true).await {
-            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
-            _ => return Err("stream ended before its header"),
-        }
-    }
-}
-
-/// Answers a stream's header with `result` and, unless connected, ends the
-/// stream so the asking side resets its TCP peer at once.
-pub async fn answer(
-    send: &mut SendStream,
-    recv: &mut RecvStream,
-    result: crate::proto::stream::OpenResult,
-) -> bool {
-    let mut out = BytesMut::new();
-    result.encode(&mut out);
-    let written = send.write_all(&out).await.is_ok();
-    if result != crate::proto::stream::OpenResult::Connected {
-        let _ = send.finish();
-        let _ = recv.stop(VarInt::from_u32(error_code::NO_ERROR));
-        return false;
-    }
-    written
 }
 
 #[cfg(test)]
