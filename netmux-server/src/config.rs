@@ -140,6 +140,9 @@ pub enum RuntimeConfig {
         #[serde(default = "default_initial_sync_timeout_ms")]
         initial_sync_timeout_ms: u64,
     },
+    /// Containers of a Docker host, or of Podman's Docker-compatible API;
+    /// see [`crate::runtime::docker`].
+    Docker(crate::runtime::docker::Settings),
 }
 
 fn default_true() -> bool {
@@ -295,7 +298,11 @@ impl Config {
                 services: base.join(services),
             },
             k @ RuntimeConfig::Kubernetes { .. } => k,
+            d @ RuntimeConfig::Docker(_) => d,
         };
+        if let RuntimeConfig::Docker(d) = &runtime {
+            d.validate().map_err(|(key, message)| invalid(key, message))?;
+        }
         if let RuntimeConfig::Kubernetes {
             cluster_domain,
             initial_sync_timeout_ms,

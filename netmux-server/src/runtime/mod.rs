@@ -4,6 +4,7 @@
 //! [`CatalogStore`]: [`static_file`] (bare metal, tests, demo) and
 //! [`kubernetes`] (Services and EndpointSlices).
 
+pub mod docker;
 pub mod kubernetes;
 pub mod static_file;
 
@@ -33,6 +34,9 @@ pub enum StartError {
     /// The cluster could not be watched.
     #[error(transparent)]
     Kubernetes(#[from] kubernetes::Error),
+    /// The Docker API could not be followed.
+    #[error(transparent)]
+    Docker(#[from] docker::Error),
 }
 
 /// Starts the configured runtime after publishing its first catalog.
@@ -41,6 +45,7 @@ pub async fn start(
     store: Arc<CatalogStore>,
 ) -> Result<RuntimeHandle, StartError> {
     match config {
+        RuntimeConfig::Docker(settings) => Ok(docker::start(settings, store).await?),
         RuntimeConfig::Static { services } => {
             Ok(static_file::start(services.clone(), store).await?)
         }
