@@ -113,6 +113,11 @@ pub struct EndpointView {
     pub services: usize,
     /// Services started.
     pub started: usize,
+    /// What the daemon left alone or another endpoint holds, one line
+    /// each (catalog addresses outside the cluster ranges, redirects of
+    /// the same address held by an endpoint that started first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// `netmux status`.

@@ -346,6 +346,9 @@ async fn main() -> ExitCode {
                     Some(err) => println!(", last error: {err}"),
                     None => println!(),
                 }
+                for note in e.notes {
+                    println!("  {note}");
+                }
             }
         }
         (Some(Reply::Done { message }), Output::Table) => println!("{message}"),

@@ -28,6 +28,12 @@ struct Running {
     /// Cluster addresses redirected to the listeners (eBPF backend), and
     /// whether each is UDP.
     redirects: Vec<(SocketAddr, bool)>,
+    /// Catalog addresses the redirect leaves alone, each with why
+    /// ([`crate::redirect::bounds`]); listed by `netmux status`.
+    unredirected: Vec<String>,
+    /// Redirects another endpoint holds: `(service, udp, listener,
+    /// holder)`; retried on every reconcile.
+    blocked: Vec<(SocketAddr, bool, SocketAddr, String)>,
     /// UDP listeners and the flow table their flows live in.
     udp: Vec<(
         Arc<netmux_common::tunnel::udp::Flows>,
@@ -103,6 +109,8 @@ pub struct Daemon {
     alloc: std::sync::Mutex<AddressAllocator>,
     backend: crate::redirect::Backend,
     backend_reason: String,
+    /// Which endpoint holds each redirect entry (first started wins).
+    owners: std::sync::Mutex<crate::redirect::bounds::Owners>,
     /// Notified when the daemon should exit.
     pub exit: Notify,
     /// DNS status line and hosts-block switch, set by [`crate::dns::start`].
@@ -158,6 +166,7 @@ impl Daemon {
         Arc::new(Daemon {
             backend,
             backend_reason: reason,
+            owners: std::sync::Mutex::default(),
             names: tokio::sync::watch::channel(Arc::new(Vec::new())).0,
             hosts: HostsFile::new(&config.hosts_file),
             alloc: std::sync::Mutex::new(AddressAllocator::new(config.address_range)),
@@ -603,7 +612,7 @@ impl Daemon {
         for key in stop {
             if let Some(r) = state.running.remove(&key) {
                 for (service, udp) in &r.redirects {
-                    self.backend.remove(*service, *udp);
+                    self.drop_redirect(&key.0, *service, *udp, r.addr);
                 }
                 self.release(r.addr);
                 tracing::info!(endpoint = %key.0, service = %key.1, "service stopped");
@@ -641,6 +650,22 @@ impl Daemon {
                 }
             }
         }
+        // Redirects another endpoint held are taken over once it let go.
+        for ((ep, name), r) in state.running.iter_mut() {
+            for (service, udp, listener, holder) in std::mem::take(&mut r.blocked) {
+                match self.take_redirect(ep, service, udp, r.addr) {
+                    Ok(None) => {
+                        tracing::info!(endpoint = %ep, service = %name, address = %service, "redirect taken over from {holder}");
+                        r.redirects.push((service, udp));
+                    }
+                    Ok(Some(now)) => r.blocked.push((service, udp, listener, now)),
+                    Err(e) => {
+                        tracing::error!(endpoint = %ep, service = %name, address = %service, error = %e, "cannot take over redirect");
+                        r.blocked.push((service, udp, listener, holder));
+                    }
+                }
+            }
+        }
         let records: Vec<NameRecord> = state
             .running
             .iter()
@@ -671,12 +696,114 @@ impl Daemon {
         }
     }
 
-    /// Where names of a running service should point.
+    /// Where names of a running service should point: the cluster
+    /// addresses redirected to it (eBPF), else its 127.x listeners.
     fn answer_addrs(&self, r: &Running) -> Vec<IpAddr> {
-        if self.backend.uses_cluster_addresses() && !r.service.addresses.is_empty() {
-            r.service.addresses.clone()
+        let redirected: Vec<IpAddr> = r
+            .service
+            .addresses
+            .iter()
+            .filter(|ip| r.redirects.iter().any(|(s, _)| s.ip() == **ip))
+            .copied()
+            .collect();
+        if self.backend.uses_cluster_addresses() && !redirected.is_empty() {
+            redirected
         } else {
             vec![IpAddr::V4(r.addr)]
+        }
+    }
+
+    /// Redirects `service` to the listener on `addr` for endpoint `ep`;
+    /// `Ok(Some(holder))` when another endpoint holds it.
+    fn take_redirect(
+        &self,
+        ep: &str,
+        service: SocketAddr,
+        udp: bool,
+        addr: Ipv4Addr,
+    ) -> Result<Option<String>, String> {
+        let listener = SocketAddr::new(IpAddr::V4(addr), service.port());
+        let mut owners = match self.owners.lock() {
+            Ok(o) => o,
+            Err(p) => p.into_inner(),
+        };
+        if let Err(holder) = owners.claim((service, udp), ep, listener) {
+            return Ok(Some(holder));
+        }
+        let inserted = if udp {
+            self.backend.insert_udp(service, listener)
+        } else {
+            self.backend.insert(service, listener)
+        };
+        if let Err(e) = inserted {
+            owners.release((service, udp), ep, listener);
+            return Err(e);
+        }
+        Ok(None)
+    }
+
+    /// Removes `ep`'s redirect of `service`, and only if `ep` holds it.
+    fn drop_redirect(&self, ep: &str, service: SocketAddr, udp: bool, addr: Ipv4Addr) {
+        let listener = SocketAddr::new(IpAddr::V4(addr), service.port());
+        let mut owners = match self.owners.lock() {
+            Ok(o) => o,
+            Err(p) => p.into_inner(),
+        };
+        if owners.release((service, udp), ep, listener) {
+            self.backend.remove(service, udp);
+        }
+    }
+
+    /// The redirect bounds of `connected`'s catalog addresses.
+    async fn bounds(&self, connected: &Connected) -> crate::redirect::bounds::Bounds {
+        let cfg = &connected.endpoint.config;
+        let (ranges, source) = match &cfg.cluster_cidrs {
+            Some(r) => (r.clone(), format!("cluster_cidrs of endpoint {}", cfg.name)),
+            None => {
+                let r = connected.endpoint.cluster_ranges();
+                let source = if r.is_empty() {
+                    format!(
+                        "the server of endpoint {} announced none (set cluster_cidrs on the server)",
+                        cfg.name
+                    )
+                } else {
+                    format!("announced by the server of endpoint {}", cfg.name)
+                };
+                (r, source)
+            }
+        };
+        let mut never = Vec::new();
+        if let EndpointStatus::Connected { server, .. } = connected.endpoint.status() {
+            if let Ok(s) = server.parse::<SocketAddr>() {
+                never.push((s.ip(), "the netmux server's address"));
+            }
+        }
+        for ip in resolve_quickly(cfg.server.as_deref()).await {
+            never.push((ip, "the netmux server's address"));
+        }
+        let mut apis: Vec<String> = Vec::new();
+        if let Some(u) = cfg.kubernetes.as_ref().and_then(|k| k.api_server.clone()) {
+            apis.push(u);
+        }
+        if let Some(k) = connected.endpoint.kube() {
+            apis.push(k.api_server.clone());
+        }
+        for url in apis {
+            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+            let hostport = rest.split('/').next().unwrap_or_default();
+            let with_port = if hostport.ends_with(']') || !hostport.contains(':') {
+                format!("{hostport}:443")
+            } else {
+                hostport.to_owned()
+            };
+            for ip in resolve_quickly(Some(&with_port)).await {
+                never.push((ip, "the Kubernetes API server's address"));
+            }
+        }
+        crate::redirect::bounds::Bounds {
+            ranges,
+            source,
+            never,
         }
     }
 
@@ -761,8 +888,16 @@ impl Daemon {
             ));
         }
         let mut redirects = Vec::new();
+        let mut unredirected = Vec::new();
+        let mut blocked = Vec::new();
         if self.backend.uses_cluster_addresses() {
+            let bounds = self.bounds(connected).await;
             for ip in &svc.addresses {
+                if let Err(why) = bounds.check(*ip) {
+                    tracing::warn!(endpoint = %key.0, service = %key.1, address = %ip, reason = %why, "catalog address not redirected");
+                    unredirected.push(why);
+                    continue;
+                }
                 for p in &svc.ports {
                     let service = SocketAddr::new(*ip, p.port);
                     let listener = SocketAddr::new(IpAddr::V4(addr), p.port);
@@ -772,28 +907,31 @@ impl Daemon {
                         // send a v6 datagram to them.
                         continue;
                     }
-                    let inserted = if udp {
-                        self.backend.insert_udp(service, listener)
-                    } else {
-                        self.backend.insert(service, listener)
-                    };
-                    if let Err(e) = inserted {
-                        for (s, u) in &redirects {
-                            self.backend.remove(*s, *u);
+                    match self.take_redirect(&key.0, service, udp, addr) {
+                        Ok(None) => redirects.push((service, udp)),
+                        Ok(Some(holder)) => {
+                            tracing::warn!(endpoint = %key.0, service = %key.1, address = %service, %holder, "redirect held by another endpoint, which started it first; this service keeps its endpoint-qualified names");
+                            blocked.push((service, udp, listener, holder));
                         }
-                        for t in &tasks {
-                            tokio::task::JoinHandle::abort(t);
+                        Err(e) => {
+                            for (s, u) in &redirects {
+                                self.drop_redirect(&key.0, *s, *u, addr);
+                            }
+                            for t in &tasks {
+                                tokio::task::JoinHandle::abort(t);
+                            }
+                            self.release(addr);
+                            return Err(e);
                         }
-                        self.release(addr);
-                        return Err(e);
                     }
-                    redirects.push((service, udp));
                 }
             }
         }
         Ok(Running {
             addr,
             redirects,
+            unredirected,
+            blocked,
             udp,
             service: svc,
             tasks,
@@ -858,7 +996,18 @@ impl Daemon {
                     kind: "SVC".into(),
                     name: svc.key(),
                     parent: cfg.name.clone(),
-                    description: describe(svc, running.map(|r| r.addr)),
+                    description: match running {
+                        Some(r) => {
+                            let notes = redirect_notes(r);
+                            let d = describe(svc, Some(r.addr));
+                            if notes.is_empty() {
+                                d
+                            } else {
+                                format!("{d} ({})", notes.join("; "))
+                            }
+                        }
+                        None => describe(svc, None),
+                    },
                     status: if running.is_some() {
                         "on".into()
                     } else if state.wanted.contains(&key) {
@@ -914,10 +1063,53 @@ impl Daemon {
                         },
                         services: c.map(|c| c.endpoint.catalog().len()).unwrap_or(0),
                         started: state.running.keys().filter(|(e, _)| *e == cfg.name).count(),
+                        notes: state
+                            .running
+                            .iter()
+                            .filter(|((e, _), _)| *e == cfg.name)
+                            .flat_map(|((_, k), r)| {
+                                redirect_notes(r)
+                                    .into_iter()
+                                    .map(move |n| format!("{k}: {n}"))
+                            })
+                            .collect(),
                     }
                 })
                 .collect(),
         }
+    }
+}
+
+/// What `status` and `ls` say about a running service's redirects.
+fn redirect_notes(r: &Running) -> Vec<String> {
+    let mut notes: Vec<String> = r
+        .unredirected
+        .iter()
+        .map(|why| format!("not redirected: {why}"))
+        .collect();
+    for (service, udp, _, holder) in &r.blocked {
+        let udp = if *udp { "/udp" } else { "" };
+        notes.push(format!(
+            "{service}{udp} is redirected to endpoint {holder}, which started it first; use this endpoint's names ({}.{}.svc.ENDPOINT.{})",
+            r.service.name, r.service.namespace, r.domain
+        ));
+    }
+    notes
+}
+
+/// The addresses of `hostport` (`host:port`), from the literal or a
+/// lookup bounded to two seconds; none when it fails.
+async fn resolve_quickly(hostport: Option<&str>) -> Vec<IpAddr> {
+    let Some(hostport) = hostport else {
+        return vec![];
+    };
+    if let Ok(s) = hostport.parse::<SocketAddr>() {
+        return vec![s.ip()];
+    }
+    let lookup = tokio::net::lookup_host(hostport.to_owned());
+    match tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await {
+        Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+        _ => vec![],
     }
 }
 

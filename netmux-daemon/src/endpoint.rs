@@ -120,6 +120,8 @@ pub struct Endpoint {
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
     udp: Arc<netmux_common::tunnel::udp::Flows>,
     sweeper: tokio::task::JoinHandle<()>,
+    /// The cluster ranges the server announced in its last hello.
+    ranges: Arc<std::sync::Mutex<Vec<netmux_common::proto::cidr::Cidr>>>,
 }
 
 impl Drop for Endpoint {
@@ -151,6 +153,7 @@ impl Endpoint {
         );
         let sweeper = tokio::spawn(udp.clone().sweep());
         let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
+        let ranges: Arc<std::sync::Mutex<Vec<netmux_common::proto::cidr::Cidr>>> = Arc::default();
         let task = tokio::spawn(run(
             config.clone(),
             kube_rx,
@@ -158,6 +161,7 @@ impl Endpoint {
                 status: status_tx,
                 conn_tx,
                 catalog_tx,
+                ranges: ranges.clone(),
             },
             metrics,
             claims.clone(),
@@ -175,6 +179,16 @@ impl Endpoint {
             commands,
             udp,
             sweeper,
+            ranges,
+        }
+    }
+
+    /// The cluster's address ranges as the server announced them in its
+    /// last hello (empty: none announced).
+    pub fn cluster_ranges(&self) -> Vec<netmux_common::proto::cidr::Cidr> {
+        match self.ranges.lock() {
+            Ok(r) => r.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
@@ -270,6 +284,7 @@ struct Outputs {
     status: watch::Sender<EndpointStatus>,
     conn_tx: watch::Sender<Option<Connection>>,
     catalog_tx: watch::Sender<Arc<Catalog>>,
+    ranges: Arc<std::sync::Mutex<Vec<netmux_common::proto::cidr::Cidr>>>,
 }
 
 async fn run(
@@ -285,6 +300,7 @@ async fn run(
         status,
         conn_tx,
         catalog_tx,
+        ranges,
     } = outputs;
     let up = metrics.endpoint_up.with_label_values(&[&config.name]);
     let mut backoff = BACKOFF_MIN;
@@ -295,6 +311,11 @@ async fn run(
         match connect(&config, link.as_deref(), &mut quic_endpoint).await {
             Ok((conn, session, send, recv, server, greeting)) => {
                 backoff = BACKOFF_MIN;
+                // Before the catalog: the redirect bounds read them.
+                match ranges.lock() {
+                    Ok(mut r) => *r = session.cluster_ranges().to_vec(),
+                    Err(p) => *p.into_inner() = session.cluster_ranges().to_vec(),
+                }
                 catalog_tx.send_replace(Arc::new(session.catalog().clone()));
                 conn_tx.send_replace(Some(conn.clone()));
                 status.send_replace(EndpointStatus::Connected {

@@ -28,6 +28,8 @@ pub struct KubeLink {
     bearer: Option<String>,
     /// `context (user)` of the credentials.
     pub describe: String,
+    /// The API server's URL (never a redirect target).
+    pub api_server: String,
     next: AtomicUsize,
 }
 
@@ -123,6 +125,7 @@ impl KubeLink {
             .await
             .map_err(|e| KubeError::Refused(format!("the handed-over kubeconfig: {e}")))?;
         config.connect_timeout = Some(std::time::Duration::from_secs(5));
+        let api_server = config.cluster_url.to_string();
         let client = kube::Client::try_from(config)
             .map_err(|e| KubeError::Api(format!("cannot build a Kubernetes client: {e}")))?;
         // Start the rotation somewhere else in each daemon, so daemons
@@ -132,6 +135,7 @@ impl KubeLink {
             client,
             settings,
             bearer,
+            api_server,
             // Text from the client, shown in logs and replies.
             describe: access
                 .describe

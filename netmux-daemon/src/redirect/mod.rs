@@ -9,6 +9,7 @@
 //!   real addresses — static binaries and hard-coded IPs work too.
 
 pub mod alloc;
+pub mod bounds;
 #[cfg(target_os = "linux")]
 pub mod ebpf;
 
