@@ -590,7 +590,7 @@ pub fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
 /// use the kubeconfig of the user running the doctor, as `netmux connect`
 /// does. Returns the probe and the CA PEM it trusted.
 pub async fn probe(cfg: &EndpointConfig, timeout: Duration) -> (Probe, Option<String>) {
-    use netmux_daemon::transport::Transport;
+    use netmux_daemon::config::Transport;
     let mut ca = cfg.ca_pem.clone();
     // A Kubernetes endpoint: the user's credentials first, as `netmux
     // connect` resolves them; the CA may come from the cluster.
@@ -721,7 +721,7 @@ async fn probe_server(cfg: &EndpointConfig, ca_pem: &str, timeout: Duration) -> 
         Ok(c) => c,
         Err(e) => return Probe::Tls(e.to_string()),
     };
-    if matches!(cfg.transport, netmux_daemon::transport::Transport::Tcp) {
+    if matches!(cfg.transport, netmux_daemon::config::Transport::Tcp) {
         let start = std::time::Instant::now();
         let dial = netmux_daemon::transport::dial_tcp(server, client, &cfg.server_name);
         return match tokio::time::timeout(timeout, dial).await {

@@ -141,7 +141,7 @@ struct RawEndpoint {
     autostart: bool,
     #[serde(default = "default_namespace")]
     default_namespace: String,
-    transport: Option<crate::transport::Transport>,
+    transport: Option<Transport>,
     kubernetes: Option<RawKubernetes>,
 }
 
@@ -177,7 +177,7 @@ fn default_range() -> String {
     "127.77.0.0/16".into()
 }
 fn default_cgroup() -> PathBuf {
-    crate::redirect::default_cgroup_root()
+    default_cgroup_root()
 }
 fn default_server_name() -> String {
     "netmux-server".into()
@@ -187,6 +187,53 @@ fn default_namespace() -> String {
 }
 fn default_domain() -> String {
     "cluster.local".into()
+}
+
+/// An endpoint's `transport` key: how it reaches its server
+/// ([`crate::transport`] dials it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// QUIC over UDP to `server` (a LoadBalancer, NodePort, VPN address);
+    /// `direct` is the same.
+    #[default]
+    #[serde(alias = "direct")]
+    Quic,
+    /// QUIC over a TCP connection to `server` (the server's `stream_listen`).
+    Tcp,
+    /// QUIC over a Kubernetes port-forward to a ready server pod, opened
+    /// with the user's kubeconfig (the default with `[endpoint.kubernetes]`).
+    PortForward,
+    /// `quic` to `server`, falling back to `port-forward` when the server
+    /// does not answer over UDP.
+    Auto,
+}
+
+/// Where cgroup v2 is mounted on this machine: the default `cgroup`, where
+/// the eBPF redirect attaches.
+pub fn default_cgroup_root() -> PathBuf {
+    // Hybrid systems mount v2 at /sys/fs/cgroup/unified.
+    for dir in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        if Path::new(dir).join("cgroup.procs").exists() && is_cgroup2(Path::new(dir)) {
+            return dir.into();
+        }
+    }
+    "/sys/fs/cgroup".into()
+}
+
+fn is_cgroup2(dir: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // CGROUP2_SUPER_MAGIC
+        nix::sys::statfs::statfs(dir)
+            .map(|s| s.filesystem_type().0 == 0x6367_7270)
+            .unwrap_or(false)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        false
+    }
 }
 
 /// How connections reach the daemon's listeners.
@@ -268,7 +315,7 @@ pub struct EndpointConfig {
     pub autostart: bool,
     /// How the server is reached: QUIC over UDP, over a TCP stream, or
     /// over a Kubernetes port-forward.
-    pub transport: crate::transport::Transport,
+    pub transport: Transport,
     /// Where the server runs in Kubernetes (`[endpoint.kubernetes]`).
     pub kubernetes: Option<crate::cluster::KubeSettings>,
     /// Top-level `half_close_timeout_secs`: once one direction of a
@@ -287,7 +334,6 @@ impl EndpointConfig {
 
     /// How the server is reached, for `ls` and `status`.
     pub fn describe(&self) -> String {
-        use crate::transport::Transport;
         let forward = || match &self.kubernetes {
             Some(k) => format!("port-forward {}/{}:{}", k.namespace, k.service, k.port),
             None => "port-forward".into(),
@@ -381,7 +427,6 @@ impl Config {
                     format!("{:?} is listed twice", e.name),
                 ));
             }
-            use crate::transport::Transport;
             let transport = e.transport.unwrap_or(if e.kubernetes.is_some() {
                 Transport::PortForward
             } else {
@@ -719,7 +764,7 @@ mod tests {
             "[[endpoint]]\nname = \"kind\"\n[endpoint.kubernetes]\ncontext = \"kind-netmux\"\n";
         let c = Config::parse(Path::new("c.toml"), text).unwrap();
         let e = &c.endpoints[0];
-        assert_eq!(e.transport, crate::transport::Transport::PortForward);
+        assert_eq!(e.transport, Transport::PortForward);
         assert_eq!(e.server, None);
         assert_eq!(e.ca_pem, None);
         let k = e.kubernetes.as_ref().unwrap();
@@ -834,5 +879,30 @@ mod tests {
         assert!("127.77.0.1/16".parse::<Ipv4Range>().is_err());
         assert!("127.77.0.0".parse::<Ipv4Range>().is_err());
         assert!("127.77.0.0/31".parse::<Ipv4Range>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod transport_tests {
+    use super::Transport;
+
+    #[derive(serde::Deserialize)]
+    struct T {
+        transport: Transport,
+    }
+
+    #[test]
+    fn transport_words() {
+        let t: T = toml::from_str("transport = \"tcp\"").expect("tcp");
+        assert_eq!(t.transport, Transport::Tcp);
+        let t: T = toml::from_str("transport = \"quic\"").expect("quic");
+        assert_eq!(t.transport, Transport::Quic);
+        let t: T = toml::from_str("transport = \"direct\"").expect("direct");
+        assert_eq!(t.transport, Transport::Quic);
+        let t: T = toml::from_str("transport = \"port-forward\"").expect("port-forward");
+        assert_eq!(t.transport, Transport::PortForward);
+        let t: T = toml::from_str("transport = \"auto\"").expect("auto");
+        assert_eq!(t.transport, Transport::Auto);
+        assert!(toml::from_str::<T>("transport = \"udp\"").is_err());
     }
 }

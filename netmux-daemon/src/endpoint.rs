@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::cluster::forward::KubeLink;
 use crate::config::EndpointConfig;
 use crate::metrics::Metrics;
-use crate::transport::Transport;
+use crate::config::Transport;
 
 /// What the endpoint is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -14,32 +14,12 @@ use std::time::Duration;
 use netmux_common::proto::error_code;
 use netmux_common::tunnel::stream_socket::StreamSocket;
 use quinn::{Connection, VarInt};
-use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::endpoint::ConnectError;
 
 /// How long a TCP connect to the server may take.
 pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// An endpoint's `transport` key.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transport {
-    /// QUIC over UDP to `server` (a LoadBalancer, NodePort, VPN address);
-    /// `direct` is the same.
-    #[default]
-    #[serde(alias = "direct")]
-    Quic,
-    /// QUIC over a TCP connection to `server` (the server's `stream_listen`).
-    Tcp,
-    /// QUIC over a Kubernetes port-forward to a ready server pod, opened
-    /// with the user's kubeconfig (the default with `[endpoint.kubernetes]`).
-    PortForward,
-    /// `quic` to `server`, falling back to `port-forward` when the server
-    /// does not answer over UDP.
-    Auto,
-}
 
 /// Opens a TCP connection to `server` and a QUIC connection over it.
 pub async fn dial_tcp(
@@ -234,26 +214,6 @@ pub fn rebind(endpoint: &quinn::Endpoint, v6: bool) -> std::io::Result<SocketAdd
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Deserialize)]
-    struct T {
-        transport: Transport,
-    }
-
-    #[test]
-    fn transport_words() {
-        let t: T = toml::from_str("transport = \"tcp\"").expect("tcp");
-        assert_eq!(t.transport, Transport::Tcp);
-        let t: T = toml::from_str("transport = \"quic\"").expect("quic");
-        assert_eq!(t.transport, Transport::Quic);
-        let t: T = toml::from_str("transport = \"direct\"").expect("direct");
-        assert_eq!(t.transport, Transport::Quic);
-        let t: T = toml::from_str("transport = \"port-forward\"").expect("port-forward");
-        assert_eq!(t.transport, Transport::PortForward);
-        let t: T = toml::from_str("transport = \"auto\"").expect("auto");
-        assert_eq!(t.transport, Transport::Auto);
-        assert!(toml::from_str::<T>("transport = \"udp\"").is_err());
-    }
 
     #[tokio::test]
     async fn a_probe_tells_answered_refused_and_silent_apart() {

@@ -14,7 +14,7 @@ pub mod bounds;
 pub mod ebpf;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use crate::config::RedirectMode;
@@ -26,32 +26,6 @@ pub enum Backend {
     /// eBPF cgroup connect hooks.
     #[cfg(target_os = "linux")]
     Ebpf(Mutex<ebpf::EbpfRedirect>),
-}
-
-/// Where cgroup v2 is mounted on this machine, for the default attach point.
-pub fn default_cgroup_root() -> PathBuf {
-    // Hybrid systems mount v2 at /sys/fs/cgroup/unified.
-    for dir in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-        if Path::new(dir).join("cgroup.procs").exists() && is_cgroup2(Path::new(dir)) {
-            return dir.into();
-        }
-    }
-    "/sys/fs/cgroup".into()
-}
-
-fn is_cgroup2(dir: &Path) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        // CGROUP2_SUPER_MAGIC
-        nix::sys::statfs::statfs(dir)
-            .map(|s| s.filesystem_type().0 == 0x6367_7270)
-            .unwrap_or(false)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = dir;
-        false
-    }
 }
 
 impl Backend {
