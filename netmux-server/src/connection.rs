@@ -82,9 +82,17 @@ pub async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Ticket) {
                 limits.max_streams_per_session,
             );
             let control = control_loop(session, send, recv, server.clone(), &holder, &identity);
+            let retention = crate::retention::watch(
+                conn.clone(),
+                server.clone(),
+                identity.name.clone(),
+                holder.session,
+            );
             let reason = tokio::select! {
                 r = control => r,
                 () = streams => Ok(()),
+                // Closes the connection at survive_blackout (or eviction).
+                () = retention => Ok(()),
             };
             match reason {
                 Ok(()) => tracing::info!(%remote, client = %identity.name, "daemon disconnected"),

@@ -15,6 +15,8 @@ pub mod connection;
 pub mod dial;
 pub mod http;
 pub mod metrics;
+pub mod policy;
+pub mod retention;
 pub mod reverse;
 pub mod runtime;
 pub mod transport;
