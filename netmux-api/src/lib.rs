@@ -94,7 +94,7 @@ pub struct Row {
     pub parent: String,
     /// Address summary.
     pub description: String,
-    /// connected/connecting/down/off for endpoints; on/off/gone for services.
+    /// connected/degraded/connecting/down/off for endpoints; on/off/gone for services.
     pub status: String,
 }
 
@@ -105,9 +105,10 @@ pub struct EndpointView {
     pub name: String,
     /// Configured server.
     pub server: String,
-    /// connected/connecting/down/off.
+    /// connected/degraded/connecting/down/off.
     pub state: String,
-    /// Last error, if down.
+    /// Last error, if down; if degraded, how long the server has been
+    /// silent and what happens at `survive_blackout`.
     pub error: Option<String>,
     /// Services in its catalog.
     pub services: usize,

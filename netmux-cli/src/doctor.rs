@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use netmux_api::StatusView;
+
+mod blackout;
 use netmux_daemon::config::{Config, EndpointConfig, Ipv4Range, RedirectMode};
 use netmux_daemon::system::hosts;
 
@@ -1056,6 +1058,7 @@ pub async fn run(
         &std::fs::read_to_string("/proc/net/route").unwrap_or_default(),
         &config.address_range,
     ));
+    out.extend(blackout::checks(status));
     out
 }
 

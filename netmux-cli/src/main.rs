@@ -343,6 +343,8 @@ async fn main() -> ExitCode {
                     e.name, e.state, e.server, e.services, e.started
                 );
                 match e.error {
+                    // A degraded endpoint's line is its blackout, not an error.
+                    Some(err) if e.state == "degraded" => println!(": {err}"),
                     Some(err) => println!(", last error: {err}"),
                     None => println!(),
                 }

@@ -38,6 +38,26 @@ struct RawConfig {
     dns: RawDns,
     #[serde(default = "default_half_close_timeout_secs")]
     half_close_timeout_secs: u64,
+    #[serde(default = "default_half_close_timeout_secs")]
+    half_close_timeout_secs: u64,
+    survive_blackout: Option<RawBound>,
+}
+
+/// A `survive_blackout` value: seconds, or a string with a unit.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBound {
+    Seconds(u64),
+    Text(String),
+}
+
+impl RawBound {
+    fn parse(&self) -> Result<std::time::Duration, String> {
+        match self {
+            RawBound::Seconds(n) => netmux_common::tunnel::blackout::parse_bound(&n.to_string()),
+            RawBound::Text(t) => netmux_common::tunnel::blackout::parse_bound(t),
+        }
+    }
     #[serde(default)]
     expose_allow: Vec<String>,
 }
@@ -141,6 +161,8 @@ struct RawEndpoint {
     autostart: bool,
     #[serde(default = "default_namespace")]
     default_namespace: String,
+    cluster_cidrs: Option<Vec<String>>,
+    survive_blackout: Option<RawBound>,
     transport: Option<Transport>,
     kubernetes: Option<RawKubernetes>,
 }
@@ -323,6 +345,10 @@ pub struct EndpointConfig {
     /// this long (`None`: never).
     pub half_close_timeout: Option<std::time::Duration>,
 }
+    /// How long a silent server's session, its streams and the local TCP
+    /// connections are kept (`survive_blackout`, top level or per
+    /// endpoint; default 10 minutes; [`crate::health`]).
+    pub survive_blackout: std::time::Duration,
 
 impl EndpointConfig {
     /// The settings of this endpoint's proxied connections.
@@ -403,12 +429,24 @@ impl Config {
         if !address_range.network.is_loopback() {
             return Err(invalid(
                 "address_range".into(),
+        let survive_blackout = match &raw.survive_blackout {
+            Some(b) => b
+                .parse()
+                .map_err(|m| invalid("survive_blackout".into(), m))?,
+            None => netmux_common::tunnel::blackout::DEFAULT_SURVIVE_BLACKOUT,
+        };
                 "must be inside 127.0.0.0/8 (loopback), e.g. 127.77.0.0/16".into(),
             ));
         }
         let half_close_timeout = (raw.half_close_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(raw.half_close_timeout_secs));
         let mut endpoints: Vec<EndpointConfig> = Vec::new();
+            let survive_blackout = match &e.survive_blackout {
+                Some(b) => b
+                    .parse()
+                    .map_err(|m| invalid(field("survive_blackout"), m))?,
+                None => survive_blackout,
+            };
         let mut default_namespaces = std::collections::BTreeMap::new();
         for (i, e) in raw.endpoint.into_iter().enumerate() {
             let field = |k: &str| format!("endpoint[{i}].{k}");
@@ -565,6 +603,8 @@ impl Config {
                 token,
                 cluster_domain,
                 autostart: e.autostart,
+                half_close_timeout,
+                survive_blackout,
                 transport,
                 kubernetes,
                 half_close_timeout,
@@ -725,6 +765,35 @@ mod tests {
         let text = format!("address_range = \"10.0.0.0/16\"\n{}", good());
         let e = Config::parse(Path::new("c.toml"), &text)
             .unwrap_err()
+    #[test]
+    fn survive_blackout_default_top_level_and_per_endpoint() {
+        use std::time::Duration;
+        let c = Config::parse(Path::new("c.toml"), &good()).unwrap();
+        assert_eq!(c.endpoints[0].survive_blackout, Duration::from_secs(600));
+        let text = format!("survive_blackout = \"90s\"\n{}", good());
+        let c = Config::parse(Path::new("c.toml"), &text).unwrap();
+        assert_eq!(c.endpoints[0].survive_blackout, Duration::from_secs(90));
+        let text = format!(
+            "survive_blackout = 1200\n{}survive_blackout = \"1h\"\n",
+            good()
+        );
+        let c = Config::parse(Path::new("c.toml"), &text).unwrap();
+        assert_eq!(c.endpoints[0].survive_blackout, Duration::from_secs(3600));
+        let text = format!("survive_blackout = \"soon\"\n{}", good());
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("survive_blackout") && e.contains("10m"), "{e}");
+        let text = format!("{}survive_blackout = 2\n", good());
+        let e = Config::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("endpoint[0].survive_blackout") && e.contains("out of range"),
+            "{e}"
+        );
+    }
+
             .to_string();
         assert!(e.contains("address_range"), "{e}");
     }

@@ -1059,6 +1059,10 @@ impl Daemon {
                             .unwrap_or_else(|| "off".into()),
                         error: match st {
                             Some(EndpointStatus::Down { error }) => Some(error),
+                            // How long the blackout lasts, what happens at the bound.
+                            Some(EndpointStatus::Connected { degraded: true, .. }) => {
+                                c.and_then(|c| c.endpoint.blackout()).map(|b| b.describe())
+                            }
                             _ => None,
                         },
                         services: c.map(|c| c.endpoint.catalog().len()).unwrap_or(0),

@@ -276,8 +276,9 @@ pub async fn watch(w: Watch) -> String {
             Transition::Expired => {
                 outcome("expired");
                 let why = format!(
-                    "no answer from the server for {}, longer than survive_blackout: session closed, open connections reset",
-                    human(bound)
+                    "no answer from the server for {}, longer than survive_blackout: session closed, open connections reset{}",
+                    human(bound),
+                    lost_list(&shared)
                 );
                 tracing::warn!(endpoint = %name, "{why}");
                 return end(why, false);

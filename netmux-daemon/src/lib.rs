@@ -16,6 +16,7 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod endpoint;
+pub mod health;
 pub mod listeners;
 pub mod metrics;
 pub mod redirect;

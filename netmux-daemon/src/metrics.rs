@@ -34,6 +34,13 @@ pub struct Metrics {
     pub udp_drops: IntCounterVec,
     /// UDP flows open now.
     pub udp_flows: IntGaugeVec,
+    /// 1 while the endpoint's server has not answered for a few seconds
+    /// (the session is kept; [`crate::health`]).
+    pub endpoint_degraded: IntGaugeVec,
+    /// Length of the current blackout, 0 outside one.
+    pub blackout_seconds: IntGaugeVec,
+    /// Blackouts by how they ended (`recovered`, `expired`, `session_lost`).
+    pub blackouts: IntCounterVec,
 }
 
 const LABELS: &[&str] = &["endpoint", "service", "direction"];
@@ -124,6 +131,21 @@ impl Metrics {
                 "netmux_daemon_udp_flows_active",
                 "UDP flows open now",
                 LABELS,
+            ),
+            endpoint_degraded: gauge(
+                "netmux_daemon_endpoint_degraded",
+                "1 while the server has not answered for a few seconds (session kept)",
+                &["endpoint"],
+            ),
+            blackout_seconds: gauge(
+                "netmux_daemon_blackout_seconds",
+                "Length of the current blackout, 0 outside one",
+                &["endpoint"],
+            ),
+            blackouts: counter(
+                "netmux_daemon_blackouts_total",
+                "Blackouts by how they ended (recovered, expired, session_lost)",
+                &["endpoint", "outcome"],
             ),
             registry: r,
         }

@@ -399,11 +399,17 @@ impl quinn::congestion::Controller for Gated {
     }
 }
 
-/// Sets the QUIC idle timeout to `bound`: quinn closes a connection whose
-/// peer was silent that long. The effective timeout is the smaller of both
-/// ends' (RFC 9000 10.1), so daemon and server must both allow the bound.
+/// How much longer than `survive_blackout` the QUIC idle timeout is: the
+/// [`Health`] drivers end the session at the bound themselves, with a
+/// reason and their bookkeeping, before quinn's timer would.
+pub const IDLE_GRACE: Duration = Duration::from_secs(3);
+
+/// Sets the QUIC idle timeout to `bound` (plus [`IDLE_GRACE`]): quinn
+/// closes a connection whose peer was silent that long. The effective
+/// timeout is the smaller of both ends' (RFC 9000 10.1), so daemon and
+/// server must both allow the bound.
 pub fn set_idle_timeout(t: &mut quinn::TransportConfig, bound: Duration) {
-    match quinn::IdleTimeout::try_from(bound) {
+    match quinn::IdleTimeout::try_from(bound + IDLE_GRACE) {
         Ok(idle) => {
             t.max_idle_timeout(Some(idle));
         }
