@@ -897,12 +897,14 @@ fn access_review(fake: &FakeApi, body: &[u8]) -> Response {
     ok_json(StatusCode::CREATED, &resp)
 }
 
-/// A Service object.
+/// A Service object selecting pods `app: <name>` (its EndpointSlices are
+/// the controller's, see [`endpoint_slice`]); remove `spec.selector` for a
+/// selectorless one.
 pub fn service(ns: &str, name: &str, cluster_ip: &str, ports: Value, nx: Option<&str>) -> Value {
     let mut v = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"clusterIP": cluster_ip, "ports": ports},
+        "spec": {"clusterIP": cluster_ip, "ports": ports, "selector": {"app": name}},
     });
     if cluster_ip != "None" {
         v["spec"]["clusterIPs"] = json!([cluster_ip]);
@@ -913,7 +915,9 @@ pub fn service(ns: &str, name: &str, cluster_ip: &str, ports: Value, nx: Option<
     v
 }
 
-/// An EndpointSlice of Service `svc`; endpoints are (ip, hostname, ready).
+/// An EndpointSlice of Service `svc` as the EndpointSlice controller writes
+/// it (`endpointslice.kubernetes.io/managed-by`); endpoints are (ip,
+/// hostname, ready).
 pub fn endpoint_slice(
     ns: &str,
     svc: &str,
@@ -933,7 +937,8 @@ pub fn endpoint_slice(
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": format!("{svc}-abcde"), "namespace": ns,
-                     "labels": {"kubernetes.io/service-name": svc}},
+                     "labels": {"kubernetes.io/service-name": svc,
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
         "addressType": "IPv4",
         "endpoints": eps,
         "ports": ports,

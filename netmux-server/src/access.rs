@@ -128,11 +128,13 @@ impl Access {
         })
     }
 
-    /// The Kubernetes Service RBAC is asked about for `service`.
-    fn subject(rbac: &Rbac, service: &Service) -> String {
+    /// The Kubernetes Services RBAC is asked about for `service`: every
+    /// Service it reaches (a bridge to Service `db` needs `db` too), or
+    /// its own name when the runtime knows no origin.
+    fn subjects(rbac: &Rbac, service: &Service) -> Vec<String> {
         rbac.store
-            .origin(&service.key())
-            .unwrap_or_else(|| service.name.clone())
+            .reaches(&service.key())
+            .unwrap_or_else(|| vec![service.name.clone()])
     }
 
     fn verb(service: &Service) -> kubernetes::Verb {
@@ -156,12 +158,17 @@ impl Access {
             .map(|(id, svc)| {
                 let (review, user) = (rbac.review.clone(), user.clone());
                 let (id, svc) = (*id, svc.clone());
-                let name = Self::subject(rbac, &svc);
+                let names = Self::subjects(rbac, &svc);
                 async move {
-                    let ok = review
-                        .allowed(&user, Self::verb(&svc), &svc.namespace, &name)
-                        .await;
-                    ok.then_some((id, svc))
+                    for name in &names {
+                        if !review
+                            .allowed(&user, Self::verb(&svc), &svc.namespace, name)
+                            .await
+                        {
+                            return None;
+                        }
+                    }
+                    Some((id, svc))
                 }
             })
             .collect();
@@ -179,19 +186,20 @@ impl Access {
         let (Some(rbac), Some(user)) = (&self.rbac, &who.user) else {
             return true;
         };
-        let name = Self::subject(rbac, service);
         let verb = Self::verb(service);
-        match rbac.review.cached(user, verb, &service.namespace, &name) {
-            Some((allowed, true)) => allowed,
-            cached => {
-                let review = rbac.review.clone();
-                let (user, ns) = (user.clone(), service.namespace.clone());
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move { review.allowed(&user, verb, &ns, &name).await });
+        Self::subjects(rbac, service).into_iter().all(|name| {
+            match rbac.review.cached(user, verb, &service.namespace, &name) {
+                Some((allowed, true)) => allowed,
+                cached => {
+                    let review = rbac.review.clone();
+                    let (user, ns) = (user.clone(), service.namespace.clone());
+                    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                        handle.spawn(async move { review.allowed(&user, verb, &ns, &name).await });
+                    }
+                    cached.is_some_and(|(allowed, _)| allowed)
                 }
-                cached.is_some_and(|(allowed, _)| allowed)
             }
-        }
+        })
     }
 
     /// Whether `who` may claim the C2L service `key` (`namespace/name`):
@@ -201,19 +209,23 @@ impl Access {
             return Ok(());
         };
         let (ns, entry) = key.split_once('/').unwrap_or(("", key));
-        let name = rbac.store.origin(key).unwrap_or_else(|| entry.to_owned());
-        if rbac
-            .review
-            .allowed(user, kubernetes::Verb::Update, ns, &name)
-            .await
-        {
-            Ok(())
-        } else {
-            Err(Denied::NotAllowed(format!(
-                "{} may not claim {key}: RBAC does not allow `update` on Service {ns}/{name}",
-                user.username
-            )))
+        let names = rbac
+            .store
+            .reaches(key)
+            .unwrap_or_else(|| vec![entry.to_owned()]);
+        for name in names {
+            if !rbac
+                .review
+                .allowed(user, kubernetes::Verb::Update, ns, &name)
+                .await
+            {
+                return Err(Denied::NotAllowed(format!(
+                    "{} may not claim {key}: RBAC does not allow `update` on Service {ns}/{name}",
+                    user.username
+                )));
+            }
         }
+        Ok(())
     }
 }
 

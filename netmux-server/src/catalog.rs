@@ -22,10 +22,11 @@ pub struct CatalogStore {
     sources: Mutex<Sources>,
     tx: watch::Sender<Arc<Catalog>>,
     metrics: Metrics,
-    /// Catalog key → the Kubernetes Service that publishes it, where the
-    /// runtime knows one (a bridge `kafka-0` comes from Service `kafka`):
-    /// what RBAC is asked about.
-    origins: Mutex<HashMap<String, String>>,
+    /// Catalog key → the Kubernetes Services (same namespace) it reaches,
+    /// the one that publishes it first, where the runtime knows them (a
+    /// bridge `kafka-0` comes from Service `kafka`; a bridge to Service
+    /// `db` also reaches `db`): what RBAC is asked about.
+    origins: Mutex<HashMap<String, Vec<String>>>,
 }
 
 #[derive(Default)]
@@ -138,15 +139,29 @@ impl CatalogStore {
         });
     }
 
-    /// Replaces the origins of runtime entries (catalog key → the name of
-    /// the Kubernetes Service in the same namespace that publishes it).
-    pub fn set_origins(&self, origins: HashMap<String, String>) {
+    /// Replaces the origins of runtime entries (catalog key → the names of
+    /// the Kubernetes Services in the same namespace it reaches, the one
+    /// that publishes it first).
+    pub fn set_origins(&self, origins: HashMap<String, Vec<String>>) {
         *lock(&self.origins) = origins;
     }
 
-    /// The Kubernetes Service behind catalog key `key`, if known.
+    /// The Kubernetes Service that publishes catalog key `key`, if known.
     pub fn origin(&self, key: &str) -> Option<String> {
-        lock(&self.origins).get(key).cloned()
+        lock(&self.origins)
+            .get(key)
+            .and_then(|o| o.first().cloned())
+    }
+
+    /// Every Kubernetes Service catalog key `key` reaches (the publishing
+    /// one first), if known.
+    pub fn reaches(&self, key: &str) -> Option<Vec<String>> {
+        lock(&self.origins).get(key).filter(|o| !o.is_empty()).cloned()
+    }
+
+    /// The metrics this store counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The current catalog.

@@ -139,6 +139,15 @@ pub enum RuntimeConfig {
         /// How long the first list may take before start fails (ms).
         #[serde(default = "default_initial_sync_timeout_ms")]
         initial_sync_timeout_ms: u64,
+        /// Where catalog entries may point (CIDRs or addresses); unset:
+        /// the cluster's own Service and pod addresses
+        /// ([`crate::policy`]).
+        #[serde(default)]
+        allowed_target_cidrs: Option<Vec<crate::policy::Cidr>>,
+        /// Exceptions to the never-list (loopback, link-local, metadata,
+        /// the server's own addresses...).
+        #[serde(default)]
+        allow_unsafe_targets: Vec<crate::policy::Cidr>,
     },
     /// Containers of a Docker host, or of Podman's Docker-compatible API;
     /// see [`crate::runtime::docker`].
@@ -306,6 +315,7 @@ impl Config {
         if let RuntimeConfig::Kubernetes {
             cluster_domain,
             initial_sync_timeout_ms,
+            allowed_target_cidrs,
             ..
         } = &runtime
         {
@@ -313,6 +323,12 @@ impl Config {
                 return Err(invalid(
                     "runtime.cluster_domain",
                     format!("{cluster_domain:?} must be a DNS name such as cluster.local"),
+                ));
+            }
+            if matches!(allowed_target_cidrs, Some(l) if l.is_empty()) {
+                return Err(invalid(
+                    "runtime.allowed_target_cidrs",
+                    "an empty list refuses every target; fix: list CIDRs such as [\"10.96.0.0/12\", \"10.244.0.0/16\"], or remove the key to allow the cluster's own Service and pod addresses".into(),
                 ));
             }
             if *initial_sync_timeout_ms == 0 {

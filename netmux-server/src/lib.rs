@@ -16,6 +16,7 @@ pub mod dial;
 pub mod http;
 pub mod metrics;
 pub mod policy;
+pub mod policy;
 pub mod retention;
 pub mod reverse;
 pub mod runtime;
@@ -53,7 +54,13 @@ pub async fn run(
         .context("setting up the server's CA and certificate")?;
     let metrics = metrics::Metrics::new();
     let (store, catalog_rx) = catalog::CatalogStore::new(metrics.clone());
-    let runtime = runtime::start(&config.runtime, store.clone())
+    let own = policy::TargetPolicy::own_addresses(
+        [Some(config.listen), config.stream_listen, config.http]
+            .into_iter()
+            .flatten()
+            .map(|a| a.ip()),
+    );
+    let runtime = runtime::start(&config.runtime, own, store.clone())
         .await
         .context("starting the service runtime")?;
     let (endpoint, _streams) =

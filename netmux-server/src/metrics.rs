@@ -23,6 +23,9 @@ pub struct Metrics {
     pub sessions_total: IntCounterVec,
     /// Services in the catalog.
     pub catalog_services: IntGauge,
+    /// Catalog entries (or addresses) not published, by reason (Kubernetes
+    /// runtime: target policy, invalid annotation, name conflict).
+    pub catalog_refused: IntCounterVec,
     /// Proxied connections opened.
     pub connections_total: IntCounterVec,
     /// Proxied connections open now.
@@ -103,6 +106,11 @@ impl Metrics {
                 &r,
                 IntGauge::new("netmux_server_catalog_services", "Services in the catalog")
                     .expect("static metric"),
+            ),
+            catalog_refused: counter(
+                "netmux_server_catalog_refused_total",
+                "Catalog entries or addresses not published, by reason",
+                &["reason"],
             ),
             connections_total: counter(
                 "netmux_server_connections_total",

@@ -54,10 +54,10 @@ fn setup(fake: &FakeApi) -> (Access, Arc<CatalogStore>, Catalog) {
         svc("hook", Direction::C2L),
     ]);
     store.set_origins(HashMap::from([
-        ("shop/web".to_owned(), "web".to_owned()),
-        ("shop/admin".to_owned(), "admin".to_owned()),
-        ("shop/kafka-0".to_owned(), "kafka".to_owned()),
-        ("shop/hook".to_owned(), "hook".to_owned()),
+        ("shop/web".to_owned(), vec!["web".to_owned()]),
+        ("shop/admin".to_owned(), vec!["admin".to_owned()]),
+        ("shop/kafka-0".to_owned(), vec!["kafka".to_owned()]),
+        ("shop/hook".to_owned(), vec!["hook".to_owned()]),
     ]));
     let access = Access::with_rbac(
         vec![Token {
@@ -233,4 +233,42 @@ async fn api_server_unreachable_denies() {
     .expect("answered in time")
     .expect_err("no TokenReview, no entry");
     assert!(matches!(e, Denied::Unavailable(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn an_entry_is_visible_only_with_access_to_every_service_it_reaches() {
+    let fake = FakeApi::start().await;
+    fake.add_token("erin-token", "erin", &[]);
+    fake.allow("erin", "get", "/services/proxy", "shop", "tools");
+    let (access, store, _) = setup(&fake);
+    // `tools-db`: a bridge of Service `tools` whose target is Service `db`.
+    store.publish(vec![
+        svc("tools", Direction::L2C),
+        svc("tools-db", Direction::L2C),
+    ]);
+    store.set_origins(HashMap::from([
+        ("shop/tools".to_owned(), vec!["tools".to_owned()]),
+        (
+            "shop/tools-db".to_owned(),
+            vec!["tools".to_owned(), "db".to_owned()],
+        ),
+    ]));
+    let catalog = (*store.current()).clone();
+    let erin = access
+        .authenticate(&Credential::Bearer("erin-token".into()))
+        .await
+        .unwrap();
+    let visible = access.visible(&erin, &catalog).await;
+    assert_eq!(
+        keys(&visible),
+        ["shop/tools"],
+        "proxy on the annotated Service alone does not reach db"
+    );
+    assert!(!access.may_reach(&erin, find(&catalog, "shop/tools-db")));
+
+    fake.allow("erin", "get", "/services/proxy", "shop", "db");
+    tokio::time::sleep(TTL + Duration::from_millis(50)).await;
+    let visible = access.visible(&erin, &catalog).await;
+    assert_eq!(keys(&visible), ["shop/tools", "shop/tools-db"]);
+    assert!(access.may_reach(&erin, find(&catalog, "shop/tools-db")));
 }

@@ -384,3 +384,89 @@ async fn survives_an_api_server_restart() {
     );
     assert_eq!(c.len(), 6, "{:?}", names(&c));
 }
+
+#[tokio::test]
+async fn steered_entries_are_refused_visibly_and_the_rest_keeps_working() {
+    let fake = FakeApi::start().await;
+    seed(&fake);
+    fake.apply(service(
+        "netmux",
+        "sneaky",
+        "10.96.0.70",
+        json!([{"port": 80}]),
+        Some(
+            "- name: sneaky\n\
+             - name: metadata\n  containerAddr: 169.254.169.254\n\
+             - name: next-door\n  containerAddr: hidden.elsewhere\n\
+             - name: by-ip\n  containerAddr: 10.96.9.9\n",
+        ),
+    ));
+    // A selectorless Service whose (user-written) slice points at loopback.
+    let mut ext = service("netmux", "ext", "None", json!([{"port": 80}]), None);
+    ext["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("selector");
+    fake.apply(ext);
+    let mut ext_slice = endpoint_slice(
+        "netmux",
+        "ext",
+        &[("127.0.0.1", None, true)],
+        json!([{"port": 80}]),
+    );
+    ext_slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] = json!("someone");
+    fake.apply(ext_slice);
+
+    let r = start(&fake, Namespaces::Own).await;
+    let c = r.store.current();
+    let n = names(&c);
+    assert!(n.contains(&"netmux/sneaky".into()), "{n:?}");
+    assert!(
+        n.contains(&"netmux/web".into()) && n.contains(&"netmux/kafka-0".into()),
+        "other Services are unaffected: {n:?}"
+    );
+    for refused in ["metadata", "next-door", "by-ip", "ext"] {
+        assert!(
+            !n.contains(&format!("netmux/{refused}")),
+            "{refused}: {n:?}"
+        );
+    }
+    assert!(
+        c.values()
+            .flat_map(|s| &s.addresses)
+            .all(|ip| !ip.is_loopback() && ip.to_string() != "169.254.169.254"),
+        "{c:?}"
+    );
+
+    let events = wait_events(&fake, 4).await;
+    let about = |service: &str, needle: &str| {
+        events
+            .iter()
+            .find(|e| {
+                e["regarding"]["name"] == service
+                    && e["note"].as_str().is_some_and(|n| n.contains(needle))
+            })
+            .unwrap_or_else(|| panic!("no Event on {service} about {needle}: {events:#?}"))
+            .clone()
+    };
+    let e = about("sneaky", "169.254.169.254");
+    assert_eq!(e["reason"], "NetmuxTargetRefused");
+    assert_eq!(e["type"], "Warning");
+    assert!(e["note"].as_str().unwrap_or_default().contains("fix:"));
+    about("sneaky", "hidden.elsewhere");
+    // Another namespace's cluster IP, unknown to a server watching its
+    // own: outside the cluster addresses it knows.
+    about("sneaky", "10.96.9.9");
+    about("ext", "127.0.0.1");
+
+    let refused = &r.store.metrics().catalog_refused;
+    assert_eq!(refused.with_label_values(&["link_local"]).get(), 1);
+    assert_eq!(refused.with_label_values(&["other_namespace"]).get(), 1);
+    assert_eq!(refused.with_label_values(&["not_allowed"]).get(), 1);
+    assert_eq!(refused.with_label_values(&["loopback"]).get(), 1);
+    let text = r.store.metrics().render();
+    assert!(
+        text.contains("netmux_server_catalog_refused_total{reason=\"link_local\"} 1"),
+        "{text}"
+    );
+}

@@ -314,8 +314,15 @@ fn world_with<'a>(sb: &'a Sandbox, cgroup: Option<&ChildCgroup>) -> World<'a> {
         &format!(
             "listen = \"{cl}:{QUIC_PORT}\"\nstream_listen = \"{cl}:{STREAM_PORT}\"\nhttp = \"{cl}:{HTTP_PORT}\"\n\
              state_dir = \"{}\"\nserver_names = [\"netmux-server\"]\n\n[rbac]\ncache_ttl_ms = 1000\n\n\
-             [runtime]\nkind = \"kubernetes\"\nnamespaces = [\"apps\"]\n",
-            state.display()
+             [runtime]\nkind = \"kubernetes\"\nnamespaces = [\"apps\"]\n{}",
+            state.display(),
+            // The `kubernetes` Service is at the server's own address here;
+            // the target policy refuses that unless named.
+            if cgroup.is_some() {
+                format!("allow_unsafe_targets = [\"{cl}\"]\n")
+            } else {
+                String::new()
+            }
         ),
         0o600,
     );

@@ -40,8 +40,12 @@ pub enum StartError {
 }
 
 /// Starts the configured runtime after publishing its first catalog.
+///
+/// `server_addresses` are the server's own addresses, which the Kubernetes
+/// catalog never points at ([`crate::policy`]).
 pub async fn start(
     config: &RuntimeConfig,
+    server_addresses: Vec<std::net::IpAddr>,
     store: Arc<CatalogStore>,
 ) -> Result<RuntimeHandle, StartError> {
     match config {
@@ -54,12 +58,19 @@ pub async fn start(
             publish_unannotated,
             cluster_domain,
             initial_sync_timeout_ms,
+            allowed_target_cidrs,
+            allow_unsafe_targets,
         } => {
             let options = kubernetes::Options {
                 namespaces: namespaces.clone(),
                 catalog: kubernetes::CatalogOptions {
                     publish_unannotated: *publish_unannotated,
                     cluster_domain: cluster_domain.clone(),
+                    policy: crate::policy::TargetPolicy {
+                        allowed: allowed_target_cidrs.clone(),
+                        allow_unsafe: allow_unsafe_targets.clone(),
+                        server_addresses,
+                    },
                 },
                 initial_sync_timeout: std::time::Duration::from_millis(*initial_sync_timeout_ms),
             };

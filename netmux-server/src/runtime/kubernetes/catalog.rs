@@ -15,7 +15,7 @@
 //!   Service alone and yields a [`Problem`].
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -25,6 +25,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use netmux_common::proto::catalog::{Direction, Protocol, Service, ServiceId, ServicePort};
 
 use super::annotation::{self, Bridge};
+use index::{Index, Ready, Resolved};
+
+mod index;
+use crate::policy::{Refusal, TargetPolicy};
 
 /// Label linking an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -36,6 +40,8 @@ pub struct CatalogOptions {
     pub publish_unannotated: bool,
     /// The cluster's DNS domain, for per-pod names (`cluster.local`).
     pub cluster_domain: String,
+    /// Which addresses entries may point at.
+    pub policy: TargetPolicy,
 }
 
 impl Default for CatalogOptions {
@@ -43,6 +49,7 @@ impl Default for CatalogOptions {
         CatalogOptions {
             publish_unannotated: true,
             cluster_domain: "cluster.local".into(),
+            policy: TargetPolicy::default(),
         }
     }
 }
@@ -56,6 +63,9 @@ pub enum ProblemKind {
     /// Another Service already publishes this name in the namespace; this
     /// entry is not published.
     NameConflict,
+    /// An address or name the target policy refuses; that address (or the
+    /// entry, if nothing is left) is not published, the rest is.
+    TargetRefused(Refusal),
 }
 
 impl ProblemKind {
@@ -64,6 +74,16 @@ impl ProblemKind {
         match self {
             ProblemKind::InvalidAnnotation => "InvalidNxAnnotation",
             ProblemKind::NameConflict => "NetmuxNameConflict",
+            ProblemKind::TargetRefused(_) => "NetmuxTargetRefused",
+        }
+    }
+
+    /// Bounded metric label (`netmux_server_catalog_refused_total`).
+    pub fn label(self) -> &'static str {
+        match self {
+            ProblemKind::InvalidAnnotation => "invalid_annotation",
+            ProblemKind::NameConflict => "name_conflict",
+            ProblemKind::TargetRefused(r) => r.label(),
         }
     }
 }
@@ -79,6 +99,9 @@ pub struct Problem {
     pub uid: Option<String>,
     /// Reason.
     pub kind: ProblemKind,
+    /// What is refused (an entry name, an address), empty for the whole
+    /// Service: Events about distinct subjects are kept apart.
+    pub subject: String,
     /// What is wrong, which entry, and the fix.
     pub message: String,
 }
@@ -91,157 +114,6 @@ impl fmt::Display for Problem {
             self.namespace, self.service, self.message
         )
     }
-}
-
-/// One ready endpoint of a Service.
-struct Ready<'a> {
-    ip: IpAddr,
-    hostname: Option<&'a str>,
-    ports: &'a [EndpointPort],
-}
-
-/// The inputs, indexed for lookups by name.
-struct Index<'a> {
-    /// namespace → name → Service.
-    services: BTreeMap<&'a str, BTreeMap<&'a str, &'a KService>>,
-    /// namespace → Service name → ready endpoints.
-    ready: HashMap<&'a str, HashMap<&'a str, Vec<Ready<'a>>>>,
-    domain: &'a str,
-}
-
-impl<'a> Index<'a> {
-    fn new<S: Borrow<KService>, E: Borrow<EndpointSlice>>(
-        services: &'a [S],
-        slices: &'a [E],
-        domain: &'a str,
-    ) -> Self {
-        let mut by_name: BTreeMap<&str, BTreeMap<&str, &KService>> = BTreeMap::new();
-        for s in services {
-            let s = s.borrow();
-            if let (Some(ns), Some(name)) =
-                (s.metadata.namespace.as_deref(), s.metadata.name.as_deref())
-            {
-                by_name.entry(ns).or_default().insert(name, s);
-            }
-        }
-        let mut ready: HashMap<&str, HashMap<&str, Vec<Ready<'a>>>> = HashMap::new();
-        for slice in slices {
-            let slice = slice.borrow();
-            let (Some(ns), Some(svc)) = (
-                slice.metadata.namespace.as_deref(),
-                slice
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    .map(String::as_str),
-            ) else {
-                continue;
-            };
-            if slice.address_type == "FQDN" {
-                continue;
-            }
-            let ports = slice.ports.as_deref().unwrap_or_default();
-            for ep in slice.endpoints.iter().flatten() {
-                // "nil should be interpreted as ready" (EndpointConditions).
-                let is_ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                if !is_ready {
-                    continue;
-                }
-                for a in &ep.addresses {
-                    if let Ok(ip) = a.parse::<IpAddr>() {
-                        ready
-                            .entry(ns)
-                            .or_default()
-                            .entry(svc)
-                            .or_default()
-                            .push(Ready {
-                                ip,
-                                hostname: ep.hostname.as_deref(),
-                                ports,
-                            });
-                    }
-                }
-            }
-        }
-        for v in ready.values_mut().flat_map(|m| m.values_mut()) {
-            v.sort_by_key(|r| r.ip);
-            v.dedup_by_key(|r| r.ip);
-        }
-        Index {
-            services: by_name,
-            ready,
-            domain,
-        }
-    }
-
-    fn ready(&self, ns: &str, svc: &str) -> &[Ready<'a>] {
-        self.ready
-            .get(ns)
-            .and_then(|m| m.get(svc))
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-    }
-
-    /// What a DNS name means inside the cluster, read from `ns` as a pod's
-    /// resolver would (search `ns.svc.<domain>`, `svc.<domain>`).
-    fn resolve(&self, ns: &'a str, name: &str) -> Resolved<'a> {
-        let name = name.trim_end_matches('.');
-        let suffix = format!(".svc.{}", self.domain);
-        let fqdn = if let Some(stem) = name.strip_suffix(&suffix) {
-            stem.to_owned()
-        } else if let Some(stem) = name.strip_suffix(".svc") {
-            stem.to_owned()
-        } else {
-            name.to_owned()
-        };
-        let labels: Vec<&str> = fqdn.split('.').collect();
-        match labels.as_slice() {
-            [svc] => self.service(ns, svc),
-            [svc, other_ns] => match self.service(other_ns, svc) {
-                Resolved::Unknown => self.pod(ns, svc, other_ns),
-                found => found,
-            },
-            [host, svc, other_ns] => self.pod(other_ns, svc, host),
-            _ => Resolved::Unknown,
-        }
-    }
-
-    fn service(&self, ns: &str, svc: &str) -> Resolved<'a> {
-        match self.services.get(ns).and_then(|m| m.get(svc)) {
-            Some(s) => Resolved::Service(s),
-            None => Resolved::Unknown,
-        }
-    }
-
-    fn pod(&self, ns: &str, svc: &str, host: &str) -> Resolved<'a> {
-        if self.services.get(ns).and_then(|m| m.get(svc)).is_none() {
-            return Resolved::Unknown;
-        }
-        let found: Vec<&Ready<'a>> = self
-            .ready(ns, svc)
-            .iter()
-            .filter(|r| r.hostname == Some(host))
-            .collect();
-        match found.first() {
-            Some(r) => Resolved::Pod {
-                ip: r.ip,
-                ports: r.ports,
-            },
-            None => Resolved::NotReady,
-        }
-    }
-}
-
-enum Resolved<'a> {
-    Service(&'a KService),
-    Pod {
-        ip: IpAddr,
-        ports: &'a [EndpointPort],
-    },
-    /// Names a pod of a known Service that has no ready endpoint now.
-    NotReady,
-    Unknown,
 }
 
 fn protocol(p: &KServicePort) -> Option<Protocol> {
@@ -302,14 +174,34 @@ fn pod_port(sp: &KServicePort, ports: &[EndpointPort]) -> u16 {
         .unwrap_or(1)
 }
 
-/// Where an L2C entry's connections go.
+/// Where an L2C entry's connections go; each address says whether the
+/// cluster assigned it.
 enum Target<'a> {
     /// A cluster IP: dialled at the Service port.
     Virtual(Vec<IpAddr>),
     /// Pod addresses: dialled at the pod's port.
-    Pods(Vec<IpAddr>, &'a [EndpointPort]),
+    Pods(Vec<(IpAddr, bool)>, &'a [EndpointPort]),
     /// A literal address from the annotation: dialled at the Service port.
-    Literal(IpAddr),
+    Literal(IpAddr, bool),
+}
+
+/// One catalog entry and the Kubernetes Services (same namespace, the
+/// publishing one first) it reaches: what RBAC is asked about.
+pub type Origin = Vec<String>;
+
+/// One refused address or entry.
+struct Refused {
+    why: Refusal,
+    /// The entry or address.
+    subject: String,
+    message: String,
+}
+
+/// Refusals of one Service's entries, and the entries kept.
+#[derive(Default)]
+struct Screened {
+    entries: Vec<(Service, Origin)>,
+    refused: Vec<Refused>,
 }
 
 /// Builds the catalog from the current Services and EndpointSlices.
@@ -327,15 +219,17 @@ pub fn catalog_from<S: Borrow<KService>, E: Borrow<EndpointSlice>>(
     (out.into_iter().map(|(s, _)| s).collect(), problems)
 }
 
-/// [`catalog_from`], each entry with the name of the Kubernetes Service
-/// (same namespace) that publishes it: what RBAC is asked about.
+/// [`catalog_from`], each entry with the names of the Kubernetes Services
+/// (same namespace) it reaches, the publishing one first: what RBAC is
+/// asked about.
 pub fn catalog_with_origins<S: Borrow<KService>, E: Borrow<EndpointSlice>>(
     services: &[S],
     slices: &[E],
     options: &CatalogOptions,
-) -> (Vec<(Service, String)>, Vec<Problem>) {
+) -> (Vec<(Service, Origin)>, Vec<Problem>) {
     let index = Index::new(services, slices, &options.cluster_domain);
-    let mut out: Vec<(Service, String)> = Vec::new();
+    let policy = &options.policy;
+    let mut out: Vec<(Service, Origin)> = Vec::new();
     let mut problems = Vec::new();
     let mut taken: HashMap<(String, String), String> = HashMap::new();
     let all = index
@@ -343,11 +237,12 @@ pub fn catalog_with_origins<S: Borrow<KService>, E: Borrow<EndpointSlice>>(
         .iter()
         .flat_map(|(ns, m)| m.iter().map(move |(name, svc)| (*ns, *name, *svc)));
     for (ns, name, svc) in all {
-        let problem = |kind, message: String| Problem {
+        let problem = |kind, subject: &str, message: String| Problem {
             namespace: ns.to_owned(),
             service: name.to_owned(),
             uid: svc.metadata.uid.clone(),
             kind,
+            subject: subject.to_owned(),
             message,
         };
         let annotation = svc
@@ -355,28 +250,36 @@ pub fn catalog_with_origins<S: Borrow<KService>, E: Borrow<EndpointSlice>>(
             .annotations
             .as_ref()
             .and_then(|a| a.get(annotation::KEY));
-        let entries = if annotation::is_present(annotation) {
+        let screened = if annotation::is_present(annotation) {
             let text = annotation.map(String::as_str).unwrap_or_default();
             match annotation::parse(text)
                 .map_err(|e| e.to_string())
-                .and_then(|bridges| annotated(&index, svc, ns, name, &bridges))
+                .and_then(|bridges| annotated(&index, policy, svc, ns, name, &bridges))
             {
-                Ok(entries) => entries,
+                Ok(screened) => screened,
                 Err(message) => {
-                    problems.push(problem(ProblemKind::InvalidAnnotation, message));
+                    problems.push(problem(ProblemKind::InvalidAnnotation, "", message));
                     continue;
                 }
             }
         } else if options.publish_unannotated {
-            unannotated(&index, svc, ns, name)
+            unannotated(&index, policy, svc, ns, name)
         } else {
             continue;
         };
-        for entry in entries {
+        for r in screened.refused {
+            problems.push(problem(
+                ProblemKind::TargetRefused(r.why),
+                &r.subject,
+                r.message,
+            ));
+        }
+        for (entry, origin) in screened.entries {
             let key = (entry.namespace.clone(), entry.name.clone());
             if let Some(owner) = taken.get(&key) {
                 problems.push(problem(
                     ProblemKind::NameConflict,
+                    &entry.name,
                     format!(
                         "{}/{} is already published by Service {owner}; fix: give this entry another `name` in the nx annotation",
                         entry.namespace, entry.name
@@ -385,7 +288,7 @@ pub fn catalog_with_origins<S: Borrow<KService>, E: Borrow<EndpointSlice>>(
                 continue;
             }
             taken.insert(key, format!("{ns}/{name}"));
-            out.push((entry, name.to_owned()));
+            out.push((entry, origin));
         }
     }
     (out, problems)
@@ -410,8 +313,36 @@ fn entry(
     }
 }
 
+/// The addresses of `candidates` the policy accepts; each refused one is
+/// told in `refused` as `<what> <address>: <why>`.
+fn screen(
+    policy: &TargetPolicy,
+    candidates: impl IntoIterator<Item = (IpAddr, bool)>,
+    what: &str,
+    refused: &mut Vec<Refused>,
+) -> Vec<IpAddr> {
+    let mut kept = Vec::new();
+    for (ip, assigned) in candidates {
+        match policy.check(ip, assigned) {
+            Ok(()) => kept.push(ip),
+            Err(why) => refused.push(Refused {
+                why,
+                subject: ip.to_string(),
+                message: format!("{what} {ip}: {why}"),
+            }),
+        }
+    }
+    kept
+}
+
 /// Every port at the cluster IPs, or at the ready pods when headless.
-fn unannotated(index: &Index<'_>, svc: &KService, ns: &str, name: &str) -> Vec<Service> {
+fn unannotated(
+    index: &Index<'_>,
+    policy: &TargetPolicy,
+    svc: &KService,
+    ns: &str,
+    name: &str,
+) -> Screened {
     let sports: Vec<(&KServicePort, Protocol)> = service_ports(svc)
         .iter()
         .filter_map(|p| Some((p, protocol(p)?)))
@@ -423,11 +354,28 @@ fn unannotated(index: &Index<'_>, svc: &KService, ns: &str, name: &str) -> Vec<S
         target_port: target,
         protocol: proto,
     };
+    let mut refused = Vec::new();
     let mut out = Vec::new();
     if is_headless(svc) {
-        let ready = index.ready(ns, name);
+        let ready: Vec<&Ready<'_>> = index
+            .ready(ns, name)
+            .iter()
+            .filter(|r| {
+                screen(
+                    policy,
+                    [(r.ip, r.assigned)],
+                    "endpoint address",
+                    &mut refused,
+                )
+                .len()
+                    == 1
+            })
+            .collect();
         let Some(first) = ready.first() else {
-            return out;
+            return Screened {
+                entries: vec![],
+                refused,
+            };
         };
         let ports_for = |eps: &[EndpointPort]| {
             sports
@@ -444,7 +392,7 @@ fn unannotated(index: &Index<'_>, svc: &KService, ns: &str, name: &str) -> Vec<S
             Direction::L2C,
         );
         out.push(main);
-        for r in ready {
+        for r in &ready {
             let Some(host) = r.hostname.filter(|h| valid_label(h)) else {
                 continue;
             };
@@ -461,19 +409,29 @@ fn unannotated(index: &Index<'_>, svc: &KService, ns: &str, name: &str) -> Vec<S
             ));
         }
     } else {
-        let ips = cluster_ips(svc);
-        if ips.is_empty() {
-            // ExternalName, or not yet allocated: nothing to dial.
-            return out;
+        let ips = screen(
+            policy,
+            cluster_ips(svc).into_iter().map(|ip| (ip, true)),
+            "cluster IP",
+            &mut refused,
+        );
+        if !ips.is_empty() {
+            let ports = sports
+                .iter()
+                .map(|(sp, proto)| port(sp, *proto, port_u16(sp.port).unwrap_or(1)))
+                .collect();
+            out.push(entry(name, ns, vec![], ips, ports, Direction::L2C));
         }
-        let ports = sports
-            .iter()
-            .map(|(sp, proto)| port(sp, *proto, port_u16(sp.port).unwrap_or(1)))
-            .collect();
-        out.push(entry(name, ns, vec![], ips, ports, Direction::L2C));
+        // No cluster IP: ExternalName, or not yet allocated: nothing to dial.
     }
     out.retain(|s| s.validate().is_ok());
-    out
+    Screened {
+        entries: out
+            .into_iter()
+            .map(|s| (s, vec![name.to_owned()]))
+            .collect(),
+        refused,
+    }
 }
 
 fn valid_label(s: &str) -> bool {
@@ -481,45 +439,75 @@ fn valid_label(s: &str) -> bool {
 }
 
 /// The bridges of an annotation, or why the Service cannot be published.
+/// Entries whose target the policy refuses are left out and told in
+/// [`Screened::refused`]; the others are published.
 fn annotated(
     index: &Index<'_>,
+    policy: &TargetPolicy,
     svc: &KService,
     ns: &str,
     name: &str,
     bridges: &[Bridge],
-) -> Result<Vec<Service>, String> {
-    let mut out: Vec<Service> = Vec::new();
+) -> Result<Screened, String> {
+    let mut out = Screened::default();
+    let mut names: Vec<&str> = Vec::new();
     for (i, b) in bridges.iter().enumerate() {
         let entry_name = b.name.clone().unwrap_or_else(|| name.to_owned());
-        let fail = |key: &str, message: String| {
-            format!("annotation `nx` entry {i} ({entry_name}): `{key}`: {message}")
-        };
+        let prefix = format!("annotation `nx` entry {i} ({entry_name})");
+        let fail = |key: &str, message: String| format!("{prefix}: `{key}`: {message}");
         if !valid_label(&entry_name) {
             return Err(fail(
                 "name",
                 format!("{entry_name:?} is not one DNS label; fix: lower-case letters, digits and '-', at most 63"),
             ));
         }
-        if out.iter().any(|o| o.name == entry_name) {
+        if names.contains(&entry_name.as_str()) {
             return Err(fail(
                 "name",
                 "appears twice in the annotation; fix: give each entry its own name".into(),
             ));
         }
-        match bridge(index, svc, ns, name, b, &entry_name) {
-            Ok(Some(s)) => {
+        names.push(b.name.as_deref().unwrap_or(name));
+        let mut refused = Vec::new();
+        let built = bridge(index, policy, svc, ns, name, b, &entry_name, &mut refused);
+        out.refused.extend(refused.into_iter().map(|r| Refused {
+            why: r.why,
+            subject: format!("{entry_name} {}", r.subject),
+            message: format!("{prefix}: `containerAddr`: {}", r.message),
+        }));
+        match built {
+            Ok(Some((s, origin))) => {
                 s.validate().map_err(|e| fail("name", e.problem))?;
-                out.push(s);
+                out.entries.push((s, origin));
             }
             // A pod that is not ready now: published again when it is.
             Ok(None) => {}
-            Err((key, message)) => return Err(fail(key, message)),
+            Err(Fault::Invalid((key, message))) => return Err(fail(key, message)),
+            Err(Fault::Refused(why, message)) => out.refused.push(Refused {
+                why,
+                subject: entry_name.clone(),
+                message: format!("{prefix}: `containerAddr`: {message}"),
+            }),
         }
     }
     Ok(out)
 }
 
 type BridgeError = (&'static str, String);
+
+/// Why a bridge is not published.
+enum Fault {
+    /// The annotation is wrong: the whole Service is not published.
+    Invalid(BridgeError),
+    /// The policy refuses its target: this entry alone is left out.
+    Refused(Refusal, String),
+}
+
+impl From<BridgeError> for Fault {
+    fn from(e: BridgeError) -> Self {
+        Fault::Invalid(e)
+    }
+}
 
 /// The Service ports a bridge stands for, with the local port of each.
 fn bridge_ports<'s>(
@@ -590,14 +578,20 @@ fn bridge_ports<'s>(
 
 /// One bridge as a catalog entry; `None` while the pod it names is not
 /// ready.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one bridge's whole context; a struct would only rename it"
+)]
 fn bridge(
     index: &Index<'_>,
+    policy: &TargetPolicy,
     svc: &KService,
     ns: &str,
     name: &str,
     b: &Bridge,
     entry_name: &str,
-) -> Result<Option<Service>, BridgeError> {
+    refused: &mut Vec<Refused>,
+) -> Result<Option<(Service, Origin)>, Fault> {
     let ports = bridge_ports(svc, b)?;
     let own_names = [
         name.to_owned(),
@@ -620,16 +614,16 @@ fn bridge(
                 Some(a) => a.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()),
             };
             if !local_ok {
-                return Err((
+                return Err(Fault::Invalid((
                     "localAddr",
                     format!("{:?}: a C2L connection ends on the workstation's loopback; fix: remove localAddr or set 127.0.0.1", b.local_addr.as_deref().unwrap_or_default()),
-                ));
+                )));
             }
             if let Some(a) = b.container_addr.as_deref().filter(|a| !is_own(a)) {
-                return Err((
+                return Err(Fault::Invalid((
                     "containerAddr",
                     format!("{a:?}: a C2L service is served by the netmux server behind this Service; fix: remove containerAddr"),
-                ));
+                )));
             }
             let mut out = Vec::new();
             for (local, sp) in ports {
@@ -641,10 +635,10 @@ fn bridge(
                         None => port_u16(sp.port).unwrap_or(local),
                         Some(IntOrString::Int(n)) => port_u16(*n).unwrap_or(local),
                         Some(IntOrString::String(named)) => {
-                            return Err((
+                            return Err(Fault::Invalid((
                                 "containerPort",
                                 format!("the Service's targetPort is the named port {named:?}, which the netmux server cannot listen on; fix: set containerPort"),
-                            ))
+                            )))
                         }
                     },
                     (None, None) => local,
@@ -656,13 +650,9 @@ fn bridge(
                     protocol: b.family,
                 });
             }
-            Ok(Some(entry(
-                entry_name,
-                ns,
-                vec![],
-                vec![],
-                out,
-                Direction::C2L,
+            Ok(Some((
+                entry(entry_name, ns, vec![], vec![], out, Direction::C2L),
+                vec![name.to_owned()],
             )))
         }
         Direction::L2C => {
@@ -670,16 +660,16 @@ fn bridge(
             if let Some(a) = b.local_addr.as_deref() {
                 let a = a.trim_end_matches('.');
                 if a.parse::<IpAddr>().is_ok() {
-                    return Err((
+                    return Err(Fault::Invalid((
                         "localAddr",
                         format!("{a:?} is an address; the daemon chooses local addresses itself; fix: use a DNS name or remove localAddr"),
-                    ));
+                    )));
                 }
                 if !netmux_common::proto::catalog::valid_dns_name(a) {
-                    return Err((
+                    return Err(Fault::Invalid((
                         "localAddr",
                         format!("{a:?} is not a valid DNS name; fix: lower-case labels of letters, digits and '-', separated by '.'"),
-                    ));
+                    )));
                 }
                 if a != entry_name {
                     aliases.push(a.to_owned());
@@ -689,43 +679,89 @@ fn bridge(
                 if is_headless(svc) {
                     let ready = index.ready(ns, name);
                     let ports = ready.first().map(|r| r.ports).unwrap_or_default();
-                    Target::Pods(ready.iter().map(|r| r.ip).collect(), ports)
+                    Target::Pods(ready.iter().map(|r| (r.ip, r.assigned)).collect(), ports)
                 } else {
                     Target::Virtual(own_ips.clone())
+                }
+            };
+            // The Services this entry reaches: RBAC is asked about each.
+            let mut origin: Origin = vec![name.to_owned()];
+            let mut reaches = |other: &str| {
+                if !origin.iter().any(|o| o == other) {
+                    origin.push(other.to_owned());
                 }
             };
             let target = match b.container_addr.as_deref() {
                 None => own_target(),
                 Some(a) if is_own(a) => own_target(),
                 Some(a) => match a.parse::<IpAddr>() {
-                    Ok(ip) => Target::Literal(ip),
-                    Err(_) => match index.resolve(ns, a) {
-                        Resolved::Service(other) if is_headless(other) => {
-                            let (ons, oname) = (
-                                other.metadata.namespace.as_deref().unwrap_or_default(),
-                                other.metadata.name.as_deref().unwrap_or_default(),
-                            );
-                            let ready = index.ready(ons, oname);
-                            let ports = ready.first().map(|r| r.ports).unwrap_or_default();
-                            Target::Pods(ready.iter().map(|r| r.ip).collect(), ports)
+                    Ok(ip) => {
+                        let owners = index.owners(ip);
+                        if let Some(o) = owners.iter().find(|o| o.ns != ns) {
+                            return Err(Fault::Refused(
+                                Refusal::OtherNamespace,
+                                format!(
+                                    "{ip} belongs to Service {}/{}: {}",
+                                    o.ns,
+                                    o.service,
+                                    Refusal::OtherNamespace
+                                ),
+                            ));
                         }
-                        Resolved::Service(other) => Target::Virtual(cluster_ips(other)),
-                        Resolved::Pod { ip, ports, .. } => Target::Pods(vec![ip], ports),
+                        owners.iter().for_each(|o| reaches(o.service));
+                        Target::Literal(ip, owners.iter().any(|o| o.assigned))
+                    }
+                    Err(_) => match index.resolve(ns, a) {
+                        Resolved::Service(other) => {
+                            let oname = other.metadata.name.as_deref().unwrap_or_default();
+                            reaches(oname);
+                            if is_headless(other) {
+                                let ready = index.ready(ns, oname);
+                                let ports = ready.first().map(|r| r.ports).unwrap_or_default();
+                                Target::Pods(
+                                    ready.iter().map(|r| (r.ip, r.assigned)).collect(),
+                                    ports,
+                                )
+                            } else {
+                                Target::Virtual(cluster_ips(other))
+                            }
+                        }
+                        Resolved::Pod {
+                            service,
+                            ip,
+                            ports,
+                            assigned,
+                        } => {
+                            reaches(service);
+                            Target::Pods(vec![(ip, assigned)], ports)
+                        }
                         Resolved::NotReady => return Ok(None),
-                        Resolved::Unknown => {
-                            return Err((
-                                "containerAddr",
-                                format!("{a:?} is neither an address nor a Service or pod name in the watched namespaces; fix: use an IP, a Service name, or <pod-hostname>.<service>.<namespace>.svc.{}", index.domain),
+                        Resolved::OtherNamespace(other) => {
+                            return Err(Fault::Refused(
+                                Refusal::OtherNamespace,
+                                format!(
+                                    "{a:?} names namespace {other} (or a Service {other} that {ns} does not have): {}",
+                                    Refusal::OtherNamespace
+                                ),
                             ))
+                        }
+                        Resolved::Unknown => {
+                            return Err(Fault::Invalid((
+                                "containerAddr",
+                                format!("{a:?} is neither an address nor a Service or pod name in namespace {ns}; fix: use an IP, a Service name, or <pod-hostname>.<service>.{ns}.svc.{}", index.domain),
+                            )))
                         }
                     },
                 },
             };
-            let (addresses, pod_ports) = match target {
-                Target::Virtual(ips) => (ips, None),
+            let (candidates, pod_ports) = match target {
+                Target::Virtual(ips) => (ips.into_iter().map(|ip| (ip, true)).collect(), None),
                 Target::Pods(ips, ports) => (ips, Some(ports)),
-                Target::Literal(ip) => (vec![ip], None),
+                Target::Literal(ip, assigned) => (vec![(ip, assigned)], None),
             };
+            // Refused addresses are told by the caller; an entry left with
+            // none is not published.
+            let addresses = screen(policy, candidates, "address", refused);
             if addresses.is_empty() {
                 // No cluster IP or no ready pod now: nothing to dial.
                 return Ok(None);
@@ -747,13 +783,9 @@ fn bridge(
                     }
                 })
                 .collect();
-            Ok(Some(entry(
-                entry_name,
-                ns,
-                aliases,
-                addresses,
-                ports,
-                Direction::L2C,
+            Ok(Some((
+                entry(entry_name, ns, aliases, addresses, ports, Direction::L2C),
+                origin,
             )))
         }
     }

@@ -320,6 +320,7 @@ impl Driver {
             .iter()
             .map(|(s, origin)| (s.key(), origin.clone()))
             .collect();
+        let refused = self.store.metrics().catalog_refused.clone();
         self.store.set_origins(origins);
         self.store
             .publish(entries.into_iter().map(|(s, _)| s).collect());
@@ -337,7 +338,8 @@ impl Driver {
         let reported = self.reported.clone();
         tokio::spawn(async move {
             for p in fresh {
-                tracing::warn!(problem = %p, "service not published");
+                refused.with_label_values(&[p.kind.label()]).inc();
+                tracing::warn!(problem = %p, reason = p.kind.label(), "catalog entry not published");
                 if let Err(e) = recorder.publish(&event(&p), &reference(&p)).await {
                     tracing::warn!(service = %format!("{}/{}", p.namespace, p.service), error = %e, "cannot record a Kubernetes Event (needs create on events.k8s.io events)");
                     // Try again on the next rebuild.
@@ -364,9 +366,27 @@ fn event(p: &Problem) -> KEvent {
         type_: EventType::Warning,
         reason: p.kind.reason().into(),
         note: Some(note),
-        action: "Publish".into(),
+        // Events with the same action are one series (kube's recorder):
+        // distinct refused entries get their own.
+        action: action(&p.subject),
         secondary: None,
     }
+}
+
+/// `Publish`, or `Publish <subject>` within the API's 128 bytes.
+fn action(subject: &str) -> String {
+    const MAX_ACTION: usize = 128;
+    let mut action = if subject.is_empty() {
+        "Publish".to_owned()
+    } else {
+        format!("Publish {subject}")
+    };
+    let mut cut = action.len().min(MAX_ACTION);
+    while !action.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    action.truncate(cut);
+    action
 }
 
 fn reference(p: &Problem) -> ObjectReference {

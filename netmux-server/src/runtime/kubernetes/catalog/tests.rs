@@ -22,7 +22,7 @@ fn service(
 ) -> KService {
     let mut v = json!({
         "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}")},
-        "spec": {"clusterIP": cluster_ip, "ports": ports},
+        "spec": {"clusterIP": cluster_ip, "ports": ports, "selector": {"app": name}},
     });
     if cluster_ip != "None" {
         v["spec"]["clusterIPs"] = json!([cluster_ip]);
@@ -52,7 +52,8 @@ fn slice(
         .collect();
     serde_json::from_value(json!({
         "metadata": {"name": format!("{svc}-abcde"), "namespace": ns,
-                     "labels": {"kubernetes.io/service-name": svc}},
+                     "labels": {"kubernetes.io/service-name": svc,
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
         "addressType": "IPv4",
         "endpoints": eps,
         "ports": ports,
@@ -77,6 +78,18 @@ fn find<'a>(c: &'a [Service], name: &str) -> &'a Service {
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
+}
+
+/// Options whose policy allows `cidrs` (`runtime.allowed_target_cidrs`).
+fn allowing(cidrs: &[&str]) -> CatalogOptions {
+    let mut o = CatalogOptions::default();
+    o.policy.allowed = Some(
+        cidrs
+            .iter()
+            .map(|c| crate::policy::Cidr::try_from(c.to_string()).unwrap())
+            .collect(),
+    );
+    o
 }
 
 fn kafka_brokers() -> EndpointSlice {
@@ -277,7 +290,7 @@ fn explicit_ports_and_addresses() {
         json!([{"name": "http", "port": 80, "targetPort": 8080}, {"name": "grpc", "port": 9000}]),
         Some("- name: api-debug\n  localPort: 8081\n  containerPort: 6060\n- name: api-http\n  localPort: 80\n- name: legacy\n  containerAddr: 10.0.0.9\n  containerPort: 7000\n  localPort: '7001'\n"),
     );
-    let (c, problems) = catalog_from(&[svc], &[] as &[EndpointSlice], &CatalogOptions::default());
+    let (c, problems) = catalog_from(&[svc], &[] as &[EndpointSlice], &allowing(&["10.0.0.0/8"]));
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(find(&c, "api-debug").ports, vec![tcp(None, 8081, 6060)]);
     assert_eq!(find(&c, "api-http").ports, vec![tcp(Some("http"), 80, 80)]);
@@ -294,7 +307,7 @@ fn invalid_annotation_skips_that_service_only_and_says_why() {
         ("- name: Bad_Name\n", "`name`"),
         ("- direction: both\n", "`direction`"),
         ("- localAddr: 10.1.1.1\n", "`localAddr`"),
-        ("- containerAddr: nowhere.example\n", "`containerAddr`"),
+        ("- containerAddr: nowhere\n", "`containerAddr`"),
         ("- name: a\n- name: a\n", "twice"),
         (
             "- localPort: 1234\n  containerPort: 80\n  containerAddr: x\n",
@@ -382,26 +395,6 @@ fn name_conflicts_keep_the_first_and_report_the_second() {
 }
 
 #[test]
-fn container_addr_resolves_other_services_in_cluster_dns_forms() {
-    let pg = service("db", "postgres", "10.96.5.5", json!([{"port": 5432}]), None);
-    let alias = service(
-        "default",
-        "pg-alias",
-        "10.96.0.9",
-        json!([{"port": 5432}]),
-        Some("- containerAddr: postgres.db\n- name: pg2\n  containerAddr: postgres.db.svc.cluster.local\n"),
-    );
-    let (c, p) = catalog_from(
-        &[pg, alias],
-        &[] as &[EndpointSlice],
-        &CatalogOptions::default(),
-    );
-    assert!(p.is_empty(), "{p:?}");
-    assert_eq!(find(&c, "pg-alias").addresses, vec![ip("10.96.5.5")]);
-    assert_eq!(find(&c, "pg2").addresses, vec![ip("10.96.5.5")]);
-}
-
-#[test]
 fn output_does_not_depend_on_input_order() {
     let a = service("x", "a", "10.96.0.1", json!([{"port": 80}]), None);
     let b = service("x", "b", "10.96.0.2", json!([{"port": 80}]), None);
@@ -413,3 +406,5 @@ fn output_does_not_depend_on_input_order() {
     let two = catalog_from(&[b, a], &[] as &[EndpointSlice], &CatalogOptions::default());
     assert_eq!(one, two);
 }
+
+mod policy;
