@@ -384,3 +384,60 @@ async fn stream_listen_peers_have_deadlines_and_a_per_source_cap() {
         .expect("accepted again")
         .expect("preamble");
 }
+
+/// A TCP port free on 127.0.0.1 a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[tokio::test]
+async fn claims_and_exposes_per_session_are_capped() {
+    let h = start("max_claims_per_session = 2", 30_000, None).await;
+    let conn = h.connect("127.0.0.1").await.expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+    let mut session = ClientSession::new(&Hello::new(
+        "hostile-test",
+        Credential::Bearer(TOKEN.into()),
+    ));
+    while let Some(b) = session.poll_transmit() {
+        send.write_all(&b).await.expect("hello");
+    }
+    read_reply(&mut session, &mut recv)
+        .await
+        .expect("hello accepted");
+    let mut results = Vec::new();
+    for name in ["one", "two", "three"] {
+        let request = session.expose(name, free_port(), 8080);
+        while let Some(b) = session.poll_transmit() {
+            send.write_all(&b).await.expect("expose");
+        }
+        let error = tokio::time::timeout(WAIT, async {
+            loop {
+                while let Some(e) = session.poll_event() {
+                    if let ClientEvent::ClaimResult { request: r, error } = e {
+                        if r == request {
+                            return error;
+                        }
+                    }
+                }
+                let c = recv
+                    .read_chunk(64 * 1024, true)
+                    .await
+                    .expect("read")
+                    .expect("control stream open");
+                session.handle_input(&c.bytes).expect("valid");
+            }
+        })
+        .await
+        .expect("an answer to each expose");
+        results.push(error);
+    }
+    assert_eq!(results[0], None, "{results:?}");
+    assert_eq!(results[1], None, "{results:?}");
+    let third = results[2].as_deref().expect("the third is refused");
+    assert!(third.contains("max_claims_per_session"), "{third}");
+    assert_eq!(h.session_refusals("claims"), 1);
+}
