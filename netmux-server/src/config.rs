@@ -38,6 +38,8 @@ struct RawConfig {
     max_udp_flows: usize,
     #[serde(default = "default_udp_idle_timeout_ms")]
     udp_idle_timeout_ms: u64,
+    #[serde(default)]
+    cluster_cidrs: Vec<String>,
     #[serde(default = "default_half_close_timeout_ms")]
     half_close_timeout_ms: u64,
     #[serde(default)]
@@ -215,6 +217,10 @@ pub struct Config {
     pub max_udp_flows: usize,
     /// A UDP flow idle this long is closed.
     pub udp_idle_timeout: Duration,
+    /// The cluster's Service and Pod ranges, announced to daemons in the
+    /// hello: their eBPF redirect takes over only catalog addresses inside
+    /// them (unless the daemon's endpoint sets its own `cluster_cidrs`).
+    pub cluster_cidrs: Vec<netmux_common::proto::cidr::Cidr>,
     /// `[limits]`: caps on connections, pending hellos, `stream_listen`
     /// peers and per-session resources.
     pub limits: Limits,
@@ -338,7 +344,29 @@ impl Config {
                 ));
             }
         }
+        let mut cluster_cidrs = Vec::new();
+        for (i, c) in raw.cluster_cidrs.iter().enumerate() {
+            let cidr: netmux_common::proto::cidr::Cidr =
+                c.parse()
+                    .map_err(|e: netmux_common::proto::cidr::CidrError| {
+                        invalid(&format!("cluster_cidrs[{i}]"), e.to_string())
+                    })?;
+            if cidr.prefix() < 8 {
+                return Err(invalid(
+                    &format!("cluster_cidrs[{i}]"),
+                    format!("{cidr} is wider than a /8: list the cluster's Service and Pod ranges, e.g. \"10.96.0.0/12\""),
+                ));
+            }
+            cluster_cidrs.push(cidr);
+        }
+        if cluster_cidrs.len() > netmux_common::proto::cidr::MAX_RANGES {
+            return Err(invalid(
+                "cluster_cidrs",
+                format!("at most {} ranges", netmux_common::proto::cidr::MAX_RANGES),
+            ));
+        }
         Ok(Config {
+            cluster_cidrs,
             listen: raw.listen,
             http: raw.http,
             stream_listen: raw.stream_listen,
@@ -414,6 +442,22 @@ services = "services.toml"
         assert_eq!(c.state_dir, Path::new("/etc/netmux/state"));
         assert!(format!("{c:?}").contains("***"));
         assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn cluster_cidrs_are_validated() {
+        let c = Config::parse(Path::new("s.toml"), GOOD).unwrap();
+        assert!(c.cluster_cidrs.is_empty());
+        let text = format!("cluster_cidrs = [\"10.96.0.0/12\", \"fd00::/108\"]\n{GOOD}");
+        let c = Config::parse(Path::new("s.toml"), &text).unwrap();
+        assert_eq!(c.cluster_cidrs.len(), 2);
+        for bad in ["10.96.0.1/12", "0.0.0.0/0", "ten"] {
+            let text = format!("cluster_cidrs = [\"{bad}\"]\n{GOOD}");
+            let err = Config::parse(Path::new("s.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("cluster_cidrs[0]"), "{bad}: {err}");
+        }
     }
 
     #[test]

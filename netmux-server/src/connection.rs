@@ -175,9 +175,13 @@ async fn handshake(conn: &Connection, server: &Server) -> Result<Handshake, Sess
         Ok(identity) => {
             let catalog = server.catalog.borrow().clone();
             let visible = server.access.visible(&identity, &catalog).await;
-            session.accept(
+            // The cluster's ranges bound the daemon's eBPF redirect.
+            session.accept_with(
                 &format!("netmux-server {}", env!("CARGO_PKG_VERSION")),
                 &visible,
+                &netmux_common::proto::cidr::ReplyExtensions {
+                    cluster_ranges: server.config.cluster_cidrs.clone(),
+                },
             );
             flush(&mut session, &mut send).await?;
             Ok((identity, session, send, recv))

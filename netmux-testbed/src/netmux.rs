@@ -195,7 +195,9 @@ impl Layout {
         self.state_dir.join("ca.pem")
     }
 
-    /// `server.toml` accepting [`TOKEN`].
+    /// `server.toml` accepting [`TOKEN`], announcing the sandbox's
+    /// cluster ranges (10.96.0.0/12, fd00:96::/64: where tests put
+    /// services), which bound the daemon's eBPF redirect.
     pub fn server_toml(&self) -> String {
         let stream = if self.over_tcp {
             format!("stream_listen = {}\n", toml_str(&self.stream.to_string()))
@@ -203,7 +205,8 @@ impl Layout {
             String::new()
         };
         format!(
-            "listen = {}\n{stream}http = {}\nstate_dir = {}\nserver_names = [\"netmux-server\"]\n\n\
+            "listen = {}\n{stream}http = {}\nstate_dir = {}\nserver_names = [\"netmux-server\"]\n\
+             cluster_cidrs = [\"10.96.0.0/12\", \"fd00:96::/64\"]\n\n\
              [[token]]\nname = \"alice\"\ntoken = {}\n\n\
              [runtime]\nkind = \"static\"\nservices = {}\n",
             toml_str(&self.quic.to_string()),

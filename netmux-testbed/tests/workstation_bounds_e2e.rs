@@ -232,3 +232,103 @@ fn expose_local_targets_loopback_only_unless_the_config_allows_more() {
         assert!(out.success(), "{}{}", out.stdout, out.stderr);
     });
 }
+
+fn unique(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "nx-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+#[test]
+fn ebpf_redirects_only_cluster_addresses_and_status_lists_the_rest() {
+    use netmux_testbed::cgroup::ChildCgroup;
+    use netmux_testbed::prereq;
+    let test =
+        "workstation_bounds_e2e::ebpf_redirects_only_cluster_addresses_and_status_lists_the_rest";
+    if !prereq::require(test, prereq::ebpf_daemon()) {
+        return;
+    }
+    let sb = sandbox();
+    let cg = ChildCgroup::new(&unique("cg")).expect("child cgroup");
+    let server: IpAddr = sb.cluster_addr().into();
+    let specs = vec![
+        ServiceSpec::l2c("web", ip("10.96.0.10"), 80, 8080),
+        // A public address: the catalog must not capture it.
+        ServiceSpec::l2c("public", ip("192.0.2.10"), 80, 8080),
+        ServiceSpec::l2c("lo", ip("127.0.0.1"), 9, 9),
+        ServiceSpec::l2c("server", server, 7080, 7080),
+    ];
+    let extra = format!(
+        "redirect = \"ebpf\"\ncgroup = \"{}\"\n",
+        cg.path().display()
+    );
+    let nm = Netmux::start_with(&sb, &specs, netmux_testbed::netmux::TOKEN, &extra).unwrap_or_else(
+        |e| {
+            sb.dump_logs(50);
+            panic!("netmux start: {e}")
+        },
+    );
+    let _web = nx_echo(
+        &sb,
+        Side::Cluster,
+        "web",
+        "http",
+        "10.96.0.10:8080".parse().unwrap(),
+    );
+    let _public = nx_echo(
+        &sb,
+        Side::Cluster,
+        "public",
+        "http",
+        "192.0.2.10:8080".parse().unwrap(),
+    );
+    on_failure_dump(&sb, || {
+        assert!(nm.cli(["connect", ENDPOINT]).unwrap().success());
+        let out = nm.cli(["start", ENDPOINT, "+"]).unwrap();
+        assert!(out.success(), "{}{}", out.stdout, out.stderr);
+        let inside = |url: &str| {
+            sb.process(Side::Workstation, "curl", "sh")
+                .args(cg.wrap("curl", &["-sS", "--max-time", "5", url]))
+                .run(T)
+                .expect("curl in the cgroup")
+        };
+        // Inside the cluster ranges: redirected.
+        let out = inside("http://10.96.0.10/in-range");
+        assert!(
+            out.success() && out.stdout.contains("path=/in-range"),
+            "{}{}",
+            out.stdout,
+            out.stderr
+        );
+        // Outside: left alone (no route from the workstation), though the
+        // cluster has a server there that the tunnel would reach.
+        let out = inside("http://192.0.2.10/public");
+        assert!(
+            !out.success(),
+            "192.0.2.10 was redirected into the tunnel: {}",
+            out.stdout
+        );
+        // Its names point at its own 127.x listener instead, which works.
+        let local = nm
+            .resolve("public.demo.svc.cluster.local")
+            .expect("public in hosts");
+        assert!(local.is_loopback(), "{local}");
+        assert_eq!(
+            nm.resolve("web.demo.svc.cluster.local"),
+            Some(ip("10.96.0.10"))
+        );
+        // status names each address left alone, with the reason.
+        let status = nm.cli(["status"]).unwrap().ok().unwrap().stdout;
+        for expected in [
+            "demo/public: not redirected: 192.0.2.10 is outside the cluster ranges [10.96.0.0/12, fd00:96::/64] (announced by the server of endpoint demo)",
+            "demo/lo: not redirected: 127.0.0.1 is a loopback address",
+            &format!("demo/server: not redirected: {server} is the netmux server's address"),
+        ] {
+            assert!(status.contains(expected), "{expected:?} not in\n{status}");
+        }
+        assert!(!status.contains("demo/web: not redirected"), "{status}");
+    });
+}
