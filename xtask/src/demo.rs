@@ -129,7 +129,12 @@ pub fn demo(wait: bool) -> anyhow::Result<()> {
     .context("writing the workstation's resolv.conf")?;
 
     let services = Services::new()?;
-    for s in [&services.http, &services.tcp, &services.dns, &services.laptop] {
+    for s in [
+        &services.http,
+        &services.tcp,
+        &services.dns,
+        &services.laptop,
+    ] {
         sb.add_service_address(s.address)?;
     }
     let _backends = start_backends(&sb, &services)?;
@@ -331,12 +336,7 @@ fn run_cli_steps(
     } else {
         format!("http://{}/static", http.fqdn())
     };
-    in_cgroup(
-        sb,
-        cg,
-        "/bin/busybox",
-        &["wget", "-q", "-O", "-", &target],
-    )?;
+    in_cgroup(sb, cg, "/bin/busybox", &["wget", "-q", "-O", "-", &target])?;
 
     step("TCP: a line to the tcp-echo service and back");
     let tcp_host = if ebpf {
@@ -381,7 +381,10 @@ fn run_cli_steps(
         bail!("dig through the tunnel answered {:?}", out.stdout.trim());
     }
 
-    let c2l = format!("http://{}:{}/from-the-cluster", s.laptop.address, s.laptop.port);
+    let c2l = format!(
+        "http://{}:{}/from-the-cluster",
+        s.laptop.address, s.laptop.port
+    );
     step(&format!(
         "C2L: a client in the cluster namespace reaches laptop-web on the workstation: curl {c2l}"
     ));

@@ -10,13 +10,13 @@
 
 mod bench;
 mod demo;
+mod deny;
+mod dist;
+mod fuzz;
 mod prereq;
 mod testrun;
 mod util;
 
-use std::path::PathBuf;
-
-use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use util::{cargo, root, run};
@@ -62,6 +62,8 @@ enum Task {
     },
     /// Benchmarks against the alternatives; writes BENCHMARKS.md.
     Bench(bench::Options),
+    /// Static binaries, .deb, server image, install.sh and SHA256SUMS in target/dist.
+    Dist(dist::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,53 +87,8 @@ fn main() -> anyhow::Result<()> {
             cmd.args(&args);
             run(&mut cmd)
         }
-        Task::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
+        Task::Fuzz { seconds, target } => fuzz::run(seconds, target.as_deref()),
         Task::Bench(opts) => bench::bench(opts),
-    }
-}
-
-fn fuzz(seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
-    let fuzz_dir = root().join("fuzz");
-    if !util::succeeds(std::process::Command::new("cargo").args(["fuzz", "--version"])) {
-        println!("==> installing cargo-fuzz");
-        cargo(&["install", "cargo-fuzz", "--locked"])?;
-    }
-    let mut targets: Vec<String> = std::fs::read_dir(fuzz_dir.join("fuzz_targets"))
-        .context("reading fuzz/fuzz_targets")?
-        .filter_map(|e| e.ok())
-        .map(|e| PathBuf::from(e.file_name()))
-        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
-        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .collect();
-    targets.sort();
-    if let Some(t) = only {
-        if !targets.iter().any(|x| x == t) {
-            bail!("no fuzz target {t:?}; targets: {targets:?}");
-        }
-        targets.retain(|x| x == t);
-    }
-    let mut failed = Vec::new();
-    for t in &targets {
-        println!("==> fuzzing {t} for {seconds} s");
-        let mut cmd = std::process::Command::new("cargo");
-        cmd.current_dir(root())
-            .args(["+nightly", "fuzz", "run", "--fuzz-dir"])
-            .arg(&fuzz_dir)
-            .arg(t)
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"));
-        if let Err(e) = run(&mut cmd) {
-            println!("fuzz target {t} failed: {e:#}");
-            failed.push(t.clone());
-        }
-    }
-    if failed.is_empty() {
-        println!(
-            "xtask fuzz: {} targets ran {seconds} s each without a crash",
-            targets.len()
-        );
-        Ok(())
-    } else {
-        bail!("fuzz targets failed: {failed:?} (crashes are in fuzz/artifacts/)")
+        Task::Dist(opts) => dist::dist(opts),
     }
 }

@@ -105,6 +105,19 @@ pub(crate) fn test(no_install: bool, unit_only: bool) -> anyhow::Result<()> {
         )),
     }
 
+    let t = Instant::now();
+    println!("==> xtask test: supply chain: cargo deny check licenses bans sources (offline)");
+    let deny = crate::deny::check();
+    summary.push(format!(
+        "supply chain (cargo deny): {} ({})",
+        match &deny {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => format!("FAILED: {e:#}"),
+        },
+        secs(t.elapsed())
+    ));
+    let mut failed_steps = u64::from(deny.is_err());
+
     let mut steps: Vec<(&str, Vec<&str>)> = vec![(
         "unit tests",
         vec![
@@ -149,6 +162,20 @@ pub(crate) fn test(no_install: bool, unit_only: bool) -> anyhow::Result<()> {
         ));
     }
     let _ = std::fs::remove_file(&skip_log);
+    if !unit_only {
+        let t = Instant::now();
+        println!("==> xtask test: fuzz smoke: every cargo-fuzz target for a few seconds");
+        let fuzz = crate::fuzz::smoke();
+        summary.push(format!(
+            "fuzz smoke: {} ({})",
+            match &fuzz {
+                Ok(()) => "ok, no crash".to_owned(),
+                Err(e) => format!("FAILED: {e:#}"),
+            },
+            secs(t.elapsed())
+        ));
+        failed_steps += u64::from(fuzz.is_err());
+    }
     println!();
     for line in &summary {
         println!("xtask test: {line}");
@@ -160,7 +187,7 @@ pub(crate) fn test(no_install: bool, unit_only: bool) -> anyhow::Result<()> {
         total.skipped,
         secs(started.elapsed())
     );
-    if total.failed > 0 {
+    if total.failed > 0 || failed_steps > 0 {
         std::process::exit(1);
     }
     Ok(())
