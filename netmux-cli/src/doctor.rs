@@ -687,7 +687,7 @@ async fn probe_port_forward(
     link: &netmux_daemon::cluster::forward::KubeLink,
     ca_pem: &str,
 ) -> Probe {
-    let client = match netmux_daemon::endpoint::client_config(ca_pem) {
+    let client = match netmux_daemon::transport::client_config(ca_pem) {
         Ok(c) => c,
         Err(e) => return Probe::Tls(e.to_string()),
     };
@@ -719,7 +719,7 @@ async fn probe_server(cfg: &EndpointConfig, ca_pem: &str, timeout: Duration) -> 
         },
         Err(e) => return Probe::Error(format!("cannot resolve {name}: {e}")),
     };
-    let client = match netmux_daemon::endpoint::client_config(ca_pem) {
+    let client = match netmux_daemon::transport::client_config(ca_pem) {
         Ok(c) => c,
         Err(e) => return Probe::Tls(e.to_string()),
     };

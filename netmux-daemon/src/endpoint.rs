@@ -11,18 +11,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use netmux_common::proto::catalog::Catalog;
+use netmux_common::proto::error_code;
 use netmux_common::proto::hello::{Credential, Hello};
 use netmux_common::proto::session::{ClientEvent, ClientSession, SessionError};
-use netmux_common::proto::{error_code, ALPN};
-use netmux_common::tunnel::quic;
 use quinn::{Connection, VarInt};
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::cluster::forward::KubeLink;
 use crate::config::EndpointConfig;
-use crate::metrics::Metrics;
 use crate::config::Transport;
+use crate::metrics::Metrics;
+use crate::transport::dial_udp;
 
 /// What the endpoint is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -73,6 +73,15 @@ pub enum ConnectError {
     /// The Kubernetes API refused the user's credentials (401).
     #[error("{0}")]
     Credentials(String),
+}
+
+impl From<crate::transport::DialError> for ConnectError {
+    fn from(e: crate::transport::DialError) -> ConnectError {
+        match e {
+            crate::transport::DialError::Setup(m) => ConnectError::Setup(m),
+            crate::transport::DialError::Quic(m) => ConnectError::Quic(m),
+        }
+    }
 }
 
 /// How long one Kubernetes API step of a connection attempt (reading the
@@ -396,31 +405,6 @@ type Established = (
     String,
 );
 
-/// The QUIC client configuration trusting `ca_pem` (TLS 1.3, netmux's ALPN
-/// and transport settings); also used by `netmux doctor`'s probes.
-pub fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig, ConnectError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let mut reader = ca_pem.as_bytes();
-    for cert in rustls_pemfile::certs(&mut reader) {
-        let cert = cert.map_err(|e| ConnectError::Setup(format!("CA PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| ConnectError::Setup(format!("CA certificate rejected: {e}")))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ConnectError::Setup(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| ConnectError::Setup(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(quic::transport_config()));
-    Ok(client)
-}
-
 /// How long `auto` waits for the server over UDP before it tries the
 /// port-forward.
 const AUTO_DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -437,12 +421,12 @@ async fn connect(
         (None, Some(k)) => kube_step("reading the server's CA", k.ca_pem()).await?,
         (None, None) => return Err(ConnectError::Setup("no CA for the server".into())),
     };
-    let client = client_config(&ca_pem)?;
+    let client = crate::transport::client_config(&ca_pem)?;
     let (conn, server) = match config.transport {
         Transport::Quic => {
             let server = resolve(config).await?;
             (
-                dial_udp(config, client, server, quic_endpoint).await?,
+                dial_udp(client, server, &config.server_name, quic_endpoint).await?,
                 server,
             )
         }
@@ -455,7 +439,8 @@ async fn connect(
         Transport::Auto => {
             let direct = async {
                 let server = resolve(config).await?;
-                let conn = dial_udp(config, client.clone(), server, quic_endpoint).await?;
+                let conn =
+                    dial_udp(client.clone(), server, &config.server_name, quic_endpoint).await?;
                 Ok::<_, ConnectError>((conn, server))
             };
             match tokio::time::timeout(AUTO_DIRECT_TIMEOUT, direct).await {
@@ -511,48 +496,6 @@ async fn port_forward(
     let peer = forward.peer;
     let conn = crate::transport::dial_forward(forward, client, &config.server_name).await?;
     Ok((conn, peer))
-}
-
-/// Dials `server` over UDP from the endpoint's socket (made on first use
-/// and when the address family changes).
-async fn dial_udp(
-    config: &EndpointConfig,
-    client: quinn::ClientConfig,
-    server: SocketAddr,
-    quic_endpoint: &mut Option<(quinn::Endpoint, bool)>,
-) -> Result<Connection, ConnectError> {
-    let v6 = server.is_ipv6();
-    let endpoint = match quic_endpoint {
-        Some((e, fam)) if *fam == v6 => e.clone(),
-        _ => {
-            let bind: SocketAddr = if v6 {
-                "[::]:0"
-                    .parse()
-                    .map_err(|_| ConnectError::Setup("bind".into()))?
-            } else {
-                "0.0.0.0:0"
-                    .parse()
-                    .map_err(|_| ConnectError::Setup("bind".into()))?
-            };
-            let socket = quic::bind_udp(bind)
-                .map_err(|e| ConnectError::Setup(format!("UDP socket: {e}")))?;
-            let e = quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                None,
-                socket,
-                Arc::new(quinn::TokioRuntime),
-            )
-            .map_err(|e| ConnectError::Setup(format!("QUIC endpoint: {e}")))?;
-            *quic_endpoint = Some((e.clone(), v6));
-            e
-        }
-    };
-    let conn = endpoint
-        .connect_with(client, server, &config.server_name)
-        .map_err(|e| ConnectError::Quic(e.to_string()))?
-        .await
-        .map_err(|e| ConnectError::Quic(e.to_string()))?;
-    Ok(conn)
 }
 
 /// Completes the hello on a fresh connection; returns once the catalog

@@ -1,6 +1,6 @@
 //! How an endpoint reaches its server's QUIC endpoint.
 //!
-//! `quic` (default) dials UDP from a shared socket (in [`crate::endpoint`]);
+//! `quic` (default) dials UDP from the endpoint's shared socket ([`dial_udp`]);
 //! `tcp` opens a TCP connection to the server's `stream_listen` port and
 //! runs QUIC over it as length-prefixed datagrams
 //! ([`netmux_common::tunnel::stream_socket`]): for networks that drop UDP
@@ -11,32 +11,114 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use netmux_common::proto::error_code;
+use netmux_common::proto::{error_code, ALPN};
+use netmux_common::tunnel::quic;
 use netmux_common::tunnel::stream_socket::StreamSocket;
 use quinn::{Connection, VarInt};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::endpoint::ConnectError;
-
 /// How long a TCP connect to the server may take.
 pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why dialling the server failed, before any netmux protocol ran.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// TLS or socket setup (a bad CA, no socket, no QUIC endpoint, a TCP
+    /// connect that failed).
+    #[error("{0}")]
+    Setup(String),
+    /// The QUIC handshake or connection failed.
+    #[error("QUIC: {0}")]
+    Quic(String),
+}
+
+/// The QUIC client configuration trusting `ca_pem` (TLS 1.3, netmux's ALPN
+/// and transport settings); also used by `netmux doctor`'s probes.
+pub fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig, DialError> {
+    client_config_with(ca_pem, quic::transport_config())
+}
+
+/// [`client_config`] with the given QUIC transport settings.
+pub fn client_config_with(
+    ca_pem: &str,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ClientConfig, DialError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut reader = ca_pem.as_bytes();
+    for cert in rustls_pemfile::certs(&mut reader) {
+        let cert = cert.map_err(|e| DialError::Setup(format!("CA PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| DialError::Setup(format!("CA certificate rejected: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| DialError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| DialError::Setup(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport));
+    Ok(client)
+}
+
+/// Dials `server` over UDP from the endpoint's QUIC socket `shared`, made
+/// on first use and again when the address family changes (the `bool` is
+/// "IPv6").
+pub async fn dial_udp(
+    client: quinn::ClientConfig,
+    server: SocketAddr,
+    server_name: &str,
+    shared: &mut Option<(quinn::Endpoint, bool)>,
+) -> Result<Connection, DialError> {
+    let v6 = server.is_ipv6();
+    let endpoint = match shared {
+        Some((e, fam)) if *fam == v6 => e.clone(),
+        _ => {
+            let bind: SocketAddr = if v6 {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            let socket =
+                quic::bind_udp(bind).map_err(|e| DialError::Setup(format!("UDP socket: {e}")))?;
+            let e = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .map_err(|e| DialError::Setup(format!("QUIC endpoint: {e}")))?;
+            *shared = Some((e.clone(), v6));
+            e
+        }
+    };
+    endpoint
+        .connect_with(client, server, server_name)
+        .map_err(|e| DialError::Quic(e.to_string()))?
+        .await
+        .map_err(|e| DialError::Quic(e.to_string()))
+}
 
 /// Opens a TCP connection to `server` and a QUIC connection over it.
 pub async fn dial_tcp(
     server: SocketAddr,
     client: quinn::ClientConfig,
     server_name: &str,
-) -> Result<Connection, ConnectError> {
+) -> Result<Connection, DialError> {
     let tcp = tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(server))
         .await
-        .map_err(|_| ConnectError::Setup(format!("TCP connect to {server}: timed out")))?
-        .map_err(|e| ConnectError::Setup(format!("TCP connect to {server}: {e}")))?;
+        .map_err(|_| DialError::Setup(format!("TCP connect to {server}: timed out")))?
+        .map_err(|e| DialError::Setup(format!("TCP connect to {server}: {e}")))?;
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY");
     }
     let local = tcp
         .local_addr()
-        .map_err(|e| ConnectError::Setup(format!("TCP socket: {e}")))?;
+        .map_err(|e| DialError::Setup(format!("TCP socket: {e}")))?;
     dial_stream(tcp, local, server, client, server_name).await
 }
 
@@ -46,7 +128,7 @@ pub async fn dial_forward(
     forward: crate::cluster::forward::Forward,
     client: quinn::ClientConfig,
     server_name: &str,
-) -> Result<Connection, ConnectError> {
+) -> Result<Connection, DialError> {
     let loopback: std::net::IpAddr = if forward.peer.is_ipv6() {
         std::net::Ipv6Addr::LOCALHOST.into()
     } else {
@@ -66,7 +148,7 @@ pub async fn dial_stream<S>(
     peer: SocketAddr,
     client: quinn::ClientConfig,
     server_name: &str,
-) -> Result<Connection, ConnectError>
+) -> Result<Connection, DialError>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -79,12 +161,12 @@ where
         socket,
         Arc::new(quinn::TokioRuntime),
     )
-    .map_err(|e| ConnectError::Setup(format!("QUIC endpoint: {e}")))?;
+    .map_err(|e| DialError::Setup(format!("QUIC endpoint: {e}")))?;
     let conn = endpoint
         .connect_with(client, peer, server_name)
-        .map_err(|e| ConnectError::Quic(e.to_string()))?
+        .map_err(|e| DialError::Quic(e.to_string()))?
         .await
-        .map_err(|e| ConnectError::Quic(e.to_string()))?;
+        .map_err(|e| DialError::Quic(e.to_string()))?;
     // A closed stream ends the connection at once rather than after the
     // idle timeout.
     let watched = conn.clone();
