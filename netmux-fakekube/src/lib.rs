@@ -305,6 +305,13 @@ impl FakeApi {
         );
     }
 
+    /// Revokes `token`: TokenReviews no longer authenticate it.
+    pub fn remove_token(&self, token: &str) {
+        let mut st = lock(&self.state);
+        st.tokens.remove(token);
+        st.audiences.remove(token);
+    }
+
     /// Makes `token` authenticate as `user` only for `audiences`, as a
     /// bound ServiceAccount token does (`kubectl create token --audience`):
     /// a TokenReview asking for none of them (none asked: the API server's

@@ -13,6 +13,14 @@
 //! `may_claim(..).await` before a reverse claim.
 
 pub mod kubernetes;
+mod recheck;
+
+pub use recheck::Recheck;
+
+/// Default `rbac.recheck_interval_ms`.
+pub fn recheck_interval_default() -> std::time::Duration {
+    recheck::DEFAULT_INTERVAL
+}
 
 use std::sync::Arc;
 
@@ -32,6 +40,11 @@ pub struct Identity {
     /// The Kubernetes user behind a reviewed credential; `None` for a
     /// configured token (which may reach everything).
     pub user: Option<Arc<kubernetes::User>>,
+    /// The reviewed credential, reviewed again while the session lives.
+    credential: Option<recheck::Secret>,
+    /// When the credential says it expires (a JWT's `exp`, read only to
+    /// know when to review it again, never to accept it).
+    pub expires: Option<std::time::SystemTime>,
 }
 
 /// Why a daemon was refused.
@@ -58,6 +71,8 @@ pub enum Denied {
 pub struct Access {
     tokens: Vec<Token>,
     rbac: Option<Rbac>,
+    /// How often a Kubernetes user's session is re-checked.
+    recheck_every: std::time::Duration,
 }
 
 /// RBAC and where catalog entries come from.
@@ -84,6 +99,7 @@ impl Access {
                 ),
                 store: store.clone(),
             }),
+            recheck_every: config.rbac_recheck,
         }
     }
 
@@ -99,6 +115,7 @@ impl Access {
                 review: Arc::new(review),
                 store,
             }),
+            recheck_every: recheck::DEFAULT_INTERVAL,
         }
     }
 
@@ -116,7 +133,12 @@ impl Access {
             }
         }
         if let Some(name) = found {
-            return Ok(Identity { name, user: None });
+            return Ok(Identity {
+                name,
+                user: None,
+                credential: None,
+                expires: None,
+            });
         }
         let Some(rbac) = &self.rbac else {
             return Err(Denied::BadToken);
@@ -125,6 +147,8 @@ impl Access {
         Ok(Identity {
             name: user.username.clone(),
             user: Some(Arc::new(user)),
+            credential: Some(recheck::Secret::new(presented)),
+            expires: recheck::jwt_expiry(presented),
         })
     }
 
@@ -181,7 +205,8 @@ impl Access {
 
     /// Whether `who` may reach `service`, from the answers [`Self::visible`]
     /// gathered. A stale answer is still used (and refreshed in the
-    /// background) for up to 4 cache lifetimes; a missing one denies.
+    /// background) for up to [`kubernetes::MAX_STALE`] cache lifetimes; a
+    /// missing or expired one denies.
     pub fn may_reach(&self, who: &Identity, service: &Service) -> bool {
         let (Some(rbac), Some(user)) = (&self.rbac, &who.user) else {
             return true;
@@ -240,6 +265,7 @@ mod tests {
                 secret: "0123456789abcdef".into(),
             }],
             rbac: None,
+            recheck_every: recheck::DEFAULT_INTERVAL,
         }
     }
 

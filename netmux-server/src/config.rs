@@ -61,6 +61,12 @@ struct RawRbac {
     reviews_in_flight: usize,
     #[serde(default = "default_rbac_negative_cache_ms")]
     negative_cache_ms: u64,
+    #[serde(default = "default_rbac_recheck_interval_ms")]
+    recheck_interval_ms: u64,
+}
+
+fn default_rbac_recheck_interval_ms() -> u64 {
+    crate::access::recheck_interval_default().as_millis() as u64
 }
 
 fn default_rbac_audiences() -> Vec<String> {
@@ -213,6 +219,9 @@ pub struct Config {
     /// Kubernetes RBAC: `Some(how long answers are cached)`; configured
     /// tokens are accepted besides.
     pub rbac: Option<Duration>,
+    /// How often a Kubernetes user's live session is checked again
+    /// (`rbac.recheck_interval_ms`).
+    pub rbac_recheck: Duration,
     /// UDP flows one daemon may have open at once; more are refused.
     pub max_udp_flows: usize,
     /// A UDP flow idle this long is closed.
@@ -286,6 +295,16 @@ impl Config {
             return Err(invalid(
                 "rbac.cache_ttl_ms",
                 "must be positive (a few seconds: how long an RBAC answer is reused)".into(),
+            ));
+        }
+        if raw
+            .rbac
+            .as_ref()
+            .is_some_and(|r| r.recheck_interval_ms == 0)
+        {
+            return Err(invalid(
+                "rbac.recheck_interval_ms",
+                format!("must be positive (how often a live session's credential and RBAC are checked again; default {})", default_rbac_recheck_interval_ms()),
             ));
         }
         let token_review = match &raw.rbac {
@@ -378,7 +397,16 @@ impl Config {
             hello_timeout: Duration::from_millis(raw.hello_timeout_ms),
             reverse_bind: raw.reverse_bind,
             adhoc_namespace: raw.adhoc_namespace,
-            rbac: raw.rbac.map(|r| Duration::from_millis(r.cache_ttl_ms)),
+            rbac: raw
+                .rbac
+                .as_ref()
+                .map(|r| Duration::from_millis(r.cache_ttl_ms)),
+            rbac_recheck: raw
+                .rbac
+                .as_ref()
+                .map_or(crate::access::recheck_interval_default(), |r| {
+                    Duration::from_millis(r.recheck_interval_ms)
+                }),
             max_udp_flows: raw.max_udp_flows,
             udp_idle_timeout: Duration::from_millis(raw.udp_idle_timeout_ms.max(100)),
             limits,

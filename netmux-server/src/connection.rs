@@ -207,8 +207,19 @@ async fn control_loop(
 ) -> Result<(), SessionError> {
     let mut catalog = server.catalog.clone();
     catalog.mark_unchanged();
+    let mut recheck = server.access.recheck_timer(identity);
     loop {
         tokio::select! {
+            () = recheck.due() => {
+                // The credential again, then fresh RBAC answers.
+                if let Err(denied) = server.access.recheck(identity).await {
+                    tracing::info!(client = %identity.name, reason = %denied, "credential no longer valid; ending the session");
+                    holder.conn.close(VarInt::from_u32(error_code::REFUSED), denied.to_string().as_bytes());
+                    return Ok(());
+                }
+                let current = catalog.borrow().clone();
+                session.update_catalog(&server.access.visible(identity, &current).await);
+            }
             chunk = recv.read_chunk(64 * 1024, true) => match chunk {
                 Ok(Some(c)) => {
                     session.handle_input(&c.bytes)?;

@@ -272,3 +272,27 @@ async fn an_entry_is_visible_only_with_access_to_every_service_it_reaches() {
     assert_eq!(keys(&visible), ["shop/tools", "shop/tools-db"]);
     assert!(access.may_reach(&erin, find(&catalog, "shop/tools-db")));
 }
+
+#[tokio::test]
+async fn a_stale_allow_expires_even_when_reviews_fail() {
+    let fake = FakeApi::start().await;
+    fake.add_token("frank-token", "frank", &[]);
+    fake.allow("frank", "get", "/services/proxy", "shop", "web");
+    let (access, _, catalog) = setup(&fake);
+    let frank = access
+        .authenticate(&Credential::Bearer("frank-token".into()))
+        .await
+        .unwrap();
+    access.visible(&frank, &catalog).await;
+    assert!(access.may_reach(&frank, find(&catalog, "shop/web")));
+    // The API server stops answering: reviews fail from now on.
+    fake.set_down(true);
+    tokio::time::sleep(
+        TTL * netmux_server::access::kubernetes::MAX_STALE + Duration::from_millis(50),
+    )
+    .await;
+    assert!(
+        !access.may_reach(&frank, find(&catalog, "shop/web")),
+        "an allow older than MAX_STALE lifetimes is gone though no review replaced it"
+    );
+}

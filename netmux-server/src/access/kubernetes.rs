@@ -64,6 +64,11 @@ impl Verb {
 
 type CacheKey = (String, Verb, String, String);
 
+/// A cached RBAC answer is used while fresh (one `ttl`), then served stale
+/// while a review refreshes it, and forgotten after this many `ttl`s even
+/// when every review since failed.
+pub const MAX_STALE: u32 = 2;
+
 /// How TokenReviews are asked (`[rbac]` keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenReviewConfig {
@@ -285,12 +290,25 @@ impl Rbac {
     }
 
     /// The cached answer for `user` doing `verb` on Service `ns/name`:
-    /// `(allowed, still fresh)`.
+    /// `(allowed, still fresh)`. An answer older than [`MAX_STALE`] cache
+    /// lifetimes is gone, whether or not newer reviews succeed: a stale
+    /// "allow" cannot outlive an API server that stopped answering.
     pub fn cached(&self, user: &User, verb: Verb, ns: &str, name: &str) -> Option<(bool, bool)> {
         let key = (user_key(user), verb, ns.to_owned(), name.to_owned());
-        lock(&self.cache)
+        let max_age = self.ttl * MAX_STALE;
+        let mut cache = lock(&self.cache);
+        match cache
             .get(&key)
-            .map(|(allowed, at)| (*allowed, at.elapsed() < self.ttl))
+            .map(|(allowed, at)| (*allowed, at.elapsed()))
+        {
+            Some((allowed, age)) if age < max_age => Some((allowed, age < self.ttl)),
+            Some(_) => {
+                // Expired: drop it and every other expired answer.
+                cache.retain(|_, (_, at)| at.elapsed() < max_age);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Whether `user` may `verb` Service `ns/name`: from the cache while
@@ -308,8 +326,8 @@ impl Rbac {
         };
         let key = (user_key(user), verb, ns.to_owned(), name.to_owned());
         let mut cache = lock(&self.cache);
-        let ttl = self.ttl;
-        cache.retain(|_, (_, at)| at.elapsed() < ttl * 4);
+        let max_age = self.ttl * MAX_STALE;
+        cache.retain(|_, (_, at)| at.elapsed() < max_age);
         cache.insert(key, (allowed, Instant::now()));
         allowed
     }

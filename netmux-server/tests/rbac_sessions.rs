@@ -1,0 +1,248 @@
+//! RBAC stays true over a live session (issue 14, section 3): the
+//! credential is reviewed again every `rbac.recheck_interval_ms`, a
+//! revoked token ends the session, and revoked access leaves the daemon's
+//! catalog within the interval without any action of the daemon. A real
+//! server endpoint on loopback, the fake API server, a raw quinn client.
+
+mod kube_support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube_support::FakeApi;
+use netmux_common::proto::catalog::{Direction, Protocol, Service, ServiceId, ServicePort};
+use netmux_common::proto::hello::{Credential, Hello};
+use netmux_common::proto::session::{ClientEvent, ClientSession};
+use netmux_common::proto::ALPN;
+use netmux_common::tunnel::quic;
+use netmux_server::access::kubernetes::Rbac;
+use netmux_server::access::Access;
+use netmux_server::admission::Admission;
+use netmux_server::ca::ServerIdentity;
+use netmux_server::catalog::CatalogStore;
+use netmux_server::config::Config;
+use netmux_server::metrics::Metrics;
+use netmux_server::{reverse, transport, Server};
+
+const WAIT: Duration = Duration::from_secs(20);
+const RECHECK: Duration = Duration::from_millis(300);
+const TTL: Duration = Duration::from_millis(200);
+
+struct Harness {
+    udp: SocketAddr,
+    ca: rustls::pki_types::CertificateDer<'static>,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn svc(name: &str) -> Service {
+    Service {
+        id: ServiceId(0),
+        name: name.into(),
+        namespace: "shop".into(),
+        aliases: vec![],
+        addresses: vec!["10.96.0.1".parse().expect("ip")],
+        ports: vec![ServicePort {
+            name: None,
+            port: 80,
+            target_port: 80,
+            protocol: Protocol::Tcp,
+        }],
+        direction: Direction::L2C,
+    }
+}
+
+/// A server whose catalog holds `shop/web` and `shop/admin`, with RBAC
+/// through `fake`, answers cached for [`TTL`], sessions re-checked every
+/// [`RECHECK`].
+async fn start(fake: &FakeApi) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("services.toml"), "").expect("services file");
+    let text = "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
+         [rbac]\nrecheck_interval_ms = 300\n\
+         [runtime]\nkind = \"static\"\nservices = \"services.toml\"\n";
+    let config = Config::parse(&dir.path().join("server.toml"), text).expect("config");
+    assert_eq!(config.rbac_recheck, RECHECK, "the config key is read");
+    let identity =
+        ServerIdentity::load_or_create(&config.state_dir, &config.server_names).expect("CA");
+    let metrics = Metrics::new();
+    let (store, catalog) = CatalogStore::new(metrics.clone());
+    store.publish(vec![svc("web"), svc("admin")]);
+    store.set_origins(HashMap::from([
+        ("shop/web".to_owned(), vec!["web".to_owned()]),
+        ("shop/admin".to_owned(), vec!["admin".to_owned()]),
+    ]));
+    let (endpoint, _) =
+        transport::server_endpoint(config.listen, None, &identity, &config.limits, &metrics)
+            .expect("endpoint");
+    let access = Access::with_rbac(
+        vec![],
+        Rbac::with_client(fake.client("netmux", None), TTL),
+        store.clone(),
+    )
+    .with_recheck_interval(config.rbac_recheck);
+    let server = Arc::new(Server {
+        access,
+        reverse: reverse::Claims::new(
+            store,
+            metrics.clone(),
+            config.reverse_bind,
+            config.adhoc_namespace.clone(),
+        ),
+        sessions: std::sync::atomic::AtomicU64::new(1),
+        catalog,
+        metrics,
+        config,
+    });
+    let udp = endpoint.local_addr().expect("addr");
+    let caps = server.config.limits.caps();
+    let task = tokio::spawn(transport::accept_loop(
+        endpoint,
+        server.clone(),
+        Admission::new(caps),
+    ));
+    let ca = rustls_pemfile::certs(&mut identity.ca_pem.as_bytes())
+        .next()
+        .expect("a certificate")
+        .expect("PEM");
+    Harness {
+        udp,
+        ca,
+        _dir: dir,
+        task,
+    }
+}
+
+/// A daemon's session: its connection, control stream and protocol state.
+struct Daemon {
+    conn: quinn::Connection,
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    session: ClientSession,
+}
+
+impl Daemon {
+    async fn connect(h: &Harness, token: &str) -> Daemon {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(h.ca.clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls13")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(quic::transport_config()));
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        endpoint.set_default_client_config(config);
+        let conn = endpoint
+            .connect(h.udp, "netmux-server")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut send, recv) = conn.open_bi().await.expect("control stream");
+        let mut session =
+            ClientSession::new(&Hello::new("rbac-test", Credential::Bearer(token.into())));
+        while let Some(b) = session.poll_transmit() {
+            send.write_all(&b).await.expect("hello");
+        }
+        let mut d = Daemon {
+            conn,
+            _send: send,
+            recv,
+            session,
+        };
+        d.until("the hello is accepted", |e, _| {
+            matches!(e, ClientEvent::Accepted { .. })
+        })
+        .await;
+        d
+    }
+
+    fn keys(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.session.catalog().values().map(Service::key).collect();
+        v.sort();
+        v
+    }
+
+    /// Reads the control stream until an event satisfies `pred`.
+    async fn until(&mut self, what: &str, pred: impl Fn(&ClientEvent, &ClientSession) -> bool) {
+        let wait = async {
+            loop {
+                while let Some(e) = self.session.poll_event() {
+                    if pred(&e, &self.session) {
+                        return;
+                    }
+                }
+                match self.recv.read_chunk(64 * 1024, true).await {
+                    Ok(Some(c)) => self.session.handle_input(&c.bytes).expect("valid frames"),
+                    other => panic!("control stream ended waiting for {what}: {other:?}"),
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+}
+
+#[tokio::test]
+async fn revoked_access_leaves_the_live_sessions_catalog_within_the_interval() {
+    let fake = FakeApi::start().await;
+    fake.add_token_with_audiences("alice-token", "alice", &[], &["netmux"]);
+    fake.allow("alice", "get", "/services/proxy", "shop", "web");
+    fake.allow("alice", "get", "/services/proxy", "shop", "admin");
+    let h = start(&fake).await;
+    let mut d = Daemon::connect(&h, "alice-token").await;
+    if d.keys().len() < 2 {
+        d.until("the first catalog", |_, s| s.catalog().len() == 2)
+            .await;
+    }
+    assert_eq!(d.keys(), ["shop/admin", "shop/web"]);
+
+    // Nothing changes in the catalog itself; only RBAC does.
+    fake.revoke("alice", "get", "/services/proxy", "shop", "admin");
+    d.until("admin leaves the catalog", |_, s| s.catalog().len() == 1)
+        .await;
+    assert_eq!(d.keys(), ["shop/web"]);
+    assert!(
+        d.conn.close_reason().is_none(),
+        "the session itself goes on"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_token_ends_the_session() {
+    let fake = FakeApi::start().await;
+    fake.add_token_with_audiences("bob-token", "bob", &[], &["netmux"]);
+    fake.allow("bob", "get", "/services/proxy", "shop", "web");
+    let h = start(&fake).await;
+    let d = Daemon::connect(&h, "bob-token").await;
+    fake.remove_token("bob-token");
+    let reason = tokio::time::timeout(WAIT, d.conn.closed())
+        .await
+        .expect("the server ends the session once the token is revoked");
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            let text = String::from_utf8_lossy(&c.reason).into_owned();
+            assert_eq!(
+                c.error_code.into_inner(),
+                u64::from(netmux_common::proto::error_code::REFUSED),
+                "{text}"
+            );
+            assert!(text.contains("cluster refused the credential"), "{text}");
+        }
+        other => panic!("closed by something else: {other:?}"),
+    }
+}
