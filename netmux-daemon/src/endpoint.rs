@@ -14,6 +14,7 @@ use netmux_common::proto::catalog::Catalog;
 use netmux_common::proto::error_code;
 use netmux_common::proto::hello::{Credential, Hello};
 use netmux_common::proto::session::{ClientEvent, ClientSession, SessionError};
+use netmux_common::tunnel::quic;
 use quinn::{Connection, VarInt};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -36,6 +37,10 @@ pub enum EndpointStatus {
         server: String,
         /// The server's greeting.
         greeting: String,
+        /// The server has not answered for a few seconds: the session and
+        /// its connections are kept up to `survive_blackout`
+        /// ([`crate::health`]).
+        degraded: bool,
     },
     /// Not connected; retrying.
     Down {
@@ -49,6 +54,7 @@ impl EndpointStatus {
     pub fn word(&self) -> &'static str {
         match self {
             EndpointStatus::Connecting => "connecting",
+            EndpointStatus::Connected { degraded: true, .. } => "degraded",
             EndpointStatus::Connected { .. } => "connected",
             EndpointStatus::Down { .. } => "down",
         }
@@ -129,6 +135,7 @@ pub struct Endpoint {
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
     udp: Arc<netmux_common::tunnel::udp::Flows>,
     sweeper: tokio::task::JoinHandle<()>,
+    health: crate::health::SharedState,
     /// The cluster ranges the server announced in its last hello.
     ranges: Arc<std::sync::Mutex<Vec<netmux_common::proto::cidr::Cidr>>>,
 }
@@ -162,6 +169,7 @@ impl Endpoint {
         );
         let sweeper = tokio::spawn(udp.clone().sweep());
         let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
+        let health = crate::health::SharedState::default();
         let ranges: Arc<std::sync::Mutex<Vec<netmux_common::proto::cidr::Cidr>>> = Arc::default();
         let task = tokio::spawn(run(
             config.clone(),
@@ -170,6 +178,7 @@ impl Endpoint {
                 status: status_tx,
                 conn_tx,
                 catalog_tx,
+                health: health.clone(),
                 ranges: ranges.clone(),
             },
             metrics,
@@ -188,6 +197,7 @@ impl Endpoint {
             commands,
             udp,
             sweeper,
+            health,
             ranges,
         }
     }
@@ -199,6 +209,12 @@ impl Endpoint {
             Ok(r) => r.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// The current blackout: how long the server has been silent and how
+    /// long the session is kept; `None` when it answers.
+    pub fn blackout(&self) -> Option<crate::health::Blackout> {
+        crate::health::lock(&self.health).blackout
     }
 
     /// The Kubernetes credentials in use, if any.
@@ -293,6 +309,7 @@ struct Outputs {
     status: watch::Sender<EndpointStatus>,
     conn_tx: watch::Sender<Option<Connection>>,
     catalog_tx: watch::Sender<Arc<Catalog>>,
+    health: crate::health::SharedState,
     ranges: Arc<std::sync::Mutex<Vec<netmux_common::proto::cidr::Cidr>>>,
 }
 
@@ -309,6 +326,7 @@ async fn run(
         status,
         conn_tx,
         catalog_tx,
+        health,
         ranges,
     } = outputs;
     let up = metrics.endpoint_up.with_label_values(&[&config.name]);
@@ -317,8 +335,9 @@ async fn run(
     loop {
         status.send_replace(EndpointStatus::Connecting);
         let link = kube.borrow_and_update().clone();
-        match connect(&config, link.as_deref(), &mut quic_endpoint).await {
-            Ok((conn, session, send, recv, server, greeting)) => {
+        let gate = netmux_common::tunnel::blackout::ProbeGate::default();
+        match connect(&config, link.as_deref(), &mut quic_endpoint, &gate).await {
+            Ok(((conn, session, send, recv, server, greeting), via_udp)) => {
                 backoff = BACKOFF_MIN;
                 // Before the catalog: the redirect bounds read them.
                 match ranges.lock() {
@@ -330,6 +349,7 @@ async fn run(
                 status.send_replace(EndpointStatus::Connected {
                     server: server.to_string(),
                     greeting,
+                    degraded: false,
                 });
                 up.set(1);
                 tracing::info!(endpoint = %config.name, %server, services = session.catalog().len(), "connected");
@@ -352,16 +372,32 @@ async fn run(
                 for c in claims.lock().values_mut() {
                     c.state = ClaimState::Pending;
                 }
-                let error = follow(
-                    &conn,
-                    session,
-                    send,
-                    recv,
-                    &catalog_tx,
-                    &claims,
-                    &mut commands,
-                )
-                .await;
+                let watch = crate::health::watch(crate::health::Watch {
+                    conn: conn.clone(),
+                    udp: match (&quic_endpoint, via_udp) {
+                        (Some((e, _)), true) => Some((e.clone(), server)),
+                        _ => None,
+                    },
+                    bound: config.survive_blackout,
+                    gate,
+                    name: config.name.clone(),
+                    metrics: metrics.clone(),
+                    status: status.clone(),
+                    shared: health.clone(),
+                });
+                let error = tokio::select! {
+                    e = follow(
+                        &conn,
+                        session,
+                        send,
+                        recv,
+                        &catalog_tx,
+                        &claims,
+                        &mut commands,
+                    ) => format!("{e}{}", crate::health::lost_list(&health)),
+                    // Says itself what was lost.
+                    e = watch => e,
+                };
                 reverse.abort();
                 datagrams.abort();
                 up.set(0);
@@ -405,26 +441,45 @@ type Established = (
     String,
 );
 
+/// [`crate::transport::client_config`] for a session: QUIC idle timeout `survive_blackout`
+/// and the congestion controller behind `gate`
+/// ([`netmux_common::tunnel::blackout`]).
+fn session_client_config(
+    ca_pem: &str,
+    survive_blackout: Duration,
+    gate: &netmux_common::tunnel::blackout::ProbeGate,
+) -> Result<quinn::ClientConfig, ConnectError> {
+    let mut t = quic::transport_config_with(
+        gate.wrap(Arc::new(quic::congestion::BbrConfig::default())),
+    );
+    netmux_common::tunnel::blackout::set_idle_timeout(&mut t, survive_blackout);
+    Ok(crate::transport::client_config_with(ca_pem, t)?)
+}
+
 /// How long `auto` waits for the server over UDP before it tries the
 /// port-forward.
 const AUTO_DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Dials the server and completes the hello; returns once the catalog
-/// snapshot is in.
+/// snapshot is in, and whether the connection runs over the endpoint's UDP
+/// socket.
 async fn connect(
     config: &EndpointConfig,
     kube: Option<&KubeLink>,
     quic_endpoint: &mut Option<(quinn::Endpoint, bool)>,
-) -> Result<Established, ConnectError> {
+    gate: &netmux_common::tunnel::blackout::ProbeGate,
+) -> Result<(Established, bool), ConnectError> {
     let ca_pem = match (&config.ca_pem, kube) {
         (Some(pem), _) => pem.clone(),
         (None, Some(k)) => kube_step("reading the server's CA", k.ca_pem()).await?,
         (None, None) => return Err(ConnectError::Setup("no CA for the server".into())),
     };
-    let client = crate::transport::client_config(&ca_pem)?;
+    let client = session_client_config(&ca_pem, config.survive_blackout, gate)?;
+    let mut via_udp = false;
     let (conn, server) = match config.transport {
         Transport::Quic => {
             let server = resolve(config).await?;
+            via_udp = true;
             (
                 dial_udp(client, server, &config.server_name, quic_endpoint).await?,
                 server,
@@ -444,7 +499,10 @@ async fn connect(
                 Ok::<_, ConnectError>((conn, server))
             };
             match tokio::time::timeout(AUTO_DIRECT_TIMEOUT, direct).await {
-                Ok(Ok(c)) => c,
+                Ok(Ok(c)) => {
+                    via_udp = true;
+                    c
+                }
                 Ok(Err(e)) => {
                     tracing::info!(endpoint = %config.name, error = %e, "direct QUIC failed; trying the port-forward");
                     port_forward(config, kube, client).await?
@@ -463,7 +521,7 @@ async fn connect(
         .as_ref()
         .map(|t| t.0.clone())
         .or_else(|| kube.and_then(|k| k.bearer().map(str::to_owned)));
-    hello(conn, server, token).await
+    Ok((hello(conn, server, token).await?, via_udp))
 }
 
 /// The first address of `server`.

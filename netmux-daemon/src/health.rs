@@ -324,7 +324,9 @@ pub async fn watch(w: Watch) -> String {
             continue;
         };
         let degraded = !matches!(phase, Phase::Healthy);
-        match crate::transport::probe_path(*server).await {
+        let probe = crate::transport::probe_path(*server).await;
+        tracing::debug!(endpoint = %name, ?probe, resumed, degraded, "path probe");
+        match probe {
             PathProbe::Refused => {
                 let why = format!(
                     "the server at {server} is not listening any more (stopped or restarted): the session is lost{}",

@@ -114,6 +114,14 @@ impl Hooks for Counters {
             .with_label_values(&[e, s, d, reason])
             .inc();
     }
+    // In a blackout: wait a little for the server, then fail promptly
+    // (docs/sleep.md).
+    if let Err(why) = crate::health::wait_usable(&conn).await {
+        tracing::info!(endpoint = %route.endpoint, service = %route.service, "{why}");
+        counters.failed("blackout");
+        pipe::abort_on_drop(&tcp);
+        return;
+    }
 
     fn closed(&self) {
         self.active.dec();

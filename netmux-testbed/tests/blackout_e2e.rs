@@ -20,8 +20,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod common;
 use common::{ip, on_failure_dump, restart_server, sandbox, MIB, T};
 
-/// The blackout length.
-const BLACKOUT: Duration = Duration::from_secs(90);
+/// The blackout length (`NETMUX_BLACKOUT_SECS` shortens it when
+/// debugging).
+fn blackout_length() -> Duration {
+    std::env::var("NETMUX_BLACKOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(90), Duration::from_secs)
+}
 /// The bulk transfer, each way.
 const TOTAL: u64 = 100 * MIB;
 /// The short `survive_blackout` of the expiry test.
@@ -564,7 +570,7 @@ fn connections_survive_loss_an_address_change_and_a_stopped_daemon() {
                 "status says how long and what happens at the bound: {}",
                 status.stdout
             );
-            std::thread::sleep(BLACKOUT.saturating_sub(Duration::from_secs(10)));
+            std::thread::sleep(blackout_length().saturating_sub(Duration::from_secs(10)));
             assert_eq!(
                 metric(&server_metrics(&sb), "netmux_server_sessions_active"),
                 1.0,
@@ -602,7 +608,7 @@ fn connections_survive_loss_an_address_change_and_a_stopped_daemon() {
             wait("server sees the stopped daemon silent", T, || {
                 metric(&server_metrics(&sb), "netmux_server_sessions_degraded") == 1.0
             });
-            std::thread::sleep(BLACKOUT.saturating_sub(stopped.elapsed()));
+            std::thread::sleep(blackout_length().saturating_sub(stopped.elapsed()));
             drop(cont);
             resumed(p, "the daemon stopped for 90 s");
             wait("daemon notices its resume", T, || {
@@ -687,6 +693,29 @@ fn a_blackout_longer_than_the_bound_resets_and_frees_everything() {
             let started = Instant::now();
             nm.wait_for_ls("endpoint degraded", T, |ls| ls.contains("degraded"))
                 .expect("ls shows the endpoint degraded");
+            // A new connection during the blackout waits a little, then gets a
+            // reset, well before the bound (docs/sleep.md).
+            let fresh = spawn_in(sb.ws().name(), move || async move {
+                let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.write_all(b"hello?\n").await?;
+                let mut buf = [0u8; 16];
+                tcp.read(&mut buf).await
+            })
+            .join()
+            .expect("new connection thread")
+            .expect("namespace");
+            assert!(
+                matches!(&fresh, Err(e) if end_of(e) == End::Reset),
+                "a new connection during the blackout is reset: {fresh:?}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(SHORT_BOUND_SECS),
+                "refused before the bound, not held until it"
+            );
+            assert!(
+                nm.daemon.log().contains("no new connection within"),
+                "the daemon says why"
+            );
             let ends = clients.join();
             let lasted = started.elapsed();
             assert_eq!(ends.bulk, End::Reset, "bulk: {ends:?}");
