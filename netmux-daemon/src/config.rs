@@ -36,8 +36,8 @@ struct RawConfig {
     endpoint: Vec<RawEndpoint>,
     #[serde(default)]
     dns: RawDns,
-    #[serde(default = "default_half_close_timeout_secs")]
-    half_close_timeout_secs: u64,
+    #[serde(default)]
+    expose_allow: Vec<String>,
     #[serde(default = "default_half_close_timeout_secs")]
     half_close_timeout_secs: u64,
     survive_blackout: Option<RawBound>,
@@ -58,8 +58,6 @@ impl RawBound {
             RawBound::Text(t) => netmux_common::tunnel::blackout::parse_bound(t),
         }
     }
-    #[serde(default)]
-    expose_allow: Vec<String>,
 }
 
 /// After a half-close, the other direction of a proxied connection may
@@ -161,10 +159,10 @@ struct RawEndpoint {
     autostart: bool,
     #[serde(default = "default_namespace")]
     default_namespace: String,
-    cluster_cidrs: Option<Vec<String>>,
-    survive_blackout: Option<RawBound>,
     transport: Option<Transport>,
     kubernetes: Option<RawKubernetes>,
+    cluster_cidrs: Option<Vec<String>>,
+    survive_blackout: Option<RawBound>,
 }
 
 #[derive(Deserialize)]
@@ -193,7 +191,6 @@ fn default_socket() -> PathBuf {
 }
 fn default_hosts() -> PathBuf {
     "/etc/hosts".into()
-    cluster_cidrs: Option<Vec<String>>,
 }
 fn default_range() -> String {
     "127.77.0.0/16".into()
@@ -340,15 +337,19 @@ pub struct EndpointConfig {
     pub transport: Transport,
     /// Where the server runs in Kubernetes (`[endpoint.kubernetes]`).
     pub kubernetes: Option<crate::cluster::KubeSettings>,
+    /// The cluster's address ranges: the eBPF redirect catches only
+    /// catalog addresses inside them. `None`: the ranges the server
+    /// announces in its hello.
+    pub cluster_cidrs: Option<Vec<Cidr>>,
     /// Top-level `half_close_timeout_secs`: once one direction of a
     /// proxied connection ended, the other is reset after moving no byte
     /// this long (`None`: never).
     pub half_close_timeout: Option<std::time::Duration>,
-}
     /// How long a silent server's session, its streams and the local TCP
     /// connections are kept (`survive_blackout`, top level or per
     /// endpoint; default 10 minutes; [`crate::health`]).
     pub survive_blackout: std::time::Duration,
+}
 
 impl EndpointConfig {
     /// The settings of this endpoint's proxied connections.
@@ -383,10 +384,6 @@ pub struct Config {
     pub socket: PathBuf,
     /// Group allowed to use the control socket (besides root and the
     /// daemon's own user).
-    /// The cluster's address ranges: the eBPF redirect catches only
-    /// catalog addresses inside them. `None`: the ranges the server
-    /// announces in its hello.
-    pub cluster_cidrs: Option<Vec<Cidr>>,
     pub socket_group: Option<String>,
     /// Hosts file the daemon maintains a block in.
     pub hosts_file: PathBuf,
@@ -429,27 +426,27 @@ impl Config {
         if !address_range.network.is_loopback() {
             return Err(invalid(
                 "address_range".into(),
+                "must be inside 127.0.0.0/8 (loopback), e.g. 127.77.0.0/16".into(),
+            ));
+        }
         let survive_blackout = match &raw.survive_blackout {
             Some(b) => b
                 .parse()
                 .map_err(|m| invalid("survive_blackout".into(), m))?,
             None => netmux_common::tunnel::blackout::DEFAULT_SURVIVE_BLACKOUT,
         };
-                "must be inside 127.0.0.0/8 (loopback), e.g. 127.77.0.0/16".into(),
-            ));
-        }
         let half_close_timeout = (raw.half_close_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(raw.half_close_timeout_secs));
         let mut endpoints: Vec<EndpointConfig> = Vec::new();
+        let mut default_namespaces = std::collections::BTreeMap::new();
+        for (i, e) in raw.endpoint.into_iter().enumerate() {
+            let field = |k: &str| format!("endpoint[{i}].{k}");
             let survive_blackout = match &e.survive_blackout {
                 Some(b) => b
                     .parse()
                     .map_err(|m| invalid(field("survive_blackout"), m))?,
                 None => survive_blackout,
             };
-        let mut default_namespaces = std::collections::BTreeMap::new();
-        for (i, e) in raw.endpoint.into_iter().enumerate() {
-            let field = |k: &str| format!("endpoint[{i}].{k}");
             if !netmux_common::proto::catalog::valid_dns_name(&e.name) || e.name.contains('.') {
                 return Err(invalid(
                     field("name"),
@@ -603,12 +600,11 @@ impl Config {
                 token,
                 cluster_domain,
                 autostart: e.autostart,
-                half_close_timeout,
-                survive_blackout,
                 transport,
                 kubernetes,
-                half_close_timeout,
                 cluster_cidrs,
+                half_close_timeout,
+                survive_blackout,
             });
         }
         let dns = raw.dns;
@@ -765,6 +761,10 @@ mod tests {
         let text = format!("address_range = \"10.0.0.0/16\"\n{}", good());
         let e = Config::parse(Path::new("c.toml"), &text)
             .unwrap_err()
+            .to_string();
+        assert!(e.contains("address_range"), "{e}");
+    }
+
     #[test]
     fn survive_blackout_default_top_level_and_per_endpoint() {
         use std::time::Duration;
@@ -792,10 +792,6 @@ mod tests {
             e.contains("endpoint[0].survive_blackout") && e.contains("out of range"),
             "{e}"
         );
-    }
-
-            .to_string();
-        assert!(e.contains("address_range"), "{e}");
     }
 
     #[test]

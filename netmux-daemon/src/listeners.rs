@@ -114,14 +114,6 @@ impl Hooks for Counters {
             .with_label_values(&[e, s, d, reason])
             .inc();
     }
-    // In a blackout: wait a little for the server, then fail promptly
-    // (docs/sleep.md).
-    if let Err(why) = crate::health::wait_usable(&conn).await {
-        tracing::info!(endpoint = %route.endpoint, service = %route.service, "{why}");
-        counters.failed("blackout");
-        pipe::abort_on_drop(&tcp);
-        return;
-    }
 
     fn closed(&self) {
         self.active.dec();
@@ -170,6 +162,14 @@ pub async fn tunnel(tcp: TcpStream, route: Route) {
         pipe::abort_on_drop(&tcp);
         return;
     };
+    // In a blackout: wait a little for the server, then fail promptly
+    // (docs/sleep.md).
+    if let Err(why) = crate::health::wait_usable(&conn).await {
+        tracing::info!(endpoint = %route.endpoint, service = %route.service, "{why}");
+        counters.failed("blackout");
+        pipe::abort_on_drop(&tcp);
+        return;
+    }
     let header = StreamHeader::Connect {
         service,
         port: route.port,

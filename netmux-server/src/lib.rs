@@ -16,13 +16,12 @@ pub mod dial;
 pub mod http;
 pub mod metrics;
 pub mod policy;
-pub mod policy;
 pub mod retention;
 pub mod reverse;
 pub mod runtime;
+pub mod stream;
 pub mod transport;
 pub mod udp;
-pub mod stream;
 
 use std::sync::Arc;
 
