@@ -19,7 +19,10 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 
 /// Keepalive interval: a PING when the connection is otherwise idle.
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
-/// A peer silent this long is gone (dead server noticed within seconds).
+/// Idle timeout of [`transport_config`] as it comes (the bench's peers).
+/// Daemon and server replace it with `survive_blackout`
+/// ([`super::blackout::set_idle_timeout`]): a silent peer is shown
+/// `degraded` within seconds, and its session is kept up to the bound.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// UDP socket send and receive buffer size requested.
 pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
