@@ -14,6 +14,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::api::{self, EndpointView, Reply, Row, StatusView};
 use crate::config::Config;
+use crate::dns::NameRecord;
 use crate::endpoint::{ClaimKind, ClaimState, Endpoint, EndpointStatus, Targets};
 use crate::listeners::{self, Route};
 use crate::metrics::Metrics;
@@ -77,26 +78,6 @@ struct State {
     errors: BTreeMap<ServiceRef, String>,
     /// `connect`s so far; each numbers its [`Connected::order`].
     connects: u64,
-}
-
-/// A name the workstation should resolve: published on every reconcile for
-/// consumers such as the DNS server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NameRecord {
-    /// Endpoint the service belongs to.
-    pub endpoint: String,
-    /// The endpoint's cluster domain.
-    pub domain: String,
-    /// When the endpoint connected, as a sequence number: smaller is
-    /// earlier; it stays the same while the endpoint is connected. Of two
-    /// endpoints publishing the same name, the earlier one owns it in DNS.
-    pub connected: u64,
-    /// The catalog entry (names, ports for SRV).
-    pub service: Service,
-    /// Addresses to answer with: where the redirect backend catches
-    /// connections (the allocated 127.x alias with loopback, the real
-    /// cluster addresses with eBPF).
-    pub addrs: Vec<IpAddr>,
 }
 
 /// The daemon.
@@ -1332,6 +1313,23 @@ impl Daemon {
             ));
         }
         Ok(Reply::Done { message })
+    }
+}
+
+/// The DNS side reads names and configuration through this, so that
+/// [`crate::dns`] does not depend on this module.
+impl crate::dns::NameSource for Daemon {
+    fn config(&self) -> &Config {
+        Daemon::config(self)
+    }
+    fn names(&self) -> tokio::sync::watch::Receiver<Arc<Vec<NameRecord>>> {
+        Daemon::names(self)
+    }
+    fn name_service(&self) -> &crate::dns::NameService {
+        &self.name_service
+    }
+    fn reconcile(self: &Arc<Self>) -> impl std::future::Future<Output = ()> + Send {
+        Daemon::reconcile(self)
     }
 }
 

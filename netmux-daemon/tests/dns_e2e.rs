@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use netmux_common::proto::catalog::{Direction, Protocol, Service, ServiceId, ServicePort};
-use netmux_daemon::daemon::NameRecord;
+use netmux_daemon::dns::NameRecord;
 use netmux_daemon::dns::{DnsEndpoint, DnsServer, Handler};
 
 const T: Duration = Duration::from_secs(20);

@@ -1,5 +1,6 @@
 //! The embedded DNS server: answers for each endpoint's cluster domain from
-//! the names of running services ([`crate::daemon::Daemon::names`]).
+//! the names of running services ([`NameSource::names`], which the daemon
+//! implements).
 //!
 //! [`zone`] is the sans-IO core (names → [`zone::Zone`], question →
 //! [`zone::Answer`]); [`server`] is the hickory-server shell around it. How
@@ -31,8 +32,41 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::DnsMethod;
-use crate::daemon::Daemon;
 use crate::system::resolver::{self, Integration, Plan};
+
+/// A name the workstation should resolve: the daemon publishes the list on
+/// every reconcile ([`NameSource::names`]); the DNS server and the hosts
+/// file follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameRecord {
+    /// Endpoint the service belongs to.
+    pub endpoint: String,
+    /// The endpoint's cluster domain.
+    pub domain: String,
+    /// When the endpoint connected, as a sequence number: smaller is
+    /// earlier; it stays the same while the endpoint is connected. Of two
+    /// endpoints publishing the same name, the earlier one owns it in DNS.
+    pub connected: u64,
+    /// The catalog entry (names, ports for SRV).
+    pub service: netmux_common::proto::catalog::Service,
+    /// Addresses to answer with: where the redirect backend catches
+    /// connections (the allocated 127.x alias with loopback, the real
+    /// cluster addresses with eBPF).
+    pub addrs: Vec<std::net::IpAddr>,
+}
+
+/// What the DNS side reads from the daemon. The daemon implements it, so
+/// this module does not depend on [`crate::daemon`].
+pub trait NameSource: Send + Sync + 'static {
+    /// The configuration in force (`netmux reload` replaces it).
+    fn config(&self) -> &Config;
+    /// The names of running services, updated whenever they change.
+    fn names(&self) -> tokio::sync::watch::Receiver<Arc<Vec<NameRecord>>>;
+    /// The `netmux status` line and the hosts-block switch.
+    fn name_service(&self) -> &NameService;
+    /// Applies the names again (after falling back to the hosts file).
+    fn reconcile(self: &Arc<Self>) -> impl std::future::Future<Output = ()> + Send;
+}
 
 /// What the daemon needs from the DNS side: the `netmux status` line and
 /// whether names still go into the hosts file.
@@ -97,9 +131,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Starts the DNS server and the integration chosen by `[dns]`, after
 /// removing what a crashed daemon left. `None` when DNS is off or the
 /// server cannot listen: names then stay in the hosts file.
-pub async fn start(daemon: &Arc<Daemon>) -> Option<DnsRuntime> {
+pub async fn start<D: NameSource>(daemon: &Arc<D>) -> Option<DnsRuntime> {
     let cfg = daemon.config().dns.clone();
-    let ns = &daemon.name_service;
+    let ns = daemon.name_service();
     if !cfg.enabled {
         ns.set_status("off (dns.enabled = false): names in the hosts file".into());
         return None;
@@ -160,9 +194,9 @@ pub async fn start(daemon: &Arc<Daemon>) -> Option<DnsRuntime> {
 }
 
 /// Keeps the integration in line with the names until they stop.
-async fn follow(
-    daemon: Weak<Daemon>,
-    mut names: tokio::sync::watch::Receiver<Arc<Vec<crate::daemon::NameRecord>>>,
+async fn follow<D: NameSource>(
+    daemon: Weak<D>,
+    mut names: tokio::sync::watch::Receiver<Arc<Vec<NameRecord>>>,
     integration: Arc<Mutex<Integration>>,
     server: std::net::SocketAddr,
     (mut method, mut why): (DnsMethod, String),
@@ -207,14 +241,14 @@ async fn follow(
                     }
                     why = format!("fallback: {method:?} failed: {e}");
                     method = DnsMethod::Hosts;
-                    d.name_service.set_hosts_block(true);
+                    d.name_service().set_hosts_block(true);
                     d.reconcile().await;
                     applied = Some(plan.clone());
                 }
             }
         }
         let line = lock(&integration).describe(&d.config().dns, &plan);
-        d.name_service.set_status(format!("{line} [{why}]"));
+        d.name_service().set_status(format!("{line} [{why}]"));
         drop(d);
         if names.changed().await.is_err() {
             return;

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
 use super::zone::{answer, DnsEndpoint, ZoneFollower};
-use crate::daemon::NameRecord;
+use crate::dns::NameRecord;
 
 /// How long an idle TCP client may hold a connection.
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);

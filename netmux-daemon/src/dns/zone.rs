@@ -27,7 +27,7 @@ use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use netmux_common::proto::catalog::Protocol;
 
-use crate::daemon::NameRecord;
+use crate::dns::NameRecord;
 
 /// TTL of positive answers, in seconds: short, because services come and go
 /// with `netmux start/stop` and resolvers in front of us cache.

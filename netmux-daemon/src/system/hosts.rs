@@ -21,7 +21,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::daemon::NameRecord;
+use crate::dns::NameRecord;
 
 /// First line of the block.
 pub const BEGIN: &str = "# BEGIN netmux (managed by netmuxd, do not edit)";
