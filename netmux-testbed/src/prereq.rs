@@ -100,7 +100,10 @@ pub fn ebpf_daemon() -> Option<String> {
         Ok(b) => b,
         Err(e) => return Some(format!("{e} (cargo build --workspace)")),
     };
-    let out = match std::process::Command::new(&bin).arg("--build-info").output() {
+    let out = match std::process::Command::new(&bin)
+        .arg("--build-info")
+        .output()
+    {
         Ok(o) => o,
         Err(e) => return Some(format!("running {} --build-info: {e}", bin.display())),
     };

@@ -346,6 +346,10 @@ pub fn bench(opts: Options) -> anyhow::Result<()> {
         println!("==> bench: building release binaries");
         build()?;
     }
+    // Scenario 8 measures the eBPF redirect: never with a stale stub.
+    if let crate::prereq::EbpfBuild::Stub(why) = crate::prereq::check_daemon_ebpf("release")? {
+        println!("==> bench: netmuxd has no eBPF programs ({why}): scenario 8 cannot run");
+    }
 
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
