@@ -7,13 +7,12 @@
 //! a failure resets the local connection promptly.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use netmux_common::proto::catalog::{Catalog, Protocol, ServiceId};
 use netmux_common::proto::stream::StreamHeader;
-use netmux_common::tunnel::pipe::{self, End, Meter};
-use netmux_common::tunnel::stream::{self, Hooks, NotOpened, Options};
-use prometheus::{IntCounter, IntGauge};
+use netmux_common::tunnel::pipe::{self, End};
+use netmux_common::tunnel::stream::{self, Counters, Families, Hooks, NotOpened, Options};
 use quinn::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -50,74 +49,27 @@ impl Route {
     }
 }
 
-/// One proxied connection's metrics, labelled once (`endpoint`,
-/// `service`, `direction`): the [`Hooks`] of both the L2C listeners and
-/// the C2L streams ([`crate::reverse`]).
-pub(crate) struct Counters {
-    metrics: Metrics,
-    labels: [String; 3],
-    sent: IntCounter,
-    received: IntCounter,
-    active: IntGauge,
-}
-
-impl Counters {
-    pub(crate) fn new(metrics: &Metrics, endpoint: &str, service: &str, direction: &str) -> Self {
-        let labels = [endpoint, service, direction];
-        Counters {
-            sent: metrics.bytes_sent.with_label_values(&labels),
-            received: metrics.bytes_received.with_label_values(&labels),
-            active: metrics.connections_active.with_label_values(&labels),
-            labels: labels.map(str::to_owned),
-            metrics: metrics.clone(),
-        }
-    }
-
-    fn labels(&self) -> [&str; 3] {
-        [&self.labels[0], &self.labels[1], &self.labels[2]]
-    }
-}
-
-impl Meter for Counters {
-    fn tcp_to_stream(&self, n: usize) {
-        self.sent.inc_by(n as u64);
-    }
-    fn stream_to_tcp(&self, n: usize) {
-        self.received.inc_by(n as u64);
-    }
-}
-
-impl Hooks for Counters {
-    const PEER_DOWN: &'static str = "endpoint_down";
-
-    fn opened(&self) {
-        self.metrics
-            .connections_total
-            .with_label_values(&self.labels())
-            .inc();
-    }
-
-    fn answered(&self, connected: bool, latency: Duration) {
-        self.metrics
-            .connect_latency
-            .with_label_values(&self.labels())
-            .observe(latency.as_secs_f64());
-        if connected {
-            self.active.inc();
-        }
-    }
-
-    fn failed(&self, reason: &str) {
-        let [e, s, d] = self.labels();
-        self.metrics
-            .connection_errors
-            .with_label_values(&[e, s, d, reason])
-            .inc();
-    }
-
-    fn closed(&self) {
-        self.active.dec();
-    }
+/// One proxied connection's metrics (`endpoint`, `service`, `direction`):
+/// the [`Hooks`] of both the L2C listeners and the C2L streams
+/// ([`crate::reverse`]).
+pub(crate) fn counters(
+    metrics: &Metrics,
+    endpoint: &str,
+    service: &str,
+    direction: &str,
+) -> Counters {
+    Counters::new(
+        &Families {
+            total: &metrics.connections_total,
+            active: &metrics.connections_active,
+            sent: &metrics.bytes_sent,
+            received: &metrics.bytes_received,
+            errors: &metrics.connection_errors,
+            latency: &metrics.connect_latency,
+        },
+        &[endpoint, service, direction],
+        "endpoint_down",
+    )
 }
 
 /// Binds a TCP listener on `addr`.
@@ -151,9 +103,9 @@ pub async fn serve(listener: TcpListener, route: Route) {
 /// Tunnels one accepted connection.
 pub async fn tunnel(tcp: TcpStream, route: Route) {
     let accepted = Instant::now();
-    let counters = Counters::new(&route.metrics, &route.endpoint, &route.service, "l2c");
+    let counters = counters(&route.metrics, &route.endpoint, &route.service, "l2c");
     let Some(conn) = route.conn.borrow().clone() else {
-        counters.failed(Counters::PEER_DOWN);
+        counters.failed(counters.peer_down());
         pipe::abort_on_drop(&tcp);
         return;
     };

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::claims::Claims;
-use crate::listeners::Counters;
+use crate::listeners::counters;
 use crate::metrics::Metrics;
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,7 +84,7 @@ async fn handle(send: SendStream, recv: RecvStream, r: Reverse) {
         .as_ref()
         .map(|s| s.key())
         .unwrap_or_else(|| "unknown".into());
-    let counters = Counters::new(&r.metrics, endpoint, &key, "c2l");
+    let counters = counters(&r.metrics, endpoint, &key, "c2l");
     let Some(local) = target else {
         tracing::info!(%endpoint, %service, port, "reverse connection for a service or port this daemon does not hold");
         incoming.refuse(OpenResult::UnknownService, &counters).await;

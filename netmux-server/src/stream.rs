@@ -5,13 +5,12 @@
 //! this module gives it the catalog, the access check and the metrics.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use netmux_common::proto::catalog::{Direction, ServiceId};
 use netmux_common::proto::stream::{OpenResult, StreamHeader};
-use netmux_common::tunnel::pipe::{End, Meter};
-use netmux_common::tunnel::stream::{self, Hooks, NotOpened, Options};
-use prometheus::{IntCounter, IntGauge};
+use netmux_common::tunnel::pipe::End;
+use netmux_common::tunnel::stream::{self, Counters, Families, Hooks, NotOpened, Options};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::net::TcpStream;
 
@@ -19,73 +18,20 @@ use crate::access::Identity;
 use crate::metrics::Metrics;
 use crate::{dial, Server};
 
-/// One proxied connection's metrics, labelled once (`service`,
-/// `direction`).
-pub(crate) struct Counters {
-    metrics: Metrics,
-    labels: [String; 2],
-    sent: IntCounter,
-    received: IntCounter,
-    active: IntGauge,
-}
-
-impl Counters {
-    pub(crate) fn new(metrics: &Metrics, service: &str, direction: &str) -> Self {
-        let labels = [service, direction];
-        Counters {
-            sent: metrics.bytes_sent.with_label_values(&labels),
-            received: metrics.bytes_received.with_label_values(&labels),
-            active: metrics.connections_active.with_label_values(&labels),
-            labels: labels.map(str::to_owned),
-            metrics: metrics.clone(),
-        }
-    }
-
-    fn labels(&self) -> [&str; 2] {
-        [&self.labels[0], &self.labels[1]]
-    }
-}
-
-impl Meter for Counters {
-    fn tcp_to_stream(&self, n: usize) {
-        self.sent.inc_by(n as u64);
-    }
-    fn stream_to_tcp(&self, n: usize) {
-        self.received.inc_by(n as u64);
-    }
-}
-
-impl Hooks for Counters {
-    const PEER_DOWN: &'static str = "holder_gone";
-
-    fn opened(&self) {
-        self.metrics
-            .connections_total
-            .with_label_values(&self.labels())
-            .inc();
-    }
-
-    fn answered(&self, connected: bool, latency: Duration) {
-        self.metrics
-            .connect_latency
-            .with_label_values(&self.labels())
-            .observe(latency.as_secs_f64());
-        if connected {
-            self.active.inc();
-        }
-    }
-
-    fn failed(&self, reason: &str) {
-        let [s, d] = self.labels();
-        self.metrics
-            .connection_errors
-            .with_label_values(&[s, d, reason])
-            .inc();
-    }
-
-    fn closed(&self) {
-        self.active.dec();
-    }
+/// One proxied connection's metrics (`service`, `direction`).
+pub(crate) fn counters(metrics: &Metrics, service: &str, direction: &str) -> Counters {
+    Counters::new(
+        &Families {
+            total: &metrics.connections_total,
+            active: &metrics.connections_active,
+            sent: &metrics.bytes_sent,
+            received: &metrics.bytes_received,
+            errors: &metrics.connection_errors,
+            latency: &metrics.connect_latency,
+        },
+        &[service, direction],
+        "holder_gone",
+    )
 }
 
 /// Answers a stream daemon `who` opened: a catalog L2C service it may
@@ -95,13 +41,13 @@ pub(crate) async fn answer(send: SendStream, recv: RecvStream, server: &Server, 
         Ok(i) => i,
         Err(why) => {
             tracing::debug!(client = %who.name, %why, "stream dropped");
-            Counters::new(&server.metrics, "unknown", "l2c").failed("bad_header");
+            counters(&server.metrics, "unknown", "l2c").failed("bad_header");
             return;
         }
     };
     let StreamHeader::Connect { service, port } = *incoming.header() else {
         // Only the server opens reverse streams.
-        Counters::new(&server.metrics, "unknown", "l2c").failed("bad_header");
+        counters(&server.metrics, "unknown", "l2c").failed("bad_header");
         incoming.violation();
         return;
     };
@@ -117,7 +63,7 @@ pub(crate) async fn answer(send: SendStream, recv: RecvStream, server: &Server, 
         Ok((svc, _)) => (svc.key(), svc.direction),
         Err(_) => ("unknown".to_owned(), Direction::L2C),
     };
-    let counters = Counters::new(&server.metrics, &key, direction.label());
+    let counters = counters(&server.metrics, &key, direction.label());
     let addrs = match resolved {
         Ok((_, addrs)) => addrs,
         Err(result) => {
@@ -158,7 +104,7 @@ pub(crate) struct Ask {
 /// service as a server-initiated stream.
 pub(crate) async fn ask(ask: &Ask, tcp: TcpStream, peer: SocketAddr, metrics: &Metrics) {
     let accepted = Instant::now();
-    let counters = Counters::new(metrics, &ask.key, "c2l");
+    let counters = counters(metrics, &ask.key, "c2l");
     let header = StreamHeader::Reverse {
         service: ask.service,
         port: ask.port,

@@ -23,6 +23,11 @@ use crate::proto::error_code;
 use crate::proto::open::{self, HeaderError, HeaderReader, Request, ResultReader, Then};
 use crate::proto::stream::{OpenResult, StreamHeader, MAX_HEADER_LEN};
 
+#[cfg(feature = "metrics")]
+mod counters;
+#[cfg(feature = "metrics")]
+pub use counters::{Counters, Families};
+
 /// TCP keepalive on every dialled and accepted socket: a peer that vanished
 /// without a FIN or RST (machine gone, path cut) is found after about
 /// `KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES` (two minutes)
@@ -50,7 +55,7 @@ pub fn keepalive(tcp: &TcpStream) {
 pub trait Hooks: Meter {
     /// The error reason when the peer's QUIC connection cannot carry a new
     /// stream (e.g. `endpoint_down`).
-    const PEER_DOWN: &'static str;
+    fn peer_down(&self) -> &'static str;
     /// A stream now carries a connection (`connections_total`).
     fn opened(&self);
     /// The answer is known after `latency`: since the TCP accept for the
@@ -123,13 +128,13 @@ pub async fn open<H: Hooks>(
     let (mut send, recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => {
-            hooks.failed(H::PEER_DOWN);
+            hooks.failed(hooks.peer_down());
             pipe::abort_on_drop(&tcp);
             return Err(NotOpened::PeerDown(e.to_string()));
         }
     };
     if let Err(e) = send.write_chunk(head.freeze()).await {
-        hooks.failed(H::PEER_DOWN);
+        hooks.failed(hooks.peer_down());
         pipe::abort_on_drop(&tcp);
         return Err(NotOpened::PeerDown(e.to_string()));
     }
