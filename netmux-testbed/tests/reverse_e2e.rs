@@ -285,3 +285,80 @@ fn reverse_service_survives_a_server_restart() {
         .unwrap_or_else(|e| panic!("{e} after {:?}", started.elapsed()));
     });
 }
+
+/// A C2L service with three ports: each cluster port reaches its own local
+/// target (issue 15: port 18092 once reached the first port's target).
+#[test]
+fn c2l_with_three_ports_routes_each_port_to_its_own_target() {
+    let sb = sandbox();
+    let nm = Netmux::start(&sb, &[rev_http()]).unwrap_or_else(|e| {
+        sb.dump_logs(50);
+        panic!("netmux start: {e}")
+    });
+    let ports = [(18091u16, 19000u16), (18092, 19001), (18093, 19002)];
+    let _local: Vec<Process> = ports
+        .iter()
+        .map(|(_, local)| {
+            nx_echo(
+                &sb,
+                Side::Workstation,
+                &format!("ws-http-{local}"),
+                "http",
+                addr(&format!("127.0.0.1:{local}")),
+            )
+        })
+        .collect();
+    sb.add_service_address(ip("10.96.0.21"))
+        .expect("cluster address");
+    let multi = format!(
+        "[[service]]\nname = \"multi\"\nnamespace = \"demo\"\naddresses = [\"10.96.0.21\"]\n\
+         aliases = []\ndirection = \"C2L\"\nports = [{}]\n",
+        ports
+            .iter()
+            .map(|(p, t)| format!(
+                "{{ port = {p}, target_port = {t}, name = \"p{p}\", protocol = \"tcp\" }}"
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let services = format!(
+        "{}{multi}",
+        netmux_testbed::netmux::services_toml(&[rev_http()])
+    );
+    std::fs::write(&nm.layout.services_file, services).expect("services file");
+    let out = nm.cli(["connect", ENDPOINT]).expect("connect");
+    assert!(out.success(), "{}{}", out.stdout, out.stderr);
+    nm.wait_for_ls("demo/multi in the catalog", T, |ls| {
+        ls.contains("demo/multi")
+    })
+    .expect("catalog");
+    let out = nm.cli(["start", ENDPOINT, "multi"]).expect("start");
+    assert!(out.success(), "claim failed: {}{}", out.stdout, out.stderr);
+    on_failure_dump(&sb, || {
+        for (port, local) in ports {
+            let out = curl(
+                &sb,
+                Side::Cluster,
+                &format!("http://10.96.0.21:{port}/port-{port}"),
+            );
+            assert!(out.success(), "cluster port {port}: {}", out.stderr);
+            assert!(
+                out.stdout.contains(&format!("path=/port-{port}"))
+                    && out.stdout.contains(&format!("127.0.0.1:{local}")),
+                "cluster port {port} must reach 127.0.0.1:{local}: {}",
+                out.stdout
+            );
+        }
+        let ls = nm.cli(["ls"]).unwrap().ok().unwrap().stdout;
+        let row = ls
+            .lines()
+            .find(|l| l.contains("demo/multi"))
+            .unwrap_or_else(|| panic!("{ls}"));
+        for (port, local) in ports {
+            assert!(
+                row.contains(&format!("10.96.0.21:{port} => 127.0.0.1:{local}")),
+                "{row}"
+            );
+        }
+    });
+}
