@@ -61,7 +61,8 @@ pub async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Ticket) {
                 session: server
                     .sessions
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                client: format!("{} ({remote})", identity.name),
+                // Who, not where from: refusals tell others this name.
+                client: identity.name.clone(),
                 conn: conn.clone(),
                 flows: netmux_common::tunnel::udp::Flows::new(
                     server.config.max_udp_flows,

@@ -226,3 +226,35 @@ async fn an_adhoc_claim_creates_a_selectorless_service() {
         "the Service stays (no delete on services)"
     );
 }
+
+#[tokio::test]
+async fn expose_refuses_a_service_netmux_does_not_manage() {
+    let fake = FakeApi::start().await;
+    fake.apply(service(
+        "apps",
+        "payments",
+        "10.96.0.9",
+        json!([{"name": "http", "port": 8082, "targetPort": 8082, "protocol": "TCP"}]),
+        None,
+    ));
+    let a = replica(&fake, "server-a", "10.0.0.1");
+    let exposed = request("payments", 1, "mallory", true);
+    let e = a
+        .acquire(&exposed)
+        .await
+        .expect_err("someone else's Service");
+    assert!(
+        e.contains("Service apps/payments") && e.contains("does not manage") && e.contains("fix:"),
+        "{e}"
+    );
+    assert!(fake.objects(LEASES).is_empty(), "no Lease taken");
+    assert!(slice(&fake, "payments").is_none(), "no EndpointSlice");
+
+    // A Service netmux made for an earlier expose is fine again.
+    let web = request("web", 2, "alice", true);
+    assert_eq!(a.acquire(&web).await, Ok(()));
+    assert_eq!(a.publish(&web).await, Ok(()));
+    a.release(&web).await;
+    let again = request("web", 3, "alice", true);
+    assert_eq!(a.acquire(&again).await, Ok(()));
+}

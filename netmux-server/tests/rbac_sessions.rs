@@ -66,7 +66,7 @@ fn svc(name: &str) -> Service {
 async fn start(fake: &FakeApi) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("services.toml"), "").expect("services file");
-    let text = "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
+    let text = "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nreverse_bind = \"127.0.0.1\"\n\
          [rbac]\nrecheck_interval_ms = 300\n\
          [runtime]\nkind = \"static\"\nservices = \"services.toml\"\n";
     let config = Config::parse(&dir.path().join("server.toml"), text).expect("config");
@@ -75,10 +75,20 @@ async fn start(fake: &FakeApi) -> Harness {
         ServerIdentity::load_or_create(&config.state_dir, &config.server_names).expect("CA");
     let metrics = Metrics::new();
     let (store, catalog) = CatalogStore::new(metrics.clone());
-    store.publish(vec![svc("web"), svc("admin")]);
+    // C2L `shop/hook` on a port free now.
+    let hook_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut hook = svc("hook");
+    hook.direction = Direction::C2L;
+    hook.addresses = vec![];
+    hook.ports[0].port = hook_port;
+    store.publish(vec![svc("web"), svc("admin"), hook]);
     store.set_origins(HashMap::from([
         ("shop/web".to_owned(), vec!["web".to_owned()]),
         ("shop/admin".to_owned(), vec!["admin".to_owned()]),
+        ("shop/hook".to_owned(), vec!["hook".to_owned()]),
     ]));
     let (endpoint, _) =
         transport::server_endpoint(config.listen, None, &identity, &config.limits, &metrics)
@@ -245,4 +255,49 @@ async fn a_revoked_token_ends_the_session() {
         }
         other => panic!("closed by something else: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_claim_refusal_names_the_holder_not_their_address() {
+    let fake = FakeApi::start().await;
+    for (token, user) in [("carol-token", "carol"), ("dave-token", "dave")] {
+        fake.add_token_with_audiences(token, user, &[], &["netmux"]);
+        fake.allow(user, "update", "/services", "shop", "hook");
+    }
+    let h = start(&fake).await;
+    let mut carol = Daemon::connect(&h, "carol-token").await;
+    let mut dave = Daemon::connect(&h, "dave-token").await;
+    let claim = |d: &mut Daemon| d.session.claim("shop/hook");
+    let send = |d: &mut Daemon| {
+        let bytes: Vec<_> = std::iter::from_fn(|| d.session.poll_transmit()).collect();
+        bytes
+    };
+    let answer = |request: u32| move |e: &ClientEvent, _: &ClientSession| matches!(e, ClientEvent::ClaimResult { request: r, .. } if *r == request);
+    let first = claim(&mut carol);
+    for b in send(&mut carol) {
+        carol._send.write_all(&b).await.expect("claim");
+    }
+    carol.until("carol's claim answered", answer(first)).await;
+    let second = claim(&mut dave);
+    for b in send(&mut dave) {
+        dave._send.write_all(&b).await.expect("claim");
+    }
+    let refusal = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = refusal.clone();
+    dave.until("dave's claim answered", move |e, _| match e {
+        ClientEvent::ClaimResult { request, error } if *request == second => {
+            *seen.lock().expect("lock") = Some(error.clone());
+            true
+        }
+        _ => false,
+    })
+    .await;
+    let error = refusal
+        .lock()
+        .expect("lock")
+        .clone()
+        .flatten()
+        .expect("dave is refused: carol holds it");
+    assert!(error.contains("held by carol"), "{error}");
+    assert!(!error.contains("127.0.0.1"), "names no address: {error}");
 }

@@ -462,6 +462,25 @@ impl LeaseLock {
         }
     }
 
+    /// `netmux expose NAME` may use a Service NAME only if netmux made it:
+    /// anyone else's Service would get this replica in its EndpointSlices.
+    async fn refuse_foreign_service(&self, claim: &ClaimRequest) -> Result<(), String> {
+        let services: Api<KService> = Api::namespaced(self.client.clone(), &claim.namespace);
+        let svc_name = format!("Service {}/{}", claim.namespace, claim.service);
+        match services.get_opt(&claim.service).await {
+            Ok(None) => Ok(()),
+            Ok(Some(s)) if is_managed(&s.metadata) => Ok(()),
+            Ok(Some(_)) => Err(format!(
+                "{svc_name} exists and netmux does not manage it (no label {MANAGED_BY}={MANAGED_BY_VALUE}); exposing under its name would send its traffic here; fix: choose another name"
+            )),
+            Err(e) => Err(api_error(
+                &format!("cannot read {svc_name}"),
+                "get on services there",
+                &e,
+            )),
+        }
+    }
+
     async fn route(&self, claim: &ClaimRequest, ip: IpAddr) -> Result<(), String> {
         let pp = PostParams::default();
         let services: Api<KService> = Api::namespaced(self.client.clone(), &claim.namespace);
@@ -528,6 +547,14 @@ impl LeaseLock {
     }
 }
 
+/// Whether netmux wrote the object (`app.kubernetes.io/managed-by`).
+fn is_managed(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY))
+        .is_some_and(|v| v == MANAGED_BY_VALUE)
+}
+
 fn protocol(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "TCP",
@@ -575,6 +602,9 @@ where
 impl ClaimLock for LeaseLock {
     fn acquire<'a>(&'a self, claim: &'a ClaimRequest) -> BoxFuture<'a, Result<(), String>> {
         async move {
+            if claim.adhoc {
+                self.refuse_foreign_service(claim).await?;
+            }
             let name = lease_name(&claim.namespace, &claim.name);
             let me = self.identity(claim.session);
             {
