@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use netmux_common::tunnel::stream_socket::{Decoder, MAX_DATAGRAM, PREAMBLE};
+use netmux_common::proto::stream_framing::{Decoder, MAX_DATAGRAM, PREAMBLE};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&step, rest)) = data.split_first() else {

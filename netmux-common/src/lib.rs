@@ -2,20 +2,27 @@
 //!
 //! * [`redirect`]: `no_std`, `#[repr(C)]` map types shared between the eBPF
 //!   connect hooks and the daemon that fills the maps.
-//! * [`proto`] (feature `std`): the sans-IO protocol core — framing, hello,
-//!   catalog events, stream headers and the control [`proto::session`] state
-//!   machines. No sockets, no clock: drivers feed bytes and `now` in.
+//! * [`proto`] (feature `proto`, part of `std`): the sans-IO protocol core —
+//!   framing, hello, catalog events, stream headers, the stream-socket
+//!   framing and the control [`proto::session`] state machines. No sockets,
+//!   no clock, no quinn or tokio: drivers feed bytes and `now` in, and the
+//!   fuzz targets build it alone (`default-features = false, features =
+//!   ["proto"]`).
 //! * [`tunnel`] (feature `std`): the thin async pieces both ends share — QUIC
 //!   settings and the byte pipe between a TCP socket and a QUIC stream.
-#![cfg_attr(not(feature = "std"), no_std)]
+//! * [`sync`] (feature `std`): the poison-tolerant [`sync::lock`].
+#![cfg_attr(not(any(feature = "std", feature = "proto")), no_std)]
 
 pub mod redirect;
 
 #[cfg(feature = "std")]
 pub mod config;
 
-#[cfg(feature = "std")]
+#[cfg(feature = "proto")]
 pub mod proto;
+
+#[cfg(feature = "std")]
+pub mod sync;
 
 #[cfg(feature = "std")]
 pub mod tunnel;

@@ -21,6 +21,7 @@ pub mod hello;
 pub mod open;
 pub mod session;
 pub mod stream;
+pub mod stream_framing;
 
 /// ALPN protocol id negotiated by TLS; a peer without it is not netmux.
 pub const ALPN: &[u8] = b"netmux/1";
