@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use netmux_common::proto::catalog::{Catalog, Service, ServiceId};
+use netmux_common::sync::lock;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -167,13 +168,6 @@ impl CatalogStore {
     /// The current catalog.
     pub fn current(&self) -> Arc<Catalog> {
         self.tx.borrow().clone()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

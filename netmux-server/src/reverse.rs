@@ -20,6 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use netmux_common::proto::catalog::{Direction, Protocol, Service, ServiceId, ServicePort};
+use netmux_common::sync::lock;
 use quinn::Connection;
 use tokio::net::TcpListener;
 
@@ -64,13 +65,6 @@ pub struct Claims {
     adhoc_namespace: String,
     lock: Arc<dyn ClaimLock>,
     options: netmux_common::tunnel::stream::Options,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl Claims {

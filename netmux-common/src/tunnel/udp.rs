@@ -30,6 +30,7 @@ use tokio::net::UdpSocket;
 
 use crate::proto::catalog::ServiceId;
 use crate::proto::datagram::Datagram;
+use crate::sync::lock;
 
 /// Why a datagram was dropped (metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,13 +122,6 @@ struct Answer {
 impl core::ops::Drop for Answer {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

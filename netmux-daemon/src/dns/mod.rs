@@ -13,6 +13,8 @@ pub mod zone;
 pub use server::{DnsServer, EndpointSource, Handler};
 pub use zone::{answer, Answer, DnsEndpoint, Zone, ZoneFollower};
 
+use netmux_common::sync::lock;
+
 use crate::config::Config;
 
 /// The DNS view of every configured endpoint.
@@ -119,13 +121,6 @@ pub struct DnsRuntime {
     server: DnsServer,
     follow: tokio::task::JoinHandle<()>,
     integration: Arc<Mutex<Integration>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 /// Starts the DNS server and the integration chosen by `[dns]`, after

@@ -17,6 +17,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
 
+#[cfg(target_os = "linux")]
+use netmux_common::sync::lock;
+
 use crate::config::RedirectMode;
 
 /// The redirect backend in use, chosen once at start.
@@ -133,12 +136,4 @@ pub fn exempt(socket: &impl std::os::fd::AsFd) {
         }
     }
     let _ = socket;
-}
-
-#[cfg(target_os = "linux")]
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }

@@ -27,6 +27,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::api::PostParams;
 use kube::{Api, Client};
+use netmux_common::sync::lock;
 use tokio::sync::OnceCell;
 
 use super::Denied;
@@ -162,13 +163,6 @@ pub struct Rbac {
     ttl: Duration,
     cache: Mutex<HashMap<CacheKey, (bool, Instant)>>,
     reviews: Reviews,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 fn user_key(u: &User) -> String {

@@ -35,6 +35,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::{Api, Client};
 use netmux_common::proto::catalog::Protocol;
+use netmux_common::sync::lock;
 
 use super::lock::{ClaimLock, ClaimRequest};
 
@@ -247,13 +248,6 @@ pub struct LeaseLock {
     options: LeaseOptions,
     /// Lease name → the session of this replica holding (or taking) it.
     held: Arc<Mutex<HashMap<String, Held>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl LeaseLock {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures::future::{self, BoxFuture};
 use futures::FutureExt;
 use netmux_common::proto::catalog::ServicePort;
+use netmux_common::sync::lock;
 
 /// One claim as a lock sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +63,6 @@ pub trait ClaimLock: Send + Sync + 'static {
 #[derive(Default)]
 pub struct MemoryLock {
     held: Mutex<HashMap<String, (u64, String)>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl ClaimLock for MemoryLock {

@@ -32,6 +32,7 @@ use std::time::Duration;
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use bollard::Docker;
 use futures::{FutureExt, StreamExt};
+use netmux_common::sync::lock;
 use serde::Deserialize;
 
 pub use catalog::{catalog_from, CatalogOptions, Container, Problem, Reach};
@@ -195,13 +196,6 @@ pub async fn start(settings: &Settings, store: Arc<CatalogStore>) -> Result<Runt
                 last,
             })
         }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

@@ -25,6 +25,7 @@ use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
+use netmux_common::sync::lock;
 use serde::Deserialize;
 
 pub use catalog::{catalog_from, catalog_with_origins, CatalogOptions, Problem, ProblemKind};
@@ -246,13 +247,6 @@ pub async fn start(
                 last,
             })
         }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 
