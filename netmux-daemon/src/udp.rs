@@ -10,7 +10,7 @@ use netmux_common::tunnel::udp::{Drop, Flows, UdpMeter, Way};
 use quinn::Connection;
 use tokio::sync::watch;
 
-use crate::endpoint::Claims;
+use crate::claims::Claims;
 use crate::metrics::Metrics;
 
 /// A flow idle this long is closed.
