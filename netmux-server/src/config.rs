@@ -246,6 +246,28 @@ impl Config {
     /// ended, the other is reset after moving no byte this long (`None`:
     /// never).
     pub half_close_timeout: Option<Duration>,
+    /// The ranges announced to daemons in the hello: `cluster_cidrs`, else
+    /// the Kubernetes runtime's `allowed_target_cidrs` (where catalog
+    /// entries may point), else none (daemons then redirect nothing
+    /// unless their endpoint sets `cluster_cidrs`).
+    pub fn announced_ranges(&self) -> Vec<netmux_common::proto::cidr::Cidr> {
+        if !self.cluster_cidrs.is_empty() {
+            return self.cluster_cidrs.clone();
+        }
+        match &self.runtime {
+            RuntimeConfig::Kubernetes {
+                allowed_target_cidrs: Some(list),
+                ..
+            } => list
+                .iter()
+                .filter_map(|c| c.to_string().parse().ok())
+                .filter(|c: &netmux_common::proto::cidr::Cidr| c.prefix() >= 8)
+                .take(netmux_common::proto::cidr::MAX_RANGES)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = netmux_common::config::read(path)?;
@@ -470,6 +492,27 @@ services = "services.toml"
         assert_eq!(c.state_dir, Path::new("/etc/netmux/state"));
         assert!(format!("{c:?}").contains("***"));
         assert!(!format!("{c:?}").contains("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn kubernetes_allowed_targets_are_announced_without_cluster_cidrs() {
+        let text = GOOD.replace(
+            "kind = \"static\"\nservices = \"services.toml\"",
+            "kind = \"kubernetes\"\nallowed_target_cidrs = [\"10.96.0.0/12\", \"10.244.0.0/16\"]",
+        );
+        let c = Config::parse(Path::new("s.toml"), &text).unwrap();
+        let got: Vec<String> = c.announced_ranges().iter().map(|c| c.to_string()).collect();
+        assert_eq!(got, ["10.96.0.0/12", "10.244.0.0/16"]);
+        let c = Config::parse(
+            Path::new("s.toml"),
+            &format!("cluster_cidrs = [\"10.0.0.0/8\"]\n{text}"),
+        )
+        .unwrap();
+        assert_eq!(c.announced_ranges().len(), 1);
+        assert!(Config::parse(Path::new("s.toml"), GOOD)
+            .unwrap()
+            .announced_ranges()
+            .is_empty());
     }
 
     #[test]

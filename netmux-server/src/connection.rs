@@ -181,7 +181,7 @@ async fn handshake(conn: &Connection, server: &Server) -> Result<Handshake, Sess
                 &format!("netmux-server {}", env!("CARGO_PKG_VERSION")),
                 &visible,
                 &netmux_common::proto::cidr::ReplyExtensions {
-                    cluster_ranges: server.config.cluster_cidrs.clone(),
+                    cluster_ranges: server.config.announced_ranges(),
                 },
             );
             flush(&mut session, &mut send).await?;

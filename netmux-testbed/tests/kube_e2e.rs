@@ -313,7 +313,7 @@ fn world_with<'a>(sb: &'a Sandbox, cgroup: Option<&ChildCgroup>) -> World<'a> {
         &base.join("server.toml"),
         &format!(
             "listen = \"{cl}:{QUIC_PORT}\"\nstream_listen = \"{cl}:{STREAM_PORT}\"\nhttp = \"{cl}:{HTTP_PORT}\"\n\
-             state_dir = \"{}\"\nserver_names = [\"netmux-server\"]\n\n[rbac]\ncache_ttl_ms = 1000\n\n\
+             state_dir = \"{}\"\nserver_names = [\"netmux-server\"]\ncluster_cidrs = [\"10.96.0.0/12\"]\n\n[rbac]\ncache_ttl_ms = 1000\n\n\
              [runtime]\nkind = \"kubernetes\"\nnamespaces = [\"apps\"]\n{}",
             state.display(),
             // The `kubernetes` Service is at the server's own address here;
