@@ -33,6 +33,8 @@ struct RawConfig {
     reverse_bind: std::net::IpAddr,
     #[serde(default = "default_adhoc_namespace")]
     adhoc_namespace: String,
+    #[serde(default = "default_expose_ports")]
+    expose_ports: Vec<crate::reverse::PortRange>,
     rbac: Option<RawRbac>,
     #[serde(default = "default_max_udp_flows")]
     max_udp_flows: usize,
@@ -112,6 +114,9 @@ fn default_hello_timeout_ms() -> u64 {
 }
 fn default_reverse_bind() -> std::net::IpAddr {
     std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+}
+fn default_expose_ports() -> Vec<crate::reverse::PortRange> {
+    vec![crate::reverse::PortRange::UNPRIVILEGED]
 }
 fn default_adhoc_namespace() -> String {
     "default".into()
@@ -216,6 +221,9 @@ pub struct Config {
     pub reverse_bind: std::net::IpAddr,
     /// Namespace of services exposed ad hoc (`netmux expose`).
     pub adhoc_namespace: String,
+    /// Ports `netmux expose` may listen on (`expose_ports`, default
+    /// 1024-65535); the server's own listening ports never.
+    pub expose_ports: Vec<crate::reverse::PortRange>,
     /// Kubernetes RBAC: `Some(how long answers are cached)`; configured
     /// tokens are accepted besides.
     pub rbac: Option<Duration>,
@@ -246,6 +254,16 @@ impl Config {
     /// ended, the other is reset after moving no byte this long (`None`:
     /// never).
     pub half_close_timeout: Option<Duration>,
+    /// The server's own listening ports (never taken by `netmux expose`).
+    pub fn own_ports(&self) -> Vec<u16> {
+        [Some(self.listen), self.stream_listen, self.http]
+            .into_iter()
+            .flatten()
+            .map(|a| a.port())
+            .filter(|p| *p != 0)
+            .collect()
+    }
+
     /// The ranges announced to daemons in the hello: `cluster_cidrs`, else
     /// the Kubernetes runtime's `allowed_target_cidrs` (where catalog
     /// entries may point), else none (daemons then redirect nothing
@@ -419,6 +437,7 @@ impl Config {
             hello_timeout: Duration::from_millis(raw.hello_timeout_ms),
             reverse_bind: raw.reverse_bind,
             adhoc_namespace: raw.adhoc_namespace,
+            expose_ports: raw.expose_ports,
             rbac: raw
                 .rbac
                 .as_ref()

@@ -84,7 +84,8 @@ pub async fn run(
         )
         .with_stream_options(netmux_common::tunnel::stream::Options {
             half_close_timeout: config.half_close_timeout,
-        }),
+        })
+        .with_expose_ports(config.expose_ports.clone(), config.own_ports()),
         sessions: std::sync::atomic::AtomicU64::new(1),
         config,
         catalog: catalog_rx,

@@ -27,6 +27,69 @@ use tokio::net::TcpListener;
 use crate::catalog::CatalogStore;
 use crate::metrics::Metrics;
 
+/// Ports `netmux expose` may listen on (`expose_ports`: `8080` or
+/// `"8000-8999"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "RawPortRange")]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port (inclusive).
+    pub last: u16,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum RawPortRange {
+    One(u16),
+    Text(String),
+}
+
+impl TryFrom<RawPortRange> for PortRange {
+    type Error = String;
+    fn try_from(raw: RawPortRange) -> Result<Self, String> {
+        let bad = |t: &str| {
+            format!("{t:?} is not a port or range; fix: write 8080 or \"8000-8999\" (1-65535)")
+        };
+        let (first, last) = match raw {
+            RawPortRange::One(p) => (p, p),
+            RawPortRange::Text(t) => {
+                let (a, b) = t.split_once('-').unwrap_or((&t, &t));
+                match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
+                    (Ok(a), Ok(b)) => (a, b),
+                    _ => return Err(bad(&t)),
+                }
+            }
+        };
+        if first == 0 || first > last {
+            return Err(bad(&format!("{first}-{last}")));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl PortRange {
+    /// Unprivileged ports, the default of `expose_ports`.
+    pub const UNPRIVILEGED: PortRange = PortRange {
+        first: 1024,
+        last: 65535,
+    };
+
+    fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
 /// The session that asks, as the claims table knows it.
 #[derive(Clone)]
 pub struct Holder {
@@ -65,6 +128,10 @@ pub struct Claims {
     adhoc_namespace: String,
     lock: Arc<dyn ClaimLock>,
     options: netmux_common::tunnel::stream::Options,
+    /// Ports `expose` may listen on.
+    expose_ports: Vec<PortRange>,
+    /// Ports `expose` never takes (the server's own).
+    reserved_ports: Vec<u16>,
 }
 
 impl Claims {
@@ -105,7 +172,17 @@ impl Claims {
                     crate::config::DEFAULT_HALF_CLOSE_TIMEOUT_MS,
                 )),
             },
+            expose_ports: vec![PortRange::UNPRIVILEGED],
+            reserved_ports: vec![],
         }
+    }
+
+    /// `expose` listens only on `allowed` ports, never on `reserved` ones
+    /// (the server's own listeners).
+    pub fn with_expose_ports(mut self, allowed: Vec<PortRange>, reserved: Vec<u16>) -> Self {
+        self.expose_ports = allowed;
+        self.reserved_ports = reserved;
+        self
     }
 
     /// Sets the bridge's settings of the cluster connections it sends to
@@ -139,6 +216,19 @@ impl Claims {
         port: u16,
         target_port: u16,
     ) -> Result<(), String> {
+        let reserved = self.reserved_ports.contains(&port);
+        if reserved || !self.expose_ports.iter().any(|r| r.contains(port)) {
+            let allowed: Vec<String> = self.expose_ports.iter().map(|r| r.to_string()).collect();
+            return Err(format!(
+                "the server does not expose port {port}: it allows {} (its expose_ports){}; fix: choose --remote-port in that range",
+                allowed.join(", "),
+                if reserved {
+                    ", never its own listening ports"
+                } else {
+                    ""
+                }
+            ));
+        }
         let svc = Service {
             id: ServiceId(0),
             name: name.to_owned(),

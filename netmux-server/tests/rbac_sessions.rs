@@ -64,12 +64,19 @@ fn svc(name: &str) -> Service {
 /// through `fake`, answers cached for [`TTL`], sessions re-checked every
 /// [`RECHECK`].
 async fn start(fake: &FakeApi) -> Harness {
+    start_with(fake, "").await
+}
+
+/// [`start`] with more top-level config lines.
+async fn start_with(fake: &FakeApi, extra: &str) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("services.toml"), "").expect("services file");
-    let text = "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nreverse_bind = \"127.0.0.1\"\n\
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nreverse_bind = \"127.0.0.1\"\n{extra}\n\
          [rbac]\nrecheck_interval_ms = 300\n\
-         [runtime]\nkind = \"static\"\nservices = \"services.toml\"\n";
-    let config = Config::parse(&dir.path().join("server.toml"), text).expect("config");
+         [runtime]\nkind = \"static\"\nservices = \"services.toml\"\n"
+    );
+    let config = Config::parse(&dir.path().join("server.toml"), &text).expect("config");
     assert_eq!(config.rbac_recheck, RECHECK, "the config key is read");
     let identity =
         ServerIdentity::load_or_create(&config.state_dir, &config.server_names).expect("CA");
@@ -106,7 +113,8 @@ async fn start(fake: &FakeApi) -> Harness {
             metrics.clone(),
             config.reverse_bind,
             config.adhoc_namespace.clone(),
-        ),
+        )
+        .with_expose_ports(config.expose_ports.clone(), config.own_ports()),
         sessions: std::sync::atomic::AtomicU64::new(1),
         catalog,
         metrics,
@@ -300,4 +308,92 @@ async fn a_claim_refusal_names_the_holder_not_their_address() {
         .expect("dave is refused: carol holds it");
     assert!(error.contains("held by carol"), "{error}");
     assert!(!error.contains("127.0.0.1"), "names no address: {error}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Sends `d`'s pending control frames, then waits for the answer to
+/// `request`: `None` accepted, `Some(why)` refused.
+async fn answer(d: &mut Daemon, request: u32) -> Option<String> {
+    let bytes: Vec<_> = std::iter::from_fn(|| d.session.poll_transmit()).collect();
+    for b in bytes {
+        d._send.write_all(&b).await.expect("request");
+    }
+    let got = Arc::new(std::sync::Mutex::new(None));
+    let seen = got.clone();
+    d.until("the answer", move |e, _| match e {
+        ClientEvent::ClaimResult { request: r, error } if *r == request => {
+            *seen.lock().expect("lock") = Some(error.clone());
+            true
+        }
+        _ => false,
+    })
+    .await;
+    let answer = got.lock().expect("lock").clone();
+    answer.expect("answered")
+}
+
+#[tokio::test]
+async fn expose_binds_only_ports_the_server_allows() {
+    let fake = FakeApi::start().await;
+    fake.add_token_with_audiences("erin-token", "erin", &[], &["netmux"]);
+    fake.allow("erin", "update", "/services", "default", "*");
+    let (open, own) = (free_port(), free_port());
+    let (low, high) = (open.min(own), open.max(own));
+    let h = start_with(
+        &fake,
+        &format!("http = \"127.0.0.1:{own}\"\nexpose_ports = [\"{low}-{high}\"]"),
+    )
+    .await;
+    let mut d = Daemon::connect(&h, "erin-token").await;
+
+    let r = d.session.expose("low", 80, 8080);
+    let why = answer(&mut d, r)
+        .await
+        .expect("port 80 is outside expose_ports");
+    assert!(
+        why.contains("does not expose port 80") && why.contains(&format!("{low}-{high}")),
+        "{why}"
+    );
+    let r = d.session.expose("own", own, 8080);
+    let why = answer(&mut d, r)
+        .await
+        .expect("the server's own port is never exposed");
+    assert!(why.contains("never its own listening ports"), "{why}");
+    let r = d.session.expose("fine", open, 8080);
+    assert_eq!(answer(&mut d, r).await, None, "a port inside the range");
+}
+
+#[test]
+fn expose_ports_parse_with_the_fix() {
+    let parse = |v: &str| {
+        Config::parse(
+            std::path::Path::new("s.toml"),
+            &format!(
+                "listen = \"127.0.0.1:1\"\nstate_dir = \"s\"\nexpose_ports = {v}\n\
+                 [[token]]\nname = \"a\"\ntoken = \"0123456789abcdef0\"\n\
+                 [runtime]\nkind = \"static\"\nservices = \"x\"\n"
+            ),
+        )
+    };
+    let c = parse("[8080, \"9000-9100\"]").expect("valid");
+    assert_eq!(
+        c.expose_ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["8080", "9000-9100"]
+    );
+    for bad in ["[\"9100-9000\"]", "[0]", "[\"http\"]"] {
+        let e = parse(bad).expect_err(bad).to_string();
+        assert!(
+            e.starts_with("s.toml:3:") && e.contains("fix:"),
+            "{bad}: {e}"
+        );
+    }
 }
