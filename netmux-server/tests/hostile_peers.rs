@@ -441,3 +441,43 @@ async fn claims_and_exposes_per_session_are_capped() {
     assert!(third.contains("max_claims_per_session"), "{third}");
     assert_eq!(h.session_refusals("claims"), 1);
 }
+
+#[tokio::test]
+async fn datagrams_before_the_hello_are_dropped_unread() {
+    let h = start("", 30_000, None).await;
+    let conn = h.connect("127.0.0.1").await.expect("handshake");
+    let open = |flow: u32| {
+        let mut out = bytes::BytesMut::new();
+        netmux_common::proto::datagram::Datagram::Open {
+            flow,
+            service: netmux_common::proto::catalog::ServiceId(999),
+            port: 53,
+            payload: b"nobody's",
+        }
+        .encode(&mut out);
+        out.freeze()
+    };
+    for flow in 0..10 {
+        conn.send_datagram(open(flow)).expect("datagram");
+    }
+    let (_send, _recv, ok) = hello(&conn, TOKEN).await;
+    ok.expect("hello");
+    // After the hello, datagrams are handled: this one is counted as for
+    // an unknown service, and only it.
+    conn.send_datagram(open(100)).expect("datagram");
+    let unknown = || {
+        h.server
+            .metrics
+            .udp_drops
+            .with_label_values(&["unknown", "l2c", "unknown_service"])
+            .get()
+    };
+    tokio::time::timeout(WAIT, async {
+        while unknown() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the datagram after the hello is handled");
+    assert_eq!(unknown(), 1, "datagrams from before the hello were kept");
+}
