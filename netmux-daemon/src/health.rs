@@ -269,6 +269,22 @@ pub async fn watch(w: Watch) -> String {
             }
             Transition::Recovered(len) => {
                 tracing::info!(endpoint = %name, blackout = %human(len), "the server answers again; connections carry on");
+                // Its packets arrive, but ours may still wait for a loss
+                // probe minutes away (PTO backoff) behind a window full of
+                // the blackout's packets: let the next ones past and move
+                // to a fresh socket now, so both ends send at once.
+                gate.open();
+                if let Some((endpoint, server)) = &udp {
+                    match crate::transport::rebind(endpoint, server.is_ipv6()) {
+                        Ok(addr) => {
+                            tracing::info!(endpoint = %name, local = %addr, "migrated the session after the blackout")
+                        }
+                        Err(e) => {
+                            tracing::warn!(endpoint = %name, error = %e, "cannot rebind the QUIC socket")
+                        }
+                    }
+                    local = route_source(*server);
+                }
                 set_degraded(false);
                 outcome("recovered");
                 answered_silent = 0;
