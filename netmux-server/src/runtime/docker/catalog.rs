@@ -10,8 +10,10 @@
 //! - without `netmux.nx`: one L2C entry named after the container, in the
 //!   configured namespace, at its addresses on the networks the server
 //!   shares with it, with its exposed ports (or those `netmux.ports`
-//!   lists); its network aliases and compose's `service.project` become
-//!   aliases (also under the cluster domain);
+//!   lists); its network aliases become aliases under the cluster domain
+//!   (`web.docker.internal`: daemons serve no alias outside it); a compose
+//!   container also makes an entry named after its service in a namespace
+//!   named after its project, so `web.shop` reaches every replica;
 //! - with `netmux.nx`: exactly its bridges, in the format of the Kubernetes
 //!   `nx` annotation ([`annotation`]), C2L included.
 //!
@@ -270,6 +272,7 @@ pub fn catalog_from(
     let mut problems = Vec::new();
     // Every name the workstation would use → the container publishing it.
     let mut taken: HashMap<String, String> = HashMap::new();
+    let mut compose = Compose::new();
     for cand in &candidates {
         let c = cand.c;
         let problem = |message: String| Problem {
@@ -316,10 +319,72 @@ pub fn catalog_from(
             for a in &entry.aliases {
                 taken.insert(a.clone(), c.name.clone());
             }
+            if entry.direction == Direction::L2C && !c.labels.contains_key(NX_LABEL) {
+                add_to_compose(&mut compose, c, &entry);
+            }
             out.push(entry);
         }
     }
+    for ((svc, project), (entry, first)) in compose {
+        let key = format!("{svc}.{project}");
+        match taken.get(&key) {
+            Some(owner) => problems.push(Problem {
+                container: first,
+                message: format!(
+                    "compose name {key} is already published by container {owner}; fix: rename one of them"
+                ),
+            }),
+            None => {
+                taken.insert(key, first);
+                out.push(entry);
+            }
+        }
+    }
     (out, problems)
+}
+
+/// Compose services by (service, project): one entry named `service` in
+/// namespace `project` (so daemons answer to `service.project`), at the
+/// addresses of every published replica.
+type Compose = BTreeMap<(String, String), (Service, String)>;
+
+fn add_to_compose(compose: &mut Compose, c: &Container, entry: &Service) {
+    let (Some(svc), Some(project)) = (
+        c.labels.get(COMPOSE_SERVICE).and_then(|s| dns_label(s)),
+        c.labels.get(COMPOSE_PROJECT).and_then(|p| dns_label(p)),
+    ) else {
+        return;
+    };
+    let (group, _) = compose
+        .entry((svc.clone(), project.clone()))
+        .or_insert_with(|| {
+            (
+                Service {
+                    id: ServiceId(0),
+                    name: svc,
+                    namespace: project,
+                    aliases: vec![],
+                    addresses: vec![],
+                    ports: vec![],
+                    direction: Direction::L2C,
+                },
+                c.name.clone(),
+            )
+        });
+    for ip in &entry.addresses {
+        if !group.addresses.contains(ip) {
+            group.addresses.push(*ip);
+        }
+    }
+    for p in &entry.ports {
+        if !group
+            .ports
+            .iter()
+            .any(|q| (q.port, q.protocol) == (p.port, p.protocol))
+        {
+            group.ports.push(p.clone());
+        }
+    }
 }
 
 fn entry(
@@ -346,15 +411,6 @@ fn ports(c: &Container) -> Result<Vec<(u16, Protocol)>, String> {
     match c.labels.get(PORTS_LABEL) {
         Some(v) => parse_ports(v),
         None => Ok(c.exposed.clone()),
-    }
-}
-
-/// `name` and `name.<domain>`.
-fn with_domain(name: &str, domain: &str, out: &mut Vec<String>) {
-    for n in [name.to_owned(), format!("{name}.{domain}")] {
-        if valid_dns_name(&n) && !out.contains(&n) {
-            out.push(n);
-        }
     }
 }
 
@@ -400,9 +456,19 @@ fn entries(
     if cand.addresses.is_empty() {
         return Err(unreachable_message(options));
     }
+    // Daemons serve aliases under the cluster domain only; the compose
+    // name is an entry of its own (see `compose_entries`).
+    let compose = compose_name(c);
     let mut aliases = Vec::new();
-    for n in cand.names.iter().filter(|n| **n != name) {
-        with_domain(n, &options.cluster_domain, &mut aliases);
+    for n in cand
+        .names
+        .iter()
+        .filter(|n| **n != name && Some(*n) != compose.as_ref())
+    {
+        let qualified = format!("{n}.{}", options.cluster_domain);
+        if valid_dns_name(&qualified) && !aliases.contains(&qualified) {
+            aliases.push(qualified);
+        }
     }
     let ports = ports
         .iter()

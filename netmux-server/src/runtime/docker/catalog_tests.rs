@@ -88,29 +88,39 @@ fn only_addresses_on_networks_the_server_shares() {
 
 #[test]
 fn names_aliases_and_compose_service_project() {
-    let mut c = container("shop_web_1", "apps", "172.31.0.2");
-    c.networks[0].aliases = vec!["web".into(), c.id[..12].to_owned(), "Front".into()];
-    let c = label(label(c, COMPOSE_SERVICE, "web"), COMPOSE_PROJECT, "shop");
-    let (s, p) = catalog_from(&[c], &options());
-    assert!(p.is_empty(), "{p:?}");
-    assert_eq!(s[0].name, "shop-web-1");
-    for a in [
-        "web",
-        "web.docker.internal",
-        "front",
-        "web.shop",
-        "web.shop.docker.internal",
-    ] {
-        assert!(
-            s[0].aliases.iter().any(|x| x == a),
-            "{a} in {:?}",
-            s[0].aliases
-        );
-    }
-    assert!(!s[0]
-        .aliases
-        .iter()
-        .any(|a| a.len() == 12 && a.chars().all(|c| c.is_ascii_hexdigit())));
+    let replica = |n: &str, addr: &str| {
+        let mut c = container(n, "apps", addr);
+        c.id = format!("{n:0<64}").replace('_', "0");
+        c.networks[0].aliases = vec!["web".into(), c.id[..12].to_owned(), "Front".into()];
+        label(label(c, COMPOSE_SERVICE, "web"), COMPOSE_PROJECT, "shop")
+    };
+    let (s, p) = catalog_from(
+        &[
+            replica("shop_web_1", "172.31.0.2"),
+            replica("shop_web_2", "172.31.0.3"),
+        ],
+        &options(),
+    );
+    let text: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        names(&s),
+        ["shop-web-1.docker", "shop-web-2.docker", "web.shop"],
+        "{text:?}"
+    );
+    assert_eq!(
+        s[0].aliases,
+        ["web.docker.internal", "front.docker.internal"]
+    );
+    // The second replica cannot have the same aliases.
+    assert!(s[1].aliases.is_empty(), "{:?}", s[1].aliases);
+    assert!(
+        text.iter()
+            .all(|t| t.contains("already published by container shop_web_1")),
+        "{text:?}"
+    );
+    let compose = &s[2];
+    assert_eq!(compose.addresses, [ip("172.31.0.2"), ip("172.31.0.3")]);
+    assert_eq!(compose.ports.len(), 1);
 }
 
 #[test]
