@@ -59,7 +59,7 @@ pub(crate) fn check() -> Result<()> {
         .args(["deny", "--offline", "--locked", "--all-features"])
         .arg("--metadata-path")
         .arg(&metadata)
-        .args(["--config", "deny.toml", "check"])
+        .args(["--config", "deny.toml", "check", "--hide-inclusion-graph"])
         .args(CHECKS);
     run(&mut cmd)
         .context("cargo deny found a dependency outside deny.toml's policy (details above)")

@@ -337,7 +337,7 @@ mod tests {
     fn interpreter_detection() {
         // This test binary is dynamically linked (glibc host target).
         let me = std::env::current_exe().expect("current exe");
-        assert_eq!(is_static(&me).expect("elf"), false);
+        assert!(!is_static(&me).expect("elf"));
         assert!(elf_has_no_interpreter(b"not an elf").is_none());
         // A minimal ELF64 header with no program headers: static.
         let mut h = vec![0u8; 64];

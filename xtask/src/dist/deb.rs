@@ -209,13 +209,8 @@ fn gzip_all(dir: &Path) -> Result<()> {
 /// Directories 0755, files 0644, binaries 0755.
 fn normalize_modes(stage: &Path) -> Result<()> {
     for entry in walk(stage)? {
-        let mode = if entry.is_dir() {
-            0o755
-        } else if entry.parent() == Some(&stage.join("usr/bin")) {
-            0o755
-        } else {
-            0o644
-        };
+        let executable = entry.is_dir() || entry.parent() == Some(&stage.join("usr/bin"));
+        let mode = if executable { 0o755 } else { 0o644 };
         fs::set_permissions(&entry, fs::Permissions::from_mode(mode))?;
     }
     Ok(())
