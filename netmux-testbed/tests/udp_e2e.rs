@@ -84,15 +84,16 @@ fn world<'a>(sb: &'a Sandbox, server_extra: &str) -> World<'a> {
             .unwrap_or(false)
     })
     .expect("connect");
+    // --c2l: `+` alone starts L2C services only; rev-udp is C2L.
     netmux_testbed::wait_until("started", T, || {
-        nm.cli(["start", ENDPOINT, "+"])
+        nm.cli(["start", "--c2l", ENDPOINT, "+"])
             .map(|o| o.success())
             .unwrap_or(false)
     })
     .unwrap_or_else(|e| {
         panic!(
             "{e}: {:?}",
-            nm.cli(["start", ENDPOINT, "+"]).map(|o| o.stderr)
+            nm.cli(["start", "--c2l", ENDPOINT, "+"]).map(|o| o.stderr)
         )
     });
     World { nm, _procs: procs }
