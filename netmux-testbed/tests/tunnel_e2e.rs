@@ -128,8 +128,9 @@ fn http_by_name_with_curl_and_ls_table() {
             "{}",
             out.stdout
         );
-        // Short names too.
-        let out = curl(w.sb, Side::Workstation, "http://http-echo.demo/short");
+        // Short names too (the hosts block has SVC and SVC.NS.svc; SVC.NS
+        // could be any two-label name, so only DNS search domains give it).
+        let out = curl(w.sb, Side::Workstation, "http://http-echo.demo.svc/short");
         assert!(
             out.success() && out.stdout.contains("path=/short"),
             "{}",
