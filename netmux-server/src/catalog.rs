@@ -157,7 +157,10 @@ impl CatalogStore {
     /// Every Kubernetes Service catalog key `key` reaches (the publishing
     /// one first), if known.
     pub fn reaches(&self, key: &str) -> Option<Vec<String>> {
-        lock(&self.origins).get(key).filter(|o| !o.is_empty()).cloned()
+        lock(&self.origins)
+            .get(key)
+            .filter(|o| !o.is_empty())
+            .cloned()
     }
 
     /// The metrics this store counts into.

@@ -31,8 +31,7 @@ struct RawConfig {
     hello_timeout_ms: u64,
     #[serde(default = "default_reverse_bind")]
     reverse_bind: std::net::IpAddr,
-    #[serde(default = "default_adhoc_namespace")]
-    adhoc_namespace: String,
+    adhoc_namespace: Option<String>,
     #[serde(default = "default_expose_ports")]
     expose_ports: Vec<crate::reverse::PortRange>,
     rbac: Option<RawRbac>,
@@ -117,9 +116,6 @@ fn default_reverse_bind() -> std::net::IpAddr {
 }
 fn default_expose_ports() -> Vec<crate::reverse::PortRange> {
     vec![crate::reverse::PortRange::UNPRIVILEGED]
-}
-fn default_adhoc_namespace() -> String {
-    "default".into()
 }
 fn default_max_udp_flows() -> usize {
     1024
@@ -219,8 +215,10 @@ pub struct Config {
     pub hello_timeout: Duration,
     /// Where cluster-side listeners of C2L services without addresses bind.
     pub reverse_bind: std::net::IpAddr,
-    /// Namespace of services exposed ad hoc (`netmux expose`).
-    pub adhoc_namespace: String,
+    /// Namespace of services exposed ad hoc (`netmux expose`); unset: the
+    /// server's own namespace with the Kubernetes runtime, and `expose`
+    /// refused with the static runtime (no silent `default`).
+    pub adhoc_namespace: Option<String>,
     /// Ports `netmux expose` may listen on (`expose_ports`, default
     /// 1024-65535); the server's own listening ports never.
     pub expose_ports: Vec<crate::reverse::PortRange>,
@@ -358,12 +356,14 @@ impl Config {
                 "timeouts must be positive".into(),
             ));
         }
-        if !netmux_common::proto::catalog::valid_dns_name(&raw.adhoc_namespace)
-            || raw.adhoc_namespace.contains('.')
+        if let Some(ns) = raw
+            .adhoc_namespace
+            .as_deref()
+            .filter(|ns| !netmux_common::proto::catalog::valid_dns_name(ns) || ns.contains('.'))
         {
             return Err(invalid(
                 "adhoc_namespace",
-                format!("{:?} must be one DNS label", raw.adhoc_namespace),
+                format!("{ns:?} must be one DNS label (a Kubernetes namespace)"),
             ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
@@ -568,6 +568,20 @@ services = "services.toml"
             .to_string();
         assert!(err.contains("token[0].token"), "{err}");
         assert!(err.contains("shorter than 16"), "{err}");
+    }
+
+    #[test]
+    fn adhoc_namespace_has_no_silent_default() {
+        let c = Config::parse(Path::new("s.toml"), GOOD).unwrap();
+        assert_eq!(c.adhoc_namespace, None);
+        let text = GOOD.replace("state_dir", "adhoc_namespace = \"dev\"\nstate_dir");
+        let c = Config::parse(Path::new("s.toml"), &text).unwrap();
+        assert_eq!(c.adhoc_namespace.as_deref(), Some("dev"));
+        let text = GOOD.replace("state_dir", "adhoc_namespace = \"a.b\"\nstate_dir");
+        let e = Config::parse(Path::new("s.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("adhoc_namespace"), "{e}");
     }
 
     #[test]

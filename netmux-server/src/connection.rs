@@ -273,10 +273,15 @@ async fn handle_event(
             port,
             target_port,
         } => {
-            let key = format!("{}/{name}", server.config.adhoc_namespace);
+            let key = server.reverse.adhoc_key(&name);
+            let allowed = match &key {
+                Some(key) => server.access.may_claim(identity, key).await,
+                // Refused by expose itself, with the fix.
+                None => Ok(()),
+            };
             let r = match claims_left(server, holder) {
                 Err(e) => Err(e),
-                Ok(()) => match server.access.may_claim(identity, &key).await {
+                Ok(()) => match allowed {
                     Ok(()) => {
                         server
                             .reverse
@@ -293,10 +298,9 @@ async fn handle_event(
         }
         ServerEvent::Release { service } => {
             server.reverse.release(holder.session, &service);
-            server.reverse.release(
-                holder.session,
-                &format!("{}/{service}", server.config.adhoc_namespace),
-            );
+            if let Some(key) = server.reverse.adhoc_key(&service) {
+                server.reverse.release(holder.session, &key);
+            }
         }
     }
 }

@@ -72,14 +72,19 @@ pub async fn run(
         )
             .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "QUIC endpoint ready");
-    let claim_lock = claim_lock(&config.runtime).await?;
+    let (claim_lock, own_namespace) = claim_lock(&config.runtime).await?;
+    let adhoc_namespace = config.adhoc_namespace.clone().or(own_namespace);
+    match &adhoc_namespace {
+        Some(ns) => tracing::info!(namespace = %ns, "netmux expose publishes in this namespace (adhoc_namespace, default: the server's own)"),
+        None => tracing::info!("netmux expose is off: set adhoc_namespace"),
+    }
     let server = Arc::new(Server {
         access: access::Access::from_config(&config, &store),
         reverse: reverse::Claims::with_lock(
             store,
             metrics.clone(),
             config.reverse_bind,
-            config.adhoc_namespace.clone(),
+            adhoc_namespace,
             claim_lock,
         )
         .with_stream_options(netmux_common::tunnel::stream::Options {
@@ -122,10 +127,11 @@ pub async fn run(
 }
 
 /// Where reverse claims are coordinated: Leases with the Kubernetes
-/// runtime (replicas share nothing else), this process otherwise.
+/// runtime (replicas share nothing else), this process otherwise; with
+/// the server's own namespace when it has one.
 async fn claim_lock(
     runtime: &config::RuntimeConfig,
-) -> anyhow::Result<Arc<dyn reverse::ClaimLock>> {
+) -> anyhow::Result<(Arc<dyn reverse::ClaimLock>, Option<String>)> {
     Ok(match runtime {
         config::RuntimeConfig::Kubernetes { .. } => {
             let client = kube::Client::try_default()
@@ -133,8 +139,12 @@ async fn claim_lock(
                 .context("building a Kubernetes client for reverse-claim Leases")?;
             let options = reverse::lease::LeaseOptions::from_env(&client);
             tracing::info!(replica = %options.replica, namespace = %options.namespace, pod_ip = ?options.pod_ip, "reverse claims coordinated by Leases");
-            Arc::new(reverse::lease::LeaseLock::new(client, options))
+            let namespace = options.namespace.clone();
+            (
+                Arc::new(reverse::lease::LeaseLock::new(client, options)),
+                Some(namespace),
+            )
         }
-        _ => Arc::new(reverse::MemoryLock::default()),
+        _ => (Arc::new(reverse::MemoryLock::default()), None),
     })
 }

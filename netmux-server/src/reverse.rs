@@ -125,7 +125,8 @@ pub struct Claims {
     store: Arc<CatalogStore>,
     metrics: Metrics,
     bind: IpAddr,
-    adhoc_namespace: String,
+    /// Where `expose` publishes; `None`: `expose` is refused.
+    adhoc_namespace: Option<String>,
     lock: Arc<dyn ClaimLock>,
     options: netmux_common::tunnel::stream::Options,
     /// Ports `expose` may listen on.
@@ -140,7 +141,7 @@ impl Claims {
         store: Arc<CatalogStore>,
         metrics: Metrics,
         bind: IpAddr,
-        adhoc_namespace: String,
+        adhoc_namespace: impl Into<Option<String>>,
     ) -> Self {
         Self::with_lock(
             store,
@@ -157,7 +158,7 @@ impl Claims {
         store: Arc<CatalogStore>,
         metrics: Metrics,
         bind: IpAddr,
-        adhoc_namespace: String,
+        adhoc_namespace: impl Into<Option<String>>,
         lock: Arc<dyn ClaimLock>,
     ) -> Self {
         Claims {
@@ -165,7 +166,7 @@ impl Claims {
             store,
             metrics,
             bind,
-            adhoc_namespace,
+            adhoc_namespace: adhoc_namespace.into(),
             lock,
             options: netmux_common::tunnel::stream::Options {
                 half_close_timeout: Some(std::time::Duration::from_millis(
@@ -190,6 +191,12 @@ impl Claims {
     pub fn with_stream_options(mut self, options: netmux_common::tunnel::stream::Options) -> Self {
         self.options = options;
         self
+    }
+
+    /// The catalog key `netmux expose NAME` publishes under, if exposing
+    /// is on (`adhoc_namespace`).
+    pub fn adhoc_key(&self, name: &str) -> Option<String> {
+        self.adhoc_namespace.as_ref().map(|ns| format!("{ns}/{name}"))
     }
 
     /// Claims the C2L catalog service `key` for `holder`.
@@ -229,10 +236,13 @@ impl Claims {
                 }
             ));
         }
+        let Some(namespace) = self.adhoc_namespace.clone() else {
+            return Err("this server publishes no ad hoc services: its adhoc_namespace is not set; fix: the server's admin sets adhoc_namespace (a namespace where netmux may create Services)".into());
+        };
         let svc = Service {
             id: ServiceId(0),
             name: name.to_owned(),
-            namespace: self.adhoc_namespace.clone(),
+            namespace,
             aliases: vec![],
             addresses: if self.bind.is_unspecified() {
                 vec![]

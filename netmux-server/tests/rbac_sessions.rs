@@ -347,7 +347,9 @@ async fn expose_binds_only_ports_the_server_allows() {
     let (low, high) = (open.min(own), open.max(own));
     let h = start_with(
         &fake,
-        &format!("http = \"127.0.0.1:{own}\"\nexpose_ports = [\"{low}-{high}\"]"),
+        &format!(
+            "http = \"127.0.0.1:{own}\"\nexpose_ports = [\"{low}-{high}\"]\nadhoc_namespace = \"default\""
+        ),
     )
     .await;
     let mut d = Daemon::connect(&h, "erin-token").await;
@@ -396,4 +398,21 @@ fn expose_ports_parse_with_the_fix() {
             "{bad}: {e}"
         );
     }
+}
+
+#[tokio::test]
+async fn expose_without_adhoc_namespace_is_refused_with_the_fix() {
+    let fake = FakeApi::start().await;
+    fake.add_token_with_audiences("gus-token", "gus", &[], &["netmux"]);
+    fake.allow("gus", "update", "/services", "default", "*");
+    let h = start(&fake).await;
+    let mut d = Daemon::connect(&h, "gus-token").await;
+    let r = d.session.expose("tool", free_port(), 8080);
+    let why = answer(&mut d, r)
+        .await
+        .expect("no silent `default` namespace");
+    assert!(
+        why.contains("adhoc_namespace is not set") && why.contains("fix:"),
+        "{why}"
+    );
 }

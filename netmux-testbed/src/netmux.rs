@@ -206,7 +206,7 @@ impl Layout {
         };
         format!(
             "listen = {}\n{stream}http = {}\nstate_dir = {}\nserver_names = [\"netmux-server\"]\n\
-             cluster_cidrs = [\"10.96.0.0/12\", \"fd00:96::/64\"]\n\n\
+             cluster_cidrs = [\"10.96.0.0/12\", \"fd00:96::/64\"]\nadhoc_namespace = \"default\"\n\n\
              [[token]]\nname = \"alice\"\ntoken = {}\n\n\
              [runtime]\nkind = \"static\"\nservices = {}\n",
             toml_str(&self.quic.to_string()),
