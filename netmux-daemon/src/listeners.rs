@@ -12,7 +12,7 @@ use std::time::Instant;
 use netmux_common::proto::catalog::{Catalog, Protocol, ServiceId};
 use netmux_common::proto::stream::StreamHeader;
 use netmux_common::tunnel::pipe::{self, End};
-use netmux_common::tunnel::stream::{self, Counters, Families, Hooks, NotOpened, Options};
+use netmux_common::tunnel::stream::{self, Counters, Hooks, NotOpened, Options};
 use quinn::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -59,14 +59,7 @@ pub(crate) fn counters(
     direction: &str,
 ) -> Counters {
     Counters::new(
-        &Families {
-            total: &metrics.connections_total,
-            active: &metrics.connections_active,
-            sent: &metrics.bytes_sent,
-            received: &metrics.bytes_received,
-            errors: &metrics.connection_errors,
-            latency: &metrics.connect_latency,
-        },
+        &netmux_common::stream_families!(metrics),
         &[endpoint, service, direction],
         "endpoint_down",
     )

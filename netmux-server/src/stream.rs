@@ -10,7 +10,7 @@ use std::time::Instant;
 use netmux_common::proto::catalog::{Direction, ServiceId};
 use netmux_common::proto::stream::{OpenResult, StreamHeader};
 use netmux_common::tunnel::pipe::End;
-use netmux_common::tunnel::stream::{self, Counters, Families, Hooks, NotOpened, Options};
+use netmux_common::tunnel::stream::{self, Counters, Hooks, NotOpened, Options};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::net::TcpStream;
 
@@ -21,14 +21,7 @@ use crate::{dial, Server};
 /// One proxied connection's metrics (`service`, `direction`).
 pub(crate) fn counters(metrics: &Metrics, service: &str, direction: &str) -> Counters {
     Counters::new(
-        &Families {
-            total: &metrics.connections_total,
-            active: &metrics.connections_active,
-            sent: &metrics.bytes_sent,
-            received: &metrics.bytes_received,
-            errors: &metrics.connection_errors,
-            latency: &metrics.connect_latency,
-        },
+        &netmux_common::stream_families!(metrics),
         &[service, direction],
         "holder_gone",
     )

@@ -26,6 +26,23 @@ pub struct Families<'a> {
     pub latency: &'a HistogramVec,
 }
 
+/// [`Families`] of a metrics struct whose fields are named as the daemon's
+/// and the server's are: `connections_total`, `connections_active`,
+/// `bytes_sent`, `bytes_received`, `connection_errors`, `connect_latency`.
+#[macro_export]
+macro_rules! stream_families {
+    ($metrics:expr) => {
+        $crate::tunnel::stream::Families {
+            total: &$metrics.connections_total,
+            active: &$metrics.connections_active,
+            sent: &$metrics.bytes_sent,
+            received: &$metrics.bytes_received,
+            errors: &$metrics.connection_errors,
+            latency: &$metrics.connect_latency,
+        }
+    };
+}
+
 /// One connection's series.
 pub struct Counters {
     labels: Vec<String>,
