@@ -13,7 +13,7 @@ use bytes::Bytes;
 use netmux_common::proto::catalog::Catalog;
 use netmux_common::proto::error_code;
 use netmux_common::proto::hello::{Credential, Hello};
-use netmux_common::proto::session::{ClientEvent, ClientSession, SessionError};
+use netmux_common::proto::session::{ClientEvent, ClientSession, SessionError, SYNC_TIMEOUT};
 use netmux_common::tunnel::quic;
 use quinn::{Connection, VarInt};
 use serde::Serialize;
@@ -572,6 +572,7 @@ async fn hello(
         None => Credential::None,
     };
     let mut session = ClientSession::new(&Hello::new(client_name(), credential));
+    session.expect_sync_within(std::time::Instant::now(), SYNC_TIMEOUT);
     flush(&mut session, &mut send).await?;
     let mut greeting = String::new();
     let handshake = async {
@@ -584,7 +585,20 @@ async fn hello(
             if session.is_synced() {
                 return Ok(());
             }
-            match recv.read_chunk(64 * 1024, true).await {
+            // The session's own deadline bounds the wait (the sans-IO
+            // core keeps the clock; this loop only sleeps until it).
+            let read = recv.read_chunk(64 * 1024, true);
+            let chunk = match session.poll_timeout() {
+                Some(deadline) => tokio::select! {
+                    r = read => r,
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        session.handle_timeout(std::time::Instant::now())?;
+                        continue;
+                    }
+                },
+                None => read.await,
+            };
+            match chunk {
                 Ok(Some(c)) => session.handle_input(&c.bytes)?,
                 Ok(None) => {
                     return Err(ConnectError::Quic(
@@ -598,20 +612,15 @@ async fn hello(
             }
         }
     };
-    match tokio::time::timeout(Duration::from_secs(10), handshake).await {
-        Ok(Ok(())) => Ok((conn, session, send, recv, server, greeting)),
-        Ok(Err(e)) => {
+    match handshake.await {
+        Ok(()) => Ok((conn, session, send, recv, server, greeting)),
+        Err(ConnectError::Session(e @ SessionError::SyncTimeout(_))) => {
+            conn.close(VarInt::from_u32(e.close_code()), b"hello timeout");
+            Err(ConnectError::Session(e))
+        }
+        Err(e) => {
             conn.close(VarInt::from_u32(error_code::NO_ERROR), b"");
             Err(e)
-        }
-        Err(_) => {
-            conn.close(
-                VarInt::from_u32(error_code::HELLO_TIMEOUT),
-                b"hello timeout",
-            );
-            Err(ConnectError::Quic(
-                "no catalog from the server within 10s".into(),
-            ))
         }
     }
 }

@@ -42,6 +42,10 @@ pub enum SessionError {
     /// The daemon did not complete its hello in time.
     #[error("no hello within {0:?}")]
     HelloTimeout(Duration),
+    /// The server did not accept and send its catalog in time (the
+    /// daemon's side, [`ClientSession::expect_sync_within`]).
+    #[error("no catalog from the server within {}s", .0.as_secs())]
+    SyncTimeout(Duration),
 }
 
 impl SessionError {
@@ -50,7 +54,9 @@ impl SessionError {
         match self {
             SessionError::Refused { .. } => error_code::REFUSED,
             SessionError::Hello(HelloError::VersionMismatch { .. }) => error_code::REFUSED,
-            SessionError::HelloTimeout(_) => error_code::HELLO_TIMEOUT,
+            SessionError::HelloTimeout(_) | SessionError::SyncTimeout(_) => {
+                error_code::HELLO_TIMEOUT
+            }
             _ => error_code::PROTOCOL_VIOLATION,
         }
     }
@@ -110,7 +116,14 @@ pub struct ClientSession {
     next_request: u32,
     /// Ranges the server announced in its hello reply.
     cluster_ranges: Vec<super::cidr::Cidr>,
+    /// Until when the hello reply and the first full catalog may take, and
+    /// how long that was ([`Self::expect_sync_within`]).
+    sync_deadline: Option<(Instant, Duration)>,
 }
+
+/// How long the daemon waits, from sending its hello, for the server's
+/// reply and the first full catalog.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl ClientSession {
     /// Starts a session; the hello is queued for transmission.
@@ -128,6 +141,35 @@ impl ClientSession {
             synced: false,
             next_request: 0,
             cluster_ranges: Vec::new(),
+            sync_deadline: None,
+        }
+    }
+
+    /// Expects the hello reply and the first full catalog within `timeout`
+    /// from `now`: until then [`Self::poll_timeout`] reports the deadline,
+    /// and [`Self::handle_timeout`] past it fails the session.
+    pub fn expect_sync_within(&mut self, now: Instant, timeout: Duration) {
+        self.sync_deadline = Some((now + timeout, timeout));
+    }
+
+    /// When [`Self::handle_timeout`] must be called next: the sync
+    /// deadline, while the session is neither synced nor failed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (&self.state, self.synced) {
+            (ClientState::Failed, _) | (_, true) => None,
+            _ => self.sync_deadline.map(|(d, _)| d),
+        }
+    }
+
+    /// Checks the sync deadline; past it the session fails with
+    /// [`SessionError::SyncTimeout`].
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+        match (self.poll_timeout(), self.sync_deadline) {
+            (Some(deadline), Some((_, timeout))) if now >= deadline => {
+                self.state = ClientState::Failed;
+                Err(SessionError::SyncTimeout(timeout))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -720,6 +762,35 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn client_sync_deadline() {
+        let now = Instant::now();
+        let t = Duration::from_secs(10);
+        let mut client = ClientSession::new(&Hello::new("me", Credential::None));
+        assert_eq!(client.poll_timeout(), None, "no deadline unless asked");
+        client.expect_sync_within(now, t);
+        assert_eq!(client.poll_timeout(), Some(now + t));
+        let just_before = now + t - Duration::from_millis(1);
+        assert!(client.handle_timeout(just_before).is_ok());
+        let e = client.handle_timeout(now + t).unwrap_err();
+        assert!(matches!(e, SessionError::SyncTimeout(d) if d == t));
+        assert_eq!(e.close_code(), error_code::HELLO_TIMEOUT);
+        assert_eq!(e.to_string(), "no catalog from the server within 10s");
+        assert_eq!(client.poll_timeout(), None, "failed: no deadline");
+
+        // Synced in time: the deadline is gone.
+        let mut client = ClientSession::new(&Hello::new("me", Credential::None));
+        client.expect_sync_within(now, t);
+        let mut server = ServerSession::new(now, Duration::from_secs(5));
+        pump(&mut client, &mut server).unwrap();
+        assert!(matches!(server.poll_event(), Some(ServerEvent::Hello(_))));
+        server.accept("srv", &catalog(&[1]));
+        pump(&mut client, &mut server).unwrap();
+        assert!(client.is_synced());
+        assert_eq!(client.poll_timeout(), None);
+        assert!(client.handle_timeout(now + 2 * t).is_ok());
     }
 
     #[test]
