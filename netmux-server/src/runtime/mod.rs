@@ -41,15 +41,17 @@ pub enum StartError {
 
 /// Starts the configured runtime after publishing its first catalog.
 ///
-/// `server_addresses` are the server's own addresses, which the Kubernetes
-/// catalog never points at ([`crate::policy`]).
+/// `server_addresses` are the server's own addresses, at which neither the
+/// Kubernetes nor the Docker catalog ever points ([`crate::policy`]).
 pub async fn start(
     config: &RuntimeConfig,
     server_addresses: Vec<std::net::IpAddr>,
     store: Arc<CatalogStore>,
 ) -> Result<RuntimeHandle, StartError> {
     match config {
-        RuntimeConfig::Docker(settings) => Ok(docker::start(settings, store).await?),
+        RuntimeConfig::Docker(settings) => {
+            Ok(docker::start(settings, server_addresses, store).await?)
+        }
         RuntimeConfig::Static { services } => {
             Ok(static_file::start(services.clone(), store).await?)
         }

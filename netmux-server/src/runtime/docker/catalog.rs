@@ -27,6 +27,7 @@ use netmux_common::proto::catalog::{
     valid_dns_name, Direction, Protocol, Service, ServiceId, ServicePort,
 };
 
+use crate::policy::{Refusal, TargetPolicy};
 use crate::runtime::kubernetes::annotation::{self, Bridge};
 
 /// Label that opts a container in (`true`) or out (`false`).
@@ -110,6 +111,10 @@ pub struct CatalogOptions {
     pub networks: Vec<String>,
     /// Networks shared with the server.
     pub reach: Reach,
+    /// Which container addresses may be published ([`crate::policy`]):
+    /// Docker assigned them all, so by default every one but the
+    /// never-list (loopback, link-local, the server's own...).
+    pub policy: TargetPolicy,
 }
 
 /// Something wrong with one container, told in the server's log.
@@ -119,6 +124,9 @@ pub struct Problem {
     pub container: String,
     /// What is wrong and the fix.
     pub message: String,
+    /// Set when an address was refused by the target policy (a metric
+    /// label).
+    pub refused: Option<Refusal>,
 }
 
 impl fmt::Display for Problem {
@@ -183,6 +191,8 @@ struct Candidate<'a> {
     c: &'a Container,
     label: Option<String>,
     addresses: Vec<IpAddr>,
+    /// Addresses the policy refuses, with why.
+    refused: Vec<(IpAddr, String, Refusal)>,
     /// Names other containers' `containerAddr` may use for it.
     names: Vec<String>,
 }
@@ -193,9 +203,10 @@ fn compose_name(c: &Container) -> Option<String> {
     Some(format!("{svc}.{project}"))
 }
 
-fn candidate<'a>(c: &'a Container, reach: &Reach) -> Candidate<'a> {
+fn candidate<'a>(c: &'a Container, reach: &Reach, policy: &TargetPolicy) -> Candidate<'a> {
     let short_id = c.id.get(..12).unwrap_or(&c.id);
     let mut addresses = Vec::new();
+    let mut refused = Vec::new();
     let mut names = Vec::new();
     let label = dns_label(&c.name);
     names.extend(label.clone());
@@ -207,8 +218,11 @@ fn candidate<'a>(c: &'a Container, reach: &Reach) -> Candidate<'a> {
     nets.sort_by(|a, b| a.network.cmp(&b.network));
     for a in nets {
         for ip in &a.addresses {
-            if !addresses.contains(ip) {
-                addresses.push(*ip);
+            // Docker assigned every container address.
+            match policy.check(*ip, true) {
+                Ok(()) if !addresses.contains(ip) => addresses.push(*ip),
+                Ok(()) => {}
+                Err(r) => refused.push((*ip, a.network.clone(), r)),
             }
         }
         for alias in &a.aliases {
@@ -234,6 +248,7 @@ fn candidate<'a>(c: &'a Container, reach: &Reach) -> Candidate<'a> {
         c,
         label,
         addresses,
+        refused,
         names,
     }
 }
@@ -266,7 +281,7 @@ pub fn catalog_from(
     sorted.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
     let candidates: Vec<Candidate<'_>> = sorted
         .iter()
-        .map(|c| candidate(c, &options.reach))
+        .map(|c| candidate(c, &options.reach, &options.policy))
         .collect();
     let mut out: Vec<Service> = Vec::new();
     let mut problems = Vec::new();
@@ -278,6 +293,7 @@ pub fn catalog_from(
         let problem = |message: String| Problem {
             container: c.name.clone(),
             message,
+            refused: None,
         };
         match selected(c, options) {
             Ok(true) => {}
@@ -289,6 +305,14 @@ pub fn catalog_from(
         }
         if matches!(c.health, Health::Starting | Health::Unhealthy) {
             continue;
+        }
+        for (ip, network, why) in &cand.refused {
+            problems.push(Problem {
+                refused: Some(*why),
+                ..problem(format!(
+                    "address {ip} on network {network} is not published: {why}; fix: allow it with runtime.allow_unsafe_targets if it is really meant"
+                ))
+            });
         }
         let entries = match entries(cand, &candidates, options) {
             Ok(e) => e,
@@ -330,6 +354,7 @@ pub fn catalog_from(
         match taken.get(&key) {
             Some(owner) => problems.push(Problem {
                 container: first,
+                refused: None,
                 message: format!(
                     "compose name {key} is already published by container {owner}; fix: rename one of them"
                 ),

@@ -30,6 +30,7 @@ fn options() -> CatalogOptions {
         cluster_domain: "docker.internal".into(),
         networks: vec!["apps".into()],
         reach: Reach::All,
+        policy: TargetPolicy::default(),
     }
 }
 
@@ -252,4 +253,32 @@ fn exposed_port_keys_parse() {
     assert_eq!(parse_exposed("8080/tcp"), Some((8080, Protocol::Tcp)));
     assert_eq!(parse_exposed("53/udp"), Some((53, Protocol::Udp)));
     assert_eq!(parse_exposed("9/sctp"), None);
+}
+
+#[test]
+fn the_target_policy_leaves_refused_addresses_out() {
+    let mut c = container("web", "apps", "172.31.0.2");
+    c.networks.push(Attachment {
+        network: "odd".into(),
+        addresses: vec![ip("169.254.169.254")],
+        aliases: vec![],
+    });
+    let mut o = options();
+    o.policy.server_addresses = vec![ip("172.31.0.9")];
+    let server = container("server", "apps", "172.31.0.9");
+    let (s, p) = catalog_from(&[c, server], &o);
+    assert_eq!(names(&s), ["web.docker"], "{p:?}");
+    assert_eq!(s[0].addresses, [ip("172.31.0.2")]);
+    let refused: Vec<_> = p.iter().filter_map(|p| p.refused).collect();
+    assert_eq!(
+        refused,
+        [Refusal::ServerAddress, Refusal::LinkLocal],
+        "{p:?}"
+    );
+    o.policy.allowed = Some(vec![
+        crate::policy::Cidr::try_from("10.0.0.0/8".to_owned()).unwrap()
+    ]);
+    let (s, p) = catalog_from(&[container("web", "apps", "172.31.0.2")], &o);
+    assert!(s.is_empty());
+    assert_eq!(p[0].refused, Some(Refusal::NotAllowed), "{p:?}");
 }

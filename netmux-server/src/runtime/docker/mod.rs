@@ -68,6 +68,14 @@ pub struct Settings {
     /// How long the first complete list may take before start fails (ms).
     #[serde(default = "default_initial_sync_timeout_ms")]
     pub initial_sync_timeout_ms: u64,
+    /// Where entries may point (CIDRs or addresses); unset: every address
+    /// Docker assigned to a container ([`crate::policy`]).
+    #[serde(default)]
+    pub allowed_target_cidrs: Option<Vec<crate::policy::Cidr>>,
+    /// Exceptions to the never-list (loopback, link-local, the server's
+    /// own addresses...).
+    #[serde(default)]
+    pub allow_unsafe_targets: Vec<crate::policy::Cidr>,
 }
 
 fn default_namespace() -> String {
@@ -105,6 +113,12 @@ impl Settings {
         if let Some(h) = &self.host {
             client::endpoint(h, None, false).map_err(|e| ("runtime.host", e.to_string()))?;
         }
+        if matches!(&self.allowed_target_cidrs, Some(l) if l.is_empty()) {
+            return Err((
+                "runtime.allowed_target_cidrs",
+                "an empty list refuses every target; fix: list the Docker networks' subnets such as [\"172.18.0.0/16\"], or remove the key to allow every container address".into(),
+            ));
+        }
         if let Some(bad) = self.networks.iter().find(|n| n.trim().is_empty()) {
             return Err((
                 "runtime.networks",
@@ -140,7 +154,12 @@ pub enum Error {
 
 /// Starts following the Docker API; returns once the first catalog is
 /// published.
-pub async fn start(settings: &Settings, store: Arc<CatalogStore>) -> Result<RuntimeHandle, Error> {
+/// `server_addresses` are the server's own, never published.
+pub async fn start(
+    settings: &Settings,
+    server_addresses: Vec<std::net::IpAddr>,
+    store: Arc<CatalogStore>,
+) -> Result<RuntimeHandle, Error> {
     let host = settings
         .host
         .clone()
@@ -170,6 +189,11 @@ pub async fn start(settings: &Settings, store: Arc<CatalogStore>) -> Result<Runt
             cluster_domain: settings.cluster_domain.clone(),
             networks: settings.networks.clone(),
             reach: Reach::All,
+            policy: crate::policy::TargetPolicy {
+                allowed: settings.allowed_target_cidrs.clone(),
+                allow_unsafe: settings.allow_unsafe_targets.clone(),
+                server_addresses,
+            },
         },
         server_container,
         containers: HashMap::new(),
@@ -395,6 +419,13 @@ impl Driver {
         let now: HashSet<Problem> = problems.into_iter().collect();
         for p in now.difference(&self.reported) {
             tracing::warn!(problem = %p, "container not published");
+            if let Some(r) = p.refused {
+                self.store
+                    .metrics()
+                    .catalog_refused
+                    .with_label_values(&[r.label()])
+                    .inc();
+            }
         }
         self.reported = now;
     }
