@@ -114,10 +114,7 @@ pub async fn run(
         ) => {}
         () = shutdown => tracing::info!("shutting down"),
     }
-    endpoint.close(
-        quinn::VarInt::from_u32(netmux_common::proto::error_code::NO_ERROR),
-        b"server shutting down",
-    );
+    drain(&server, &endpoint).await;
     if let Some(h) = http {
         h.abort();
     }
@@ -125,6 +122,28 @@ pub async fn run(
     endpoint.wait_idle().await;
     Ok(())
 }
+
+/// How long a stopping server waits for its claims' Leases and
+/// EndpointSlices to be deleted.
+pub const DRAIN_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Stops serving: gives up every reverse claim (its Leases and
+/// EndpointSlices are deleted, so another replica can take them at once),
+/// then closes every daemon's connection with a reason that tells it to
+/// reconnect (to another replica behind the same Service).
+pub async fn drain(server: &Server, endpoint: &quinn::Endpoint) {
+    server
+        .reverse
+        .release_everything(DRAIN_RELEASE_TIMEOUT)
+        .await;
+    endpoint.close(
+        quinn::VarInt::from_u32(netmux_common::proto::error_code::NO_ERROR),
+        SHUTDOWN_REASON.as_bytes(),
+    );
+}
+
+/// The close reason daemons see when a server stops.
+pub const SHUTDOWN_REASON: &str = "server shutting down; reconnect";
 
 /// Where reverse claims are coordinated: Leases with the Kubernetes
 /// runtime (replicas share nothing else), this process otherwise; with

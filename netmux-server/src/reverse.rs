@@ -424,6 +424,33 @@ impl Claims {
             .count()
     }
 
+    /// Releases every claim of every session and waits, at most `within`,
+    /// until the lock has given each up: a stopping server frees its
+    /// Leases and EndpointSlices at once instead of leaving them to
+    /// expire, so a daemon that reconnects to another replica can claim
+    /// again right away.
+    pub async fn release_everything(&self, within: std::time::Duration) {
+        let claims: Vec<Claim> = lock(&self.table).drain().map(|(_, c)| c).collect();
+        let releases: Vec<_> = claims
+            .iter()
+            .map(|c| self.lock.release(&c.request))
+            .collect();
+        for c in &claims {
+            tracing::info!(service = %c.request.key, client = %c.holder.client, "reverse service released: server shutting down");
+            if c.adhoc {
+                self.store.remove_adhoc(&c.request.key);
+            }
+        }
+        // Stops the listeners.
+        drop(claims);
+        if tokio::time::timeout(within, futures::future::join_all(releases))
+            .await
+            .is_err()
+        {
+            tracing::warn!(?within, "not every claim was released in time; the rest expire");
+        }
+    }
+
     /// Releases everything `session` holds (its connection ended).
     pub fn release_all(&self, session: u64) {
         let keys: Vec<String> = lock(&self.table)

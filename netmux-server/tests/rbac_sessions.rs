@@ -32,6 +32,8 @@ const TTL: Duration = Duration::from_millis(200);
 
 struct Harness {
     udp: SocketAddr,
+    server: Arc<Server>,
+    endpoint: quinn::Endpoint,
     ca: rustls::pki_types::CertificateDer<'static>,
     _dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
@@ -69,6 +71,11 @@ async fn start(fake: &FakeApi) -> Harness {
 
 /// [`start`] with more top-level config lines.
 async fn start_with(fake: &FakeApi, extra: &str) -> Harness {
+    start_full(fake, extra, Arc::new(reverse::MemoryLock::default())).await
+}
+
+/// [`start_with`], claims coordinated by `lock`.
+async fn start_full(fake: &FakeApi, extra: &str, lock: Arc<dyn reverse::ClaimLock>) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("services.toml"), "").expect("services file");
     let text = format!(
@@ -108,11 +115,12 @@ async fn start_with(fake: &FakeApi, extra: &str) -> Harness {
     .with_recheck_interval(config.rbac_recheck);
     let server = Arc::new(Server {
         access,
-        reverse: reverse::Claims::new(
+        reverse: reverse::Claims::with_lock(
             store,
             metrics.clone(),
             config.reverse_bind,
             config.adhoc_namespace.clone(),
+            lock,
         )
         .with_expose_ports(config.expose_ports.clone(), config.own_ports()),
         sessions: std::sync::atomic::AtomicU64::new(1),
@@ -123,7 +131,7 @@ async fn start_with(fake: &FakeApi, extra: &str) -> Harness {
     let udp = endpoint.local_addr().expect("addr");
     let caps = server.config.limits.caps();
     let task = tokio::spawn(transport::accept_loop(
-        endpoint,
+        endpoint.clone(),
         server.clone(),
         Admission::new(caps),
     ));
@@ -133,6 +141,8 @@ async fn start_with(fake: &FakeApi, extra: &str) -> Harness {
         .expect("PEM");
     Harness {
         udp,
+        server,
+        endpoint,
         ca,
         _dir: dir,
         task,
@@ -415,4 +425,47 @@ async fn expose_without_adhoc_namespace_is_refused_with_the_fix() {
         why.contains("adhoc_namespace is not set") && why.contains("fix:"),
         "{why}"
     );
+}
+
+#[tokio::test]
+async fn a_draining_server_frees_its_leases_and_tells_daemons_to_reconnect() {
+    use netmux_server::reverse::lease::{LeaseLock, LeaseOptions};
+    let fake = FakeApi::start().await;
+    fake.add_token_with_audiences("hal-token", "hal", &[], &["netmux"]);
+    fake.allow("hal", "update", "/services", "shop", "hook");
+    let lock = LeaseLock::new(
+        fake.client("netmux", None),
+        LeaseOptions {
+            namespace: "netmux".into(),
+            replica: "server-a".into(),
+            pod_ip: "10.0.0.1".parse().ok(),
+            // Long: the test sees a release, not an expiry.
+            duration: Duration::from_secs(600),
+        },
+    );
+    let h = start_full(&fake, "", Arc::new(lock)).await;
+    let mut d = Daemon::connect(&h, "hal-token").await;
+    let r = d.session.claim("shop/hook");
+    assert_eq!(answer(&mut d, r).await, None, "hal holds shop/hook");
+    let leases = || fake.objects("coordination.k8s.io/leases");
+    let slices = || fake.objects("discovery.k8s.io/endpointslices");
+    assert_eq!(leases().len(), 1);
+    assert_eq!(slices().len(), 1, "traffic routed to this replica");
+
+    netmux_server::drain(&h.server, &h.endpoint).await;
+    assert!(
+        leases().is_empty(),
+        "Lease deleted, not left to expire: {:?}",
+        leases()
+    );
+    assert!(slices().is_empty(), "EndpointSlice deleted: {:?}", slices());
+    let closed = tokio::time::timeout(WAIT, d.conn.closed())
+        .await
+        .expect("the daemon is told");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(&c.reason[..], netmux_server::SHUTDOWN_REASON.as_bytes());
+        }
+        other => panic!("{other:?}"),
+    }
 }
