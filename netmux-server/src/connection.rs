@@ -135,26 +135,43 @@ async fn flush(session: &mut ServerSession, send: &mut SendStream) -> Result<(),
     Ok(())
 }
 
+/// Runs `fut` until the session's next deadline: `None` when the deadline
+/// came first (then [`ServerSession::handle_timeout`] decides).
+async fn until_deadline<F: std::future::Future>(
+    session: &ServerSession,
+    fut: F,
+) -> Option<F::Output> {
+    match session.poll_timeout() {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
 type Handshake = (Identity, ServerSession, SendStream, RecvStream);
 
 /// Accepts the control stream and decides on the hello.
 async fn handshake(conn: &Connection, server: &Server) -> Result<Handshake, SessionError> {
     let timeout = server.config.hello_timeout;
+    // The session keeps the hello deadline; this driver only sleeps until
+    // it and hands the time back (`poll_timeout` / `handle_timeout`).
     let mut session = ServerSession::new(Instant::now(), timeout);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let (mut send, mut recv) = tokio::time::timeout_at(deadline, conn.accept_bi())
-        .await
-        .map_err(|_| SessionError::HelloTimeout(timeout))?
-        .map_err(|_| SessionError::Unexpected("connection closed before hello"))?;
+    let (mut send, mut recv) = match until_deadline(&session, conn.accept_bi()).await {
+        None => {
+            let e = session.handle_timeout(Instant::now()).err();
+            return Err(e.unwrap_or(SessionError::HelloTimeout(timeout)));
+        }
+        Some(accepted) => {
+            accepted.map_err(|_| SessionError::Unexpected("connection closed before hello"))?
+        }
+    };
     let hello = loop {
         if let Some(ServerEvent::Hello(h)) = session.poll_event() {
             break h;
         }
-        let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(4096, true)).await;
-        let result = match chunk {
-            Err(_) => session.handle_timeout(Instant::now() + timeout),
-            Ok(Ok(Some(c))) => session.handle_input(&c.bytes),
-            Ok(_) => Err(SessionError::Unexpected(
+        let result = match until_deadline(&session, recv.read_chunk(4096, true)).await {
+            None => session.handle_timeout(Instant::now()),
+            Some(Ok(Some(c))) => session.handle_input(&c.bytes),
+            Some(_) => Err(SessionError::Unexpected(
                 "control stream ended before hello",
             )),
         };
