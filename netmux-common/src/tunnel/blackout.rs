@@ -238,9 +238,7 @@ impl ResumeDetector {
 
     /// Feeds `CLOCK_BOOTTIME` and `CLOCK_MONOTONIC` as of now.
     pub fn observe(&mut self, boottime: Duration, monotonic: Duration) -> Option<Gap> {
-        let Some((boot0, mono0)) = self.last.replace((boottime, monotonic)) else {
-            return None;
-        };
+        let (boot0, mono0) = self.last.replace((boottime, monotonic))?;
         let boot = boottime.saturating_sub(boot0);
         let mono = monotonic.saturating_sub(mono0);
         let late = boot.saturating_sub(self.interval);
