@@ -456,6 +456,9 @@ fn session_client_config(
     Ok(crate::transport::client_config_with(ca_pem, t)?)
 }
 
+/// How long a QUIC handshake with the server may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long `auto` waits for the server over UDP before it tries the
 /// port-forward.
 const AUTO_DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -480,10 +483,18 @@ async fn connect(
         Transport::Quic => {
             let server = resolve(config).await?;
             via_udp = true;
-            (
-                dial_udp(client, server, &config.server_name, quic_endpoint).await?,
-                server,
-            )
+            let dial = dial_udp(client, server, &config.server_name, quic_endpoint);
+            // The idle timeout (survive_blackout) also bounds a handshake:
+            // an unanswered one must fail long before that.
+            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, dial)
+                .await
+                .map_err(|_| {
+                    ConnectError::Quic(format!(
+                        "no answer from {server} within {}s",
+                        HANDSHAKE_TIMEOUT.as_secs()
+                    ))
+                })??;
+            (conn, server)
         }
         Transport::Tcp => {
             let server = resolve(config).await?;
