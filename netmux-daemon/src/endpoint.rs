@@ -449,9 +449,8 @@ fn session_client_config(
     survive_blackout: Duration,
     gate: &netmux_common::tunnel::blackout::ProbeGate,
 ) -> Result<quinn::ClientConfig, ConnectError> {
-    let mut t = quic::transport_config_with(
-        gate.wrap(Arc::new(quic::congestion::BbrConfig::default())),
-    );
+    let mut t =
+        quic::transport_config_with(gate.wrap(Arc::new(quic::congestion::BbrConfig::default())));
     netmux_common::tunnel::blackout::set_idle_timeout(&mut t, survive_blackout);
     Ok(crate::transport::client_config_with(ca_pem, t)?)
 }
