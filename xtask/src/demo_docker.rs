@@ -150,7 +150,7 @@ fn run(
     show(&d.docker([
         "ps",
         "--format",
-        "table {{.Names}}\t{{.Status}}\t{{.Labels}}",
+        "table {{.Names}}\t{{.Status}}\t{{.Image}}",
     ])?);
     let web = d
         .inspect("shop_web_1", "{{.Id}}")
