@@ -95,6 +95,13 @@ impl Admission {
         })
     }
 
+    /// Whether half the pending places are taken: from then on only peers
+    /// that proved their address (QUIC Retry) are admitted, so spoofed
+    /// sources can hold at most half of them.
+    pub fn under_pressure(&self) -> bool {
+        lock(&self.counts).pending * 2 >= self.caps.pending
+    }
+
     /// Connections now: `(total, pending)`.
     pub fn counts(&self) -> (usize, usize) {
         let c = lock(&self.counts);
@@ -159,6 +166,7 @@ mod tests {
         let mut t2 = a.admit(ip("10.0.0.1")).expect("second from the source");
         assert_eq!(a.admit(ip("10.0.0.1")).unwrap_err(), Refusal::PerSource);
         let t3 = a.admit(ip("10.0.0.2")).expect("other source");
+        assert!(a.under_pressure());
         assert_eq!(a.admit(ip("10.0.0.3")).unwrap_err(), Refusal::Pending);
         t2.hello_done();
         t2.hello_done(); // twice counts once

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
 use netmux_common::proto::error_code;
 use netmux_common::proto::hello::HelloStatus;
 use netmux_common::proto::session::{ServerEvent, ServerSession, SessionError};
@@ -41,11 +42,15 @@ pub async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Ticket) {
     // do not sit in quinn's receive buffer.
     let discard = async { while conn.read_datagram().await.is_ok() {} };
     let handshake = tokio::select! {
-        h = handshake(&conn, &server) => h,
+        biased;
         () = discard => Err(SessionError::Unexpected("connection closed before hello")),
+        h = handshake(&conn, &server) => h,
     };
     match handshake {
         Ok((identity, session, send, recv)) => {
+            // What is buffered now was sent before the daemon could have
+            // seen the reply (it arrived with the hello): also dropped.
+            while let Some(Ok(_)) = conn.read_datagram().now_or_never() {}
             ticket.hello_done();
             let limits = &server.config.limits;
             // The control stream, the proxied streams, and room to refuse.

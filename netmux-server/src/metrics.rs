@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All server metrics, registered in their own registry.
@@ -49,6 +49,9 @@ pub struct Metrics {
     /// QUIC connections and `stream_listen` peers refused by a cap
     /// (`[limits]`), by reason.
     pub peers_refused: IntCounterVec,
+    /// QUIC Retries sent to make a peer prove its address (half the
+    /// pending-hello places taken).
+    pub address_validations: IntCounter,
     /// Requests of an authenticated daemon refused by a per-session limit:
     /// `streams`, `udp_flows`, `claims`.
     pub session_limit_refusals: IntCounterVec,
@@ -184,6 +187,14 @@ impl Metrics {
                 "netmux_server_peers_refused_total",
                 "Connections and stream_listen peers refused by a [limits] cap, by reason",
                 &["reason"],
+            ),
+            address_validations: register(
+                &r,
+                IntCounter::new(
+                    "netmux_server_address_validations_total",
+                    "QUIC Retries sent under load (half the pending-hello places taken)",
+                )
+                .expect("static metric"),
             ),
             session_limit_refusals: counter(
                 "netmux_server_session_limit_refusals_total",

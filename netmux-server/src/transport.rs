@@ -186,6 +186,15 @@ pub async fn accept_loop(
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
+        if !incoming.remote_address_validated() && admission.under_pressure() {
+            // A spoofed source cannot answer a Retry: under load, places
+            // go only to peers that prove their address.
+            server.metrics.address_validations.inc();
+            if let Err(e) = incoming.retry() {
+                tracing::debug!(%remote, error = %e, "retry not sent");
+            }
+            continue;
+        }
         let ticket = match admission.admit(remote.ip()) {
             Ok(t) => t,
             Err(refusal) => {

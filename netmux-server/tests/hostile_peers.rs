@@ -49,7 +49,7 @@ async fn start(limits: &str, hello_timeout_ms: u64, kube: Option<kube::Client>) 
     std::fs::write(dir.path().join("services.toml"), "").expect("services file");
     let text = format!(
         "listen = \"127.0.0.1:0\"\nstream_listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\
-         hello_timeout_ms = {hello_timeout_ms}\nreverse_bind = \"127.0.0.1\"\n\
+         hello_timeout_ms = {hello_timeout_ms}\nreverse_bind = \"127.0.0.1\"\nadhoc_namespace = \"adhoc\"\n\
          [[token]]\nname = \"ci\"\ntoken = \"{TOKEN}\"\n\
          [runtime]\nkind = \"static\"\nservices = \"services.toml\"\n[limits]\n{limits}\n"
     );
@@ -480,4 +480,23 @@ async fn datagrams_before_the_hello_are_dropped_unread() {
     .await
     .expect("the datagram after the hello is handled");
     assert_eq!(unknown(), 1, "datagrams from before the hello were kept");
+}
+
+#[tokio::test]
+async fn under_load_a_place_needs_a_proven_address() {
+    let h = start("max_pending_hello = 4", 30_000, None).await;
+    let _c1 = h.connect("127.0.0.1").await.expect("c1");
+    assert_eq!(h.server.metrics.address_validations.get(), 0);
+    let _c2 = h.connect("127.0.0.1").await.expect("c2");
+    // Half the pending places are taken: the next peer gets a Retry, which
+    // a real client answers (a spoofed source cannot) and is admitted.
+    let _c3 = h.connect("127.0.0.2").await.expect("c3 after a Retry");
+    assert_eq!(h.server.metrics.address_validations.get(), 1);
+    let _c4 = h.connect("127.0.0.3").await.expect("c4 after a Retry");
+    assert_eq!(h.server.metrics.address_validations.get(), 2);
+    assert!(
+        is_refused(&h.connect("127.0.0.4").await),
+        "all four pending places taken"
+    );
+    assert_eq!(h.refused("max_pending_hello"), 1);
 }
