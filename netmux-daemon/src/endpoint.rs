@@ -692,6 +692,48 @@ fn send_pending(
     }
 }
 
+/// First wait before a refused claim is asked again; doubles up to
+/// [`CLAIM_RETRY_MAX`].
+pub const CLAIM_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between two tries of a refused claim.
+pub const CLAIM_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// When refused claims are tried again on this connection.
+struct ClaimRetry {
+    at: Option<tokio::time::Instant>,
+    next_wait: Duration,
+}
+
+impl Default for ClaimRetry {
+    fn default() -> Self {
+        ClaimRetry {
+            at: None,
+            next_wait: CLAIM_RETRY_MIN,
+        }
+    }
+}
+
+impl ClaimRetry {
+    /// A refusal arrived: try again after the current backoff (once).
+    fn schedule(&mut self) {
+        if self.at.is_none() {
+            self.at = Some(tokio::time::Instant::now() + self.next_wait);
+            self.next_wait = (self.next_wait * 2).min(CLAIM_RETRY_MAX);
+        }
+    }
+
+    /// Resolves when a retry is due (never while none is scheduled).
+    async fn due(&mut self) {
+        match self.at {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                self.at = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// Applies catalog updates until the connection ends; returns why.
 async fn follow(
     conn: &Connection,
@@ -707,8 +749,23 @@ async fn follow(
     if flush(&mut session, &mut send).await.is_err() {
         return "control stream closed".into();
     }
+    // Refused claims are asked again with backoff: the holder may leave,
+    // or its replica may stop (a rolling update frees its Leases).
+    let mut retry = ClaimRetry::default();
     loop {
         let chunk: Result<Option<Bytes>, String> = tokio::select! {
+            () = retry.due() => {
+                for c in claims.lock().values_mut() {
+                    if matches!(c.state, ClaimState::Refused(_)) {
+                        c.state = ClaimState::Pending;
+                    }
+                }
+                send_pending(&mut session, claims, &mut in_flight);
+                if flush(&mut session, &mut send).await.is_err() {
+                    return "control stream closed".into();
+                }
+                continue;
+            }
             Some(cmd) = commands.recv() => {
                 match cmd {
                     Command::Sync => send_pending(&mut session, claims, &mut in_flight),
@@ -744,7 +801,10 @@ async fn follow(
                     if let Some(c) = claims.lock().get_mut(&name) {
                         c.state = match error {
                             None => ClaimState::Held,
-                            Some(e) => ClaimState::Refused(e),
+                            Some(e) => {
+                                retry.schedule();
+                                ClaimState::Refused(e)
+                            }
                         };
                     }
                 }

@@ -255,8 +255,19 @@ fn a_second_daemon_cannot_claim_a_held_service() {
             "error names the holder: {}",
             out.stderr
         );
-        // When the holder lets go, the second daemon may take it.
+        // When the holder lets go, the second daemon's refused claim is
+        // asked again with backoff and held, with no second `start`.
         assert!(w.nm.cli(["stop", ENDPOINT, "rev-http"]).unwrap().success());
+        netmux_testbed::wait_until(
+            "daemon 2 retries its refused claim and holds it",
+            Duration::from_secs(40),
+            || {
+                let ls = cli2(&["ls"]).stdout;
+                ls.lines()
+                    .any(|l| l.contains("demo/rev-http") && l.trim_end().ends_with("on"))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}: {}", cli2(&["ls"]).stdout));
         let out = cli2(&["start", ENDPOINT, "rev-http"]);
         assert!(
             out.success(),
