@@ -757,6 +757,66 @@ fn a_blackout_longer_than_the_bound_resets_and_frees_everything() {
     );
 }
 
+/// The server restarts during a blackout: when the path returns, the new
+/// server does not know the session; the daemon notices (the server
+/// answers probes, the session stays silent), ends it, names the lost
+/// connections, and reconnects as before.
+#[test]
+fn a_server_restarted_during_a_blackout_is_noticed_and_the_daemon_reconnects() {
+    if !prerequisites(
+        "blackout_e2e::a_server_restarted_during_a_blackout_is_noticed_and_the_daemon_reconnects",
+    ) {
+        return;
+    }
+    let sb = sandbox();
+    let (mut nm, _backend, addr) = world(&sb, "", "");
+    let progress = Arc::new(Progress::default());
+    let clients = Clients::start(&sb, addr, progress.clone());
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let p = &progress;
+            wait("interactive echoes before", T, || {
+                p.ticks.load(Ordering::Relaxed) >= 2
+            });
+            in_motion(p, 30 * MIB);
+            let blackout = Blackout::start(&sb);
+            nm.wait_for_ls("endpoint degraded", T, |ls| ls.contains("degraded"))
+                .expect("ls shows the endpoint degraded");
+            nm.server.kill();
+            restart_server(&sb, &mut nm);
+            sb.wait_for_tcp(Side::Cluster, nm.layout.http, T)
+                .unwrap_or_else(|e| panic!("server back: {e}\n{}", nm.server.log()));
+            blackout.lift();
+            let ends = clients.join();
+            assert_eq!(ends.bulk, End::Reset, "bulk: {ends:?}");
+            assert_eq!(ends.interactive, End::Reset, "interactive: {ends:?}");
+            nm.wait_for_ls("endpoint connected again", T, |ls| {
+                ls.contains("\"connected\"")
+            })
+            .expect("reconnects to the new server");
+            let log = nm.daemon.log();
+            assert!(
+                log.contains("no longer knows this session")
+                    && log.contains("open connections lost: demo/held"),
+                "the daemon says the session was lost and which connections:\n{log}"
+            );
+            // New connections work again.
+            let fresh = spawn_in(sb.ws().name(), move || async move {
+                let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.write_all(b"again\n").await?;
+                let mut buf = [0u8; 6];
+                tcp.read_exact(&mut buf).await?;
+                Ok::<_, std::io::Error>(buf)
+            })
+            .join()
+            .expect("thread")
+            .expect("namespace");
+            assert_eq!(fresh.expect("echo after reconnect"), *b"again\n");
+        }),
+    );
+}
+
 /// Runs `f` when dropped (also when the test panics).
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
