@@ -469,3 +469,55 @@ async fn a_draining_server_frees_its_leases_and_tells_daemons_to_reconnect() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_rolling_update_of_two_replicas_keeps_the_c2l_claim() {
+    use netmux_server::reverse::lease::{LeaseLock, LeaseOptions};
+    let fake = FakeApi::start().await;
+    fake.add_token_with_audiences("ivy-token", "ivy", &[], &["netmux"]);
+    fake.allow("ivy", "update", "/services", "shop", "hook");
+    let replica = |name: &str, ip: &str| {
+        Arc::new(LeaseLock::new(
+            fake.client("netmux", None),
+            LeaseOptions {
+                namespace: "netmux".into(),
+                replica: name.into(),
+                pod_ip: ip.parse().ok(),
+                duration: Duration::from_secs(600),
+            },
+        ))
+    };
+    let a = start_full(&fake, "", replica("server-a", "10.0.0.1")).await;
+    let b = start_full(&fake, "", replica("server-b", "10.0.0.2")).await;
+    let holder = |fake: &FakeApi| {
+        fake.objects("coordination.k8s.io/leases")
+            .first()
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+    };
+
+    let mut on_a = Daemon::connect(&a, "ivy-token").await;
+    let r = on_a.session.claim("shop/hook");
+    assert_eq!(answer(&mut on_a, r).await, None);
+    assert!(holder(&fake).is_some_and(|h| h.starts_with("server-a/")));
+
+    // Replica a is terminated: it drains, the daemon reconnects (to b,
+    // behind the same Service) and claims again at once.
+    netmux_server::drain(&a.server, &a.endpoint).await;
+    tokio::time::timeout(WAIT, on_a.conn.closed())
+        .await
+        .expect("told to reconnect");
+    let mut on_b = Daemon::connect(&b, "ivy-token").await;
+    let r = on_b.session.claim("shop/hook");
+    assert_eq!(
+        answer(&mut on_b, r).await,
+        None,
+        "no wait for a's Lease to expire"
+    );
+    assert!(holder(&fake).is_some_and(|h| h.starts_with("server-b/")));
+    let slices = fake.objects("discovery.k8s.io/endpointslices");
+    assert_eq!(slices.len(), 1, "{slices:?}");
+    assert_eq!(
+        slices[0]["endpoints"][0]["addresses"][0], "10.0.0.2",
+        "traffic goes to b"
+    );
+}
