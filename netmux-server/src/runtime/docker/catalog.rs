@@ -702,7 +702,7 @@ fn target(a: &str, all: &[Candidate<'_>], options: &CatalogOptions) -> Result<Ve
     }
     let found: Vec<&Candidate<'_>> = all
         .iter()
-        .filter(|c| c.names.iter().any(|n| *n == short))
+        .filter(|c| c.names.contains(&short))
         .filter(|c| !matches!(c.c.health, Health::Starting | Health::Unhealthy))
         .collect();
     if found.is_empty() {
