@@ -7,7 +7,7 @@
 //! Every address used is loopback or assigned inside the test's namespaces.
 
 use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use netmux_testbed::netmux::{Netmux, ServiceSpec, ENDPOINT};
@@ -17,14 +17,7 @@ mod common;
 use common::{ip, nx_echo, on_failure_dump, sandbox, T};
 
 fn local(sb: &Sandbox, fqdn: &str, port: u16) -> SocketAddr {
-    let hosts = std::fs::read_to_string(sb.ws_hosts_file()).expect("hosts file");
-    let addr: IpAddr = hosts
-        .lines()
-        .find(|l| l.split_whitespace().skip(1).any(|n| n == fqdn))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("{fqdn} not in hosts file:\n{hosts}"));
-    SocketAddr::new(addr, port)
+    common::hosts_addr(sb, fqdn, port)
 }
 
 /// Sends `len` patterned bytes (seeded by `seed`) and checks the echo.

@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::{ip, on_failure_dump, sandbox, T};
+use common::{hosts_addr, ip, on_failure_dump, sandbox, T};
 
 /// Connections per scenario.
 const ROUNDS: usize = 200;
@@ -233,15 +233,7 @@ fn l2c_rst() -> ServiceSpec {
 
 /// The local address the daemon gave `name` in the workstation hosts file.
 fn local(sb: &Sandbox, name: &str, port: u16) -> SocketAddr {
-    let hosts = std::fs::read_to_string(sb.ws_hosts_file()).expect("hosts file");
-    let fqdn = format!("{name}.{ENDPOINT}.svc.cluster.local");
-    let addr = hosts
-        .lines()
-        .find(|l| l.split_whitespace().skip(1).any(|n| n == fqdn))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("{fqdn} not in hosts file:\n{hosts}"));
-    SocketAddr::new(addr, port)
+    hosts_addr(sb, &format!("{name}.{ENDPOINT}.svc.cluster.local"), port)
 }
 
 fn up<'a>(sb: &'a Sandbox, services: &[ServiceSpec], daemon_extra: &str) -> Netmux<'a> {

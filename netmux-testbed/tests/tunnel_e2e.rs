@@ -4,7 +4,7 @@
 //! Need root; run with `--test-threads=1` (as `cargo xtask test` does).
 //! Every address used is loopback or assigned inside the test's namespaces.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,18 +98,7 @@ fn world(sb: &Sandbox) -> World<'_> {
 
 /// The local address the daemon gave `name` in the workstation hosts file.
 fn local(sb: &Sandbox, name: &str, port: u16) -> SocketAddr {
-    let hosts = std::fs::read_to_string(sb.ws_hosts_file()).expect("hosts file");
-    let fqdn = format!("{name}.{ENDPOINT}.svc.cluster.local");
-    let line = hosts
-        .lines()
-        .find(|l| l.split_whitespace().skip(1).any(|n| n == fqdn))
-        .unwrap_or_else(|| panic!("{fqdn} not in hosts file:\n{hosts}"));
-    let addr: IpAddr = line
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("bad hosts line {line:?}"));
-    SocketAddr::new(addr, port)
+    common::hosts_addr(sb, &format!("{name}.{ENDPOINT}.svc.cluster.local"), port)
 }
 
 #[test]

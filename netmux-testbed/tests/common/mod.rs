@@ -80,3 +80,16 @@ pub fn nx_echo_udp(sb: &Sandbox, side: Side, label: &str, addr: SocketAddr) -> P
     std::thread::sleep(Duration::from_millis(200));
     p
 }
+
+/// `fqdn`'s address in the workstation's hosts file (the loopback address
+/// the daemon gave a started service), with `port`.
+pub fn hosts_addr(sb: &Sandbox, fqdn: &str, port: u16) -> SocketAddr {
+    let hosts = std::fs::read_to_string(sb.ws_hosts_file()).expect("hosts file");
+    let addr: IpAddr = hosts
+        .lines()
+        .find(|l| l.split_whitespace().skip(1).any(|n| n == fqdn))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{fqdn} not in hosts file:\n{hosts}"));
+    SocketAddr::new(addr, port)
+}
