@@ -131,6 +131,19 @@ pub async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Ticket) {
     }
 }
 
+/// Catalog entries too large for a frame were left out of what the daemon
+/// gets: said in the log and counted, never sent truncated.
+fn report_oversized(server: &Server, client: &str, session: &mut ServerSession) {
+    for service in session.take_oversized() {
+        tracing::error!(%client, %service, "catalog entry over the 64 KiB frame limit not sent: it has too many aliases, addresses or ports; split the Service");
+        server
+            .metrics
+            .catalog_refused
+            .with_label_values(&["too_large"])
+            .inc();
+    }
+}
+
 async fn flush(session: &mut ServerSession, send: &mut SendStream) -> Result<(), SessionError> {
     while let Some(bytes) = session.poll_transmit() {
         send.write_all(&bytes)
@@ -206,6 +219,7 @@ async fn handshake(conn: &Connection, server: &Server) -> Result<Handshake, Sess
                     cluster_ranges: server.config.announced_ranges(),
                 },
             );
+            report_oversized(server, &identity.name, &mut session);
             flush(&mut session, &mut send).await?;
             Ok((identity, session, send, recv))
         }
@@ -262,6 +276,7 @@ async fn control_loop(
                 session.update_catalog(&server.access.visible(identity, &current).await);
             }
         }
+        report_oversized(&server, &identity.name, &mut session);
         flush(&mut session, &mut send).await?;
     }
 }

@@ -62,12 +62,16 @@ impl SessionError {
     }
 }
 
-fn push_frame<T: serde::Serialize>(out: &mut BytesMut, msg: &T) {
-    // Messages that do not fit a frame are a bug on our side; an entry so
-    // large is dropped with an error log rather than sent truncated.
+fn push_frame<T: serde::Serialize>(out: &mut BytesMut, msg: &T) -> bool {
+    // Messages that do not fit a frame are never sent truncated: a catalog
+    // entry so large is left out and reported by the server session
+    // ([`ServerSession::take_oversized`]); anything else is a bug here.
     match control::encode(msg).and_then(|body| frame::encode(&body, out)) {
-        Ok(()) => {}
-        Err(e) => tracing::error!(error = %e, "control message not sent"),
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "control message not sent");
+            false
+        }
     }
 }
 
@@ -389,6 +393,8 @@ pub struct ServerSession {
     frames: FrameDecoder,
     out: BytesMut,
     events: VecDeque<ServerEvent>,
+    /// Catalog entries left out because they do not fit a frame.
+    oversized: Vec<String>,
 }
 
 impl ServerSession {
@@ -403,6 +409,20 @@ impl ServerSession {
             frames: FrameDecoder::new(),
             out: BytesMut::new(),
             events: VecDeque::new(),
+            oversized: Vec::new(),
+        }
+    }
+
+    /// `namespace/name` of the catalog entries left out since the last
+    /// call because their encoding is over the 64 KiB frame limit; the
+    /// driver reports each (log, metric). They are never sent truncated.
+    pub fn take_oversized(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.oversized)
+    }
+
+    fn push_upsert(&mut self, svc: &catalog::Service) {
+        if !push_frame(&mut self.out, &ServerMessage::Upsert(svc.clone())) {
+            self.oversized.push(svc.key());
         }
     }
 
@@ -507,7 +527,7 @@ impl ServerSession {
                 {
                     match ClientMessage::decode(&payload).map_err(SessionError::Protocol)? {
                         ClientMessage::Ping(n) => {
-                            push_frame(&mut self.out, &ServerMessage::Pong(n))
+                            push_frame(&mut self.out, &ServerMessage::Pong(n));
                         }
                         ClientMessage::Claim { request, service } => self
                             .events
@@ -549,7 +569,7 @@ impl ServerSession {
         self.reply_with(HelloStatus::Accepted, greeting, extensions);
         push_frame(&mut self.out, &ServerMessage::CatalogBegin);
         for svc in catalog.values() {
-            push_frame(&mut self.out, &ServerMessage::Upsert(svc.clone()));
+            self.push_upsert(svc);
         }
         push_frame(&mut self.out, &ServerMessage::CatalogSynced);
         self.state = ServerState::Established {
@@ -578,10 +598,16 @@ impl ServerSession {
     /// Queues the events that bring the daemon to `catalog`.
     pub fn update_catalog(&mut self, catalog: &Catalog) {
         if let ServerState::Established { sent } = &mut self.state {
-            for event in catalog::diff(sent, catalog) {
-                push_frame(&mut self.out, &ServerMessage::from(event));
-            }
+            let events = catalog::diff(sent, catalog);
             *sent = catalog.clone();
+            for event in events {
+                match event {
+                    CatalogEvent::Upsert(svc) => self.push_upsert(&svc),
+                    other => {
+                        push_frame(&mut self.out, &ServerMessage::from(other));
+                    }
+                }
+            }
         }
     }
 }
@@ -619,6 +645,40 @@ mod tests {
         ids.iter()
             .map(|&i| (ServiceId(i), svc(i, &format!("svc{i}"))))
             .collect()
+    }
+
+    #[test]
+    fn an_entry_over_a_frame_is_left_out_and_reported_never_truncated() {
+        let mut client = ClientSession::new(&Hello::new("me", Credential::None));
+        let mut server = ServerSession::new(Instant::now(), Duration::from_secs(5));
+        pump(&mut client, &mut server).unwrap();
+        assert!(matches!(server.poll_event(), Some(ServerEvent::Hello(_))));
+        let mut big = svc(2, "big");
+        big.aliases = (0..400)
+            .map(|i| {
+                format!(
+                    "pod-{i:03}.{0}.{0}.{0}.big.ns.svc.cluster.local",
+                    "x".repeat(50)
+                )
+            })
+            .collect();
+        let mut cat = catalog(&[1]);
+        cat.insert(ServiceId(2), big.clone());
+        server.accept("srv", &cat);
+        assert_eq!(server.take_oversized(), [big.key()]);
+        pump(&mut client, &mut server).unwrap();
+        assert_eq!(client.catalog(), &catalog(&[1]));
+        // Again on a later change; a smaller version goes through.
+        cat.insert(ServiceId(3), svc(3, "svc3"));
+        server.update_catalog(&cat);
+        assert!(server.take_oversized().is_empty());
+        let mut fits = big.clone();
+        fits.aliases.truncate(3);
+        cat.insert(ServiceId(2), fits.clone());
+        server.update_catalog(&cat);
+        assert!(server.take_oversized().is_empty());
+        pump(&mut client, &mut server).unwrap();
+        assert_eq!(client.catalog().get(&ServiceId(2)), Some(&fits));
     }
 
     #[test]
