@@ -576,11 +576,7 @@ impl Daemon {
         let mut stop = Vec::new();
         for (key, running) in &state.running {
             let current = state.endpoints.get(&key.0).and_then(|c| {
-                c.endpoint
-                    .catalog()
-                    .values()
-                    .find(|s| s.key() == key.1)
-                    .cloned()
+                c.endpoint.catalog().by_key(&key.1).cloned()
             });
             let keep = state.wanted.contains(key)
                 && current
@@ -607,7 +603,7 @@ impl Daemon {
                 if let (Some(r), Some(c)) =
                     (state.running.get_mut(&key), state.endpoints.get(&key.0))
                 {
-                    if let Some(s) = c.endpoint.catalog().values().find(|s| s.key() == key.1) {
+                    if let Some(s) = c.endpoint.catalog().by_key(&key.1) {
                         r.service = s.clone();
                     }
                 }
@@ -617,7 +613,7 @@ impl Daemon {
                 continue;
             };
             let catalog = connected.endpoint.catalog();
-            let Some(svc) = catalog.values().find(|s| s.key() == key.1).cloned() else {
+            let Some(svc) = catalog.by_key(&key.1).cloned() else {
                 continue;
             };
             match self.launch(connected, &key, svc).await {
@@ -858,8 +854,8 @@ impl Daemon {
                 let c = conn.borrow().clone()?;
                 let id = catalog
                     .borrow()
-                    .values()
-                    .find(|s| s.key() == key && s.port(port, Protocol::Udp).is_some())
+                    .by_key(&key)
+                    .filter(|s| s.port(port, Protocol::Udp).is_some())
                     .map(|s| s.id)?;
                 Some((c, id))
             };
@@ -999,7 +995,7 @@ impl Daemon {
                 });
             }
             for (ep, k) in state.wanted.iter().filter(|(ep, _)| *ep == cfg.name) {
-                if !catalog.values().any(|s| &s.key() == k) {
+                if catalog.by_key(k).is_none() {
                     rows.push(Row {
                         kind: "SVC".into(),
                         name: k.clone(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use netmux_common::proto::catalog::Catalog;
+use netmux_common::proto::catalog::Indexed;
 use netmux_common::proto::error_code;
 use netmux_common::proto::hello::{Credential, Hello};
 use netmux_common::proto::session::{ClientEvent, ClientSession, SessionError, SYNC_TIMEOUT};
@@ -129,7 +129,7 @@ pub struct Endpoint {
     kube: watch::Sender<Option<Arc<KubeLink>>>,
     status: watch::Receiver<EndpointStatus>,
     conn: watch::Receiver<Option<Connection>>,
-    catalog: watch::Receiver<Arc<Catalog>>,
+    catalog: watch::Receiver<Arc<Indexed>>,
     task: tokio::task::JoinHandle<()>,
     claims: Claims,
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
@@ -160,7 +160,7 @@ impl Endpoint {
         let (kube, kube_rx) = watch::channel(kube);
         let (status_tx, status) = watch::channel(EndpointStatus::Connecting);
         let (conn_tx, conn) = watch::channel(None);
-        let (catalog_tx, catalog) = watch::channel(Arc::new(Catalog::new()));
+        let (catalog_tx, catalog) = watch::channel(Arc::new(Indexed::default()));
         let claims = Claims::default();
         let udp = netmux_common::tunnel::udp::Flows::new(
             crate::udp::MAX_ANSWERED,
@@ -250,12 +250,12 @@ impl Endpoint {
     }
 
     /// The catalog as last received (kept while reconnecting).
-    pub fn catalog(&self) -> Arc<Catalog> {
+    pub fn catalog(&self) -> Arc<Indexed> {
         self.catalog.borrow().clone()
     }
 
     /// Catalog changes.
-    pub fn watch_catalog(&self) -> watch::Receiver<Arc<Catalog>> {
+    pub fn watch_catalog(&self) -> watch::Receiver<Arc<Indexed>> {
         self.catalog.clone()
     }
 
@@ -308,7 +308,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(3);
 struct Outputs {
     status: watch::Sender<EndpointStatus>,
     conn_tx: watch::Sender<Option<Connection>>,
-    catalog_tx: watch::Sender<Arc<Catalog>>,
+    catalog_tx: watch::Sender<Arc<Indexed>>,
     health: crate::health::SharedState,
     ranges: Arc<std::sync::Mutex<Vec<netmux_common::proto::cidr::Cidr>>>,
 }
@@ -344,7 +344,7 @@ async fn run(
                     Ok(mut r) => *r = session.cluster_ranges().to_vec(),
                     Err(p) => *p.into_inner() = session.cluster_ranges().to_vec(),
                 }
-                catalog_tx.send_replace(Arc::new(session.catalog().clone()));
+                catalog_tx.send_replace(Arc::new(Indexed::from(session.catalog().clone())));
                 conn_tx.send_replace(Some(conn.clone()));
                 status.send_replace(EndpointStatus::Connected {
                     server: server.to_string(),
@@ -740,7 +740,7 @@ async fn follow(
     mut session: ClientSession,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    catalog_tx: &watch::Sender<Arc<Catalog>>,
+    catalog_tx: &watch::Sender<Arc<Indexed>>,
     claims: &Claims,
     commands: &mut tokio::sync::mpsc::UnboundedReceiver<Command>,
 ) -> String {
@@ -812,7 +812,7 @@ async fn follow(
             }
         }
         if changed {
-            catalog_tx.send_replace(Arc::new(session.catalog().clone()));
+            catalog_tx.send_replace(Arc::new(Indexed::from(session.catalog().clone())));
         }
         if flush(&mut session, &mut send).await.is_err() {
             return "control stream closed".into();

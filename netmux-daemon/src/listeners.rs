@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use netmux_common::proto::catalog::{Catalog, Protocol, ServiceId};
+use netmux_common::proto::catalog::{Indexed, Protocol, ServiceId};
 use netmux_common::proto::stream::StreamHeader;
 use netmux_common::tunnel::pipe::{self, End};
 use netmux_common::tunnel::stream::{self, Counters, Hooks, NotOpened, Options};
@@ -32,7 +32,7 @@ pub struct Route {
     /// The endpoint's live connection.
     pub conn: watch::Receiver<Option<Connection>>,
     /// The endpoint's catalog.
-    pub catalog: watch::Receiver<std::sync::Arc<Catalog>>,
+    pub catalog: watch::Receiver<std::sync::Arc<Indexed>>,
     /// Metrics.
     pub metrics: Metrics,
     /// The bridge's settings (the endpoint's `half_close_timeout_secs`).
@@ -43,8 +43,8 @@ impl Route {
     fn service_id(&self) -> Option<ServiceId> {
         let catalog = self.catalog.borrow();
         catalog
-            .values()
-            .find(|s| s.key() == self.service && s.port(self.port, Protocol::Tcp).is_some())
+            .by_key(&self.service)
+            .filter(|s| s.port(self.port, Protocol::Tcp).is_some())
             .map(|s| s.id)
     }
 }

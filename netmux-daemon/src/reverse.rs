@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use netmux_common::proto::catalog::{Catalog, Protocol};
+use netmux_common::proto::catalog::{Indexed, Protocol};
 use netmux_common::proto::stream::{OpenResult, StreamHeader};
 use netmux_common::tunnel::stream::{self, Options};
 use quinn::{Connection, RecvStream, SendStream};
@@ -38,7 +38,7 @@ pub struct Reverse {
     /// The endpoint's claims.
     pub claims: Claims,
     /// The endpoint's catalog.
-    pub catalog: watch::Receiver<Arc<Catalog>>,
+    pub catalog: watch::Receiver<Arc<Indexed>>,
     /// Metrics.
     pub metrics: Metrics,
     /// Endpoint name (metrics, logs).

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use netmux_common::proto::catalog::{Catalog, ServiceId};
+use netmux_common::proto::catalog::{Indexed, ServiceId};
 use netmux_common::tunnel::udp::{Drop, Flows, UdpMeter, Way};
 use quinn::Connection;
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ pub const MAX_ANSWERED: usize = 1024;
 pub struct Meter {
     metrics: Metrics,
     endpoint: String,
-    catalog: watch::Receiver<Arc<Catalog>>,
+    catalog: watch::Receiver<Arc<Indexed>>,
 }
 
 impl Meter {
@@ -30,7 +30,7 @@ impl Meter {
     pub fn new(
         metrics: Metrics,
         endpoint: String,
-        catalog: watch::Receiver<Arc<Catalog>>,
+        catalog: watch::Receiver<Arc<Indexed>>,
     ) -> Arc<Self> {
         Arc::new(Meter {
             metrics,
@@ -79,7 +79,7 @@ pub async fn serve(
     conn: Connection,
     flows: Arc<Flows>,
     claims: Claims,
-    catalog: watch::Receiver<Arc<Catalog>>,
+    catalog: watch::Receiver<Arc<Indexed>>,
 ) {
     while let Ok(bytes) = conn.read_datagram().await {
         let resolve = |id: ServiceId, port: u16| -> Option<SocketAddr> {

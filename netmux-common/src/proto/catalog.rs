@@ -198,6 +198,40 @@ pub enum CatalogEvent {
 /// A catalog keyed by id.
 pub type Catalog = BTreeMap<ServiceId, Service>;
 
+/// A catalog with an index by [`Service::key`] (`namespace/name`), for the
+/// lookups by name the daemon makes on every reconcile and connection;
+/// dereferences to the [`Catalog`]. Of two entries with the same key, the
+/// one with the smaller id is found, as a scan in id order would.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Indexed {
+    services: Catalog,
+    by_key: std::collections::HashMap<String, ServiceId>,
+}
+
+impl Indexed {
+    /// The service named `key` (`namespace/name`), if any.
+    pub fn by_key(&self, key: &str) -> Option<&Service> {
+        self.by_key.get(key).and_then(|id| self.services.get(id))
+    }
+}
+
+impl From<Catalog> for Indexed {
+    fn from(services: Catalog) -> Self {
+        let mut by_key = std::collections::HashMap::with_capacity(services.len());
+        for s in services.values() {
+            by_key.entry(s.key()).or_insert(s.id);
+        }
+        Indexed { services, by_key }
+    }
+}
+
+impl std::ops::Deref for Indexed {
+    type Target = Catalog;
+    fn deref(&self) -> &Catalog {
+        &self.services
+    }
+}
+
 /// Events that turn `old` into `new`: removals first, then upserts of what
 /// is new or changed. Unchanged entries produce nothing.
 pub fn diff(old: &Catalog, new: &Catalog) -> Vec<CatalogEvent> {
@@ -280,5 +314,28 @@ pub(crate) mod tests {
         let mut s = svc(1, "ok");
         s.addresses.clear();
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn the_index_finds_by_key_like_a_scan_in_id_order() {
+        let mut c = Catalog::new();
+        let entries = [
+            (3, "a", "web"),
+            (1, "b", "web"),
+            (2, "a", "db"),
+            (4, "a", "web"),
+        ];
+        for (id, ns, name) in entries {
+            let mut s = svc(id, name);
+            s.namespace = ns.into();
+            c.insert(s.id, s);
+        }
+        let idx = Indexed::from(c.clone());
+        for key in ["a/web", "b/web", "a/db", "c/none"] {
+            let scan = c.values().find(|s| s.key() == key);
+            assert_eq!(idx.by_key(key), scan, "{key}");
+        }
+        assert_eq!(idx.by_key("a/web").map(|s| s.id), Some(ServiceId(3)));
+        assert_eq!(idx.len(), 4, "derefs to the catalog");
     }
 }
