@@ -55,7 +55,7 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Why docker tests cannot run here, or `None`: root, `dockerd` and the
-/// `docker` CLI, `nsenter` and `tar`.
+/// `docker` CLI, `nsenter` and `tar`; see [`podman_missing`] for Podman.
 pub fn missing() -> Option<String> {
     prereq::first([
         prereq::root(),
@@ -63,7 +63,14 @@ pub fn missing() -> Option<String> {
     ])
 }
 
-/// A private dockerd; see the [module docs](self).
+/// Why Podman tests cannot run here, or `None`: as [`missing`], and
+/// `podman` (Debian's `podman`).
+pub fn podman_missing() -> Option<String> {
+    prereq::first([missing(), prereq::tools(&["podman"])])
+}
+
+/// A private dockerd (or Podman API service, [`Dockerd::start_podman`]);
+/// see the [module docs](self).
 #[derive(Debug)]
 pub struct Dockerd {
     process: Option<Process>,
@@ -136,6 +143,58 @@ impl Dockerd {
             netns: netns.name().to_owned(),
         };
         // From here on, drop cleans up.
+        d.launch()?;
+        Ok(d)
+    }
+
+    /// Starts Podman's Docker-compatible API service (`podman system
+    /// service`) inside `netns` instead of dockerd, with private storage
+    /// (vfs), run root, network config and events file under a new
+    /// directory in `parent`; the rest of the API is the same. Rootful
+    /// Podman cannot raise the sandbox's rlimits, so its containers get
+    /// `nofile` and `nproc` of 1024 by default.
+    pub fn start_podman(netns: &Netns, parent: &Path) -> Result<Dockerd> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let dir = parent.join(format!("podman{n}"));
+        std::fs::create_dir_all(&dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        let socket = dir.join("docker.sock");
+        let conf = dir.join("containers.conf");
+        let cgroup_parent = format!("nx-podman-{pid}-{n}");
+        std::fs::write(
+            &conf,
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 events_logfile_path = \"{}\"\n",
+                dir.join("events.log").display()
+            ),
+        )
+        .map_err(Error::io(format!("writing {}", conf.display())))?;
+        let nsenter = prereq::which("nsenter").unwrap_or_else(|| PathBuf::from("nsenter"));
+        let podman = prereq::which("podman").unwrap_or_else(|| PathBuf::from("podman"));
+        let builder = ProcessBuilder::new(&format!("podman{n}"), None, nsenter.as_os_str(), parent)
+            .arg(format!("--net=/run/netns/{}", netns.name()))
+            .arg(podman)
+            .arg(format!("--root={}", dir.join("root").display()))
+            .arg(format!("--runroot={}", dir.join("run").display()))
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
+            .arg(format!(
+                "--network-config-dir={}",
+                dir.join("net").display()
+            ))
+            .args(["--storage-driver=vfs", "--cgroup-manager=cgroupfs"])
+            .args(["--events-backend=file", "system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .env("CONTAINERS_CONF", &conf);
+        let mut d = Dockerd {
+            process: None,
+            builder,
+            dir,
+            socket,
+            cgroup_parent,
+            netns: netns.name().to_owned(),
+        };
         d.launch()?;
         Ok(d)
     }
@@ -404,15 +463,21 @@ impl Dockerd {
         }
     }
 
+    /// Removes our cgroup parent's (now empty) cgroups; for Podman also its
+    /// shared `libpod_parent`, which an rmdir leaves alone while another
+    /// Podman still has processes in it.
     fn remove_cgroups(&self) {
         let root = Path::new("/sys/fs/cgroup");
-        let mut tops = vec![root.join(&self.cgroup_parent)];
-        if let Ok(controllers) = std::fs::read_dir(root) {
-            tops.extend(
-                controllers
-                    .flatten()
-                    .map(|c| c.path().join(&self.cgroup_parent)),
-            );
+        let mut parents = vec![self.cgroup_parent.as_str()];
+        if self.cgroup_parent.starts_with("nx-podman") {
+            parents.push("libpod_parent");
+        }
+        let mut tops = Vec::new();
+        for parent in parents {
+            tops.push(root.join(parent));
+            if let Ok(controllers) = std::fs::read_dir(root) {
+                tops.extend(controllers.flatten().map(|c| c.path().join(parent)));
+            }
         }
         for top in tops.into_iter().filter(|t| t.is_dir()) {
             if let Ok(children) = std::fs::read_dir(&top) {

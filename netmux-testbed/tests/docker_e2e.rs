@@ -93,7 +93,11 @@ fn write(path: &Path, text: &str) {
 /// Starts dockerd, runs `containers`, then the server and the daemon
 /// (eBPF redirect in a child cgroup, or loopback), and connects.
 fn world<'a>(sb: &'a Sandbox, ebpf: bool, containers: &[RunSpec]) -> World<'a> {
-    let docker = dockerd(sb);
+    world_on(sb, dockerd(sb), ebpf, containers)
+}
+
+/// [`world`] on an engine already started (dockerd or Podman).
+fn world_on<'a>(sb: &'a Sandbox, docker: Dockerd, ebpf: bool, containers: &[RunSpec]) -> World<'a> {
     let net = docker.create_network(NETWORK, SUBNET).expect("network");
     for c in containers {
         docker.run(c).expect("running a container");
@@ -631,4 +635,54 @@ fn fixture_runs_containers_in_the_sandbox_and_cleans_up() {
         !procs.contains(&dir.display().to_string()),
         "no process of the daemon left:\n{procs}"
     );
+}
+
+#[test]
+fn podmans_docker_api_serves_the_runtime_too() {
+    if !prereq::require(
+        "docker_e2e::podmans_docker_api_serves_the_runtime_too",
+        prereq::first([
+            docker::podman_missing(),
+            prereq::tools(&["curl"]),
+            prereq::binaries(&["nx-echo", "netmux-server", "netmuxd", "netmux"]),
+        ]),
+    ) {
+        return;
+    }
+    let sb = sandbox();
+    let podman =
+        Dockerd::start_podman(sb.cluster(), sb.dir()).expect("starting podman's API service");
+    podman
+        .build_image(&image())
+        .expect("building the test image");
+    let version = podman
+        .docker(["version", "--format", "{{.Server.Version}}"])
+        .expect("version");
+    let w = world_on(&sb, podman, false, &[http("first")]);
+    let server = w.docker.docker(["version"]).expect("version").stdout;
+    assert!(server.contains("Podman Engine"), "{server}\n{version:?}");
+    // Listed with its address, reachable by name...
+    w.wait_listed("first", true);
+    w.start("first");
+    let out = w.curl("http://first:8080/podman");
+    assert!(
+        out.stdout.contains("path=/podman"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    // ...and followed through Podman's events.
+    let late = w.docker.run(&http("late")).expect("run late");
+    w.wait_listed("late", true);
+    w.docker.stop(&late, 1).expect("stop");
+    w.wait_listed("late", false);
+    let bad = w
+        .docker
+        .run(&http("bad").label("netmux.publish", "yes"))
+        .expect("run bad");
+    wait_until("the refusal in the server log", T, || {
+        w.server.log().contains("container bad")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", w.server.log()));
+    assert!(!w.listed(&bad.name), "{}", w.ls());
 }
