@@ -373,6 +373,116 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Hooks that write down what they were told.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Recorder {
+        fn push(&self, e: String) {
+            self.0.lock().expect("recorder").push(e);
+        }
+        fn events(&self) -> Vec<String> {
+            self.0.lock().expect("recorder").clone()
+        }
+    }
+
+    impl Meter for Recorder {
+        fn tcp_to_stream(&self, n: usize) {
+            self.push(format!("sent {n}"));
+        }
+        fn stream_to_tcp(&self, n: usize) {
+            self.push(format!("received {n}"));
+        }
+    }
+
+    impl Hooks for Recorder {
+        fn peer_down(&self) -> &'static str {
+            "peer_down"
+        }
+        fn opened(&self) {
+            self.push("opened".into());
+        }
+        fn answered(&self, connected: bool, _: Duration) {
+            self.push(format!("answered {connected}"));
+        }
+        fn failed(&self, reason: &str) {
+            self.push(format!("failed {reason}"));
+        }
+        fn closed(&self) {
+            self.push("closed".into());
+        }
+    }
+
+    /// A QUIC connection over loopback; the endpoints must outlive it.
+    async fn quic_pair() -> (quinn::Endpoint, quinn::Endpoint, Connection) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let cert = ck.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let server_config =
+            quinn::ServerConfig::with_single_cert(vec![cert.clone()], key).expect("server config");
+        let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("addr"))
+            .expect("server endpoint");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("root");
+        let mut client =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+        client.set_default_client_config(
+            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config"),
+        );
+        let addr = server.local_addr().expect("addr");
+        let (conn, _) = tokio::join!(
+            async {
+                client
+                    .connect(addr, "localhost")
+                    .expect("connect")
+                    .await
+                    .expect("handshake")
+            },
+            async {
+                let incoming = server.accept().await.expect("incoming");
+                incoming.await.expect("server handshake")
+            }
+        );
+        (client, server, conn)
+    }
+
+    /// Issue 15: a client that reset before its first bytes were read
+    /// must not become a stream whose far end sees a clean FIN (the next
+    /// read of a reset socket says EOF). No stream is opened; the reset
+    /// is counted.
+    #[tokio::test]
+    async fn a_client_reset_before_its_first_bytes_opens_no_stream() {
+        let (_client, _server, conn) = quic_pair().await;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (accepted, _) = l.accept().await.expect("accept");
+        client.set_zero_linger().expect("SO_LINGER 0");
+        drop(client);
+        // The RST has arrived once the socket is readable.
+        accepted.readable().await.expect("readable");
+        let header = StreamHeader::Connect {
+            service: crate::proto::catalog::ServiceId(1),
+            port: 80,
+        };
+        let hooks = Recorder::default();
+        let options = Options {
+            half_close_timeout: None,
+        };
+        let opened = tokio::time::timeout(
+            Duration::from_secs(5),
+            open(&conn, accepted, &header, Instant::now(), options, &hooks),
+        )
+        .await
+        .expect("open returns at once instead of bridging a dead client");
+        assert_eq!(opened.expect_err("not opened"), NotOpened::ClientReset);
+        assert_eq!(hooks.events(), ["failed tcp_reset"]);
+    }
 
     #[tokio::test]
     async fn a_refused_dial_is_refused_and_a_closed_port_maps_the_same_everywhere() {
