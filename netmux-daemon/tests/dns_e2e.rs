@@ -293,7 +293,10 @@ mod namespace {
 
     #[test]
     fn namespace_resolv_conf_at_the_daemon_short_and_full_names_cleanup_restores() {
-        if !netmux_testbed::prereq::require("dns_e2e::namespace_resolv_conf_at_the_daemon_short_and_full_names_cleanup_restores", netmux_testbed::prereq::root()) {
+        if !netmux_testbed::prereq::require(
+            "dns_e2e::namespace_resolv_conf_at_the_daemon_short_and_full_names_cleanup_restores",
+            netmux_testbed::prereq::root(),
+        ) {
             return;
         }
         let sb = Sandbox::new().expect("sandbox");
@@ -436,7 +439,10 @@ mod namespace {
     /// other takes over, and keeps the name when the first connects again.
     #[test]
     fn namespace_first_connected_endpoint_owns_the_plain_name() {
-        if !netmux_testbed::prereq::require("dns_e2e::namespace_first_connected_endpoint_owns_the_plain_name", netmux_testbed::prereq::root()) {
+        if !netmux_testbed::prereq::require(
+            "dns_e2e::namespace_first_connected_endpoint_owns_the_plain_name",
+            netmux_testbed::prereq::root(),
+        ) {
             return;
         }
         let sb = Sandbox::new().expect("sandbox");

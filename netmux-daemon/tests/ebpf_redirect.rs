@@ -57,7 +57,11 @@ fn mapped4() -> SocketAddr {
 
 #[test]
 fn redirects_published_services_only_inside_the_cgroup() {
-    let Some(fx) = Fixture::new("ebpf_redirect::redirects_published_services_only_inside_the_cgroup") else { return };
+    let Some(fx) =
+        Fixture::new("ebpf_redirect::redirects_published_services_only_inside_the_cgroup")
+    else {
+        return;
+    };
     let srv4 = Server::start(&fx.netns, "127.0.0.1:0".parse().unwrap(), "hello-v4");
     let srv6 = Server::start(&fx.netns, "[::1]:0".parse().unwrap(), "hello-v6");
 
@@ -188,7 +192,10 @@ fn redirects_published_services_only_inside_the_cgroup() {
 
 #[test]
 fn sigkill_of_the_holder_detaches_the_programs() {
-    let Some(fx) = Fixture::new("ebpf_redirect::sigkill_of_the_holder_detaches_the_programs") else { return };
+    let Some(fx) = Fixture::new("ebpf_redirect::sigkill_of_the_holder_detaches_the_programs")
+    else {
+        return;
+    };
     let srv4 = Server::start(&fx.netns, "127.0.0.1:0".parse().unwrap(), "held");
 
     // The holder runs in this test's own cgroup and namespace; it only
@@ -229,7 +236,10 @@ fn sigkill_of_the_holder_detaches_the_programs() {
 
 #[test]
 fn not_a_cgroup_is_a_named_error() {
-    if !netmux_testbed::prereq::require("ebpf_redirect::not_a_cgroup_is_a_named_error", skip_reason()) {
+    if !netmux_testbed::prereq::require(
+        "ebpf_redirect::not_a_cgroup_is_a_named_error",
+        skip_reason(),
+    ) {
         return;
     }
     let e = EbpfRedirect::load(Path::new("/tmp")).unwrap_err();
@@ -408,10 +418,7 @@ impl Fixture {
         let name = unique_name("nxebpf");
         let netns = NetNs::new(&name);
         let cgroup = ChildCgroup::new(&name).expect("child cgroup");
-        Some(Self {
-            cgroup,
-            netns,
-        })
+        Some(Self { cgroup, netns })
     }
 
     /// Spawns `cmd` in the namespace and, for `Place::Inside`, the cgroup.
@@ -482,6 +489,7 @@ impl Fixture {
 }
 
 mod support;
+use netmux_testbed::cgroup::ChildCgroup;
 use support::*;
 
 // --------------------------------------------------------------- server --

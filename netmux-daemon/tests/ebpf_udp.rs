@@ -19,7 +19,6 @@ use netmux_daemon::redirect::ebpf;
 
 use std::{
     ffi::CString,
-    io::Write as _,
     net::{SocketAddr, TcpListener, UdpSocket},
     os::{
         fd::{AsFd as _, AsRawFd as _},
@@ -56,7 +55,9 @@ fn mapped4() -> SocketAddr {
 
 #[test]
 fn udp_redirect_unconnected_connected_and_mapped() {
-    let Some(fx) = Fixture::new("ebpf_udp::udp_redirect_unconnected_connected_and_mapped") else { return };
+    let Some(fx) = Fixture::new("ebpf_udp::udp_redirect_unconnected_connected_and_mapped") else {
+        return;
+    };
     let echo4 = Echo::start(&fx.netns, "127.0.0.1:0".parse().unwrap());
     let echo6 = Echo::start(&fx.netns, "[::1]:0".parse().unwrap());
 
@@ -199,7 +200,9 @@ fn udp_redirect_unconnected_connected_and_mapped() {
 
 #[test]
 fn tcp_and_udp_entries_are_distinct() {
-    let Some(fx) = Fixture::new("ebpf_udp::tcp_and_udp_entries_are_distinct") else { return };
+    let Some(fx) = Fixture::new("ebpf_udp::tcp_and_udp_entries_are_distinct") else {
+        return;
+    };
     let echo = Echo::start(&fx.netns, "127.0.0.1:0".parse().unwrap());
     // A TCP listener on the same port number as the UDP echo: if the wrong
     // entry were used, the traffic would find a socket.
@@ -252,7 +255,9 @@ fn tcp_and_udp_entries_are_distinct() {
 
 #[test]
 fn udp_listener_rules() {
-    let Some(fx) = Fixture::new("ebpf_udp::udp_listener_rules") else { return };
+    let Some(fx) = Fixture::new("ebpf_udp::udp_listener_rules") else {
+        return;
+    };
     let a = Echo::start(&fx.netns, "127.0.0.1:0".parse().unwrap());
     let b = Echo::start(&fx.netns, "127.0.0.1:0".parse().unwrap());
     let mut redirect = EbpfRedirect::load(fx.cgroup.path()).expect("load eBPF redirect");
@@ -573,6 +578,7 @@ fn in_netns<T: Send>(netns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
 }
 
 mod support;
+use netmux_testbed::cgroup::ChildCgroup;
 use support::*;
 
 // ----------------------------------------------------------------- echo --

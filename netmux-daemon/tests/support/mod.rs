@@ -3,7 +3,6 @@
 //! prerequisite lookups.
 #![allow(dead_code, reason = "each test file uses a subset")]
 
-use std::fs::{self, File};
 use std::io::Read as _;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -17,7 +16,9 @@ use netmux_daemon::redirect::ebpf;
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `name` on PATH, or in /usr/sbin and /sbin.
-pub use netmux_testbed::prereq::which;
+pub fn which(name: &str) -> Option<PathBuf> {
+    netmux_testbed::prereq::which(name)
+}
 
 /// The first of `tools` not installed or of the workspace's `binaries` not
 /// built, as a reason (for [`netmux_testbed::prereq::require`]).
@@ -103,9 +104,6 @@ impl NetNs {
         NetNs { fd, ns }
     }
 }
-
-/// A child cgroup under a private cgroup2 mount (netmux_testbed's).
-pub use netmux_testbed::cgroup::ChildCgroup;
 
 /// Names of the programs attached directly to `cgroup`, per bpftool.
 pub fn attached(cgroup: &Path) -> Vec<String> {
