@@ -68,10 +68,7 @@ impl Degraded<'_> {
             let list = map.entry(self.identity.to_owned()).or_default();
             list.push((self.session, Instant::now(), conn.clone()));
             let cap = self.server.config.limits.max_blackout_sessions;
-            if list.len() > cap {
-                // The longest-silent goes: it is the least likely to return.
-                list.sort_by_key(|(_, since, _)| *since);
-                let (id, since, old) = list.remove(0);
+            if let Some((id, since, old)) = over_cap(list, cap) {
                 let why = format!(
                     "evicted after {} of silence: {} silent sessions for {} (limits.max_blackout_sessions = {cap})",
                     human(since.elapsed()),
@@ -165,6 +162,34 @@ pub async fn watch(conn: Connection, server: Arc<Server>, identity: String, sess
     }
 }
 
+/// Beyond `cap` silent sessions, the longest-silent one leaves the list
+/// (it is the least likely to return) and is returned for closing.
+fn over_cap<T>(list: &mut Vec<(u64, Instant, T)>, cap: usize) -> Option<(u64, Instant, T)> {
+    if list.len() <= cap {
+        return None;
+    }
+    list.sort_by_key(|(_, since, _)| *since);
+    Some(list.remove(0))
+}
+
 fn rx_count(conn: &Connection) -> u64 {
     conn.stats().udp_rx.datagrams
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beyond_the_cap_the_longest_silent_session_goes() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut list = vec![(7, at(30), "c"), (5, at(10), "a"), (6, at(20), "b")];
+        assert!(over_cap(&mut list, 3).is_none(), "at the cap nothing goes");
+        list.push((8, at(40), "d"));
+        assert_eq!(over_cap(&mut list, 3), Some((5, at(10), "a")));
+        assert_eq!(list.len(), 3);
+        assert!(list.iter().all(|(id, _, _)| *id != 5));
+        assert!(over_cap(&mut list, 3).is_none());
+    }
 }
