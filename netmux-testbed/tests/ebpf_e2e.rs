@@ -94,7 +94,6 @@ fn world<'a>(sb: &'a Sandbox, test: &str) -> Option<World<'a>> {
     })
 }
 
-
 impl World<'_> {
     /// Runs `program args` in the workstation namespace, inside the cgroup.
     fn inside(&self, program: &str, args: &[&str]) -> netmux_testbed::Output {
@@ -130,7 +129,12 @@ fn curl_args(url: &str) -> Vec<&str> {
 #[test]
 fn cluster_ip_is_redirected_inside_the_cgroup_only() {
     let sb = sandbox();
-    let Some(w) = world(&sb, "ebpf_e2e::cluster_ip_is_redirected_inside_the_cgroup_only") else { return };
+    let Some(w) = world(
+        &sb,
+        "ebpf_e2e::cluster_ip_is_redirected_inside_the_cgroup_only",
+    ) else {
+        return;
+    };
     on_failure_dump(&sb, || {
         let out = w.inside("curl", &curl_args("http://10.96.0.10/by-ip"));
         assert!(out.success(), "curl in cgroup: {}", out.stderr);
@@ -166,7 +170,12 @@ fn cluster_ip_is_redirected_inside_the_cgroup_only() {
 #[test]
 fn ipv6_v4_mapped_getpeername_and_a_static_binary() {
     let sb = sandbox();
-    let Some(w) = world(&sb, "ebpf_e2e::ipv6_v4_mapped_getpeername_and_a_static_binary") else { return };
+    let Some(w) = world(
+        &sb,
+        "ebpf_e2e::ipv6_v4_mapped_getpeername_and_a_static_binary",
+    ) else {
+        return;
+    };
     on_failure_dump(&sb, || {
         let out = w.inside("curl", &curl_args("http://[fd00:96::10]/v6"));
         assert!(
@@ -232,7 +241,9 @@ for fam, addr in ((socket.AF_INET6, ('::ffff:10.96.0.10', 80)), (socket.AF_INET,
 #[test]
 fn catalog_changes_update_the_redirects_live() {
     let sb = sandbox();
-    let Some(w) = world(&sb, "ebpf_e2e::catalog_changes_update_the_redirects_live") else { return };
+    let Some(w) = world(&sb, "ebpf_e2e::catalog_changes_update_the_redirects_live") else {
+        return;
+    };
     on_failure_dump(&sb, || {
         assert!(w.inside("curl", &curl_args("http://10.96.0.10/")).success());
         // Removed from the catalog: no longer redirected.
@@ -274,7 +285,12 @@ fn attached(cgroup: &Path) -> String {
 #[test]
 fn sigkill_of_the_daemon_leaves_no_program_attached() {
     let sb = sandbox();
-    let Some(mut w) = world(&sb, "ebpf_e2e::sigkill_of_the_daemon_leaves_no_program_attached") else { return };
+    let Some(mut w) = world(
+        &sb,
+        "ebpf_e2e::sigkill_of_the_daemon_leaves_no_program_attached",
+    ) else {
+        return;
+    };
     let before = attached(w.cg.path());
     assert!(
         before.contains("connect4"),
@@ -324,7 +340,12 @@ fn forced_ebpf_that_cannot_load_is_a_clear_error() {
 #[test]
 fn udp_to_a_cluster_address_is_redirected_and_answers_from_it() {
     let sb = sandbox();
-    let Some(w) = world(&sb, "ebpf_e2e::udp_to_a_cluster_address_is_redirected_and_answers_from_it") else { return };
+    let Some(w) = world(
+        &sb,
+        "ebpf_e2e::udp_to_a_cluster_address_is_redirected_and_answers_from_it",
+    ) else {
+        return;
+    };
     let py = r#"
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
