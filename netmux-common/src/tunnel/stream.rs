@@ -415,8 +415,9 @@ mod tests {
         }
     }
 
-    /// A QUIC connection over loopback; the endpoints must outlive it.
-    async fn quic_pair() -> (quinn::Endpoint, quinn::Endpoint, Connection) {
+    /// A QUIC connection over loopback, both ends; the endpoints must
+    /// outlive it.
+    async fn quic_pair() -> (quinn::Endpoint, quinn::Endpoint, Connection, Connection) {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
         let cert = ck.cert.der().clone();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
@@ -432,7 +433,7 @@ mod tests {
             quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config"),
         );
         let addr = server.local_addr().expect("addr");
-        let (conn, _) = tokio::join!(
+        let (conn, peer) = tokio::join!(
             async {
                 client
                     .connect(addr, "localhost")
@@ -445,7 +446,7 @@ mod tests {
                 incoming.await.expect("server handshake")
             }
         );
-        (client, server, conn)
+        (client, server, conn, peer)
     }
 
     /// Issue 15: a client that reset before its first bytes were read
@@ -454,7 +455,7 @@ mod tests {
     /// is counted.
     #[tokio::test]
     async fn a_client_reset_before_its_first_bytes_opens_no_stream() {
-        let (_client, _server, conn) = quic_pair().await;
+        let (_client, _server, conn, _peer) = quic_pair().await;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -517,5 +518,65 @@ mod tests {
         assert!(socket2::SockRef::from(&tcp)
             .keepalive()
             .expect("getsockopt"));
+    }
+
+    /// Issue 15: when the asking side stopped the stream before the
+    /// answer, the `Connected` answer cannot be sent; the dialled target
+    /// must get a reset, not a FIN.
+    #[tokio::test]
+    async fn an_answer_that_cannot_be_sent_resets_the_target() {
+        let (_client, _server, conn, peer) = quic_pair().await;
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let target_addr = target.local_addr().expect("addr");
+        // The asking side: header, then it stops reading (its client is gone).
+        let (mut send, mut recv) = conn.open_bi().await.expect("open");
+        let mut head = BytesMut::new();
+        open::write_header(
+            &StreamHeader::Connect {
+                service: crate::proto::catalog::ServiceId(1),
+                port: 80,
+            },
+            &mut head,
+        );
+        send.write_all(&head).await.expect("header");
+        recv.stop(VarInt::from_u32(error_code::TCP_RESET))
+            .expect("stop");
+        let (asend, arecv) = peer.accept_bi().await.expect("accept");
+        let incoming = accept(asend, arecv, Duration::from_secs(5))
+            .await
+            .expect("header");
+        let hooks = Recorder::default();
+        let options = Options {
+            half_close_timeout: None,
+        };
+        // The dial completes once the STOP_SENDING had time to arrive.
+        let dial = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            TcpStream::connect(target_addr)
+                .await
+                .map_err(|e| dial_result(&e))
+        };
+        let (outcome, accepted) =
+            tokio::join!(incoming.connect(dial, options, &hooks), target.accept());
+        assert_eq!(outcome.expect("dialled").end, End::StreamReset);
+        let (mut t, _) = accepted.expect("target accept");
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut t, &mut buf),
+        )
+        .await
+        .expect("the target hears at once");
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset),
+            "the target must be reset, not see a FIN"
+        );
+        assert_eq!(
+            hooks.events(),
+            ["opened", "answered true", "failed stream_reset", "closed"]
+        );
     }
 }
