@@ -16,50 +16,14 @@ use netmux_common::proto::hello::{Credential, Hello};
 use netmux_common::proto::session::{ClientEvent, ClientSession, SessionError, SYNC_TIMEOUT};
 use netmux_common::tunnel::quic;
 use quinn::{Connection, VarInt};
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::cluster::forward::KubeLink;
 use crate::config::EndpointConfig;
 use crate::config::Transport;
 use crate::metrics::Metrics;
+pub use crate::status::EndpointStatus;
 use crate::transport::dial_udp;
-
-/// What the endpoint is doing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
-pub enum EndpointStatus {
-    /// Dialling the server.
-    Connecting,
-    /// Session established.
-    Connected {
-        /// Server address in use.
-        server: String,
-        /// The server's greeting.
-        greeting: String,
-        /// The server has not answered for a few seconds: the session and
-        /// its connections are kept up to `survive_blackout`
-        /// ([`crate::health`]).
-        degraded: bool,
-    },
-    /// Not connected; retrying.
-    Down {
-        /// Why the last attempt or connection failed.
-        error: String,
-    },
-}
-
-impl EndpointStatus {
-    /// Short word for `netmux ls`.
-    pub fn word(&self) -> &'static str {
-        match self {
-            EndpointStatus::Connecting => "connecting",
-            EndpointStatus::Connected { degraded: true, .. } => "degraded",
-            EndpointStatus::Connected { .. } => "connected",
-            EndpointStatus::Down { .. } => "down",
-        }
-    }
-}
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]

@@ -37,7 +37,7 @@ use netmux_common::tunnel::blackout::{
 use quinn::{Connection, VarInt};
 use tokio::sync::watch;
 
-use crate::endpoint::EndpointStatus;
+use crate::status::EndpointStatus;
 use crate::metrics::Metrics;
 use crate::transport::PathProbe;
 

@@ -21,6 +21,7 @@ pub mod listeners;
 pub mod metrics;
 pub mod redirect;
 pub mod reverse;
+pub mod status;
 pub mod system;
 pub mod transport;
 pub mod udp;
