@@ -106,6 +106,13 @@ impl Dockerd {
     /// Starts dockerd inside `netns`, its files under a new directory in
     /// `parent`; returns once it answers on its socket.
     pub fn start(netns: &Netns, parent: &Path) -> Result<Dockerd> {
+        Dockerd::start_with(netns, parent, &[])
+    }
+
+    /// [`Dockerd::start`] with more dockerd flags, such as a TCP listener
+    /// with TLS (`--host=tcp://ADDR:2376 --tlsverify --tlscacert=…`); the
+    /// fixture itself keeps using the unix socket.
+    pub fn start_with(netns: &Netns, parent: &Path, extra: &[String]) -> Result<Dockerd> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         // Short: the socket path must fit in sun_path (108 bytes).
@@ -133,7 +140,8 @@ impl Dockerd {
                 .arg(format!("--exec-root={}", dir.join("exec").display()))
                 .arg(format!("--pidfile={}", dir.join("docker.pid").display()))
                 .arg(format!("--cgroup-parent=/{cgroup_parent}"))
-                .arg(format!("--host=unix://{}", socket.display()));
+                .arg(format!("--host=unix://{}", socket.display()))
+                .args(extra);
         let mut d = Dockerd {
             process: None,
             builder,

@@ -93,11 +93,19 @@ fn write(path: &Path, text: &str) {
 /// Starts dockerd, runs `containers`, then the server and the daemon
 /// (eBPF redirect in a child cgroup, or loopback), and connects.
 fn world<'a>(sb: &'a Sandbox, ebpf: bool, containers: &[RunSpec]) -> World<'a> {
-    world_on(sb, dockerd(sb), ebpf, containers)
+    world_on(sb, dockerd(sb), ebpf, containers, &[])
 }
 
-/// [`world`] on an engine already started (dockerd or Podman).
-fn world_on<'a>(sb: &'a Sandbox, docker: Dockerd, ebpf: bool, containers: &[RunSpec]) -> World<'a> {
+/// [`world`] on an engine already started (dockerd or Podman). With
+/// `server_env`, the server finds the API from its environment
+/// (`DOCKER_HOST`...) instead of `host` in its config.
+fn world_on<'a>(
+    sb: &'a Sandbox,
+    docker: Dockerd,
+    ebpf: bool,
+    containers: &[RunSpec],
+    server_env: &[(&str, String)],
+) -> World<'a> {
     let net = docker.create_network(NETWORK, SUBNET).expect("network");
     for c in containers {
         docker.run(c).expect("running a container");
@@ -118,8 +126,12 @@ fn world_on<'a>(sb: &'a Sandbox, docker: Dockerd, ebpf: bool, containers: &[RunS
     write(
         &layout.server_config,
         &format!(
-            "{base}[runtime]\nkind = \"docker\"\nhost = \"{}\"\nnetworks = [\"{NETWORK}\"]\ncluster_domain = \"{DOMAIN}\"\n",
-            docker.host()
+            "{base}[runtime]\nkind = \"docker\"\n{}networks = [\"{NETWORK}\"]\ncluster_domain = \"{DOMAIN}\"\n",
+            if server_env.is_empty() {
+                format!("host = \"{}\"\n", docker.host())
+            } else {
+                String::new()
+            }
         ),
     );
     let cg = ebpf.then(|| ChildCgroup::new(&unique("cg")).expect("child cgroup"));
@@ -140,7 +152,25 @@ fn world_on<'a>(sb: &'a Sandbox, docker: Dockerd, ebpf: bool, containers: &[RunS
                 &format!("cluster_domain = \"{DOMAIN}\"\ncluster_cidrs = [\"{SUBNET}\"]"),
             ),
     );
-    let server = start_server(sb, &layout).unwrap_or_else(|e| panic!("netmux-server: {e}"));
+    let server = if server_env.is_empty() {
+        start_server(sb, &layout).unwrap_or_else(|e| panic!("netmux-server: {e}"))
+    } else {
+        let mut p = sb
+            .process(
+                Side::Cluster,
+                "netmux-server",
+                bin("netmux-server").expect("built"),
+            )
+            .arg("--config")
+            .arg(&layout.server_config);
+        for (k, v) in server_env {
+            p = p.env(k, v);
+        }
+        let p = p.spawn().expect("netmux-server");
+        sb.wait_for_tcp(Side::Cluster, layout.http, T)
+            .unwrap_or_else(|e| panic!("netmux-server: {e}\n{}", p.log()));
+        p
+    };
     let daemon = sb
         .process(
             Side::Workstation,
@@ -658,7 +688,7 @@ fn podmans_docker_api_serves_the_runtime_too() {
     let version = podman
         .docker(["version", "--format", "{{.Server.Version}}"])
         .expect("version");
-    let w = world_on(&sb, podman, false, &[http("first")]);
+    let w = world_on(&sb, podman, false, &[http("first")], &[]);
     let server = w.docker.docker(["version"]).expect("version").stdout;
     assert!(server.contains("Podman Engine"), "{server}\n{version:?}");
     // Listed with its address, reachable by name...
@@ -685,4 +715,129 @@ fn podmans_docker_api_serves_the_runtime_too() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", w.server.log()));
     assert!(!w.listed(&bad.name), "{}", w.ls());
+}
+
+/// `openssl ARGS` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, dockerd's certificate for `ip` and a client certificate, as
+/// `dockerd --tlsverify` and DOCKER_CERT_PATH expect them.
+fn tls_files(dir: &Path, ip: &str) {
+    std::fs::create_dir_all(dir).expect("cert dir");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=nx-test-ca"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca-key.pem", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    for (name, cn, ext) in [
+        (
+            "server",
+            "dockerd",
+            format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth"),
+        ),
+        (
+            "client",
+            "netmux-server",
+            "extendedKeyUsage=clientAuth".to_owned(),
+        ),
+    ] {
+        let mut req = vec!["req", "-subj"];
+        let subj = format!("/CN={cn}");
+        req.push(&subj);
+        req.extend(ec);
+        let key = format!("{name}-key.pem");
+        let csr = format!("{name}.csr");
+        req.extend(["-keyout", &key, "-out", &csr]);
+        openssl(dir, &req);
+        let extfile = format!("{name}.ext");
+        write(&dir.join(&extfile), &format!("{ext}\n"));
+        let cert = format!("{name}-cert.pem");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-extfile",
+                &extfile,
+                "-out",
+                &cert,
+            ],
+        );
+    }
+    // DOCKER_CERT_PATH's names for the client side.
+    std::fs::copy(dir.join("client-cert.pem"), dir.join("cert.pem")).expect("cert.pem");
+    std::fs::copy(dir.join("client-key.pem"), dir.join("key.pem")).expect("key.pem");
+}
+
+#[test]
+fn tcp_with_tls_from_docker_host_and_docker_cert_path() {
+    if !prereq::require(
+        "docker_e2e::tcp_with_tls_from_docker_host_and_docker_cert_path",
+        prereq::first([
+            docker::missing(),
+            prereq::tools(&["curl", "openssl"]),
+            prereq::binaries(&["nx-echo", "netmux-server", "netmuxd", "netmux"]),
+        ]),
+    ) {
+        return;
+    }
+    let sb = sandbox();
+    let ip = sb.cluster_addr().to_string();
+    let certs = sb.dir().join("docker-certs");
+    tls_files(&certs, &ip);
+    let c = |f: &str| certs.join(f).display().to_string();
+    let d = Dockerd::start_with(
+        sb.cluster(),
+        sb.dir(),
+        &[
+            format!("--host=tcp://{ip}:2376"),
+            "--tlsverify".into(),
+            format!("--tlscacert={}", c("ca.pem")),
+            format!("--tlscert={}", c("server-cert.pem")),
+            format!("--tlskey={}", c("server-key.pem")),
+        ],
+    )
+    .expect("starting dockerd with TLS");
+    d.build_image(&image()).expect("building the test image");
+    let env = [
+        ("DOCKER_HOST", format!("tcp://{ip}:2376")),
+        ("DOCKER_CERT_PATH", certs.display().to_string()),
+        ("DOCKER_TLS_VERIFY", "1".to_owned()),
+    ];
+    let w = world_on(&sb, d, false, &[http("tls-web")], &env);
+    w.wait_listed("tls-web", true);
+    let log = w.server.log();
+    assert!(
+        log.contains(&format!("tcp://{ip}:2376 (TLS)")),
+        "the server used TCP with TLS:\n{log}"
+    );
+    // Followed over the same connection kind.
+    w.docker.run(&http("tls-late")).expect("run");
+    w.wait_listed("tls-late", true);
 }
