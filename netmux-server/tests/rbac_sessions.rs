@@ -51,11 +51,12 @@ fn svc(name: &str) -> Service {
         name: name.into(),
         namespace: "shop".into(),
         aliases: vec![],
-        addresses: vec!["10.96.0.1".parse().expect("ip")],
+        // Loopback, a port nothing listens on: a dial never leaves.
+        addresses: vec!["127.0.0.1".parse().expect("ip")],
         ports: vec![ServicePort {
             name: None,
             port: 80,
-            target_port: 80,
+            target_port: free_port(),
             protocol: Protocol::Tcp,
         }],
         direction: Direction::L2C,
@@ -238,12 +239,50 @@ async fn revoked_access_leaves_the_live_sessions_catalog_within_the_interval() {
             .await;
     }
     assert_eq!(d.keys(), ["shop/admin", "shop/web"]);
+    let admin = d
+        .session
+        .catalog()
+        .values()
+        .find(|s| s.key() == "shop/admin")
+        .map(|s| s.id)
+        .expect("admin id");
 
     // Nothing changes in the catalog itself; only RBAC does.
     fake.revoke("alice", "get", "/services/proxy", "shop", "admin");
     d.until("admin leaves the catalog", |_, s| s.catalog().len() == 1)
         .await;
     assert_eq!(d.keys(), ["shop/web"]);
+    // A new stream to it is refused, not dialled.
+    let (mut send, mut recv) = d.conn.open_bi().await.expect("stream");
+    let mut header = bytes::BytesMut::new();
+    netmux_common::proto::open::write_header(
+        &netmux_common::proto::stream::StreamHeader::Connect {
+            service: admin,
+            port: 80,
+        },
+        &mut header,
+    );
+    send.write_all(&header).await.expect("header");
+    let mut reader = netmux_common::proto::open::ResultReader::new();
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            match recv.read_chunk(1024, true).await {
+                Ok(Some(c)) => match reader.feed(&c.bytes) {
+                    Ok(None) => continue,
+                    other => return other.map(|_| ()),
+                },
+                _ => return Err(reader.end()),
+            }
+        }
+    })
+    .await
+    .expect("answered");
+    assert_eq!(
+        answer,
+        Err(netmux_common::proto::open::Refusal::Answered(
+            netmux_common::proto::stream::OpenResult::NotAllowed
+        ))
+    );
     assert!(
         d.conn.close_reason().is_none(),
         "the session itself goes on"
