@@ -1,6 +1,6 @@
 //! The `netmux` subcommands that integrate with the workstation and work
 //! without a running daemon: `install`, `uninstall`, `doctor`, `logs`,
-//! `completions`, `man`. The binary (src/bin/netmux.rs) only wires them in;
+//! `completions`, `man`. The binary (src/main.rs) only wires them in;
 //! completions and the man page are generated from its clap definition,
 //! passed in as a `clap::Command`.
 
