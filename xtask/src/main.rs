@@ -10,6 +10,7 @@
 
 mod bench;
 mod demo;
+mod demo_docker;
 mod deny;
 mod dist;
 mod fuzz;
@@ -44,6 +45,10 @@ enum Task {
         /// Keep the sandbox running until Ctrl-C to try it by hand.
         #[arg(long)]
         wait: bool,
+        /// The server's runtime: `static` (a services file) or `docker`
+        /// (a private dockerd with compose-like containers).
+        #[arg(long, default_value = "static", value_parser = ["static", "docker"])]
+        runtime: String,
     },
     /// Build and run netmuxd with the given arguments.
     Run {
@@ -73,7 +78,11 @@ fn main() -> anyhow::Result<()> {
             no_install,
             unit_only,
         } => testrun::test(no_install, unit_only),
-        Task::Demo { wait } => demo::demo(wait),
+        Task::Demo { wait, runtime } if runtime == "docker" => {
+            prereq::install()?;
+            demo_docker::demo_docker(wait)
+        }
+        Task::Demo { wait, .. } => demo::demo(wait),
         Task::Run { args } => {
             // The eBPF programs are built into netmuxd: rust-src and
             // bpf-linker first (a fresh machine has neither).

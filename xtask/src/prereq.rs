@@ -22,6 +22,13 @@ const COMMANDS: &[(&str, &str)] = &[
     ("python3", "python3"),
     // `kubectl kustomize` for netmux-server/tests/manifests.rs.
     ("kubectl", "kubernetes-client"),
+    // The Docker runtime's tests and `cargo xtask demo --runtime docker`
+    // (a private dockerd, Podman's Docker API), the TLS test's certificates,
+    // and the .deb checks of `cargo xtask dist --check`.
+    ("dockerd", "docker.io"),
+    ("podman", "podman"),
+    ("openssl", "openssl"),
+    ("lintian", "lintian"),
     // systemd-analyze verify of the unit, systemd-journald and journalctl
     // for netmux-daemon/tests/journal_e2e.rs (both skip without them).
     ("systemd-analyze", "systemd"),
