@@ -570,6 +570,30 @@ fn connections_survive_loss_an_address_change_and_a_stopped_daemon() {
                 "status says how long and what happens at the bound: {}",
                 status.stdout
             );
+            assert!(
+                status
+                    .stdout
+                    .contains("then reset (survive_blackout 10m00s)"),
+                "{}",
+                status.stdout
+            );
+            let config = nm.layout.daemon_config.display().to_string();
+            let out = nm
+                .cli(["--config", config.as_str(), "doctor", "--json"])
+                .expect("doctor");
+            let checks: serde_json::Value = serde_json::from_str(&out.stdout)
+                .unwrap_or_else(|e| panic!("doctor json: {e}: {}{}", out.stdout, out.stderr));
+            let check = checks
+                .as_array()
+                .and_then(|a| a.iter().find(|c| c["name"] == "blackout demo"))
+                .cloned()
+                .unwrap_or_else(|| panic!("doctor has no blackout check: {checks}"));
+            assert_eq!(check["status"], "warn", "{check}");
+            let detail = check["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.contains("no answer from the server for") && detail.contains("then reset"),
+                "doctor says how long and what happens at the bound: {check}"
+            );
             std::thread::sleep(blackout_length().saturating_sub(Duration::from_secs(10)));
             assert_eq!(
                 metric(&server_metrics(&sb), "netmux_server_sessions_active"),
