@@ -236,6 +236,10 @@ pub struct Config {
     /// hello: their eBPF redirect takes over only catalog addresses inside
     /// them (unless the daemon's endpoint sets its own `cluster_cidrs`).
     pub cluster_cidrs: Vec<netmux_common::proto::cidr::Cidr>,
+    /// `half_close_timeout_ms`: once one direction of a proxied connection
+    /// ended, the other is reset after moving no byte this long (`None`:
+    /// never).
+    pub half_close_timeout: Option<Duration>,
     /// `[limits]`: caps on connections, pending hellos, `stream_listen`
     /// peers and per-session resources.
     pub limits: Limits,
@@ -248,10 +252,6 @@ pub struct Config {
 pub const MIN_TOKEN_LEN: usize = 16;
 
 impl Config {
-    /// `half_close_timeout_ms`: once one direction of a proxied connection
-    /// ended, the other is reset after moving no byte this long (`None`:
-    /// never).
-    pub half_close_timeout: Option<Duration>,
     /// The server's own listening ports (never taken by `netmux expose`).
     pub fn own_ports(&self) -> Vec<u16> {
         [Some(self.listen), self.stream_listen, self.http]
@@ -435,6 +435,8 @@ impl Config {
             runtime,
             dial_timeout: Duration::from_millis(raw.dial_timeout_ms),
             hello_timeout: Duration::from_millis(raw.hello_timeout_ms),
+            half_close_timeout: (raw.half_close_timeout_ms > 0)
+                .then(|| Duration::from_millis(raw.half_close_timeout_ms)),
             reverse_bind: raw.reverse_bind,
             adhoc_namespace: raw.adhoc_namespace,
             expose_ports: raw.expose_ports,
@@ -468,8 +470,6 @@ fn token_review(
     };
     if r.review_timeout_ms == 0 || r.negative_cache_ms == 0 || r.reviews_in_flight == 0 {
         return Err(invalid(
-            half_close_timeout: (raw.half_close_timeout_ms > 0)
-                .then(|| Duration::from_millis(raw.half_close_timeout_ms)),
             "review_timeout_ms/negative_cache_ms/reviews_in_flight",
             "must be positive (remove the key for the default)",
         ));
@@ -487,7 +487,6 @@ fn token_review(
         negative_ttl: Duration::from_millis(r.negative_cache_ms),
     })
 }
-
 
 #[cfg(test)]
 mod tests {
