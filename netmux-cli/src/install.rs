@@ -637,9 +637,11 @@ mod tests {
         assert!(unit.contains("ExecStart=/usr/local/bin/netmuxd --config /etc/netmux/config.toml"));
         assert!(unit.contains("AmbientCapabilities=CAP_BPF CAP_NET_ADMIN"));
         assert!(!l.plist().contains('@'));
-        let c =
-            netmux_daemon::config::Config::parse(Path::new("/etc/netmux/config.toml"), DEFAULT_CONFIG_TOML)
-                .expect("the shipped default config parses");
+        let c = netmux_daemon::config::Config::parse(
+            Path::new("/etc/netmux/config.toml"),
+            DEFAULT_CONFIG_TOML,
+        )
+        .expect("the shipped default config parses");
         assert_eq!(c.socket_group.as_deref(), Some(SOCKET_GROUP));
     }
 

@@ -37,8 +37,8 @@ use netmux_common::tunnel::blackout::{
 use quinn::{Connection, VarInt};
 use tokio::sync::watch;
 
-use crate::status::EndpointStatus;
 use crate::metrics::Metrics;
+use crate::status::EndpointStatus;
 use crate::transport::PathProbe;
 
 /// How often the connection's counters are sampled.

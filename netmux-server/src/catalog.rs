@@ -249,7 +249,10 @@ mod tests {
             "ids of services that left are forgotten"
         );
         let text = store.metrics.render();
-        assert!(!text.contains("ns/s0-"), "series of removed services remain");
+        assert!(
+            !text.contains("ns/s0-"),
+            "series of removed services remain"
+        );
         assert!(text.contains("ns/s49-0"), "{text}");
         // Ids are still never reused: a returning service gets a new one.
         let before = store.current().values().map(|s| s.id.0).max().unwrap();

@@ -375,7 +375,8 @@ impl Config {
             d @ RuntimeConfig::Docker(_) => d,
         };
         if let RuntimeConfig::Docker(d) = &runtime {
-            d.validate().map_err(|(key, message)| invalid(key, message))?;
+            d.validate()
+                .map_err(|(key, message)| invalid(key, message))?;
         }
         if let RuntimeConfig::Kubernetes {
             cluster_domain,

@@ -62,20 +62,21 @@ pub async fn run(
     let runtime = runtime::start(&config.runtime, own, store.clone())
         .await
         .context("starting the service runtime")?;
-    let (endpoint, _streams) =
-        transport::server_endpoint(
-            config.listen,
-            config.stream_listen,
-            &identity,
-            &config.limits,
-            &metrics,
-        )
-            .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
+    let (endpoint, _streams) = transport::server_endpoint(
+        config.listen,
+        config.stream_listen,
+        &identity,
+        &config.limits,
+        &metrics,
+    )
+    .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "QUIC endpoint ready");
     let (claim_lock, own_namespace) = claim_lock(&config.runtime).await?;
     let adhoc_namespace = config.adhoc_namespace.clone().or(own_namespace);
     match &adhoc_namespace {
-        Some(ns) => tracing::info!(namespace = %ns, "netmux expose publishes in this namespace (adhoc_namespace, default: the server's own)"),
+        Some(ns) => {
+            tracing::info!(namespace = %ns, "netmux expose publishes in this namespace (adhoc_namespace, default: the server's own)")
+        }
         None => tracing::info!("netmux expose is off: set adhoc_namespace"),
     }
     let server = Arc::new(Server {

@@ -196,7 +196,9 @@ impl Claims {
     /// The catalog key `netmux expose NAME` publishes under, if exposing
     /// is on (`adhoc_namespace`).
     pub fn adhoc_key(&self, name: &str) -> Option<String> {
-        self.adhoc_namespace.as_ref().map(|ns| format!("{ns}/{name}"))
+        self.adhoc_namespace
+            .as_ref()
+            .map(|ns| format!("{ns}/{name}"))
     }
 
     /// Claims the C2L catalog service `key` for `holder`.
@@ -447,7 +449,10 @@ impl Claims {
             .await
             .is_err()
         {
-            tracing::warn!(?within, "not every claim was released in time; the rest expire");
+            tracing::warn!(
+                ?within,
+                "not every claim was released in time; the rest expire"
+            );
         }
     }
 

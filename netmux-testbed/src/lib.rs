@@ -31,12 +31,12 @@
 mod bins;
 pub mod cgroup;
 pub mod check;
-pub mod docker;
 mod cleanup;
+pub mod docker;
 mod error;
 pub mod netmux;
-pub mod prereq;
 mod netns;
+pub mod prereq;
 mod process;
 mod sandbox;
 mod wait;

@@ -624,7 +624,10 @@ fn image_loads_into_dockerd_and_serves_a_workstation_daemon() {
         panic!("no answer through the containerized server: {last:?}\nserver: {logs:?}");
     }
     let out = last.expect("curl output");
-    println!("{loaded}; through the image's server: {}", out.stdout.trim());
+    println!(
+        "{loaded}; through the image's server: {}",
+        out.stdout.trim()
+    );
     assert!(
         out.stdout.starts_with("hello from nx-echo"),
         "{}",
