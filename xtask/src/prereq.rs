@@ -189,14 +189,14 @@ pub fn ebpf_toolchain_present() -> bool {
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
 }
 
-/// Asks `target/<profile>/netmuxd --build-info` what it embeds, and fails
+/// Asks `$CARGO_TARGET_DIR` (or `target`)`/<profile>/netmuxd --build-info` what it embeds, and fails
 /// when it is the stub although the toolchain is present: such a daemon
 /// would silently fall back to loopback and eBPF tests would not run.
 pub fn check_daemon_ebpf(profile: &str) -> anyhow::Result<EbpfBuild> {
-    let bin = crate::util::root()
-        .join("target")
-        .join(profile)
-        .join("netmuxd");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::util::root().join("target"));
+    let bin = target.join(profile).join("netmuxd");
     let out = Command::new(&bin)
         .arg("--build-info")
         .output()
