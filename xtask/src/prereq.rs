@@ -32,6 +32,9 @@ const COMMANDS: &[(&str, &str)] = &[
     // systemd-analyze verify of the unit, systemd-journald and journalctl
     // for netmux-daemon/tests/journal_e2e.rs (both skip without them).
     ("systemd-analyze", "systemd"),
+    // `cargo xtask dist` (run by netmux-testbed/tests/dist_e2e.rs): the
+    // static musl build links with musl-gcc.
+    ("musl-gcc", "musl-tools"),
 ];
 
 /// Packages checked with dpkg-query (libraries for bpf-linker).
