@@ -137,11 +137,8 @@ fn with_target<R: Send>(
     let accepted = AtomicUsize::new(0);
     let endings = Mutex::new(Vec::new());
     let r = std::thread::scope(|s| {
-        let server = s.spawn(|| {
-            serve_target(
-                target_ns, target, mode, &ready, &stop, &accepted, &endings,
-            )
-        });
+        let server =
+            s.spawn(|| serve_target(target_ns, target, mode, &ready, &stop, &accepted, &endings));
         netmux_testbed::wait_until("the target listening", T, || ready.load(Ordering::SeqCst))
             .expect("target up");
         let r = clients(&accepted);
@@ -171,8 +168,7 @@ async fn resetting_clients(to: SocketAddr, accepted: &AtomicUsize) {
             let before = accepted.load(Ordering::SeqCst);
             s.write_all(b"x").await.expect("write");
             let reached = tokio::time::Instant::now() + END_WAIT;
-            while accepted.load(Ordering::SeqCst) == before
-                && tokio::time::Instant::now() < reached
+            while accepted.load(Ordering::SeqCst) == before && tokio::time::Instant::now() < reached
             {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
