@@ -461,7 +461,13 @@ async fn connect(
         }
         Transport::Tcp => {
             let server = resolve(config).await?;
-            let conn = crate::transport::dial_tcp(server, client, &config.server_name).await?;
+            let conn = crate::transport::dial_tcp(
+                server,
+                client,
+                &config.server_name,
+                config.survive_blackout,
+            )
+            .await?;
             (conn, server)
         }
         Transport::PortForward => port_forward(config, kube, client).await?,

@@ -52,6 +52,11 @@ pub async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Ticket) {
             // seen the reply (it arrived with the hello): also dropped.
             while let Some(Ok(_)) = conn.read_datagram().now_or_never() {}
             ticket.hello_done();
+            // Over `stream_listen`, the stream under this connection is
+            // silent in a blackout exactly when the session is: held, it
+            // lives as long as the session ([`crate::retention`] ends it at
+            // survive_blackout), not just the stream idle timeout.
+            let _stream = server.stream_peers.hold(remote);
             let limits = &server.config.limits;
             // The control stream, the proxied streams, and room to refuse.
             quic::open_after_hello(&conn, limits.max_streams_per_session + 1 + REFUSAL_HEADROOM);
