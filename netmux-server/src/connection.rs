@@ -140,7 +140,7 @@ pub async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Ticket) {
 /// gets: said in the log and counted, never sent truncated.
 fn report_oversized(server: &Server, client: &str, session: &mut ServerSession) {
     for service in session.take_oversized() {
-        tracing::error!(%client, %service, "catalog entry over the 64 KiB frame limit not sent: it has too many aliases, addresses or ports; split the Service");
+        tracing::error!(%client, %service, "catalog entry over the 64 KiB frame limit not sent (the daemon's status names it): it has too many aliases, addresses or ports; split the Service");
         server
             .metrics
             .catalog_refused
@@ -222,6 +222,8 @@ async fn handshake(conn: &Connection, server: &Server) -> Result<Handshake, Sess
                 &visible,
                 &netmux_common::proto::cidr::ReplyExtensions {
                     cluster_ranges: server.config.announced_ranges(),
+                    // Filled by the session with what it leaves out.
+                    ..Default::default()
                 },
             );
             report_oversized(server, &identity.name, &mut session);
