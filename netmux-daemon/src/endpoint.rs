@@ -13,6 +13,7 @@ use bytes::Bytes;
 use netmux_common::proto::catalog::Indexed;
 use netmux_common::proto::error_code;
 use netmux_common::proto::hello::{Credential, Hello};
+use netmux_common::proto::left_out::LeftOut;
 use netmux_common::proto::session::{ClientEvent, ClientSession, SessionError, SYNC_TIMEOUT};
 use netmux_common::tunnel::quic;
 use quinn::{Connection, VarInt};
@@ -102,6 +103,8 @@ pub struct Endpoint {
     health: crate::health::SharedState,
     /// The cluster ranges the server announced in its last hello.
     ranges: Arc<std::sync::Mutex<Vec<netmux_common::proto::cidr::Cidr>>>,
+    /// Catalog entries the server left out of its last snapshot.
+    left_out: Arc<std::sync::Mutex<LeftOut>>,
 }
 
 impl Drop for Endpoint {
@@ -135,6 +138,7 @@ impl Endpoint {
         let (commands, rx) = tokio::sync::mpsc::unbounded_channel();
         let health = crate::health::SharedState::default();
         let ranges: Arc<std::sync::Mutex<Vec<netmux_common::proto::cidr::Cidr>>> = Arc::default();
+        let left_out: Arc<std::sync::Mutex<LeftOut>> = Arc::default();
         let task = tokio::spawn(run(
             config.clone(),
             kube_rx,
@@ -144,6 +148,7 @@ impl Endpoint {
                 catalog_tx,
                 health: health.clone(),
                 ranges: ranges.clone(),
+                left_out: left_out.clone(),
             },
             metrics,
             claims.clone(),
@@ -163,7 +168,14 @@ impl Endpoint {
             sweeper,
             health,
             ranges,
+            left_out,
         }
+    }
+
+    /// Catalog entries the server left out of its last snapshot because
+    /// each is too large for a frame (from its hello reply).
+    pub fn left_out(&self) -> LeftOut {
+        netmux_common::sync::lock(&self.left_out).clone()
     }
 
     /// The cluster's address ranges as the server announced them in its
@@ -275,6 +287,7 @@ struct Outputs {
     catalog_tx: watch::Sender<Arc<Indexed>>,
     health: crate::health::SharedState,
     ranges: Arc<std::sync::Mutex<Vec<netmux_common::proto::cidr::Cidr>>>,
+    left_out: Arc<std::sync::Mutex<LeftOut>>,
 }
 
 async fn run(
@@ -292,6 +305,7 @@ async fn run(
         catalog_tx,
         health,
         ranges,
+        left_out,
     } = outputs;
     let up = metrics.endpoint_up.with_label_values(&[&config.name]);
     let mut backoff = BACKOFF_MIN;
@@ -308,6 +322,11 @@ async fn run(
                     Ok(mut r) => *r = session.cluster_ranges().to_vec(),
                     Err(p) => *p.into_inner() = session.cluster_ranges().to_vec(),
                 }
+                let left = session.left_out().clone();
+                if !left.is_empty() {
+                    tracing::warn!(endpoint = %config.name, total = left.total, entries = %left.listed.join(", "), "the server left catalog entries out, each over the 64 KiB frame limit; netmux status lists them");
+                }
+                *netmux_common::sync::lock(&left_out) = left;
                 catalog_tx.send_replace(Arc::new(Indexed::from(session.catalog().clone())));
                 conn_tx.send_replace(Some(conn.clone()));
                 status.send_replace(EndpointStatus::Connected {
@@ -461,7 +480,13 @@ async fn connect(
         }
         Transport::Tcp => {
             let server = resolve(config).await?;
-            let conn = crate::transport::dial_tcp(server, client, &config.server_name).await?;
+            let conn = crate::transport::dial_tcp(
+                server,
+                client,
+                &config.server_name,
+                config.survive_blackout,
+            )
+            .await?;
             (conn, server)
         }
         Transport::PortForward => port_forward(config, kube, client).await?,

@@ -103,11 +103,13 @@ pub async fn dial_udp(
         .map_err(|e| DialError::Quic(e.to_string()))
 }
 
-/// Opens a TCP connection to `server` and a QUIC connection over it.
+/// Opens a TCP connection to `server` and a QUIC connection over it; the
+/// TCP connection rides out blackouts up to `survive_blackout`.
 pub async fn dial_tcp(
     server: SocketAddr,
     client: quinn::ClientConfig,
     server_name: &str,
+    survive_blackout: Duration,
 ) -> Result<Connection, DialError> {
     let tcp = tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(server))
         .await
@@ -116,6 +118,7 @@ pub async fn dial_tcp(
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY");
     }
+    netmux_common::tunnel::stream_socket::keep_through_blackout(&tcp, survive_blackout);
     let local = tcp
         .local_addr()
         .map_err(|e| DialError::Setup(format!("TCP socket: {e}")))?;

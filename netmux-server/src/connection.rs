@@ -52,6 +52,11 @@ pub async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Ticket) {
             // seen the reply (it arrived with the hello): also dropped.
             while let Some(Ok(_)) = conn.read_datagram().now_or_never() {}
             ticket.hello_done();
+            // Over `stream_listen`, the stream under this connection is
+            // silent in a blackout exactly when the session is: held, it
+            // lives as long as the session ([`crate::retention`] ends it at
+            // survive_blackout), not just the stream idle timeout.
+            let _stream = server.stream_peers.hold(remote);
             let limits = &server.config.limits;
             // The control stream, the proxied streams, and room to refuse.
             quic::open_after_hello(&conn, limits.max_streams_per_session + 1 + REFUSAL_HEADROOM);
@@ -135,7 +140,7 @@ pub async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Ticket) {
 /// gets: said in the log and counted, never sent truncated.
 fn report_oversized(server: &Server, client: &str, session: &mut ServerSession) {
     for service in session.take_oversized() {
-        tracing::error!(%client, %service, "catalog entry over the 64 KiB frame limit not sent: it has too many aliases, addresses or ports; split the Service");
+        tracing::error!(%client, %service, "catalog entry over the 64 KiB frame limit not sent (the daemon's status names it): it has too many aliases, addresses or ports; split the Service");
         server
             .metrics
             .catalog_refused
@@ -217,6 +222,8 @@ async fn handshake(conn: &Connection, server: &Server) -> Result<Handshake, Sess
                 &visible,
                 &netmux_common::proto::cidr::ReplyExtensions {
                     cluster_ranges: server.config.announced_ranges(),
+                    // Filled by the session with what it leaves out.
+                    ..Default::default()
                 },
             );
             report_oversized(server, &identity.name, &mut session);

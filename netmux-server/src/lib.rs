@@ -42,6 +42,9 @@ pub struct Server {
     pub reverse: reverse::Claims,
     /// Source of daemon session ids.
     pub sessions: std::sync::atomic::AtomicU64,
+    /// The endpoint's stream peers (`stream_listen`): a session holds its
+    /// own open through a blackout.
+    pub stream_peers: transport::StreamPeers,
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -62,7 +65,7 @@ pub async fn run(
     let runtime = runtime::start(&config.runtime, own, store.clone())
         .await
         .context("starting the service runtime")?;
-    let (endpoint, _streams) = transport::server_endpoint(
+    let (endpoint, streams) = transport::server_endpoint(
         config.listen,
         config.stream_listen,
         &identity,
@@ -93,6 +96,10 @@ pub async fn run(
         })
         .with_expose_ports(config.expose_ports.clone(), config.own_ports()),
         sessions: std::sync::atomic::AtomicU64::new(1),
+        stream_peers: streams
+            .as_ref()
+            .map(transport::StreamAcceptor::peers)
+            .unwrap_or_default(),
         config,
         catalog: catalog_rx,
         metrics,

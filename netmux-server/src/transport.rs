@@ -8,14 +8,16 @@
 //! with the windows nearly closed until the hello succeeded
 //! ([`quic::server_transport_config`]); TCP stream peers by
 //! [`MAX_STREAM_PEERS`], a per-source cap, a preamble deadline and an idle
-//! timeout.
+//! timeout. An authenticated daemon's session holds its stream open
+//! ([`StreamPeers::hold`]): through a blackout the stream is as silent as
+//! the session, which ends at `survive_blackout` as over UDP.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use netmux_common::proto::ALPN;
 use netmux_common::tunnel::quic;
-use netmux_common::tunnel::stream_socket::{CompositeSocket, StreamDeadlines};
+use netmux_common::tunnel::stream_socket::{CompositeSocket, StreamDeadlines, StreamHold};
 
 use crate::admission::Admission;
 use crate::ca::ServerIdentity;
@@ -43,12 +45,31 @@ pub const MAX_STREAM_PEERS: usize = 4096;
 pub struct StreamAcceptor {
     task: tokio::task::AbortHandle,
     addr: SocketAddr,
+    peers: StreamPeers,
 }
 
 impl StreamAcceptor {
     /// Where the TCP listener is bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The endpoint's stream peers, for sessions to hold theirs.
+    pub fn peers(&self) -> StreamPeers {
+        self.peers.clone()
+    }
+}
+
+/// The stream peers of a server endpoint (none without `stream_listen`).
+/// Does not keep the endpoint's socket alive.
+#[derive(Debug, Clone, Default)]
+pub struct StreamPeers(Option<Weak<CompositeSocket>>);
+
+impl StreamPeers {
+    /// Keeps the stream under QUIC peer `remote` open however long it is
+    /// silent, while the hold lives; `None` for a daemon over UDP.
+    pub fn hold(&self, remote: SocketAddr) -> Option<StreamHold> {
+        self.0.as_ref()?.upgrade()?.hold(&remote)
     }
 }
 
@@ -110,6 +131,7 @@ pub fn server_endpoint(
     )?;
     tracing::info!(%stream_listen, "QUIC over TCP streams accepted");
     let peers = StreamPeerLimits {
+        survive_blackout: limits.survive_blackout,
         per_source: limits.max_connections_per_source,
         deadlines: StreamDeadlines {
             preamble: limits.stream_preamble_timeout,
@@ -117,12 +139,14 @@ pub fn server_endpoint(
         },
     };
     let addr = listener.local_addr()?;
+    let held = StreamPeers(Some(Arc::downgrade(&composite)));
     let task = tokio::spawn(accept_streams(listener, composite, peers, metrics.clone()));
     Ok((
         endpoint,
         Some(StreamAcceptor {
             task: task.abort_handle(),
             addr,
+            peers: held,
         }),
     ))
 }
@@ -130,6 +154,8 @@ pub fn server_endpoint(
 /// How TCP stream peers are bounded.
 #[derive(Debug, Clone, Copy)]
 struct StreamPeerLimits {
+    /// The TCP connection retransmits this long in a blackout.
+    survive_blackout: std::time::Duration,
     per_source: usize,
     deadlines: StreamDeadlines,
 }
@@ -170,6 +196,10 @@ async fn accept_streams(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%tcp_peer, error = %e, "TCP_NODELAY");
         }
+        netmux_common::tunnel::stream_socket::keep_through_blackout(
+            &stream,
+            limits.survive_blackout,
+        );
         let (peer, _task) =
             composite.add_stream_from(stream, tcp_peer.ip(), Some(limits.deadlines));
         tracing::info!(%tcp_peer, quic_peer = %peer, "datagram stream accepted");

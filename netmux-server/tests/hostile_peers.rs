@@ -87,6 +87,10 @@ async fn start(limits: &str, hello_timeout_ms: u64, kube: Option<kube::Client>) 
             config.adhoc_namespace.clone(),
         ),
         sessions: std::sync::atomic::AtomicU64::new(1),
+        stream_peers: stream
+            .as_ref()
+            .map(transport::StreamAcceptor::peers)
+            .unwrap_or_default(),
         catalog,
         metrics,
         config,
@@ -383,6 +387,266 @@ async fn stream_listen_peers_have_deadlines_and_a_per_source_cap() {
         .await
         .expect("accepted again")
         .expect("preamble");
+}
+
+/// A byte stream between a client's QUIC socket and the server's
+/// `stream_listen` that can go dark both ways (a blackout: nothing is
+/// read or written while it is off; nothing is lost either).
+struct Relay {
+    dark: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Connects to `tcp`; returns the relay and the client's end.
+    async fn start(tcp: SocketAddr) -> (Relay, tokio::io::DuplexStream) {
+        let server = tokio::net::TcpStream::connect(tcp).await.expect("tcp");
+        let (client, far) = tokio::io::duplex(64 * 1024);
+        let dark = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = dark.clone();
+        let task = tokio::spawn(async move {
+            let (mut sr, mut sw) = server.into_split();
+            let (mut cr, mut cw) = tokio::io::split(far);
+            let lit = || async {
+                while flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let up = async {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    lit().await;
+                    let n = cr.read(&mut buf).await.unwrap_or(0);
+                    lit().await;
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let down = async {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    lit().await;
+                    let n = sr.read(&mut buf).await.unwrap_or(0);
+                    lit().await;
+                    if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = up => {}
+                () = down => {}
+            }
+        });
+        (Relay { dark, task }, client)
+    }
+
+    fn set_dark(&self, dark: bool) {
+        self.dark.store(dark, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Either side closed the stream.
+    fn ended(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Harness {
+    /// A QUIC connection over `stream` to the stream listener, with the
+    /// daemon's survive_blackout idle timeout.
+    async fn connect_stream(&self, stream: tokio::io::DuplexStream) -> quinn::Connection {
+        use netmux_common::tunnel::stream_socket::StreamSocket;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls13")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut t = quic::transport_config();
+        netmux_common::tunnel::blackout::set_idle_timeout(&mut t, Duration::from_secs(600));
+        config.transport_config(Arc::new(t));
+        let local: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let peer: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+        let (socket, _closed) = StreamSocket::new(stream, local, peer);
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .expect("endpoint");
+        tokio::time::timeout(
+            WAIT,
+            endpoint
+                .connect_with(config, peer, "netmux-server")
+                .expect("connect"),
+        )
+        .await
+        .expect("handshake in time")
+        .expect("handshake")
+    }
+}
+
+/// Issue 20 over `stream_listen` (`transport = "tcp"`, the port-forward):
+/// a daemon's session holds its stream, so a blackout longer than
+/// `stream_idle_timeout_ms` keeps the session (it ends at
+/// survive_blackout, as over UDP); a peer that never completed a hello
+/// still loses its stream to the idle deadline.
+#[tokio::test]
+async fn an_authenticated_stream_peer_survives_a_blackout_past_the_idle_timeout() {
+    let h = start("stream_idle_timeout_ms = 3000", 30_000, None).await;
+    let (relay, stream) = Relay::start(h.tcp).await;
+    let (conn, mut session, mut send, mut recv) = session_over(&h, stream, TOKEN).await;
+    let (idle_relay, idle_stream) = Relay::start(h.tcp).await;
+    let no_hello = h.connect_stream(idle_stream).await;
+
+    // Both go dark for three idle timeouts.
+    relay.set_dark(true);
+    idle_relay.set_dark(true);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    relay.set_dark(false);
+    idle_relay.set_dark(false);
+
+    // The session answers a ping on its control stream.
+    session.ping(7);
+    while let Some(b) = session.poll_transmit() {
+        send.write_all(&b).await.expect("ping");
+    }
+    let pong = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(ClientEvent::Pong(n)) = session.poll_event() {
+                return n;
+            }
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(c)) => session.handle_input(&c.bytes).expect("control input"),
+                other => panic!("the session ended in the blackout: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the session answers after the blackout");
+    assert_eq!(pong, 7);
+    assert!(conn.close_reason().is_none());
+    assert!(!relay.ended(), "the session's stream is open");
+    // The peer without a session lost its stream to the idle deadline.
+    tokio::time::timeout(WAIT, async {
+        while !idle_relay.ended() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the stream without a session is closed");
+    drop(no_hello);
+}
+
+/// A daemon session over `relay`: hello with `token`, control stream.
+async fn session_over(
+    h: &Harness,
+    stream: tokio::io::DuplexStream,
+    token: &str,
+) -> (
+    quinn::Connection,
+    ClientSession,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let conn = h.connect_stream(stream).await;
+    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+    let mut session = ClientSession::new(&Hello::new(
+        "blackout-test",
+        Credential::Bearer(token.into()),
+    ));
+    while let Some(b) = session.poll_transmit() {
+        send.write_all(&b).await.expect("hello");
+    }
+    read_reply(&mut session, &mut recv)
+        .await
+        .expect("hello accepted");
+    (conn, session, send, recv)
+}
+
+/// Issue 20: a server keeps at most `limits.max_blackout_sessions` silent
+/// sessions per identity; beyond it the longest-silent one is closed and
+/// counted (`netmux_server_blackouts_total{outcome="evicted"}`), the other
+/// is kept through the blackout.
+#[tokio::test]
+async fn silent_sessions_per_identity_are_capped() {
+    // Its own identity: the silent-session table is per process.
+    const LAPTOPS: &str = "laptops-token-0123456789abcdef";
+    let h = start(
+        &format!(
+            "max_blackout_sessions = 1
+[[token]]
+name = \"laptops\"
+token = \"{LAPTOPS}\""
+        ),
+        30_000,
+        None,
+    )
+    .await;
+    let (relay1, stream1) = Relay::start(h.tcp).await;
+    let (conn1, _s1, _send1, _recv1) = session_over(&h, stream1, LAPTOPS).await;
+    let (relay2, stream2) = Relay::start(h.tcp).await;
+    let (conn2, mut s2, mut send2, mut recv2) = session_over(&h, stream2, LAPTOPS).await;
+    assert_eq!(h.server.metrics.sessions_active.get(), 2);
+    relay1.set_dark(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    relay2.set_dark(true);
+    let evicted = || {
+        h.server
+            .metrics
+            .blackouts
+            .with_label_values(&["evicted"])
+            .get()
+    };
+    tokio::time::timeout(WAIT, async {
+        while evicted() == 0 || h.server.metrics.sessions_active.get() != 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "one silent session closed: evicted {}, active {}",
+            evicted(),
+            h.server.metrics.sessions_active.get()
+        )
+    });
+    relay1.set_dark(false);
+    relay2.set_dark(false);
+    // The first to go silent was closed, with the reason.
+    let why = tokio::time::timeout(WAIT, conn1.closed())
+        .await
+        .expect("the evicted session is closed")
+        .to_string();
+    assert!(why.contains("max_blackout_sessions"), "{why}");
+    // The other one carries on.
+    s2.ping(9);
+    while let Some(b) = s2.poll_transmit() {
+        send2.write_all(&b).await.expect("ping");
+    }
+    let pong = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(ClientEvent::Pong(n)) = s2.poll_event() {
+                return n;
+            }
+            match recv2.read_chunk(64 * 1024, true).await {
+                Ok(Some(c)) => s2.handle_input(&c.bytes).expect("control input"),
+                other => panic!("the kept session ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the kept session answers");
+    assert_eq!(pong, 9);
+    assert!(conn2.close_reason().is_none());
+    assert_eq!(evicted(), 1);
 }
 
 /// A TCP port free on 127.0.0.1 a moment ago.

@@ -470,3 +470,53 @@ async fn steered_entries_are_refused_visibly_and_the_rest_keeps_working() {
         "{text}"
     );
 }
+
+/// Issue 15: a Service whose entry is over the 64 KiB a catalog entry may
+/// take (here 1,200 ports with long names) gets a Warning Event saying so
+/// and how to fix it; the rest is published as before (each daemon
+/// session then leaves the entry out and names it in its hello reply).
+#[tokio::test]
+async fn an_entry_over_the_frame_limit_gets_an_event() {
+    let fake = FakeApi::start().await;
+    seed(&fake);
+    let ports: Vec<serde_json::Value> = (0..1200)
+        .map(|i| {
+            json!({
+                "name": format!("p{i:04}-{}", "x".repeat(50)),
+                "port": 10000 + i,
+                "protocol": "TCP"
+            })
+        })
+        .collect();
+    fake.apply(service(
+        "netmux",
+        "huge",
+        "10.96.0.71",
+        serde_json::Value::Array(ports),
+        None,
+    ));
+    let r = start(&fake, Namespaces::Own).await;
+    let c = r.store.current();
+    assert!(
+        names(&c).contains(&"netmux/web".into()),
+        "the rest is published: {:?}",
+        names(&c)
+    );
+    let events = wait_events(&fake, 1).await;
+    let e = events
+        .iter()
+        .find(|e| e["regarding"]["name"] == "huge")
+        .unwrap_or_else(|| panic!("no Event about huge: {events:#?}"));
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["reason"], "NetmuxEntryTooLarge");
+    assert_eq!(e["regarding"]["kind"], "Service");
+    let note = e["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("netmux/huge")
+            && note.contains("64 KiB")
+            && note.contains("1200 ports")
+            && note.contains("Fix:"),
+        "{note}"
+    );
+    assert_eq!(events.len(), 1, "only huge has a problem: {events:#?}");
+}

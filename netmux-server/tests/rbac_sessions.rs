@@ -125,6 +125,7 @@ async fn start_full(fake: &FakeApi, extra: &str, lock: Arc<dyn reverse::ClaimLoc
         )
         .with_expose_ports(config.expose_ports.clone(), config.own_ports()),
         sessions: std::sync::atomic::AtomicU64::new(1),
+        stream_peers: transport::StreamPeers::default(),
         catalog,
         metrics,
         config,

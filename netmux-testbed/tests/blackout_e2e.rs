@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netmux_testbed::netmux::{Netmux, ServiceSpec, ENDPOINT, HTTP_PORT, LOOPBACK, TOKEN};
+use netmux_testbed::netmux::{Layout, Netmux, ServiceSpec, ENDPOINT, HTTP_PORT, LOOPBACK, TOKEN};
 use netmux_testbed::{prereq, Sandbox, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -484,11 +484,28 @@ fn world<'a>(
     daemon_extra: &str,
     server_extra: &str,
 ) -> (Netmux<'a>, Backend, SocketAddr) {
-    let mut nm = Netmux::start_with(sb, &[held()], TOKEN, &format!("{LOOPBACK}{daemon_extra}"))
-        .unwrap_or_else(|e| {
-            sb.dump_logs(50);
-            panic!("netmux start: {e}")
-        });
+    world_with(sb, Layout::new(sb), daemon_extra, server_extra)
+}
+
+/// [`world`] with the given layout ([`Layout::over_tcp`]: the daemon
+/// reaches the server with `transport = "tcp"`).
+fn world_with<'a>(
+    sb: &'a Sandbox,
+    layout: Layout,
+    daemon_extra: &str,
+    server_extra: &str,
+) -> (Netmux<'a>, Backend, SocketAddr) {
+    let mut nm = Netmux::start_layout(
+        sb,
+        layout,
+        &[held()],
+        TOKEN,
+        &format!("{LOOPBACK}{daemon_extra}"),
+    )
+    .unwrap_or_else(|e| {
+        sb.dump_logs(50);
+        panic!("netmux start: {e}")
+    });
     if !server_extra.is_empty() {
         let cfg = std::fs::read_to_string(&nm.layout.server_config).expect("server.toml");
         std::fs::write(&nm.layout.server_config, format!("{cfg}{server_extra}"))
@@ -522,9 +539,9 @@ fn prerequisites(test: &str) -> bool {
 }
 
 /// The three blackouts, one after the other, with the same two
-/// connections open throughout: 90 s of total loss; a blackout during which
-/// the workstation's address changes; the daemon stopped for 90 s. Both
-/// applications see every byte, in order, and no reset.
+/// connections open throughout: 90 s of total loss; 90 s of loss during
+/// which the workstation's address changes; the daemon stopped for 90 s.
+/// Both applications see every byte, in order, and no reset.
 #[test]
 fn connections_survive_loss_an_address_change_and_a_stopped_daemon() {
     if !prerequisites(
@@ -605,13 +622,15 @@ fn connections_survive_loss_an_address_change_and_a_stopped_daemon() {
             nm.wait_for_ls("endpoint connected", T, |ls| !ls.contains("degraded"))
                 .expect("ls no longer degraded");
 
-            // 2. A blackout during which the workstation moves to a new address.
+            // 2. A blackout as long, during which the workstation moves to a
+            // new address (the laptop wakes up on another network).
             in_motion(p, 30 * MIB);
             let blackout = Blackout::start(&sb);
+            let started = Instant::now();
             std::thread::sleep(Duration::from_secs(10));
             sb.set_ws_address(sb.subnet_addr(77))
                 .expect("move the workstation address");
-            std::thread::sleep(Duration::from_secs(20));
+            std::thread::sleep(blackout_length().saturating_sub(started.elapsed()));
             blackout.lift();
             resumed(p, "a blackout with an address change");
             let log = nm.daemon.log();
@@ -675,6 +694,83 @@ fn connections_survive_loss_an_address_change_and_a_stopped_daemon() {
                     "outcome=\"expired\""
                 ),
                 0.0
+            );
+        }),
+    );
+}
+
+/// The same 90 s of total loss with the daemon on `transport = "tcp"`
+/// (QUIC over a TCP stream, as over a Kubernetes port-forward): the
+/// server's session holds its stream, so the stream idle timeout (30 s)
+/// does not end the session; both connections survive byte-exact.
+#[test]
+fn over_tcp_connections_survive_90_s_of_loss() {
+    if !prerequisites("blackout_e2e::over_tcp_connections_survive_90_s_of_loss") {
+        return;
+    }
+    let sb = sandbox();
+    let (nm, backend, addr) = world_with(&sb, Layout::over_tcp(&sb), "", "");
+    let progress = Arc::new(Progress::default());
+    let clients = Clients::start(&sb, addr, progress.clone());
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let p = &progress;
+            wait("interactive echoes before", T, || {
+                p.ticks.load(Ordering::Relaxed) >= 3
+            });
+            in_motion(p, 30 * MIB);
+            let blackout = Blackout::start(&sb);
+            let started = Instant::now();
+            nm.wait_for_ls("endpoint degraded", T, |ls| ls.contains("degraded"))
+                .expect("ls shows the endpoint degraded");
+            wait("server sees the session silent", T, || {
+                metric(&server_metrics(&sb), "netmux_server_sessions_degraded") == 1.0
+            });
+            std::thread::sleep(blackout_length().saturating_sub(started.elapsed()));
+            assert_eq!(
+                metric(&server_metrics(&sb), "netmux_server_sessions_active"),
+                1.0,
+                "the server keeps the silent session past limits.stream_idle_timeout_ms"
+            );
+            blackout.lift();
+            resumed(p, "90 s of total loss over TCP");
+            nm.wait_for_ls("endpoint connected", T, |ls| !ls.contains("degraded"))
+                .expect("ls no longer degraded");
+
+            let ticks = p.ticks.load(Ordering::Relaxed);
+            p.allowed.store(TOTAL, Ordering::Relaxed);
+            wait("bulk transfer complete", T * 3, || {
+                p.echoed.load(Ordering::Relaxed) >= TOTAL
+            });
+            wait("interactive echoes after", T, || {
+                p.ticks.load(Ordering::Relaxed) >= ticks + 3
+            });
+            p.done.store(true, Ordering::Relaxed);
+            let ends = clients.join();
+            assert_eq!(ends.bulk, End::Clean, "bulk: {ends:?}");
+            assert_eq!(ends.bulk_bytes, TOTAL, "every byte back, in order");
+            assert_eq!(ends.interactive, End::Clean, "interactive: {ends:?}");
+            wait("backend connections ended", T, || backend.ends().len() == 2);
+            assert_eq!(
+                backend.ends(),
+                vec![End::Clean, End::Clean],
+                "the cluster-side application saw no reset"
+            );
+            let log = nm.daemon.log();
+            assert!(
+                !log.contains("connection lost; reconnecting"),
+                "the session was never lost:\n{log}"
+            );
+            let text = server_metrics(&sb);
+            assert_eq!(
+                metric_with(
+                    &text,
+                    "netmux_server_blackouts_total",
+                    "outcome=\"recovered\""
+                ),
+                1.0,
+                "{text}"
             );
         }),
     );

@@ -700,3 +700,128 @@ fn the_daemons_api_connections_are_not_redirected_into_itself() {
         }),
     );
 }
+
+/// Issue 20 over the Kubernetes port-forward (the default transport of a
+/// kubeconfig endpoint): an open connection survives 45 s of total loss
+/// between the workstation and the cluster (the API server's address
+/// included), longer than the server's 30 s stream idle timeout, because
+/// the daemon's session holds the server side of the forwarded stream.
+#[test]
+fn an_open_connection_survives_a_blackout_over_the_port_forward() {
+    use std::io::{Read, Write};
+    let test = "kube_e2e::an_open_connection_survives_a_blackout_over_the_port_forward";
+    if !netmux_testbed::prereq::require(test, netmux_testbed::prereq::tools(&["iptables"])) {
+        return;
+    }
+    let sb = sandbox();
+    let w = world(&sb);
+    // A TCP echo alice may reach.
+    let echo_port = json!([{"name": "echo", "port": 9100, "targetPort": 9100, "protocol": "TCP"}]);
+    w.fake
+        .api
+        .apply(service("apps", "echo", "10.96.0.12", echo_port, None));
+    w.fake
+        .api
+        .allow("alice", "get", "/services/proxy", "apps", "echo");
+    sb.add_service_address(ip("10.96.0.12")).expect("address");
+    let _echo = nx_echo(
+        &sb,
+        Side::Cluster,
+        "echo",
+        "tcp",
+        "10.96.0.12:9100".parse().expect("addr"),
+    );
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let out = w.cli_as_user(&["connect", "kube"]);
+            assert!(out.success(), "connect: {}{}", out.stdout, out.stderr);
+            w.wait_for("apps/echo in the catalog", |w| {
+                w.ls().iter().any(|r| r["name"] == "apps/echo")
+            });
+            let out = w.cli_as_user(&["start", "kube", "+"]);
+            assert!(out.success(), "start: {}{}", out.stdout, out.stderr);
+            let name = "echo.apps.svc.cluster.local";
+            let mut local = None;
+            w.wait_for("echo in the hosts file", |_| {
+                local = std::fs::read_to_string(sb.ws_hosts_file())
+                    .unwrap_or_default()
+                    .lines()
+                    .find(|l| l.split_whitespace().skip(1).any(|n| n == name))
+                    .and_then(|l| {
+                        l.split_whitespace()
+                            .next()?
+                            .parse::<std::net::IpAddr>()
+                            .ok()
+                    });
+                local.is_some()
+            });
+            let addr = SocketAddr::new(local.expect("address"), 9100);
+            // The connection is made in the workstation namespace; the
+            // socket stays there when used from this thread.
+            let ns = format!("/run/netns/{}", sb.ws().name());
+            let mut tcp = std::thread::spawn(move || {
+                let f = std::fs::File::open(&ns).expect("open the workstation namespace");
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter it");
+                std::net::TcpStream::connect(addr)
+            })
+            .join()
+            .expect("thread")
+            .expect("connect to the echo service");
+            tcp.set_read_timeout(Some(T * 3)).expect("timeout");
+            let mut echo = |line: &[u8]| {
+                tcp.write_all(line)?;
+                let mut back = vec![0u8; line.len()];
+                tcp.read_exact(&mut back)?;
+                Ok::<_, std::io::Error>(back)
+            };
+            assert_eq!(echo(b"before\n").expect("echo before"), b"before\n");
+
+            // Total loss both ways between the workstation and the
+            // cluster's address (API server, port-forward), for 45 s.
+            let peer = sb.cluster_addr().to_string();
+            let rules = [["OUTPUT", "-d"], ["INPUT", "-s"]];
+            let iptables = |op: &str| {
+                for [chain, dir] in rules {
+                    let args = ["-w", op, chain, dir, peer.as_str(), "-j", "DROP"];
+                    let out = sb.exec(Side::Workstation, "iptables", args, T);
+                    assert!(out.is_ok(), "iptables {args:?}: {out:?}");
+                }
+            };
+            iptables("-I");
+            let lift = Lift(Some(|| {
+                for [chain, dir] in rules {
+                    let args = ["-w", "-D", chain, dir, peer.as_str(), "-j", "DROP"];
+                    let _ = sb.exec(Side::Workstation, "iptables", args, T);
+                }
+            }));
+            w.wait_for("kube degraded", |w| {
+                serde_json::to_string(&w.ls())
+                    .unwrap_or_default()
+                    .contains("degraded")
+            });
+            std::thread::sleep(Duration::from_secs(45));
+            drop(lift);
+            assert_eq!(
+                echo(b"after\n").expect("the open connection carries on after the blackout"),
+                b"after\n"
+            );
+            let log = w._procs[2].log();
+            assert!(
+                !log.contains("connection lost; reconnecting"),
+                "the session was never lost:\n{log}"
+            );
+        }),
+    );
+}
+
+/// Runs its function when dropped (also on a panic).
+struct Lift<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for Lift<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}

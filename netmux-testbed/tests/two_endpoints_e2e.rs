@@ -77,6 +77,13 @@ fn run(sb: &Sandbox, nm: &Netmux<'_>, cg: &ChildCgroup) {
         s.contains(&format!("{note} demo, which started it first")),
         "{s}"
     );
+    // So does the daemon's log.
+    let log = nm.daemon.log();
+    assert!(
+        log.contains("redirect held by another endpoint, which started it first")
+            && log.contains("holder=demo"),
+        "{log}"
+    );
     // ls names the holder on other's row.
     let rows = nm.ls().unwrap();
     let row = rows

@@ -5,7 +5,9 @@
 //! * `netmux start EP +` starts L2C services only; a C2L entry is claimed
 //!   when named or with `--c2l`;
 //! * `netmux expose --local` targets loopback only unless the config allows
-//!   more.
+//!   more;
+//! * a catalog entry over the 64 KiB frame limit is left out by the server
+//!   and named in `netmux status`.
 //!
 //! Need root and the built binaries; run with `--test-threads=1`.
 
@@ -15,7 +17,7 @@ use netmux_testbed::netmux::{Netmux, ServiceSpec, ENDPOINT};
 use netmux_testbed::{wait_until, Sandbox, Side};
 
 mod common;
-use common::{curl, ip, nx_echo, on_failure_dump, sandbox, T};
+use common::{curl, ip, nx_echo, on_failure_dump, restart_server, sandbox, T};
 
 /// `web` (L2C) and `rev` (C2L: cluster 10.96.0.20:8088 to the
 /// workstation's 127.0.0.1:18080).
@@ -330,5 +332,58 @@ fn ebpf_redirects_only_cluster_addresses_and_status_lists_the_rest() {
             assert!(status.contains(expected), "{expected:?} not in\n{status}");
         }
         assert!(!status.contains("demo/web: not redirected"), "{status}");
+    });
+}
+
+/// A catalog entry too large for one frame (1,200 per-pod names: over
+/// 64 KiB) is not sent, never truncated: the daemon's `netmux status`
+/// names it, the server logs it with the fix, and the other entries arrive.
+#[test]
+fn an_entry_over_the_frame_limit_is_named_in_status() {
+    let sb = sandbox();
+    let mut nm = Netmux::start(&sb, &services()).unwrap_or_else(|e| {
+        sb.dump_logs(50);
+        panic!("netmux start: {e}")
+    });
+    let aliases: Vec<String> = (0..1200)
+        .map(|i| {
+            format!(
+                "\"web-{i:04}-{}.web.demo.svc.cluster.local\"",
+                "x".repeat(30)
+            )
+        })
+        .collect();
+    let text = netmux_testbed::netmux::services_toml(&services()).replacen(
+        "aliases = []",
+        &format!("aliases = [{}]", aliases.join(", ")),
+        1,
+    );
+    std::fs::write(&nm.layout.services_file, text).expect("services file");
+    nm.server.kill();
+    restart_server(&sb, &mut nm);
+    sb.wait_for_tcp(Side::Cluster, nm.layout.http, T)
+        .unwrap_or_else(|e| panic!("server back: {e}\n{}", nm.server.log()));
+    on_failure_dump(&sb, || {
+        let out = nm.cli(["connect", ENDPOINT]).expect("connect");
+        assert!(out.success(), "{}{}", out.stdout, out.stderr);
+        nm.wait_for_ls("the catalog", T, |json| json.contains("demo/rev"))
+            .unwrap();
+        let out = nm.cli(["ls"]).expect("ls");
+        assert!(!out.stdout.contains("demo/web"), "{}", out.stdout);
+        let status = nm.cli(["status"]).expect("status");
+        assert!(
+            status.stdout.contains("left out by the server")
+                && status.stdout.contains("demo/web")
+                && status.stdout.contains("64 KiB"),
+            "status names the entry left out: {}",
+            status.stdout
+        );
+        assert!(
+            nm.server
+                .log()
+                .contains("catalog entry over the 64 KiB frame limit not sent"),
+            "{}",
+            nm.server.log()
+        );
     });
 }

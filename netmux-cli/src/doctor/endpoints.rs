@@ -272,7 +272,12 @@ async fn probe_server(cfg: &EndpointConfig, ca_pem: &str, timeout: Duration) -> 
     };
     if matches!(cfg.transport, netmux_daemon::config::Transport::Tcp) {
         let start = std::time::Instant::now();
-        let dial = netmux_daemon::transport::dial_tcp(server, client, &cfg.server_name);
+        let dial = netmux_daemon::transport::dial_tcp(
+            server,
+            client,
+            &cfg.server_name,
+            cfg.survive_blackout,
+        );
         return match tokio::time::timeout(timeout, dial).await {
             Err(_) => Probe::Timeout(timeout),
             Ok(Err(e)) => Probe::Error(format!("QUIC over TCP to {server}: {e}")),

@@ -10,7 +10,8 @@
 //! Tag [`TAG_CLUSTER_RANGES`]: `count u8` then per range `family u8 (4|6) |
 //! address (4|16 bytes) | prefix u8`. The daemon redirects (eBPF) only
 //! addresses inside these ranges unless its endpoint configures its own
-//! `cluster_cidrs`.
+//! `cluster_cidrs`. Tag [`super::left_out::TAG_LEFT_OUT`]: catalog entries
+//! too large for a frame, left out of the snapshot.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -146,11 +147,18 @@ pub struct ReplyExtensions {
     /// The cluster's address ranges (Service and Pod networks), as the
     /// server knows them; empty when it announces none.
     pub cluster_ranges: Vec<Cidr>,
+    /// Catalog entries left out of the snapshot (too large for a frame).
+    pub left_out: super::left_out::LeftOut,
 }
 
 impl ReplyExtensions {
     /// Appends the extensions present (nothing when empty).
     pub fn encode(&self, out: &mut BytesMut) {
+        self.encode_ranges(out);
+        self.left_out.encode(out);
+    }
+
+    fn encode_ranges(&self, out: &mut BytesMut) {
         if self.cluster_ranges.is_empty() {
             return;
         }
@@ -192,6 +200,16 @@ impl ReplyExtensions {
             }
             let (mut value, tail) = rest.split_at(len);
             rest = tail;
+            if tag == super::left_out::TAG_LEFT_OUT {
+                if !ext.left_out.is_empty() {
+                    return Err(DecodeError::invalid(
+                        "left-out entries",
+                        "announced twice in one reply",
+                    ));
+                }
+                ext.left_out = super::left_out::LeftOut::decode(value)?;
+                continue;
+            }
             if tag != TAG_CLUSTER_RANGES {
                 continue;
             }
@@ -273,6 +291,7 @@ mod tests {
     fn extensions_round_trip_and_skip_unknown_tags() {
         let ext = ReplyExtensions {
             cluster_ranges: vec![c("10.96.0.0/12"), c("fd00::/108")],
+            ..Default::default()
         };
         let mut out = BytesMut::new();
         // An unknown extension first: skipped.

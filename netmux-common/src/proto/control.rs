@@ -78,6 +78,15 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, DecodeError> {
     postcard::to_allocvec(msg).map_err(|e| DecodeError::invalid("control message", e.to_string()))
 }
 
+/// Whether `svc` fits one frame as an [`ServerMessage::Upsert`]. An entry
+/// that does not is left out of what daemons get, never sent truncated
+/// (its id counts: pass the largest, `ServiceId(u32::MAX)`, to judge an
+/// entry before it has one).
+pub fn upsert_fits(svc: &Service) -> bool {
+    encode(&ServerMessage::Upsert(svc.clone()))
+        .is_ok_and(|body| body.len() <= super::frame::MAX_FRAME_LEN)
+}
+
 impl ServerMessage {
     /// Decodes and validates one frame payload.
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {

@@ -363,6 +363,7 @@ mod tests {
         };
         let ext = ReplyExtensions {
             cluster_ranges: vec!["10.96.0.0/12".parse().unwrap()],
+            ..Default::default()
         };
         let mut out = BytesMut::new();
         reply.encode_with(&ext, &mut out);

@@ -18,6 +18,7 @@ pub mod control;
 pub mod datagram;
 pub mod frame;
 pub mod hello;
+pub mod left_out;
 pub mod open;
 pub mod session;
 pub mod stream;

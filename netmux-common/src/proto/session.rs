@@ -120,6 +120,8 @@ pub struct ClientSession {
     next_request: u32,
     /// Ranges the server announced in its hello reply.
     cluster_ranges: Vec<super::cidr::Cidr>,
+    /// Entries the server left out of the snapshot (too large).
+    left_out: super::left_out::LeftOut,
     /// Until when the hello reply and the first full catalog may take, and
     /// how long that was ([`Self::expect_sync_within`]).
     sync_deadline: Option<(Instant, Duration)>,
@@ -145,6 +147,7 @@ impl ClientSession {
             synced: false,
             next_request: 0,
             cluster_ranges: Vec::new(),
+            left_out: Default::default(),
             sync_deadline: None,
         }
     }
@@ -182,6 +185,13 @@ impl ClientSession {
     /// none).
     pub fn cluster_ranges(&self) -> &[super::cidr::Cidr] {
         &self.cluster_ranges
+    }
+
+    /// Catalog entries the server left out of its snapshot because each is
+    /// too large for a frame (named in its hello reply; empty from a server
+    /// that predates the extension).
+    pub fn left_out(&self) -> &super::left_out::LeftOut {
+        &self.left_out
     }
 
     /// The catalog as last synced and updated.
@@ -287,6 +297,7 @@ impl ClientSession {
                 }
                 let (_, extensions, _) = HelloReply::decode_with_extensions(buf)?;
                 self.cluster_ranges = extensions.cluster_ranges;
+                self.left_out = extensions.left_out;
                 let rest = buf.split_off(used);
                 self.frames.push(&rest);
                 self.events.push_back(ClientEvent::Accepted {
@@ -420,9 +431,15 @@ impl ServerSession {
         std::mem::take(&mut self.oversized)
     }
 
-    fn push_upsert(&mut self, svc: &catalog::Service) {
+    /// Sends `svc`, or, when it does not fit a frame, reports it and
+    /// removes the `previous` version from the daemon if it had that one
+    /// (it fit): the daemon never keeps a stale entry.
+    fn push_upsert(&mut self, svc: &catalog::Service, previous: Option<&catalog::Service>) {
         if !push_frame(&mut self.out, &ServerMessage::Upsert(svc.clone())) {
             self.oversized.push(svc.key());
+            if previous.is_some_and(control::upsert_fits) {
+                push_frame(&mut self.out, &ServerMessage::Remove(svc.id));
+            }
         }
     }
 
@@ -566,12 +583,23 @@ impl ServerSession {
         catalog: &Catalog,
         extensions: &super::cidr::ReplyExtensions,
     ) {
-        self.reply_with(HelloStatus::Accepted, greeting, extensions);
-        push_frame(&mut self.out, &ServerMessage::CatalogBegin);
+        // The snapshot first, so the reply can name what it leaves out.
+        let mut snapshot = BytesMut::new();
+        push_frame(&mut snapshot, &ServerMessage::CatalogBegin);
+        let mut left_out = Vec::new();
         for svc in catalog.values() {
-            self.push_upsert(svc);
+            if !push_frame(&mut snapshot, &ServerMessage::Upsert(svc.clone())) {
+                left_out.push(svc.key());
+            }
         }
-        push_frame(&mut self.out, &ServerMessage::CatalogSynced);
+        push_frame(&mut snapshot, &ServerMessage::CatalogSynced);
+        let extensions = super::cidr::ReplyExtensions {
+            left_out: super::left_out::LeftOut::from_keys(&left_out),
+            ..extensions.clone()
+        };
+        self.reply_with(HelloStatus::Accepted, greeting, &extensions);
+        self.out.extend_from_slice(&snapshot);
+        self.oversized.extend(left_out);
         self.state = ServerState::Established {
             sent: catalog.clone(),
         };
@@ -599,10 +627,10 @@ impl ServerSession {
     pub fn update_catalog(&mut self, catalog: &Catalog) {
         if let ServerState::Established { sent } = &mut self.state {
             let events = catalog::diff(sent, catalog);
-            *sent = catalog.clone();
+            let before = std::mem::replace(sent, catalog.clone());
             for event in events {
                 match event {
-                    CatalogEvent::Upsert(svc) => self.push_upsert(&svc),
+                    CatalogEvent::Upsert(svc) => self.push_upsert(&svc, before.get(&svc.id)),
                     other => {
                         push_frame(&mut self.out, &ServerMessage::from(other));
                     }
@@ -668,6 +696,14 @@ mod tests {
         assert_eq!(server.take_oversized(), [big.key()]);
         pump(&mut client, &mut server).unwrap();
         assert_eq!(client.catalog(), &catalog(&[1]));
+        // The reply named it, for the daemon's status.
+        assert_eq!(
+            client.left_out(),
+            &crate::proto::left_out::LeftOut {
+                total: 1,
+                listed: vec![big.key()]
+            }
+        );
         // Again on a later change; a smaller version goes through.
         cat.insert(ServiceId(3), svc(3, "svc3"));
         server.update_catalog(&cat);
@@ -679,6 +715,14 @@ mod tests {
         assert!(server.take_oversized().is_empty());
         pump(&mut client, &mut server).unwrap();
         assert_eq!(client.catalog().get(&ServiceId(2)), Some(&fits));
+        // Growing past the frame again removes it from the daemon: no
+        // stale version is kept.
+        cat.insert(ServiceId(2), big.clone());
+        server.update_catalog(&cat);
+        assert_eq!(server.take_oversized(), [big.key()]);
+        pump(&mut client, &mut server).unwrap();
+        assert_eq!(client.catalog().get(&ServiceId(2)), None);
+        assert_eq!(client.catalog().len(), 2);
     }
 
     #[test]
@@ -689,6 +733,7 @@ mod tests {
         assert!(matches!(server.poll_event(), Some(ServerEvent::Hello(_))));
         let ext = crate::proto::cidr::ReplyExtensions {
             cluster_ranges: vec!["10.96.0.0/12".parse().unwrap()],
+            ..Default::default()
         };
         server.accept_with("srv", &catalog(&[1]), &ext);
         pump(&mut client, &mut server).unwrap();

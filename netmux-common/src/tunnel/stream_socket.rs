@@ -18,8 +18,11 @@
 //!   `WouldBlock` here would stall connections of other peers, since
 //!   quinn's pollers cannot say which peer they wait for. A server's stream
 //!   peer is closed when it sends no preamble in time or stays silent too
-//!   long ([`StreamDeadlines`]); [`CompositeSocket::stream_peers_from`]
-//!   lets the acceptor cap peers per source address.
+//!   long ([`StreamDeadlines`]), unless a session holds it
+//!   ([`CompositeSocket::hold`]: an authenticated daemon's stream is silent
+//!   through a blackout for as long as its session is kept);
+//!   [`CompositeSocket::stream_peers_from`] lets the acceptor cap peers per
+//!   source address.
 //!
 //! GSO batches (`Transmit::segment_size`) are split into one frame per
 //! datagram; the stream peers of the composite accept whatever the UDP
@@ -30,7 +33,7 @@ use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
@@ -59,8 +62,51 @@ pub struct StreamDeadlines {
     /// added.
     pub preamble: Duration,
     /// After the preamble, a stream with no byte for this long is closed
-    /// (a live QUIC connection sends keepalives far more often).
+    /// (a live QUIC connection sends keepalives far more often), unless it
+    /// is held ([`CompositeSocket::hold`]).
     pub idle: Duration,
+}
+
+/// Lets a TCP connection carrying QUIC ride out a blackout of `bound`
+/// (`survive_blackout`): the kernel retransmits unacknowledged bytes for
+/// `bound` plus [`super::blackout::IDLE_GRACE`] before it gives up
+/// (`TCP_USER_TIMEOUT`), instead of its own ~15 minutes (`tcp_retries2`),
+/// so the session's bound, not the kernel's, ends it. Best effort; Linux
+/// only.
+pub fn keep_through_blackout(tcp: &tokio::net::TcpStream, bound: Duration) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(bound + super::blackout::IDLE_GRACE))
+    {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (tcp, bound);
+}
+
+/// Keeps a server's stream peer open however long it is silent, while
+/// alive: a session within `survive_blackout` holds its stream, so a
+/// blackout ends the session only at the session's own bound. Dropped, the
+/// stream is closed after its next [`StreamDeadlines::idle`] without a byte.
+#[derive(Debug)]
+pub struct StreamHold(Arc<AtomicUsize>);
+
+impl Drop for StreamHold {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A server's stream peer's deadlines, and how many [`StreamHold`]s lift
+/// its idle one.
+#[derive(Debug, Clone)]
+struct Silence {
+    deadlines: StreamDeadlines,
+    holds: Arc<AtomicUsize>,
+}
+
+fn timed_out(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what)
 }
 
 /// What became of a datagram handed to a stream.
@@ -228,12 +274,12 @@ impl Inbox {
 }
 
 /// Reads frames from `r` into `inbox` as coming from `peer`, until EOF;
-/// `TimedOut` when `deadlines` expire.
+/// `TimedOut` when the deadlines of `silence` expire.
 async fn read_frames<R: AsyncRead + Unpin>(
     mut r: R,
     peer: SocketAddr,
     inbox: mpsc::Sender<Inbound>,
-    deadlines: Option<StreamDeadlines>,
+    silence: Option<Silence>,
 ) -> io::Result<()> {
     let started = tokio::time::Instant::now();
     let mut decoder = Decoder::default();
@@ -254,22 +300,27 @@ async fn read_frames<R: AsyncRead + Unpin>(
             PREAMBLE.len()
         });
         let read = r.read_buf(&mut buf);
-        let n = match deadlines {
+        let n = match &silence {
             None => read.await?,
-            Some(d) => {
-                let (until, what) = if decoder.preamble_seen() {
-                    (tokio::time::Instant::now() + d.idle, "silent for")
-                } else {
-                    (started + d.preamble, "no preamble within")
-                };
-                let limit = if decoder.preamble_seen() {
-                    d.idle
-                } else {
-                    d.preamble
-                };
-                tokio::time::timeout_at(until, read).await.map_err(|_| {
-                    io::Error::new(io::ErrorKind::TimedOut, format!("{what} {limit:?}"))
-                })??
+            Some(Silence { deadlines: d, .. }) if !decoder.preamble_seen() => {
+                tokio::time::timeout_at(started + d.preamble, read)
+                    .await
+                    .map_err(|_| timed_out(format!("no preamble within {:?}", d.preamble)))??
+            }
+            Some(Silence {
+                deadlines: d,
+                holds,
+            }) => {
+                let mut read = std::pin::pin!(read);
+                loop {
+                    match tokio::time::timeout(d.idle, &mut read).await {
+                        Ok(n) => break n?,
+                        // A held stream's silence is its session's to judge
+                        // (a blackout, up to survive_blackout).
+                        Err(_) if holds.load(Ordering::Relaxed) > 0 => {}
+                        Err(_) => return Err(timed_out(format!("silent for {:?}", d.idle))),
+                    }
+                }
             }
         };
         if n == 0 {
@@ -300,13 +351,13 @@ async fn pump<S>(
     peer: SocketAddr,
     outbox: Arc<Outbox>,
     inbox: mpsc::Sender<Inbound>,
-    deadlines: Option<StreamDeadlines>,
+    silence: Option<Silence>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
     let result = tokio::select! {
-        r = read_frames(r, peer, inbox, deadlines) => r.map(|()| "peer closed the stream"),
+        r = read_frames(r, peer, inbox, silence) => r.map(|()| "peer closed the stream"),
         w = write_frames(w, &outbox) => w.map(|()| "endpoint closed"),
     };
     match result {
@@ -439,9 +490,18 @@ impl fmt::Debug for CompositeSocket {
     }
 }
 
-/// Stream peers by the address the endpoint sees: their outbox and the
-/// source address of the stream.
-type Peers = HashMap<SocketAddr, (Arc<Outbox>, IpAddr)>;
+/// A stream peer of the composite.
+#[derive(Debug)]
+struct Peer {
+    outbox: Arc<Outbox>,
+    /// Where the stream comes from.
+    source: IpAddr,
+    /// Live [`StreamHold`]s.
+    holds: Arc<AtomicUsize>,
+}
+
+/// Stream peers by the address the endpoint sees.
+type Peers = HashMap<SocketAddr, Peer>;
 
 /// Removes a stream peer from the routing table when its task ends or is
 /// aborted.
@@ -452,8 +512,8 @@ struct PeerGuard {
 
 impl Drop for PeerGuard {
     fn drop(&mut self) {
-        if let Some((o, _)) = lock(&self.peers).remove(&self.addr) {
-            o.close();
+        if let Some(p) = lock(&self.peers).remove(&self.addr) {
+            p.outbox.close();
         }
     }
 }
@@ -484,8 +544,17 @@ impl CompositeSocket {
     pub fn stream_peers_from(&self, source: IpAddr) -> usize {
         lock(&self.peers)
             .values()
-            .filter(|(_, s)| *s == source)
+            .filter(|p| p.source == source)
             .count()
+    }
+
+    /// Keeps stream peer `addr` open through silence while the returned
+    /// hold lives; `None` when `addr` is not a stream peer (a UDP peer).
+    pub fn hold(&self, addr: &SocketAddr) -> Option<StreamHold> {
+        let peers = lock(&self.peers);
+        let holds = peers.get(addr)?.holds.clone();
+        holds.fetch_add(1, Ordering::Relaxed);
+        Some(StreamHold(holds))
     }
 
     /// Datagrams dropped because a stream's send queue was full.
@@ -520,7 +589,16 @@ impl CompositeSocket {
         let ip = Ipv6Addr::from((0x0100_u128 << 112) | u128::from(n));
         let addr = SocketAddr::V6(SocketAddrV6::new(ip, 443, 0, 0));
         let outbox = Arc::new(Outbox::default());
-        lock(&self.peers).insert(addr, (outbox.clone(), source));
+        let holds = Arc::new(AtomicUsize::new(0));
+        lock(&self.peers).insert(
+            addr,
+            Peer {
+                outbox: outbox.clone(),
+                source,
+                holds: holds.clone(),
+            },
+        );
+        let silence = deadlines.map(|deadlines| Silence { deadlines, holds });
         let guard = PeerGuard {
             peers: self.peers.clone(),
             addr,
@@ -528,7 +606,7 @@ impl CompositeSocket {
         let inbox = self.inbox_tx.clone();
         let task = tokio::spawn(async move {
             let _guard = guard;
-            pump(stream, addr, outbox, inbox, deadlines).await;
+            pump(stream, addr, outbox, inbox, silence).await;
         });
         (addr, task)
     }
@@ -538,15 +616,15 @@ impl CompositeSocket {
         if peers.is_empty() {
             return None;
         }
-        peers.get(addr).map(|(o, _)| o.clone())
+        peers.get(addr).map(|p| p.outbox.clone())
     }
 }
 
 impl Drop for CompositeSocket {
     /// The endpoint is gone: end every stream (their tasks close them).
     fn drop(&mut self) {
-        for (outbox, _) in lock(&self.peers).values() {
-            outbox.close();
+        for p in lock(&self.peers).values() {
+            p.outbox.close();
         }
     }
 }
@@ -608,296 +686,4 @@ impl AsyncUdpSocket for CompositeSocket {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn encode_all(datagrams: &[Vec<u8>]) -> BytesMut {
-        let mut enc = Encoder::default();
-        let mut out = BytesMut::new();
-        enc.preamble(&mut out);
-        for d in datagrams {
-            enc.encode(d, &mut out).expect("encodable");
-        }
-        out
-    }
-
-    fn decode_all(bytes: &[u8], chunk: usize) -> Result<Vec<Bytes>, FrameError> {
-        let mut dec = Decoder::default();
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
-        for c in bytes.chunks(chunk.max(1)) {
-            buf.extend_from_slice(c);
-            while let Some(d) = dec.decode(&mut buf)? {
-                out.push(d);
-            }
-        }
-        Ok(out)
-    }
-
-    #[test]
-    fn frame_layout() {
-        let out = encode_all(&[b"ab".to_vec()]);
-        assert_eq!(&out[..], b"NMXDGRM\x01\x00\x02ab");
-    }
-
-    #[test]
-    fn limits() {
-        let mut enc = Encoder::default();
-        let mut out = BytesMut::new();
-        assert_eq!(enc.encode(&[], &mut out), Err(FrameError::Empty));
-        assert_eq!(
-            enc.encode(&vec![0; MAX_DATAGRAM + 1], &mut out),
-            Err(FrameError::TooLong(MAX_DATAGRAM + 1))
-        );
-        assert!(out.is_empty(), "nothing written on error");
-        let max = vec![7; MAX_DATAGRAM];
-        enc.encode(&max, &mut out).expect("max fits");
-        let got = decode_all(&out, 1000).expect("decodes");
-        assert_eq!(got, vec![Bytes::from(max)]);
-    }
-
-    #[test]
-    fn garbage_is_an_error() {
-        assert_eq!(
-            decode_all(b"GET / HTTP/1.1\r\n", 3),
-            Err(FrameError::NotNetmux)
-        );
-        // Recognised at the first wrong byte, not after 8.
-        assert_eq!(decode_all(b"NMX!", 4), Err(FrameError::NotNetmux));
-        assert_eq!(decode_all(b"NMXDGRM\x02", 8), Err(FrameError::Version(2)));
-        assert_eq!(
-            decode_all(b"NMXDGRM\x01\x00\x00", 8),
-            Err(FrameError::Empty)
-        );
-        // Incomplete is not invalid.
-        assert_eq!(decode_all(b"NMXDG", 1), Ok(vec![]));
-        assert_eq!(decode_all(b"NMXDGRM\x01\x00\x05abc", 2), Ok(vec![]));
-    }
-
-    proptest! {
-        #[test]
-        fn roundtrip_any_split(
-            datagrams in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..2000), 0..20),
-            chunk in 1usize..5000,
-        ) {
-            let bytes = encode_all(&datagrams);
-            let got = decode_all(&bytes, chunk).expect("valid stream");
-            let want: Vec<Bytes> = datagrams.into_iter().map(Bytes::from).collect();
-            prop_assert_eq!(got, want);
-        }
-
-        #[test]
-        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..4000), chunk in 1usize..100) {
-            let _ = decode_all(&bytes, chunk);
-            let mut with_preamble = PREAMBLE.to_vec();
-            with_preamble.extend_from_slice(&bytes);
-            let _ = decode_all(&with_preamble, chunk);
-        }
-    }
-
-    #[test]
-    fn gso_batches_split_into_frames() {
-        let outbox = Outbox::default();
-        let contents = [1u8; 25];
-        let t = Transmit {
-            destination: "127.0.0.1:1".parse().expect("addr"),
-            ecn: None,
-            contents: &contents,
-            segment_size: Some(10),
-            src_ip: None,
-        };
-        assert_eq!(outbox.push(&t), Push::Queued);
-        let frames = lock(&outbox.state).frames.split();
-        let got = decode_all(&frames, 7).expect("valid");
-        let lens: Vec<usize> = got.iter().map(Bytes::len).collect();
-        assert_eq!(lens, vec![10, 10, 5]);
-    }
-
-    #[test]
-    fn full_queue_pushes_back_then_closed_drops() {
-        let outbox = Outbox::default();
-        let contents = vec![0u8; 60_000];
-        let t = Transmit {
-            destination: "127.0.0.1:1".parse().expect("addr"),
-            ecn: None,
-            contents: &contents,
-            segment_size: None,
-            src_ip: None,
-        };
-        let mut queued = 0;
-        while outbox.push(&t) == Push::Queued {
-            queued += 1;
-            assert!(queued < 100, "queue never fills");
-        }
-        assert!(lock(&outbox.state).frames.len() < SEND_QUEUE_BYTES + 60_010);
-        outbox.close();
-        assert_eq!(outbox.push(&t), Push::Closed);
-    }
-
-    /// Echoes one bidirectional stream back, then waits for the close.
-    async fn echo_once(conn: quinn::Connection) {
-        let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
-        let data = recv.read_to_end(4 << 20).await.expect("read");
-        send.write_all(&data).await.expect("echo");
-        send.finish().expect("finish");
-        conn.closed().await;
-    }
-
-    /// Sends 2 MB on a new stream and checks the echo.
-    async fn roundtrip(conn: &quinn::Connection) {
-        let (mut send, mut recv) = conn.open_bi().await.expect("open");
-        let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
-        let writer = async {
-            send.write_all(&payload).await.expect("write");
-            send.finish().expect("finish");
-        };
-        let (_, echoed) = tokio::join!(writer, recv.read_to_end(4 << 20));
-        assert!(echoed.expect("echo") == payload, "echo differs");
-    }
-
-    /// One server endpoint on a `CompositeSocket` serving a client over an
-    /// in-memory stream (the daemon's `StreamSocket`) and a client over
-    /// real UDP at the same time; the stream peer goes away with its stream.
-    #[tokio::test]
-    async fn quic_over_a_stream_and_udp_in_one_endpoint() {
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let udp = super::super::quic::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let composite = CompositeSocket::new(udp).expect("composite");
-        let udp_addr = composite.local_addr().expect("local addr");
-        let (peer, _task) = composite.add_stream(server_io);
-
-        let cert = test_cert();
-        let mut server_config = quinn::ServerConfig::with_single_cert(vec![cert.0.clone()], cert.1)
-            .expect("server config");
-        server_config.transport_config(Arc::new(super::super::quic::transport_config()));
-        let server = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
-            Some(server_config),
-            composite.clone(),
-            Arc::new(quinn::TokioRuntime),
-        )
-        .expect("server endpoint");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.0).expect("root");
-        let client_config =
-            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
-
-        let local: SocketAddr = "[::]:0".parse().expect("addr");
-        let (socket, closed) = StreamSocket::new(client_io, local, peer);
-        let mut stream_client = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
-            None,
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .expect("stream client endpoint");
-        stream_client.set_default_client_config(client_config.clone());
-        let mut udp_client =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("udp client");
-        udp_client.set_default_client_config(client_config);
-
-        let acceptor = tokio::spawn(async move {
-            let mut remotes = Vec::new();
-            for _ in 0..2 {
-                let conn = server
-                    .accept()
-                    .await
-                    .expect("incoming")
-                    .await
-                    .expect("handshake");
-                remotes.push(conn.remote_address());
-                tokio::spawn(echo_once(conn));
-            }
-            (server, remotes)
-        });
-        let over_stream = stream_client
-            .connect(peer, "localhost")
-            .expect("connect")
-            .await
-            .expect("stream handshake");
-        let over_udp = udp_client
-            .connect(udp_addr, "localhost")
-            .expect("connect")
-            .await
-            .expect("udp handshake");
-        tokio::join!(roundtrip(&over_stream), roundtrip(&over_udp));
-        let (_server, remotes) = acceptor.await.expect("acceptor");
-        assert!(
-            remotes.contains(&peer),
-            "{remotes:?} lacks the stream peer {peer}"
-        );
-        assert_eq!(composite.stream_peers(), 1);
-
-        // The client endpoint goes away: its socket closes the stream, the
-        // server side forgets the peer.
-        over_stream.close(0u32.into(), b"done");
-        over_udp.close(0u32.into(), b"done");
-        drop(over_stream);
-        stream_client.wait_idle().await;
-        drop(stream_client);
-        // Err: the socket dropped with its stream, which also counts.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), closed)
-            .await
-            .expect("stream closed in time");
-        tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while composite.stream_peers() != 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("stream peer removed");
-    }
-
-    /// A server's stream peer that never sends the preamble, and one that
-    /// goes silent after it, are closed by their deadlines; each counts
-    /// under its source address until then.
-    #[tokio::test]
-    async fn silent_stream_peers_are_closed_by_their_deadlines() {
-        let udp = super::super::quic::bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let composite = CompositeSocket::new(udp).expect("composite");
-        let deadlines = StreamDeadlines {
-            preamble: Duration::from_millis(300),
-            idle: Duration::from_millis(500),
-        };
-        let source: IpAddr = "192.0.2.7".parse().expect("ip");
-        let (mut mute, server_io) = tokio::io::duplex(4096);
-        let (_, no_preamble) = composite.add_stream_from(server_io, source, Some(deadlines));
-        let (mut quiet, server_io) = tokio::io::duplex(4096);
-        quiet.write_all(&PREAMBLE).await.expect("preamble");
-        let (_, went_silent) = composite.add_stream_from(server_io, source, Some(deadlines));
-        assert_eq!(composite.stream_peers_from(source), 2);
-        assert_eq!(
-            composite.stream_peers_from("192.0.2.8".parse().expect("ip")),
-            0
-        );
-        for (task, what) in [(no_preamble, "no preamble"), (went_silent, "silent")] {
-            tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .unwrap_or_else(|_| panic!("{what} stream peer still open"))
-                .expect("stream task");
-        }
-        assert_eq!(composite.stream_peers_from(source), 0);
-        // Both ends see the server close: its preamble, then EOF.
-        for peer in [&mut mute, &mut quiet] {
-            let mut got = Vec::new();
-            tokio::time::timeout(Duration::from_secs(20), peer.read_to_end(&mut got))
-                .await
-                .expect("closed")
-                .expect("read");
-            assert_eq!(got, PREAMBLE);
-        }
-    }
-
-    /// A self-signed certificate for `localhost`.
-    fn test_cert() -> (
-        rustls::pki_types::CertificateDer<'static>,
-        rustls::pki_types::PrivateKeyDer<'static>,
-    ) {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-        (
-            cert.cert.der().clone(),
-            rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
-        )
-    }
-}
+mod tests;

@@ -164,21 +164,51 @@ impl Daemon {
                         },
                         services: c.map(|c| c.endpoint.catalog().len()).unwrap_or(0),
                         started: state.running.keys().filter(|(e, _)| *e == cfg.name).count(),
-                        notes: state
-                            .running
-                            .iter()
-                            .filter(|((e, _), _)| *e == cfg.name)
-                            .flat_map(|((_, k), r)| {
-                                redirect_notes(r)
-                                    .into_iter()
-                                    .map(move |n| format!("{k}: {n}"))
-                            })
+                        notes: c
+                            .and_then(|c| left_out_note(&c.endpoint))
+                            .into_iter()
+                            .chain(
+                                state
+                                    .running
+                                    .iter()
+                                    .filter(|((e, _), _)| *e == cfg.name)
+                                    .flat_map(|((_, k), r)| {
+                                        redirect_notes(r)
+                                            .into_iter()
+                                            .map(move |n| format!("{k}: {n}"))
+                                    }),
+                            )
                             .collect(),
                     }
                 })
                 .collect(),
         }
     }
+}
+
+/// What `status` says about catalog entries the server left out (each too
+/// large for a frame), unless they arrived since, in a smaller version.
+fn left_out_note(endpoint: &crate::endpoint::Endpoint) -> Option<String> {
+    let left = endpoint.left_out();
+    let catalog = endpoint.catalog();
+    let missing: Vec<&String> = left
+        .listed
+        .iter()
+        .filter(|k| catalog.by_key(k).is_none())
+        .collect();
+    let listed = u32::try_from(left.listed.len()).unwrap_or(u32::MAX);
+    let unlisted = left.total.saturating_sub(listed);
+    if missing.is_empty() && unlisted == 0 {
+        return None;
+    }
+    let mut names: Vec<String> = missing.iter().map(|k| k.to_string()).collect();
+    if unlisted > 0 {
+        names.push(format!("and {unlisted} more"));
+    }
+    Some(format!(
+        "left out by the server (each catalog entry over the 64 KiB frame limit, not sent): {}; the server's log (and on Kubernetes an Event on the Service) says so: split the Service or trim its names, addresses or ports",
+        names.join(", ")
+    ))
 }
 
 /// What `status` and `ls` say about a running service's redirects.

@@ -66,6 +66,10 @@ pub enum ProblemKind {
     /// An address or name the target policy refuses; that address (or the
     /// entry, if nothing is left) is not published, the rest is.
     TargetRefused(Refusal),
+    /// One entry is over the 64 KiB a catalog entry may take on the wire:
+    /// daemons do not get it (each session leaves it out, names it in its
+    /// hello reply and counts it); the rest is published.
+    TooLarge,
 }
 
 impl ProblemKind {
@@ -75,6 +79,7 @@ impl ProblemKind {
             ProblemKind::InvalidAnnotation => "InvalidNxAnnotation",
             ProblemKind::NameConflict => "NetmuxNameConflict",
             ProblemKind::TargetRefused(_) => "NetmuxTargetRefused",
+            ProblemKind::TooLarge => "NetmuxEntryTooLarge",
         }
     }
 
@@ -84,6 +89,7 @@ impl ProblemKind {
             ProblemKind::InvalidAnnotation => "invalid_annotation",
             ProblemKind::NameConflict => "name_conflict",
             ProblemKind::TargetRefused(r) => r.label(),
+            ProblemKind::TooLarge => "too_large",
         }
     }
 }
@@ -288,10 +294,32 @@ pub fn catalog_with_origins<S: Borrow<KService>, E: Borrow<EndpointSlice>>(
                 continue;
             }
             taken.insert(key, format!("{ns}/{name}"));
+            if let Some(message) = too_large(&entry) {
+                problems.push(problem(ProblemKind::TooLarge, &entry.name, message));
+            }
             out.push((entry, origin));
         }
     }
     (out, problems)
+}
+
+/// Why `entry` cannot reach daemons, if it is over the frame limit.
+fn too_large(entry: &Service) -> Option<String> {
+    let worst = Service {
+        id: ServiceId(u32::MAX),
+        ..entry.clone()
+    };
+    if netmux_common::proto::control::upsert_fits(&worst) {
+        return None;
+    }
+    Some(format!(
+        "catalog entry {}/{} is over the 64 KiB limit of one entry ({} names, {} addresses, {} ports) and is not sent to daemons; `netmux status` names it. Fix: split the Service, or publish fewer per-pod names, addresses or ports",
+        entry.namespace,
+        entry.name,
+        entry.aliases.len(),
+        entry.addresses.len(),
+        entry.ports.len()
+    ))
 }
 
 fn entry(

@@ -332,7 +332,11 @@ impl Driver {
         let reported = self.reported.clone();
         tokio::spawn(async move {
             for p in fresh {
-                refused.with_label_values(&[p.kind.label()]).inc();
+                // Entries too large are counted by each session that
+                // leaves them out (`connection::report_oversized`).
+                if p.kind != ProblemKind::TooLarge {
+                    refused.with_label_values(&[p.kind.label()]).inc();
+                }
                 tracing::warn!(problem = %p, reason = p.kind.label(), "catalog entry not published");
                 if let Err(e) = recorder.publish(&event(&p), &reference(&p)).await {
                     tracing::warn!(service = %format!("{}/{}", p.namespace, p.service), error = %e, "cannot record a Kubernetes Event (needs create on events.k8s.io events)");
