@@ -699,7 +699,7 @@ fn world() -> Option<World> {
         eprintln!("SKIPPED capabilities_e2e: {why}");
         return None;
     }
-    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let serial = netmux_common::sync::lock(&SERIAL);
     let unit = Unit::generated();
     let users = Users::create();
     let sb = Sandbox::new().expect("sandbox");

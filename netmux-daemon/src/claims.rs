@@ -114,10 +114,7 @@ pub struct Claims(Arc<Mutex<BTreeMap<String, Claim>>>);
 impl Claims {
     /// The table (a panic elsewhere while it was held does not lose it).
     pub fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Claim>> {
-        match self.0.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        netmux_common::sync::lock(&self.0)
     }
 
     /// A copy of every claim, for views.

@@ -14,6 +14,7 @@ use netmux_common::proto::catalog::Indexed;
 use netmux_common::proto::error_code;
 use netmux_common::proto::hello::{Credential, Hello};
 use netmux_common::proto::session::{ClientEvent, ClientSession, SessionError, SYNC_TIMEOUT};
+use netmux_common::sync::lock;
 use netmux_common::tunnel::quic;
 use quinn::{Connection, VarInt};
 use tokio::sync::watch;
@@ -169,16 +170,13 @@ impl Endpoint {
     /// The cluster's address ranges as the server announced them in its
     /// last hello (empty: none announced).
     pub fn cluster_ranges(&self) -> Vec<netmux_common::proto::cidr::Cidr> {
-        match self.ranges.lock() {
-            Ok(r) => r.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        lock(&self.ranges).clone()
     }
 
     /// The current blackout: how long the server has been silent and how
     /// long the session is kept; `None` when it answers.
     pub fn blackout(&self) -> Option<crate::health::Blackout> {
-        crate::health::lock(&self.health).blackout
+        lock(&self.health).blackout
     }
 
     /// The Kubernetes credentials in use, if any.
@@ -304,10 +302,7 @@ async fn run(
             Ok(((conn, session, send, recv, server, greeting), via_udp)) => {
                 backoff = BACKOFF_MIN;
                 // Before the catalog: the redirect bounds read them.
-                match ranges.lock() {
-                    Ok(mut r) => *r = session.cluster_ranges().to_vec(),
-                    Err(p) => *p.into_inner() = session.cluster_ranges().to_vec(),
-                }
+                *lock(&ranges) = session.cluster_ranges().to_vec();
                 catalog_tx.send_replace(Arc::new(Indexed::from(session.catalog().clone())));
                 conn_tx.send_replace(Some(conn.clone()));
                 status.send_replace(EndpointStatus::Connected {

@@ -31,6 +31,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use netmux_common::proto::error_code;
+use netmux_common::sync::lock;
 use netmux_common::tunnel::blackout::{
     human, Gap, Health, Phase, ProbeGate, ResumeDetector, Transition, DEGRADED_AFTER,
 };
@@ -84,14 +85,6 @@ pub struct Shared {
 
 /// The shared state behind a lock that survives a panicked holder.
 pub type SharedState = Arc<Mutex<Shared>>;
-
-/// Locks `s`.
-pub fn lock(s: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
-    match s.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
 
 /// Degraded flags of live connections, by `Connection::stable_id`, for the
 /// listeners (which hold only the connection).

@@ -20,6 +20,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use netmux_common::proto::error_code;
+use netmux_common::sync::lock;
 use netmux_common::tunnel::blackout::{human, Health, Transition, DEGRADED_AFTER};
 use quinn::{Connection, VarInt};
 
@@ -35,10 +36,7 @@ type Silent = Vec<(u64, Instant, Connection)>;
 static SILENT: LazyLock<Mutex<HashMap<String, Silent>>> = LazyLock::new(Default::default);
 
 fn silent() -> std::sync::MutexGuard<'static, HashMap<String, Silent>> {
-    match SILENT.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
+    lock(&SILENT)
 }
 
 /// The origin of the monotonic times fed to [`Health`].

@@ -90,18 +90,12 @@ impl Default for NameService {
 impl NameService {
     /// The `dns` line of `netmux status`.
     pub fn status(&self) -> String {
-        match self.status.lock() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        lock(&self.status).clone()
     }
 
     /// Replaces the status line.
     pub fn set_status(&self, s: String) {
-        match self.status.lock() {
-            Ok(mut g) => *g = s,
-            Err(p) => *p.into_inner() = s,
-        }
+        *lock(&self.status) = s;
     }
 
     /// Whether the daemon writes its hosts-file block.

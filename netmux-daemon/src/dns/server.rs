@@ -11,6 +11,7 @@ use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCo
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use netmux_common::sync::lock;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
@@ -64,10 +65,7 @@ impl Handler {
     fn zone(&self) -> Arc<super::zone::Zone> {
         let records = self.names.borrow().clone();
         let endpoints = self.endpoints.as_ref().map(|e| e());
-        let mut f = match self.follower.lock() {
-            Ok(f) => f,
-            Err(p) => p.into_inner(),
-        };
+        let mut f = lock(&self.follower);
         if let Some(e) = endpoints {
             f.set_endpoints(e);
         }
