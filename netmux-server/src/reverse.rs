@@ -203,11 +203,9 @@ impl Claims {
 
     /// Claims the C2L catalog service `key` for `holder`.
     pub async fn claim(&self, holder: &Holder, key: &str) -> Result<(), String> {
-        let catalog = self.store.current();
-        let svc = catalog
-            .values()
-            .find(|s| s.key() == key)
-            .cloned()
+        let svc = self
+            .store
+            .service(key)
             .ok_or_else(|| format!("no service {key} in the catalog"))?;
         if svc.direction != Direction::C2L {
             return Err(format!(
@@ -269,10 +267,7 @@ impl Claims {
         self.store.add_adhoc(svc)?;
         let svc = self
             .store
-            .current()
-            .values()
-            .find(|s| s.key() == key)
-            .cloned()
+            .service(&key)
             .ok_or_else(|| format!("{key} vanished from the catalog"))?;
         let result = self.hold(holder, svc, true).await;
         if result.is_err() {
