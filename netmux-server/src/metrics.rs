@@ -5,9 +5,7 @@
 //! A service's series are deleted when it leaves the catalog
 //! ([`Metrics::forget_service`]), so churn does not grow the exposition.
 
-use std::collections::HashMap;
-
-use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+use netmux_common::metrics::forget;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -222,16 +220,16 @@ impl Metrics {
     /// catalog). Handles still held by open connections keep working; their
     /// updates just no longer show.
     pub fn forget_service(&self, key: &str) {
-        forget(&self.connections_total, key);
-        forget(&self.connections_active, key);
-        forget(&self.bytes_sent, key);
-        forget(&self.bytes_received, key);
-        forget(&self.connection_errors, key);
-        forget(&self.connect_latency, key);
-        forget(&self.udp_datagrams, key);
-        forget(&self.udp_bytes, key);
-        forget(&self.udp_drops, key);
-        forget(&self.udp_flows, key);
+        forget(&self.connections_total, "service", key);
+        forget(&self.connections_active, "service", key);
+        forget(&self.bytes_sent, "service", key);
+        forget(&self.bytes_received, "service", key);
+        forget(&self.connection_errors, "service", key);
+        forget(&self.connect_latency, "service", key);
+        forget(&self.udp_datagrams, "service", key);
+        forget(&self.udp_bytes, "service", key);
+        forget(&self.udp_drops, "service", key);
+        forget(&self.udp_flows, "service", key);
     }
 
     /// Text exposition of every metric.
@@ -241,22 +239,6 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(buf).unwrap_or_default()
-    }
-}
-
-/// Removes the series of `vec` whose `service` label is `key`.
-fn forget<T: MetricVecBuilder>(vec: &MetricVec<T>, key: &str) {
-    for family in vec.collect() {
-        for m in family.get_metric() {
-            let labels: HashMap<&str, &str> = m
-                .get_label()
-                .iter()
-                .map(|l| (l.name(), l.value()))
-                .collect();
-            if labels.get("service") == Some(&key) {
-                let _ = vec.remove(&labels);
-            }
-        }
     }
 }
 
