@@ -132,6 +132,14 @@ pub enum RuntimeConfig {
     Static {
         /// Path of the services file.
         services: PathBuf,
+        /// Where the file's L2C entries may point (CIDRs or addresses);
+        /// unset: anywhere but the never-list ([`crate::policy`]).
+        #[serde(default)]
+        allowed_target_cidrs: Option<Vec<crate::policy::Cidr>>,
+        /// Exceptions to the never-list (loopback, link-local, metadata,
+        /// the server's own addresses...).
+        #[serde(default)]
+        allow_unsafe_targets: Vec<crate::policy::Cidr>,
     },
     /// Services and EndpointSlices of the cluster the server runs in (or
     /// of KUBECONFIG's); see [`crate::runtime::kubernetes`].
@@ -368,8 +376,14 @@ impl Config {
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let runtime = match raw.runtime {
-            RuntimeConfig::Static { services } => RuntimeConfig::Static {
+            RuntimeConfig::Static {
+                services,
+                allowed_target_cidrs,
+                allow_unsafe_targets,
+            } => RuntimeConfig::Static {
                 services: base.join(services),
+                allowed_target_cidrs,
+                allow_unsafe_targets,
             },
             k @ RuntimeConfig::Kubernetes { .. } => k,
             d @ RuntimeConfig::Docker(_) => d,
@@ -401,6 +415,18 @@ impl Config {
                 return Err(invalid(
                     "runtime.initial_sync_timeout_ms",
                     "must be positive".into(),
+                ));
+            }
+        }
+        if let RuntimeConfig::Static {
+            allowed_target_cidrs: Some(l),
+            ..
+        } = &runtime
+        {
+            if l.is_empty() {
+                return Err(invalid(
+                    "runtime.allowed_target_cidrs",
+                    "an empty list refuses every target; fix: list CIDRs such as [\"10.96.0.0/12\"], or remove the key to allow any address outside the never-list".into(),
                 ));
             }
         }

@@ -41,8 +41,8 @@ pub enum StartError {
 
 /// Starts the configured runtime after publishing its first catalog.
 ///
-/// `server_addresses` are the server's own addresses, at which neither the
-/// Kubernetes nor the Docker catalog ever points ([`crate::policy`]).
+/// `server_addresses` are the server's own addresses, at which no
+/// runtime's catalog ever points ([`crate::policy`]).
 pub async fn start(
     config: &RuntimeConfig,
     server_addresses: Vec<std::net::IpAddr>,
@@ -52,8 +52,17 @@ pub async fn start(
         RuntimeConfig::Docker(settings) => {
             Ok(docker::start(settings, server_addresses, store).await?)
         }
-        RuntimeConfig::Static { services } => {
-            Ok(static_file::start(services.clone(), store).await?)
+        RuntimeConfig::Static {
+            services,
+            allowed_target_cidrs,
+            allow_unsafe_targets,
+        } => {
+            let policy = crate::policy::TargetPolicy {
+                allowed: allowed_target_cidrs.clone(),
+                allow_unsafe: allow_unsafe_targets.clone(),
+                server_addresses,
+            };
+            Ok(static_file::start(services.clone(), policy, store).await?)
         }
         RuntimeConfig::Kubernetes {
             namespaces,
