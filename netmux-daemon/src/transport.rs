@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use netmux_common::proto::{error_code, ALPN};
+use netmux_common::proto::error_code;
 use netmux_common::tunnel::quic;
 use netmux_common::tunnel::stream_socket::StreamSocket;
 use quinn::{Connection, VarInt};
@@ -51,18 +51,7 @@ pub fn client_config_with(
             .add(cert)
             .map_err(|e| DialError::Setup(format!("CA certificate rejected: {e}")))?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| DialError::Setup(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| DialError::Setup(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(transport));
-    Ok(client)
+    quic::client_config(roots, transport).map_err(DialError::Setup)
 }
 
 /// Dials `server` over UDP from the endpoint's QUIC socket `shared`, made
