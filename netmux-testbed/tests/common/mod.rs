@@ -35,14 +35,8 @@ pub fn on_failure_dump<R>(sb: &Sandbox, f: impl FnOnce() -> R + std::panic::Unwi
 
 /// Starts `nx-echo MODE --listen ADDR` on `side` and waits until it accepts.
 pub fn nx_echo(sb: &Sandbox, side: Side, label: &str, mode: &str, addr: SocketAddr) -> Process {
-    let p = sb
-        .process(side, label, bin("nx-echo").expect("nx-echo built"))
-        .args([mode, "--listen", &addr.to_string()])
-        .spawn()
-        .expect("start nx-echo");
-    sb.wait_for_tcp(side, addr, T)
-        .unwrap_or_else(|e| panic!("nx-echo {mode} on {addr}: {e}\n{}", p.log()));
-    p
+    sb.nx_echo(side, label, mode, addr, T)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `curl -sS URL` on `side`.
