@@ -17,6 +17,16 @@ pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("literal address")
 }
 
+/// `nx-TAG-PID-N`: a name no other test (or run) uses at the same time.
+pub fn unique(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "nx-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// A fresh sandbox.
 pub fn sandbox() -> Sandbox {
     Sandbox::new().expect("creating a sandbox (needs root and iproute2)")
