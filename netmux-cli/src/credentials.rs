@@ -9,7 +9,6 @@
 //! user: `SUDO_UID`), never in the daemon. Other auth-providers (azure),
 //! which kube does not support either, are refused with the fix.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 
@@ -22,19 +21,19 @@ use netmux_api::kube::{KubeAccess, KubeError, KubeSettings};
 /// Who credential plugins run as when the CLI itself runs as root through
 /// `sudo`: the user who ran sudo.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunAs {
+pub(crate) struct RunAs {
     /// User id.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Primary group id.
-    pub gid: u32,
+    pub(crate) gid: u32,
     /// Login name.
-    pub name: String,
+    pub(crate) name: String,
     /// Home directory (for `~/.kube/config`).
-    pub home: PathBuf,
+    pub(crate) home: PathBuf,
 }
 
 /// The user behind `sudo`, when this process runs as root through it.
-pub fn invoking_user() -> Option<RunAs> {
+pub(crate) fn invoking_user() -> Option<RunAs> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
@@ -54,7 +53,7 @@ pub fn invoking_user() -> Option<RunAs> {
 /// The kubeconfig files to read: `explicit`, else `$KUBECONFIG` (a
 /// colon-separated list), else `~/.kube/config`. Called as the user
 /// ([`resolve_as_user`] has become them under sudo), so `$HOME` is theirs.
-pub fn kubeconfig_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
+pub(crate) fn kubeconfig_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
     let home = || {
         std::env::var_os("HOME")
             .map(PathBuf::from)
@@ -78,7 +77,7 @@ pub fn kubeconfig_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
 }
 
 /// Reads and merges `paths` (the first file's values win, as in kubectl).
-pub fn read_kubeconfig(paths: &[PathBuf]) -> Result<Kubeconfig, KubeError> {
+pub(crate) fn read_kubeconfig(paths: &[PathBuf]) -> Result<Kubeconfig, KubeError> {
     let shown = paths
         .iter()
         .map(|p| p.display().to_string())
@@ -224,7 +223,7 @@ pub fn serve_child() -> std::process::ExitCode {
 
 /// Resolves `req` in this process, as its user: the kubeconfig (with the
 /// CLI's overrides) into what the daemon needs. Runs credential plugins.
-pub fn resolve(req: &Request) -> Result<KubeAccess, KubeError> {
+pub(crate) fn resolve(req: &Request) -> Result<KubeAccess, KubeError> {
     let settings = req.settings.clone().unwrap_or_else(|| KubeSettings {
         kubeconfig: None,
         context: None,
@@ -264,7 +263,7 @@ pub fn resolve(req: &Request) -> Result<KubeAccess, KubeError> {
 }
 
 /// [`resolve`] on a kubeconfig already read (`shown` names it in errors).
-pub fn resolve_config(
+pub(crate) fn resolve_config(
     kc: &Kubeconfig,
     shown: &str,
     context: Option<&str>,
@@ -677,26 +676,6 @@ fn run_exec(
         ));
     }
     Ok(status)
-}
-
-/// The names of the fields a daemon-bound kubeconfig may carry per user.
-pub const INLINE_USER_FIELDS: &[&str] = &[
-    "token",
-    "client-certificate-data",
-    "client-key-data",
-    "username",
-    "password",
-    "as",
-    "as-groups",
-];
-
-/// A map of the user fields of a resolved kubeconfig (for tests).
-pub fn user_fields(access: &KubeAccess) -> BTreeMap<String, Value> {
-    serde_json::from_str::<Value>(&access.kubeconfig)
-        .ok()
-        .and_then(|v| v["users"][0]["user"].as_object().cloned())
-        .map(|m| m.into_iter().collect())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

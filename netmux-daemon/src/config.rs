@@ -15,7 +15,7 @@ pub const DEFAULT_SOCKET: &str = "/run/netmux/netmuxd.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/netmux/config.toml";
 
 pub use netmux_common::config::{parse_error, ConfigError};
-pub use netmux_common::proto::cidr::Cidr;
+pub(crate) use netmux_common::proto::cidr::Cidr;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,7 +62,7 @@ impl RawBound {
 
 /// After a half-close, the other direction of a proxied connection may
 /// stay silent this long before both are reset (`0`: never).
-pub const DEFAULT_HALF_CLOSE_TIMEOUT_SECS: u64 = 600;
+pub(crate) const DEFAULT_HALF_CLOSE_TIMEOUT_SECS: u64 = 600;
 
 fn default_half_close_timeout_secs() -> u64 {
     DEFAULT_HALF_CLOSE_TIMEOUT_SECS
@@ -92,7 +92,7 @@ impl Default for RawDns {
 
 /// Default address of the embedded DNS server: a loopback address of its
 /// own, outside the default `address_range`.
-pub const DEFAULT_DNS_LISTEN: SocketAddr =
+pub(crate) const DEFAULT_DNS_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 77, 53)), 53);
 
 /// How the system resolver is pointed at the embedded DNS server.
@@ -124,17 +124,17 @@ pub struct DnsConfig {
     /// System integration.
     pub method: DnsMethod,
     /// Name of the dummy link carrying the systemd-resolved configuration.
-    pub link: String,
+    pub(crate) link: String,
     /// Directory of per-domain resolver files (macOS).
-    pub resolver_dir: PathBuf,
+    pub(crate) resolver_dir: PathBuf,
     /// Per endpoint (`[[endpoint]] default_namespace`, default `default`):
     /// the namespace short names (`svc`) resolve in through search domains.
-    pub default_namespaces: std::collections::BTreeMap<String, String>,
+    pub(crate) default_namespaces: std::collections::BTreeMap<String, String>,
 }
 
 impl DnsConfig {
     /// The default namespace of endpoint `name`.
-    pub fn default_namespace(&self, name: &str) -> &str {
+    pub(crate) fn default_namespace(&self, name: &str) -> &str {
         self.default_namespaces
             .get(name)
             .map(String::as_str)
@@ -230,7 +230,7 @@ pub enum Transport {
 
 /// Where cgroup v2 is mounted on this machine: the default `cgroup`, where
 /// the eBPF redirect attaches.
-pub fn default_cgroup_root() -> PathBuf {
+pub(crate) fn default_cgroup_root() -> PathBuf {
     // Hybrid systems mount v2 at /sys/fs/cgroup/unified.
     for dir in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
         if Path::new(dir).join("cgroup.procs").exists() && is_cgroup2(Path::new(dir)) {
@@ -304,7 +304,7 @@ impl std::str::FromStr for Ipv4Range {
 
 /// A secret string, masked in `Debug`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
+pub(crate) struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -327,7 +327,7 @@ pub struct EndpointConfig {
     /// server's namespace with the user's credentials.
     pub ca_pem: Option<String>,
     /// Bearer token for the hello.
-    pub token: Option<Secret>,
+    pub(crate) token: Option<Secret>,
     /// Cluster DNS domain, for the names written for each service.
     pub cluster_domain: String,
     /// Connect when the daemon starts.
@@ -340,20 +340,20 @@ pub struct EndpointConfig {
     /// The cluster's address ranges: the eBPF redirect catches only
     /// catalog addresses inside them. `None`: the ranges the server
     /// announces in its hello.
-    pub cluster_cidrs: Option<Vec<Cidr>>,
+    pub(crate) cluster_cidrs: Option<Vec<Cidr>>,
     /// Top-level `half_close_timeout_secs`: once one direction of a
     /// proxied connection ended, the other is reset after moving no byte
     /// this long (`None`: never).
-    pub half_close_timeout: Option<std::time::Duration>,
+    pub(crate) half_close_timeout: Option<std::time::Duration>,
     /// How long a silent server's session, its streams and the local TCP
     /// connections are kept (`survive_blackout`, top level or per
     /// endpoint; default 10 minutes; [`crate::health`]).
-    pub survive_blackout: std::time::Duration,
+    pub(crate) survive_blackout: std::time::Duration,
 }
 
 impl EndpointConfig {
     /// The settings of this endpoint's proxied connections.
-    pub fn stream_options(&self) -> netmux_common::tunnel::stream::Options {
+    pub(crate) fn stream_options(&self) -> netmux_common::tunnel::stream::Options {
         netmux_common::tunnel::stream::Options {
             half_close_timeout: self.half_close_timeout,
         }
@@ -400,7 +400,7 @@ pub struct Config {
     /// Embedded DNS server.
     pub dns: DnsConfig,
     /// Ranges `netmux expose --local` may target besides loopback.
-    pub expose_allow: Vec<Cidr>,
+    pub(crate) expose_allow: Vec<Cidr>,
 }
 
 impl Config {
@@ -667,13 +667,13 @@ impl Config {
     }
 
     /// The endpoint called `name`.
-    pub fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
+    pub(crate) fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
         self.endpoints.iter().find(|e| e.name == name)
     }
 
     /// Whether `netmux expose --local` may send cluster connections to
     /// `ip`: loopback always, anything else only inside `expose_allow`.
-    pub fn expose_target_allowed(&self, ip: std::net::IpAddr) -> Result<(), String> {
+    pub(crate) fn expose_target_allowed(&self, ip: std::net::IpAddr) -> Result<(), String> {
         let ip = match ip {
             std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
             v4 => v4,

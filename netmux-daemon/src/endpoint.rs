@@ -23,12 +23,12 @@ use crate::cluster::forward::KubeLink;
 use crate::config::EndpointConfig;
 use crate::config::Transport;
 use crate::metrics::Metrics;
-pub use crate::status::EndpointStatus;
+pub(crate) use crate::status::EndpointStatus;
 use crate::transport::dial_udp;
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// Name resolution.
     #[error("cannot resolve {0}: {1}")]
     Resolve(String, String),
@@ -76,7 +76,7 @@ async fn kube_step<T>(
     }
 }
 
-pub use crate::claims::{Claim, ClaimKind, ClaimState, Claims, Targets};
+pub(crate) use crate::claims::{Claim, ClaimKind, ClaimState, Claims, Targets};
 
 enum Command {
     /// Send claims that are pending.
@@ -86,9 +86,9 @@ enum Command {
 }
 
 /// A connected-or-reconnecting endpoint; dropping it disconnects.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Its configuration.
-    pub config: EndpointConfig,
+    pub(crate) config: EndpointConfig,
     /// The user's Kubernetes credentials (Kubernetes endpoints); replaced
     /// by [`Self::renew_kube`], read on every (re)connect.
     kube: watch::Sender<Option<Arc<KubeLink>>>,
@@ -121,7 +121,11 @@ impl Drop for Endpoint {
 impl Endpoint {
     /// Starts connecting in the background; `kube` carries the user's
     /// credentials for a Kubernetes endpoint (`[endpoint.kubernetes]`).
-    pub fn start(config: EndpointConfig, metrics: Metrics, kube: Option<Arc<KubeLink>>) -> Self {
+    pub(crate) fn start(
+        config: EndpointConfig,
+        metrics: Metrics,
+        kube: Option<Arc<KubeLink>>,
+    ) -> Self {
         let (kube, kube_rx) = watch::channel(kube);
         let (status_tx, status) = watch::channel(EndpointStatus::Connecting);
         let (conn_tx, conn) = watch::channel(None);
@@ -169,71 +173,66 @@ impl Endpoint {
 
     /// The cluster's address ranges as the server announced them in its
     /// last hello (empty: none announced).
-    pub fn cluster_ranges(&self) -> Vec<netmux_common::proto::cidr::Cidr> {
+    pub(crate) fn cluster_ranges(&self) -> Vec<netmux_common::proto::cidr::Cidr> {
         lock(&self.ranges).clone()
     }
 
     /// The current blackout: how long the server has been silent and how
     /// long the session is kept; `None` when it answers.
-    pub fn blackout(&self) -> Option<crate::health::Blackout> {
+    pub(crate) fn blackout(&self) -> Option<crate::health::Blackout> {
         lock(&self.health).blackout
     }
 
     /// The Kubernetes credentials in use, if any.
-    pub fn kube(&self) -> Option<Arc<KubeLink>> {
+    pub(crate) fn kube(&self) -> Option<Arc<KubeLink>> {
         self.kube.borrow().clone()
     }
 
     /// Replaces the Kubernetes credentials (`netmux connect` again, e.g.
     /// after they expired). The live connection is kept; the next
     /// connection attempt uses them, at once if the endpoint is waiting.
-    pub fn renew_kube(&self, link: Arc<KubeLink>) {
+    pub(crate) fn renew_kube(&self, link: Arc<KubeLink>) {
         self.kube.send_replace(Some(link));
     }
 
     /// Current status.
-    pub fn status(&self) -> EndpointStatus {
+    pub(crate) fn status(&self) -> EndpointStatus {
         self.status.borrow().clone()
     }
 
     /// Status changes.
-    pub fn watch_status(&self) -> watch::Receiver<EndpointStatus> {
+    pub(crate) fn watch_status(&self) -> watch::Receiver<EndpointStatus> {
         self.status.clone()
     }
 
-    /// The live connection, if any.
-    pub fn connection(&self) -> Option<Connection> {
-        self.conn.borrow().clone()
-    }
-
     /// A receiver of the live connection.
-    pub fn watch_connection(&self) -> watch::Receiver<Option<Connection>> {
+    pub(crate) fn watch_connection(&self) -> watch::Receiver<Option<Connection>> {
         self.conn.clone()
     }
 
     /// The catalog as last received (kept while reconnecting).
-    pub fn catalog(&self) -> Arc<Indexed> {
+    pub(crate) fn catalog(&self) -> Arc<Indexed> {
         self.catalog.borrow().clone()
     }
 
     /// Catalog changes.
-    pub fn watch_catalog(&self) -> watch::Receiver<Arc<Indexed>> {
+    pub(crate) fn watch_catalog(&self) -> watch::Receiver<Arc<Indexed>> {
         self.catalog.clone()
     }
 
     /// The endpoint's UDP flows.
-    pub fn udp(&self) -> Arc<netmux_common::tunnel::udp::Flows> {
+    pub(crate) fn udp(&self) -> Arc<netmux_common::tunnel::udp::Flows> {
         self.udp.clone()
     }
 
     /// The reverse claims (shared with the reverse stream handler).
-    pub fn claims(&self) -> Claims {
+    pub(crate) fn claims(&self) -> Claims {
         self.claims.clone()
     }
 
     /// Asks the server for a reverse service under `name`; the outcome shows
     /// in [`Self::claims`]. Kept across reconnects.
-    pub fn claim(&self, name: &str, kind: ClaimKind, targets: Targets) {
+    pub(crate) fn claim(&self, name: &str, kind: ClaimKind, targets: Targets) {
         self.claims.lock().insert(
             name.to_owned(),
             Claim {
@@ -246,7 +245,7 @@ impl Endpoint {
     }
 
     /// Drops the claim `name`; returns whether there was one.
-    pub fn release(&self, name: &str) -> bool {
+    pub(crate) fn release(&self, name: &str) -> bool {
         let removed = self.claims.lock().remove(name);
         match removed {
             Some(c) => {
@@ -258,7 +257,7 @@ impl Endpoint {
     }
 
     /// The state of claim `name`, if any.
-    pub fn claim_state(&self, name: &str) -> Option<ClaimState> {
+    pub(crate) fn claim_state(&self, name: &str) -> Option<ClaimState> {
         self.claims.lock().get(name).map(|c| c.state.clone())
     }
 }
@@ -653,9 +652,9 @@ fn send_pending(
 
 /// First wait before a refused claim is asked again; doubles up to
 /// [`CLAIM_RETRY_MAX`].
-pub const CLAIM_RETRY_MIN: Duration = Duration::from_secs(1);
+pub(crate) const CLAIM_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between two tries of a refused claim.
-pub const CLAIM_RETRY_MAX: Duration = Duration::from_secs(30);
+pub(crate) const CLAIM_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// When refused claims are tried again on this connection.
 struct ClaimRetry {

@@ -17,32 +17,32 @@ pub struct Metrics {
     /// 1 while the endpoint's session is up.
     pub endpoint_up: IntGaugeVec,
     /// Proxied connections opened.
-    pub connections_total: IntCounterVec,
+    pub(crate) connections_total: IntCounterVec,
     /// Proxied connections open now.
-    pub connections_active: IntGaugeVec,
+    pub(crate) connections_active: IntGaugeVec,
     /// Bytes sent towards the cluster.
-    pub bytes_sent: IntCounterVec,
+    pub(crate) bytes_sent: IntCounterVec,
     /// Bytes received from the cluster.
-    pub bytes_received: IntCounterVec,
+    pub(crate) bytes_received: IntCounterVec,
     /// Failed or aborted connections by reason.
-    pub connection_errors: IntCounterVec,
+    pub(crate) connection_errors: IntCounterVec,
     /// Accept to server's open result.
-    pub connect_latency: HistogramVec,
+    pub(crate) connect_latency: HistogramVec,
     /// UDP datagrams by way (sent into the tunnel / received from it).
-    pub udp_datagrams: IntCounterVec,
+    pub(crate) udp_datagrams: IntCounterVec,
     /// UDP payload bytes by way.
-    pub udp_bytes: IntCounterVec,
+    pub(crate) udp_bytes: IntCounterVec,
     /// UDP datagrams dropped by reason.
-    pub udp_drops: IntCounterVec,
+    pub(crate) udp_drops: IntCounterVec,
     /// UDP flows open now.
-    pub udp_flows: IntGaugeVec,
+    pub(crate) udp_flows: IntGaugeVec,
     /// 1 while the endpoint's server has not answered for a few seconds
     /// (the session is kept; [`crate::health`]).
-    pub endpoint_degraded: IntGaugeVec,
+    pub(crate) endpoint_degraded: IntGaugeVec,
     /// Length of the current blackout, 0 outside one.
-    pub blackout_seconds: IntGaugeVec,
+    pub(crate) blackout_seconds: IntGaugeVec,
     /// Blackouts by how they ended (`recovered`, `expired`, `session_lost`).
-    pub blackouts: IntCounterVec,
+    pub(crate) blackouts: IntCounterVec,
 }
 
 const LABELS: &[&str] = &["endpoint", "service", "direction"];
@@ -155,7 +155,7 @@ impl Metrics {
 
     /// Deletes every series labelled `endpoint = name` (the endpoint left
     /// the configuration).
-    pub fn forget_endpoint(&self, name: &str) {
+    pub(crate) fn forget_endpoint(&self, name: &str) {
         let e = "endpoint";
         forget(&self.endpoint_up, e, name);
         forget(&self.connections_total, e, name);
@@ -174,7 +174,7 @@ impl Metrics {
     }
 
     /// Text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "metrics encoding failed");

@@ -18,7 +18,7 @@ use quinn::{Connection, VarInt};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How long a TCP connect to the server may take.
-pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why dialling the server failed, before any netmux protocol ran.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig, DialError> {
 }
 
 /// [`client_config`] with the given QUIC transport settings.
-pub fn client_config_with(
+pub(crate) fn client_config_with(
     ca_pem: &str,
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ClientConfig, DialError> {
@@ -57,7 +57,7 @@ pub fn client_config_with(
 /// Dials `server` over UDP from the endpoint's QUIC socket `shared`, made
 /// on first use and again when the address family changes (the `bool` is
 /// "IPv6").
-pub async fn dial_udp(
+pub(crate) async fn dial_udp(
     client: quinn::ClientConfig,
     server: SocketAddr,
     server_name: &str,
@@ -131,7 +131,7 @@ pub async fn dial_forward(
 /// netmux server's stream listener (a TCP connection, a port-forward).
 /// `local` and `peer` only name the two ends (same address family); the
 /// connection is closed when the stream ends.
-pub async fn dial_stream<S>(
+pub(crate) async fn dial_stream<S>(
     stream: S,
     local: SocketAddr,
     peer: SocketAddr,
@@ -173,7 +173,7 @@ where
 
 /// What a path probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathProbe {
+pub(crate) enum PathProbe {
     /// The server's QUIC endpoint answered: the path works. `local` is the
     /// address the kernel sends from towards the server now.
     Answered {
@@ -192,7 +192,7 @@ pub enum PathProbe {
 }
 
 /// How long a path probe waits for the server's answer.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Probes the path to `server`'s QUIC endpoint outside any connection.
 ///
@@ -202,7 +202,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// port with ICMP port unreachable (reported on a connected socket), a dead
 /// path with nothing. The connected socket also names the local address
 /// the kernel chose, which tells a change of network.
-pub async fn probe_path(server: SocketAddr) -> PathProbe {
+pub(crate) async fn probe_path(server: SocketAddr) -> PathProbe {
     let bind: SocketAddr = if server.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -270,7 +270,7 @@ fn rand_id() -> [u8; 8] {
 /// address the kernel picks now): every connection sends from it at once,
 /// which the server takes as a migration (RFC 9000 9) and answers on a
 /// fresh path.
-pub fn rebind(endpoint: &quinn::Endpoint, v6: bool) -> std::io::Result<SocketAddr> {
+pub(crate) fn rebind(endpoint: &quinn::Endpoint, v6: bool) -> std::io::Result<SocketAddr> {
     let bind: SocketAddr = if v6 {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {

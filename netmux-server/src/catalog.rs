@@ -74,7 +74,7 @@ impl CatalogStore {
 
     /// Adds an ad hoc service (`netmux expose`); refused when the runtime
     /// already publishes that name.
-    pub fn add_adhoc(&self, service: Service) -> Result<(), String> {
+    pub(crate) fn add_adhoc(&self, service: Service) -> Result<(), String> {
         let mut sources = lock(&self.sources);
         let key = service.key();
         if sources.runtime_keys.contains(&key) {
@@ -88,7 +88,7 @@ impl CatalogStore {
     }
 
     /// Removes an ad hoc service; returns whether it existed.
-    pub fn remove_adhoc(&self, key: &str) -> bool {
+    pub(crate) fn remove_adhoc(&self, key: &str) -> bool {
         let mut sources = lock(&self.sources);
         let existed = sources.adhoc.remove(key).is_some();
         if existed {
@@ -151,7 +151,7 @@ impl CatalogStore {
     }
 
     /// The Kubernetes Service that publishes catalog key `key`, if known.
-    pub fn origin(&self, key: &str) -> Option<String> {
+    pub(crate) fn origin(&self, key: &str) -> Option<String> {
         lock(&self.origins)
             .get(key)
             .and_then(|o| o.first().cloned())
@@ -159,7 +159,7 @@ impl CatalogStore {
 
     /// Every Kubernetes Service catalog key `key` reaches (the publishing
     /// one first), if known.
-    pub fn reaches(&self, key: &str) -> Option<Vec<String>> {
+    pub(crate) fn reaches(&self, key: &str) -> Option<Vec<String>> {
         lock(&self.origins)
             .get(key)
             .filter(|o| !o.is_empty())
@@ -178,7 +178,7 @@ impl CatalogStore {
 
     /// The current entry with [`Service::key`] `key` (`namespace/name`),
     /// found through the id table (every published key has one id).
-    pub fn service(&self, key: &str) -> Option<Service> {
+    pub(crate) fn service(&self, key: &str) -> Option<Service> {
         let id = *lock(&self.ids).by_key.get(key)?;
         self.current().get(&id).cloned()
     }

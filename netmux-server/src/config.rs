@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use netmux_common::config::{parse_error, ConfigError};
+pub(crate) use netmux_common::config::{parse_error, ConfigError};
 
 mod limits;
-pub use limits::Limits;
+pub(crate) use limits::Limits;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,7 +102,7 @@ fn default_dial_timeout_ms() -> u64 {
 }
 /// After a half-close, the other direction of a proxied connection may
 /// stay silent this long before both are reset (`0`: never).
-pub const DEFAULT_HALF_CLOSE_TIMEOUT_MS: u64 = 600_000;
+pub(crate) const DEFAULT_HALF_CLOSE_TIMEOUT_MS: u64 = 600_000;
 
 fn default_half_close_timeout_ms() -> u64 {
     DEFAULT_HALF_CLOSE_TIMEOUT_MS
@@ -218,9 +218,9 @@ pub struct Config {
     /// Service discovery.
     pub runtime: RuntimeConfig,
     /// Dial timeout towards targets.
-    pub dial_timeout: Duration,
+    pub(crate) dial_timeout: Duration,
     /// Time a daemon has to complete its hello.
-    pub hello_timeout: Duration,
+    pub(crate) hello_timeout: Duration,
     /// Where cluster-side listeners of C2L services without addresses bind.
     pub reverse_bind: std::net::IpAddr,
     /// Namespace of services exposed ad hoc (`netmux expose`); unset: the
@@ -237,27 +237,27 @@ pub struct Config {
     /// (`rbac.recheck_interval_ms`).
     pub rbac_recheck: Duration,
     /// UDP flows one daemon may have open at once; more are refused.
-    pub max_udp_flows: usize,
+    pub(crate) max_udp_flows: usize,
     /// A UDP flow idle this long is closed.
-    pub udp_idle_timeout: Duration,
+    pub(crate) udp_idle_timeout: Duration,
     /// The cluster's Service and Pod ranges, announced to daemons in the
     /// hello: their eBPF redirect takes over only catalog addresses inside
     /// them (unless the daemon's endpoint sets its own `cluster_cidrs`).
-    pub cluster_cidrs: Vec<netmux_common::proto::cidr::Cidr>,
+    pub(crate) cluster_cidrs: Vec<netmux_common::proto::cidr::Cidr>,
     /// `half_close_timeout_ms`: once one direction of a proxied connection
     /// ended, the other is reset after moving no byte this long (`None`:
     /// never).
-    pub half_close_timeout: Option<Duration>,
+    pub(crate) half_close_timeout: Option<Duration>,
     /// `[limits]`: caps on connections, pending hellos, `stream_listen`
     /// peers and per-session resources.
     pub limits: Limits,
     /// `[rbac]`'s TokenReview settings: audiences, timeout, concurrency,
     /// negative cache (defaults without `[rbac]`).
-    pub token_review: crate::access::kubernetes::TokenReviewConfig,
+    pub(crate) token_review: crate::access::kubernetes::TokenReviewConfig,
 }
 
 /// Shortest accepted token: long enough not to be guessed.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub(crate) const MIN_TOKEN_LEN: usize = 16;
 
 impl Config {
     /// The server's own listening ports (never taken by `netmux expose`).
@@ -274,7 +274,7 @@ impl Config {
     /// the Kubernetes runtime's `allowed_target_cidrs` (where catalog
     /// entries may point), else none (daemons then redirect nothing
     /// unless their endpoint sets `cluster_cidrs`).
-    pub fn announced_ranges(&self) -> Vec<netmux_common::proto::cidr::Cidr> {
+    pub(crate) fn announced_ranges(&self) -> Vec<netmux_common::proto::cidr::Cidr> {
         if !self.cluster_cidrs.is_empty() {
             return self.cluster_cidrs.clone();
         }

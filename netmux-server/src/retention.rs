@@ -111,7 +111,7 @@ impl Drop for Degraded<'_> {
 
 /// Watches session `session` of `identity` until its connection ends;
 /// closes it when its daemon was silent for `limits.survive_blackout`.
-pub async fn watch(conn: Connection, server: Arc<Server>, identity: String, session: u64) {
+pub(crate) async fn watch(conn: Connection, server: Arc<Server>, identity: String, session: u64) {
     let bound = server.config.limits.survive_blackout;
     let mut health = Health::new(now(), bound, rx_count(&conn));
     let mut state = Degraded {

@@ -2,7 +2,28 @@
 //! beside `credentials.rs` so that file stays under ~800 lines).
 
 use super::*;
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
+
+/// The names of the fields a daemon-bound kubeconfig may carry per user.
+const INLINE_USER_FIELDS: &[&str] = &[
+    "token",
+    "client-certificate-data",
+    "client-key-data",
+    "username",
+    "password",
+    "as",
+    "as-groups",
+];
+
+/// A map of the user fields of a resolved kubeconfig.
+fn user_fields(access: &KubeAccess) -> BTreeMap<String, Value> {
+    serde_json::from_str::<Value>(&access.kubeconfig)
+        .ok()
+        .and_then(|v| v["users"][0]["user"].as_object().cloned())
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default()
+}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

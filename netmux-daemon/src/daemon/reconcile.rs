@@ -13,7 +13,7 @@ use crate::system::hosts::HostsEntry;
 
 impl Daemon {
     /// Re-derives what runs from intent and catalogs.
-    pub async fn reconcile(self: &Arc<Self>) {
+    pub(crate) async fn reconcile(self: &Arc<Self>) {
         let mut state = self.state.lock().await;
         self.reconcile_locked(&mut state).await;
     }

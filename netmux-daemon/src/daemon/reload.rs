@@ -90,7 +90,7 @@ impl Daemon {
     /// running services; changed ones are reconnected (their started
     /// services restart once the new catalog arrives); removed ones are
     /// disconnected; new `autostart` ones are connected.
-    pub async fn reload(self: &Arc<Self>, new: Config) -> Result<Reply, String> {
+    pub(crate) async fn reload(self: &Arc<Self>, new: Config) -> Result<Reply, String> {
         let old = self.config.get();
         let restart = restart_only_changes(old, &new);
         let mut kept = Vec::new();

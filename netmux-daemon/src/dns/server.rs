@@ -51,7 +51,7 @@ impl Handler {
     /// A handler following `names` and the endpoints `endpoints` returns,
     /// asked at every query (so a `netmux reload` that adds an endpoint or
     /// changes a cluster domain is answered for at once).
-    pub fn following(
+    pub(crate) fn following(
         names: watch::Receiver<Arc<Vec<NameRecord>>>,
         endpoints: EndpointSource,
     ) -> Self {
@@ -142,7 +142,11 @@ pub struct DnsServer {
 impl DnsServer {
     /// Serves `handler` on a bound UDP socket and TCP listener (the same
     /// address, by convention).
-    pub fn serve(udp: UdpSocket, tcp: TcpListener, handler: Handler) -> std::io::Result<Self> {
+    pub(crate) fn serve(
+        udp: UdpSocket,
+        tcp: TcpListener,
+        handler: Handler,
+    ) -> std::io::Result<Self> {
         let local = udp.local_addr()?;
         let mut server = hickory_server::Server::new(handler);
         server.register_socket(udp);
@@ -171,7 +175,7 @@ impl DnsServer {
     }
 
     /// Stops serving and waits for the tasks to end.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         if let Err(e) = self.server.shutdown_gracefully().await {
             tracing::debug!(error = %e, "dns server shutdown");
         }

@@ -31,9 +31,9 @@ use crate::dns::NameRecord;
 
 /// TTL of positive answers, in seconds: short, because services come and go
 /// with `netmux start/stop` and resolvers in front of us cache.
-pub const TTL: u32 = 5;
+pub(crate) const TTL: u32 = 5;
 /// TTL of negative answers (the SOA's minimum), in seconds.
-pub const NEGATIVE_TTL: u32 = 5;
+pub(crate) const NEGATIVE_TTL: u32 = 5;
 
 /// What the server needs to know about a configured endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub struct DnsEndpoint {
 impl DnsEndpoint {
     /// The search list a pod in the default namespace would have:
     /// `NS.svc.D svc.D D`.
-    pub fn search(&self) -> [String; 3] {
+    pub(crate) fn search(&self) -> [String; 3] {
         [
             format!("{}.svc.{}", self.default_namespace, self.domain),
             format!("svc.{}", self.domain),
@@ -92,15 +92,15 @@ pub struct Zone {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     /// RCODE.
-    pub code: ResponseCode,
+    pub(crate) code: ResponseCode,
     /// AA bit: set for everything inside our domains.
-    pub authoritative: bool,
+    pub(crate) authoritative: bool,
     /// Answer section.
-    pub answers: Vec<Record>,
+    pub(crate) answers: Vec<Record>,
     /// Authority section (the SOA of negative answers).
-    pub authority: Vec<Record>,
+    pub(crate) authority: Vec<Record>,
     /// Additional section (addresses of SRV targets).
-    pub additionals: Vec<Record>,
+    pub(crate) additionals: Vec<Record>,
 }
 
 impl Answer {
@@ -140,7 +140,7 @@ impl Zone {
     /// first (smaller [`NameRecord::connected`]) wins it; the other keeps its
     /// endpoint-qualified form. Ties (records built by hand) go by endpoint
     /// name. `serial` goes into the SOA.
-    pub fn build(endpoints: &[DnsEndpoint], records: &[NameRecord], serial: u32) -> Zone {
+    pub(crate) fn build(endpoints: &[DnsEndpoint], records: &[NameRecord], serial: u32) -> Zone {
         let mut zone = Zone {
             apexes: Vec::new(),
             nodes: HashMap::new(),
@@ -242,22 +242,19 @@ impl Zone {
         self.apexes.iter().find(|a| a.name.zone_of(name))
     }
 
+    /// Whether the zone has no records.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.nodes.values().all(|n| n.owner.is_none())
+    }
+
     /// The domains this zone is authoritative for.
-    pub fn domains(&self) -> Vec<String> {
+    #[cfg(test)]
+    pub(crate) fn domains(&self) -> Vec<String> {
         self.apexes
             .iter()
             .map(|a| a.name.to_string().trim_end_matches('.').to_owned())
             .collect()
-    }
-
-    /// Number of owner names with records (for logs and tests).
-    pub fn len(&self) -> usize {
-        self.nodes.values().filter(|n| n.owner.is_some()).count()
-    }
-
-    /// Whether the zone has no records.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -280,7 +277,7 @@ pub struct ZoneFollower {
 
 impl ZoneFollower {
     /// A follower for the configured `endpoints`, with no records yet.
-    pub fn new(endpoints: Vec<DnsEndpoint>) -> Self {
+    pub(crate) fn new(endpoints: Vec<DnsEndpoint>) -> Self {
         let zone = std::sync::Arc::new(Zone::build(&endpoints, &[], 1));
         ZoneFollower {
             endpoints,
@@ -293,7 +290,7 @@ impl ZoneFollower {
 
     /// Replaces the configured endpoints (after a configuration reload);
     /// the next [`Self::update`] rebuilds the zone if they changed.
-    pub fn set_endpoints(&mut self, endpoints: Vec<DnsEndpoint>) {
+    pub(crate) fn set_endpoints(&mut self, endpoints: Vec<DnsEndpoint>) {
         if endpoints != self.endpoints {
             self.endpoints = endpoints;
             self.seen = None;
@@ -302,7 +299,10 @@ impl ZoneFollower {
 
     /// The zone for `records` (rebuilt only if they or the endpoints changed
     /// since the last call).
-    pub fn update(&mut self, records: &std::sync::Arc<Vec<NameRecord>>) -> std::sync::Arc<Zone> {
+    pub(crate) fn update(
+        &mut self,
+        records: &std::sync::Arc<Vec<NameRecord>>,
+    ) -> std::sync::Arc<Zone> {
         if self
             .seen
             .as_ref()
@@ -326,7 +326,7 @@ impl ZoneFollower {
     }
 
     /// Endpoints with records, in connection order.
-    pub fn active(&self) -> Vec<&DnsEndpoint> {
+    pub(crate) fn active(&self) -> Vec<&DnsEndpoint> {
         self.order
             .iter()
             .filter_map(|o| self.endpoints.iter().find(|e| &e.name == o))
@@ -334,7 +334,7 @@ impl ZoneFollower {
     }
 
     /// Cluster domains of the active endpoints, without duplicates.
-    pub fn active_domains(&self) -> Vec<String> {
+    pub(crate) fn active_domains(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for e in self.active() {
             if !out.contains(&e.domain) {
@@ -346,7 +346,7 @@ impl ZoneFollower {
 
     /// Search list of the active endpoints (a pod's, per default
     /// namespace), without duplicates.
-    pub fn search(&self) -> Vec<String> {
+    pub(crate) fn search(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for e in self.active() {
             for s in e.search() {

@@ -587,7 +587,7 @@ impl EbpfRedirect {
     }
 
     /// Changes the exempting `SO_MARK`; 0 turns the exemption off.
-    pub fn set_exclude_mark(&mut self, mark: u32) -> Result<(), EbpfError> {
+    pub(crate) fn set_exclude_mark(&mut self, mark: u32) -> Result<(), EbpfError> {
         self.write_config(RedirectConfig {
             exclude_mark: mark,
             exclude_tgid: self.exclude_tgid,
@@ -599,7 +599,7 @@ impl EbpfRedirect {
     /// Never redirects connections of process `tgid` (0: none): netmuxd
     /// exempts itself, so that sockets it cannot mark (the Kubernetes
     /// client's) are never sent back into its own listeners.
-    pub fn set_exclude_tgid(&mut self, tgid: u32) -> Result<(), EbpfError> {
+    pub(crate) fn set_exclude_tgid(&mut self, tgid: u32) -> Result<(), EbpfError> {
         self.write_config(RedirectConfig {
             exclude_mark: self.exclude_mark,
             exclude_tgid: tgid,

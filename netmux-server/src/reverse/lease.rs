@@ -26,7 +26,7 @@ mod decision;
 mod names;
 mod route;
 
-pub use decision::{decide, describe, expiry, Decision};
+pub(crate) use decision::{decide, describe, Decision};
 pub use names::{lease_name, object_name, slice_name};
 
 use std::collections::{BTreeMap, HashMap};
@@ -49,19 +49,19 @@ use api::{api_error, code, delete_if};
 use super::lock::{ClaimLock, ClaimRequest};
 
 /// Label on every object netmux writes.
-pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub(crate) const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Its value.
-pub const MANAGED_BY_VALUE: &str = "netmux";
+pub(crate) const MANAGED_BY_VALUE: &str = "netmux";
 /// The EndpointSlice controller label (keeps the built-in controller off).
-pub const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+pub(crate) const SLICE_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 /// Its value.
-pub const SLICE_MANAGED_BY_VALUE: &str = "netmux-server";
+pub(crate) const SLICE_MANAGED_BY_VALUE: &str = "netmux-server";
 /// Annotation: holder identity on an EndpointSlice.
-pub const HOLDER: &str = "netmux.io/holder";
+pub(crate) const HOLDER: &str = "netmux.io/holder";
 /// Annotation: the claiming daemon on a Lease (for refusals).
-pub const CLIENT: &str = "netmux.io/client";
+pub(crate) const CLIENT: &str = "netmux.io/client";
 /// Annotation: the catalog key a Lease stands for.
-pub const SERVICE: &str = "netmux.io/service";
+pub(crate) const SERVICE: &str = "netmux.io/service";
 
 /// How many times a write that lost a race is retried after reading again.
 const ATTEMPTS: usize = 3;
@@ -80,12 +80,12 @@ pub struct LeaseOptions {
 }
 
 /// Default Lease duration: a dead replica's claims are free within this.
-pub const DEFAULT_DURATION: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_DURATION: Duration = Duration::from_secs(15);
 
 impl LeaseOptions {
     /// From the pod's environment (`POD_NAME`, `POD_IP` from the downward
     /// API; `HOSTNAME` as fallback) and the client's default namespace.
-    pub fn from_env(client: &Client) -> Self {
+    pub(crate) fn from_env(client: &Client) -> Self {
         let replica = std::env::var("POD_NAME")
             .or_else(|_| std::env::var("HOSTNAME"))
             .ok()
@@ -128,7 +128,7 @@ impl LeaseLock {
     }
 
     /// `<replica>/session-<n>`.
-    pub fn identity(&self, session: u64) -> String {
+    pub(crate) fn identity(&self, session: u64) -> String {
         format!("{}/session-{session}", self.options.replica)
     }
 

@@ -4,7 +4,7 @@
 //! [`CatalogStore`]: [`static_file`] (bare metal, tests, demo) and
 //! [`kubernetes`] (Services and EndpointSlices).
 
-pub mod docker;
+pub(crate) mod docker;
 pub mod kubernetes;
 pub mod static_file;
 
@@ -27,7 +27,7 @@ impl Drop for RuntimeHandle {
 
 /// Why a runtime did not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     /// The services file is unusable.
     #[error(transparent)]
     Static(#[from] static_file::ServicesError),
@@ -43,7 +43,7 @@ pub enum StartError {
 ///
 /// `server_addresses` are the server's own addresses, at which no
 /// runtime's catalog ever points ([`crate::policy`]).
-pub async fn start(
+pub(crate) async fn start(
     config: &RuntimeConfig,
     server_addresses: Vec<std::net::IpAddr>,
     store: Arc<CatalogStore>,

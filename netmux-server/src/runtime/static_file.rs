@@ -38,7 +38,7 @@ use crate::policy::{Refusal, TargetPolicy};
 
 /// Why a services file is unusable.
 #[derive(Debug, thiserror::Error)]
-pub enum ServicesError {
+pub(crate) enum ServicesError {
     /// Read, syntax or schema problem.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -102,7 +102,7 @@ fn default_protocol() -> RawProtocol {
 }
 
 /// Parses and validates a services file's text.
-pub fn parse(path: &Path, text: &str) -> Result<Vec<Service>, ConfigError> {
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Vec<Service>, ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
     let mut out: Vec<Service> = Vec::with_capacity(raw.service.len());
     for (i, s) in raw.service.into_iter().enumerate() {
@@ -149,25 +149,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Service>, ConfigError> {
 }
 
 /// Reads and validates a services file.
-pub fn load(path: &Path) -> Result<Vec<Service>, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<Vec<Service>, ConfigError> {
     let text = netmux_common::config::read(path)?;
     parse(path, &text)
 }
 
 /// An address the target policy left out of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
+pub(crate) struct Refused {
     /// The entry's key (`namespace/name`).
-    pub service: String,
+    pub(crate) service: String,
     /// The refused address.
-    pub address: IpAddr,
+    pub(crate) address: IpAddr,
     /// Why.
-    pub why: Refusal,
+    pub(crate) why: Refusal,
 }
 
 /// `services` without the L2C addresses `policy` refuses (an entry left
 /// with none is dropped), and what was refused.
-pub fn screen(services: Vec<Service>, policy: &TargetPolicy) -> (Vec<Service>, Vec<Refused>) {
+pub(crate) fn screen(
+    services: Vec<Service>,
+    policy: &TargetPolicy,
+) -> (Vec<Service>, Vec<Refused>) {
     let mut refused = Vec::new();
     let kept = services
         .into_iter()
@@ -210,7 +213,7 @@ fn publish(store: &CatalogStore, policy: &TargetPolicy, services: Vec<Service>) 
 
 /// Publishes the file's services that `policy` allows, then republishes
 /// on every change.
-pub async fn start(
+pub(crate) async fn start(
     path: PathBuf,
     policy: TargetPolicy,
     store: Arc<CatalogStore>,

@@ -8,7 +8,7 @@ use super::CLIENT;
 
 /// What to do with a Lease, as [`decide`] sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// There is none: create it.
     Create,
     /// It is free (expired, cleared, already ours, or left by an earlier
@@ -30,7 +30,7 @@ pub enum Decision {
 
 /// When `lease` stops being valid: renewal (or acquisition) time plus its
 /// duration; `None` if it says neither.
-pub fn expiry(lease: &Lease) -> Option<Timestamp> {
+pub(crate) fn expiry(lease: &Lease) -> Option<Timestamp> {
     let spec = lease.spec.as_ref()?;
     let since = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?;
     let secs = spec.lease_duration_seconds?;
@@ -41,7 +41,7 @@ pub fn expiry(lease: &Lease) -> Option<Timestamp> {
 }
 
 /// The holder of `lease` as people read it: the daemon and the replica.
-pub fn describe(lease: &Lease) -> String {
+pub(crate) fn describe(lease: &Lease) -> String {
     let holder = lease
         .spec
         .as_ref()
@@ -63,7 +63,7 @@ pub fn describe(lease: &Lease) -> String {
 /// `now`. A holder of the same replica other than `me` is stale: the
 /// caller reserved the service locally first, so no live session of this
 /// replica holds it.
-pub fn decide(lease: Option<&Lease>, me: &str, replica: &str, now: Timestamp) -> Decision {
+pub(crate) fn decide(lease: Option<&Lease>, me: &str, replica: &str, now: Timestamp) -> Decision {
     let Some(lease) = lease else {
         return Decision::Create;
     };
