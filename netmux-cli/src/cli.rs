@@ -23,20 +23,20 @@ pub struct InstallArgs {
     /// Filesystem root to install into (a staging directory for packaging
     /// or tests; `/` is the running system).
     #[arg(long, default_value = "/")]
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// Prefix for binaries, man page and completions.
     #[arg(long, default_value = "/usr/local")]
-    pub prefix: PathBuf,
+    pub(crate) prefix: PathBuf,
     /// Directory holding the `netmux` and `netmuxd` binaries to install
     /// (default: the directory of this `netmux`).
     #[arg(long)]
-    pub from: Option<PathBuf>,
+    pub(crate) from: Option<PathBuf>,
     /// Service manager (default: systemd on Linux, launchd on macOS).
     #[arg(long, value_enum)]
-    pub init: Option<InitArg>,
+    pub(crate) init: Option<InitArg>,
     /// Do not enable or start the service.
     #[arg(long)]
-    pub no_enable: bool,
+    pub(crate) no_enable: bool,
 }
 
 /// `netmux uninstall`.
@@ -44,21 +44,21 @@ pub struct InstallArgs {
 pub struct UninstallArgs {
     /// Filesystem root the installation is in.
     #[arg(long, default_value = "/")]
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// Prefix used at install time.
     #[arg(long, default_value = "/usr/local")]
-    pub prefix: PathBuf,
+    pub(crate) prefix: PathBuf,
     /// Service manager (default: as recorded at install time).
     #[arg(long, value_enum)]
-    pub init: Option<InitArg>,
+    pub(crate) init: Option<InitArg>,
     /// Also remove /etc/netmux/config.toml when it was edited.
     #[arg(long)]
-    pub purge: bool,
+    pub(crate) purge: bool,
 }
 
 /// Service manager on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum InitArg {
+pub(crate) enum InitArg {
     /// systemd unit.
     Systemd,
     /// launchd plist (macOS).
@@ -79,10 +79,10 @@ impl From<InitArg> for Init {
 pub struct DoctorArgs {
     /// Print the checks as JSON.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Bound on each endpoint's QUIC handshake, in seconds.
     #[arg(long, default_value_t = 3)]
-    pub timeout: u64,
+    pub(crate) timeout: u64,
 }
 
 /// `netmux logs`.
@@ -90,27 +90,27 @@ pub struct DoctorArgs {
 pub struct LogsArgs {
     /// Keep printing new entries.
     #[arg(long, short)]
-    pub follow: bool,
+    pub(crate) follow: bool,
     /// Only entries about this endpoint.
     #[arg(long)]
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// Only entries about this service (`namespace/name`).
     #[arg(long)]
-    pub service: Option<String>,
+    pub(crate) service: Option<String>,
     /// Number of past entries to show.
     #[arg(long, short = 'n', default_value_t = 200)]
-    pub lines: u32,
+    pub(crate) lines: u32,
     /// Only entries since this time (journalctl syntax: "1 hour ago", "today").
     #[arg(long)]
-    pub since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = LogFormat::Text)]
-    pub output: LogFormat,
+    pub(crate) output: LogFormat,
 }
 
 /// How `netmux logs` prints journal entries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// One line per entry: time (UTC), `netmuxd[PID]:`, the message and
     /// netmuxd's structured fields (`ENDPOINT=dev SERVICE=ns/web CONN=4`).
     #[default]
@@ -125,7 +125,7 @@ pub struct ManArgs {
     /// Write netmux.1 and one page per subcommand into this directory
     /// instead of printing netmux.1.
     #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -139,7 +139,7 @@ fn named(cmd: &clap::Command) -> clap::Command {
 }
 
 /// Man page and completions for `cmd`, at their paths under the prefix.
-pub fn artifacts(cmd: &clap::Command) -> Result<Vec<Artifact>, String> {
+pub(crate) fn artifacts(cmd: &clap::Command) -> Result<Vec<Artifact>, String> {
     let cmd = &named(cmd);
     let mut out = Vec::new();
     let mut man = Vec::new();
@@ -292,7 +292,7 @@ const COREDUMP_MESSAGE_ID: &str = "fc2e22bc6ee647b6b90729ab34a250b1";
 /// about the unit (started, exited, restarted) and its core dumps. The
 /// field filters are repeated in every alternative (each `+` starts a new
 /// conjunction).
-pub fn journalctl_args(args: &LogsArgs) -> Vec<String> {
+pub(crate) fn journalctl_args(args: &LogsArgs) -> Vec<String> {
     let mut v = vec![
         "--lines".to_owned(),
         args.lines.to_string(),
@@ -429,7 +429,7 @@ fn utc_time(usec: u64) -> String {
 /// `TIME IDENTIFIER[PID]: [LEVEL ]MESSAGE FIELDS`. The structured fields
 /// are shown for netmuxd's own entries (native protocol, identifier
 /// netmuxd), not for systemd's or for text netmuxd wrote to stderr.
-pub fn render_entry(entry: &serde_json::Map<String, serde_json::Value>) -> String {
+pub(crate) fn render_entry(entry: &serde_json::Map<String, serde_json::Value>) -> String {
     let first = |k: &str| {
         entry
             .get(k)
@@ -482,7 +482,7 @@ pub fn render_entry(entry: &serde_json::Map<String, serde_json::Value>) -> Strin
 /// Copies journalctl's JSON lines from `input` to `out` as [`render_entry`]
 /// lines; lines that are not JSON objects are copied unchanged. Stops at
 /// the end of `input` or when `out` fails (a closed pipe).
-pub fn render_stream(
+pub(crate) fn render_stream(
     input: impl std::io::BufRead,
     out: &mut impl std::io::Write,
 ) -> std::io::Result<()> {

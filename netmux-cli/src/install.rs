@@ -21,16 +21,16 @@ use serde::{Deserialize, Serialize};
 
 /// The systemd unit template (`@BINDIR@`, `@CONFIG@`, `@USER@`, `@GROUP@`,
 /// `@CAPS@`, `@HOSTS@`, `@SOCKET@`).
-pub const UNIT_TEMPLATE: &str = include_str!("../../packaging/netmuxd.service.in");
+pub(crate) const UNIT_TEMPLATE: &str = include_str!("../../packaging/netmuxd.service.in");
 /// The launchd plist template (`@BINDIR@`, `@CONFIG@`, `@LOG@`).
-pub const PLIST_TEMPLATE: &str = include_str!("../../packaging/dev.netmux.netmuxd.plist.in");
+pub(crate) const PLIST_TEMPLATE: &str = include_str!("../../packaging/dev.netmux.netmuxd.plist.in");
 /// The configuration written when none exists.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../packaging/config.toml");
+pub(crate) const DEFAULT_CONFIG_TOML: &str = include_str!("../../packaging/config.toml");
 
 /// Name of the systemd unit.
-pub const UNIT_NAME: &str = "netmuxd.service";
+pub(crate) const UNIT_NAME: &str = "netmuxd.service";
 /// launchd label.
-pub const LAUNCHD_LABEL: &str = "dev.netmux.netmuxd";
+pub(crate) const LAUNCHD_LABEL: &str = "dev.netmux.netmuxd";
 /// The daemon's system user.
 pub const DAEMON_USER: &str = "netmuxd";
 /// The group allowed to use the control socket.
@@ -39,7 +39,7 @@ pub const SOCKET_GROUP: &str = "netmux";
 /// each is in the unit template and docs/install.md, measured by
 /// `tests/capabilities_e2e.rs`, which runs netmuxd with exactly these as a
 /// system user and then without each one.
-pub const CAPABILITIES: &[&str] = &[
+pub(crate) const CAPABILITIES: &[&str] = &[
     "CAP_BPF",
     "CAP_NET_ADMIN",
     "CAP_PERFMON",
@@ -47,11 +47,11 @@ pub const CAPABILITIES: &[&str] = &[
     "CAP_DAC_OVERRIDE",
 ];
 /// Binaries installed.
-pub const BINARIES: &[&str] = &["netmux", "netmuxd"];
+pub(crate) const BINARIES: &[&str] = &["netmux", "netmuxd"];
 
 /// Why install or uninstall failed.
 #[derive(Debug, thiserror::Error)]
-pub enum InstallError {
+pub(crate) enum InstallError {
     /// A file operation failed.
     #[error("{what} {}: {source}", path.display())]
     Io {
@@ -111,7 +111,7 @@ pub enum Init {
 
 impl Init {
     /// The service manager of the OS this was built for.
-    pub fn native() -> Self {
+    pub(crate) fn native() -> Self {
         if cfg!(target_os = "macos") {
             Init::Launchd
         } else {
@@ -124,11 +124,11 @@ impl Init {
 #[derive(Debug, Clone)]
 pub struct Layout {
     /// The filesystem root (`/`, or a staging directory).
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// Installation prefix for binaries, man pages and completions.
-    pub prefix: PathBuf,
+    pub(crate) prefix: PathBuf,
     /// Service manager.
-    pub init: Init,
+    pub(crate) init: Init,
 }
 
 impl Layout {
@@ -142,32 +142,32 @@ impl Layout {
     }
 
     /// `abs` (an absolute path on the target system) under the root.
-    pub fn host(&self, abs: &Path) -> PathBuf {
+    pub(crate) fn host(&self, abs: &Path) -> PathBuf {
         self.root.join(abs.strip_prefix("/").unwrap_or(abs))
     }
 
     /// Whether this installs into the running system.
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         self.root == Path::new("/")
     }
 
     /// Binaries directory on the target system.
-    pub fn bindir(&self) -> PathBuf {
+    pub(crate) fn bindir(&self) -> PathBuf {
         self.prefix.join("bin")
     }
 
     /// The configuration file on the target system.
-    pub fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         PathBuf::from(netmux_daemon::config::DEFAULT_CONFIG)
     }
 
     /// The manifest of an installation on the target system.
-    pub fn manifest(&self) -> PathBuf {
+    pub(crate) fn manifest(&self) -> PathBuf {
         PathBuf::from("/etc/netmux/install-manifest.json")
     }
 
     /// The service definition on the target system.
-    pub fn service_file(&self) -> PathBuf {
+    pub(crate) fn service_file(&self) -> PathBuf {
         match self.init {
             Init::Systemd => PathBuf::from("/etc/systemd/system").join(UNIT_NAME),
             Init::Launchd => PathBuf::from(format!("/Library/LaunchDaemons/{LAUNCHD_LABEL}.plist")),
@@ -175,7 +175,7 @@ impl Layout {
     }
 
     /// The log file launchd writes (macOS has no journald).
-    pub fn launchd_log(&self) -> PathBuf {
+    pub(crate) fn launchd_log(&self) -> PathBuf {
         PathBuf::from("/var/log/netmuxd.log")
     }
 
@@ -193,7 +193,7 @@ impl Layout {
     }
 
     /// Renders the launchd plist.
-    pub fn plist(&self) -> String {
+    pub(crate) fn plist(&self) -> String {
         PLIST_TEMPLATE
             .replace("@BINDIR@", &self.bindir().display().to_string())
             .replace("@CONFIG@", &self.config().display().to_string())
@@ -203,26 +203,26 @@ impl Layout {
 
 /// A generated file to install besides the binaries (man page, completion).
 #[derive(Debug, Clone)]
-pub struct Artifact {
+pub(crate) struct Artifact {
     /// Path relative to the prefix, e.g. `share/man/man1/netmux.1`.
-    pub rel: PathBuf,
+    pub(crate) rel: PathBuf,
     /// Contents.
-    pub contents: Vec<u8>,
+    pub(crate) contents: Vec<u8>,
 }
 
 /// Runs external commands; tests point `NETMUX_INSTALL_EXEC` at a stub that
 /// receives the command line as its arguments.
 #[derive(Debug, Clone, Default)]
-pub struct Commands {
+pub(crate) struct Commands {
     /// Wrapper every command is run through, if any.
-    pub wrapper: Option<PathBuf>,
+    pub(crate) wrapper: Option<PathBuf>,
     /// Print instead of running.
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 impl Commands {
     /// From the environment (`NETMUX_INSTALL_EXEC`).
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         Commands {
             wrapper: std::env::var_os("NETMUX_INSTALL_EXEC").map(PathBuf::from),
             dry_run: false,
@@ -230,7 +230,7 @@ impl Commands {
     }
 
     /// Runs `argv`; an error names the command and its stderr.
-    pub fn run(&self, argv: &[&str]) -> Result<()> {
+    pub(crate) fn run(&self, argv: &[&str]) -> Result<()> {
         let line = argv.join(" ");
         if self.dry_run {
             println!("would run: {line}");
@@ -268,42 +268,42 @@ impl Commands {
 
 /// What an installation created, so uninstall removes exactly that.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     /// netmux version that wrote it.
-    pub version: String,
+    pub(crate) version: String,
     /// Service manager.
-    pub init: Option<Init>,
+    pub(crate) init: Option<Init>,
     /// Files written (absolute target paths), besides the config.
-    pub files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     /// Directories created, parents first.
-    pub dirs: Vec<PathBuf>,
+    pub(crate) dirs: Vec<PathBuf>,
     /// The config was written by install (removed on uninstall while it
     /// still equals the default).
-    pub config_created: bool,
+    pub(crate) config_created: bool,
     /// The socket group was created by install.
-    pub group_created: bool,
+    pub(crate) group_created: bool,
     /// The daemon user was created by install.
-    pub user_created: bool,
+    pub(crate) user_created: bool,
     /// The service was enabled by install.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
 }
 
 /// Install options.
 #[derive(Debug, Clone)]
-pub struct InstallOptions {
+pub(crate) struct InstallOptions {
     /// Where `netmux` and `netmuxd` are copied from.
-    pub from: PathBuf,
+    pub(crate) from: PathBuf,
     /// Man pages and completions.
-    pub artifacts: Vec<Artifact>,
+    pub(crate) artifacts: Vec<Artifact>,
     /// Enable and start the service.
-    pub enable: bool,
+    pub(crate) enable: bool,
 }
 
 /// Uninstall options.
 #[derive(Debug, Clone, Default)]
-pub struct UninstallOptions {
+pub(crate) struct UninstallOptions {
     /// Also remove a configuration that was edited (or not created by us).
-    pub purge: bool,
+    pub(crate) purge: bool,
 }
 
 /// Whether `name` is in the `group`/`passwd`-style file at `path`.
@@ -331,7 +331,11 @@ fn config_paths(layout: &Layout) -> (PathBuf, PathBuf) {
 }
 
 /// Installs; returns what was done, one line each.
-pub fn install(layout: &Layout, opts: &InstallOptions, cmd: &Commands) -> Result<Vec<String>> {
+pub(crate) fn install(
+    layout: &Layout,
+    opts: &InstallOptions,
+    cmd: &Commands,
+) -> Result<Vec<String>> {
     if layout.is_live() && !nix::unistd::Uid::effective().is_root() {
         return Err(InstallError::NotRoot("netmux install"));
     }
@@ -464,7 +468,11 @@ pub fn install(layout: &Layout, opts: &InstallOptions, cmd: &Commands) -> Result
 
 /// Uninstalls what the manifest lists. The caller runs `netmux cleanup`
 /// first (the daemon's hosts block and redirects).
-pub fn uninstall(layout: &Layout, opts: &UninstallOptions, cmd: &Commands) -> Result<Vec<String>> {
+pub(crate) fn uninstall(
+    layout: &Layout,
+    opts: &UninstallOptions,
+    cmd: &Commands,
+) -> Result<Vec<String>> {
     if layout.is_live() && !nix::unistd::Uid::effective().is_root() {
         return Err(InstallError::NotRoot("netmux uninstall"));
     }
@@ -544,7 +552,7 @@ pub fn uninstall(layout: &Layout, opts: &UninstallOptions, cmd: &Commands) -> Re
 }
 
 /// Reads the manifest, if there is one.
-pub fn read_manifest(layout: &Layout) -> Result<Option<Manifest>> {
+pub(crate) fn read_manifest(layout: &Layout) -> Result<Option<Manifest>> {
     let path = layout.host(&layout.manifest());
     match fs::read_to_string(&path) {
         Ok(t) => serde_json::from_str(&t)

@@ -372,11 +372,7 @@ fn start_cluster(sb: &Sandbox) -> Cluster {
     std::fs::write(&layout.server_config, layout.server_toml()).expect("server config");
     let server = netmux_testbed::netmux::start_server(sb, &layout).expect("netmux-server");
     let backend = sb
-        .process(Side::Cluster, "echo-web", bin("nx-echo").expect("nx-echo"))
-        .args(["http", "--listen", &web.target().to_string()])
-        .spawn()
-        .expect("backend");
-    sb.wait_for_tcp(Side::Cluster, web.target(), T)
+        .nx_echo(Side::Cluster, "echo-web", "http", web.target(), T)
         .expect("backend up");
     Cluster {
         layout,
@@ -699,7 +695,7 @@ fn world() -> Option<World> {
         eprintln!("SKIPPED capabilities_e2e: {why}");
         return None;
     }
-    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let serial = netmux_common::sync::lock(&SERIAL);
     let unit = Unit::generated();
     let users = Users::create();
     let sb = Sandbox::new().expect("sandbox");

@@ -10,7 +10,9 @@
 //!   ["proto"]`).
 //! * [`tunnel`] (feature `std`): the thin async pieces both ends share — QUIC
 //!   settings and the byte pipe between a TCP socket and a QUIC stream.
-//! * [`sync`] (feature `std`): the poison-tolerant [`sync::lock`].
+//! * [`sync`] (feature `std`): the poison-tolerant [`sync::lock`] (and
+//!   `read`/`write` for `RwLock`).
+//! * `metrics` (feature `metrics`): deleting a label's Prometheus series.
 #![cfg_attr(not(any(feature = "std", feature = "proto")), no_std)]
 
 pub mod redirect;
@@ -20,6 +22,9 @@ pub mod config;
 
 #[cfg(feature = "proto")]
 pub mod proto;
+
+#[cfg(feature = "metrics")]
+pub mod metrics;
 
 #[cfg(feature = "std")]
 pub mod sync;

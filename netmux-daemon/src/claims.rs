@@ -14,7 +14,7 @@ use netmux_common::proto::catalog::{Direction, Protocol, Service};
 
 /// What a reverse claim asks the server for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimKind {
+pub(crate) enum ClaimKind {
     /// A C2L service of the catalog, by `namespace/name`.
     Catalog(String),
     /// An ad hoc service published by this daemon (`netmux expose`).
@@ -28,7 +28,7 @@ pub enum ClaimKind {
 
 impl ClaimKind {
     /// Whether catalog entry `svc` is the one this claim is about.
-    pub fn is_for(&self, svc: &Service) -> bool {
+    pub(crate) fn is_for(&self, svc: &Service) -> bool {
         svc.direction == Direction::C2L
             && match self {
                 ClaimKind::Catalog(key) => svc.key() == *key,
@@ -39,7 +39,7 @@ impl ClaimKind {
 
 /// Where a claim stands with the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimState {
+pub(crate) enum ClaimState {
     /// Not (yet) answered; sent again on every reconnect.
     Pending,
     /// Held: cluster connections come to this daemon.
@@ -50,7 +50,7 @@ pub enum ClaimState {
 
 /// The local target of each cluster port of a claimed service.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Targets(BTreeMap<(u16, ProtocolKey), SocketAddr>);
+pub(crate) struct Targets(BTreeMap<(u16, ProtocolKey), SocketAddr>);
 
 /// [`Protocol`] as a map key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -70,7 +70,7 @@ impl From<Protocol> for ProtocolKey {
 
 impl Targets {
     /// Every port of catalog service `svc` to its `target_port` on `host`.
-    pub fn for_service(svc: &Service, host: IpAddr) -> Self {
+    pub(crate) fn for_service(svc: &Service, host: IpAddr) -> Self {
         Targets(
             svc.ports
                 .iter()
@@ -85,49 +85,51 @@ impl Targets {
     }
 
     /// One TCP cluster port to `local` (`netmux expose`).
-    pub fn one(port: u16, local: SocketAddr) -> Self {
+    pub(crate) fn one(port: u16, local: SocketAddr) -> Self {
         Targets([((port, ProtocolKey::Tcp), local)].into())
     }
 
     /// The local target of cluster `port`.
-    pub fn get(&self, port: u16, protocol: Protocol) -> Option<SocketAddr> {
+    pub(crate) fn get(&self, port: u16, protocol: Protocol) -> Option<SocketAddr> {
         self.0.get(&(port, protocol.into())).copied()
     }
 }
 
 /// A reverse service this daemon wants to hold.
 #[derive(Debug, Clone)]
-pub struct Claim {
+pub(crate) struct Claim {
     /// What is claimed.
-    pub kind: ClaimKind,
+    pub(crate) kind: ClaimKind,
     /// Where cluster connections go, per cluster port.
-    pub targets: Targets,
+    pub(crate) targets: Targets,
     /// Where it stands.
-    pub state: ClaimState,
+    pub(crate) state: ClaimState,
 }
 
 /// The claims of one endpoint, keyed by a name the CLI uses; shared by
 /// the endpoint task and the reverse stream and datagram handlers.
 #[derive(Debug, Clone, Default)]
-pub struct Claims(Arc<Mutex<BTreeMap<String, Claim>>>);
+pub(crate) struct Claims(Arc<Mutex<BTreeMap<String, Claim>>>);
 
 impl Claims {
     /// The table (a panic elsewhere while it was held does not lose it).
-    pub fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Claim>> {
-        match self.0.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+    pub(crate) fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Claim>> {
+        netmux_common::sync::lock(&self.0)
     }
 
     /// A copy of every claim, for views.
-    pub fn snapshot(&self) -> Vec<Claim> {
+    pub(crate) fn snapshot(&self) -> Vec<Claim> {
         self.lock().values().cloned().collect()
     }
 
     /// Where a connection to cluster `port` of `svc` goes, if this daemon
     /// claims `svc` and the claim has a target for that port.
-    pub fn local_for(&self, svc: &Service, port: u16, protocol: Protocol) -> Option<SocketAddr> {
+    pub(crate) fn local_for(
+        &self,
+        svc: &Service,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<SocketAddr> {
         self.lock()
             .values()
             .find(|c| c.kind.is_for(svc))

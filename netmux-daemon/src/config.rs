@@ -15,7 +15,7 @@ pub const DEFAULT_SOCKET: &str = "/run/netmux/netmuxd.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/netmux/config.toml";
 
 pub use netmux_common::config::{parse_error, ConfigError};
-pub use netmux_common::proto::cidr::Cidr;
+pub(crate) use netmux_common::proto::cidr::Cidr;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,7 +62,7 @@ impl RawBound {
 
 /// After a half-close, the other direction of a proxied connection may
 /// stay silent this long before both are reset (`0`: never).
-pub const DEFAULT_HALF_CLOSE_TIMEOUT_SECS: u64 = 600;
+pub(crate) const DEFAULT_HALF_CLOSE_TIMEOUT_SECS: u64 = 600;
 
 fn default_half_close_timeout_secs() -> u64 {
     DEFAULT_HALF_CLOSE_TIMEOUT_SECS
@@ -92,7 +92,7 @@ impl Default for RawDns {
 
 /// Default address of the embedded DNS server: a loopback address of its
 /// own, outside the default `address_range`.
-pub const DEFAULT_DNS_LISTEN: SocketAddr =
+pub(crate) const DEFAULT_DNS_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 77, 53)), 53);
 
 /// How the system resolver is pointed at the embedded DNS server.
@@ -124,17 +124,17 @@ pub struct DnsConfig {
     /// System integration.
     pub method: DnsMethod,
     /// Name of the dummy link carrying the systemd-resolved configuration.
-    pub link: String,
+    pub(crate) link: String,
     /// Directory of per-domain resolver files (macOS).
-    pub resolver_dir: PathBuf,
+    pub(crate) resolver_dir: PathBuf,
     /// Per endpoint (`[[endpoint]] default_namespace`, default `default`):
     /// the namespace short names (`svc`) resolve in through search domains.
-    pub default_namespaces: std::collections::BTreeMap<String, String>,
+    pub(crate) default_namespaces: std::collections::BTreeMap<String, String>,
 }
 
 impl DnsConfig {
     /// The default namespace of endpoint `name`.
-    pub fn default_namespace(&self, name: &str) -> &str {
+    pub(crate) fn default_namespace(&self, name: &str) -> &str {
         self.default_namespaces
             .get(name)
             .map(String::as_str)
@@ -230,7 +230,7 @@ pub enum Transport {
 
 /// Where cgroup v2 is mounted on this machine: the default `cgroup`, where
 /// the eBPF redirect attaches.
-pub fn default_cgroup_root() -> PathBuf {
+pub(crate) fn default_cgroup_root() -> PathBuf {
     // Hybrid systems mount v2 at /sys/fs/cgroup/unified.
     for dir in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
         if Path::new(dir).join("cgroup.procs").exists() && is_cgroup2(Path::new(dir)) {
@@ -304,7 +304,7 @@ impl std::str::FromStr for Ipv4Range {
 
 /// A secret string, masked in `Debug`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
+pub(crate) struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -327,7 +327,7 @@ pub struct EndpointConfig {
     /// server's namespace with the user's credentials.
     pub ca_pem: Option<String>,
     /// Bearer token for the hello.
-    pub token: Option<Secret>,
+    pub(crate) token: Option<Secret>,
     /// Cluster DNS domain, for the names written for each service.
     pub cluster_domain: String,
     /// Connect when the daemon starts.
@@ -340,20 +340,20 @@ pub struct EndpointConfig {
     /// The cluster's address ranges: the eBPF redirect catches only
     /// catalog addresses inside them. `None`: the ranges the server
     /// announces in its hello.
-    pub cluster_cidrs: Option<Vec<Cidr>>,
+    pub(crate) cluster_cidrs: Option<Vec<Cidr>>,
     /// Top-level `half_close_timeout_secs`: once one direction of a
     /// proxied connection ended, the other is reset after moving no byte
     /// this long (`None`: never).
-    pub half_close_timeout: Option<std::time::Duration>,
+    pub(crate) half_close_timeout: Option<std::time::Duration>,
     /// How long a silent server's session, its streams and the local TCP
     /// connections are kept (`survive_blackout`, top level or per
     /// endpoint; default 10 minutes; [`crate::health`]).
-    pub survive_blackout: std::time::Duration,
+    pub(crate) survive_blackout: std::time::Duration,
 }
 
 impl EndpointConfig {
     /// The settings of this endpoint's proxied connections.
-    pub fn stream_options(&self) -> netmux_common::tunnel::stream::Options {
+    pub(crate) fn stream_options(&self) -> netmux_common::tunnel::stream::Options {
         netmux_common::tunnel::stream::Options {
             half_close_timeout: self.half_close_timeout,
         }
@@ -400,7 +400,7 @@ pub struct Config {
     /// Embedded DNS server.
     pub dns: DnsConfig,
     /// Ranges `netmux expose --local` may target besides loopback.
-    pub expose_allow: Vec<Cidr>,
+    pub(crate) expose_allow: Vec<Cidr>,
 }
 
 impl Config {
@@ -667,13 +667,13 @@ impl Config {
     }
 
     /// The endpoint called `name`.
-    pub fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
+    pub(crate) fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
         self.endpoints.iter().find(|e| e.name == name)
     }
 
     /// Whether `netmux expose --local` may send cluster connections to
     /// `ip`: loopback always, anything else only inside `expose_allow`.
-    pub fn expose_target_allowed(&self, ip: std::net::IpAddr) -> Result<(), String> {
+    pub(crate) fn expose_target_allowed(&self, ip: std::net::IpAddr) -> Result<(), String> {
         let ip = match ip {
             std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
             v4 => v4,
@@ -721,253 +721,7 @@ fn parse_cidrs(list: &[String], allow_any: bool) -> Result<Vec<Cidr>, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const PEM: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-
-    fn good() -> String {
-        format!(
-            "socket = \"/tmp/x.sock\"\nhosts_file = \"/tmp/hosts\"\n[[endpoint]]\nname = \"demo\"\nserver = \"10.0.0.2:7443\"\nca_pem = \"\"\"{PEM}\"\"\"\ntoken = \"0123456789abcdef\"\n"
-        )
-    }
-
-    #[test]
-    fn good_config_and_defaults() {
-        let c = Config::parse(Path::new("/etc/netmux/config.toml"), &good()).unwrap();
-        assert_eq!(c.address_range.prefix, 16);
-        assert_eq!(c.endpoints[0].cluster_domain, "cluster.local");
-        assert!(!format!("{c:?}").contains("0123456789abcdef"));
-    }
-
-    #[test]
-    fn errors_name_line_and_field() {
-        let text = good().replace("server =", "sever =");
-        let e = Config::parse(Path::new("c.toml"), &text)
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("c.toml:5:"), "{e}");
-        assert!(e.contains("sever"), "{e}");
-
-        let text = good().replace("10.0.0.2:7443", "10.0.0.2");
-        let e = Config::parse(Path::new("c.toml"), &text)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("endpoint[0].server") && e.contains("needs a port"),
-            "{e}"
-        );
-
-        let text = format!("address_range = \"10.0.0.0/16\"\n{}", good());
-        let e = Config::parse(Path::new("c.toml"), &text)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("address_range"), "{e}");
-    }
-
-    #[test]
-    fn survive_blackout_default_top_level_and_per_endpoint() {
-        use std::time::Duration;
-        let c = Config::parse(Path::new("c.toml"), &good()).unwrap();
-        assert_eq!(c.endpoints[0].survive_blackout, Duration::from_secs(600));
-        let text = format!("survive_blackout = \"90s\"\n{}", good());
-        let c = Config::parse(Path::new("c.toml"), &text).unwrap();
-        assert_eq!(c.endpoints[0].survive_blackout, Duration::from_secs(90));
-        let text = format!(
-            "survive_blackout = 1200\n{}survive_blackout = \"1h\"\n",
-            good()
-        );
-        let c = Config::parse(Path::new("c.toml"), &text).unwrap();
-        assert_eq!(c.endpoints[0].survive_blackout, Duration::from_secs(3600));
-        let text = format!("survive_blackout = \"soon\"\n{}", good());
-        let e = Config::parse(Path::new("c.toml"), &text)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("survive_blackout") && e.contains("10m"), "{e}");
-        let text = format!("{}survive_blackout = 2\n", good());
-        let e = Config::parse(Path::new("c.toml"), &text)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("endpoint[0].survive_blackout") && e.contains("out of range"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn dns_section_defaults_and_checks() {
-        let c = Config::parse(Path::new("c.toml"), &good()).unwrap();
-        assert!(c.dns.enabled);
-        assert_eq!(c.dns.listen, DEFAULT_DNS_LISTEN);
-        assert_eq!(c.dns.method, DnsMethod::Auto);
-        assert_eq!(c.dns.default_namespace("demo"), "default");
-        let text = format!(
-            "{}default_namespace = \"apps\"\n[dns]\nmethod = \"resolver-dir\"\nlisten = \"127.0.0.153:5353\"\n",
-            good()
-        );
-        let c = Config::parse(Path::new("c.toml"), &text).unwrap();
-        assert_eq!(c.dns.method, DnsMethod::ResolverDir);
-        assert_eq!(c.dns.default_namespace("demo"), "apps");
-        for (bad, key) in [
-            ("listen = \"10.0.0.1:53\"", "dns.listen"),
-            ("listen = \"127.77.0.9:53\"", "dns.listen"),
-            ("method = \"magic\"", "magic"),
-            ("link = \"a/b\"", "dns.link"),
-            ("colour = 1", "colour"),
-        ] {
-            let text = format!("{}[dns]\n{bad}\n", good());
-            let e = Config::parse(Path::new("c.toml"), &text)
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(key), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn kubernetes_endpoints() {
-        let text =
-            "[[endpoint]]\nname = \"kind\"\n[endpoint.kubernetes]\ncontext = \"kind-netmux\"\n";
-        let c = Config::parse(Path::new("c.toml"), text).unwrap();
-        let e = &c.endpoints[0];
-        assert_eq!(e.transport, Transport::PortForward);
-        assert_eq!(e.server, None);
-        assert_eq!(e.ca_pem, None);
-        let k = e.kubernetes.as_ref().unwrap();
-        assert_eq!(
-            (k.namespace.as_str(), k.service.as_str(), k.port.as_str()),
-            ("netmux", "netmux-server", "quic-stream")
-        );
-        assert_eq!(
-            e.describe(),
-            "port-forward netmux/netmux-server:quic-stream"
-        );
-        for (bad, key) in [
-            ("autostart = true\n", "endpoint[0].autostart"),
-            ("transport = \"quic\"\n", "endpoint[0].server"),
-            (
-                "[endpoint.kubernetes]\nport = \"Bad_Port\"\n",
-                "endpoint[0].kubernetes.port",
-            ),
-            ("[endpoint.kubernetes]\nnamspace = \"x\"\n", "namspace"),
-        ] {
-            let text = if bad.starts_with('[') {
-                format!("[[endpoint]]\nname = \"kind\"\n{bad}")
-            } else {
-                format!("[[endpoint]]\nname = \"kind\"\n{bad}[endpoint.kubernetes]\n")
-            };
-            let e = Config::parse(Path::new("c.toml"), &text)
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(key), "{bad}: {e}");
-        }
-        // port-forward without a cluster to forward into.
-        let text = format!("{}transport = \"port-forward\"\n", good());
-        let e = Config::parse(Path::new("c.toml"), &text)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("[endpoint.kubernetes]"), "{e}");
-    }
-
-    #[test]
-    fn cluster_domain_is_a_dns_domain() {
-        let with = |d: &str| format!("{}cluster_domain = {}\n", good(), d);
-        let c = Config::parse(Path::new("c.toml"), &with("\"corp.example.\"")).unwrap();
-        assert_eq!(c.endpoints[0].cluster_domain, "corp.example");
-        for bad in [
-            r#""evil\n6.6.6.6 github.com""#,
-            r#""Cluster.Local""#,
-            r#""""#,
-            r#""a..b""#,
-            r#""cluster.local localhost""#,
-        ] {
-            let e = Config::parse(Path::new("c.toml"), &with(bad))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                e.contains("endpoint[0].cluster_domain") && e.contains("cluster.local"),
-                "{bad}: {e}"
-            );
-        }
-    }
-
-    #[test]
-    fn cluster_cidrs_and_expose_allow() {
-        let c = Config::parse(Path::new("c.toml"), &good()).unwrap();
-        assert_eq!(c.endpoints[0].cluster_cidrs, None);
-        assert!(c
-            .expose_target_allowed("127.0.0.1".parse().unwrap())
-            .is_ok());
-        assert!(c.expose_target_allowed("::1".parse().unwrap()).is_ok());
-        let e = c
-            .expose_target_allowed("169.254.169.254".parse().unwrap())
-            .unwrap_err();
-        assert!(e.contains("expose_allow"), "{e}");
-        let text = format!(
-            "expose_allow = [\"192.168.1.0/24\"]\n{}cluster_cidrs = [\"10.96.0.0/12\", \"fd00::/108\"]\n",
-            good()
-        );
-        let c = Config::parse(Path::new("c.toml"), &text).unwrap();
-        assert_eq!(c.endpoints[0].cluster_cidrs.as_ref().map(Vec::len), Some(2));
-        assert!(c
-            .expose_target_allowed("192.168.1.7".parse().unwrap())
-            .is_ok());
-        assert!(c
-            .expose_target_allowed("192.168.2.7".parse().unwrap())
-            .is_err());
-        for (bad, key) in [
-            (
-                "cluster_cidrs = [\"10.96.0.1/12\"]\n",
-                "endpoint[0].cluster_cidrs",
-            ),
-            (
-                "cluster_cidrs = [\"0.0.0.0/0\"]\n",
-                "endpoint[0].cluster_cidrs",
-            ),
-        ] {
-            let e = Config::parse(Path::new("c.toml"), &format!("{}{bad}", good()))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(key), "{bad}: {e}");
-        }
-        let e = Config::parse(
-            Path::new("c.toml"),
-            &format!("expose_allow = [\"x\"]\n{}", good()),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("expose_allow"), "{e}");
-    }
-
-    #[test]
-    fn ranges() {
-        assert!("127.77.0.0/16".parse::<Ipv4Range>().is_ok());
-        assert!("127.77.0.1/16".parse::<Ipv4Range>().is_err());
-        assert!("127.77.0.0".parse::<Ipv4Range>().is_err());
-        assert!("127.77.0.0/31".parse::<Ipv4Range>().is_err());
-    }
-}
+mod tests;
 
 #[cfg(test)]
-mod transport_tests {
-    use super::Transport;
-
-    #[derive(serde::Deserialize)]
-    struct T {
-        transport: Transport,
-    }
-
-    #[test]
-    fn transport_words() {
-        let t: T = toml::from_str("transport = \"tcp\"").expect("tcp");
-        assert_eq!(t.transport, Transport::Tcp);
-        let t: T = toml::from_str("transport = \"quic\"").expect("quic");
-        assert_eq!(t.transport, Transport::Quic);
-        let t: T = toml::from_str("transport = \"direct\"").expect("direct");
-        assert_eq!(t.transport, Transport::Quic);
-        let t: T = toml::from_str("transport = \"port-forward\"").expect("port-forward");
-        assert_eq!(t.transport, Transport::PortForward);
-        let t: T = toml::from_str("transport = \"auto\"").expect("auto");
-        assert_eq!(t.transport, Transport::Auto);
-        assert!(toml::from_str::<T>("transport = \"udp\"").is_err());
-    }
-}
+mod transport_tests;

@@ -26,7 +26,7 @@ use crate::daemon::Daemon;
 const MAX_REQUEST: usize = 1024 * 1024;
 
 /// How long a client has to send its request line.
-pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,7 @@ use netmux_common::proto::error_code;
 use netmux_common::proto::hello::{Credential, Hello};
 use netmux_common::proto::left_out::LeftOut;
 use netmux_common::proto::session::{ClientEvent, ClientSession, SessionError, SYNC_TIMEOUT};
+use netmux_common::sync::lock;
 use netmux_common::tunnel::quic;
 use quinn::{Connection, VarInt};
 use tokio::sync::watch;
@@ -23,12 +24,12 @@ use crate::cluster::forward::KubeLink;
 use crate::config::EndpointConfig;
 use crate::config::Transport;
 use crate::metrics::Metrics;
-pub use crate::status::EndpointStatus;
+pub(crate) use crate::status::EndpointStatus;
 use crate::transport::dial_udp;
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// Name resolution.
     #[error("cannot resolve {0}: {1}")]
     Resolve(String, String),
@@ -76,7 +77,7 @@ async fn kube_step<T>(
     }
 }
 
-pub use crate::claims::{Claim, ClaimKind, ClaimState, Claims, Targets};
+pub(crate) use crate::claims::{Claim, ClaimKind, ClaimState, Claims, Targets};
 
 enum Command {
     /// Send claims that are pending.
@@ -86,9 +87,9 @@ enum Command {
 }
 
 /// A connected-or-reconnecting endpoint; dropping it disconnects.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Its configuration.
-    pub config: EndpointConfig,
+    pub(crate) config: EndpointConfig,
     /// The user's Kubernetes credentials (Kubernetes endpoints); replaced
     /// by [`Self::renew_kube`], read on every (re)connect.
     kube: watch::Sender<Option<Arc<KubeLink>>>,
@@ -123,7 +124,11 @@ impl Drop for Endpoint {
 impl Endpoint {
     /// Starts connecting in the background; `kube` carries the user's
     /// credentials for a Kubernetes endpoint (`[endpoint.kubernetes]`).
-    pub fn start(config: EndpointConfig, metrics: Metrics, kube: Option<Arc<KubeLink>>) -> Self {
+    pub(crate) fn start(
+        config: EndpointConfig,
+        metrics: Metrics,
+        kube: Option<Arc<KubeLink>>,
+    ) -> Self {
         let (kube, kube_rx) = watch::channel(kube);
         let (status_tx, status) = watch::channel(EndpointStatus::Connecting);
         let (conn_tx, conn) = watch::channel(None);
@@ -174,80 +179,72 @@ impl Endpoint {
 
     /// Catalog entries the server left out of its last snapshot because
     /// each is too large for a frame (from its hello reply).
-    pub fn left_out(&self) -> LeftOut {
-        netmux_common::sync::lock(&self.left_out).clone()
+    pub(crate) fn left_out(&self) -> LeftOut {
+        lock(&self.left_out).clone()
     }
 
     /// The cluster's address ranges as the server announced them in its
     /// last hello (empty: none announced).
-    pub fn cluster_ranges(&self) -> Vec<netmux_common::proto::cidr::Cidr> {
-        match self.ranges.lock() {
-            Ok(r) => r.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+    pub(crate) fn cluster_ranges(&self) -> Vec<netmux_common::proto::cidr::Cidr> {
+        lock(&self.ranges).clone()
     }
 
     /// The current blackout: how long the server has been silent and how
     /// long the session is kept; `None` when it answers.
-    pub fn blackout(&self) -> Option<crate::health::Blackout> {
-        crate::health::lock(&self.health).blackout
+    pub(crate) fn blackout(&self) -> Option<crate::health::Blackout> {
+        lock(&self.health).blackout
     }
 
     /// The Kubernetes credentials in use, if any.
-    pub fn kube(&self) -> Option<Arc<KubeLink>> {
+    pub(crate) fn kube(&self) -> Option<Arc<KubeLink>> {
         self.kube.borrow().clone()
     }
 
     /// Replaces the Kubernetes credentials (`netmux connect` again, e.g.
     /// after they expired). The live connection is kept; the next
     /// connection attempt uses them, at once if the endpoint is waiting.
-    pub fn renew_kube(&self, link: Arc<KubeLink>) {
+    pub(crate) fn renew_kube(&self, link: Arc<KubeLink>) {
         self.kube.send_replace(Some(link));
     }
 
     /// Current status.
-    pub fn status(&self) -> EndpointStatus {
+    pub(crate) fn status(&self) -> EndpointStatus {
         self.status.borrow().clone()
     }
 
     /// Status changes.
-    pub fn watch_status(&self) -> watch::Receiver<EndpointStatus> {
+    pub(crate) fn watch_status(&self) -> watch::Receiver<EndpointStatus> {
         self.status.clone()
     }
 
-    /// The live connection, if any.
-    pub fn connection(&self) -> Option<Connection> {
-        self.conn.borrow().clone()
-    }
-
     /// A receiver of the live connection.
-    pub fn watch_connection(&self) -> watch::Receiver<Option<Connection>> {
+    pub(crate) fn watch_connection(&self) -> watch::Receiver<Option<Connection>> {
         self.conn.clone()
     }
 
     /// The catalog as last received (kept while reconnecting).
-    pub fn catalog(&self) -> Arc<Indexed> {
+    pub(crate) fn catalog(&self) -> Arc<Indexed> {
         self.catalog.borrow().clone()
     }
 
     /// Catalog changes.
-    pub fn watch_catalog(&self) -> watch::Receiver<Arc<Indexed>> {
+    pub(crate) fn watch_catalog(&self) -> watch::Receiver<Arc<Indexed>> {
         self.catalog.clone()
     }
 
     /// The endpoint's UDP flows.
-    pub fn udp(&self) -> Arc<netmux_common::tunnel::udp::Flows> {
+    pub(crate) fn udp(&self) -> Arc<netmux_common::tunnel::udp::Flows> {
         self.udp.clone()
     }
 
     /// The reverse claims (shared with the reverse stream handler).
-    pub fn claims(&self) -> Claims {
+    pub(crate) fn claims(&self) -> Claims {
         self.claims.clone()
     }
 
     /// Asks the server for a reverse service under `name`; the outcome shows
     /// in [`Self::claims`]. Kept across reconnects.
-    pub fn claim(&self, name: &str, kind: ClaimKind, targets: Targets) {
+    pub(crate) fn claim(&self, name: &str, kind: ClaimKind, targets: Targets) {
         self.claims.lock().insert(
             name.to_owned(),
             Claim {
@@ -260,7 +257,7 @@ impl Endpoint {
     }
 
     /// Drops the claim `name`; returns whether there was one.
-    pub fn release(&self, name: &str) -> bool {
+    pub(crate) fn release(&self, name: &str) -> bool {
         let removed = self.claims.lock().remove(name);
         match removed {
             Some(c) => {
@@ -272,7 +269,7 @@ impl Endpoint {
     }
 
     /// The state of claim `name`, if any.
-    pub fn claim_state(&self, name: &str) -> Option<ClaimState> {
+    pub(crate) fn claim_state(&self, name: &str) -> Option<ClaimState> {
         self.claims.lock().get(name).map(|c| c.state.clone())
     }
 }
@@ -318,15 +315,12 @@ async fn run(
             Ok(((conn, session, send, recv, server, greeting), via_udp)) => {
                 backoff = BACKOFF_MIN;
                 // Before the catalog: the redirect bounds read them.
-                match ranges.lock() {
-                    Ok(mut r) => *r = session.cluster_ranges().to_vec(),
-                    Err(p) => *p.into_inner() = session.cluster_ranges().to_vec(),
-                }
+                *lock(&ranges) = session.cluster_ranges().to_vec();
                 let left = session.left_out().clone();
                 if !left.is_empty() {
                     tracing::warn!(endpoint = %config.name, total = left.total, entries = %left.listed.join(", "), "the server left catalog entries out, each over the 64 KiB frame limit; netmux status lists them");
                 }
-                *netmux_common::sync::lock(&left_out) = left;
+                *lock(&left_out) = left;
                 catalog_tx.send_replace(Arc::new(Indexed::from(session.catalog().clone())));
                 conn_tx.send_replace(Some(conn.clone()));
                 status.send_replace(EndpointStatus::Connected {
@@ -683,9 +677,9 @@ fn send_pending(
 
 /// First wait before a refused claim is asked again; doubles up to
 /// [`CLAIM_RETRY_MAX`].
-pub const CLAIM_RETRY_MIN: Duration = Duration::from_secs(1);
+pub(crate) const CLAIM_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between two tries of a refused claim.
-pub const CLAIM_RETRY_MAX: Duration = Duration::from_secs(30);
+pub(crate) const CLAIM_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// When refused claims are tried again on this connection.
 struct ClaimRetry {

@@ -31,6 +31,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use netmux_common::proto::error_code;
+use netmux_common::sync::lock;
 use netmux_common::tunnel::blackout::{
     human, Gap, Health, Phase, ProbeGate, ResumeDetector, Transition, DEGRADED_AFTER,
 };
@@ -44,25 +45,25 @@ use crate::transport::PathProbe;
 /// How often the connection's counters are sampled.
 const TICK: Duration = Duration::from_millis(500);
 /// How long a new connection waits for a degraded endpoint's path.
-pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// Probes the server answers while the session stays silent before the
 /// session is taken as lost by the server.
 const ANSWERED_BUT_SILENT: u32 = 3;
 
 /// The current blackout of an endpoint, for status and doctor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Blackout {
+pub(crate) struct Blackout {
     /// Time since the server last answered.
-    pub silent_for: Duration,
+    pub(crate) silent_for: Duration,
     /// Until the session is torn down.
-    pub remaining: Duration,
+    pub(crate) remaining: Duration,
     /// The endpoint's `survive_blackout`.
-    pub bound: Duration,
+    pub(crate) bound: Duration,
 }
 
 impl Blackout {
     /// One line for `netmux status` and doctor.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "no answer from the server for {}; the session and its open connections are kept {} more, then reset (survive_blackout {})",
             human(self.silent_for),
@@ -74,24 +75,16 @@ impl Blackout {
 
 /// What the health driver shares with the endpoint.
 #[derive(Debug, Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The current blackout, if any.
-    pub blackout: Option<Blackout>,
+    pub(crate) blackout: Option<Blackout>,
     /// Connections open (`service (direction)` and count) as last seen
     /// while the session was alive: what a lost session takes with it.
-    pub open: Vec<(String, i64)>,
+    pub(crate) open: Vec<(String, i64)>,
 }
 
 /// The shared state behind a lock that survives a panicked holder.
-pub type SharedState = Arc<Mutex<Shared>>;
-
-/// Locks `s`.
-pub fn lock(s: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
-    match s.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
+pub(crate) type SharedState = Arc<Mutex<Shared>>;
 
 /// Degraded flags of live connections, by `Connection::stable_id`, for the
 /// listeners (which hold only the connection).
@@ -122,7 +115,7 @@ impl Drop for Registration {
 /// answering within [`CONNECT_WAIT`]; otherwise the error to log (the
 /// caller resets the local connection: a prompt, clear failure rather than
 /// a connection hanging for the whole blackout).
-pub async fn wait_usable(conn: &Connection) -> Result<(), String> {
+pub(crate) async fn wait_usable(conn: &Connection) -> Result<(), String> {
     let rx = match DEGRADED.lock() {
         Ok(m) => m.get(&conn.stable_id()).cloned(),
         Err(_) => None,
@@ -184,30 +177,30 @@ fn route_source(server: SocketAddr) -> Option<IpAddr> {
 }
 
 /// What the driver watches and where it reports.
-pub struct Watch {
+pub(crate) struct Watch {
     /// The session's connection.
-    pub conn: Connection,
+    pub(crate) conn: Connection,
     /// For QUIC over UDP: the endpoint's socket owner (rebound on a change
     /// of network) and the server's address (probed). `None` over TCP and
     /// port-forwards, whose stream ends the connection when it breaks.
-    pub udp: Option<(quinn::Endpoint, SocketAddr)>,
+    pub(crate) udp: Option<(quinn::Endpoint, SocketAddr)>,
     /// `survive_blackout`.
-    pub bound: Duration,
+    pub(crate) bound: Duration,
     /// The connection's probe gate ([`ProbeGate::wrap`] in its congestion
     /// controller).
-    pub gate: ProbeGate,
+    pub(crate) gate: ProbeGate,
     /// Endpoint name (logs, metrics).
-    pub name: String,
+    pub(crate) name: String,
     /// Metrics.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// The endpoint's status (`degraded` is set and cleared here).
-    pub status: watch::Sender<EndpointStatus>,
+    pub(crate) status: watch::Sender<EndpointStatus>,
     /// Blackout and open connections, for status.
-    pub shared: SharedState,
+    pub(crate) shared: SharedState,
 }
 
 /// Watches the session until it must end; closes it and returns why.
-pub async fn watch(w: Watch) -> String {
+pub(crate) async fn watch(w: Watch) -> String {
     let Watch {
         conn,
         udp,

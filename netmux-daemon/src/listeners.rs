@@ -21,22 +21,22 @@ use crate::metrics::Metrics;
 
 /// What a listener needs to tunnel a connection.
 #[derive(Clone)]
-pub struct Route {
+pub(crate) struct Route {
     /// Endpoint name (metrics, logs).
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// `namespace/name` of the service; resolved to an id per connection so
     /// a reconnect that renumbers the catalog is harmless.
-    pub service: String,
+    pub(crate) service: String,
     /// Service port the client dialled.
-    pub port: u16,
+    pub(crate) port: u16,
     /// The endpoint's live connection.
-    pub conn: watch::Receiver<Option<Connection>>,
+    pub(crate) conn: watch::Receiver<Option<Connection>>,
     /// The endpoint's catalog.
-    pub catalog: watch::Receiver<std::sync::Arc<Indexed>>,
+    pub(crate) catalog: watch::Receiver<std::sync::Arc<Indexed>>,
     /// Metrics.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// The bridge's settings (the endpoint's `half_close_timeout_secs`).
-    pub options: Options,
+    pub(crate) options: Options,
 }
 
 impl Route {
@@ -66,7 +66,7 @@ pub(crate) fn counters(
 }
 
 /// Binds a TCP listener on `addr`.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -77,7 +77,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections until the task is aborted.
-pub async fn serve(listener: TcpListener, route: Route) {
+pub(crate) async fn serve(listener: TcpListener, route: Route) {
     loop {
         match listener.accept().await {
             Ok((tcp, _peer)) => {
@@ -94,7 +94,7 @@ pub async fn serve(listener: TcpListener, route: Route) {
 }
 
 /// Tunnels one accepted connection.
-pub async fn tunnel(tcp: TcpStream, route: Route) {
+pub(crate) async fn tunnel(tcp: TcpStream, route: Route) {
     let accepted = Instant::now();
     let counters = counters(&route.metrics, &route.endpoint, &route.service, "l2c");
     let Some(conn) = route.conn.borrow().clone() else {

@@ -2,8 +2,10 @@
 //!
 //! Labels are bounded: `endpoint` (configured names), `service`
 //! (namespace/name from the catalog), `direction`, `reason` from fixed sets;
-//! never peers or ephemeral ports.
+//! never peers or ephemeral ports. An endpoint's series are deleted when a
+//! reload removes it from the configuration ([`Metrics::forget_endpoint`]).
 
+use netmux_common::metrics::forget;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -15,32 +17,32 @@ pub struct Metrics {
     /// 1 while the endpoint's session is up.
     pub endpoint_up: IntGaugeVec,
     /// Proxied connections opened.
-    pub connections_total: IntCounterVec,
+    pub(crate) connections_total: IntCounterVec,
     /// Proxied connections open now.
-    pub connections_active: IntGaugeVec,
+    pub(crate) connections_active: IntGaugeVec,
     /// Bytes sent towards the cluster.
-    pub bytes_sent: IntCounterVec,
+    pub(crate) bytes_sent: IntCounterVec,
     /// Bytes received from the cluster.
-    pub bytes_received: IntCounterVec,
+    pub(crate) bytes_received: IntCounterVec,
     /// Failed or aborted connections by reason.
-    pub connection_errors: IntCounterVec,
+    pub(crate) connection_errors: IntCounterVec,
     /// Accept to server's open result.
-    pub connect_latency: HistogramVec,
+    pub(crate) connect_latency: HistogramVec,
     /// UDP datagrams by way (sent into the tunnel / received from it).
-    pub udp_datagrams: IntCounterVec,
+    pub(crate) udp_datagrams: IntCounterVec,
     /// UDP payload bytes by way.
-    pub udp_bytes: IntCounterVec,
+    pub(crate) udp_bytes: IntCounterVec,
     /// UDP datagrams dropped by reason.
-    pub udp_drops: IntCounterVec,
+    pub(crate) udp_drops: IntCounterVec,
     /// UDP flows open now.
-    pub udp_flows: IntGaugeVec,
+    pub(crate) udp_flows: IntGaugeVec,
     /// 1 while the endpoint's server has not answered for a few seconds
     /// (the session is kept; [`crate::health`]).
-    pub endpoint_degraded: IntGaugeVec,
+    pub(crate) endpoint_degraded: IntGaugeVec,
     /// Length of the current blackout, 0 outside one.
-    pub blackout_seconds: IntGaugeVec,
+    pub(crate) blackout_seconds: IntGaugeVec,
     /// Blackouts by how they ended (`recovered`, `expired`, `session_lost`).
-    pub blackouts: IntCounterVec,
+    pub(crate) blackouts: IntCounterVec,
 }
 
 const LABELS: &[&str] = &["endpoint", "service", "direction"];
@@ -151,8 +153,28 @@ impl Metrics {
         }
     }
 
+    /// Deletes every series labelled `endpoint = name` (the endpoint left
+    /// the configuration).
+    pub(crate) fn forget_endpoint(&self, name: &str) {
+        let e = "endpoint";
+        forget(&self.endpoint_up, e, name);
+        forget(&self.connections_total, e, name);
+        forget(&self.connections_active, e, name);
+        forget(&self.bytes_sent, e, name);
+        forget(&self.bytes_received, e, name);
+        forget(&self.connection_errors, e, name);
+        forget(&self.connect_latency, e, name);
+        forget(&self.udp_datagrams, e, name);
+        forget(&self.udp_bytes, e, name);
+        forget(&self.udp_drops, e, name);
+        forget(&self.udp_flows, e, name);
+        forget(&self.endpoint_degraded, e, name);
+        forget(&self.blackout_seconds, e, name);
+        forget(&self.blackouts, e, name);
+    }
+
     /// Text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "metrics encoding failed");
@@ -179,5 +201,57 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// One series of every metric for endpoint `ep`.
+    pub(crate) fn touch_every_series(m: &Metrics, ep: &str) {
+        let svc = [ep, "shop/web", "l2c"];
+        m.endpoint_up.with_label_values(&[ep]).set(1);
+        m.connections_total.with_label_values(&svc).inc();
+        m.connections_active.with_label_values(&svc).inc();
+        m.bytes_sent.with_label_values(&svc).inc();
+        m.bytes_received.with_label_values(&svc).inc();
+        m.connection_errors
+            .with_label_values(&[ep, "shop/web", "l2c", "refused"])
+            .inc();
+        m.connect_latency.with_label_values(&svc).observe(0.01);
+        m.udp_datagrams
+            .with_label_values(&[ep, "shop/web", "l2c", "sent"])
+            .inc();
+        m.udp_bytes
+            .with_label_values(&[ep, "shop/web", "l2c", "sent"])
+            .inc();
+        m.udp_drops
+            .with_label_values(&[ep, "shop/web", "l2c", "flow_limit"])
+            .inc();
+        m.udp_flows.with_label_values(&svc).inc();
+        m.endpoint_degraded.with_label_values(&[ep]).set(1);
+        m.blackout_seconds.with_label_values(&[ep]).set(3);
+        m.blackouts.with_label_values(&[ep, "recovered"]).inc();
+    }
+
+    #[test]
+    fn forgetting_an_endpoint_deletes_its_series_only() {
+        let m = Metrics::new();
+        touch_every_series(&m, "gone");
+        touch_every_series(&m, "kept");
+        m.forget_endpoint("gone");
+        let text = m.render();
+        assert!(!text.contains("endpoint=\"gone\""), "{text}");
+        for family in m.registry.gather() {
+            assert!(
+                family
+                    .get_metric()
+                    .iter()
+                    .any(|s| s.get_label().iter().any(|l| l.value() == "kept")),
+                "{} lost the kept endpoint's series",
+                family.name()
+            );
+        }
     }
 }

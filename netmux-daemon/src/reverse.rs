@@ -34,21 +34,21 @@ async fn dial_own(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
 
 /// What the reverse streams of one connection share.
 #[derive(Clone)]
-pub struct Reverse {
+pub(crate) struct Reverse {
     /// The endpoint's claims.
-    pub claims: Claims,
+    pub(crate) claims: Claims,
     /// The endpoint's catalog.
-    pub catalog: watch::Receiver<Arc<Indexed>>,
+    pub(crate) catalog: watch::Receiver<Arc<Indexed>>,
     /// Metrics.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// Endpoint name (metrics, logs).
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// The bridge's settings.
-    pub options: Options,
+    pub(crate) options: Options,
 }
 
 /// Accepts reverse streams on `conn` until it closes.
-pub async fn serve(conn: Connection, reverse: Reverse) {
+pub(crate) async fn serve(conn: Connection, reverse: Reverse) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         let reverse = reverse.clone();
         tokio::spawn(async move { handle(send, recv, reverse).await });

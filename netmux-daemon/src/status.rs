@@ -7,7 +7,7 @@ use serde::Serialize;
 /// What the endpoint is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
-pub enum EndpointStatus {
+pub(crate) enum EndpointStatus {
     /// Dialling the server.
     Connecting,
     /// Session established.
@@ -30,7 +30,7 @@ pub enum EndpointStatus {
 
 impl EndpointStatus {
     /// Short word for `netmux ls`.
-    pub fn word(&self) -> &'static str {
+    pub(crate) fn word(&self) -> &'static str {
         match self {
             EndpointStatus::Connecting => "connecting",
             EndpointStatus::Connected { degraded: true, .. } => "degraded",

@@ -11,14 +11,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use netmux_common::proto::{error_code, ALPN};
+use netmux_common::proto::error_code;
 use netmux_common::tunnel::quic;
 use netmux_common::tunnel::stream_socket::StreamSocket;
 use quinn::{Connection, VarInt};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How long a TCP connect to the server may take.
-pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why dialling the server failed, before any netmux protocol ran.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub fn client_config(ca_pem: &str) -> Result<quinn::ClientConfig, DialError> {
 }
 
 /// [`client_config`] with the given QUIC transport settings.
-pub fn client_config_with(
+pub(crate) fn client_config_with(
     ca_pem: &str,
     transport: quinn::TransportConfig,
 ) -> Result<quinn::ClientConfig, DialError> {
@@ -51,24 +51,13 @@ pub fn client_config_with(
             .add(cert)
             .map_err(|e| DialError::Setup(format!("CA certificate rejected: {e}")))?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| DialError::Setup(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| DialError::Setup(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(transport));
-    Ok(client)
+    quic::client_config(roots, transport).map_err(DialError::Setup)
 }
 
 /// Dials `server` over UDP from the endpoint's QUIC socket `shared`, made
 /// on first use and again when the address family changes (the `bool` is
 /// "IPv6").
-pub async fn dial_udp(
+pub(crate) async fn dial_udp(
     client: quinn::ClientConfig,
     server: SocketAddr,
     server_name: &str,
@@ -145,7 +134,7 @@ pub async fn dial_forward(
 /// netmux server's stream listener (a TCP connection, a port-forward).
 /// `local` and `peer` only name the two ends (same address family); the
 /// connection is closed when the stream ends.
-pub async fn dial_stream<S>(
+pub(crate) async fn dial_stream<S>(
     stream: S,
     local: SocketAddr,
     peer: SocketAddr,
@@ -187,7 +176,7 @@ where
 
 /// What a path probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathProbe {
+pub(crate) enum PathProbe {
     /// The server's QUIC endpoint answered: the path works. `local` is the
     /// address the kernel sends from towards the server now.
     Answered {
@@ -206,7 +195,7 @@ pub enum PathProbe {
 }
 
 /// How long a path probe waits for the server's answer.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Probes the path to `server`'s QUIC endpoint outside any connection.
 ///
@@ -216,7 +205,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// port with ICMP port unreachable (reported on a connected socket), a dead
 /// path with nothing. The connected socket also names the local address
 /// the kernel chose, which tells a change of network.
-pub async fn probe_path(server: SocketAddr) -> PathProbe {
+pub(crate) async fn probe_path(server: SocketAddr) -> PathProbe {
     let bind: SocketAddr = if server.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -284,7 +273,7 @@ fn rand_id() -> [u8; 8] {
 /// address the kernel picks now): every connection sends from it at once,
 /// which the server takes as a migration (RFC 9000 9) and answers on a
 /// fresh path.
-pub fn rebind(endpoint: &quinn::Endpoint, v6: bool) -> std::io::Result<SocketAddr> {
+pub(crate) fn rebind(endpoint: &quinn::Endpoint, v6: bool) -> std::io::Result<SocketAddr> {
     let bind: SocketAddr = if v6 {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {

@@ -14,12 +14,12 @@ use crate::claims::Claims;
 use crate::metrics::Metrics;
 
 /// A flow idle this long is closed.
-pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// C2L UDP flows one endpoint answers at once.
-pub const MAX_ANSWERED: usize = 1024;
+pub(crate) const MAX_ANSWERED: usize = 1024;
 
 /// Accounts UDP traffic under endpoint and catalog names.
-pub struct Meter {
+pub(crate) struct Meter {
     metrics: Metrics,
     endpoint: String,
     catalog: watch::Receiver<Arc<Indexed>>,
@@ -27,7 +27,7 @@ pub struct Meter {
 
 impl Meter {
     /// A meter for `endpoint`, labelling by its catalog.
-    pub fn new(
+    pub(crate) fn new(
         metrics: Metrics,
         endpoint: String,
         catalog: watch::Receiver<Arc<Indexed>>,
@@ -75,7 +75,7 @@ impl UdpMeter for Meter {
 
 /// Handles the server's datagrams on `conn` until it closes: replies to
 /// L2C flows, and C2L flows to the local targets of held claims.
-pub async fn serve(
+pub(crate) async fn serve(
     conn: Connection,
     flows: Arc<Flows>,
     claims: Claims,

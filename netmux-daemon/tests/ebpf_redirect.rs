@@ -16,13 +16,9 @@
 use netmux_daemon::redirect::ebpf;
 
 use std::{
-    ffi::CString,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::{
-        fd::{AsFd as _, AsRawFd as _},
-        unix::{ffi::OsStrExt as _, process::CommandExt as _},
-    },
+    os::fd::AsRawFd as _,
     path::Path,
     process::{Command, Output, Stdio},
     sync::{
@@ -375,14 +371,6 @@ fn helper_command(args: &str) -> Command {
     cmd
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Place {
-    /// In the test namespace and the child cgroup the programs are attached to.
-    Inside,
-    /// In the test namespace only.
-    Outside,
-}
-
 fn http_body(body: &str) -> String {
     format!(
         "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -392,14 +380,8 @@ fn http_body(body: &str) -> String {
 
 // ------------------------------------------------------------- fixtures --
 
-fn skip_reason() -> Option<&'static str> {
-    if !nix::unistd::geteuid().is_root() {
-        Some("not root")
-    } else if !ebpf::programs_built() {
-        Some("netmux-daemon was built with the stub eBPF object (no bpf-linker or NETMUX_SKIP_EBPF=1)")
-    } else {
-        None
-    }
+fn skip_reason() -> Option<String> {
+    ebpf_skip_reason()
 }
 
 /// A network namespace and a child cgroup, both unique to one test.
@@ -423,43 +405,7 @@ impl Fixture {
 
     /// Spawns `cmd` in the namespace and, for `Place::Inside`, the cgroup.
     fn place(&self, cmd: &mut Command, place: Place) {
-        let procs = match place {
-            Place::Inside => Some(
-                CString::new(
-                    self.cgroup
-                        .path()
-                        .join("cgroup.procs")
-                        .as_os_str()
-                        .as_bytes(),
-                )
-                .unwrap(),
-            ),
-            Place::Outside => None,
-        };
-        let netns = self.netns.fd.as_raw_fd();
-        // SAFETY: the closure runs between fork and exec and only makes raw
-        // syscalls (open, write, close, setns) on data prepared before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(procs) = &procs {
-                    // Writing "0" moves the writing process itself.
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let err = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(err);
-                    }
-                }
-                if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        support::place(cmd, &self.netns, &self.cgroup, place);
     }
 
     fn connect(&self, place: Place, addr: SocketAddr, mark: u32) -> Connect {
@@ -505,16 +451,8 @@ struct Server {
 
 impl Server {
     fn start(netns: &NetNs, bind: SocketAddr, body: &str) -> Self {
-        // A socket belongs to the namespace it was created in: create it on a
-        // thread that entered the namespace, use it from anywhere.
-        let listener = std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(netns.fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("setns");
-                TcpListener::bind(bind).expect("bind in namespace")
-            })
-            .join()
-            .unwrap()
+        let listener = in_netns(netns, || {
+            TcpListener::bind(bind).expect("bind in namespace")
         });
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();

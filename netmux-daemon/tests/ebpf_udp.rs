@@ -18,12 +18,7 @@
 use netmux_daemon::redirect::ebpf;
 
 use std::{
-    ffi::CString,
     net::{SocketAddr, TcpListener, UdpSocket},
-    os::{
-        fd::{AsFd as _, AsRawFd as _},
-        unix::{ffi::OsStrExt as _, process::CommandExt as _},
-    },
     path::PathBuf,
     process::{Command, Stdio},
     sync::{
@@ -416,21 +411,11 @@ fn decode(line: &str) -> Reply {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Place {
-    /// In the test namespace and the child cgroup the programs are attached to.
-    Inside,
-    /// In the test namespace only.
-    Outside,
-}
-
 // ------------------------------------------------------------- fixtures --
 
 fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        Some("not root".into())
-    } else if !ebpf::programs_built() {
-        Some("netmux-daemon was built with the stub eBPF object (no bpf-linker or NETMUX_SKIP_EBPF=1)".into())
+    if let Some(why) = ebpf_skip_reason() {
+        Some(why)
     } else if python3().is_none() {
         Some("python3 not found".into())
     } else {
@@ -523,58 +508,8 @@ impl Fixture {
 
     /// Spawns `cmd` in the namespace and, for `Place::Inside`, the cgroup.
     fn place(&self, cmd: &mut Command, place: Place) {
-        let procs = match place {
-            Place::Inside => Some(
-                CString::new(
-                    self.cgroup
-                        .path()
-                        .join("cgroup.procs")
-                        .as_os_str()
-                        .as_bytes(),
-                )
-                .unwrap(),
-            ),
-            Place::Outside => None,
-        };
-        let netns = self.netns.fd.as_raw_fd();
-        // SAFETY: the closure runs between fork and exec and only makes raw
-        // syscalls (open, write, close, setns) on data prepared before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(procs) = &procs {
-                    // Writing "0" moves the writing process itself.
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let err = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(err);
-                    }
-                }
-                if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        support::place(cmd, &self.netns, &self.cgroup, place);
     }
-}
-
-/// Runs `f` on a thread inside `netns`: a socket belongs to the namespace
-/// it was created in and can then be used from anywhere.
-fn in_netns<T: Send>(netns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(netns.fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("setns");
-            f()
-        })
-        .join()
-        .unwrap()
-    })
 }
 
 mod support;

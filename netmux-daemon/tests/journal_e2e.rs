@@ -474,11 +474,7 @@ fn start_cluster(sb: &Sandbox) -> Cluster {
     std::fs::write(&layout.daemon_config, daemon).expect("daemon config");
     let server = netmux_testbed::netmux::start_server(sb, &layout).expect("netmux-server");
     let backend = sb
-        .process(Side::Cluster, "echo-web", bin("nx-echo").expect("nx-echo"))
-        .args(["http", "--listen", &web.target().to_string()])
-        .spawn()
-        .expect("backend");
-    sb.wait_for_tcp(Side::Cluster, web.target(), T)
+        .nx_echo(Side::Cluster, "echo-web", "http", web.target(), T)
         .expect("backend up");
     Cluster {
         layout,

@@ -505,11 +505,7 @@ fn resolved_split_dns_routes_the_cluster_domain_to_the_daemon_and_cleanup_restor
     let web = ServiceSpec::l2c("web", "10.96.0.20".parse().expect("ip"), 80, 8080);
     let mut nm = Deployment::start(&sb, &iso, std::slice::from_ref(&web));
     let _backend = sb
-        .process(Side::Cluster, "echo-web", bin("nx-echo").expect("nx-echo"))
-        .args(["http", "--listen", &web.target().to_string()])
-        .spawn()
-        .expect("backend");
-    sb.wait_for_tcp(Side::Cluster, web.target(), T)
+        .nx_echo(Side::Cluster, "echo-web", "http", web.target(), T)
         .expect("backend up");
     nm.connect_and_start_web();
 

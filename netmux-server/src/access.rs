@@ -18,7 +18,7 @@ mod recheck;
 pub use recheck::Recheck;
 
 /// Default `rbac.recheck_interval_ms`.
-pub fn recheck_interval_default() -> std::time::Duration {
+pub(crate) fn recheck_interval_default() -> std::time::Duration {
     recheck::DEFAULT_INTERVAL
 }
 
@@ -44,7 +44,7 @@ pub struct Identity {
     credential: Option<recheck::Secret>,
     /// When the credential says it expires (a JWT's `exp`, read only to
     /// know when to review it again, never to accept it).
-    pub expires: Option<std::time::SystemTime>,
+    pub(crate) expires: Option<std::time::SystemTime>,
 }
 
 /// Why a daemon was refused.

@@ -16,16 +16,16 @@ use netmux_common::sync::lock;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
     /// Connections at once, authenticated or not.
-    pub total: usize,
+    pub(crate) total: usize,
     /// Connections at once from one source address.
-    pub per_source: usize,
+    pub(crate) per_source: usize,
     /// Connections at once whose hello has not succeeded yet.
-    pub pending: usize,
+    pub(crate) pending: usize,
 }
 
 /// Why a connection was refused (metric label `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// [`Caps::total`] reached.
     Total,
     /// [`Caps::per_source`] reached for this address.
@@ -35,11 +35,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Every reason, for metric pre-registration.
-    pub const ALL: [Refusal; 3] = [Refusal::Total, Refusal::PerSource, Refusal::Pending];
-
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Refusal::Total => "max_connections",
             Refusal::PerSource => "max_connections_per_source",
@@ -73,7 +70,7 @@ impl Admission {
 
     /// Admits a connection from `source`, pending its hello, or says which
     /// cap it would exceed.
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Ticket, Refusal> {
+    pub(crate) fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Ticket, Refusal> {
         let mut c = lock(&self.counts);
         if c.total >= self.caps.total {
             return Err(Refusal::Total);
@@ -98,25 +95,27 @@ impl Admission {
     /// Whether half the pending places are taken: from then on only peers
     /// that proved their address (QUIC Retry) are admitted, so spoofed
     /// sources can hold at most half of them.
-    pub fn under_pressure(&self) -> bool {
+    pub(crate) fn under_pressure(&self) -> bool {
         lock(&self.counts).pending * 2 >= self.caps.pending
     }
 
     /// Connections now: `(total, pending)`.
-    pub fn counts(&self) -> (usize, usize) {
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> (usize, usize) {
         let c = lock(&self.counts);
         (c.total, c.pending)
     }
 
     /// Source addresses with connections now (bounded by `total`).
-    pub fn sources(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn sources(&self) -> usize {
         lock(&self.counts).per_source.len()
     }
 }
 
 /// One admitted connection; dropping it frees its place.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     admission: Arc<Admission>,
     source: IpAddr,
     pending: bool,
@@ -124,7 +123,7 @@ pub struct Ticket {
 
 impl Ticket {
     /// The hello succeeded: the connection no longer counts as pending.
-    pub fn hello_done(&mut self) {
+    pub(crate) fn hello_done(&mut self) {
         if std::mem::take(&mut self.pending) {
             lock(&self.admission.counts).pending -= 1;
         }

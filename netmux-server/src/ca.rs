@@ -40,9 +40,9 @@ pub struct ServerIdentity {
     /// PEM of the CA, what daemons must trust.
     pub ca_pem: String,
     /// Server certificate chain (leaf, then CA).
-    pub chain: Vec<CertificateDer<'static>>,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
     /// Server private key.
-    pub key: PrivateKeyDer<'static>,
+    pub(crate) key: PrivateKeyDer<'static>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {

@@ -6,7 +6,7 @@
 //! stays as large as the catalog) and publishes the result on a watch channel that every daemon
 //! connection follows. Nothing polls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use netmux_common::proto::catalog::{Catalog, Service, ServiceId};
@@ -33,6 +33,8 @@ pub struct CatalogStore {
 #[derive(Default)]
 struct Sources {
     runtime: Vec<Service>,
+    /// The keys of `runtime`, so `add_adhoc` asks without a scan.
+    runtime_keys: HashSet<String>,
     adhoc: std::collections::BTreeMap<String, Service>,
 }
 
@@ -65,16 +67,17 @@ impl CatalogStore {
     /// Receivers are woken only if the merged catalog changed.
     pub fn publish(&self, services: Vec<Service>) {
         let mut sources = lock(&self.sources);
+        sources.runtime_keys = services.iter().map(Service::key).collect();
         sources.runtime = services;
         self.republish(&sources);
     }
 
     /// Adds an ad hoc service (`netmux expose`); refused when the runtime
     /// already publishes that name.
-    pub fn add_adhoc(&self, service: Service) -> Result<(), String> {
+    pub(crate) fn add_adhoc(&self, service: Service) -> Result<(), String> {
         let mut sources = lock(&self.sources);
         let key = service.key();
-        if sources.runtime.iter().any(|s| s.key() == key) {
+        if sources.runtime_keys.contains(&key) {
             return Err(format!(
                 "{key} is already published by the server's runtime; choose another name"
             ));
@@ -85,7 +88,7 @@ impl CatalogStore {
     }
 
     /// Removes an ad hoc service; returns whether it existed.
-    pub fn remove_adhoc(&self, key: &str) -> bool {
+    pub(crate) fn remove_adhoc(&self, key: &str) -> bool {
         let mut sources = lock(&self.sources);
         let existed = sources.adhoc.remove(key).is_some();
         if existed {
@@ -148,7 +151,7 @@ impl CatalogStore {
     }
 
     /// The Kubernetes Service that publishes catalog key `key`, if known.
-    pub fn origin(&self, key: &str) -> Option<String> {
+    pub(crate) fn origin(&self, key: &str) -> Option<String> {
         lock(&self.origins)
             .get(key)
             .and_then(|o| o.first().cloned())
@@ -156,7 +159,7 @@ impl CatalogStore {
 
     /// Every Kubernetes Service catalog key `key` reaches (the publishing
     /// one first), if known.
-    pub fn reaches(&self, key: &str) -> Option<Vec<String>> {
+    pub(crate) fn reaches(&self, key: &str) -> Option<Vec<String>> {
         lock(&self.origins)
             .get(key)
             .filter(|o| !o.is_empty())
@@ -171,6 +174,13 @@ impl CatalogStore {
     /// The current catalog.
     pub fn current(&self) -> Arc<Catalog> {
         self.tx.borrow().clone()
+    }
+
+    /// The current entry with [`Service::key`] `key` (`namespace/name`),
+    /// found through the id table (every published key has one id).
+    pub(crate) fn service(&self, key: &str) -> Option<Service> {
+        let id = *lock(&self.ids).by_key.get(key)?;
+        self.current().get(&id).cloned()
     }
 }
 
@@ -227,6 +237,26 @@ mod tests {
             !rx.has_changed().unwrap(),
             "identical publish must not wake"
         );
+    }
+
+    #[test]
+    fn entries_are_found_by_key_and_runtime_names_refuse_adhoc() {
+        let (store, _rx) = CatalogStore::new(Metrics::new());
+        store.publish(vec![svc("a", 80), svc("b", 81)]);
+        let b = store.service("ns/b").expect("published");
+        assert_eq!((b.name.as_str(), b.ports[0].port), ("b", 81));
+        assert_eq!(store.current().get(&b.id), Some(&b));
+        assert!(store.service("ns/c").is_none());
+        assert!(store.add_adhoc(svc("a", 90)).is_err(), "a is the runtime's");
+        store.add_adhoc(svc("c", 90)).expect("c is free");
+        assert_eq!(store.service("ns/c").map(|s| s.ports[0].port), Some(90));
+        store.publish(vec![svc("a", 80)]);
+        assert!(store.service("ns/b").is_none(), "b left the catalog");
+        store
+            .add_adhoc(svc("b", 91))
+            .expect("b left the runtime's list");
+        assert!(store.remove_adhoc("ns/c"));
+        assert!(store.service("ns/c").is_none());
     }
 
     #[test]

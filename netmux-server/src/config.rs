@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use netmux_common::config::{parse_error, ConfigError};
+pub(crate) use netmux_common::config::{parse_error, ConfigError};
 
 mod limits;
-pub use limits::Limits;
+pub(crate) use limits::Limits;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,7 +102,7 @@ fn default_dial_timeout_ms() -> u64 {
 }
 /// After a half-close, the other direction of a proxied connection may
 /// stay silent this long before both are reset (`0`: never).
-pub const DEFAULT_HALF_CLOSE_TIMEOUT_MS: u64 = 600_000;
+pub(crate) const DEFAULT_HALF_CLOSE_TIMEOUT_MS: u64 = 600_000;
 
 fn default_half_close_timeout_ms() -> u64 {
     DEFAULT_HALF_CLOSE_TIMEOUT_MS
@@ -132,6 +132,14 @@ pub enum RuntimeConfig {
     Static {
         /// Path of the services file.
         services: PathBuf,
+        /// Where the file's L2C entries may point (CIDRs or addresses);
+        /// unset: anywhere but the never-list ([`crate::policy`]).
+        #[serde(default)]
+        allowed_target_cidrs: Option<Vec<crate::policy::Cidr>>,
+        /// Exceptions to the never-list (loopback, link-local, metadata,
+        /// the server's own addresses...).
+        #[serde(default)]
+        allow_unsafe_targets: Vec<crate::policy::Cidr>,
     },
     /// Services and EndpointSlices of the cluster the server runs in (or
     /// of KUBECONFIG's); see [`crate::runtime::kubernetes`].
@@ -210,9 +218,9 @@ pub struct Config {
     /// Service discovery.
     pub runtime: RuntimeConfig,
     /// Dial timeout towards targets.
-    pub dial_timeout: Duration,
+    pub(crate) dial_timeout: Duration,
     /// Time a daemon has to complete its hello.
-    pub hello_timeout: Duration,
+    pub(crate) hello_timeout: Duration,
     /// Where cluster-side listeners of C2L services without addresses bind.
     pub reverse_bind: std::net::IpAddr,
     /// Namespace of services exposed ad hoc (`netmux expose`); unset: the
@@ -229,27 +237,27 @@ pub struct Config {
     /// (`rbac.recheck_interval_ms`).
     pub rbac_recheck: Duration,
     /// UDP flows one daemon may have open at once; more are refused.
-    pub max_udp_flows: usize,
+    pub(crate) max_udp_flows: usize,
     /// A UDP flow idle this long is closed.
-    pub udp_idle_timeout: Duration,
+    pub(crate) udp_idle_timeout: Duration,
     /// The cluster's Service and Pod ranges, announced to daemons in the
     /// hello: their eBPF redirect takes over only catalog addresses inside
     /// them (unless the daemon's endpoint sets its own `cluster_cidrs`).
-    pub cluster_cidrs: Vec<netmux_common::proto::cidr::Cidr>,
+    pub(crate) cluster_cidrs: Vec<netmux_common::proto::cidr::Cidr>,
     /// `half_close_timeout_ms`: once one direction of a proxied connection
     /// ended, the other is reset after moving no byte this long (`None`:
     /// never).
-    pub half_close_timeout: Option<Duration>,
+    pub(crate) half_close_timeout: Option<Duration>,
     /// `[limits]`: caps on connections, pending hellos, `stream_listen`
     /// peers and per-session resources.
     pub limits: Limits,
     /// `[rbac]`'s TokenReview settings: audiences, timeout, concurrency,
     /// negative cache (defaults without `[rbac]`).
-    pub token_review: crate::access::kubernetes::TokenReviewConfig,
+    pub(crate) token_review: crate::access::kubernetes::TokenReviewConfig,
 }
 
 /// Shortest accepted token: long enough not to be guessed.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub(crate) const MIN_TOKEN_LEN: usize = 16;
 
 impl Config {
     /// The server's own listening ports (never taken by `netmux expose`).
@@ -266,7 +274,7 @@ impl Config {
     /// the Kubernetes runtime's `allowed_target_cidrs` (where catalog
     /// entries may point), else none (daemons then redirect nothing
     /// unless their endpoint sets `cluster_cidrs`).
-    pub fn announced_ranges(&self) -> Vec<netmux_common::proto::cidr::Cidr> {
+    pub(crate) fn announced_ranges(&self) -> Vec<netmux_common::proto::cidr::Cidr> {
         if !self.cluster_cidrs.is_empty() {
             return self.cluster_cidrs.clone();
         }
@@ -368,8 +376,14 @@ impl Config {
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let runtime = match raw.runtime {
-            RuntimeConfig::Static { services } => RuntimeConfig::Static {
+            RuntimeConfig::Static {
+                services,
+                allowed_target_cidrs,
+                allow_unsafe_targets,
+            } => RuntimeConfig::Static {
                 services: base.join(services),
+                allowed_target_cidrs,
+                allow_unsafe_targets,
             },
             k @ RuntimeConfig::Kubernetes { .. } => k,
             d @ RuntimeConfig::Docker(_) => d,
@@ -401,6 +415,18 @@ impl Config {
                 return Err(invalid(
                     "runtime.initial_sync_timeout_ms",
                     "must be positive".into(),
+                ));
+            }
+        }
+        if let RuntimeConfig::Static {
+            allowed_target_cidrs: Some(l),
+            ..
+        } = &runtime
+        {
+            if l.is_empty() {
+                return Err(invalid(
+                    "runtime.allowed_target_cidrs",
+                    "an empty list refuses every target; fix: list CIDRs such as [\"10.96.0.0/12\"], or remove the key to allow any address outside the never-list".into(),
                 ));
             }
         }

@@ -26,14 +26,14 @@ use crate::metrics::limit;
 use crate::Server;
 
 /// The most `limits.max_streams_per_session` may be.
-pub const MAX_STREAMS_PER_SESSION: u32 = quic::MAX_STREAMS;
+pub(crate) const MAX_STREAMS_PER_SESSION: u32 = quic::MAX_STREAMS;
 /// Streams a daemon may open beyond its limit, so that the excess ones are
 /// refused promptly (reset) instead of waiting for QUIC stream credit.
 const REFUSAL_HEADROOM: u32 = 16;
 
 /// Serves one daemon until its connection ends; `ticket` holds its place
 /// among the admitted connections.
-pub async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Ticket) {
+pub(crate) async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Ticket) {
     let remote = conn.remote_address();
     let span = tracing::info_span!("daemon", %remote);
     let _enter = span.enter();

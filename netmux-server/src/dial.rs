@@ -10,7 +10,7 @@ use netmux_common::proto::stream::OpenResult;
 use tokio::net::TcpStream;
 
 /// Resolves `(service, port)` to the catalog entry and the addresses to dial.
-pub fn resolve(
+pub(crate) fn resolve(
     catalog: &Catalog,
     service: ServiceId,
     port: u16,
@@ -32,7 +32,10 @@ pub fn resolve(
 
 /// Connects to the first address that answers; failures map to the answer
 /// the daemon gets (the one mapping, `netmux_common::tunnel::stream::dial`).
-pub async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, OpenResult> {
+pub(crate) async fn connect(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<TcpStream, OpenResult> {
     netmux_common::tunnel::stream::dial(addrs, timeout, TcpStream::connect).await
 }
 

@@ -10,7 +10,7 @@ use axum::Router;
 use crate::Server;
 
 /// Serves until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) {
     let app = Router::new()
         .route("/live", get(|| async { "ok\n" }))
         .route("/ready", get(ready))

@@ -133,7 +133,7 @@ pub async fn run(
 
 /// How long a stopping server waits for its claims' Leases and
 /// EndpointSlices to be deleted.
-pub const DRAIN_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const DRAIN_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Stops serving: gives up every reverse claim (its Leases and
 /// EndpointSlices are deleted, so another replica can take them at once),

@@ -5,9 +5,7 @@
 //! A service's series are deleted when it leaves the catalog
 //! ([`Metrics::forget_service`]), so churn does not grow the exposition.
 
-use std::collections::HashMap;
-
-use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+use netmux_common::metrics::forget;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -20,32 +18,32 @@ pub struct Metrics {
     /// Daemons currently connected.
     pub sessions_active: IntGauge,
     /// Daemon sessions by outcome of the hello.
-    pub sessions_total: IntCounterVec,
+    pub(crate) sessions_total: IntCounterVec,
     /// Services in the catalog.
-    pub catalog_services: IntGauge,
+    pub(crate) catalog_services: IntGauge,
     /// Catalog entries (or addresses) not published, by reason (Kubernetes
     /// runtime: target policy, invalid annotation, name conflict).
     pub catalog_refused: IntCounterVec,
     /// Proxied connections opened.
-    pub connections_total: IntCounterVec,
+    pub(crate) connections_total: IntCounterVec,
     /// Proxied connections open now.
-    pub connections_active: IntGaugeVec,
+    pub(crate) connections_active: IntGaugeVec,
     /// Bytes sent towards daemons.
-    pub bytes_sent: IntCounterVec,
+    pub(crate) bytes_sent: IntCounterVec,
     /// Bytes received from daemons.
-    pub bytes_received: IntCounterVec,
+    pub(crate) bytes_received: IntCounterVec,
     /// Failed or aborted connections by reason.
-    pub connection_errors: IntCounterVec,
+    pub(crate) connection_errors: IntCounterVec,
     /// Time to dial a target.
-    pub connect_latency: HistogramVec,
+    pub(crate) connect_latency: HistogramVec,
     /// UDP datagrams by service, direction and way (sent/received).
-    pub udp_datagrams: IntCounterVec,
+    pub(crate) udp_datagrams: IntCounterVec,
     /// UDP payload bytes by service, direction and way.
-    pub udp_bytes: IntCounterVec,
+    pub(crate) udp_bytes: IntCounterVec,
     /// UDP datagrams dropped by reason.
     pub udp_drops: IntCounterVec,
     /// UDP flows open now.
-    pub udp_flows: IntGaugeVec,
+    pub(crate) udp_flows: IntGaugeVec,
     /// QUIC connections and `stream_listen` peers refused by a cap
     /// (`[limits]`), by reason.
     pub peers_refused: IntCounterVec,
@@ -57,21 +55,21 @@ pub struct Metrics {
     pub session_limit_refusals: IntCounterVec,
     /// Sessions whose daemon has not answered for a few seconds (kept up
     /// to `survive_blackout`; [`crate::retention`]).
-    pub sessions_degraded: IntGauge,
+    pub(crate) sessions_degraded: IntGauge,
     /// Blackouts of daemon sessions by how they ended: `recovered`,
     /// `expired` (longer than `survive_blackout`), `evicted`
     /// (`max_blackout_sessions`).
-    pub blackouts: IntCounterVec,
+    pub(crate) blackouts: IntCounterVec,
 }
 
 /// `limit` label values of [`Metrics::session_limit_refusals`].
-pub mod limit {
+pub(crate) mod limit {
     /// Proxied streams at once (`limits.max_streams_per_session`).
-    pub const STREAMS: &str = "streams";
+    pub(crate) const STREAMS: &str = "streams";
     /// UDP flows at once (`max_udp_flows`), either direction.
-    pub const UDP_FLOWS: &str = "udp_flows";
+    pub(crate) const UDP_FLOWS: &str = "udp_flows";
     /// Claims and exposes held at once (`limits.max_claims_per_session`).
-    pub const CLAIMS: &str = "claims";
+    pub(crate) const CLAIMS: &str = "claims";
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -221,17 +219,17 @@ impl Metrics {
     /// Deletes every series labelled `service = key` (the service left the
     /// catalog). Handles still held by open connections keep working; their
     /// updates just no longer show.
-    pub fn forget_service(&self, key: &str) {
-        forget(&self.connections_total, key);
-        forget(&self.connections_active, key);
-        forget(&self.bytes_sent, key);
-        forget(&self.bytes_received, key);
-        forget(&self.connection_errors, key);
-        forget(&self.connect_latency, key);
-        forget(&self.udp_datagrams, key);
-        forget(&self.udp_bytes, key);
-        forget(&self.udp_drops, key);
-        forget(&self.udp_flows, key);
+    pub(crate) fn forget_service(&self, key: &str) {
+        forget(&self.connections_total, "service", key);
+        forget(&self.connections_active, "service", key);
+        forget(&self.bytes_sent, "service", key);
+        forget(&self.bytes_received, "service", key);
+        forget(&self.connection_errors, "service", key);
+        forget(&self.connect_latency, "service", key);
+        forget(&self.udp_datagrams, "service", key);
+        forget(&self.udp_bytes, "service", key);
+        forget(&self.udp_drops, "service", key);
+        forget(&self.udp_flows, "service", key);
     }
 
     /// Text exposition of every metric.
@@ -241,22 +239,6 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(buf).unwrap_or_default()
-    }
-}
-
-/// Removes the series of `vec` whose `service` label is `key`.
-fn forget<T: MetricVecBuilder>(vec: &MetricVec<T>, key: &str) {
-    for family in vec.collect() {
-        for m in family.get_metric() {
-            let labels: HashMap<&str, &str> = m
-                .get_label()
-                .iter()
-                .map(|l| (l.name(), l.value()))
-                .collect();
-            if labels.get("service") == Some(&key) {
-                let _ = vec.remove(&labels);
-            }
-        }
     }
 }
 

@@ -47,7 +47,7 @@ impl TryFrom<String> for Cidr {
 
 impl Cidr {
     /// Whether `ip` is inside.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         self.0.contains(&canonical(ip))
     }
 }
@@ -82,7 +82,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Bounded metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Refusal::Loopback => "loopback",
             Refusal::LinkLocal => "link_local",
@@ -95,7 +95,7 @@ impl Refusal {
     }
 
     /// What is wrong and the fix, for Events and logs.
-    pub fn explain(self) -> &'static str {
+    pub(crate) fn explain(self) -> &'static str {
         match self {
             Refusal::Loopback => "a loopback address is the server's own host; fix: name a cluster address (or the admin lists it in allow_unsafe_targets)",
             Refusal::LinkLocal => "a link-local address (incl. cloud metadata 169.254.169.254, fd00:ec2::254) is never dialled; fix: name a cluster address (or the admin lists it in allow_unsafe_targets)",
@@ -116,14 +116,14 @@ impl fmt::Display for Refusal {
 
 /// The admin's target policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TargetPolicy {
+pub(crate) struct TargetPolicy {
     /// `runtime.allowed_target_cidrs`; `None`: the cluster's own
     /// assignments only.
-    pub allowed: Option<Vec<Cidr>>,
+    pub(crate) allowed: Option<Vec<Cidr>>,
     /// `runtime.allow_unsafe_targets`: exceptions to the never-list.
-    pub allow_unsafe: Vec<Cidr>,
+    pub(crate) allow_unsafe: Vec<Cidr>,
     /// The server's own addresses (listen addresses, `POD_IP`, `POD_IPS`).
-    pub server_addresses: Vec<IpAddr>,
+    pub(crate) server_addresses: Vec<IpAddr>,
 }
 
 /// `::ffff:a.b.c.d` is judged as `a.b.c.d`.
@@ -168,7 +168,7 @@ impl TargetPolicy {
     /// Whether the server may dial `ip`; `assigned`: the cluster assigned
     /// it (a cluster IP, or a pod address the EndpointSlice controller
     /// wrote).
-    pub fn check(&self, ip: IpAddr, assigned: bool) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, ip: IpAddr, assigned: bool) -> Result<(), Refusal> {
         let ip = canonical(ip);
         if self.allow_unsafe.iter().any(|c| c.contains(ip)) {
             return Ok(());
@@ -196,7 +196,7 @@ impl TargetPolicy {
 
     /// The server's own addresses from `POD_IP` / `POD_IPS` (downward API)
     /// plus `listen` addresses that name one (not `0.0.0.0`).
-    pub fn own_addresses(listen: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
+    pub(crate) fn own_addresses(listen: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
         let env = ["POD_IP", "POD_IPS"]
             .iter()
             .filter_map(|k| std::env::var(k).ok())

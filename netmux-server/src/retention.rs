@@ -20,6 +20,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use netmux_common::proto::error_code;
+use netmux_common::sync::lock;
 use netmux_common::tunnel::blackout::{human, Health, Transition, DEGRADED_AFTER};
 use quinn::{Connection, VarInt};
 
@@ -35,10 +36,7 @@ type Silent = Vec<(u64, Instant, Connection)>;
 static SILENT: LazyLock<Mutex<HashMap<String, Silent>>> = LazyLock::new(Default::default);
 
 fn silent() -> std::sync::MutexGuard<'static, HashMap<String, Silent>> {
-    match SILENT.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
+    lock(&SILENT)
 }
 
 /// The origin of the monotonic times fed to [`Health`].
@@ -113,7 +111,7 @@ impl Drop for Degraded<'_> {
 
 /// Watches session `session` of `identity` until its connection ends;
 /// closes it when its daemon was silent for `limits.survive_blackout`.
-pub async fn watch(conn: Connection, server: Arc<Server>, identity: String, session: u64) {
+pub(crate) async fn watch(conn: Connection, server: Arc<Server>, identity: String, session: u64) {
     let bound = server.config.limits.survive_blackout;
     let mut health = Health::new(now(), bound, rx_count(&conn));
     let mut state = Degraded {

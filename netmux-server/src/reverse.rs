@@ -33,9 +33,9 @@ use crate::metrics::Metrics;
 #[serde(try_from = "RawPortRange")]
 pub struct PortRange {
     /// First port.
-    pub first: u16,
+    pub(crate) first: u16,
     /// Last port (inclusive).
-    pub last: u16,
+    pub(crate) last: u16,
 }
 
 #[derive(serde::Deserialize)]
@@ -70,7 +70,7 @@ impl TryFrom<RawPortRange> for PortRange {
 
 impl PortRange {
     /// Unprivileged ports, the default of `expose_ports`.
-    pub const UNPRIVILEGED: PortRange = PortRange {
+    pub(crate) const UNPRIVILEGED: PortRange = PortRange {
         first: 1024,
         last: 65535,
     };
@@ -92,15 +92,15 @@ impl std::fmt::Display for PortRange {
 
 /// The session that asks, as the claims table knows it.
 #[derive(Clone)]
-pub struct Holder {
+pub(crate) struct Holder {
     /// Unique per daemon session.
-    pub session: u64,
+    pub(crate) session: u64,
     /// Client name from the hello (shown to others whose claim is refused).
-    pub client: String,
+    pub(crate) client: String,
     /// Its QUIC connection, where reverse streams are opened.
-    pub conn: Connection,
+    pub(crate) conn: Connection,
     /// Its UDP flows (C2L UDP services originate flows here).
-    pub flows: Arc<netmux_common::tunnel::udp::Flows>,
+    pub(crate) flows: Arc<netmux_common::tunnel::udp::Flows>,
 }
 
 struct Claim {
@@ -188,26 +188,27 @@ impl Claims {
 
     /// Sets the bridge's settings of the cluster connections it sends to
     /// holders (`half_close_timeout_ms`).
-    pub fn with_stream_options(mut self, options: netmux_common::tunnel::stream::Options) -> Self {
+    pub(crate) fn with_stream_options(
+        mut self,
+        options: netmux_common::tunnel::stream::Options,
+    ) -> Self {
         self.options = options;
         self
     }
 
     /// The catalog key `netmux expose NAME` publishes under, if exposing
     /// is on (`adhoc_namespace`).
-    pub fn adhoc_key(&self, name: &str) -> Option<String> {
+    pub(crate) fn adhoc_key(&self, name: &str) -> Option<String> {
         self.adhoc_namespace
             .as_ref()
             .map(|ns| format!("{ns}/{name}"))
     }
 
     /// Claims the C2L catalog service `key` for `holder`.
-    pub async fn claim(&self, holder: &Holder, key: &str) -> Result<(), String> {
-        let catalog = self.store.current();
-        let svc = catalog
-            .values()
-            .find(|s| s.key() == key)
-            .cloned()
+    pub(crate) async fn claim(&self, holder: &Holder, key: &str) -> Result<(), String> {
+        let svc = self
+            .store
+            .service(key)
             .ok_or_else(|| format!("no service {key} in the catalog"))?;
         if svc.direction != Direction::C2L {
             return Err(format!(
@@ -218,7 +219,7 @@ impl Claims {
     }
 
     /// Publishes an ad hoc C2L service and claims it for `holder`.
-    pub async fn expose(
+    pub(crate) async fn expose(
         &self,
         holder: &Holder,
         name: &str,
@@ -269,10 +270,7 @@ impl Claims {
         self.store.add_adhoc(svc)?;
         let svc = self
             .store
-            .current()
-            .values()
-            .find(|s| s.key() == key)
-            .cloned()
+            .service(&key)
             .ok_or_else(|| format!("{key} vanished from the catalog"))?;
         let result = self.hold(holder, svc, true).await;
         if result.is_err() {
@@ -404,7 +402,7 @@ impl Claims {
     }
 
     /// Releases `key` if `session` holds it.
-    pub fn release(&self, session: u64, key: &str) {
+    pub(crate) fn release(&self, session: u64, key: &str) {
         let removed = {
             let mut table = lock(&self.table);
             match table.get(key) {
@@ -419,7 +417,7 @@ impl Claims {
     }
 
     /// Claims and exposes `session` holds now.
-    pub fn held_by(&self, session: u64) -> usize {
+    pub(crate) fn held_by(&self, session: u64) -> usize {
         lock(&self.table)
             .values()
             .filter(|c| c.holder.session == session)
@@ -431,7 +429,7 @@ impl Claims {
     /// Leases and EndpointSlices at once instead of leaving them to
     /// expire, so a daemon that reconnects to another replica can claim
     /// again right away.
-    pub async fn release_everything(&self, within: std::time::Duration) {
+    pub(crate) async fn release_everything(&self, within: std::time::Duration) {
         let claims: Vec<Claim> = lock(&self.table).drain().map(|(_, c)| c).collect();
         let releases: Vec<_> = claims
             .iter()
@@ -457,7 +455,7 @@ impl Claims {
     }
 
     /// Releases everything `session` holds (its connection ended).
-    pub fn release_all(&self, session: u64) {
+    pub(crate) fn release_all(&self, session: u64) {
         let keys: Vec<String> = lock(&self.table)
             .iter()
             .filter(|(_, c)| c.holder.session == session)

@@ -82,15 +82,15 @@ pub(crate) async fn answer(send: SendStream, recv: RecvStream, server: &Server, 
 /// Where a cluster connection to a C2L service goes.
 pub(crate) struct Ask {
     /// The holder's connection.
-    pub conn: Connection,
+    pub(crate) conn: Connection,
     /// The C2L service.
-    pub service: ServiceId,
+    pub(crate) service: ServiceId,
     /// `namespace/name` (metrics, logs).
-    pub key: String,
+    pub(crate) key: String,
     /// The cluster port it connected to.
-    pub port: u16,
+    pub(crate) port: u16,
     /// The bridge's settings.
-    pub options: Options,
+    pub(crate) options: Options,
 }
 
 /// Sends cluster connection `tcp` from `peer` to the holder of the

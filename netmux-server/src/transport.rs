@@ -37,7 +37,7 @@ pub enum TransportError {
 }
 
 /// Stream peers served at once; further TCP connections are closed.
-pub const MAX_STREAM_PEERS: usize = 4096;
+pub(crate) const MAX_STREAM_PEERS: usize = 4096;
 
 /// Accepts datagram streams on the TCP listener while alive; dropping it
 /// stops accepting (established streams end with the endpoint).

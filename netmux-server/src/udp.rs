@@ -15,14 +15,14 @@ use crate::metrics::Metrics;
 use crate::Server;
 
 /// Accounts UDP traffic under the catalog's service names.
-pub struct Meter {
+pub(crate) struct Meter {
     metrics: Metrics,
     catalog: watch::Receiver<Arc<Catalog>>,
 }
 
 impl Meter {
     /// A meter labelling by `catalog`.
-    pub fn new(metrics: Metrics, catalog: watch::Receiver<Arc<Catalog>>) -> Arc<Self> {
+    pub(crate) fn new(metrics: Metrics, catalog: watch::Receiver<Arc<Catalog>>) -> Arc<Self> {
         Arc::new(Meter { metrics, catalog })
     }
 
@@ -71,7 +71,7 @@ impl UdpMeter for Meter {
 
 /// Resolves an L2C UDP flow's target: a published UDP port of an L2C
 /// service the daemon may reach; never an address named by the daemon.
-pub fn resolve(
+pub(crate) fn resolve(
     catalog: &Catalog,
     server: &Server,
     who: &Identity,
@@ -89,7 +89,7 @@ pub fn resolve(
 }
 
 /// Handles the daemon's datagrams until the connection ends.
-pub async fn serve(conn: Connection, server: Arc<Server>, who: Identity, flows: Arc<Flows>) {
+pub(crate) async fn serve(conn: Connection, server: Arc<Server>, who: Identity, flows: Arc<Flows>) {
     let sweeper = tokio::spawn(flows.clone().sweep());
     while let Ok(bytes) = conn.read_datagram().await {
         let catalog = server.catalog.borrow().clone();

@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures::FutureExt;
 use netmux_common::proto::hello::{Credential, Hello};
 use netmux_common::proto::session::{ClientEvent, ClientSession};
-use netmux_common::proto::ALPN;
 use netmux_common::tunnel::quic;
 use netmux_server::access::kubernetes::{Rbac, TokenReviewConfig};
 use netmux_server::access::Access;
@@ -127,16 +126,7 @@ impl Harness {
     async fn connect(&self, source: &str) -> Result<quinn::Connection, quinn::ConnectionError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone()).expect("root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("tls13")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(quic::transport_config()));
+        let config = quic::client_config(roots, quic::transport_config()).expect("client config");
         let mut endpoint = quinn::Endpoint::client(format!("{source}:0").parse().expect("source"))
             .expect("client");
         endpoint.set_default_client_config(config);

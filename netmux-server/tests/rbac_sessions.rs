@@ -15,7 +15,6 @@ use kube_support::FakeApi;
 use netmux_common::proto::catalog::{Direction, Protocol, Service, ServiceId, ServicePort};
 use netmux_common::proto::hello::{Credential, Hello};
 use netmux_common::proto::session::{ClientEvent, ClientSession};
-use netmux_common::proto::ALPN;
 use netmux_common::tunnel::quic;
 use netmux_server::access::kubernetes::Rbac;
 use netmux_server::access::Access;
@@ -163,16 +162,7 @@ impl Daemon {
     async fn connect(h: &Harness, token: &str) -> Daemon {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(h.ca.clone()).expect("root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("tls13")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(quic::transport_config()));
+        let config = quic::client_config(roots, quic::transport_config()).expect("client config");
         let mut endpoint =
             quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
         endpoint.set_default_client_config(config);

@@ -35,6 +35,12 @@
 //! let ip = docker.address(&web, &net.name).unwrap();
 //! ```
 
+mod image;
+mod run;
+
+pub use image::ImageSpec;
+pub use run::RunSpec;
+
 use std::ffi::OsStr;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -304,14 +310,14 @@ impl Dockerd {
                 .run(CLI_TIMEOUT)?
                 .ok()?;
             let mut args: Vec<String> = vec!["import".into()];
-            if !spec.cmd.is_empty() {
-                let json =
-                    serde_json::to_string(&spec.cmd).map_err(|e| Error::Check(e.to_string()))?;
+            if !spec.default_cmd().is_empty() {
+                let json = serde_json::to_string(spec.default_cmd())
+                    .map_err(|e| Error::Check(e.to_string()))?;
                 args.push("--change".into());
                 args.push(format!("CMD {json}"));
             }
             args.push(tar.display().to_string());
-            args.push(spec.tag.clone());
+            args.push(spec.tag().to_owned());
             let out = self.docker(&args);
             let _ = std::fs::remove_file(&tar);
             out.map(|_| ())
@@ -579,291 +585,6 @@ impl Drop for Dockerd {
     }
 }
 
-/// An image made of host files: binaries (with the shared libraries `ldd`
-/// names, so dynamically linked ones run), busybox, plain files.
-#[derive(Debug, Clone, Default)]
-pub struct ImageSpec {
-    tag: String,
-    files: Vec<(PathBuf, PathBuf)>,
-    binaries: Vec<(PathBuf, PathBuf)>,
-    contents: Vec<(PathBuf, Vec<u8>)>,
-    busybox: bool,
-    cmd: Vec<String>,
-}
-
-/// busybox applets linked into images with [`ImageSpec::busybox`].
-const APPLETS: &[&str] = &[
-    "sh", "cat", "echo", "env", "ls", "nc", "sleep", "test", "true", "false", "wget", "kill",
-    "printf", "ip", "nslookup", "ps", "rm", "touch", "grep", "hostname",
-];
-
-impl ImageSpec {
-    /// An empty image to be tagged `tag`.
-    pub fn new(tag: &str) -> Self {
-        ImageSpec {
-            tag: tag.to_owned(),
-            ..Default::default()
-        }
-    }
-
-    /// Its tag.
-    pub fn tag(&self) -> &str {
-        &self.tag
-    }
-
-    /// Copies the executable `host` to `dest` (absolute) in the image,
-    /// with every shared library `ldd` lists for it at the same path.
-    pub fn binary(mut self, host: impl Into<PathBuf>, dest: impl Into<PathBuf>) -> Self {
-        self.binaries.push((host.into(), dest.into()));
-        self
-    }
-
-    /// Copies the host file `host` to `dest` in the image.
-    pub fn file(mut self, host: impl Into<PathBuf>, dest: impl Into<PathBuf>) -> Self {
-        self.files.push((host.into(), dest.into()));
-        self
-    }
-
-    /// Writes `content` to `dest` in the image.
-    pub fn content(mut self, dest: impl Into<PathBuf>, content: impl Into<Vec<u8>>) -> Self {
-        self.contents.push((dest.into(), content.into()));
-        self
-    }
-
-    /// Adds Debian's static busybox (`busybox-static`) as `/bin/busybox`
-    /// with `/bin/sh`, `nc`, `wget` and a few more applets: a shell for
-    /// health checks and clients inside containers.
-    pub fn busybox(mut self) -> Self {
-        self.busybox = true;
-        self
-    }
-
-    /// The image's default command.
-    pub fn cmd<I, S>(mut self, argv: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.cmd = argv.into_iter().map(Into::into).collect();
-        self
-    }
-
-    fn populate(&self, root: &Path) -> Result<()> {
-        let put = |dest: &Path| -> Result<PathBuf> {
-            let rel = dest.strip_prefix("/").unwrap_or(dest);
-            let path = root.join(rel);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(Error::io(format!("creating {}", dir.display())))?;
-            }
-            Ok(path)
-        };
-        let copy = |host: &Path, dest: &Path| -> Result<()> {
-            let to = put(dest)?;
-            std::fs::copy(host, &to)
-                .map(|_| ())
-                .map_err(Error::io(format!(
-                    "copying {} into the image",
-                    host.display()
-                )))
-        };
-        for dir in ["tmp", "etc", "proc", "sys", "dev"] {
-            std::fs::create_dir_all(root.join(dir))
-                .map_err(Error::io(format!("creating {}", root.display())))?;
-        }
-        for (host, dest) in &self.binaries {
-            copy(host, dest)?;
-            for lib in shared_libraries(host)? {
-                copy(&lib, &lib)?;
-            }
-        }
-        for (host, dest) in &self.files {
-            copy(host, dest)?;
-        }
-        for (dest, content) in &self.contents {
-            let to = put(dest)?;
-            std::fs::write(&to, content).map_err(Error::io(format!("writing {}", to.display())))?;
-        }
-        if self.busybox {
-            let bb = ["/bin/busybox", "/usr/bin/busybox"]
-                .into_iter()
-                .map(Path::new)
-                .find(|p| p.is_file())
-                .ok_or_else(|| {
-                    Error::Check("busybox not installed (apt-get install busybox-static)".into())
-                })?;
-            copy(bb, Path::new("/bin/busybox"))?;
-            for applet in APPLETS {
-                let link = root.join("bin").join(applet);
-                if !link.exists() {
-                    std::os::unix::fs::symlink("busybox", &link)
-                        .map_err(Error::io(format!("linking {}", link.display())))?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The shared libraries (and the dynamic loader) `ldd` lists for `binary`;
-/// none for a static one.
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let out = ProcessBuilder::new("ldd", None, OsStr::new("ldd"), Path::new("/"))
-        .arg(binary)
-        .run(CLI_TIMEOUT)?;
-    // "not a dynamic executable" exits with 1: a static binary.
-    if !out.success() {
-        return Ok(vec![]);
-    }
-    Ok(out
-        .stdout
-        .lines()
-        .filter_map(|l| {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
-            // "/lib64/ld-linux-x86-64.so.2 (0x…)"
-            let l = l.trim();
-            let path = match l.split_once("=>") {
-                Some((_, rest)) => rest.trim().split(' ').next()?,
-                None => l.split(' ').next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect())
-}
-
-/// What `docker run --detach` gets.
-#[derive(Debug, Clone, Default)]
-pub struct RunSpec {
-    image: String,
-    name: Option<String>,
-    networks: Vec<String>,
-    aliases: Vec<String>,
-    ip: Option<IpAddr>,
-    labels: Vec<(String, String)>,
-    env: Vec<(String, String)>,
-    health_cmd: Option<String>,
-    restart: Option<String>,
-    extra: Vec<String>,
-    args: Vec<String>,
-}
-
-impl RunSpec {
-    /// A container of `image`.
-    pub fn new(image: &str) -> Self {
-        RunSpec {
-            image: image.to_owned(),
-            ..Default::default()
-        }
-    }
-
-    /// `--name`.
-    pub fn name(mut self, name: &str) -> Self {
-        self.name = Some(name.to_owned());
-        self
-    }
-
-    /// `--network` (the first one given; a container joins one network at
-    /// start, others later with `docker network connect`).
-    pub fn network(mut self, network: &str) -> Self {
-        self.networks.push(network.to_owned());
-        self
-    }
-
-    /// `--network-alias`.
-    pub fn alias(mut self, alias: &str) -> Self {
-        self.aliases.push(alias.to_owned());
-        self
-    }
-
-    /// `--ip` on the network.
-    pub fn ip(mut self, ip: IpAddr) -> Self {
-        self.ip = Some(ip);
-        self
-    }
-
-    /// `--label KEY=VALUE`.
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.labels.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// `--env KEY=VALUE`.
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// A health check run by `/bin/sh -c` every second (the image needs a
-    /// shell: [`ImageSpec::busybox`]).
-    pub fn health_cmd(mut self, cmd: &str) -> Self {
-        self.health_cmd = Some(cmd.to_owned());
-        self
-    }
-
-    /// `--restart POLICY` (`always`, `unless-stopped`...).
-    pub fn restart(mut self, policy: &str) -> Self {
-        self.restart = Some(policy.to_owned());
-        self
-    }
-
-    /// Any other `docker run` option, before the image.
-    pub fn option(mut self, arg: &str) -> Self {
-        self.extra.push(arg.to_owned());
-        self
-    }
-
-    /// The command and its arguments (after the image).
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    fn args_vec(&self) -> Vec<String> {
-        let mut v: Vec<String> = vec!["run".into(), "--detach".into()];
-        if let Some(n) = &self.name {
-            v.extend(["--name".into(), n.clone()]);
-        }
-        if let Some(n) = self.networks.first() {
-            v.extend(["--network".into(), n.clone()]);
-        }
-        for a in &self.aliases {
-            v.extend(["--network-alias".into(), a.clone()]);
-        }
-        if let Some(ip) = self.ip {
-            v.extend(["--ip".into(), ip.to_string()]);
-        }
-        for (k, val) in &self.labels {
-            v.extend(["--label".into(), format!("{k}={val}")]);
-        }
-        for (k, val) in &self.env {
-            v.extend(["--env".into(), format!("{k}={val}")]);
-        }
-        if let Some(h) = &self.health_cmd {
-            v.extend([
-                "--health-cmd".into(),
-                h.clone(),
-                "--health-interval".into(),
-                "1s".into(),
-                "--health-retries".into(),
-                "1".into(),
-                "--health-timeout".into(),
-                "2s".into(),
-            ]);
-        }
-        if let Some(r) = &self.restart {
-            v.extend(["--restart".into(), r.clone()]);
-        }
-        v.extend(self.extra.iter().cloned());
-        v.push(self.image.clone());
-        v.extend(self.args.iter().cloned());
-        v
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -879,22 +600,5 @@ mod tests {
     fn mount_paths_are_unescaped() {
         assert_eq!(unescape_mount_path("/tmp/a\\040b"), "/tmp/a b");
         assert_eq!(unescape_mount_path("/tmp/plain"), "/tmp/plain");
-    }
-
-    #[test]
-    fn run_spec_puts_options_before_the_image() {
-        let v = RunSpec::new("img:1")
-            .name("web")
-            .network("apps")
-            .label("netmux.publish", "true")
-            .health_cmd("true")
-            .args(["/nx-echo", "http"])
-            .args_vec();
-        let img = v.iter().position(|a| a == "img:1").unwrap();
-        assert!(
-            v[..img].contains(&"netmux.publish=true".to_owned()),
-            "{v:?}"
-        );
-        assert_eq!(&v[img + 1..], ["/nx-echo", "http"]);
     }
 }

@@ -252,6 +252,29 @@ impl Sandbox {
         })?
     }
 
+    /// Starts `nx-echo MODE --listen ADDR` (`http`, `tcp`...) on `side` and
+    /// waits up to `timeout` until it accepts; the error carries its log.
+    pub fn nx_echo(
+        &self,
+        side: Side,
+        label: &str,
+        mode: &str,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<crate::Process> {
+        let p = self
+            .process(side, label, crate::bin("nx-echo")?)
+            .args([mode, "--listen", &addr.to_string()])
+            .spawn()?;
+        match self.wait_for_tcp(side, addr, timeout) {
+            Ok(()) => Ok(p),
+            Err(e) => Err(Error::Check(format!(
+                "nx-echo {mode} on {addr}: {e}\n{}",
+                p.log()
+            ))),
+        }
+    }
+
     /// Every `*.log` in the sandbox dir with its content (last `max_lines`
     /// lines each).
     pub fn logs(&self, max_lines: usize) -> Vec<(String, String)> {

@@ -89,7 +89,7 @@ impl Backend {
                         let recorded = recorded.clone();
                         tokio::spawn(async move {
                             let end = echo(tcp).await;
-                            recorded.lock().unwrap_or_else(|p| p.into_inner()).push(end);
+                            netmux_common::sync::lock(&recorded).push(end);
                         });
                     }
                 };
@@ -111,7 +111,7 @@ impl Backend {
     }
 
     fn ends(&self) -> Vec<End> {
-        self.ends.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        netmux_common::sync::lock(&self.ends).clone()
     }
 }
 

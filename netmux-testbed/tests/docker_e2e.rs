@@ -18,7 +18,7 @@ use netmux_testbed::netmux::{start_server, Layout, ENDPOINT, LOOPBACK, TOKEN};
 use netmux_testbed::{bin, prereq, wait_until, Output, Process, Sandbox, Side};
 
 mod common;
-use common::{nx_echo, sandbox, T};
+use common::{nx_echo, sandbox, unique, T};
 
 /// Tag of the image every test builds: nx-echo plus busybox.
 const IMAGE: &str = "nx-echo:test";
@@ -75,15 +75,6 @@ struct World<'a> {
     cg: Option<ChildCgroup>,
     docker: Dockerd,
     net: Network,
-}
-
-fn unique(tag: &str) -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    format!(
-        "nx-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
 }
 
 fn write(path: &Path, text: &str) {

@@ -14,7 +14,7 @@ use netmux_testbed::netmux::{Netmux, ServiceSpec, ENDPOINT, TOKEN};
 use netmux_testbed::{bin, prereq, Process, Sandbox, Side};
 
 mod common;
-use common::{ip, nx_echo, on_failure_dump, sandbox, T};
+use common::{ip, nx_echo, on_failure_dump, sandbox, unique, T};
 
 fn http_echo() -> ServiceSpec {
     ServiceSpec::l2c("http-echo", ip("10.96.0.10"), 80, 8080)
@@ -36,15 +36,6 @@ struct World<'a> {
     nm: Netmux<'a>,
     cg: ChildCgroup,
     _backends: Vec<Process>,
-}
-
-fn unique(tag: &str) -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    format!(
-        "nx-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
 }
 
 fn world<'a>(sb: &'a Sandbox, test: &str) -> Option<World<'a>> {

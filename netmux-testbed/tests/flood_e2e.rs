@@ -56,15 +56,9 @@ fn client_config(ca_pem: &str) -> quinn::ClientConfig {
     for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(cert.expect("CA PEM")).expect("root");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![netmux_common::proto::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-    quinn::ClientConfig::new(Arc::new(crypto))
+    // quinn's default transport, as a plain client's.
+    netmux_common::tunnel::quic::client_config(roots, quinn::TransportConfig::default())
+        .expect("client config")
 }
 
 /// Opens the flood (run inside the workstation namespace) and holds it

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use netmux_testbed::{bin, check, cleanup_stale, Error, Process, Sandbox, Side};
+use netmux_testbed::{check, cleanup_stale, Error, Process, Sandbox, Side};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -14,14 +14,8 @@ fn sandbox() -> Sandbox {
 }
 
 fn echo(sb: &Sandbox, side: Side, label: &str, mode: &str, addr: SocketAddr) -> Process {
-    let p = sb
-        .process(side, label, bin("nx-echo").expect("nx-echo is built"))
-        .args([mode, "--listen", &addr.to_string()])
-        .spawn()
-        .expect("starting nx-echo");
-    sb.wait_for_tcp(side, addr, T)
-        .unwrap_or_else(|e| panic!("nx-echo {mode} on {addr}: {e}\n{}", p.log()));
-    p
+    sb.nx_echo(side, label, mode, addr, T)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn netns_exists(name: &str) -> bool {

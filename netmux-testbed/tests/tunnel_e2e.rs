@@ -5,7 +5,6 @@
 //! Every address used is loopback or assigned inside the test's namespaces.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netmux_testbed::netmux::{Netmux, ServiceSpec, ENDPOINT, TOKEN};
@@ -337,17 +336,13 @@ async fn raw_client(ca_pem: String, server: SocketAddr) -> quinn::Connection {
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(c.expect("CA pem")).expect("CA cert");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![netmux_common::proto::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    // quinn's default transport, as a plain client's.
+    let config =
+        netmux_common::tunnel::quic::client_config(roots, quinn::TransportConfig::default())
+            .expect("client config");
     let mut ep =
         quinn::Endpoint::client("0.0.0.0:0".parse().expect("addr")).expect("client endpoint");
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    ep.set_default_client_config(config);
     ep.connect(server, "netmux-server")
         .expect("connect")
         .await

@@ -17,7 +17,7 @@ use netmux_testbed::netmux::{Netmux, ServiceSpec, ENDPOINT};
 use netmux_testbed::{wait_until, Sandbox, Side};
 
 mod common;
-use common::{curl, ip, nx_echo, on_failure_dump, restart_server, sandbox, T};
+use common::{curl, ip, nx_echo, on_failure_dump, restart_server, sandbox, unique, T};
 
 /// `web` (L2C) and `rev` (C2L: cluster 10.96.0.20:8088 to the
 /// workstation's 127.0.0.1:18080).
@@ -233,15 +233,6 @@ fn expose_local_targets_loopback_only_unless_the_config_allows_more() {
             .unwrap();
         assert!(out.success(), "{}{}", out.stdout, out.stderr);
     });
-}
-
-fn unique(tag: &str) -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    format!(
-        "nx-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
 }
 
 #[test]

@@ -7,7 +7,7 @@ use netmux_daemon::config::RedirectMode;
 use super::{Check, Status};
 
 /// The redirect backend that will be used, and why.
-pub fn redirect_backend(
+pub(crate) fn redirect_backend(
     mode: RedirectMode,
     kernel: &Check,
     caps: &Check,
@@ -43,7 +43,7 @@ pub fn redirect_backend(
 
 /// Names: the hosts file, which glibc only reads if `nsswitch.conf`'s
 /// `hosts:` line has `files`.
-pub fn dns_backend(hosts_file: &Path, nsswitch: Option<&str>) -> Check {
+pub(crate) fn dns_backend(hosts_file: &Path, nsswitch: Option<&str>) -> Check {
     const NAME: &str = "dns";
     let system = hosts_file == Path::new("/etc/hosts");
     let line = nsswitch.and_then(|t| {
@@ -73,7 +73,7 @@ pub fn dns_backend(hosts_file: &Path, nsswitch: Option<&str>) -> Check {
 /// Which DNS integration the daemon will use, and whether names reach every
 /// program: split DNS through systemd-resolved or `/etc/resolver` is best;
 /// the hosts-file fallback only covers programs that read it.
-pub fn dns_method(
+pub(crate) fn dns_method(
     dns: &netmux_daemon::config::DnsConfig,
     probe: &netmux_daemon::system::resolver::Probe,
 ) -> Check {

@@ -3,7 +3,7 @@
 use super::Check;
 
 /// The kernel's NTP state (`adjtimex`): `Some(synchronized)`, `maxerror` µs.
-pub fn ntp_state() -> Option<(bool, i64)> {
+pub(crate) fn ntp_state() -> Option<(bool, i64)> {
     // SAFETY: a zeroed timex with modes = 0 only reads the state.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     // SAFETY: tx is a valid, exclusively borrowed timex.
@@ -16,7 +16,7 @@ pub fn ntp_state() -> Option<(bool, i64)> {
 
 /// Clock: synchronized (NTP) with a small error bound. Certificates are
 /// checked against this clock, so skew shows up as "not yet valid".
-pub fn clock(state: Option<(bool, i64)>) -> Check {
+pub(crate) fn clock(state: Option<(bool, i64)>) -> Check {
     const NAME: &str = "clock";
     let fix = "enable time synchronisation: timedatectl set-ntp true (or chrony/ntpd)";
     match state {

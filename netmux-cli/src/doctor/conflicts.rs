@@ -14,7 +14,7 @@ fn in_range(range: &Ipv4Range, a: Ipv4Addr) -> bool {
 
 /// Hosts lines outside netmux's block that claim addresses of its range or
 /// cluster names (`*.svc.DOMAIN`): they shadow or fight the daemon's.
-pub fn hosts_conflicts(text: &str, range: &Ipv4Range, domains: &[String]) -> Check {
+pub(crate) fn hosts_conflicts(text: &str, range: &Ipv4Range, domains: &[String]) -> Check {
     const NAME: &str = "hosts-file";
     let outside = hosts::strip_block(text);
     let mut found = Vec::new();
@@ -49,7 +49,7 @@ pub fn hosts_conflicts(text: &str, range: &Ipv4Range, domains: &[String]) -> Che
 
 /// Routes (from `/proc/net/route`) for addresses of the range that do not
 /// go to `lo`: connections to services would leave the machine.
-pub fn route_conflicts(route_table: &str, range: &Ipv4Range) -> Check {
+pub(crate) fn route_conflicts(route_table: &str, range: &Ipv4Range) -> Check {
     const NAME: &str = "routes";
     let mut found = Vec::new();
     for l in route_table.lines().skip(1) {

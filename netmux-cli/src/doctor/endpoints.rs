@@ -9,7 +9,7 @@ use super::Check;
 
 /// The outcome of a QUIC handshake probe.
 #[derive(Debug, Clone)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// Handshake completed in this time; the server's certificate chain.
     Ok(Duration, Vec<Vec<u8>>),
     /// No answer over UDP.
@@ -24,7 +24,7 @@ pub enum Probe {
 }
 
 /// Reachability of an endpoint's server over UDP (a QUIC handshake).
-pub fn endpoint_reachability(ep: &str, server: &str, probe: &Probe) -> Check {
+pub(crate) fn endpoint_reachability(ep: &str, server: &str, probe: &Probe) -> Check {
     let name = format!("endpoint {ep}");
     match probe {
         Probe::Ok(rtt, _) => Check::pass(
@@ -60,7 +60,7 @@ pub fn endpoint_reachability(ep: &str, server: &str, probe: &Probe) -> Check {
 
 /// Validity and expiry of the PEM certificates in `pem` at `now`; `what`
 /// names them ("CA of dev").
-pub fn certificates(name: &str, what: &str, ders: &[Vec<u8>], now: SystemTime) -> Check {
+pub(crate) fn certificates(name: &str, what: &str, ders: &[Vec<u8>], now: SystemTime) -> Check {
     let now = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -126,7 +126,7 @@ pub fn certificates(name: &str, what: &str, ders: &[Vec<u8>], now: SystemTime) -
 }
 
 /// DER certificates in a PEM text.
-pub fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
+pub(crate) fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
     let mut r = pem.as_bytes();
     rustls_pemfile::certs(&mut r)
         .filter_map(Result::ok)
@@ -138,7 +138,7 @@ pub fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
 /// a QUIC handshake (no hello), bounded by `timeout`. Kubernetes endpoints
 /// use the kubeconfig of the user running the doctor, as `netmux connect`
 /// does. Returns the probe and the CA PEM it trusted.
-pub async fn probe(cfg: &EndpointConfig, timeout: Duration) -> (Probe, Option<String>) {
+pub(crate) async fn probe(cfg: &EndpointConfig, timeout: Duration) -> (Probe, Option<String>) {
     use netmux_daemon::config::Transport;
     let mut ca = cfg.ca_pem.clone();
     // A Kubernetes endpoint: the user's credentials first, as `netmux

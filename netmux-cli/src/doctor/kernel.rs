@@ -7,7 +7,7 @@ use netmux_daemon::config::RedirectMode;
 use super::{Check, Status};
 
 /// Parses `major.minor` from a kernel release (`6.1.0-18-amd64`).
-pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+pub(crate) fn kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(|c: char| !c.is_ascii_digit());
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
@@ -15,7 +15,7 @@ pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
 /// Kernel support for the eBPF redirect: Linux 5.9 (connect 4.17,
 /// getpeername 5.8, sock_release 5.9), the bpf() syscall, cgroup BPF.
 /// `kconfig` is the kernel build config when readable.
-pub fn kernel_bpf(release: &str, bpf_syscall: bool, kconfig: Option<&str>) -> Check {
+pub(crate) fn kernel_bpf(release: &str, bpf_syscall: bool, kconfig: Option<&str>) -> Check {
     const NAME: &str = "kernel-bpf";
     let fix_kernel = "use Linux 5.9 or newer built with CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF, \
                       or set `redirect = \"loopback\"` in the config";
@@ -57,23 +57,23 @@ pub fn kernel_bpf(release: &str, bpf_syscall: bool, kconfig: Option<&str>) -> Ch
 }
 
 /// Capability numbers (linux/capability.h).
-pub mod cap {
+pub(crate) mod cap {
     /// CAP_DAC_OVERRIDE.
-    pub const DAC_OVERRIDE: u32 = 1;
+    pub(crate) const DAC_OVERRIDE: u32 = 1;
     /// CAP_NET_BIND_SERVICE.
-    pub const NET_BIND_SERVICE: u32 = 10;
+    pub(crate) const NET_BIND_SERVICE: u32 = 10;
     /// CAP_NET_ADMIN.
-    pub const NET_ADMIN: u32 = 12;
+    pub(crate) const NET_ADMIN: u32 = 12;
     /// CAP_SYS_ADMIN.
-    pub const SYS_ADMIN: u32 = 21;
+    pub(crate) const SYS_ADMIN: u32 = 21;
     /// CAP_PERFMON.
-    pub const PERFMON: u32 = 38;
+    pub(crate) const PERFMON: u32 = 38;
     /// CAP_BPF.
-    pub const BPF: u32 = 39;
+    pub(crate) const BPF: u32 = 39;
 }
 
 /// `CapEff` from a `/proc/PID/status` text.
-pub fn cap_eff(status: &str) -> Option<u64> {
+pub(crate) fn cap_eff(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -82,7 +82,11 @@ pub fn cap_eff(status: &str) -> Option<u64> {
 
 /// What the daemon may do: from the running process (`CapEff`), else from
 /// the installed unit's `AmbientCapabilities`.
-pub fn capabilities(mode: RedirectMode, running: Option<(u32, u64)>, unit: Option<&str>) -> Check {
+pub(crate) fn capabilities(
+    mode: RedirectMode,
+    running: Option<(u32, u64)>,
+    unit: Option<&str>,
+) -> Check {
     const NAME: &str = "capabilities";
     let fix = "install the unit with `netmux install` (it grants AmbientCapabilities=CAP_BPF \
                CAP_NET_ADMIN ...), or run netmuxd as root";
@@ -171,7 +175,7 @@ pub fn capabilities(mode: RedirectMode, running: Option<(u32, u64)>, unit: Optio
 }
 
 /// cgroup v2: a `cgroup2` mount in `mountinfo` containing `cgroup`.
-pub fn cgroup_v2(mountinfo: &str, cgroup: &Path) -> Check {
+pub(crate) fn cgroup_v2(mountinfo: &str, cgroup: &Path) -> Check {
     const NAME: &str = "cgroup-v2";
     let mounts: Vec<PathBuf> = mountinfo
         .lines()

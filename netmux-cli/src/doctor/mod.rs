@@ -20,7 +20,7 @@ use netmux_daemon::config::Config;
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     /// Fine.
     Pass,
     /// Works, but worth knowing (or could not be checked).
@@ -31,16 +31,16 @@ pub enum Status {
 
 /// One check's result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Check {
+pub(crate) struct Check {
     /// Short name (`kernel-bpf`, `endpoint dev`, ...).
-    pub name: String,
+    pub(crate) name: String,
     /// Outcome.
-    pub status: Status,
+    pub(crate) status: Status,
     /// What was found.
-    pub detail: String,
+    pub(crate) detail: String,
     /// What to do about it (for warn and fail).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
+    pub(crate) fix: Option<String>,
 }
 
 impl Check {
@@ -81,13 +81,13 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
-pub use backends::*;
-pub use clock::*;
-pub use conflicts::*;
-pub use endpoints::*;
-pub use kernel::*;
-pub use render::*;
-pub use socket::*;
+pub(crate) use backends::*;
+pub(crate) use clock::*;
+pub(crate) use conflicts::*;
+pub(crate) use endpoints::*;
+pub(crate) use kernel::*;
+pub(crate) use render::*;
+pub(crate) use socket::*;
 
 /// The running `netmuxd` and its effective capabilities: the one serving
 /// `socket` (its pid from `SO_PEERCRED`), so that another netmuxd on the
@@ -135,17 +135,17 @@ fn kernel_config(release: &str) -> Option<String> {
 
 /// Options for [`run`].
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Bound on each endpoint's handshake.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// The systemd unit to read when netmuxd is not running.
-    pub unit: PathBuf,
+    pub(crate) unit: PathBuf,
 }
 
 /// Runs every check against the live system. `config` is the loaded
 /// configuration (or why it failed to load); `status` the daemon's, if it
 /// answered.
-pub async fn run(
+pub(crate) async fn run(
     config: Result<&Config, String>,
     config_path: &Path,
     status: Option<&StatusView>,

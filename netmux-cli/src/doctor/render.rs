@@ -4,12 +4,12 @@ use super::{Check, Status};
 
 /// The exit status of `netmux doctor`: 1 when any check failed, 0 when
 /// every check passed or only warned.
-pub fn exit_status(checks: &[Check]) -> u8 {
+pub(crate) fn exit_status(checks: &[Check]) -> u8 {
     u8::from(checks.iter().any(|c| c.status == Status::Fail))
 }
 
 /// Renders the report; one block per check.
-pub fn render(checks: &[Check]) -> String {
+pub(crate) fn render(checks: &[Check]) -> String {
     let mut s = String::new();
     for c in checks {
         let tag = match c.status {

@@ -6,25 +6,25 @@ use super::Check;
 
 /// What is known about the control socket and the user running doctor.
 #[derive(Debug, Clone)]
-pub struct SocketFacts {
+pub(crate) struct SocketFacts {
     /// Socket path.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// `(is a socket, mode bits, gid)` if it exists.
-    pub meta: Option<(bool, u32, u32)>,
+    pub(crate) meta: Option<(bool, u32, u32)>,
     /// gid of the configured `socket_group`, if it exists.
-    pub group_gid: Option<u32>,
+    pub(crate) group_gid: Option<u32>,
     /// The configured `socket_group`.
-    pub group: Option<String>,
+    pub(crate) group: Option<String>,
     /// Running user.
-    pub uid: u32,
+    pub(crate) uid: u32,
     /// Running user's groups (primary and supplementary).
-    pub gids: Vec<u32>,
+    pub(crate) gids: Vec<u32>,
     /// Whether connect() succeeded.
-    pub connectable: bool,
+    pub(crate) connectable: bool,
 }
 
 /// Control socket: exists, mode 0660, the configured group, usable by us.
-pub fn control_socket(f: &SocketFacts) -> Check {
+pub(crate) fn control_socket(f: &SocketFacts) -> Check {
     const NAME: &str = "control-socket";
     let p = f.path.display();
     if let Some(g) = &f.group {

@@ -8,7 +8,10 @@
 //! succeeded: [`server_transport_config`]), keepalive so a dead peer is noticed
 //! within seconds.
 
+mod client;
 pub mod congestion;
+
+pub use client::client_config;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

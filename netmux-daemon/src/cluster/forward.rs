@@ -19,7 +19,7 @@ use super::{port_ref, KubeAccess, KubeError, KubeSettings, PortRef};
 
 /// Name of the ConfigMap holding the server's CA certificate (`ca.pem`),
 /// read when the endpoint has no `ca_file`.
-pub const CA_CONFIGMAP: &str = "netmux-ca";
+pub(crate) const CA_CONFIGMAP: &str = "netmux-ca";
 
 /// A kube client for one Kubernetes endpoint, as the user.
 pub struct KubeLink {
@@ -27,9 +27,9 @@ pub struct KubeLink {
     settings: KubeSettings,
     bearer: Option<String>,
     /// `context (user)` of the credentials.
-    pub describe: String,
+    pub(crate) describe: String,
     /// The API server's URL (never a redirect target).
-    pub api_server: String,
+    pub(crate) api_server: String,
     next: AtomicUsize,
 }
 
@@ -45,16 +45,16 @@ impl std::fmt::Debug for KubeLink {
 /// An open port-forward to a server pod.
 pub struct Forward {
     /// The byte stream to the pod's port.
-    pub stream: tokio::io::DuplexStream,
+    pub(crate) stream: tokio::io::DuplexStream,
     /// `namespace/pod`.
     pub pod: String,
     /// The pod's address and port (names the far end).
-    pub peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
 }
 
 /// Refuses anything in a daemon-bound kubeconfig that would make the daemon
 /// read a file or run a command: only inline credentials are accepted.
-pub fn check_inline(kc: &Kubeconfig) -> Result<(), KubeError> {
+pub(crate) fn check_inline(kc: &Kubeconfig) -> Result<(), KubeError> {
     let refuse = |what: &str| {
         Err(KubeError::Refused(format!(
             "the credentials handed to netmuxd carry {what}; netmuxd only takes inline credentials (update the netmux CLI)"
@@ -149,12 +149,12 @@ impl KubeLink {
     /// The token presented in the hello (RBAC on the server): the one
     /// given with `--token-file`, else the kubeconfig's bearer token;
     /// `None` for client-certificate users without one.
-    pub fn bearer(&self) -> Option<&str> {
+    pub(crate) fn bearer(&self) -> Option<&str> {
         self.bearer.as_deref()
     }
 
     /// The settings it was made for.
-    pub fn settings(&self) -> &KubeSettings {
+    pub(crate) fn settings(&self) -> &KubeSettings {
         &self.settings
     }
 

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use netmux_common::proto::catalog::{Protocol, Service};
+use netmux_common::sync::lock;
 
 use super::{Connected, Daemon, Running, ServiceRef};
 use crate::endpoint::EndpointStatus;
@@ -71,10 +72,7 @@ impl Daemon {
         svc: Service,
     ) -> Result<Running, String> {
         let addr = {
-            let mut a = match self.alloc.lock() {
-                Ok(a) => a,
-                Err(p) => p.into_inner(),
-            };
+            let mut a = lock(&self.alloc);
             a.allocate().ok_or_else(|| {
                 format!(
                     "address range {}/{} is exhausted: widen `address_range`",

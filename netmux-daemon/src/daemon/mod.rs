@@ -100,12 +100,13 @@ pub struct Daemon {
     /// Notified when the daemon should exit.
     pub exit: Notify,
     /// DNS status line and hosts-block switch, set by [`crate::dns::start`].
-    pub name_service: crate::dns::NameService,
+    pub(crate) name_service: crate::dns::NameService,
 }
 
 impl Daemon {
     /// A daemon with nothing connected, using the loopback backend.
-    pub fn new(config: Config, metrics: Metrics) -> Arc<Self> {
+    #[cfg(test)]
+    pub(crate) fn new(config: Config, metrics: Metrics) -> Arc<Self> {
         Self::with_backend(
             config,
             metrics,
@@ -143,12 +144,12 @@ impl Daemon {
     }
 
     /// Names of running services, updated whenever they change.
-    pub fn names(&self) -> tokio::sync::watch::Receiver<Arc<Vec<NameRecord>>> {
+    pub(crate) fn names(&self) -> tokio::sync::watch::Receiver<Arc<Vec<NameRecord>>> {
         self.names.subscribe()
     }
 
     /// Handles one control request.
-    pub async fn handle(self: &Arc<Self>, req: api::Request) -> Result<Reply, String> {
+    pub(crate) async fn handle(self: &Arc<Self>, req: api::Request) -> Result<Reply, String> {
         use api::Request::*;
         match req {
             List { filter } => Ok(Reply::List {
@@ -337,7 +338,7 @@ impl Daemon {
     }
 
     /// Disconnects an endpoint and stops its services.
-    pub async fn disconnect(self: &Arc<Self>, name: &str) -> Result<Reply, String> {
+    pub(crate) async fn disconnect(self: &Arc<Self>, name: &str) -> Result<Reply, String> {
         if self.config.endpoint(name).is_none() {
             return Err(self.unknown_endpoint(name));
         }
@@ -382,7 +383,7 @@ impl Daemon {
     /// starts L2C services only: a C2L entry makes the cluster's traffic
     /// come to this machine, so it is claimed only when named, or with
     /// `c2l` (`netmux start --c2l`).
-    pub async fn start(
+    pub(crate) async fn start(
         self: &Arc<Self>,
         ep: &str,
         pattern: &str,
@@ -448,7 +449,7 @@ impl Daemon {
     }
 
     /// Stops services matching `pattern` on `ep`.
-    pub async fn stop(self: &Arc<Self>, ep: &str, pattern: &str) -> Result<Reply, String> {
+    pub(crate) async fn stop(self: &Arc<Self>, ep: &str, pattern: &str) -> Result<Reply, String> {
         let mut state = self.state.lock().await;
         let found = self.matching(&state, ep, pattern)?;
         let keys: Vec<String> = found.iter().map(Service::key).collect();
@@ -465,7 +466,7 @@ impl Daemon {
     }
 
     /// Publishes `local` to the cluster as C2L service `name` on `remote_port`.
-    pub async fn expose(
+    pub(crate) async fn expose(
         self: &Arc<Self>,
         ep: &str,
         name: &str,
@@ -510,7 +511,7 @@ impl Daemon {
     }
 
     /// Withdraws an `expose`.
-    pub async fn unexpose(self: &Arc<Self>, ep: &str, name: &str) -> Result<Reply, String> {
+    pub(crate) async fn unexpose(self: &Arc<Self>, ep: &str, name: &str) -> Result<Reply, String> {
         let state = self.state.lock().await;
         let c = self.connected(&state, ep)?;
         if c.endpoint.release(name) {

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use netmux_common::proto::catalog::{Protocol, Service};
+use netmux_common::sync::lock;
 
 use super::{Daemon, Running, ServiceRef, State};
 use crate::dns::NameRecord;
@@ -12,7 +13,7 @@ use crate::system::hosts::HostsEntry;
 
 impl Daemon {
     /// Re-derives what runs from intent and catalogs.
-    pub async fn reconcile(self: &Arc<Self>) {
+    pub(crate) async fn reconcile(self: &Arc<Self>) {
         let mut state = self.state.lock().await;
         self.reconcile_locked(&mut state).await;
     }
@@ -147,10 +148,7 @@ impl Daemon {
         addr: Ipv4Addr,
     ) -> Result<Option<String>, String> {
         let listener = SocketAddr::new(IpAddr::V4(addr), service.port());
-        let mut owners = match self.owners.lock() {
-            Ok(o) => o,
-            Err(p) => p.into_inner(),
-        };
+        let mut owners = lock(&self.owners);
         if let Err(holder) = owners.claim((service, udp), ep, listener) {
             return Ok(Some(holder));
         }
@@ -169,20 +167,14 @@ impl Daemon {
     /// Removes `ep`'s redirect of `service`, and only if `ep` holds it.
     pub(crate) fn drop_redirect(&self, ep: &str, service: SocketAddr, udp: bool, addr: Ipv4Addr) {
         let listener = SocketAddr::new(IpAddr::V4(addr), service.port());
-        let mut owners = match self.owners.lock() {
-            Ok(o) => o,
-            Err(p) => p.into_inner(),
-        };
+        let mut owners = lock(&self.owners);
         if owners.release((service, udp), ep, listener) {
             self.backend.remove(service, udp);
         }
     }
 
     pub(crate) fn release(&self, addr: Ipv4Addr) {
-        match self.alloc.lock() {
-            Ok(mut a) => a.release(addr),
-            Err(p) => p.into_inner().release(addr),
-        }
+        lock(&self.alloc).release(addr);
     }
 }
 

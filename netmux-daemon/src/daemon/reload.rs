@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use netmux_common::sync::{read, write};
+
 use super::Daemon;
 use crate::api::Reply;
 use crate::config::Config;
@@ -22,18 +24,12 @@ impl LiveConfig {
     }
 
     fn get(&self) -> &'static Config {
-        match self.0.read() {
-            Ok(c) => *c,
-            Err(p) => *p.into_inner(),
-        }
+        *read(&self.0)
     }
 
     fn set(&self, config: Config) {
         let leaked: &'static Config = Box::leak(Box::new(config));
-        match self.0.write() {
-            Ok(mut c) => *c = leaked,
-            Err(p) => *p.into_inner() = leaked,
-        }
+        *write(&self.0) = leaked;
     }
 }
 
@@ -94,7 +90,7 @@ impl Daemon {
     /// running services; changed ones are reconnected (their started
     /// services restart once the new catalog arrives); removed ones are
     /// disconnected; new `autostart` ones are connected.
-    pub async fn reload(self: &Arc<Self>, new: Config) -> Result<Reply, String> {
+    pub(crate) async fn reload(self: &Arc<Self>, new: Config) -> Result<Reply, String> {
         let old = self.config.get();
         let restart = restart_only_changes(old, &new);
         let mut kept = Vec::new();
@@ -133,6 +129,12 @@ impl Daemon {
             self.reconcile_locked(&mut state).await;
         }
         let new = self.config.get();
+        // Gone from the configuration, connected or not: its series too.
+        for e in &old.endpoints {
+            if new.endpoint(&e.name).is_none() {
+                self.metrics.forget_endpoint(&e.name);
+            }
+        }
         let added: Vec<String> = new
             .endpoints
             .iter()
@@ -187,6 +189,33 @@ impl Daemon {
 #[cfg(test)]
 mod reload_tests {
     use super::*;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn a_removed_endpoints_metric_series_are_deleted() {
+        const PEM: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let dir = tempfile::tempdir().unwrap();
+        let config = |names: &[&str]| {
+            let mut text = format!(
+                "hosts_file = \"{}/hosts\"\nredirect = \"loopback\"\n",
+                dir.path().display()
+            );
+            for n in names {
+                text.push_str(&format!(
+                    "[[endpoint]]\nname = \"{n}\"\nserver = \"127.0.0.1:9\"\nca_pem = \"\"\"{PEM}\"\"\"\n"
+                ));
+            }
+            Config::parse(&dir.path().join("c.toml"), &text).expect("config")
+        };
+        let metrics = Metrics::new();
+        let d = Daemon::new(config(&["gone", "kept"]), metrics.clone());
+        crate::metrics::tests::touch_every_series(&metrics, "gone");
+        crate::metrics::tests::touch_every_series(&metrics, "kept");
+        d.reload(config(&["kept"])).await.expect("reload");
+        let text = metrics.render();
+        assert!(!text.contains("endpoint=\"gone\""), "{text}");
+        assert!(text.contains("endpoint=\"kept\""), "{text}");
+    }
 
     #[test]
     fn settings_that_need_a_restart_are_named() {

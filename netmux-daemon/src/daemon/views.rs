@@ -38,7 +38,7 @@ fn describe(svc: &Service, local: Option<Ipv4Addr>) -> String {
 impl Daemon {
     /// `ls` rows: every configured endpoint, then the services of connected
     /// ones.
-    pub async fn list(&self, filter: Option<&str>) -> Vec<Row> {
+    pub(crate) async fn list(&self, filter: Option<&str>) -> Vec<Row> {
         let state = self.state.lock().await;
         let mut rows = Vec::new();
         for cfg in &self.config.endpoints {
@@ -133,7 +133,7 @@ impl Daemon {
     }
 
     /// `status`.
-    pub async fn status(&self) -> StatusView {
+    pub(crate) async fn status(&self) -> StatusView {
         let state = self.state.lock().await;
         StatusView {
             version: env!("CARGO_PKG_VERSION").into(),

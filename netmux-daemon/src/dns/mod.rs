@@ -7,8 +7,8 @@
 //! the system's resolver is pointed at it lives in
 //! [`crate::system::resolver`]. See `docs/dns.md`.
 
-pub mod server;
-pub mod zone;
+pub(crate) mod server;
+pub(crate) mod zone;
 
 pub use server::{DnsServer, EndpointSource, Handler};
 pub use zone::{answer, Answer, DnsEndpoint, Zone, ZoneFollower};
@@ -18,7 +18,7 @@ use netmux_common::sync::lock;
 use crate::config::Config;
 
 /// The DNS view of every configured endpoint.
-pub fn endpoints(config: &Config) -> Vec<DnsEndpoint> {
+pub(crate) fn endpoints(config: &Config) -> Vec<DnsEndpoint> {
     config
         .endpoints
         .iter()
@@ -89,29 +89,23 @@ impl Default for NameService {
 
 impl NameService {
     /// The `dns` line of `netmux status`.
-    pub fn status(&self) -> String {
-        match self.status.lock() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+    pub(crate) fn status(&self) -> String {
+        lock(&self.status).clone()
     }
 
     /// Replaces the status line.
-    pub fn set_status(&self, s: String) {
-        match self.status.lock() {
-            Ok(mut g) => *g = s,
-            Err(p) => *p.into_inner() = s,
-        }
+    pub(crate) fn set_status(&self, s: String) {
+        *lock(&self.status) = s;
     }
 
     /// Whether the daemon writes its hosts-file block.
-    pub fn hosts_block(&self) -> bool {
+    pub(crate) fn hosts_block(&self) -> bool {
         self.hosts_block.load(Ordering::Relaxed)
     }
 
     /// Turns the hosts-file block on or off (takes effect on the next
     /// reconcile).
-    pub fn set_hosts_block(&self, on: bool) {
+    pub(crate) fn set_hosts_block(&self, on: bool) {
         self.hosts_block.store(on, Ordering::Relaxed);
     }
 }
@@ -252,11 +246,6 @@ async fn follow<D: NameSource>(
 }
 
 impl DnsRuntime {
-    /// The server's address.
-    pub fn local_addr(&self) -> std::net::SocketAddr {
-        self.server.local_addr()
-    }
-
     /// Stops following, puts the system back as it was, stops the server.
     pub async fn stop(self) {
         self.follow.abort();

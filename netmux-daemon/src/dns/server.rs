@@ -11,6 +11,7 @@ use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCo
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use netmux_common::sync::lock;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
@@ -50,7 +51,7 @@ impl Handler {
     /// A handler following `names` and the endpoints `endpoints` returns,
     /// asked at every query (so a `netmux reload` that adds an endpoint or
     /// changes a cluster domain is answered for at once).
-    pub fn following(
+    pub(crate) fn following(
         names: watch::Receiver<Arc<Vec<NameRecord>>>,
         endpoints: EndpointSource,
     ) -> Self {
@@ -64,10 +65,7 @@ impl Handler {
     fn zone(&self) -> Arc<super::zone::Zone> {
         let records = self.names.borrow().clone();
         let endpoints = self.endpoints.as_ref().map(|e| e());
-        let mut f = match self.follower.lock() {
-            Ok(f) => f,
-            Err(p) => p.into_inner(),
-        };
+        let mut f = lock(&self.follower);
         if let Some(e) = endpoints {
             f.set_endpoints(e);
         }
@@ -144,7 +142,11 @@ pub struct DnsServer {
 impl DnsServer {
     /// Serves `handler` on a bound UDP socket and TCP listener (the same
     /// address, by convention).
-    pub fn serve(udp: UdpSocket, tcp: TcpListener, handler: Handler) -> std::io::Result<Self> {
+    pub(crate) fn serve(
+        udp: UdpSocket,
+        tcp: TcpListener,
+        handler: Handler,
+    ) -> std::io::Result<Self> {
         let local = udp.local_addr()?;
         let mut server = hickory_server::Server::new(handler);
         server.register_socket(udp);
@@ -173,7 +175,7 @@ impl DnsServer {
     }
 
     /// Stops serving and waits for the tasks to end.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         if let Err(e) = self.server.shutdown_gracefully().await {
             tracing::debug!(error = %e, "dns server shutdown");
         }

@@ -31,9 +31,9 @@ use crate::dns::NameRecord;
 
 /// TTL of positive answers, in seconds: short, because services come and go
 /// with `netmux start/stop` and resolvers in front of us cache.
-pub const TTL: u32 = 5;
+pub(crate) const TTL: u32 = 5;
 /// TTL of negative answers (the SOA's minimum), in seconds.
-pub const NEGATIVE_TTL: u32 = 5;
+pub(crate) const NEGATIVE_TTL: u32 = 5;
 
 /// What the server needs to know about a configured endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub struct DnsEndpoint {
 impl DnsEndpoint {
     /// The search list a pod in the default namespace would have:
     /// `NS.svc.D svc.D D`.
-    pub fn search(&self) -> [String; 3] {
+    pub(crate) fn search(&self) -> [String; 3] {
         [
             format!("{}.svc.{}", self.default_namespace, self.domain),
             format!("svc.{}", self.domain),
@@ -92,15 +92,15 @@ pub struct Zone {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     /// RCODE.
-    pub code: ResponseCode,
+    pub(crate) code: ResponseCode,
     /// AA bit: set for everything inside our domains.
-    pub authoritative: bool,
+    pub(crate) authoritative: bool,
     /// Answer section.
-    pub answers: Vec<Record>,
+    pub(crate) answers: Vec<Record>,
     /// Authority section (the SOA of negative answers).
-    pub authority: Vec<Record>,
+    pub(crate) authority: Vec<Record>,
     /// Additional section (addresses of SRV targets).
-    pub additionals: Vec<Record>,
+    pub(crate) additionals: Vec<Record>,
 }
 
 impl Answer {
@@ -140,7 +140,7 @@ impl Zone {
     /// first (smaller [`NameRecord::connected`]) wins it; the other keeps its
     /// endpoint-qualified form. Ties (records built by hand) go by endpoint
     /// name. `serial` goes into the SOA.
-    pub fn build(endpoints: &[DnsEndpoint], records: &[NameRecord], serial: u32) -> Zone {
+    pub(crate) fn build(endpoints: &[DnsEndpoint], records: &[NameRecord], serial: u32) -> Zone {
         let mut zone = Zone {
             apexes: Vec::new(),
             nodes: HashMap::new(),
@@ -242,22 +242,19 @@ impl Zone {
         self.apexes.iter().find(|a| a.name.zone_of(name))
     }
 
+    /// Whether the zone has no records.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.nodes.values().all(|n| n.owner.is_none())
+    }
+
     /// The domains this zone is authoritative for.
-    pub fn domains(&self) -> Vec<String> {
+    #[cfg(test)]
+    pub(crate) fn domains(&self) -> Vec<String> {
         self.apexes
             .iter()
             .map(|a| a.name.to_string().trim_end_matches('.').to_owned())
             .collect()
-    }
-
-    /// Number of owner names with records (for logs and tests).
-    pub fn len(&self) -> usize {
-        self.nodes.values().filter(|n| n.owner.is_some()).count()
-    }
-
-    /// Whether the zone has no records.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -280,7 +277,7 @@ pub struct ZoneFollower {
 
 impl ZoneFollower {
     /// A follower for the configured `endpoints`, with no records yet.
-    pub fn new(endpoints: Vec<DnsEndpoint>) -> Self {
+    pub(crate) fn new(endpoints: Vec<DnsEndpoint>) -> Self {
         let zone = std::sync::Arc::new(Zone::build(&endpoints, &[], 1));
         ZoneFollower {
             endpoints,
@@ -293,7 +290,7 @@ impl ZoneFollower {
 
     /// Replaces the configured endpoints (after a configuration reload);
     /// the next [`Self::update`] rebuilds the zone if they changed.
-    pub fn set_endpoints(&mut self, endpoints: Vec<DnsEndpoint>) {
+    pub(crate) fn set_endpoints(&mut self, endpoints: Vec<DnsEndpoint>) {
         if endpoints != self.endpoints {
             self.endpoints = endpoints;
             self.seen = None;
@@ -302,7 +299,10 @@ impl ZoneFollower {
 
     /// The zone for `records` (rebuilt only if they or the endpoints changed
     /// since the last call).
-    pub fn update(&mut self, records: &std::sync::Arc<Vec<NameRecord>>) -> std::sync::Arc<Zone> {
+    pub(crate) fn update(
+        &mut self,
+        records: &std::sync::Arc<Vec<NameRecord>>,
+    ) -> std::sync::Arc<Zone> {
         if self
             .seen
             .as_ref()
@@ -326,7 +326,7 @@ impl ZoneFollower {
     }
 
     /// Endpoints with records, in connection order.
-    pub fn active(&self) -> Vec<&DnsEndpoint> {
+    pub(crate) fn active(&self) -> Vec<&DnsEndpoint> {
         self.order
             .iter()
             .filter_map(|o| self.endpoints.iter().find(|e| &e.name == o))
@@ -334,7 +334,7 @@ impl ZoneFollower {
     }
 
     /// Cluster domains of the active endpoints, without duplicates.
-    pub fn active_domains(&self) -> Vec<String> {
+    pub(crate) fn active_domains(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for e in self.active() {
             if !out.contains(&e.domain) {
@@ -346,7 +346,7 @@ impl ZoneFollower {
 
     /// Search list of the active endpoints (a pod's, per default
     /// namespace), without duplicates.
-    pub fn search(&self) -> Vec<String> {
+    pub(crate) fn search(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for e in self.active() {
             for s in e.search() {
@@ -443,369 +443,4 @@ pub fn answer(query: &Query, zone: &Zone) -> Answer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use netmux_common::proto::catalog::{Direction, Service, ServicePort};
-
-    fn ep(name: &str) -> DnsEndpoint {
-        DnsEndpoint {
-            name: name.into(),
-            domain: "cluster.local".into(),
-            default_namespace: "demo".into(),
-        }
-    }
-
-    fn service(name: &str, aliases: &[&str]) -> Service {
-        Service {
-            id: netmux_common::proto::catalog::ServiceId(1),
-            name: name.into(),
-            namespace: "demo".into(),
-            aliases: aliases.iter().map(|s| s.to_string()).collect(),
-            addresses: vec![],
-            ports: vec![
-                ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    target_port: 8080,
-                    protocol: Protocol::Tcp,
-                },
-                ServicePort {
-                    name: None,
-                    port: 81,
-                    target_port: 81,
-                    protocol: Protocol::Tcp,
-                },
-                ServicePort {
-                    name: Some("dns".into()),
-                    port: 53,
-                    target_port: 53,
-                    protocol: Protocol::Udp,
-                },
-            ],
-            direction: Direction::L2C,
-        }
-    }
-
-    /// A record of `endpoint`, which connected first if it is `demo`.
-    fn record(endpoint: &str, svc: Service, addrs: &[&str]) -> NameRecord {
-        let connected = if endpoint == "demo" { 1 } else { 2 };
-        connected_as(connected, endpoint, svc, addrs)
-    }
-
-    fn connected_as(connected: u64, endpoint: &str, svc: Service, addrs: &[&str]) -> NameRecord {
-        NameRecord {
-            endpoint: endpoint.into(),
-            domain: "cluster.local".into(),
-            connected,
-            service: svc,
-            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-        }
-    }
-
-    fn q(name: &str, t: RecordType) -> Query {
-        Query::query(Name::from_ascii(name).unwrap(), t)
-    }
-
-    fn ips(a: &Answer) -> Vec<String> {
-        a.answers
-            .iter()
-            .map(|r| match &r.data {
-                RData::A(a) => a.0.to_string(),
-                RData::AAAA(a) => a.0.to_string(),
-                other => format!("{other}"),
-            })
-            .collect()
-    }
-
-    fn zone() -> Zone {
-        Zone::build(
-            &[ep("demo"), ep("staging")],
-            &[
-                record(
-                    "demo",
-                    service(
-                        "web",
-                        &["web-0.web.demo.svc.cluster.local", "pg.example.internal"],
-                    ),
-                    &["127.77.0.1", "fd00::1"],
-                ),
-                record("staging", service("web", &[]), &["127.77.0.2"]),
-                record("staging", service("db", &[]), &["127.77.0.3"]),
-            ],
-            7,
-        )
-    }
-
-    #[test]
-    fn a_and_aaaa_for_the_full_name() {
-        let z = zone();
-        let a = answer(&q("web.demo.svc.cluster.local.", RecordType::A), &z);
-        assert_eq!(a.code, ResponseCode::NoError);
-        assert!(a.authoritative);
-        assert_eq!(ips(&a), ["127.77.0.1"]);
-        assert_eq!(a.answers[0].ttl, TTL);
-        let a = answer(&q("web.demo.svc.cluster.local.", RecordType::AAAA), &z);
-        assert_eq!(ips(&a), ["fd00::1"]);
-    }
-
-    #[test]
-    fn owner_name_keeps_the_askers_case() {
-        let a = answer(&q("WeB.Demo.SVC.cluster.LOCAL.", RecordType::A), &zone());
-        assert_eq!(ips(&a), ["127.77.0.1"]);
-        assert_eq!(a.answers[0].name.to_string(), "WeB.Demo.SVC.cluster.LOCAL.");
-    }
-
-    #[test]
-    fn first_endpoint_wins_the_plain_form_others_keep_the_qualified_one() {
-        let z = zone();
-        let a = answer(&q("web.demo.svc.staging.cluster.local.", RecordType::A), &z);
-        assert_eq!(ips(&a), ["127.77.0.2"]);
-        let a = answer(&q("web.demo.svc.demo.cluster.local.", RecordType::A), &z);
-        assert_eq!(ips(&a), ["127.77.0.1"]);
-        // db exists only on staging: the plain form is free for it.
-        let a = answer(&q("db.demo.svc.cluster.local.", RecordType::A), &z);
-        assert_eq!(ips(&a), ["127.77.0.3"]);
-        // Connection order decides, not names nor the order of records.
-        let z = Zone::build(
-            &[ep("demo"), ep("staging")],
-            &[
-                connected_as(2, "demo", service("web", &[]), &["127.77.0.1"]),
-                connected_as(1, "staging", service("web", &[]), &["127.77.0.2"]),
-            ],
-            1,
-        );
-        let a = answer(&q("web.demo.svc.cluster.local.", RecordType::A), &z);
-        assert_eq!(ips(&a), ["127.77.0.2"]);
-        let a = answer(&q("web.demo.svc.demo.cluster.local.", RecordType::A), &z);
-        assert_eq!(ips(&a), ["127.77.0.1"], "the later one keeps its own form");
-    }
-
-    #[test]
-    fn per_pod_aliases_inside_the_domain_only() {
-        let z = zone();
-        let a = answer(&q("web-0.web.demo.svc.cluster.local.", RecordType::A), &z);
-        assert_eq!(ips(&a), ["127.77.0.1"]);
-        let a = answer(
-            &q("web-0.web.demo.svc.demo.cluster.local.", RecordType::A),
-            &z,
-        );
-        assert_eq!(ips(&a), ["127.77.0.1"]);
-        let a = answer(&q("pg.example.internal.", RecordType::A), &z);
-        assert_eq!(a.code, ResponseCode::Refused);
-    }
-
-    #[test]
-    fn srv_for_named_tcp_ports_with_target_addresses() {
-        let z = zone();
-        let a = answer(
-            &q("_http._tcp.web.demo.svc.cluster.local.", RecordType::SRV),
-            &z,
-        );
-        assert_eq!(a.code, ResponseCode::NoError);
-        assert_eq!(a.answers.len(), 1);
-        let RData::SRV(srv) = &a.answers[0].data else {
-            panic!("not SRV: {:?}", a.answers[0]);
-        };
-        assert_eq!(srv.port, 80);
-        assert_eq!(srv.target.to_string(), "web.demo.svc.cluster.local.");
-        assert_eq!(a.additionals.len(), 2, "{:?}", a.additionals);
-        // The qualified SRV points at the qualified target.
-        let a = answer(
-            &q(
-                "_http._tcp.web.demo.svc.staging.cluster.local.",
-                RecordType::SRV,
-            ),
-            &z,
-        );
-        let RData::SRV(srv) = &a.answers[0].data else {
-            panic!("not SRV");
-        };
-        assert_eq!(
-            srv.target.to_string(),
-            "web.demo.svc.staging.cluster.local."
-        );
-        // UDP ports are not tunnelled, so not published.
-        let a = answer(
-            &q("_dns._udp.web.demo.svc.cluster.local.", RecordType::SRV),
-            &z,
-        );
-        assert_eq!(a.code, ResponseCode::NXDomain);
-    }
-
-    #[test]
-    fn negative_answers_inside_the_domain_carry_the_soa() {
-        let z = zone();
-        let a = answer(&q("nope.demo.svc.cluster.local.", RecordType::A), &z);
-        assert_eq!(a.code, ResponseCode::NXDomain);
-        assert!(a.authoritative && a.answers.is_empty());
-        assert_eq!(a.authority[0].record_type(), RecordType::SOA);
-        assert_eq!(a.authority[0].name.to_string(), "cluster.local.");
-        // Empty non-terminals and wrong types are NODATA, not NXDOMAIN.
-        for (name, t) in [
-            ("demo.svc.cluster.local.", RecordType::A),
-            ("svc.cluster.local.", RecordType::A),
-            ("web.demo.svc.cluster.local.", RecordType::TXT),
-            ("db.demo.svc.cluster.local.", RecordType::AAAA),
-            ("cluster.local.", RecordType::A),
-        ] {
-            let a = answer(&q(name, t), &z);
-            assert_eq!(a.code, ResponseCode::NoError, "{name} {t}");
-            assert!(a.answers.is_empty(), "{name} {t}");
-            assert_eq!(a.authority.len(), 1, "{name} {t}");
-        }
-        let a = answer(&q("cluster.local.", RecordType::SOA), &z);
-        assert_eq!(a.answers.len(), 1);
-        assert_eq!(a.answers[0].record_type(), RecordType::SOA);
-    }
-
-    #[test]
-    fn outside_the_domain_is_refused_never_recursed() {
-        let z = zone();
-        for name in [
-            "example.com.",
-            "local.",
-            ".",
-            "web.",
-            "web.demo.",
-            "xcluster.local.",
-        ] {
-            let a = answer(&q(name, RecordType::A), &z);
-            assert_eq!(a.code, ResponseCode::Refused, "{name}");
-            assert!(!a.authoritative && a.answers.is_empty() && a.authority.is_empty());
-        }
-        let mut chaos = q("web.demo.svc.cluster.local.", RecordType::TXT);
-        chaos.set_query_class(DNSClass::CH);
-        assert_eq!(answer(&chaos, &z).code, ResponseCode::Refused);
-    }
-
-    #[test]
-    fn configured_domains_answer_even_without_services() {
-        let z = Zone::build(&[ep("demo")], &[], 1);
-        assert!(z.is_empty());
-        assert_eq!(z.domains(), ["cluster.local"]);
-        let a = answer(&q("web.demo.svc.cluster.local.", RecordType::A), &z);
-        assert_eq!(a.code, ResponseCode::NXDomain);
-    }
-
-    #[test]
-    fn endpoints_named_like_kubernetes_labels_have_no_qualified_form() {
-        let z = Zone::build(
-            &[ep("svc")],
-            &[record("svc", service("web", &[]), &["127.77.0.1"])],
-            1,
-        );
-        let a = answer(&q("web.demo.svc.svc.cluster.local.", RecordType::A), &z);
-        assert_eq!(a.code, ResponseCode::NXDomain);
-    }
-
-    #[test]
-    fn follower_follows_reloaded_endpoints() {
-        use std::sync::Arc;
-        let mut f = ZoneFollower::new(vec![ep("demo")]);
-        let records = Arc::new(vec![
-            record("demo", service("web", &[]), &["127.77.0.1"]),
-            record("staging", service("db", &[]), &["127.77.0.3"]),
-        ]);
-        let z = f.update(&records);
-        let db = q("db.demo.svc.cluster.local.", RecordType::A);
-        assert_eq!(
-            answer(&db, &z).code,
-            ResponseCode::NXDomain,
-            "unknown endpoint"
-        );
-        let mut staging = ep("staging");
-        staging.domain = "staging.example".into();
-        f.set_endpoints(vec![ep("demo"), staging.clone()]);
-        let z2 = f.update(&records);
-        assert!(!Arc::ptr_eq(&z, &z2), "rebuilt for the new endpoints");
-        // staging's record says cluster.local, its endpoint another domain:
-        // the new domain is authoritative (NXDOMAIN, not REFUSED).
-        let other = q("x.staging.example.", RecordType::A);
-        assert_eq!(answer(&other, &z2).code, ResponseCode::NXDomain);
-        assert_eq!(ips(&answer(&db, &z2)), ["127.77.0.3"]);
-        f.set_endpoints(vec![ep("demo"), staging]);
-        assert!(Arc::ptr_eq(&z2, &f.update(&records)), "same endpoints");
-    }
-
-    #[test]
-    fn follower_rebuilds_only_on_change() {
-        use std::sync::Arc;
-        let mut f = ZoneFollower::new(vec![ep("demo"), ep("staging")]);
-        assert!(f.active_domains().is_empty());
-        let one = Arc::new(vec![record("demo", service("web", &[]), &["127.77.0.1"])]);
-        let z1 = f.update(&one);
-        assert!(
-            Arc::ptr_eq(&z1, &f.update(&one)),
-            "unchanged names, same zone"
-        );
-        assert!(Arc::ptr_eq(&z1, &f.update(&Arc::new((*one).clone()))));
-        assert_eq!(f.active_domains(), ["cluster.local"]);
-        assert_eq!(f.search().len(), 3);
-        let z3 = f.update(&Arc::new(vec![]));
-        assert!(z3.is_empty());
-        assert!(f.search().is_empty());
-    }
-
-    /// The rule: the first connected endpoint wins the plain form,
-    /// stays the owner while connected whoever starts services when, and
-    /// the next one takes over when it disconnects.
-    #[test]
-    fn first_connected_wins_the_plain_form_until_it_disconnects() {
-        use std::sync::Arc;
-        let plain = |z: &Zone| ips(&answer(&q("web.demo.svc.cluster.local.", RecordType::A), z));
-        let active = |f: &ZoneFollower| -> Vec<String> {
-            f.active().iter().map(|e| e.name.clone()).collect()
-        };
-        let mut f = ZoneFollower::new(vec![ep("demo"), ep("staging")]);
-        // demo connected (1), then staging (2); staging starts web first.
-        let staging_web = connected_as(2, "staging", service("web", &[]), &["127.77.0.2"]);
-        let z = f.update(&Arc::new(vec![staging_web.clone()]));
-        assert_eq!(plain(&z), ["127.77.0.2"], "the only publisher has it");
-        // demo starts web later, but connected earlier: it takes the name.
-        let demo_web = connected_as(1, "demo", service("web", &[]), &["127.77.0.1"]);
-        let z = f.update(&Arc::new(vec![staging_web.clone(), demo_web.clone()]));
-        assert_eq!(plain(&z), ["127.77.0.1"]);
-        assert_eq!(active(&f), ["demo", "staging"]);
-        let qualified = answer(&q("web.demo.svc.staging.cluster.local.", RecordType::A), &z);
-        assert_eq!(ips(&qualified), ["127.77.0.2"], "staging keeps its form");
-        // Stable while demo stays connected, whatever else changes.
-        let staging_db = connected_as(2, "staging", service("db", &[]), &["127.77.0.3"]);
-        let z = f.update(&Arc::new(vec![
-            staging_db.clone(),
-            staging_web.clone(),
-            demo_web.clone(),
-        ]));
-        assert_eq!(plain(&z), ["127.77.0.1"]);
-        // demo disconnects: staging, next in line, takes over.
-        let z = f.update(&Arc::new(vec![staging_web.clone(), staging_db.clone()]));
-        assert_eq!(plain(&z), ["127.77.0.2"]);
-        assert_eq!(active(&f), ["staging"]);
-        // demo connects again (3): now it is second.
-        let demo_again = connected_as(3, "demo", service("web", &[]), &["127.77.0.1"]);
-        let z = f.update(&Arc::new(vec![demo_again, staging_web, staging_db]));
-        assert_eq!(plain(&z), ["127.77.0.2"]);
-        assert_eq!(active(&f), ["staging", "demo"]);
-    }
-
-    #[test]
-    fn search_list_is_the_pods() {
-        assert_eq!(
-            ep("demo").search(),
-            [
-                "demo.svc.cluster.local",
-                "svc.cluster.local",
-                "cluster.local"
-            ]
-        );
-    }
-
-    #[test]
-    fn relative_names() {
-        assert_eq!(relative("a.b.cluster.local", "cluster.local"), Some("a.b"));
-        assert_eq!(relative("a.B.Cluster.Local.", "cluster.local"), Some("a.B"));
-        assert_eq!(relative("cluster.local", "cluster.local"), None);
-        assert_eq!(relative("xcluster.local", "cluster.local"), None);
-        assert_eq!(relative("é.cluster.local", "cluster.local"), Some("é"));
-        assert_eq!(relative("", "cluster.local"), None);
-    }
-}
+mod tests;

@@ -8,14 +8,14 @@ use crate::config::Ipv4Range;
 
 /// Allocates addresses from a range; never the network or broadcast address.
 #[derive(Debug)]
-pub struct AddressAllocator {
+pub(crate) struct AddressAllocator {
     range: Ipv4Range,
     used: BTreeSet<Ipv4Addr>,
 }
 
 impl AddressAllocator {
     /// An allocator over `range`.
-    pub fn new(range: Ipv4Range) -> Self {
+    pub(crate) fn new(range: Ipv4Range) -> Self {
         AddressAllocator {
             range,
             used: BTreeSet::new(),
@@ -23,7 +23,7 @@ impl AddressAllocator {
     }
 
     /// The lowest free address, or `None` when the range is exhausted.
-    pub fn allocate(&mut self) -> Option<Ipv4Addr> {
+    pub(crate) fn allocate(&mut self) -> Option<Ipv4Addr> {
         let base = u32::from(self.range.network);
         let size = 1u32 << (32 - self.range.prefix);
         (1..size - 1)
@@ -35,7 +35,7 @@ impl AddressAllocator {
     }
 
     /// Returns an address to the pool.
-    pub fn release(&mut self, addr: Ipv4Addr) {
+    pub(crate) fn release(&mut self, addr: Ipv4Addr) {
         self.used.remove(&addr);
     }
 }

@@ -24,15 +24,15 @@ use netmux_common::proto::cidr::Cidr;
 
 /// The rules for one endpoint's catalog addresses.
 #[derive(Debug, Clone, Default)]
-pub struct Bounds {
+pub(crate) struct Bounds {
     /// The cluster's ranges.
-    pub ranges: Vec<Cidr>,
+    pub(crate) ranges: Vec<Cidr>,
     /// Where the ranges come from, for messages (`cluster_cidrs in the
     /// config`, `the server's hello`).
-    pub source: String,
+    pub(crate) source: String,
     /// Addresses never redirected, each with what it is (the netmux
     /// server, the API server).
-    pub never: Vec<(IpAddr, &'static str)>,
+    pub(crate) never: Vec<(IpAddr, &'static str)>,
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -44,7 +44,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 impl Bounds {
     /// `Ok` when `ip` may be redirected, else why not.
-    pub fn check(&self, ip: IpAddr) -> Result<(), String> {
+    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), String> {
         let ip = canonical(ip);
         let not_unicast = match ip {
             IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
@@ -87,11 +87,11 @@ impl Bounds {
 }
 
 /// Redirect key: a service address and whether it is UDP.
-pub type Key = (SocketAddr, bool);
+pub(crate) type Key = (SocketAddr, bool);
 
 /// Who holds each redirect entry.
 #[derive(Debug, Default)]
-pub struct Owners {
+pub(crate) struct Owners {
     held: BTreeMap<Key, (String, SocketAddr)>,
 }
 
@@ -99,7 +99,12 @@ impl Owners {
     /// Records `endpoint` as the holder of `key` (redirected to
     /// `listener`); `Err(holder)` when another endpoint holds it. The same
     /// endpoint may move its own entry to another listener.
-    pub fn claim(&mut self, key: Key, endpoint: &str, listener: SocketAddr) -> Result<(), String> {
+    pub(crate) fn claim(
+        &mut self,
+        key: Key,
+        endpoint: &str,
+        listener: SocketAddr,
+    ) -> Result<(), String> {
         match self.held.get(&key) {
             Some((holder, _)) if holder != endpoint => Err(holder.clone()),
             _ => {
@@ -111,7 +116,7 @@ impl Owners {
 
     /// Gives `key` up if `endpoint` holds it with `listener`; returns
     /// whether it did (and so whether the map entry must go).
-    pub fn release(&mut self, key: Key, endpoint: &str, listener: SocketAddr) -> bool {
+    pub(crate) fn release(&mut self, key: Key, endpoint: &str, listener: SocketAddr) -> bool {
         match self.held.get(&key) {
             Some((holder, l)) if holder == endpoint && *l == listener => {
                 self.held.remove(&key);
@@ -122,7 +127,8 @@ impl Owners {
     }
 
     /// The endpoint holding `key`.
-    pub fn holder(&self, key: &Key) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn holder(&self, key: &Key) -> Option<&str> {
         self.held.get(key).map(|(h, _)| h.as_str())
     }
 }

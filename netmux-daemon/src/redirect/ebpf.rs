@@ -587,7 +587,7 @@ impl EbpfRedirect {
     }
 
     /// Changes the exempting `SO_MARK`; 0 turns the exemption off.
-    pub fn set_exclude_mark(&mut self, mark: u32) -> Result<(), EbpfError> {
+    pub(crate) fn set_exclude_mark(&mut self, mark: u32) -> Result<(), EbpfError> {
         self.write_config(RedirectConfig {
             exclude_mark: mark,
             exclude_tgid: self.exclude_tgid,
@@ -599,7 +599,7 @@ impl EbpfRedirect {
     /// Never redirects connections of process `tgid` (0: none): netmuxd
     /// exempts itself, so that sockets it cannot mark (the Kubernetes
     /// client's) are never sent back into its own listeners.
-    pub fn set_exclude_tgid(&mut self, tgid: u32) -> Result<(), EbpfError> {
+    pub(crate) fn set_exclude_tgid(&mut self, tgid: u32) -> Result<(), EbpfError> {
         self.write_config(RedirectConfig {
             exclude_mark: self.exclude_mark,
             exclude_tgid: tgid,
@@ -769,42 +769,4 @@ impl Drop for LogForwarder {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redirect_can_move_between_threads() {
-        fn send<T: Send>() {}
-        send::<EbpfRedirect>();
-    }
-
-    #[test]
-    fn log_levels_match_aya_log_common() {
-        assert_eq!(aya_log_level(LevelFilter::OFF), 0);
-        assert_eq!(aya_log_level(LevelFilter::ERROR), 1);
-        assert_eq!(aya_log_level(LevelFilter::TRACE), 5);
-    }
-
-    #[test]
-    fn stub_build_is_reported_or_object_is_elf() {
-        if programs_built() {
-            assert_eq!(&OBJECT[..4], b"\x7fELF");
-        } else {
-            let e = EbpfRedirect::load(Path::new("/nonexistent")).unwrap_err();
-            assert!(matches!(e, EbpfError::StubBuild));
-            assert!(e.to_string().contains("bpf-linker"));
-        }
-    }
-
-    #[test]
-    fn missing_cgroup_is_named() {
-        if !netmux_testbed::prereq::require(
-            "redirect::ebpf::tests::missing_cgroup_is_named",
-            (!programs_built()).then_some(BUILD),
-        ) {
-            return;
-        }
-        let e = EbpfRedirect::load(Path::new("/nonexistent/cgroup")).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/cgroup"), "{e}");
-    }
-}
+mod tests;

@@ -8,8 +8,8 @@
 //!   the real cluster addresses into the listeners, and names point at the
 //!   real addresses — static binaries and hard-coded IPs work too.
 
-pub mod alloc;
-pub mod bounds;
+pub(crate) mod alloc;
+pub(crate) mod bounds;
 #[cfg(target_os = "linux")]
 pub mod ebpf;
 
@@ -78,12 +78,12 @@ impl Backend {
     }
 
     /// Whether names should point at the real cluster addresses.
-    pub fn uses_cluster_addresses(&self) -> bool {
+    pub(crate) fn uses_cluster_addresses(&self) -> bool {
         !matches!(self, Backend::Loopback)
     }
 
     /// Sends connects to `service` to `listener`.
-    pub fn insert(&self, service: SocketAddr, listener: SocketAddr) -> Result<(), String> {
+    pub(crate) fn insert(&self, service: SocketAddr, listener: SocketAddr) -> Result<(), String> {
         match self {
             Backend::Loopback => Ok(()),
             #[cfg(target_os = "linux")]
@@ -95,7 +95,11 @@ impl Backend {
 
     /// Sends UDP datagrams to `service` to `listener` (and reports replies
     /// from `listener` as coming from `service`).
-    pub fn insert_udp(&self, service: SocketAddr, listener: SocketAddr) -> Result<(), String> {
+    pub(crate) fn insert_udp(
+        &self,
+        service: SocketAddr,
+        listener: SocketAddr,
+    ) -> Result<(), String> {
         match self {
             Backend::Loopback => Ok(()),
             #[cfg(target_os = "linux")]
@@ -106,7 +110,7 @@ impl Backend {
     }
 
     /// Stops redirecting `service` (TCP, or UDP when `udp`).
-    pub fn remove(&self, service: SocketAddr, udp: bool) {
+    pub(crate) fn remove(&self, service: SocketAddr, udp: bool) {
         #[cfg(target_os = "linux")]
         if let Backend::Ebpf(r) = self {
             let mut r = lock(r);
@@ -128,7 +132,7 @@ static OWN_MARK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 /// Marks a TCP socket the daemon dials itself (before `connect`) so the
 /// hooks never send it back to the daemon. A no-op without eBPF.
-pub fn exempt(socket: &impl std::os::fd::AsFd) {
+pub(crate) fn exempt(socket: &impl std::os::fd::AsFd) {
     #[cfg(target_os = "linux")]
     if let Some(mark) = OWN_MARK.get() {
         if let Err(e) = ebpf::mark_socket(socket, *mark) {

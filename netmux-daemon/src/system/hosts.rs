@@ -30,11 +30,11 @@ pub const END: &str = "# END netmux";
 
 /// One hosts line: an address and its names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostsEntry {
+pub(crate) struct HostsEntry {
     /// Address the names resolve to.
-    pub addr: IpAddr,
+    pub(crate) addr: IpAddr,
     /// Names (validated DNS names only).
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
 }
 
 /// A hosts file the daemon manages a block in.
@@ -82,7 +82,7 @@ fn inside(name: &str, domain: &str) -> bool {
 /// connected first. `SVC.NS` is not written: it would be any two-label
 /// name (a service `github` in a namespace `com`); it resolves through
 /// search domains with a DNS integration.
-pub fn entries(records: &[NameRecord]) -> Vec<HostsEntry> {
+pub(crate) fn entries(records: &[NameRecord]) -> Vec<HostsEntry> {
     let mut sorted: Vec<&NameRecord> = records.iter().collect();
     sorted.sort_by(|a, b| {
         (
@@ -150,7 +150,7 @@ pub fn entries(records: &[NameRecord]) -> Vec<HostsEntry> {
 }
 
 /// Renders `text` (without a block) followed by a block for `entries`.
-pub fn with_block(text: &str, entries: &[HostsEntry]) -> String {
+pub(crate) fn with_block(text: &str, entries: &[HostsEntry]) -> String {
     let mut out = strip_block(text);
     if entries.is_empty() {
         return out;
@@ -180,12 +180,12 @@ impl HostsFile {
     }
 
     /// The file's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Replaces the block with `entries` (removes it when empty).
-    pub fn write(&self, entries: &[HostsEntry]) -> std::io::Result<()> {
+    pub(crate) fn write(&self, entries: &[HostsEntry]) -> std::io::Result<()> {
         let current = match fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

@@ -28,7 +28,7 @@ pub enum Sink {
 
 /// Whether stderr is connected to the journal (`JOURNAL_STREAM` names the
 /// device and inode of stderr, see systemd.exec(5)).
-pub fn stderr_is_journal() -> bool {
+pub(crate) fn stderr_is_journal() -> bool {
     use std::os::unix::fs::MetadataExt as _;
     let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
         return false;

@@ -19,7 +19,7 @@ pub enum State {
 impl State {
     /// The `sd_notify` message. `RELOADING=1` carries `MONOTONIC_USEC` as
     /// `Type=notify-reload` requires; harmless for `Type=notify`.
-    pub fn message(self) -> String {
+    pub(crate) fn message(self) -> String {
         match self {
             State::Ready => "READY=1".into(),
             State::Reloading => format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()),
@@ -57,7 +57,7 @@ pub fn notify(state: State, status: Option<&str>) -> std::io::Result<bool> {
 }
 
 /// Sends `msg` to the notify socket `path` (`@name` is an abstract socket).
-pub fn send(path: &Path, msg: &str) -> std::io::Result<()> {
+pub(crate) fn send(path: &Path, msg: &str) -> std::io::Result<()> {
     let sock = UnixDatagram::unbound()?;
     let raw = path.as_os_str().as_encoded_bytes();
     if let Some(name) = raw.strip_prefix(b"@") {

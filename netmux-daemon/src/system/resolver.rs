@@ -21,9 +21,9 @@ use crate::config::{DnsConfig, DnsMethod};
 
 /// `ifalias` of the daemon's dummy link; [`cleanup_leftovers`] deletes only
 /// a link carrying it.
-pub const LINK_ALIAS: &str = "netmux cluster DNS (netmuxd)";
+pub(crate) const LINK_ALIAS: &str = "netmux cluster DNS (netmuxd)";
 /// First line of every file the daemon writes in the resolver directory.
-pub const FILE_MARK: &str = "# netmux: managed by netmuxd, removed on disconnect";
+pub(crate) const FILE_MARK: &str = "# netmux: managed by netmuxd, removed on disconnect";
 /// Left in a resolver directory the daemon created, so it is removed again.
 const CREATED_DIR_MARK: &str = ".netmux-created";
 /// Kinds of link tried for the daemon's link, in order: `dummy`, and `ifb`
@@ -31,35 +31,35 @@ const CREATED_DIR_MARK: &str = ".netmux-created";
 /// without `CONFIG_DUMMY`). Both are inert (nothing is routed through them
 /// or redirected into them) and have a carrier once up, which
 /// systemd-resolved requires before it uses a link's DNS servers.
-pub const LINK_KINDS: [&str; 2] = ["dummy", "ifb"];
+pub(crate) const LINK_KINDS: [&str; 2] = ["dummy", "ifb"];
 /// Address on the dummy link: systemd-resolved only uses the DNS servers of
 /// links with a routable address. A /128 from a unique-local prefix routes
 /// nothing anyone else uses.
-pub const LINK_ADDRESS: &str = "fd6e:6d78:5ca1::53/128";
+pub(crate) const LINK_ADDRESS: &str = "fd6e:6d78:5ca1::53/128";
 
 /// What the resolver should send to the DNS server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The embedded server's address.
-    pub server: SocketAddr,
+    pub(crate) server: SocketAddr,
     /// Cluster domains routed to it.
-    pub domains: Vec<String>,
+    pub(crate) domains: Vec<String>,
     /// Search list for short names (a pod's, per endpoint).
-    pub search: Vec<String>,
+    pub(crate) search: Vec<String>,
 }
 
 impl Plan {
     /// Nothing to route: the system as the daemon found it.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.domains.is_empty()
     }
 }
 
 /// Runs one command (program and arguments); `Err` carries its stderr.
-pub type Runner = Box<dyn FnMut(&[String]) -> Result<(), String> + Send>;
+pub(crate) type Runner = Box<dyn FnMut(&[String]) -> Result<(), String> + Send>;
 
 /// Runs commands for real, each bounded to a few seconds.
-pub fn system_runner() -> Runner {
+pub(crate) fn system_runner() -> Runner {
     Box::new(|argv: &[String]| run_command(argv))
 }
 
@@ -86,7 +86,7 @@ fn argv(parts: &[&str]) -> Vec<String> {
 }
 
 /// systemd-resolved split DNS on the daemon's dummy link.
-pub struct Resolved {
+pub(crate) struct Resolved {
     link: String,
     run: Runner,
     created: bool,
@@ -94,7 +94,7 @@ pub struct Resolved {
 
 impl Resolved {
     /// Manages link `link` with commands run by `run`.
-    pub fn new(link: &str, run: Runner) -> Self {
+    pub(crate) fn new(link: &str, run: Runner) -> Self {
         Resolved {
             link: link.to_owned(),
             run,
@@ -104,7 +104,7 @@ impl Resolved {
 
     /// Commands creating the link (once) as a link of type `kind` (one of
     /// [`LINK_KINDS`]).
-    pub fn create_commands(link: &str, kind: &str) -> Vec<Vec<String>> {
+    pub(crate) fn create_commands(link: &str, kind: &str) -> Vec<Vec<String>> {
         vec![
             argv(&["ip", "link", "add", link, "type", kind]),
             argv(&["ip", "link", "set", "dev", link, "alias", LINK_ALIAS]),
@@ -124,7 +124,7 @@ impl Resolved {
 
     /// Commands putting `plan` on the link (idempotent: each replaces the
     /// link's previous setting).
-    pub fn apply_commands(link: &str, plan: &Plan) -> Vec<Vec<String>> {
+    pub(crate) fn apply_commands(link: &str, plan: &Plan) -> Vec<Vec<String>> {
         // resolvectl takes ADDRESS[:PORT]; IPv6 with a port needs brackets.
         let server = match (plan.server.ip(), plan.server.port()) {
             (ip, 53) => ip.to_string(),
@@ -153,7 +153,7 @@ impl Resolved {
 
     /// Commands removing everything: resolved forgets the link's settings,
     /// the kernel forgets the link.
-    pub fn remove_commands(link: &str) -> Vec<Vec<String>> {
+    pub(crate) fn remove_commands(link: &str) -> Vec<Vec<String>> {
         vec![
             argv(&["resolvectl", "revert", link]),
             argv(&["ip", "link", "del", "dev", link]),
@@ -225,7 +225,7 @@ fn link_is_ours(link: &str) -> bool {
 
 /// One file per cluster domain in a resolver directory (macOS
 /// `/etc/resolver`).
-pub struct ResolverDir {
+pub(crate) struct ResolverDir {
     dir: PathBuf,
     written: Vec<String>,
     skipped: Vec<String>,
@@ -233,7 +233,7 @@ pub struct ResolverDir {
 
 impl ResolverDir {
     /// Manages files in `dir`.
-    pub fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         ResolverDir {
             dir: dir.to_owned(),
             written: Vec::new(),
@@ -242,7 +242,7 @@ impl ResolverDir {
     }
 
     /// The file for `domain` routing to `plan.server`.
-    pub fn file_content(plan: &Plan) -> String {
+    pub(crate) fn file_content(plan: &Plan) -> String {
         let mut s = format!(
             "{FILE_MARK}\nnameserver {}\nport {}\n",
             plan.server.ip(),
@@ -256,7 +256,7 @@ impl ResolverDir {
     }
 
     /// Domains left alone because the user (or a VPN) has a file for them.
-    pub fn skipped(&self) -> &[String] {
+    pub(crate) fn skipped(&self) -> &[String] {
         &self.skipped
     }
 
@@ -346,7 +346,7 @@ fn remove_dir_if_ours(dir: &Path) -> std::io::Result<()> {
 }
 
 /// The integration in force.
-pub enum Integration {
+pub(crate) enum Integration {
     /// systemd-resolved split DNS.
     Resolved(Resolved),
     /// Per-domain resolver files.
@@ -359,7 +359,7 @@ pub enum Integration {
 
 impl Integration {
     /// The integration for a concrete `method` (not `auto`).
-    pub fn new(method: DnsMethod, cfg: &DnsConfig) -> Integration {
+    pub(crate) fn new(method: DnsMethod, cfg: &DnsConfig) -> Integration {
         match method {
             DnsMethod::Resolved => Integration::Resolved(Resolved::new(&cfg.link, system_runner())),
             DnsMethod::ResolverDir => Integration::ResolverDir(ResolverDir::new(&cfg.resolver_dir)),
@@ -369,12 +369,12 @@ impl Integration {
     }
 
     /// Whether the daemon should keep writing its hosts block.
-    pub fn uses_hosts_file(&self) -> bool {
+    pub(crate) fn uses_hosts_file(&self) -> bool {
         matches!(self, Integration::Hosts)
     }
 
     /// Makes the system follow `plan` (an empty plan restores it).
-    pub fn apply(&mut self, plan: &Plan) -> Result<(), String> {
+    pub(crate) fn apply(&mut self, plan: &Plan) -> Result<(), String> {
         match self {
             Integration::Resolved(r) => r.apply(plan),
             Integration::ResolverDir(d) => d.apply(plan),
@@ -383,7 +383,7 @@ impl Integration {
     }
 
     /// Puts back what the daemon changed.
-    pub fn restore(&mut self, server: SocketAddr) -> Result<(), String> {
+    pub(crate) fn restore(&mut self, server: SocketAddr) -> Result<(), String> {
         self.apply(&Plan {
             server,
             domains: vec![],
@@ -392,7 +392,7 @@ impl Integration {
     }
 
     /// One line for `netmux status`.
-    pub fn describe(&self, cfg: &DnsConfig, plan: &Plan) -> String {
+    pub(crate) fn describe(&self, cfg: &DnsConfig, plan: &Plan) -> String {
         let domains = if plan.domains.is_empty() {
             "no cluster domain routed yet (no service started)".to_owned()
         } else {
@@ -471,7 +471,7 @@ fn find_in_path(program: &str) -> bool {
 
 /// Whether lookups reach systemd-resolved, from `/etc/resolv.conf` and
 /// `/etc/nsswitch.conf`.
-pub fn uses_resolved(resolv_conf: &str, nsswitch: &str) -> bool {
+pub(crate) fn uses_resolved(resolv_conf: &str, nsswitch: &str) -> bool {
     let stub = resolv_conf.lines().any(|l| {
         let mut w = l.split_whitespace();
         w.next() == Some("nameserver") && matches!(w.next(), Some("127.0.0.53" | "127.0.0.54"))

@@ -3,8 +3,10 @@
 //! prerequisite lookups.
 #![allow(dead_code, reason = "each test file uses a subset")]
 
+use std::ffi::CString;
 use std::io::Read as _;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
+use std::os::unix::{ffi::OsStrExt as _, process::CommandExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -159,4 +161,78 @@ pub fn assert_attached(cgroup: &Path, n: usize) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Why the eBPF tests cannot run here, or `None`: root and the real eBPF
+/// programs built into the daemon.
+pub fn ebpf_skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        Some("not root".into())
+    } else if !ebpf::programs_built() {
+        Some("netmux-daemon was built with the stub eBPF object (no bpf-linker or NETMUX_SKIP_EBPF=1)".into())
+    } else {
+        None
+    }
+}
+
+/// Where a helper process runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Place {
+    /// In the test namespace and the child cgroup the programs are attached to.
+    Inside,
+    /// In the test namespace only.
+    Outside,
+}
+
+/// Makes `cmd` start in `netns` and, for [`Place::Inside`], in `cgroup`.
+pub fn place(
+    cmd: &mut Command,
+    netns: &NetNs,
+    cgroup: &netmux_testbed::cgroup::ChildCgroup,
+    place: Place,
+) {
+    let procs = match place {
+        Place::Inside => {
+            Some(CString::new(cgroup.path().join("cgroup.procs").as_os_str().as_bytes()).unwrap())
+        }
+        Place::Outside => None,
+    };
+    let netns = netns.fd.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and only makes raw
+    // syscalls (open, write, close, setns) on data prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &procs {
+                // Writing "0" moves the writing process itself.
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(err);
+                }
+            }
+            if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Runs `f` on a thread inside `netns`: a socket belongs to the namespace
+/// it was created in and can then be used from anywhere.
+pub fn in_netns<T: Send>(netns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(netns.fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("setns");
+            f()
+        })
+        .join()
+        .unwrap()
+    })
 }

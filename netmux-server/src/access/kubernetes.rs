@@ -36,18 +36,18 @@ use super::Denied;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     /// `alice@example.com`, `system:serviceaccount:ns:name`...
-    pub username: String,
+    pub(crate) username: String,
     /// Stable id, when the authenticator has one.
-    pub uid: Option<String>,
+    pub(crate) uid: Option<String>,
     /// Groups, for RBAC group bindings.
     pub groups: Vec<String>,
     /// Extra attributes, passed back in SubjectAccessReviews.
-    pub extra: std::collections::BTreeMap<String, Vec<String>>,
+    pub(crate) extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// What is asked of RBAC about one Service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Verb {
+pub(crate) enum Verb {
     /// `get services/proxy`: reach an L2C service.
     Proxy,
     /// `update services`: claim a C2L service.
@@ -193,7 +193,7 @@ impl Rbac {
 
     /// Builds its client from the in-cluster account or KUBECONFIG on first
     /// use (construction stays synchronous).
-    pub fn lazy(ttl: Duration) -> Self {
+    pub(crate) fn lazy(ttl: Duration) -> Self {
         Rbac {
             client: OnceCell::new(),
             ttl,
@@ -212,7 +212,7 @@ impl Rbac {
     /// Who holds `token`, per the API server: within the configured
     /// timeout, at most `in_flight` at once; a token refused within the
     /// last `negative_ttl` is refused again without asking.
-    pub async fn review_token(&self, token: &str) -> Result<User, Denied> {
+    pub(crate) async fn review_token(&self, token: &str) -> Result<User, Denied> {
         if let Some(why) = self.reviews.refused(token) {
             return Err(Denied::Kubernetes(why));
         }
@@ -287,7 +287,13 @@ impl Rbac {
     /// `(allowed, still fresh)`. An answer older than [`MAX_STALE`] cache
     /// lifetimes is gone, whether or not newer reviews succeed: a stale
     /// "allow" cannot outlive an API server that stopped answering.
-    pub fn cached(&self, user: &User, verb: Verb, ns: &str, name: &str) -> Option<(bool, bool)> {
+    pub(crate) fn cached(
+        &self,
+        user: &User,
+        verb: Verb,
+        ns: &str,
+        name: &str,
+    ) -> Option<(bool, bool)> {
         let key = (user_key(user), verb, ns.to_owned(), name.to_owned());
         let max_age = self.ttl * MAX_STALE;
         let mut cache = lock(&self.cache);
@@ -307,7 +313,7 @@ impl Rbac {
 
     /// Whether `user` may `verb` Service `ns/name`: from the cache while
     /// fresh, else a SubjectAccessReview. Errors deny (fail closed).
-    pub async fn allowed(&self, user: &User, verb: Verb, ns: &str, name: &str) -> bool {
+    pub(crate) async fn allowed(&self, user: &User, verb: Verb, ns: &str, name: &str) -> bool {
         if let Some((allowed, true)) = self.cached(user, verb, ns, name) {
             return allowed;
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use super::{Access, Denied, Identity};
 
 /// Default `rbac.recheck_interval_ms`.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A bearer credential kept for re-review; never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub struct Recheck {
 impl Recheck {
     /// Waits for the next re-check: the interval, or the credential's
     /// expiry if sooner. Never returns for configured tokens.
-    pub async fn due(&mut self) {
+    pub(crate) async fn due(&mut self) {
         if !self.active {
             return std::future::pending().await;
         }
@@ -99,7 +99,7 @@ impl Access {
     }
 
     /// The re-check schedule of `who`'s session.
-    pub fn recheck_timer(&self, who: &Identity) -> Recheck {
+    pub(crate) fn recheck_timer(&self, who: &Identity) -> Recheck {
         Recheck {
             every: self.recheck_every,
             next: tokio::time::Instant::now() + self.recheck_every,
@@ -111,7 +111,7 @@ impl Access {
     /// Reviews `who`'s credential again: `Err` when the session must end
     /// (expired, revoked, or now someone else). An API server that cannot
     /// answer keeps the session; its RBAC answers expire meanwhile.
-    pub async fn recheck(&self, who: &Identity) -> Result<(), Denied> {
+    pub(crate) async fn recheck(&self, who: &Identity) -> Result<(), Denied> {
         let (Some(rbac), Some(secret)) = (&self.rbac, &who.credential) else {
             return Ok(());
         };

@@ -88,31 +88,31 @@ mod d {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// QUIC connections at once (UDP and `stream_listen` together).
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Connections at once from one source address; on `stream_listen`
     /// the TCP peer's address (every port-forwarded daemon comes from the
     /// pod's loopback, so this also caps port-forwarded daemons per replica).
-    pub max_connections_per_source: usize,
+    pub(crate) max_connections_per_source: usize,
     /// Connections at once whose hello has not succeeded (QUIC handshake,
     /// hello, credential check).
-    pub max_pending_hello: usize,
+    pub(crate) max_pending_hello: usize,
     /// A `stream_listen` connection must send its preamble within this.
-    pub stream_preamble_timeout: Duration,
+    pub(crate) stream_preamble_timeout: Duration,
     /// A `stream_listen` connection silent this long is closed (QUIC
     /// keepalives arrive every second on a live one).
-    pub stream_idle_timeout: Duration,
+    pub(crate) stream_idle_timeout: Duration,
     /// Proxied TCP streams one daemon may have open at once; more are
     /// reset and counted.
-    pub max_streams_per_session: u32,
+    pub(crate) max_streams_per_session: u32,
     /// Claims and exposes one daemon may hold at once; more are refused.
-    pub max_claims_per_session: usize,
+    pub(crate) max_claims_per_session: usize,
     /// How long a silent daemon's session, its streams and dialled sockets
     /// are kept (also the QUIC idle timeout; default 10 minutes;
     /// [`crate::retention`]).
-    pub survive_blackout: Duration,
+    pub(crate) survive_blackout: Duration,
     /// Silent sessions kept per identity; beyond it the longest-silent one
     /// is closed.
-    pub max_blackout_sessions: usize,
+    pub(crate) max_blackout_sessions: usize,
 }
 
 impl Limits {

@@ -4,7 +4,7 @@
 //! [`CatalogStore`]: [`static_file`] (bare metal, tests, demo) and
 //! [`kubernetes`] (Services and EndpointSlices).
 
-pub mod docker;
+pub(crate) mod docker;
 pub mod kubernetes;
 pub mod static_file;
 
@@ -27,7 +27,7 @@ impl Drop for RuntimeHandle {
 
 /// Why a runtime did not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     /// The services file is unusable.
     #[error(transparent)]
     Static(#[from] static_file::ServicesError),
@@ -41,9 +41,9 @@ pub enum StartError {
 
 /// Starts the configured runtime after publishing its first catalog.
 ///
-/// `server_addresses` are the server's own addresses, at which neither the
-/// Kubernetes nor the Docker catalog ever points ([`crate::policy`]).
-pub async fn start(
+/// `server_addresses` are the server's own addresses, at which no
+/// runtime's catalog ever points ([`crate::policy`]).
+pub(crate) async fn start(
     config: &RuntimeConfig,
     server_addresses: Vec<std::net::IpAddr>,
     store: Arc<CatalogStore>,
@@ -52,8 +52,17 @@ pub async fn start(
         RuntimeConfig::Docker(settings) => {
             Ok(docker::start(settings, server_addresses, store).await?)
         }
-        RuntimeConfig::Static { services } => {
-            Ok(static_file::start(services.clone(), store).await?)
+        RuntimeConfig::Static {
+            services,
+            allowed_target_cidrs,
+            allow_unsafe_targets,
+        } => {
+            let policy = crate::policy::TargetPolicy {
+                allowed: allowed_target_cidrs.clone(),
+                allow_unsafe: allow_unsafe_targets.clone(),
+                server_addresses,
+            };
+            Ok(static_file::start(services.clone(), policy, store).await?)
         }
         RuntimeConfig::Kubernetes {
             namespaces,

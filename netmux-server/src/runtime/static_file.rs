@@ -12,6 +12,15 @@
 //!
 //! A file that fails to parse or validate on reload is reported and the
 //! previous catalog stays in force: a typo never empties the catalog.
+//!
+//! The target policy ([`crate::policy`], `allowed_target_cidrs` and
+//! `allow_unsafe_targets` beside `services`) screens every L2C address, the
+//! ones the server dials: a refused address is left out, logged and counted
+//! in `netmux_server_catalog_refused_total`; an entry left with none is not
+//! published; the other entries are. The file's author is the server's
+//! admin, so a listed address counts as assigned: without
+//! `allowed_target_cidrs` only the never-list refuses. C2L addresses are
+//! where this server listens, not targets, and are kept.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -25,10 +34,11 @@ use serde::Deserialize;
 use super::RuntimeHandle;
 use crate::catalog::CatalogStore;
 use crate::config::{parse_error, ConfigError};
+use crate::policy::{Refusal, TargetPolicy};
 
 /// Why a services file is unusable.
 #[derive(Debug, thiserror::Error)]
-pub enum ServicesError {
+pub(crate) enum ServicesError {
     /// Read, syntax or schema problem.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -92,7 +102,7 @@ fn default_protocol() -> RawProtocol {
 }
 
 /// Parses and validates a services file's text.
-pub fn parse(path: &Path, text: &str) -> Result<Vec<Service>, ConfigError> {
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Vec<Service>, ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
     let mut out: Vec<Service> = Vec::with_capacity(raw.service.len());
     for (i, s) in raw.service.into_iter().enumerate() {
@@ -139,17 +149,76 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Service>, ConfigError> {
 }
 
 /// Reads and validates a services file.
-pub fn load(path: &Path) -> Result<Vec<Service>, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<Vec<Service>, ConfigError> {
     let text = netmux_common::config::read(path)?;
     parse(path, &text)
 }
 
-/// Publishes the file's services, then republishes on every change.
-pub async fn start(
+/// An address the target policy left out of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refused {
+    /// The entry's key (`namespace/name`).
+    pub(crate) service: String,
+    /// The refused address.
+    pub(crate) address: IpAddr,
+    /// Why.
+    pub(crate) why: Refusal,
+}
+
+/// `services` without the L2C addresses `policy` refuses (an entry left
+/// with none is dropped), and what was refused.
+pub(crate) fn screen(
+    services: Vec<Service>,
+    policy: &TargetPolicy,
+) -> (Vec<Service>, Vec<Refused>) {
+    let mut refused = Vec::new();
+    let kept = services
+        .into_iter()
+        .filter_map(|mut svc| {
+            if svc.direction != Direction::L2C || svc.addresses.is_empty() {
+                return Some(svc);
+            }
+            let key = svc.key();
+            svc.addresses.retain(|ip| match policy.check(*ip, true) {
+                Ok(()) => true,
+                Err(why) => {
+                    refused.push(Refused {
+                        service: key.clone(),
+                        address: *ip,
+                        why,
+                    });
+                    false
+                }
+            });
+            (!svc.addresses.is_empty()).then_some(svc)
+        })
+        .collect();
+    (kept, refused)
+}
+
+/// Screens `services`, tells every refusal (log line, metric), publishes
+/// the rest.
+fn publish(store: &CatalogStore, policy: &TargetPolicy, services: Vec<Service>) {
+    let (kept, refused) = screen(services, policy);
+    for r in &refused {
+        tracing::warn!(service = %r.service, address = %r.address, reason = r.why.label(), "services file entry's address refused: {}", r.why);
+        store
+            .metrics()
+            .catalog_refused
+            .with_label_values(&[r.why.label()])
+            .inc();
+    }
+    store.publish(kept);
+}
+
+/// Publishes the file's services that `policy` allows, then republishes
+/// on every change.
+pub(crate) async fn start(
     path: PathBuf,
+    policy: TargetPolicy,
     store: Arc<CatalogStore>,
 ) -> Result<RuntimeHandle, ServicesError> {
-    store.publish(load(&path)?);
+    publish(&store, &policy, load(&path)?);
     tracing::info!(path = %path.display(), services = store.current().len(), "static runtime loaded");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let name = path.file_name().map(|n| n.to_owned());
@@ -183,7 +252,7 @@ pub async fn start(
             while rx.try_recv().is_ok() {}
             match load(&path) {
                 Ok(services) => {
-                    store.publish(services);
+                    publish(&store, &policy, services);
                     tracing::info!(path = %path.display(), services = store.current().len(), "services reloaded");
                 }
                 Err(e) => {
@@ -240,7 +309,9 @@ ports = [{ port = 80, target_port = 8080, name = "http" }, { port = 443 }]
             "[[service]]\nname = \"a\"\naddresses = [\"10.0.0.1\"]\nports = [{ port = 80 }]\n";
         std::fs::write(&path, one).unwrap();
         let (store, mut rx) = CatalogStore::new(crate::metrics::Metrics::new());
-        let _rt = start(path.clone(), store.clone()).await.unwrap();
+        let _rt = start(path.clone(), TargetPolicy::default(), store.clone())
+            .await
+            .unwrap();
         rx.borrow_and_update();
         let two = format!("{one}[[service]]\nname = \"b\"\naddresses = [\"10.0.0.2\"]\nports = [{{ port = 81 }}]\n");
         std::fs::write(&path, two).unwrap();
@@ -256,5 +327,66 @@ ports = [{ port = 80, target_port = 8080, name = "http" }, { port = 443 }]
             2,
             "bad file must not change the catalog"
         );
+    }
+
+    #[tokio::test]
+    async fn the_target_policy_screens_the_file_and_counts_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("services.toml");
+        let text = "[[service]]\nname = \"web\"\naddresses = [\"10.0.0.1\", \"169.254.169.254\"]\nports = [{ port = 80 }]\n\
+                    [[service]]\nname = \"lo\"\naddresses = [\"127.0.0.1\"]\nports = [{ port = 80 }]\n\
+                    [[service]]\nname = \"own\"\naddresses = [\"10.0.0.9\"]\nports = [{ port = 80 }]\n\
+                    [[service]]\nname = \"far\"\naddresses = [\"192.0.2.7\"]\nports = [{ port = 80 }]\n\
+                    [[service]]\nname = \"rev\"\naddresses = [\"127.0.0.1\"]\ndirection = \"C2L\"\nports = [{ port = 81 }]\n";
+        std::fs::write(&path, text).unwrap();
+        let cidr = |s: &str| crate::policy::Cidr::try_from(s.to_owned()).unwrap();
+        let policy = TargetPolicy {
+            allowed: Some(vec![cidr("10.0.0.0/8")]),
+            allow_unsafe: vec![],
+            server_addresses: vec!["10.0.0.9".parse().unwrap()],
+        };
+        let (store, _rx) = CatalogStore::new(crate::metrics::Metrics::new());
+        let _rt = start(path.clone(), policy, store.clone()).await.unwrap();
+        let catalog = store.current();
+        let by_name = |n: &str| catalog.values().find(|s| s.name == n).cloned();
+        let web = by_name("web").expect("web keeps its allowed address");
+        assert_eq!(web.addresses, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert!(by_name("lo").is_none(), "loopback only: not published");
+        assert!(by_name("own").is_none(), "the server's own address");
+        assert!(by_name("far").is_none(), "outside allowed_target_cidrs");
+        assert!(by_name("rev").is_some(), "C2L addresses are not targets");
+        let metrics = store.metrics().render();
+        for reason in ["link_local", "loopback", "server_address", "not_allowed"] {
+            assert!(
+                metrics.contains(&format!(
+                    "netmux_server_catalog_refused_total{{reason=\"{reason}\"}} 1"
+                )),
+                "{reason} counted: {metrics}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_allowed_cidrs_only_the_never_list_refuses() {
+        let text = "[[service]]\nname = \"a\"\naddresses = [\"192.0.2.7\", \"fd00:ec2::254\"]\nports = [{ port = 80 }]\n";
+        let services = parse(Path::new("svc.toml"), text).unwrap();
+        let (kept, refused) = screen(services.clone(), &TargetPolicy::default());
+        assert_eq!(
+            kept[0].addresses,
+            vec!["192.0.2.7".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            refused,
+            vec![Refused {
+                service: "default/a".into(),
+                address: "fd00:ec2::254".parse().unwrap(),
+                why: Refusal::LinkLocal,
+            }]
+        );
+        let unsafe_ok = TargetPolicy {
+            allow_unsafe: vec![crate::policy::Cidr::try_from("fd00:ec2::254".to_owned()).unwrap()],
+            ..TargetPolicy::default()
+        };
+        assert_eq!(screen(services, &unsafe_ok).0[0].addresses.len(), 2);
     }
 }

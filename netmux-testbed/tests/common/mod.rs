@@ -17,6 +17,16 @@ pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("literal address")
 }
 
+/// `nx-TAG-PID-N`: a name no other test (or run) uses at the same time.
+pub fn unique(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "nx-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// A fresh sandbox.
 pub fn sandbox() -> Sandbox {
     Sandbox::new().expect("creating a sandbox (needs root and iproute2)")
@@ -35,14 +45,8 @@ pub fn on_failure_dump<R>(sb: &Sandbox, f: impl FnOnce() -> R + std::panic::Unwi
 
 /// Starts `nx-echo MODE --listen ADDR` on `side` and waits until it accepts.
 pub fn nx_echo(sb: &Sandbox, side: Side, label: &str, mode: &str, addr: SocketAddr) -> Process {
-    let p = sb
-        .process(side, label, bin("nx-echo").expect("nx-echo built"))
-        .args([mode, "--listen", &addr.to_string()])
-        .spawn()
-        .expect("start nx-echo");
-    sb.wait_for_tcp(side, addr, T)
-        .unwrap_or_else(|e| panic!("nx-echo {mode} on {addr}: {e}\n{}", p.log()));
-    p
+    sb.nx_echo(side, label, mode, addr, T)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `curl -sS URL` on `side`.

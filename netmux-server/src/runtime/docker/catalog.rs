@@ -31,18 +31,18 @@ use crate::policy::{Refusal, TargetPolicy};
 use crate::runtime::kubernetes::annotation::{self, Bridge};
 
 /// Label that opts a container in (`true`) or out (`false`).
-pub const PUBLISH_LABEL: &str = "netmux.publish";
+pub(crate) const PUBLISH_LABEL: &str = "netmux.publish";
 /// Label narrowing the published ports: `8080,9000/tcp,53/udp`.
-pub const PORTS_LABEL: &str = "netmux.ports";
+pub(crate) const PORTS_LABEL: &str = "netmux.ports";
 /// Label carrying `nx` bridges, as the Kubernetes annotation does.
-pub const NX_LABEL: &str = "netmux.nx";
+pub(crate) const NX_LABEL: &str = "netmux.nx";
 /// Compose's labels naming a container's service and project.
 const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 
 /// A container's health, as far as publishing cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     /// No health check: published while running.
     None,
     /// Health check not passed yet.
@@ -55,35 +55,35 @@ pub enum Health {
 
 /// One network a container is attached to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
+pub(crate) struct Attachment {
     /// The network's name.
-    pub network: String,
+    pub(crate) network: String,
     /// The container's addresses on it.
-    pub addresses: Vec<IpAddr>,
+    pub(crate) addresses: Vec<IpAddr>,
     /// Its aliases on it (compose adds the service name).
-    pub aliases: Vec<String>,
+    pub(crate) aliases: Vec<String>,
 }
 
 /// What the catalog needs of a running container.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Container {
+pub(crate) struct Container {
     /// Full id.
-    pub id: String,
+    pub(crate) id: String,
     /// Name, without Docker's leading `/`.
-    pub name: String,
+    pub(crate) name: String,
     /// Its labels.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// Health check state.
-    pub health: Health,
+    pub(crate) health: Health,
     /// Exposed ports (`EXPOSE`, `--expose`, compose `expose:`).
-    pub exposed: Vec<(u16, Protocol)>,
+    pub(crate) exposed: Vec<(u16, Protocol)>,
     /// Networks it is attached to.
-    pub networks: Vec<Attachment>,
+    pub(crate) networks: Vec<Attachment>,
 }
 
 /// Which networks the server can reach containers on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reach {
+pub(crate) enum Reach {
     /// Every network: the server runs beside dockerd, which puts its own
     /// address on every bridge.
     All,
@@ -102,31 +102,31 @@ impl Reach {
 
 /// Policy knobs of [`catalog_from`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogOptions {
+pub(crate) struct CatalogOptions {
     /// Namespace of the published entries.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Domain under which aliases are also published (`docker.internal`).
-    pub cluster_domain: String,
+    pub(crate) cluster_domain: String,
     /// Containers on these networks are published without a label.
-    pub networks: Vec<String>,
+    pub(crate) networks: Vec<String>,
     /// Networks shared with the server.
-    pub reach: Reach,
+    pub(crate) reach: Reach,
     /// Which container addresses may be published ([`crate::policy`]):
     /// Docker assigned them all, so by default every one but the
     /// never-list (loopback, link-local, the server's own...).
-    pub policy: TargetPolicy,
+    pub(crate) policy: TargetPolicy,
 }
 
 /// Something wrong with one container, told in the server's log.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// The container's name.
-    pub container: String,
+    pub(crate) container: String,
     /// What is wrong and the fix.
-    pub message: String,
+    pub(crate) message: String,
     /// Set when an address was refused by the target policy (a metric
     /// label).
-    pub refused: Option<Refusal>,
+    pub(crate) refused: Option<Refusal>,
 }
 
 impl fmt::Display for Problem {
@@ -273,7 +273,7 @@ fn selected(c: &Container, options: &CatalogOptions) -> Result<bool, String> {
 ///
 /// Deterministic: containers are processed by name, so when two publish the
 /// same name the first keeps it and the second gets a [`Problem`].
-pub fn catalog_from(
+pub(crate) fn catalog_from(
     containers: &[Container],
     options: &CatalogOptions,
 ) -> (Vec<Service>, Vec<Problem>) {

@@ -20,7 +20,7 @@
 //! with backoff, then lists again and follows again. Problems (invalid
 //! labels, name conflicts) are logged once per distinct problem.
 
-pub mod catalog;
+pub(crate) mod catalog;
 mod client;
 mod time;
 
@@ -35,7 +35,7 @@ use futures::{FutureExt, StreamExt};
 use netmux_common::sync::lock;
 use serde::Deserialize;
 
-pub use catalog::{catalog_from, CatalogOptions, Container, Problem, Reach};
+pub(crate) use catalog::{catalog_from, CatalogOptions, Container, Problem, Reach};
 
 use super::RuntimeHandle;
 use crate::catalog::CatalogStore;
@@ -48,34 +48,34 @@ pub struct Settings {
     /// `DOCKER_CERT_PATH`/`DOCKER_TLS_VERIFY`); default `$DOCKER_HOST`,
     /// else `unix:///var/run/docker.sock`.
     #[serde(default)]
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
     /// Containers on these networks are published without a label.
     #[serde(default)]
-    pub networks: Vec<String>,
+    pub(crate) networks: Vec<String>,
     /// Catalog namespace of the published containers (default `docker`).
     #[serde(default = "default_namespace")]
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Domain under which aliases are also published (default
     /// `docker.internal`); daemons set the same `cluster_domain`.
     #[serde(default = "default_domain")]
-    pub cluster_domain: String,
+    pub(crate) cluster_domain: String,
     /// The container the server runs in (name or id), when it runs in one:
     /// only addresses on its networks are published. Default: found from
     /// `HOSTNAME` when `/.dockerenv` or `/run/.containerenv` exists; else
     /// the server runs beside dockerd and reaches every network.
     #[serde(default)]
-    pub server_container: Option<String>,
+    pub(crate) server_container: Option<String>,
     /// How long the first complete list may take before start fails (ms).
     #[serde(default = "default_initial_sync_timeout_ms")]
-    pub initial_sync_timeout_ms: u64,
+    pub(crate) initial_sync_timeout_ms: u64,
     /// Where entries may point (CIDRs or addresses); unset: every address
     /// Docker assigned to a container ([`crate::policy`]).
     #[serde(default)]
-    pub allowed_target_cidrs: Option<Vec<crate::policy::Cidr>>,
+    pub(crate) allowed_target_cidrs: Option<Vec<crate::policy::Cidr>>,
     /// Exceptions to the never-list (loopback, link-local, the server's
     /// own addresses...).
     #[serde(default)]
-    pub allow_unsafe_targets: Vec<crate::policy::Cidr>,
+    pub(crate) allow_unsafe_targets: Vec<crate::policy::Cidr>,
 }
 
 fn default_namespace() -> String {
@@ -90,7 +90,7 @@ fn default_initial_sync_timeout_ms() -> u64 {
 
 impl Settings {
     /// Checks the values: `Err((key, message with the fix))`.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         let label = |s: &str| netmux_common::proto::catalog::valid_dns_name(s) && !s.contains('.');
         if !label(&self.namespace) {
             return Err((
@@ -131,7 +131,7 @@ impl Settings {
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// The Docker API address is unusable.
     #[error("Docker API {host}: {message}")]
     Host {
@@ -155,7 +155,7 @@ pub enum Error {
 /// Starts following the Docker API; returns once the first catalog is
 /// published.
 /// `server_addresses` are the server's own, never published.
-pub async fn start(
+pub(crate) async fn start(
     settings: &Settings,
     server_addresses: Vec<std::net::IpAddr>,
     store: Arc<CatalogStore>,

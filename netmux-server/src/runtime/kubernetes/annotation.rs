@@ -22,31 +22,31 @@ use netmux_common::proto::catalog::{Direction, Protocol};
 use serde::Deserialize;
 
 /// The annotation key, as in the original tool.
-pub const KEY: &str = "nx";
+pub(crate) const KEY: &str = "nx";
 
 /// One bridge of the annotation, values checked, defaults still open.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bridge {
+pub(crate) struct Bridge {
     /// Catalog name; default: the Service's name.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// The name the workstation uses; default: `name`.
-    pub local_addr: Option<String>,
+    pub(crate) local_addr: Option<String>,
     /// The port the workstation uses; default: the Service's port.
-    pub local_port: Option<u16>,
+    pub(crate) local_port: Option<u16>,
     /// What the server dials (or, for C2L, where it listens); default: the
     /// Service's cluster IP.
-    pub container_addr: Option<String>,
+    pub(crate) container_addr: Option<String>,
     /// The port dialled in the cluster; default: the Service's port.
-    pub container_port: Option<u16>,
+    pub(crate) container_port: Option<u16>,
     /// Default L2C.
-    pub direction: Direction,
+    pub(crate) direction: Direction,
     /// Default TCP.
-    pub family: Protocol,
+    pub(crate) family: Protocol,
 }
 
 /// Why an annotation is rejected; the message says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AnnotationError {
+pub(crate) enum AnnotationError {
     /// Not YAML, not a list of mappings, or an unknown key.
     #[error("annotation `nx` is not a list of bridges: {0}; fix: write a YAML list of mappings with the keys name, localAddr, localPort, containerAddr, containerPort, direction, family")]
     Syntax(String),
@@ -87,12 +87,12 @@ enum RawPort {
 
 /// Whether `value` carries bridges at all: the original treated an empty
 /// annotation as absent.
-pub fn is_present(value: Option<&String>) -> bool {
+pub(crate) fn is_present(value: Option<&String>) -> bool {
     value.is_some_and(|v| !v.trim().is_empty())
 }
 
 /// Parses the annotation's value.
-pub fn parse(value: &str) -> Result<Vec<Bridge>, AnnotationError> {
+pub(crate) fn parse(value: &str) -> Result<Vec<Bridge>, AnnotationError> {
     let raw: Vec<RawBridge> =
         serde_yaml::from_str(value).map_err(|e| AnnotationError::Syntax(e.to_string()))?;
     raw.into_iter()

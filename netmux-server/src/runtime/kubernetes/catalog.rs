@@ -37,11 +37,11 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogOptions {
     /// Publish Services that carry no `nx` annotation (the original did).
-    pub publish_unannotated: bool,
+    pub(crate) publish_unannotated: bool,
     /// The cluster's DNS domain, for per-pod names (`cluster.local`).
-    pub cluster_domain: String,
+    pub(crate) cluster_domain: String,
     /// Which addresses entries may point at.
-    pub policy: TargetPolicy,
+    pub(crate) policy: TargetPolicy,
 }
 
 impl Default for CatalogOptions {
@@ -74,7 +74,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// PascalCase reason for a Kubernetes Event.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             ProblemKind::InvalidAnnotation => "InvalidNxAnnotation",
             ProblemKind::NameConflict => "NetmuxNameConflict",
@@ -84,7 +84,7 @@ impl ProblemKind {
     }
 
     /// Bounded metric label (`netmux_server_catalog_refused_total`).
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             ProblemKind::InvalidAnnotation => "invalid_annotation",
             ProblemKind::NameConflict => "name_conflict",
@@ -98,18 +98,18 @@ impl ProblemKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Problem {
     /// The Service's namespace.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// The Service's name.
-    pub service: String,
+    pub(crate) service: String,
     /// The Service's uid, for the Event's reference.
-    pub uid: Option<String>,
+    pub(crate) uid: Option<String>,
     /// Reason.
-    pub kind: ProblemKind,
+    pub(crate) kind: ProblemKind,
     /// What is refused (an entry name, an address), empty for the whole
     /// Service: Events about distinct subjects are kept apart.
-    pub subject: String,
+    pub(crate) subject: String,
     /// What is wrong, which entry, and the fix.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for Problem {
@@ -193,7 +193,7 @@ enum Target<'a> {
 
 /// One catalog entry and the Kubernetes Services (same namespace, the
 /// publishing one first) it reaches: what RBAC is asked about.
-pub type Origin = Vec<String>;
+pub(crate) type Origin = Vec<String>;
 
 /// One refused address or entry.
 struct Refused {

@@ -10,8 +10,8 @@
 //! annotations, name conflicts) become Kubernetes Events on the Services
 //! concerned, once per distinct problem.
 
-pub mod annotation;
-pub mod catalog;
+pub(crate) mod annotation;
+pub(crate) mod catalog;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
