@@ -108,6 +108,36 @@ enum Command {
         /// Service name.
         name: String,
     },
+    /// Intercepts a cluster Service: its traffic comes to this machine,
+    /// all of it (global) or the HTTP requests with a header (personal);
+    /// docs/intercept.md.
+    Intercept {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name or namespace/name.
+        service: String,
+        /// Service port (needed when it has several).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Where its traffic goes here, HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// NAME=VALUE: a personal intercept, only HTTP requests carrying
+        /// this header come here; the others go on to the Service's pods.
+        #[arg(long)]
+        header: Option<String>,
+    },
+    /// Ends an intercept; the Service is restored as it was.
+    #[command(visible_aliases = ["unintercept"])]
+    Leave {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name or namespace/name.
+        service: String,
+        /// Only the intercept of this port.
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Shows the daemon's status.
     Status {
         /// Output format.
@@ -249,6 +279,34 @@ async fn main() -> ExitCode {
             },
             Output::Table,
         ),
+        Command::Intercept {
+            endpoint,
+            service,
+            port,
+            to,
+            header,
+        } => (
+            Request::Intercept {
+                endpoint: endpoint.clone(),
+                service: service.clone(),
+                port: *port,
+                to: to.clone(),
+                header: header.clone(),
+            },
+            Output::Table,
+        ),
+        Command::Leave {
+            endpoint,
+            service,
+            port,
+        } => (
+            Request::Leave {
+                endpoint: endpoint.clone(),
+                service: service.clone(),
+                port: *port,
+            },
+            Output::Table,
+        ),
         Command::Status { output } => (Request::Status, *output),
         Command::Exit => (Request::Exit, Output::Table),
         Command::Cleanup => (Request::Cleanup, Output::Table),
@@ -351,6 +409,19 @@ async fn main() -> ExitCode {
                 for note in e.notes {
                     println!("  {note}");
                 }
+            }
+            for i in s.intercepts {
+                println!(
+                    "intercept {} port {} on {}: {} => {}, {}; holder {}; {} to the workstation",
+                    i.service,
+                    i.port,
+                    i.endpoint,
+                    i.mode,
+                    i.to,
+                    i.state,
+                    i.holder,
+                    i.to_workstation
+                );
             }
         }
         (Some(Reply::Done { message }), Output::Table) => println!("{message}"),

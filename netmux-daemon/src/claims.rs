@@ -24,16 +24,35 @@ pub enum ClaimKind {
         /// Cluster-side port.
         port: u16,
     },
+    /// An intercept of a cluster Service's port (`netmux intercept`,
+    /// docs/intercept.md): its connections come here as reverse streams
+    /// naming the L2C catalog entry and the port.
+    Intercept {
+        /// `namespace/name` of the catalog entry.
+        service: String,
+        /// The Service port.
+        port: u16,
+        /// Personal intercept's header (name lower-case, value); `None`:
+        /// global.
+        header: Option<(String, String)>,
+    },
+}
+
+/// The claims-table name of the intercept of `service` port `port`.
+pub fn intercept_name(service: &str, port: u16) -> String {
+    format!("intercept:{service}:{port}")
 }
 
 impl ClaimKind {
     /// Whether catalog entry `svc` is the one this claim is about.
     pub fn is_for(&self, svc: &Service) -> bool {
-        svc.direction == Direction::C2L
-            && match self {
-                ClaimKind::Catalog(key) => svc.key() == *key,
-                ClaimKind::Adhoc { name, .. } => svc.name == *name,
+        match self {
+            ClaimKind::Catalog(key) => svc.direction == Direction::C2L && svc.key() == *key,
+            ClaimKind::Adhoc { name, .. } => svc.direction == Direction::C2L && svc.name == *name,
+            ClaimKind::Intercept { service, .. } => {
+                svc.direction == Direction::L2C && svc.key() == *service
             }
+        }
     }
 }
 
@@ -104,6 +123,10 @@ pub struct Claim {
     pub targets: Targets,
     /// Where it stands.
     pub state: ClaimState,
+    /// Who holds it as the server reports it (intercepts).
+    pub holder: Option<String>,
+    /// Connections or requests the server sent here (intercepts).
+    pub served: u64,
 }
 
 /// The claims of one endpoint, keyed by a name the CLI uses; shared by
@@ -120,6 +143,30 @@ impl Claims {
         }
     }
 
+    /// A copy of every claim with its name, for views.
+    pub fn snapshot_named(&self) -> Vec<(String, Claim)> {
+        self.lock()
+            .iter()
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect()
+    }
+
+    /// Applies the server's report on this daemon's intercepts.
+    pub fn report(&self, reports: &[netmux_common::proto::control::InterceptReport]) {
+        for c in self.lock().values_mut() {
+            let ClaimKind::Intercept { service, port, .. } = &c.kind else {
+                continue;
+            };
+            if let Some(r) = reports
+                .iter()
+                .find(|r| r.service == *service && r.port == *port)
+            {
+                c.holder = Some(r.holder.clone());
+                c.served = r.to_workstation;
+            }
+        }
+    }
+
     /// A copy of every claim, for views.
     pub fn snapshot(&self) -> Vec<Claim> {
         self.lock().values().cloned().collect()
@@ -130,8 +177,8 @@ impl Claims {
     pub fn local_for(&self, svc: &Service, port: u16, protocol: Protocol) -> Option<SocketAddr> {
         self.lock()
             .values()
-            .find(|c| c.kind.is_for(svc))
-            .and_then(|c| c.targets.get(port, protocol))
+            .filter(|c| c.kind.is_for(svc))
+            .find_map(|c| c.targets.get(port, protocol))
     }
 }
 
@@ -174,6 +221,8 @@ mod tests {
                 kind: ClaimKind::Catalog(svc.key()),
                 targets: Targets::for_service(&svc, lo),
                 state: ClaimState::Held,
+                holder: None,
+                served: 0,
             },
         );
         for (port, local) in [(18091, 19000), (18092, 19001), (18093, 19002)] {
@@ -219,6 +268,8 @@ mod tests {
                 },
                 targets: Targets::one(8080, local),
                 state: ClaimState::Pending,
+                holder: None,
+                served: 0,
             },
         );
         assert_eq!(claims.local_for(&svc, 8080, Protocol::Tcp), Some(local));

@@ -62,6 +62,11 @@ pub struct Metrics {
     /// `expired` (longer than `survive_blackout`), `evicted`
     /// (`max_blackout_sessions`).
     pub blackouts: IntCounterVec,
+    /// Requests (connections, for global intercepts) of intercepted
+    /// Services by `route`: `workstation` or `pods`.
+    pub intercept_requests: IntCounterVec,
+    /// Body bytes (both ways) of intercepted Services by `route`.
+    pub intercept_bytes: IntCounterVec,
 }
 
 /// `limit` label values of [`Metrics::session_limit_refusals`].
@@ -196,6 +201,16 @@ impl Metrics {
                 )
                 .expect("static metric"),
             ),
+            intercept_requests: counter(
+                "netmux_server_intercept_requests_total",
+                "Requests (connections for global intercepts) of intercepted Services, by route (workstation, pods)",
+                &["service", "route"],
+            ),
+            intercept_bytes: counter(
+                "netmux_server_intercept_bytes_total",
+                "Bytes of intercepted Services' requests and responses, by route",
+                &["service", "route"],
+            ),
             session_limit_refusals: counter(
                 "netmux_server_session_limit_refusals_total",
                 "Requests of a daemon refused by a per-session limit",
@@ -232,6 +247,8 @@ impl Metrics {
         forget(&self.udp_bytes, key);
         forget(&self.udp_drops, key);
         forget(&self.udp_flows, key);
+        forget(&self.intercept_requests, key);
+        forget(&self.intercept_bytes, key);
     }
 
     /// Text exposition of every metric.

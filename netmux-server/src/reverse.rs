@@ -394,6 +394,7 @@ impl Claims {
                         key: key.clone(),
                         port,
                         options: self.options,
+                        direction: "c2l",
                     },
                     self.metrics.clone(),
                 ))

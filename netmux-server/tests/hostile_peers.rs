@@ -86,6 +86,14 @@ async fn start(limits: &str, hello_timeout_ms: u64, kube: Option<kube::Client>) 
             config.reverse_bind,
             config.adhoc_namespace.clone(),
         ),
+        intercepts: netmux_server::intercept::Intercepts::new(
+            None,
+            metrics.clone(),
+            netmux_common::tunnel::stream::Options {
+                half_close_timeout: None,
+            },
+            config.intercept_ttl,
+        ),
         sessions: std::sync::atomic::AtomicU64::new(1),
         catalog,
         metrics,

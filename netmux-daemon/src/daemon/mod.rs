@@ -5,6 +5,7 @@
 //! is kept apart from what runs; [`Daemon::reconcile`] makes the running set
 //! follow intent and the endpoints' catalogs, whatever changed.
 
+mod intercept;
 mod launch;
 mod reconcile;
 mod reload;
@@ -171,6 +172,21 @@ impl Daemon {
                 remote_port,
             } => self.expose(&endpoint, &name, &local, remote_port).await,
             Unexpose { endpoint, name } => self.unexpose(&endpoint, &name).await,
+            Intercept {
+                endpoint,
+                service,
+                port,
+                to,
+                header,
+            } => {
+                self.intercept(&endpoint, &service, port, &to, header.as_deref())
+                    .await
+            }
+            Leave {
+                endpoint,
+                service,
+                port,
+            } => self.leave(&endpoint, &service, port).await,
             Exit => {
                 self.cleanup().await;
                 self.exit.notify_one();
