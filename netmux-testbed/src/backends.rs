@@ -139,6 +139,113 @@ async fn answer(
     Ok(response.unwrap_or_else(|_| Response::new(BoxBody::new(Full::new(Bytes::new())))))
 }
 
+/// A backend serving on its own thread inside a namespace, outside any
+/// fake cluster: a workstation's `--to` target, say. It answers as a pod
+/// named `name` does (see the module docs) and counts its requests;
+/// [`Standalone::stop`] or dropping it closes the listener and every open
+/// connection (a target that went down).
+#[derive(Debug)]
+pub struct Standalone {
+    addr: SocketAddr,
+    name: String,
+    tally: Tally,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Standalone {
+    /// Starts serving on `addr` (port 0: any) inside `netns` (a
+    /// [`crate::Sandbox`]'s `ws()` or `cluster()`).
+    pub fn start(netns: &crate::Netns, addr: SocketAddr, name: &str) -> Result<Standalone> {
+        let ns = netns.name().to_owned();
+        let tally = Tally::default();
+        let (pod, served) = (name.to_owned(), tally.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("backend-{name}"))
+            .spawn(move || {
+                let rt = match crate::netns::runtime_in(&ns) {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match TcpListener::bind(addr).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(Error::Io {
+                                context: format!("binding backend {pod} to {addr} in {ns}"),
+                                source: e,
+                            }));
+                            return;
+                        }
+                    };
+                    let bound = listener.local_addr().unwrap_or(addr);
+                    let _ = ready_tx.send(Ok(bound));
+                    tokio::select! {
+                        () = serve(listener, pod, served) => {}
+                        _ = stopped => {}
+                    }
+                });
+                // The runtime drops here: every connection task with it.
+            })
+            .map_err(Error::io("starting a backend thread"))?;
+        match ready_rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(Ok(addr)) => Ok(Standalone {
+                addr,
+                name: name.to_owned(),
+                tally,
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(Error::Check(format!("backend {name} did not start"))),
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests answered so far, by protocol.
+    pub fn counts(&self) -> Counts {
+        self.tally
+            .snapshot()
+            .get(&self.name)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.counts().total()
+    }
+
+    /// Stops serving now: the listener and every open connection close
+    /// (new connections are refused) before this returns.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// One gRPC message: not compressed, u32 big-endian length, payload.
 fn grpc_frame(payload: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(5 + payload.len());

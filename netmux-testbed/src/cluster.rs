@@ -174,25 +174,11 @@ impl FakeCluster {
         let serving = Serving::default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let path = format!("/run/netns/{netns}");
         let (ns_name, proxy_serving) = (netns.clone(), serving.clone());
         let thread = std::thread::Builder::new()
             .name("fake-cluster".into())
             .spawn(move || {
-                let started = (|| -> Result<tokio::runtime::Runtime> {
-                    let f =
-                        std::fs::File::open(&path).map_err(Error::io(format!("opening {path}")))?;
-                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                        Error::Io {
-                            context: format!("entering network namespace {path}"),
-                            source: e.into(),
-                        }
-                    })?;
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(Error::io("building the fake cluster's runtime"))
-                })();
+                let started = crate::netns::runtime_in(&ns_name);
                 let rt = match started {
                     Ok(rt) => rt,
                     Err(e) => {

@@ -239,3 +239,38 @@ fn a_crashed_endpoint_resets_and_a_deleted_pod_leaves_the_rotation() {
         }),
     );
 }
+
+#[test]
+fn a_standalone_backend_serves_inside_its_namespace_until_stopped() {
+    if !require("kubeproxy_e2e::standalone") {
+        return;
+    }
+    let sb = sandbox();
+    let mut target = netmux_testbed::backends::Standalone::start(
+        sb.ws(),
+        "127.0.0.1:0".parse().expect("addr"),
+        "workstation",
+    )
+    .expect("a backend in the workstation namespace");
+    let url = format!("http://{}/x", target.addr());
+    let ws_curl = |args: &[&str]| {
+        sb.process(Side::Workstation, "curl", "curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(args)
+            .arg(&url)
+            .run(T)
+            .expect("running curl")
+    };
+    let out = ws_curl(&[]);
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "workstation");
+    let out = ws_curl(&["--http2-prior-knowledge"]);
+    assert_eq!(out.stdout, "workstation", "{}", out.stderr);
+    assert_eq!(target.counts().http1, 1);
+    assert_eq!(target.counts().h2, 1);
+    // Only in its namespace: the cluster side's loopback has nothing there.
+    assert!(!curl(&sb, &[], &url).success());
+    target.stop();
+    assert!(!ws_curl(&[]).success(), "stopped: refused");
+    assert_eq!(target.requests(), 2);
+}
