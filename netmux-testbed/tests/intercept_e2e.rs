@@ -110,7 +110,7 @@ fn target(sb: &Sandbox, addr: &str, name: &str) -> Target {
 
 struct Daemon {
     socket: PathBuf,
-    _process: Process,
+    process: Process,
 }
 
 struct World<'a> {
@@ -259,10 +259,7 @@ impl World<'_> {
             .expect("start netmuxd");
         netmux_testbed::wait_until("netmuxd's socket", T, || socket.exists())
             .unwrap_or_else(|e| panic!("netmuxd {name}: {e}\n{}", p.log()));
-        let d = Daemon {
-            socket,
-            _process: p,
-        };
+        let d = Daemon { socket, process: p };
         let out = self.cli(&d, &["connect", "kube"]);
         assert!(
             out.success(),
@@ -412,6 +409,28 @@ fn global_intercept_takes_every_connection_and_leave_restores_the_exact_spec() {
                 status.stdout
             );
 
+            // Metrics per intercept, bounded labels (service, route).
+            let metrics = common::curl(
+                &sb,
+                Side::Cluster,
+                &format!("http://{}:{}/metrics", sb.cluster_addr(), quic_port(0) + 1),
+            );
+            let line = metrics
+                .stdout
+                .lines()
+                .find(|l| {
+                    l.starts_with("netmux_server_intercept_requests_total")
+                        && l.contains("route=\"workstation\"")
+                        && l.contains("service=\"apps/web\"")
+                })
+                .unwrap_or_else(|| panic!("no intercept metric:\n{}", metrics.stdout));
+            let count: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default();
+            assert!(count >= 50.0, "{line}");
+
             let out = w.cli(&alice, &["leave", "kube", "web"]);
             assert_ok(&out, "leave");
             netmux_testbed::wait_until("the Service restored", T, || {
@@ -431,8 +450,8 @@ fn global_intercept_takes_every_connection_and_leave_restores_the_exact_spec() {
     );
 }
 
-/// `requests` requests on one keep-alive connection (`h2`: one h2c
-/// connection, 16 at once), every third with alice's header, every third
+/// `requests` requests on one keep-alive connection (`h2`: gRPC-shaped
+/// calls on one h2c connection, 16 at once), every third with alice's header, every third
 /// with bob's, the rest with none; returns (header, answer) of each.
 fn mixed(w: &World<'_>, requests: usize, h2: bool) -> Vec<(&'static str, String)> {
     let addr = w.web.addr();
@@ -456,8 +475,12 @@ fn mixed(w: &World<'_>, requests: usize, h2: bool) -> Vec<(&'static str, String)
                             } else {
                                 vec![("x-netmux-user", user)]
                             };
-                            let a = match c.get(&format!("/mixed/{i}"), &headers).await {
-                                Ok(r) => served_by(r.status, r.header("x-served-by"), &r.body),
+                            // gRPC-shaped (POST, application/grpc, trailers).
+                            let a = match c
+                                .grpc(&format!("/mixed.Echo/Call{i}"), &headers, b"ping")
+                                .await
+                            {
+                                Ok(r) => served_by(r.status, r.header("x-served-by"), ""),
                                 Err(e) => format!("error: {e}"),
                             };
                             (user, a)
@@ -631,6 +654,141 @@ fn a_user_without_the_intercept_verb_is_refused_with_the_role_to_bind() {
                 out.stderr
             );
             assert!(!w.intercepted() && w.netmux_slice().is_none() && w.leases().is_empty());
+        }),
+    );
+}
+
+/// Whether the Service is as before any intercept: selector back, no
+/// annotation, no netmux slice, no Lease.
+fn restored(w: &World<'_>) -> bool {
+    !w.intercepted() && w.netmux_slice().is_none() && w.leases().is_empty()
+}
+
+#[test]
+fn a_sigkilled_daemon_s_intercept_is_restored_within_the_lease_ttl() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let mut alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            let _target = target(&sb, ALICE_TARGET, "alice-workstation");
+            let before = w.spec_text();
+            assert_ok(
+                &w.cli(&alice, &["intercept", "kube", "web", "--to", ALICE_TARGET]),
+                "intercept",
+            );
+            w.wait_for_answer("the workstation", &[], "alice-workstation");
+            alice.process.kill();
+            // The server hears nothing more from it: the intercept ends and
+            // the Service is restored before its Lease could expire.
+            netmux_testbed::wait_until("the Service restored", TTL, || restored(&w))
+                .expect("restored within the lease TTL");
+            assert_eq!(w.spec_text(), before, "the spec is byte-identical");
+            w.wait_for_answer("the pods again", &[], "pod");
+        }),
+    );
+}
+
+#[test]
+fn when_the_replica_holding_an_intercept_dies_the_other_restores_the_service() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    w.start_server(1);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            let _target = target(&sb, ALICE_TARGET, "alice-workstation");
+            let before = w.spec_text();
+            assert_ok(
+                &w.cli(&alice, &["intercept", "kube", "web", "--to", ALICE_TARGET]),
+                "intercept",
+            );
+            let lease = w.leases().remove(0);
+            assert_eq!(
+                lease["spec"]["holderIdentity"], "netmux-server-0/intercept",
+                "{lease}"
+            );
+            w.wait_for_answer("the workstation", &[], "alice-workstation");
+            w.servers[0].kill();
+            // Its Lease expires after TTL; replica 1 sweeps every TTL/4.
+            netmux_testbed::wait_until("replica 1 restores the Service", TTL * 2, || restored(&w))
+                .expect("restored by the other replica");
+            assert_eq!(w.spec_text(), before, "the spec is byte-identical");
+            w.wait_for_answer("the pods again", &[], "pod");
+            assert!(
+                w.servers[1]
+                    .log()
+                    .contains("intercept Lease expired; restoring"),
+                "replica 1 restored it"
+            );
+        }),
+    );
+}
+
+#[test]
+fn a_workstation_target_that_is_down_gives_a_reset_global_and_a_502_personal() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            // Nothing listens on ALICE_TARGET.
+            assert_ok(
+                &w.cli(&alice, &["intercept", "kube", "web", "--to", ALICE_TARGET]),
+                "global intercept",
+            );
+            netmux_testbed::wait_until("the kube-proxy to follow netmux's slice", T, || {
+                w.fresh_requests(1, &[])[0].starts_with("error")
+            })
+            .expect("connections fail");
+            let addr = w.web.addr();
+            let outcome = sb
+                .cluster()
+                .block_on(move || async move {
+                    let mut c = Http1::connect(addr).await.expect("connect");
+                    tokio::time::timeout(T, c.get("/down", &[])).await
+                })
+                .expect("cluster namespace");
+            match outcome {
+                Ok(Err(e)) => eprintln!("global, target down: {e}"),
+                Ok(Ok(r)) => panic!("an answer from a down target: {} {}", r.status, r.body),
+                Err(_) => panic!("no prompt reset: the request hung"),
+            }
+            assert_ok(&w.cli(&alice, &["leave", "kube", "web"]), "leave");
+            netmux_testbed::wait_until("restored", T, || restored(&w)).expect("restored");
+
+            assert_ok(
+                &w.cli(
+                    &alice,
+                    &[
+                        "intercept",
+                        "kube",
+                        "web",
+                        "--to",
+                        ALICE_TARGET,
+                        "--header",
+                        "x-netmux-user=alice",
+                    ],
+                ),
+                "personal intercept",
+            );
+            w.wait_for_answer("the pods for others", &[], "pod");
+            let answer = w.fresh_requests(1, &[("x-netmux-user", "alice")]).remove(0);
+            assert!(
+                answer.starts_with("status 502")
+                    && answer.contains("workstation target is down")
+                    && answer.contains("netmux leave"),
+                "{answer}"
+            );
+            let others = w.fresh_requests(20, &[]);
+            let pods = w.web.pod_names();
+            assert!(others.iter().all(|a| pods.contains(a)), "{others:?}");
         }),
     );
 }
