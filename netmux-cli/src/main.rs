@@ -147,7 +147,22 @@ enum Command {
     /// Stops the daemon.
     Exit,
     /// Removes every trace of netmux (works even if the daemon crashed).
-    Cleanup,
+    Cleanup {
+        /// Instead: restore the intercepted Services of a namespace with
+        /// your kubeconfig, when no netmux-server is left to do it
+        /// (docs/intercept.md).
+        #[arg(long)]
+        intercepts: bool,
+        /// With --intercepts: the namespace (default: the context's).
+        #[arg(long, requires = "intercepts")]
+        namespace: Option<String>,
+        /// With --intercepts: the kubeconfig to use.
+        #[arg(long, requires = "intercepts")]
+        kubeconfig: Option<PathBuf>,
+        /// With --intercepts: the context to use.
+        #[arg(long, requires = "intercepts")]
+        context: Option<String>,
+    },
     /// Re-reads the daemon's config; unchanged endpoints keep their tunnels.
     Reload,
     /// Installs netmux as a system service (binaries, unit, user, config).
@@ -214,6 +229,40 @@ fn offline_cleanup(cli: &Cli) -> Result<String, String> {
         done.push(format!("removed stale socket {}", config.socket.display()));
     }
     Ok(done.join("; "))
+}
+
+/// `netmux cleanup --intercepts`: as the user, with their kubeconfig.
+async fn restore_intercepts(
+    namespace: Option<&str>,
+    kubeconfig: &Option<PathBuf>,
+    context: &Option<String>,
+) -> ExitCode {
+    let req = netmux_cli::credentials::Request {
+        settings: None,
+        kubeconfig: kubeconfig.clone(),
+        context: context.clone(),
+        token_file: None,
+        interactive: true,
+    };
+    let access = match netmux_cli::credentials::resolve_as_user(&req) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("netmux: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match netmux_cli::intercepts::restore_all(&access, namespace).await {
+        Ok(done) => {
+            for line in done {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("netmux: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -309,7 +358,13 @@ async fn main() -> ExitCode {
         ),
         Command::Status { output } => (Request::Status, *output),
         Command::Exit => (Request::Exit, Output::Table),
-        Command::Cleanup => (Request::Cleanup, Output::Table),
+        Command::Cleanup {
+            intercepts: true,
+            namespace,
+            kubeconfig,
+            context,
+        } => return restore_intercepts(namespace.as_deref(), kubeconfig, context).await,
+        Command::Cleanup { .. } => (Request::Cleanup, Output::Table),
         Command::Reload => (Request::Reload, Output::Table),
         Command::Install(a) => return sys::run_install(a, &Cli::command()),
         Command::Uninstall(a) => return sys::run_uninstall(a, &cli.socket).await,

@@ -792,3 +792,64 @@ fn a_workstation_target_that_is_down_gives_a_reset_global_and_a_502_personal() {
         }),
     );
 }
+
+#[test]
+fn netmux_cleanup_restores_with_the_users_kubeconfig_when_no_server_is_left() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            let _target = target(&sb, ALICE_TARGET, "alice-workstation");
+            let before = w.spec_text();
+            assert_ok(
+                &w.cli(&alice, &["intercept", "kube", "web", "--to", ALICE_TARGET]),
+                "intercept",
+            );
+            w.wait_for_answer("the workstation", &[], "alice-workstation");
+            // Every netmux pod is gone.
+            w.servers[0].kill();
+            let kubeconfig = w.dir.join("alice-kubeconfig");
+            write(
+                &kubeconfig,
+                &w.cluster.kubeconfig("alice", ALICE_TOKEN, "apps"),
+            );
+            let out = sb
+                .process(
+                    Side::Workstation,
+                    "netmux-cleanup",
+                    bin("netmux").expect("built"),
+                )
+                .args(["cleanup", "--intercepts", "--namespace", "apps"])
+                .env("KUBECONFIG", &kubeconfig)
+                .run(T)
+                .expect("run netmux cleanup");
+            assert_ok(&out, "cleanup --intercepts");
+            assert!(
+                out.stdout.contains("restored Service apps/web"),
+                "{}",
+                out.stdout
+            );
+            assert!(!w.intercepted() && w.netmux_slice().is_none());
+            assert_eq!(w.spec_text(), before, "the spec is byte-identical");
+            w.wait_for_answer("the pods again", &[], "pod");
+            let out = sb
+                .process(
+                    Side::Workstation,
+                    "netmux-cleanup",
+                    bin("netmux").expect("built"),
+                )
+                .args(["cleanup", "--intercepts", "--namespace", "apps"])
+                .env("KUBECONFIG", &kubeconfig)
+                .run(T)
+                .expect("run netmux cleanup");
+            assert!(
+                out.stdout.contains("no intercepted Service"),
+                "{}",
+                out.stdout
+            );
+        }),
+    );
+}
