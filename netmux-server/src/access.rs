@@ -267,7 +267,7 @@ impl Access {
             return Ok(());
         }
         Err(Denied::NotAllowed(format!(
-            "{} may not intercept Service {ns}/{name}: RBAC does not allow the verb `intercept` on services there; fix: an admin binds the Role netmux-user (manifests/base/rbac.yaml, it grants `intercept` on services) to them in namespace {ns}",
+            "{} may not intercept Service {ns}/{name}: RBAC does not allow the verb `intercept` on services there; fix: an admin binds the Role netmux-user (manifests/base/rbac-users.yaml, it grants `intercept` on services) to them in namespace {ns}",
             user.username
         )))
     }

@@ -66,7 +66,7 @@ fn code(e: &kube::Error) -> Option<u16> {
 
 fn api_error(what: &str, needs: &str, e: &kube::Error) -> String {
     if code(e) == Some(403) {
-        format!("{what}: {e}; the server's account needs {needs} (manifests/base/rbac.yaml)")
+        format!("{what}: {e}; the server's account needs {needs} (manifests/overlays/*: its Role, and manifests/base/rbac-leases.yaml)")
     } else {
         format!("{what}: {e}")
     }
