@@ -401,13 +401,20 @@ fn global_intercept_takes_every_connection_and_leave_restores_the_exact_spec() {
             );
             assert!(w.cluster.requests("web-0") + w.cluster.requests("web-1") > 0);
             let pods_before = w.cluster.requests("web-0") + w.cluster.requests("web-1");
-            let status = w.cli(&alice, &["status"]);
-            assert!(
-                status.stdout.contains("intercept apps/web port 80")
-                    && status.stdout.contains("global"),
-                "{}",
-                status.stdout
-            );
+            // status: the holder as the server names it, and the count
+            // the server reports (about once a second).
+            netmux_testbed::wait_until("status with the server's report", T, || {
+                let s = w.cli(&alice, &["status", "-o", "json"]).stdout;
+                let v: Value = serde_json::from_str(&s).unwrap_or_default();
+                let i = &v["intercepts"][0];
+                i["service"] == "apps/web"
+                    && i["port"] == 80
+                    && i["mode"] == "global"
+                    && i["state"] == "held"
+                    && i["holder"] == "alice through replica netmux-server-0"
+                    && i["to_workstation"].as_u64().is_some_and(|n| n >= 50)
+            })
+            .unwrap_or_else(|e| panic!("{e}: {}", w.cli(&alice, &["status"]).stdout));
 
             // Metrics per intercept, bounded labels (service, route).
             let metrics = common::curl(
