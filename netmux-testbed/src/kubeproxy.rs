@@ -298,6 +298,71 @@ mod tests {
                "ports": [{"name": "http", "port": port, "protocol": "TCP"}]})
     }
 
+    /// A connected pair through `proxy`: (client side, backend side).
+    async fn through_proxy() -> (TcpStream, TcpStream) {
+        let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = backend.local_addr().expect("addr");
+        let front_addr = front.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (c, _) = front.accept().await.expect("accept");
+            proxy(c, target).await;
+        });
+        let client = TcpStream::connect(front_addr).await.expect("connect");
+        let (server, _) = backend.accept().await.expect("backend accept");
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn a_half_close_passes_as_a_half_close() {
+        let (mut client, mut server) = through_proxy().await;
+        client.write_all(b"ping").await.expect("write");
+        client.shutdown().await.expect("half-close");
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.expect("read to FIN");
+        assert_eq!(got, b"ping");
+        // The other direction still flows after the client's FIN.
+        server.write_all(b"pong").await.expect("write back");
+        drop(server);
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.expect("read answer");
+        assert_eq!(back, b"pong");
+    }
+
+    #[tokio::test]
+    async fn a_reset_from_the_endpoint_reaches_the_client_as_a_reset() {
+        let (mut client, server) = through_proxy().await;
+        server.set_zero_linger().expect("linger");
+        drop(server);
+        let mut buf = [0u8; 8];
+        let err = client
+            .read(&mut buf)
+            .await
+            .expect_err("a reset, not an EOF");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_refuses_resets_the_client() {
+        // A port nobody listens on: bound, then closed.
+        let gone = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = gone.local_addr().expect("addr");
+        drop(gone);
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (c, _) = front.accept().await.expect("accept");
+            proxy(c, target).await;
+        });
+        let mut client = TcpStream::connect(front_addr).await.expect("connect");
+        let mut buf = [0u8; 8];
+        let err = client
+            .read(&mut buf)
+            .await
+            .expect_err("a reset, not an EOF");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
     #[test]
     fn tcp_ports_of_services_with_a_cluster_ip_are_served() {
         let mut headless = svc();
