@@ -87,6 +87,10 @@ pub enum Request {
         /// header); `None`: global (every connection).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         header: Option<String>,
+        /// A mirror: a copy of each HTTP request (with `header`, of those
+        /// carrying it) comes here, answers discarded; the originals go on.
+        #[serde(default)]
+        mirror: bool,
     },
     /// End an intercept.
     Leave {

@@ -126,6 +126,11 @@ enum Command {
         /// this header come here; the others go on to the Service's pods.
         #[arg(long)]
         header: Option<String>,
+        /// Mirror: a copy of each HTTP request (of those with --header,
+        /// if given) comes here and its answer is discarded; the requests
+        /// themselves go on to the pods.
+        #[arg(long)]
+        mirror: bool,
     },
     /// Ends an intercept; the Service is restored as it was.
     #[command(visible_aliases = ["unintercept"])]
@@ -334,6 +339,7 @@ async fn main() -> ExitCode {
             port,
             to,
             header,
+            mirror,
         } => (
             Request::Intercept {
                 endpoint: endpoint.clone(),
@@ -341,6 +347,7 @@ async fn main() -> ExitCode {
                 port: *port,
                 to: to.clone(),
                 header: header.clone(),
+                mirror: *mirror,
             },
             Output::Table,
         ),

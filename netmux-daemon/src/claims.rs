@@ -35,6 +35,8 @@ pub enum ClaimKind {
         /// Personal intercept's header (name lower-case, value); `None`:
         /// global.
         header: Option<(String, String)>,
+        /// A mirror: copies of the requests, answers discarded.
+        mirror: bool,
     },
 }
 

@@ -657,7 +657,8 @@ fn send_pending(
                 service,
                 port,
                 header,
-            } => session.intercept(service, *port, header.clone()),
+                mirror,
+            } => session.intercept(service, *port, header.clone(), *mirror),
         };
         in_flight.insert(request, name.clone());
     }

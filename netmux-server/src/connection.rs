@@ -360,8 +360,9 @@ async fn handle_event(
             service,
             port,
             header,
+            mirror,
         } => {
-            let r = intercept(server, holder, identity, &service, port, header).await;
+            let r = intercept(server, holder, identity, &service, port, header, mirror).await;
             if let Err(e) = &r {
                 tracing::info!(client = %holder.client, %service, error = %e, "intercept refused");
             }
@@ -388,6 +389,7 @@ async fn intercept(
     key: &str,
     port: u16,
     header: Option<(String, String)>,
+    mirror: bool,
 ) -> Result<(), String> {
     let catalog = server.catalog.borrow().clone();
     let Some(svc) = catalog.values().find(|s| s.key() == key).cloned() else {
@@ -406,9 +408,10 @@ async fn intercept(
         .await
         .map_err(|d| d.to_string())?;
     claims_left(server, holder)?;
-    let mode = match header {
-        None => crate::intercept::route::Mode::Global,
-        Some((name, value)) => crate::intercept::route::Mode::Personal { name, value },
+    let mode = match (header, mirror) {
+        (header, true) => crate::intercept::route::Mode::Mirror { header },
+        (None, false) => crate::intercept::route::Mode::Global,
+        (Some((name, value)), false) => crate::intercept::route::Mode::Personal { name, value },
     };
     server
         .intercepts

@@ -37,6 +37,8 @@ const BOB_TARGET: &str = "127.0.0.1:18081";
 /// A workstation-side HTTP server (HTTP/1.1 and h2c) answering every
 /// request with 200, `x-served-by: NAME` and body `NAME`; stops on drop.
 struct Target {
+    /// Paths of the requests answered.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -58,6 +60,8 @@ fn target(sb: &Sandbox, addr: &str, name: &str) -> Target {
     let name = name.to_owned();
     let (ready, up) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let counter = seen.clone();
     let thread = std::thread::spawn(move || {
         let f = std::fs::File::open(&path).expect("open the workstation namespace");
         nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter it");
@@ -74,9 +78,13 @@ fn target(sb: &Sandbox, addr: &str, name: &str) -> Target {
                         continue;
                     };
                     let name = name.clone();
+                    let counter = counter.clone();
                     tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |_req| {
+                        let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
                             let name = name.clone();
+                            if let Ok(mut seen) = counter.lock() {
+                                seen.push(req.uri().path().to_owned());
+                            }
                             async move {
                                 let mut r =
                                     hyper::Response::new(Full::new(Bytes::from(name.clone())));
@@ -103,6 +111,7 @@ fn target(sb: &Sandbox, addr: &str, name: &str) -> Target {
     });
     up.recv_timeout(T).expect("workstation target started");
     Target {
+        seen,
         stop: Some(stop),
         thread: Some(thread),
     }
@@ -856,6 +865,96 @@ fn netmux_cleanup_restores_with_the_users_kubeconfig_when_no_server_is_left() {
                 out.stdout.contains("no intercepted Service"),
                 "{}",
                 out.stdout
+            );
+        }),
+    );
+}
+
+#[test]
+fn a_mirror_gets_a_copy_of_every_request_while_the_pods_answer() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            let bob = w.daemon("bob", BOB_TOKEN, 0, "127.78.0.0/16");
+            let _a = target(&sb, ALICE_TARGET, "alice-workstation");
+            let mirror = target(&sb, BOB_TARGET, "bob-mirror");
+            assert_ok(
+                &w.cli(
+                    &alice,
+                    &[
+                        "intercept",
+                        "kube",
+                        "web",
+                        "--to",
+                        ALICE_TARGET,
+                        "--header",
+                        "x-netmux-user=alice",
+                    ],
+                ),
+                "alice's personal intercept",
+            );
+            assert_ok(
+                &w.cli(
+                    &bob,
+                    &["intercept", "kube", "web", "--to", BOB_TARGET, "--mirror"],
+                ),
+                "bob's mirror",
+            );
+            w.wait_for_answer("the pods", &[], "pod");
+            let addr = w.web.addr();
+            let answers = sb
+                .cluster()
+                .block_on(move || async move {
+                    let mut c = Http1::connect(addr).await.expect("connect");
+                    let mut out = Vec::new();
+                    for i in 0..40 {
+                        let headers: &[(&str, &str)] = if i % 4 == 0 {
+                            &[("x-netmux-user", "alice")]
+                        } else {
+                            &[]
+                        };
+                        let r = c.get(&format!("/m/{i}"), headers).await.expect("get");
+                        out.push((
+                            i % 4 == 0,
+                            served_by(r.status, r.header("x-served-by"), &r.body),
+                        ));
+                    }
+                    out
+                })
+                .expect("cluster namespace");
+            let pods = w.web.pod_names();
+            for (to_alice, a) in &answers {
+                if *to_alice {
+                    assert_eq!(a, "alice-workstation");
+                } else {
+                    assert!(pods.contains(a), "the pods answer, never the mirror: {a}");
+                }
+            }
+            // 40 requests fit the copy queue: every one is copied, once.
+            let copies = || -> Vec<String> {
+                let seen = mirror.seen.lock().map(|s| s.clone()).unwrap_or_default();
+                seen.into_iter().filter(|p| p.starts_with("/m/")).collect()
+            };
+            netmux_testbed::wait_until("40 copies at the mirror", T, || copies().len() >= 40)
+                .unwrap_or_else(|e| panic!("{e}: {:?}", copies()));
+            let mut got = copies();
+            got.sort();
+            let mut want: Vec<String> = (0..40).map(|i| format!("/m/{i}")).collect();
+            want.sort();
+            assert_eq!(got, want, "one copy of each request");
+            let out = w.cli(&bob, &["status"]);
+            assert!(out.stdout.contains("mirror"), "{}", out.stdout);
+            // A global intercept still conflicts with the personal one.
+            assert_ok(&w.cli(&bob, &["leave", "kube", "web"]), "bob leaves");
+            let out = w.cli(&bob, &["intercept", "kube", "web", "--to", BOB_TARGET]);
+            assert!(
+                !out.success() && out.stderr.contains("held by alice"),
+                "{}",
+                out.stderr
             );
         }),
     );

@@ -95,6 +95,10 @@ pub enum ClientMessage {
         /// value))`: a personal one, only HTTP requests carrying this
         /// header come here.
         header: Option<(String, String)>,
+        /// A mirror: a copy of every HTTP request (with `header`, of
+        /// those carrying it) comes here, its answer discarded; the
+        /// original goes on as before.
+        mirror: bool,
     },
     /// End an intercept (`netmux leave`).
     Leave {
@@ -239,6 +243,7 @@ mod tests {
             service: "apps/web".into(),
             port: 8080,
             header: Some(("x-netmux-user".into(), "alice".into())),
+            mirror: false,
         };
         let bytes = encode(&ok).unwrap();
         assert_eq!(ClientMessage::decode(&bytes).unwrap(), ok);
@@ -261,6 +266,7 @@ mod tests {
                 service: "apps/web".into(),
                 port: 1,
                 header: Some((name.into(), value.into())),
+                mirror: true,
             };
             assert!(
                 ClientMessage::decode(&encode(&bad).unwrap()).is_err(),

@@ -238,7 +238,13 @@ impl ClientSession {
     /// Queues an intercept of port `port` (0: the only one) of the
     /// Service behind catalog entry `service`; global without `header`.
     /// Answered as [`ClientEvent::ClaimResult`] with the returned id.
-    pub fn intercept(&mut self, service: &str, port: u16, header: Option<(String, String)>) -> u32 {
+    pub fn intercept(
+        &mut self,
+        service: &str,
+        port: u16,
+        header: Option<(String, String)>,
+        mirror: bool,
+    ) -> u32 {
         let request = self.next_request();
         push_frame(
             &mut self.out,
@@ -247,6 +253,7 @@ impl ClientSession {
                 service: service.to_owned(),
                 port,
                 header,
+                mirror,
             },
         );
         request
@@ -413,6 +420,8 @@ pub enum ServerEvent {
         port: u16,
         /// Personal intercept's header, `None`: global.
         header: Option<(String, String)>,
+        /// A mirror (copies only).
+        mirror: bool,
     },
     /// The daemon ends an intercept.
     Leave {
@@ -601,11 +610,13 @@ impl ServerSession {
                             service,
                             port,
                             header,
+                            mirror,
                         } => self.events.push_back(ServerEvent::Intercept {
                             request,
                             service,
                             port,
                             header,
+                            mirror,
                         }),
                         ClientMessage::Leave { service, port } => {
                             self.events.push_back(ServerEvent::Leave { service, port })

@@ -58,6 +58,16 @@ fn service_port(svc: &Service, asked: Option<u16>) -> Result<u16, String> {
     }
 }
 
+/// How `ls` and `status` name an intercept's mode (as the server does).
+fn mode(header: Option<&(String, String)>, mirror: bool) -> String {
+    match (header, mirror) {
+        (None, true) => "mirror".into(),
+        (Some((n, v)), true) => format!("mirror {n}={v}"),
+        (Some((n, v)), false) => format!("personal {n}={v}"),
+        (None, false) => "global".into(),
+    }
+}
+
 impl Daemon {
     /// Intercepts port `port` of `service` on `ep` to `to`; personal with
     /// `header` (`name=value`).
@@ -68,6 +78,7 @@ impl Daemon {
         port: Option<u16>,
         to: &str,
         header: Option<&str>,
+        mirror: bool,
     ) -> Result<Reply, String> {
         let header = header.map(parse_header).transpose()?;
         let to: SocketAddr = tokio::net::lookup_host(to)
@@ -97,16 +108,14 @@ impl Daemon {
         let port = service_port(&svc, port)?;
         let c = self.connected(&state, ep)?;
         let name = intercept_name(&svc.key(), port);
-        let mode = match &header {
-            Some((n, v)) => format!("personal {n}={v}"),
-            None => "global".to_owned(),
-        };
+        let mode = mode(header.as_ref(), mirror);
         c.endpoint.claim(
             &name,
             ClaimKind::Intercept {
                 service: svc.key(),
                 port,
                 header,
+                mirror,
             },
             Targets::one(port, to),
         );
@@ -171,6 +180,7 @@ impl Daemon {
                     service,
                     port,
                     header,
+                    mirror,
                 } = &claim.kind
                 else {
                     continue;
@@ -179,10 +189,7 @@ impl Daemon {
                     endpoint: ep.clone(),
                     service: service.clone(),
                     port: *port,
-                    mode: match header {
-                        Some((n, v)) => format!("personal {n}={v}"),
-                        None => "global".into(),
-                    },
+                    mode: mode(header.as_ref(), *mirror),
                     to: claim
                         .targets
                         .get(*port, Protocol::Tcp)

@@ -178,8 +178,9 @@ impl Daemon {
                 port,
                 to,
                 header,
+                mirror,
             } => {
-                self.intercept(&endpoint, &service, port, &to, header.as_deref())
+                self.intercept(&endpoint, &service, port, &to, header.as_deref(), mirror)
                     .await
             }
             Leave {

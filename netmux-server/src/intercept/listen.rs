@@ -21,6 +21,8 @@ pub mod way {
     pub const WORKSTATION: &str = "workstation";
     /// To the original pods.
     pub const PODS: &str = "pods";
+    /// Copies to a mirror's workstation.
+    pub const MIRROR: &str = "mirror";
 }
 
 /// What the connections of one port share.

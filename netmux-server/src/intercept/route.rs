@@ -15,6 +15,12 @@ pub enum Mode {
         /// Exact value.
         value: String,
     },
+    /// A copy of each HTTP request (of those carrying the header, if
+    /// any); the answer is discarded and the request goes on as without.
+    Mirror {
+        /// Only requests with this header (name lower-case, value).
+        header: Option<(String, String)>,
+    },
 }
 
 impl fmt::Display for Mode {
@@ -22,6 +28,10 @@ impl fmt::Display for Mode {
         match self {
             Mode::Global => write!(f, "global"),
             Mode::Personal { name, value } => write!(f, "personal {name}={value}"),
+            Mode::Mirror { header: None } => write!(f, "mirror"),
+            Mode::Mirror {
+                header: Some((name, value)),
+            } => write!(f, "mirror {name}={value}"),
         }
     }
 }
@@ -67,6 +77,9 @@ pub fn conflict(existing: &[Claim], new: &Claim) -> Option<String> {
             (_, Mode::Global) if same_port => {
                 Some("a global intercept conflicts with any other on the port")
             }
+            // Mirrors see what the HTTP router sees; they coexist with
+            // personal intercepts and each other.
+            (Mode::Mirror { .. }, _) | (_, Mode::Mirror { .. }) => None,
             (
                 Mode::Personal { name, value },
                 Mode::Personal {
@@ -99,6 +112,7 @@ pub enum Choice {
 pub fn choose(claims: &[Claim], port: u16, headers: &[(&str, &[u8])]) -> Choice {
     for c in claims.iter().filter(|c| c.port == port) {
         match &c.mode {
+            Mode::Mirror { .. } => {}
             Mode::Global => return Choice::Workstation(c.session),
             Mode::Personal { name, value } => {
                 if headers
@@ -111,6 +125,31 @@ pub fn choose(claims: &[Claim], port: u16, headers: &[(&str, &[u8])]) -> Choice 
         }
     }
     Choice::Pods
+}
+
+/// Whether `headers` carry `name: value` (name compared
+/// case-insensitively).
+fn carries(headers: &[(&str, &[u8])], name: &str, value: &str) -> bool {
+    headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case(name) && *v == value.as_bytes())
+}
+
+/// The sessions of the mirrors on `port` that want a copy of a request
+/// with `headers`.
+pub fn mirrors(claims: &[Claim], port: u16, headers: &[(&str, &[u8])]) -> Vec<u64> {
+    claims
+        .iter()
+        .filter(|c| c.port == port)
+        .filter(|c| match &c.mode {
+            Mode::Mirror { header: None } => true,
+            Mode::Mirror {
+                header: Some((name, value)),
+            } => carries(headers, name, value),
+            _ => false,
+        })
+        .map(|c| c.session)
+        .collect()
 }
 
 #[cfg(test)]
@@ -160,6 +199,38 @@ mod tests {
             ..global(5, "erin")
         };
         assert_eq!(conflict(&[alice], &other_port), None);
+    }
+
+    #[test]
+    fn mirrors_coexist_and_never_take_a_request() {
+        let m = Claim {
+            session: 9,
+            client: "mia".into(),
+            port: 8080,
+            mode: Mode::Mirror { header: None },
+        };
+        let alice = personal(1, "alice", "alice");
+        assert_eq!(conflict(std::slice::from_ref(&alice), &m), None);
+        assert_eq!(conflict(std::slice::from_ref(&m), &alice), None);
+        let global = global(11, "gus");
+        assert!(
+            conflict(std::slice::from_ref(&m), &global).is_some_and(|w| w.contains("mia")),
+            "a global intercept would starve the mirror"
+        );
+        assert!(conflict(std::slice::from_ref(&global), &m).is_some());
+        let claims = [m.clone(), alice];
+        let with: &[(&str, &[u8])] = &[("x-netmux-user", b"alice")];
+        assert_eq!(choose(&claims, 8080, with), Choice::Workstation(1));
+        assert_eq!(choose(&claims, 8080, &[]), Choice::Pods);
+        assert_eq!(mirrors(&claims, 8080, &[]), vec![9]);
+        let only_bob = Claim {
+            session: 10,
+            mode: Mode::Mirror {
+                header: Some(("x-netmux-user".into(), "bob".into())),
+            },
+            ..m
+        };
+        assert!(mirrors(std::slice::from_ref(&only_bob), 8080, with).is_empty());
     }
 
     #[test]

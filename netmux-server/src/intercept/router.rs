@@ -8,6 +8,11 @@
 //! workstation per intercept and one to a pod, opened on first use and
 //! reused for its next requests, so requests of one client connection
 //! keep their order and never mix with another's.
+//!
+//! A mirror gets a copy of each request whose body is known and at most
+//! [`MIRROR_MAX_BODY`], through a queue of [`MIRROR_QUEUE`] per client
+//! connection and mirror: when the workstation is slower than the
+//! traffic, copies beyond are dropped (never the request itself).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,6 +33,11 @@ use tokio::net::TcpStream;
 use super::listen::{way, PortCtx};
 use super::route::{self, Choice};
 use super::Counts;
+
+/// Largest request body a mirror gets a copy of (the body is buffered).
+pub const MIRROR_MAX_BODY: u64 = 1024 * 1024;
+/// Copies waiting for one mirror's workstation, per client connection.
+pub const MIRROR_QUEUE: usize = 64;
 
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -76,6 +86,8 @@ struct Conn {
     /// Idle upstream connections (an HTTP/1.1 one is taken out while it
     /// carries a request; an HTTP/2 one is shared).
     upstreams: std::sync::Mutex<HashMap<Upstream, Sender>>,
+    /// The copy queue of each mirror (by session).
+    mirrors: std::sync::Mutex<HashMap<u64, tokio::sync::mpsc::Sender<Request<Body>>>>,
 }
 
 /// Whether the client starts with the HTTP/2 preface (read without
@@ -106,6 +118,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PortCtx>) {
         peer,
         h2,
         upstreams: std::sync::Mutex::new(HashMap::new()),
+        mirrors: std::sync::Mutex::new(HashMap::new()),
     });
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let conn = conn.clone();
@@ -141,6 +154,50 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
+/// An upstream HTTP connection over `io`: HTTP/2 when `h2`.
+async fn handshake<T>(h2: bool, io: T) -> Result<Sender, hyper::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    if h2 {
+        let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        Ok(Sender::H2(s))
+    } else {
+        let (s, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        Ok(Sender::H1(s))
+    }
+}
+
+/// An upstream HTTP connection to the workstation of intercept `h`, over
+/// a server-initiated stream for client `peer`; `Err` is the 502 body.
+async fn to_workstation(
+    ctx: &PortCtx,
+    peer: SocketAddr,
+    h2: bool,
+    routed: &super::Routed,
+    h: &super::Held,
+) -> Result<Sender, String> {
+    let header = StreamHeader::Reverse {
+        service: routed.id,
+        port: ctx.plan.port,
+        peer,
+    };
+    let hooks = crate::stream::counters(&ctx.metrics, &routed.key, "intercept");
+    let down = |why: String| {
+        format!(
+            "netmux: this request matched the personal intercept of {} by {}, but its workstation target is down ({why}); it gets this answer until the target is back or the intercept ends (`netmux leave`)\n",
+            routed.key, h.claim
+        )
+    };
+    let io = stream::open_io(&h.conn, &header, &hooks)
+        .await
+        .map_err(|e| down(e.to_string()))?;
+    handshake(h2, io).await.map_err(|e| down(e.to_string()))
+}
+
 /// Counts each data frame's bytes of `body` into `counts` and `metric`.
 fn counted<B>(body: B, counts: Arc<Counts>, metric: prometheus::IntCounter) -> Body
 where
@@ -157,7 +214,7 @@ where
 }
 
 impl Conn {
-    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let Some(routed) = self.ctx.routed.upgrade() else {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -173,7 +230,13 @@ impl Conn {
             .map(|(n, v)| (n.as_str(), v.as_bytes()))
             .collect();
         let choice = route::choose(&claims, port, &headers);
+        let mirrors = route::mirrors(&claims, port, &headers);
         drop(headers);
+        let req = if mirrors.is_empty() {
+            req.map(|b| b.boxed_unsync())
+        } else {
+            self.copy_to_mirrors(req, &routed, &held, &mirrors).await
+        };
         let (upstream, counts, label, holder) = match choice {
             Choice::Workstation(session) => {
                 match held.iter().find(|h| h.claim.session == session) {
@@ -215,6 +278,7 @@ impl Conn {
         };
         drop(routed);
         let req = req.map(|b| counted(b, counts.clone(), bytes.clone()));
+
         match sender.send(req).await {
             Ok(resp) => {
                 self.put(upstream, sender);
@@ -231,6 +295,98 @@ impl Conn {
                 )
             }
         }
+    }
+
+    /// Queues a copy of `req` for each mirror in `sessions` and returns
+    /// the request to send on; a body of unknown or too large size is
+    /// sent on without copies.
+    async fn copy_to_mirrors(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        routed: &Arc<super::Routed>,
+        held: &[super::Held],
+        sessions: &[u64],
+    ) -> Request<Body> {
+        let size = hyper::body::Body::size_hint(req.body()).exact();
+        if size.is_none_or(|n| n > MIRROR_MAX_BODY) {
+            tracing::debug!(service = %routed.key, ?size, "request not mirrored: body size unknown or over MIRROR_MAX_BODY");
+            return req.map(|b| b.boxed_unsync());
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                tracing::debug!(service = %routed.key, error = %e, "request body ended early");
+                Bytes::new()
+            }
+        };
+        let full = |b: Bytes| {
+            Full::new(b)
+                .map_err(|never: Infallible| match never {})
+                .boxed_unsync()
+        };
+        for session in sessions {
+            let Some(h) = held.iter().find(|h| h.claim.session == *session) else {
+                continue;
+            };
+            let mut copy = Request::new(full(bytes.clone()));
+            *copy.method_mut() = parts.method.clone();
+            *copy.uri_mut() = parts.uri.clone();
+            *copy.version_mut() = parts.version;
+            *copy.headers_mut() = parts.headers.clone();
+            let queue = self.mirror_queue(routed, h);
+            if queue.try_send(copy).is_err() {
+                tracing::debug!(service = %routed.key, client = %h.claim.client, "mirror copy dropped: its workstation is behind");
+            }
+        }
+        Request::from_parts(parts, full(bytes))
+    }
+
+    /// The copy queue of mirror `h` on this connection, with its worker.
+    fn mirror_queue(
+        self: &Arc<Self>,
+        routed: &Arc<super::Routed>,
+        h: &super::Held,
+    ) -> tokio::sync::mpsc::Sender<Request<Body>> {
+        let mut queues = netmux_common::sync::lock(&self.mirrors);
+        if let Some(q) = queues.get(&h.claim.session).filter(|q| !q.is_closed()) {
+            return q.clone();
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Request<Body>>(MIRROR_QUEUE);
+        queues.insert(h.claim.session, tx.clone());
+        // The worker outlives the client connection until its queue is
+        // drained (the queue closes with this connection's senders).
+        let (ctx, peer, h2) = (self.ctx.clone(), self.peer, self.h2);
+        let routed = Arc::downgrade(routed);
+        let h = h.clone();
+        tokio::spawn(async move {
+            let mut upstream: Option<Sender> = None;
+            while let Some(copy) = rx.recv().await {
+                let Some(routed) = routed.upgrade() else {
+                    return;
+                };
+                if upstream.as_ref().is_none_or(Sender::is_closed) {
+                    upstream = to_workstation(&ctx, peer, h2, &routed, &h).await.ok();
+                }
+                let Some(s) = upstream.as_mut() else {
+                    continue;
+                };
+                let metrics = &ctx.metrics;
+                match s.send(copy).await {
+                    Ok(resp) => {
+                        h.to_workstation.requests.fetch_add(1, Ordering::Relaxed);
+                        metrics
+                            .intercept_requests
+                            .with_label_values(&[&routed.key, way::MIRROR])
+                            .inc();
+                        // The answer is discarded.
+                        let _ = resp.into_body().collect().await;
+                    }
+                    Err(_) => upstream = None,
+                }
+            }
+        });
+        tx
     }
 
     fn take(&self, upstream: Upstream) -> Option<Sender> {
@@ -256,16 +412,7 @@ impl Conn {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let io = TokioIo::new(io);
-        if self.h2 {
-            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-            tokio::spawn(conn);
-            Ok(Sender::H2(s))
-        } else {
-            let (s, conn) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(conn);
-            Ok(Sender::H1(s))
-        }
+        handshake(self.h2, io).await
     }
 
     async fn to_workstation(
@@ -273,22 +420,7 @@ impl Conn {
         routed: &super::Routed,
         h: &super::Held,
     ) -> Result<Sender, String> {
-        let header = StreamHeader::Reverse {
-            service: routed.id,
-            port: self.ctx.plan.port,
-            peer: self.peer,
-        };
-        let hooks = crate::stream::counters(&self.ctx.metrics, &routed.key, "intercept");
-        let down = |why: String| {
-            format!(
-                "netmux: this request matched the personal intercept of {} by {}, but its workstation target is down ({why}); it gets this answer until the target is back or the intercept ends (`netmux leave`)\n",
-                routed.key, h.claim
-            )
-        };
-        let io = stream::open_io(&h.conn, &header, &hooks)
-            .await
-            .map_err(|e| down(e.to_string()))?;
-        self.handshake(io).await.map_err(|e| down(e.to_string()))
+        to_workstation(&self.ctx, self.peer, self.h2, routed, h).await
     }
 
     async fn to_pod(&self, routed: &super::Routed) -> Result<Sender, String> {
