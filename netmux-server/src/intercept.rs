@@ -525,8 +525,12 @@ async fn finish(
     drop(routed);
 }
 
-/// Every `ttl / 4`: drops intercepts whose daemon is gone or silent, then
-/// renews the Lease (or restores the Service when none is left).
+/// How often the daemons of a Service's intercepts are checked.
+const LIVENESS: Duration = Duration::from_millis(500);
+
+/// Every [`LIVENESS`]: drops intercepts whose daemon is gone or was silent
+/// for half the TTL, restoring the Service when none is left; every
+/// `ttl / 4` renews the Lease.
 async fn renew(
     routed: std::sync::Weak<Routed>,
     table: Arc<Mutex<HashMap<String, Arc<Routed>>>>,
@@ -534,11 +538,12 @@ async fn renew(
     cluster: Arc<Cluster>,
     ttl: Duration,
 ) {
-    // Silent this long, a daemon is gone: the Service is restored before
-    // its Lease could expire.
-    let silence = ttl * 2 / 3;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + ttl / 4, ttl / 4);
+    // Silent this long, a daemon is gone (its QUIC keepalive is every
+    // second): the Service is restored well before its Lease could expire.
+    let silence = ttl / 2;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS, LIVENESS);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let Some(r) = routed.upgrade() else { return };
@@ -565,6 +570,10 @@ async fn renew(
             tokio::spawn(finish(r, table, ops, cluster));
             return;
         }
+        if renewed.elapsed() < ttl / 4 {
+            continue;
+        }
+        renewed = tokio::time::Instant::now();
         let who = format!("{} through replica {}", r.describe(), cluster.replica());
         if let Err(e) = cluster.take(&r.namespace, &r.service, &who).await {
             tracing::warn!(service = %r.key, error = %e, "cannot renew the intercept Lease");
