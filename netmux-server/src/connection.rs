@@ -402,9 +402,14 @@ async fn intercept(
             "{key} is a C2L service (netmux's own); intercept the cluster's Services"
         ));
     }
+    // The Service itself, also for an entry an `nx` annotation names.
+    let service = server
+        .reverse
+        .origin(key)
+        .unwrap_or_else(|| svc.name.clone());
     server
         .access
-        .may_intercept(identity, &svc.namespace, &svc.name)
+        .may_intercept(identity, &svc.namespace, &service)
         .await
         .map_err(|d| d.to_string())?;
     claims_left(server, holder)?;
@@ -420,7 +425,7 @@ async fn intercept(
             crate::intercept::Ask {
                 key: key.to_owned(),
                 namespace: svc.namespace.clone(),
-                service: svc.name.clone(),
+                service,
                 id: svc.id,
                 port,
                 mode,
