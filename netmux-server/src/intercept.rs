@@ -105,6 +105,8 @@ pub struct Routed {
     pub pods: Arc<Pods>,
     /// What went to the pods from intercepted ports' routers.
     pub to_pods: Arc<Counts>,
+    /// This replica's listening port for each Service port (its slice).
+    slice_ports: Vec<SlicePort>,
     held: Mutex<Vec<Held>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -338,6 +340,7 @@ impl Intercepts {
             ports,
             pods: pods.clone(),
             to_pods: Arc::default(),
+            slice_ports: slice_ports.clone(),
             held: Mutex::new(vec![self.held(holder, claim, ask.port)]),
             tasks: Mutex::new(Vec::new()),
         });
@@ -577,6 +580,15 @@ async fn renew(
         let who = format!("{} through replica {}", r.describe(), cluster.replica());
         if let Err(e) = cluster.take(&r.namespace, &r.service, &who).await {
             tracing::warn!(service = %r.key, error = %e, "cannot renew the intercept Lease");
+            continue;
+        }
+        // Level-triggered: whatever undid the divert, it is redone while
+        // the intercepts live (docs/intercept.md, Limits: GitOps).
+        if let Err(e) = cluster
+            .ensure_diverted(&r.namespace, &r.service, &r.slice_ports, &who)
+            .await
+        {
+            tracing::warn!(service = %r.key, error = %e, "cannot check the intercepted Service");
         }
     }
 }

@@ -507,3 +507,43 @@ fn a_mirror_gets_a_copy_of_every_request_while_the_pods_answer() {
         }),
     );
 }
+
+#[test]
+fn an_intercept_undone_under_netmux_is_diverted_again_while_it_lives() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            let _target = target(&sb, ALICE_TARGET, "alice-workstation");
+            let before = w.spec_text();
+            assert_ok(
+                &w.cli(&alice, &["intercept", "kube", "web", "--to", ALICE_TARGET]),
+                "intercept",
+            );
+            w.wait_for_answer("the workstation", &[], "alice-workstation");
+            // A `kubectl apply` of the original manifest (GitOps), and
+            // netmux's slice deleted by hand.
+            w.cluster.api().apply(w.web.service.clone());
+            w.cluster.api().delete(
+                "discovery.k8s.io/v1",
+                "EndpointSlice",
+                "apps",
+                "netmux-icpt-web",
+            );
+            assert!(!w.intercepted());
+            netmux_testbed::wait_until("diverted again", T, || {
+                w.intercepted()
+                    && w.service()["spec"].get("selector").is_none()
+                    && w.netmux_slice().is_some()
+            })
+            .expect("diverted again");
+            w.wait_for_answer("the workstation again", &[], "alice-workstation");
+            assert_ok(&w.cli(&alice, &["leave", "kube", "web"]), "leave");
+            netmux_testbed::wait_until("restored", T, || restored(&w)).expect("restored");
+            assert_eq!(w.spec_text(), before, "the spec is byte-identical");
+        }),
+    );
+}

@@ -285,6 +285,36 @@ impl Cluster {
         Ok(service)
     }
 
+    /// Diverts Service `ns/svc` again if something undid it while this
+    /// replica still routes it (a `kubectl apply` putting the selector
+    /// back, another replica that restored it while this one could not
+    /// renew, a deleted slice); `Ok(true)` when it had to.
+    pub async fn ensure_diverted(
+        &self,
+        ns: &str,
+        svc: &str,
+        ports: &[SlicePort],
+        holder: &str,
+    ) -> Result<bool, String> {
+        let service = self.service(ns, svc).await?;
+        let diverted = record::recorded(&format!("{ns}/{svc}"), &service)
+            .ok()
+            .flatten()
+            .is_some()
+            && service["spec"].get("selector").is_none_or(Value::is_null);
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), ns);
+        let slice = slices
+            .get_opt(&slice_name(svc))
+            .await
+            .map_err(|e| format!("cannot read EndpointSlice {ns}/{}: {e}", slice_name(svc)))?;
+        if diverted && slice.is_some() {
+            return Ok(false);
+        }
+        tracing::warn!(service = %format!("{ns}/{svc}"), diverted, slice = slice.is_some(), "an intercepted Service was changed under netmux; diverting it again");
+        self.divert(ns, svc, ports, holder).await?;
+        Ok(true)
+    }
+
     async fn write_slice(&self, ns: &str, svc: &str, ports: &[SlicePort]) -> Result<(), String> {
         let ip = self.pod_ip()?;
         let name = slice_name(svc);
