@@ -97,7 +97,7 @@ async fn to_pod(mut tcp: TcpStream, routed: &Routed, ctx: &PortCtx) {
         netmux_common::tunnel::pipe::abort_on_drop(&tcp);
         return;
     };
-    let mut upstream = match TcpStream::connect(addr).await {
+    let mut upstream = match super::pods::dial(addr).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(service = %routed.key, %pod, %addr, error = %e, "pod refused; reset");

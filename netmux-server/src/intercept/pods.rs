@@ -17,6 +17,19 @@ use super::cluster::{Cluster, PodAddr};
 
 /// How often the pods are listed again.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// How long a connection to a pod may take before it counts as failed.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects to pod address `addr`, within [`DIAL_TIMEOUT`].
+pub async fn dial(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    match tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {DIAL_TIMEOUT:?}"),
+        )),
+    }
+}
 
 /// Where a Service port's traffic goes on a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]

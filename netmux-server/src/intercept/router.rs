@@ -430,7 +430,7 @@ impl Conn {
                 routed.key, self.ctx.plan.port
             ));
         };
-        let tcp = TcpStream::connect(addr)
+        let tcp = super::pods::dial(addr)
             .await
             .map_err(|e| format!("netmux: pod {pod} ({addr}) of {}: {e}\n", routed.key))?;
         let _ = tcp.set_nodelay(true);
