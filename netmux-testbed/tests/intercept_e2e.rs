@@ -547,3 +547,29 @@ fn an_intercept_undone_under_netmux_is_diverted_again_while_it_lives() {
         }),
     );
 }
+
+#[test]
+fn a_stopping_server_restores_its_intercepts_at_once() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            let _target = target(&sb, ALICE_TARGET, "alice-workstation");
+            let before = w.spec_text();
+            assert_ok(
+                &w.cli(&alice, &["intercept", "kube", "web", "--to", ALICE_TARGET]),
+                "intercept",
+            );
+            w.wait_for_answer("the workstation", &[], "alice-workstation");
+            // SIGTERM (a rolling update): the replica drains.
+            let status = w.servers[0].terminate(T);
+            assert!(status.is_some(), "the server exits on SIGTERM");
+            assert!(restored(&w), "restored before it exited, Lease included");
+            assert_eq!(w.spec_text(), before, "the spec is byte-identical");
+            w.wait_for_answer("the pods again", &[], "pod");
+        }),
+    );
+}

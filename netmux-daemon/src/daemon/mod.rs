@@ -621,6 +621,35 @@ mod bounds_tests {
     }
 
     #[tokio::test]
+    async fn intercept_targets_loopback_only_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path(), "");
+        let e = d
+            .intercept("demo", "web", None, "169.254.169.254:80", None, false)
+            .await
+            .unwrap_err();
+        assert!(e.contains("expose_allow"), "{e}");
+        let e = d
+            .intercept(
+                "demo",
+                "web",
+                None,
+                "127.0.0.1:80",
+                Some("bad name=x"),
+                false,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.contains("--header"), "{e}");
+        // A good target and header pass the checks, then need a connection.
+        let e = d
+            .intercept("demo", "web", None, "127.0.0.1:80", Some("x-user=a"), false)
+            .await
+            .unwrap_err();
+        assert!(e.contains("not connected"), "{e}");
+    }
+
+    #[tokio::test]
     async fn expose_targets_loopback_only_unless_allowed() {
         let dir = tempfile::tempdir().unwrap();
         let d = daemon(dir.path(), "");
