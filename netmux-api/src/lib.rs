@@ -72,6 +72,36 @@ pub enum Request {
         /// Service name.
         name: String,
     },
+    /// Intercept a cluster Service's port (docs/intercept.md).
+    Intercept {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name or `namespace/name`, as `ls` shows it.
+        service: String,
+        /// Service port; `None`: its only port.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        /// Where its traffic goes on this machine, `host:port`.
+        to: String,
+        /// `name=value`: a personal intercept (only requests with this
+        /// header); `None`: global (every connection).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        header: Option<String>,
+        /// A mirror: a copy of each HTTP request (with `header`, of those
+        /// carrying it) comes here, answers discarded; the originals go on.
+        #[serde(default)]
+        mirror: bool,
+    },
+    /// End an intercept.
+    Leave {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name or `namespace/name`.
+        service: String,
+        /// Service port; `None`: every intercept of the Service.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    },
     /// Daemon status.
     Status,
     /// Re-read the configuration file; unchanged endpoints keep their
@@ -135,6 +165,30 @@ pub struct StatusView {
     pub dns: String,
     /// Endpoints.
     pub endpoints: Vec<EndpointView>,
+    /// Intercepts this daemon holds or asks for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intercepts: Vec<InterceptView>,
+}
+
+/// One intercept in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterceptView {
+    /// Endpoint.
+    pub endpoint: String,
+    /// `namespace/name`.
+    pub service: String,
+    /// Service port (0: its only port).
+    pub port: u16,
+    /// `global` or `personal name=value`.
+    pub mode: String,
+    /// Local target.
+    pub to: String,
+    /// `held`, `pending`, or `refused: why`.
+    pub state: String,
+    /// Who holds it, as the server names it.
+    pub holder: String,
+    /// Connections (global) or requests (personal) that came here.
+    pub to_workstation: u64,
 }
 
 /// A successful answer.

@@ -12,3 +12,4 @@ pub mod cli;
 pub mod credentials;
 pub mod doctor;
 pub mod install;
+pub mod intercepts;

@@ -108,6 +108,41 @@ enum Command {
         /// Service name.
         name: String,
     },
+    /// Intercepts a cluster Service: its traffic comes to this machine,
+    /// all of it (global) or the HTTP requests with a header (personal);
+    /// docs/intercept.md.
+    Intercept {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name or namespace/name.
+        service: String,
+        /// Service port (needed when it has several).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Where its traffic goes here, HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// NAME=VALUE: a personal intercept, only HTTP requests carrying
+        /// this header come here; the others go on to the Service's pods.
+        #[arg(long)]
+        header: Option<String>,
+        /// Mirror: a copy of each HTTP request (of those with --header,
+        /// if given) comes here and its answer is discarded; the requests
+        /// themselves go on to the pods.
+        #[arg(long)]
+        mirror: bool,
+    },
+    /// Ends an intercept; the Service is restored as it was.
+    #[command(visible_aliases = ["unintercept"])]
+    Leave {
+        /// Endpoint name.
+        endpoint: String,
+        /// Service name or namespace/name.
+        service: String,
+        /// Only the intercept of this port.
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Shows the daemon's status.
     Status {
         /// Output format.
@@ -117,7 +152,22 @@ enum Command {
     /// Stops the daemon.
     Exit,
     /// Removes every trace of netmux (works even if the daemon crashed).
-    Cleanup,
+    Cleanup {
+        /// Instead: restore the intercepted Services of a namespace with
+        /// your kubeconfig, when no netmux-server is left to do it
+        /// (docs/intercept.md).
+        #[arg(long)]
+        intercepts: bool,
+        /// With --intercepts: the namespace (default: the context's).
+        #[arg(long, requires = "intercepts")]
+        namespace: Option<String>,
+        /// With --intercepts: the kubeconfig to use.
+        #[arg(long, requires = "intercepts")]
+        kubeconfig: Option<PathBuf>,
+        /// With --intercepts: the context to use.
+        #[arg(long, requires = "intercepts")]
+        context: Option<String>,
+    },
     /// Re-reads the daemon's config; unchanged endpoints keep their tunnels.
     Reload,
     /// Installs netmux as a system service (binaries, unit, user, config).
@@ -186,6 +236,40 @@ fn offline_cleanup(cli: &Cli) -> Result<String, String> {
     Ok(done.join("; "))
 }
 
+/// `netmux cleanup --intercepts`: as the user, with their kubeconfig.
+async fn restore_intercepts(
+    namespace: Option<&str>,
+    kubeconfig: &Option<PathBuf>,
+    context: &Option<String>,
+) -> ExitCode {
+    let req = netmux_cli::credentials::Request {
+        settings: None,
+        kubeconfig: kubeconfig.clone(),
+        context: context.clone(),
+        token_file: None,
+        interactive: true,
+    };
+    let access = match netmux_cli::credentials::resolve_as_user(&req) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("netmux: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match netmux_cli::intercepts::restore_all(&access, namespace).await {
+        Ok(done) => {
+            for line in done {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("netmux: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -249,9 +333,45 @@ async fn main() -> ExitCode {
             },
             Output::Table,
         ),
+        Command::Intercept {
+            endpoint,
+            service,
+            port,
+            to,
+            header,
+            mirror,
+        } => (
+            Request::Intercept {
+                endpoint: endpoint.clone(),
+                service: service.clone(),
+                port: *port,
+                to: to.clone(),
+                header: header.clone(),
+                mirror: *mirror,
+            },
+            Output::Table,
+        ),
+        Command::Leave {
+            endpoint,
+            service,
+            port,
+        } => (
+            Request::Leave {
+                endpoint: endpoint.clone(),
+                service: service.clone(),
+                port: *port,
+            },
+            Output::Table,
+        ),
         Command::Status { output } => (Request::Status, *output),
         Command::Exit => (Request::Exit, Output::Table),
-        Command::Cleanup => (Request::Cleanup, Output::Table),
+        Command::Cleanup {
+            intercepts: true,
+            namespace,
+            kubeconfig,
+            context,
+        } => return restore_intercepts(namespace.as_deref(), kubeconfig, context).await,
+        Command::Cleanup { .. } => (Request::Cleanup, Output::Table),
         Command::Reload => (Request::Reload, Output::Table),
         Command::Install(a) => return sys::run_install(a, &Cli::command()),
         Command::Uninstall(a) => return sys::run_uninstall(a, &cli.socket).await,
@@ -351,6 +471,19 @@ async fn main() -> ExitCode {
                 for note in e.notes {
                     println!("  {note}");
                 }
+            }
+            for i in s.intercepts {
+                println!(
+                    "intercept {} port {} on {}: {} => {}, {}; holder {}; {} to the workstation",
+                    i.service,
+                    i.port,
+                    i.endpoint,
+                    i.mode,
+                    i.to,
+                    i.state,
+                    i.holder,
+                    i.to_workstation
+                );
             }
         }
         (Some(Reply::Done { message }), Output::Table) => println!("{message}"),

@@ -24,16 +24,37 @@ pub(crate) enum ClaimKind {
         /// Cluster-side port.
         port: u16,
     },
+    /// An intercept of a cluster Service's port (`netmux intercept`,
+    /// docs/intercept.md): its connections come here as reverse streams
+    /// naming the L2C catalog entry and the port.
+    Intercept {
+        /// `namespace/name` of the catalog entry.
+        service: String,
+        /// The Service port.
+        port: u16,
+        /// Personal intercept's header (name lower-case, value); `None`:
+        /// global.
+        header: Option<(String, String)>,
+        /// A mirror: copies of the requests, answers discarded.
+        mirror: bool,
+    },
+}
+
+/// The claims-table name of the intercept of `service` port `port`.
+pub fn intercept_name(service: &str, port: u16) -> String {
+    format!("intercept:{service}:{port}")
 }
 
 impl ClaimKind {
     /// Whether catalog entry `svc` is the one this claim is about.
     pub(crate) fn is_for(&self, svc: &Service) -> bool {
-        svc.direction == Direction::C2L
-            && match self {
-                ClaimKind::Catalog(key) => svc.key() == *key,
-                ClaimKind::Adhoc { name, .. } => svc.name == *name,
+        match self {
+            ClaimKind::Catalog(key) => svc.direction == Direction::C2L && svc.key() == *key,
+            ClaimKind::Adhoc { name, .. } => svc.direction == Direction::C2L && svc.name == *name,
+            ClaimKind::Intercept { service, .. } => {
+                svc.direction == Direction::L2C && svc.key() == *service
             }
+        }
     }
 }
 
@@ -104,6 +125,10 @@ pub(crate) struct Claim {
     pub(crate) targets: Targets,
     /// Where it stands.
     pub(crate) state: ClaimState,
+    /// Who holds it as the server reports it (intercepts).
+    pub(crate) holder: Option<String>,
+    /// Connections or requests the server sent here (intercepts).
+    pub(crate) served: u64,
 }
 
 /// The claims of one endpoint, keyed by a name the CLI uses; shared by
@@ -115,6 +140,30 @@ impl Claims {
     /// The table (a panic elsewhere while it was held does not lose it).
     pub(crate) fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Claim>> {
         netmux_common::sync::lock(&self.0)
+    }
+
+    /// A copy of every claim with its name, for views.
+    pub fn snapshot_named(&self) -> Vec<(String, Claim)> {
+        self.lock()
+            .iter()
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect()
+    }
+
+    /// Applies the server's report on this daemon's intercepts.
+    pub fn report(&self, reports: &[netmux_common::proto::control::InterceptReport]) {
+        for c in self.lock().values_mut() {
+            let ClaimKind::Intercept { service, port, .. } = &c.kind else {
+                continue;
+            };
+            if let Some(r) = reports
+                .iter()
+                .find(|r| r.service == *service && r.port == *port)
+            {
+                c.holder = Some(r.holder.clone());
+                c.served = r.to_workstation;
+            }
+        }
     }
 
     /// A copy of every claim, for views.
@@ -132,8 +181,8 @@ impl Claims {
     ) -> Option<SocketAddr> {
         self.lock()
             .values()
-            .find(|c| c.kind.is_for(svc))
-            .and_then(|c| c.targets.get(port, protocol))
+            .filter(|c| c.kind.is_for(svc))
+            .find_map(|c| c.targets.get(port, protocol))
     }
 }
 
@@ -176,6 +225,8 @@ mod tests {
                 kind: ClaimKind::Catalog(svc.key()),
                 targets: Targets::for_service(&svc, lo),
                 state: ClaimState::Held,
+                holder: None,
+                served: 0,
             },
         );
         for (port, local) in [(18091, 19000), (18092, 19001), (18093, 19002)] {
@@ -221,6 +272,8 @@ mod tests {
                 },
                 targets: Targets::one(8080, local),
                 state: ClaimState::Pending,
+                holder: None,
+                served: 0,
             },
         );
         assert_eq!(claims.local_for(&svc, 8080, Protocol::Tcp), Some(local));

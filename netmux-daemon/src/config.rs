@@ -348,7 +348,7 @@ pub struct EndpointConfig {
     /// How long a silent server's session, its streams and the local TCP
     /// connections are kept (`survive_blackout`, top level or per
     /// endpoint; default 10 minutes; [`crate::health`]).
-    pub(crate) survive_blackout: std::time::Duration,
+    pub survive_blackout: std::time::Duration,
 }
 
 impl EndpointConfig {

@@ -251,6 +251,8 @@ impl Endpoint {
                 kind,
                 targets,
                 state: ClaimState::Pending,
+                holder: None,
+                served: 0,
             },
         );
         let _ = self.commands.send(Command::Sync);
@@ -670,6 +672,12 @@ fn send_pending(
                 Some(local) => session.expose(name, *port, local.port()),
                 None => continue,
             },
+            ClaimKind::Intercept {
+                service,
+                port,
+                header,
+                mirror,
+            } => session.intercept(service, *port, header.clone(), *mirror),
         };
         in_flight.insert(request, name.clone());
     }
@@ -754,6 +762,9 @@ async fn follow(
                     Command::Sync => send_pending(&mut session, claims, &mut in_flight),
                     Command::Release(ClaimKind::Catalog(key)) => session.release(&key),
                     Command::Release(ClaimKind::Adhoc { name, .. }) => session.release(&name),
+                    Command::Release(ClaimKind::Intercept { service, port, .. }) => {
+                        session.leave(&service, port)
+                    }
                 }
                 if flush(&mut session, &mut send).await.is_err() {
                     return "control stream closed".into();
@@ -779,6 +790,9 @@ async fn follow(
         let mut changed = false;
         while let Some(ev) = session.poll_event() {
             changed |= matches!(ev, ClientEvent::CatalogReplaced | ClientEvent::Changed(_));
+            if let ClientEvent::Intercepts(reports) = &ev {
+                claims.report(reports);
+            }
             if let ClientEvent::ClaimResult { request, error } = ev {
                 if let Some(name) = in_flight.remove(&request) {
                     if let Some(c) = claims.lock().get_mut(&name) {

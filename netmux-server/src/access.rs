@@ -252,6 +252,25 @@ impl Access {
         }
         Ok(())
     }
+
+    /// Whether `who` may intercept Service `ns/name`: the verb
+    /// `intercept` on it (the `netmux-user` Role grants it).
+    pub async fn may_intercept(&self, who: &Identity, ns: &str, name: &str) -> Result<(), Denied> {
+        let (Some(rbac), Some(user)) = (&self.rbac, &who.user) else {
+            return Ok(());
+        };
+        if rbac
+            .review
+            .allowed(user, kubernetes::Verb::Intercept, ns, name)
+            .await
+        {
+            return Ok(());
+        }
+        Err(Denied::NotAllowed(format!(
+            "{} may not intercept Service {ns}/{name}: RBAC does not allow the verb `intercept` on services there; fix: an admin binds the Role netmux-user (manifests/base/rbac-users.yaml, it grants `intercept` on services) to them in namespace {ns}",
+            user.username
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -43,8 +43,17 @@ struct RawConfig {
     cluster_cidrs: Vec<String>,
     #[serde(default = "default_half_close_timeout_ms")]
     half_close_timeout_ms: u64,
+    #[serde(default = "default_intercept_ttl_ms")]
+    intercept_ttl_ms: u64,
     #[serde(default)]
     limits: limits::RawLimits,
+}
+
+/// Default of `intercept_ttl_ms` (docs/intercept.md).
+pub const DEFAULT_INTERCEPT_TTL_MS: u64 = 15_000;
+
+fn default_intercept_ttl_ms() -> u64 {
+    DEFAULT_INTERCEPT_TTL_MS
 }
 
 /// `[rbac]`: authenticate daemons by their Kubernetes credential and
@@ -248,6 +257,10 @@ pub struct Config {
     /// ended, the other is reset after moving no byte this long (`None`:
     /// never).
     pub(crate) half_close_timeout: Option<Duration>,
+    /// `intercept_ttl_ms`: an intercept's Lease lasts this long past its
+    /// last renewal, and an intercept whose daemon was silent this long
+    /// ends (the Service is restored).
+    pub intercept_ttl: Duration,
     /// `[limits]`: caps on connections, pending hellos, `stream_listen`
     /// peers and per-session resources.
     pub limits: Limits,
@@ -306,6 +319,15 @@ impl Config {
             field: field.to_owned(),
             message,
         };
+        if raw.intercept_ttl_ms < 1000 {
+            return Err(invalid(
+                "intercept_ttl_ms",
+                format!(
+                    "{} is below 1000 (a Lease lasts whole seconds); the default is {DEFAULT_INTERCEPT_TTL_MS}",
+                    raw.intercept_ttl_ms
+                ),
+            ));
+        }
         if raw.server_names.is_empty() {
             return Err(invalid(
                 "server_names",
@@ -464,6 +486,7 @@ impl Config {
             hello_timeout: Duration::from_millis(raw.hello_timeout_ms),
             half_close_timeout: (raw.half_close_timeout_ms > 0)
                 .then(|| Duration::from_millis(raw.half_close_timeout_ms)),
+            intercept_ttl: Duration::from_millis(raw.intercept_ttl_ms),
             reverse_bind: raw.reverse_bind,
             adhoc_namespace: raw.adhoc_namespace,
             expose_ports: raw.expose_ports,

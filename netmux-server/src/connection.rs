@@ -115,6 +115,7 @@ pub(crate) async fn serve(conn: Connection, server: Arc<Server>, mut ticket: Tic
             udp.abort();
             holder.flows.clear_answered();
             server.reverse.release_all(holder.session);
+            server.intercepts.release_all(holder.session);
             server.metrics.sessions_active.dec();
         }
         Err(e) => {
@@ -252,8 +253,29 @@ async fn control_loop(
     let mut catalog = server.catalog.clone();
     catalog.mark_unchanged();
     let mut recheck = server.access.recheck_timer(identity);
+    let mut reports = tokio::time::interval(std::time::Duration::from_secs(1));
+    reports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = Vec::new();
     loop {
         tokio::select! {
+            _ = reports.tick() => {
+                let now: Vec<_> = server
+                    .intercepts
+                    .views(holder.session)
+                    .into_iter()
+                    .map(|v| netmux_common::proto::control::InterceptReport {
+                        service: v.key,
+                        port: v.port,
+                        holder: v.holder,
+                        to_workstation: v.to_workstation,
+                        to_pods: v.to_pods,
+                    })
+                    .collect();
+                if now != reported {
+                    session.intercept_reports(now.clone());
+                    reported = now;
+                }
+            }
             () = recheck.due() => {
                 // The credential again, then fresh RBAC answers.
                 if let Err(denied) = server.access.recheck(identity).await {
@@ -340,6 +362,22 @@ async fn handle_event(
             }
             session.claim_result(request, r.err());
         }
+        ServerEvent::Intercept {
+            request,
+            service,
+            port,
+            header,
+            mirror,
+        } => {
+            let r = intercept(server, holder, identity, &service, port, header, mirror).await;
+            if let Err(e) = &r {
+                tracing::info!(client = %holder.client, %service, error = %e, "intercept refused");
+            }
+            session.claim_result(request, r.err());
+        }
+        ServerEvent::Leave { service, port } => {
+            server.intercepts.leave(holder.session, &service, port);
+        }
         ServerEvent::Release { service } => {
             server.reverse.release(holder.session, &service);
             if let Some(key) = server.reverse.adhoc_key(&service) {
@@ -349,11 +387,65 @@ async fn handle_event(
     }
 }
 
+/// Intercepts catalog entry `key`'s Service for `holder`, if RBAC allows
+/// and the session's limit is not reached.
+async fn intercept(
+    server: &Server,
+    holder: &crate::reverse::Holder,
+    identity: &Identity,
+    key: &str,
+    port: u16,
+    header: Option<(String, String)>,
+    mirror: bool,
+) -> Result<(), String> {
+    let catalog = server.catalog.borrow().clone();
+    let Some(svc) = catalog.values().find(|s| s.key() == key).cloned() else {
+        return Err(format!(
+            "no service {key} in the catalog; fix: name it as `netmux ls` shows it"
+        ));
+    };
+    if svc.direction != netmux_common::proto::catalog::Direction::L2C {
+        return Err(format!(
+            "{key} is a C2L service (netmux's own); intercept the cluster's Services"
+        ));
+    }
+    // The Service itself, also for an entry an `nx` annotation names.
+    let service = server
+        .reverse
+        .origin(key)
+        .unwrap_or_else(|| svc.name.clone());
+    server
+        .access
+        .may_intercept(identity, &svc.namespace, &service)
+        .await
+        .map_err(|d| d.to_string())?;
+    claims_left(server, holder)?;
+    let mode = match (header, mirror) {
+        (header, true) => crate::intercept::route::Mode::Mirror { header },
+        (None, false) => crate::intercept::route::Mode::Global,
+        (Some((name, value)), false) => crate::intercept::route::Mode::Personal { name, value },
+    };
+    server
+        .intercepts
+        .start(
+            holder,
+            crate::intercept::Ask {
+                key: key.to_owned(),
+                namespace: svc.namespace.clone(),
+                service,
+                id: svc.id,
+                port,
+                mode,
+            },
+        )
+        .await
+}
+
 /// Whether `holder` may hold one more claim or expose
 /// (`limits.max_claims_per_session`); a refusal is counted.
 fn claims_left(server: &Server, holder: &crate::reverse::Holder) -> Result<(), String> {
     let max = server.config.limits.max_claims_per_session;
-    if server.reverse.held_by(holder.session) < max {
+    if server.reverse.held_by(holder.session) + server.intercepts.held_by(holder.session) < max {
         return Ok(());
     }
     server

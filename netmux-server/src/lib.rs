@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod dial;
 pub mod http;
+pub mod intercept;
 pub mod metrics;
 pub mod policy;
 pub mod retention;
@@ -40,6 +41,8 @@ pub struct Server {
     pub metrics: metrics::Metrics,
     /// Reverse service claims.
     pub reverse: reverse::Claims,
+    /// Intercepted Services (docs/intercept.md).
+    pub intercepts: intercept::Intercepts,
     /// Source of daemon session ids.
     pub sessions: std::sync::atomic::AtomicU64,
     /// The endpoint's stream peers (`stream_listen`): a session holds its
@@ -74,7 +77,8 @@ pub async fn run(
     )
     .with_context(|| format!("binding QUIC endpoint on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "QUIC endpoint ready");
-    let (claim_lock, own_namespace) = claim_lock(&config.runtime).await?;
+    let (claim_lock, own_namespace, intercept_cluster) =
+        claim_lock(&config.runtime, config.intercept_ttl).await?;
     let adhoc_namespace = config.adhoc_namespace.clone().or(own_namespace);
     match &adhoc_namespace {
         Some(ns) => {
@@ -82,7 +86,16 @@ pub async fn run(
         }
         None => tracing::info!("netmux expose is off: set adhoc_namespace"),
     }
+    let stream_options = netmux_common::tunnel::stream::Options {
+        half_close_timeout: config.half_close_timeout,
+    };
     let server = Arc::new(Server {
+        intercepts: intercept::Intercepts::new(
+            intercept_cluster,
+            metrics.clone(),
+            stream_options,
+            config.intercept_ttl,
+        ),
         access: access::Access::from_config(&config, &store),
         reverse: reverse::Claims::with_lock(
             store,
@@ -91,9 +104,7 @@ pub async fn run(
             adhoc_namespace,
             claim_lock,
         )
-        .with_stream_options(netmux_common::tunnel::stream::Options {
-            half_close_timeout: config.half_close_timeout,
-        })
+        .with_stream_options(stream_options)
         .with_expose_ports(config.expose_ports.clone(), config.own_ports()),
         sessions: std::sync::atomic::AtomicU64::new(1),
         stream_peers: streams
@@ -140,10 +151,10 @@ pub(crate) const DRAIN_RELEASE_TIMEOUT: std::time::Duration = std::time::Duratio
 /// then closes every daemon's connection with a reason that tells it to
 /// reconnect (to another replica behind the same Service).
 pub async fn drain(server: &Server, endpoint: &quinn::Endpoint) {
-    server
-        .reverse
-        .release_everything(DRAIN_RELEASE_TIMEOUT)
-        .await;
+    tokio::join!(
+        server.reverse.release_everything(DRAIN_RELEASE_TIMEOUT),
+        server.intercepts.release_everything(DRAIN_RELEASE_TIMEOUT),
+    );
     endpoint.close(
         quinn::VarInt::from_u32(netmux_common::proto::error_code::NO_ERROR),
         SHUTDOWN_REASON.as_bytes(),
@@ -153,12 +164,22 @@ pub async fn drain(server: &Server, endpoint: &quinn::Endpoint) {
 /// The close reason daemons see when a server stops.
 pub const SHUTDOWN_REASON: &str = "server shutting down; reconnect";
 
+/// The reverse claims' coordination, the server's own namespace and the
+/// intercepts' cluster side, from the runtime.
+type Coordination = (
+    Arc<dyn reverse::ClaimLock>,
+    Option<String>,
+    Option<Arc<intercept::cluster::Cluster>>,
+);
+
 /// Where reverse claims are coordinated: Leases with the Kubernetes
 /// runtime (replicas share nothing else), this process otherwise; with
-/// the server's own namespace when it has one.
+/// the server's own namespace when it has one. Intercepts exist only with
+/// the Kubernetes runtime.
 async fn claim_lock(
     runtime: &config::RuntimeConfig,
-) -> anyhow::Result<(Arc<dyn reverse::ClaimLock>, Option<String>)> {
+    intercept_ttl: std::time::Duration,
+) -> anyhow::Result<Coordination> {
     Ok(match runtime {
         config::RuntimeConfig::Kubernetes { .. } => {
             let client = kube::Client::try_default()
@@ -167,11 +188,17 @@ async fn claim_lock(
             let options = reverse::lease::LeaseOptions::from_env(&client);
             tracing::info!(replica = %options.replica, namespace = %options.namespace, pod_ip = ?options.pod_ip, "reverse claims coordinated by Leases");
             let namespace = options.namespace.clone();
+            let intercepts = Arc::new(intercept::cluster::Cluster::new(
+                client.clone(),
+                &options,
+                intercept_ttl,
+            ));
             (
                 Arc::new(reverse::lease::LeaseLock::new(client, options)),
                 Some(namespace),
+                Some(intercepts),
             )
         }
-        _ => (Arc::new(reverse::MemoryLock::default()), None),
+        _ => (Arc::new(reverse::MemoryLock::default()), None, None),
     })
 }

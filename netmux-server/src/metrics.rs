@@ -59,7 +59,12 @@ pub struct Metrics {
     /// Blackouts of daemon sessions by how they ended: `recovered`,
     /// `expired` (longer than `survive_blackout`), `evicted`
     /// (`max_blackout_sessions`).
-    pub(crate) blackouts: IntCounterVec,
+    pub blackouts: IntCounterVec,
+    /// Requests (connections, for global intercepts) of intercepted
+    /// Services by `route`: `workstation` or `pods`.
+    pub(crate) intercept_requests: IntCounterVec,
+    /// Body bytes (both ways) of intercepted Services by `route`.
+    pub(crate) intercept_bytes: IntCounterVec,
 }
 
 /// `limit` label values of [`Metrics::session_limit_refusals`].
@@ -194,6 +199,16 @@ impl Metrics {
                 )
                 .expect("static metric"),
             ),
+            intercept_requests: counter(
+                "netmux_server_intercept_requests_total",
+                "Requests (connections for global intercepts) of intercepted Services, by route (workstation, pods)",
+                &["service", "route"],
+            ),
+            intercept_bytes: counter(
+                "netmux_server_intercept_bytes_total",
+                "Bytes of intercepted Services' requests and responses, by route",
+                &["service", "route"],
+            ),
             session_limit_refusals: counter(
                 "netmux_server_session_limit_refusals_total",
                 "Requests of a daemon refused by a per-session limit",
@@ -230,6 +245,8 @@ impl Metrics {
         forget(&self.udp_bytes, "service", key);
         forget(&self.udp_drops, "service", key);
         forget(&self.udp_flows, "service", key);
+        forget(&self.intercept_requests, "service", key);
+        forget(&self.intercept_bytes, "service", key);
     }
 
     /// Text exposition of every metric.

@@ -196,6 +196,12 @@ impl Claims {
         self
     }
 
+    /// The Kubernetes Service behind catalog entry `key`, if the runtime
+    /// knows it (an `nx` annotation may publish entries under other names).
+    pub fn origin(&self, key: &str) -> Option<String> {
+        self.store.origin(key)
+    }
+
     /// The catalog key `netmux expose NAME` publishes under, if exposing
     /// is on (`adhoc_namespace`).
     pub(crate) fn adhoc_key(&self, name: &str) -> Option<String> {
@@ -392,6 +398,7 @@ impl Claims {
                         key: key.clone(),
                         port,
                         options: self.options,
+                        direction: "c2l",
                     },
                     self.metrics.clone(),
                 ))

@@ -91,13 +91,15 @@ pub(crate) struct Ask {
     pub(crate) port: u16,
     /// The bridge's settings.
     pub(crate) options: Options,
+    /// `direction` label of its metrics: `c2l`, `intercept`.
+    pub(crate) direction: &'static str,
 }
 
 /// Sends cluster connection `tcp` from `peer` to the holder of the
 /// service as a server-initiated stream.
 pub(crate) async fn ask(ask: &Ask, tcp: TcpStream, peer: SocketAddr, metrics: &Metrics) {
     let accepted = Instant::now();
-    let counters = counters(metrics, &ask.key, "c2l");
+    let counters = counters(metrics, &ask.key, ask.direction);
     let header = StreamHeader::Reverse {
         service: ask.service,
         port: ask.port,

@@ -85,6 +85,14 @@ async fn start(limits: &str, hello_timeout_ms: u64, kube: Option<kube::Client>) 
             config.reverse_bind,
             config.adhoc_namespace.clone(),
         ),
+        intercepts: netmux_server::intercept::Intercepts::new(
+            None,
+            metrics.clone(),
+            netmux_common::tunnel::stream::Options {
+                half_close_timeout: None,
+            },
+            config.intercept_ttl,
+        ),
         sessions: std::sync::atomic::AtomicU64::new(1),
         stream_peers: stream
             .as_ref()
@@ -449,18 +457,9 @@ impl Harness {
         use netmux_common::tunnel::stream_socket::StreamSocket;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone()).expect("root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("tls13")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut t = quic::transport_config();
         netmux_common::tunnel::blackout::set_idle_timeout(&mut t, Duration::from_secs(600));
-        config.transport_config(Arc::new(t));
+        let config = quic::client_config(roots, t).expect("quic client config");
         let local: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         let peer: SocketAddr = "127.0.0.1:2".parse().expect("addr");
         let (socket, _closed) = StreamSocket::new(stream, local, peer);

@@ -128,6 +128,10 @@ const WATCH_AND_EVENTS: &[(&str, &str)] = &[
     ("update", "discovery.k8s.io/endpointslices"),
     ("delete", "discovery.k8s.io/endpointslices"),
     ("create", "/services"),
+    // Intercepts: the selector recorded and removed, then put back; the
+    // original pods listed.
+    ("update", "/services"),
+    ("list", "/pods"),
 ];
 
 fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
@@ -284,6 +288,7 @@ fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
             ("pods/portforward".to_owned(), "create".to_owned()),
             ("pods/portforward".to_owned(), "get".to_owned()),
             ("services".to_owned(), "get".to_owned()),
+            ("services".to_owned(), "intercept".to_owned()),
         ]
     );
     let leases: Role = as_(dir, one(docs, "Role", "netmux-server-leases"));
@@ -292,6 +297,7 @@ fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
         grants(leases.rules.as_deref().unwrap_or_default()),
         set(&[
             ("get", "coordination.k8s.io/leases"),
+            ("list", "coordination.k8s.io/leases"),
             ("create", "coordination.k8s.io/leases"),
             ("update", "coordination.k8s.io/leases"),
             ("delete", "coordination.k8s.io/leases"),

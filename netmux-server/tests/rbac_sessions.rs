@@ -123,6 +123,14 @@ async fn start_full(fake: &FakeApi, extra: &str, lock: Arc<dyn reverse::ClaimLoc
             lock,
         )
         .with_expose_ports(config.expose_ports.clone(), config.own_ports()),
+        intercepts: netmux_server::intercept::Intercepts::new(
+            None,
+            metrics.clone(),
+            netmux_common::tunnel::stream::Options {
+                half_close_timeout: None,
+            },
+            config.intercept_ttl,
+        ),
         sessions: std::sync::atomic::AtomicU64::new(1),
         stream_peers: transport::StreamPeers::default(),
         catalog,

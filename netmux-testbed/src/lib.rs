@@ -26,14 +26,21 @@
 //!     .unwrap();
 //! ```
 //!
+//! For Kubernetes-shaped tests, [`cluster::FakeCluster`] puts a fake API
+//! server (with an EndpointSlice controller), a kube-proxy and pod
+//! backends ([`backends`]) in the cluster namespace in one call.
+//!
 //! Needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN) and `ip` from iproute2.
 
+pub mod backends;
 mod bins;
 pub mod cgroup;
 pub mod check;
 mod cleanup;
+pub mod cluster;
 pub mod docker;
 mod error;
+mod kubeproxy;
 pub mod netmux;
 mod netns;
 pub mod prereq;

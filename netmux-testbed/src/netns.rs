@@ -153,6 +153,23 @@ impl Netns {
     }
 }
 
+/// Moves the calling thread into namespace `name` and builds a
+/// current-thread tokio runtime for it: for threads that serve from
+/// inside a namespace for a test's lifetime.
+pub(crate) fn runtime_in(name: &str) -> Result<tokio::runtime::Runtime> {
+    let path = Path::new("/run/netns").join(name);
+    let file =
+        std::fs::File::open(&path).map_err(Error::io(format!("opening {}", path.display())))?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Io {
+        context: format!("entering network namespace {}", path.display()),
+        source: e.into(),
+    })?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io("building a tokio runtime"))
+}
+
 fn write(path: &Path, content: &str) -> Result<()> {
     std::fs::write(path, content).map_err(Error::io(format!("writing {}", path.display())))
 }

@@ -58,6 +58,7 @@ mod tests {
             hosts_file: "/etc/hosts".into(),
             dns: String::new(),
             endpoints: vec![view("degraded", Some(line)), view("connected", None)],
+            intercepts: vec![],
         };
         let checks = checks(Some(&status));
         assert_eq!(checks.len(), 1, "{checks:?}");

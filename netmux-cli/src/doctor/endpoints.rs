@@ -204,6 +204,50 @@ pub(crate) async fn probe(cfg: &EndpointConfig, timeout: Duration) -> (Probe, Op
     }
 }
 
+/// Whether the user of Kubernetes endpoint `ep` may intercept Services in
+/// `namespace` (`Ok(allowed)`), or why that could not be asked.
+pub fn intercept_rights(ep: &str, namespace: &str, answer: Result<bool, String>) -> Check {
+    let name = format!("intercept rights {ep}");
+    match answer {
+        Ok(true) => Check::pass(
+            name,
+            format!("you may intercept Services in namespace {namespace} (verb `intercept` on services)"),
+        ),
+        Ok(false) => Check::warn(
+            name,
+            format!("your user may not intercept Services in namespace {namespace}: RBAC does not grant the verb `intercept` on services there"),
+            format!("ask an admin to bind the Role netmux-user (manifests/base/rbac-users.yaml) to you in {namespace}, if you need `netmux intercept` (docs/intercept.md)"),
+        ),
+        Err(e) => Check::warn(
+            name,
+            format!("could not ask the API server: {e}"),
+            "check the kubeconfig (`kubectl auth can-i intercept services`)",
+        ),
+    }
+}
+
+/// Asks the API server, with the user's credentials of Kubernetes
+/// endpoint `cfg`, whether they may intercept Services in their context's
+/// namespace; `None` for other endpoints.
+pub async fn probe_intercept_rights(cfg: &EndpointConfig, timeout: Duration) -> Option<Check> {
+    let settings = cfg.kubernetes.as_ref()?;
+    let asked = async {
+        let link = kube_link(settings).await.map_err(|p| format!("{p:?}"))?;
+        let ns = link.default_namespace().to_owned();
+        let allowed = link.may_intercept(&ns).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((ns, allowed))
+    };
+    Some(match tokio::time::timeout(timeout, asked).await {
+        Ok(Ok((ns, allowed))) => intercept_rights(&cfg.name, &ns, Ok(allowed)),
+        Ok(Err(e)) => intercept_rights(&cfg.name, "-", Err(e)),
+        Err(_) => intercept_rights(
+            &cfg.name,
+            "-",
+            Err(format!("no answer within {} s", timeout.as_secs())),
+        ),
+    })
+}
+
 /// The user's credentials for a Kubernetes endpoint, resolved as
 /// `netmux connect` does (plugins do not prompt here, and run off the
 /// runtime so that the probe's timeout holds even if one hangs).

@@ -214,6 +214,7 @@ pub(crate) async fn run(
             SystemTime::now(),
         ));
         out.push(endpoint_reachability(&ep.name, &ep.describe(), &p));
+        out.extend(probe_intercept_rights(ep, opts.timeout).await);
         if let Probe::Ok(_, chain) = &p {
             out.push(certificates(
                 &format!("certificate {}", ep.name),

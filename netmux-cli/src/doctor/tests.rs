@@ -493,3 +493,21 @@ async fn endpoint_reachable_and_not() {
         "{c:?}"
     );
 }
+
+#[test]
+fn intercept_rights_name_the_role_to_bind() {
+    let ok = intercept_rights("kube", "apps", Ok(true));
+    assert_eq!(ok.status, Status::Pass);
+    let no = intercept_rights("kube", "apps", Ok(false));
+    assert_eq!(no.status, Status::Warn);
+    assert!(no.detail.contains("`intercept`"), "{}", no.detail);
+    assert!(
+        no.fix
+            .as_deref()
+            .is_some_and(|f| f.contains("netmux-user") && f.contains("apps")),
+        "{:?}",
+        no.fix
+    );
+    let err = intercept_rights("kube", "-", Err("refused".into()));
+    assert_eq!(err.status, Status::Warn);
+}

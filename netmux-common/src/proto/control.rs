@@ -30,6 +30,24 @@ pub enum ServerMessage {
         /// current holder when another daemon has it).
         error: Option<String>,
     },
+    /// This daemon's intercepts as the server routes them (sent when
+    /// they change, at most about once a second).
+    Intercepts(Vec<InterceptReport>),
+}
+
+/// One intercept in [`ServerMessage::Intercepts`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterceptReport {
+    /// `namespace/name`.
+    pub service: String,
+    /// Service port.
+    pub port: u16,
+    /// The holder and the replica routing it.
+    pub holder: String,
+    /// Connections (global) or requests (personal) sent to the daemon.
+    pub to_workstation: u64,
+    /// Requests of the Service's intercepted ports sent to its pods.
+    pub to_pods: u64,
 }
 
 /// Daemon to server.
@@ -62,6 +80,56 @@ pub enum ClientMessage {
         /// `namespace/name`.
         service: String,
     },
+    /// Intercept an existing Service's port (docs/intercept.md): its
+    /// traffic comes to this daemon as server-initiated
+    /// [`super::stream::StreamHeader::Reverse`] streams naming the catalog
+    /// entry and the port. Answered by a [`ServerMessage::ClaimResult`].
+    Intercept {
+        /// Correlates the [`ServerMessage::ClaimResult`].
+        request: u32,
+        /// `namespace/name` of the catalog entry of the Service.
+        service: String,
+        /// The Service port; 0: its only port.
+        port: u16,
+        /// `None`: a global intercept (every connection). `Some((name,
+        /// value))`: a personal one, only HTTP requests carrying this
+        /// header come here.
+        header: Option<(String, String)>,
+        /// A mirror: a copy of every HTTP request (with `header`, of
+        /// those carrying it) comes here, its answer discarded; the
+        /// original goes on as before.
+        mirror: bool,
+    },
+    /// End an intercept (`netmux leave`).
+    Leave {
+        /// `namespace/name`.
+        service: String,
+        /// The Service port it was asked for (0: its only port).
+        port: u16,
+    },
+}
+
+/// Longest header value a personal intercept matches.
+pub const MAX_HEADER_VALUE: usize = 256;
+
+/// Whether `name` is an HTTP header name a personal intercept may match:
+/// a lower-case token (RFC 9110 `tchar`s), at most 64 bytes.
+pub fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// Whether `value` is a header value a personal intercept may match:
+/// visible ASCII and inner spaces, at most [`MAX_HEADER_VALUE`] bytes.
+pub fn valid_header_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_HEADER_VALUE
+        && value.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && !value.starts_with(' ')
+        && !value.ends_with(' ')
 }
 
 impl From<CatalogEvent> for ServerMessage {
@@ -120,6 +188,26 @@ impl ClientMessage {
                     return Err(DecodeError::invalid("claim", "service name too long"));
                 }
             }
+            ClientMessage::Intercept {
+                service, header, ..
+            } => {
+                if service.len() > 253 {
+                    return Err(DecodeError::invalid("intercept", "service name too long"));
+                }
+                if let Some((name, value)) = header {
+                    if !valid_header_name(name) || !valid_header_value(value) {
+                        return Err(DecodeError::invalid(
+                            "intercept",
+                            "header is not a lower-case token and a visible-ASCII value",
+                        ));
+                    }
+                }
+            }
+            ClientMessage::Leave { service, .. } => {
+                if service.len() > 253 {
+                    return Err(DecodeError::invalid("leave", "service name too long"));
+                }
+            }
             ClientMessage::Ping(_) => {}
         }
         Ok(msg)
@@ -154,6 +242,45 @@ mod tests {
         ] {
             let bytes = encode(&msg).unwrap();
             assert_eq!(ServerMessage::decode(&bytes).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn intercepts_round_trip_and_bad_headers_are_refused() {
+        let ok = ClientMessage::Intercept {
+            request: 3,
+            service: "apps/web".into(),
+            port: 8080,
+            header: Some(("x-netmux-user".into(), "alice".into())),
+            mirror: false,
+        };
+        let bytes = encode(&ok).unwrap();
+        assert_eq!(ClientMessage::decode(&bytes).unwrap(), ok);
+        let leave = ClientMessage::Leave {
+            service: "apps/web".into(),
+            port: 0,
+        };
+        assert_eq!(
+            ClientMessage::decode(&encode(&leave).unwrap()).unwrap(),
+            leave
+        );
+        for (name, value) in [
+            ("X-Upper", "a"),
+            ("bad name", "a"),
+            ("x", ""),
+            ("x", "new\nline"),
+        ] {
+            let bad = ClientMessage::Intercept {
+                request: 1,
+                service: "apps/web".into(),
+                port: 1,
+                header: Some((name.into(), value.into())),
+                mirror: true,
+            };
+            assert!(
+                ClientMessage::decode(&encode(&bad).unwrap()).is_err(),
+                "{name:?}: {value:?}"
+            );
         }
     }
 

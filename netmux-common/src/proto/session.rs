@@ -96,6 +96,8 @@ pub enum ClientEvent {
         /// Why it failed, if it did.
         error: Option<String>,
     },
+    /// The server's report on this daemon's intercepts.
+    Intercepts(Vec<super::control::InterceptReport>),
 }
 
 #[derive(Debug)]
@@ -243,6 +245,41 @@ impl ClientSession {
         request
     }
 
+    /// Queues an intercept of port `port` (0: the only one) of the
+    /// Service behind catalog entry `service`; global without `header`.
+    /// Answered as [`ClientEvent::ClaimResult`] with the returned id.
+    pub fn intercept(
+        &mut self,
+        service: &str,
+        port: u16,
+        header: Option<(String, String)>,
+        mirror: bool,
+    ) -> u32 {
+        let request = self.next_request();
+        push_frame(
+            &mut self.out,
+            &ClientMessage::Intercept {
+                request,
+                service: service.to_owned(),
+                port,
+                header,
+                mirror,
+            },
+        );
+        request
+    }
+
+    /// Queues the end of an intercept.
+    pub fn leave(&mut self, service: &str, port: u16) {
+        push_frame(
+            &mut self.out,
+            &ClientMessage::Leave {
+                service: service.to_owned(),
+                port,
+            },
+        );
+    }
+
     /// Queues the release of a claim.
     pub fn release(&mut self, service: &str) {
         push_frame(
@@ -347,6 +384,7 @@ impl ClientSession {
             ServerMessage::ClaimResult { request, error } => self
                 .events
                 .push_back(ClientEvent::ClaimResult { request, error }),
+            ServerMessage::Intercepts(r) => self.events.push_back(ClientEvent::Intercepts(r)),
         }
         Ok(())
     }
@@ -381,6 +419,27 @@ pub enum ServerEvent {
     Release {
         /// `namespace/name`.
         service: String,
+    },
+    /// The daemon intercepts a Service's port; answer with
+    /// [`ServerSession::claim_result`].
+    Intercept {
+        /// Request id.
+        request: u32,
+        /// `namespace/name` of the catalog entry.
+        service: String,
+        /// Service port, 0: the only one.
+        port: u16,
+        /// Personal intercept's header, `None`: global.
+        header: Option<(String, String)>,
+        /// A mirror (copies only).
+        mirror: bool,
+    },
+    /// The daemon ends an intercept.
+    Leave {
+        /// `namespace/name`.
+        service: String,
+        /// Service port as asked (0: the only one).
+        port: u16,
     },
 }
 
@@ -563,6 +622,22 @@ impl ServerSession {
                         ClientMessage::Release { service } => {
                             self.events.push_back(ServerEvent::Release { service })
                         }
+                        ClientMessage::Intercept {
+                            request,
+                            service,
+                            port,
+                            header,
+                            mirror,
+                        } => self.events.push_back(ServerEvent::Intercept {
+                            request,
+                            service,
+                            port,
+                            header,
+                            mirror,
+                        }),
+                        ClientMessage::Leave { service, port } => {
+                            self.events.push_back(ServerEvent::Leave { service, port })
+                        }
                     }
                 }
                 Ok(())
@@ -621,6 +696,11 @@ impl ServerSession {
             &mut self.out,
             &ServerMessage::ClaimResult { request, error },
         );
+    }
+
+    /// Reports the daemon's intercepts.
+    pub fn intercept_reports(&mut self, reports: Vec<super::control::InterceptReport>) {
+        push_frame(&mut self.out, &ServerMessage::Intercepts(reports));
     }
 
     /// Queues the events that bring the daemon to `catalog`.

@@ -165,6 +165,131 @@ pub async fn open<H: Hooks>(
     })
 }
 
+/// A stream the far end answered `Connected`, as one byte stream for an
+/// in-process protocol (the server's HTTP router of personal intercepts
+/// speaks HTTP over it instead of bridging a TCP socket).
+pub struct StreamIo {
+    send: SendStream,
+    recv: RecvStream,
+    /// Far-end bytes that arrived with its result.
+    pending: Bytes,
+}
+
+impl StreamIo {
+    /// The QUIC stream id.
+    pub fn stream(&self) -> u64 {
+        u64::from(self.send.id())
+    }
+}
+
+impl tokio::io::AsyncRead for StreamIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(buf.remaining());
+            let chunk = self.pending.split_to(n);
+            buf.put_slice(&chunk);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StreamIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.send)
+            .poll_write(cx, buf)
+            .map_err(io::Error::from)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.send).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.send).poll_shutdown(cx)
+    }
+}
+
+/// Why [`open_io`] has no stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoNotOpened {
+    /// The peer's connection could not carry a new stream.
+    PeerDown(String),
+    /// The far end answered with a refusal (its target is down...).
+    Refused(String),
+}
+
+impl std::fmt::Display for IoNotOpened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IoNotOpened::PeerDown(e) => write!(f, "the workstation is unreachable: {e}"),
+            IoNotOpened::Refused(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The asking side without a TCP client: opens a stream on `conn`, writes
+/// `header` and waits for the far end's result (rule 5); the open is
+/// counted in `hooks` (`opened`, refusals; bytes and the end are the
+/// caller's to count).
+pub async fn open_io<H: Hooks>(
+    conn: &Connection,
+    header: &StreamHeader,
+    hooks: &H,
+) -> Result<StreamIo, IoNotOpened> {
+    let started = Instant::now();
+    let mut head = BytesMut::with_capacity(MAX_HEADER_LEN);
+    open::write_header(header, &mut head);
+    let (mut send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            hooks.failed(hooks.peer_down());
+            return Err(IoNotOpened::PeerDown(e.to_string()));
+        }
+    };
+    if let Err(e) = send.write_chunk(head.freeze()).await {
+        hooks.failed(hooks.peer_down());
+        return Err(IoNotOpened::PeerDown(e.to_string()));
+    }
+    hooks.opened();
+    match read_result(recv).await {
+        // `answered(true)` is not reported: the caller's protocol decides
+        // when the stream ends, so `connections_active` is not this one's.
+        Ok((recv, pending)) => Ok(StreamIo {
+            send,
+            recv,
+            pending,
+        }),
+        Err(End::ConnectionLost(e)) => {
+            hooks.failed(hooks.peer_down());
+            Err(IoNotOpened::PeerDown(e))
+        }
+        Err(end) => {
+            hooks.answered(false, started.elapsed());
+            hooks.failed(end.metric_label());
+            let why = match end {
+                End::Refused(r) => r,
+                other => other.label().to_owned(),
+            };
+            Err(IoNotOpened::Refused(why))
+        }
+    }
+}
+
 /// Rule 5: the far end's result before any of its bytes reach TCP.
 async fn read_result(mut recv: RecvStream) -> Result<(RecvStream, Bytes), End> {
     let mut reader = ResultReader::new();

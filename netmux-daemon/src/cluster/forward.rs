@@ -158,6 +158,44 @@ impl KubeLink {
         &self.settings
     }
 
+    /// The namespace of the kubeconfig's context.
+    pub fn default_namespace(&self) -> &str {
+        self.client.default_namespace()
+    }
+
+    /// Whether these credentials may use the verb `intercept` on Services
+    /// in `namespace` (a SelfSubjectAccessReview; what the server asks
+    /// about by SubjectAccessReview before an intercept).
+    pub async fn may_intercept(&self, namespace: &str) -> Result<bool, KubeError> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        };
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_owned()),
+                    verb: Some("intercept".into()),
+                    resource: Some("services".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
+        let answer = api
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .map_err(|e| {
+                api_error(
+                    &self.settings,
+                    "SelfSubjectAccessReview (intercept services)",
+                    e,
+                )
+            })?;
+        Ok(answer.status.is_some_and(|s| s.allowed))
+    }
+
     /// The server's CA certificate from the ConfigMap [`CA_CONFIGMAP`].
     pub async fn ca_pem(&self) -> Result<String, KubeError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);

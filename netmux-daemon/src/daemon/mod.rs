@@ -5,6 +5,7 @@
 //! is kept apart from what runs; [`Daemon::reconcile`] makes the running set
 //! follow intent and the endpoints' catalogs, whatever changed.
 
+mod intercept;
 mod launch;
 mod reconcile;
 mod reload;
@@ -172,6 +173,22 @@ impl Daemon {
                 remote_port,
             } => self.expose(&endpoint, &name, &local, remote_port).await,
             Unexpose { endpoint, name } => self.unexpose(&endpoint, &name).await,
+            Intercept {
+                endpoint,
+                service,
+                port,
+                to,
+                header,
+                mirror,
+            } => {
+                self.intercept(&endpoint, &service, port, &to, header.as_deref(), mirror)
+                    .await
+            }
+            Leave {
+                endpoint,
+                service,
+                port,
+            } => self.leave(&endpoint, &service, port).await,
             Exit => {
                 self.cleanup().await;
                 self.exit.notify_one();
@@ -602,6 +619,35 @@ mod bounds_tests {
         );
         let config = Config::parse(&dir.join("c.toml"), &text).expect("config");
         Daemon::new(config, Metrics::new())
+    }
+
+    #[tokio::test]
+    async fn intercept_targets_loopback_only_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path(), "");
+        let e = d
+            .intercept("demo", "web", None, "169.254.169.254:80", None, false)
+            .await
+            .unwrap_err();
+        assert!(e.contains("expose_allow"), "{e}");
+        let e = d
+            .intercept(
+                "demo",
+                "web",
+                None,
+                "127.0.0.1:80",
+                Some("bad name=x"),
+                false,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.contains("--header"), "{e}");
+        // A good target and header pass the checks, then need a connection.
+        let e = d
+            .intercept("demo", "web", None, "127.0.0.1:80", Some("x-user=a"), false)
+            .await
+            .unwrap_err();
+        assert!(e.contains("not connected"), "{e}");
     }
 
     #[tokio::test]

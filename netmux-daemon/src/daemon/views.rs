@@ -114,6 +114,22 @@ impl Daemon {
                     },
                 });
             }
+            for v in self
+                .intercept_views(&state)
+                .into_iter()
+                .filter(|v| v.endpoint == cfg.name)
+            {
+                rows.push(Row {
+                    kind: "ICPT".into(),
+                    name: v.service,
+                    parent: v.endpoint,
+                    description: format!(
+                        "port {} {} => {}; holder {}; {} to the workstation",
+                        v.port, v.mode, v.to, v.holder, v.to_workstation
+                    ),
+                    status: v.state,
+                });
+            }
             for (ep, k) in state.wanted.iter().filter(|(ep, _)| *ep == cfg.name) {
                 if catalog.by_key(k).is_none() {
                     rows.push(Row {
@@ -136,6 +152,7 @@ impl Daemon {
     pub(crate) async fn status(&self) -> StatusView {
         let state = self.state.lock().await;
         StatusView {
+            intercepts: self.intercept_views(&state),
             version: env!("CARGO_PKG_VERSION").into(),
             redirect: self.backend_reason.clone(),
             dns: self.name_service.status(),

@@ -52,6 +52,9 @@ pub(crate) enum Verb {
     Proxy,
     /// `update services`: claim a C2L service.
     Update,
+    /// `intercept services` (a verb only netmux asks about): intercept
+    /// an existing Service (docs/intercept.md).
+    Intercept,
 }
 
 impl Verb {
@@ -59,6 +62,7 @@ impl Verb {
         match self {
             Verb::Proxy => ("get", Some("proxy")),
             Verb::Update => ("update", None),
+            Verb::Intercept => ("intercept", None),
         }
     }
 }

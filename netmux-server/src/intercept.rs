@@ -1,0 +1,598 @@
+//! Intercepts (docs/intercept.md): an existing Service's traffic comes to
+//! a workstation, whole (global) or per HTTP request (personal), without
+//! touching the workload's pods.
+//!
+//! For the first intercept of a Service, this replica takes a Lease for it
+//! ([`cluster`]), lists its pods ([`pods`]), listens on one port of its own
+//! per Service port ([`listen`]), publishes an EndpointSlice of the Service
+//! pointing there, and removes the Service's selector, recorded on the
+//! Service ([`record`]). Connections then arrive here: to the workstation
+//! as server-initiated streams (global), through the HTTP router
+//! ([`router`]: the header's requests to the workstation, every other to a
+//! pod), or straight to a pod (ports nobody intercepts). Which intercepts
+//! coexist and where a request goes is [`route`]'s, sans IO.
+//!
+//! The Service is restored when its last intercept ends: `leave`, the
+//! session's end, the daemon silent for `intercept_ttl_ms`, this server
+//! draining; and by any replica once the Lease expired (this replica
+//! died).
+
+pub mod cluster;
+pub mod listen;
+pub mod pods;
+pub mod record;
+pub mod route;
+pub mod router;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use netmux_common::proto::catalog::ServiceId;
+use netmux_common::sync::lock;
+use quinn::Connection;
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use cluster::{Cluster, SlicePort};
+use pods::{Pods, PortPlan};
+use route::{Claim, Mode};
+
+/// What a daemon asks for.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// `namespace/name` of the catalog entry.
+    pub key: String,
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Kubernetes Service.
+    pub service: String,
+    /// The catalog id (stream headers name it).
+    pub id: ServiceId,
+    /// Service port; 0: the only one.
+    pub port: u16,
+    /// Global or personal.
+    pub mode: Mode,
+}
+
+/// Requests (or connections, global) and bytes routed one way.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Requests (connections for a global intercept).
+    pub requests: AtomicU64,
+    /// Bytes, both directions.
+    pub bytes: AtomicU64,
+}
+
+impl Counts {
+    fn get(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One intercept held on this replica.
+#[derive(Clone)]
+pub struct Held {
+    /// Who, which port, which mode.
+    pub claim: Claim,
+    /// The port it was asked for (0: the only one), for `leave`.
+    pub asked_port: u16,
+    /// The holder's connection (streams are opened on it).
+    pub conn: Connection,
+    /// What went to its workstation.
+    pub to_workstation: Arc<Counts>,
+    /// Received datagrams last seen, and since when unchanged.
+    heard: Arc<Mutex<(u64, Instant)>>,
+}
+
+/// A Service this replica routes.
+pub struct Routed {
+    /// `namespace/name` of the catalog entry.
+    pub key: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Kubernetes Service name.
+    pub service: String,
+    /// Catalog id.
+    pub id: ServiceId,
+    /// Its TCP ports.
+    pub ports: Vec<PortPlan>,
+    /// Its pods.
+    pub pods: Arc<Pods>,
+    /// What went to the pods from intercepted ports' routers.
+    pub to_pods: Arc<Counts>,
+    /// This replica's listening port for each Service port (its slice).
+    slice_ports: Vec<SlicePort>,
+    held: Mutex<Vec<Held>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Routed {
+    /// The intercepts now held.
+    pub fn held(&self) -> Vec<Held> {
+        lock(&self.held).clone()
+    }
+
+    fn claims(&self) -> Vec<Claim> {
+        lock(&self.held).iter().map(|h| h.claim.clone()).collect()
+    }
+
+    fn describe(&self) -> String {
+        let claims: Vec<String> = self.claims().iter().map(Claim::to_string).collect();
+        claims.join(", ")
+    }
+}
+
+impl Drop for Routed {
+    fn drop(&mut self) {
+        for t in lock(&self.tasks).iter() {
+            t.abort();
+        }
+    }
+}
+
+/// An intercept as `ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// `namespace/name`.
+    pub key: String,
+    /// Service port.
+    pub port: u16,
+    /// The holder as others see it, with the replica.
+    pub holder: String,
+    /// `global` or `personal name=value`.
+    pub mode: String,
+    /// Requests (connections, global) to the workstation.
+    pub to_workstation: u64,
+    /// Requests of the Service's intercepted ports sent to the pods.
+    pub to_pods: u64,
+}
+
+/// The intercepts of this replica.
+pub struct Intercepts {
+    table: Arc<Mutex<HashMap<String, Arc<Routed>>>>,
+    /// Serializes starts, restores and sweeps on this replica.
+    ops: Arc<tokio::sync::Mutex<()>>,
+    cluster: Option<Arc<Cluster>>,
+    metrics: Metrics,
+    options: netmux_common::tunnel::stream::Options,
+    ttl: Duration,
+    sweeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Intercepts {
+    fn drop(&mut self) {
+        if let Some(s) = &self.sweeper {
+            s.abort();
+        }
+    }
+}
+
+/// The Service port `asked` (0: the only one) of `ports`.
+fn resolve_port(key: &str, ports: &[PortPlan], asked: u16) -> Result<u16, String> {
+    let list = || {
+        ports
+            .iter()
+            .map(|p| p.port.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (asked, ports) {
+        (0, [only]) => Ok(only.port),
+        (0, []) => Err(format!("Service {key} has no TCP port")),
+        (0, _) => Err(format!(
+            "Service {key} has ports {}; fix: choose one with --port",
+            list()
+        )),
+        (p, _) if ports.iter().any(|x| x.port == p) => Ok(p),
+        (p, _) => Err(format!(
+            "Service {key} has no TCP port {p}; it has {}",
+            list()
+        )),
+    }
+}
+
+impl Intercepts {
+    /// Intercepts through `cluster` (`None`: not on Kubernetes, every
+    /// intercept is refused); starts the sweeper of expired Leases.
+    pub fn new(
+        cluster: Option<Arc<Cluster>>,
+        metrics: Metrics,
+        options: netmux_common::tunnel::stream::Options,
+        ttl: Duration,
+    ) -> Self {
+        let table: Arc<Mutex<HashMap<String, Arc<Routed>>>> = Arc::default();
+        let ops: Arc<tokio::sync::Mutex<()>> = Arc::default();
+        let sweeper = cluster.clone().map(|c| {
+            let table = Arc::downgrade(&table);
+            let ops = ops.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(ttl / 4);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(table) = table.upgrade() else { return };
+                    let _op = ops.lock().await;
+                    c.sweep(|key| lock(&table).contains_key(key)).await;
+                }
+            })
+        });
+        Intercepts {
+            table,
+            ops,
+            cluster,
+            metrics,
+            options,
+            ttl,
+            sweeper,
+        }
+    }
+
+    /// Intercepts `ask` for the daemon `holder`; `Err` says why not (names
+    /// the holder of a conflicting intercept).
+    pub(crate) async fn start(
+        &self,
+        holder: &crate::reverse::Holder,
+        ask: Ask,
+    ) -> Result<(), String> {
+        let Some(cluster) = self.cluster.clone() else {
+            return Err("this server does not run the Kubernetes runtime: intercepts change a Service's EndpointSlices; fix: intercept through a netmux-server deployed in the cluster".into());
+        };
+        let _op = self.ops.lock().await;
+        let existing = lock(&self.table).get(&ask.key).cloned();
+        let (routed, port) = match existing {
+            Some(r) => {
+                let port = resolve_port(&ask.key, &r.ports, ask.port)?;
+                (Some(r), port)
+            }
+            None => (None, 0),
+        };
+        if let Some(routed) = routed {
+            let claim = Claim {
+                session: holder.session,
+                client: holder.client.clone(),
+                port,
+                mode: ask.mode.clone(),
+            };
+            if let Some(why) = route::conflict(&routed.claims(), &claim) {
+                return Err(format!("Service {} port {port} is {why}", ask.key));
+            }
+            let mut held = lock(&routed.held);
+            if !held.iter().any(|h| h.claim == claim) {
+                held.push(self.held(holder, claim, ask.port));
+            }
+            tracing::info!(service = %ask.key, client = %holder.client, mode = %ask.mode, port, "intercept added");
+            return Ok(());
+        }
+        let first = Claim {
+            session: holder.session,
+            client: holder.client.clone(),
+            port: ask.port,
+            mode: ask.mode.clone(),
+        };
+        cluster
+            .take(&ask.namespace, &ask.service, &first.to_string())
+            .await?;
+        match self.route(&cluster, holder, &ask).await {
+            Ok(routed) => {
+                tracing::info!(service = %ask.key, client = %holder.client, mode = %ask.mode, "Service intercepted");
+                lock(&self.table).insert(ask.key.clone(), routed);
+                Ok(())
+            }
+            Err(e) => {
+                // Undo whatever was done (idempotent), Lease included.
+                if let Err(undo) = cluster.restore(&ask.namespace, &ask.service).await {
+                    tracing::warn!(service = %ask.key, error = %undo, "cannot undo a failed intercept");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn held(&self, holder: &crate::reverse::Holder, claim: Claim, asked_port: u16) -> Held {
+        Held {
+            claim,
+            asked_port,
+            conn: holder.conn.clone(),
+            to_workstation: Arc::default(),
+            heard: Arc::new(Mutex::new((rx_count(&holder.conn), Instant::now()))),
+        }
+    }
+
+    /// Lists the pods, listens, diverts the Service.
+    async fn route(
+        &self,
+        cluster: &Arc<Cluster>,
+        holder: &crate::reverse::Holder,
+        ask: &Ask,
+    ) -> Result<Arc<Routed>, String> {
+        let service = cluster.service(&ask.namespace, &ask.service).await?;
+        let ports = pods::plan(&service);
+        let port = resolve_port(&ask.key, &ports, ask.port)?;
+        let selector = record::pod_selector(&ask.key, &service).map_err(|e| e.to_string())?;
+        let ip = cluster.pod_ip()?;
+        let pods = Arc::new(Pods::default());
+        pods.set(cluster.pods(&ask.namespace, &selector).await?);
+        let mut listeners = Vec::new();
+        let mut slice_ports = Vec::new();
+        for p in &ports {
+            let l = TcpListener::bind((ip, 0))
+                .await
+                .map_err(|e| format!("cannot listen on {ip} for {}: {e}", ask.key))?;
+            let local = l.local_addr().map_err(|e| e.to_string())?.port();
+            slice_ports.push(SlicePort {
+                name: p.name.clone(),
+                port: local,
+            });
+            listeners.push((l, p.clone()));
+        }
+        let claim = Claim {
+            session: holder.session,
+            client: holder.client.clone(),
+            port,
+            mode: ask.mode.clone(),
+        };
+        let routed = Arc::new(Routed {
+            key: ask.key.clone(),
+            namespace: ask.namespace.clone(),
+            service: ask.service.clone(),
+            id: ask.id,
+            ports,
+            pods: pods.clone(),
+            to_pods: Arc::default(),
+            slice_ports: slice_ports.clone(),
+            held: Mutex::new(vec![self.held(holder, claim, ask.port)]),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> = listeners
+            .into_iter()
+            .map(|(l, plan)| {
+                tokio::spawn(listen::accept(
+                    l,
+                    Arc::new(listen::PortCtx {
+                        routed: Arc::downgrade(&routed),
+                        plan,
+                        metrics: self.metrics.clone(),
+                        options: self.options,
+                    }),
+                ))
+            })
+            .collect();
+        tasks.push(tokio::spawn(pods::follow(
+            cluster.clone(),
+            ask.namespace.clone(),
+            selector,
+            pods,
+        )));
+        // Listeners are up: now send the Service's traffic here.
+        cluster
+            .divert(
+                &ask.namespace,
+                &ask.service,
+                &slice_ports,
+                &format!(
+                    "{} through replica {}",
+                    routed.describe(),
+                    cluster.replica()
+                ),
+            )
+            .await?;
+        tasks.push(tokio::spawn(renew(
+            Arc::downgrade(&routed),
+            self.table.clone(),
+            self.ops.clone(),
+            cluster.clone(),
+            self.ttl,
+        )));
+        *lock(&routed.tasks) = tasks;
+        Ok(routed)
+    }
+
+    /// Ends the intercepts `session` holds on `key` at `port` (0: all of
+    /// them); restores the Service when none is left. Returns whether
+    /// there was one.
+    pub fn leave(&self, session: u64, key: &str, port: u16) -> bool {
+        let Some(routed) = lock(&self.table).get(key).cloned() else {
+            return false;
+        };
+        let removed = {
+            let mut held = lock(&routed.held);
+            let before = held.len();
+            held.retain(|h| {
+                !(h.claim.session == session
+                    && (port == 0 || h.claim.port == port || h.asked_port == port))
+            });
+            before != held.len()
+        };
+        if removed {
+            tracing::info!(service = %key, session, "intercept ended");
+            self.finish_if_empty(routed);
+        }
+        removed
+    }
+
+    /// Ends every intercept of `session` (its connection ended).
+    pub fn release_all(&self, session: u64) {
+        let keys: Vec<String> = lock(&self.table).keys().cloned().collect();
+        for k in keys {
+            self.leave(session, &k, 0);
+        }
+    }
+
+    /// Intercepts `session` holds.
+    pub fn held_by(&self, session: u64) -> usize {
+        lock(&self.table)
+            .values()
+            .map(|r| {
+                lock(&r.held)
+                    .iter()
+                    .filter(|h| h.claim.session == session)
+                    .count()
+            })
+            .sum()
+    }
+
+    /// What `session` holds, with counts.
+    pub fn views(&self, session: u64) -> Vec<View> {
+        let replica = self
+            .cluster
+            .as_ref()
+            .map(|c| c.replica().to_owned())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for r in lock(&self.table).values() {
+            for h in lock(&r.held).iter().filter(|h| h.claim.session == session) {
+                out.push(View {
+                    key: r.key.clone(),
+                    port: h.claim.port,
+                    holder: format!("{} through replica {replica}", h.claim.client),
+                    mode: h.claim.mode.to_string(),
+                    to_workstation: h.to_workstation.get().0,
+                    to_pods: r.to_pods.get().0,
+                });
+            }
+        }
+        out
+    }
+
+    fn finish_if_empty(&self, routed: Arc<Routed>) {
+        if !lock(&routed.held).is_empty() {
+            return;
+        }
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        tokio::spawn(finish(
+            routed,
+            self.table.clone(),
+            self.ops.clone(),
+            cluster,
+        ));
+    }
+
+    /// Restores every Service this replica routes (the server stops), at
+    /// most `within`; the daemons intercept again through another replica.
+    pub async fn release_everything(&self, within: Duration) {
+        let all: Vec<Arc<Routed>> = lock(&self.table).values().cloned().collect();
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let restores = all.into_iter().map(|r| {
+            lock(&r.held).clear();
+            finish(r, self.table.clone(), self.ops.clone(), cluster.clone())
+        });
+        if tokio::time::timeout(within, futures::future::join_all(restores))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?within,
+                "not every intercepted Service was restored in time; their Leases expire and another replica restores them"
+            );
+        }
+    }
+}
+
+fn rx_count(conn: &Connection) -> u64 {
+    conn.stats().udp_rx.datagrams
+}
+
+/// Removes `routed` (still empty) from the table and restores its Service.
+async fn finish(
+    routed: Arc<Routed>,
+    table: Arc<Mutex<HashMap<String, Arc<Routed>>>>,
+    ops: Arc<tokio::sync::Mutex<()>>,
+    cluster: Arc<Cluster>,
+) {
+    let _op = ops.lock().await;
+    {
+        let mut t = lock(&table);
+        match t.get(&routed.key) {
+            Some(r) if Arc::ptr_eq(r, &routed) && lock(&routed.held).is_empty() => {
+                t.remove(&routed.key);
+            }
+            // Re-intercepted meanwhile, or already finished.
+            _ => return,
+        }
+    }
+    for attempt in 0..3 {
+        match cluster.restore(&routed.namespace, &routed.service).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(service = %routed.key, attempt, error = %e, "cannot restore the Service yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    // Dropping the last reference stops the listeners.
+    drop(routed);
+}
+
+/// How often the daemons of a Service's intercepts are checked.
+const LIVENESS: Duration = Duration::from_millis(500);
+
+/// Every [`LIVENESS`]: drops intercepts whose daemon is gone or was silent
+/// for half the TTL, restoring the Service when none is left; every
+/// `ttl / 4` renews the Lease.
+async fn renew(
+    routed: std::sync::Weak<Routed>,
+    table: Arc<Mutex<HashMap<String, Arc<Routed>>>>,
+    ops: Arc<tokio::sync::Mutex<()>>,
+    cluster: Arc<Cluster>,
+    ttl: Duration,
+) {
+    // Silent this long, a daemon is gone (its QUIC keepalive is every
+    // second): the Service is restored well before its Lease could expire.
+    let silence = ttl / 2;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS, LIVENESS);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(r) = routed.upgrade() else { return };
+        let dropped: Vec<Held> = {
+            let mut held = lock(&r.held);
+            let (gone, live): (Vec<Held>, Vec<Held>) = held.drain(..).partition(|h| {
+                if h.conn.close_reason().is_some() {
+                    return true;
+                }
+                let mut heard = lock(&h.heard);
+                let now = rx_count(&h.conn);
+                if now != heard.0 {
+                    *heard = (now, Instant::now());
+                }
+                heard.1.elapsed() >= silence
+            });
+            *held = live;
+            gone
+        };
+        for h in &dropped {
+            tracing::warn!(service = %r.key, client = %h.claim.client, "intercept ended: its daemon is gone or silent");
+        }
+        if lock(&r.held).is_empty() {
+            tokio::spawn(finish(r, table, ops, cluster));
+            return;
+        }
+        if renewed.elapsed() < ttl / 4 {
+            continue;
+        }
+        renewed = tokio::time::Instant::now();
+        let who = format!("{} through replica {}", r.describe(), cluster.replica());
+        if let Err(e) = cluster.take(&r.namespace, &r.service, &who).await {
+            tracing::warn!(service = %r.key, error = %e, "cannot renew the intercept Lease");
+            continue;
+        }
+        // Level-triggered: whatever undid the divert, it is redone while
+        // the intercepts live (docs/intercept.md, Limits: GitOps).
+        if let Err(e) = cluster
+            .ensure_diverted(&r.namespace, &r.service, &r.slice_ports, &who)
+            .await
+        {
+            tracing::warn!(service = %r.key, error = %e, "cannot check the intercepted Service");
+        }
+    }
+}

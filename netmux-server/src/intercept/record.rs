@@ -1,0 +1,181 @@
+//! What an intercept changes on a Service, and how it is undone, sans IO.
+//!
+//! An intercept removes the Service's `spec.selector` (so the EndpointSlice
+//! controller stops publishing its pods) and records it, byte for byte, in
+//! the annotation [`ORIGINAL`] on the Service itself. Restoring puts that
+//! selector back and removes the annotations; nothing else in the object
+//! is touched, so the restored `spec` is the original one. Because the
+//! record lives in the cluster, any replica, `netmux cleanup`, or the
+//! `kubectl` command in docs/intercept.md can restore it.
+
+use serde_json::{Map, Value};
+
+/// Annotation holding the original `spec.selector` as JSON.
+pub const ORIGINAL: &str = "netmux.dev/intercept-original";
+/// Annotation naming who intercepts (for people reading the Service).
+pub const HOLDER: &str = "netmux.dev/intercept-holder";
+
+/// Why a Service cannot be intercepted or restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// It has no selector: its endpoints are not its pods'.
+    #[error("Service {0} has no selector: its endpoints are not chosen from pods, so netmux cannot route around them; intercept a Service that selects pods")]
+    NoSelector(String),
+    /// The recorded selector is not a JSON object of strings.
+    #[error("annotation {ORIGINAL} of Service {0} is not a JSON object of strings: {1}; restore the selector by hand (docs/intercept.md)")]
+    BadRecord(String, String),
+    /// The object is not shaped like a Service.
+    #[error("Service {0} has no spec")]
+    NoSpec(String),
+}
+
+/// The original selector recorded on `service`, if it is intercepted.
+pub fn recorded(name: &str, service: &Value) -> Result<Option<Map<String, Value>>, RecordError> {
+    let Some(text) = service["metadata"]["annotations"][ORIGINAL].as_str() else {
+        return Ok(None);
+    };
+    let parsed: Value = serde_json::from_str(text)
+        .map_err(|e| RecordError::BadRecord(name.to_owned(), e.to_string()))?;
+    match parsed {
+        Value::Object(m) if m.values().all(Value::is_string) && !m.is_empty() => Ok(Some(m)),
+        _ => Err(RecordError::BadRecord(
+            name.to_owned(),
+            "expected a non-empty object of strings".into(),
+        )),
+    }
+}
+
+/// The selector of `service` as a `k=v,k2=v2` label selector, from the
+/// record if intercepted, else from its spec.
+pub fn pod_selector(name: &str, service: &Value) -> Result<String, RecordError> {
+    let selector = match recorded(name, service)? {
+        Some(m) => m,
+        None => match &service["spec"]["selector"] {
+            Value::Object(m) if !m.is_empty() => m.clone(),
+            _ => return Err(RecordError::NoSelector(name.to_owned())),
+        },
+    };
+    Ok(selector
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// `service` with its selector removed and recorded, `holder` named. An
+/// already intercepted Service (a replica died mid-way, or restarts) keeps
+/// its first record: the original is never overwritten by the intercepted
+/// state.
+pub fn divert(name: &str, service: &Value, holder: &str) -> Result<Value, RecordError> {
+    let mut out = service.clone();
+    let already = recorded(name, service)?;
+    let spec = out
+        .get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| RecordError::NoSpec(name.to_owned()))?;
+    let original = match (already, spec.remove("selector")) {
+        (Some(m), _) => Value::Object(m),
+        (None, Some(Value::Object(m))) if !m.is_empty() => Value::Object(m),
+        _ => return Err(RecordError::NoSelector(name.to_owned())),
+    };
+    let annotations = annotations_mut(&mut out);
+    annotations.insert(ORIGINAL.into(), Value::String(original.to_string()));
+    annotations.insert(HOLDER.into(), Value::String(holder.to_owned()));
+    Ok(out)
+}
+
+/// `service` as it was before [`divert`]: the recorded selector back, the
+/// annotations gone. `None` if it is not intercepted.
+pub fn restore(name: &str, service: &Value) -> Result<Option<Value>, RecordError> {
+    let Some(selector) = recorded(name, service)? else {
+        return Ok(None);
+    };
+    let mut out = service.clone();
+    out.get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| RecordError::NoSpec(name.to_owned()))?
+        .insert("selector".into(), Value::Object(selector));
+    let annotations = annotations_mut(&mut out);
+    annotations.remove(ORIGINAL);
+    annotations.remove(HOLDER);
+    if annotations.is_empty() {
+        if let Some(meta) = out["metadata"].as_object_mut() {
+            meta.remove("annotations");
+        }
+    }
+    Ok(Some(out))
+}
+
+fn annotations_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    let meta = &mut obj["metadata"];
+    if !meta.is_object() {
+        *meta = Value::Object(Map::new());
+    }
+    let annotations = &mut meta["annotations"];
+    if !annotations.is_object() {
+        *annotations = Value::Object(Map::new());
+    }
+    match annotations {
+        Value::Object(m) => m,
+        _ => unreachable!("set to an object above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn web() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "apps", "resourceVersion": "7"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 8080, "targetPort": "http"}],
+                     "selector": {"app": "web", "tier": "front"}, "sessionAffinity": "None"},
+        })
+    }
+
+    #[test]
+    fn divert_then_restore_gives_the_spec_back_byte_for_byte() {
+        let before = web();
+        let diverted = divert("apps/web", &before, "alice via pod-a").unwrap();
+        assert!(diverted["spec"].get("selector").is_none());
+        assert_eq!(
+            pod_selector("apps/web", &diverted).unwrap(),
+            "app=web,tier=front"
+        );
+        // A second divert (a replica taking over) keeps the first record.
+        let again = divert("apps/web", &diverted, "bob via pod-b").unwrap();
+        let restored = restore("apps/web", &again).unwrap().unwrap();
+        assert_eq!(
+            serde_json::to_string(&restored["spec"]).unwrap(),
+            serde_json::to_string(&before["spec"]).unwrap()
+        );
+        assert_eq!(restored["metadata"], before["metadata"]);
+        assert_eq!(restore("apps/web", &before).unwrap(), None);
+    }
+
+    #[test]
+    fn other_annotations_stay_and_bad_records_are_named() {
+        let mut svc = web();
+        svc["metadata"]["annotations"] = json!({"team": "a"});
+        let restored = restore("apps/web", &divert("apps/web", &svc, "x").expect("divert"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(restored["metadata"]["annotations"], json!({"team": "a"}));
+        let mut bad = svc.clone();
+        bad["metadata"]["annotations"][ORIGINAL] = json!("[1]");
+        assert!(matches!(
+            restore("apps/web", &bad),
+            Err(RecordError::BadRecord(..))
+        ));
+        let mut selectorless = web();
+        selectorless["spec"]
+            .as_object_mut()
+            .map(|s| s.remove("selector"));
+        assert_eq!(
+            divert("apps/web", &selectorless, "x"),
+            Err(RecordError::NoSelector("apps/web".into()))
+        );
+    }
+}

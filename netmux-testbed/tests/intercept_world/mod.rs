@@ -1,0 +1,469 @@
+//! The world of `intercept_e2e.rs`: the fake cluster with `web` (two
+//! pods), netmux-server replicas as in the Deployment, daemons of users
+//! with their own tokens, workstation targets, and the clients and checks
+//! the tests share.
+#![allow(dead_code, reason = "each test uses a subset")]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use netmux_testbed::backends::{H2c, Http1};
+use netmux_testbed::cluster::{App, AppSpec, FakeCluster};
+use netmux_testbed::{bin, Output, Process, Sandbox, Side};
+use serde_json::Value;
+
+use crate::common::T;
+
+pub const SERVER_TOKEN: &str = "server-service-account-token";
+pub const ALICE_TOKEN: &str = "alice-token-for-intercepts";
+pub const BOB_TOKEN: &str = "bob-token-for-intercepts";
+/// Sees the Service but may not intercept it.
+pub const CAROL_TOKEN: &str = "carol-token-without-the-verb";
+/// The intercept Lease's TTL in these tests (`intercept_ttl_ms`).
+pub const TTL: Duration = Duration::from_secs(6);
+/// Where the workstation's targets listen.
+pub const ALICE_TARGET: &str = "127.0.0.1:18080";
+pub const BOB_TARGET: &str = "127.0.0.1:18081";
+
+/// A workstation-side HTTP server (HTTP/1.1 and h2c) answering every
+/// request with 200, `x-served-by: NAME` and body `NAME`; stops on drop.
+pub struct Target {
+    /// Paths of the requests answered.
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn target(sb: &Sandbox, addr: &str, name: &str) -> Target {
+    let addr: SocketAddr = addr.parse().expect("literal address");
+    let path = format!("/run/netns/{}", sb.ws().name());
+    let name = name.to_owned();
+    let (ready, up) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let counter = seen.clone();
+    let thread = std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("open the workstation namespace");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter it");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+            let _ = ready.send(());
+            let serve = async {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let name = name.clone();
+                    let counter = counter.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                            let name = name.clone();
+                            if let Ok(mut seen) = counter.lock() {
+                                seen.push(req.uri().path().to_owned());
+                            }
+                            async move {
+                                let mut r =
+                                    hyper::Response::new(Full::new(Bytes::from(name.clone())));
+                                r.headers_mut().insert(
+                                    "x-served-by",
+                                    hyper::header::HeaderValue::from_str(&name).expect("name"),
+                                );
+                                Ok::<_, Infallible>(r)
+                            }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                    });
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                _ = stopped => {}
+            }
+        });
+    });
+    up.recv_timeout(T).expect("workstation target started");
+    Target {
+        seen,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+pub struct Daemon {
+    pub socket: PathBuf,
+    pub process: Process,
+}
+
+pub struct World<'a> {
+    pub sb: &'a Sandbox,
+    pub cluster: FakeCluster,
+    pub web: App,
+    pub dir: PathBuf,
+    pub servers: Vec<Process>,
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// QUIC port of server replica `i`.
+pub fn quic_port(i: usize) -> u16 {
+    7443 + 10 * i as u16
+}
+
+pub fn world(sb: &Sandbox) -> World<'_> {
+    let cluster = FakeCluster::start(sb).expect("fake cluster");
+    let api = cluster.api();
+    api.add_token(
+        SERVER_TOKEN,
+        "system:serviceaccount:netmux:netmux-server",
+        &[],
+    );
+    for (token, user) in [
+        (ALICE_TOKEN, "alice"),
+        (BOB_TOKEN, "bob"),
+        (CAROL_TOKEN, "carol"),
+    ] {
+        api.add_token(token, user, &[]);
+        api.allow(user, "get", "/services/proxy", "apps", "web");
+    }
+    for user in ["alice", "bob"] {
+        api.allow(user, "intercept", "/services", "apps", "web");
+    }
+    let web = cluster
+        .deploy(&AppSpec::new(
+            "apps",
+            "web",
+            "10.96.0.20".parse().expect("ip"),
+            80,
+            8080,
+            2,
+        ))
+        .expect("deploy web");
+    let dir = sb.dir().to_path_buf();
+    write(
+        &dir.join("server-kubeconfig"),
+        &cluster.kubeconfig("sa", SERVER_TOKEN, "netmux"),
+    );
+    World {
+        sb,
+        cluster,
+        web,
+        dir,
+        servers: vec![],
+    }
+}
+
+impl World<'_> {
+    /// Starts server replica `i` (`netmux-server-<i>`), as in the
+    /// Deployment: Kubernetes runtime, RBAC, POD_NAME and POD_IP.
+    pub fn start_server(&mut self, i: usize) {
+        let cl = self.sb.cluster_addr();
+        let state = self.dir.join(format!("server-state-{i}"));
+        // Replicas share the CA, as they share the Secret in a cluster.
+        if i > 0 {
+            std::fs::create_dir_all(&state).expect("state dir");
+            for f in ["ca.pem", "ca.key"] {
+                let _ = std::fs::copy(self.dir.join("server-state-0").join(f), state.join(f));
+            }
+        }
+        let config = self.dir.join(format!("server-{i}.toml"));
+        write(
+            &config,
+            &format!(
+                "listen = \"{cl}:{}\"\nhttp = \"{cl}:{}\"\nstate_dir = \"{}\"\n\
+                 server_names = [\"netmux-server\"]\ncluster_cidrs = [\"10.96.0.0/12\"]\n\
+                 intercept_ttl_ms = {}\n\n[rbac]\ncache_ttl_ms = 1000\n\n\
+                 [runtime]\nkind = \"kubernetes\"\nnamespaces = [\"apps\"]\n",
+                quic_port(i),
+                quic_port(i) + 1,
+                state.display(),
+                TTL.as_millis()
+            ),
+        );
+        let p = self
+            .sb
+            .process(
+                Side::Cluster,
+                &format!("netmux-server-{i}"),
+                bin("netmux-server").expect("built"),
+            )
+            .arg("--config")
+            .arg(&config)
+            .env("KUBECONFIG", self.dir.join("server-kubeconfig"))
+            .env("POD_NAME", format!("netmux-server-{i}"))
+            .env("POD_IP", cl.to_string())
+            .env("RUST_LOG", "info,netmux_server=debug")
+            .spawn()
+            .expect("start netmux-server");
+        self.sb
+            .wait_for_tcp(
+                Side::Cluster,
+                SocketAddr::new(cl.into(), quic_port(i) + 1),
+                T,
+            )
+            .unwrap_or_else(|e| panic!("netmux-server-{i}: {e}\n{}", p.log()));
+        self.servers.push(p);
+    }
+
+    /// Starts a daemon `name` presenting `token` to replica `replica`, and
+    /// connects its endpoint `kube`.
+    pub fn daemon(&self, name: &str, token: &str, replica: usize, range: &str) -> Daemon {
+        let cl = self.sb.cluster_addr();
+        let run = self.dir.join(format!("daemon-{name}"));
+        std::fs::create_dir_all(&run).expect("daemon dir");
+        let socket = run.join("netmuxd.sock");
+        let config = run.join("config.toml");
+        write(
+            &config,
+            &format!(
+                "socket = \"{}\"\nhosts_file = \"{}\"\nredirect = \"loopback\"\naddress_range = \"{range}\"\n\n\
+                 [dns]\nenabled = false\n\n\
+                 [[endpoint]]\nname = \"kube\"\nserver = \"{cl}:{}\"\nserver_name = \"netmux-server\"\n\
+                 ca_file = \"{}\"\ntoken = \"{token}\"\nautostart = false\n",
+                socket.display(),
+                run.join("hosts").display(),
+                quic_port(replica),
+                self.dir.join("server-state-0").join("ca.pem").display(),
+            ),
+        );
+        let p = self
+            .sb
+            .process(
+                Side::Workstation,
+                &format!("netmuxd-{name}"),
+                bin("netmuxd").expect("built"),
+            )
+            .args(["--config", &config.display().to_string()])
+            .env("RUST_LOG", "info,netmux_daemon=debug")
+            .spawn()
+            .expect("start netmuxd");
+        netmux_testbed::wait_until("netmuxd's socket", T, || socket.exists())
+            .unwrap_or_else(|e| panic!("netmuxd {name}: {e}\n{}", p.log()));
+        let d = Daemon { socket, process: p };
+        let out = self.cli(&d, &["connect", "kube"]);
+        assert!(
+            out.success(),
+            "connect {name}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        // The catalog arrives right after the hello.
+        netmux_testbed::wait_until("web in the daemon's catalog", T, || {
+            self.cli(&d, &["ls"]).stdout.contains("apps/web")
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", self.cli(&d, &["ls"]).stdout));
+        d
+    }
+
+    pub fn cli(&self, d: &Daemon, args: &[&str]) -> Output {
+        self.sb
+            .process(Side::Workstation, "netmux", bin("netmux").expect("built"))
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .run(T)
+            .expect("run netmux")
+    }
+
+    pub fn service(&self) -> Value {
+        self.cluster
+            .api()
+            .get("/services", "apps", "web")
+            .expect("Service apps/web")
+    }
+
+    pub fn spec_text(&self) -> String {
+        serde_json::to_string(&self.service()["spec"]).expect("json")
+    }
+
+    pub fn intercepted(&self) -> bool {
+        self.service()["metadata"]["annotations"]
+            .get("netmux.dev/intercept-original")
+            .is_some()
+    }
+
+    pub fn netmux_slice(&self) -> Option<Value> {
+        self.cluster
+            .api()
+            .get("discovery.k8s.io/endpointslices", "apps", "netmux-icpt-web")
+    }
+
+    pub fn leases(&self) -> Vec<Value> {
+        self.cluster
+            .api()
+            .objects("coordination.k8s.io/leases")
+            .into_iter()
+            .filter(|l| {
+                l["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("netmux-icpt"))
+            })
+            .collect()
+    }
+
+    /// `n` requests, each on a new HTTP/1.1 connection to the Service, with
+    /// `headers`; who answered each (`x-served-by`, or the status).
+    pub fn fresh_requests(
+        &self,
+        n: usize,
+        headers: &[(&'static str, &'static str)],
+    ) -> Vec<String> {
+        let addr = self.web.addr();
+        let headers = headers.to_vec();
+        self.sb
+            .cluster()
+            .block_on(move || async move {
+                let mut out = Vec::new();
+                for i in 0..n {
+                    let answer = match Http1::connect(addr).await {
+                        Ok(mut c) => match c.get(&format!("/fresh/{i}"), &headers).await {
+                            Ok(r) => served_by(r.status, r.header("x-served-by"), &r.body),
+                            Err(e) => format!("error: {e}"),
+                        },
+                        Err(e) => format!("error: {e}"),
+                    };
+                    out.push(answer);
+                }
+                out
+            })
+            .expect("cluster namespace")
+    }
+
+    /// Waits until a fresh request with `headers` is answered by `who`
+    /// (`pod`: any pod of web).
+    pub fn wait_for_answer(&self, what: &str, headers: &[(&'static str, &'static str)], who: &str) {
+        let pods = self.web.pod_names();
+        let deadline = Instant::now() + T;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            last = self.fresh_requests(1, headers).remove(0);
+            if last == who || (who == "pod" && pods.contains(&last)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.sb.dump_logs(60);
+        panic!("timed out waiting for {what}: last answer {last:?}");
+    }
+}
+
+pub fn served_by(status: u16, by: Option<&str>, body: &str) -> String {
+    match (status, by) {
+        (200, Some(by)) => by.to_owned(),
+        _ => format!("status {status}: {}", body.trim()),
+    }
+}
+
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(out.success(), "{what}: {}{}", out.stdout, out.stderr);
+}
+
+/// `requests` requests on one keep-alive connection (`h2`: gRPC-shaped
+/// calls on one h2c connection, 16 at once), every third with alice's header, every third
+/// with bob's, the rest with none; returns (header, answer) of each.
+pub fn mixed(w: &World<'_>, requests: usize, h2: bool) -> Vec<(&'static str, String)> {
+    let addr = w.web.addr();
+    w.sb.cluster()
+        .block_on(move || async move {
+            let which = |i: usize| match i % 3 {
+                0 => "alice",
+                1 => "bob",
+                _ => "",
+            };
+            let mut out = Vec::new();
+            if h2 {
+                let c = H2c::connect(addr).await.expect("h2c connect");
+                for chunk in (0..requests).collect::<Vec<_>>().chunks(16) {
+                    let calls = chunk.iter().map(|&i| {
+                        let c = c.clone();
+                        async move {
+                            let user = which(i);
+                            let headers: Vec<(&str, &str)> = if user.is_empty() {
+                                vec![]
+                            } else {
+                                vec![("x-netmux-user", user)]
+                            };
+                            // gRPC-shaped (POST, application/grpc, trailers).
+                            let a = match c
+                                .grpc(&format!("/mixed.Echo/Call{i}"), &headers, b"ping")
+                                .await
+                            {
+                                Ok(r) => served_by(r.status, r.header("x-served-by"), ""),
+                                Err(e) => format!("error: {e}"),
+                            };
+                            (user, a)
+                        }
+                    });
+                    out.extend(futures::future::join_all(calls).await);
+                }
+            } else {
+                let mut c = Http1::connect(addr).await.expect("http1 connect");
+                for i in 0..requests {
+                    let user = which(i);
+                    let headers: Vec<(&str, &str)> = if user.is_empty() {
+                        vec![]
+                    } else {
+                        vec![("x-netmux-user", user)]
+                    };
+                    let a = match c.get(&format!("/mixed/{i}"), &headers).await {
+                        Ok(r) => served_by(r.status, r.header("x-served-by"), &r.body),
+                        Err(e) => format!("error: {e}"),
+                    };
+                    out.push((user, a));
+                }
+            }
+            out
+        })
+        .expect("cluster namespace")
+}
+
+pub fn assert_routed(w: &World<'_>, answers: &[(&str, String)], expect: &[(&str, &str)]) {
+    let pods = w.web.pod_names();
+    let wrong: Vec<_> = answers
+        .iter()
+        .enumerate()
+        .filter(
+            |(_, (user, a))| match expect.iter().find(|(u, _)| u == user) {
+                Some((_, to)) => a != to,
+                None => !pods.contains(a),
+            },
+        )
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} requests misrouted or lost, first: {:?}",
+        wrong.len(),
+        answers.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+}
+
+/// Whether the Service is as before any intercept: selector back, no
+/// annotation, no netmux slice, no Lease.
+pub fn restored(w: &World<'_>) -> bool {
+    !w.intercepted() && w.netmux_slice().is_none() && w.leases().is_empty()
+}
