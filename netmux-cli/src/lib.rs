@@ -10,5 +10,5 @@
 
 pub mod cli;
 pub mod credentials;
-pub mod doctor;
+pub(crate) mod doctor;
 pub mod install;
