@@ -10,6 +10,6 @@
 
 pub mod cli;
 pub mod credentials;
-pub mod doctor;
+pub(crate) mod doctor;
 pub mod install;
 pub mod intercepts;

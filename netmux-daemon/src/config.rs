@@ -14,7 +14,7 @@ pub const DEFAULT_SOCKET: &str = "/run/netmux/netmuxd.sock";
 /// Default configuration path.
 pub const DEFAULT_CONFIG: &str = "/etc/netmux/config.toml";
 
-pub use netmux_common::config::{parse_error, ConfigError};
+pub(crate) use netmux_common::config::{parse_error, ConfigError};
 pub(crate) use netmux_common::proto::cidr::Cidr;
 
 #[derive(Deserialize)]
@@ -379,7 +379,7 @@ impl EndpointConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where it came from.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Control socket path.
     pub socket: PathBuf,
     /// Group allowed to use the control socket (besides root and the

@@ -9,19 +9,19 @@
 
 /// The control API types, from `netmux-api` (shared with the CLI).
 pub use netmux_api as api;
-pub mod claims;
+pub(crate) mod claims;
 pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
-pub mod endpoint;
-pub mod health;
-pub mod listeners;
+pub(crate) mod endpoint;
+pub(crate) mod health;
+pub(crate) mod listeners;
 pub mod metrics;
 pub mod redirect;
-pub mod reverse;
-pub mod status;
+pub(crate) mod reverse;
+pub(crate) mod status;
 pub mod system;
 pub mod transport;
-pub mod udp;
+pub(crate) mod udp;

@@ -15,7 +15,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// 1 while the endpoint's session is up.
-    pub endpoint_up: IntGaugeVec,
+    pub(crate) endpoint_up: IntGaugeVec,
     /// Proxied connections opened.
     pub(crate) connections_total: IntCounterVec,
     /// Proxied connections open now.

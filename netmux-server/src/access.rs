@@ -15,8 +15,6 @@
 pub mod kubernetes;
 mod recheck;
 
-pub use recheck::Recheck;
-
 /// Default `rbac.recheck_interval_ms`.
 pub(crate) fn recheck_interval_default() -> std::time::Duration {
     recheck::DEFAULT_INTERVAL

@@ -11,18 +11,18 @@ pub mod admission;
 pub mod ca;
 pub mod catalog;
 pub mod config;
-pub mod connection;
-pub mod dial;
-pub mod http;
+pub(crate) mod connection;
+pub(crate) mod dial;
+pub(crate) mod http;
 pub mod intercept;
 pub mod metrics;
-pub mod policy;
-pub mod retention;
+pub(crate) mod policy;
+pub(crate) mod retention;
 pub mod reverse;
 pub mod runtime;
-pub mod stream;
+pub(crate) mod stream;
 pub mod transport;
-pub mod udp;
+pub(crate) mod udp;
 
 use std::sync::Arc;
 

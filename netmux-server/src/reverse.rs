@@ -11,7 +11,7 @@
 //! EndpointSlices in [`lease`] with the Kubernetes runtime).
 
 pub mod lease;
-pub mod lock;
+pub(crate) mod lock;
 
 pub use lock::{ClaimLock, ClaimRequest, MemoryLock};
 

@@ -161,6 +161,10 @@ pub struct Layout {
     pub stream: SocketAddr,
     /// The daemon reaches the server over TCP (`transport = "tcp"`).
     pub over_tcp: bool,
+    /// Extra `[runtime]` keys of `server.toml` (TOML lines), e.g.
+    /// `allow_unsafe_targets` for a test that publishes such targets on
+    /// purpose.
+    pub runtime_extra: String,
 }
 
 impl Layout {
@@ -178,6 +182,7 @@ impl Layout {
             http: SocketAddr::new(ip, HTTP_PORT),
             stream: SocketAddr::new(ip, STREAM_PORT),
             over_tcp: false,
+            runtime_extra: String::new(),
         }
     }
 
@@ -208,12 +213,13 @@ impl Layout {
             "listen = {}\n{stream}http = {}\nstate_dir = {}\nserver_names = [\"netmux-server\"]\n\
              cluster_cidrs = [\"10.96.0.0/12\", \"fd00:96::/64\"]\nadhoc_namespace = \"default\"\n\n\
              [[token]]\nname = \"alice\"\ntoken = {}\n\n\
-             [runtime]\nkind = \"static\"\nservices = {}\n",
+             [runtime]\nkind = \"static\"\nservices = {}\n{}",
             toml_str(&self.quic.to_string()),
             toml_str(&self.http.to_string()),
             toml_path(&self.state_dir),
             toml_str(TOKEN),
             toml_path(&self.services_file),
+            self.runtime_extra,
         )
     }
 

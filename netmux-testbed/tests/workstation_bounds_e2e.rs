@@ -258,12 +258,16 @@ fn ebpf_redirects_only_cluster_addresses_and_status_lists_the_rest() {
         "redirect = \"ebpf\"\ncgroup = \"{}\"\n",
         cg.path().display()
     );
-    let nm = Netmux::start_with(&sb, &specs, netmux_testbed::netmux::TOKEN, &extra).unwrap_or_else(
-        |e| {
+    // The server's target policy would leave `lo` and `server` out of the
+    // catalog; its admin allows them here so that the daemon's own bounds
+    // are what is tested.
+    let mut layout = netmux_testbed::netmux::Layout::new(&sb);
+    layout.runtime_extra = format!("allow_unsafe_targets = [\"127.0.0.1\", \"{server}\"]\n");
+    let nm = Netmux::start_layout(&sb, layout, &specs, netmux_testbed::netmux::TOKEN, &extra)
+        .unwrap_or_else(|e| {
             sb.dump_logs(50);
             panic!("netmux start: {e}")
-        },
-    );
+        });
     let _web = nx_echo(
         &sb,
         Side::Cluster,

@@ -14,4 +14,4 @@
 
 pub mod forward;
 
-pub use netmux_api::kube::{port_ref, KubeAccess, KubeError, KubeSettings, PortRef};
+pub(crate) use netmux_api::kube::{port_ref, KubeAccess, KubeError, KubeSettings, PortRef};

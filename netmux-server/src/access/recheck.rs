@@ -65,7 +65,7 @@ pub(crate) fn jwt_expiry(token: &str) -> Option<SystemTime> {
 }
 
 /// When a session's credential is reviewed again.
-pub struct Recheck {
+pub(crate) struct Recheck {
     every: Duration,
     next: tokio::time::Instant,
     expires: Option<SystemTime>,

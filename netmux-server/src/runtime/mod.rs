@@ -6,7 +6,7 @@
 
 pub(crate) mod docker;
 pub mod kubernetes;
-pub mod static_file;
+pub(crate) mod static_file;
 
 use std::sync::Arc;
 
