@@ -188,7 +188,7 @@ pub fn write(
         settings.reps,
         elapsed.as_secs_f64() / 60.0
     );
-    s.push_str("## Targets (issue 7)\n\n| # | target | this run | |\n|---|---|---|---|\n");
+    s.push_str("## Targets (issues 7, 9, 17)\n\n| # | target | this run | |\n|---|---|---|---|\n");
     for v in &res.verdicts {
         let mark = match v.met {
             Some(true) => "met",
@@ -218,9 +218,9 @@ pub fn write(
         "\n## Method\n\n\
          Two network namespaces (workstation, cluster) joined by a veth pair, MTU 1500, no route \
          out (`netmux_testbed::Sandbox`). Backends run in the cluster namespace on all its \
-         addresses: `iperf3 -s`, `nx-echo http`, `nx-echo tcp`, redis-server, PostgreSQL \
-         (initdb in a temp dir, fsync off). Every peer is started once and carries all five \
-         ports; clients run in the workstation namespace. Peers, as started:\n\n\
+         addresses: `iperf3 -s`, `nx-echo http`, `nx-echo tcp`, `nx-echo udp` (port 9001), \
+         redis-server, PostgreSQL (initdb in a temp dir, fsync off). Every peer is started once \
+         and carries all five TCP ports (netmux also the UDP echo, as a UDP service); clients run in the workstation namespace. Peers, as started:\n\n\
          - direct: clients dial the cluster's veth address (no tunnel: the ceiling).\n",
     );
     for (peer, cmd) in res_setup(res) {
