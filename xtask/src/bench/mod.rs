@@ -387,6 +387,11 @@ pub fn bench(opts: Options) -> anyhow::Result<()> {
         );
         std::env::set_var("NETMUX_BIN_DIR", wrapped);
         settings.callgrind = Some(dir);
+    } else if let Some(dir) = std::env::var_os("NETMUX_BENCH_BIN_DIR") {
+        // Experiments: a directory of wrappers (e.g. one binary with other
+        // environment) and symlinks standing in for target/release.
+        println!("==> bench: binaries from NETMUX_BENCH_BIN_DIR={dir:?}");
+        std::env::set_var("NETMUX_BIN_DIR", dir);
     } else {
         std::env::set_var("NETMUX_BIN_DIR", &release);
     }
