@@ -20,31 +20,8 @@ struct Args {
     build_info: bool,
 }
 
-/// Tokio worker threads unless `TOKIO_WORKER_THREADS` says otherwise.
-///
-/// One: the daemon's bulk work is its single QUIC connection, which quinn
-/// drives from one task, so a second worker buys no throughput; it costs
-/// wakeups, handing the stream tasks and the connection driver between
-/// threads (futex calls, context switches). Measured with `cargo xtask
-/// bench` scenarios 9 and 13 (BENCHMARKS.md History, 2026-12-03): netmuxd
-/// with one worker and netmux-server unchanged, 2.48–2.71 → 2.33–2.45 CPU
-/// s/GiB for both ends on lan bulk, same requests/s and CPU per request.
-const WORKER_THREADS: usize = 1;
-
-fn main() -> anyhow::Result<()> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    // tokio reads TOKIO_WORKER_THREADS itself when no count is given.
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        runtime.worker_threads(WORKER_THREADS);
-    }
-    runtime
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?
-        .block_on(run())
-}
-
-async fn run() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     // journald (structured fields) under systemd, text on stderr otherwise.
     netmux_daemon::system::journal::init();
     let args = Args::parse();
