@@ -153,7 +153,14 @@ pub fn write(
         std::fs::create_dir_all(dir)?;
     }
     std::fs::create_dir_all(chart_dir)?;
-    let rel_dir = relative(chart_dir, out.parent().unwrap_or(Path::new(".")));
+    // `--out` may be relative (to the working directory) while the chart
+    // directory is absolute: compare absolute paths.
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let out_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+    let rel_dir = relative(chart_dir, &out_dir);
     let commit = git(&["rev-parse", "--short", "HEAD"]);
     let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
     let date = std::process::Command::new("date")
@@ -284,6 +291,7 @@ fn res_setup(res: &Results) -> Vec<(String, String)> {
 
 fn relative(dir: &Path, base: &Path) -> String {
     match dir.strip_prefix(base) {
+        Ok(p) if p.as_os_str().is_empty() => ".".into(),
         Ok(p) => p.to_string_lossy().into_owned(),
         Err(_) => PathBuf::from(dir).to_string_lossy().into_owned(),
     }
