@@ -4,8 +4,9 @@
 //!   out), holding each packet for a fixed delay and dropping at random.
 //! * `nx-quicperf`: a raw quinn sender and receiver, one stream, no relay:
 //!   the QUIC ceiling for netmux's bulk numbers (same transport settings).
-//! * `nx-probe`: connect latency, request latency under load, many idle
-//!   connections with the tunnel's memory per connection.
+//! * `nx-probe`: connect latency, request latency under load, UDP echo
+//!   latency at a fixed rate, many idle connections with the tunnel's
+//!   memory per connection.
 //!
 //! Tools print one JSON object on stdout; the harness parses it.
 
@@ -16,6 +17,8 @@ pub struct Stats {
     pub count: usize,
     /// Median.
     pub p50: f64,
+    /// 95th percentile (nearest rank).
+    pub p95: f64,
     /// 99th percentile (nearest rank).
     pub p99: f64,
     /// Smallest.
@@ -38,6 +41,7 @@ impl Stats {
         Some(Stats {
             count: samples.len(),
             p50: rank(0.5),
+            p95: rank(0.95),
             p99: rank(0.99),
             min: samples[0],
             max: samples[samples.len() - 1],
@@ -47,8 +51,8 @@ impl Stats {
     /// As JSON fields (no braces), values in microseconds.
     pub fn json_fields(&self) -> String {
         format!(
-            "\"count\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"min_us\":{:.1},\"max_us\":{:.1}",
-            self.count, self.p50, self.p99, self.min, self.max
+            "\"count\":{},\"p50_us\":{:.1},\"p95_us\":{:.1},\"p99_us\":{:.1},\"min_us\":{:.1},\"max_us\":{:.1}",
+            self.count, self.p50, self.p95, self.p99, self.min, self.max
         )
     }
 }
@@ -86,7 +90,10 @@ mod tests {
     fn percentiles_use_nearest_rank() {
         let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
         let s = Stats::of(&mut v).expect("non-empty");
-        assert_eq!((s.p50, s.p99, s.min, s.max), (50.0, 99.0, 1.0, 100.0));
+        assert_eq!(
+            (s.p50, s.p95, s.p99, s.min, s.max),
+            (50.0, 95.0, 99.0, 1.0, 100.0)
+        );
         assert!(Stats::of(&mut []).is_none());
     }
 

@@ -5,6 +5,9 @@
 //!   the time of all that per sample.
 //! * `reqlat`: one connection, 64-byte request/echo at a fixed rate for a
 //!   while (run next to a bulk transfer for head-of-line blocking).
+//! * `udp-echo`: one UDP socket, a numbered datagram at a fixed rate to a
+//!   UDP echo server (`nx-echo udp`), the time until its echo returns; a
+//!   datagram whose echo is not back within the timeout counts as lost.
 //! * `idle`: opens N connections, echoes once on each, holds them, reads
 //!   the RSS of the given processes, echoes again on every one.
 //! * `connect-close`: connect() + close() N times (no data), total time.
@@ -49,6 +52,21 @@ enum Mode {
         /// Requests per second.
         #[arg(long, default_value_t = 50)]
         rate: u32,
+    },
+    UdpEcho {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Datagrams per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Payload bytes per datagram (at least 8: the sequence number).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// How long to wait for an echo before counting it lost.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
     },
     Idle {
         #[arg(long)]
@@ -135,6 +153,73 @@ fn reqlat(addr: SocketAddr, seconds: f64, rate: u32) -> anyhow::Result<()> {
     }
     let st = Stats::of(&mut samples).context("no samples")?;
     println!("{{{}}}", st.json_fields());
+    Ok(())
+}
+
+fn udp_echo(
+    addr: SocketAddr,
+    seconds: f64,
+    rate: u32,
+    size: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let s = std::net::UdpSocket::bind(bind)?;
+    s.connect(addr)?;
+    let mut req = vec![0x42u8; size.max(8)];
+    let mut resp = vec![0u8; 65536];
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(seconds);
+    let mut next = start;
+    let mut samples = Vec::new();
+    let (mut sent, mut lost) = (0u64, 0u64);
+    while Instant::now() < end {
+        sent += 1;
+        req[..8].copy_from_slice(&sent.to_be_bytes());
+        let t0 = Instant::now();
+        s.send(&req)?;
+        // Wait for this sequence number; late echoes of earlier ones are
+        // skipped (they were counted lost).
+        let answered = loop {
+            let left = timeout.saturating_sub(t0.elapsed());
+            if left.is_zero() {
+                break false;
+            }
+            s.set_read_timeout(Some(left))?;
+            match s.recv(&mut resp) {
+                Ok(n) if n >= 8 && resp[..8] == sent.to_be_bytes() => break true,
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break false
+                }
+                Err(e) => return Err(e).context("receiving the echo"),
+            }
+        };
+        if answered {
+            samples.push(t0.elapsed().as_secs_f64() * 1e6);
+        } else {
+            lost += 1;
+        }
+        next += period;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+    let st = Stats::of(&mut samples).context("no echo came back")?;
+    println!("{{{},\"sent\":{sent},\"lost\":{lost}}}", st.json_fields());
     Ok(())
 }
 
@@ -387,6 +472,13 @@ fn main() -> anyhow::Result<()> {
             seconds,
             rate,
         } => reqlat(addr, seconds, rate),
+        Mode::UdpEcho {
+            addr,
+            seconds,
+            rate,
+            size,
+            timeout_ms,
+        } => udp_echo(addr, seconds, rate, size, Duration::from_millis(timeout_ms)),
         Mode::Idle {
             addr,
             count,

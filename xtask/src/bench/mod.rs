@@ -9,12 +9,15 @@
 //! [`scenarios`] returns [`Table`]s; [`report`] writes them as Markdown with
 //! PNG charts. Nothing here asserts: the bench reports, the lead judges.
 
+mod callgrind;
 mod chart;
 mod ebpf;
 mod link;
 mod report;
+mod requests;
 mod scenarios;
 mod tools;
+mod udp_echo;
 mod world;
 
 use std::path::PathBuf;
@@ -31,7 +34,9 @@ pub struct Options {
     /// Writes to target/bench/ instead of BENCHMARKS.md.
     #[arg(long)]
     pub quick: bool,
-    /// Only these scenarios (1-10, repeatable; 10 is UDP); default all.
+    /// Only these scenarios (1-13, repeatable; 10 is UDP throughput, 11 UDP
+    /// echo latency, 12 small requests on lan, 13 cost per request);
+    /// default all.
     #[arg(long = "scenario", value_name = "N")]
     pub scenarios: Vec<u8>,
     /// Do not install missing tools (they are reported as skipped).
@@ -41,6 +46,12 @@ pub struct Options {
     /// netmux bulk run of scenario 1 (target/bench/perf-netmux-bulk.*).
     #[arg(long)]
     pub profile: bool,
+    /// Run netmuxd and netmux-server under valgrind's callgrind: scenario
+    /// 13 then reports user-space instructions per GiB and per request
+    /// (load-independent; dumps in target/bench/callgrind/). Use with
+    /// `--scenario 13` only: everything through netmux is ~50× slower.
+    #[arg(long)]
+    pub callgrind: bool,
     /// Use the release binaries already built (e.g. while someone's edit
     /// breaks the build); the report notes it.
     #[arg(long)]
@@ -57,6 +68,8 @@ pub struct Settings {
     pub quick: bool,
     /// Where `--profile` writes, if given.
     pub profile: Option<PathBuf>,
+    /// `--callgrind`: where the callgrind dumps go.
+    pub callgrind: Option<PathBuf>,
     /// `--no-build`: the binaries measured may predate the commit.
     pub no_build: bool,
     /// Repetitions per figure (median, min, max).
@@ -69,6 +82,8 @@ pub struct Settings {
     pub idle_conns: usize,
     pub pgbench_secs: u64,
     pub redis_requests: usize,
+    /// redis-benchmark requests on lan (scenarios 12, 13): a few seconds.
+    pub lan_redis_requests: usize,
 }
 
 impl Settings {
@@ -77,6 +92,7 @@ impl Settings {
             Settings {
                 quick,
                 profile: None,
+                callgrind: None,
                 no_build: false,
                 reps: 1,
                 bulk_secs: 3,
@@ -87,11 +103,13 @@ impl Settings {
                 idle_conns: 2_000,
                 pgbench_secs: 4,
                 redis_requests: 2_000,
+                lan_redis_requests: 20_000,
             }
         } else {
             Settings {
                 quick,
                 profile: None,
+                callgrind: None,
                 no_build: false,
                 reps: 3,
                 bulk_secs: 8,
@@ -102,6 +120,7 @@ impl Settings {
                 idle_conns: 10_000,
                 pgbench_secs: 6,
                 redis_requests: 10_000,
+                lan_redis_requests: 100_000,
             }
         }
     }
@@ -358,7 +377,24 @@ pub fn bench(opts: Options) -> anyhow::Result<()> {
         settings.profile = Some(target_dir.join("bench"));
     }
     // The testbed's `bin()` looks here only: benchmarks use release builds.
-    std::env::set_var("NETMUX_BIN_DIR", target_dir.join("release"));
+    let release = target_dir.join("release");
+    if opts.callgrind {
+        let dir = target_dir.join("bench/callgrind");
+        let wrapped = callgrind::prepare(&release, &dir)?;
+        println!(
+            "==> bench: --callgrind: netmuxd and netmux-server run under callgrind ({})",
+            dir.display()
+        );
+        std::env::set_var("NETMUX_BIN_DIR", wrapped);
+        settings.callgrind = Some(dir);
+    } else if let Some(dir) = std::env::var_os("NETMUX_BENCH_BIN_DIR") {
+        // Experiments: a directory of wrappers (e.g. one binary with other
+        // environment) and symlinks standing in for target/release.
+        println!("==> bench: binaries from NETMUX_BENCH_BIN_DIR={dir:?}");
+        std::env::set_var("NETMUX_BIN_DIR", dir);
+    } else {
+        std::env::set_var("NETMUX_BIN_DIR", &release);
+    }
     let tools = tools::prepare(!opts.no_install);
     let load_start = loadavg();
     let mut results = Results::default();

@@ -153,7 +153,14 @@ pub fn write(
         std::fs::create_dir_all(dir)?;
     }
     std::fs::create_dir_all(chart_dir)?;
-    let rel_dir = relative(chart_dir, out.parent().unwrap_or(Path::new(".")));
+    // `--out` may be relative (to the working directory) while the chart
+    // directory is absolute: compare absolute paths.
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let out_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+    let rel_dir = relative(chart_dir, &out_dir);
     let commit = git(&["rev-parse", "--short", "HEAD"]);
     let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
     let date = std::process::Command::new("date")
@@ -188,7 +195,7 @@ pub fn write(
         settings.reps,
         elapsed.as_secs_f64() / 60.0
     );
-    s.push_str("## Targets (issue 7)\n\n| # | target | this run | |\n|---|---|---|---|\n");
+    s.push_str("## Targets (issues 7, 9, 17)\n\n| # | target | this run | |\n|---|---|---|---|\n");
     for v in &res.verdicts {
         let mark = match v.met {
             Some(true) => "met",
@@ -218,9 +225,9 @@ pub fn write(
         "\n## Method\n\n\
          Two network namespaces (workstation, cluster) joined by a veth pair, MTU 1500, no route \
          out (`netmux_testbed::Sandbox`). Backends run in the cluster namespace on all its \
-         addresses: `iperf3 -s`, `nx-echo http`, `nx-echo tcp`, redis-server, PostgreSQL \
-         (initdb in a temp dir, fsync off). Every peer is started once and carries all five \
-         ports; clients run in the workstation namespace. Peers, as started:\n\n\
+         addresses: `iperf3 -s`, `nx-echo http`, `nx-echo tcp`, `nx-echo udp` (port 9001), \
+         redis-server, PostgreSQL (initdb in a temp dir, fsync off). Every peer is started once \
+         and carries all five TCP ports (netmux also the UDP echo, as a UDP service); clients run in the workstation namespace. Peers, as started:\n\n\
          - direct: clients dial the cluster's veth address (no tunnel: the ceiling).\n",
     );
     for (peer, cmd) in res_setup(res) {
@@ -284,6 +291,7 @@ fn res_setup(res: &Results) -> Vec<(String, String)> {
 
 fn relative(dir: &Path, base: &Path) -> String {
     match dir.strip_prefix(base) {
+        Ok(p) if p.as_os_str().is_empty() => ".".into(),
         Ok(p) => p.to_string_lossy().into_owned(),
         Err(_) => PathBuf::from(dir).to_string_lossy().into_owned(),
     }

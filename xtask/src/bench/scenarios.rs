@@ -1,4 +1,4 @@
-//! The issue's scenarios 1-9. Each measures every peer, repetition-major
+//! The scenarios of issues 7, 9 and 17 (1-13). Each measures every peer, repetition-major
 //! (rep 1 of every peer, then rep 2, ...) so that load drift from other
 //! work on the machine spreads over all peers alike.
 
@@ -11,6 +11,7 @@ use netmux_testbed::{bin, Side};
 use super::link::Profile;
 use super::world::{Target, World};
 use super::{loadavg, Outcome, Peer, Results, Row, Settings, Table, Verdict};
+use super::{requests, udp_echo};
 
 /// Runs the wanted scenarios in an order that switches the link rarely.
 pub fn run_all(
@@ -19,14 +20,18 @@ pub fn run_all(
     wanted: &dyn Fn(u8) -> bool,
     out: &mut Results,
 ) -> anyhow::Result<()> {
-    let plan: [(u8, Profile); 9] = [
+    let plan: [(u8, Profile); 13] = [
         (1, Profile::Lan),
         (10, Profile::Lan),
+        (11, Profile::Lan),
         (3, Profile::Lan),
+        (12, Profile::Lan),
+        (13, Profile::Lan),
         (6, Profile::Lan),
         (8, Profile::Lan),
         (4, Profile::Wan),
         (7, Profile::Wan),
+        (11, Profile::Wan),
         (2, Profile::Lossy),
         (5, Profile::Lossy),
     ];
@@ -50,6 +55,9 @@ pub fn run_all(
             6 => vec![scenario6(w, s)?],
             7 => scenario7(w, s)?,
             10 => vec![scenario10(w, s)?],
+            11 => vec![udp_echo::scenario11(w, s, profile)?],
+            12 => requests::scenario12(w, s)?,
+            13 => requests::scenario13(w, s)?,
             8 => match super::ebpf::scenario8(s) {
                 Ok(t) => vec![t],
                 Err(e) => {
@@ -78,7 +86,7 @@ pub fn run_all(
 
 /// Measures `f` for each usable peer, `reps` times, repetition-major.
 /// `f` returns the figure and the extra columns.
-fn measure(
+pub(super) fn measure(
     w: &World<'_>,
     peers: &[Peer],
     target: Target,
@@ -120,16 +128,16 @@ fn measure(
     rows
 }
 
-struct Meta {
-    id: &'static str,
-    scenario: u8,
-    title: &'static str,
-    profile: Profile,
-    unit: &'static str,
-    higher_better: bool,
+pub(super) struct Meta {
+    pub id: &'static str,
+    pub scenario: u8,
+    pub title: &'static str,
+    pub profile: Profile,
+    pub unit: &'static str,
+    pub higher_better: bool,
 }
 
-fn table(
+pub(super) fn table(
     m: Meta,
     w: &World<'_>,
     load_before: String,
@@ -153,7 +161,7 @@ fn table(
     }
 }
 
-fn ws_exec(
+pub(super) fn ws_exec(
     w: &World<'_>,
     program: &str,
     args: &[String],
@@ -165,7 +173,7 @@ fn ws_exec(
     Ok(out.stdout)
 }
 
-fn host_port(a: SocketAddr) -> (String, String) {
+pub(super) fn host_port(a: SocketAddr) -> (String, String) {
     (a.ip().to_string(), a.port().to_string())
 }
 
@@ -467,7 +475,7 @@ fn scenario3(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
     ))
 }
 
-fn probe() -> anyhow::Result<String> {
+pub(super) fn probe() -> anyhow::Result<String> {
     Ok(bin("nx-probe")?.to_string_lossy().into_owned())
 }
 
@@ -673,127 +681,72 @@ fn scenario6(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
 }
 
 fn scenario7(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
-    let mut tables = Vec::new();
-    let secs = s.pgbench_secs.to_string();
-    for (id, title, extra_flag) in [
-        (
-            "s7-pgbench-wan",
-            "pgbench (TPC-B like, 8 clients), PostgreSQL in the cluster",
+    let meta = |id, title, unit| Meta {
+        id,
+        scenario: 7,
+        title,
+        profile: Profile::Wan,
+        unit,
+        higher_better: true,
+    };
+    Ok(vec![
+        requests::pgbench(
+            w,
+            s,
+            &Peer::TCP,
+            meta(
+                "s7-pgbench-wan",
+                "pgbench (TPC-B like, 8 clients), PostgreSQL in the cluster",
+                "TPS",
+            ),
             None,
         ),
-        (
-            "s7-pgbench-C-wan",
-            "pgbench -C (new connection per transaction, 8 clients)",
+        requests::pgbench(
+            w,
+            s,
+            &Peer::TCP,
+            meta(
+                "s7-pgbench-C-wan",
+                "pgbench -C (new connection per transaction, 8 clients)",
+                "TPS",
+            ),
             Some("-C"),
         ),
-    ] {
-        let load = loadavg();
-        let rows = measure(w, &Peer::TCP, Target::Postgres, s.reps, |w, peer| {
-            let (h, p) = host_port(w.addr(peer, Target::Postgres));
-            let mut args: Vec<String> = [
-                "-h", &h, "-p", &p, "-U", "postgres", "-n", "-c", "8", "-j", "2", "-T", &secs,
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-            if let Some(f) = extra_flag {
-                args.push(f.into());
-            }
-            args.push("postgres".into());
-            let out = ws_exec(
-                w,
-                "pgbench",
-                &args,
-                Duration::from_secs(s.pgbench_secs + 60),
-            )?;
-            let tps: f64 = out
-                .lines()
-                .find_map(|l| l.strip_prefix("tps = "))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .with_context(|| format!("no tps in pgbench output: {out}"))?;
-            Ok((tps, Vec::new()))
-        });
-        let cmd = format!(
-            "pgbench -h ADDR -p PORT -U postgres -n -c 8 -j 2 -T {secs}{} postgres (scale 1)",
-            extra_flag.map(|f| format!(" {f}")).unwrap_or_default()
-        );
-        tables.push(table(
-            Meta {
-                id,
-                scenario: 7,
-                title,
-                profile: Profile::Wan,
-                unit: "TPS",
-                higher_better: true,
-            },
+        requests::redis(
             w,
-            load,
-            rows,
-            &[],
-            vec![cmd],
-        ));
-    }
-    let n = s.redis_requests.to_string();
-    for (id, title, test) in [
-        (
-            "s7-redis-get-wan",
-            "redis-benchmark GET (50 clients)",
+            s,
+            &Peer::TCP,
+            meta(
+                "s7-redis-get-wan",
+                "redis-benchmark GET (50 clients)",
+                "ops/s",
+            ),
             "get",
+            s.redis_requests,
         ),
-        (
-            "s7-redis-set-wan",
-            "redis-benchmark SET (50 clients)",
-            "set",
-        ),
-    ] {
-        let load = loadavg();
-        let rows = measure(w, &Peer::TCP, Target::Redis, s.reps, |w, peer| {
-            let (h, p) = host_port(w.addr(peer, Target::Redis));
-            let args: Vec<String> = [
-                "-h", &h, "-p", &p, "-c", "50", "-n", &n, "-t", test, "--csv",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-            let out = ws_exec(w, "redis-benchmark", &args, Duration::from_secs(120))?;
-            let want = format!("\"{}\"", test.to_uppercase());
-            let ops: f64 = out
-                .lines()
-                .find(|l| l.starts_with(&want))
-                .and_then(|l| l.split(',').nth(1))
-                .and_then(|v| v.trim_matches('"').parse().ok())
-                .with_context(|| format!("no {want} line in redis-benchmark output: {out}"))?;
-            Ok((ops, Vec::new()))
-        });
-        tables.push(table(
-            Meta {
-                id,
-                scenario: 7,
-                title,
-                profile: Profile::Wan,
-                unit: "ops/s",
-                higher_better: true,
-            },
+        requests::redis(
             w,
-            load,
-            rows,
-            &[],
-            vec![format!(
-                "redis-benchmark -h ADDR -p PORT -c 50 -n {n} -t {test} --csv"
-            )],
-        ));
-    }
-    Ok(tables)
+            s,
+            &Peer::TCP,
+            meta(
+                "s7-redis-set-wan",
+                "redis-benchmark SET (50 clients)",
+                "ops/s",
+            ),
+            "set",
+            s.redis_requests,
+        ),
+    ])
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+pub(super) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if b != 0.0 => Some(a / b),
         _ => None,
     }
 }
 
-fn fmt_ratio(r: Option<f64>) -> String {
+pub(super) fn fmt_ratio(r: Option<f64>) -> String {
     r.map(|r| format!("{r:.2}×"))
         .unwrap_or_else(|| "n/a".into())
 }
@@ -941,6 +894,10 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
                 r.map(|r| r < 1.0),
             )]
         }
-        _ => Vec::new(),
+        _ => {
+            let mut v = requests::verdicts(t);
+            v.extend(udp_echo::verdicts(t));
+            v
+        }
     }
 }

@@ -20,6 +20,8 @@ const APT: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("runuser", "util-linux"),
     ("perf", "linux-perf"),
+    ("strace", "strace"),
+    ("valgrind", "valgrind"),
 ];
 
 /// What is available for this run.

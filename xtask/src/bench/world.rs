@@ -70,6 +70,11 @@ impl Target {
 
 /// UDP port of the raw quinn receiver.
 pub const QUINN_PORT: u16 = 7600;
+/// UDP echo backend (`nx-echo udp`, scenario 11): carried by netmux as a
+/// UDP service; the TCP-only peers have no UDP to offer.
+pub const UDP_ECHO_PORT: u16 = 9001;
+/// The UDP echo service's cluster address in netmux's catalog.
+const UDP_ECHO_SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 26);
 /// sshd's port in the cluster namespace.
 const SSH_PORT: u16 = 2222;
 /// rathole server's control port in the workstation namespace.
@@ -81,6 +86,8 @@ pub struct World<'a> {
     pub tools: &'a Tools,
     pub netmux: Option<Netmux<'a>>,
     netmux_local: BTreeMap<Target, SocketAddr>,
+    /// netmux's local address of the UDP echo service.
+    netmux_udp_echo: Option<SocketAddr>,
     procs: Vec<Process>,
     /// Peer -> why it is unavailable.
     pub unavailable: BTreeMap<Peer, String>,
@@ -109,6 +116,7 @@ impl<'a> World<'a> {
             tools,
             netmux: None,
             netmux_local: BTreeMap::new(),
+            netmux_udp_echo: None,
             procs: Vec::new(),
             unavailable: BTreeMap::new(),
             no_backend: BTreeMap::new(),
@@ -197,6 +205,16 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Where a client in the workstation namespace sends datagrams for the
+    /// UDP echo backend through `peer`; `None` for peers without UDP.
+    pub fn udp_echo_addr(&self, peer: Peer) -> Option<SocketAddr> {
+        match peer {
+            Peer::Direct => Some(SocketAddr::new(self.cluster_ip(), UDP_ECHO_PORT)),
+            Peer::Netmux => self.netmux_udp_echo,
+            _ => None,
+        }
+    }
+
     /// Whether `peer` can carry traffic to `target`, or why not.
     pub fn usable(&self, peer: Peer, target: Target) -> Result<(), String> {
         if let Some(why) = self.no_backend.get(&target) {
@@ -218,6 +236,20 @@ impl<'a> World<'a> {
             Peer::Socat => &["socat"],
             Peer::Quinn => &["nx-quicperf"],
         }
+    }
+
+    /// Ids of the processes named `names` in both namespaces.
+    pub fn pids_named(&self, names: &[&str]) -> Vec<i32> {
+        self.sb
+            .ws()
+            .pids()
+            .into_iter()
+            .chain(self.sb.cluster().pids())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| names.contains(&c.trim_end()))
+            })
+            .collect()
     }
 
     /// CPU seconds (user + system, own and reaped children) of the
@@ -298,6 +330,12 @@ impl<'a> World<'a> {
             Side::Cluster,
             SocketAddr::new(self.cluster_ip(), 9000),
             "nx-echo tcp",
+        )?;
+        self.spawn(
+            Side::Cluster,
+            "udp-echo",
+            &echo,
+            &["udp".into(), "--listen".into(), any(UDP_ECHO_PORT)],
         )?;
         if let Some(why) = self.tools.missing("redis-server") {
             self.no_backend.insert(Target::Redis, why.to_owned());
@@ -413,7 +451,7 @@ impl<'a> World<'a> {
     }
 
     fn start_netmux(&mut self) -> anyhow::Result<()> {
-        let specs: Vec<ServiceSpec> = Target::ALL
+        let mut specs: Vec<ServiceSpec> = Target::ALL
             .iter()
             .map(|t| {
                 let addr = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 20 + t.index() as u8));
@@ -429,6 +467,15 @@ impl<'a> World<'a> {
                 }
             })
             .collect();
+        specs.push(ServiceSpec {
+            protocol: "udp",
+            ..ServiceSpec::l2c(
+                "udpecho",
+                IpAddr::V4(UDP_ECHO_SERVICE),
+                UDP_ECHO_PORT,
+                UDP_ECHO_PORT,
+            )
+        });
         let nm = Netmux::start(self.sb, &specs).context("netmux start")?;
         let out = nm.cli(["connect", ENDPOINT])?;
         if !out.success() {
@@ -448,6 +495,12 @@ impl<'a> World<'a> {
                 .with_context(|| format!("{fqdn} not in the hosts file"))?;
             self.netmux_local.insert(t, SocketAddr::new(addr, t.port()));
         }
+        let udp_fqdn = format!("udpecho.{ENDPOINT}.svc.cluster.local");
+        self.netmux_udp_echo = hosts
+            .lines()
+            .find(|l| l.split_whitespace().skip(1).any(|n| n == udp_fqdn))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .map(|a| SocketAddr::new(a, UDP_ECHO_PORT));
         self.setup_commands.push((
             "netmux".into(),
             "netmux-server --config server.toml (cluster), netmuxd --config daemon.toml \
