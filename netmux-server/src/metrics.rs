@@ -16,7 +16,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// Daemons currently connected.
-    pub(crate) sessions_active: IntGauge,
+    pub sessions_active: IntGauge,
     /// Daemon sessions by outcome of the hello.
     pub(crate) sessions_total: IntCounterVec,
     /// Services in the catalog.
