@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service as KService};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::core::v1::{Pod, Service as KService};
+use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
@@ -22,8 +22,8 @@ use serde_json::Value;
 
 use super::record;
 use crate::reverse::lease::{
-    decide, describe, object_name, Decision, CLIENT, HOLDER, MANAGED_BY, MANAGED_BY_VALUE, SERVICE,
-    SLICE_MANAGED_BY, SLICE_MANAGED_BY_VALUE,
+    decide, describe, object_name, replica_endpoint, Decision, CLIENT, HOLDER, MANAGED_BY,
+    MANAGED_BY_VALUE, SERVICE, SLICE_MANAGED_BY, SLICE_MANAGED_BY_VALUE,
 };
 
 /// Label on intercept Leases (what [`Cluster::sweep`] lists).
@@ -126,17 +126,7 @@ impl Cluster {
 
     fn lease(&self, ns: &str, svc: &str, who: &str, decision: &Decision) -> Lease {
         let now = MicroTime(Timestamp::now());
-        let (rv, transitions) = match decision {
-            Decision::Take {
-                resource_version,
-                transitions,
-                new_holder,
-            } => (
-                Some(resource_version.clone()),
-                transitions.saturating_add(i32::from(*new_holder)),
-            ),
-            _ => (None, 0),
-        };
+        let (rv, transitions) = decision.write_version();
         Lease {
             metadata: ObjectMeta {
                 name: Some(lease_name(ns, svc)),
@@ -335,21 +325,7 @@ impl Cluster {
                 ..Default::default()
             },
             address_type: if ip.is_ipv4() { "IPv4" } else { "IPv6" }.to_owned(),
-            endpoints: Some(vec![Endpoint {
-                addresses: vec![ip.to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                target_ref: Some(ObjectReference {
-                    kind: Some("Pod".to_owned()),
-                    name: Some(self.replica.clone()),
-                    namespace: Some(self.namespace.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+            endpoints: Some(vec![replica_endpoint(ip, &self.replica, &self.namespace)]),
             ports: Some(
                 ports
                     .iter()

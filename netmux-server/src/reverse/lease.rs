@@ -28,6 +28,7 @@ mod route;
 
 pub(crate) use decision::{decide, describe, Decision};
 pub use names::{lease_name, object_name, slice_name};
+pub(crate) use route::replica_endpoint;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -146,17 +147,7 @@ impl LeaseLock {
         now: Timestamp,
         taken: &Decision,
     ) -> Lease {
-        let (rv, transitions) = match taken {
-            Decision::Take {
-                resource_version,
-                transitions,
-                new_holder,
-            } => (
-                Some(resource_version.clone()),
-                transitions.saturating_add(i32::from(*new_holder)),
-            ),
-            _ => (None, 0),
-        };
+        let (rv, transitions) = taken.write_version();
         Lease {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),

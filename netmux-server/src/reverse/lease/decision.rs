@@ -28,6 +28,24 @@ pub(crate) enum Decision {
     },
 }
 
+impl Decision {
+    /// The version a replacing write must match and the Lease's holder
+    /// transitions after it (for `Take`); `(None, 0)` for a new Lease.
+    pub(crate) fn write_version(&self) -> (Option<String>, i32) {
+        match self {
+            Decision::Take {
+                resource_version,
+                transitions,
+                new_holder,
+            } => (
+                Some(resource_version.clone()),
+                transitions.saturating_add(i32::from(*new_holder)),
+            ),
+            _ => (None, 0),
+        }
+    }
+}
+
 /// When `lease` stops being valid: renewal (or acquisition) time plus its
 /// duration; `None` if it says neither.
 pub(crate) fn expiry(lease: &Lease) -> Option<Timestamp> {

@@ -96,21 +96,11 @@ impl LeaseLock {
                 ..Default::default()
             },
             address_type: if ip.is_ipv4() { "IPv4" } else { "IPv6" }.to_owned(),
-            endpoints: Some(vec![Endpoint {
-                addresses: vec![ip.to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                target_ref: Some(ObjectReference {
-                    kind: Some("Pod".to_owned()),
-                    name: Some(self.options.replica.clone()),
-                    namespace: Some(self.options.namespace.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+            endpoints: Some(vec![replica_endpoint(
+                ip,
+                &self.options.replica,
+                &self.options.namespace,
+            )]),
             ports: Some(
                 claim
                     .ports
@@ -223,5 +213,25 @@ fn protocol(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "TCP",
         Protocol::Udp => "UDP",
+    }
+}
+
+/// The one endpoint of a slice that sends a Service to this replica: its
+/// pod address, ready, pointing at its Pod.
+pub(crate) fn replica_endpoint(ip: IpAddr, replica: &str, namespace: &str) -> Endpoint {
+    Endpoint {
+        addresses: vec![ip.to_string()],
+        conditions: Some(EndpointConditions {
+            ready: Some(true),
+            serving: Some(true),
+            terminating: Some(false),
+        }),
+        target_ref: Some(ObjectReference {
+            kind: Some("Pod".to_owned()),
+            name: Some(replica.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
