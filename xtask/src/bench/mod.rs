@@ -9,6 +9,7 @@
 //! [`scenarios`] returns [`Table`]s; [`report`] writes them as Markdown with
 //! PNG charts. Nothing here asserts: the bench reports, the lead judges.
 
+mod bulk;
 mod callgrind;
 mod chart;
 mod ebpf;

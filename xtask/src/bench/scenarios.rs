@@ -10,8 +10,8 @@ use netmux_testbed::{bin, Side};
 
 use super::link::Profile;
 use super::world::{Target, World};
+use super::{bulk, requests, udp_echo};
 use super::{loadavg, Outcome, Peer, Results, Row, Settings, Table, Verdict};
-use super::{requests, udp_echo};
 
 /// Runs the wanted scenarios in an order that switches the link rarely.
 pub fn run_all(
@@ -47,7 +47,7 @@ pub fn run_all(
         }
         println!("==> bench: scenario {n} ({})", profile.name());
         let tables = match n {
-            1 => scenario1(w, s)?,
+            1 => bulk::scenario1(w, s)?,
             2 => vec![scenario2(w, s)?],
             3 => vec![scenario3(w, s)?],
             4 => vec![scenario4(w, s)?],
@@ -177,234 +177,13 @@ pub(super) fn host_port(a: SocketAddr) -> (String, String) {
     (a.ip().to_string(), a.port().to_string())
 }
 
-/// iperf3 client for `secs`: (Gbit/s received, bytes received).
-fn iperf(w: &World<'_>, addr: SocketAddr, secs: u64) -> anyhow::Result<(f64, f64)> {
-    let (h, p) = host_port(addr);
-    let args: Vec<String> = ["-c", &h, "-p", &p, "-t", &secs.to_string(), "-J"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let mut tries = 0;
-    let v: serde_json::Value = loop {
-        // A tunnel that buffered a lot may still be draining the previous
-        // test into the server: iperf3 then answers "busy"; retry.
-        let out = match ws_exec(w, "iperf3", &args, Duration::from_secs(secs + 40)) {
-            Ok(out) => out,
-            Err(e) => match e.downcast_ref::<netmux_testbed::Error>() {
-                Some(netmux_testbed::Error::Command { stdout, .. }) => stdout.clone(),
-                _ => return Err(e),
-            },
-        };
-        let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-        match v.get("error") {
-            Some(e) if e.to_string().contains("busy") && tries < 10 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_secs(2));
-            }
-            Some(e) => bail!("iperf3: {e}"),
-            None => break v,
-        }
-    };
-    let sum = &v["end"]["sum_received"];
-    let bps = sum["bits_per_second"]
-        .as_f64()
-        .context("no bits_per_second")?;
-    let bytes = sum["bytes"].as_f64().context("no bytes")?;
-    Ok((bps / 1e9, bytes))
-}
-
-fn quinn(w: &World<'_>, secs: u64) -> anyhow::Result<(f64, f64)> {
-    let qp = bin("nx-quicperf")?.to_string_lossy().into_owned();
-    let mut args = vec![
-        "client".into(),
-        "--connect".into(),
-        w.addr(Peer::Quinn, Target::Iperf).to_string(),
-        "--cert".into(),
-        w.quinn_cert.to_string_lossy().into_owned(),
-        "--seconds".into(),
-        secs.to_string(),
-    ];
-    if let Some(cc) = std::env::var_os("NETMUX_BENCH_QUINN_CC") {
-        // Experiment: the sender runs `--congestion netmux` (netmux's BBR)
-        // instead of quinn's stock BBR.
-        args.push("--congestion".into());
-        args.push(cc.to_string_lossy().into_owned());
-    }
-    let out = ws_exec(w, &qp, &args, Duration::from_secs(secs + 40))?;
-    let v: serde_json::Value = serde_json::from_str(out.trim()).context("nx-quicperf JSON")?;
-    Ok((
-        v["gbit_s"].as_f64().context("gbit_s")?,
-        v["bytes"].as_f64().context("bytes")?,
-    ))
-}
-
-/// Bulk through `peer`: (Gbit/s, bytes).
-fn bulk(w: &World<'_>, peer: Peer, secs: u64) -> anyhow::Result<(f64, f64)> {
-    if peer == Peer::Quinn {
-        quinn(w, secs)
-    } else {
-        iperf(w, w.addr(peer, Target::Iperf), secs)
-    }
-}
-
-const IPERF_CMD: &str =
-    "iperf3 -c ADDR -p PORT -t {T} -J (one TCP stream; server `iperf3 -s` in the cluster)";
-const QUINN_CMD: &str = "nx-quicperf client --connect CLUSTER:7600 --cert CERT --seconds {T} (one QUIC stream, netmux-common transport settings, quinn's stock BBR)";
-
-/// 1 (bulk, lan) and 9 (CPU per GiB, from the same runs).
-fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
-    let load = loadavg();
-    let mut cpu: Vec<(Peer, Vec<f64>)> = Vec::new();
-    let mut profiled = false;
-    let rows = measure(w, &Peer::ALL, Target::Iperf, s.reps, |w, peer| {
-        let names = World::cpu_names(peer);
-        let before = w.cpu_seconds(names);
-        let perf = match (&s.profile, peer) {
-            (Some(dir), Peer::Netmux) if !profiled => {
-                profiled = true;
-                start_perf(w, dir, s.bulk_secs)
-            }
-            _ => None,
-        };
-        let (gbit, bytes) = bulk(w, peer, s.bulk_secs)?;
-        if let Some((p, dir)) = perf {
-            finish_perf(p, &dir);
-        }
-        let used = w.cpu_seconds(names) - before;
-        let per_gib = used / (bytes / f64::from(1u32 << 30));
-        match cpu.iter_mut().find(|(p, _)| *p == peer) {
-            Some((_, v)) => v.push(per_gib),
-            None => cpu.push((peer, vec![per_gib])),
-        }
-        Ok((gbit, Vec::new()))
-    });
-    let t = s.bulk_secs.to_string();
-    let commands = vec![IPERF_CMD.replace("{T}", &t), QUINN_CMD.replace("{T}", &t)];
-    let t1 = table(
-        Meta {
-            id: "s1-bulk-lan",
-            scenario: 1,
-            title: "Bulk, one TCP stream",
-            profile: Profile::Lan,
-            unit: "Gbit/s",
-            higher_better: true,
-        },
-        w,
-        load.clone(),
-        rows.clone(),
-        &[],
-        commands.clone(),
-    );
-    let rows9: Vec<Row> = rows
-        .iter()
-        .filter(|r| r.peer != Peer::Direct)
-        .map(|r| Row {
-            peer: r.peer,
-            label: None,
-            outcome: match &r.outcome {
-                Outcome::Values(_) => Outcome::Values(
-                    cpu.iter()
-                        .find(|(p, _)| *p == r.peer)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default(),
-                ),
-                other => other.clone(),
-            },
-            extra: vec![World::cpu_names(r.peer).join(" + ")],
-        })
-        .collect();
-    let mut t9 = table(
-        Meta {
-            id: "s9-cpu-per-gib",
-            scenario: 9,
-            title: "CPU seconds per GiB moved (tunnel processes, both ends; during scenario 1)",
-            profile: Profile::Lan,
-            unit: "CPU s/GiB",
-            higher_better: false,
-        },
-        w,
-        load,
-        rows9,
-        &["processes counted"],
-        commands,
-    );
-    t9.notes.push(
-        "User + system time of the named processes in both namespaces (reaped children included), \
-         read from /proc/PID/stat before and after each bulk run; iperf3 itself is not counted. \
-         For raw quinn the sender and receiver are the endpoints themselves."
-            .into(),
-    );
-    Ok(vec![t1, t9])
-}
-
-/// `perf record` of netmuxd and netmux-server for `secs` (call-graphs with
-/// DWARF unwinding would be too heavy for 2 vCPUs; frame pointers are off,
-/// so this is a flat profile plus LBR-free `-g` best effort).
-fn start_perf(
-    w: &World<'_>,
-    dir: &std::path::Path,
-    secs: u64,
-) -> Option<(std::process::Child, std::path::PathBuf)> {
-    let nm = w.netmux.as_ref()?;
-    let pids = format!("{},{}", nm.daemon.pid()?, nm.server.pid()?);
-    std::fs::create_dir_all(dir).ok()?;
-    let data = dir.join("perf-netmux-bulk.data");
-    let child = std::process::Command::new("perf")
-        .args(["record", "-q", "-F", "999", "-g", "-o"])
-        .arg(&data)
-        .args(["-p", &pids, "--", "sleep", &secs.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| println!("bench: perf record: {e}"))
-        .ok()?;
-    Some((child, dir.to_path_buf()))
-}
-
-fn finish_perf(mut child: std::process::Child, dir: &std::path::Path) {
-    let _ = child.wait();
-    let data = dir.join("perf-netmux-bulk.data");
-    for (name, args) in [
-        (
-            "perf-netmux-bulk.symbols.txt",
-            vec![
-                "--no-children",
-                "--sort",
-                "comm,dso,symbol",
-                "--percent-limit",
-                "0.5",
-            ],
-        ),
-        (
-            "perf-netmux-bulk.dso.txt",
-            vec![
-                "--no-children",
-                "--sort",
-                "comm,dso",
-                "--percent-limit",
-                "0.5",
-            ],
-        ),
-    ] {
-        let out = std::process::Command::new("perf")
-            .args(["report", "--stdio", "-g", "none", "-i"])
-            .arg(&data)
-            .args(args)
-            .output();
-        match out {
-            Ok(o) => {
-                let _ = std::fs::write(dir.join(name), &o.stdout);
-                println!("    profile: {}", dir.join(name).display());
-            }
-            Err(e) => println!("bench: perf report: {e}"),
-        }
-    }
-}
-
 fn scenario2(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
     let load = loadavg();
     let rows = measure(w, &Peer::ALL, Target::Iperf, s.reps, |w, peer| {
-        Ok((bulk(w, peer, s.lossy_bulk_secs)?.0 * 1000.0, Vec::new()))
+        Ok((
+            bulk::bulk(w, peer, s.lossy_bulk_secs)?.0 * 1000.0,
+            Vec::new(),
+        ))
     });
     let t = s.lossy_bulk_secs.to_string();
     Ok(table(
@@ -420,7 +199,10 @@ fn scenario2(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
         load,
         rows,
         &[],
-        vec![IPERF_CMD.replace("{T}", &t), QUINN_CMD.replace("{T}", &t)],
+        vec![
+            bulk::IPERF_CMD.replace("{T}", &t),
+            bulk::QUINN_CMD.replace("{T}", &t),
+        ],
     ))
 }
 
