@@ -762,14 +762,26 @@ fn over_tcp_connections_survive_90_s_of_loss() {
                 !log.contains("connection lost; reconnecting"),
                 "the session was never lost:\n{log}"
             );
+            // Over a TCP transport the backlog after the blackout drains
+            // through one byte stream, which can hold the server's packets
+            // past the degraded threshold once more: a second short
+            // blackout that also recovers. None may expire.
             let text = server_metrics(&sb);
-            assert_eq!(
+            assert!(
                 metric_with(
                     &text,
                     "netmux_server_blackouts_total",
                     "outcome=\"recovered\""
+                ) >= 1.0,
+                "{text}"
+            );
+            assert_eq!(
+                metric_with(
+                    &text,
+                    "netmux_server_blackouts_total",
+                    "outcome=\"expired\""
                 ),
-                1.0,
+                0.0,
                 "{text}"
             );
         }),
