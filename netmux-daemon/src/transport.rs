@@ -20,6 +20,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// How long a TCP connect to the server may take.
 pub(crate) const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the QUIC handshake over a byte stream (TCP, port-forward) may
+/// take once the stream is open.
+const STREAM_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why dialling the server failed, before any netmux protocol ran.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
@@ -144,7 +148,7 @@ pub(crate) async fn dial_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (socket, stream_closed) = StreamSocket::new(stream, local, peer);
+    let (socket, mut stream_closed) = StreamSocket::new(stream, local, peer);
     // The endpoint lives as long as its connection: dropping this handle
     // leaves it to the connection, whose end drops the socket and stream.
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
@@ -154,11 +158,26 @@ where
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(|e| DialError::Setup(format!("QUIC endpoint: {e}")))?;
-    let conn = endpoint
+    let connecting = endpoint
         .connect_with(client, peer, server_name)
-        .map_err(|e| DialError::Quic(e.to_string()))?
-        .await
         .map_err(|e| DialError::Quic(e.to_string()))?;
+    // The handshake ends with the stream: a server that accepted the TCP
+    // connection and died before answering (its listener still open while
+    // it is being killed) must not hold the dial until the idle timeout.
+    let conn = tokio::select! {
+        c = connecting => c.map_err(|e| DialError::Quic(e.to_string()))?,
+        _ = &mut stream_closed => {
+            return Err(DialError::Quic(format!(
+                "the stream to {peer} ended during the QUIC handshake"
+            )))
+        }
+        _ = tokio::time::sleep(STREAM_HANDSHAKE_TIMEOUT) => {
+            return Err(DialError::Quic(format!(
+                "no QUIC handshake from {peer} within {}s over the stream",
+                STREAM_HANDSHAKE_TIMEOUT.as_secs()
+            )))
+        }
+    };
     // A closed stream ends the connection at once rather than after the
     // idle timeout.
     let watched = conn.clone();
@@ -336,6 +355,29 @@ mod tests {
             PathProbe::Silent {
                 local: Some(std::net::Ipv4Addr::LOCALHOST.into())
             }
+        );
+    }
+
+    /// The server accepted the stream and died before answering: the dial
+    /// fails because the stream ended, not after the idle timeout.
+    #[tokio::test]
+    async fn a_stream_that_ends_during_the_handshake_fails_the_dial() {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let roots = rustls::RootCertStore::empty();
+        let client = quic::client_config(roots, quic::transport_config()).expect("client config");
+        let peer: SocketAddr = (std::net::Ipv4Addr::new(10, 0, 0, 1), 7444).into();
+        let local: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, 0).into();
+        let dial =
+            tokio::spawn(async move { dial_stream(near, local, peer, client, "server").await });
+        drop(far);
+        let err = tokio::time::timeout(Duration::from_secs(60), dial)
+            .await
+            .expect("the dial ends")
+            .expect("no panic")
+            .expect_err("nobody answered");
+        assert!(
+            err.to_string().contains("ended during the QUIC handshake"),
+            "{err}"
         );
     }
 }
