@@ -9,9 +9,10 @@
 //! Clients and targets run in this process, inside the sandbox's
 //! namespaces.
 
+use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -40,12 +41,27 @@ enum Ending {
     Other(String),
 }
 
-async fn read_to_end(s: &mut TcpStream) -> Ending {
+/// Tags of the connections whose first four bytes (a client's tag) the
+/// target has read.
+type Seen = Mutex<HashSet<u32>>;
+
+/// Reads until the end; once the first four bytes are in, records them in
+/// `seen` as the connection's tag.
+async fn read_to_end(s: &mut TcpStream, seen: &Seen) -> Ending {
     let mut buf = [0u8; 4096];
+    let mut head = Vec::new();
     loop {
         match tokio::time::timeout(END_WAIT, s.read(&mut buf)).await {
             Ok(Ok(0)) => return Ending::Fin,
-            Ok(Ok(_)) => continue,
+            Ok(Ok(n)) => {
+                if head.len() < 4 {
+                    head.extend_from_slice(&buf[..n]);
+                    if let Some(tag) = head.get(..4) {
+                        let tag = u32::from_be_bytes(tag.try_into().expect("four bytes"));
+                        seen.lock().expect("seen").insert(tag);
+                    }
+                }
+            }
             Ok(Err(e)) if e.kind() == ErrorKind::ConnectionReset => return Ending::Reset,
             Ok(Err(e)) => return Ending::Other(e.to_string()),
             Err(_) => return Ending::Other("no end in time".into()),
@@ -91,7 +107,7 @@ fn serve_target(
     mode: Target,
     ready: &AtomicBool,
     stop: &AtomicBool,
-    accepted: &AtomicUsize,
+    seen: &Seen,
     endings: &Mutex<Vec<Ending>>,
 ) {
     ns.block_on(|| async move {
@@ -104,10 +120,9 @@ fn serve_target(
             else {
                 continue;
             };
-            accepted.fetch_add(1, Ordering::SeqCst);
             match mode {
                 Target::Reads => {
-                    let e = read_to_end(&mut s).await;
+                    let e = read_to_end(&mut s, seen).await;
                     endings.lock().expect("endings").push(e);
                 }
                 Target::ResetsAfterOneByte => {
@@ -125,23 +140,23 @@ fn serve_target(
 /// Runs `clients` in `client_ns` while a `mode` target serves `target` in
 /// `target_ns`; returns the target's endings, once no new connection came
 /// for a second. `clients` gets the count of connections the target has
-/// accepted so far.
+/// read a tag from (see [`read_to_end`]).
 fn with_target<R: Send>(
     target_ns: &Netns,
     target: SocketAddr,
     mode: Target,
-    clients: impl FnOnce(&AtomicUsize) -> R + Send,
+    clients: impl FnOnce(&Seen) -> R + Send,
 ) -> (R, Vec<Ending>) {
     let ready = AtomicBool::new(false);
     let stop = AtomicBool::new(false);
-    let accepted = AtomicUsize::new(0);
+    let seen = Seen::default();
     let endings = Mutex::new(Vec::new());
     let r = std::thread::scope(|s| {
         let server =
-            s.spawn(|| serve_target(target_ns, target, mode, &ready, &stop, &accepted, &endings));
+            s.spawn(|| serve_target(target_ns, target, mode, &ready, &stop, &seen, &endings));
         netmux_testbed::wait_until("the target listening", T, || ready.load(Ordering::SeqCst))
             .expect("target up");
-        let r = clients(&accepted);
+        let r = clients(&seen);
         let mut seen = usize::MAX;
         let _ = netmux_testbed::wait_until("the target settling", T, || {
             std::thread::sleep(Duration::from_secs(1));
@@ -157,19 +172,24 @@ fn with_target<R: Send>(
 
 /// Clients that reset: connect, maybe send a byte, RST.
 ///
-/// The even rounds reset only once the tunnel has reached the target (its
-/// `accepted` count grew), so under any load at least half the resets
+/// The even rounds send their round number as a tag and reset only once
+/// the target has read it, so under any load at least half the resets
 /// travel the whole path; the odd ones reset at once, racing the open.
-async fn resetting_clients(to: SocketAddr, accepted: &AtomicUsize) {
+/// Returns the even rounds whose tag never reached the target.
+async fn resetting_clients(to: SocketAddr, seen: &Seen) -> Vec<u32> {
+    let mut lost = Vec::new();
     for i in 0..ROUNDS {
         let s = TcpStream::connect(to).await.expect("connect");
         if i % 2 == 0 {
             let mut s = s;
-            let before = accepted.load(Ordering::SeqCst);
-            s.write_all(b"x").await.expect("write");
+            let tag = u32::try_from(i).expect("few rounds");
+            s.write_all(&tag.to_be_bytes()).await.expect("write");
             let reached = tokio::time::Instant::now() + END_WAIT;
-            while accepted.load(Ordering::SeqCst) == before && tokio::time::Instant::now() < reached
-            {
+            while !seen.lock().expect("seen").contains(&tag) {
+                if tokio::time::Instant::now() > reached {
+                    lost.push(tag);
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             s.set_zero_linger().expect("SO_LINGER 0");
@@ -179,6 +199,7 @@ async fn resetting_clients(to: SocketAddr, accepted: &AtomicUsize) {
             drop(s);
         }
     }
+    lost
 }
 
 /// Clients that send a byte and read how the connection ends.
@@ -187,7 +208,7 @@ async fn reading_clients(to: SocketAddr) -> Vec<Ending> {
     for _ in 0..ROUNDS {
         let mut s = TcpStream::connect(to).await.expect("connect");
         s.write_all(b"x").await.expect("write");
-        out.push(read_to_end(&mut s).await);
+        out.push(read_to_end(&mut s, &Seen::default()).await);
     }
     out
 }
@@ -201,11 +222,15 @@ fn count(endings: &[Ending], e: &Ending) -> usize {
 fn resets_stay_resets(client_ns: &Netns, via: SocketAddr, target_ns: &Netns, target: SocketAddr) {
     // The client resets: the target must see a reset (or nothing at all,
     // when the client was gone before its stream was opened), never a FIN.
-    let ((), at_target) = with_target(target_ns, target, Target::Reads, |accepted| {
+    let (lost, at_target) = with_target(target_ns, target, Target::Reads, |seen| {
         client_ns
-            .block_on(|| resetting_clients(via, accepted))
+            .block_on(|| resetting_clients(via, seen))
             .expect("client namespace")
     });
+    assert!(
+        lost.is_empty(),
+        "the bytes of these clients never reached the target: {lost:?}"
+    );
     assert!(
         at_target.len() >= ROUNDS / 2,
         "only {} of the {} clients that waited for the target reached it",
@@ -370,7 +395,7 @@ fn a_silent_half_closed_connection_is_reset_and_sockets_keep_alive() {
                         !ka.0.is_empty() && !ka.1.is_empty()
                     });
                     c.shutdown().await.expect("half-close");
-                    (read_to_end(&mut c).await, ka)
+                    (read_to_end(&mut c, &Seen::default()).await, ka)
                 })
                 .expect("ws namespace");
             (client_end, t.join().expect("target thread"), keepalive)

@@ -139,6 +139,7 @@ pub async fn open<H: Hooks>(
         return Err(NotOpened::PeerDown(e.to_string()));
     }
     let stream = u64::from(send.id());
+    tracing::debug!(stream, client = ?tcp.peer_addr().ok(), first, "stream opened");
     hooks.opened();
     hooks.tcp_to_stream(first);
     let connected = AtomicBool::new(false);
@@ -152,6 +153,7 @@ pub async fn open<H: Hooks>(
         result
     };
     let outcome = pipe::bridge(&mut tcp, send, recv, Bytes::new(), prelude, options, hooks).await;
+    tracing::debug!(stream, end = ?outcome.end, "stream bridged");
     if outcome.end != End::Clean {
         hooks.failed(outcome.end.metric_label());
     }
@@ -415,6 +417,7 @@ impl Incoming {
                 return Err(result);
             }
         };
+        tracing::debug!(stream = self.stream(), local = ?tcp.local_addr().ok(), "dialled");
         hooks.opened();
         hooks.answered(true, started.elapsed());
         let outcome = if self.answer(OpenResult::Connected).await {
@@ -423,6 +426,7 @@ impl Incoming {
                 recv,
                 request,
             } = self;
+            let send_id = send.id();
             let outcome = pipe::bridge(
                 &mut tcp,
                 send,
@@ -433,6 +437,7 @@ impl Incoming {
                 hooks,
             )
             .await;
+            tracing::debug!(stream = u64::from(send_id), end = ?outcome.end, "stream bridged");
             if outcome.end != End::Clean {
                 hooks.failed(outcome.end.metric_label());
             }
