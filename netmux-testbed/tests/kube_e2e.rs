@@ -647,6 +647,67 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
     );
 }
 
+/// `netmux doctor`, as the developer, asks the API server by a
+/// SelfSubjectAccessReview whether their kubeconfig's user may intercept
+/// in its context's namespace: the missing verb and the Role to bind are
+/// named while RBAC lacks it, and the check passes once it is granted.
+#[test]
+fn doctor_names_the_missing_intercept_permission_and_passes_once_granted() {
+    let sb = sandbox();
+    let w = world(&sb);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let check = |w: &World<'_>| {
+                let out = w.cli_as_user(&["doctor", "--json"]);
+                let checks: serde_json::Value = serde_json::from_str(&out.stdout)
+                    .unwrap_or_else(|e| panic!("doctor json: {e}: {}{}", out.stdout, out.stderr));
+                checks
+                    .as_array()
+                    .and_then(|a| a.iter().find(|c| c["name"] == "intercept rights kube"))
+                    .cloned()
+                    .unwrap_or_else(|| panic!("no intercept rights check: {checks}"))
+            };
+            let reviews = |w: &World<'_>| {
+                w.fake
+                    .api
+                    .requests()
+                    .iter()
+                    .filter(|(m, p)| m == "POST" && p.contains("selfsubjectaccessreviews"))
+                    .count()
+            };
+            // alice (the context `dev`, namespace apps) may reach web but
+            // not intercept.
+            let denied = check(&w);
+            let text = denied.to_string();
+            assert_eq!(denied["status"], "warn", "{denied}");
+            assert!(
+                text.contains("namespace apps")
+                    && text.contains("`intercept`")
+                    && text.contains("netmux-user"),
+                "names the verb, the namespace and the Role: {denied}"
+            );
+            assert!(reviews(&w) >= 1, "asked the API server");
+
+            w.fake
+                .api
+                .allow("alice", "intercept", "/services", "apps", "*");
+            let granted = check(&w);
+            assert_eq!(granted["status"], "pass", "{granted}");
+            assert!(granted.to_string().contains("namespace apps"), "{granted}");
+
+            // A Role limited to one Service does not grant the namespace.
+            w.fake
+                .api
+                .revoke("alice", "intercept", "/services", "apps", "*");
+            w.fake
+                .api
+                .allow("alice", "intercept", "/services", "apps", "web");
+            assert_eq!(check(&w)["status"], "warn");
+        }),
+    );
+}
+
 /// The daemon's own connections are never redirected, even those it cannot
 /// mark: here the API server's address is itself a published, started
 /// Service, and the daemon's kube client must still reach the real API
