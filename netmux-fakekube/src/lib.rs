@@ -11,7 +11,8 @@
 //! - `410 Gone` as a watch `ERROR` event once history is compacted
 //!   ([`FakeApi::compact_silently`]), and dropped watches / 503 while down
 //!   ([`FakeApi::set_down`]), to force relists and API-server restarts;
-//! - TokenReview and SubjectAccessReview from tables the test fills in;
+//! - TokenReview and SubjectAccessReview from tables the test fills in,
+//!   and SelfSubjectAccessReview for the user of the request's token;
 //! - pod port-forward (`pods/NAME/portforward`, WebSocket subprotocol
 //!   `v4.channel.k8s.io`, as `kubectl port-forward` and kube's
 //!   `Api::portforward` speak it) to the pod's `status.podIP`;

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use crate::reviews::{access_review, token_review};
+use crate::reviews::{access_review, self_access_review, token_review};
 use crate::{lock, Change, FakeApi};
 
 /// The bearer token of a request, if it has one.
@@ -159,6 +159,9 @@ pub(crate) async fn handle(
     match (method, t.collection.as_str()) {
         (Method::POST, "authentication.k8s.io/tokenreviews") => token_review(&fake, &body),
         (Method::POST, "authorization.k8s.io/subjectaccessreviews") => access_review(&fake, &body),
+        (Method::POST, "authorization.k8s.io/selfsubjectaccessreviews") => {
+            self_access_review(&fake, bearer(&headers), &body)
+        }
         (Method::GET, _)
             if t.name.is_none() && q.get("watch").is_some_and(|w| w == "true" || w == "1") =>
         {

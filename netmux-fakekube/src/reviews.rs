@@ -1,5 +1,5 @@
-//! TokenReview and SubjectAccessReview, answered from the tables the test
-//! fills in ([`FakeApi::add_token`], [`FakeApi::allow`]).
+//! TokenReview, SubjectAccessReview and SelfSubjectAccessReview, answered
+//! from the tables the test fills in ([`FakeApi::add_token`], [`FakeApi::allow`]).
 
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -43,30 +43,119 @@ pub(crate) fn token_review(fake: &FakeApi, body: &[u8]) -> Response {
     ok_json(StatusCode::CREATED, &resp)
 }
 
-pub(crate) fn access_review(fake: &FakeApi, body: &[u8]) -> Response {
-    let req: Value = serde_json::from_slice(body).unwrap_or_default();
-    let spec = &req["spec"];
+/// What a review asks: (verb, `group/resource[/subresource]`, namespace,
+/// name) from its `spec.resourceAttributes`.
+fn attributes(spec: &Value) -> (String, String, String, String) {
     let ra = &spec["resourceAttributes"];
-    let user = spec["user"].as_str().unwrap_or_default().to_owned();
-    let group = ra["group"].as_str().unwrap_or_default();
-    let mut resource = format!("{group}/{}", ra["resource"].as_str().unwrap_or_default());
+    let s = |k: &str| ra[k].as_str().unwrap_or_default().to_owned();
+    let mut resource = format!("{}/{}", s("group"), s("resource"));
     if let Some(sub) = ra["subresource"].as_str().filter(|s| !s.is_empty()) {
         resource = format!("{resource}/{sub}");
     }
-    let verb = ra["verb"].as_str().unwrap_or_default().to_owned();
-    let ns = ra["namespace"].as_str().unwrap_or_default().to_owned();
-    let name = ra["name"].as_str().unwrap_or_default().to_owned();
+    (s("verb"), resource, s("namespace"), s("name"))
+}
+
+/// Whether the rules of [`FakeApi::allow`] let `user` do what `spec` asks
+/// (a rule for name `*` covers every name, and a review without a name).
+fn allowed(fake: &FakeApi, user: &str, spec: &Value) -> bool {
+    let (verb, resource, ns, name) = attributes(spec);
     let mut st = lock(&fake.state);
     st.sar_count += 1;
-    let allowed = st.allowed.contains(&(
-        user.clone(),
-        verb.clone(),
-        resource.clone(),
-        ns.clone(),
-        name,
-    )) || st.allowed.contains(&(user, verb, resource, ns, "*".into()));
+    let rule = |name: String| {
+        (
+            user.to_owned(),
+            verb.clone(),
+            resource.clone(),
+            ns.clone(),
+            name,
+        )
+    };
+    st.allowed.contains(&rule(name)) || st.allowed.contains(&rule("*".into()))
+}
+
+fn answer(req: &Value, allowed: bool, denied: &str) -> Response {
     let mut resp = req.clone();
-    resp["status"] =
-        json!({"allowed": allowed, "reason": if allowed { "granted by the test" } else { "" }});
+    resp["status"] = if allowed {
+        json!({"allowed": true, "reason": "granted by the test"})
+    } else {
+        json!({"allowed": false, "reason": denied})
+    };
     ok_json(StatusCode::CREATED, &resp)
+}
+
+/// SubjectAccessReview: may `spec.user` do it?
+pub(crate) fn access_review(fake: &FakeApi, body: &[u8]) -> Response {
+    let req: Value = serde_json::from_slice(body).unwrap_or_default();
+    let user = req["spec"]["user"].as_str().unwrap_or_default().to_owned();
+    let ok = allowed(fake, &user, &req["spec"]);
+    answer(&req, ok, "")
+}
+
+/// SelfSubjectAccessReview (`kubectl auth can-i`): may the user of the
+/// request's bearer token do it? An unknown or missing token is a user
+/// with no rules.
+pub(crate) fn self_access_review(fake: &FakeApi, bearer: Option<&str>, body: &[u8]) -> Response {
+    let req: Value = serde_json::from_slice(body).unwrap_or_default();
+    let user = bearer
+        .and_then(|b| lock(&fake.state).tokens.get(b).map(|(u, _)| u.clone()))
+        .unwrap_or_else(|| "system:anonymous".to_owned());
+    let ok = allowed(fake, &user, &req["spec"]);
+    let (verb, resource, ns, _) = attributes(&req["spec"]);
+    answer(
+        &req,
+        ok,
+        &format!("RBAC: {user} may not {verb} {resource} in namespace {ns:?}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    use kube::api::PostParams;
+    use kube::Api;
+
+    use crate::FakeApi;
+
+    async fn can_i(api: &FakeApi, token: &str, verb: &str, ns: &str, name: Option<&str>) -> bool {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(ns.into()),
+                    verb: Some(verb.into()),
+                    resource: Some("services".into()),
+                    name: name.map(str::to_owned),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let reviews: Api<SelfSubjectAccessReview> = Api::all(api.client("apps", Some(token)));
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .expect("the fake answers SelfSubjectAccessReviews");
+        answer.status.expect("a status").allowed
+    }
+
+    #[tokio::test]
+    async fn self_reviews_answer_for_the_token_s_user_from_its_rules() {
+        let api = FakeApi::start().await;
+        api.add_token("alice-token", "alice", &[]);
+        api.add_token("bob-token", "bob", &[]);
+        api.allow("alice", "intercept", "/services", "apps", "*");
+        api.allow("bob", "intercept", "/services", "apps", "web");
+        assert!(can_i(&api, "alice-token", "intercept", "apps", None).await);
+        assert!(can_i(&api, "alice-token", "intercept", "apps", Some("web")).await);
+        assert!(!can_i(&api, "alice-token", "intercept", "other", None).await);
+        assert!(!can_i(&api, "alice-token", "delete", "apps", None).await);
+        // A rule for one name does not cover the whole collection.
+        assert!(can_i(&api, "bob-token", "intercept", "apps", Some("web")).await);
+        assert!(!can_i(&api, "bob-token", "intercept", "apps", None).await);
+        assert!(!can_i(&api, "unknown-token", "intercept", "apps", None).await);
+        api.revoke("alice", "intercept", "/services", "apps", "*");
+        assert!(!can_i(&api, "alice-token", "intercept", "apps", None).await);
+    }
 }

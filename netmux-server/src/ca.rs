@@ -43,7 +43,18 @@ pub struct ServerIdentity {
     pub(crate) chain: Vec<CertificateDer<'static>>,
     /// Server private key.
     pub(crate) key: PrivateKeyDer<'static>,
+    /// The CA certificate (replicas verify each other against it).
+    pub(crate) ca_der: CertificateDer<'static>,
+    /// This replica's certificate for replica-to-replica connections (both
+    /// TLS client and server, name [`REPLICA_NAME`]), leaf then CA.
+    pub(crate) replica_chain: Vec<CertificateDer<'static>>,
+    /// Its private key.
+    pub(crate) replica_key: PrivateKeyDer<'static>,
 }
+
+/// The name replicas present to each other (only the holders of the CA
+/// key can issue a certificate with it and client authentication).
+pub const REPLICA_NAME: &str = "netmux-replica.invalid";
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
     move |source| CaError::Io {
@@ -140,12 +151,45 @@ impl ServerIdentity {
         params.not_after = now + time::Duration::days(365);
         let leaf_key = KeyPair::generate()?;
         let leaf = params.signed_by(&leaf_key, &issuer)?;
-        let chain = vec![leaf.der().clone(), ca_der];
+        let chain = vec![leaf.der().clone(), ca_der.clone()];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         // Also leave the current leaf for operators (not needed to restart).
         write_private(&dir.join("server.pem"), &leaf.pem())?;
-        Ok(ServerIdentity { ca_pem, chain, key })
+        let (replica_leaf, replica_key) = replica_certificate(&issuer)?;
+        Ok(ServerIdentity {
+            ca_pem,
+            chain,
+            key,
+            replica_chain: vec![replica_leaf, ca_der.clone()],
+            ca_der,
+            replica_key,
+        })
     }
+}
+
+/// A certificate for [`REPLICA_NAME`] usable as TLS server and client:
+/// what replicas authenticate each other with (daemons never get one; the
+/// daemon-facing certificate is for server authentication only).
+fn replica_certificate(
+    issuer: &Issuer<'_, &KeyPair>,
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), CaError> {
+    let mut params = CertificateParams::new(vec![REPLICA_NAME.to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "netmux replica");
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(365);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((
+        cert.der().clone(),
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    ))
 }
 
 fn pem_to_der(pem: &str) -> Option<CertificateDer<'static>> {

@@ -19,8 +19,10 @@
 
 pub mod cluster;
 pub mod listen;
+pub mod peer;
 pub mod pods;
 pub mod record;
+pub mod remote;
 pub mod route;
 pub mod router;
 
@@ -81,12 +83,73 @@ pub struct Held {
     pub claim: Claim,
     /// The port it was asked for (0: the only one), for `leave`.
     pub asked_port: u16,
-    /// The holder's connection (streams are opened on it).
-    pub conn: Connection,
+    /// Where its workstation's streams are opened.
+    pub via: Via,
     /// What went to its workstation.
     pub to_workstation: Arc<Counts>,
     /// Received datagrams last seen, and since when unchanged.
     heard: Arc<Mutex<(u64, Instant)>>,
+}
+
+/// How the holder reaches an intercept's workstation.
+#[derive(Clone)]
+pub enum Via {
+    /// Its daemon is connected here: streams are opened on its connection.
+    Local(Connection),
+    /// Its daemon is connected to another replica (a member): streams are
+    /// opened on that replica's connection, starting with a
+    /// [`peer::wire::Forward`] naming the registration.
+    Peer {
+        /// The member replica's connection.
+        conn: Connection,
+        /// The member's registration id.
+        registration: u64,
+    },
+}
+
+impl Via {
+    /// The QUIC connection streams go on (its liveness is the
+    /// intercept's).
+    pub fn conn(&self) -> &Connection {
+        match self {
+            Via::Local(c) | Via::Peer { conn: c, .. } => c,
+        }
+    }
+
+    /// What opens a stream for client `peer` on Service port `port`
+    /// instead of the `Reverse` header (a member relays), if any.
+    pub fn head(&self, port: u16, peer: std::net::SocketAddr) -> Option<bytes::Bytes> {
+        match self {
+            Via::Local(_) => None,
+            Via::Peer { registration, .. } => peer::wire::to_bytes(&peer::wire::Forward {
+                registration: *registration,
+                port,
+                peer,
+            })
+            .ok(),
+        }
+    }
+}
+
+/// The daemon asking for an intercept, as intercepts know it.
+#[derive(Clone)]
+pub(crate) struct Who {
+    /// Its session on this replica.
+    pub(crate) session: u64,
+    /// Its name.
+    pub(crate) client: String,
+    /// Its connection.
+    pub(crate) conn: Connection,
+}
+
+impl From<&crate::reverse::Holder> for Who {
+    fn from(h: &crate::reverse::Holder) -> Self {
+        Who {
+            session: h.session,
+            client: h.client.clone(),
+            conn: h.conn.clone(),
+        }
+    }
 }
 
 /// A Service this replica routes.
@@ -152,8 +215,15 @@ pub struct View {
     pub to_pods: u64,
 }
 
-/// The intercepts of this replica.
+/// The intercepts of this replica; its tasks end with it.
 pub struct Intercepts {
+    core: Core,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What [`Intercepts`] and its tasks share.
+#[derive(Clone)]
+pub struct Core {
     table: Arc<Mutex<HashMap<String, Arc<Routed>>>>,
     /// Serializes starts, restores and sweeps on this replica.
     ops: Arc<tokio::sync::Mutex<()>>,
@@ -161,13 +231,23 @@ pub struct Intercepts {
     metrics: Metrics,
     options: netmux_common::tunnel::stream::Options,
     ttl: Duration,
-    sweeper: Option<tokio::task::JoinHandle<()>>,
+    /// The replica endpoint (several replicas), if this one has a pod IP.
+    peers: Option<Arc<peer::Peers>>,
+    /// This replica's intercepts routed by another replica.
+    members: remote::Members,
+}
+
+impl std::ops::Deref for Intercepts {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 impl Drop for Intercepts {
     fn drop(&mut self) {
-        if let Some(s) = &self.sweeper {
-            s.abort();
+        for t in &self.tasks {
+            t.abort();
         }
     }
 }
@@ -201,12 +281,16 @@ impl Intercepts {
     /// intercept is refused); starts the sweeper of expired Leases.
     pub fn new(
         cluster: Option<Arc<Cluster>>,
+        peers: Option<Arc<peer::Peers>>,
         metrics: Metrics,
         options: netmux_common::tunnel::stream::Options,
         ttl: Duration,
     ) -> Self {
         let table: Arc<Mutex<HashMap<String, Arc<Routed>>>> = Arc::default();
         let ops: Arc<tokio::sync::Mutex<()>> = Arc::default();
+        if let (Some(c), Some(p)) = (&cluster, &peers) {
+            c.advertise(p.addr());
+        }
         let sweeper = cluster.clone().map(|c| {
             let table = Arc::downgrade(&table);
             let ops = ops.clone();
@@ -221,17 +305,25 @@ impl Intercepts {
                 }
             })
         });
-        Intercepts {
+        let core = Core {
             table,
             ops,
             cluster,
             metrics,
             options,
             ttl,
-            sweeper,
+            peers,
+            members: remote::Members::default(),
+        };
+        let mut tasks: Vec<_> = sweeper.into_iter().collect();
+        if let Some(p) = core.peers.clone() {
+            tasks.push(tokio::spawn(remote::serve(p, core.clone())));
         }
+        Intercepts { core, tasks }
     }
+}
 
+impl Core {
     /// Intercepts `ask` for the daemon `holder`; `Err` says why not (names
     /// the holder of a conflicting intercept).
     pub(crate) async fn start(
@@ -239,34 +331,22 @@ impl Intercepts {
         holder: &crate::reverse::Holder,
         ask: Ask,
     ) -> Result<(), String> {
+        self.start_for(&Who::from(holder), ask).await
+    }
+
+    /// [`Self::start`] for `holder`: routed here (this replica takes or
+    /// holds the Lease), or registered with the replica holding it.
+    pub(crate) async fn start_for(&self, holder: &Who, ask: Ask) -> Result<(), String> {
         let Some(cluster) = self.cluster.clone() else {
             return Err("this server does not run the Kubernetes runtime: intercepts change a Service's EndpointSlices; fix: intercept through a netmux-server deployed in the cluster".into());
         };
-        let _op = self.ops.lock().await;
+        if let Some(done) = self.members.already(holder.session, &ask) {
+            return done;
+        }
+        let op = self.ops.lock().await;
         let existing = lock(&self.table).get(&ask.key).cloned();
-        let (routed, port) = match existing {
-            Some(r) => {
-                let port = resolve_port(&ask.key, &r.ports, ask.port)?;
-                (Some(r), port)
-            }
-            None => (None, 0),
-        };
-        if let Some(routed) = routed {
-            let claim = Claim {
-                session: holder.session,
-                client: holder.client.clone(),
-                port,
-                mode: ask.mode.clone(),
-            };
-            if let Some(why) = route::conflict(&routed.claims(), &claim) {
-                return Err(format!("Service {} port {port} is {why}", ask.key));
-            }
-            let mut held = lock(&routed.held);
-            if !held.iter().any(|h| h.claim == claim) {
-                held.push(self.held(holder, claim, ask.port));
-            }
-            tracing::info!(service = %ask.key, client = %holder.client, mode = %ask.mode, port, "intercept added");
-            return Ok(());
+        if let Some(routed) = existing {
+            return self.add(&routed, holder, &ask);
         }
         let first = Claim {
             session: holder.session,
@@ -274,10 +354,64 @@ impl Intercepts {
             port: ask.port,
             mode: ask.mode.clone(),
         };
-        cluster
+        match cluster
             .take(&ask.namespace, &ask.service, &first.to_string())
-            .await?;
-        match self.route(&cluster, holder, &ask).await {
+            .await
+        {
+            Ok(()) => {}
+            Err(cluster::TakeError::Held {
+                by,
+                address: Some(address),
+            }) if self.peers.is_some() => {
+                // Routed by another replica: register there (without
+                // holding this replica's operations over the network).
+                drop(op);
+                return remote::register(self, holder, ask, address, &by).await;
+            }
+            Err(cluster::TakeError::Held { by, address }) => {
+                let why = match address {
+                    Some(_) => {
+                        "this replica has no replica endpoint (no POD_IP) to register with it"
+                    }
+                    None => "that replica advertises no replica endpoint (an older netmux-server?)",
+                };
+                return Err(format!("{by}; {why}: leave those first, or wait until that replica stops renewing the intercept Lease"));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        self.route_new(&cluster, holder, &ask).await
+    }
+
+    /// Adds `ask` of `holder` to a Service this replica routes (called
+    /// with the operations lock held).
+    fn add(&self, routed: &Routed, holder: &Who, ask: &Ask) -> Result<(), String> {
+        let port = resolve_port(&ask.key, &routed.ports, ask.port)?;
+        let claim = Claim {
+            session: holder.session,
+            client: holder.client.clone(),
+            port,
+            mode: ask.mode.clone(),
+        };
+        if let Some(why) = route::conflict(&routed.claims(), &claim) {
+            return Err(format!("Service {} port {port} is {why}", ask.key));
+        }
+        let mut held = lock(&routed.held);
+        if !held.iter().any(|h| h.claim == claim) {
+            held.push(self.held(holder, claim, ask.port));
+        }
+        tracing::info!(service = %ask.key, client = %holder.client, mode = %ask.mode, port, "intercept added");
+        Ok(())
+    }
+
+    /// Routes `ask`'s Service here, the Lease just taken (called with the
+    /// operations lock held); undoes everything on failure.
+    async fn route_new(
+        &self,
+        cluster: &Arc<Cluster>,
+        holder: &Who,
+        ask: &Ask,
+    ) -> Result<(), String> {
+        match self.route(cluster, holder, ask).await {
             Ok(routed) => {
                 tracing::info!(service = %ask.key, client = %holder.client, mode = %ask.mode, "Service intercepted");
                 lock(&self.table).insert(ask.key.clone(), routed);
@@ -293,21 +427,15 @@ impl Intercepts {
         }
     }
 
-    fn held(&self, holder: &crate::reverse::Holder, claim: Claim, asked_port: u16) -> Held {
-        Held {
-            claim,
-            asked_port,
-            conn: holder.conn.clone(),
-            to_workstation: Arc::default(),
-            heard: Arc::new(Mutex::new((rx_count(&holder.conn), Instant::now()))),
-        }
+    fn held(&self, holder: &Who, claim: Claim, asked_port: u16) -> Held {
+        held(Via::Local(holder.conn.clone()), claim, asked_port)
     }
 
     /// Lists the pods, listens, diverts the Service.
     async fn route(
         &self,
         cluster: &Arc<Cluster>,
-        holder: &crate::reverse::Holder,
+        holder: &Who,
         ask: &Ask,
     ) -> Result<Arc<Routed>, String> {
         let service = cluster.service(&ask.namespace, &ask.service).await?;
@@ -396,6 +524,9 @@ impl Intercepts {
     /// them); restores the Service when none is left. Returns whether
     /// there was one.
     pub fn leave(&self, session: u64, key: &str, port: u16) -> bool {
+        if self.members.leave(session, key, port) {
+            return true;
+        }
         let Some(routed) = lock(&self.table).get(key).cloned() else {
             return false;
         };
@@ -417,6 +548,7 @@ impl Intercepts {
 
     /// Ends every intercept of `session` (its connection ended).
     pub fn release_all(&self, session: u64) {
+        self.members.leave_all(session);
         let keys: Vec<String> = lock(&self.table).keys().cloned().collect();
         for k in keys {
             self.leave(session, &k, 0);
@@ -425,15 +557,16 @@ impl Intercepts {
 
     /// Intercepts `session` holds.
     pub fn held_by(&self, session: u64) -> usize {
-        lock(&self.table)
-            .values()
-            .map(|r| {
-                lock(&r.held)
-                    .iter()
-                    .filter(|h| h.claim.session == session)
-                    .count()
-            })
-            .sum()
+        self.members.held_by(session)
+            + lock(&self.table)
+                .values()
+                .map(|r| {
+                    lock(&r.held)
+                        .iter()
+                        .filter(|h| h.claim.session == session)
+                        .count()
+                })
+                .sum::<usize>()
     }
 
     /// What `session` holds, with counts.
@@ -443,7 +576,7 @@ impl Intercepts {
             .as_ref()
             .map(|c| c.replica().to_owned())
             .unwrap_or_default();
-        let mut out = Vec::new();
+        let mut out = self.members.views(session);
         for r in lock(&self.table).values() {
             for h in lock(&r.held).iter().filter(|h| h.claim.session == session) {
                 out.push(View {
@@ -477,6 +610,7 @@ impl Intercepts {
     /// Restores every Service this replica routes (the server stops), at
     /// most `within`; the daemons intercept again through another replica.
     pub async fn release_everything(&self, within: Duration) {
+        self.members.clear();
         let all: Vec<Arc<Routed>> = lock(&self.table).values().cloned().collect();
         let Some(cluster) = self.cluster.clone() else {
             return;
@@ -494,6 +628,16 @@ impl Intercepts {
                 "not every intercepted Service was restored in time; their Leases expire and another replica restores them"
             );
         }
+    }
+}
+
+fn held(via: Via, claim: Claim, asked_port: u16) -> Held {
+    Held {
+        heard: Arc::new(Mutex::new((rx_count(via.conn()), Instant::now()))),
+        claim,
+        asked_port,
+        via,
+        to_workstation: Arc::default(),
     }
 }
 
@@ -557,11 +701,11 @@ async fn renew(
         let dropped: Vec<Held> = {
             let mut held = lock(&r.held);
             let (gone, live): (Vec<Held>, Vec<Held>) = held.drain(..).partition(|h| {
-                if h.conn.close_reason().is_some() {
+                if h.via.conn().close_reason().is_some() {
                     return true;
                 }
                 let mut heard = lock(&h.heard);
-                let now = rx_count(&h.conn);
+                let now = rx_count(h.via.conn());
                 if now != heard.0 {
                     *heard = (now, Instant::now());
                 }

@@ -79,6 +79,21 @@ pub async fn run(
     tracing::info!(listen = %config.listen, "QUIC endpoint ready");
     let (claim_lock, own_namespace, intercept_cluster) =
         claim_lock(&config.runtime, config.intercept_ttl).await?;
+    // Replicas reach each other here for intercepts of one Service by
+    // users of several replicas (docs/intercept.md).
+    let peers = match intercept_cluster.as_ref().and_then(|c| c.pod_ip().ok()) {
+        Some(ip) => match intercept::peer::Peers::bind(ip, &identity) {
+            Ok(p) => {
+                tracing::info!(addr = %p.addr(), "replica endpoint ready (mutual TLS from the server CA)");
+                Some(Arc::new(p))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no replica endpoint: intercepts of a Service another replica routes are refused");
+                None
+            }
+        },
+        None => None,
+    };
     let adhoc_namespace = config.adhoc_namespace.clone().or(own_namespace);
     match &adhoc_namespace {
         Some(ns) => {
@@ -92,6 +107,7 @@ pub async fn run(
     let server = Arc::new(Server {
         intercepts: intercept::Intercepts::new(
             intercept_cluster,
+            peers,
             metrics.clone(),
             stream_options,
             config.intercept_ttl,

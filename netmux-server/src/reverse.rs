@@ -399,6 +399,7 @@ impl Claims {
                         port,
                         options: self.options,
                         direction: "c2l",
+                        head: None,
                     },
                     self.metrics.clone(),
                 ))

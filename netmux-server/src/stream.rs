@@ -93,6 +93,9 @@ pub(crate) struct Ask {
     pub(crate) options: Options,
     /// `direction` label of its metrics: `c2l`, `intercept`.
     pub(crate) direction: &'static str,
+    /// What opens the stream instead of the `Reverse` header: the frame
+    /// of another replica that relays to its daemon (intercepts).
+    pub(crate) head: Option<bytes::Bytes>,
 }
 
 /// Sends cluster connection `tcp` from `peer` to the holder of the
@@ -105,7 +108,19 @@ pub(crate) async fn ask(ask: &Ask, tcp: TcpStream, peer: SocketAddr, metrics: &M
         port: ask.port,
         peer,
     };
-    match stream::open(&ask.conn, tcp, &header, accepted, ask.options, &counters).await {
+    let head = match &ask.head {
+        Some(h) => {
+            let mut head = bytes::BytesMut::with_capacity(16 * 1024);
+            head.extend_from_slice(h);
+            head
+        }
+        None => {
+            let mut head = bytes::BytesMut::with_capacity(16 * 1024);
+            netmux_common::proto::open::write_header(&header, &mut head);
+            head
+        }
+    };
+    match stream::open_head(&ask.conn, tcp, head, accepted, ask.options, &counters).await {
         Ok(opened) if opened.outcome.end != End::Clean => {
             tracing::debug!(service = %ask.key, %peer, end = ?opened.outcome.end, "reverse connection ended");
         }

@@ -87,6 +87,7 @@ async fn start(limits: &str, hello_timeout_ms: u64, kube: Option<kube::Client>) 
         ),
         intercepts: netmux_server::intercept::Intercepts::new(
             None,
+            None,
             metrics.clone(),
             netmux_common::tunnel::stream::Options {
                 half_close_timeout: None,

@@ -125,6 +125,7 @@ async fn start_full(fake: &FakeApi, extra: &str, lock: Arc<dyn reverse::ClaimLoc
         .with_expose_ports(config.expose_ports.clone(), config.own_ports()),
         intercepts: netmux_server::intercept::Intercepts::new(
             None,
+            None,
             metrics.clone(),
             netmux_common::tunnel::stream::Options {
                 half_close_timeout: None,

@@ -573,3 +573,131 @@ fn a_stopping_server_restores_its_intercepts_at_once() {
         }),
     );
 }
+
+/// Personal intercepts of users whose daemons are connected to different
+/// replicas: the replica holding the Lease routes both, forwarding bob's
+/// requests to replica 1 over the replica endpoint (mutual TLS), which
+/// opens the stream to bob's daemon. When the holder dies, replica 1 takes
+/// the Service over for bob; `leave` restores the exact spec.
+#[test]
+fn personal_intercepts_of_users_on_two_replicas_each_get_only_their_requests() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    w.start_server(1);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            let bob = w.daemon("bob", BOB_TOKEN, 1, "127.78.0.0/16");
+            let _a = target(&sb, ALICE_TARGET, "alice-workstation");
+            let _b = target(&sb, BOB_TARGET, "bob-workstation");
+            let before = w.spec_text();
+            let personal = |d: &Daemon, to: &str, user: &str| {
+                let header = format!("x-netmux-user={user}");
+                w.cli(
+                    d,
+                    &["intercept", "kube", "web", "--to", to, "--header", &header],
+                )
+            };
+            assert_ok(
+                &personal(&alice, ALICE_TARGET, "alice"),
+                "alice on replica 0",
+            );
+            assert_eq!(
+                w.leases()[0]["spec"]["holderIdentity"],
+                "netmux-server-0/intercept"
+            );
+            // A global intercept through replica 1 conflicts with alice's,
+            // refused naming her (the holder answers for replica 1).
+            let out = w.cli(
+                &bob,
+                &[
+                    "intercept",
+                    "kube",
+                    "web",
+                    "--port",
+                    "80",
+                    "--to",
+                    BOB_TARGET,
+                ],
+            );
+            assert!(
+                !out.success() && out.stderr.contains("held by alice"),
+                "global refused naming alice: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            assert_ok(&personal(&bob, BOB_TARGET, "bob"), "bob on replica 1");
+            assert_eq!(w.leases().len(), 1, "one Lease, still replica 0's");
+            assert_eq!(
+                w.leases()[0]["spec"]["holderIdentity"],
+                "netmux-server-0/intercept"
+            );
+
+            w.wait_for_answer(
+                "bob's requests",
+                &[("x-netmux-user", "bob")],
+                "bob-workstation",
+            );
+            w.wait_for_answer(
+                "alice's requests",
+                &[("x-netmux-user", "alice")],
+                "alice-workstation",
+            );
+            w.wait_for_answer("the others", &[], "pod");
+            let expect = [("alice", "alice-workstation"), ("bob", "bob-workstation")];
+            let h1 = mixed(&w, 600, false);
+            assert_eq!(h1.len(), 600);
+            assert_routed(&w, &h1, &expect);
+            let h2 = mixed(&w, 600, true);
+            assert_eq!(h2.len(), 600);
+            assert_routed(&w, &h2, &expect);
+            assert!(
+                w.servers[0]
+                    .log()
+                    .contains("intercept added for another replica's daemon"),
+                "replica 0 routes bob's intercept"
+            );
+            // bob's status: the holder is replica 0, with its counts.
+            netmux_testbed::wait_until("bob's status with the holder's report", T, || {
+                let s = w.cli(&bob, &["status", "-o", "json"]).stdout;
+                let v: Value = serde_json::from_str(&s).unwrap_or_default();
+                let i = &v["intercepts"][0];
+                i["state"] == "held"
+                    && i["holder"] == "bob through replica netmux-server-0"
+                    && i["to_workstation"].as_u64().is_some_and(|n| n >= 200)
+            })
+            .unwrap_or_else(|e| panic!("{e}: {}", w.cli(&bob, &["status"]).stdout));
+
+            // The holder dies: once its Lease expired, replica 1 routes
+            // bob's intercept itself; alice's requests go to the pods.
+            w.servers[0].kill();
+            netmux_testbed::wait_until("replica 1 holds the Lease", TTL * 4, || {
+                w.leases()
+                    .first()
+                    .is_some_and(|l| l["spec"]["holderIdentity"] == "netmux-server-1/intercept")
+                    && w.intercepted()
+            })
+            .unwrap_or_else(|e| panic!("{e}: {}", w.servers[1].log()));
+            w.wait_for_answer(
+                "bob's requests through replica 1",
+                &[("x-netmux-user", "bob")],
+                "bob-workstation",
+            );
+            w.wait_for_answer(
+                "alice's requests to the pods",
+                &[("x-netmux-user", "alice")],
+                "pod",
+            );
+            let after = mixed(&w, 300, false);
+            assert_routed(&w, &after, &[("bob", "bob-workstation")]);
+
+            assert_ok(&w.cli(&bob, &["leave", "kube", "web"]), "bob leaves");
+            netmux_testbed::wait_until("the Service restored", T, || restored(&w))
+                .expect("restored");
+            assert_eq!(w.spec_text(), before, "the spec is byte-identical");
+            w.wait_for_answer("the pods again", &[("x-netmux-user", "bob")], "pod");
+        }),
+    );
+}

@@ -103,8 +103,25 @@ pub enum NotOpened {
 /// resets `tcp` on a refusal. `accepted` is when `tcp` was accepted.
 pub async fn open<H: Hooks>(
     conn: &Connection,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     header: &StreamHeader,
+    accepted: Instant,
+    options: Options,
+    hooks: &H,
+) -> Result<Opened, NotOpened> {
+    let mut head = BytesMut::with_capacity(16 * 1024);
+    open::write_header(header, &mut head);
+    open_head(conn, tcp, head, accepted, options, hooks).await
+}
+
+/// [`open`] with the stream's opening bytes already in `head`: a
+/// [`StreamHeader`], or the frame of a relay that writes the header
+/// itself (the server forwarding to another replica's daemon); the far
+/// end answers by the same rules.
+pub async fn open_head<H: Hooks>(
+    conn: &Connection,
+    mut tcp: TcpStream,
+    mut head: BytesMut,
     accepted: Instant,
     options: Options,
     hooks: &H,
@@ -112,8 +129,6 @@ pub async fn open<H: Hooks>(
     keepalive(&tcp);
     // Rule 1: the client's first bytes go with the header. A reset seen
     // here must not be lost: the next read of a reset socket says EOF.
-    let mut head = BytesMut::with_capacity(16 * 1024);
-    open::write_header(header, &mut head);
     let header_len = head.len();
     match tcp.try_read_buf(&mut head) {
         Ok(_) => {}
@@ -253,9 +268,19 @@ pub async fn open_io<H: Hooks>(
     header: &StreamHeader,
     hooks: &H,
 ) -> Result<StreamIo, IoNotOpened> {
-    let started = Instant::now();
     let mut head = BytesMut::with_capacity(MAX_HEADER_LEN);
     open::write_header(header, &mut head);
+    open_io_head(conn, head.freeze(), hooks).await
+}
+
+/// [`open_io`] with the stream's opening bytes already in `head` (see
+/// [`open_head`]).
+pub async fn open_io_head<H: Hooks>(
+    conn: &Connection,
+    head: Bytes,
+    hooks: &H,
+) -> Result<StreamIo, IoNotOpened> {
+    let started = Instant::now();
     let (mut send, recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => {
@@ -263,7 +288,7 @@ pub async fn open_io<H: Hooks>(
             return Err(IoNotOpened::PeerDown(e.to_string()));
         }
     };
-    if let Err(e) = send.write_chunk(head.freeze()).await {
+    if let Err(e) = send.write_chunk(head).await {
         hooks.failed(hooks.peer_down());
         return Err(IoNotOpened::PeerDown(e.to_string()));
     }

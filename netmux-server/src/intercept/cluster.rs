@@ -28,6 +28,38 @@ use crate::reverse::lease::{
 
 /// Label on intercept Leases (what [`Cluster::sweep`] lists).
 pub const LEASE_LABEL: &str = "netmux.io/intercept";
+/// Annotation on intercept Leases: the holder's replica endpoint
+/// (`ip:port`), where other replicas register their users' intercepts.
+pub const REPLICA_ADDRESS: &str = "netmux.dev/replica-address";
+
+/// Why [`Cluster::take`] did not take a Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakeError {
+    /// Another replica holds it.
+    Held {
+        /// Who, for the refusal.
+        by: String,
+        /// Its replica endpoint, if it advertises one.
+        address: Option<std::net::SocketAddr>,
+    },
+    /// The API server refused or failed (the message says which).
+    Failed(String),
+}
+
+impl std::fmt::Display for TakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TakeError::Held { by, .. } => f.write_str(by),
+            TakeError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<String> for TakeError {
+    fn from(e: String) -> Self {
+        TakeError::Failed(e)
+    }
+}
 /// The EndpointSlice label naming its Service.
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 
@@ -84,6 +116,8 @@ pub struct Cluster {
     pod_ip: Option<IpAddr>,
     /// Lease duration.
     ttl: Duration,
+    /// This replica's endpoint for other replicas, written on its Leases.
+    address: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Cluster {
@@ -100,7 +134,13 @@ impl Cluster {
             replica: options.replica.clone(),
             pod_ip: options.pod_ip,
             ttl,
+            address: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Advertises this replica's endpoint on the Leases it writes.
+    pub fn advertise(&self, address: std::net::SocketAddr) {
+        let _ = self.address.set(address);
     }
 
     /// This replica's holder identity on intercept Leases.
@@ -136,10 +176,19 @@ impl Cluster {
                     (MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
                     (LEASE_LABEL.to_owned(), "true".to_owned()),
                 ])),
-                annotations: Some(BTreeMap::from([
-                    (CLIENT.to_owned(), who.to_owned()),
-                    (SERVICE.to_owned(), format!("{ns}/{svc}")),
-                ])),
+                annotations: Some(
+                    [
+                        (CLIENT.to_owned(), who.to_owned()),
+                        (SERVICE.to_owned(), format!("{ns}/{svc}")),
+                    ]
+                    .into_iter()
+                    .chain(
+                        self.address
+                            .get()
+                            .map(|a| (REPLICA_ADDRESS.to_owned(), a.to_string())),
+                    )
+                    .collect(),
+                ),
                 ..Default::default()
             },
             spec: Some(LeaseSpec {
@@ -156,7 +205,7 @@ impl Cluster {
     /// Takes (or renews) the Lease of Service `ns/svc` for this replica;
     /// `who` describes its intercepts for others' refusals. Refused with
     /// the holder's description while another replica holds it.
-    pub async fn take(&self, ns: &str, svc: &str, who: &str) -> Result<(), String> {
+    pub async fn take(&self, ns: &str, svc: &str, who: &str) -> Result<(), TakeError> {
         let name = lease_name(ns, svc);
         let whose = format!("Lease {}/{name}", self.namespace);
         let needs = "get/create/update on leases (coordination.k8s.io) in its namespace";
@@ -176,9 +225,15 @@ impl Cluster {
             let lease = self.lease(ns, svc, who, &decision);
             let written = match &decision {
                 Decision::Held { by } => {
-                    return Err(format!(
-                        "Service {ns}/{svc} is intercepted by {by}; intercepts of one Service go through one replica: leave those first, or wait until that replica stops renewing {whose}"
-                    ))
+                    let address = current
+                        .as_ref()
+                        .and_then(|l| l.metadata.annotations.as_ref())
+                        .and_then(|a| a.get(REPLICA_ADDRESS))
+                        .and_then(|a| a.parse().ok());
+                    return Err(TakeError::Held {
+                        by: format!("Service {ns}/{svc} is intercepted by {by}"),
+                        address,
+                    });
                 }
                 Decision::Create => self.leases.create(&pp, &lease).await.map(|_| ()),
                 Decision::Take { .. } => self.leases.replace(&name, &pp, &lease).await.map(|_| ()),
@@ -186,12 +241,10 @@ impl Cluster {
             match written {
                 Ok(()) => return Ok(()),
                 Err(e) if matches!(code(&e), Some(404 | 409)) => continue,
-                Err(e) => return Err(api_error(&format!("cannot write {whose}"), needs, &e)),
+                Err(e) => return Err(api_error(&format!("cannot write {whose}"), needs, &e).into()),
             }
         }
-        Err(format!(
-            "{whose} kept changing while this replica took it; try again"
-        ))
+        Err(format!("{whose} kept changing while this replica took it; try again").into())
     }
 
     fn services(&self, ns: &str) -> Api<DynamicObject> {

@@ -73,12 +73,13 @@ async fn dispatch(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PortCtx>) {
             .with_label_values(&[&routed.key, way::WORKSTATION])
             .inc();
         let ask = crate::stream::Ask {
-            conn: global.conn.clone(),
+            conn: global.via.conn().clone(),
             service: routed.id,
             key: routed.key.clone(),
             port,
             options: ctx.options,
             direction: "intercept",
+            head: global.via.head(port, peer),
         };
         drop(routed);
         crate::stream::ask(&ask, tcp, peer, &ctx.metrics).await;

@@ -192,9 +192,11 @@ async fn to_workstation(
             routed.key, h.claim
         )
     };
-    let io = stream::open_io(&h.conn, &header, &hooks)
-        .await
-        .map_err(|e| down(e.to_string()))?;
+    let opened = match h.via.head(ctx.plan.port, peer) {
+        Some(head) => stream::open_io_head(h.via.conn(), head, &hooks).await,
+        None => stream::open_io(h.via.conn(), &header, &hooks).await,
+    };
+    let io = opened.map_err(|e| down(e.to_string()))?;
     handshake(h2, io).await.map_err(|e| down(e.to_string()))
 }
 
