@@ -55,7 +55,7 @@ pub struct Metrics {
     pub session_limit_refusals: IntCounterVec,
     /// Sessions whose daemon has not answered for a few seconds (kept up
     /// to `survive_blackout`; [`crate::retention`]).
-    pub(crate) sessions_degraded: IntGauge,
+    pub sessions_degraded: IntGauge,
     /// Blackouts of daemon sessions by how they ended: `recovered`,
     /// `expired` (longer than `survive_blackout`), `evicted`
     /// (`max_blackout_sessions`).

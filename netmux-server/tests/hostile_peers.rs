@@ -585,8 +585,18 @@ token = \"{LAPTOPS}\""
     let (relay2, stream2) = Relay::start(h.tcp).await;
     let (conn2, mut s2, mut send2, mut recv2) = session_over(&h, stream2, LAPTOPS).await;
     assert_eq!(h.server.metrics.sessions_active.get(), 2);
+    // The first goes silent, and only once the server counts it silent
+    // does the second: keep-alives (every second) decide when each was
+    // last heard, so a fixed gap between the two blackouts could let the
+    // second one's silence start first.
     relay1.set_dark(true);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::timeout(WAIT, async {
+        while h.server.metrics.sessions_degraded.get() != 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the first session is counted silent");
     relay2.set_dark(true);
     let evicted = || {
         h.server
