@@ -17,15 +17,15 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use netmux_fakekube::{pod, service, FakeApi};
+use netmux_fakekube::{pod, service};
 use netmux_testbed::cgroup::ChildCgroup;
+use netmux_testbed::cluster::{FakeCluster, API_PORT};
 use netmux_testbed::{bin, Output, Sandbox, Side};
 use serde_json::json;
 
 mod common;
 use common::{curl, ip, nx_echo, on_failure_dump, sandbox, T};
 
-const API_PORT: u16 = 6443;
 const QUIC_PORT: u16 = 7443;
 const STREAM_PORT: u16 = 7444;
 const HTTP_PORT: u16 = 7080;
@@ -37,50 +37,6 @@ const ALICE_TOKEN: &str = "alice-token-from-the-exec-plugin";
 const BOB_TOKEN: &str = "bob-token-without-permissions";
 /// A user the API server knows who may not even port-forward.
 const EVE_TOKEN: &str = "eve-token-without-port-forward";
-
-/// The fake API server on its own thread inside the cluster namespace
-/// (its listener and its port-forward dials belong there); stopped on drop.
-struct FakeCluster {
-    api: FakeApi,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for FakeCluster {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn start_fake_api(sb: &Sandbox, addr: SocketAddr) -> FakeCluster {
-    let ns = format!("/run/netns/{}", sb.cluster().name());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let f = std::fs::File::open(&ns).expect("open the cluster namespace");
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter it");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let api = FakeApi::start_on(addr).await;
-            let _ = tx.send(api.clone());
-            let _ = stopped.await;
-        });
-    });
-    let api = rx.recv_timeout(T).expect("fake API server started");
-    FakeCluster {
-        api,
-        stop: Some(stop),
-        thread: Some(thread),
-    }
-}
 
 fn write(path: &Path, text: &str, mode: u32) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
@@ -240,9 +196,10 @@ fn world(sb: &Sandbox) -> World<'_> {
 /// Service (the in-cluster `kubernetes` Service reached over a VPN).
 fn world_with<'a>(sb: &'a Sandbox, cgroup: Option<&ChildCgroup>) -> World<'a> {
     let cl = sb.cluster_addr();
-    let api_addr = SocketAddr::new(cl.into(), API_PORT);
-    let fake = start_fake_api(sb, api_addr);
-    let api = &fake.api;
+    // The API server alone: the test runs web and the server itself.
+    let fake = FakeCluster::start_api_only(sb).expect("fake API server");
+    let api_addr = fake.api_addr();
+    let api = fake.api();
     api.add_token(
         SERVER_TOKEN,
         "system:serviceaccount:netmux:netmux-server",
@@ -301,12 +258,7 @@ fn world_with<'a>(sb: &'a Sandbox, cgroup: Option<&ChildCgroup>) -> World<'a> {
     let state = base.join("server-state");
     write(
         &base.join("server-kubeconfig"),
-        &format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: sa\n\
-             clusters:\n- name: fake\n  cluster:\n    server: http://{api_addr}\n\
-             users:\n- name: sa\n  user:\n    token: {SERVER_TOKEN}\n\
-             contexts:\n- name: sa\n  context: {{cluster: fake, user: sa, namespace: netmux}}\n"
-        ),
+        &fake.kubeconfig("sa", SERVER_TOKEN, "netmux"),
         0o600,
     );
     write(
@@ -436,15 +388,15 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
             );
             // The plugin ran once, as the developer; the daemon (root) never ran it.
             assert_eq!(plugin_uids(&w), [USER_ID.to_string()]);
-            assert!(w.fake.api.forwards() >= 1);
-            let requests = w.fake.api.requests();
+            assert!(w.fake.api().forwards() >= 1);
+            let requests = w.fake.api().requests();
             assert!(
                 requests
                     .iter()
                     .any(|(_, p)| p.contains("/pods/netmux-server-0/portforward")),
                 "{requests:?}"
             );
-            assert!(w.fake.api.bearers().iter().any(|b| b == ALICE_TOKEN));
+            assert!(w.fake.api().bearers().iter().any(|b| b == ALICE_TOKEN));
 
             // The catalog holds what alice may reach (RBAC), nothing else.
             let services: Vec<String> = w
@@ -467,8 +419,10 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
 
             // The server pod is replaced and the forward drops: the daemon
             // finds the new pod and reconnects by itself.
-            w.fake.api.delete("v1", "Pod", "netmux", "netmux-server-0");
-            w.fake.api.apply(pod(
+            w.fake
+                .api()
+                .delete("v1", "Pod", "netmux", "netmux-server-0");
+            w.fake.api().apply(pod(
                 "netmux",
                 "netmux-server-1",
                 "netmux-server",
@@ -476,10 +430,10 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
                 "quic-stream",
                 STREAM_PORT,
             ));
-            w.fake.api.drop_connections();
+            w.fake.api().drop_connections();
             w.wait_for("a port-forward to the new pod", |w| {
                 w.fake
-                    .api
+                    .api()
                     .requests()
                     .iter()
                     .any(|(_, p)| p.contains("/pods/netmux-server-1/portforward"))
@@ -516,10 +470,10 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
             );
             // It waits for new credentials instead of retrying: `netmux
             // connect` again renews them in place and the endpoint comes up.
-            let refused = w.fake.api.requests().len();
+            let refused = w.fake.api().requests().len();
             std::thread::sleep(Duration::from_secs(2));
             assert!(
-                w.fake.api.requests().len() <= refused + 1,
+                w.fake.api().requests().len() <= refused + 1,
                 "no retry loop against the API server with refused credentials"
             );
             let out = w.cli_as_user(&["connect", "kube"]);
@@ -583,7 +537,7 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
             // auto: nothing answers over UDP at its server, so it falls
             // back to the port-forward; direct: QUIC over UDP with the
             // user's token and the CA from the cluster, no forward.
-            let before = w.fake.api.forwards();
+            let before = w.fake.api().forwards();
             let out = w.cli_as_user(&["connect", "kube-auto"]);
             assert!(
                 out.success() && out.stdout.contains("kube-auto connected"),
@@ -592,10 +546,10 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
                 out.stderr
             );
             assert!(
-                w.fake.api.forwards() > before,
+                w.fake.api().forwards() > before,
                 "auto fell back to a forward"
             );
-            let before = w.fake.api.forwards();
+            let before = w.fake.api().forwards();
             let out = w.cli_as_user(&["connect", "kube-direct"]);
             let want = format!("kube-direct connected to {}:{QUIC_PORT}", sb.cluster_addr());
             assert!(
@@ -604,7 +558,7 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
                 out.stdout,
                 out.stderr
             );
-            assert_eq!(w.fake.api.forwards(), before, "direct opens no forward");
+            assert_eq!(w.fake.api().forwards(), before, "direct opens no forward");
             for ep in ["kube-auto", "kube-direct"] {
                 let out = w.cli(&["disconnect", ep]);
                 assert!(out.success(), "{}{}", out.stdout, out.stderr);
@@ -687,10 +641,10 @@ fn the_daemons_api_connections_are_not_redirected_into_itself() {
 
             // The forward drops: the daemon's kube client dials the API
             // server's address, which is now redirected for everyone else.
-            let before = w.fake.api.forwards();
-            w.fake.api.drop_connections();
+            let before = w.fake.api().forwards();
+            w.fake.api().drop_connections();
             w.wait_for("the daemon to re-open the port-forward", |w| {
-                w.fake.api.forwards() > before
+                w.fake.api().forwards() > before
             });
             w.wait_for("curl through the new forward", |_| {
                 in_cgroup("http://10.96.0.10:8080/two")
@@ -718,10 +672,10 @@ fn an_open_connection_survives_a_blackout_over_the_port_forward() {
     // A TCP echo alice may reach.
     let echo_port = json!([{"name": "echo", "port": 9100, "targetPort": 9100, "protocol": "TCP"}]);
     w.fake
-        .api
+        .api()
         .apply(service("apps", "echo", "10.96.0.12", echo_port, None));
     w.fake
-        .api
+        .api()
         .allow("alice", "get", "/services/proxy", "apps", "echo");
     sb.add_service_address(ip("10.96.0.12")).expect("address");
     let _echo = nx_echo(
