@@ -31,6 +31,7 @@ use index::{Index, Ready};
 mod bridge;
 mod index;
 use crate::policy::{Refusal, TargetPolicy};
+use crate::runtime::entry;
 
 /// Label linking an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -322,25 +323,6 @@ fn too_large(entry: &Service) -> Option<String> {
         entry.addresses.len(),
         entry.ports.len()
     ))
-}
-
-fn entry(
-    name: &str,
-    ns: &str,
-    aliases: Vec<String>,
-    addresses: Vec<IpAddr>,
-    ports: Vec<ServicePort>,
-    direction: Direction,
-) -> Service {
-    Service {
-        id: ServiceId(0),
-        name: name.to_owned(),
-        namespace: ns.to_owned(),
-        aliases,
-        addresses,
-        ports,
-        direction,
-    }
 }
 
 /// The addresses of `candidates` the policy accepts; each refused one is

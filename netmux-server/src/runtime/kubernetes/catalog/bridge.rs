@@ -12,10 +12,11 @@ use netmux_common::proto::catalog::{Direction, Protocol, Service, ServicePort};
 
 use super::index::{Index, Resolved};
 use super::{
-    cluster_ips, entry, is_headless, pod_port, port_u16, protocol, screen, service_ports,
-    valid_label, Origin, Refused, Screened, Target,
+    cluster_ips, is_headless, pod_port, port_u16, protocol, screen, service_ports, valid_label,
+    Origin, Refused, Screened, Target,
 };
 use crate::policy::{Refusal, TargetPolicy};
+use crate::runtime::entry;
 use crate::runtime::kubernetes::annotation::Bridge;
 
 /// The bridges of an annotation, or why the Service cannot be published.
