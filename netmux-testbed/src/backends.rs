@@ -28,7 +28,7 @@ use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{Error, Result};
+use crate::{lock, Error, Result};
 
 /// Requests one pod answered, by protocol.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,17 +48,29 @@ impl Counts {
     }
 }
 
-/// Requests per pod, shared by every backend of a cluster.
+/// Requests per pod, shared by every backend of a cluster; with
+/// [`Tally::with_paths`], also the path of every request, in order (a
+/// [`Standalone`] keeps them; a cluster's pods, which may serve a bench's
+/// load, do not).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Tally(Arc<Mutex<BTreeMap<String, Counts>>>);
+pub(crate) struct Tally {
+    counts: Arc<Mutex<BTreeMap<String, Counts>>>,
+    paths: Option<Arc<Mutex<Vec<String>>>>,
+}
 
 impl Tally {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Counts>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    fn with_paths() -> Tally {
+        Tally {
+            paths: Some(Arc::default()),
+            ..Tally::default()
+        }
     }
 
-    fn bump(&self, pod: &str, version: Version, grpc: bool) {
-        let mut all = self.lock();
+    fn bump(&self, pod: &str, path: &str, version: Version, grpc: bool) {
+        if let Some(paths) = &self.paths {
+            lock(paths).push(path.to_owned());
+        }
+        let mut all = lock(&self.counts);
         let c = all.entry(pod.to_owned()).or_default();
         match (grpc, version) {
             (true, _) => c.grpc += 1,
@@ -68,7 +80,14 @@ impl Tally {
     }
 
     pub(crate) fn snapshot(&self) -> BTreeMap<String, Counts> {
-        self.lock().clone()
+        lock(&self.counts).clone()
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.paths
+            .as_deref()
+            .map(|p| lock(p).clone())
+            .unwrap_or_default()
     }
 }
 
@@ -104,6 +123,7 @@ async fn answer(
     tally: Tally,
 ) -> Result<Response<Body>, Infallible> {
     let version = req.version();
+    let path = req.uri().path().to_owned();
     let grpc = req
         .headers()
         .get(CONTENT_TYPE)
@@ -116,7 +136,7 @@ async fn answer(
         .unwrap_or_else(|| HeaderValue::from_static(""));
     // Read the whole request first, as a real handler would.
     let _ = req.into_body().collect().await;
-    tally.bump(&pod, version, grpc);
+    tally.bump(&pod, &path, version, grpc);
     let served_by = HeaderValue::from_str(&pod).unwrap_or_else(|_| HeaderValue::from_static("?"));
     let builder = Response::builder()
         .header("x-served-by", served_by)
@@ -141,8 +161,8 @@ async fn answer(
 
 /// A backend serving on its own thread inside a namespace, outside any
 /// fake cluster: a workstation's `--to` target, say. It answers as a pod
-/// named `name` does (see the module docs) and counts its requests;
-/// [`Standalone::stop`] or dropping it closes the listener and every open
+/// named `name` does (see the module docs), counts its requests and keeps
+/// their paths; [`Standalone::stop`] or dropping it closes the listener and every open
 /// connection (a target that went down).
 #[derive(Debug)]
 pub struct Standalone {
@@ -158,7 +178,7 @@ impl Standalone {
     /// [`crate::Sandbox`]'s `ws()` or `cluster()`).
     pub fn start(netns: &crate::Netns, addr: SocketAddr, name: &str) -> Result<Standalone> {
         let ns = netns.name().to_owned();
-        let tally = Tally::default();
+        let tally = Tally::with_paths();
         let (pod, served) = (name.to_owned(), tally.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -226,6 +246,12 @@ impl Standalone {
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
         self.counts().total()
+    }
+
+    /// The paths of the requests answered so far, in the order they were
+    /// answered.
+    pub fn paths(&self) -> Vec<String> {
+        self.tally.paths()
     }
 
     /// Stops serving now: the listener and every open connection close

@@ -132,6 +132,14 @@ impl App {
     }
 }
 
+/// Whether a [`FakeCluster`] runs what makes workloads reachable: the
+/// EndpointSlice controller, the kube-proxy and the Service and pod routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workloads {
+    Run,
+    Off,
+}
+
 struct Pod {
     info: PodInfo,
     servers: Vec<tokio::task::JoinHandle<()>>,
@@ -165,10 +173,26 @@ impl FakeCluster {
     /// EndpointSlice controller on), the kube-proxy and nothing else yet,
     /// inside `sb`'s cluster namespace.
     pub fn start(sb: &Sandbox) -> Result<FakeCluster> {
+        FakeCluster::launch(sb, Workloads::Run)
+    }
+
+    /// Starts the fake API server alone (on `sb.cluster_addr():6443`),
+    /// inside `sb`'s cluster namespace: no EndpointSlice controller, no
+    /// kube-proxy, no Service or pod routes. The API holds what the test
+    /// applies and serves port-forwards; the test runs the workloads
+    /// itself (so [`FakeCluster::deploy`], which waits for the kube-proxy,
+    /// is not for this one).
+    pub fn start_api_only(sb: &Sandbox) -> Result<FakeCluster> {
+        FakeCluster::launch(sb, Workloads::Off)
+    }
+
+    fn launch(sb: &Sandbox, workloads: Workloads) -> Result<FakeCluster> {
         let netns = sb.cluster().name().to_owned();
-        for cidr in [SERVICE_CIDR, POD_CIDR] {
-            sb.cluster()
-                .ip(["route", "replace", "local", cidr, "dev", "lo"])?;
+        if workloads == Workloads::Run {
+            for cidr in [SERVICE_CIDR, POD_CIDR] {
+                sb.cluster()
+                    .ip(["route", "replace", "local", cidr, "dev", "lo"])?;
+            }
         }
         let api_addr = SocketAddr::new(sb.cluster_addr().into(), API_PORT);
         let serving = Serving::default();
@@ -201,12 +225,15 @@ impl FakeCluster {
                             return;
                         }
                     };
-                    api.run_endpoint_controller();
-                    let proxy =
-                        tokio::spawn(crate::kubeproxy::run(api.clone(), ns_name, proxy_serving));
+                    let proxy = (workloads == Workloads::Run).then(|| {
+                        api.run_endpoint_controller();
+                        tokio::spawn(crate::kubeproxy::run(api.clone(), ns_name, proxy_serving))
+                    });
                     let _ = ready_tx.send(Ok((api, tokio::runtime::Handle::current())));
                     let _ = stopped.await;
-                    proxy.abort();
+                    if let Some(proxy) = proxy {
+                        proxy.abort();
+                    }
                 });
             })
             .map_err(Error::io("starting the fake cluster's thread"))?;
@@ -345,7 +372,7 @@ impl FakeCluster {
     }
 
     fn lock_pods(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Pod>> {
-        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.pods)
     }
 
     /// Deploys `spec` (see [`AppSpec`]) and waits until the kube-proxy

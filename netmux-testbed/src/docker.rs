@@ -148,17 +148,7 @@ impl Dockerd {
                 .arg(format!("--cgroup-parent=/{cgroup_parent}"))
                 .arg(format!("--host=unix://{}", socket.display()))
                 .args(extra);
-        let mut d = Dockerd {
-            process: None,
-            builder,
-            dir,
-            socket,
-            cgroup_parent,
-            netns: netns.name().to_owned(),
-        };
-        // From here on, drop cleans up.
-        d.launch()?;
-        Ok(d)
+        Dockerd::launched(netns, builder, dir, socket, cgroup_parent)
     }
 
     /// Starts Podman's Docker-compatible API service (`podman system
@@ -201,6 +191,19 @@ impl Dockerd {
             .args(["--events-backend=file", "system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
             .env("CONTAINERS_CONF", &conf);
+        Dockerd::launched(netns, builder, dir, socket, cgroup_parent)
+    }
+
+    /// Runs `builder` (the engine serving `socket`, its files in `dir`,
+    /// its containers under `cgroup_parent`) until it answers; from the
+    /// start on, dropping the fixture cleans up.
+    fn launched(
+        netns: &Netns,
+        builder: ProcessBuilder,
+        dir: PathBuf,
+        socket: PathBuf,
+        cgroup_parent: String,
+    ) -> Result<Dockerd> {
         let mut d = Dockerd {
             process: None,
             builder,

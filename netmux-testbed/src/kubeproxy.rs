@@ -51,14 +51,11 @@ pub(crate) struct Serving(Arc<Mutex<BTreeSet<SocketAddr>>>);
 
 impl Serving {
     pub(crate) fn contains(&self, addr: &SocketAddr) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(addr)
+        crate::lock(&self.0).contains(addr)
     }
 
     fn set(&self, addrs: BTreeSet<SocketAddr>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = addrs;
+        *crate::lock(&self.0) = addrs;
     }
 }
 

@@ -56,6 +56,14 @@ pub use process::{Output, Process, ProcessBuilder};
 pub use sandbox::{Sandbox, Side, Teardown, CLUSTER_IF, WS_IF};
 pub use wait::{wait_for_file, wait_until};
 
+/// Locks `m`, also when an earlier holder panicked (a test thread that
+/// failed an assertion): the data behind every mutex here stay valid
+/// between statements. (`netmux_common::sync::lock`, which the testbed's
+/// library does not link.)
+pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Prefix of every namespace, link and temp dir this crate creates, unless a
 /// sandbox is given its own with [`Sandbox::with_prefix`].
 pub const DEFAULT_PREFIX: &str = "nx";

@@ -252,12 +252,25 @@ impl Layout {
 /// Starts `netmux-server --config layout.server_config` in the cluster
 /// namespace and waits until its CA exists and its HTTP port accepts.
 pub fn start_server(sb: &Sandbox, layout: &Layout) -> Result<Process> {
-    let server = sb
+    start_server_with_env(sb, layout, &[])
+}
+
+/// [`start_server`] with more environment variables (`env`, after the
+/// log filter: `DOCKER_HOST` and the like).
+pub fn start_server_with_env(
+    sb: &Sandbox,
+    layout: &Layout,
+    env: &[(&str, String)],
+) -> Result<Process> {
+    let mut builder = sb
         .process(Side::Cluster, "netmux-server", bin("netmux-server")?)
         .arg("--config")
         .arg(&layout.server_config)
-        .env("RUST_LOG", log_filter())
-        .spawn()?;
+        .env("RUST_LOG", log_filter());
+    for (k, v) in env {
+        builder = builder.env(k, v);
+    }
+    let server = builder.spawn()?;
     let started = wait_for_file(&layout.ca_file(), START_TIMEOUT)
         .and_then(|()| sb.wait_for_tcp(Side::Cluster, layout.http, START_TIMEOUT));
     if let Err(e) = started {

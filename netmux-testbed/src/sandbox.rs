@@ -140,7 +140,7 @@ impl Sandbox {
     /// The workstation's current veth address (changes with
     /// [`Self::set_ws_address`]).
     pub fn ws_addr(&self) -> Ipv4Addr {
-        *self.ws_addr.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::lock(&self.ws_addr)
     }
 
     /// The cluster's veth address, `10.250.X.2`, where `netmux-server`
@@ -188,7 +188,7 @@ impl Sandbox {
     /// address is deleted, then the new one added, as when a laptop changes
     /// networks. Connections bound to the old address break; QUIC migrates.
     pub fn set_ws_address(&self, new: Ipv4Addr) -> Result<()> {
-        let mut cur = self.ws_addr.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cur = crate::lock(&self.ws_addr);
         if new.octets()[..3] != [10, 250, self.subnet] || new == self.cluster_addr() {
             return Err(Error::Check(format!(
                 "{new} is not a free host of 10.250.{}.0/24",

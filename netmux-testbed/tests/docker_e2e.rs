@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use netmux_testbed::cgroup::ChildCgroup;
 use netmux_testbed::docker::{self, Container, Dockerd, ImageSpec, Network, RunSpec};
-use netmux_testbed::netmux::{start_server, Layout, ENDPOINT, LOOPBACK, TOKEN};
+use netmux_testbed::netmux::{start_server_with_env, Layout, ENDPOINT, LOOPBACK, TOKEN};
 use netmux_testbed::{bin, prereq, wait_until, Output, Process, Sandbox, Side};
 
 mod common;
@@ -143,25 +143,8 @@ fn world_on<'a>(
                 &format!("cluster_domain = \"{DOMAIN}\"\ncluster_cidrs = [\"{SUBNET}\"]"),
             ),
     );
-    let server = if server_env.is_empty() {
-        start_server(sb, &layout).unwrap_or_else(|e| panic!("netmux-server: {e}"))
-    } else {
-        let mut p = sb
-            .process(
-                Side::Cluster,
-                "netmux-server",
-                bin("netmux-server").expect("built"),
-            )
-            .arg("--config")
-            .arg(&layout.server_config);
-        for (k, v) in server_env {
-            p = p.env(k, v);
-        }
-        let p = p.spawn().expect("netmux-server");
-        sb.wait_for_tcp(Side::Cluster, layout.http, T)
-            .unwrap_or_else(|e| panic!("netmux-server: {e}\n{}", p.log()));
-        p
-    };
+    let server = start_server_with_env(sb, &layout, server_env)
+        .unwrap_or_else(|e| panic!("netmux-server: {e}"));
     let daemon = sb
         .process(
             Side::Workstation,

@@ -484,8 +484,11 @@ fn a_mirror_gets_a_copy_of_every_request_while_the_pods_answer() {
             }
             // 40 requests fit the copy queue: every one is copied, once.
             let copies = || -> Vec<String> {
-                let seen = mirror.seen.lock().map(|s| s.clone()).unwrap_or_default();
-                seen.into_iter().filter(|p| p.starts_with("/m/")).collect()
+                mirror
+                    .paths()
+                    .into_iter()
+                    .filter(|p| p.starts_with("/m/"))
+                    .collect()
             };
             netmux_testbed::wait_until("40 copies at the mirror", T, || copies().len() >= 40)
                 .unwrap_or_else(|e| panic!("{e}: {:?}", copies()));

@@ -50,15 +50,15 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
             );
             // The plugin ran once, as the developer; the daemon (root) never ran it.
             assert_eq!(plugin_uids(&w), [USER_ID.to_string()]);
-            assert!(w.fake.api.forwards() >= 1);
-            let requests = w.fake.api.requests();
+            assert!(w.fake.api().forwards() >= 1);
+            let requests = w.fake.api().requests();
             assert!(
                 requests
                     .iter()
                     .any(|(_, p)| p.contains("/pods/netmux-server-0/portforward")),
                 "{requests:?}"
             );
-            assert!(w.fake.api.bearers().iter().any(|b| b == ALICE_TOKEN));
+            assert!(w.fake.api().bearers().iter().any(|b| b == ALICE_TOKEN));
 
             // The catalog holds what alice may reach (RBAC), nothing else.
             let services: Vec<String> = w
@@ -81,8 +81,10 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
 
             // The server pod is replaced and the forward drops: the daemon
             // finds the new pod and reconnects by itself.
-            w.fake.api.delete("v1", "Pod", "netmux", "netmux-server-0");
-            w.fake.api.apply(pod(
+            w.fake
+                .api()
+                .delete("v1", "Pod", "netmux", "netmux-server-0");
+            w.fake.api().apply(pod(
                 "netmux",
                 "netmux-server-1",
                 "netmux-server",
@@ -90,10 +92,10 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
                 "quic-stream",
                 STREAM_PORT,
             ));
-            w.fake.api.drop_connections();
+            w.fake.api().drop_connections();
             w.wait_for("a port-forward to the new pod", |w| {
                 w.fake
-                    .api
+                    .api()
                     .requests()
                     .iter()
                     .any(|(_, p)| p.contains("/pods/netmux-server-1/portforward"))
@@ -130,10 +132,10 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
             );
             // It waits for new credentials instead of retrying: `netmux
             // connect` again renews them in place and the endpoint comes up.
-            let refused = w.fake.api.requests().len();
+            let refused = w.fake.api().requests().len();
             std::thread::sleep(Duration::from_secs(2));
             assert!(
-                w.fake.api.requests().len() <= refused + 1,
+                w.fake.api().requests().len() <= refused + 1,
                 "no retry loop against the API server with refused credentials"
             );
             let out = w.cli_as_user(&["connect", "kube"]);
@@ -197,7 +199,7 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
             // auto: nothing answers over UDP at its server, so it falls
             // back to the port-forward; direct: QUIC over UDP with the
             // user's token and the CA from the cluster, no forward.
-            let before = w.fake.api.forwards();
+            let before = w.fake.api().forwards();
             let out = w.cli_as_user(&["connect", "kube-auto"]);
             assert!(
                 out.success() && out.stdout.contains("kube-auto connected"),
@@ -206,10 +208,10 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
                 out.stderr
             );
             assert!(
-                w.fake.api.forwards() > before,
+                w.fake.api().forwards() > before,
                 "auto fell back to a forward"
             );
-            let before = w.fake.api.forwards();
+            let before = w.fake.api().forwards();
             let out = w.cli_as_user(&["connect", "kube-direct"]);
             let want = format!("kube-direct connected to {}:{QUIC_PORT}", sb.cluster_addr());
             assert!(
@@ -218,7 +220,7 @@ fn connect_with_the_users_kubeconfig_through_a_port_forward() {
                 out.stdout,
                 out.stderr
             );
-            assert_eq!(w.fake.api.forwards(), before, "direct opens no forward");
+            assert_eq!(w.fake.api().forwards(), before, "direct opens no forward");
             for ep in ["kube-auto", "kube-direct"] {
                 let out = w.cli(&["disconnect", ep]);
                 assert!(out.success(), "{}{}", out.stdout, out.stderr);
@@ -284,7 +286,7 @@ fn doctor_names_the_missing_intercept_permission_and_passes_once_granted() {
             };
             let reviews = |w: &World<'_>| {
                 w.fake
-                    .api
+                    .api()
                     .requests()
                     .iter()
                     .filter(|(m, p)| m == "POST" && p.contains("selfsubjectaccessreviews"))
@@ -304,7 +306,7 @@ fn doctor_names_the_missing_intercept_permission_and_passes_once_granted() {
             assert!(reviews(&w) >= 1, "asked the API server");
 
             w.fake
-                .api
+                .api()
                 .allow("alice", "intercept", "/services", "apps", "*");
             let granted = check(&w);
             assert_eq!(granted["status"], "pass", "{granted}");
@@ -312,10 +314,10 @@ fn doctor_names_the_missing_intercept_permission_and_passes_once_granted() {
 
             // A Role limited to one Service does not grant the namespace.
             w.fake
-                .api
+                .api()
                 .revoke("alice", "intercept", "/services", "apps", "*");
             w.fake
-                .api
+                .api()
                 .allow("alice", "intercept", "/services", "apps", "web");
             assert_eq!(check(&w)["status"], "warn");
         }),
@@ -362,10 +364,10 @@ fn the_daemons_api_connections_are_not_redirected_into_itself() {
 
             // The forward drops: the daemon's kube client dials the API
             // server's address, which is now redirected for everyone else.
-            let before = w.fake.api.forwards();
-            w.fake.api.drop_connections();
+            let before = w.fake.api().forwards();
+            w.fake.api().drop_connections();
             w.wait_for("the daemon to re-open the port-forward", |w| {
-                w.fake.api.forwards() > before
+                w.fake.api().forwards() > before
             });
             w.wait_for("curl through the new forward", |_| {
                 in_cgroup("http://10.96.0.10:8080/two")
@@ -393,10 +395,10 @@ fn an_open_connection_survives_a_blackout_over_the_port_forward() {
     // A TCP echo alice may reach.
     let echo_port = json!([{"name": "echo", "port": 9100, "targetPort": 9100, "protocol": "TCP"}]);
     w.fake
-        .api
+        .api()
         .apply(service("apps", "echo", "10.96.0.12", echo_port, None));
     w.fake
-        .api
+        .api()
         .allow("alice", "get", "/services/proxy", "apps", "echo");
     sb.add_service_address(ip("10.96.0.12")).expect("address");
     let _echo = nx_echo(

@@ -168,45 +168,52 @@ pub async fn serve_connection(mut sock: TcpStream, name: String) -> io::Result<(
         buf.drain(..head_end);
         let head_only = req.method == "HEAD";
 
-        if req.method == "POST" || req.method == "PUT" {
-            // Echo the body back, streaming.
+        // POST and PUT echo the body back, streaming; other methods'
+        // bodies are read and dropped.
+        let echo = req.method == "POST" || req.method == "PUT";
+        if echo {
             write_head(&mut sock, 200, req.content_length, req.keep_alive, &name).await?;
-            let mut left = req.content_length;
-            let take = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
-            sock.write_all(&buf[..take]).await?;
-            buf.drain(..take);
-            left -= take as u64;
-            let mut chunk = vec![0u8; 64 * 1024];
-            while left > 0 {
-                let want = usize::try_from(left).map_or(chunk.len(), |l| l.min(chunk.len()));
-                let n = sock.read(&mut chunk[..want]).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                sock.write_all(&chunk[..n]).await?;
-                left -= n as u64;
-            }
-        } else {
-            // Discard any body of other methods.
-            let mut left = req.content_length;
-            let take = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
-            buf.drain(..take);
-            left -= take as u64;
-            let mut chunk = vec![0u8; 64 * 1024];
-            while left > 0 {
-                let want = usize::try_from(left).map_or(chunk.len(), |l| l.min(chunk.len()));
-                let n = sock.read(&mut chunk[..want]).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                left -= n as u64;
-            }
+        }
+        if !pass_body(&mut sock, &mut buf, req.content_length, echo).await? {
+            return Ok(());
+        }
+        if !echo {
             route(&mut sock, &req, head_only, &name).await?;
         }
         if !req.keep_alive {
             return sock.shutdown().await;
         }
     }
+}
+
+/// Reads a request body of `len` bytes, the first of them already in
+/// `buf`, and writes it back to `sock` (`echo`) or drops it. `false` when
+/// the peer closed before the whole body came.
+async fn pass_body(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    len: u64,
+    echo: bool,
+) -> io::Result<bool> {
+    let take = usize::try_from(len).map_or(buf.len(), |l| l.min(buf.len()));
+    if echo {
+        sock.write_all(&buf[..take]).await?;
+    }
+    buf.drain(..take);
+    let mut left = len - take as u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let want = usize::try_from(left).map_or(chunk.len(), |l| l.min(chunk.len()));
+        let n = sock.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if echo {
+            sock.write_all(&chunk[..n]).await?;
+        }
+        left -= n as u64;
+    }
+    Ok(true)
 }
 
 async fn route(sock: &mut TcpStream, req: &Request, head_only: bool, name: &str) -> io::Result<()> {

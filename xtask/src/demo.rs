@@ -22,15 +22,15 @@ use netmux_testbed::{bin, Process, Sandbox, Side};
 use crate::prereq::{self, EbpfBuild};
 use crate::util::cargo;
 
-const T: Duration = Duration::from_secs(20);
+pub(crate) const T: Duration = Duration::from_secs(20);
 /// The embedded DNS server's address in the workstation namespace.
 const DNS: &str = "127.0.77.53";
 
-fn step(msg: &str) {
+pub(crate) fn step(msg: &str) {
     println!("\n==> {msg}");
 }
 
-fn show(out: &netmux_testbed::Output) {
+pub(crate) fn show(out: &netmux_testbed::Output) {
     print!("{}", out.stdout);
     if !out.stderr.trim().is_empty() {
         eprint!("{}", out.stderr);
@@ -241,9 +241,9 @@ impl WorkstationTarget for ServiceSpec {
     }
 }
 
-/// Runs `program args` in the workstation namespace inside the demo's
-/// cgroup, printing the command and its answer.
-fn in_cgroup(
+/// Runs `program args` in the workstation namespace inside `cg`, printing
+/// the command and its answer.
+pub(crate) fn run_in_cgroup(
     sb: &Sandbox,
     cg: &ChildCgroup,
     program: &str,
@@ -255,6 +255,17 @@ fn in_cgroup(
         .args(cg.wrap(program, args))
         .run(T)?;
     show(&out);
+    Ok(out)
+}
+
+/// [`run_in_cgroup`] in the demo's cgroup; a failure ends the demo.
+fn in_cgroup(
+    sb: &Sandbox,
+    cg: &ChildCgroup,
+    program: &str,
+    args: &[&str],
+) -> anyhow::Result<netmux_testbed::Output> {
+    let out = run_in_cgroup(sb, cg, program, args)?;
     if !out.success() {
         bail!("{program} failed in the workstation's cgroup");
     }

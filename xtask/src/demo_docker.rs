@@ -22,24 +22,14 @@ use netmux_testbed::docker::{self, Dockerd, ImageSpec, RunSpec};
 use netmux_testbed::netmux::{start_server, Layout, ENDPOINT, TOKEN};
 use netmux_testbed::{bin, prereq, wait_until, Output, Sandbox, Side};
 
-const T: Duration = Duration::from_secs(20);
+use crate::demo::{run_in_cgroup, show, step, T};
+
 const IMAGE: &str = "nx-echo:demo";
 const NETWORK: &str = "shop_default";
 const SUBNET: &str = "172.31.5.0/24";
 const DOMAIN: &str = "docker.internal";
 /// The embedded DNS server's address in the workstation namespace.
 const DNS: &str = "127.0.77.53";
-
-fn step(msg: &str) {
-    println!("\n==> {msg}");
-}
-
-fn show(out: &Output) {
-    print!("{}", out.stdout);
-    if !out.stderr.trim().is_empty() {
-        eprint!("{}", out.stderr);
-    }
-}
 
 /// Runs the Docker demo; `wait` keeps it up until Ctrl-C.
 pub fn demo_docker(wait: bool) -> anyhow::Result<()> {
@@ -238,15 +228,7 @@ fn run(
         show(&out);
         Ok(out)
     };
-    let inside = |program: &str, args: &[&str]| -> anyhow::Result<Output> {
-        println!("$ {program} {}", args.join(" "));
-        let out = sb
-            .process(Side::Workstation, program, "sh")
-            .args(cg.wrap(program, args))
-            .run(T)?;
-        show(&out);
-        Ok(out)
-    };
+    let inside = |program: &str, args: &[&str]| run_in_cgroup(sb, &cg, program, args);
     cli(&["connect", ENDPOINT])?.ok()?;
     wait_until("the containers in the catalog", T, || {
         sb.process(

@@ -108,6 +108,41 @@ enum Mode {
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Paces a loop at `rate` iterations a second for `seconds`; an iteration
+/// that ran late does not make the next ones burst to catch up.
+struct Pacer {
+    period: Duration,
+    end: Instant,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(rate: u32, seconds: f64) -> Pacer {
+        let start = Instant::now();
+        Pacer {
+            period: Duration::from_secs_f64(1.0 / f64::from(rate.max(1))),
+            end: start + Duration::from_secs_f64(seconds),
+            next: start,
+        }
+    }
+
+    /// Whether the time is not over yet.
+    fn running(&self) -> bool {
+        Instant::now() < self.end
+    }
+
+    /// Sleeps until the next iteration is due.
+    fn wait(&mut self) {
+        self.next += self.period;
+        let now = Instant::now();
+        if self.next > now {
+            std::thread::sleep(self.next - now);
+        } else {
+            self.next = now;
+        }
+    }
+}
+
 fn connect_rtt(addr: SocketAddr, count: usize, pause: Duration) -> anyhow::Result<()> {
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
@@ -133,23 +168,14 @@ fn reqlat(addr: SocketAddr, seconds: f64, rate: u32) -> anyhow::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let req = [0x42u8; 64];
     let mut resp = [0u8; 64];
-    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(seconds);
-    let mut next = start;
+    let mut pace = Pacer::new(rate, seconds);
     let mut samples = Vec::new();
-    while Instant::now() < end {
+    while pace.running() {
         let t0 = Instant::now();
         s.write_all(&req)?;
         s.read_exact(&mut resp).context("reading the echo")?;
         samples.push(t0.elapsed().as_secs_f64() * 1e6);
-        next += period;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
-            next = now;
-        }
+        pace.wait();
     }
     let st = Stats::of(&mut samples).context("no samples")?;
     println!("{{{}}}", st.json_fields());
@@ -172,13 +198,10 @@ fn udp_echo(
     s.connect(addr)?;
     let mut req = vec![0x42u8; size.max(8)];
     let mut resp = vec![0u8; 65536];
-    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(seconds);
-    let mut next = start;
+    let mut pace = Pacer::new(rate, seconds);
     let mut samples = Vec::new();
     let (mut sent, mut lost) = (0u64, 0u64);
-    while Instant::now() < end {
+    while pace.running() {
         sent += 1;
         req[..8].copy_from_slice(&sent.to_be_bytes());
         let t0 = Instant::now();
@@ -210,13 +233,7 @@ fn udp_echo(
         } else {
             lost += 1;
         }
-        next += period;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
-            next = now;
-        }
+        pace.wait();
     }
     let st = Stats::of(&mut samples).context("no echo came back")?;
     println!("{{{},\"sent\":{sent},\"lost\":{lost}}}", st.json_fields());

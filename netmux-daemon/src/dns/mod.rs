@@ -57,6 +57,27 @@ pub struct NameRecord {
     pub addrs: Vec<std::net::IpAddr>,
 }
 
+impl NameRecord {
+    /// `records` in the order that decides who gets a name several of them
+    /// publish: the endpoint connected first, then (ties: records built by
+    /// hand) by endpoint, namespace and service name. The DNS zone and the
+    /// hosts block both follow it, so they agree on every owner.
+    pub(crate) fn by_precedence(records: &[NameRecord]) -> Vec<&NameRecord> {
+        let mut sorted: Vec<&NameRecord> = records.iter().collect();
+        sorted.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+        sorted
+    }
+
+    fn precedence(&self) -> (u64, &str, &str, &str) {
+        (
+            self.connected,
+            &self.endpoint,
+            &self.service.namespace,
+            &self.service.name,
+        )
+    }
+}
+
 /// What the DNS side reads from the daemon. The daemon implements it, so
 /// this module does not depend on [`crate::daemon`].
 pub trait NameSource: Send + Sync + 'static {

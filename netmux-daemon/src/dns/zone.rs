@@ -160,21 +160,7 @@ impl Zone {
         zone.apexes
             .sort_by_key(|a| std::cmp::Reverse(a.name.num_labels()));
 
-        let mut sorted: Vec<&NameRecord> = records.iter().collect();
-        sorted.sort_by(|a, b| {
-            (
-                a.connected,
-                &a.endpoint,
-                &a.service.namespace,
-                &a.service.name,
-            )
-                .cmp(&(
-                    b.connected,
-                    &b.endpoint,
-                    &b.service.namespace,
-                    &b.service.name,
-                ))
-        });
+        let sorted = NameRecord::by_precedence(records);
         for r in sorted {
             let Some(ep) = endpoints.iter().find(|e| e.name == r.endpoint) else {
                 continue;

@@ -337,26 +337,14 @@ impl EbpfRedirect {
             .map_err(|e| step.attach_error(e))?;
 
         let services = take_map(&mut ebpf, SERVICES_MAP)?;
-        let services = HashMap::try_from(services).map_err(|source| EbpfError::Map {
-            map: SERVICES_MAP,
-            source,
-        })?;
+        let services = HashMap::try_from(services).map_err(map_error(SERVICES_MAP))?;
         let original_dst = take_map(&mut ebpf, ORIGINAL_DST_MAP)?;
-        let original_dst = HashMap::try_from(original_dst).map_err(|source| EbpfError::Map {
-            map: ORIGINAL_DST_MAP,
-            source,
-        })?;
+        let original_dst = HashMap::try_from(original_dst).map_err(map_error(ORIGINAL_DST_MAP))?;
         let service_by_listener = take_map(&mut ebpf, SERVICE_BY_LISTENER_MAP)?;
         let service_by_listener =
-            HashMap::try_from(service_by_listener).map_err(|source| EbpfError::Map {
-                map: SERVICE_BY_LISTENER_MAP,
-                source,
-            })?;
+            HashMap::try_from(service_by_listener).map_err(map_error(SERVICE_BY_LISTENER_MAP))?;
         let config = take_map(&mut ebpf, CONFIG_MAP)?;
-        let config = Array::try_from(config).map_err(|source| EbpfError::Map {
-            map: CONFIG_MAP,
-            source,
-        })?;
+        let config = Array::try_from(config).map_err(map_error(CONFIG_MAP))?;
         let mut redirect = Self {
             cgroup: cgroup.to_owned(),
             maps: Box::new(Maps {
@@ -434,10 +422,7 @@ impl EbpfRedirect {
         self.maps
             .service_by_listener
             .insert(listener_key, original_dst(&key), 0)
-            .map_err(|source| EbpfError::Map {
-                map: SERVICE_BY_LISTENER_MAP,
-                source,
-            })?;
+            .map_err(map_error(SERVICE_BY_LISTENER_MAP))?;
         self.insert_service(key, listener)?;
         if let Some(previous) = previous.filter(|p| *p != listener_key) {
             self.forget_listener(&previous, &key)?;
@@ -471,10 +456,7 @@ impl EbpfRedirect {
     pub fn entries_with_proto(&self) -> Result<Vec<(Proto, SocketAddr, SocketAddr)>, EbpfError> {
         let mut out = Vec::new();
         for entry in self.maps.services.iter() {
-            let (key, target) = entry.map_err(|source| EbpfError::Map {
-                map: SERVICES_MAP,
-                source,
-            })?;
+            let (key, target) = entry.map_err(map_error(SERVICES_MAP))?;
             // Only the daemon writes the map, with TCP or UDP keys.
             if let Some(proto) = Proto::from_number(key.proto) {
                 out.push((proto, key.socket_addr(), SocketAddr::from(target)));
@@ -490,10 +472,7 @@ impl EbpfRedirect {
     pub fn udp_reply_sources(&self) -> Result<Vec<(SocketAddr, SocketAddr)>, EbpfError> {
         let mut out = Vec::new();
         for entry in self.maps.service_by_listener.iter() {
-            let (listener, service) = entry.map_err(|source| EbpfError::Map {
-                map: SERVICE_BY_LISTENER_MAP,
-                source,
-            })?;
+            let (listener, service) = entry.map_err(map_error(SERVICE_BY_LISTENER_MAP))?;
             out.push((listener.socket_addr(), SocketAddr::from(service)));
         }
         out.sort();
@@ -504,48 +483,30 @@ impl EbpfRedirect {
         self.maps
             .services
             .insert(key, ListenerTarget::from(listener), 0)
-            .map_err(|source| EbpfError::Map {
-                map: SERVICES_MAP,
-                source,
-            })
+            .map_err(map_error(SERVICES_MAP))
     }
 
     /// Removes `key` from `SERVICES`, returning the listener it had (as a
     /// UDP listener key) if it was there.
     fn remove_service(&mut self, key: ServiceKey) -> Result<Option<ListenerKey>, EbpfError> {
         let previous = self.listener_of(&key)?;
-        match self.maps.services.remove(&key) {
-            Ok(()) => Ok(previous),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(source) => Err(EbpfError::Map {
-                map: SERVICES_MAP,
-                source,
-            }),
-        }
+        let removed = found(self.maps.services.remove(&key), SERVICES_MAP)?;
+        Ok(removed.and(previous))
     }
 
     /// The listener `key` is redirected to, as a UDP listener key.
     fn listener_of(&self, key: &ServiceKey) -> Result<Option<ListenerKey>, EbpfError> {
-        match self.maps.services.get(key, 0) {
-            Ok(target) => Ok(Some(ListenerKey::new(SocketAddr::from(target), PROTO_UDP))),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(source) => Err(EbpfError::Map {
-                map: SERVICES_MAP,
-                source,
-            }),
-        }
+        let target = found(self.maps.services.get(key, 0), SERVICES_MAP)?;
+        Ok(target.map(|t| ListenerKey::new(SocketAddr::from(t), PROTO_UDP)))
     }
 
     /// The UDP service key `listener`'s replies are translated to.
     fn listener_owner(&self, listener: &ListenerKey) -> Result<Option<ServiceKey>, EbpfError> {
-        match self.maps.service_by_listener.get(listener, 0) {
-            Ok(service) => Ok(Some(ServiceKey::new(SocketAddr::from(service), PROTO_UDP))),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(source) => Err(EbpfError::Map {
-                map: SERVICE_BY_LISTENER_MAP,
-                source,
-            }),
-        }
+        let service = found(
+            self.maps.service_by_listener.get(listener, 0),
+            SERVICE_BY_LISTENER_MAP,
+        )?;
+        Ok(service.map(|s| ServiceKey::new(SocketAddr::from(s), PROTO_UDP)))
     }
 
     /// Deletes `listener`'s reverse entry if it still points at `service`.
@@ -557,14 +518,11 @@ impl EbpfRedirect {
         if self.listener_owner(listener)? != Some(*service) {
             return Ok(());
         }
-        match self.maps.service_by_listener.remove(listener) {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(source) => Err(EbpfError::Map {
-                map: SERVICE_BY_LISTENER_MAP,
-                source,
-            }),
-        }
+        found(
+            self.maps.service_by_listener.remove(listener),
+            SERVICE_BY_LISTENER_MAP,
+        )?;
+        Ok(())
     }
 
     /// How many redirected sockets are open (their original destination is
@@ -572,10 +530,7 @@ impl EbpfRedirect {
     pub fn redirected_sockets(&self) -> Result<usize, EbpfError> {
         let mut n = 0;
         for key in self.maps.original_dst.keys() {
-            key.map_err(|source| EbpfError::Map {
-                map: ORIGINAL_DST_MAP,
-                source,
-            })?;
+            key.map_err(map_error(ORIGINAL_DST_MAP))?;
             n += 1;
         }
         Ok(n)
@@ -612,10 +567,7 @@ impl EbpfRedirect {
         self.maps
             .config
             .set(CONFIG_INDEX, config, 0)
-            .map_err(|source| EbpfError::Map {
-                map: CONFIG_MAP,
-                source,
-            })
+            .map_err(map_error(CONFIG_MAP))
     }
 }
 
@@ -625,6 +577,21 @@ fn original_dst(key: &ServiceKey) -> OriginalDst {
         addr: key.addr,
         port: key.port,
         _pad: [0; 2],
+    }
+}
+
+/// A map error of `map`.
+fn map_error(map: &'static str) -> impl FnOnce(MapError) -> EbpfError {
+    move |source| EbpfError::Map { map, source }
+}
+
+/// `r`, with "no such key" as `None`; any other error is a map error of
+/// `map`.
+fn found<T>(r: Result<T, MapError>, map: &'static str) -> Result<Option<T>, EbpfError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(source) => Err(EbpfError::Map { map, source }),
     }
 }
 

@@ -83,21 +83,7 @@ fn inside(name: &str, domain: &str) -> bool {
 /// name (a service `github` in a namespace `com`); it resolves through
 /// search domains with a DNS integration.
 pub(crate) fn entries(records: &[NameRecord]) -> Vec<HostsEntry> {
-    let mut sorted: Vec<&NameRecord> = records.iter().collect();
-    sorted.sort_by(|a, b| {
-        (
-            a.connected,
-            &a.endpoint,
-            &a.service.namespace,
-            &a.service.name,
-        )
-            .cmp(&(
-                b.connected,
-                &b.endpoint,
-                &b.service.namespace,
-                &b.service.name,
-            ))
-    });
+    let sorted = NameRecord::by_precedence(records);
     let mut taken: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
     let mut out = Vec::new();
     for r in sorted {

@@ -10,13 +10,59 @@ pub(crate) mod static_file;
 
 use std::sync::Arc;
 
+use netmux_common::proto::catalog::{Direction, Service, ServiceId, ServicePort};
+
 use crate::catalog::CatalogStore;
 use crate::config::RuntimeConfig;
+
+/// A catalog entry `ns/name` as a runtime builds it: the catalog store
+/// gives it its id.
+pub(crate) fn entry(
+    name: &str,
+    ns: &str,
+    aliases: Vec<String>,
+    addresses: Vec<std::net::IpAddr>,
+    ports: Vec<ServicePort>,
+    direction: Direction,
+) -> Service {
+    Service {
+        id: ServiceId(0),
+        name: name.to_owned(),
+        namespace: ns.to_owned(),
+        aliases,
+        addresses,
+        ports,
+        direction,
+    }
+}
 
 /// A running runtime; dropping it stops discovery.
 pub struct RuntimeHandle {
     _task: tokio::task::JoinHandle<()>,
     _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl RuntimeHandle {
+    /// The handle of a watching runtime's `task` once it published its
+    /// first catalog (`first`); if that takes longer than `timeout`, the
+    /// task is stopped and the error is the last one it saw.
+    async fn after_first_sync(
+        task: tokio::task::JoinHandle<()>,
+        first: tokio::sync::oneshot::Receiver<()>,
+        timeout: std::time::Duration,
+        last_error: &std::sync::Mutex<String>,
+    ) -> Result<RuntimeHandle, String> {
+        match tokio::time::timeout(timeout, first).await {
+            Ok(Ok(())) => Ok(RuntimeHandle {
+                _task: task,
+                _watcher: None,
+            }),
+            _ => {
+                task.abort();
+                Err(netmux_common::sync::lock(last_error).clone())
+            }
+        }
+    }
 }
 
 impl Drop for RuntimeHandle {

@@ -4,14 +4,11 @@
 //! the tests share.
 #![allow(dead_code, reason = "each test uses a subset")]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use netmux_testbed::backends::{H2c, Http1};
+use netmux_testbed::backends::{H2c, Http1, Standalone};
 use netmux_testbed::cluster::{App, AppSpec, FakeCluster};
 use netmux_testbed::{bin, Output, Process, Sandbox, Side};
 use serde_json::Value;
@@ -29,87 +26,12 @@ pub const TTL: Duration = Duration::from_secs(6);
 pub const ALICE_TARGET: &str = "127.0.0.1:18080";
 pub const BOB_TARGET: &str = "127.0.0.1:18081";
 
-/// A workstation-side HTTP server (HTTP/1.1 and h2c) answering every
-/// request with 200, `x-served-by: NAME` and body `NAME`; stops on drop.
-pub struct Target {
-    /// Paths of the requests answered.
-    pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-pub fn target(sb: &Sandbox, addr: &str, name: &str) -> Target {
-    let addr: SocketAddr = addr.parse().expect("literal address");
-    let path = format!("/run/netns/{}", sb.ws().name());
-    let name = name.to_owned();
-    let (ready, up) = std::sync::mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let counter = seen.clone();
-    let thread = std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("open the workstation namespace");
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter it");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-            let _ = ready.send(());
-            let serve = async {
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let name = name.clone();
-                    let counter = counter.clone();
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                            let name = name.clone();
-                            if let Ok(mut seen) = counter.lock() {
-                                seen.push(req.uri().path().to_owned());
-                            }
-                            async move {
-                                let mut r =
-                                    hyper::Response::new(Full::new(Bytes::from(name.clone())));
-                                r.headers_mut().insert(
-                                    "x-served-by",
-                                    hyper::header::HeaderValue::from_str(&name).expect("name"),
-                                );
-                                Ok::<_, Infallible>(r)
-                            }
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(
-                            hyper_util::rt::TokioExecutor::new(),
-                        )
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
-                    });
-                }
-            };
-            tokio::select! {
-                () = serve => {}
-                _ = stopped => {}
-            }
-        });
-    });
-    up.recv_timeout(T).expect("workstation target started");
-    Target {
-        seen,
-        stop: Some(stop),
-        thread: Some(thread),
-    }
+/// A workstation-side target (HTTP/1.1, h2c, gRPC-shaped) at `addr`
+/// answering as `name` (`x-served-by: NAME`, body `NAME`) and keeping the
+/// paths it was asked for; stops on drop.
+pub fn target(sb: &Sandbox, addr: &str, name: &str) -> Standalone {
+    Standalone::start(sb.ws(), addr.parse().expect("literal address"), name)
+        .unwrap_or_else(|e| panic!("workstation target {name}: {e}"))
 }
 
 pub struct Daemon {

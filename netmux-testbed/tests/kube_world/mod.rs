@@ -9,14 +9,14 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use netmux_fakekube::{pod, service, FakeApi};
+use netmux_fakekube::{pod, service};
 use netmux_testbed::cgroup::ChildCgroup;
+pub use netmux_testbed::cluster::{FakeCluster, API_PORT};
 use netmux_testbed::{bin, Output, Sandbox, Side};
 use serde_json::json;
 
 use crate::common::{curl, ip, nx_echo, T};
 
-pub const API_PORT: u16 = 6443;
 pub const QUIC_PORT: u16 = 7443;
 pub const STREAM_PORT: u16 = 7444;
 pub const HTTP_PORT: u16 = 7080;
@@ -28,50 +28,6 @@ pub const ALICE_TOKEN: &str = "alice-token-from-the-exec-plugin";
 pub const BOB_TOKEN: &str = "bob-token-without-permissions";
 /// A user the API server knows who may not even port-forward.
 pub const EVE_TOKEN: &str = "eve-token-without-port-forward";
-
-/// The fake API server on its own thread inside the cluster namespace
-/// (its listener and its port-forward dials belong there); stopped on drop.
-pub struct FakeCluster {
-    pub api: FakeApi,
-    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for FakeCluster {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-pub fn start_fake_api(sb: &Sandbox, addr: SocketAddr) -> FakeCluster {
-    let ns = format!("/run/netns/{}", sb.cluster().name());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let f = std::fs::File::open(&ns).expect("open the cluster namespace");
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter it");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let api = FakeApi::start_on(addr).await;
-            let _ = tx.send(api.clone());
-            let _ = stopped.await;
-        });
-    });
-    let api = rx.recv_timeout(T).expect("fake API server started");
-    FakeCluster {
-        api,
-        stop: Some(stop),
-        thread: Some(thread),
-    }
-}
 
 pub fn write(path: &Path, text: &str, mode: u32) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
@@ -231,9 +187,10 @@ pub fn world(sb: &Sandbox) -> World<'_> {
 /// Service (the in-cluster `kubernetes` Service reached over a VPN).
 pub fn world_with<'a>(sb: &'a Sandbox, cgroup: Option<&ChildCgroup>) -> World<'a> {
     let cl = sb.cluster_addr();
-    let api_addr = SocketAddr::new(cl.into(), API_PORT);
-    let fake = start_fake_api(sb, api_addr);
-    let api = &fake.api;
+    // The API server alone: the test runs web and the server itself.
+    let fake = FakeCluster::start_api_only(sb).expect("fake API server");
+    let api_addr = fake.api_addr();
+    let api = fake.api();
     api.add_token(
         SERVER_TOKEN,
         "system:serviceaccount:netmux:netmux-server",
@@ -292,12 +249,7 @@ pub fn world_with<'a>(sb: &'a Sandbox, cgroup: Option<&ChildCgroup>) -> World<'a
     let state = base.join("server-state");
     write(
         &base.join("server-kubeconfig"),
-        &format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: sa\n\
-             clusters:\n- name: fake\n  cluster:\n    server: http://{api_addr}\n\
-             users:\n- name: sa\n  user:\n    token: {SERVER_TOKEN}\n\
-             contexts:\n- name: sa\n  context: {{cluster: fake, user: sa, namespace: netmux}}\n"
-        ),
+        &fake.kubeconfig("sa", SERVER_TOKEN, "netmux"),
         0o600,
     );
     write(

@@ -13,17 +13,23 @@ use super::scenarios::{host_port, measure, table, ws_exec, Meta};
 use super::world::{Target, World};
 use super::{loadavg, Outcome, Peer, Row, Settings, Table};
 
-/// iperf3 client for `secs`: (Gbit/s received, bytes received).
-pub(super) fn iperf(w: &World<'_>, addr: SocketAddr, secs: u64) -> anyhow::Result<(f64, f64)> {
-    let (h, p) = host_port(addr);
-    let args: Vec<String> = ["-c", &h, "-p", &p, "-t", &secs.to_string(), "-J"]
+/// Runs the iperf3 client with `args` (plus `-J`) for a `secs` test and
+/// returns its JSON report, also when iperf3 exits with an error (the
+/// report then says why). A server still "busy" with the previous test
+/// (a tunnel that buffered a lot may still be draining it) is asked
+/// again, up to ten times, two seconds apart; any other error fails.
+pub(super) fn iperf3_json(
+    w: &World<'_>,
+    args: &[&str],
+    secs: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let args: Vec<String> = args
         .iter()
+        .chain(&["-J"])
         .map(|s| (*s).to_owned())
         .collect();
     let mut tries = 0;
-    let v: serde_json::Value = loop {
-        // A tunnel that buffered a lot may still be draining the previous
-        // test into the server: iperf3 then answers "busy"; retry.
+    loop {
         let out = match ws_exec(w, "iperf3", &args, Duration::from_secs(secs + 40)) {
             Ok(out) => out,
             Err(e) => match e.downcast_ref::<netmux_testbed::Error>() {
@@ -38,9 +44,15 @@ pub(super) fn iperf(w: &World<'_>, addr: SocketAddr, secs: u64) -> anyhow::Resul
                 std::thread::sleep(Duration::from_secs(2));
             }
             Some(e) => bail!("iperf3: {e}"),
-            None => break v,
+            None => return Ok(v),
         }
-    };
+    }
+}
+
+/// iperf3 client for `secs`: (Gbit/s received, bytes received).
+pub(super) fn iperf(w: &World<'_>, addr: SocketAddr, secs: u64) -> anyhow::Result<(f64, f64)> {
+    let (h, p) = host_port(addr);
+    let v = iperf3_json(w, &["-c", &h, "-p", &p, "-t", &secs.to_string()], secs)?;
     let sum = &v["end"]["sum_received"];
     let bps = sum["bits_per_second"]
         .as_f64()

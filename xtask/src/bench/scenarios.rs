@@ -307,34 +307,23 @@ fn scenario10(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
         s.reps,
         |w, peer| {
             let (h, p) = host_port(w.addr(peer, Target::Iperf));
-            let args: Vec<String> = [
-                "-c",
-                &h,
-                "-p",
-                &p,
-                "-u",
-                "-b",
-                UDP_RATE,
-                "-l",
-                "1200",
-                "-t",
-                &secs.to_string(),
-                "-J",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-            let out = match ws_exec(w, "iperf3", &args, Duration::from_secs(secs + 40)) {
-                Ok(out) => out,
-                Err(e) => match e.downcast_ref::<netmux_testbed::Error>() {
-                    Some(netmux_testbed::Error::Command { stdout, .. }) => stdout.clone(),
-                    _ => return Err(e),
-                },
-            };
-            let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-            if let Some(e) = v.get("error") {
-                bail!("iperf3: {e}");
-            }
+            let v = super::bulk::iperf3_json(
+                w,
+                &[
+                    "-c",
+                    &h,
+                    "-p",
+                    &p,
+                    "-u",
+                    "-b",
+                    UDP_RATE,
+                    "-l",
+                    "1200",
+                    "-t",
+                    &secs.to_string(),
+                ],
+                secs,
+            )?;
             let sum = &v["end"]["sum"];
             let mbps = sum["bits_per_second"].as_f64().context("bits_per_second")? / 1e6;
             let loss = sum["lost_percent"].as_f64().context("lost_percent")?;

@@ -477,30 +477,17 @@ impl<'a> World<'a> {
             )
         });
         let nm = Netmux::start(self.sb, &specs).context("netmux start")?;
-        let out = nm.cli(["connect", ENDPOINT])?;
-        if !out.success() {
-            bail!("netmux connect: {}{}", out.stdout, out.stderr);
-        }
-        let out = nm.cli(["start", ENDPOINT, "+"])?;
-        if !out.success() {
-            bail!("netmux start: {}{}", out.stdout, out.stderr);
-        }
+        connect_and_start(&nm)?;
         let hosts = std::fs::read_to_string(self.sb.ws_hosts_file())?;
         for t in Target::ALL {
             let fqdn = format!("{}.{ENDPOINT}.svc.cluster.local", t.name());
-            let addr: IpAddr = hosts
-                .lines()
-                .find(|l| l.split_whitespace().skip(1).any(|n| n == fqdn))
-                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            let addr = hosts_address(&hosts, &fqdn)
                 .with_context(|| format!("{fqdn} not in the hosts file"))?;
             self.netmux_local.insert(t, SocketAddr::new(addr, t.port()));
         }
         let udp_fqdn = format!("udpecho.{ENDPOINT}.svc.cluster.local");
-        self.netmux_udp_echo = hosts
-            .lines()
-            .find(|l| l.split_whitespace().skip(1).any(|n| n == udp_fqdn))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
-            .map(|a| SocketAddr::new(a, UDP_ECHO_PORT));
+        self.netmux_udp_echo =
+            hosts_address(&hosts, &udp_fqdn).map(|a| SocketAddr::new(a, UDP_ECHO_PORT));
         self.setup_commands.push((
             "netmux".into(),
             "netmux-server --config server.toml (cluster), netmuxd --config daemon.toml \
@@ -522,14 +509,7 @@ impl<'a> World<'a> {
             return Ok(());
         };
         let _ = nm.cli(["disconnect", ENDPOINT])?;
-        let out = nm.cli(["connect", ENDPOINT])?;
-        if !out.success() {
-            bail!("netmux connect: {}{}", out.stdout, out.stderr);
-        }
-        let out = nm.cli(["start", ENDPOINT, "+"])?;
-        if !out.success() {
-            bail!("netmux start: {}{}", out.stdout, out.stderr);
-        }
+        connect_and_start(nm)?;
         self.wait(
             Side::Workstation,
             self.addr(Peer::Netmux, Target::Echo),
@@ -757,6 +737,28 @@ impl<'a> World<'a> {
 
 fn peer_label(p: Peer) -> String {
     p.label().to_owned()
+}
+
+/// `netmux connect` and `netmux start ENDPOINT +`: a new connection and
+/// every service started.
+fn connect_and_start(nm: &Netmux<'_>) -> anyhow::Result<()> {
+    let out = nm.cli(["connect", ENDPOINT])?;
+    if !out.success() {
+        bail!("netmux connect: {}{}", out.stdout, out.stderr);
+    }
+    let out = nm.cli(["start", ENDPOINT, "+"])?;
+    if !out.success() {
+        bail!("netmux start: {}{}", out.stdout, out.stderr);
+    }
+    Ok(())
+}
+
+/// The address the hosts file text `hosts` gives `fqdn`.
+fn hosts_address(hosts: &str, fqdn: &str) -> Option<IpAddr> {
+    hosts
+        .lines()
+        .find(|l| l.split_whitespace().skip(1).any(|n| n == fqdn))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
 }
 
 impl Drop for World<'_> {

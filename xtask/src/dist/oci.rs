@@ -70,6 +70,18 @@ fn group() -> String {
 }
 
 /// The root filesystem layer: directories, binary, CA bundle, passwd, group.
+/// Tar entry metadata of a directory and of a file, owned by root, dated
+/// `mtime` (the image's creation time: the same bytes every build).
+fn root_owned(mtime: u64) -> (Meta, Meta) {
+    let dir = Meta {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime,
+    };
+    (dir, Meta { mode: 0o644, ..dir })
+}
+
 fn layer(spec: &ImageSpec) -> Result<Vec<u8>> {
     let binary =
         std::fs::read(spec.binary).with_context(|| format!("reading {}", spec.binary.display()))?;
@@ -79,13 +91,7 @@ fn layer(spec: &ImageSpec) -> Result<Vec<u8>> {
             spec.ca_bundle.display()
         )
     })?;
-    let dir = Meta {
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: spec.created,
-    };
-    let file = Meta { mode: 0o644, ..dir };
+    let (dir, file) = root_owned(spec.created);
     let mut t = Tar::default();
     for d in [
         "etc",
@@ -187,13 +193,7 @@ pub(crate) fn build(spec: &ImageSpec, out: &Path) -> Result<Image> {
         "Layers": [blob(&layer_digest)],
     }]))?;
 
-    let dir = Meta {
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: spec.created,
-    };
-    let file = Meta { mode: 0o644, ..dir };
+    let (dir, file) = root_owned(spec.created);
     let mut t = Tar::default();
     t.dir("blobs", dir)?;
     t.dir("blobs/sha256", dir)?;

@@ -28,6 +28,7 @@ use netmux_common::proto::catalog::{
 };
 
 use crate::policy::{Refusal, TargetPolicy};
+use crate::runtime::entry;
 use crate::runtime::kubernetes::annotation::{self, Bridge};
 
 /// Label that opts a container in (`true`) or out (`false`).
@@ -409,25 +410,6 @@ fn add_to_compose(compose: &mut Compose, c: &Container, entry: &Service) {
         {
             group.ports.push(p.clone());
         }
-    }
-}
-
-fn entry(
-    name: &str,
-    ns: &str,
-    aliases: Vec<String>,
-    addresses: Vec<IpAddr>,
-    ports: Vec<ServicePort>,
-    direction: Direction,
-) -> Service {
-    Service {
-        id: ServiceId(0),
-        name: name.to_owned(),
-        namespace: ns.to_owned(),
-        aliases,
-        addresses,
-        ports,
-        direction,
     }
 }
 

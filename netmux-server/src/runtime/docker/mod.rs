@@ -203,24 +203,15 @@ pub(crate) async fn start(
     };
     let task = tokio::spawn(driver.run(first_tx));
     let timeout = Duration::from_millis(settings.initial_sync_timeout_ms);
-    match tokio::time::timeout(timeout, first_rx).await {
-        Ok(Ok(())) => {
-            tracing::info!(host = %ep, "docker runtime synced");
-            Ok(RuntimeHandle {
-                _task: task,
-                _watcher: None,
-            })
-        }
-        _ => {
-            task.abort();
-            let last = lock(&last_error).clone();
-            Err(Error::InitialSync {
-                host: ep.to_string(),
-                timeout,
-                last,
-            })
-        }
-    }
+    let handle = RuntimeHandle::after_first_sync(task, first_rx, timeout, &last_error)
+        .await
+        .map_err(|last| Error::InitialSync {
+            host: ep.to_string(),
+            timeout,
+            last,
+        })?;
+    tracing::info!(host = %ep, "docker runtime synced");
+    Ok(handle)
 }
 
 /// Backoff between attempts while the API is away.

@@ -230,24 +230,16 @@ pub async fn start(
         last_error: last_error.clone(),
     };
     let task = tokio::spawn(driver.run(stream::select_all(streams), first_tx));
-    match tokio::time::timeout(options.initial_sync_timeout, first_rx).await {
-        Ok(Ok(())) => {
-            tracing::info!(scope = %scope_text, "kubernetes runtime synced");
-            Ok(RuntimeHandle {
-                _task: task,
-                _watcher: None,
-            })
-        }
-        _ => {
-            task.abort();
-            let last = lock(&last_error).clone();
-            Err(Error::InitialSync {
-                scope: scope_text,
-                timeout: options.initial_sync_timeout,
-                last,
-            })
-        }
-    }
+    let timeout = options.initial_sync_timeout;
+    let handle = RuntimeHandle::after_first_sync(task, first_rx, timeout, &last_error)
+        .await
+        .map_err(|last| Error::InitialSync {
+            scope: scope_text.clone(),
+            timeout,
+            last,
+        })?;
+    tracing::info!(scope = %scope_text, "kubernetes runtime synced");
+    Ok(handle)
 }
 
 struct Driver {

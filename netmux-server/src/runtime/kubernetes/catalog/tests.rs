@@ -13,6 +13,7 @@ pub(crate) const DECK_KAFKA_NX: &str = "- name: kafka
   localAddr: kafka-2.kafka.netmux.svc.cluster.local
   containerAddr: kafka-2.kafka.netmux.svc.cluster.local";
 
+/// [`netmux_fakekube::service`] with a `uid` (`uid-<name>`), typed.
 fn service(
     ns: &str,
     name: &str,
@@ -20,45 +21,20 @@ fn service(
     ports: serde_json::Value,
     nx: Option<&str>,
 ) -> KService {
-    let mut v = json!({
-        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}")},
-        "spec": {"clusterIP": cluster_ip, "ports": ports, "selector": {"app": name}},
-    });
-    if cluster_ip != "None" {
-        v["spec"]["clusterIPs"] = json!([cluster_ip]);
-    }
-    if let Some(nx) = nx {
-        v["metadata"]["annotations"] = json!({ "nx": nx });
-    }
+    let mut v = netmux_fakekube::service(ns, name, cluster_ip, ports, nx);
+    v["metadata"]["uid"] = json!(format!("uid-{name}"));
     serde_json::from_value(v).unwrap()
 }
 
-/// `endpoints`: (ip, hostname, ready).
+/// [`netmux_fakekube::endpoint_slice`], typed; `endpoints`: (ip,
+/// hostname, ready).
 fn slice(
     ns: &str,
     svc: &str,
     endpoints: &[(&str, Option<&str>, bool)],
     ports: serde_json::Value,
 ) -> EndpointSlice {
-    let eps: Vec<_> = endpoints
-        .iter()
-        .map(|(ip, host, ready)| {
-            let mut e = json!({"addresses": [ip], "conditions": {"ready": ready}});
-            if let Some(h) = host {
-                e["hostname"] = json!(h);
-            }
-            e
-        })
-        .collect();
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("{svc}-abcde"), "namespace": ns,
-                     "labels": {"kubernetes.io/service-name": svc,
-                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-        "addressType": "IPv4",
-        "endpoints": eps,
-        "ports": ports,
-    }))
-    .unwrap()
+    serde_json::from_value(netmux_fakekube::endpoint_slice(ns, svc, endpoints, ports)).unwrap()
 }
 
 fn tcp(name: Option<&str>, port: u16, target: u16) -> ServicePort {
