@@ -652,7 +652,7 @@ async fn finish(
     ops: Arc<tokio::sync::Mutex<()>>,
     cluster: Arc<Cluster>,
 ) {
-    let _op = ops.lock().await;
+    let mut op = ops.lock().await;
     {
         let mut t = lock(&table);
         match t.get(&routed.key) {
@@ -663,18 +663,41 @@ async fn finish(
             _ => return,
         }
     }
-    for attempt in 0..3 {
+    // A refused or failed write (a conflict, the API server busy) is tried
+    // again with backoff for up to RESTORE_PATIENCE, other operations
+    // running in between; after that the Lease, no longer renewed,
+    // expires and a replica's sweep restores the Service.
+    let give_up = Instant::now() + RESTORE_PATIENCE;
+    let mut backoff = Duration::from_millis(250);
+    let mut attempt = 0u32;
+    loop {
         match cluster.restore(&routed.namespace, &routed.service).await {
             Ok(()) => break,
+            Err(e) if Instant::now() >= give_up => {
+                tracing::warn!(service = %routed.key, attempt, error = %e, "cannot restore the Service; its intercept Lease expires and a replica's sweep restores it");
+                break;
+            }
             Err(e) => {
-                tracing::warn!(service = %routed.key, attempt, error = %e, "cannot restore the Service yet");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tracing::warn!(service = %routed.key, attempt, error = %e, "cannot restore the Service yet; trying again");
             }
         }
+        attempt += 1;
+        drop(op);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        op = ops.lock().await;
+        if lock(&table).contains_key(&routed.key) {
+            // Intercepted again meanwhile: the new intercept owns it.
+            return;
+        }
     }
+    drop(op);
     // Dropping the last reference stops the listeners.
     drop(routed);
 }
+
+/// How long [`finish`] keeps trying to restore a Service.
+const RESTORE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How often the daemons of a Service's intercepts are checked.
 const LIVENESS: Duration = Duration::from_millis(500);
