@@ -165,6 +165,9 @@ pub struct Layout {
     /// `allow_unsafe_targets` for a test that publishes such targets on
     /// purpose.
     pub runtime_extra: String,
+    /// Tables appended to `server.toml` (TOML), e.g. `[limits]` for the
+    /// bench's 10,000 idle connections.
+    pub server_extra: String,
 }
 
 impl Layout {
@@ -183,6 +186,7 @@ impl Layout {
             stream: SocketAddr::new(ip, STREAM_PORT),
             over_tcp: false,
             runtime_extra: String::new(),
+            server_extra: String::new(),
         }
     }
 
@@ -213,13 +217,14 @@ impl Layout {
             "listen = {}\n{stream}http = {}\nstate_dir = {}\nserver_names = [\"netmux-server\"]\n\
              cluster_cidrs = [\"10.96.0.0/12\", \"fd00:96::/64\"]\nadhoc_namespace = \"default\"\n\n\
              [[token]]\nname = \"alice\"\ntoken = {}\n\n\
-             [runtime]\nkind = \"static\"\nservices = {}\n{}",
+             [runtime]\nkind = \"static\"\nservices = {}\n{}\n{}",
             toml_str(&self.quic.to_string()),
             toml_str(&self.http.to_string()),
             toml_path(&self.state_dir),
             toml_str(TOKEN),
             toml_path(&self.services_file),
             self.runtime_extra,
+            self.server_extra,
         )
     }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use netmux_testbed::netmux::{Netmux, ServiceSpec, ENDPOINT};
+use netmux_testbed::netmux::{Layout, Netmux, ServiceSpec, ENDPOINT, LOOPBACK, TOKEN};
 use netmux_testbed::{bin, Process, Sandbox, Side};
 
 use super::link::Link;
@@ -476,7 +476,14 @@ impl<'a> World<'a> {
                 UDP_ECHO_PORT,
             )
         });
-        let nm = Netmux::start(self.sb, &specs).context("netmux start")?;
+        // Scenario 6 holds 10,000 connections on one session: above the
+        // server's default cap (4,096), as a user with that many sets it.
+        let layout = Layout {
+            server_extra: "[limits]\nmax_streams_per_session = 16384\n".into(),
+            ..Layout::new(self.sb)
+        };
+        let nm = Netmux::start_layout(self.sb, layout, &specs, TOKEN, LOOPBACK)
+            .context("netmux start")?;
         connect_and_start(&nm)?;
         let hosts = std::fs::read_to_string(self.sb.ws_hosts_file())?;
         for t in Target::ALL {
@@ -491,7 +498,7 @@ impl<'a> World<'a> {
         self.setup_commands.push((
             "netmux".into(),
             "netmux-server --config server.toml (cluster), netmuxd --config daemon.toml \
-             (workstation), `netmux connect demo`, `netmux start demo +`; configs from \
+             (workstation), `netmux connect demo`, `netmux start demo +`; server `[limits] max_streams_per_session = 16384` (scenario 6 holds 10,000 connections); configs from \
              netmux_testbed::netmux (release build, QUIC settings of netmux-common)"
                 .into(),
         ));
