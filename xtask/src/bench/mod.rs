@@ -273,6 +273,16 @@ pub struct Table {
 }
 
 impl Table {
+    /// A verdict on one of this table's targets.
+    pub fn verdict(&self, target: &str, measured: String, met: Option<bool>) -> Verdict {
+        Verdict {
+            scenario: self.scenario,
+            target: target.to_owned(),
+            measured,
+            met,
+        }
+    }
+
     pub fn row(&self, peer: Peer) -> Option<&Row> {
         self.rows.iter().find(|r| r.peer == peer)
     }

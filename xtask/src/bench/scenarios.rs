@@ -534,16 +534,10 @@ fn best_ssh(t: &Table) -> Option<f64> {
 /// The issue's targets, evaluated on a table.
 fn verdicts(t: &Table) -> Vec<Verdict> {
     let nm = t.median(Peer::Netmux);
-    let v = |target: &str, measured: String, met: Option<bool>| Verdict {
-        scenario: t.scenario,
-        target: target.to_owned(),
-        measured,
-        met,
-    };
     match t.id.as_str() {
         "s10-udp-lan" => {
             let r = ratio(nm, t.median(Peer::Direct));
-            vec![v(
+            vec![t.verdict(
                 "UDP rows (issue 9): netmux delivers the offered rate like direct",
                 format!("{} direct", fmt_ratio(r)),
                 r.map(|r| r >= 0.9),
@@ -553,12 +547,12 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
             let q = ratio(nm, t.median(Peer::Quinn));
             let s = ratio(nm, t.median(Peer::SshAes));
             vec![
-                v(
+                t.verdict(
                     "netmux ≥ 0.9× raw quinn (lan bulk)",
                     fmt_ratio(q),
                     q.map(|r| r >= 0.9),
                 ),
-                v(
+                t.verdict(
                     "netmux ≥ 1.0× ssh -L aes128-gcm (lan bulk)",
                     fmt_ratio(s),
                     s.map(|r| r >= 1.0),
@@ -567,7 +561,7 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
         }
         "s2-bulk-lossy" => {
             let r = ratio(nm, best_ssh(t));
-            vec![v(
+            vec![t.verdict(
                 "netmux ≥ 5× ssh -L (lossy bulk)",
                 format!("{} the better ssh", fmt_ratio(r)),
                 r.map(|r| r >= 5.0),
@@ -577,7 +571,7 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
             let best = t.best_alternative(true);
             let r = ratio(nm, best.map(|b| b.1));
             let who = best.map(|b| b.0.label()).unwrap_or("none");
-            vec![v(
+            vec![t.verdict(
                 "netmux ≥ 2× best encrypted peer (requests/s)",
                 format!("{} {who}", fmt_ratio(r)),
                 r.map(|r| r >= 2.0),
@@ -590,7 +584,7 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
                 .and_then(|n| n.strip_prefix("Ping RTT "))
                 .and_then(|n| n.split_whitespace().next()?.parse::<f64>().ok());
             let r = ratio(nm, rtt);
-            vec![v(
+            vec![t.verdict(
                 "new connection ≤ 1.1 RTT (wan)",
                 format!(
                     "{} RTT",
@@ -601,7 +595,7 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
         }
         "s5-hol-lossy" => {
             let r = ratio(nm, best_ssh(t));
-            vec![v(
+            vec![t.verdict(
                 "p99 under bulk ≤ 1/3 of ssh -L's (lossy)",
                 format!("{} the better ssh", fmt_ratio(r)),
                 r.map(|r| r <= 1.0 / 3.0),
@@ -619,7 +613,7 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
                 (Some(d), Some(s)) => Some(d <= 32.0 && s <= 32.0 && all),
                 _ => None,
             };
-            vec![v(
+            vec![t.verdict(
                 "idle connections usable, ≤ 32 KiB/conn in daemon and server",
                 format!(
                     "daemon {} KiB, server {} KiB, usable {usable}",
@@ -631,7 +625,7 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
         }
         "s7-pgbench-wan" | "s7-redis-get-wan" | "s7-redis-set-wan" => {
             let r = ratio(nm, t.median(Peer::Direct));
-            vec![v(
+            vec![t.verdict(
                 &format!("{} ≥ 0.95× direct (wan)", t.title),
                 fmt_ratio(r),
                 r.map(|r| r >= 0.95),
@@ -639,7 +633,7 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
         }
         "s7-pgbench-C-wan" => {
             let r = ratio(nm, t.median(Peer::Direct));
-            vec![v(
+            vec![t.verdict(
                 "pgbench -C faster than direct (wan)",
                 fmt_ratio(r),
                 r.map(|r| r > 1.0),
@@ -650,7 +644,7 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
                 t.rows.first().and_then(Row::median),
                 t.rows.get(1).and_then(Row::median),
             );
-            vec![v(
+            vec![t.verdict(
                 "eBPF redirect connect+close overhead ≤ 5%",
                 r.map(|r| format!("{:+.1}%", (r - 1.0) * 100.0))
                     .unwrap_or("n/a".into()),
@@ -659,7 +653,7 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
         }
         "s9-cpu-per-gib" => {
             let r = ratio(nm, best_ssh(t));
-            vec![v(
+            vec![t.verdict(
                 "netmux CPU/GiB below ssh -L's",
                 format!("{} the better ssh", fmt_ratio(r)),
                 r.map(|r| r < 1.0),

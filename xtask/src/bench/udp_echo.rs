@@ -102,16 +102,10 @@ pub fn scenario11(w: &World<'_>, s: &Settings, profile: Profile) -> anyhow::Resu
 pub fn verdicts(t: &Table) -> Vec<Verdict> {
     let nm = t.median(Peer::Netmux);
     let direct = t.median(Peer::Direct);
-    let v = |target: &str, measured: String, met: Option<bool>| Verdict {
-        scenario: t.scenario,
-        target: target.to_owned(),
-        measured,
-        met,
-    };
     match t.id.as_str() {
         "s11-udp-echo-lan" => {
             let d = nm.zip(direct).map(|(n, d)| n - d);
-            vec![v(
+            vec![t.verdict(
                 "UDP echo p95 ≤ direct + 1 ms (lan)",
                 d.map(|d| format!("direct {:+.0} µs", d))
                     .unwrap_or("n/a".into()),
@@ -120,7 +114,7 @@ pub fn verdicts(t: &Table) -> Vec<Verdict> {
         }
         "s11-udp-echo-wan" => {
             let r = super::scenarios::ratio(nm, direct);
-            vec![v(
+            vec![t.verdict(
                 "UDP echo p95 ≤ 1.05× direct (wan)",
                 format!("{} direct", fmt_ratio(r)),
                 r.map(|r| r <= 1.05),
