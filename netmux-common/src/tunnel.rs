@@ -5,3 +5,4 @@ pub mod quic;
 pub mod stream;
 pub mod stream_socket;
 pub mod udp;
+pub mod udp_socket;

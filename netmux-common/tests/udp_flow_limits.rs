@@ -163,7 +163,10 @@ async fn originated_flows_are_bounded_and_the_refusal_counted() {
     let (_server, client, _endpoints) = pair().await;
     let meter = Arc::new(Meter::default());
     let flows = Flows::new(2, Duration::from_secs(600), meter.clone());
-    let listener = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("listener"));
+    let listener = Arc::new(
+        netmux_common::tunnel::udp_socket::FlowSocket::bind("127.0.0.1:0".parse().unwrap())
+            .expect("listener"),
+    );
     let addr = listener.local_addr().expect("addr");
     let originate = tokio::spawn(flows.clone().originate(listener, 53, {
         let client = client.clone();

@@ -19,8 +19,7 @@ struct Args {
     config: PathBuf,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
@@ -30,6 +29,18 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let config = netmux_server::config::Config::load(&args.config)?;
+    // One worker unless `worker_threads` says otherwise (issue 17,
+    // BENCHMARKS.md): a second worker costs a futex wakeup per request and
+    // splits the packets quinn would have batched.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(config))
+}
+
+async fn serve(config: netmux_server::config::Config) -> anyhow::Result<()> {
     netmux_server::run(config, async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

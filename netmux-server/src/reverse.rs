@@ -375,8 +375,7 @@ impl Claims {
         for ip in &addrs {
             for p in svc.ports.iter().filter(|p| p.protocol == Protocol::Udp) {
                 let addr = SocketAddr::new(*ip, p.port);
-                let socket = tokio::net::UdpSocket::bind(addr)
-                    .await
+                let socket = netmux_common::tunnel::udp_socket::FlowSocket::bind(addr)
                     .map_err(|e| format!("cannot listen on udp {addr} for {key}: {e}"))?;
                 let conn = holder.conn.clone();
                 let id = svc.id;

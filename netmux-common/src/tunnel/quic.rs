@@ -10,6 +10,10 @@
 
 mod client;
 pub mod congestion;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub(crate) use tests::test_pair;
 
 pub use client::client_config;
 

@@ -528,7 +528,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     /// Hooks that write down what they were told.
     #[derive(Default)]
@@ -570,47 +570,13 @@ mod tests {
         }
     }
 
-    /// A QUIC connection over loopback, both ends; the endpoints must
-    /// outlive it.
-    async fn quic_pair() -> (quinn::Endpoint, quinn::Endpoint, Connection, Connection) {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-        let cert = ck.cert.der().clone();
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-        let server_config =
-            quinn::ServerConfig::with_single_cert(vec![cert.clone()], key).expect("server config");
-        let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("addr"))
-            .expect("server endpoint");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert).expect("root");
-        let mut client =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
-        client.set_default_client_config(
-            quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config"),
-        );
-        let addr = server.local_addr().expect("addr");
-        let (conn, peer) = tokio::join!(
-            async {
-                client
-                    .connect(addr, "localhost")
-                    .expect("connect")
-                    .await
-                    .expect("handshake")
-            },
-            async {
-                let incoming = server.accept().await.expect("incoming");
-                incoming.await.expect("server handshake")
-            }
-        );
-        (client, server, conn, peer)
-    }
-
     /// Issue 15: a client that reset before its first bytes were read
     /// must not become a stream whose far end sees a clean FIN (the next
     /// read of a reset socket says EOF). No stream is opened; the reset
     /// is counted.
     #[tokio::test]
     async fn a_client_reset_before_its_first_bytes_opens_no_stream() {
-        let (_client, _server, conn, _peer) = quic_pair().await;
+        let (_client, _server, conn, _peer) = crate::tunnel::quic::test_pair().await;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -680,7 +646,7 @@ mod tests {
     /// must get a reset, not a FIN.
     #[tokio::test]
     async fn an_answer_that_cannot_be_sent_resets_the_target() {
-        let (_client, _server, conn, peer) = quic_pair().await;
+        let (_client, _server, conn, peer) = crate::tunnel::quic::test_pair().await;
         let target = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

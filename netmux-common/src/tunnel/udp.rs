@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use quinn::Connection;
-use tokio::net::UdpSocket;
 
 use crate::proto::catalog::ServiceId;
 use crate::proto::datagram::Datagram;
 use crate::sync::lock;
+use crate::tunnel::udp_socket::FlowSocket;
 
 /// Why a datagram was dropped (metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,14 +106,14 @@ pub trait UdpMeter: Send + Sync {
 }
 
 struct Origin {
-    socket: Arc<UdpSocket>,
+    socket: Arc<FlowSocket>,
     peer: SocketAddr,
     service: ServiceId,
     last: Instant,
 }
 
 struct Answer {
-    socket: Arc<UdpSocket>,
+    socket: Arc<FlowSocket>,
     service: ServiceId,
     last: Arc<Mutex<Instant>>,
     task: tokio::task::JoinHandle<()>,
@@ -170,7 +170,7 @@ impl Flows {
     /// originated table is full.
     fn flow_for(
         &self,
-        socket: &Arc<UdpSocket>,
+        socket: &Arc<FlowSocket>,
         peer: SocketAddr,
         service: ServiceId,
     ) -> Option<u32> {
@@ -208,7 +208,7 @@ impl Flows {
     /// (ids can change when a server restarts); `None` drops the datagram.
     pub async fn originate(
         self: Arc<Self>,
-        socket: Arc<UdpSocket>,
+        socket: Arc<FlowSocket>,
         port: u16,
         route: impl Fn() -> Option<(Connection, ServiceId)> + Send + 'static,
     ) {
@@ -276,7 +276,7 @@ impl Flows {
         conn: &Connection,
         bytes: &[u8],
         resolve: impl FnOnce(ServiceId, u16) -> Option<SocketAddr>,
-        exempt: impl FnOnce(&UdpSocket),
+        exempt: impl FnOnce(&FlowSocket),
     ) {
         let d = match Datagram::decode(bytes) {
             Ok(d) => d,
@@ -347,14 +347,14 @@ impl Flows {
         flow: u32,
         service: ServiceId,
         target: SocketAddr,
-        exempt: impl FnOnce(&UdpSocket),
-    ) -> Option<Arc<UdpSocket>> {
+        exempt: impl FnOnce(&FlowSocket),
+    ) -> Option<Arc<FlowSocket>> {
         let bind: SocketAddr = if target.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let socket = match UdpSocket::bind(bind).await {
+        let socket = match FlowSocket::bind(bind) {
             Ok(s) => s,
             Err(_) => {
                 self.meter.dropped(Some(service), Drop::Socket);
@@ -362,7 +362,7 @@ impl Flows {
             }
         };
         exempt(&socket);
-        if socket.connect(target).await.is_err() {
+        if socket.connect(target).is_err() {
             self.meter.dropped(Some(service), Drop::Socket);
             return None;
         }
@@ -445,7 +445,7 @@ impl Flows {
     }
 
     /// Forgets every flow originated on `socket` (its listener stopped).
-    pub fn forget_socket(&self, socket: &Arc<UdpSocket>) {
+    pub fn forget_socket(&self, socket: &Arc<FlowSocket>) {
         let id = Arc::as_ptr(socket) as usize;
         let mut gone = Vec::new();
         lock(&self.originated).retain(|_, o| {

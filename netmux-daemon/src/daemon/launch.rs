@@ -109,8 +109,7 @@ impl Daemon {
         for p in svc.ports.iter().filter(|p| p.protocol == Protocol::Udp) {
             let local = SocketAddr::new(IpAddr::V4(addr), p.port);
             let socket = Arc::new(
-                tokio::net::UdpSocket::bind(local)
-                    .await
+                netmux_common::tunnel::udp_socket::FlowSocket::bind(local)
                     .map_err(|e| format!("cannot listen on udp {local}: {e}"))?,
             );
             let conn = connected.endpoint.watch_connection();

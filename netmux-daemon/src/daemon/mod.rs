@@ -44,7 +44,7 @@ pub(crate) struct Running {
     /// UDP listeners and the flow table their flows live in.
     udp: Vec<(
         Arc<netmux_common::tunnel::udp::Flows>,
-        Arc<tokio::net::UdpSocket>,
+        Arc<netmux_common::tunnel::udp_socket::FlowSocket>,
     )>,
     service: Service,
     tasks: Vec<tokio::task::JoinHandle<()>>,

@@ -240,6 +240,9 @@ impl Future for ZeroRttAccepted {
 struct ConnectionDriver {
     conn: ConnectionRef,
     span: Span,
+    /// netmux (issue 17): the last poll left nothing to do; the next wake
+    /// yields once before transmitting (see `poll`).
+    idle: std::sync::atomic::AtomicBool,
 }
 
 impl ConnectionDriver {
@@ -249,7 +252,11 @@ impl ConnectionDriver {
             debug_span!("drive", id = conn.handle.0)
         };
 
-        Self { conn, span }
+        Self {
+            conn,
+            span,
+            idle: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 }
 
@@ -257,6 +264,16 @@ impl Future for ConnectionDriver {
     type Output = Result<(), io::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context) -> Poll<Self::Output> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // netmux (issue 17): woken from idle (a stream write, a datagram, a
+        // timer), yield once: the wake goes to the back of the run queue, so
+        // the other tasks made ready by the same events (e.g. the streams of
+        // 50 clients' requests) write first and this poll sends their frames
+        // in one packet instead of one packet each.
+        if self.idle.swap(false, Relaxed) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let conn = &mut *self.conn.state.lock("poll");
         let _guard = self.span.enter();
 
@@ -277,6 +294,7 @@ impl Future for ConnectionDriver {
                 cx.waker().wake_by_ref();
             } else {
                 conn.driver = Some(cx.waker().clone());
+                self.idle.store(true, Relaxed);
             }
             return Poll::Pending;
         }

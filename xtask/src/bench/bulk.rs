@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use netmux_testbed::bin;
 
 use super::link::Profile;
+use super::perf::Perf;
 use super::scenarios::{host_port, measure, table, ws_exec, Meta};
 use super::world::{Target, World};
 use super::{loadavg, Outcome, Peer, Row, Settings, Table};
@@ -110,13 +111,13 @@ pub(super) fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table
         let perf = match (&s.profile, peer) {
             (Some(dir), Peer::Netmux) if !profiled => {
                 profiled = true;
-                start_perf(w, dir, s.bulk_secs)
+                Perf::start(w, dir, "bulk")
             }
             _ => None,
         };
         let (gbit, bytes) = bulk(w, peer, s.bulk_secs)?;
-        if let Some((p, dir)) = perf {
-            finish_perf(p, &dir);
+        if let Some(p) = perf {
+            p.finish();
         }
         let used = w.cpu_seconds(names) - before;
         let per_gib = used / (bytes / f64::from(1u32 << 30));
@@ -183,68 +184,4 @@ pub(super) fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table
             .into(),
     );
     Ok(vec![t1, t9])
-}
-
-/// `perf record` of netmuxd and netmux-server for `secs` (call-graphs with
-/// DWARF unwinding would be too heavy for 2 vCPUs; frame pointers are off,
-/// so this is a flat profile plus LBR-free `-g` best effort).
-pub(super) fn start_perf(
-    w: &World<'_>,
-    dir: &std::path::Path,
-    secs: u64,
-) -> Option<(std::process::Child, std::path::PathBuf)> {
-    let nm = w.netmux.as_ref()?;
-    let pids = format!("{},{}", nm.daemon.pid()?, nm.server.pid()?);
-    std::fs::create_dir_all(dir).ok()?;
-    let data = dir.join("perf-netmux-bulk.data");
-    let child = std::process::Command::new("perf")
-        .args(["record", "-q", "-F", "999", "-g", "-o"])
-        .arg(&data)
-        .args(["-p", &pids, "--", "sleep", &secs.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| println!("bench: perf record: {e}"))
-        .ok()?;
-    Some((child, dir.to_path_buf()))
-}
-
-pub(super) fn finish_perf(mut child: std::process::Child, dir: &std::path::Path) {
-    let _ = child.wait();
-    let data = dir.join("perf-netmux-bulk.data");
-    for (name, args) in [
-        (
-            "perf-netmux-bulk.symbols.txt",
-            vec![
-                "--no-children",
-                "--sort",
-                "comm,dso,symbol",
-                "--percent-limit",
-                "0.5",
-            ],
-        ),
-        (
-            "perf-netmux-bulk.dso.txt",
-            vec![
-                "--no-children",
-                "--sort",
-                "comm,dso",
-                "--percent-limit",
-                "0.5",
-            ],
-        ),
-    ] {
-        let out = std::process::Command::new("perf")
-            .args(["report", "--stdio", "-g", "none", "-i"])
-            .arg(&data)
-            .args(args)
-            .output();
-        match out {
-            Ok(o) => {
-                let _ = std::fs::write(dir.join(name), &o.stdout);
-                println!("    profile: {}", dir.join(name).display());
-            }
-            Err(e) => println!("bench: perf report: {e}"),
-        }
-    }
 }

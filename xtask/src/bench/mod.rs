@@ -14,6 +14,7 @@ mod callgrind;
 mod chart;
 mod ebpf;
 mod link;
+mod perf;
 mod report;
 mod requests;
 mod scenarios;
@@ -43,8 +44,11 @@ pub struct Options {
     /// Do not install missing tools (they are reported as skipped).
     #[arg(long)]
     pub no_install: bool,
-    /// Record a perf profile of netmuxd and netmux-server during the first
-    /// netmux bulk run of scenario 1 (target/bench/perf-netmux-bulk.*).
+    /// Record a perf profile (`-g`) of netmuxd and netmux-server during the
+    /// first netmux run of scenario 1's bulk and scenario 13's redis GET
+    /// (target/bench/perf-netmux-{bulk,requests}.*; call graphs need
+    /// binaries built with frame pointers, see bench/perf.rs). Figures of
+    /// a profiled run include perf's own cost.
     #[arg(long)]
     pub profile: bool,
     /// Run netmuxd and netmux-server under valgrind's callgrind: scenario

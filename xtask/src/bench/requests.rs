@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use super::link::Profile;
+use super::perf::Perf;
 use super::scenarios::{fmt_ratio, host_port, measure, ratio, table, ws_exec, Meta};
 use super::world::{Target, World};
 use super::{loadavg, Outcome, Peer, Settings, Table, Verdict};
@@ -281,11 +282,22 @@ pub fn scenario13(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
     let load = loadavg();
     let n = s.lan_redis_requests;
     let peers = [Peer::Netmux, Peer::SshAes, Peer::Socat];
+    let mut profiled = false;
     let mut rows = measure(w, &peers, Target::Redis, s.reps, |w, peer| {
         let names = World::cpu_names(peer);
         let before = w.cpu_seconds(names);
+        let perf = match (&s.profile, peer) {
+            (Some(dir), Peer::Netmux) if !profiled => {
+                profiled = true;
+                Perf::start(w, dir, "requests")
+            }
+            _ => None,
+        };
         redis_run(w, peer, "get", 50, n)?;
         let used = w.cpu_seconds(names) - before;
+        if let Some(p) = perf {
+            p.finish();
+        }
         Ok((used / n as f64 * 1e6, Vec::new()))
     });
     let dir = w.sb.dir().join("strace");
