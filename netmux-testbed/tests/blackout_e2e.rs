@@ -442,6 +442,29 @@ fn resumed(p: &Progress, what: &str) {
     );
 }
 
+/// Releases the rest of the bulk transfer and waits until every byte came
+/// back; on timeout the failure shows the bytes echoed every 5 s, which
+/// tells a stall from a slow transfer.
+fn bulk_completes(p: &Progress) {
+    p.allowed.store(TOTAL, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let r = netmux_testbed::wait_until("bulk transfer complete", T * 3, || {
+        let at = started.elapsed().as_secs() / 5;
+        if seen.len() as u64 <= at {
+            seen.push(p.echoed.load(Ordering::Relaxed) / MIB);
+        }
+        p.echoed.load(Ordering::Relaxed) >= TOTAL
+    });
+    if let Err(e) = r {
+        panic!("{e}: MiB echoed every 5 s: {seen:?} of {}", TOTAL / MIB);
+    }
+    eprintln!(
+        "bulk complete after {:?}; MiB echoed every 5 s: {seen:?}",
+        started.elapsed()
+    );
+}
+
 /// The metrics text of the server (read in the cluster namespace).
 fn server_metrics(sb: &Sandbox) -> String {
     let url = format!("http://{}:{HTTP_PORT}/metrics", sb.cluster_addr());
@@ -660,10 +683,7 @@ fn connections_survive_loss_an_address_change_and_a_stopped_daemon() {
 
             // The rest of the transfer, then a few more echoes.
             let ticks = p.ticks.load(Ordering::Relaxed);
-            p.allowed.store(TOTAL, Ordering::Relaxed);
-            wait("bulk transfer complete", T * 3, || {
-                p.echoed.load(Ordering::Relaxed) >= TOTAL
-            });
+            bulk_completes(p);
             wait("interactive echoes after", T, || {
                 p.ticks.load(Ordering::Relaxed) >= ticks + 3
             });
@@ -739,10 +759,7 @@ fn over_tcp_connections_survive_90_s_of_loss() {
                 .expect("ls no longer degraded");
 
             let ticks = p.ticks.load(Ordering::Relaxed);
-            p.allowed.store(TOTAL, Ordering::Relaxed);
-            wait("bulk transfer complete", T * 3, || {
-                p.echoed.load(Ordering::Relaxed) >= TOTAL
-            });
+            bulk_completes(p);
             wait("interactive echoes after", T, || {
                 p.ticks.load(Ordering::Relaxed) >= ticks + 3
             });
