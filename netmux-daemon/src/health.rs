@@ -257,11 +257,11 @@ pub(crate) async fn watch(w: Watch) -> String {
         let gap = resume.observe(boot, mono);
         match health.observe(boot, rx_count(&conn)) {
             Transition::Degraded => {
-                tracing::warn!(endpoint = %name, silent = %human(DEGRADED_AFTER), survive_blackout = %human(bound), "no answer from the server; degraded, keeping the session and its connections");
+                tracing::warn!(endpoint = %name, silent = %human(DEGRADED_AFTER), survive_blackout = %human(bound), rtt = ?conn.rtt(), "no answer from the server; degraded, keeping the session and its connections");
                 set_degraded(true);
             }
             Transition::Recovered(len) => {
-                tracing::info!(endpoint = %name, blackout = %human(len), "the server answers again; connections carry on");
+                tracing::info!(endpoint = %name, blackout = %human(len), rtt = ?conn.rtt(), "the server answers again; connections carry on");
                 // Its packets arrive, but ours may still wait for a loss
                 // probe minutes away (PTO backoff) behind a window full of
                 // the blackout's packets: let the next ones past and move
