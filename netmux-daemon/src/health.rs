@@ -262,6 +262,11 @@ pub(crate) async fn watch(w: Watch) -> String {
             }
             Transition::Recovered(len) => {
                 tracing::info!(endpoint = %name, blackout = %human(len), rtt = ?conn.rtt(), "the server answers again; connections carry on");
+                // Over a TCP stream the blackout's packets arrive late, not
+                // lost: their acknowledgements would be taken as round trips
+                // of minutes, putting loss detection minutes away
+                // (vendor/quinn-proto `reset_rtt`).
+                conn.reset_rtt();
                 // Its packets arrive, but ours may still wait for a loss
                 // probe minutes away (PTO backoff) behind a window full of
                 // the blackout's packets: let the next ones past and move

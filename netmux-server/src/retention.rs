@@ -133,7 +133,11 @@ pub(crate) async fn watch(conn: Connection, server: Arc<Server>, identity: Strin
                 state.set(true, &conn);
             }
             Transition::Recovered(len) => {
-                tracing::info!(client = %identity, session, blackout = %human(len), "daemon answers again");
+                tracing::info!(client = %identity, session, blackout = %human(len), rtt = ?conn.rtt(), "daemon answers again");
+                // Over a TCP stream the blackout's packets arrive late, not
+                // lost: their acknowledgements would be taken as round trips
+                // of minutes (vendor/quinn-proto `reset_rtt`).
+                conn.reset_rtt();
                 server
                     .metrics
                     .blackouts

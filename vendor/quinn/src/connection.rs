@@ -563,6 +563,15 @@ impl Connection {
         self.0.state.lock("rtt").inner.rtt()
     }
 
+    /// netmux: forget the RTT estimate and the probe backoff after a
+    /// blackout (see the vendored quinn-proto's `Connection::reset_rtt`).
+    pub fn reset_rtt(&self) {
+        let mut state = self.0.state.lock("reset_rtt");
+        let now = state.runtime.now();
+        state.inner.reset_rtt(now);
+        state.wake();
+    }
+
     /// Minimum RTT seen on this path, ignoring ack delay
     pub fn min_rtt(&self) -> Duration {
         self.0.state.lock("min_rtt").inner.min_rtt()

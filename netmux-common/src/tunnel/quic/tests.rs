@@ -44,7 +44,7 @@ pub(crate) async fn test_pair() -> (Endpoint, Endpoint, Connection, Connection) 
 /// connection driver, woken by the first write, yields once, so the other
 /// fifteen write before it transmits and all of them leave in a packet or
 /// two. Without the yield, tokio's LIFO slot runs the driver right after
-/// each write: one packet per stream (16).
+/// each write: one packet per stream (23 datagrams in all, measured).
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn writes_made_ready_together_leave_in_few_packets() {
     const N: usize = 16;
@@ -85,8 +85,11 @@ async fn writes_made_ready_together_leave_in_few_packets() {
         assert_eq!(b, [7u8; 100]);
     }
     let sent = conn.stats().udp_tx.datagrams - before;
+    // Batched: one packet for the burst, plus ACK-only packets for what the
+    // peer sent meanwhile (flow-control updates), which depend on timing;
+    // unbatched: one packet per write (16) and more.
     assert!(
-        sent <= 4,
+        sent < N as u64 / 2,
         "{sent} datagrams carried {N} writes made ready together (expected them batched)"
     );
 }
