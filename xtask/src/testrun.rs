@@ -128,6 +128,12 @@ pub(crate) fn test(no_install: bool, unit_only: bool) -> anyhow::Result<()> {
             "--no-fail-fast",
         ],
     )];
+    // The vendored quinn is not a workspace member; its netmux changes carry
+    // their own unit tests (vendor/quinn/README.netmux.md).
+    steps.push((
+        "vendored quinn unit tests",
+        vec!["test", "-p", "quinn", "--lib", "--no-fail-fast"],
+    ));
     if !unit_only {
         steps.push((
             "end-to-end tests",

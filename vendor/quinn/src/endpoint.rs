@@ -2,9 +2,7 @@ use std::{
     collections::VecDeque,
     fmt,
     future::Future,
-    io,
-    io::IoSliceMut,
-    mem,
+    io, mem,
     net::{SocketAddr, SocketAddrV6},
     pin::Pin,
     str,
@@ -22,7 +20,7 @@ use crate::{
     runtime::{AsyncUdpSocket, Runtime},
     udp_transmit,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pin_project_lite::pin_project;
 use proto::{
     self as proto, ClientConfig, ConnectError, ConnectionError, ConnectionHandle, DatagramEvent,
@@ -37,7 +35,7 @@ use udp::{BATCH_SIZE, RecvMeta};
 
 use crate::{
     ConnectionEvent, EndpointConfig, IO_LOOP_BOUND, RECV_TIME_BOUND, VarInt,
-    connection::Connecting, incoming::Incoming, work_limiter::WorkLimiter,
+    connection::Connecting, incoming::Incoming, recv_buf::RecvBuffers, work_limiter::WorkLimiter,
 };
 
 /// A QUIC endpoint.
@@ -741,7 +739,9 @@ impl std::ops::Deref for EndpointRef {
 struct RecvState {
     incoming: VecDeque<proto::Incoming>,
     connections: ConnectionSet,
-    recv_buf: Box<[u8]>,
+    /// netmux (issue 17): one buffer per datagram of a batch, large ones
+    /// handed on without a copy (`recv_buf.rs`).
+    recv_buf: RecvBuffers,
     recv_limiter: WorkLimiter,
 }
 
@@ -751,12 +751,11 @@ impl RecvState {
         max_receive_segments: usize,
         endpoint: &proto::Endpoint,
     ) -> Self {
-        let recv_buf = vec![
-            0;
+        let recv_buf = RecvBuffers::new(
+            BATCH_SIZE,
             endpoint.config().get_max_udp_payload_size().min(64 * 1024) as usize
-                * max_receive_segments
-                * BATCH_SIZE
-        ];
+                * max_receive_segments,
+        );
         Self {
             connections: ConnectionSet {
                 senders: FxHashMap::default(),
@@ -764,7 +763,7 @@ impl RecvState {
                 close: None,
             },
             incoming: VecDeque::new(),
-            recv_buf: recv_buf.into(),
+            recv_buf,
             recv_limiter: WorkLimiter::new(RECV_TIME_BOUND),
         }
     }
@@ -779,23 +778,17 @@ impl RecvState {
     ) -> Result<PollProgress, io::Error> {
         let mut received_connection_packet = false;
         let mut metas = [RecvMeta::default(); BATCH_SIZE];
-        let mut iovs: [IoSliceMut; BATCH_SIZE] = {
-            let mut bufs = self
-                .recv_buf
-                .chunks_mut(self.recv_buf.len() / BATCH_SIZE)
-                .map(IoSliceMut::new);
-
-            // expect() safe as self.recv_buf is chunked into BATCH_SIZE items
-            // and iovs will be of size BATCH_SIZE, thus from_fn is called
-            // exactly BATCH_SIZE times.
-            std::array::from_fn(|_| bufs.next().expect("BATCH_SIZE elements"))
-        };
         loop {
-            match socket.poll_recv(cx, &mut iovs, &mut metas) {
+            let received = {
+                let mut iovs = self.recv_buf.io_slices::<BATCH_SIZE>();
+                socket.poll_recv(cx, &mut iovs, &mut metas)
+            };
+            match received {
                 Poll::Ready(Ok(msgs)) => {
                     self.recv_limiter.record_work(msgs);
-                    for (meta, buf) in metas.iter().zip(iovs.iter()).take(msgs) {
-                        let mut data: BytesMut = buf[0..meta.len].into();
+                    for (i, meta) in metas.iter().enumerate().take(msgs) {
+                        // netmux (issue 17): large datagrams without a copy.
+                        let mut data = self.recv_buf.take(i, meta.len);
                         while !data.is_empty() {
                             let buf = data.split_to(meta.stride.min(data.len()));
                             let mut response_buffer = Vec::new();

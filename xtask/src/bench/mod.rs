@@ -393,16 +393,19 @@ pub fn bench(opts: Options) -> anyhow::Result<()> {
     }
     // The testbed's `bin()` looks here only: benchmarks use release builds.
     let release = target_dir.join("release");
+    let bench_bins = std::env::var_os("NETMUX_BENCH_BIN_DIR").map(PathBuf::from);
     if opts.callgrind {
         let dir = target_dir.join("bench/callgrind");
-        let wrapped = callgrind::prepare(&release, &dir)?;
+        // NETMUX_BENCH_BIN_DIR: binaries or symlinks (callgrind does not
+        // follow a wrapper script's exec).
+        let wrapped = callgrind::prepare(bench_bins.as_deref().unwrap_or(&release), &dir)?;
         println!(
             "==> bench: --callgrind: netmuxd and netmux-server run under callgrind ({})",
             dir.display()
         );
         std::env::set_var("NETMUX_BIN_DIR", wrapped);
         settings.callgrind = Some(dir);
-    } else if let Some(dir) = std::env::var_os("NETMUX_BENCH_BIN_DIR") {
+    } else if let Some(dir) = bench_bins {
         // Experiments: a directory of wrappers (e.g. one binary with other
         // environment) and symlinks standing in for target/release.
         println!("==> bench: binaries from NETMUX_BENCH_BIN_DIR={dir:?}");
