@@ -89,8 +89,7 @@ pub fn server_endpoint(
     limits: &Limits,
     metrics: &Metrics,
 ) -> Result<(quinn::Endpoint, Option<StreamAcceptor>), TransportError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls = rustls::ServerConfig::builder_with_provider(quic::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
         .with_no_client_auth()

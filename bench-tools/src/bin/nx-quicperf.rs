@@ -81,8 +81,9 @@ enum Mode {
     },
 }
 
+/// netmux's provider, so that this stays netmux's QUIC without the relay.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    netmux_common::tunnel::quic::crypto_provider()
 }
 
 async fn server(listen: SocketAddr, cert_out: PathBuf, cc: Congestion) -> anyhow::Result<()> {

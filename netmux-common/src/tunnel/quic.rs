@@ -10,12 +10,14 @@
 
 mod client;
 pub mod congestion;
+mod crypto;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 pub(crate) use tests::test_pair;
 
 pub use client::client_config;
+pub use crypto::crypto_provider;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

@@ -50,7 +50,7 @@ fn tls_error(e: impl std::fmt::Display) -> String {
 impl Peers {
     /// Binds on `ip`, port 0, with this replica's certificate.
     pub fn bind(ip: IpAddr, identity: &ServerIdentity) -> Result<Self, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = netmux_common::tunnel::quic::crypto_provider();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(identity.ca_der.clone()).map_err(tls_error)?;
         let roots = Arc::new(roots);
