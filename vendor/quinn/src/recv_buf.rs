@@ -31,7 +31,10 @@ const MIN_HANDED_ON: usize = 16 * 1024;
 
 /// Buffers handed on and waiting for their contents to be dropped. Beyond
 /// this many the oldest is let go (freed by whoever drops its data last).
-const MAX_PARKED: usize = 64;
+/// At full speed a stream's receive queue holds more than 64 of them (with
+/// 64, a zeroed allocation replaced the copy in 1.6% of the tunnel's CPU;
+/// with 256, under 0.5%). Up to 16 MiB stay parked after a bulk transfer.
+const MAX_PARKED: usize = 256;
 
 pub(crate) struct RecvBuffers {
     /// Each exactly `slot_len` long, every byte initialised.
