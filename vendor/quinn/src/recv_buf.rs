@@ -40,7 +40,6 @@ pub(crate) struct RecvBuffers {
     /// Each exactly `slot_len` long, every byte initialised.
     slots: Vec<BytesMut>,
     slot_len: usize,
-    hand_on: bool,
     /// Remainders of handed-on buffers, oldest first.
     parked: VecDeque<BytesMut>,
 }
@@ -57,7 +56,6 @@ impl RecvBuffers {
         Self {
             slots: (0..batch).map(|_| BytesMut::zeroed(slot_len)).collect(),
             slot_len,
-            hand_on: slot_len <= MAX_HANDED_ON_SLOT,
             parked: VecDeque::new(),
         }
     }
@@ -73,7 +71,7 @@ impl RecvBuffers {
     /// the next receive afterwards.
     pub(crate) fn take(&mut self, i: usize, len: usize) -> BytesMut {
         let len = len.min(self.slot_len);
-        if !self.hand_on || len < MIN_HANDED_ON {
+        if self.slot_len > MAX_HANDED_ON_SLOT || len < MIN_HANDED_ON {
             return BytesMut::from(&self.slots[i][..len]);
         }
         let fresh = self.reuse_or_allocate();
@@ -112,6 +110,7 @@ impl RecvBuffers {
 mod tests {
     use super::*;
 
+    /// As `poll_recv` does: `payload` written into slot `i` of two.
     fn receive(bufs: &mut RecvBuffers, i: usize, payload: &[u8]) -> BytesMut {
         let mut slices = bufs.io_slices::<2>();
         slices[i][..payload.len()].copy_from_slice(payload);
@@ -172,15 +171,18 @@ mod tests {
 
     #[test]
     fn oversized_slots_are_copied_not_handed_on() {
-        let mut bufs = RecvBuffers::new(1, 64 * 1024);
-        bufs.hand_on = false; // as on a platform whose slots exceed 64 KiB
+        // As on a platform whose slots `new` does not cap at 64 KiB.
+        let slot_len = 2 * MAX_HANDED_ON_SLOT;
+        let mut bufs = RecvBuffers {
+            slots: (0..2).map(|_| BytesMut::zeroed(slot_len)).collect(),
+            slot_len,
+            parked: VecDeque::new(),
+        };
         let payload = vec![1u8; 30_000];
         let before = bufs.slots[0].as_ptr();
-        let mut slices = bufs.io_slices::<1>();
-        slices[0][..payload.len()].copy_from_slice(&payload);
-        drop(slices);
-        let data = bufs.take(0, payload.len());
+        let data = receive(&mut bufs, 0, &payload);
         assert_eq!(&data[..], &payload[..]);
         assert_eq!(bufs.slots[0].as_ptr(), before);
+        assert!(bufs.parked.is_empty());
     }
 }
