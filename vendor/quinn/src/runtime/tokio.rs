@@ -184,9 +184,19 @@ impl AsyncUdpSocket for ReadOnlyUdpSocket {
         bufs: &mut [std::io::IoSliceMut<'_>],
         meta: &mut [udp::RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        // netmux (issue 17): a batch shorter than asked for emptied the
+        // queue, so the readiness is cleared here instead of by a further
+        // read that fails with `WouldBlock` (one wasted `recvmmsg` per
+        // wakeup). tokio clears it only if no newer event arrived, and a
+        // datagram queued after this read raises a new edge, so none is
+        // missed. tokio's `TcpStream` does the same after a short read.
+        let asked = bufs.len().min(meta.len()).min(udp::BATCH_SIZE);
         loop {
             let mut guard = ready!(self.io.poll_read_ready(cx))?;
             if let Ok(res) = guard.try_io(|io| self.inner.recv(io.get_ref().into(), bufs, meta)) {
+                if matches!(res, Ok(n) if n < asked) {
+                    guard.clear_ready();
+                }
                 return Poll::Ready(res);
             }
         }
@@ -247,5 +257,64 @@ impl super::UdpPoller for RoomPoller {
             this.socket.blocked.store(false, Relaxed);
         }
         Poll::Ready(r)
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::{future::poll_fn, io::IoSliceMut, time::Duration};
+
+    fn poll_one(socket: &dyn AsyncUdpSocket, cx: &mut Context) -> Poll<Vec<u8>> {
+        let mut storage = [[0u8; 1500]; udp::BATCH_SIZE];
+        let mut bufs: Vec<IoSliceMut<'_>> = storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let mut meta = [udp::RecvMeta::default(); udp::BATCH_SIZE];
+        match socket.poll_recv(cx, &mut bufs, &mut meta) {
+            Poll::Ready(Ok(n)) => {
+                assert_eq!(n, 1, "one datagram was queued");
+                Poll::Ready(bufs[0][..meta[0].len].to_vec())
+            }
+            Poll::Ready(Err(e)) => panic!("recv: {e}"),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// netmux (issue 17): a short batch clears the readiness, so the next
+    /// poll does not read until the reactor reports the socket readable
+    /// again; a datagram queued after the short batch still arrives.
+    #[test]
+    fn a_short_batch_clears_readiness_and_loses_nothing() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let std_rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let addr = std_rx.local_addr().expect("addr");
+            let rx = TokioRuntime.wrap_udp_socket(std_rx).expect("wrap");
+            let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            for round in 0..20u8 {
+                tx.send_to(&[round; 64], addr).expect("send");
+                let first = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    poll_fn(|cx| poll_one(&*rx, cx)),
+                )
+                .await
+                .expect("the datagram arrives");
+                assert_eq!(first, vec![round; 64]);
+                // Queued while this task runs, so the reactor has not seen
+                // it yet: the cleared readiness holds the read back.
+                tx.send_to(&[round ^ 0xff; 64], addr).expect("send");
+                let early = poll_fn(|cx| Poll::Ready(poll_one(&*rx, cx))).await;
+                assert!(early.is_pending(), "round {round}: read before the reactor reported readiness");
+                let second = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    poll_fn(|cx| poll_one(&*rx, cx)),
+                )
+                .await
+                .expect("a datagram queued after a short batch is not lost");
+                assert_eq!(second, vec![round ^ 0xff; 64]);
+            }
+        });
     }
 }
