@@ -350,6 +350,51 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// How busy the machine's CPUs were over a run (issue 17): where a peer
+/// leaves CPUs idle while its requests circulate, its rate is bound by
+/// waiting, not by work. Reads the `cpu` line of /proc/stat at the start
+/// and at [`Busy::percent`].
+pub struct Busy(Option<String>);
+
+impl Busy {
+    pub fn start() -> Busy {
+        Busy(std::fs::read_to_string("/proc/stat").ok())
+    }
+
+    /// "83%", or "?" when /proc/stat could not be read.
+    pub fn percent(&self) -> String {
+        let after = std::fs::read_to_string("/proc/stat").ok();
+        match (&self.0, after) {
+            (Some(a), Some(b)) => {
+                busy_share(a, &b).map_or("?".into(), |f| format!("{:.0}%", f * 100.0))
+            }
+            _ => "?".into(),
+        }
+    }
+}
+
+/// Share of CPU time not idle (idle and iowait) between two readings of
+/// /proc/stat's first (`cpu`) line.
+pub fn busy_share(before: &str, after: &str) -> Option<f64> {
+    fn fields(stat: &str) -> Option<Vec<u64>> {
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        line.split_whitespace().map(|v| v.parse().ok()).collect()
+    }
+    let (a, b) = (fields(before)?, fields(after)?);
+    if a.len() < 5 || a.len() != b.len() {
+        return None;
+    }
+    let d: Vec<u64> = b
+        .iter()
+        .zip(&a)
+        .map(|(x, y)| x.saturating_sub(*y))
+        .collect();
+    // guest and guest_nice (fields 9 and 10) are already inside user and nice.
+    let total: u64 = d.iter().take(8).sum();
+    let idle = d[3] + d[4];
+    (total > 0).then(|| (total - idle) as f64 / total as f64)
+}
+
 fn build() -> anyhow::Result<()> {
     cargo(&[
         "build",

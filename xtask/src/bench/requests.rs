@@ -19,7 +19,7 @@ use super::link::Profile;
 use super::perf::Perf;
 use super::scenarios::{fmt_ratio, host_port, measure, ratio, table, ws_exec, Meta};
 use super::world::{Target, World};
-use super::{loadavg, Outcome, Peer, Settings, Table, Verdict};
+use super::{loadavg, Busy, Outcome, Peer, Settings, Table, Verdict};
 
 /// pgbench with 8 clients for `s.pgbench_secs` through each of `peers`;
 /// `flag` is `-C` (connect per transaction), `-S` (select only) or none.
@@ -44,6 +44,7 @@ pub fn pgbench(
             args.push(f.into());
         }
         args.push("postgres".into());
+        let busy = Busy::start();
         let out = ws_exec(
             w,
             "pgbench",
@@ -55,14 +56,17 @@ pub fn pgbench(
             .find_map(|l| l.strip_prefix("tps = "))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .with_context(|| format!("no tps in pgbench output: {out}"))?;
-        Ok((tps, Vec::new()))
+        Ok((tps, vec![busy.percent()]))
     });
     let cmd = format!(
         "pgbench -h ADDR -p PORT -U postgres -n -c 8 -j 2 -T {secs}{} postgres (scale 1)",
         flag.map(|f| format!(" {f}")).unwrap_or_default()
     );
-    table(meta, w, load, rows, &[], vec![cmd])
+    table(meta, w, load, rows, &[BUSY_COLUMN], vec![cmd])
 }
+
+/// Extra column of the request tables: CPUs busy during the last repetition.
+const BUSY_COLUMN: &str = "CPUs busy (last rep)";
 
 /// `redis-benchmark -c clients -n n -t test` through `peer`: requests/s.
 fn redis_run(
@@ -110,14 +114,16 @@ pub fn redis(
 ) -> Table {
     let load = loadavg();
     let rows = measure(w, peers, Target::Redis, s.reps, |w, peer| {
-        Ok((redis_run(w, peer, test, 50, n)?, Vec::new()))
+        let busy = Busy::start();
+        let rate = redis_run(w, peer, test, 50, n)?;
+        Ok((rate, vec![busy.percent()]))
     });
     table(
         meta,
         w,
         load,
         rows,
-        &[],
+        &[BUSY_COLUMN],
         vec![format!(
             "redis-benchmark -h ADDR -p PORT -c 50 -n {n} -t {test} --csv"
         )],
@@ -542,6 +548,17 @@ pub fn verdicts(t: &Table) -> Vec<Verdict> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_share_counts_everything_but_idle_and_iowait() {
+        let before = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n";
+        // +60 user, +20 system, +10 softirq, +100 idle, +10 iowait.
+        let after = "cpu  160 0 70 900 60 0 10 0 0 0\ncpu0 1 2 3\n";
+        let share = super::super::busy_share(before, after).expect("share");
+        assert!((share - 0.45).abs() < 1e-9, "{share}");
+        assert!(super::super::busy_share(before, before).is_none());
+        assert!(super::super::busy_share("intr 1 2", after).is_none());
+    }
 
     #[test]
     fn strace_summary_is_parsed_with_and_without_errors() {
