@@ -66,6 +66,21 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// The most async runtime workers a `worker_threads` key accepts.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
+/// Validates a `worker_threads` value (netmuxd and netmux-server): 0 means
+/// one per CPU; `Err` is the message for the key.
+pub fn worker_threads(n: usize) -> Result<usize, String> {
+    match n {
+        0 => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+        n if n > MAX_WORKER_THREADS => Err(format!(
+            "{n} is more than {MAX_WORKER_THREADS}; use 1 (the default), a count, or 0 for one per CPU"
+        )),
+        n => Ok(n),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +90,14 @@ mod tests {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
         assert_eq!(line_col("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn worker_threads_are_a_count_or_one_per_cpu() {
+        assert_eq!(worker_threads(1), Ok(1));
+        assert_eq!(worker_threads(3), Ok(3));
+        assert!(worker_threads(0).unwrap() >= 1, "0 means one per CPU");
+        let err = worker_threads(MAX_WORKER_THREADS + 1).unwrap_err();
+        assert!(err.contains("one per CPU"), "{err}");
     }
 }

@@ -41,6 +41,15 @@ struct RawConfig {
     #[serde(default = "default_half_close_timeout_secs")]
     half_close_timeout_secs: u64,
     survive_blackout: Option<RawBound>,
+    #[serde(default = "default_worker_threads")]
+    worker_threads: usize,
+}
+
+/// Default of `worker_threads`: one (issue 17, BENCHMARKS.md). With two,
+/// each tunneled request cost a futex wakeup between the workers and more
+/// packets; one core moves about 1 GiB/s through one connection.
+fn default_worker_threads() -> usize {
+    1
 }
 
 /// A `survive_blackout` value: seconds, or a string with a unit.
@@ -401,6 +410,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Ranges `netmux expose --local` may target besides loopback.
     pub(crate) expose_allow: Vec<Cidr>,
+    /// Async runtime workers (`worker_threads`; 0 in the file: one per CPU).
+    pub worker_threads: usize,
 }
 
 impl Config {
@@ -435,6 +446,8 @@ impl Config {
                 .map_err(|m| invalid("survive_blackout".into(), m))?,
             None => netmux_common::tunnel::blackout::DEFAULT_SURVIVE_BLACKOUT,
         };
+        let worker_threads = netmux_common::config::worker_threads(raw.worker_threads)
+            .map_err(|m| invalid("worker_threads".into(), m))?;
         let half_close_timeout = (raw.half_close_timeout_secs > 0)
             .then(|| std::time::Duration::from_secs(raw.half_close_timeout_secs));
         let mut endpoints: Vec<EndpointConfig> = Vec::new();
@@ -646,6 +659,7 @@ impl Config {
             parse_cidrs(&raw.expose_allow, true).map_err(|m| invalid("expose_allow".into(), m))?;
         Ok(Config {
             expose_allow,
+            worker_threads,
             path: path.to_owned(),
             socket: base.join(raw.socket),
             socket_group: raw.socket_group,

@@ -58,9 +58,6 @@ fn default_worker_threads() -> usize {
     1
 }
 
-/// The most `worker_threads` accepted.
-const MAX_WORKER_THREADS: usize = 1024;
-
 /// Default of `intercept_ttl_ms` (docs/intercept.md).
 pub const DEFAULT_INTERCEPT_TTL_MS: u64 = 15_000;
 
@@ -394,16 +391,8 @@ impl Config {
             None => Default::default(),
         };
         let limits = raw.limits.validate(path)?;
-        let worker_threads = match raw.worker_threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n if n > MAX_WORKER_THREADS => {
-                return Err(invalid(
-                    "worker_threads",
-                    format!("{n} is more than {MAX_WORKER_THREADS}; use 1 (the default), a count, or 0 for one per CPU"),
-                ))
-            }
-            n => n,
-        };
+        let worker_threads = netmux_common::config::worker_threads(raw.worker_threads)
+            .map_err(|m| invalid("worker_threads", m))?;
         if raw.dial_timeout_ms == 0 || raw.hello_timeout_ms == 0 {
             return Err(invalid(
                 "dial_timeout_ms/hello_timeout_ms",

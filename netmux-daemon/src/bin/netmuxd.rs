@@ -20,11 +20,7 @@ struct Args {
     build_info: bool,
 }
 
-// One worker (issue 17, BENCHMARKS.md): with two, each tunneled request
-// cost a futex wakeup between the workers and more packets; one core moves
-// about 1 GiB/s through one connection, more than any link to a cluster.
-#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     // journald (structured fields) under systemd, text on stderr otherwise.
     netmux_daemon::system::journal::init();
     let args = Args::parse();
@@ -37,6 +33,19 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::load(&args.config)?;
+    // One worker unless `worker_threads` says otherwise (issue 17,
+    // BENCHMARKS.md): with two, each tunneled request cost a futex wakeup
+    // between the workers and more packets; one core moves about 1 GiB/s
+    // through one connection, more than any link to a cluster.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let (listener, gid) = control::bind(
         &config.socket,

@@ -20,6 +20,21 @@ fn good_config_and_defaults() {
 }
 
 #[test]
+fn worker_threads_default_to_one_and_are_bounded() {
+    let parse = |extra: &str| Config::parse(Path::new("c.toml"), &format!("{extra}{}", good()));
+    assert_eq!(parse("").unwrap().worker_threads, 1);
+    assert_eq!(parse("worker_threads = 2\n").unwrap().worker_threads, 2);
+    assert!(parse("worker_threads = 0\n").unwrap().worker_threads >= 1);
+    let e = parse("worker_threads = 5000\n").unwrap_err().to_string();
+    assert!(
+        e.contains("worker_threads") && e.contains("one per CPU"),
+        "{e}"
+    );
+    let e = parse("worker_threads = -1\n").unwrap_err().to_string();
+    assert!(e.starts_with("c.toml:1:"), "points at the line: {e}");
+}
+
+#[test]
 fn errors_name_line_and_field() {
     let text = good().replace("server =", "sever =");
     let e = Config::parse(Path::new("c.toml"), &text)

@@ -58,6 +58,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.redirect != new.redirect || old.cgroup != new.cgroup {
         v.push("redirect");
     }
+    if old.worker_threads != new.worker_threads {
+        v.push("worker_threads");
+    }
     // Endpoints' domains and default namespaces follow a reload; where the
     // server listens and how the system is pointed at it do not.
     let dns = |c: &Config| {
@@ -235,6 +238,10 @@ mod reload_tests {
         assert_eq!(
             restart_only_changes(&base, &parse("redirect = \"loopback\"\n")),
             ["redirect"]
+        );
+        assert_eq!(
+            restart_only_changes(&base, &parse("worker_threads = 2\n")),
+            ["worker_threads"]
         );
     }
 }
