@@ -82,7 +82,7 @@ pub async fn run(
     // Replicas reach each other here for intercepts of one Service by
     // users of several replicas (docs/intercept.md).
     let peers = match intercept_cluster.as_ref().and_then(|c| c.pod_ip().ok()) {
-        Some(ip) => match intercept::peer::Peers::bind(ip, &identity) {
+        Some(ip) => match intercept::peer::Peers::bind(ip, config.replica_port, &identity) {
             Ok(p) => {
                 tracing::info!(addr = %p.addr(), "replica endpoint ready (mutual TLS from the server CA)");
                 Some(Arc::new(p))
