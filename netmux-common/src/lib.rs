@@ -4,7 +4,8 @@
 //!   connect hooks and the daemon that fills the maps.
 //! * [`proto`] (feature `proto`, part of `std`): the sans-IO protocol core —
 //!   framing, hello, catalog events, stream headers, the stream-socket
-//!   framing and the control [`proto::session`] state machines. No sockets,
+//!   framing, the control [`proto::session`] state machines and the frames
+//!   server replicas exchange ([`proto::replica`]). No sockets,
 //!   no clock, no quinn or tokio: drivers feed bytes and `now` in, and the
 //!   fuzz targets build it alone (`default-features = false, features =
 //!   ["proto"]`).

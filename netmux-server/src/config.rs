@@ -49,6 +49,9 @@ struct RawConfig {
     limits: limits::RawLimits,
     #[serde(default = "default_worker_threads")]
     worker_threads: usize,
+    /// Read wide so that 70000 or -1 is refused naming the key.
+    #[serde(default)]
+    replica_port: i64,
 }
 
 /// Default of `worker_threads`: one (issue 17). Per request, a second
@@ -272,6 +275,9 @@ pub struct Config {
     pub intercept_ttl: Duration,
     /// Async runtime workers (`worker_threads`; 0 in the file: one per CPU).
     pub worker_threads: usize,
+    /// `replica_port`: the UDP port of the replica endpoint on the pod IP
+    /// (docs/intercept.md, "Several replicas"); 0: an ephemeral one.
+    pub replica_port: u16,
     /// `[limits]`: caps on connections, pending hellos, `stream_listen`
     /// peers and per-session resources.
     pub limits: Limits,
@@ -284,12 +290,14 @@ pub struct Config {
 pub(crate) const MIN_TOKEN_LEN: usize = 16;
 
 impl Config {
-    /// The server's own listening ports (never taken by `netmux expose`).
+    /// The server's own listening ports, `replica_port` included (never
+    /// taken by `netmux expose`).
     pub fn own_ports(&self) -> Vec<u16> {
         [Some(self.listen), self.stream_listen, self.http]
             .into_iter()
             .flatten()
             .map(|a| a.port())
+            .chain([self.replica_port])
             .filter(|p| *p != 0)
             .collect()
     }
@@ -393,6 +401,12 @@ impl Config {
         let limits = raw.limits.validate(path)?;
         let worker_threads = netmux_common::config::worker_threads(raw.worker_threads)
             .map_err(|m| invalid("worker_threads", m))?;
+        let replica_port = u16::try_from(raw.replica_port).map_err(|_| {
+            invalid(
+                "replica_port",
+                format!("{} is not a UDP port; use one from 1 to 65535 (a NetworkPolicy around the server pods must admit UDP on it between them), or 0 (the default) for an ephemeral one", raw.replica_port),
+            )
+        })?;
         if raw.dial_timeout_ms == 0 || raw.hello_timeout_ms == 0 {
             return Err(invalid(
                 "dial_timeout_ms/hello_timeout_ms",
@@ -517,6 +531,7 @@ impl Config {
             udp_idle_timeout: Duration::from_millis(raw.udp_idle_timeout_ms.max(100)),
             limits,
             worker_threads,
+            replica_port,
             token_review,
         })
     }
@@ -619,6 +634,28 @@ services = "services.toml"
             .unwrap_err()
             .to_string();
         assert!(err.contains("s.toml:1:"), "points at the line: {err}");
+    }
+
+    #[test]
+    fn replica_port_defaults_to_ephemeral_and_is_a_port() {
+        let c = Config::parse(Path::new("s.toml"), GOOD).unwrap();
+        assert_eq!(c.replica_port, 0);
+        let text = format!("replica_port = 7444\n{GOOD}");
+        let c = Config::parse(Path::new("s.toml"), &text).unwrap();
+        assert_eq!(c.replica_port, 7444);
+        assert!(c.own_ports().contains(&7444), "never taken by expose");
+        for bad in ["70000", "-1"] {
+            let text = format!("replica_port = {bad}\n{GOOD}");
+            let err = Config::parse(Path::new("s.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`replica_port`") && err.contains(bad), "{err}");
+        }
+        let text = format!("replica_port = \"7444\"\n{GOOD}");
+        let err = Config::parse(Path::new("s.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.toml:1:"), "points at the line: {err}");
     }
 
     #[test]

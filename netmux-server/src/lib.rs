@@ -82,11 +82,14 @@ pub async fn run(
     // Replicas reach each other here for intercepts of one Service by
     // users of several replicas (docs/intercept.md).
     let peers = match intercept_cluster.as_ref().and_then(|c| c.pod_ip().ok()) {
-        Some(ip) => match intercept::peer::Peers::bind(ip, &identity) {
+        Some(ip) => match intercept::peer::Peers::bind(ip, config.replica_port, &identity) {
             Ok(p) => {
                 tracing::info!(addr = %p.addr(), "replica endpoint ready (mutual TLS from the server CA)");
                 Some(Arc::new(p))
             }
+            // A port the operator fixed (and a NetworkPolicy admits) that
+            // cannot be bound is a misconfiguration: say so and stop.
+            Err(e) if config.replica_port != 0 => anyhow::bail!(e),
             Err(e) => {
                 tracing::warn!(error = %e, "no replica endpoint: intercepts of a Service another replica routes are refused");
                 None

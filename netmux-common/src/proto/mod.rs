@@ -9,7 +9,9 @@
 //!    [`stream::OpenResult`] before any byte of the target.
 //!
 //! Nothing here touches a socket or a clock; [`session`] holds the state
-//! machines that the daemon and server drivers feed.
+//! machines that the daemon and server drivers feed. [`replica`] is what
+//! server replicas say to each other about intercepts (ALPN
+//! [`replica::ALPN`]).
 
 pub mod catalog;
 pub mod cidr;
@@ -20,6 +22,7 @@ pub mod frame;
 pub mod hello;
 pub mod left_out;
 pub mod open;
+pub mod replica;
 pub mod session;
 pub mod stream;
 pub mod stream_framing;

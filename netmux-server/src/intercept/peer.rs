@@ -1,7 +1,8 @@
 //! The replica-to-replica endpoint of intercepts (docs/intercept.md,
 //! "Several replicas"): QUIC with mutual TLS, both sides presenting the
-//! replica certificate the shared server CA issues ([`crate::ca`]), on an
-//! ephemeral UDP port of the pod IP that the intercept Lease advertises.
+//! replica certificate the shared server CA issues ([`crate::ca`]), on a
+//! UDP port of the pod IP (`replica_port`, default ephemeral) that the
+//! intercept Lease advertises.
 //!
 //! A handshake without a client certificate of that CA with client
 //! authentication (daemons never have one) fails before any stream is
@@ -48,8 +49,9 @@ fn tls_error(e: impl std::fmt::Display) -> String {
 }
 
 impl Peers {
-    /// Binds on `ip`, port 0, with this replica's certificate.
-    pub fn bind(ip: IpAddr, identity: &ServerIdentity) -> Result<Self, String> {
+    /// Binds on `ip` and `port` (the `replica_port` key; 0: an ephemeral
+    /// port) with this replica's certificate.
+    pub fn bind(ip: IpAddr, port: u16, identity: &ServerIdentity) -> Result<Self, String> {
         let provider = netmux_common::tunnel::quic::crypto_provider();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(identity.ca_der.clone()).map_err(tls_error)?;
@@ -90,8 +92,13 @@ impl Peers {
             quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(tls_error)?,
         ));
         client.transport_config(transport);
-        let socket = quic::bind_udp(SocketAddr::new(ip, 0))
-            .map_err(|e| format!("cannot bind the replica endpoint on {ip}: {e}"))?;
+        let at = SocketAddr::new(ip, port);
+        let socket = quic::bind_udp(at).map_err(|e| match port {
+            0 => format!("cannot bind the replica endpoint on {ip} (an ephemeral UDP port): {e}"),
+            _ => format!(
+                "cannot bind the replica endpoint on {at} (replica_port): {e}; choose another port, or 0 for an ephemeral one"
+            ),
+        })?;
         let mut endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(server),

@@ -52,7 +52,7 @@ async fn only_replicas_of_the_ca_get_in_and_a_bad_frame_closes_only_its_peer() {
     let member_id = identity(dirs[1].path());
     let stranger_id = identity(dirs[2].path());
 
-    let holder = Arc::new(Peers::bind(LOOPBACK, &holder_id).expect("holder endpoint"));
+    let holder = Arc::new(Peers::bind(LOOPBACK, 0, &holder_id).expect("holder endpoint"));
     let addr = holder.addr();
     // No Kubernetes here: the holder answers every registration with a
     // refusal, which is enough to see the stream work.
@@ -66,7 +66,7 @@ async fn only_replicas_of_the_ca_get_in_and_a_bad_frame_closes_only_its_peer() {
         Duration::from_secs(6),
     );
 
-    let good = Peers::bind(LOOPBACK, &member_id).expect("member endpoint");
+    let good = Peers::bind(LOOPBACK, 0, &member_id).expect("member endpoint");
     let (conn, new) = good
         .connect(addr)
         .await
@@ -79,7 +79,7 @@ async fn only_replicas_of_the_ca_get_in_and_a_bad_frame_closes_only_its_peer() {
     );
 
     // Another CA's replica certificate: refused by the handshake.
-    let stranger = Peers::bind(LOOPBACK, &stranger_id).expect("stranger endpoint");
+    let stranger = Peers::bind(LOOPBACK, 0, &stranger_id).expect("stranger endpoint");
     assert!(stranger.connect(addr).await.is_err(), "another CA");
 
     // A client trusting the CA but with no client certificate (what a
@@ -113,7 +113,7 @@ async fn only_replicas_of_the_ca_get_in_and_a_bad_frame_closes_only_its_peer() {
     assert!(refused, "no client certificate, no registration");
 
     // A peer replica sending a bad frame loses its connection...
-    let bad_member = Peers::bind(LOOPBACK, &member_id).expect("second member");
+    let bad_member = Peers::bind(LOOPBACK, 0, &member_id).expect("second member");
     let (bad, _) = bad_member.connect(addr).await.expect("connects");
     let (mut send, _recv) = bad.open_bi().await.expect("stream");
     send.write_all(&[0, 0, 0, 3, b'x', b'y', b'z'])
@@ -130,4 +130,37 @@ async fn only_replicas_of_the_ca_get_in_and_a_bad_frame_closes_only_its_peer() {
     assert!(conn.close_reason().is_none());
     let again = ask(&conn, 2).await.expect("still answered");
     assert!(matches!(again, ToMember::Refused { .. }), "{again:?}");
+}
+
+/// A port free a moment ago (the OS picked it for a socket now closed).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind((LOOPBACK, 0))
+        .and_then(|s| s.local_addr())
+        .expect("an ephemeral UDP port")
+        .port()
+}
+
+#[tokio::test]
+async fn replica_port_fixes_the_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_udp_port();
+    let peers = Peers::bind(LOOPBACK, port, &identity(dir.path())).expect("binds the port asked");
+    assert_eq!(peers.addr(), SocketAddr::new(LOOPBACK, port));
+}
+
+#[tokio::test]
+async fn a_taken_replica_port_is_an_error_naming_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::UdpSocket::bind((LOOPBACK, 0)).expect("an ephemeral UDP port");
+    let port = taken.local_addr().expect("its address").port();
+    let err = match Peers::bind(LOOPBACK, port, &identity(dir.path())) {
+        Ok(p) => panic!("bound {}, a port another socket holds", p.addr()),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}"))
+            && err.contains("replica_port")
+            && err.contains("0 for an ephemeral one"),
+        "{err}"
+    );
 }
