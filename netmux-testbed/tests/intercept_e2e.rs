@@ -683,6 +683,16 @@ fn personal_intercepts_of_users_on_two_replicas_each_get_only_their_requests() {
                     && w.intercepted()
             })
             .unwrap_or_else(|e| panic!("{e}: {}", w.servers[1].log()));
+            // Replica 1 runs with `replica_port` fixed: its Lease
+            // advertises that port (replica 0's was ephemeral).
+            let advertised = w.leases()[0]["metadata"]["annotations"]["netmux.dev/replica-address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                advertised.ends_with(&format!(":{}", intercept_world::quic_port(1) + 2)),
+                "replica 1's Lease advertises its replica_port: {advertised:?}"
+            );
             w.wait_for_answer(
                 "bob's requests through replica 1",
                 &[("x-netmux-user", "bob")],

@@ -113,10 +113,14 @@ impl World<'_> {
             }
         }
         let config = self.dir.join(format!("server-{i}.toml"));
+        // Replica 0's replica endpoint takes an ephemeral port, the others
+        // the one `replica_port` fixes (both ways are in use in clusters).
+        let replica_port = if i == 0 { 0 } else { quic_port(i) + 2 };
         write(
             &config,
             &format!(
-                "listen = \"{cl}:{}\"\nhttp = \"{cl}:{}\"\nstate_dir = \"{}\"\n\
+                "replica_port = {replica_port}\n\
+                 listen = \"{cl}:{}\"\nhttp = \"{cl}:{}\"\nstate_dir = \"{}\"\n\
                  server_names = [\"netmux-server\"]\ncluster_cidrs = [\"10.96.0.0/12\"]\n\
                  intercept_ttl_ms = {}\n\n[rbac]\ncache_ttl_ms = 1000\n\n\
                  [runtime]\nkind = \"kubernetes\"\nnamespaces = [\"apps\"]\n",
