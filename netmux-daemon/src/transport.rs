@@ -78,13 +78,8 @@ pub(crate) async fn dial_udp(
             };
             let socket =
                 quic::bind_udp(bind).map_err(|e| DialError::Setup(format!("UDP socket: {e}")))?;
-            let e = quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                None,
-                socket,
-                Arc::new(quinn::TokioRuntime),
-            )
-            .map_err(|e| DialError::Setup(format!("QUIC endpoint: {e}")))?;
+            let e = quic::endpoint(None, socket)
+                .map_err(|e| DialError::Setup(format!("QUIC endpoint: {e}")))?;
             *shared = Some((e.clone(), v6));
             e
         }

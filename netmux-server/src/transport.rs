@@ -110,12 +110,7 @@ pub fn server_endpoint(
     config.max_incoming(limits.max_pending_hello);
     let socket = quic::bind_udp(listen)?;
     let Some(stream_listen) = stream_listen else {
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
+        let endpoint = quic::endpoint(Some(config), socket)?;
         return Ok((endpoint, None));
     };
     let composite = CompositeSocket::new(socket)?;

@@ -99,12 +99,7 @@ async fn server(listen: SocketAddr, cert_out: PathBuf, cc: Congestion) -> anyhow
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(cc.transport()));
     let socket = quic::bind_udp(listen)?;
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?;
+    let endpoint = quic::endpoint(Some(config), socket)?;
     let tmp = cert_out.with_extension("tmp");
     std::fs::write(&tmp, cert.as_ref())?;
     std::fs::rename(&tmp, &cert_out)?;
@@ -158,12 +153,7 @@ async fn client(
         "0.0.0.0:0".parse()?
     };
     let socket = quic::bind_udp(bind)?;
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?;
+    let mut endpoint = quic::endpoint(None, socket)?;
     endpoint.set_default_client_config(config);
     let conn = endpoint.connect(connect, "nx-quicperf")?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;

@@ -91,6 +91,23 @@ pub fn open_after_hello(conn: &quinn::Connection, streams: u32) {
     conn.set_max_concurrent_bi_streams(VarInt::from_u32(streams));
 }
 
+/// A QUIC endpoint on `socket` (as from [`bind_udp`]), a server too if
+/// `server` is given, whose socket is netmux's
+/// ([`super::udp_socket::quic_socket`]: registered for readable only, a
+/// short receive batch clears the readiness). Must be called within a
+/// tokio runtime.
+pub fn endpoint(
+    server: Option<quinn::ServerConfig>,
+    socket: UdpSocket,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        server,
+        super::udp_socket::quic_socket(socket)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
 /// Binds a UDP socket with large buffers for a QUIC endpoint.
 ///
 /// As root, `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` bypass `net.core.rmem_max`;

@@ -521,8 +521,7 @@ impl Drop for PeerGuard {
 impl CompositeSocket {
     /// Wraps a bound UDP socket (as from [`super::quic::bind_udp`]).
     pub fn new(udp: std::net::UdpSocket) -> io::Result<Arc<Self>> {
-        use quinn::Runtime;
-        let udp = quinn::TokioRuntime.wrap_udp_socket(udp)?;
+        let udp = super::udp_socket::quic_socket(udp)?;
         let (inbox, inbox_tx) = Inbox::new();
         Ok(Arc::new(CompositeSocket {
             udp,

@@ -1,14 +1,15 @@
-//! [`FlowSocket`]: a UDP socket of the flows of [`super::udp`], registered
-//! with the reactor for readable only (issue 17).
+//! UDP sockets registered with the reactor for readable only (issue 17):
+//! [`FlowSocket`], a socket of the flows of [`super::udp`], and
+//! [`quic_socket`], the socket of a QUIC endpoint (see [`endpoint`]).
 //!
 //! tokio's `UdpSocket` registers for readable and writable. The kernel
 //! raises `EPOLLOUT` every time a datagram the socket sent is freed, so each
 //! send wakes a parked worker that finds nothing to do: about one wasted
 //! wakeup per datagram on each end of a UDP request (traced in
-//! docs/bench/issue17-udp.md). A `FlowSocket` sends with plain nonblocking
+//! docs/bench/issue17-udp.md). These sockets send with plain nonblocking
 //! calls; only a send that returns `WouldBlock` waits for writable, through
 //! a duplicate descriptor registered for writable for as long as that wait
-//! lasts. quinn's endpoint socket does the same (vendor/quinn).
+//! lasts ([`writable`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,6 +18,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+mod endpoint;
+pub use endpoint::quic_socket;
+
 /// A nonblocking UDP socket woken only when readable.
 #[derive(Debug)]
 pub struct FlowSocket {
@@ -24,7 +28,7 @@ pub struct FlowSocket {
 }
 
 /// `sock` registered with the current runtime's reactor for `interest` only.
-fn register(
+pub(crate) fn register(
     sock: std::net::UdpSocket,
     interest: Interest,
 ) -> io::Result<AsyncFd<std::net::UdpSocket>> {
@@ -99,15 +103,19 @@ impl FlowSocket {
         }
     }
 
-    /// Waits until the socket is writable, through a duplicate descriptor
-    /// registered for writable only; dropping it deregisters. Registering
-    /// reports a readiness that arrived since the failed send (epoll checks
-    /// the current state on `EPOLL_CTL_ADD`), so no wakeup is lost.
     async fn writable(&self) -> io::Result<()> {
-        let dup = register(self.io.get_ref().try_clone()?, Interest::WRITABLE)?;
-        let _ready = dup.writable().await?;
-        Ok(())
+        writable(self.io.get_ref()).await
     }
+}
+
+/// Waits until `sock` is writable, through a duplicate descriptor
+/// registered for writable only; dropping it deregisters. Registering
+/// reports a readiness that arrived since the failed send (epoll checks
+/// the current state on `EPOLL_CTL_ADD`), so no wakeup is lost.
+pub(crate) async fn writable(sock: &std::net::UdpSocket) -> io::Result<()> {
+    let dup = register(sock.try_clone()?, Interest::WRITABLE)?;
+    let _ready = dup.writable().await?;
+    Ok(())
 }
 
 impl AsFd for FlowSocket {

@@ -99,13 +99,8 @@ impl Peers {
                 "cannot bind the replica endpoint on {at} (replica_port): {e}; choose another port, or 0 for an ephemeral one"
             ),
         })?;
-        let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|e| format!("replica endpoint: {e}"))?;
+        let mut endpoint =
+            quic::endpoint(Some(server), socket).map_err(|e| format!("replica endpoint: {e}"))?;
         endpoint.set_default_client_config(client);
         let addr = endpoint
             .local_addr()

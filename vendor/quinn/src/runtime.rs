@@ -116,8 +116,6 @@ impl<MakeFut, Fut> UdpPollHelper<MakeFut, Fut> {
     /// Construct a [`UdpPoller`] that calls `make_fut` to get the future to poll, storing it until
     /// it yields [`Poll::Ready`], then creating a new one on the next
     /// [`poll_writable`](UdpPoller::poll_writable)
-    // netmux: tokio on unix uses its own poller (runtime/tokio.rs).
-    #[cfg_attr(all(unix, feature = "runtime-tokio"), allow(dead_code))]
     #[cfg(any(
         feature = "runtime-async-std",
         feature = "runtime-smol",

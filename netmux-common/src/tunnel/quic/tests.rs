@@ -5,20 +5,19 @@ use std::sync::Arc;
 
 use quinn::{Connection, Endpoint};
 
-/// A QUIC connection over loopback, both ends; the endpoints must
-/// outlive it.
+/// A QUIC connection over loopback, both ends on netmux's endpoint socket
+/// ([`super::endpoint`]); the endpoints must outlive it.
 pub(crate) async fn test_pair() -> (Endpoint, Endpoint, Connection, Connection) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
     let cert = ck.cert.der().clone();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
     let server_config =
         quinn::ServerConfig::with_single_cert(vec![cert.clone()], key).expect("server config");
-    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("addr"))
-        .expect("server endpoint");
+    let loopback = || std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let server = super::endpoint(Some(server_config), loopback()).expect("server endpoint");
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).expect("root");
-    let mut client =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+    let mut client = super::endpoint(None, loopback()).expect("client endpoint");
     client.set_default_client_config(
         quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config"),
     );
