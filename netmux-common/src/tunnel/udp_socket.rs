@@ -1,6 +1,6 @@
 //! UDP sockets registered with the reactor for readable only (issue 17):
 //! [`FlowSocket`], a socket of the flows of [`super::udp`], and
-//! [`quic_socket`], the socket of a QUIC endpoint (see [`endpoint`]).
+//! [`quic_socket`], the socket of a QUIC endpoint (see [`super::quic::endpoint`]).
 //!
 //! tokio's `UdpSocket` registers for readable and writable. The kernel
 //! raises `EPOLLOUT` every time a datagram the socket sent is freed, so each
@@ -86,7 +86,9 @@ impl FlowSocket {
     pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
         loop {
             match self.io.get_ref().send_to(buf, to) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    writable(self.io.get_ref()).await?
+                }
                 r => return r,
             }
         }
@@ -97,14 +99,12 @@ impl FlowSocket {
     pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
         loop {
             match self.io.get_ref().send(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    writable(self.io.get_ref()).await?
+                }
                 r => return r,
             }
         }
-    }
-
-    async fn writable(&self) -> io::Result<()> {
-        writable(self.io.get_ref()).await
     }
 }
 
@@ -153,7 +153,7 @@ mod tests {
     #[tokio::test]
     async fn waiting_for_room_sees_room_that_is_already_there() {
         let s = FlowSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(5), s.writable())
+        tokio::time::timeout(std::time::Duration::from_secs(5), writable(s.io.get_ref()))
             .await
             .expect("writable() missed the readiness present at registration")
             .unwrap();
