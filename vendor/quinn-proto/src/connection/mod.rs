@@ -4138,7 +4138,8 @@ fn negotiate_max_idle_timeout(x: Option<VarInt>, y: Option<VarInt>) -> Option<Du
 mod tests {
     use super::*;
 
-    #[cfg(feature = "rustls-ring")]
+    // netmux: needs rcgen, a dev-dependency this copy dropped.
+    #[cfg(any())]
     #[test]
     fn large_initial_token_leaves_room_for_close() {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();

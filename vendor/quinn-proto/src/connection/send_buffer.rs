@@ -9,6 +9,9 @@ use crate::{VarInt, range_set::RangeSet};
 pub(super) struct SendBuffer {
     /// Data queued by the application but not yet acknowledged. May or may not have been sent.
     unacked_segments: VecDeque<Bytes>,
+    /// netmux: the stream offset at which each of `unacked_segments` ends, so
+    /// that `get` finds a segment by binary search instead of a scan
+    segment_ends: VecDeque<u64>,
     /// Total size of `unacked_segments`
     unacked_len: usize,
     /// Acknowledged bytes removed from the first segment's view but still held by its allocation
@@ -38,6 +41,7 @@ impl SendBuffer {
         self.unacked_len += data.len();
         self.offset += data.len() as u64;
         self.unacked_segments.push_back(data);
+        self.segment_ends.push_back(self.offset);
     }
 
     /// Discard a range of acknowledged stream data
@@ -47,32 +51,46 @@ impl SendBuffer {
         range.start = base_offset.max(range.start);
         range.end = base_offset.max(range.end);
 
+        // netmux: an ACK of the oldest data while nothing was acknowledged out
+        // of order (every ACK of a transfer without loss) releases that data
+        // at once; upstream passed each range through the B-tree of `acks`,
+        // an insert (a node allocation) and a pop per acknowledged frame.
+        if range.start == base_offset && self.acks.is_empty() {
+            self.release((range.end - range.start) as usize);
+            return;
+        }
+
         self.acks.insert(range);
 
         while self.acks.min() == Some(self.offset - self.unacked_len as u64) {
             let prefix = self.acks.pop_min().unwrap();
-            let mut to_advance = (prefix.end - prefix.start) as usize;
+            self.release((prefix.end - prefix.start) as usize);
+        }
+    }
 
-            self.unacked_len -= to_advance;
-            while to_advance > 0 {
-                let front = self
-                    .unacked_segments
-                    .front_mut()
-                    .expect("Expected buffered data");
+    /// Drop `to_advance` bytes from the front of the unacknowledged data
+    fn release(&mut self, mut to_advance: usize) {
+        self.unacked_len -= to_advance;
+        while to_advance > 0 {
+            let front = self
+                .unacked_segments
+                .front_mut()
+                .expect("Expected buffered data");
 
-                if front.len() <= to_advance {
-                    to_advance -= front.len();
-                    self.unacked_segments.pop_front();
-                    self.front_trimmed = 0;
+            if front.len() <= to_advance {
+                to_advance -= front.len();
+                self.unacked_segments.pop_front();
+                self.segment_ends.pop_front();
+                self.front_trimmed = 0;
 
-                    if self.unacked_segments.len() * 4 < self.unacked_segments.capacity() {
-                        self.unacked_segments.shrink_to_fit();
-                    }
-                } else {
-                    front.advance(to_advance);
-                    self.front_trimmed += to_advance;
-                    to_advance = 0;
+                if self.unacked_segments.len() * 4 < self.unacked_segments.capacity() {
+                    self.unacked_segments.shrink_to_fit();
+                    self.segment_ends.shrink_to_fit();
                 }
+            } else {
+                front.advance(to_advance);
+                self.front_trimmed += to_advance;
+                to_advance = 0;
             }
         }
     }
@@ -141,22 +159,27 @@ impl SendBuffer {
     /// should call the function again with an incremented start offset to
     /// retrieve more data.
     pub(super) fn get(&self, offsets: Range<u64>) -> &[u8] {
-        let base_offset = self.offset - self.unacked_len as u64;
-
-        let mut segment_offset = base_offset;
-        for segment in self.unacked_segments.iter() {
-            if offsets.start >= segment_offset
-                && offsets.start < segment_offset + segment.len() as u64
-            {
-                let start = (offsets.start - segment_offset) as usize;
-                let end = (offsets.end - segment_offset) as usize;
-
-                return &segment[start..end.min(segment.len())];
-            }
-            segment_offset += segment.len() as u64;
+        // netmux: upstream scanned every unacked segment from the oldest, for
+        // every STREAM frame: O(segments in flight) per packet in a bulk
+        // transfer. The first segment ending after `offsets.start` holds it.
+        let index = self
+            .segment_ends
+            .partition_point(|&end| end <= offsets.start);
+        let (Some(segment), Some(&segment_end)) = (
+            self.unacked_segments.get(index),
+            self.segment_ends.get(index),
+        ) else {
+            return &[];
+        };
+        // The front segment may have been trimmed by an ACK: its data starts
+        // at the base offset, which `segment_end - len` gives for every segment.
+        let segment_offset = segment_end - segment.len() as u64;
+        if offsets.start < segment_offset {
+            return &[];
         }
-
-        &[]
+        let start = (offsets.start - segment_offset) as usize;
+        let end = (offsets.end - segment_offset) as usize;
+        &segment[start..end.min(segment.len())]
     }
 
     /// Release abandoned data while preserving the final offset for RESET_STREAM
@@ -395,6 +418,99 @@ mod tests {
         buf.ack(0..16);
         assert_eq!(aggregate_unacked(&buf), &MSG[23..]);
         assert!(buf.acks.is_empty());
+    }
+
+    /// netmux: `get` by binary search returns what upstream's scan returned,
+    /// for every offset, across segments of uneven sizes, a trimmed front
+    /// segment, out-of-order ACKs and retransmissions.
+    #[test]
+    fn get_finds_the_segment_of_every_offset() {
+        fn scan(buf: &SendBuffer, offsets: Range<u64>) -> Vec<u8> {
+            let mut segment_offset = buf.offset - buf.unacked_len as u64;
+            for segment in buf.unacked_segments.iter() {
+                if offsets.start >= segment_offset
+                    && offsets.start < segment_offset + segment.len() as u64
+                {
+                    let start = (offsets.start - segment_offset) as usize;
+                    let end = (offsets.end - segment_offset) as usize;
+                    return segment[start..end.min(segment.len())].to_vec();
+                }
+                segment_offset += segment.len() as u64;
+            }
+            Vec::new()
+        }
+        fn check(buf: &SendBuffer) {
+            assert_eq!(buf.segment_ends.len(), buf.unacked_segments.len());
+            for start in 0..buf.offset + 3 {
+                for len in [0, 1, 7, 1200] {
+                    let offsets = start..start + len;
+                    assert_eq!(buf.get(offsets.clone()), &scan(buf, offsets.clone())[..]);
+                }
+            }
+        }
+
+        let mut buf = SendBuffer::new();
+        let mut next = 0u8;
+        for len in [1usize, 5, 0, 300, 2, 1500, 64, 0, 9, 700] {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    next = next.wrapping_add(1);
+                    next
+                })
+                .collect();
+            buf.write(data.into());
+        }
+        check(&buf);
+        while buf.poll_transmit(500).0.start < buf.offset {}
+        check(&buf);
+        buf.ack(0..3); // trims the front, pops the first segment
+        check(&buf);
+        buf.ack(400..900); // out of order: kept aside
+        check(&buf);
+        buf.retransmit(10..60);
+        assert_eq!(buf.poll_transmit(500).0, 10..60);
+        check(&buf);
+        buf.ack(3..400); // releases everything up to 900
+        check(&buf);
+        assert_eq!(buf.get(899..901), &[] as &[u8]);
+        assert_eq!(buf.get(900..901).len(), 1);
+        buf.ack(0..buf.offset);
+        assert!(buf.unacked_segments.is_empty() && buf.segment_ends.is_empty());
+        check(&buf);
+    }
+
+    /// netmux: in-order ACKs take the fast path only while nothing is held
+    /// out of order; either way the buffer releases exactly what upstream did.
+    #[test]
+    fn in_order_acks_release_like_out_of_order_ones() {
+        const MSG: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let filled = || {
+            let mut buf = SendBuffer::new();
+            for chunk in MSG.chunks(5) {
+                buf.write(Bytes::copy_from_slice(chunk));
+            }
+            while buf.poll_transmit(20).0.start < buf.offset {}
+            buf
+        };
+        // In order, with an empty and a repeated range: the fast path.
+        let mut buf = filled();
+        for range in [0..3, 3..3, 3..12, 0..12, 12..20] {
+            buf.ack(range);
+            assert!(buf.acks.is_empty());
+        }
+        assert_eq!(aggregate_unacked(&buf), &MSG[20..]);
+        // An ACK beyond the base is held; the in-order one after it releases
+        // both, through the range set.
+        let mut buf = filled();
+        buf.ack(10..14);
+        assert_eq!(aggregate_unacked(&buf), MSG);
+        buf.ack(0..12);
+        assert!(buf.acks.is_empty());
+        assert_eq!(aggregate_unacked(&buf), &MSG[14..]);
+        buf.ack(14..MSG.len() as u64);
+        assert_eq!(aggregate_unacked(&buf), &[] as &[u8]);
+        assert!(buf.is_fully_acked());
+        assert!(buf.segment_ends.is_empty());
     }
 
     fn aggregate_unacked(buf: &SendBuffer) -> Vec<u8> {
