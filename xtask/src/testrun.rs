@@ -131,12 +131,16 @@ pub(crate) fn test(no_install: bool, unit_only: bool) -> anyhow::Result<()> {
     // The vendored quinn and quinn-proto are not workspace members; their
     // netmux changes carry their own unit tests (vendor/*/README.netmux.md).
     steps.push((
-        "vendored quinn unit tests",
-        vec!["test", "-p", "quinn", "--lib", "--no-fail-fast"],
-    ));
-    steps.push((
-        "vendored quinn-proto unit tests",
-        vec!["test", "-p", "quinn-proto", "--lib", "--no-fail-fast"],
+        "vendored quinn and quinn-proto unit tests",
+        vec![
+            "test",
+            "-p",
+            "quinn",
+            "-p",
+            "quinn-proto",
+            "--lib",
+            "--no-fail-fast",
+        ],
     ));
     if !unit_only {
         steps.push((
