@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -18,6 +19,9 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::proto::error_code;
+
+mod branch;
+use branch::Branch;
 
 /// Read size for the TCP side; large enough to fill QUIC packets in batches.
 const TCP_READ_CHUNK: usize = 64 * 1024;
@@ -287,6 +291,13 @@ async fn stream_to_tcp(
     }
 }
 
+/// What woke [`bridge`]'s loop.
+enum Event {
+    Idle,
+    Up(Result<u64, End>),
+    Down(Result<u64, End>),
+}
+
 /// Bridges `tcp` and the stream until both directions end.
 ///
 /// `pending` holds bytes already read from the stream (e.g. behind a header)
@@ -329,6 +340,7 @@ where
         let mut last_moved = None;
         let mut timed_out = false;
         let (mut up_res, mut down_res) = (None, None);
+        let (up_branch, down_branch) = (Branch::new(), Branch::new());
         while up_res.is_none() || down_res.is_none() {
             if last_moved.is_none() && (up_res.is_some() || down_res.is_some()) {
                 if let Some(t) = options.half_close_timeout {
@@ -336,8 +348,28 @@ where
                     idle.as_mut().reset(tokio::time::Instant::now() + t);
                 }
             }
-            tokio::select! {
-                () = &mut idle, if last_moved.is_some() => {
+            // Each direction is polled only when its own waker fired (see
+            // `branch`); the idle timer, armed at most once per connection,
+            // with the task's.
+            let event = std::future::poll_fn(|cx| {
+                if last_moved.is_some() && idle.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Idle);
+                }
+                if up_res.is_none() {
+                    if let Poll::Ready(r) = up_branch.poll(up.as_mut(), cx) {
+                        return Poll::Ready(Event::Up(r));
+                    }
+                }
+                if down_res.is_none() {
+                    if let Poll::Ready(r) = down_branch.poll(down.as_mut(), cx) {
+                        return Poll::Ready(Event::Down(r));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Idle => {
                     let moved = meter.moved.load(Ordering::Relaxed);
                     if last_moved == Some(moved) {
                         timed_out = true;
@@ -348,18 +380,22 @@ where
                         idle.as_mut().reset(tokio::time::Instant::now() + t);
                     }
                 }
-                r = &mut up, if up_res.is_none() => {
+                Event::Up(r) => {
                     // The peer stopping our direction (STOP_SENDING) does
                     // not end its own: it may still be sending, e.g. the
                     // open result that says why it refused.
                     let fatal = matches!(&r, Err(e) if *e != End::StreamReset);
                     up_res = Some(r);
-                    if fatal { break; }
+                    if fatal {
+                        break;
+                    }
                 }
-                r = &mut down, if down_res.is_none() => {
+                Event::Down(r) => {
                     let failed = r.is_err();
                     down_res = Some(r);
-                    if failed { break; }
+                    if failed {
+                        break;
+                    }
                 }
             }
         }

@@ -4,6 +4,10 @@ use bytes::{Buf, Bytes};
 
 use crate::{VarInt, range_set::RangeSet};
 
+/// netmux: slots `release` leaves in the segment deques of a stream (the
+/// smallest capacity a deque allocates for elements of this size)
+const MIN_SEGMENT_SLOTS: usize = 4;
+
 /// Buffer of outgoing retransmittable stream data
 #[derive(Default, Debug)]
 pub(super) struct SendBuffer {
@@ -83,9 +87,15 @@ impl SendBuffer {
                 self.segment_ends.pop_front();
                 self.front_trimmed = 0;
 
-                if self.unacked_segments.len() * 4 < self.unacked_segments.capacity() {
-                    self.unacked_segments.shrink_to_fit();
-                    self.segment_ends.shrink_to_fit();
+                // netmux: upstream shrank to fit, so a stream whose data was
+                // all acknowledged freed its deque and allocated it again for
+                // its next write: an allocation and a free per response on a
+                // connection of small requests. A few slots stay.
+                if self.unacked_segments.capacity() > MIN_SEGMENT_SLOTS
+                    && self.unacked_segments.len() * 4 < self.unacked_segments.capacity()
+                {
+                    self.unacked_segments.shrink_to(MIN_SEGMENT_SLOTS);
+                    self.segment_ends.shrink_to(MIN_SEGMENT_SLOTS);
                 }
             } else {
                 front.advance(to_advance);
@@ -511,6 +521,30 @@ mod tests {
         assert_eq!(aggregate_unacked(&buf), &[] as &[u8]);
         assert!(buf.is_fully_acked());
         assert!(buf.segment_ends.is_empty());
+    }
+
+    /// netmux: a stream that sends one small message per round trip reuses
+    /// its segment deques instead of freeing them on every ACK, and a burst
+    /// of segments still gives its memory back once acknowledged.
+    #[test]
+    fn an_acknowledged_buffer_keeps_a_few_slots() {
+        let mut buf = SendBuffer::new();
+        for round in 0..3u64 {
+            buf.write(Bytes::from_static(b"GET"));
+            assert_eq!(buf.poll_transmit(100).0, round * 3..round * 3 + 3);
+            buf.ack(round * 3..round * 3 + 3);
+            assert!(buf.is_fully_acked());
+            assert_eq!(buf.unacked_segments.capacity(), MIN_SEGMENT_SLOTS);
+            assert_eq!(buf.segment_ends.capacity(), MIN_SEGMENT_SLOTS);
+        }
+        for _ in 0..1000 {
+            buf.write(Bytes::from_static(b"x"));
+        }
+        while buf.poll_transmit(100).0.start < buf.offset {}
+        buf.ack(0..buf.offset);
+        assert!(buf.unacked_segments.capacity() < 16);
+        assert!(buf.segment_ends.capacity() < 16);
+        assert_eq!(aggregate_unacked(&buf), &[] as &[u8]);
     }
 
     fn aggregate_unacked(buf: &SendBuffer) -> Vec<u8> {

@@ -595,6 +595,10 @@ impl StreamsState {
         }
     }
 
+    /// netmux: the most STREAM frames `write_stream_frames` reserves room for
+    /// when a packet gets a second one
+    const MAX_RESERVED_FRAMES: usize = 64;
+
     pub(crate) fn write_stream_frames(
         &mut self,
         buf: &mut Vec<u8>,
@@ -655,6 +659,7 @@ impl StreamsState {
 
             let meta = frame::StreamMeta { id, offsets, fin };
             trace!(id = %meta.id, off = meta.offsets.start, len = meta.offsets.end - meta.offsets.start, fin = meta.fin, "STREAM");
+            let frame_start = buf.len();
             meta.encode(encode_length, buf);
 
             // The range might not be retrievable in a single `get` if it is
@@ -665,6 +670,15 @@ impl StreamsState {
                 let data = stream.pending.get(offsets.clone());
                 offsets.start += data.len() as u64;
                 buf.put_slice(data);
+            }
+            // netmux: a second frame moves the list to the heap, where it
+            // grew by doubling from two: four allocations for a packet of
+            // fifteen small responses. Room for as many more frames of this
+            // size as the packet can hold is reserved at once.
+            if stream_frames.len() == 1 && stream_frames.is_inline() {
+                let frame_len = (buf.len() - frame_start).max(1);
+                let room = max_buf_size.saturating_sub(buf.len() - frame_start);
+                stream_frames.reserve((1 + room / frame_len).min(Self::MAX_RESERVED_FRAMES));
             }
             stream_frames.push(meta);
         }
@@ -1674,6 +1688,49 @@ mod tests {
 
         assert!(!server.can_send_stream_data());
         assert_eq!(server.pending.len(), 0);
+    }
+
+    /// netmux: a packet of many small frames lists every one, in the order
+    /// written, in a list that was sized once (not grown by doubling).
+    #[test]
+    fn a_packet_of_small_frames_lists_them_all() {
+        let mut server = make(Side::Server);
+        server.set_params(&TransportParameters {
+            initial_max_streams_bidi: 20u32.into(),
+            initial_max_data: 10_000u32.into(),
+            initial_max_stream_data_bidi_remote: 1_000u32.into(),
+            ..TransportParameters::default()
+        });
+        let (mut pending, state) = (Retransmits::default(), ConnState::Established);
+        let mut ids = Vec::new();
+        for i in 0..20u8 {
+            let id = Streams {
+                state: &mut server,
+                conn_state: &state,
+            }
+            .open(Dir::Bi)
+            .unwrap();
+            SendStream {
+                id,
+                state: &mut server,
+                pending: &mut pending,
+                conn_state: &state,
+            }
+            .write(&[i; 30])
+            .unwrap();
+            ids.push(id);
+        }
+        let mut buf = Vec::with_capacity(1200);
+        let meta = server.write_stream_frames(&mut buf, 1200, true);
+        assert_eq!(meta.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+        assert!(meta.iter().all(|m| m.offsets == (0..30)));
+        assert!(meta.is_heap());
+        // A frame here is 33 bytes: the list was sized for as many as the
+        // packet holds when the second one came (doubling from two would have
+        // reallocated four times and stopped at 32).
+        assert!(meta.capacity() >= 1200 / 33, "{}", meta.capacity());
+        assert!(meta.capacity() <= 1 + StreamsState::MAX_RESERVED_FRAMES);
+        assert!(!server.can_send_stream_data());
     }
 
     #[test]
