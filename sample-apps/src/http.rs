@@ -4,7 +4,7 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Largest request head (request line + headers) accepted.
@@ -95,6 +95,16 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
+/// The response head for a body of `len` bytes.
+fn head(code: u16, len: u64, keep_alive: bool, name: &str) -> String {
+    format!(
+        "HTTP/1.1 {code} {}\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\
+         X-Served-By: nx-echo {name}\r\nConnection: {}\r\n\r\n",
+        reason(code),
+        if keep_alive { "keep-alive" } else { "close" }
+    )
+}
+
 async fn write_head(
     sock: &mut TcpStream,
     code: u16,
@@ -102,28 +112,26 @@ async fn write_head(
     keep_alive: bool,
     name: &str,
 ) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\
-         X-Served-By: nx-echo {name}\r\nConnection: {}\r\n\r\n",
-        reason(code),
-        if keep_alive { "keep-alive" } else { "close" }
-    );
-    sock.write_all(head.as_bytes()).await
+    sock.write_all(head(code, len, keep_alive, name).as_bytes())
+        .await
 }
 
-async fn respond(
-    sock: &mut TcpStream,
+/// Writes a whole small response with one write, as nginx (`writev`) and
+/// Go's net/http (a buffered writer flushed once) do: the head and the body
+/// leave in one TCP segment, not two.
+async fn respond<W: AsyncWrite + Unpin>(
+    sock: &mut W,
     code: u16,
     body: &[u8],
     keep_alive: bool,
     head_only: bool,
     name: &str,
 ) -> io::Result<()> {
-    write_head(sock, code, body.len() as u64, keep_alive, name).await?;
+    let mut out = head(code, body.len() as u64, keep_alive, name).into_bytes();
     if !head_only {
-        sock.write_all(body).await?;
+        out.extend_from_slice(body);
     }
-    Ok(())
+    sock.write_all(&out).await
 }
 
 /// Serves one connection until the client closes, asks to close, errs, or
@@ -295,5 +303,65 @@ mod tests {
         ] {
             assert!(matches!(parse_head(bad), Head::Bad(..)), "{bad:?}");
         }
+    }
+
+    /// Records each write call apart.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_response_leaves_in_one_write() {
+        let mut w = Writes::default();
+        respond(&mut w, 200, b"hello\n", true, false, "n")
+            .await
+            .unwrap();
+        assert_eq!(w.0.len(), 1, "head and body in one write: {:?}", w.0);
+        let text = String::from_utf8(w.0.remove(0)).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Connection: keep-alive\r\n\r\nhello\n"),
+            "{text}"
+        );
+
+        let mut w = Writes::default();
+        respond(&mut w, 404, b"gone\n", false, true, "n")
+            .await
+            .unwrap();
+        assert_eq!(w.0.len(), 1);
+        let text = String::from_utf8(w.0.remove(0)).unwrap();
+        assert!(
+            text.contains("Content-Length: 5\r\n"),
+            "HEAD keeps the body's length: {text}"
+        );
+        assert!(
+            text.ends_with("Connection: close\r\n\r\n"),
+            "HEAD sends no body: {text}"
+        );
     }
 }
