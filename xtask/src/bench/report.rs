@@ -225,7 +225,8 @@ pub fn write(
         "\n## Method\n\n\
          Two network namespaces (workstation, cluster) joined by a veth pair, MTU 1500, no route \
          out (`netmux_testbed::Sandbox`). Backends run in the cluster namespace on all its \
-         addresses: `iperf3 -s`, `nx-echo http`, `nx-echo tcp`, `nx-echo udp` (port 9001), \
+         addresses: `iperf3 -s`, `nx-echo http` (each small response in one write, head and body \
+         together, as nginx and Go's net/http send it), `nx-echo tcp`, `nx-echo udp` (port 9001), \
          redis-server, PostgreSQL (initdb in a temp dir, fsync off). Every peer is started once \
          and carries all five TCP ports (netmux also the UDP echo, as a UDP service); clients run in the workstation namespace. Peers, as started:\n\n\
          - direct: clients dial the cluster's veth address (no tunnel: the ceiling).\n",
