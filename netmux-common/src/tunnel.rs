@@ -1,5 +1,6 @@
 //! Async pieces shared by daemon and server.
 pub mod blackout;
+mod branch;
 pub mod pipe;
 pub mod quic;
 pub mod stream;

@@ -20,8 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::proto::error_code;
 
-mod branch;
-use branch::Branch;
+use super::branch::Branch;
 
 /// Read size for the TCP side; large enough to fill QUIC packets in batches.
 const TCP_READ_CHUNK: usize = 64 * 1024;
@@ -349,7 +348,7 @@ where
                 }
             }
             // Each direction is polled only when its own waker fired (see
-            // `branch`); the idle timer, armed at most once per connection,
+            // `tunnel::branch`); the idle timer, armed at most once per connection,
             // with the task's.
             let event = std::future::poll_fn(|cx| {
                 if last_moved.is_some() && idle.as_mut().poll(cx).is_ready() {

@@ -44,6 +44,7 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::branch::Branch;
 pub use crate::proto::stream_framing::{Decoder, Encoder, FrameError, MAX_DATAGRAM, PREAMBLE};
 use crate::sync::lock;
 
@@ -356,10 +357,22 @@ async fn pump<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (r, w) = tokio::io::split(stream);
-    let result = tokio::select! {
-        r = read_frames(r, peer, inbox, silence) => r.map(|()| "peer closed the stream"),
-        w = write_frames(w, &outbox) => w.map(|()| "endpoint closed"),
-    };
+    let read = read_frames(r, peer, inbox, silence);
+    let write = write_frames(w, &outbox);
+    tokio::pin!(read, write);
+    // Whichever direction ends first ends both. Each is polled only when its
+    // own waker fired (`tunnel::branch`): a datagram read from the stream
+    // does not poll the writer, nor a datagram queued for it the reader.
+    let (read_branch, write_branch) = (Branch::new(), Branch::new());
+    let result = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = read_branch.poll(read.as_mut(), cx) {
+            return Poll::Ready(r.map(|()| "peer closed the stream"));
+        }
+        write_branch
+            .poll(write.as_mut(), cx)
+            .map(|w| w.map(|()| "endpoint closed"))
+    })
+    .await;
     match result {
         Ok(why) => tracing::debug!(%peer, why, "datagram stream ended"),
         Err(e) => tracing::debug!(%peer, error = %e, "datagram stream failed"),

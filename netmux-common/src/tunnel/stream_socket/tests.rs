@@ -354,3 +354,30 @@ fn test_cert() -> (
         rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
     )
 }
+
+/// The pump ends with either direction: the far end closing the stream
+/// resolves `closed` with `Ok` while the socket lives, and a socket whose
+/// stream was closed by the far end drops what it is given.
+#[tokio::test]
+async fn the_pump_ends_when_the_far_end_closes() {
+    let local: SocketAddr = "[::]:0".parse().expect("addr");
+    let peer: SocketAddr = "[100::1]:1".parse().expect("addr");
+    let (near, far) = tokio::io::duplex(4096);
+    let (socket, closed) = StreamSocket::new(near, local, peer);
+    drop(far);
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the pump noticed the end of the stream in time")
+        .expect("closed by the stream's end, not by dropping the socket");
+    let transmit = Transmit {
+        destination: peer,
+        ecn: None,
+        contents: b"after the end",
+        segment_size: None,
+        src_ip: None,
+    };
+    assert!(
+        socket.try_send(&transmit).is_ok(),
+        "a closed stream drops datagrams like an unplugged cable"
+    );
+}

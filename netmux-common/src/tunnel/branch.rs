@@ -1,7 +1,7 @@
 //! Futures that share one task, each polled only when its own waker fired.
 //!
 //! `tokio::select!` polls every branch on every wakeup of its task. In
-//! [`super::bridge`] that meant a response arriving on the stream also polled
+//! [`super::pipe::bridge`] that meant a response arriving on the stream also polled
 //! the TCP read and the stream's `stopped` notification, and a request
 //! arriving on TCP also polled the stream's read, which locks the QUIC
 //! connection and moves the stream's receive state out of its map and back.
@@ -14,6 +14,11 @@
 //! and then wakes the task; the task polls only marked branches. This is what
 //! `FuturesUnordered` does for many futures of one type, for a fixed set of
 //! futures of different types.
+//!
+//! Used by [`super::pipe::bridge`] (TCP ↔ QUIC stream, per connection) and by
+//! [`super::stream_socket`]'s pump (the QUIC-over-TCP transport, where each
+//! datagram read from the byte stream would otherwise also poll the writer,
+//! and each datagram queued for it the reader).
 
 use std::future::Future;
 use std::pin::Pin;
