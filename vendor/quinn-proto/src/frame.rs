@@ -939,8 +939,7 @@ impl AckFrequency {
     }
 }
 
-// netmux: needs a dev-dependency this copy dropped (README.netmux.md).
-#[cfg(any())]
+#[cfg(test)]
 mod test {
     use super::*;
     use crate::coding::Codec;

@@ -30,10 +30,7 @@ mod cid_queue;
 pub mod coding;
 mod constant_time;
 mod range_set;
-// netmux: upstream's end-to-end tests need the dev-dependencies this copy
-// dropped; `cargo test -p quinn-proto --lib` runs the unit tests beside the
-// code (README.netmux.md).
-#[cfg(any())]
+#[cfg(test)]
 mod tests;
 pub mod transport_parameters;
 mod varint;

@@ -896,8 +896,7 @@ impl SpaceId {
     }
 }
 
-// netmux: needs a dev-dependency this copy dropped (README.netmux.md).
-#[cfg(any())]
+#[cfg(test)]
 mod tests {
     use super::*;
     use hex_literal::hex;

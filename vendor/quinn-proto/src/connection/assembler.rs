@@ -372,8 +372,7 @@ const MIN_RETAINED_CHUNK_SIZE: usize = 128;
 /// per frame.
 const COMPACT_THRESHOLD: usize = 2 * MAX_CHUNKS;
 
-// netmux: needs a dev-dependency this copy dropped (README.netmux.md).
-#[cfg(any())]
+#[cfg(test)]
 mod test {
     use super::*;
     use assert_matches::assert_matches;

@@ -527,8 +527,7 @@ const MAX_PROBE_RETRANSMITS: usize = 3;
 /// Maximum number of suspicious loss bursts that will not trigger black hole detection
 const BLACK_HOLE_THRESHOLD: usize = 3;
 
-// netmux: needs a dev-dependency this copy dropped (README.netmux.md).
-#[cfg(any())]
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::Duration;

@@ -245,7 +245,8 @@ impl PacketBuilder {
                 }
                 conn.permit_idle_reset = false;
             }
-            conn.set_loss_detection_timer(now);
+            // netmux: set once when `poll_transmit` returns.
+            conn.loss_timer_stale = true;
             conn.path.pacing.on_transmit(size);
         }
     }
