@@ -91,9 +91,7 @@ pub use crate::runtime::TokioRuntime;
 pub use crate::runtime::{AsyncTimer, AsyncUdpSocket, Runtime, UdpPoller, default_runtime};
 pub use crate::send_stream::{SendStream, StoppedError, WriteError};
 
-// netmux: upstream's tests need the dev-dependencies this copy dropped;
-// `cargo test -p quinn --lib` runs netmux's own (`recv_buf.rs`).
-#[cfg(any())]
+#[cfg(test)]
 mod tests;
 
 #[derive(Debug)]
