@@ -67,6 +67,9 @@ pub(crate) mod qlog;
 
 mod send_buffer;
 
+// netmux: the sent packets of a packet space without a B-tree.
+mod sent_packets;
+
 mod spaces;
 #[cfg(fuzzing)]
 pub use spaces::Retransmits;
