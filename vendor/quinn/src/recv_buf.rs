@@ -112,9 +112,7 @@ mod tests {
 
     /// As `poll_recv` does: `payload` written into slot `i` of two.
     fn receive(bufs: &mut RecvBuffers, i: usize, payload: &[u8]) -> BytesMut {
-        let mut slices = bufs.io_slices::<2>();
-        slices[i][..payload.len()].copy_from_slice(payload);
-        drop(slices);
+        bufs.io_slices::<2>()[i][..payload.len()].copy_from_slice(payload);
         bufs.take(i, payload.len())
     }
 
