@@ -380,10 +380,12 @@ impl<'a> Chunks<'a> {
                 self.pending.max_stream_data.insert(self.id);
             }
             // Return the stream to storage for future use (netmux: into the
-            // entry `new` left in place)
-            let slot = self.streams.recv.entry(self.id).or_default();
-            debug_assert!(slot.is_none(), "the entry stays empty while read");
-            *slot = Some(StreamRecv::Open(rs));
+            // entry `new` left in place, which stays empty while read)
+            let old = self
+                .streams
+                .recv
+                .insert(self.id, Some(StreamRecv::Open(rs)));
+            debug_assert!(matches!(old, Some(None)), "the entry stays empty while read");
         }
 
         // Issue connection-level flow control credit for any data we read regardless of state
