@@ -44,11 +44,11 @@ pub struct Options {
     /// Do not install missing tools (they are reported as skipped).
     #[arg(long)]
     pub no_install: bool,
-    /// Record a perf profile (`-g`) of netmuxd and netmux-server during the
+    /// Record a perf profile with call graphs (unwound with DWARF debug
+    /// info, see bench/perf.rs) of netmuxd and netmux-server during the
     /// first netmux run of scenario 1's bulk and scenario 13's redis GET
-    /// (target/bench/perf-netmux-{bulk,requests}.*; call graphs need
-    /// binaries built with frame pointers, see bench/perf.rs). Figures of
-    /// a profiled run include perf's own cost.
+    /// (target/bench/perf-netmux-{bulk,requests}.*). Figures of a profiled
+    /// run include perf's own cost.
     #[arg(long)]
     pub profile: bool,
     /// Run netmuxd and netmux-server under valgrind's callgrind: scenario

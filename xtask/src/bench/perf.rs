@@ -1,9 +1,10 @@
-//! `cargo xtask bench --profile`: `perf record -g` of netmuxd and
+//! `cargo xtask bench --profile`: `perf record` of netmuxd and
 //! netmux-server while one netmux run of a scenario goes on (scenario 1's
-//! bulk, scenario 13's redis GET). Call graphs need frame pointers: build
-//! the two binaries with `RUSTFLAGS="-C force-frame-pointers=yes"` and
-//! point `NETMUX_BENCH_BIN_DIR` at them; without, the profile is flat.
-//! Writes `perf-netmux-NAME.{data,symbols.txt,dso.txt,callers.txt}`.
+//! bulk, scenario 13's redis GET). Call graphs are unwound from a copy of
+//! each sample's stack with the binaries' debug info (`--call-graph dwarf`;
+//! the release profile keeps debug info), so they need no frame-pointer
+//! build and name inlined callers too. Writes
+//! `perf-netmux-NAME.{data,symbols.txt,dso.txt,callers.txt}`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,7 +20,8 @@ pub(super) struct Perf {
 }
 
 impl Perf {
-    /// Starts recording (999 Hz, call graphs by frame pointer); `None`
+    /// Starts recording (999 Hz, DWARF call graphs from 16 KiB of stack per
+    /// sample: deep enough for tokio's task stacks); `None`
     /// (with the reason printed) when perf or the processes are missing.
     pub(super) fn start(w: &World<'_>, dir: &Path, name: &'static str) -> Option<Perf> {
         let nm = w.netmux.as_ref()?;
@@ -27,7 +29,7 @@ impl Perf {
         std::fs::create_dir_all(dir).ok()?;
         let data = dir.join(format!("perf-netmux-{name}.data"));
         let child = Command::new("perf")
-            .args(["record", "-q", "-F", "999", "-g", "-o"])
+            .args(["record", "-q", "-F", "999", "--call-graph", "dwarf,16384", "-o"])
             .arg(&data)
             .args(["-p", &pids])
             .stdout(Stdio::null())
