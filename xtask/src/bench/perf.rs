@@ -29,8 +29,9 @@ impl Perf {
         std::fs::create_dir_all(dir).ok()?;
         let data = dir.join(format!("perf-netmux-{name}.data"));
         let child = Command::new("perf")
-            .args(["record", "-q", "-F", "999", "--call-graph"])
-            .args(["dwarf,16384", "-o"])
+            .args(["record", "-q", "-F", "999"])
+            .args(["--call-graph", "dwarf,16384"])
+            .arg("-o")
             .arg(&data)
             .args(["-p", &pids])
             .stdout(Stdio::null())
