@@ -3,8 +3,10 @@
 //! Tuned from measurements (BENCHMARKS.md): large UDP socket buffers (the
 //! default 208 KiB receive buffer overflows at multi-Gbit/s), BBR congestion
 //! control (random loss must not collapse the tunnel) with a windowed
-//! minimum RTT ([`congestion`]: the tunnel outlives the path it was opened
-//! on), generous flow-control windows (on the server only once the hello
+//! minimum RTT and delivery-rate bandwidth samples ([`congestion`]: the
+//! tunnel outlives the path it was opened on), a send window that follows
+//! the congestion window ([`SEND_WINDOW_ABOVE_CWND`]), generous
+//! flow-control windows (on the server only once the hello
 //! succeeded: [`server_transport_config`]), keepalive so a dead peer is noticed
 //! within seconds.
 
@@ -42,6 +44,14 @@ pub const STREAM_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
 /// Bytes all streams of a connection may have in flight towards the
 /// receiver.
 pub const RECEIVE_WINDOW: u32 = 64 * 1024 * 1024;
+/// Bytes written to a connection's streams may exceed its congestion window
+/// by this much before writers wait (vendored quinn-proto, change 8): what
+/// waits to be sent is still in the caches when it is copied into a packet,
+/// and the window still grows with the path's bandwidth-delay product. On
+/// the bench's lan BBR's window is 0.5–1 MB; with this margin the sender
+/// moves as much as with a fixed 64 MiB window, with none it moved half
+/// (BENCHMARKS.md History, 2026-12-05 03:00–03:25).
+pub const SEND_WINDOW_ABOVE_CWND: u64 = 512 * 1024;
 /// The server's connection-level receive window until the hello succeeded:
 /// room for the hello (one frame, at most 64 KiB) and little more, so an
 /// unauthenticated peer cannot make the server buffer megabytes.
@@ -68,6 +78,7 @@ pub fn transport_config_with(
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
     t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.send_window(64 * 1024 * 1024);
+    t.send_window_above_congestion_window(Some(SEND_WINDOW_ABOVE_CWND));
     t.congestion_controller_factory(congestion);
     t
 }

@@ -31,6 +31,7 @@ pub struct TransportConfig {
     pub(crate) stream_receive_window: VarInt,
     pub(crate) receive_window: VarInt,
     pub(crate) send_window: u64,
+    pub(crate) send_window_above_congestion_window: Option<u64>,
     pub(crate) send_fairness: bool,
 
     pub(crate) packet_threshold: u32,
@@ -141,6 +142,20 @@ impl TransportConfig {
     /// retain more memory than this limit accounts for.
     pub fn send_window(&mut self, value: u64) -> &mut Self {
         self.send_window = value;
+        self
+    }
+
+    /// netmux: bound the send window, in addition, at the congestion window
+    /// plus `margin` bytes (`None`, the default: upstream's fixed window).
+    ///
+    /// The window counts bytes written and not yet acknowledged: those in
+    /// flight, which the congestion window bounds, and those waiting to be
+    /// sent. With a margin, no more than about `margin` bytes wait, so a
+    /// sender's data is still in the caches when it is copied into packets,
+    /// while the window still grows with the path's bandwidth-delay
+    /// product. Writers blocked on the window are woken as it opens.
+    pub fn send_window_above_congestion_window(&mut self, margin: Option<u64>) -> &mut Self {
+        self.send_window_above_congestion_window = margin;
         self
     }
 
@@ -377,6 +392,7 @@ impl Default for TransportConfig {
             stream_receive_window: STREAM_RWND.into(),
             receive_window: VarInt::MAX,
             send_window: (8 * STREAM_RWND).into(),
+            send_window_above_congestion_window: None,
             send_fairness: true,
 
             packet_threshold: 3,
@@ -415,6 +431,7 @@ impl fmt::Debug for TransportConfig {
             stream_receive_window,
             receive_window,
             send_window,
+            send_window_above_congestion_window,
             send_fairness,
             packet_threshold,
             time_threshold,
@@ -444,6 +461,10 @@ impl fmt::Debug for TransportConfig {
             .field("stream_receive_window", stream_receive_window)
             .field("receive_window", receive_window)
             .field("send_window", send_window)
+            .field(
+                "send_window_above_congestion_window",
+                send_window_above_congestion_window,
+            )
             .field("send_fairness", send_fairness)
             .field("packet_threshold", packet_threshold)
             .field("time_threshold", time_threshold)

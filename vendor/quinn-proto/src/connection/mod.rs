@@ -228,6 +228,10 @@ pub struct Connection {
     /// netmux: packets sent before this instant give no RTT sample (see
     /// [`Connection::reset_rtt`]).
     rtt_discard_before: Option<Instant>,
+    /// netmux: the send window as configured or last set
+    /// ([`Self::set_send_window`]); the streams' window is this, or less
+    /// with [`TransportConfig::send_window_above_congestion_window`].
+    send_window: u64,
     /// netmux: a packet counted in flight was sent during this
     /// `poll_transmit`, which sets the loss detection timer once on return
     /// instead of once per packet (see [`Connection::poll_transmit`]).
@@ -355,6 +359,7 @@ impl Connection {
 
             pto_count: 0,
             rtt_discard_before: None,
+            send_window: config.send_window,
             loss_timer_stale: false,
 
             app_limited: false,
@@ -1499,7 +1504,21 @@ impl Connection {
 
     /// See [`TransportConfig::send_window()`]
     pub fn set_send_window(&mut self, send_window: u64) {
-        self.streams.set_send_window(send_window);
+        self.send_window = send_window;
+        self.update_send_window();
+    }
+
+    /// netmux: the streams' send window from the configured one and, with
+    /// [`TransportConfig::send_window_above_congestion_window`], the
+    /// congestion window. Called whenever either changes.
+    fn update_send_window(&mut self) {
+        let window = match self.config.send_window_above_congestion_window {
+            Some(margin) => self
+                .send_window
+                .min(self.path.congestion.window().saturating_add(margin)),
+            None => self.send_window,
+        };
+        self.streams.set_send_window(window);
     }
 
     /// See [`TransportConfig::receive_window()`]
@@ -1581,6 +1600,7 @@ impl Connection {
             self.app_limited,
             self.spaces[space].largest_acked_packet,
         );
+        self.update_send_window();
 
         if new_largest && ack_eliciting_acked {
             let ack_delay = if space != SpaceId::Data {
@@ -1861,6 +1881,7 @@ impl Connection {
                     in_persistent_congestion,
                     size_of_lost_packets,
                 );
+                self.update_send_window();
             }
         }
 

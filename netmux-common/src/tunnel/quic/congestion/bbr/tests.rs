@@ -21,6 +21,10 @@ struct Path {
     next_pn: u64,
     /// (ack arrival, bytes) of every delivered packet.
     delivered: Vec<(Instant, u64)>,
+    /// Packets one ACK frame covers: the receiver acknowledges every
+    /// `ack_every`th arrival, and quinn reports all the frame's packets at
+    /// one instant.
+    ack_every: usize,
 }
 
 impl Path {
@@ -39,6 +43,7 @@ impl Path {
             in_flight: Default::default(),
             next_pn: 0,
             delivered: Vec::new(),
+            ack_every: 1,
         }
     }
 
@@ -57,14 +62,22 @@ impl Path {
                 self.in_flight.push_back((arrival, self.now, self.next_pn));
                 self.next_pn += 1;
             }
-            let Some((arrival, sent, pn)) = self.in_flight.pop_front() else {
+            let Some(first) = self.in_flight.front().copied() else {
                 panic!("window {} lets nothing out", self.bbr.window());
             };
+            // The frame goes when its last packet has arrived.
+            let frame: Vec<_> = self
+                .in_flight
+                .drain(..self.ack_every.min(self.in_flight.len()))
+                .collect();
+            let (arrival, _, pn) = frame.last().copied().unwrap_or(first);
             self.now = self.now.max(arrival);
-            self.bbr.on_ack_packet(self.now, sent, PACKET, false);
+            for &(_, sent, _) in &frame {
+                self.bbr.on_ack_packet(self.now, sent, PACKET, false);
+                self.delivered.push((self.now, PACKET));
+            }
             let in_flight = self.bytes_in_flight();
             self.bbr.on_end_acks(self.now, in_flight, false, Some(pn));
-            self.delivered.push((self.now, PACKET));
         }
     }
 
@@ -85,8 +98,10 @@ impl Path {
 fn fills_a_path_whose_rtt_grew_after_a_lan_start() {
     // The bench's scenario 2 without loss: the tunnel opens on a
     // 0.05 ms path, which then becomes 20 ms. A lifetime minimum would
-    // hold the window near 4 packets (~2 Mbit/s at 20 ms).
-    let mut path = Path::new(20.0, Duration::from_micros(50));
+    // hold the window at the floor of a sub-millisecond path, the initial
+    // window (~96 Mbit/s at 20 ms). (A 0.05 ms path is a fast one: at
+    // 20 Mbit/s that floor would be a standing queue of 96 ms.)
+    let mut path = Path::new(200.0, Duration::from_micros(50));
     path.run_for(Duration::from_secs(2));
     assert!(path.bbr.min_rtt() < Duration::from_millis(1));
     path.prop_rtt = Duration::from_millis(20);
@@ -97,7 +112,7 @@ fn fills_a_path_whose_rtt_grew_after_a_lan_start() {
         "min RTT {min_rtt:?} should follow the path to 20 ms"
     );
     let mbit = path.recent_mbit(Duration::from_secs(2));
-    assert!(mbit > 16.0, "{mbit:.1} Mbit/s of 20 after the RTT grew");
+    assert!(mbit > 160.0, "{mbit:.1} Mbit/s of 200 after the RTT grew");
 }
 
 #[test]
@@ -109,6 +124,49 @@ fn reaches_the_bottleneck_rate_from_startup() {
     // Startup is over. (It stays in Drain here: quinn does not pace at
     // BBR's pacing rate, and this sender fills the window at once.)
     assert!(path.bbr.is_at_full_bandwidth);
+}
+
+#[test]
+fn estimates_the_bottleneck_when_one_ack_covers_many_packets() {
+    // quinn acknowledges several packets per ACK frame and reports them at
+    // one instant. Per-packet rates then gave one packet per ACK interval
+    // (a tenth of the rate here), everything above it counted as ACK
+    // aggregation, and the window grew without bound.
+    let mut path = Path::new(100.0, Duration::from_millis(1));
+    path.ack_every = 10;
+    path.run_for(Duration::from_secs(3));
+    let rate = path.rate as u64;
+    let estimate = path.bbr.max_bandwidth.get_estimate();
+    assert!(
+        estimate > rate * 8 / 10 && estimate < rate * 5 / 4,
+        "bandwidth estimate {estimate} B/s for a {rate} B/s bottleneck"
+    );
+    let bdp = rate / 1000;
+    let window = path.bbr.window();
+    assert!(
+        window < 8 * bdp,
+        "window {window} B for a {bdp} B bandwidth-delay product"
+    );
+    let mbit = path.recent_mbit(Duration::from_secs(1));
+    assert!(mbit > 80.0, "{mbit:.1} Mbit/s of 100");
+}
+
+#[test]
+fn the_window_stays_at_the_initial_window_on_a_path_of_microseconds() {
+    // One packet per 40 µs round trip: twice the bandwidth-delay product
+    // is about two packets, but the tunnel's bursts need more.
+    let mut bbr = Bbr::new(Arc::new(BbrConfig::default()), PACKET as u16);
+    let mut now = Instant::now();
+    for pn in 0..1000 {
+        let sent = now;
+        bbr.on_sent(sent, PACKET, pn);
+        now += Duration::from_micros(40);
+        bbr.on_ack_packet(now, sent, PACKET, false);
+        bbr.on_end_acks(now, 0, false, Some(pn));
+    }
+    assert!(bbr.is_at_full_bandwidth, "Startup is over");
+    assert!(bbr.get_target_cwnd(bbr.cwnd_gain) <= 4 * PACKET);
+    assert_eq!(bbr.window(), bbr.initial_window());
 }
 
 #[test]
