@@ -50,7 +50,7 @@ pub const RECEIVE_WINDOW: u32 = 64 * 1024 * 1024;
 /// and the window still grows with the path's bandwidth-delay product. On
 /// the bench's lan BBR's window is 0.5–1 MB; with this margin the sender
 /// moves as much as with a fixed 64 MiB window, with none it moved half
-/// (BENCHMARKS.md History, 2026-12-05 03:00–03:25).
+/// (BENCHMARKS.md History, 2026-12-05 02:35–03:55).
 pub const SEND_WINDOW_ABOVE_CWND: u64 = 512 * 1024;
 /// The server's connection-level receive window until the hello succeeded:
 /// room for the hello (one frame, at most 64 KiB) and little more, so an
