@@ -16,8 +16,9 @@
 // - the bottleneck bandwidth from delivery-rate samples
 //   (`bw_estimation.rs`, netmux's own): quinn's per-packet rates gave a
 //   tenth or less of the real bandwidth, and the window grew without bound;
-// - under 1 ms of RTT the window never shrinks below the initial window
-//   (quinn: 4 packets);
+// - under 1 ms of RTT the congestion window never shrinks below the
+//   initial window (quinn: 4 packets); ProbeRTT and loss recovery still
+//   go lower, as before;
 // - Startup grows the window only below its target (quinn compared the
 //   cwnd gain, a factor, with the target in bytes; quinn PR 2798);
 // - no `unwrap`; imports and visibility.
@@ -423,8 +424,7 @@ impl Bbr {
     /// One acknowledged packet, sent at `sent` (`Controller::on_ack`
     /// without the `RttEstimator`, so tests need no quinn connection).
     fn on_ack_packet(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool) {
-        self.max_bandwidth
-            .on_ack(now, sent, bytes, self.round_count, app_limited);
+        self.max_bandwidth.on_ack(now, sent, bytes, app_limited);
         self.acked_bytes += bytes;
         // netmux: the ACK frame's RTT sample is the lowest `now - sent` of
         // its packets: the largest one's, what quinn stores as `latest`.
@@ -456,9 +456,9 @@ impl Bbr {
 }
 
 impl Controller for Bbr {
-    fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+    fn on_sent(&mut self, now: Instant, _bytes: u64, last_packet_number: u64) {
         self.max_sent_packet_number = last_packet_number;
-        self.max_bandwidth.on_sent(now, bytes);
+        self.max_bandwidth.on_sent(now);
     }
 
     fn on_ack(

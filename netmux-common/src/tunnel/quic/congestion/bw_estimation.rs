@@ -65,7 +65,7 @@ pub(crate) struct BandwidthEstimation {
 }
 
 impl BandwidthEstimation {
-    pub(crate) fn on_sent(&mut self, now: Instant, _bytes: u64) {
+    pub(crate) fn on_sent(&mut self, now: Instant) {
         let delivered_time = *self.delivered_time.get_or_insert(now);
         let first_sent_time = *self.first_sent_time.get_or_insert(now);
         let same = self.records.back().is_some_and(|r| {
@@ -86,14 +86,7 @@ impl BandwidthEstimation {
         }
     }
 
-    pub(crate) fn on_ack(
-        &mut self,
-        now: Instant,
-        sent: Instant,
-        bytes: u64,
-        _round: u64,
-        app_limited: bool,
-    ) {
+    pub(crate) fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool) {
         self.delivered += bytes;
         self.delivered_time = Some(now);
         // The last state recorded at or before the packet's send.

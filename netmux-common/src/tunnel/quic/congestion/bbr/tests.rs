@@ -62,15 +62,14 @@ impl Path {
                 self.in_flight.push_back((arrival, self.now, self.next_pn));
                 self.next_pn += 1;
             }
-            let Some(first) = self.in_flight.front().copied() else {
-                panic!("window {} lets nothing out", self.bbr.window());
-            };
             // The frame goes when its last packet has arrived.
             let frame: Vec<_> = self
                 .in_flight
                 .drain(..self.ack_every.min(self.in_flight.len()))
                 .collect();
-            let (arrival, _, pn) = frame.last().copied().unwrap_or(first);
+            let Some(&(arrival, _, pn)) = frame.last() else {
+                panic!("window {} lets nothing out", self.bbr.window());
+            };
             self.now = self.now.max(arrival);
             for &(_, sent, _) in &frame {
                 self.bbr.on_ack_packet(self.now, sent, PACKET, false);
