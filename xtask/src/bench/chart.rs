@@ -41,6 +41,7 @@ fn colour(p: Peer) -> RGBColor {
         Peer::SshAes => RGBColor(214, 39, 40),
         Peer::Rathole => RGBColor(148, 103, 189),
         Peer::Socat => RGBColor(140, 86, 75),
+        Peer::SocatPair => RGBColor(188, 143, 143),
         Peer::Quinn => RGBColor(44, 160, 44),
     }
 }

@@ -146,6 +146,10 @@ pub enum Peer {
     Rathole,
     /// A plain `socat` TCP relay in the cluster (no encryption).
     Socat,
+    /// Two plain `socat` relays in a row, one in each namespace: the
+    /// shape of a tunnel with a process at each end, without encryption
+    /// or multiplexing (lan request scenarios only).
+    SocatPair,
     /// nx-quicperf: raw quinn, one stream, no relay (bulk only).
     Quinn,
 }
@@ -160,6 +164,18 @@ impl Peer {
         Peer::Rathole,
         Peer::Socat,
         Peer::Quinn,
+    ];
+
+    /// Peers of the lan request scenarios (3 and 12): the TCP peers and
+    /// the pair of relays, which shows what two hops cost by themselves.
+    pub const LAN_REQUESTS: [Peer; 7] = [
+        Peer::Direct,
+        Peer::Netmux,
+        Peer::SshDefault,
+        Peer::SshAes,
+        Peer::Rathole,
+        Peer::Socat,
+        Peer::SocatPair,
     ];
 
     /// Peers that relay TCP (all but raw quinn).
@@ -181,6 +197,7 @@ impl Peer {
             Peer::SshAes => "ssh -L aes128-gcm",
             Peer::Rathole => "rathole (noise)",
             Peer::Socat => "socat relay",
+            Peer::SocatPair => "socat → socat (two relays)",
             Peer::Quinn => "raw quinn (1 stream)",
         }
     }

@@ -130,9 +130,9 @@ pub fn redis(
     )
 }
 
-/// Peers of scenarios 12 and 13 besides direct: netmux and the relays a
-/// user would compare it with on a fast link.
-const LAN_PEERS: [Peer; 6] = Peer::TCP;
+/// Peers of scenario 12: netmux, the relays a user would compare it with
+/// on a fast link, and the pair of plain relays.
+const LAN_PEERS: [Peer; 7] = Peer::LAN_REQUESTS;
 
 /// 12: small requests on lan.
 pub fn scenario12(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {

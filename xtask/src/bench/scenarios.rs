@@ -212,7 +212,7 @@ fn scenario3(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
     }
     let load = loadavg();
     let secs = s.wrk_secs;
-    let rows = measure(w, &Peer::TCP, Target::Http, s.reps, |w, peer| {
+    let rows = measure(w, &Peer::LAN_REQUESTS, Target::Http, s.reps, |w, peer| {
         let url = format!("http://{}/", w.addr(peer, Target::Http));
         let args: Vec<String> = [
             "-t2",

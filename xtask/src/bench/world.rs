@@ -128,12 +128,13 @@ impl<'a> World<'a> {
         w.start_backends()?;
         println!("==> bench: starting peers");
         type Start<'w> = fn(&mut World<'w>) -> anyhow::Result<()>;
-        let peers: [(Peer, Start<'a>); 6] = [
+        let peers: [(Peer, Start<'a>); 7] = [
             (Peer::Netmux, World::start_netmux),
             (Peer::SshDefault, |w| w.start_ssh(Peer::SshDefault)),
             (Peer::SshAes, |w| w.start_ssh(Peer::SshAes)),
             (Peer::Rathole, World::start_rathole),
             (Peer::Socat, World::start_socat),
+            (Peer::SocatPair, World::start_socat_pair),
             (Peer::Quinn, World::start_quinn),
         ];
         for (peer, start) in peers {
@@ -201,6 +202,7 @@ impl<'a> World<'a> {
             Peer::SshAes => local(22_000),
             Peer::Rathole => local(23_000),
             Peer::Socat => SocketAddr::new(self.cluster_ip(), target.port() + 10_000),
+            Peer::SocatPair => local(24_000),
             Peer::Quinn => SocketAddr::new(self.cluster_ip(), QUINN_PORT),
         }
     }
@@ -233,7 +235,7 @@ impl<'a> World<'a> {
             Peer::Netmux => &["netmuxd", "netmux-server"],
             Peer::SshDefault | Peer::SshAes => &["ssh", "sshd", "sshd-session"],
             Peer::Rathole => &["rathole"],
-            Peer::Socat => &["socat"],
+            Peer::Socat | Peer::SocatPair => &["socat"],
             Peer::Quinn => &["nx-quicperf"],
         }
     }
@@ -720,6 +722,46 @@ impl<'a> World<'a> {
             Side::Workstation,
             self.addr(Peer::Socat, Target::Echo),
             "socat",
+        )
+    }
+
+    /// A socat in the workstation namespace that relays to the cluster's
+    /// socat ([`World::start_socat`], so it starts after it), with the
+    /// same options.
+    fn start_socat_pair(&mut self) -> anyhow::Result<()> {
+        if let Some(why) = self.unavailable.get(&Peer::Socat) {
+            bail!("needs the cluster's socat relay: {why}");
+        }
+        for t in Target::ALL {
+            let local = self.addr(Peer::SocatPair, t);
+            let args = vec![
+                format!(
+                    "TCP-LISTEN:{},bind={},fork,reuseaddr,backlog=1024",
+                    local.port(),
+                    local.ip()
+                ),
+                format!("TCP:{}", self.addr(Peer::Socat, t)),
+            ];
+            if t == Target::Iperf {
+                self.setup_commands.push((
+                    peer_label(Peer::SocatPair),
+                    format!(
+                        "socat {} (workstation, one per port) to the socat relay above",
+                        args.join(" ")
+                    ),
+                ));
+            }
+            self.spawn(
+                Side::Workstation,
+                &format!("socat-pair-{}", t.name()),
+                "socat",
+                &args,
+            )?;
+        }
+        self.wait(
+            Side::Workstation,
+            self.addr(Peer::SocatPair, Target::Echo),
+            "the workstation's socat",
         )
     }
 
