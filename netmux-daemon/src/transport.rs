@@ -147,7 +147,7 @@ where
     // The endpoint lives as long as its connection: dropping this handle
     // leaves it to the connection, whose end drops the socket and stream.
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        quic::endpoint_config(),
         None,
         socket,
         Arc::new(quinn::TokioRuntime),

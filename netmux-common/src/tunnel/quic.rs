@@ -8,7 +8,13 @@
 //! the congestion window ([`SEND_WINDOW_ABOVE_CWND`]), generous
 //! flow-control windows (on the server only once the hello
 //! succeeded: [`server_transport_config`]), keepalive so a dead peer is noticed
-//! within seconds.
+//! within seconds, and MTU discovery up to jumbo frames ([`MAX_UDP_PAYLOAD`]).
+//!
+//! MTU discovery runs once per connection, then every ten minutes (quinn's
+//! default). A workstation that carries a live connection from a jumbo
+//! network onto a 1,500-byte one (rare: jumbo networks are data centres)
+//! loses its large packets until quinn's black hole detection falls back
+//! to 1,200 bytes and searches again a minute later.
 
 mod client;
 pub mod congestion;
@@ -52,6 +58,15 @@ pub const RECEIVE_WINDOW: u32 = 64 * 1024 * 1024;
 /// moves as much as with a fixed 64 MiB window, with none it moved half
 /// (BENCHMARKS.md History, 2026-12-05 02:35–03:55).
 pub const SEND_WINDOW_ABOVE_CWND: u64 = 512 * 1024;
+/// The largest UDP payload netmux sends and accepts: a 9,000-byte MTU
+/// (jumbo frames, as in an AWS VPC or a data centre's network) less an
+/// IPv6 and a UDP header. MTU discovery (quinn's DPLPMTUD, RFC 8899) climbs
+/// towards it on each path and stops where the path stops: 1,452–1,472 on
+/// Ethernet's 1,500, 8,952 on a jumbo path, where each packet then carries
+/// six times the data for the same per-packet work (BENCHMARKS.md,
+/// "MTU 9000" rows).
+pub const MAX_UDP_PAYLOAD: u16 = 8952;
+const _: () = assert!(MAX_UDP_PAYLOAD >= 1200 && MAX_UDP_PAYLOAD <= 65_527);
 /// The server's connection-level receive window until the hello succeeded:
 /// room for the hello (one frame, at most 64 KiB) and little more, so an
 /// unauthenticated peer cannot make the server buffer megabytes.
@@ -80,7 +95,20 @@ pub fn transport_config_with(
     t.send_window(64 * 1024 * 1024);
     t.send_window_above_congestion_window(Some(SEND_WINDOW_ABOVE_CWND));
     t.congestion_controller_factory(congestion);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     t
+}
+
+/// The endpoint configuration of daemon and server: datagrams up to
+/// [`MAX_UDP_PAYLOAD`] accepted (quinn's default is 1,472, which would cap
+/// the peer's MTU discovery there).
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    // In range by the assertion above, so this cannot fail.
+    let _ = c.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    c
 }
 
 /// The server's transport configuration: [`transport_config`] with the
@@ -112,7 +140,7 @@ pub fn endpoint(
     socket: UdpSocket,
 ) -> std::io::Result<quinn::Endpoint> {
     quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        endpoint_config(),
         server,
         super::udp_socket::quic_socket(socket)?,
         Arc::new(quinn::TokioRuntime),

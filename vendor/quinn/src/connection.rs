@@ -1044,7 +1044,7 @@ impl State {
         let now = self.runtime.now();
         let mut transmits = 0;
 
-        let max_datagrams = self
+        let max_segments = self
             .socket
             .max_transmit_segments()
             .min(MAX_TRANSMIT_SEGMENTS);
@@ -1056,6 +1056,9 @@ impl State {
                 None => {
                     self.send_buffer.clear();
                     self.send_buffer.reserve(self.inner.current_mtu() as usize);
+                    // netmux (issue 17): a GSO batch within the kernel's
+                    // 64 KiB limit whatever the path's MTU.
+                    let max_datagrams = gso_batch(max_segments, self.inner.current_mtu());
                     match self
                         .inner
                         .poll_transmit(now, max_datagrams, &mut self.send_buffer)
@@ -1375,3 +1378,18 @@ const MAX_TRANSMIT_DATAGRAMS: usize = 64;
 /// 2026-12-03). 32 x 1452-byte segments stay under the kernel's 64 KiB GSO
 /// limit; 64 segments exceed it and every send fails.
 const MAX_TRANSMIT_SEGMENTS: usize = 32;
+
+/// The most bytes one UDP GSO send may carry: an IPv4 datagram's 65,535
+/// minus its 20-byte header and the 8-byte UDP header; Linux refuses a
+/// larger batch.
+///
+/// netmux patch (issue 17): upstream sends `MAX_TRANSMIT_SEGMENTS`
+/// segments of the path's MTU, which exceeds this limit once MTU discovery
+/// finds a path above 2,047 bytes (jumbo frames): every batch then fails.
+const GSO_MAX_BYTES: usize = 65_535 - 20 - 8;
+
+/// Segments per transmit for a path of `mtu` bytes: at most `max_segments`,
+/// and no more than [`GSO_MAX_BYTES`] in all (at least one).
+pub(crate) fn gso_batch(max_segments: usize, mtu: u16) -> usize {
+    (GSO_MAX_BYTES / usize::from(mtu).max(1)).clamp(1, max_segments.max(1))
+}

@@ -93,6 +93,9 @@ pub use crate::send_stream::{SendStream, StoppedError, WriteError};
 
 #[cfg(test)]
 mod tests;
+// netmux (issue 17): GSO batches on paths above Ethernet's MTU.
+#[cfg(test)]
+mod tests_jumbo;
 
 #[derive(Debug)]
 enum ConnectionEvent {

@@ -100,8 +100,14 @@ pub(super) const IPERF_CMD: &str =
     "iperf3 -c ADDR -p PORT -t {T} -J (one TCP stream; server `iperf3 -s` in the cluster)";
 pub(super) const QUINN_CMD: &str = "nx-quicperf client --connect CLUSTER:7600 --cert CERT --seconds {T} (one QUIC stream, netmux-common transport settings, quinn's stock BBR)";
 
-/// 1 (bulk, lan) and 9 (CPU per GiB, from the same runs).
-pub(super) fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table>> {
+/// 1 (bulk) and 9 (CPU per GiB, from the same runs), on `profile`: lan,
+/// or jumbo (the same veth at MTU 9000; no targets, shown beside lan).
+pub(super) fn scenario1(
+    w: &World<'_>,
+    s: &Settings,
+    profile: Profile,
+) -> anyhow::Result<Vec<Table>> {
+    let jumbo = profile == Profile::Jumbo;
     let load = loadavg();
     let mut cpu: Vec<(Peer, Vec<f64>)> = Vec::new();
     let mut profiled = false;
@@ -111,7 +117,7 @@ pub(super) fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table
         let perf = match (&s.profile, peer) {
             (Some(dir), Peer::Netmux) if !profiled => {
                 profiled = true;
-                Perf::start(w, dir, "bulk")
+                Perf::start(w, dir, if jumbo { "bulk-jumbo" } else { "bulk" })
             }
             _ => None,
         };
@@ -131,10 +137,18 @@ pub(super) fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table
     let commands = vec![IPERF_CMD.replace("{T}", &t), QUINN_CMD.replace("{T}", &t)];
     let t1 = table(
         Meta {
-            id: "s1-bulk-lan",
+            id: if jumbo {
+                "s1-bulk-jumbo"
+            } else {
+                "s1-bulk-lan"
+            },
             scenario: 1,
-            title: "Bulk, one TCP stream",
-            profile: Profile::Lan,
+            title: if jumbo {
+                "Bulk, one TCP stream, MTU 9000"
+            } else {
+                "Bulk, one TCP stream"
+            },
+            profile,
             unit: "Gbit/s",
             higher_better: true,
         },
@@ -164,10 +178,18 @@ pub(super) fn scenario1(w: &World<'_>, s: &Settings) -> anyhow::Result<Vec<Table
         .collect();
     let mut t9 = table(
         Meta {
-            id: "s9-cpu-per-gib",
+            id: if jumbo {
+                "s9-cpu-per-gib-jumbo"
+            } else {
+                "s9-cpu-per-gib"
+            },
             scenario: 9,
-            title: "CPU seconds per GiB moved (tunnel processes, both ends; during scenario 1)",
-            profile: Profile::Lan,
+            title: if jumbo {
+                "CPU seconds per GiB moved, MTU 9000 (tunnel processes, both ends; during scenario 1)"
+            } else {
+                "CPU seconds per GiB moved (tunnel processes, both ends; during scenario 1)"
+            },
+            profile,
             unit: "CPU s/GiB",
             higher_better: false,
         },

@@ -14,6 +14,8 @@ use netmux_testbed::{bin, Process, Sandbox, Side, CLUSTER_IF, WS_IF};
 pub enum Profile {
     /// The veth as is.
     Lan,
+    /// The veth with MTU 9000 on both ends (jumbo frames), no delay.
+    Jumbo,
     /// 20 ms RTT.
     Wan,
     /// 20 ms RTT, 1% random loss in each direction.
@@ -24,6 +26,7 @@ impl Profile {
     pub fn name(self) -> &'static str {
         match self {
             Profile::Lan => "lan",
+            Profile::Jumbo => "jumbo",
             Profile::Wan => "wan",
             Profile::Lossy => "lossy",
         }
@@ -32,7 +35,7 @@ impl Profile {
     /// (one-way delay in ms, loss probability per packet and direction).
     fn shape(self) -> (f64, f64) {
         match self {
-            Profile::Lan => (0.0, 0.0),
+            Profile::Lan | Profile::Jumbo => (0.0, 0.0),
             Profile::Wan => (10.0, 0.0),
             Profile::Lossy => (10.0, 0.01),
         }
@@ -43,7 +46,7 @@ impl Profile {
 #[derive(Debug, Default)]
 pub struct Link {
     lines: Vec<Process>,
-    current: Option<&'static str>,
+    current: Option<Profile>,
     /// What ping measured after the last switch.
     pub check: String,
     /// Average ping RTT in ms after the last switch.
@@ -71,15 +74,33 @@ impl Link {
         self.lines.clear();
     }
 
+    /// The profile the link is set to.
+    pub fn current(&self) -> Option<Profile> {
+        self.current
+    }
+
+    /// The veth's MTU under `profile` (every other profile has Ethernet's).
+    pub fn mtu(profile: Profile) -> u16 {
+        match profile {
+            Profile::Jumbo => 9000,
+            _ => 1500,
+        }
+    }
+
     /// Switches to `profile` and checks it with ping; whether it changed.
     pub fn set(&mut self, sb: &Sandbox, profile: Profile) -> anyhow::Result<bool> {
-        if self.current == Some(profile.name()) {
+        if self.current == Some(profile) {
             return Ok(false);
         }
         self.stop();
         self.current = None;
         let (delay, loss) = profile.shape();
-        if profile != Profile::Lan {
+        let mtu = Self::mtu(profile).to_string();
+        sb.netns(Side::Workstation)
+            .ip(["link", "set", WS_IF, "mtu", &mtu])?;
+        sb.netns(Side::Cluster)
+            .ip(["link", "set", CLUSTER_IF, "mtu", &mtu])?;
+        if delay > 0.0 || loss > 0.0 {
             let delayline = bin("nx-delayline")?;
             for side in [Side::Workstation, Side::Cluster] {
                 // Strict reverse-path filtering would drop packets that
@@ -151,7 +172,28 @@ impl Link {
                 ])?;
             }
         }
-        self.current = Some(profile.name());
+        self.current = Some(profile);
+        if profile == Profile::Jumbo {
+            // The path carries a full 9000-byte packet unfragmented.
+            sb.exec(
+                Side::Workstation,
+                "ping",
+                [
+                    "-q",
+                    "-c",
+                    "1",
+                    "-W",
+                    "2",
+                    "-M",
+                    "do",
+                    "-s",
+                    "8972",
+                    &sb.cluster_addr().to_string(),
+                ],
+                Duration::from_secs(10),
+            )
+            .context("a 9000-byte ping across the jumbo veth")?;
+        }
         self.ping(sb, profile)?;
         Ok(true)
     }

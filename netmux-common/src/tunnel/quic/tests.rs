@@ -92,3 +92,78 @@ async fn writes_made_ready_together_leave_in_few_packets() {
         "{sent} datagrams carried {N} writes made ready together (expected them batched)"
     );
 }
+
+/// On a path that carries jumbo frames (loopback here: MTU 65,536) MTU
+/// discovery climbs to [`super::MAX_UDP_PAYLOAD`] with netmux's settings,
+/// and bulk data crosses in packets that large, in GSO batches within the
+/// kernel's limit (vendored quinn, `gso_batch`). With quinn's default
+/// endpoint configuration discovery stops at 1,472.
+#[tokio::test]
+async fn a_jumbo_path_carries_jumbo_packets() {
+    use std::time::Duration;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let transport = Arc::new(super::transport_config());
+    let mut server_config =
+        quinn::ServerConfig::with_single_cert(vec![cert.clone()], key).expect("server config");
+    server_config.transport_config(transport.clone());
+    let loopback = || std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let server = super::endpoint(Some(server_config), loopback()).expect("server endpoint");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("root");
+    let mut client_config =
+        quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
+    client_config.transport_config(transport);
+    let client = super::endpoint(None, loopback()).expect("client endpoint");
+    let addr = server.local_addr().expect("addr");
+    let (conn, peer) = tokio::join!(
+        async {
+            client
+                .connect_with(client_config, addr, "localhost")
+                .expect("connect")
+                .await
+                .expect("handshake")
+        },
+        async {
+            let incoming = server.accept().await.expect("incoming");
+            incoming.await.expect("server handshake")
+        }
+    );
+
+    const LEN: usize = 16 << 20;
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 253) as u8).collect();
+    let send = async {
+        let (mut s, _r) = conn.open_bi().await.expect("open");
+        // A first write opens the stream at the peer; discovery runs
+        // alongside the transfer.
+        s.write_all(&data).await.expect("write");
+        s.finish().expect("finish");
+        s.stopped().await.expect("stopped");
+    };
+    let recv = async {
+        let (_s, mut r) = peer.accept_bi().await.expect("accept");
+        r.read_to_end(LEN).await.expect("read")
+    };
+    let (_, got) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(send, recv) })
+            .await
+            .expect("16 MiB did not cross loopback in 60 s");
+    assert!(got == data, "the data arrived changed");
+
+    let stats = conn.stats();
+    assert_eq!(
+        stats.path.current_mtu,
+        super::MAX_UDP_PAYLOAD,
+        "MTU discovery stopped below the jumbo payload"
+    );
+    assert_eq!(stats.path.black_holes_detected, 0);
+    // 16 MiB in 1,452-byte packets would be 11,500 datagrams; in 8,952-byte
+    // ones 1,900 (the first ones before discovery ends are smaller).
+    assert!(
+        stats.udp_tx.datagrams < 4_000,
+        "{} datagrams for 16 MiB: not jumbo packets",
+        stats.udp_tx.datagrams
+    );
+    assert_eq!(peer.stats().path.current_mtu, super::MAX_UDP_PAYLOAD);
+}
