@@ -8,19 +8,30 @@ use quinn::{Connection, Endpoint};
 /// A QUIC connection over loopback, both ends on netmux's endpoint socket
 /// ([`super::endpoint`]); the endpoints must outlive it.
 pub(crate) async fn test_pair() -> (Endpoint, Endpoint, Connection, Connection) {
+    test_pair_with(None).await
+}
+
+/// [`test_pair`] with `transport` at both ends (quinn's defaults if `None`).
+async fn test_pair_with(
+    transport: Option<Arc<quinn::TransportConfig>>,
+) -> (Endpoint, Endpoint, Connection, Connection) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
     let cert = ck.cert.der().clone();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    let server_config =
+    let mut server_config =
         quinn::ServerConfig::with_single_cert(vec![cert.clone()], key).expect("server config");
     let loopback = || std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let server = super::endpoint(Some(server_config), loopback()).expect("server endpoint");
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).expect("root");
+    let mut client_config =
+        quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
+    if let Some(t) = transport {
+        server_config.transport_config(t.clone());
+        client_config.transport_config(t);
+    }
+    let server = super::endpoint(Some(server_config), loopback()).expect("server endpoint");
     let mut client = super::endpoint(None, loopback()).expect("client endpoint");
-    client.set_default_client_config(
-        quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config"),
-    );
+    client.set_default_client_config(client_config);
     let addr = server.local_addr().expect("addr");
     let (conn, peer) = tokio::join!(
         async {
@@ -101,35 +112,8 @@ async fn writes_made_ready_together_leave_in_few_packets() {
 #[tokio::test]
 async fn a_jumbo_path_carries_jumbo_packets() {
     use std::time::Duration;
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-    let cert = ck.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    let transport = Arc::new(super::transport_config());
-    let mut server_config =
-        quinn::ServerConfig::with_single_cert(vec![cert.clone()], key).expect("server config");
-    server_config.transport_config(transport.clone());
-    let loopback = || std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let server = super::endpoint(Some(server_config), loopback()).expect("server endpoint");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).expect("root");
-    let mut client_config =
-        quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
-    client_config.transport_config(transport);
-    let client = super::endpoint(None, loopback()).expect("client endpoint");
-    let addr = server.local_addr().expect("addr");
-    let (conn, peer) = tokio::join!(
-        async {
-            client
-                .connect_with(client_config, addr, "localhost")
-                .expect("connect")
-                .await
-                .expect("handshake")
-        },
-        async {
-            let incoming = server.accept().await.expect("incoming");
-            incoming.await.expect("server handshake")
-        }
-    );
+    let (_client, _server, conn, peer) =
+        test_pair_with(Some(Arc::new(super::transport_config()))).await;
 
     const LEN: usize = 16 << 20;
     let data: Vec<u8> = (0..LEN).map(|i| (i % 253) as u8).collect();
