@@ -61,10 +61,10 @@ pub const SEND_WINDOW_ABOVE_CWND: u64 = 512 * 1024;
 /// The largest UDP payload netmux sends and accepts: a 9,000-byte MTU
 /// (jumbo frames, as in an AWS VPC or a data centre's network) less an
 /// IPv6 and a UDP header. MTU discovery (quinn's DPLPMTUD, RFC 8899) climbs
-/// towards it on each path and stops where the path stops: 1,452–1,472 on
-/// Ethernet's 1,500, 8,952 on a jumbo path, where each packet then carries
-/// six times the data for the same per-packet work (BENCHMARKS.md,
-/// "MTU 9000" rows).
+/// towards it on each path and stops within 20 bytes of what the path
+/// carries: about 1,450 on Ethernet's 1,500, 8,952 on a jumbo path, where a
+/// packet carries six times the data for the same per-packet work
+/// (BENCHMARKS.md, "MTU 9000" rows).
 pub const MAX_UDP_PAYLOAD: u16 = 8952;
 const _: () = assert!(MAX_UDP_PAYLOAD >= 1200 && MAX_UDP_PAYLOAD <= 65_527);
 /// The server's connection-level receive window until the hello succeeded:
