@@ -149,6 +149,11 @@ pub struct EndpointView {
     /// the same address held by an endpoint that started first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The live connection's path, while connected: its round-trip time
+    /// and the size of its packets as MTU discovery found it (e.g. "RTT
+    /// 0.2 ms, packets of 8952 bytes (jumbo frames)").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// `netmux status`.

@@ -468,6 +468,9 @@ async fn main() -> ExitCode {
                     Some(err) => println!(", last error: {err}"),
                     None => println!(),
                 }
+                if let Some(path) = e.path {
+                    println!("  path: {path}");
+                }
                 for note in e.notes {
                     println!("  {note}");
                 }

@@ -200,6 +200,36 @@ fn hundred_mib_each_way_byte_exact() {
     });
 }
 
+/// On a path that carries jumbo frames (the veth at MTU 9000 before the
+/// daemon connects) the tunnel's MTU discovery finds them: data crosses
+/// byte-exact and `netmux status` names the packet size.
+#[test]
+fn a_jumbo_path_is_found_and_named_in_status() {
+    let sb = sandbox();
+    for (side, ifname) in [
+        (Side::Workstation, netmux_testbed::WS_IF),
+        (Side::Cluster, netmux_testbed::CLUSTER_IF),
+    ] {
+        sb.netns(side)
+            .ip(["link", "set", ifname, "mtu", "9000"])
+            .expect("veth at MTU 9000");
+    }
+    let w = world(&sb);
+    let sink = local(&sb, "sink", 9001);
+    on_failure_dump(&sb, || {
+        w.sb.ws()
+            .block_on(|| async move { check::upload_to_sink(sink, 32 * MIB).await })
+            .unwrap()
+            .expect("32 MiB up, byte-exact");
+        let mut status = String::new();
+        let found = netmux_testbed::wait_until("jumbo packets in status", T, || {
+            status = w.nm.cli(["status"]).map(|o| o.stdout).unwrap_or_default();
+            status.contains("path: RTT ") && status.contains("packets of 8952 bytes (jumbo frames)")
+        });
+        assert!(found.is_ok(), "{status}");
+    });
+}
+
 #[test]
 fn two_hundred_concurrent_connections_byte_exact() {
     let sb = sandbox();

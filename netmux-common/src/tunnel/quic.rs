@@ -101,6 +101,17 @@ pub fn transport_config_with(
     t
 }
 
+/// How `netmux status` describes a connection's path: its round-trip time
+/// and the size of its packets (the largest UDP payload MTU discovery
+/// found), naming jumbo frames when the path carries them.
+pub fn describe_path(rtt: Duration, packet: u16) -> String {
+    let jumbo = if packet > 1500 { " (jumbo frames)" } else { "" };
+    format!(
+        "RTT {:.1} ms, packets of {packet} bytes{jumbo}",
+        rtt.as_secs_f64() * 1000.0
+    )
+}
+
 /// The endpoint configuration of daemon and server: datagrams up to
 /// [`MAX_UDP_PAYLOAD`] accepted (quinn's default is 1,472, which would cap
 /// the peer's MTU discovery there).

@@ -196,6 +196,13 @@ impl Daemon {
                                     }),
                             )
                             .collect(),
+                        path: c.and_then(|c| {
+                            let conn = c.endpoint.watch_connection().borrow().clone()?;
+                            Some(netmux_common::tunnel::quic::describe_path(
+                                conn.rtt(),
+                                conn.stats().path.current_mtu,
+                            ))
+                        }),
                     }
                 })
                 .collect(),

@@ -151,3 +151,16 @@ async fn a_jumbo_path_carries_jumbo_packets() {
     );
     assert_eq!(peer.stats().path.current_mtu, super::MAX_UDP_PAYLOAD);
 }
+
+#[test]
+fn a_path_is_described_by_its_rtt_and_packet_size() {
+    use std::time::Duration;
+    assert_eq!(
+        super::describe_path(Duration::from_micros(180), 1452),
+        "RTT 0.2 ms, packets of 1452 bytes"
+    );
+    assert_eq!(
+        super::describe_path(Duration::from_millis(21), super::MAX_UDP_PAYLOAD),
+        "RTT 21.0 ms, packets of 8952 bytes (jumbo frames)"
+    );
+}
