@@ -40,6 +40,14 @@ impl Profile {
             Profile::Lossy => (10.0, 0.01),
         }
     }
+
+    /// The veth's MTU (every profile but `jumbo` has Ethernet's).
+    pub fn mtu(self) -> u16 {
+        match self {
+            Profile::Jumbo => 9000,
+            _ => 1500,
+        }
+    }
 }
 
 /// The delay lines of the current profile.
@@ -79,14 +87,6 @@ impl Link {
         self.current
     }
 
-    /// The veth's MTU under `profile` (every other profile has Ethernet's).
-    pub fn mtu(profile: Profile) -> u16 {
-        match profile {
-            Profile::Jumbo => 9000,
-            _ => 1500,
-        }
-    }
-
     /// Switches to `profile` and checks it with ping; whether it changed.
     pub fn set(&mut self, sb: &Sandbox, profile: Profile) -> anyhow::Result<bool> {
         if self.current == Some(profile) {
@@ -95,7 +95,7 @@ impl Link {
         self.stop();
         self.current = None;
         let (delay, loss) = profile.shape();
-        let mtu = Self::mtu(profile).to_string();
+        let mtu = profile.mtu().to_string();
         sb.netns(Side::Workstation)
             .ip(["link", "set", WS_IF, "mtu", &mtu])?;
         sb.netns(Side::Cluster)
@@ -174,7 +174,9 @@ impl Link {
         }
         self.current = Some(profile);
         if profile == Profile::Jumbo {
-            // The path carries a full 9000-byte packet unfragmented.
+            // The path carries a packet of the full MTU unfragmented (the
+            // ping's payload: the MTU less the IPv4 and ICMP headers).
+            let payload = (profile.mtu() - 28).to_string();
             sb.exec(
                 Side::Workstation,
                 "ping",
@@ -187,12 +189,12 @@ impl Link {
                     "-M",
                     "do",
                     "-s",
-                    "8972",
+                    &payload,
                     &sb.cluster_addr().to_string(),
                 ],
                 Duration::from_secs(10),
             )
-            .context("a 9000-byte ping across the jumbo veth")?;
+            .with_context(|| format!("a {}-byte ping across the jumbo veth", profile.mtu()))?;
         }
         self.ping(sb, profile)?;
         Ok(true)

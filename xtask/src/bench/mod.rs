@@ -155,30 +155,7 @@ pub enum Peer {
 }
 
 impl Peer {
-    /// Every peer, in table order.
-    pub const ALL: [Peer; 7] = [
-        Peer::Direct,
-        Peer::Netmux,
-        Peer::SshDefault,
-        Peer::SshAes,
-        Peer::Rathole,
-        Peer::Socat,
-        Peer::Quinn,
-    ];
-
-    /// Peers of the lan request scenarios (3 and 12): the TCP peers and
-    /// the pair of relays, which shows what two hops cost by themselves.
-    pub const LAN_REQUESTS: [Peer; 7] = [
-        Peer::Direct,
-        Peer::Netmux,
-        Peer::SshDefault,
-        Peer::SshAes,
-        Peer::Rathole,
-        Peer::Socat,
-        Peer::SocatPair,
-    ];
-
-    /// Peers that relay TCP (all but raw quinn).
+    /// Peers that relay TCP (all but raw quinn and the pair of relays).
     pub const TCP: [Peer; 6] = [
         Peer::Direct,
         Peer::Netmux,
@@ -187,6 +164,20 @@ impl Peer {
         Peer::Rathole,
         Peer::Socat,
     ];
+
+    /// Peers of bulk (scenarios 1, 2, 9), in table order: the TCP peers and
+    /// raw quinn.
+    pub const ALL: [Peer; 7] = Self::tcp_and(Peer::Quinn);
+
+    /// Peers of the lan request scenarios (3 and 12): the TCP peers and
+    /// the pair of relays, which shows what two hops cost by themselves.
+    pub const LAN_REQUESTS: [Peer; 7] = Self::tcp_and(Peer::SocatPair);
+
+    /// [`Peer::TCP`] followed by `last`.
+    const fn tcp_and(last: Peer) -> [Peer; 7] {
+        let t = Self::TCP;
+        [t[0], t[1], t[2], t[3], t[4], t[5], last]
+    }
 
     /// Name in tables.
     pub fn label(self) -> &'static str {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use netmux_testbed::{bin, Side};
 
-use super::link::{Link, Profile};
+use super::link::Profile;
 use super::world::{Target, World};
 use super::{bulk, requests, udp_echo};
 use super::{loadavg, Outcome, Peer, Results, Row, Settings, Table, Verdict};
@@ -46,7 +46,7 @@ pub fn run_all(
         // minutes): a connection opened at MTU 1500 would not find the
         // jumbo path, and one at MTU 9000 would send into a black hole
         // after it. Either way netmux reconnects.
-        let mtu_changed = before.is_some_and(|b| Link::mtu(b) != Link::mtu(profile));
+        let mtu_changed = before.is_some_and(|b| b.mtu() != profile.mtu());
         if switched && (mtu_changed || std::env::var_os("NETMUX_BENCH_RECONNECT").is_some()) {
             // (The environment variable, an experiment: a fresh QUIC
             // connection on every new link, so the congestion controller
