@@ -10,6 +10,8 @@
 //!
 //! Tools print one JSON object on stdout; the harness parses it.
 
+pub mod gso;
+
 /// Summary statistics of latency samples, in microseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Stats {

@@ -101,13 +101,37 @@ pub(super) const IPERF_CMD: &str =
 pub(super) const QUINN_CMD: &str = "nx-quicperf client --connect CLUSTER:7600 --cert CERT --seconds {T} (one QUIC stream, netmux-common transport settings, quinn's stock BBR)";
 
 /// 1 (bulk) and 9 (CPU per GiB, from the same runs), on `profile`: lan,
-/// or jumbo (the same veth at MTU 9000; no targets, shown beside lan).
+/// jumbo (the same veth at MTU 9000) or wan (20 ms RTT); the targets are
+/// lan's, the other two are shown beside it.
 pub(super) fn scenario1(
     w: &World<'_>,
     s: &Settings,
     profile: Profile,
 ) -> anyhow::Result<Vec<Table>> {
-    let jumbo = profile == Profile::Jumbo;
+    // (chart id and title of scenario 1, of scenario 9, perf file name)
+    let (id1, title1, id9, title9, perf_name) = match profile {
+        Profile::Jumbo => (
+            "s1-bulk-jumbo",
+            "Bulk, one TCP stream, MTU 9000",
+            "s9-cpu-per-gib-jumbo",
+            "CPU seconds per GiB moved, MTU 9000 (tunnel processes, both ends; during scenario 1)",
+            "bulk-jumbo",
+        ),
+        Profile::Wan | Profile::Lossy => (
+            "s1-bulk-wan",
+            "Bulk, one TCP stream, 20 ms RTT",
+            "s9-cpu-per-gib-wan",
+            "CPU seconds per GiB moved, 20 ms RTT (tunnel processes, both ends; during scenario 1)",
+            "bulk-wan",
+        ),
+        Profile::Lan => (
+            "s1-bulk-lan",
+            "Bulk, one TCP stream",
+            "s9-cpu-per-gib",
+            "CPU seconds per GiB moved (tunnel processes, both ends; during scenario 1)",
+            "bulk",
+        ),
+    };
     let load = loadavg();
     let mut cpu: Vec<(Peer, Vec<f64>)> = Vec::new();
     let mut profiled = false;
@@ -117,7 +141,7 @@ pub(super) fn scenario1(
         let perf = match (&s.profile, peer) {
             (Some(dir), Peer::Netmux) if !profiled => {
                 profiled = true;
-                Perf::start(w, dir, if jumbo { "bulk-jumbo" } else { "bulk" })
+                Perf::start(w, dir, perf_name)
             }
             _ => None,
         };
@@ -137,17 +161,9 @@ pub(super) fn scenario1(
     let commands = vec![IPERF_CMD.replace("{T}", &t), QUINN_CMD.replace("{T}", &t)];
     let t1 = table(
         Meta {
-            id: if jumbo {
-                "s1-bulk-jumbo"
-            } else {
-                "s1-bulk-lan"
-            },
+            id: id1,
             scenario: 1,
-            title: if jumbo {
-                "Bulk, one TCP stream, MTU 9000"
-            } else {
-                "Bulk, one TCP stream"
-            },
+            title: title1,
             profile,
             unit: "Gbit/s",
             higher_better: true,
@@ -178,17 +194,9 @@ pub(super) fn scenario1(
         .collect();
     let mut t9 = table(
         Meta {
-            id: if jumbo {
-                "s9-cpu-per-gib-jumbo"
-            } else {
-                "s9-cpu-per-gib"
-            },
+            id: id9,
             scenario: 9,
-            title: if jumbo {
-                "CPU seconds per GiB moved, MTU 9000 (tunnel processes, both ends; during scenario 1)"
-            } else {
-                "CPU seconds per GiB moved (tunnel processes, both ends; during scenario 1)"
-            },
+            title: title9,
             profile,
             unit: "CPU s/GiB",
             higher_better: false,

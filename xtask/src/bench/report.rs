@@ -242,7 +242,12 @@ pub fn write(
          and `lossy` (20 ms RTT, 1% random loss in each direction, so about 2% of ping round \
          trips) route each side's packets for the other side into a TUN device served by \
          `nx-delayline` (bench-tools), which holds each packet 10 ms, drops at random, and sends \
-         it out of the veth with an AF_PACKET socket. Each table states what ping measured right \
+         it out of the veth with an AF_PACKET socket. It takes and sends GSO superpackets whole \
+         (up to 64 KiB, as the bare veth carries them) and decides loss per packet of the MTU, \
+         cutting a superpacket into its packets when one of them is lost. Scenario 1 runs on \
+         `wan` too (no targets): there TCP is held by the kernel's default send buffer \
+         (`tcp_wmem` at most 4 MiB: about 1.4 Gbit/s at 20 ms) in every peer whose long-haul \
+         leg is TCP; netmux's and raw quinn's QUIC streams have windows of their own. Each table states what ping measured right \
          before it. Repetitions are interleaved (rep 1 of every peer, then rep 2, ...), so \
          background load spreads over all peers; the load average is recorded with each table \
          because other work shares these CPUs.\n\n",

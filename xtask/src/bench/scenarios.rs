@@ -20,7 +20,7 @@ pub fn run_all(
     wanted: &dyn Fn(u8) -> bool,
     out: &mut Results,
 ) -> anyhow::Result<()> {
-    let plan: [(u8, Profile); 14] = [
+    let plan: [(u8, Profile); 15] = [
         (1, Profile::Lan),
         (10, Profile::Lan),
         (11, Profile::Lan),
@@ -30,6 +30,7 @@ pub fn run_all(
         (6, Profile::Lan),
         (8, Profile::Lan),
         (1, Profile::Jumbo),
+        (1, Profile::Wan),
         (4, Profile::Wan),
         (7, Profile::Wan),
         (11, Profile::Wan),
