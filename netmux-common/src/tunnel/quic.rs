@@ -45,8 +45,17 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// Concurrent proxied connections one QUIC connection may carry.
 pub const MAX_STREAMS: u32 = 16 * 1024;
-/// Bytes one stream may have in flight towards the receiver.
-pub const STREAM_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
+/// Bytes one stream may have in flight towards the receiver. One stream is
+/// one proxied TCP connection, so this caps a single transfer at about
+/// window ÷ RTT, and under loss at about window ÷ 2 RTT (the bytes behind
+/// a lost packet wait for its retransmission): at 20 ms raw quinn moved
+/// 2.9 Gbit/s with 8 MiB and 6.0 with 32 MiB. It also bounds the queue a
+/// bulk stream can build where the path is slowest, which every other
+/// stream of the connection then waits in: on the bench's lossy path
+/// (20 ms, 1% loss, a receiver short of CPU) 8 / 16 / 32 MiB gave 1.0–1.2 /
+/// 1.6–1.7 / 2.0–2.3 Gbit/s of bulk and 44–49 / 59–81 / 118–169 ms p99 for
+/// echo requests beside it (BENCHMARKS.md History, 2026-12-05 09:00).
+pub const STREAM_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
 /// Bytes all streams of a connection may have in flight towards the
 /// receiver.
 pub const RECEIVE_WINDOW: u32 = 64 * 1024 * 1024;
