@@ -161,7 +161,7 @@ pub fn split(
     let head = l.ip_len + l.l4_len;
     let mss = usize::from(h.gso_size);
     let payload = &pkt[head..];
-    let n = payload.len().div_ceil(mss).max(1);
+    let n = segments(h, pkt);
     let id = u16::from_be_bytes([pkt[4], pkt[5]]);
     let (src, dst) = (&pkt[12..16], &pkt[16..20]);
     for (i, chunk) in payload.chunks(mss).enumerate() {
@@ -218,18 +218,27 @@ pub fn split(
 mod tests {
     use super::*;
 
+    /// An IPv4 header 10.0.0.1 → 10.0.0.2 (no options, TTL 64) of a
+    /// `proto` packet whose L4 header (`l4_header` bytes, zeroed here)
+    /// carries `payload` bytes.
+    fn ipv4(proto: u8, l4_header: usize, payload: usize) -> Vec<u8> {
+        let mut p = vec![0u8; 20 + l4_header];
+        p[0] = 0x45;
+        let total = (20 + l4_header + payload) as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p[8] = 64;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        p
+    }
+
     /// A TCP/IPv4 packet 10.0.0.1:1000 → 10.0.0.2:2000 with `payload`, its
     /// checksums complete.
     fn tcp(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
+        let mut p = ipv4(6, 20, payload.len());
         p[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
         p[6] = 0x40; // DF
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
         p[20..22].copy_from_slice(&1000u16.to_be_bytes());
         p[22..24].copy_from_slice(&2000u16.to_be_bytes());
         p[24..28].copy_from_slice(&seq.to_be_bytes());
@@ -242,13 +251,7 @@ mod tests {
     }
 
     fn udp(payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; 28];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&((28 + payload.len()) as u16).to_be_bytes());
-        p[8] = 64;
-        p[9] = 17;
-        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let mut p = ipv4(17, 8, payload.len());
         p[20..22].copy_from_slice(&4433u16.to_be_bytes());
         p[22..24].copy_from_slice(&5555u16.to_be_bytes());
         p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
