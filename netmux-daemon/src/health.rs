@@ -19,6 +19,10 @@
 //!   server migrates to a fresh path instead of waiting out its PTO
 //!   backoff. A server that answers probes but not the session has lost it
 //!   (it restarted): the session ends and the endpoint reconnects;
+//! - while healthy, a new local address toward the server (a roam, a VPN
+//!   coming up) migrates the session at once;
+//! - every migration restarts the path's congestion control, RTT estimate
+//!   and MTU discovery, as the new path may have other limits;
 //! - after `survive_blackout` of silence the session is closed; open
 //!   connections get resets.
 //!
@@ -273,14 +277,7 @@ pub(crate) async fn watch(w: Watch) -> String {
                 // to a fresh socket now, so both ends send at once.
                 gate.open();
                 if let Some((endpoint, server)) = &udp {
-                    match crate::transport::rebind(endpoint, server.is_ipv6()) {
-                        Ok(addr) => {
-                            tracing::info!(endpoint = %name, local = %addr, "migrated the session after the blackout")
-                        }
-                        Err(e) => {
-                            tracing::warn!(endpoint = %name, error = %e, "cannot rebind the QUIC socket")
-                        }
-                    }
+                    migrate(&conn, endpoint, *server, &name, "the blackout ended", local);
                     local = route_source(*server);
                 }
                 set_degraded(false);
@@ -331,13 +328,31 @@ pub(crate) async fn watch(w: Watch) -> String {
             tracing::info!(endpoint = %name, gap = %human(g.length()), "resumed after being {what}; probing the path now");
         }
         let resumed = gap.is_some();
+        let degraded = !matches!(phase, Phase::Healthy);
+        if let (Some((endpoint, server)), false, false) = (&udp, degraded, resumed) {
+            // A move to another network that left no silence behind (a
+            // roam between access points, a VPN coming up): the packets
+            // leave from the new address already, but the path's limits
+            // are the old network's until the session migrates.
+            let now_local = route_source(*server);
+            if now_local.is_some() && now_local != local {
+                migrate(
+                    &conn,
+                    endpoint,
+                    *server,
+                    &name,
+                    "the local address changed",
+                    local,
+                );
+                local = now_local;
+            }
+        }
         if !resumed && !health.probe_due(boot) {
             continue;
         }
         let Some((endpoint, server)) = &udp else {
             continue;
         };
-        let degraded = !matches!(phase, Phase::Healthy);
         let probe = crate::transport::probe_path(*server).await;
         tracing::debug!(endpoint = %name, ?probe, resumed, degraded, "path probe");
         match probe {
@@ -354,14 +369,7 @@ pub(crate) async fn watch(w: Watch) -> String {
                 // blackout filled and migrate, so both ends move at once.
                 if degraded || resumed || local != Some(now_local) {
                     gate.open();
-                    match crate::transport::rebind(endpoint, server.is_ipv6()) {
-                        Ok(addr) => {
-                            tracing::info!(endpoint = %name, local = %addr, previous = ?local, "path answers; migrated the session to a new socket")
-                        }
-                        Err(e) => {
-                            tracing::warn!(endpoint = %name, error = %e, "cannot rebind the QUIC socket")
-                        }
-                    }
+                    migrate(&conn, endpoint, *server, &name, "the path answers", local);
                     local = Some(now_local);
                 }
                 if degraded {
@@ -379,18 +387,42 @@ pub(crate) async fn watch(w: Watch) -> String {
             PathProbe::Silent { local: now_local } => {
                 if now_local.is_some() && now_local != local {
                     // A new network, not answering yet: send from it now.
-                    match crate::transport::rebind(endpoint, server.is_ipv6()) {
-                        Ok(addr) => {
-                            tracing::info!(endpoint = %name, local = %addr, previous = ?local, "local address changed; migrated the session")
-                        }
-                        Err(e) => {
-                            tracing::warn!(endpoint = %name, error = %e, "cannot rebind the QUIC socket")
-                        }
-                    }
+                    migrate(
+                        &conn,
+                        endpoint,
+                        *server,
+                        &name,
+                        "the local address changed",
+                        local,
+                    );
                     gate.open();
                     local = now_local;
                 }
             }
+        }
+    }
+}
+
+/// Moves the session to a fresh socket, from the address the kernel picks
+/// now (the server migrates, RFC 9000 9), and restarts the path's
+/// congestion control, RTT estimate and MTU discovery: the path may lead
+/// through another network with other limits, such as smaller packets than
+/// the jumbo frames of the network left (vendor/quinn change 5).
+fn migrate(
+    conn: &Connection,
+    endpoint: &quinn::Endpoint,
+    server: SocketAddr,
+    name: &str,
+    why: &str,
+    previous: Option<IpAddr>,
+) {
+    match crate::transport::rebind(endpoint, server.is_ipv6()) {
+        Ok(addr) => {
+            conn.path_changed();
+            tracing::info!(endpoint = %name, local = %addr, previous = ?previous, "{why}; migrated the session to a new socket");
+        }
+        Err(e) => {
+            tracing::warn!(endpoint = %name, error = %e, "cannot rebind the QUIC socket")
         }
     }
 }

@@ -206,14 +206,7 @@ fn hundred_mib_each_way_byte_exact() {
 #[test]
 fn a_jumbo_path_is_found_and_named_in_status() {
     let sb = sandbox();
-    for (side, ifname) in [
-        (Side::Workstation, netmux_testbed::WS_IF),
-        (Side::Cluster, netmux_testbed::CLUSTER_IF),
-    ] {
-        sb.netns(side)
-            .ip(["link", "set", ifname, "mtu", "9000"])
-            .expect("veth at MTU 9000");
-    }
+    set_mtu(&sb, 9000);
     let w = world(&sb);
     let sink = local(&sb, "sink", 9001);
     on_failure_dump(&sb, || {
@@ -228,6 +221,71 @@ fn a_jumbo_path_is_found_and_named_in_status() {
         });
         assert!(found.is_ok(), "{status}");
     });
+}
+
+/// A workstation that moves from a jumbo-frame network onto one of 1,500
+/// bytes while the session is healthy (a new address, no silence): the
+/// daemon sees the new address, migrates the session and restarts MTU
+/// discovery, so data crosses byte-exact and the path settles at the new
+/// network's packet size. (Without the restart the daemon kept sending
+/// 8,952-byte packets until quinn's black hole detection fell back to
+/// 1,200 bytes, for a minute.)
+#[test]
+fn a_move_to_a_network_with_smaller_packets_restarts_mtu_discovery() {
+    let sb = sandbox();
+    set_mtu(&sb, 9000);
+    let w = world(&sb);
+    let sink = local(&sb, "sink", 9001);
+    on_failure_dump(&sb, || {
+        let upload = |mib: u64| {
+            w.sb.ws()
+                .block_on(|| async move { check::upload_to_sink(sink, mib * MIB).await })
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{mib} MiB up, byte-exact: {e}"))
+        };
+        let packet = || {
+            let status = w.nm.cli(["status"]).map(|o| o.stdout).unwrap_or_default();
+            let size = status
+                .split("packets of ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse::<u16>().ok());
+            (size, status)
+        };
+        upload(8);
+        let found =
+            netmux_testbed::wait_until("jumbo packets in status", T, || packet().0 == Some(8952));
+        assert!(found.is_ok(), "{}", packet().1);
+
+        set_mtu(&sb, 1500);
+        sb.set_ws_address(sb.subnet_addr(77))
+            .expect("move the workstation address");
+        let moved = netmux_testbed::wait_until("the daemon migrates", T, || {
+            w.nm.daemon
+                .log()
+                .contains("the local address changed; migrated the session")
+        });
+        assert!(moved.is_ok(), "{}", w.nm.daemon.log());
+        upload(32);
+        let (size, status) = packet();
+        assert!(
+            size.is_some_and(|n| (1400..=1472).contains(&n)),
+            "the path settles at the 1,500-byte network's packets (IPv4: UDP payloads up to 1,472 bytes): {status}"
+        );
+    });
+}
+
+/// Sets the MTU of the veth pair between workstation and cluster.
+fn set_mtu(sb: &Sandbox, mtu: u16) {
+    let mtu = mtu.to_string();
+    for (side, ifname) in [
+        (Side::Workstation, netmux_testbed::WS_IF),
+        (Side::Cluster, netmux_testbed::CLUSTER_IF),
+    ] {
+        sb.netns(side)
+            .ip(["link", "set", ifname, "mtu", mtu.as_str()])
+            .unwrap_or_else(|e| panic!("veth at MTU {mtu}: {e}"));
+    }
 }
 
 #[test]

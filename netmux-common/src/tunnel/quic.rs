@@ -10,11 +10,12 @@
 //! succeeded: [`server_transport_config`]), keepalive so a dead peer is noticed
 //! within seconds, and MTU discovery up to jumbo frames ([`MAX_UDP_PAYLOAD`]).
 //!
-//! MTU discovery runs once per connection, then every ten minutes (quinn's
-//! default). A workstation that carries a live connection from a jumbo
-//! network onto a 1,500-byte one (rare: jumbo networks are data centres)
-//! loses its large packets until quinn's black hole detection falls back
-//! to 1,200 bytes and searches again a minute later.
+//! MTU discovery runs once per path, then every ten minutes (quinn's
+//! default). When the workstation changes network, netmuxd migrates the
+//! session and restarts discovery from 1,200 bytes (`health.rs`,
+//! vendor/quinn change 5), so a connection carried from a jumbo network
+//! onto a 1,500-byte one, or onto a VPN with smaller packets, does not
+//! send the old size into a black hole.
 
 mod client;
 pub mod congestion;

@@ -572,6 +572,19 @@ impl Connection {
         state.wake();
     }
 
+    /// netmux (change 5): the path may lead through another network now;
+    /// restart its congestion controller, RTT estimate, pacer and MTU
+    /// discovery from the configured initial values (quinn-proto's
+    /// `Connection::path_changed`). Without it a client that moves to a
+    /// network with smaller packets keeps sending the old size into a black
+    /// hole (vendor/quinn-proto `tests::path_change`).
+    pub fn path_changed(&self) {
+        let mut state = self.0.state.lock("path_changed");
+        let now = state.runtime.now();
+        state.inner.path_changed(now);
+        state.wake();
+    }
+
     /// Minimum RTT seen on this path, ignoring ack delay
     pub fn min_rtt(&self) -> Duration {
         self.0.state.lock("min_rtt").inner.min_rtt()

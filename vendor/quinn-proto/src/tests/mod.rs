@@ -38,6 +38,8 @@ use util::*;
 mod token;
 // netmux: change 8's tests.
 mod send_window;
+// netmux: a client's path that changes (vendor/quinn, change 5).
+mod path_change;
 
 #[cfg(all(target_family = "wasm", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;

@@ -1,0 +1,96 @@
+//! netmux: a client that moves to a network with smaller packets, with and
+//! without `Connection::path_changed` (upstream's API; netmuxd calls it,
+//! through the vendored quinn's `Connection::path_changed`, whenever it
+//! moves its session to a new socket: vendor/quinn/README.netmux.md,
+//! change 5).
+
+use super::*;
+
+/// The largest UDP payload of a 9,000-byte IPv6 path, as netmux searches.
+const JUMBO: u16 = 8952;
+
+/// A pair whose endpoints accept and search for jumbo packets, connected
+/// over a link that carries them.
+fn jumbo_pair() -> (Pair, ConnectionHandle, ConnectionHandle) {
+    let mut transport = TransportConfig::default();
+    let mut mtud = MtuDiscoveryConfig::default();
+    mtud.upper_bound(JUMBO);
+    transport.mtu_discovery_config(Some(mtud));
+    let transport = Arc::new(transport);
+    let endpoint = EndpointConfig {
+        max_udp_payload_size: VarInt::from(JUMBO),
+        ..EndpointConfig::default()
+    };
+    let mut server = server_config();
+    server.transport = transport.clone();
+    let mut client = client_config();
+    client.transport = transport;
+    let mut pair = Pair::new(Arc::new(endpoint), server);
+    pair.mtu = usize::from(JUMBO);
+    let (client_ch, server_ch) = pair.connect_with(client);
+    pair.drive();
+    let found = pair.client_conn_mut(client_ch).path_mtu();
+    assert!(found > 8000, "the jumbo path was not found: {found}");
+    (pair, client_ch, server_ch)
+}
+
+/// The client moves to a network whose packets carry 1,452 bytes, from a
+/// new address (a laptop from a data centre's network to an office's),
+/// optionally telling its connection that the path changed; then it sends
+/// 256 KiB. Returns the client's path statistics.
+fn move_and_send(path_changed: bool) -> (Pair, ConnectionHandle, PathStats) {
+    let (mut pair, client_ch, server_ch) = jumbo_pair();
+    pair.mtu = 1452;
+    pair.client.addr = SocketAddr::new(
+        Ipv6Addr::LOCALHOST.into(),
+        CLIENT_PORTS.lock().unwrap().next().unwrap(),
+    );
+    // What quinn's `Endpoint::rebind` does for every connection.
+    pair.client_conn_mut(client_ch).local_address_changed();
+    if path_changed {
+        let now = pair.time;
+        pair.client_conn_mut(client_ch).path_changed(now);
+    }
+    let payload = vec![7u8; 256 * 1024];
+    let s = pair.client_streams(client_ch).open(Dir::Uni).unwrap();
+    let mut sent = 0;
+    while sent < payload.len() {
+        sent += pair
+            .client_send(client_ch, s)
+            .write(&payload[sent..])
+            .unwrap();
+    }
+    pair.client_send(client_ch, s).finish().unwrap();
+    assert!(!pair.drive_bounded(), "the connections never went idle");
+    let got = stream_chunks(pair.server_recv(server_ch, s));
+    assert_eq!(got.len(), payload.len(), "every byte arrived");
+    assert!(got.iter().all(|b| *b == 7));
+    let stats = pair.client_conn_mut(client_ch).stats().path;
+    (pair, client_ch, stats)
+}
+
+#[test]
+fn a_client_that_says_its_path_changed_finds_the_smaller_packets_at_once() {
+    let _guard = subscribe();
+    let (mut pair, client_ch, stats) = move_and_send(true);
+    // Back to the initial MTU, then discovery climbed to what the new link
+    // carries; no packet of data was sent too large for it.
+    assert_eq!(stats.black_holes_detected, 0, "{stats:?}");
+    assert_eq!(stats.lost_packets, 0, "{stats:?}");
+    // (The binary search stops within 20 bytes of the link's limit.)
+    let mtu = pair.client_conn_mut(client_ch).path_mtu();
+    assert!((1432..=1452).contains(&mtu), "{mtu}");
+}
+
+#[test]
+fn a_client_that_does_not_loses_its_large_packets_to_a_black_hole() {
+    let _guard = subscribe();
+    // Upstream's behaviour without the call: the client keeps the jumbo
+    // MTU (migration resets the path only at the end that sees a new
+    // address), its large packets are lost until the black hole detector
+    // falls back to the minimum MTU, where it stays for the cooldown.
+    let (mut pair, client_ch, stats) = move_and_send(false);
+    assert_eq!(stats.black_holes_detected, 1, "{stats:?}");
+    assert!(stats.lost_packets >= 3, "{stats:?}");
+    assert_eq!(pair.client_conn_mut(client_ch).path_mtu(), 1200);
+}
