@@ -20,7 +20,8 @@
 //!   backoff. A server that answers probes but not the session has lost it
 //!   (it restarted): the session ends and the endpoint reconnects;
 //! - while healthy, a new local address toward the server (a roam, a VPN
-//!   coming up) migrates the session at once;
+//!   coming up), or a route whose MTU no longer carries the session's
+//!   packets, migrates the session at once;
 //! - every migration restarts the path's congestion control, RTT estimate
 //!   and MTU discovery, as the new path may have other limits;
 //! - after `survive_blackout` of silence the session is closed; open
@@ -170,6 +171,21 @@ fn read_clock(id: libc::clockid_t) -> Option<Duration> {
 
 /// The address the kernel sends from towards `server` now (no packet sent).
 fn route_source(server: SocketAddr) -> Option<IpAddr> {
+    route_to(server).map(|r| r.local)
+}
+
+/// The kernel's route towards the server, as a connected UDP socket sees it
+/// (no packet sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Route {
+    /// The address packets leave from.
+    local: IpAddr,
+    /// The route's MTU (Linux `IP_MTU`/`IPV6_MTU`: the interface's, or a
+    /// smaller path MTU the kernel learned from an ICMP message).
+    mtu: Option<u32>,
+}
+
+fn route_to(server: SocketAddr) -> Option<Route> {
     let bind: SocketAddr = if server.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -177,8 +193,79 @@ fn route_source(server: SocketAddr) -> Option<IpAddr> {
     };
     let s = std::net::UdpSocket::bind(bind).ok()?;
     s.connect(server).ok()?;
-    s.local_addr().ok().map(|a| a.ip())
+    let local = s.local_addr().ok()?.ip();
+    Some(Route {
+        local,
+        mtu: route_mtu(&s, server.is_ipv6()),
+    })
 }
+
+#[cfg(target_os = "linux")]
+fn route_mtu(s: &std::net::UdpSocket, v6: bool) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU)
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).ok()?;
+    // SAFETY: `s` is an open socket for the duration of the call; `mtu` and
+    // `len` are valid and writable, and `len` holds the size of `mtu`, so
+    // the kernel writes at most that many bytes into it.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    u32::try_from(mtu).ok().filter(|m| *m > 0)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn route_mtu(_: &std::net::UdpSocket, _: bool) -> Option<u32> {
+    None
+}
+
+/// Why a healthy session should move to a fresh path, if it should.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RouteChange {
+    /// Packets leave from another address: another network.
+    Address,
+    /// The route no longer carries the session's packets (`packet` UDP
+    /// payload bytes): a smaller MTU on the same address.
+    TooSmall,
+}
+
+/// Compares the route now with the session's last local address and the
+/// UDP payload size its packets use now (`packet`).
+fn route_change(last: Option<IpAddr>, now: Route, packet: u16) -> Option<RouteChange> {
+    if last != Some(now.local) {
+        return Some(RouteChange::Address);
+    }
+    let headers = if now.local.is_ipv6() { 40 + 8 } else { 20 + 8 };
+    match now.mtu {
+        // Below QUIC's minimum a restart cannot help (the session then
+        // lives on what the path fragments or loses), and would repeat
+        // every tick.
+        Some(mtu)
+            if mtu.saturating_sub(headers) < u32::from(packet) && packet > QUIC_MIN_PACKET =>
+        {
+            Some(RouteChange::TooSmall)
+        }
+        _ => None,
+    }
+}
+
+/// The smallest UDP payload QUIC sends (RFC 9000 14), where MTU discovery
+/// starts again after a restart.
+const QUIC_MIN_PACKET: u16 = 1200;
 
 /// What the driver watches and where it reports.
 pub(crate) struct Watch {
@@ -334,17 +421,18 @@ pub(crate) async fn watch(w: Watch) -> String {
             // roam between access points, a VPN coming up): the packets
             // leave from the new address already, but the path's limits
             // are the old network's until the session migrates.
-            let now_local = route_source(*server);
-            if now_local.is_some() && now_local != local {
-                migrate(
-                    &conn,
-                    endpoint,
-                    *server,
-                    &name,
-                    "the local address changed",
-                    local,
-                );
-                local = now_local;
+            if let Some(now) = route_to(*server) {
+                let why = match route_change(local, now, conn.stats().path.current_mtu) {
+                    Some(RouteChange::Address) => Some("the local address changed"),
+                    Some(RouteChange::TooSmall) => {
+                        Some("the route's MTU no longer carries the session's packets")
+                    }
+                    None => None,
+                };
+                if let Some(why) = why {
+                    migrate(&conn, endpoint, *server, &name, why, local);
+                    local = Some(now.local);
+                }
             }
         }
         if !resumed && !health.probe_due(boot) {
@@ -488,6 +576,61 @@ mod tests {
         let (b1, m1) = clocks();
         assert!(m1 > m0 && b1 > b0);
         assert!(b1 >= m1, "CLOCK_BOOTTIME counts everything MONOTONIC does");
+    }
+
+    #[test]
+    fn a_route_that_changes_address_or_shrinks_below_the_packets_moves_the_session() {
+        let v4: IpAddr = "10.0.0.5".parse().unwrap();
+        let v6: IpAddr = "fd00::5".parse().unwrap();
+        let route = |local, mtu| Route { local, mtu };
+        // Unchanged: the address, and an MTU that carries the packets.
+        assert_eq!(route_change(Some(v4), route(v4, Some(1500)), 1452), None);
+        assert_eq!(route_change(Some(v4), route(v4, Some(1500)), 1472), None);
+        assert_eq!(route_change(Some(v4), route(v4, Some(9000)), 8952), None);
+        assert_eq!(route_change(Some(v4), route(v4, None), 8952), None);
+        // IPv4 at 1,500 bytes carries UDP payloads up to 1,472; IPv6 1,452.
+        assert_eq!(
+            route_change(Some(v4), route(v4, Some(1500)), 1473),
+            Some(RouteChange::TooSmall)
+        );
+        assert_eq!(route_change(Some(v6), route(v6, Some(1500)), 1452), None);
+        assert_eq!(
+            route_change(Some(v6), route(v6, Some(1500)), 1453),
+            Some(RouteChange::TooSmall)
+        );
+        // Jumbo packets on a 1,500-byte route; a VPN's 1,400.
+        assert_eq!(
+            route_change(Some(v4), route(v4, Some(1500)), 8952),
+            Some(RouteChange::TooSmall)
+        );
+        assert_eq!(
+            route_change(Some(v4), route(v4, Some(1400)), 1452),
+            Some(RouteChange::TooSmall)
+        );
+        // A route below QUIC's minimum: nothing a restart could fix.
+        assert_eq!(route_change(Some(v4), route(v4, Some(1200)), 1200), None);
+        assert_eq!(
+            route_change(Some(v4), route(v4, Some(1200)), 1452),
+            Some(RouteChange::TooSmall)
+        );
+        // Another address, whatever the MTU; none known before.
+        let other: IpAddr = "192.168.1.9".parse().unwrap();
+        assert_eq!(
+            route_change(Some(v4), route(other, Some(9000)), 1452),
+            Some(RouteChange::Address)
+        );
+        assert_eq!(
+            route_change(None, route(v4, Some(1500)), 1452),
+            Some(RouteChange::Address)
+        );
+    }
+
+    #[test]
+    fn the_route_to_loopback_names_its_address_and_mtu() {
+        let r = route_to("127.0.0.1:9".parse().unwrap()).expect("a route to loopback");
+        assert_eq!(r.local, IpAddr::from([127, 0, 0, 1]));
+        #[cfg(target_os = "linux")]
+        assert!(r.mtu.is_some_and(|m| m >= 1500), "{r:?}");
     }
 
     #[test]

@@ -232,6 +232,22 @@ fn a_jumbo_path_is_found_and_named_in_status() {
 /// 1,200 bytes, for a minute.)
 #[test]
 fn a_move_to_a_network_with_smaller_packets_restarts_mtu_discovery() {
+    smaller_packets_while_healthy(true, "the local address changed; migrated the session");
+}
+
+/// The same drop from 9,000 to 1,500 bytes on the same address (a jumbo
+/// network reconfigured, a tunnel interface in the way): the route's MTU
+/// no longer carries the session's packets, and the daemon restarts the
+/// path the same way.
+#[test]
+fn a_route_whose_mtu_shrinks_restarts_mtu_discovery() {
+    smaller_packets_while_healthy(
+        false,
+        "the route's MTU no longer carries the session's packets; migrated the session",
+    );
+}
+
+fn smaller_packets_while_healthy(new_address: bool, logged: &str) {
     let sb = sandbox();
     set_mtu(&sb, 9000);
     let w = world(&sb);
@@ -258,12 +274,12 @@ fn a_move_to_a_network_with_smaller_packets_restarts_mtu_discovery() {
         assert!(found.is_ok(), "{}", packet().1);
 
         set_mtu(&sb, 1500);
-        sb.set_ws_address(sb.subnet_addr(77))
-            .expect("move the workstation address");
+        if new_address {
+            sb.set_ws_address(sb.subnet_addr(77))
+                .expect("move the workstation address");
+        }
         let moved = netmux_testbed::wait_until("the daemon migrates", T, || {
-            w.nm.daemon
-                .log()
-                .contains("the local address changed; migrated the session")
+            w.nm.daemon.log().contains(logged)
         });
         assert!(moved.is_ok(), "{}", w.nm.daemon.log());
         upload(32);
