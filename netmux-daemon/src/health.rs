@@ -243,19 +243,30 @@ enum RouteChange {
     TooSmall,
 }
 
-/// Compares the route now with the session's last local address and the
-/// UDP payload size its packets use now (`packet`).
-fn route_change(last: Option<IpAddr>, now: Route, packet: u16) -> Option<RouteChange> {
-    if last != Some(now.local) {
+/// Compares the route now with the session's last local address, the
+/// route's MTU at the last look, and the UDP payload size the session's
+/// packets use now (`packet`).
+///
+/// Only a change of the MTU counts: were the kernel to keep a smaller path
+/// MTU than the path has (a stale or forged ICMP message; quinn sends with
+/// `IP_PMTUDISC_PROBE`, past the kernel's estimate), discovery would climb
+/// above it again and a rule on the size alone would restart the path each
+/// time. Below QUIC's minimum a restart cannot help either.
+fn route_change(
+    last_local: Option<IpAddr>,
+    last_mtu: Option<u32>,
+    now: Route,
+    packet: u16,
+) -> Option<RouteChange> {
+    if last_local != Some(now.local) {
         return Some(RouteChange::Address);
     }
     let headers = if now.local.is_ipv6() { 40 + 8 } else { 20 + 8 };
     match now.mtu {
-        // Below QUIC's minimum a restart cannot help (the session then
-        // lives on what the path fragments or loses), and would repeat
-        // every tick.
         Some(mtu)
-            if mtu.saturating_sub(headers) < u32::from(packet) && packet > QUIC_MIN_PACKET =>
+            if now.mtu != last_mtu
+                && mtu.saturating_sub(headers) < u32::from(packet)
+                && packet > QUIC_MIN_PACKET =>
         {
             Some(RouteChange::TooSmall)
         }
@@ -320,7 +331,9 @@ pub(crate) async fn watch(w: Watch) -> String {
     let mut health = Health::new(boot, bound, rx_count(&conn));
     let mut resume = ResumeDetector::new(TICK);
     resume.observe(boot, mono);
-    let mut local = udp.as_ref().and_then(|(_, s)| route_source(*s));
+    let route = udp.as_ref().and_then(|(_, s)| route_to(*s));
+    let mut local = route.map(|r| r.local);
+    let mut route_mtu_seen = route.and_then(|r| r.mtu);
     let mut answered_silent = 0u32;
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -422,15 +435,17 @@ pub(crate) async fn watch(w: Watch) -> String {
             // leave from the new address already, but the path's limits
             // are the old network's until the session migrates.
             if let Some(now) = route_to(*server) {
-                let why = match route_change(local, now, conn.stats().path.current_mtu) {
+                let packet = conn.stats().path.current_mtu;
+                let why = match route_change(local, route_mtu_seen, now, packet) {
                     Some(RouteChange::Address) => Some("the local address changed"),
                     Some(RouteChange::TooSmall) => {
                         Some("the route's MTU no longer carries the session's packets")
                     }
                     None => None,
                 };
-                if let Some(why) = why {
-                    migrate(&conn, endpoint, *server, &name, why, local);
+                route_mtu_seen = now.mtu;
+                // A rebind that failed is tried again at the next tick.
+                if why.is_some_and(|why| migrate(&conn, endpoint, *server, &name, why, local)) {
                     local = Some(now.local);
                 }
             }
@@ -503,14 +518,16 @@ fn migrate(
     name: &str,
     why: &str,
     previous: Option<IpAddr>,
-) {
+) -> bool {
     match crate::transport::rebind(endpoint, server.is_ipv6()) {
         Ok(addr) => {
             conn.path_changed();
             tracing::info!(endpoint = %name, local = %addr, previous = ?previous, "{why}; migrated the session to a new socket");
+            true
         }
         Err(e) => {
-            tracing::warn!(endpoint = %name, error = %e, "cannot rebind the QUIC socket")
+            tracing::warn!(endpoint = %name, error = %e, "cannot rebind the QUIC socket");
+            false
         }
     }
 }
@@ -583,44 +600,67 @@ mod tests {
         let v4: IpAddr = "10.0.0.5".parse().unwrap();
         let v6: IpAddr = "fd00::5".parse().unwrap();
         let route = |local, mtu| Route { local, mtu };
+        // The MTU at the last look: jumbo frames.
+        let was = Some(9000);
         // Unchanged: the address, and an MTU that carries the packets.
-        assert_eq!(route_change(Some(v4), route(v4, Some(1500)), 1452), None);
-        assert_eq!(route_change(Some(v4), route(v4, Some(1500)), 1472), None);
-        assert_eq!(route_change(Some(v4), route(v4, Some(9000)), 8952), None);
-        assert_eq!(route_change(Some(v4), route(v4, None), 8952), None);
+        assert_eq!(
+            route_change(Some(v4), was, route(v4, Some(1500)), 1452),
+            None
+        );
+        assert_eq!(
+            route_change(Some(v4), was, route(v4, Some(1500)), 1472),
+            None
+        );
+        assert_eq!(
+            route_change(Some(v4), was, route(v4, Some(9000)), 8952),
+            None
+        );
+        assert_eq!(route_change(Some(v4), was, route(v4, None), 8952), None);
         // IPv4 at 1,500 bytes carries UDP payloads up to 1,472; IPv6 1,452.
         assert_eq!(
-            route_change(Some(v4), route(v4, Some(1500)), 1473),
+            route_change(Some(v4), was, route(v4, Some(1500)), 1473),
             Some(RouteChange::TooSmall)
         );
-        assert_eq!(route_change(Some(v6), route(v6, Some(1500)), 1452), None);
         assert_eq!(
-            route_change(Some(v6), route(v6, Some(1500)), 1453),
+            route_change(Some(v6), was, route(v6, Some(1500)), 1452),
+            None
+        );
+        assert_eq!(
+            route_change(Some(v6), was, route(v6, Some(1500)), 1453),
             Some(RouteChange::TooSmall)
         );
         // Jumbo packets on a 1,500-byte route; a VPN's 1,400.
         assert_eq!(
-            route_change(Some(v4), route(v4, Some(1500)), 8952),
+            route_change(Some(v4), was, route(v4, Some(1500)), 8952),
             Some(RouteChange::TooSmall)
         );
         assert_eq!(
-            route_change(Some(v4), route(v4, Some(1400)), 1452),
+            route_change(Some(v4), Some(1500), route(v4, Some(1400)), 1452),
             Some(RouteChange::TooSmall)
+        );
+        // Only a change counts: packets that outgrew an MTU the kernel
+        // kept (discovery climbed past a stale estimate) restart nothing.
+        assert_eq!(
+            route_change(Some(v4), Some(1400), route(v4, Some(1400)), 1452),
+            None
         );
         // A route below QUIC's minimum: nothing a restart could fix.
-        assert_eq!(route_change(Some(v4), route(v4, Some(1200)), 1200), None);
         assert_eq!(
-            route_change(Some(v4), route(v4, Some(1200)), 1452),
+            route_change(Some(v4), was, route(v4, Some(1200)), 1200),
+            None
+        );
+        assert_eq!(
+            route_change(Some(v4), was, route(v4, Some(1200)), 1452),
             Some(RouteChange::TooSmall)
         );
         // Another address, whatever the MTU; none known before.
         let other: IpAddr = "192.168.1.9".parse().unwrap();
         assert_eq!(
-            route_change(Some(v4), route(other, Some(9000)), 1452),
+            route_change(Some(v4), was, route(other, Some(9000)), 1452),
             Some(RouteChange::Address)
         );
         assert_eq!(
-            route_change(None, route(v4, Some(1500)), 1452),
+            route_change(None, None, route(v4, Some(1500)), 1452),
             Some(RouteChange::Address)
         );
     }
