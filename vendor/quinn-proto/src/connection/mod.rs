@@ -3139,7 +3139,13 @@ impl Connection {
         // Note that the congestion window will not grow until validation terminates. Helps mitigate
         // amplification attacks performed by spoofing source addresses.
         let mut new_path = if remote.is_ipv4() && remote.ip() == self.path.remote.ip() {
-            PathData::from_previous(remote, &self.path, self.path_counter, now)
+            // netmux (change 9): a new port on the same address keeps the
+            // RTT and congestion state, but not the packet size: the peer
+            // may have moved onto a network with smaller packets and kept
+            // its address (README.netmux.md).
+            let mut path = PathData::from_previous(remote, &self.path, self.path_counter, now);
+            path.restart_mtu_discovery(&self.config);
+            path
         } else {
             let peer_max_udp_payload_size =
                 u16::try_from(self.peer_params.max_udp_payload_size.into_inner())

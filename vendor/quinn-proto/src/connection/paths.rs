@@ -136,6 +136,13 @@ impl PathData {
         }
     }
 
+    /// netmux (change 9): MTU discovery from the configured initial MTU
+    /// again, the rest of the path's state kept.
+    pub(super) fn restart_mtu_discovery(&mut self, config: &TransportConfig) {
+        self.mtud.reset(config.get_initial_mtu(), config.min_mtu);
+        self.congestion.on_mtu_update(self.current_mtu());
+    }
+
     /// Resets RTT, congestion control, pacing and MTU states.
     ///
     /// This is useful when it is known the underlying path has changed.

@@ -2,7 +2,8 @@
 //! without `Connection::path_changed` (upstream's API; netmuxd calls it,
 //! through the vendored quinn's `Connection::path_changed`, whenever it
 //! moves its session to a new socket: vendor/quinn/README.netmux.md,
-//! change 5).
+//! change 5); and the server's end when the client keeps its IPv4 address
+//! (change 9 in README.netmux.md).
 
 use super::*;
 
@@ -10,8 +11,8 @@ use super::*;
 const JUMBO: u16 = 8952;
 
 /// A pair whose endpoints accept and search for jumbo packets, connected
-/// over a link that carries them.
-fn jumbo_pair() -> (Pair, ConnectionHandle, ConnectionHandle) {
+/// over a link that carries them (over IPv6, or IPv4 with `v4`).
+fn jumbo_pair_on(v4: bool) -> (Pair, ConnectionHandle, ConnectionHandle) {
     let mut transport = TransportConfig::default();
     let mut mtud = MtuDiscoveryConfig::default();
     mtud.upper_bound(JUMBO);
@@ -27,11 +28,19 @@ fn jumbo_pair() -> (Pair, ConnectionHandle, ConnectionHandle) {
     client.transport = transport;
     let mut pair = Pair::new(Arc::new(endpoint), server);
     pair.mtu = usize::from(JUMBO);
+    if v4 {
+        pair.client.addr.set_ip(Ipv4Addr::LOCALHOST.into());
+        pair.server.addr.set_ip(Ipv4Addr::LOCALHOST.into());
+    }
     let (client_ch, server_ch) = pair.connect_with(client);
     pair.drive();
     let found = pair.client_conn_mut(client_ch).path_mtu();
     assert!(found > 8000, "the jumbo path was not found: {found}");
     (pair, client_ch, server_ch)
+}
+
+fn jumbo_pair() -> (Pair, ConnectionHandle, ConnectionHandle) {
+    jumbo_pair_on(false)
 }
 
 /// The client moves to a network whose packets carry 1,452 bytes, from a
@@ -93,4 +102,48 @@ fn a_client_that_does_not_loses_its_large_packets_to_a_black_hole() {
     assert_eq!(stats.black_holes_detected, 1, "{stats:?}");
     assert!(stats.lost_packets >= 3, "{stats:?}");
     assert_eq!(pair.client_conn_mut(client_ch).path_mtu(), 1200);
+}
+
+#[test]
+fn the_server_restarts_discovery_when_the_client_keeps_its_ipv4_address() {
+    let _guard = subscribe();
+    // The client's network now carries 1,472-byte UDP payloads (an IPv4
+    // MTU of 1,500); it rebinds to a new port on the same address, as
+    // netmuxd does after a change, and the server sends 256 KiB.
+    let (mut pair, client_ch, server_ch) = jumbo_pair_on(true);
+    assert!(pair.server_conn_mut(server_ch).path_mtu() > 8000);
+    pair.mtu = 1472;
+    pair.client
+        .addr
+        .set_port(CLIENT_PORTS.lock().unwrap().next().unwrap());
+    pair.client_conn_mut(client_ch).local_address_changed();
+    let now = pair.time;
+    pair.client_conn_mut(client_ch).path_changed(now);
+    pair.drive();
+    assert_eq!(
+        pair.server_conn_mut(server_ch).remote_address(),
+        pair.client.addr,
+        "the server migrated"
+    );
+    let payload = vec![9u8; 256 * 1024];
+    let s = pair.server_streams(server_ch).open(Dir::Uni).unwrap();
+    let mut sent = 0;
+    while sent < payload.len() {
+        sent += pair
+            .server_send(server_ch, s)
+            .write(&payload[sent..])
+            .unwrap();
+    }
+    pair.server_send(server_ch, s).finish().unwrap();
+    assert!(!pair.drive_bounded(), "the connections never went idle");
+    let got = stream_chunks(pair.client_recv(client_ch, s));
+    assert_eq!(got.len(), payload.len(), "every byte arrived");
+    // The server's end of the path went back to the initial MTU and
+    // searched again (upstream kept 8,952 for a NAT rebinding and lost its
+    // packets until its black hole detector fell back to 1,200).
+    let stats = pair.server_conn_mut(server_ch).stats().path;
+    assert_eq!(stats.black_holes_detected, 0, "{stats:?}");
+    assert_eq!(stats.lost_packets, 0, "{stats:?}");
+    let mtu = pair.server_conn_mut(server_ch).path_mtu();
+    assert!((1452..=1472).contains(&mtu), "{mtu}");
 }
