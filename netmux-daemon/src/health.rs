@@ -45,7 +45,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::status::EndpointStatus;
-use crate::transport::PathProbe;
+use crate::transport::{PathProbe, Route, QUIC_MIN_PACKET};
 
 /// How often the connection's counters are sampled.
 const TICK: Duration = Duration::from_millis(500);
@@ -171,66 +171,7 @@ fn read_clock(id: libc::clockid_t) -> Option<Duration> {
 
 /// The address the kernel sends from towards `server` now (no packet sent).
 fn route_source(server: SocketAddr) -> Option<IpAddr> {
-    route_to(server).map(|r| r.local)
-}
-
-/// The kernel's route towards the server, as a connected UDP socket sees it
-/// (no packet sent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Route {
-    /// The address packets leave from.
-    local: IpAddr,
-    /// The route's MTU (Linux `IP_MTU`/`IPV6_MTU`: the interface's, or a
-    /// smaller path MTU the kernel learned from an ICMP message).
-    mtu: Option<u32>,
-}
-
-fn route_to(server: SocketAddr) -> Option<Route> {
-    let bind: SocketAddr = if server.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let s = std::net::UdpSocket::bind(bind).ok()?;
-    s.connect(server).ok()?;
-    let local = s.local_addr().ok()?.ip();
-    Some(Route {
-        local,
-        mtu: route_mtu(&s, server.is_ipv6()),
-    })
-}
-
-#[cfg(target_os = "linux")]
-fn route_mtu(s: &std::net::UdpSocket, v6: bool) -> Option<u32> {
-    use std::os::fd::AsRawFd;
-    let (level, name) = if v6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
-    } else {
-        (libc::IPPROTO_IP, libc::IP_MTU)
-    };
-    let mut mtu: libc::c_int = 0;
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).ok()?;
-    // SAFETY: `s` is an open socket for the duration of the call; `mtu` and
-    // `len` are valid and writable, and `len` holds the size of `mtu`, so
-    // the kernel writes at most that many bytes into it.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            (&mut mtu as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    u32::try_from(mtu).ok().filter(|m| *m > 0)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn route_mtu(_: &std::net::UdpSocket, _: bool) -> Option<u32> {
-    None
+    crate::transport::route_to(server).map(|r| r.local)
 }
 
 /// Why a healthy session should move to a fresh path, if it should.
@@ -261,22 +202,15 @@ fn route_change(
     if last_local != Some(now.local) {
         return Some(RouteChange::Address);
     }
-    let headers = if now.local.is_ipv6() { 40 + 8 } else { 20 + 8 };
-    match now.mtu {
-        Some(mtu)
-            if now.mtu != last_mtu
-                && mtu.saturating_sub(headers) < u32::from(packet)
-                && packet > QUIC_MIN_PACKET =>
+    match now.udp_payload() {
+        Some(limit)
+            if now.mtu != last_mtu && limit < u32::from(packet) && packet > QUIC_MIN_PACKET =>
         {
             Some(RouteChange::TooSmall)
         }
         _ => None,
     }
 }
-
-/// The smallest UDP payload QUIC sends (RFC 9000 14), where MTU discovery
-/// starts again after a restart.
-const QUIC_MIN_PACKET: u16 = 1200;
 
 /// What the driver watches and where it reports.
 pub(crate) struct Watch {
@@ -331,7 +265,9 @@ pub(crate) async fn watch(w: Watch) -> String {
     let mut health = Health::new(boot, bound, rx_count(&conn));
     let mut resume = ResumeDetector::new(TICK);
     resume.observe(boot, mono);
-    let route = udp.as_ref().and_then(|(_, s)| route_to(*s));
+    let route = udp
+        .as_ref()
+        .and_then(|(_, s)| crate::transport::route_to(*s));
     let mut local = route.map(|r| r.local);
     let mut route_mtu_seen = route.and_then(|r| r.mtu);
     let mut answered_silent = 0u32;
@@ -434,7 +370,7 @@ pub(crate) async fn watch(w: Watch) -> String {
             // roam between access points, a VPN coming up): the packets
             // leave from the new address already, but the path's limits
             // are the old network's until the session migrates.
-            if let Some(now) = route_to(*server) {
+            if let Some(now) = crate::transport::route_to(*server) {
                 let packet = conn.stats().path.current_mtu;
                 let why = match route_change(local, route_mtu_seen, now, packet) {
                     Some(RouteChange::Address) => Some("the local address changed"),
@@ -667,7 +603,8 @@ mod tests {
 
     #[test]
     fn the_route_to_loopback_names_its_address_and_mtu() {
-        let r = route_to("127.0.0.1:9".parse().unwrap()).expect("a route to loopback");
+        let r = crate::transport::route_to("127.0.0.1:9".parse().unwrap())
+            .expect("a route to loopback");
         assert_eq!(r.local, IpAddr::from([127, 0, 0, 1]));
         #[cfg(target_os = "linux")]
         assert!(r.mtu.is_some_and(|m| m >= 1500), "{r:?}");

@@ -7,7 +7,7 @@
 //! and for `kubectl port-forward`, which forwards TCP only. Each attempt
 //! opens a new stream, so the endpoint's reconnect loop re-dials it too.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -283,6 +283,92 @@ fn rand_id() -> [u8; 8] {
     h.finish().to_be_bytes()
 }
 
+/// The kernel's route towards the server, as a connected UDP socket sees it
+/// (no packet sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Route {
+    /// The address packets leave from.
+    pub(crate) local: IpAddr,
+    /// The route's MTU (Linux `IP_MTU`/`IPV6_MTU`: the interface's, or a
+    /// smaller path MTU the kernel learned from an ICMP message).
+    pub(crate) mtu: Option<u32>,
+}
+
+pub(crate) fn route_to(server: SocketAddr) -> Option<Route> {
+    let bind: SocketAddr = if server.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(server).ok()?;
+    let local = s.local_addr().ok()?.ip();
+    Some(Route {
+        local,
+        mtu: route_mtu(&s, server.is_ipv6()),
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn route_mtu(s: &std::net::UdpSocket, v6: bool) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU)
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).ok()?;
+    // SAFETY: `s` is an open socket for the duration of the call; `mtu` and
+    // `len` are valid and writable, and `len` holds the size of `mtu`, so
+    // the kernel writes at most that many bytes into it.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    u32::try_from(mtu).ok().filter(|m| *m > 0)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn route_mtu(_: &std::net::UdpSocket, _: bool) -> Option<u32> {
+    None
+}
+
+impl Route {
+    /// The largest UDP payload the route carries: its MTU less the IP and
+    /// UDP headers.
+    pub(crate) fn udp_payload(&self) -> Option<u32> {
+        let headers = if self.local.is_ipv6() { 40 + 8 } else { 20 + 8 };
+        self.mtu.map(|mtu| mtu.saturating_sub(headers))
+    }
+
+    /// Why QUIC over UDP cannot cross this route, with what to do, if it
+    /// cannot: every QUIC Initial packet carries 1,200 bytes of UDP payload.
+    pub(crate) fn too_small_for_quic(&self, server: SocketAddr) -> Option<String> {
+        let limit = self.udp_payload()?;
+        let mtu = self.mtu?;
+        (limit < u32::from(QUIC_MIN_PACKET)).then(|| {
+            format!(
+                "the route to {server} carries UDP payloads of at most {limit} bytes (MTU {mtu}), \
+                 below the {QUIC_MIN_PACKET} QUIC needs: set `transport = \"tcp\"` for this \
+                 endpoint (QUIC over TCP), or raise the MTU of the interface toward the server"
+            )
+        })
+    }
+}
+
+/// The smallest UDP payload QUIC sends (RFC 9000 14): every Initial packet,
+/// and where MTU discovery starts again after a restart.
+pub(crate) const QUIC_MIN_PACKET: u16 = 1200;
+
 /// Moves `endpoint`'s connections to a new UDP socket (new port, and the
 /// address the kernel picks now): every connection sends from it at once,
 /// which the server takes as a migration (RFC 9000 9) and answers on a
@@ -302,6 +388,36 @@ pub(crate) fn rebind(endpoint: &quinn::Endpoint, v6: bool) -> std::io::Result<So
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_names_its_udp_payload_and_whether_quic_fits() {
+        let server: SocketAddr = "10.0.0.1:7443".parse().unwrap();
+        let v4 = |mtu| Route {
+            local: "10.0.0.5".parse().unwrap(),
+            mtu,
+        };
+        let v6 = |mtu| Route {
+            local: "fd00::5".parse().unwrap(),
+            mtu,
+        };
+        assert_eq!(v4(Some(1500)).udp_payload(), Some(1472));
+        assert_eq!(v6(Some(1500)).udp_payload(), Some(1452));
+        assert_eq!(v4(None).udp_payload(), None);
+        // 1,228 bytes of IPv4 carry QUIC's 1,200; IPv6 needs 1,248.
+        assert_eq!(v4(Some(1228)).too_small_for_quic(server), None);
+        assert_eq!(v6(Some(1248)).too_small_for_quic(server), None);
+        assert_eq!(v4(None).too_small_for_quic(server), None);
+        let why = v4(Some(1200))
+            .too_small_for_quic(server)
+            .expect("1,172 bytes cannot carry QUIC");
+        assert_eq!(
+            why,
+            "the route to 10.0.0.1:7443 carries UDP payloads of at most 1172 bytes (MTU 1200), \
+             below the 1200 QUIC needs: set `transport = \"tcp\"` for this endpoint (QUIC over \
+             TCP), or raise the MTU of the interface toward the server"
+        );
+        assert!(v6(Some(1247)).too_small_for_quic(server).is_some());
+    }
 
     #[tokio::test]
     async fn a_probe_tells_answered_refused_and_silent_apart() {

@@ -10,7 +10,7 @@ use netmux_testbed::netmux::{Layout, Netmux, ServiceSpec, ENDPOINT, LOOPBACK, TO
 use netmux_testbed::{check, Process, Sandbox, Side};
 
 mod common;
-use common::{curl, ip, nx_echo, on_failure_dump, restart_server, sandbox, MIB, T};
+use common::{curl, ip, nx_echo, on_failure_dump, restart_server, sandbox, set_mtu, MIB, T};
 
 fn specs() -> Vec<ServiceSpec> {
     vec![
@@ -100,8 +100,22 @@ fn curl_by_name_over_tcp() {
 
 #[test]
 fn ten_mib_each_way_byte_exact_over_tcp() {
+    ten_mib_each_way(&sandbox());
+}
+
+/// What `netmux connect` tells a user whose route is too small for QUIC
+/// (`tunnel_e2e::a_route_too_small_for_quic_is_named_with_the_fix`) works:
+/// at MTU 1200, where QUIC over UDP cannot start, QUIC over TCP carries
+/// both directions byte-exact.
+#[test]
+fn over_tcp_works_where_the_route_is_too_small_for_quic() {
     let sb = sandbox();
-    let w = world(&sb);
+    set_mtu(&sb, 1200);
+    ten_mib_each_way(&sb);
+}
+
+fn ten_mib_each_way(sb: &Sandbox) {
+    let w = world(sb);
     let addr = |name: &str, port: u16| {
         let fqdn = format!("{name}.{ENDPOINT}.svc.cluster.local");
         let ip =
@@ -110,7 +124,7 @@ fn ten_mib_each_way_byte_exact_over_tcp() {
         std::net::SocketAddr::new(ip, port)
     };
     let (sink, source) = (addr("sink", 9001), addr("source", 9002));
-    on_failure_dump(&sb, || {
+    on_failure_dump(sb, || {
         sb.ws()
             .block_on(|| async move {
                 check::upload_to_sink(sink, 10 * MIB).await?;

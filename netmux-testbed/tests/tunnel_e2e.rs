@@ -12,7 +12,7 @@ use netmux_testbed::{bin, check, Process, Sandbox, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{curl, ip, on_failure_dump, restart_server, sandbox, MIB, T};
+use common::{curl, ip, on_failure_dump, restart_server, sandbox, set_mtu, MIB, T};
 
 /// The services every test publishes, with their backends' nx-echo modes.
 fn services() -> Vec<(ServiceSpec, Option<&'static str>)> {
@@ -299,19 +299,6 @@ fn smaller_packets_while_healthy(new_address: bool, logged: &str) {
     });
 }
 
-/// Sets the MTU of the veth pair between workstation and cluster.
-fn set_mtu(sb: &Sandbox, mtu: u16) {
-    let mtu = mtu.to_string();
-    for (side, ifname) in [
-        (Side::Workstation, netmux_testbed::WS_IF),
-        (Side::Cluster, netmux_testbed::CLUSTER_IF),
-    ] {
-        sb.netns(side)
-            .ip(["link", "set", ifname, "mtu", mtu.as_str()])
-            .unwrap_or_else(|e| panic!("veth at MTU {mtu}: {e}"));
-    }
-}
-
 #[test]
 fn two_hundred_concurrent_connections_byte_exact() {
     let sb = sandbox();
@@ -555,6 +542,30 @@ fn wrong_token_is_refused_and_nothing_is_proxied() {
         );
         let hosts = std::fs::read_to_string(sb.ws_hosts_file()).unwrap_or_default();
         assert!(!hosts.contains("netmux"), "{hosts}");
+    });
+}
+
+/// A route whose MTU cannot carry QUIC's 1,200-byte packets (a tunnel
+/// interface with a small MTU): `netmux connect` says at once why the
+/// endpoint is not up and what to do (the daemon keeps retrying, as for
+/// any failure), instead of waiting for a handshake that cannot finish.
+#[test]
+fn a_route_too_small_for_quic_is_named_with_the_fix() {
+    let sb = sandbox();
+    set_mtu(&sb, 1200);
+    let nm = Netmux::start(&sb, &specs()).expect("start");
+    on_failure_dump(&sb, || {
+        let out = nm.cli(["connect", ENDPOINT]).unwrap();
+        let said = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            said.contains("is not up yet")
+                && said.contains("carries UDP payloads of at most 1172 bytes (MTU 1200)")
+                && said.contains("below the 1200 QUIC needs")
+                && said.contains("transport = \"tcp\""),
+            "{said}"
+        );
+        let status = nm.cli(["status"]).unwrap().stdout;
+        assert!(status.contains("below the 1200 QUIC needs"), "{status}");
     });
 }
 

@@ -105,6 +105,7 @@ pub(crate) async fn connect(
     let (conn, server) = match config.transport {
         Transport::Quic => {
             let server = resolve(config).await?;
+            quic_fits(server)?;
             via_udp = true;
             let dial = dial_udp(client, server, &config.server_name, quic_endpoint);
             // The idle timeout (survive_blackout) also bounds a handshake:
@@ -134,6 +135,7 @@ pub(crate) async fn connect(
         Transport::Auto => {
             let direct = async {
                 let server = resolve(config).await?;
+                quic_fits(server)?;
                 let conn =
                     dial_udp(client.clone(), server, &config.server_name, quic_endpoint).await?;
                 Ok::<_, ConnectError>((conn, server))
@@ -162,6 +164,16 @@ pub(crate) async fn connect(
         .map(|t| t.0.clone())
         .or_else(|| kube.and_then(|k| k.bearer().map(str::to_owned)));
     Ok((hello(conn, server, token).await?, via_udp))
+}
+
+/// Fails at once, saying why and what to do, when the route to `server`
+/// cannot carry QUIC's 1,200-byte packets (a tunnel interface with a small
+/// MTU): the handshake would only time out.
+fn quic_fits(server: SocketAddr) -> Result<(), ConnectError> {
+    match crate::transport::route_to(server).and_then(|r| r.too_small_for_quic(server)) {
+        Some(why) => Err(ConnectError::Quic(why)),
+        None => Ok(()),
+    }
 }
 
 /// The first address of `server`.

@@ -97,3 +97,16 @@ pub fn hosts_addr(sb: &Sandbox, fqdn: &str, port: u16) -> SocketAddr {
         .unwrap_or_else(|| panic!("{fqdn} not in hosts file:\n{hosts}"));
     SocketAddr::new(addr, port)
 }
+
+/// Sets the MTU of the veth pair between workstation and cluster.
+pub fn set_mtu(sb: &Sandbox, mtu: u16) {
+    let mtu = mtu.to_string();
+    for (side, ifname) in [
+        (Side::Workstation, netmux_testbed::WS_IF),
+        (Side::Cluster, netmux_testbed::CLUSTER_IF),
+    ] {
+        sb.netns(side)
+            .ip(["link", "set", ifname, "mtu", mtu.as_str()])
+            .unwrap_or_else(|e| panic!("veth at MTU {mtu}: {e}"));
+    }
+}
