@@ -286,15 +286,15 @@ fn rand_id() -> [u8; 8] {
 /// The kernel's route towards the server, as a connected UDP socket sees it
 /// (no packet sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Route {
+pub struct Route {
     /// The address packets leave from.
-    pub(crate) local: IpAddr,
+    pub local: IpAddr,
     /// The route's MTU (Linux `IP_MTU`/`IPV6_MTU`: the interface's, or a
     /// smaller path MTU the kernel learned from an ICMP message).
-    pub(crate) mtu: Option<u32>,
+    pub mtu: Option<u32>,
 }
 
-pub(crate) fn route_to(server: SocketAddr) -> Option<Route> {
+pub fn route_to(server: SocketAddr) -> Option<Route> {
     let bind: SocketAddr = if server.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -345,29 +345,49 @@ fn route_mtu(_: &std::net::UdpSocket, _: bool) -> Option<u32> {
 impl Route {
     /// The largest UDP payload the route carries: its MTU less the IP and
     /// UDP headers.
-    pub(crate) fn udp_payload(&self) -> Option<u32> {
+    pub fn udp_payload(&self) -> Option<u32> {
         let headers = if self.local.is_ipv6() { 40 + 8 } else { 20 + 8 };
         self.mtu.map(|mtu| mtu.saturating_sub(headers))
     }
 
-    /// Why QUIC over UDP cannot cross this route, with what to do, if it
+    /// Why QUIC over UDP cannot cross this route to `server`, if it
     /// cannot: every QUIC Initial packet carries 1,200 bytes of UDP payload.
-    pub(crate) fn too_small_for_quic(&self, server: SocketAddr) -> Option<String> {
+    /// Its `Display` is the problem; [`TOO_SMALL_FOR_QUIC_FIX`] the fix.
+    pub fn too_small_for_quic(&self, server: SocketAddr) -> Option<TooSmallForQuic> {
         let limit = self.udp_payload()?;
         let mtu = self.mtu?;
-        (limit < u32::from(QUIC_MIN_PACKET)).then(|| {
-            format!(
-                "the route to {server} carries UDP payloads of at most {limit} bytes (MTU {mtu}), \
-                 below the {QUIC_MIN_PACKET} QUIC needs: set `transport = \"tcp\"` for this \
-                 endpoint (QUIC over TCP), or raise the MTU of the interface toward the server"
-            )
-        })
+        (limit < u32::from(QUIC_MIN_PACKET)).then_some(TooSmallForQuic { server, limit, mtu })
     }
 }
 
+/// A route toward the server whose MTU cannot carry QUIC's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooSmallForQuic {
+    /// The server.
+    pub server: SocketAddr,
+    /// The largest UDP payload the route carries.
+    pub limit: u32,
+    /// The route's MTU.
+    pub mtu: u32,
+}
+
+impl std::fmt::Display for TooSmallForQuic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the route to {} carries UDP payloads of at most {} bytes (MTU {}), below the {} QUIC needs",
+            self.server, self.limit, self.mtu, QUIC_MIN_PACKET
+        )
+    }
+}
+
+/// What to do about a [`TooSmallForQuic`] route.
+pub const TOO_SMALL_FOR_QUIC_FIX: &str = "set `transport = \"tcp\"` for this endpoint (QUIC over \
+     TCP), or raise the MTU of the interface toward the server";
+
 /// The smallest UDP payload QUIC sends (RFC 9000 14): every Initial packet,
 /// and where MTU discovery starts again after a restart.
-pub(crate) const QUIC_MIN_PACKET: u16 = 1200;
+pub const QUIC_MIN_PACKET: u16 = 1200;
 
 /// Moves `endpoint`'s connections to a new UDP socket (new port, and the
 /// address the kernel picks now): every connection sends from it at once,
@@ -411,10 +431,9 @@ mod tests {
             .too_small_for_quic(server)
             .expect("1,172 bytes cannot carry QUIC");
         assert_eq!(
-            why,
+            why.to_string(),
             "the route to 10.0.0.1:7443 carries UDP payloads of at most 1172 bytes (MTU 1200), \
-             below the 1200 QUIC needs: set `transport = \"tcp\"` for this endpoint (QUIC over \
-             TCP), or raise the MTU of the interface toward the server"
+             below the 1200 QUIC needs"
         );
         assert!(v6(Some(1247)).too_small_for_quic(server).is_some());
     }

@@ -16,6 +16,8 @@ pub(crate) enum Probe {
     Timeout(Duration),
     /// The server answered but TLS failed.
     Tls(String),
+    /// The route toward the server cannot carry QUIC's packets (its MTU).
+    RouteTooSmall(String),
     /// Anything else (resolution, local setup).
     Error(String),
     /// The Kubernetes port-forward could not be opened (kubeconfig,
@@ -42,6 +44,11 @@ pub(crate) fn endpoint_reachability(ep: &str, server: &str, probe: &Probe) -> Ch
             format!("{server} answered but TLS failed: {e}"),
             "see the certificate check; the CA in the config must be the server's state_dir/ca.pem \
              and server_name one of its server_names",
+        ),
+        Probe::RouteTooSmall(e) => Check::fail(
+            name,
+            e.clone(),
+            netmux_daemon::transport::TOO_SMALL_FOR_QUIC_FIX,
         ),
         Probe::Error(e) => Check::fail(
             name,
@@ -183,7 +190,11 @@ pub(crate) async fn probe(cfg: &EndpointConfig, timeout: Duration) -> (Probe, Op
     };
     let forward = matches!(
         (&direct, cfg.transport),
-        (_, Transport::PortForward) | (Some(Probe::Timeout(_) | Probe::Error(_)), Transport::Auto)
+        (_, Transport::PortForward)
+            | (
+                Some(Probe::Timeout(_) | Probe::Error(_) | Probe::RouteTooSmall(_)),
+                Transport::Auto
+            )
     );
     match (direct, forward, link) {
         (Some(p), false, _) => (p, ca),
@@ -331,6 +342,11 @@ async fn probe_server(cfg: &EndpointConfig, ca_pem: &str, timeout: Duration) -> 
                 Probe::Ok(start.elapsed(), chain)
             }
         };
+    }
+    if let Some(why) =
+        netmux_daemon::transport::route_to(server).and_then(|r| r.too_small_for_quic(server))
+    {
+        return Probe::RouteTooSmall(why.to_string());
     }
     let bind: SocketAddr = if server.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()

@@ -171,7 +171,10 @@ pub(crate) async fn connect(
 /// MTU): the handshake would only time out.
 fn quic_fits(server: SocketAddr) -> Result<(), ConnectError> {
     match crate::transport::route_to(server).and_then(|r| r.too_small_for_quic(server)) {
-        Some(why) => Err(ConnectError::Quic(why)),
+        Some(why) => Err(ConnectError::Quic(format!(
+            "{why}: {}",
+            crate::transport::TOO_SMALL_FOR_QUIC_FIX
+        ))),
         None => Ok(()),
     }
 }
