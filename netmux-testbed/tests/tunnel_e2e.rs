@@ -575,7 +575,10 @@ fn a_route_too_small_for_quic_is_named_with_the_fix() {
             .unwrap_or_else(|e| panic!("doctor json: {e}: {}{}", out.stdout, out.stderr));
         let check = checks
             .as_array()
-            .and_then(|a| a.iter().find(|c| c["name"] == format!("endpoint {ENDPOINT}")))
+            .and_then(|a| {
+                a.iter()
+                    .find(|c| c["name"] == format!("endpoint {ENDPOINT}"))
+            })
             .cloned()
             .unwrap_or_else(|| panic!("doctor has no endpoint check: {checks}"));
         assert_eq!(check["status"], "fail", "{check}");

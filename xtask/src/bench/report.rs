@@ -237,8 +237,10 @@ pub fn write(
     s.push_str(
         "\nLink profiles: `lan` is the bare veth. `jumbo` is the same veth at MTU 9000 on both ends \
          (jumbo frames, as in an AWS VPC or a data centre network; scenarios 1 and 9 only, no \
-         targets): netmux reconnects when the MTU changes, because quinn's MTU discovery runs \
-         once per connection. This kernel has no netem, so `wan` (20 ms RTT) \
+         targets): the bench reconnects netmux when it changes the MTU, because quinn's MTU \
+         discovery searches upward once per path (then every ten minutes; netmuxd restarts it \
+         by itself only when the MTU shrinks below its packets). This kernel has no netem, so \
+         `wan` (20 ms RTT) \
          and `lossy` (20 ms RTT, 1% random loss in each direction, so about 2% of ping round \
          trips) route each side's packets for the other side into a TUN device served by \
          `nx-delayline` (bench-tools), which holds each packet 10 ms, drops at random, and sends \
