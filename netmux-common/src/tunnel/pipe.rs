@@ -26,9 +26,29 @@ use super::branch::Branch;
 const TCP_READ_CHUNK: usize = 64 * 1024;
 
 /// Stream chunks gathered into one TCP `writev`. A chunk is what one QUIC
-/// STREAM frame carried (~1.1 KiB at MTU 1500): written one by one they cost
-/// a syscall and, with `TCP_NODELAY`, a TCP segment each.
+/// STREAM frame carried (~1.4 KiB at MTU 1500): written one by one they cost
+/// a syscall and, with `TCP_NODELAY`, a TCP segment each. This many slots
+/// live in every connection's task.
 const WRITE_BATCH: usize = 32;
+
+/// Slots of the batch a stream takes on the heap while its reads come back
+/// full (a bulk transfer): about 180 KB per `writev`, so the local reader
+/// (reading 128 KiB at a time, as iperf3 does) is woken about half as often
+/// as with [`WRITE_BATCH`] (BENCHMARKS.md History 2026-12-05 12:40); an
+/// idle connection keeps none of it.
+const BULK_WRITE_BATCH: usize = 128;
+
+/// Whether the next read of a stream uses the bulk batch, from the last
+/// read: `filled` chunks into a batch of `slots`. A full small batch means
+/// the stream had more ready; a bulk read that would have fit the small
+/// batch means the burst is over.
+fn bulk_next(filled: usize, slots: usize) -> bool {
+    if slots < BULK_WRITE_BATCH {
+        filled == slots
+    } else {
+        filled > WRITE_BATCH
+    }
+}
 
 /// How a bridged connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,14 +245,16 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         if rest.is_empty() {
             return Ok(());
         }
-        let mut written = {
-            let mut io = [IoSlice::new(&[]); WRITE_BATCH];
-            let k = rest.len().min(WRITE_BATCH);
-            for (slice, buf) in io.iter_mut().zip(rest) {
-                *slice = IoSlice::new(buf);
+        // The slices are built on each poll's stack, not kept in the
+        // future across the wait: a connection's task stays small.
+        let mut written = std::future::poll_fn(|cx| {
+            if rest.len() <= WRITE_BATCH {
+                poll_writev::<W, WRITE_BATCH>(wr, cx, rest)
+            } else {
+                poll_writev::<W, BULK_WRITE_BATCH>(wr, cx, rest)
             }
-            wr.write_vectored(&io[..k]).await?
-        };
+        })
+        .await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -247,6 +269,21 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     }
 }
 
+/// One `writev` of the first `N` of `bufs` (a request's few chunks fill a
+/// small array, a bulk batch a large one).
+fn poll_writev<W: AsyncWrite + Unpin, const N: usize>(
+    wr: &mut W,
+    cx: &mut std::task::Context<'_>,
+    bufs: &[Bytes],
+) -> Poll<io::Result<usize>> {
+    let mut io = [IoSlice::new(&[]); N];
+    let k = bufs.len().min(N);
+    for (slice, buf) in io.iter_mut().zip(bufs) {
+        *slice = IoSlice::new(buf);
+    }
+    std::pin::Pin::new(wr).poll_write_vectored(cx, &io[..k])
+}
+
 async fn stream_to_tcp(
     recv: &mut RecvStream,
     wr: &mut WriteHalf<'_>,
@@ -254,10 +291,17 @@ async fn stream_to_tcp(
     meter: &impl Meter,
 ) -> Result<u64, End> {
     let mut total = 0u64;
-    let mut bufs: [Bytes; WRITE_BATCH] = Default::default();
-    bufs[0] = pending;
+    let mut small: [Bytes; WRITE_BATCH] = Default::default();
+    // The bulk batch, allocated while reads come back full.
+    let mut large: Vec<Bytes> = Vec::new();
+    small[0] = pending;
     let mut filled = 1;
     loop {
+        let bufs: &mut [Bytes] = if large.is_empty() {
+            &mut small
+        } else {
+            &mut large
+        };
         let len: usize = bufs[..filled].iter().map(Bytes::len).sum();
         if len > 0 {
             if let Err(e) = write_all_vectored(wr, &mut bufs[..filled]).await {
@@ -276,8 +320,19 @@ async fn stream_to_tcp(
                 *b = Bytes::new();
             }
         }
-        // Every chunk the stream has ready, up to WRITE_BATCH, in order.
-        match recv.read_chunks(&mut bufs).await {
+        let bulk = bulk_next(filled, bufs.len());
+        if bulk && large.is_empty() {
+            large.resize(BULK_WRITE_BATCH, Bytes::new());
+        } else if !bulk && !large.is_empty() {
+            large = Vec::new();
+        }
+        let bufs: &mut [Bytes] = if large.is_empty() {
+            &mut small
+        } else {
+            &mut large
+        };
+        // Every chunk the stream has ready, up to the batch's size, in order.
+        match recv.read_chunks(bufs).await {
             Ok(Some(n)) => filled = n,
             Ok(None) => {
                 let _ = wr.shutdown().await;
@@ -521,6 +576,37 @@ mod tests {
         assert_eq!(w.calls, 1);
         let first: usize = (0..WRITE_BATCH).map(|i| (i % 7) * 100).sum();
         assert_eq!(w.out, all[..first]);
+    }
+
+    #[test]
+    fn a_stream_takes_the_bulk_batch_while_its_reads_come_back_full() {
+        // Requests: one chunk at a time, the small batch.
+        assert!(!bulk_next(1, WRITE_BATCH));
+        assert!(!bulk_next(WRITE_BATCH - 1, WRITE_BATCH));
+        // A full small batch: the stream had more ready.
+        assert!(bulk_next(WRITE_BATCH, WRITE_BATCH));
+        // Bulk reads that need more than the small batch keep the large one.
+        assert!(bulk_next(BULK_WRITE_BATCH, BULK_WRITE_BATCH));
+        assert!(bulk_next(WRITE_BATCH + 1, BULK_WRITE_BATCH));
+        // A read the small batch would have held ends the burst.
+        assert!(!bulk_next(WRITE_BATCH, BULK_WRITE_BATCH));
+        assert!(!bulk_next(0, BULK_WRITE_BATCH));
+    }
+
+    #[tokio::test]
+    async fn a_bulk_batch_is_one_call_when_the_writer_takes_it_all() {
+        let mut parts: Vec<Bytes> = (0..BULK_WRITE_BATCH)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; 1400]))
+            .collect();
+        let all: Vec<u8> = parts.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut w = Trickle {
+            out: Vec::new(),
+            limit: usize::MAX,
+            calls: 0,
+        };
+        write_all_vectored(&mut w, &mut parts).await.expect("write");
+        assert_eq!(w.calls, 1);
+        assert_eq!(w.out, all);
     }
 
     #[tokio::test]
