@@ -32,10 +32,11 @@ const TCP_READ_CHUNK: usize = 64 * 1024;
 const WRITE_BATCH: usize = 32;
 
 /// Slots of the batch a stream takes on the heap while its reads come back
-/// full (a bulk transfer): about 180 KB per `writev`, so the local reader
-/// (reading 128 KiB at a time, as iperf3 does) is woken about half as often
-/// as with [`WRITE_BATCH`] (BENCHMARKS.md History 2026-12-05 12:40); an
-/// idle connection keeps none of it.
+/// full (a bulk transfer): up to about 180 KB per `writev` (80–90 KB on
+/// average in the bench), so the local reader (reading 128 KiB at a time,
+/// as iperf3 does) is woken about half as often as with [`WRITE_BATCH`]
+/// (BENCHMARKS.md History 2026-12-05 12:40); an idle connection keeps none
+/// of it.
 const BULK_WRITE_BATCH: usize = 128;
 
 /// Whether the next read of a stream uses the bulk batch, from the last
