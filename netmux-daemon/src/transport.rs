@@ -71,11 +71,7 @@ pub(crate) async fn dial_udp(
     let endpoint = match shared {
         Some((e, fam)) if *fam == v6 => e.clone(),
         _ => {
-            let bind: SocketAddr = if v6 {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            } else {
-                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-            };
+            let bind = any_port(v6);
             let socket =
                 quic::bind_udp(bind).map_err(|e| DialError::Setup(format!("UDP socket: {e}")))?;
             let e = quic::endpoint(None, socket)
@@ -220,11 +216,7 @@ pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// path with nothing. The connected socket also names the local address
 /// the kernel chose, which tells a change of network.
 pub(crate) async fn probe_path(server: SocketAddr) -> PathProbe {
-    let bind: SocketAddr = if server.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
+    let bind = any_port(server.is_ipv6());
     let socket = match tokio::net::UdpSocket::bind(bind).await {
         Ok(s) => s,
         Err(e) => {
@@ -294,12 +286,9 @@ pub struct Route {
     pub mtu: Option<u32>,
 }
 
+/// The kernel's route to `server` now: a connected UDP socket, nothing sent.
 pub fn route_to(server: SocketAddr) -> Option<Route> {
-    let bind: SocketAddr = if server.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
+    let bind = any_port(server.is_ipv6());
     let s = std::net::UdpSocket::bind(bind).ok()?;
     s.connect(server).ok()?;
     let local = s.local_addr().ok()?.ip();
@@ -389,16 +378,21 @@ pub const TOO_SMALL_FOR_QUIC_FIX: &str = "set `transport = \"tcp\"` for this end
 /// and where MTU discovery starts again after a restart.
 pub const QUIC_MIN_PACKET: u16 = 1200;
 
+/// Any local port on every address of the family (IPv6 or IPv4).
+pub fn any_port(v6: bool) -> SocketAddr {
+    if v6 {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    }
+}
+
 /// Moves `endpoint`'s connections to a new UDP socket (new port, and the
 /// address the kernel picks now): every connection sends from it at once,
 /// which the server takes as a migration (RFC 9000 9) and answers on a
 /// fresh path.
 pub(crate) fn rebind(endpoint: &quinn::Endpoint, v6: bool) -> std::io::Result<SocketAddr> {
-    let bind: SocketAddr = if v6 {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
+    let bind = any_port(v6);
     let socket = netmux_common::tunnel::quic::bind_udp(bind)?;
     let local = socket.local_addr()?;
     endpoint.rebind(socket)?;

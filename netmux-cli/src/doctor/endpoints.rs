@@ -1,6 +1,6 @@
 //! Endpoint checks: reachability (QUIC, TCP, port-forward probes) and certificate validity.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use netmux_daemon::config::EndpointConfig;
@@ -348,11 +348,7 @@ async fn probe_server(cfg: &EndpointConfig, ca_pem: &str, timeout: Duration) -> 
     {
         return Probe::RouteTooSmall(why.to_string());
     }
-    let bind: SocketAddr = if server.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    };
+    let bind = netmux_daemon::transport::any_port(server.is_ipv6());
     let endpoint = match quinn::Endpoint::client(bind) {
         Ok(e) => e,
         Err(e) => return Probe::Error(format!("UDP socket: {e}")),
