@@ -184,6 +184,16 @@ enum RouteChange {
     TooSmall,
 }
 
+impl RouteChange {
+    /// What the migration's log line says.
+    fn why(self) -> &'static str {
+        match self {
+            RouteChange::Address => "the local address changed",
+            RouteChange::TooSmall => "the route's MTU no longer carries the session's packets",
+        }
+    }
+}
+
 /// Compares the route now with the session's last local address, the
 /// route's MTU at the last look, and the UDP payload size the session's
 /// packets use now (`packet`).
@@ -262,7 +272,7 @@ pub(crate) async fn watch(w: Watch) -> String {
         });
     };
     let (boot, mono) = clocks();
-    let mut health = Health::new(boot, bound, rx_count(&conn));
+    let mut health = Health::new(boot, bound, conn.stats().udp_rx.datagrams);
     let mut resume = ResumeDetector::new(TICK);
     resume.observe(boot, mono);
     let route = udp
@@ -295,7 +305,8 @@ pub(crate) async fn watch(w: Watch) -> String {
         }
         let (boot, mono) = clocks();
         let gap = resume.observe(boot, mono);
-        match health.observe(boot, rx_count(&conn)) {
+        let stats = conn.stats();
+        match health.observe(boot, stats.udp_rx.datagrams) {
             Transition::Degraded => {
                 tracing::warn!(endpoint = %name, silent = %human(DEGRADED_AFTER), survive_blackout = %human(bound), rtt = ?conn.rtt(), "no answer from the server; degraded, keeping the session and its connections");
                 set_degraded(true);
@@ -371,17 +382,11 @@ pub(crate) async fn watch(w: Watch) -> String {
             // leave from the new address already, but the path's limits
             // are the old network's until the session migrates.
             if let Some(now) = crate::transport::route_to(*server) {
-                let packet = conn.stats().path.current_mtu;
-                let why = match route_change(local, route_mtu_seen, now, packet) {
-                    Some(RouteChange::Address) => Some("the local address changed"),
-                    Some(RouteChange::TooSmall) => {
-                        Some("the route's MTU no longer carries the session's packets")
-                    }
-                    None => None,
-                };
+                let change = route_change(local, route_mtu_seen, now, stats.path.current_mtu);
                 route_mtu_seen = now.mtu;
                 // A rebind that failed is tried again at the next tick.
-                if why.is_some_and(|why| migrate(&conn, endpoint, *server, &name, why, local)) {
+                if change.is_some_and(|c| migrate(&conn, endpoint, *server, &name, c.why(), local))
+                {
                     local = Some(now.local);
                 }
             }
@@ -468,10 +473,6 @@ fn migrate(
     }
 }
 
-fn rx_count(conn: &Connection) -> u64 {
-    conn.stats().udp_rx.datagrams
-}
-
 /// The endpoint's open connections by service and direction.
 fn open_connections(metrics: &Metrics, endpoint: &str) -> Vec<(String, i64)> {
     use prometheus::core::Collector;
@@ -535,70 +536,42 @@ mod tests {
     fn a_route_that_changes_address_or_shrinks_below_the_packets_moves_the_session() {
         let v4: IpAddr = "10.0.0.5".parse().unwrap();
         let v6: IpAddr = "fd00::5".parse().unwrap();
-        let route = |local, mtu| Route { local, mtu };
+        let other: IpAddr = "192.168.1.9".parse().unwrap();
         // The MTU at the last look: jumbo frames.
         let was = Some(9000);
-        // Unchanged: the address, and an MTU that carries the packets.
-        assert_eq!(
-            route_change(Some(v4), was, route(v4, Some(1500)), 1452),
-            None
-        );
-        assert_eq!(
-            route_change(Some(v4), was, route(v4, Some(1500)), 1472),
-            None
-        );
-        assert_eq!(
-            route_change(Some(v4), was, route(v4, Some(9000)), 8952),
-            None
-        );
-        assert_eq!(route_change(Some(v4), was, route(v4, None), 8952), None);
-        // IPv4 at 1,500 bytes carries UDP payloads up to 1,472; IPv6 1,452.
-        assert_eq!(
-            route_change(Some(v4), was, route(v4, Some(1500)), 1473),
-            Some(RouteChange::TooSmall)
-        );
-        assert_eq!(
-            route_change(Some(v6), was, route(v6, Some(1500)), 1452),
-            None
-        );
-        assert_eq!(
-            route_change(Some(v6), was, route(v6, Some(1500)), 1453),
-            Some(RouteChange::TooSmall)
-        );
-        // Jumbo packets on a 1,500-byte route; a VPN's 1,400.
-        assert_eq!(
-            route_change(Some(v4), was, route(v4, Some(1500)), 8952),
-            Some(RouteChange::TooSmall)
-        );
-        assert_eq!(
-            route_change(Some(v4), Some(1500), route(v4, Some(1400)), 1452),
-            Some(RouteChange::TooSmall)
-        );
-        // Only a change counts: packets that outgrew an MTU the kernel
-        // kept (discovery climbed past a stale estimate) restart nothing.
-        assert_eq!(
-            route_change(Some(v4), Some(1400), route(v4, Some(1400)), 1452),
-            None
-        );
-        // A route below QUIC's minimum: nothing a restart could fix.
-        assert_eq!(
-            route_change(Some(v4), was, route(v4, Some(1200)), 1200),
-            None
-        );
-        assert_eq!(
-            route_change(Some(v4), was, route(v4, Some(1200)), 1452),
-            Some(RouteChange::TooSmall)
-        );
-        // Another address, whatever the MTU; none known before.
-        let other: IpAddr = "192.168.1.9".parse().unwrap();
-        assert_eq!(
-            route_change(Some(v4), was, route(other, Some(9000)), 1452),
-            Some(RouteChange::Address)
-        );
-        assert_eq!(
-            route_change(None, None, route(v4, Some(1500)), 1452),
-            Some(RouteChange::Address)
-        );
+        let too_small = Some(RouteChange::TooSmall);
+        let address = Some(RouteChange::Address);
+        // (last address, last MTU, address now, MTU now, packet, change)
+        let cases = [
+            // Unchanged: the address, and an MTU that carries the packets.
+            (Some(v4), was, v4, Some(1500), 1452, None),
+            (Some(v4), was, v4, Some(1500), 1472, None),
+            (Some(v4), was, v4, Some(9000), 8952, None),
+            (Some(v4), was, v4, None, 8952, None),
+            // IPv4 at 1,500 bytes carries UDP payloads up to 1,472; IPv6 1,452.
+            (Some(v4), was, v4, Some(1500), 1473, too_small),
+            (Some(v6), was, v6, Some(1500), 1452, None),
+            (Some(v6), was, v6, Some(1500), 1453, too_small),
+            // Jumbo packets on a 1,500-byte route; a VPN's 1,400.
+            (Some(v4), was, v4, Some(1500), 8952, too_small),
+            (Some(v4), Some(1500), v4, Some(1400), 1452, too_small),
+            // Only a change counts: packets that outgrew an MTU the kernel
+            // kept (discovery climbed past a stale estimate) restart nothing.
+            (Some(v4), Some(1400), v4, Some(1400), 1452, None),
+            // A route below QUIC's minimum: nothing a restart could fix.
+            (Some(v4), was, v4, Some(1200), 1200, None),
+            (Some(v4), was, v4, Some(1200), 1452, too_small),
+            // Another address, whatever the MTU; none known before.
+            (Some(v4), was, other, Some(9000), 1452, address),
+            (None, None, v4, Some(1500), 1452, address),
+        ];
+        for (last_local, last_mtu, local, mtu, packet, want) in cases {
+            assert_eq!(
+                route_change(last_local, last_mtu, Route { local, mtu }, packet),
+                want,
+                "{last_local:?} {last_mtu:?} -> {local} {mtu:?}, packets of {packet}"
+            );
+        }
     }
 
     #[test]

@@ -349,6 +349,13 @@ impl Route {
     }
 }
 
+/// Whether the kernel's route to `server` now is too small for QUIC over
+/// UDP (before a handshake that could only time out): `netmux connect` and
+/// `netmux doctor` ask the same question.
+pub fn route_too_small_for_quic(server: SocketAddr) -> Option<TooSmallForQuic> {
+    route_to(server).and_then(|r| r.too_small_for_quic(server))
+}
+
 /// A route toward the server whose MTU cannot carry QUIC's packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooSmallForQuic {

@@ -617,17 +617,7 @@ fn connections_survive_loss_an_address_change_and_a_stopped_daemon() {
                 "{}",
                 status.stdout
             );
-            let config = nm.layout.daemon_config.display().to_string();
-            let out = nm
-                .cli(["--config", config.as_str(), "doctor", "--json"])
-                .expect("doctor");
-            let checks: serde_json::Value = serde_json::from_str(&out.stdout)
-                .unwrap_or_else(|e| panic!("doctor json: {e}: {}{}", out.stdout, out.stderr));
-            let check = checks
-                .as_array()
-                .and_then(|a| a.iter().find(|c| c["name"] == "blackout demo"))
-                .cloned()
-                .unwrap_or_else(|| panic!("doctor has no blackout check: {checks}"));
+            let check = common::doctor_check(&nm, "blackout demo");
             assert_eq!(check["status"], "warn", "{check}");
             let detail = check["detail"].as_str().unwrap_or_default();
             assert!(

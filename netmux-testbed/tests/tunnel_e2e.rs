@@ -567,20 +567,7 @@ fn a_route_too_small_for_quic_is_named_with_the_fix() {
         let status = nm.cli(["status"]).unwrap().stdout;
         assert!(status.contains("below the 1200 QUIC needs"), "{status}");
         // `netmux doctor` names it too, instead of "no answer over UDP".
-        let config = nm.layout.daemon_config.display().to_string();
-        let out = nm
-            .cli(["--config", config.as_str(), "doctor", "--json"])
-            .expect("doctor");
-        let checks: serde_json::Value = serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("doctor json: {e}: {}{}", out.stdout, out.stderr));
-        let check = checks
-            .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .find(|c| c["name"] == format!("endpoint {ENDPOINT}"))
-            })
-            .cloned()
-            .unwrap_or_else(|| panic!("doctor has no endpoint check: {checks}"));
+        let check = common::doctor_check(&nm, &format!("endpoint {ENDPOINT}"));
         assert_eq!(check["status"], "fail", "{check}");
         assert!(
             check["detail"]

@@ -343,9 +343,7 @@ async fn probe_server(cfg: &EndpointConfig, ca_pem: &str, timeout: Duration) -> 
             }
         };
     }
-    if let Some(why) =
-        netmux_daemon::transport::route_to(server).and_then(|r| r.too_small_for_quic(server))
-    {
+    if let Some(why) = netmux_daemon::transport::route_too_small_for_quic(server) {
         return Probe::RouteTooSmall(why.to_string());
     }
     let bind = netmux_daemon::transport::any_port(server.is_ipv6());

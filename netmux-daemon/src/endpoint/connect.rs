@@ -170,7 +170,7 @@ pub(crate) async fn connect(
 /// cannot carry QUIC's 1,200-byte packets (a tunnel interface with a small
 /// MTU): the handshake would only time out.
 fn quic_fits(server: SocketAddr) -> Result<(), ConnectError> {
-    match crate::transport::route_to(server).and_then(|r| r.too_small_for_quic(server)) {
+    match crate::transport::route_too_small_for_quic(server) {
         Some(why) => Err(ConnectError::Quic(format!(
             "{why}: {}",
             crate::transport::TOO_SMALL_FOR_QUIC_FIX

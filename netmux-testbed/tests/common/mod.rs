@@ -110,3 +110,18 @@ pub fn set_mtu(sb: &Sandbox, mtu: u16) {
             .unwrap_or_else(|e| panic!("veth at MTU {mtu}: {e}"));
     }
 }
+
+/// `netmux doctor --json` with the daemon's config: the check named `name`.
+pub fn doctor_check(nm: &Netmux<'_>, name: &str) -> serde_json::Value {
+    let config = nm.layout.daemon_config.display().to_string();
+    let out = nm
+        .cli(["--config", config.as_str(), "doctor", "--json"])
+        .expect("doctor");
+    let checks: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor json: {e}: {}{}", out.stdout, out.stderr));
+    checks
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("doctor has no check {name}: {checks}"))
+}

@@ -12,7 +12,7 @@ const JUMBO: u16 = 8952;
 
 /// A pair whose endpoints accept and search for jumbo packets, connected
 /// over a link that carries them (over IPv6, or IPv4 with `v4`).
-fn jumbo_pair_on(v4: bool) -> (Pair, ConnectionHandle, ConnectionHandle) {
+fn jumbo_pair(v4: bool) -> (Pair, ConnectionHandle, ConnectionHandle) {
     let mut transport = TransportConfig::default();
     let mut mtud = MtuDiscoveryConfig::default();
     mtud.upper_bound(JUMBO);
@@ -39,8 +39,32 @@ fn jumbo_pair_on(v4: bool) -> (Pair, ConnectionHandle, ConnectionHandle) {
     (pair, client_ch, server_ch)
 }
 
-fn jumbo_pair() -> (Pair, ConnectionHandle, ConnectionHandle) {
-    jumbo_pair_on(false)
+/// The client moves onto a link carrying UDP payloads of `link` bytes, at
+/// `addr`, and rebinds as quinn's `Endpoint::rebind` does for every
+/// connection; with `path_changed`, as netmuxd then does.
+fn move_client(
+    pair: &mut Pair,
+    client_ch: ConnectionHandle,
+    link: usize,
+    addr: SocketAddr,
+    path_changed: bool,
+) {
+    pair.mtu = link;
+    pair.client.addr = addr;
+    pair.client_conn_mut(client_ch).local_address_changed();
+    if path_changed {
+        let now = pair.time;
+        pair.client_conn_mut(client_ch).path_changed(now);
+    }
+}
+
+/// Writes all of `payload` (which the peer's windows hold) and finishes.
+fn write_all(mut send: SendStream<'_>, payload: &[u8]) {
+    let mut sent = 0;
+    while sent < payload.len() {
+        sent += send.write(&payload[sent..]).unwrap();
+    }
+    send.finish().unwrap();
 }
 
 /// The client moves to a network whose packets carry 1,452 bytes, from a
@@ -48,28 +72,15 @@ fn jumbo_pair() -> (Pair, ConnectionHandle, ConnectionHandle) {
 /// optionally telling its connection that the path changed; then it sends
 /// 256 KiB. Returns the client's path statistics.
 fn move_and_send(path_changed: bool) -> (Pair, ConnectionHandle, PathStats) {
-    let (mut pair, client_ch, server_ch) = jumbo_pair();
-    pair.mtu = 1452;
-    pair.client.addr = SocketAddr::new(
+    let (mut pair, client_ch, server_ch) = jumbo_pair(false);
+    let addr = SocketAddr::new(
         Ipv6Addr::LOCALHOST.into(),
         CLIENT_PORTS.lock().unwrap().next().unwrap(),
     );
-    // What quinn's `Endpoint::rebind` does for every connection.
-    pair.client_conn_mut(client_ch).local_address_changed();
-    if path_changed {
-        let now = pair.time;
-        pair.client_conn_mut(client_ch).path_changed(now);
-    }
+    move_client(&mut pair, client_ch, 1452, addr, path_changed);
     let payload = vec![7u8; 256 * 1024];
     let s = pair.client_streams(client_ch).open(Dir::Uni).unwrap();
-    let mut sent = 0;
-    while sent < payload.len() {
-        sent += pair
-            .client_send(client_ch, s)
-            .write(&payload[sent..])
-            .unwrap();
-    }
-    pair.client_send(client_ch, s).finish().unwrap();
+    write_all(pair.client_send(client_ch, s), &payload);
     assert!(!pair.drive_bounded(), "the connections never went idle");
     let got = stream_chunks(pair.server_recv(server_ch, s));
     assert_eq!(got.len(), payload.len(), "every byte arrived");
@@ -110,15 +121,11 @@ fn the_server_restarts_discovery_when_the_client_keeps_its_ipv4_address() {
     // The client's network now carries 1,472-byte UDP payloads (an IPv4
     // MTU of 1,500); it rebinds to a new port on the same address, as
     // netmuxd does after a change, and the server sends 256 KiB.
-    let (mut pair, client_ch, server_ch) = jumbo_pair_on(true);
+    let (mut pair, client_ch, server_ch) = jumbo_pair(true);
     assert!(pair.server_conn_mut(server_ch).path_mtu() > 8000);
-    pair.mtu = 1472;
-    pair.client
-        .addr
-        .set_port(CLIENT_PORTS.lock().unwrap().next().unwrap());
-    pair.client_conn_mut(client_ch).local_address_changed();
-    let now = pair.time;
-    pair.client_conn_mut(client_ch).path_changed(now);
+    let mut addr = pair.client.addr;
+    addr.set_port(CLIENT_PORTS.lock().unwrap().next().unwrap());
+    move_client(&mut pair, client_ch, 1472, addr, true);
     pair.drive();
     assert_eq!(
         pair.server_conn_mut(server_ch).remote_address(),
@@ -127,14 +134,7 @@ fn the_server_restarts_discovery_when_the_client_keeps_its_ipv4_address() {
     );
     let payload = vec![9u8; 256 * 1024];
     let s = pair.server_streams(server_ch).open(Dir::Uni).unwrap();
-    let mut sent = 0;
-    while sent < payload.len() {
-        sent += pair
-            .server_send(server_ch, s)
-            .write(&payload[sent..])
-            .unwrap();
-    }
-    pair.server_send(server_ch, s).finish().unwrap();
+    write_all(pair.server_send(server_ch, s), &payload);
     assert!(!pair.drive_bounded(), "the connections never went idle");
     let got = stream_chunks(pair.client_recv(client_ch, s));
     assert_eq!(got.len(), payload.len(), "every byte arrived");
