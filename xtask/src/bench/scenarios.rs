@@ -580,11 +580,19 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
             let best = t.best_alternative(true);
             let r = ratio(nm, best.map(|b| b.1));
             let who = best.map(|b| b.0.label()).unwrap_or("none");
-            vec![t.verdict(
-                "netmux ≥ 2× best encrypted peer (requests/s)",
-                format!("{} {who}", fmt_ratio(r)),
-                r.map(|r| r >= 2.0),
-            )]
+            let s = ratio(nm, t.median(Peer::SshAes));
+            vec![
+                t.verdict(
+                    "netmux ≥ 2× best encrypted peer (requests/s)",
+                    format!("{} {who}", fmt_ratio(r)),
+                    r.map(|r| r >= 2.0),
+                ),
+                t.verdict(
+                    "wrk: netmux ≥ 1.3× ssh -L aes128-gcm (lan)",
+                    fmt_ratio(s),
+                    s.map(|r| r >= 1.3),
+                ),
+            ]
         }
         "s4-connect-wan" => {
             let rtt = t
@@ -662,16 +670,91 @@ fn verdicts(t: &Table) -> Vec<Verdict> {
         }
         "s9-cpu-per-gib" => {
             let r = ratio(nm, best_ssh(t));
-            vec![t.verdict(
-                "netmux CPU/GiB below ssh -L's",
-                format!("{} the better ssh", fmt_ratio(r)),
-                r.map(|r| r < 1.0),
-            )]
+            vec![
+                t.verdict(
+                    "netmux CPU/GiB below ssh -L's",
+                    format!("{} the better ssh", fmt_ratio(r)),
+                    r.map(|r| r < 1.0),
+                ),
+                t.verdict(
+                    "netmux ≤ 2.0 CPU s/GiB, both tunnel processes (lan bulk)",
+                    nm.map(|x| format!("{x:.2} s/GiB"))
+                        .unwrap_or_else(|| "n/a".into()),
+                    nm.map(|x| x <= 2.0),
+                ),
+            ]
         }
         _ => {
             let mut v = requests::verdicts(t);
             v.extend(udp_echo::verdicts(t));
             v
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(id: &str, higher_better: bool, rows: &[(Peer, &[f64])]) -> Table {
+        Table {
+            id: id.into(),
+            scenario: 0,
+            title: id.into(),
+            profile: "lan",
+            unit: "",
+            higher_better,
+            rows: rows
+                .iter()
+                .map(|(peer, values)| Row {
+                    peer: *peer,
+                    label: None,
+                    outcome: Outcome::Values(values.to_vec()),
+                    extra: Vec::new(),
+                })
+                .collect(),
+            extra_cols: Vec::new(),
+            commands: Vec::new(),
+            load: Default::default(),
+            link_check: String::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn verdict<'a>(v: &'a [Verdict], target: &str) -> &'a Verdict {
+        v.iter()
+            .find(|v| v.target.starts_with(target))
+            .unwrap_or_else(|| panic!("no verdict {target:?} in {v:?}"))
+    }
+
+    #[test]
+    fn issue_17_targets_have_their_own_rows() {
+        let wrk = |netmux: f64| {
+            let t = table(
+                "s3-requests-lan",
+                true,
+                &[
+                    (Peer::Netmux, &[netmux]),
+                    (Peer::SshAes, &[40_000.0]),
+                    (Peer::SshDefault, &[35_000.0]),
+                ],
+            );
+            verdict(&verdicts(&t), "wrk: netmux ≥ 1.3×").met
+        };
+        assert_eq!(wrk(46_000.0), Some(false));
+        assert_eq!(wrk(52_000.0), Some(true));
+
+        let cpu = |netmux: f64| {
+            let t = table(
+                "s9-cpu-per-gib",
+                false,
+                &[(Peer::Netmux, &[netmux]), (Peer::SshAes, &[1.8])],
+            );
+            let v = verdicts(&t);
+            let row = verdict(&v, "netmux ≤ 2.0 CPU s/GiB");
+            (row.measured.clone(), row.met)
+        };
+        assert_eq!(cpu(2.12), ("2.12 s/GiB".into(), Some(false)));
+        assert_eq!(cpu(1.95), ("1.95 s/GiB".into(), Some(true)));
     }
 }
