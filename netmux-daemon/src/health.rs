@@ -382,7 +382,10 @@ pub(crate) async fn watch(w: Watch) -> String {
             // leave from the new address already, but the path's limits
             // are the old network's until the session migrates.
             if let Some(now) = crate::transport::route_to(*server) {
-                let change = route_change(local, route_mtu_seen, now, stats.path.current_mtu);
+                // The packet size now, not the tick's first `stats`: a
+                // recovery above may have migrated and restarted discovery.
+                let packet = conn.stats().path.current_mtu;
+                let change = route_change(local, route_mtu_seen, now, packet);
                 route_mtu_seen = now.mtu;
                 // A rebind that failed is tried again at the next tick.
                 if change.is_some_and(|c| migrate(&conn, endpoint, *server, &name, c.why(), local))

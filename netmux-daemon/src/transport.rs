@@ -14,6 +14,7 @@ use std::time::Duration;
 use netmux_common::proto::error_code;
 use netmux_common::tunnel::quic;
 use netmux_common::tunnel::stream_socket::StreamSocket;
+use netmux_common::tunnel::udp_socket::any_port;
 use quinn::{Connection, VarInt};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -384,15 +385,6 @@ pub const TOO_SMALL_FOR_QUIC_FIX: &str = "set `transport = \"tcp\"` for this end
 /// The smallest UDP payload QUIC sends (RFC 9000 14): every Initial packet,
 /// and where MTU discovery starts again after a restart.
 pub const QUIC_MIN_PACKET: u16 = 1200;
-
-/// Any local port on every address of the family (IPv6 or IPv4).
-pub fn any_port(v6: bool) -> SocketAddr {
-    if v6 {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    }
-}
 
 /// Moves `endpoint`'s connections to a new UDP socket (new port, and the
 /// address the kernel picks now): every connection sends from it at once,

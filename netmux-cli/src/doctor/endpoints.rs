@@ -346,7 +346,7 @@ async fn probe_server(cfg: &EndpointConfig, ca_pem: &str, timeout: Duration) -> 
     if let Some(why) = netmux_daemon::transport::route_too_small_for_quic(server) {
         return Probe::RouteTooSmall(why.to_string());
     }
-    let bind = netmux_daemon::transport::any_port(server.is_ipv6());
+    let bind = netmux_common::tunnel::udp_socket::any_port(server.is_ipv6());
     let endpoint = match quinn::Endpoint::client(bind) {
         Ok(e) => e,
         Err(e) => return Probe::Error(format!("UDP socket: {e}")),

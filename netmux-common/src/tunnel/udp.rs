@@ -349,12 +349,7 @@ impl Flows {
         target: SocketAddr,
         exempt: impl FnOnce(&FlowSocket),
     ) -> Option<Arc<FlowSocket>> {
-        let bind: SocketAddr = if target.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = match FlowSocket::bind(bind) {
+        let socket = match FlowSocket::bind(super::udp_socket::any_port(target.is_ipv6())) {
             Ok(s) => s,
             Err(_) => {
                 self.meter.dropped(Some(service), Drop::Socket);

@@ -21,6 +21,16 @@ use tokio::io::Interest;
 mod endpoint;
 pub use endpoint::quic_socket;
 
+/// Any local port on every address of the family (IPv6 or IPv4): where a
+/// socket toward a peer of that family binds.
+pub fn any_port(v6: bool) -> SocketAddr {
+    if v6 {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    }
+}
+
 /// A nonblocking UDP socket woken only when readable.
 #[derive(Debug)]
 pub struct FlowSocket {
