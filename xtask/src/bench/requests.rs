@@ -66,7 +66,7 @@ pub fn pgbench(
 }
 
 /// Extra column of the request tables: CPUs busy during the last repetition.
-const BUSY_COLUMN: &str = "CPUs busy (last rep)";
+pub(super) const BUSY_COLUMN: &str = "CPUs busy (last rep)";
 
 /// `redis-benchmark -c clients -n n -t test` through `peer`: requests/s.
 fn redis_run(
@@ -416,6 +416,9 @@ fn iperf_bytes(w: &World<'_>, peer: Peer, bytes: &str) -> anyhow::Result<f64> {
 const CALLGRIND_BULK: &str = "64M";
 /// Requests of each bounded request run under callgrind.
 const CALLGRIND_REQUESTS: usize = 4_000;
+/// Seconds of the wrk run under callgrind (scenario 3's load, 256
+/// connections; callgrind's pace sets how many requests that is).
+const CALLGRIND_WRK_SECS: u64 = 3;
 
 /// Instructions of netmuxd and netmux-server during `run`:
 /// (daemon, server).
@@ -436,14 +439,37 @@ fn counted(
     Ok((di, si))
 }
 
+/// A request load counted under callgrind.
+enum Load {
+    /// redis-benchmark GET with this many clients, `CALLGRIND_REQUESTS` in all.
+    Redis(usize),
+    /// Scenario 3's wrk, for `CALLGRIND_WRK_SECS`.
+    Wrk,
+}
+
 /// 13 under `--callgrind`: user-space instructions of both netmux processes
-/// per GiB (bounded iperf3) and per request (redis GET, 50 and 1 clients).
+/// per GiB (bounded iperf3) and per request (redis GET, 50 and 1 clients;
+/// wrk, 256 connections).
 fn instructions(w: &World<'_>, s: &Settings, dir: &Path) -> anyhow::Result<Vec<Table>> {
+    if let Some(why) = w.tools.missing("wrk") {
+        bail!("{why}");
+    }
     let load = loadavg();
     let mut bulk = Vec::new();
-    let mut reqs: Vec<(&'static str, usize, Vec<f64>, Vec<String>)> = vec![
-        ("redis GET, 50 clients", 50, Vec::new(), Vec::new()),
-        ("redis GET, 1 client", 1, Vec::new(), Vec::new()),
+    let mut reqs: Vec<(&'static str, Load, Vec<f64>, Vec<String>)> = vec![
+        (
+            "redis GET, 50 clients",
+            Load::Redis(50),
+            Vec::new(),
+            Vec::new(),
+        ),
+        (
+            "redis GET, 1 client",
+            Load::Redis(1),
+            Vec::new(),
+            Vec::new(),
+        ),
+        ("wrk, 256 connections", Load::Wrk, Vec::new(), Vec::new()),
     ];
     let mut bulk_extra = Vec::new();
     for rep in 0..s.reps {
@@ -461,11 +487,23 @@ fn instructions(w: &World<'_>, s: &Settings, dir: &Path) -> anyhow::Result<Vec<T
         );
         bulk.push(per(d + sv));
         bulk_extra = vec![format!("{:.2}", per(d)), format!("{:.2}", per(sv))];
-        for (label, clients, values, extra) in &mut reqs {
+        for (label, load, values, extra) in &mut reqs {
+            let mut n = 0.0;
             let (d, sv) = counted(w, dir, || {
-                redis_run(w, Peer::Netmux, "get", *clients, CALLGRIND_REQUESTS).map(|_| ())
+                n = match load {
+                    Load::Redis(c) => {
+                        redis_run(w, Peer::Netmux, "get", *c, CALLGRIND_REQUESTS)?;
+                        CALLGRIND_REQUESTS as f64
+                    }
+                    Load::Wrk => {
+                        let out = super::scenarios::wrk(w, Peer::Netmux, CALLGRIND_WRK_SECS)?;
+                        super::scenarios::wrk_requests(&out)
+                            .with_context(|| format!("no request count in wrk output: {out}"))?
+                    }
+                };
+                Ok(())
             })?;
-            let per = |x: u64| x as f64 / CALLGRIND_REQUESTS as f64 / 1e3;
+            let per = |x: u64| x as f64 / n / 1e3;
             println!(
                 "    {label} rep {}: {:.1} k instructions/request",
                 rep + 1,
@@ -519,9 +557,10 @@ fn instructions(w: &World<'_>, s: &Settings, dir: &Path) -> anyhow::Result<Vec<T
             .map(|(label, _, values, extra)| row(label, values, extra))
             .collect(),
         &cols,
-        vec![format!(
-            "redis-benchmark -h ADDR -p PORT -c 50|1 -n {CALLGRIND_REQUESTS} -t get --csv"
-        )],
+        vec![
+            format!("redis-benchmark -h ADDR -p PORT -c 50|1 -n {CALLGRIND_REQUESTS} -t get --csv"),
+            format!("wrk -t2 -c256 -d{CALLGRIND_WRK_SECS}s --timeout 5s http://ADDR:PORT/"),
+        ],
     );
     t2.notes.push(note.into());
     Ok(vec![t1, t2])
