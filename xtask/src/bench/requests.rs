@@ -1,6 +1,9 @@
-//! Database clients through each peer (scenarios 7 and 12) and what one
-//! request costs the tunnel (scenario 13, issue 17).
+//! Small requests through each peer: wrk (scenario 3), database clients
+//! (scenarios 7 and 12) and what one request costs the tunnel (scenario
+//! 13, issue 17).
 //!
+//! * 3 (lan): wrk, 256 connections to an HTTP backend, with the tunnel's
+//!   CPU µs per request and how busy the CPUs were.
 //! * 7 (wan): pgbench TPC-B like and `-C`, redis-benchmark GET/SET.
 //! * 12 (lan, issue 17): `pgbench -S` (select only, 8 clients) and
 //!   redis-benchmark GET/SET (50 clients): small requests on a fast link,
@@ -65,8 +68,94 @@ pub fn pgbench(
     table(meta, w, load, rows, &[BUSY_COLUMN], vec![cmd])
 }
 
+/// 3: wrk, 256 connections, through every lan peer: requests/s, the
+/// tunnel processes' CPU µs per request and how busy the CPUs were.
+pub fn scenario3(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
+    if let Some(why) = w.tools.missing("wrk") {
+        bail!("{why}");
+    }
+    let load = loadavg();
+    let secs = s.wrk_secs;
+    let rows = measure(w, &Peer::LAN_REQUESTS, Target::Http, s.reps, |w, peer| {
+        let names = World::cpu_names(peer);
+        let before = w.cpu_seconds(names);
+        let busy = Busy::start();
+        let out = wrk(w, peer, secs)?;
+        let busy = busy.percent();
+        let used = w.cpu_seconds(names) - before;
+        let rps: f64 = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no Requests/sec in wrk output: {out}"))?;
+        let errors = out
+            .lines()
+            .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
+            .map(|l| l.trim().to_owned())
+            .unwrap_or_else(|| "none".into());
+        Ok((rps, vec![cpu_per_request(&out, names, used), busy, errors]))
+    });
+    Ok(table(
+        Meta {
+            id: "s3-requests-lan",
+            scenario: 3,
+            title: "Small HTTP requests, 256 concurrent connections (wrk, nx-echo http)",
+            profile: Profile::Lan,
+            unit: "requests/s",
+            higher_better: true,
+        },
+        w,
+        load,
+        rows,
+        &[
+            "tunnel CPU µs/request (last rep)",
+            BUSY_COLUMN,
+            "errors (last rep)",
+        ],
+        vec![format!(
+            "wrk -t2 -c256 -d{secs}s --timeout 5s http://ADDR:PORT/"
+        )],
+    ))
+}
+
+/// `wrk -t2 -c256 -dSECSs` through `peer` (scenario 3): its output.
+fn wrk(w: &World<'_>, peer: Peer, secs: u64) -> anyhow::Result<String> {
+    let url = format!("http://{}/", w.addr(peer, Target::Http));
+    let args: Vec<String> = [
+        "-t2",
+        "-c256",
+        &format!("-d{secs}s"),
+        "--timeout",
+        "5s",
+        &url,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    ws_exec(w, "wrk", &args, Duration::from_secs(secs + 30))
+}
+
+/// The requests a wrk run completed ("233456 requests in 5.00s, …").
+fn wrk_requests(out: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
+        let (n, rest) = l.trim().split_once(' ')?;
+        rest.starts_with("requests in")
+            .then(|| n.parse::<f64>().ok())?
+    })
+}
+
+/// CPU µs per request of the tunnel processes `names` (both ends) during a
+/// wrk run that printed `out` and used `cpu` seconds of them; empty for
+/// direct (no tunnel) or when wrk printed no request count.
+fn cpu_per_request(out: &str, names: &[&str], cpu: f64) -> String {
+    match wrk_requests(out) {
+        Some(n) if !names.is_empty() && n > 0.0 => format!("{:.1}", cpu / n * 1e6),
+        _ => String::new(),
+    }
+}
+
 /// Extra column of the request tables: CPUs busy during the last repetition.
-pub(super) const BUSY_COLUMN: &str = "CPUs busy (last rep)";
+const BUSY_COLUMN: &str = "CPUs busy (last rep)";
 
 /// `redis-benchmark -c clients -n n -t test` through `peer`: requests/s.
 fn redis_run(
@@ -496,8 +585,8 @@ fn instructions(w: &World<'_>, s: &Settings, dir: &Path) -> anyhow::Result<Vec<T
                         CALLGRIND_REQUESTS as f64
                     }
                     Load::Wrk => {
-                        let out = super::scenarios::wrk(w, Peer::Netmux, CALLGRIND_WRK_SECS)?;
-                        super::scenarios::wrk_requests(&out)
+                        let out = wrk(w, Peer::Netmux, CALLGRIND_WRK_SECS)?;
+                        wrk_requests(&out)
                             .with_context(|| format!("no request count in wrk output: {out}"))?
                     }
                 };
@@ -621,5 +710,15 @@ mod tests {
             ]
         );
         assert!(parse_strace_summary("strace: nothing").is_none());
+    }
+
+    #[test]
+    fn wrk_cpu_per_request_counts_the_tunnel_processes() {
+        let out = "Running 5s test @ http://10.0.0.1:8080/\n  2 threads and 256 connections\n  \
+                   233456 requests in 5.00s, 20.04MB read\nRequests/sec:  46691.20\n";
+        let ends = ["netmuxd", "netmux-server"];
+        assert_eq!(cpu_per_request(out, &ends, 4.669), "20.0");
+        assert_eq!(cpu_per_request(out, &[], 4.669), "", "direct has no tunnel");
+        assert_eq!(cpu_per_request("Requests/sec: 1\n", &ends, 1.0), "");
     }
 }

@@ -5,13 +5,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use netmux_testbed::{bin, Side};
 
 use super::link::Profile;
 use super::world::{Target, World};
 use super::{bulk, requests, udp_echo};
-use super::{loadavg, Busy, Outcome, Peer, Results, Row, Settings, Table, Verdict};
+use super::{loadavg, Outcome, Peer, Results, Row, Settings, Table, Verdict};
 
 /// Runs the wanted scenarios in an order that switches the link rarely.
 pub fn run_all(
@@ -58,7 +58,7 @@ pub fn run_all(
         let tables = match n {
             1 => bulk::scenario1(w, s, profile)?,
             2 => vec![scenario2(w, s)?],
-            3 => vec![scenario3(w, s)?],
+            3 => vec![requests::scenario3(w, s)?],
             4 => vec![scenario4(w, s)?],
             5 => vec![scenario5(w, s)?],
             6 => vec![scenario6(w, s)?],
@@ -213,90 +213,6 @@ fn scenario2(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
             bulk::QUINN_CMD.replace("{T}", &t),
         ],
     ))
-}
-
-fn scenario3(w: &World<'_>, s: &Settings) -> anyhow::Result<Table> {
-    if let Some(why) = w.tools.missing("wrk") {
-        bail!("{why}");
-    }
-    let load = loadavg();
-    let secs = s.wrk_secs;
-    let rows = measure(w, &Peer::LAN_REQUESTS, Target::Http, s.reps, |w, peer| {
-        let names = World::cpu_names(peer);
-        let before = w.cpu_seconds(names);
-        let busy = Busy::start();
-        let out = wrk(w, peer, secs)?;
-        let busy = busy.percent();
-        let used = w.cpu_seconds(names) - before;
-        let rps: f64 = out
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("no Requests/sec in wrk output: {out}"))?;
-        let errors = out
-            .lines()
-            .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
-            .map(|l| l.trim().to_owned())
-            .unwrap_or_else(|| "none".into());
-        Ok((rps, vec![cpu_per_request(&out, names, used), busy, errors]))
-    });
-    Ok(table(
-        Meta {
-            id: "s3-requests-lan",
-            scenario: 3,
-            title: "Small HTTP requests, 256 concurrent connections (wrk, nx-echo http)",
-            profile: Profile::Lan,
-            unit: "requests/s",
-            higher_better: true,
-        },
-        w,
-        load,
-        rows,
-        &[
-            "tunnel CPU µs/request (last rep)",
-            requests::BUSY_COLUMN,
-            "errors (last rep)",
-        ],
-        vec![format!(
-            "wrk -t2 -c256 -d{secs}s --timeout 5s http://ADDR:PORT/"
-        )],
-    ))
-}
-
-/// `wrk -t2 -c256 -dSECSs` through `peer` (scenario 3): its output.
-pub(super) fn wrk(w: &World<'_>, peer: Peer, secs: u64) -> anyhow::Result<String> {
-    let url = format!("http://{}/", w.addr(peer, Target::Http));
-    let args: Vec<String> = [
-        "-t2",
-        "-c256",
-        &format!("-d{secs}s"),
-        "--timeout",
-        "5s",
-        &url,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    ws_exec(w, "wrk", &args, Duration::from_secs(secs + 30))
-}
-
-/// The requests a wrk run completed ("233456 requests in 5.00s, …").
-pub(super) fn wrk_requests(out: &str) -> Option<f64> {
-    out.lines().find_map(|l| {
-        let (n, rest) = l.trim().split_once(' ')?;
-        rest.starts_with("requests in")
-            .then(|| n.parse::<f64>().ok())?
-    })
-}
-
-/// CPU µs per request of the tunnel processes `names` (both ends) during a
-/// wrk run that printed `out` and used `cpu` seconds of them; empty for
-/// direct (no tunnel) or when wrk printed no request count.
-fn cpu_per_request(out: &str, names: &[&str], cpu: f64) -> String {
-    match wrk_requests(out) {
-        Some(n) if !names.is_empty() && n > 0.0 => format!("{:.1}", cpu / n * 1e6),
-        _ => String::new(),
-    }
 }
 
 pub(super) fn probe() -> anyhow::Result<String> {
@@ -789,15 +705,5 @@ mod tests {
         };
         assert_eq!(cpu(2.12), ("2.12 s/GiB".into(), Some(false)));
         assert_eq!(cpu(1.95), ("1.95 s/GiB".into(), Some(true)));
-    }
-
-    #[test]
-    fn wrk_cpu_per_request_counts_the_tunnel_processes() {
-        let out = "Running 5s test @ http://10.0.0.1:8080/\n  2 threads and 256 connections\n  \
-                   233456 requests in 5.00s, 20.04MB read\nRequests/sec:  46691.20\n";
-        let ends = ["netmuxd", "netmux-server"];
-        assert_eq!(cpu_per_request(out, &ends, 4.669), "20.0");
-        assert_eq!(cpu_per_request(out, &[], 4.669), "", "direct has no tunnel");
-        assert_eq!(cpu_per_request("Requests/sec: 1\n", &ends, 1.0), "");
     }
 }
