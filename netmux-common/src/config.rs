@@ -39,15 +39,84 @@ pub enum ConfigError {
     },
 }
 
-/// Turns a TOML error into one naming file, line and column.
+/// Turns a TOML error into one naming file, line and column, the key or
+/// table header of that line (never a value: a line may hold a token), and
+/// for a table written where a list of tables belongs, the fix.
 pub fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+    let start = e.span().map(|s| s.start);
+    let (line, column) = start.map(|s| line_col(text, s)).unwrap_or((0, 0));
+    let mut message = e.message().to_owned();
+    if let Some(at) = start {
+        if let Some(shown) = line_shown(text, at) {
+            message = format!("`{shown}`: {message}");
+        }
+        if let Some(fix) = list_of_tables_fix(text, at, e.message()) {
+            message = format!("{message}; {fix}");
+        }
+    }
     ConfigError::Parse {
         path: path.to_owned(),
         line,
         column,
-        message: e.message().to_owned(),
+        message,
     }
+}
+
+/// The line holding byte `offset`, trimmed: a table header as written, a
+/// key-value line as `key = …`; `None` for an empty line.
+fn line_shown(text: &str, offset: usize) -> Option<String> {
+    let line = line_at(text, offset)?.trim();
+    let shown = match line.split_once('=') {
+        Some((key, _)) if !line.starts_with('[') => format!("{} = …", key.trim()),
+        _ => line.to_owned(),
+    };
+    const MAX: usize = 80;
+    Some(match shown.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &shown[..cut]),
+        None => shown,
+    })
+    .filter(|s| !s.is_empty())
+}
+
+/// `[endpoint]` or `[endpoint.demo]` where the file wants a list (TOML:
+/// "invalid type: map, expected a sequence" at the header or at its key):
+/// the two ways to write a list, `[[endpoint]]` per entry or `endpoint =
+/// [ … ]`.
+fn list_of_tables_fix(text: &str, offset: usize, message: &str) -> Option<String> {
+    if !message.contains("map, expected a sequence") {
+        return None;
+    }
+    let header = line_at(text, offset)?.trim();
+    let inner = header.strip_prefix('[')?.split(']').next()?;
+    if header.starts_with("[[") {
+        return None;
+    }
+    let ident = |s: &str| -> String {
+        s.trim()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .collect()
+    };
+    // At a key inside the header: that key; at the header itself: its
+    // last key (`[endpoint]` is the table `endpoint`).
+    let key = match text.get(offset..)? {
+        rest if rest.starts_with('[') => ident(inner.rsplit('.').next()?),
+        rest => ident(rest),
+    };
+    (!key.is_empty()).then(|| {
+        format!(
+            "`{key}` holds a list: write `[[{key}]]` above each entry's keys, or `{key} = [ … ]`"
+        )
+    })
+}
+
+/// The line of `text` holding byte `offset` (`None` off a character).
+fn line_at(text: &str, offset: usize) -> Option<&str> {
+    let offset = offset.min(text.len());
+    let (before, after) = (text.get(..offset)?, text.get(offset..)?);
+    let begin = before.rfind('\n').map_or(0, |i| i + 1);
+    let end = after.find('\n').map_or(text.len(), |i| offset + i);
+    text.get(begin..end)
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -90,6 +159,59 @@ mod tests {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
         assert_eq!(line_col("ab", 99), (1, 3));
+        assert_eq!(line_at("a\nb = 1\nc", 3), Some("b = 1"));
+        assert_eq!(line_at("é", 1), None, "not on a character");
+    }
+
+    fn message(text: &str) -> String {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct File {
+            address_range: Option<String>,
+            token: Option<String>,
+            endpoint: Option<Vec<Endpoint>>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Endpoint {
+            name: String,
+        }
+        let e = toml::from_str::<File>(text).unwrap_err();
+        parse_error(Path::new("d.toml"), text, &e).to_string()
+    }
+
+    #[test]
+    fn a_parse_error_names_the_key_and_not_the_value() {
+        let m = message("address_range = 5\n");
+        assert!(
+            m.starts_with("d.toml:1:17: `address_range = …`: invalid type"),
+            "{m}"
+        );
+        let m = message("token = 12345\n");
+        assert!(m.contains("d.toml:1:9: `token = …`: invalid type"), "{m}");
+        let m = message("# comment\ntoken = \"s3cret\n");
+        assert!(!m.contains("s3cret"), "a value is never shown: {m}");
+    }
+
+    #[test]
+    fn a_table_where_a_list_of_tables_belongs_gets_the_fix() {
+        for text in [
+            "[endpoint]\nname = \"demo\"\n",
+            "[endpoint.demo]\nname = \"demo\"\n",
+        ] {
+            let m = message(text);
+            assert!(
+                m.contains("expected a sequence")
+                    && m.ends_with(
+                        "`endpoint` holds a list: write `[[endpoint]]` above each entry's keys, \
+                         or `endpoint = [ … ]`"
+                    ),
+                "{text:?}: {m}"
+            );
+        }
+        let m = message("[[endpoint]]\nnme = \"demo\"\n");
+        assert!(!m.contains("holds a list"), "{m}");
     }
 
     #[test]
