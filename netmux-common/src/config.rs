@@ -40,14 +40,19 @@ pub enum ConfigError {
 }
 
 /// Turns a TOML error into one naming file, line and column, the key or
-/// table header of that line (never a value: a line may hold a token), and
-/// for a table written where a list of tables belongs, the fix.
+/// table header of that line when the file is valid TOML (never a value: a
+/// line may hold a token), and for a table written where a list of tables
+/// belongs, the fix.
 pub fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let start = e.span().map(|s| s.start);
     let (line, column) = start.map(|s| line_col(text, s)).unwrap_or((0, 0));
     let mut message = e.message().to_owned();
+    // Only in a document that is valid TOML does the error sit at a key, a
+    // header or a value's start; a syntax error may sit inside a value (a
+    // token), so its line is not quoted.
+    let quote = start.filter(|_| toml::from_str::<toml::Table>(text).is_ok());
     if let Some(at) = start {
-        if let Some(shown) = line_shown(text, at) {
+        if let Some(shown) = quote.and_then(|at| line_shown(text, at)) {
             message = format!("`{shown}`: {message}");
         }
         if let Some(fix) = list_of_tables_fix(text, at, e.message()) {
@@ -63,12 +68,16 @@ pub fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError 
 }
 
 /// The line holding byte `offset`, trimmed: a table header as written, a
-/// key-value line as `key = …`; `None` for an empty line.
+/// key-value line as `key = …`; `None` for any other line (empty, or inside
+/// a multi-line value).
 fn line_shown(text: &str, offset: usize) -> Option<String> {
     let line = line_at(text, offset)?.trim();
-    let shown = match line.split_once('=') {
-        Some((key, _)) if !line.starts_with('[') => format!("{} = …", key.trim()),
-        _ => line.to_owned(),
+    let shown = if line.starts_with('[') {
+        line.to_owned()
+    } else {
+        // Neither a header nor a key: a line inside a multi-line value.
+        let (key, _) = line.split_once('=')?;
+        format!("{} = …", key.trim())
     };
     const MAX: usize = 80;
     Some(match shown.char_indices().nth(MAX) {
@@ -191,7 +200,12 @@ mod tests {
         let m = message("token = 12345\n");
         assert!(m.contains("d.toml:1:9: `token = …`: invalid type"), "{m}");
         let m = message("# comment\ntoken = \"s3cret\n");
-        assert!(!m.contains("s3cret"), "a value is never shown: {m}");
+        assert!(m.starts_with("d.toml:2:") && !m.contains("s3cret"), "{m}");
+        let m = message("token = \"\"\"\ns3cret\n");
+        assert!(
+            !m.contains("s3cret"),
+            "nor a line of a multi-line value: {m}"
+        );
     }
 
     #[test]
