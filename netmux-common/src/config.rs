@@ -47,12 +47,11 @@ pub fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError 
     let start = e.span().map(|s| s.start);
     let (line, column) = start.map(|s| line_col(text, s)).unwrap_or((0, 0));
     let mut message = e.message().to_owned();
-    // Only in a document that is valid TOML does the error sit at a key, a
-    // header or a value's start; a syntax error may sit inside a value (a
-    // token), so its line is not quoted.
-    let quote = start.filter(|_| toml::from_str::<toml::Table>(text).is_ok());
-    if let Some(at) = start {
-        if let Some(shown) = quote.and_then(|at| line_shown(text, at)) {
+    // Only in a document that is valid TOML (a schema error) does the error
+    // sit at a key, a header or a value's start; a syntax error may sit
+    // inside a value (a token), so its line is not quoted.
+    if let Some(at) = start.filter(|_| toml::from_str::<toml::Table>(text).is_ok()) {
+        if let Some(shown) = line_shown(text, at) {
             message = format!("`{shown}`: {message}");
         }
         if let Some(fix) = list_of_tables_fix(text, at, e.message()) {
@@ -96,10 +95,10 @@ fn list_of_tables_fix(text: &str, offset: usize, message: &str) -> Option<String
         return None;
     }
     let header = line_at(text, offset)?.trim();
-    let inner = header.strip_prefix('[')?.split(']').next()?;
     if header.starts_with("[[") {
         return None;
     }
+    let inner = header.strip_prefix('[')?.split(']').next()?;
     let ident = |s: &str| -> String {
         s.trim()
             .chars()

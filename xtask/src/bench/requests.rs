@@ -135,21 +135,24 @@ fn wrk(w: &World<'_>, peer: Peer, secs: u64) -> anyhow::Result<String> {
     ws_exec(w, "wrk", &args, Duration::from_secs(secs + 30))
 }
 
-/// The requests a wrk run completed ("233456 requests in 5.00s, …").
+/// The requests a wrk run completed ("233456 requests in 5.00s, …");
+/// `None` when it printed no count or completed none.
 fn wrk_requests(out: &str) -> Option<f64> {
-    out.lines().find_map(|l| {
-        let (n, rest) = l.trim().split_once(' ')?;
-        rest.starts_with("requests in")
-            .then(|| n.parse::<f64>().ok())?
-    })
+    out.lines()
+        .find_map(|l| {
+            let (n, rest) = l.trim().split_once(' ')?;
+            rest.starts_with("requests in")
+                .then(|| n.parse::<f64>().ok())?
+        })
+        .filter(|n| *n > 0.0)
 }
 
 /// CPU µs per request of the tunnel processes `names` (both ends) during a
 /// wrk run that printed `out` and used `cpu` seconds of them; empty for
-/// direct (no tunnel) or when wrk printed no request count.
+/// direct (no tunnel) or when wrk completed no request.
 fn cpu_per_request(out: &str, names: &[&str], cpu: f64) -> String {
     match wrk_requests(out) {
-        Some(n) if !names.is_empty() && n > 0.0 => format!("{:.1}", cpu / n * 1e6),
+        Some(n) if !names.is_empty() => format!("{:.1}", cpu / n * 1e6),
         _ => String::new(),
     }
 }
@@ -587,7 +590,6 @@ fn instructions(w: &World<'_>, s: &Settings, dir: &Path) -> anyhow::Result<Vec<T
                     Load::Wrk => {
                         let out = wrk(w, Peer::Netmux, CALLGRIND_WRK_SECS)?;
                         wrk_requests(&out)
-                            .filter(|n| *n > 0.0)
                             .with_context(|| format!("no request completed in wrk output: {out}"))?
                     }
                 };
@@ -721,5 +723,11 @@ mod tests {
         assert_eq!(cpu_per_request(out, &ends, 4.669), "20.0");
         assert_eq!(cpu_per_request(out, &[], 4.669), "", "direct has no tunnel");
         assert_eq!(cpu_per_request("Requests/sec: 1\n", &ends, 1.0), "");
+        let none = "  0 requests in 5.00s, 0.00B read\nRequests/sec: 0.00\n";
+        assert_eq!(
+            cpu_per_request(none, &ends, 1.0),
+            "",
+            "no request, no quotient"
+        );
     }
 }
