@@ -6,6 +6,7 @@
 //! what lets the daemon not depend on the CLI crate, which runs kubeconfig
 //! credential plugins.
 
+pub mod args;
 mod client;
 pub mod kube;
 

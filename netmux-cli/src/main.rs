@@ -93,12 +93,13 @@ enum Command {
         /// Endpoint name.
         endpoint: String,
         /// Service name in the cluster.
+        #[arg(value_parser = service_name_arg)]
         name: String,
         /// Local target, HOST:PORT.
-        #[arg(long)]
+        #[arg(long, value_parser = host_port_arg)]
         local: String,
         /// Port cluster workloads connect to.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         remote_port: u16,
     },
     /// Withdraws a service published with `expose`.
@@ -117,14 +118,14 @@ enum Command {
         /// Service name or namespace/name.
         service: String,
         /// Service port (needed when it has several).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         port: Option<u16>,
         /// Where its traffic goes here, HOST:PORT.
-        #[arg(long)]
+        #[arg(long, value_parser = host_port_arg)]
         to: String,
         /// NAME=VALUE: a personal intercept, only HTTP requests carrying
         /// this header come here; the others go on to the Service's pods.
-        #[arg(long)]
+        #[arg(long, value_parser = header_arg)]
         header: Option<String>,
         /// Mirror: a copy of each HTTP request (of those with --header,
         /// if given) comes here and its answer is discarded; the requests
@@ -140,7 +141,7 @@ enum Command {
         /// Service name or namespace/name.
         service: String,
         /// Only the intercept of this port.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         port: Option<u16>,
     },
     /// Shows the daemon's status.
@@ -268,6 +269,22 @@ async fn restore_intercepts(
             ExitCode::FAILURE
         }
     }
+}
+
+// The checks of arguments the daemon checks again (`netmux_api::args`):
+// made here too, so that a typo is named before the daemon is asked, and
+// also when it is not running. The text itself is sent.
+
+fn host_port_arg(text: &str) -> Result<String, String> {
+    api::args::host_port(text).map(|_| text.to_owned())
+}
+
+fn header_arg(text: &str) -> Result<String, String> {
+    api::args::header(text).map(|_| text.to_owned())
+}
+
+fn service_name_arg(text: &str) -> Result<String, String> {
+    api::args::service_name(text).map(|()| text.to_owned())
 }
 
 #[tokio::main(flavor = "current_thread")]

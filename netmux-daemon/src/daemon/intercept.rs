@@ -3,35 +3,12 @@
 //! again on every reconnect and ended with the session like any claim; the
 //! server's reverse streams for it are dialled to `--to`.
 
-use std::net::SocketAddr;
-
 use netmux_common::proto::catalog::{Direction, Protocol, Service};
-use netmux_common::proto::control::{valid_header_name, valid_header_value};
 
 use super::{wait_claims, Daemon};
-use crate::api::{InterceptView, Reply};
+use crate::api::{self, InterceptView, Reply};
 use crate::claims::intercept_name;
 use crate::endpoint::{ClaimKind, ClaimState, Targets};
-
-/// `name=value` of `--header`, the name lower-cased.
-pub fn parse_header(text: &str) -> Result<(String, String), String> {
-    let (name, value) = text.split_once(['=', ':']).ok_or_else(|| {
-        format!("--header {text:?}: expected NAME=VALUE, e.g. x-netmux-user=alice")
-    })?;
-    let name = name.trim().to_ascii_lowercase();
-    let value = value.trim().to_owned();
-    if !valid_header_name(&name) {
-        return Err(format!(
-            "--header {text:?}: {name:?} is not an HTTP header name (letters, digits, '-')"
-        ));
-    }
-    if !valid_header_value(&value) {
-        return Err(format!(
-            "--header {text:?}: the value must be 1-256 visible ASCII characters"
-        ));
-    }
-    Ok((name, value))
-}
 
 /// The TCP port of `svc` the user means: `asked`, or its only one.
 fn service_port(svc: &Service, asked: Option<u16>) -> Result<u16, String> {
@@ -80,12 +57,10 @@ impl Daemon {
         header: Option<&str>,
         mirror: bool,
     ) -> Result<Reply, String> {
-        let header = header.map(parse_header).transpose()?;
-        let to: SocketAddr = tokio::net::lookup_host(to)
-            .await
-            .map_err(|e| format!("--to {to:?}: {e} (expected HOST:PORT, e.g. 127.0.0.1:8080)"))?
-            .next()
-            .ok_or_else(|| format!("--to {to:?} resolves to no address"))?;
+        let header = header
+            .map(|h| api::args::header(h).map_err(|e| format!("--header {h:?}: {e}")))
+            .transpose()?;
+        let to = super::resolve("--to", to).await?;
         // The cluster must not reach past this machine through it.
         self.config.expose_target_allowed(to.ip())?;
         let state = self.state.lock().await;
@@ -206,25 +181,5 @@ impl Daemon {
             }
         }
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn headers_parse_and_bad_ones_are_named() {
-        assert_eq!(
-            parse_header("X-Netmux-User=alice"),
-            Ok(("x-netmux-user".into(), "alice".into()))
-        );
-        assert_eq!(
-            parse_header("x-user: bob"),
-            Ok(("x-user".into(), "bob".into()))
-        );
-        for bad in ["novalue", "bad name=x", "x=", "x=\u{7f}"] {
-            assert!(parse_header(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -104,6 +104,18 @@ pub struct Daemon {
     pub(crate) name_service: crate::dns::NameService,
 }
 
+/// The address of `text`, the HOST:PORT of the CLI's `flag`: checked as
+/// the CLI checks it, then resolved (a name such as `localhost` too).
+async fn resolve(flag: &str, text: &str) -> Result<SocketAddr, String> {
+    let (host, port) = api::args::host_port(text).map_err(|e| format!("{flag} {text:?}: {e}"))?;
+    let mut found = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("{flag} {text:?}: cannot resolve {host:?}: {e}"))?;
+    found
+        .next()
+        .ok_or_else(|| format!("{flag} {text:?}: {host:?} resolves to no address"))
+}
+
 impl Daemon {
     /// A daemon with nothing connected, using the loopback backend.
     #[cfg(test)]
@@ -490,21 +502,11 @@ impl Daemon {
         local: &str,
         remote_port: u16,
     ) -> Result<Reply, String> {
-        if !netmux_common::proto::catalog::valid_dns_name(name) || name.contains('.') {
-            return Err(format!(
-                "{name:?} is not a valid service name: use lower-case letters, digits and '-'"
-            ));
-        }
+        api::args::service_name(name)?;
         if remote_port == 0 {
             return Err("--remote-port must be 1-65535".into());
         }
-        let local: SocketAddr = tokio::net::lookup_host(local)
-            .await
-            .map_err(|e| {
-                format!("--local {local:?}: {e} (expected HOST:PORT, e.g. 127.0.0.1:8080)")
-            })?
-            .next()
-            .ok_or_else(|| format!("--local {local:?} resolves to no address"))?;
+        let local = resolve("--local", local).await?;
         // The cluster must not reach past this machine through it.
         self.config.expose_target_allowed(local.ip())?;
         let state = self.state.lock().await;
@@ -667,6 +669,11 @@ mod bounds_tests {
             .await
             .unwrap_err();
         assert!(e.contains("expose_allow"), "{e}");
+        // Another client of the socket than the CLI gets the CLI's check.
+        let e = d.expose("demo", "dbg", "8080", 80).await.unwrap_err();
+        assert!(e.starts_with("--local \"8080\": no port"), "{e}");
+        let e = d.expose("demo", "Dbg", "127.0.0.1:8080", 80).await;
+        assert!(e.unwrap_err().contains("not a valid service name"));
         // Loopback passes the check (and then needs a connection).
         let e = d
             .expose("demo", "dbg", "127.0.0.1:8080", 80)
