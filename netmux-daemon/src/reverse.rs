@@ -32,6 +32,26 @@ async fn dial_own(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
     socket.connect(addr).await
 }
 
+/// How long `expose` and `intercept` wait to see their local target answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A note for the user of `expose` or `intercept` when nothing answers at
+/// `local` yet: one TCP connection, closed at once. The claim stands (the
+/// user may start the program afterwards), but until something listens
+/// there every cluster connection to it is reset, which is worth saying
+/// now rather than leaving it to the cluster side to find out.
+pub(crate) async fn probe_note(local: std::net::SocketAddr) -> Option<String> {
+    let why = match tokio::time::timeout(PROBE_TIMEOUT, dial_own(local)).await {
+        Ok(Ok(_)) => return None,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+    };
+    Some(format!(
+        "note: nothing answers at {local} yet ({why}); cluster connections to it are reset \
+         until a program listens there"
+    ))
+}
+
 /// What the reverse streams of one connection share.
 #[derive(Clone)]
 pub(crate) struct Reverse {

@@ -32,6 +32,7 @@ fn global_intercept_takes_every_connection_and_leave_restores_the_exact_spec() {
 
             let out = w.cli(&alice, &["intercept", "kube", "web", "--to", ALICE_TARGET]);
             assert_ok(&out, "intercept");
+            assert!(!out.stdout.contains("nothing answers"), "{}", out.stdout);
             assert!(w.intercepted(), "the original is recorded on the Service");
             assert!(w.service()["spec"].get("selector").is_none());
             assert!(w.netmux_slice().is_some(), "netmux's EndpointSlice");
@@ -302,10 +303,15 @@ fn a_workstation_target_that_is_down_gives_a_reset_global_and_a_502_personal() {
         &sb,
         std::panic::AssertUnwindSafe(|| {
             let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
-            // Nothing listens on ALICE_TARGET.
-            assert_ok(
-                &w.cli(&alice, &["intercept", "kube", "web", "--to", ALICE_TARGET]),
-                "global intercept",
+            // Nothing listens on ALICE_TARGET: the intercept stands, and
+            // the user is told.
+            let out = w.cli(&alice, &["intercept", "kube", "web", "--to", ALICE_TARGET]);
+            assert_ok(&out, "global intercept");
+            assert!(
+                out.stdout
+                    .contains(&format!("note: nothing answers at {ALICE_TARGET} yet")),
+                "{}",
+                out.stdout
             );
             netmux_testbed::wait_until("the kube-proxy to follow netmux's slice", T, || {
                 w.fresh_requests(1, &[])[0].starts_with("error")

@@ -52,7 +52,8 @@ fn world(sb: &Sandbox) -> World<'_> {
     World { nm, _local: local }
 }
 
-fn expose(nm: &Netmux<'_>, name: &str, local: &str, port: u16) {
+/// `netmux expose`; its output.
+fn expose(nm: &Netmux<'_>, name: &str, local: &str, port: u16) -> String {
     let out = nm
         .cli([
             "expose",
@@ -65,6 +66,7 @@ fn expose(nm: &Netmux<'_>, name: &str, local: &str, port: u16) {
         ])
         .expect("expose");
     assert!(out.success(), "expose {name}: {}{}", out.stdout, out.stderr);
+    out.stdout
 }
 
 #[test]
@@ -116,7 +118,8 @@ fn hundred_mib_each_way_and_hundred_concurrent_through_expose() {
         "tcp",
         addr("127.0.0.1:19003"),
     );
-    expose(&w.nm, "rsink", "127.0.0.1:19001", 9101);
+    let said = expose(&w.nm, "rsink", "127.0.0.1:19001", 9101);
+    assert!(!said.contains("nothing answers"), "{said}");
     expose(&w.nm, "rsource", "127.0.0.1:19002", 9102);
     expose(&w.nm, "recho", "127.0.0.1:19003", 9103);
     on_failure_dump(&sb, || {
@@ -156,7 +159,12 @@ fn hundred_mib_each_way_and_hundred_concurrent_through_expose() {
 fn local_target_down_gives_the_cluster_client_a_prompt_reset() {
     let sb = sandbox();
     let w = world(&sb);
-    expose(&w.nm, "nobody", "127.0.0.1:19999", 9104);
+    // The expose stands, and the user is told at once.
+    let said = expose(&w.nm, "nobody", "127.0.0.1:19999", 9104);
+    assert!(
+        said.contains("note: nothing answers at 127.0.0.1:19999 yet (Connection refused"),
+        "{said}"
+    );
     on_failure_dump(&sb, || {
         let result = sb
             .cluster()

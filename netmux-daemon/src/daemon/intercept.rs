@@ -101,12 +101,14 @@ impl Daemon {
             c.endpoint.claims().lock().remove(&name);
             return Err(format!("could not intercept: {e}"));
         }
+        drop(state);
+        let note = crate::reverse::probe_note(to).await;
         Ok(Reply::Done {
             message: format!(
                 "intercepting {} port {port} ({mode}) => {to}; end it with `netmux leave {ep} {}`",
                 svc.key(),
                 svc.key()
-            ),
+            ) + &note.map(|n| format!("\n{n}")).unwrap_or_default(),
         })
     }
 

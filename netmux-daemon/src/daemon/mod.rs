@@ -524,8 +524,11 @@ impl Daemon {
             c.endpoint.release(name);
             return Err(format!("could not expose: {e}"));
         }
+        drop(state);
+        let note = crate::reverse::probe_note(local).await;
         Ok(Reply::Done {
-            message: format!("{name}: cluster port {remote_port} => {local}"),
+            message: format!("{name}: cluster port {remote_port} => {local}")
+                + &note.map(|n| format!("\n{n}")).unwrap_or_default(),
         })
     }
 
