@@ -62,10 +62,35 @@ impl ChildCgroup {
         v.extend(args.iter().map(|s| (*s).to_owned()));
         v
     }
+
+    /// What removes this cgroup from a signal handler that exits the
+    /// process (so drops do not run), as [`crate::Teardown`] does
+    /// for the namespaces.
+    pub fn teardown_handle(&self) -> CgroupTeardown {
+        CgroupTeardown {
+            mount: self.mount.clone(),
+            path: self.path.clone(),
+        }
+    }
 }
 
 impl Drop for ChildCgroup {
     fn drop(&mut self) {
+        self.teardown_handle().run();
+    }
+}
+
+/// Kills a [`ChildCgroup`]'s processes, removes it and detaches its mount;
+/// see [`ChildCgroup::teardown_handle`]. Idempotent.
+#[derive(Debug, Clone)]
+pub struct CgroupTeardown {
+    mount: PathBuf,
+    path: PathBuf,
+}
+
+impl CgroupTeardown {
+    /// Tears down now; what is already gone is skipped.
+    pub fn run(&self) {
         let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.path.exists()

@@ -74,6 +74,49 @@ impl Services {
     }
 }
 
+/// What a demo's Ctrl-C handler and its main thread share.
+pub(crate) struct Interrupt {
+    /// Ctrl-C was pressed.
+    pressed: AtomicBool,
+    /// The main thread is in [`Interrupt::wait`] and cleans up itself.
+    waiting: AtomicBool,
+}
+
+impl Interrupt {
+    /// Installs the Ctrl-C handler. During [`Interrupt::wait`] Ctrl-C ends
+    /// the wait and the main thread's drops remove everything; during a
+    /// step (which may hang), or pressed again, the handler runs `teardown`
+    /// (what those drops would remove: drops do not run on `exit`) and
+    /// exits.
+    pub(crate) fn install(teardown: impl Fn() + Send + 'static) -> anyhow::Result<Arc<Interrupt>> {
+        let it = Arc::new(Interrupt {
+            pressed: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
+        });
+        let seen = it.clone();
+        ctrlc::set_handler(move || {
+            let again = seen.pressed.swap(true, Ordering::SeqCst);
+            if seen.waiting.load(Ordering::SeqCst) && !again {
+                return;
+            }
+            eprintln!("\ninterrupted: removing the sandbox");
+            teardown();
+            std::process::exit(130);
+        })
+        .context("installing the Ctrl-C handler")?;
+        Ok(it)
+    }
+
+    /// Keeps the sandbox up until Ctrl-C.
+    pub(crate) fn wait(&self) {
+        self.waiting.store(true, Ordering::SeqCst);
+        while !self.pressed.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("\ninterrupted");
+    }
+}
+
 /// Runs the demo; `wait` keeps it up until Ctrl-C.
 pub fn demo(wait: bool) -> anyhow::Result<()> {
     step("installing what the demo needs (the same step as `cargo xtask test`)");
@@ -97,20 +140,15 @@ pub fn demo(wait: bool) -> anyhow::Result<()> {
 
     step("creating the sandbox: a workstation and a cluster network namespace joined by a veth");
     let sb = Sandbox::new().context("creating the sandbox (run as root)")?;
-    let teardown = sb.teardown_handle();
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        ctrlc::set_handler(move || {
-            if interrupted.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            eprintln!("\ninterrupted: cleaning up the sandbox");
-            teardown.run();
-            std::process::exit(130);
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let cgroup = ChildCgroup::new(&format!("nx-demo-{}", std::process::id()))
+        .context("creating the demo's cgroup")?;
+    let interrupt = {
+        let (sandbox, cg) = (sb.teardown_handle(), cgroup.teardown_handle());
+        Interrupt::install(move || {
+            cg.run();
+            sandbox.run();
+        })?
+    };
     println!(
         "workstation: {} ({}), cluster: {} ({}), no route out",
         sb.ws().name(),
@@ -118,8 +156,6 @@ pub fn demo(wait: bool) -> anyhow::Result<()> {
         sb.cluster().name(),
         sb.cluster_addr()
     );
-    let cgroup = ChildCgroup::new(&format!("nx-demo-{}", std::process::id()))
-        .context("creating the demo's cgroup")?;
     println!("cgroup for the eBPF hooks: {}", cgroup.path().display());
     // The workstation's resolver is the daemon's embedded DNS server.
     std::fs::write(
@@ -170,9 +206,7 @@ pub fn demo(wait: bool) -> anyhow::Result<()> {
             ws = sb.ws().name(),
             cg = cgroup.path().display(),
         );
-        while !interrupted.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        interrupt.wait();
     }
     step("cleaning up");
     drop(nm);

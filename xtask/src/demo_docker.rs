@@ -12,9 +12,7 @@
 //! what to install and stops.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use netmux_testbed::cgroup::ChildCgroup;
@@ -22,7 +20,7 @@ use netmux_testbed::docker::{self, Dockerd, ImageSpec, RunSpec};
 use netmux_testbed::netmux::{start_server, Layout, ENDPOINT, TOKEN};
 use netmux_testbed::{bin, prereq, wait_until, Output, Sandbox, Side};
 
-use crate::demo::{run_in_cgroup, show, step, T};
+use crate::demo::{run_in_cgroup, show, step, Interrupt, T};
 
 const IMAGE: &str = "nx-echo:demo";
 const NETWORK: &str = "shop_default";
@@ -63,30 +61,26 @@ pub fn demo_docker(wait: bool) -> anyhow::Result<()> {
     step("creating the sandbox: a workstation and a cluster network namespace joined by a veth");
     let sb = Sandbox::new().context("creating the sandbox (run as root)")?;
     let dockerd: Arc<Mutex<Option<Dockerd>>> = Arc::new(Mutex::new(None));
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let teardown = sb.teardown_handle();
-        let dockerd = dockerd.clone();
-        let interrupted = interrupted.clone();
-        ctrlc::set_handler(move || {
-            if interrupted.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            eprintln!("\ninterrupted: removing containers, dockerd and the sandbox");
+    let cg = ChildCgroup::new(&format!("nx-demo-docker-{}", std::process::id()))
+        .context("creating the demo's cgroup")?;
+    let interrupt = {
+        let (sandbox, cgroup, dockerd) =
+            (sb.teardown_handle(), cg.teardown_handle(), dockerd.clone());
+        Interrupt::install(move || {
             // Dropping the daemon removes its containers, mounts and files.
             drop(dockerd.lock().map(|mut d| d.take()));
-            teardown.run();
-            std::process::exit(130);
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
-    let result = run(&sb, &dockerd, ebpf, wait, &interrupted);
+            cgroup.run();
+            sandbox.run();
+        })?
+    };
+    let result = run(&sb, &cg, &dockerd, ebpf, wait, &interrupt);
     if let Err(e) = &result {
         eprintln!("demo failed: {e:#}");
         sb.dump_logs(40);
     }
     step("cleaning up");
     drop(dockerd.lock().map(|mut d| d.take()));
+    drop(cg);
     drop(sb);
     println!("done: containers, dockerd, namespaces, cgroup, processes and files removed");
     result
@@ -94,10 +88,11 @@ pub fn demo_docker(wait: bool) -> anyhow::Result<()> {
 
 fn run(
     sb: &Sandbox,
+    cg: &ChildCgroup,
     dockerd: &Mutex<Option<Dockerd>>,
     ebpf: bool,
     wait: bool,
-    interrupted: &AtomicBool,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<()> {
     step(&format!(
         "starting a private dockerd in the cluster namespace {} (nsenter --net)",
@@ -157,8 +152,6 @@ fn run(
     *dockerd.lock().map_err(|_| anyhow!("lock"))? = Some(d);
 
     step("starting netmux-server ([runtime] kind = \"docker\") and netmuxd");
-    let cg = ChildCgroup::new(&format!("nx-demo-docker-{}", std::process::id()))
-        .context("creating the demo's cgroup")?;
     let layout = Layout::new(sb);
     let host = dockerd
         .lock()
@@ -228,7 +221,7 @@ fn run(
         show(&out);
         Ok(out)
     };
-    let inside = |program: &str, args: &[&str]| run_in_cgroup(sb, &cg, program, args);
+    let inside = |program: &str, args: &[&str]| run_in_cgroup(sb, cg, program, args);
     cli(&["connect", ENDPOINT])?.ok()?;
     wait_until("the containers in the catalog", T, || {
         sb.process(
@@ -296,9 +289,7 @@ fn run(
             ws = sb.ws().name(),
             cg = cg.path().display(),
         );
-        while !interrupted.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        interrupt.wait();
     }
     Ok(())
 }
