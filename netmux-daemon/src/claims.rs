@@ -114,6 +114,14 @@ impl Targets {
     pub(crate) fn get(&self, port: u16, protocol: Protocol) -> Option<SocketAddr> {
         self.0.get(&(port, protocol.into())).copied()
     }
+
+    /// The local targets of the TCP ports.
+    pub(crate) fn tcp(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.0
+            .iter()
+            .filter(|((_, p), _)| *p == ProtocolKey::Tcp)
+            .map(|(_, addr)| *addr)
+    }
 }
 
 /// A reverse service this daemon wants to hold.

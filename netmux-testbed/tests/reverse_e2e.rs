@@ -49,6 +49,7 @@ fn world(sb: &Sandbox) -> World<'_> {
     assert!(out.success(), "{}{}", out.stdout, out.stderr);
     let out = nm.cli(["start", ENDPOINT, "rev-http"]).expect("start");
     assert!(out.success(), "claim failed: {}{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("nothing answers"), "{}", out.stdout);
     World { nm, _local: local }
 }
 
@@ -321,7 +322,8 @@ fn c2l_with_three_ports_routes_each_port_to_its_own_target() {
         panic!("netmux start: {e}")
     });
     let ports = [(18091u16, 19000u16), (18092, 19001), (18093, 19002)];
-    let _local: Vec<Process> = ports
+    // The third target's program starts only after `netmux start`.
+    let mut local: Vec<Process> = ports[..2]
         .iter()
         .map(|(_, local)| {
             nx_echo(
@@ -359,6 +361,26 @@ fn c2l_with_three_ports_routes_each_port_to_its_own_target() {
     .expect("catalog");
     let out = nm.cli(["start", ENDPOINT, "multi"]).expect("start");
     assert!(out.success(), "claim failed: {}{}", out.stdout, out.stderr);
+    // The user is told which target does not answer yet, and only that one.
+    assert_eq!(
+        out.stdout.matches("nothing answers").count(),
+        1,
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("nothing answers at 127.0.0.1:19002 yet"),
+        "{}",
+        out.stdout
+    );
+    local.push(nx_echo(
+        &sb,
+        Side::Workstation,
+        "ws-http-19002",
+        "http",
+        addr("127.0.0.1:19002"),
+    ));
     on_failure_dump(&sb, || {
         for (port, local) in ports {
             let out = curl(

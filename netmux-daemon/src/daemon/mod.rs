@@ -424,6 +424,8 @@ impl Daemon {
         let mut started = Vec::new();
         let mut claimed = Vec::new();
         let mut skipped = Vec::new();
+        // The local targets of the C2L services claimed here.
+        let mut probe = BTreeSet::new();
         for svc in &found {
             match svc.direction {
                 Direction::L2C => {
@@ -435,6 +437,7 @@ impl Daemon {
                     // One local target per cluster port, each port's own.
                     let targets = Targets::for_service(svc, IpAddr::V4(Ipv4Addr::LOCALHOST));
                     if let Some(c) = state.endpoints.get(ep) {
+                        probe.extend(targets.tcp());
                         c.endpoint
                             .claim(&svc.key(), ClaimKind::Catalog(svc.key()), targets);
                         claimed.push(svc.key());
@@ -473,6 +476,13 @@ impl Daemon {
                 "; not claimed (C2L: cluster traffic to this machine): {}; name them, or add --c2l",
                 skipped.join(", ")
             ));
+        }
+        drop(state);
+        for local in probe {
+            if let Some(note) = crate::reverse::probe_note(local).await {
+                message.push('\n');
+                message.push_str(&note);
+            }
         }
         Ok(Reply::Done { message })
     }
