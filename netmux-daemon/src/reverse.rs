@@ -32,13 +32,14 @@ async fn dial_own(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
     socket.connect(addr).await
 }
 
-/// How long `expose` and `intercept` wait to see their local target answer.
+/// How long `expose`, `intercept` and `start` wait for a local target.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A note for the user of `expose` or `intercept` when nothing answers at
-/// `local` yet: one TCP connection, closed at once. The claim stands (the
-/// user may start the program afterwards), but until something listens
-/// there every cluster connection to it is reset, which is worth saying
+/// A note for the user of `expose`, `intercept` or `start` (of a C2L
+/// service) when nothing answers at `local` yet: one TCP connection, closed
+/// at once. The claim stands (the user may start the program afterwards),
+/// but until something listens there what the cluster sends to it fails (a
+/// reset; a 502 for a personal intercept's requests), which is worth saying
 /// now rather than leaving it to the cluster side to find out.
 pub(crate) async fn probe_note(local: std::net::SocketAddr) -> Option<String> {
     let why = match tokio::time::timeout(PROBE_TIMEOUT, dial_own(local)).await {
@@ -47,8 +48,8 @@ pub(crate) async fn probe_note(local: std::net::SocketAddr) -> Option<String> {
         Err(_) => format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
     };
     Some(format!(
-        "note: nothing answers at {local} yet ({why}); cluster connections to it are reset \
-         until a program listens there"
+        "note: nothing answers at {local} yet ({why}); cluster connections to it fail until \
+         a program listens there"
     ))
 }
 
