@@ -30,12 +30,16 @@ pub fn header(text: &str) -> Result<(String, String), String> {
 }
 
 /// `HOST:PORT` of `--local` and `--to`: the host (an IPv6 address without
-/// its brackets) and a port of 1-65535. The host is resolved by the daemon.
+/// its brackets) and a port of 1-65535; a port alone means 127.0.0.1 (as
+/// Telepresence's and mirrord's local ports do). The host is resolved by
+/// the daemon.
 pub fn host_port(text: &str) -> Result<(String, u16), String> {
-    const EXPECTED: &str = "expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080";
-    let (host, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| format!("no port; {EXPECTED}"))?;
+    const EXPECTED: &str = "expected HOST:PORT or PORT, e.g. 127.0.0.1:8080, [::1]:8080 or 8080";
+    let (host, port) = match text.rsplit_once(':') {
+        Some(split) => split,
+        None if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => ("127.0.0.1", text),
+        None => return Err(format!("no port; {EXPECTED}")),
+    };
     let host = match host.strip_prefix('[') {
         Some(v6) => v6
             .strip_suffix(']')
@@ -91,9 +95,13 @@ mod tests {
         assert_eq!(ok("127.0.0.1:8080"), ("127.0.0.1".into(), 8080));
         assert_eq!(ok("localhost:80"), ("localhost".into(), 80));
         assert_eq!(ok("[::1]:5432"), ("::1".into(), 5432));
+        assert_eq!(ok("8080"), ("127.0.0.1".into(), 8080));
         for (bad, says) in [
-            ("8080", "no port"),
+            ("", "no port"),
+            ("localhost", "no port"),
             ("127.0.0.1", "no port"),
+            ("0", "not 1-65535"),
+            ("99999", "not 1-65535"),
             (":8080", "no host"),
             ("[]:80", "no host"),
             ("[::1:80", "unclosed"),

@@ -95,7 +95,7 @@ enum Command {
         /// Service name in the cluster.
         #[arg(value_parser = service_name_arg)]
         name: String,
-        /// Local target, HOST:PORT.
+        /// Local target, HOST:PORT, or PORT for 127.0.0.1:PORT.
         #[arg(long, value_parser = host_port_arg)]
         local: String,
         /// Port cluster workloads connect to.
@@ -120,7 +120,8 @@ enum Command {
         /// Service port (needed when it has several).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         port: Option<u16>,
-        /// Where its traffic goes here, HOST:PORT.
+        /// Where its traffic goes here, HOST:PORT, or PORT for
+        /// 127.0.0.1:PORT.
         #[arg(long, value_parser = host_port_arg)]
         to: String,
         /// NAME=VALUE: a personal intercept, only HTTP requests carrying

@@ -37,12 +37,12 @@ fn malformed_arguments_are_named_before_the_daemon_is_asked() {
                 "demo",
                 "dbg",
                 "--local",
-                "8080",
+                "localhost",
                 "--remote-port",
                 "80",
             ],
             "--local",
-            "expected HOST:PORT",
+            "expected HOST:PORT or PORT",
         ),
         (
             &[
@@ -147,6 +147,7 @@ fn malformed_arguments_are_named_before_the_daemon_is_asked() {
             ok[2],
             ok[3],
         ],
+        &["expose", "demo", "dbg", "--local", "8080", ok[2], ok[3]],
         &[
             "intercept",
             "demo",

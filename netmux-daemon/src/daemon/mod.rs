@@ -683,8 +683,11 @@ mod bounds_tests {
             .unwrap_err();
         assert!(e.contains("expose_allow"), "{e}");
         // Another client of the socket than the CLI gets the CLI's check.
+        let e = d.expose("demo", "dbg", "localhost", 80).await.unwrap_err();
+        assert!(e.starts_with("--local \"localhost\": no port"), "{e}");
+        // A port alone is a loopback target.
         let e = d.expose("demo", "dbg", "8080", 80).await.unwrap_err();
-        assert!(e.starts_with("--local \"8080\": no port"), "{e}");
+        assert!(e.contains("not connected"), "{e}");
         let e = d.expose("demo", "Dbg", "127.0.0.1:8080", 80).await;
         assert!(e.unwrap_err().contains("not a valid service name"));
         // Loopback passes the check (and then needs a connection).
