@@ -10,13 +10,14 @@
 
 use std::process::Command;
 
-/// `netmux ARGS` against a socket nobody serves: exit code and stderr.
-fn netmux(args: &[&str]) -> (i32, String) {
+/// `netmux ARGS` (words split at spaces) against a socket nobody serves:
+/// exit code and stderr.
+fn netmux(args: &str) -> (i32, String) {
     let dir = std::env::temp_dir().join(format!("netmux-args-cli-{}", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_netmux"))
         .arg("--socket")
         .arg(dir.join("netmuxd.sock"))
-        .args(args)
+        .args(args.split_whitespace())
         .env_remove("NETMUX_SOCKET")
         .env_remove("NETMUX_CONFIG")
         .output()
@@ -29,141 +30,71 @@ fn netmux(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn malformed_arguments_are_named_before_the_daemon_is_asked() {
-    let ok = ["--local", "127.0.0.1:8080", "--remote-port", "8080"];
-    let cases: &[(&[&str], &str, &str)] = &[
+    // (arguments, the flag named, what the error says)
+    let cases = [
         (
-            &[
-                "expose",
-                "demo",
-                "dbg",
-                "--local",
-                "localhost",
-                "--remote-port",
-                "80",
-            ],
+            "expose demo dbg --local localhost --remote-port 80",
             "--local",
             "expected HOST:PORT or PORT",
         ),
         (
-            &[
-                "expose",
-                "demo",
-                "dbg",
-                "--local",
-                "::1:8080",
-                "--remote-port",
-                "80",
-            ],
+            "expose demo dbg --local ::1:8080 --remote-port 80",
             "--local",
             "needs brackets",
         ),
         (
-            &[
-                "expose",
-                "demo",
-                "dbg",
-                "--local",
-                "localhost:0",
-                "--remote-port",
-                "80",
-            ],
+            "expose demo dbg --local localhost:0 --remote-port 80",
             "--local",
             "is not 1-65535",
         ),
         (
-            &[
-                "expose",
-                "demo",
-                "dbg",
-                "--local",
-                "127.0.0.1:80",
-                "--remote-port",
-                "0",
-            ],
+            "expose demo dbg --local 127.0.0.1:80 --remote-port 0",
             "--remote-port",
             "not in 1..=65535",
         ),
         (
-            &["expose", "demo", "Debug.X", ok[0], ok[1], ok[2], ok[3]],
+            "expose demo Debug.X --local 127.0.0.1:8080 --remote-port 8080",
             "<NAME>",
             "use lower-case letters, digits and '-'",
         ),
         (
-            &["intercept", "demo", "web", "--to", "nowhere"],
+            "intercept demo web --to nowhere",
             "--to",
             "expected HOST:PORT",
         ),
         (
-            &[
-                "intercept",
-                "demo",
-                "web",
-                "--to",
-                "127.0.0.1:8080",
-                "--header",
-                "alice",
-            ],
+            "intercept demo web --to 127.0.0.1:8080 --header alice",
             "--header",
             "expected NAME=VALUE",
         ),
         (
-            &[
-                "intercept",
-                "demo",
-                "web",
-                "--to",
-                "127.0.0.1:8080",
-                "--port",
-                "0",
-            ],
+            "intercept demo web --to 127.0.0.1:8080 --port 0",
             "--port",
             "not in 1..=65535",
         ),
-        (
-            &["leave", "demo", "web", "--port", "0"],
-            "--port",
-            "not in 1..=65535",
-        ),
+        ("leave demo web --port 0", "--port", "not in 1..=65535"),
     ];
     for (args, flag, says) in cases {
         let (code, err) = netmux(args);
-        assert_eq!(code, 2, "netmux {args:?}: exit {code}, stderr: {err}");
+        assert_eq!(code, 2, "netmux {args}: exit {code}, stderr: {err}");
         assert!(
             err.contains(flag) && err.contains(says) && !err.contains("cannot reach netmuxd"),
-            "netmux {args:?}: expected {flag} and {says:?} in: {err}"
+            "netmux {args}: expected {flag} and {says:?} in: {err}"
         );
     }
     // Well-formed arguments pass the check and go on to the daemon (here:
     // none), so the check does not reject what the daemon accepts.
     for args in [
-        &["expose", "demo", "dbg", ok[0], ok[1], ok[2], ok[3]][..],
-        &["expose", "demo", "dbg", "--local", "[::1]:80", ok[2], ok[3]],
-        &[
-            "expose",
-            "demo",
-            "dbg",
-            "--local",
-            "localhost:80",
-            ok[2],
-            ok[3],
-        ],
-        &["expose", "demo", "dbg", "--local", "8080", ok[2], ok[3]],
-        &[
-            "intercept",
-            "demo",
-            "web",
-            "--to",
-            "127.0.0.1:8080",
-            "--header",
-            "x-netmux-user=alice",
-            "--port",
-            "80",
-        ],
+        "expose demo dbg --local 127.0.0.1:8080 --remote-port 8080",
+        "expose demo dbg --local [::1]:80 --remote-port 8080",
+        "expose demo dbg --local localhost:80 --remote-port 8080",
+        "expose demo dbg --local 8080 --remote-port 8080",
+        "intercept demo web --to 127.0.0.1:8080 --header x-netmux-user=alice --port 80",
     ] {
         let (code, err) = netmux(args);
         assert!(
             code == 1 && err.contains("cannot reach netmuxd"),
-            "netmux {args:?}: exit {code}, stderr: {err}"
+            "netmux {args}: exit {code}, stderr: {err}"
         );
     }
 }

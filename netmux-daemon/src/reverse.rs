@@ -35,22 +35,29 @@ async fn dial_own(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
 /// How long `expose`, `intercept` and `start` wait for a local target.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A note for the user of `expose`, `intercept` or `start` (of a C2L
-/// service) when nothing answers at `local` yet: one TCP connection, closed
-/// at once. The claim stands (the user may start the program afterwards),
-/// but until something listens there what the cluster sends to it fails (a
-/// reset; a 502 for a personal intercept's requests), which is worth saying
-/// now rather than leaving it to the cluster side to find out.
-pub(crate) async fn probe_note(local: std::net::SocketAddr) -> Option<String> {
-    let why = match tokio::time::timeout(PROBE_TIMEOUT, dial_own(local)).await {
-        Ok(Ok(_)) => return None,
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
-    };
-    Some(format!(
-        "note: nothing answers at {local} yet ({why}); cluster connections to it fail until \
-         a program listens there"
-    ))
+/// `message` of `expose`, `intercept` or `start` (of a C2L service), with
+/// a note line for each of the `targets` where nothing answers yet: one
+/// TCP connection each, closed at once. The claim stands (the user may
+/// start the program afterwards), but until something listens there what
+/// the cluster sends to it fails (a reset; a 502 for a personal
+/// intercept's requests), which is worth saying now rather than leaving it
+/// to the cluster side to find out.
+pub(crate) async fn with_probe_notes(
+    mut message: String,
+    targets: impl IntoIterator<Item = std::net::SocketAddr>,
+) -> String {
+    for local in targets {
+        let why = match tokio::time::timeout(PROBE_TIMEOUT, dial_own(local)).await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+        };
+        message.push_str(&format!(
+            "\nnote: nothing answers at {local} yet ({why}); cluster connections to it fail \
+             until a program listens there"
+        ));
+    }
+    message
 }
 
 /// What the reverse streams of one connection share.

@@ -102,13 +102,13 @@ impl Daemon {
             return Err(format!("could not intercept: {e}"));
         }
         drop(state);
-        let note = crate::reverse::probe_note(to).await;
+        let message = format!(
+            "intercepting {} port {port} ({mode}) => {to}; end it with `netmux leave {ep} {}`",
+            svc.key(),
+            svc.key()
+        );
         Ok(Reply::Done {
-            message: format!(
-                "intercepting {} port {port} ({mode}) => {to}; end it with `netmux leave {ep} {}`",
-                svc.key(),
-                svc.key()
-            ) + &note.map(|n| format!("\n{n}")).unwrap_or_default(),
+            message: crate::reverse::with_probe_notes(message, [to]).await,
         })
     }
 

@@ -478,13 +478,9 @@ impl Daemon {
             ));
         }
         drop(state);
-        for local in probe {
-            if let Some(note) = crate::reverse::probe_note(local).await {
-                message.push('\n');
-                message.push_str(&note);
-            }
-        }
-        Ok(Reply::Done { message })
+        Ok(Reply::Done {
+            message: crate::reverse::with_probe_notes(message, probe).await,
+        })
     }
 
     /// Stops services matching `pattern` on `ep`.
@@ -535,10 +531,9 @@ impl Daemon {
             return Err(format!("could not expose: {e}"));
         }
         drop(state);
-        let note = crate::reverse::probe_note(local).await;
+        let message = format!("{name}: cluster port {remote_port} => {local}");
         Ok(Reply::Done {
-            message: format!("{name}: cluster port {remote_port} => {local}")
-                + &note.map(|n| format!("\n{n}")).unwrap_or_default(),
+            message: crate::reverse::with_probe_notes(message, [local]).await,
         })
     }
 
