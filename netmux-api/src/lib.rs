@@ -103,6 +103,19 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u16>,
     },
+    /// The environment a container of the Service's pods has, read with
+    /// the user's own Kubernetes credentials (`netmux env`, `netmux
+    /// intercept --env-file`).
+    Environment {
+        /// Endpoint name (a Kubernetes endpoint).
+        endpoint: String,
+        /// Service name or `namespace/name`, as `ls` shows it.
+        service: String,
+        /// Service port whose container is meant; `None`: its only (or
+        /// first) port.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    },
     /// Daemon status.
     Status,
     /// Re-read the configuration file; unchanged endpoints keep their
@@ -197,6 +210,22 @@ pub struct InterceptView {
     pub to_workstation: u64,
 }
 
+/// `netmux env`: the environment of one container of a Service's pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentView {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// The pod it was read from.
+    pub pod: String,
+    /// The container of that pod.
+    pub container: String,
+    /// Variables in the container's order.
+    pub vars: Vec<(String, String)>,
+    /// One line per variable left out or approximated, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -213,6 +242,8 @@ pub enum Reply {
     },
     /// Status.
     Status(StatusView),
+    /// A container's environment.
+    Environment(EnvironmentView),
     /// The endpoint is a Kubernetes one: connect again with the user's
     /// credentials for these settings.
     NeedKube {

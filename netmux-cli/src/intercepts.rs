@@ -13,11 +13,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 
-/// Annotation holding the original `spec.selector` (netmux-server's
-/// `intercept::record::ORIGINAL`).
-pub const ORIGINAL: &str = "netmux.dev/intercept-original";
-/// Annotation naming the holder.
-pub const HOLDER: &str = "netmux.dev/intercept-holder";
+pub use netmux_common::proto::control::{
+    INTERCEPT_HOLDER as HOLDER, INTERCEPT_ORIGINAL as ORIGINAL,
+};
 
 /// The merge patch restoring a Service whose annotations are
 /// `annotations`; `None` if it is not intercepted. Refuses a record that

@@ -11,5 +11,6 @@
 pub mod cli;
 pub mod credentials;
 pub(crate) mod doctor;
+pub mod environment;
 pub mod install;
 pub mod intercepts;

@@ -133,6 +133,33 @@ enum Command {
         /// themselves go on to the pods.
         #[arg(long)]
         mirror: bool,
+        /// Also write the intercepted container's environment to this
+        /// file first, as `NAME=value` lines (see `netmux env`).
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Also write the intercepted container's environment to this
+        /// file first, as a JSON object (every value exact).
+        #[arg(long)]
+        env_json: Option<PathBuf>,
+    },
+    /// Prints the environment of the container behind a cluster Service
+    /// (its env, ConfigMaps and Secrets, read with your own credentials),
+    /// or runs a command with it: `netmux env EP SVC -- ./my-service`.
+    Env {
+        /// Endpoint name (a Kubernetes endpoint).
+        endpoint: String,
+        /// Service name or namespace/name.
+        service: String,
+        /// Service port whose container is meant (default: its first).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+        /// Output form.
+        #[arg(long, short, value_enum, default_value = "dotenv")]
+        output: netmux_cli::environment::Format,
+        /// Run this command with the environment added, instead of
+        /// printing it.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Ends an intercept; the Service is restored as it was.
     #[command(visible_aliases = ["unintercept"])]
@@ -191,6 +218,15 @@ enum Command {
     /// runs for (JSON in on stdin, out on stdout).
     #[command(name = "__kube-credentials", hide = true)]
     KubeCredentials,
+}
+
+/// A refused intercept leaves no environment file behind.
+fn remove_env_files(paths: &[PathBuf]) {
+    for p in paths {
+        if std::fs::remove_file(p).is_ok() {
+            eprintln!("removed {}", p.display());
+        }
+    }
 }
 
 fn print_rows(rows: &[Row]) {
@@ -291,6 +327,7 @@ fn service_name_arg(text: &str) -> Result<String, String> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut env_files = Vec::new();
     let (request, output) = match &cli.command {
         Command::List { filter, output } => (
             Request::List {
@@ -358,17 +395,54 @@ async fn main() -> ExitCode {
             to,
             header,
             mirror,
-        } => (
-            Request::Intercept {
-                endpoint: endpoint.clone(),
-                service: service.clone(),
-                port: *port,
-                to: to.clone(),
-                header: header.clone(),
-                mirror: *mirror,
-            },
-            Output::Table,
-        ),
+            env_file,
+            env_json,
+        } => {
+            match netmux_cli::environment::write_files(
+                &cli.socket,
+                endpoint,
+                service,
+                *port,
+                env_file.as_deref(),
+                env_json.as_deref(),
+            )
+            .await
+            {
+                Ok(paths) => env_files = paths,
+                Err(e) => {
+                    eprintln!("netmux: not intercepted: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            (
+                Request::Intercept {
+                    endpoint: endpoint.clone(),
+                    service: service.clone(),
+                    port: *port,
+                    to: to.clone(),
+                    header: header.clone(),
+                    mirror: *mirror,
+                },
+                Output::Table,
+            )
+        }
+        Command::Env {
+            endpoint,
+            service,
+            port,
+            output,
+            command,
+        } => {
+            return netmux_cli::environment::run(
+                &cli.socket,
+                endpoint,
+                service,
+                *port,
+                *output,
+                command,
+            )
+            .await
+        }
         Command::Leave {
             endpoint,
             service,
@@ -452,11 +526,13 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("netmux: {e}");
+            remove_env_files(&env_files);
             return ExitCode::FAILURE;
         }
     };
     if let Some(e) = response.error {
         eprintln!("netmux: {e}");
+        remove_env_files(&env_files);
         return ExitCode::FAILURE;
     }
     match (response.ok, output) {
@@ -508,6 +584,10 @@ async fn main() -> ExitCode {
             }
         }
         (Some(Reply::Done { message }), Output::Table) => println!("{message}"),
+        (Some(Reply::Environment(view)), Output::Table) => {
+            let format = netmux_cli::environment::Format::Dotenv;
+            print!("{}", netmux_cli::environment::render(&view, format).0);
+        }
         (Some(Reply::NeedKube { .. }), Output::Table) => {
             eprintln!("netmux: netmuxd keeps asking for Kubernetes credentials; is it the same version as this CLI?");
             return ExitCode::FAILURE;

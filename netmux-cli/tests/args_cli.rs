@@ -73,6 +73,12 @@ fn malformed_arguments_are_named_before_the_daemon_is_asked() {
             "not in 1..=65535",
         ),
         ("leave demo web --port 0", "--port", "not in 1..=65535"),
+        ("env demo web --port 0", "--port", "not in 1..=65535"),
+        (
+            "env demo web -o yaml",
+            "--output",
+            "possible values: dotenv, sh, json",
+        ),
     ];
     for (args, flag, says) in cases {
         let (code, err) = netmux(args);
@@ -90,6 +96,9 @@ fn malformed_arguments_are_named_before_the_daemon_is_asked() {
         "expose demo dbg --local localhost:80 --remote-port 8080",
         "expose demo dbg --local 8080 --remote-port 8080",
         "intercept demo web --to 127.0.0.1:8080 --header x-netmux-user=alice --port 80",
+        "intercept demo web --to 8080 --env-file web.env --env-json web.json",
+        "env demo web -o sh --port 80",
+        "env demo web -- sh -c true",
     ] {
         let (code, err) = netmux(args);
         assert!(

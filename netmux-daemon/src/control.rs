@@ -123,20 +123,20 @@ fn peer_groups(stream: &impl AsFd) -> std::io::Result<Vec<u32>> {
     }
 }
 
-/// Whether the peer of `stream` may drive the daemon.
-fn authorized(stream: &impl AsFd, group: Option<Gid>) -> Result<(), String> {
+/// Whether the peer of `stream` may drive the daemon: its uid if so.
+fn authorized(stream: &impl AsFd, group: Option<Gid>) -> Result<u32, String> {
     let creds = getsockopt(stream, PeerCredentials).map_err(|e| format!("SO_PEERCRED: {e}"))?;
     let uid = creds.uid();
     if uid == 0 || Uid::from_raw(uid) == Uid::effective() {
-        return Ok(());
+        return Ok(uid);
     }
     if let Some(g) = group {
         if creds.gid() == g.as_raw() {
-            return Ok(());
+            return Ok(uid);
         }
         let groups = peer_groups(stream).map_err(|e| format!("SO_PEERGROUPS: {e}"))?;
         if groups.contains(&g.as_raw()) {
-            return Ok(());
+            return Ok(uid);
         }
     }
     Err(format!(
@@ -178,7 +178,7 @@ async fn handle(
             tracing::warn!(error = %e, "control client refused");
             Err(e).into()
         }
-        Ok(()) => match tokio::time::timeout(timeout, lines.next_line()).await {
+        Ok(uid) => match tokio::time::timeout(timeout, lines.next_line()).await {
             Err(_) => Err(format!(
                 "no request within {}s: closing (send one JSON request line)",
                 timeout.as_secs_f32()
@@ -190,7 +190,7 @@ async fn handle(
                     Err("request too large".to_owned()).into()
                 }
                 Some(line) => match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => daemon.handle(req).await.into(),
+                    Ok(req) => daemon.handle(req, uid).await.into(),
                     Err(e) => Err(format!(
                         "bad request: {e}; is the netmux CLI the same version as netmuxd?"
                     ))
@@ -266,7 +266,7 @@ mod tests {
                 assert!(!Path::new(&format!("/proc/{child}")).exists());
                 let (stream, _) = listener.accept().unwrap();
                 assert_eq!(peer_groups(&stream).unwrap(), [group]);
-                assert_eq!(authorized(&stream, Some(Gid::from_raw(group))), Ok(()));
+                assert_eq!(authorized(&stream, Some(Gid::from_raw(group))), Ok(uid));
                 let e = authorized(&stream, Some(Gid::from_raw(group + 1))).unwrap_err();
                 assert!(e.contains("uid 54321") && e.contains("usermod"), "{e}");
             }

@@ -156,6 +156,15 @@ pub(crate) async fn handle(
         return status(StatusCode::NOT_FOUND, "NotFound", "no such path");
     };
     let q = query(&uri);
+    if method == Method::GET && t.name.is_some() {
+        if let Some((user, ns, name)) = secret_denied(&fake, &t, &headers) {
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!("secrets \"{name}\" is forbidden: User \"{user}\" cannot get resource \"secrets\" in API group \"\" in the namespace \"{ns}\""),
+            );
+        }
+    }
     match (method, t.collection.as_str()) {
         (Method::POST, "authentication.k8s.io/tokenreviews") => token_review(&fake, &body),
         (Method::POST, "authorization.k8s.io/subjectaccessreviews") => access_review(&fake, &body),
@@ -207,6 +216,40 @@ pub(crate) async fn handle(
             "unsupported",
         ),
     }
+}
+
+/// With [`FakeApi::require_auth`], reading a Secret takes a grant of
+/// [`FakeApi::allow`] (`get`, `/secrets`, its name or `*`), as RBAC
+/// holds Secrets back from roles like `view`; other reads stay open.
+/// `Some((user, namespace, name))` when this GET is refused.
+fn secret_denied(
+    fake: &FakeApi,
+    t: &Target,
+    headers: &HeaderMap,
+) -> Option<(String, String, String)> {
+    if kind_for(&t.collection) != "Secret" {
+        return None;
+    }
+    let st = lock(&fake.state);
+    if !st.require_auth {
+        return None;
+    }
+    let ns = t.namespace.clone().unwrap_or_default();
+    let name = t.name.clone().unwrap_or_default();
+    let user = bearer(headers)
+        .and_then(|b| st.tokens.get(b))
+        .map(|(u, _)| u.clone())
+        .unwrap_or_default();
+    let granted = [name.as_str(), "*"].iter().any(|n| {
+        st.allowed.contains(&(
+            user.clone(),
+            "get".to_owned(),
+            "/secrets".to_owned(),
+            ns.clone(),
+            (*n).to_owned(),
+        ))
+    });
+    (!granted).then_some((user, ns, name))
 }
 
 /// Whether a DELETE body's `preconditions` (resourceVersion, uid) match

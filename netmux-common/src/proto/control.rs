@@ -109,6 +109,13 @@ pub enum ClientMessage {
     },
 }
 
+/// Annotation an intercept writes on the Kubernetes Service it diverts:
+/// the original `spec.selector` as JSON (docs/intercept.md). Written by
+/// the server, read by `netmux cleanup --intercepts` and `netmux env`.
+pub const INTERCEPT_ORIGINAL: &str = "netmux.dev/intercept-original";
+/// Annotation naming who intercepts the Service (for people reading it).
+pub const INTERCEPT_HOLDER: &str = "netmux.dev/intercept-holder";
+
 /// Longest header value a personal intercept matches.
 pub const MAX_HEADER_VALUE: usize = 256;
 

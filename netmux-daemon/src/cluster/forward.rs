@@ -30,6 +30,10 @@ pub struct KubeLink {
     pub(crate) describe: String,
     /// The API server's URL (never a redirect target).
     pub(crate) api_server: String,
+    /// The uid whose `netmux connect` handed these credentials over:
+    /// reads made with them for one user (a pod's environment, Secrets
+    /// included) are answered to that user and root only.
+    pub(crate) owner: Option<u32>,
     next: AtomicUsize,
 }
 
@@ -142,8 +146,15 @@ impl KubeLink {
                 .chars()
                 .filter(|c| !c.is_control())
                 .collect(),
+            owner: None,
             next: AtomicUsize::new(start),
         })
+    }
+
+    /// The same link, marked as handed over by `uid`.
+    pub(crate) fn owned_by(mut self, uid: u32) -> Self {
+        self.owner = Some(uid);
+        self
     }
 
     /// The token presented in the hello (RBAC on the server): the one
@@ -156,6 +167,11 @@ impl KubeLink {
     /// The settings it was made for.
     pub(crate) fn settings(&self) -> &KubeSettings {
         &self.settings
+    }
+
+    /// The client, as the user.
+    pub(crate) fn client(&self) -> &kube::Client {
+        &self.client
     }
 
     /// The namespace of the kubeconfig's context.
@@ -324,7 +340,7 @@ impl KubeLink {
 }
 
 /// Running, Ready, not being deleted, with an IP.
-fn is_ready(p: &Pod) -> bool {
+pub(crate) fn is_ready(p: &Pod) -> bool {
     if p.metadata.deletion_timestamp.is_some() {
         return false;
     }

@@ -12,6 +12,8 @@
 //! it, over which QUIC runs as length-prefixed datagrams
 //! ([`crate::transport::dial_stream`]).
 
+pub(crate) mod environment;
 pub mod forward;
+pub(crate) mod workload;
 
 pub(crate) use netmux_api::kube::{port_ref, KubeAccess, KubeError, KubeSettings, PortRef};

@@ -46,6 +46,32 @@ fn mode(header: Option<&(String, String)>, mirror: bool) -> String {
 }
 
 impl Daemon {
+    /// The one cluster (L2C) Service of `ep`'s catalog that `service`
+    /// (a name or `namespace/name`) names.
+    pub(super) fn cluster_service(
+        &self,
+        state: &super::State,
+        ep: &str,
+        service: &str,
+    ) -> Result<Service, String> {
+        let found: Vec<Service> = self
+            .matching(state, ep, service)?
+            .into_iter()
+            .filter(|s| s.direction == Direction::L2C)
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(format!("{service} on {ep} is not a cluster (L2C) Service")),
+            many => {
+                let names: Vec<String> = many.iter().map(Service::key).collect();
+                Err(format!(
+                    "{service} matches {}; name one as namespace/name",
+                    names.join(", ")
+                ))
+            }
+        }
+    }
+
     /// Intercepts port `port` of `service` on `ep` to `to`; personal with
     /// `header` (`name=value`).
     pub async fn intercept(
@@ -64,22 +90,7 @@ impl Daemon {
         // The cluster must not reach past this machine through it.
         self.config.expose_target_allowed(to.ip())?;
         let state = self.state.lock().await;
-        let found: Vec<Service> = self
-            .matching(&state, ep, service)?
-            .into_iter()
-            .filter(|s| s.direction == Direction::L2C)
-            .collect();
-        let svc = match found.as_slice() {
-            [one] => one.clone(),
-            [] => return Err(format!("{service} on {ep} is not a cluster (L2C) Service")),
-            many => {
-                let names: Vec<String> = many.iter().map(Service::key).collect();
-                return Err(format!(
-                    "{service} matches {}; name one as namespace/name",
-                    names.join(", ")
-                ));
-            }
-        };
+        let svc = self.cluster_service(&state, ep, service)?;
         let port = service_port(&svc, port)?;
         let c = self.connected(&state, ep)?;
         let name = intercept_name(&svc.key(), port);

@@ -5,6 +5,7 @@
 //! is kept apart from what runs; [`Daemon::reconcile`] makes the running set
 //! follow intent and the endpoints' catalogs, whatever changed.
 
+mod environment;
 mod intercept;
 mod launch;
 mod reconcile;
@@ -161,14 +162,18 @@ impl Daemon {
         self.names.subscribe()
     }
 
-    /// Handles one control request.
-    pub(crate) async fn handle(self: &Arc<Self>, req: api::Request) -> Result<Reply, String> {
+    /// Handles one control request from a client running as `uid`.
+    pub(crate) async fn handle(
+        self: &Arc<Self>,
+        req: api::Request,
+        uid: u32,
+    ) -> Result<Reply, String> {
         use api::Request::*;
         match req {
             List { filter } => Ok(Reply::List {
                 rows: self.list(filter.as_deref()).await,
             }),
-            Connect { endpoint, kube } => self.connect_request(&endpoint, kube).await,
+            Connect { endpoint, kube } => self.connect_request(&endpoint, kube, uid).await,
             Disconnect { endpoint } => self.disconnect(&endpoint).await,
             Start {
                 endpoint,
@@ -201,6 +206,11 @@ impl Daemon {
                 service,
                 port,
             } => self.leave(&endpoint, &service, port).await,
+            Environment {
+                endpoint,
+                service,
+                port,
+            } => self.environment(&endpoint, &service, port, uid).await,
             Exit => {
                 self.cleanup().await;
                 self.exit.notify_one();
@@ -240,6 +250,7 @@ impl Daemon {
         self: &Arc<Self>,
         name: &str,
         kube: Option<crate::cluster::KubeAccess>,
+        uid: u32,
     ) -> Result<Reply, String> {
         let cfg = self
             .config
@@ -257,7 +268,8 @@ impl Daemon {
         let link = Arc::new(
             crate::cluster::forward::KubeLink::new(&access, settings)
                 .await
-                .map_err(|e| format!("{name}: {e}"))?,
+                .map_err(|e| format!("{name}: {e}"))?
+                .owned_by(uid),
         );
         let describe = link.describe.clone();
         tracing::info!(endpoint = %name, credentials = %describe, expires = ?access.expires, "kubernetes credentials received");

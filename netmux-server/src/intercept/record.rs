@@ -10,10 +10,9 @@
 
 use serde_json::{Map, Value};
 
-/// Annotation holding the original `spec.selector` as JSON.
-pub const ORIGINAL: &str = "netmux.dev/intercept-original";
-/// Annotation naming who intercepts (for people reading the Service).
-pub const HOLDER: &str = "netmux.dev/intercept-holder";
+pub use netmux_common::proto::control::{
+    INTERCEPT_HOLDER as HOLDER, INTERCEPT_ORIGINAL as ORIGINAL,
+};
 
 /// Why a Service cannot be intercepted or restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

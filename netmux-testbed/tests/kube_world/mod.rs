@@ -278,6 +278,8 @@ pub fn world_with<'a>(sb: &'a Sandbox, cgroup: Option<&ChildCgroup>) -> World<'a
         .arg("--config")
         .arg(base.join("server.toml"))
         .env("KUBECONFIG", base.join("server-kubeconfig"))
+        // The downward API's, as in manifests/base/deployment.yaml.
+        .env("POD_IP", cl.to_string())
         .env("RUST_LOG", "info,netmux_server=debug")
         .spawn()
         .expect("start netmux-server");

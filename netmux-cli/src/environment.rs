@@ -1,0 +1,303 @@
+//! `netmux env` and `netmux intercept --env-file/--env-json`: a cluster
+//! container's environment (read by netmuxd with the user's credentials)
+//! written out for a program run here, as Telepresence's `--env-file` and
+//! mirrord's environment import do.
+//!
+//! Three forms: `dotenv` (Docker's `--env-file`: `NAME=value`, no quoting,
+//! so a value with a line break cannot be written and is left out with a
+//! note), `sh` (`export NAME='value'`, every value exact) and `json` (an
+//! object, every value exact). A form that cannot carry a variable says
+//! so; nothing is dropped silently.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use netmux_api::EnvironmentView;
+
+/// An output form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// `NAME=value` lines, as `docker run --env-file` and compose read them.
+    Dotenv,
+    /// `export NAME='value'` lines for `eval` in a POSIX shell.
+    Sh,
+    /// One JSON object.
+    Json,
+}
+
+/// A POSIX shell variable name (`sh` cannot export `my.var`).
+fn shell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `view`'s variables in `format`, and a note per variable the form
+/// cannot carry.
+pub fn render(view: &EnvironmentView, format: Format) -> (String, Vec<String>) {
+    let mut out = String::new();
+    let mut notes = Vec::new();
+    match format {
+        Format::Dotenv => {
+            for (k, v) in &view.vars {
+                if v.contains(['\n', '\r', '\0']) {
+                    notes.push(format!(
+                        "{k}: left out of the dotenv form (its value has a line break, which Docker's env files cannot carry); fix: use --env-json or `-o sh`"
+                    ));
+                    continue;
+                }
+                out.push_str(&format!("{k}={v}\n"));
+            }
+        }
+        Format::Sh => {
+            for (k, v) in &view.vars {
+                if !shell_name(k) {
+                    notes.push(format!(
+                        "{k}: left out of the sh form (not a shell variable name); fix: use -o json"
+                    ));
+                    continue;
+                }
+                if v.contains('\0') {
+                    notes.push(format!(
+                        "{k}: left out of the sh form (its value holds a NUL byte)"
+                    ));
+                    continue;
+                }
+                out.push_str(&format!("export {k}='{}'\n", v.replace('\'', r"'\''")));
+            }
+        }
+        Format::Json => {
+            let map: serde_json::Map<String, serde_json::Value> = view
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            // A map of strings always serialises.
+            out = serde_json::to_string_pretty(&map).unwrap_or_default();
+            out.push('\n');
+        }
+    }
+    (out, notes)
+}
+
+/// Writes `text` to `path`, replacing what was there; a new file is
+/// readable by its owner only (it may hold Secret values).
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// Where the variables came from, for stderr.
+pub fn origin(view: &EnvironmentView) -> String {
+    format!(
+        "{} variables of container {} in pod {} (Service {})",
+        view.vars.len(),
+        view.container,
+        view.pod,
+        view.service
+    )
+}
+
+/// Asks netmuxd at `socket` for the environment of `service`'s container
+/// (for `port`) on `endpoint`.
+pub async fn fetch(
+    socket: &Path,
+    endpoint: &str,
+    service: &str,
+    port: Option<u16>,
+) -> Result<EnvironmentView, String> {
+    let request = netmux_api::Request::Environment {
+        endpoint: endpoint.to_owned(),
+        service: service.to_owned(),
+        port,
+    };
+    let response = netmux_api::call(socket, &request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = response.error {
+        return Err(e);
+    }
+    match response.ok {
+        Some(netmux_api::Reply::Environment(view)) => Ok(view),
+        other => Err(format!(
+            "netmuxd answered {other:?} to an environment request; is it the same version as this CLI?"
+        )),
+    }
+}
+
+/// Prints each note of `view` and of the forms written, on stderr.
+fn print_notes(view: &EnvironmentView, more: &[String]) {
+    for n in view.notes.iter().chain(more) {
+        eprintln!("note: {n}");
+    }
+}
+
+/// `netmux intercept --env-file F --env-json J`: writes the files before
+/// the intercept is asked for (a failure here asks for nothing); returns
+/// the paths written, which the caller removes if the intercept is
+/// refused.
+pub async fn write_files(
+    socket: &Path,
+    endpoint: &str,
+    service: &str,
+    port: Option<u16>,
+    dotenv: Option<&Path>,
+    json: Option<&Path>,
+) -> Result<Vec<std::path::PathBuf>, String> {
+    let mut written = Vec::new();
+    if dotenv.is_none() && json.is_none() {
+        return Ok(written);
+    }
+    let view = fetch(socket, endpoint, service, port).await?;
+    let mut notes = Vec::new();
+    for (path, format) in [(dotenv, Format::Dotenv), (json, Format::Json)] {
+        let Some(path) = path else { continue };
+        let (text, more) = render(&view, format);
+        notes.extend(more);
+        write_private(path, &text).map_err(|e| {
+            format!(
+                "cannot write the environment to {}: {e}; fix: a path in a directory you may write",
+                path.display()
+            )
+        })?;
+        eprintln!("wrote {} to {}", origin(&view), path.display());
+        written.push(path.to_owned());
+    }
+    print_notes(&view, &notes);
+    Ok(written)
+}
+
+/// `netmux env`: prints the environment in `format`, or runs `command`
+/// with it added to this process's environment (exit status passed on).
+pub async fn run(
+    socket: &Path,
+    endpoint: &str,
+    service: &str,
+    port: Option<u16>,
+    format: Format,
+    command: &[String],
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let view = match fetch(socket, endpoint, service, port).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("netmux: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some((program, args)) = command.split_first() else {
+        let (text, notes) = render(&view, format);
+        print!("{text}");
+        print_notes(&view, &notes);
+        return ExitCode::SUCCESS;
+    };
+    print_notes(&view, &[]);
+    match std::process::Command::new(program)
+        .args(args)
+        .envs(view.vars.iter().map(|(k, v)| (k, v)))
+        .status()
+    {
+        Ok(status) => match status.code() {
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            // Killed by a signal: as a shell reports it.
+            None => {
+                use std::os::unix::process::ExitStatusExt as _;
+                ExitCode::from(
+                    128u8.saturating_add(u8::try_from(status.signal().unwrap_or(0)).unwrap_or(0)),
+                )
+            }
+        },
+        Err(e) => {
+            eprintln!("netmux: cannot run {program:?}: {e}");
+            ExitCode::from(127)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(vars: &[(&str, &str)]) -> EnvironmentView {
+        EnvironmentView {
+            service: "apps/web".into(),
+            pod: "web-0".into(),
+            container: "app".into(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn each_form_writes_what_it_can_and_names_the_rest() {
+        let v = view(&[
+            ("A", "plain"),
+            ("QUOTE", "it's $HOME"),
+            ("MULTI", "line1\nline2"),
+            ("my.dotted", "x"),
+        ]);
+        let (dotenv, notes) = render(&v, Format::Dotenv);
+        assert_eq!(dotenv, "A=plain\nQUOTE=it's $HOME\nmy.dotted=x\n");
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].starts_with("MULTI: left out of the dotenv form"),
+            "{notes:?}"
+        );
+
+        let (sh, notes) = render(&v, Format::Sh);
+        assert_eq!(
+            sh,
+            "export A='plain'\nexport QUOTE='it'\\''s $HOME'\nexport MULTI='line1\nline2'\n"
+        );
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].starts_with("my.dotted: left out of the sh form"),
+            "{notes:?}"
+        );
+
+        let (json, notes) = render(&v, Format::Json);
+        assert!(notes.is_empty());
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["MULTI"], "line1\nline2");
+        assert_eq!(back["my.dotted"], "x");
+        assert_eq!(back.as_object().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn the_sh_form_round_trips_through_a_shell() {
+        let v = view(&[("Q", "a'b\"c $(x) `y` \\n"), ("E", "")]);
+        let (sh, _) = render(&v, Format::Sh);
+        let script = format!("{sh}printf '%s|%s' \"$Q\" \"$E\"");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("sh runs");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a'b\"c $(x) `y` \\n|");
+    }
+
+    #[test]
+    fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.env");
+        std::fs::write(&p, "old and longer\n").unwrap();
+        write_private(&p, "A=1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "A=1\n");
+        let new = dir.path().join("y.env");
+        write_private(&new, "B=2\n").unwrap();
+        let mode = std::fs::metadata(&new).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

@@ -1,0 +1,199 @@
+//! The workload behind a cluster Service, read with the user's own
+//! credentials: one of its Ready pods and the environment of the container
+//! a Service port reaches (`netmux env`, `netmux intercept --env-file`).
+//!
+//! Reads only what the user may read (the API server applies their RBAC
+//! to every request): the Service, its pods, the ConfigMaps and Secrets
+//! the container references, and the namespace's Services for the
+//! service-link variables. What cannot be read becomes a note that names
+//! the variable; [`super::environment`] does the kubelet's part.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, ListParams};
+
+use netmux_common::proto::control::INTERCEPT_ORIGINAL;
+
+use super::environment::{self, Sources};
+use super::forward::{is_ready, KubeLink};
+
+/// What `netmux env` shows.
+#[derive(Debug)]
+pub(crate) struct Workload {
+    /// The pod it was read from.
+    pub(crate) pod: String,
+    /// The container.
+    pub(crate) container: String,
+    /// The resolved variables and notes.
+    pub(crate) environment: environment::Environment,
+}
+
+/// An API error as the user's fix: 403 names the permission asked for.
+fn denied(verb: &str, what: &str, ns: &str, e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "forbidden: your Kubernetes user may not {verb} {what} in namespace {ns} ({}); fix: an admin grants it (the built-in Role `view` grants it, except Secrets)",
+            s.message
+        ),
+        kube::Error::Api(s) if s.code == 401 => format!(
+            "the cluster refused your credentials (401 {}): run `netmux connect` again",
+            s.message
+        ),
+        kube::Error::Api(s) if s.code == 404 => "not found".to_owned(),
+        _ => format!("{verb} {what}: {e}"),
+    }
+}
+
+/// The Service's pod selector; while it is intercepted, the one the
+/// intercept recorded (the spec's is removed then).
+fn selector(what: &str, svc: &Service) -> Result<BTreeMap<String, String>, String> {
+    let recorded = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INTERCEPT_ORIGINAL));
+    if let Some(text) = recorded {
+        return serde_json::from_str::<BTreeMap<String, String>>(text)
+            .ok()
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| {
+                format!("{what} is intercepted and its annotation {INTERCEPT_ORIGINAL} is not a JSON object of strings: restore its selector (docs/intercept.md)")
+            });
+    }
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            format!("{what} has no selector: its endpoints are not pods, so there is no pod environment to read")
+        })
+}
+
+impl KubeLink {
+    /// The environment of Service `ns/name`'s container for `port` (the
+    /// Service port; `None`: its first) in one of its Ready pods.
+    pub(crate) async fn workload(
+        &self,
+        ns: &str,
+        name: &str,
+        port: Option<u16>,
+    ) -> Result<Workload, String> {
+        let client = self.client().clone();
+        let what = format!("Service {ns}/{name}");
+        let svc = Api::<Service>::namespaced(client.clone(), ns)
+            .get(name)
+            .await
+            .map_err(|e| format!("{what}: {}", denied("get", "services", ns, &e)))?;
+        let selector = selector(&what, &svc)?;
+        let spec = svc.spec.unwrap_or_default();
+        let ports = spec.ports.unwrap_or_default();
+        let svc_port = match port {
+            None => ports.first(),
+            Some(p) => ports.iter().find(|sp| sp.port == i32::from(p)),
+        };
+        if let (Some(p), None) = (port, svc_port) {
+            let have: Vec<String> = ports.iter().map(|p| p.port.to_string()).collect();
+            return Err(format!(
+                "{what} has no port {p}; it has {}",
+                have.join(", ")
+            ));
+        }
+        let labels = selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut ready: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels(&labels))
+            .await
+            .map_err(|e| format!("pods of {what}: {}", denied("list", "pods", ns, &e)))?
+            .items
+            .into_iter()
+            .filter(is_ready)
+            .collect();
+        // The same pod each time while it lives: the oldest name first.
+        ready.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let pod = ready.into_iter().next().ok_or_else(|| {
+            format!("no Ready pod behind {what} (selector {labels}): kubectl -n {ns} get pods -l {labels}")
+        })?;
+        // A port without targetPort targets its own number.
+        let target = svc_port.map(|p| p.target_port.clone().unwrap_or(IntOrString::Int(p.port)));
+        let container = environment::container_for(&pod, target.as_ref())?;
+        let refs = environment::references(&pod, &container);
+        let mut sources = Sources {
+            config_maps: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            services: Ok(Vec::new()),
+            kubernetes_service: None,
+        };
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), ns);
+        for cm in refs.config_maps {
+            let got = config_maps
+                .get(&cm)
+                .await
+                .map_err(|e| denied("get", "configmaps", ns, &e));
+            sources.config_maps.insert(cm, got);
+        }
+        let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+        for s in refs.secrets {
+            let got = secrets
+                .get(&s)
+                .await
+                .map_err(|e| denied("get", "secrets", ns, &e));
+            sources.secrets.insert(s, got);
+        }
+        sources.services = Api::<Service>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(|e| denied("list", "services", ns, &e));
+        sources.kubernetes_service = Api::<Service>::namespaced(client, "default")
+            .get_opt("kubernetes")
+            .await
+            .ok()
+            .flatten();
+        let environment = environment::resolve(&pod, &container, &sources);
+        Ok(Workload {
+            pod: pod.metadata.name.unwrap_or_default(),
+            container,
+            environment,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).expect("a Service")
+    }
+
+    #[test]
+    fn an_intercepted_services_selector_comes_from_its_record() {
+        let plain = svc(
+            serde_json::json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}}}),
+        );
+        assert_eq!(selector("web", &plain).unwrap()["app"], "web");
+        let intercepted = svc(serde_json::json!({
+            "metadata": {"name": "web", "annotations": {INTERCEPT_ORIGINAL: "{\"app\":\"web\",\"tier\":\"fe\"}"}},
+            "spec": {},
+        }));
+        let sel = selector("web", &intercepted).unwrap();
+        assert_eq!((sel["app"].as_str(), sel["tier"].as_str()), ("web", "fe"));
+        let bad = svc(serde_json::json!({
+            "metadata": {"name": "web", "annotations": {INTERCEPT_ORIGINAL: "[1]"}},
+            "spec": {"selector": {"app": "web"}},
+        }));
+        let e = selector("Service apps/web", &bad).unwrap_err();
+        assert!(
+            e.contains(INTERCEPT_ORIGINAL) && e.contains("docs/intercept.md"),
+            "{e}"
+        );
+        let none = svc(serde_json::json!({"metadata": {"name": "db"}, "spec": {}}));
+        let e = selector("Service apps/db", &none).unwrap_err();
+        assert!(e.contains("has no selector"), "{e}");
+    }
+}

@@ -1,0 +1,243 @@
+//! `netmux env` and `netmux intercept --env-file` against a (fake)
+//! Kubernetes cluster: the environment of the container behind a Service,
+//! read by netmuxd with the credentials the developer connected with, so
+//! a Secret they may not read stays out (named in a note) until RBAC
+//! grants it.
+//!
+//! The world is `kube_e2e.rs`'s (kube_world): netmux-server with the
+//! Kubernetes runtime, netmuxd, the CLI as an unprivileged user, the fake
+//! API server with RBAC on Secrets. Need root; `--test-threads=1`.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use netmux_fakekube::app_pod;
+use serde_json::{json, Value};
+
+mod common;
+mod kube_world;
+use common::{on_failure_dump, sandbox, T};
+use kube_world::*;
+use netmux_testbed::{bin, Side};
+
+/// `netmux LINE` (words split at spaces) as the developer.
+fn user(w: &World<'_>, line: &str) -> netmux_testbed::Output {
+    let args: Vec<&str> = line.split_whitespace().collect();
+    w.cli_as_user(&args)
+}
+
+/// The variables of `netmux env kube web -o json`, as the developer.
+fn env_json(w: &World<'_>) -> (Value, String) {
+    let out = user(w, "env kube web -o json");
+    assert!(out.success(), "env: {}{}", out.stdout, out.stderr);
+    let vars: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("env json: {e}: {}", out.stdout));
+    (vars, out.stderr)
+}
+
+#[test]
+fn env_reads_the_pods_environment_with_the_developers_rights() {
+    let sb = sandbox();
+    let w = world(&sb);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let api = w.fake.api();
+            let pod_ip = sb.cluster_addr().to_string();
+            api.apply(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "web-config", "namespace": "apps"},
+                "data": {"LOG_LEVEL": "debug", "not a name": "x"},
+            }));
+            api.apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "web-db", "namespace": "apps"},
+                // "s3cret'x"
+                "data": {"password": "czNjcmV0J3g="},
+            }));
+            let mut pod = app_pod(
+                "apps",
+                "web-7d9f",
+                json!({"app": "web"}),
+                &pod_ip,
+                &[("http", 8080)],
+            );
+            pod["spec"]["containers"][0]["envFrom"] =
+                json!([{"configMapRef": {"name": "web-config"}}]);
+            pod["spec"]["containers"][0]["env"] = json!([
+                {"name": "GREETING", "value": "hello $(LOG_LEVEL)"},
+                {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "web-db", "key": "password"}}},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "MULTI", "value": "a\nb"},
+            ]);
+            api.apply(pod);
+
+            // Not connected yet: the fix is named.
+            let out = user(&w, "env kube web");
+            assert!(
+                !out.success() && out.stderr.contains("netmux connect kube"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+            let out = user(&w, "connect kube");
+            assert!(out.success(), "connect: {}{}", out.stdout, out.stderr);
+
+            // alice may not read Secrets: everything else, and a note
+            // naming the variable, the Secret and the fix.
+            let (vars, notes) = env_json(&w);
+            assert_eq!(vars["LOG_LEVEL"], "debug", "{vars}");
+            assert_eq!(vars["GREETING"], "hello debug", "{vars}");
+            assert_eq!(vars["POD_NAME"], "web-7d9f", "{vars}");
+            assert_eq!(vars["POD_IP"], pod_ip.as_str(), "{vars}");
+            assert_eq!(vars["MULTI"], "a\nb", "{vars}");
+            assert_eq!(
+                vars["WEB_SERVICE_HOST"], "10.96.0.10",
+                "service links: {vars}"
+            );
+            assert_eq!(vars["WEB_SERVICE_PORT"], "8080", "{vars}");
+            assert!(vars.get("DB_PASSWORD").is_none(), "{vars}");
+            assert!(vars.get("not a name").is_none(), "{vars}");
+            let secret_note = notes
+                .lines()
+                .find(|l| l.contains("DB_PASSWORD"))
+                .unwrap_or_else(|| panic!("no note for DB_PASSWORD: {notes}"));
+            assert!(
+                secret_note.contains("web-db") && secret_note.contains("forbidden"),
+                "{secret_note}"
+            );
+            assert!(
+                notes.contains("not a name"),
+                "the skipped key is named: {notes}"
+            );
+
+            // Granted: the value is there, exactly.
+            api.allow("alice", "get", "/secrets", "apps", "web-db");
+            let (vars, notes) = env_json(&w);
+            assert_eq!(vars["DB_PASSWORD"], "s3cret'x", "{vars}");
+            assert!(!notes.contains("DB_PASSWORD"), "{notes}");
+
+            // Another member of the socket group may not read them with
+            // alice's credentials; root may.
+            let out = sb
+                .process(Side::Workstation, "netmux-other-user", "setpriv")
+                .args([
+                    "--reuid=4242",
+                    &format!("--regid={USER_ID}"),
+                    "--clear-groups",
+                    "--",
+                ])
+                .arg(bin("netmux").expect("netmux built"))
+                .arg("--socket")
+                .arg(&w.socket)
+                .args(["env", "kube", "web"])
+                .run(T)
+                .expect("run netmux as another user");
+            assert!(
+                !out.success()
+                    && out.stderr.contains(&format!("uid {USER_ID}"))
+                    && out.stderr.contains("netmux connect kube"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+            assert!(!out.stdout.contains("s3cret"), "{}", out.stdout);
+            let out = w.cli(&["env", "kube", "web", "-o", "json"]);
+            assert!(
+                out.success() && out.stdout.contains("s3cret"),
+                "root: {}",
+                out.stderr
+            );
+
+            // The dotenv form leaves out what it cannot carry, and says so.
+            let out = user(&w, "env kube web");
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
+            assert!(
+                out.stdout.lines().any(|l| l == "GREETING=hello debug"),
+                "{}",
+                out.stdout
+            );
+            assert!(!out.stdout.contains("MULTI"), "{}", out.stdout);
+            assert!(
+                out.stderr.contains("MULTI: left out of the dotenv form"),
+                "{}",
+                out.stderr
+            );
+
+            // A command runs with the environment added.
+            let script = "printf '%s|%s' \"$GREETING\" \"$DB_PASSWORD\"; exit 3";
+            let out = w.cli_as_user(&["env", "kube", "web", "--", "sh", "-c", script]);
+            assert_eq!(out.stdout, "hello debug|s3cret'x", "{}", out.stderr);
+            assert_eq!(out.status.code(), Some(3), "its exit status is passed on");
+
+            // A Service outside the developer's catalog, a port it lacks.
+            let out = user(&w, "env kube admin");
+            assert!(
+                !out.success() && out.stderr.contains("admin"),
+                "{}",
+                out.stderr
+            );
+            let out = user(&w, "env kube web --port 9999");
+            assert!(
+                !out.success()
+                    && out.stderr.contains("no port 9999")
+                    && out.stderr.contains("8080"),
+                "{}",
+                out.stderr
+            );
+
+            // intercept --env-file: written before the intercept is asked
+            // for, private, and removed when the intercept is refused
+            // (alice has no `intercept` right here).
+            let envs = dir(sb.dir().join("envs"), 0o777);
+            let file = envs.join("web.env");
+            let file_arg = file.display().to_string();
+            let intercept = format!("intercept kube web --to 8080 --env-file {file_arg}");
+            let out = user(&w, &intercept);
+            assert!(!out.success(), "{}{}", out.stdout, out.stderr);
+            assert!(
+                out.stderr.contains("wrote ") && out.stderr.contains("removed"),
+                "{}",
+                out.stderr
+            );
+            assert!(!file.exists(), "a refused intercept leaves no env file");
+            // Granted (once the server's RBAC cache has expired), the
+            // file stays, readable by its owner only.
+            api.allow("alice", "intercept", "/services", "apps", "*");
+            w.wait_for("the intercept right to reach the server", |w| {
+                user(w, &intercept).success()
+            });
+            let text = std::fs::read_to_string(&file).expect("env file");
+            assert!(text.lines().any(|l| l == "DB_PASSWORD=s3cret'x"), "{text}");
+            let mode = std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "the env file holds a Secret: owner only");
+            // While intercepted (its selector recorded, not in the spec),
+            // the environment is still the pods'.
+            let (vars, _) = env_json(&w);
+            assert_eq!(
+                vars["GREETING"], "hello debug",
+                "during the intercept: {vars}"
+            );
+            let out = user(&w, "leave kube web");
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
+            // A path that cannot be written: nothing is asked for.
+            let out = user(
+                &w,
+                "intercept kube web --to 8080 --env-file /proc/no/such/dir/x.env",
+            );
+            assert!(
+                !out.success()
+                    && out.stderr.contains("not intercepted")
+                    && out.stderr.contains("/proc/no/such/dir/x.env"),
+                "{}",
+                out.stderr
+            );
+            let status = w.cli(&["status", "-o", "json"]);
+            assert!(
+                !status.stdout.contains("\"intercepts\""),
+                "{}",
+                status.stdout
+            );
+        }),
+    );
+}
