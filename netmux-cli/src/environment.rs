@@ -1,7 +1,9 @@
-//! `netmux env` and `netmux intercept --env-file/--env-json`: a cluster
-//! container's environment (read by netmuxd with the user's credentials)
-//! written out for a program run here, as Telepresence's `--env-file` and
-//! mirrord's environment import do.
+//! `netmux env`, `netmux intercept --env-file/--env-json` and `netmux
+//! intercept … -- COMMAND`: a cluster container's environment (read by
+//! netmuxd with the user's credentials) written out for a program run
+//! here, or given to one run for as long as an intercept lasts, as
+//! Telepresence's `--env-file` and `intercept -- cmd` and mirrord's
+//! environment import do.
 //!
 //! Three forms: `dotenv` (Docker's `--env-file`: `NAME=value`, no quoting,
 //! so a value with a line break cannot be written and is left out with a
@@ -200,26 +202,143 @@ pub async fn run(
         return ExitCode::SUCCESS;
     };
     print_notes(&view, &[]);
-    match std::process::Command::new(program)
+    run_command(program, args, &view.vars).await
+}
+
+/// Runs `program` with `vars` added to this process's environment and
+/// returns its exit status (128 + the signal if one killed it, 127 if it
+/// cannot start). Ctrl-C reaches it through the terminal; this process
+/// waits for it to end instead of dying first, so the caller can clean up.
+pub async fn run_command(
+    program: &str,
+    args: &[String],
+    vars: &[(String, String)],
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    // Taken before the command starts, so no Ctrl-C can end this process
+    // first (None: no handler could be installed; the default stands).
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    let mut child = match tokio::process::Command::new(program)
         .args(args)
-        .envs(view.vars.iter().map(|(k, v)| (k, v)))
-        .status()
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .spawn()
     {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("netmux: cannot run {program:?}: {e}");
+            return ExitCode::from(127);
+        }
+    };
+    let status = loop {
+        let ctrl_c = async {
+            match interrupt.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = child.wait() => break status,
+            // The terminal sent it to the command too: wait for it.
+            _ = ctrl_c => continue,
+        }
+    };
+    match status {
         Ok(status) => match status.code() {
             Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-            // Killed by a signal: as a shell reports it.
             None => {
                 use std::os::unix::process::ExitStatusExt as _;
-                ExitCode::from(
-                    128u8.saturating_add(u8::try_from(status.signal().unwrap_or(0)).unwrap_or(0)),
-                )
+                let signal = status.signal().and_then(|s| u8::try_from(s).ok());
+                ExitCode::from(128u8.saturating_add(signal.unwrap_or(0)))
             }
         },
         Err(e) => {
-            eprintln!("netmux: cannot run {program:?}: {e}");
-            ExitCode::from(127)
+            eprintln!("netmux: waiting for {program:?}: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// Removes the environment files a refused intercept asked for.
+pub fn remove_files(paths: &[std::path::PathBuf]) {
+    for p in paths {
+        if std::fs::remove_file(p).is_ok() {
+            eprintln!("removed {}", p.display());
+        }
+    }
+}
+
+/// Sends `request` and returns the message of its `Done` reply.
+async fn ask(socket: &Path, request: &netmux_api::Request) -> Result<String, String> {
+    let response = netmux_api::call(socket, request)
+        .await
+        .map_err(|e| e.to_string())?;
+    match (response.error, response.ok) {
+        (Some(e), _) => Err(e),
+        (None, Some(netmux_api::Reply::Done { message })) => Ok(message),
+        (None, other) => Err(format!(
+            "netmuxd answered {other:?}; is it the same version as this CLI?"
+        )),
+    }
+}
+
+/// `netmux intercept EP SVC … -- COMMAND`: intercepts, runs the command
+/// with the workload's environment (when it can be read; a note says why
+/// not otherwise), and ends the intercept when the command exits, by
+/// itself or on Ctrl-C. Returns the command's exit status. `written` are
+/// the `--env-file`/`--env-json` files, removed if the intercept is
+/// refused.
+pub async fn intercept_and_run(
+    socket: &Path,
+    intercept: &netmux_api::Request,
+    written: &[std::path::PathBuf],
+    command: &[String],
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let netmux_api::Request::Intercept {
+        endpoint,
+        service,
+        port,
+        ..
+    } = intercept
+    else {
+        return ExitCode::FAILURE;
+    };
+    let Some((program, args)) = command.split_first() else {
+        return ExitCode::FAILURE;
+    };
+    let vars = match fetch(socket, endpoint, service, *port).await {
+        Ok(view) => {
+            print_notes(&view, &[]);
+            eprintln!("{program} gets the {}", origin(&view));
+            view.vars
+        }
+        Err(e) => {
+            eprintln!("note: {program} runs without the workload's environment: {e}");
+            Vec::new()
+        }
+    };
+    match ask(socket, intercept).await {
+        Ok(message) => eprintln!("{message}"),
+        Err(e) => {
+            eprintln!("netmux: {e}");
+            remove_files(written);
+            return ExitCode::FAILURE;
+        }
+    }
+    let code = run_command(program, args, &vars).await;
+    let leave = netmux_api::Request::Leave {
+        endpoint: endpoint.clone(),
+        service: service.clone(),
+        port: *port,
+    };
+    match ask(socket, &leave).await {
+        Ok(message) => eprintln!("{program} exited: {message}"),
+        Err(e) => eprintln!(
+            "netmux: {program} exited but the intercept could not be ended: {e}; fix: `netmux leave {endpoint} {service}`"
+        ),
+    }
+    code
 }
 
 #[cfg(test)]

@@ -141,6 +141,11 @@ enum Command {
         /// file first, as a JSON object (every value exact).
         #[arg(long)]
         env_json: Option<PathBuf>,
+        /// Run this command (with the intercepted container's
+        /// environment) and end the intercept when it exits:
+        /// `netmux intercept EP SVC --to 8080 -- ./my-service`.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Prints the environment of the container behind a cluster Service
     /// (its env, ConfigMaps and Secrets, read with your own credentials),
@@ -218,15 +223,6 @@ enum Command {
     /// runs for (JSON in on stdin, out on stdout).
     #[command(name = "__kube-credentials", hide = true)]
     KubeCredentials,
-}
-
-/// A refused intercept leaves no environment file behind.
-fn remove_env_files(paths: &[PathBuf]) {
-    for p in paths {
-        if std::fs::remove_file(p).is_ok() {
-            eprintln!("removed {}", p.display());
-        }
-    }
 }
 
 fn print_rows(rows: &[Row]) {
@@ -397,6 +393,7 @@ async fn main() -> ExitCode {
             mirror,
             env_file,
             env_json,
+            command,
         } => {
             match netmux_cli::environment::write_files(
                 &cli.socket,
@@ -414,17 +411,24 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
-            (
-                Request::Intercept {
-                    endpoint: endpoint.clone(),
-                    service: service.clone(),
-                    port: *port,
-                    to: to.clone(),
-                    header: header.clone(),
-                    mirror: *mirror,
-                },
-                Output::Table,
-            )
+            let request = Request::Intercept {
+                endpoint: endpoint.clone(),
+                service: service.clone(),
+                port: *port,
+                to: to.clone(),
+                header: header.clone(),
+                mirror: *mirror,
+            };
+            if !command.is_empty() {
+                return netmux_cli::environment::intercept_and_run(
+                    &cli.socket,
+                    &request,
+                    &env_files,
+                    command,
+                )
+                .await;
+            }
+            (request, Output::Table)
         }
         Command::Env {
             endpoint,
@@ -526,13 +530,13 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("netmux: {e}");
-            remove_env_files(&env_files);
+            netmux_cli::environment::remove_files(&env_files);
             return ExitCode::FAILURE;
         }
     };
     if let Some(e) = response.error {
         eprintln!("netmux: {e}");
-        remove_env_files(&env_files);
+        netmux_cli::environment::remove_files(&env_files);
         return ExitCode::FAILURE;
     }
     match (response.ok, output) {

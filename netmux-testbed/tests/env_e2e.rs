@@ -220,6 +220,35 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
             );
             let out = user(&w, "leave kube web");
             assert!(out.success(), "{}{}", out.stdout, out.stderr);
+            // intercept -- COMMAND: the command runs with the environment
+            // while the intercept is held, and the intercept ends with it.
+            let nx = bin("netmux").expect("netmux built");
+            let script = format!(
+                "printf '%s|' \"$GREETING\"; {} --socket {} status | grep -c 'intercept apps/web'; exit 4",
+                nx.display(),
+                w.socket.display()
+            );
+            let out = w.cli_as_user(&[
+                "intercept",
+                "kube",
+                "web",
+                "--to",
+                "8080",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ]);
+            assert_eq!(out.stdout, "hello debug|1\n", "{}", out.stderr);
+            assert_eq!(out.status.code(), Some(4), "{}", out.stderr);
+            assert!(out.stderr.contains("sh exited: left"), "{}", out.stderr);
+            let status = w.cli(&["status"]);
+            assert!(
+                !status.stdout.contains("intercept apps/web"),
+                "{}",
+                status.stdout
+            );
+
             // A path that cannot be written: nothing is asked for.
             let out = user(
                 &w,
