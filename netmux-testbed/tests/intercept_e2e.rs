@@ -33,6 +33,17 @@ fn global_intercept_takes_every_connection_and_leave_restores_the_exact_spec() {
             let out = w.cli(&alice, &["intercept", "kube", "web", "--to", ALICE_TARGET]);
             assert_ok(&out, "intercept");
             assert!(!out.stdout.contains("nothing answers"), "{}", out.stdout);
+            // An endpoint with a token, not Kubernetes credentials: the
+            // pod's environment cannot be read, and `netmux env` says why.
+            let env = w.cli(&alice, &["env", "kube", "web"]);
+            assert!(
+                !env.success()
+                    && env
+                        .stderr
+                        .contains("not a Kubernetes endpoint connected with your credentials"),
+                "{}",
+                env.stderr
+            );
             assert!(w.intercepted(), "the original is recorded on the Service");
             assert!(w.service()["spec"].get("selector").is_none());
             assert!(w.netmux_slice().is_some(), "netmux's EndpointSlice");
