@@ -108,31 +108,77 @@ pub fn origin(view: &EnvironmentView) -> String {
     )
 }
 
-/// Asks netmuxd at `socket` for the environment of `service`'s container
-/// (for `port`) on `endpoint`.
-pub async fn fetch(
-    socket: &Path,
-    endpoint: &str,
-    service: &str,
-    port: Option<u16>,
-) -> Result<EnvironmentView, String> {
-    let request = netmux_api::Request::Environment {
-        endpoint: endpoint.to_owned(),
-        service: service.to_owned(),
-        port,
-    };
-    let response = netmux_api::call(socket, &request)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(e) = response.error {
-        return Err(e);
+/// Whose environment to read, and which variables to keep.
+#[derive(Debug, Clone)]
+pub struct Source<'a> {
+    /// netmuxd's control socket.
+    pub socket: &'a Path,
+    /// Endpoint name.
+    pub endpoint: &'a str,
+    /// Service name or `namespace/name`.
+    pub service: &'a str,
+    /// Service port (`None`: its first).
+    pub port: Option<u16>,
+    /// Keep only names matching one of these (`+` is a wildcard, as in
+    /// `netmux start`); empty: keep all.
+    pub include: &'a [String],
+    /// Then drop names matching one of these.
+    pub exclude: &'a [String],
+}
+
+impl Source<'_> {
+    /// Whether variable `name` is kept.
+    fn keeps(&self, name: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|p| netmux_api::matches(p, name)))
+            && !self.exclude.iter().any(|p| netmux_api::matches(p, name))
     }
-    match response.ok {
-        Some(netmux_api::Reply::Environment(view)) => Ok(view),
-        other => Err(format!(
-            "netmuxd answered {other:?} to an environment request; is it the same version as this CLI?"
-        )),
+
+    /// Asks netmuxd for the environment and keeps what is asked for
+    /// (notes about variables dropped here go too).
+    pub async fn fetch(&self) -> Result<EnvironmentView, String> {
+        let request = netmux_api::Request::Environment {
+            endpoint: self.endpoint.to_owned(),
+            service: self.service.to_owned(),
+            port: self.port,
+        };
+        let response = netmux_api::call(self.socket, &request)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = response.error {
+            return Err(e);
+        }
+        match response.ok {
+            Some(netmux_api::Reply::Environment(mut view)) => {
+                self.trim(&mut view);
+                Ok(view)
+            }
+            other => Err(format!(
+                "netmuxd answered {other:?} to an environment request; is it the same version as this CLI?"
+            )),
+        }
     }
+
+    /// Drops the variables not kept, and the notes that name only them.
+    fn trim(&self, view: &mut EnvironmentView) {
+        view.vars.retain(|(k, _)| self.keeps(k));
+        view.notes.retain(|n| {
+            // A note about variables starts with their names
+            // (`DB_PASSWORD: …`, `A, B, C…: …`): kept if any of them is.
+            let Some((head, _)) = n.split_once(": ") else {
+                return true;
+            };
+            let names: Vec<&str> = head.split(", ").map(|x| x.trim_end_matches('…')).collect();
+            !names.iter().all(|x| is_name(x)) || names.iter().any(|x| self.keeps(x))
+        });
+    }
+}
+
+/// An environment variable name as the kubelet accepts it.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Prints each note of `view` and of the forms written, on stderr.
@@ -142,15 +188,12 @@ fn print_notes(view: &EnvironmentView, more: &[String]) {
     }
 }
 
-/// `netmux intercept --env-file F --env-json J`: writes the files before
-/// the intercept is asked for (a failure here asks for nothing); returns
-/// the paths written, which the caller removes if the intercept is
-/// refused.
-pub async fn write_files(
-    socket: &Path,
-    endpoint: &str,
-    service: &str,
-    port: Option<u16>,
+/// `netmux intercept --env-file F --env-json J`: writes `view` (read
+/// before the intercept is asked for; a failure here asks for nothing);
+/// returns the paths written, which the caller removes if the intercept
+/// is refused.
+pub fn write_files(
+    view: Option<&Result<EnvironmentView, String>>,
     dotenv: Option<&Path>,
     json: Option<&Path>,
 ) -> Result<Vec<std::path::PathBuf>, String> {
@@ -158,11 +201,15 @@ pub async fn write_files(
     if dotenv.is_none() && json.is_none() {
         return Ok(written);
     }
-    let view = fetch(socket, endpoint, service, port).await?;
+    let view = match view {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => return Err(e.clone()),
+        None => return Err("the environment was not read".into()),
+    };
     let mut notes = Vec::new();
     for (path, format) in [(dotenv, Format::Dotenv), (json, Format::Json)] {
         let Some(path) = path else { continue };
-        let (text, more) = render(&view, format);
+        let (text, more) = render(view, format);
         notes.extend(more);
         write_private(path, &text).map_err(|e| {
             format!(
@@ -170,25 +217,22 @@ pub async fn write_files(
                 path.display()
             )
         })?;
-        eprintln!("wrote {} to {}", origin(&view), path.display());
+        eprintln!("wrote {} to {}", origin(view), path.display());
         written.push(path.to_owned());
     }
-    print_notes(&view, &notes);
+    print_notes(view, &notes);
     Ok(written)
 }
 
 /// `netmux env`: prints the environment in `format`, or runs `command`
 /// with it added to this process's environment (exit status passed on).
 pub async fn run(
-    socket: &Path,
-    endpoint: &str,
-    service: &str,
-    port: Option<u16>,
+    source: &Source<'_>,
     format: Format,
     command: &[String],
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let view = match fetch(socket, endpoint, service, port).await {
+    let view = match source.fetch().await {
         Ok(v) => v,
         Err(e) => {
             eprintln!("netmux: {e}");
@@ -285,12 +329,13 @@ async fn ask(socket: &Path, request: &netmux_api::Request) -> Result<String, Str
 /// `netmux intercept EP SVC … -- COMMAND`: intercepts, runs the command
 /// with the workload's environment (when it can be read; a note says why
 /// not otherwise), and ends the intercept when the command exits, by
-/// itself or on Ctrl-C. Returns the command's exit status. `written` are
-/// the `--env-file`/`--env-json` files, removed if the intercept is
-/// refused.
+/// itself or on Ctrl-C. Returns the command's exit status. `view` is the
+/// environment as read before; `written` are the `--env-file` /
+/// `--env-json` files, removed if the intercept is refused.
 pub async fn intercept_and_run(
     socket: &Path,
     intercept: &netmux_api::Request,
+    view: Option<Result<EnvironmentView, String>>,
     written: &[std::path::PathBuf],
     command: &[String],
 ) -> std::process::ExitCode {
@@ -307,16 +352,19 @@ pub async fn intercept_and_run(
     let Some((program, args)) = command.split_first() else {
         return ExitCode::FAILURE;
     };
-    let vars = match fetch(socket, endpoint, service, *port).await {
-        Ok(view) => {
-            print_notes(&view, &[]);
+    let vars = match view {
+        Some(Ok(view)) => {
+            if written.is_empty() {
+                print_notes(&view, &[]);
+            }
             eprintln!("{program} gets the {}", origin(&view));
             view.vars
         }
-        Err(e) => {
+        Some(Err(e)) => {
             eprintln!("note: {program} runs without the workload's environment: {e}");
             Vec::new()
         }
+        None => Vec::new(),
     };
     match ask(socket, intercept).await {
         Ok(message) => eprintln!("{message}"),
@@ -391,6 +439,42 @@ mod tests {
         assert_eq!(back["MULTI"], "line1\nline2");
         assert_eq!(back["my.dotted"], "x");
         assert_eq!(back.as_object().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn include_and_exclude_keep_variables_and_their_notes() {
+        let (include, exclude) = (vec!["DB_+".to_owned()], vec!["DB_PASSWORD".to_owned()]);
+        let source = Source {
+            socket: Path::new("/nowhere"),
+            endpoint: "ep",
+            service: "web",
+            port: None,
+            include: &include,
+            exclude: &exclude,
+        };
+        let mut v = view(&[("DB_HOST", "db"), ("DB_PASSWORD", "x"), ("LOG", "debug")]);
+        v.notes = vec![
+            "DB_PASSWORD: left out: secret db: forbidden".into(),
+            "DB_USER: left out: secret db: forbidden".into(),
+            "KUBERNETES_SERVICE_HOST, KUBERNETES_PORT…: left out: not read".into(),
+            "envFrom configmap web-config: left out `a b`: not valid variable names".into(),
+        ];
+        source.trim(&mut v);
+        assert_eq!(v.vars, [("DB_HOST".to_owned(), "db".to_owned())]);
+        assert_eq!(
+            v.notes,
+            [
+                "DB_USER: left out: secret db: forbidden",
+                "envFrom configmap web-config: left out `a b`: not valid variable names"
+            ]
+        );
+        let none: Vec<String> = Vec::new();
+        let all = Source {
+            include: &none,
+            exclude: &none,
+            ..source
+        };
+        assert!(all.keeps("ANYTHING") && all.keeps("my.key"));
     }
 
     #[test]

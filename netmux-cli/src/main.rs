@@ -141,6 +141,14 @@ enum Command {
         /// file first, as a JSON object (every value exact).
         #[arg(long)]
         env_json: Option<PathBuf>,
+        /// Of the environment, keep only variables matching this (`+` is
+        /// a wildcard; repeatable).
+        #[arg(long)]
+        env_include: Vec<String>,
+        /// Of the environment, leave out variables matching this (`+` is
+        /// a wildcard; repeatable), e.g. `KUBERNETES_+`.
+        #[arg(long)]
+        env_exclude: Vec<String>,
         /// Run this command (with the intercepted container's
         /// environment) and end the intercept when it exits:
         /// `netmux intercept EP SVC --to 8080 -- ./my-service`.
@@ -161,6 +169,15 @@ enum Command {
         /// Output form.
         #[arg(long, short, value_enum, default_value = "dotenv")]
         output: netmux_cli::environment::Format,
+        /// Keep only variables matching this (`+` is a wildcard, as in
+        /// `netmux start`; repeatable).
+        #[arg(long)]
+        include: Vec<String>,
+        /// Leave out variables matching this (`+` is a wildcard;
+        /// repeatable), e.g. `--exclude KUBERNETES_+` for a program that
+        /// takes those for a sign it runs in a pod.
+        #[arg(long)]
+        exclude: Vec<String>,
         /// Run this command with the environment added, instead of
         /// printing it.
         #[arg(last = true)]
@@ -393,18 +410,25 @@ async fn main() -> ExitCode {
             mirror,
             env_file,
             env_json,
+            env_include,
+            env_exclude,
             command,
         } => {
-            match netmux_cli::environment::write_files(
-                &cli.socket,
+            use netmux_cli::environment as env;
+            let source = env::Source {
+                socket: &cli.socket,
                 endpoint,
                 service,
-                *port,
-                env_file.as_deref(),
-                env_json.as_deref(),
-            )
-            .await
-            {
+                port: *port,
+                include: env_include,
+                exclude: env_exclude,
+            };
+            // Read once, before the intercept, for the files and the command.
+            let view = match (env_file, env_json, command.is_empty()) {
+                (None, None, true) => None,
+                _ => Some(source.fetch().await),
+            };
+            match env::write_files(view.as_ref(), env_file.as_deref(), env_json.as_deref()) {
                 Ok(paths) => env_files = paths,
                 Err(e) => {
                     eprintln!("netmux: not intercepted: {e}");
@@ -420,13 +444,8 @@ async fn main() -> ExitCode {
                 mirror: *mirror,
             };
             if !command.is_empty() {
-                return netmux_cli::environment::intercept_and_run(
-                    &cli.socket,
-                    &request,
-                    &env_files,
-                    command,
-                )
-                .await;
+                return env::intercept_and_run(&cli.socket, &request, view, &env_files, command)
+                    .await;
             }
             (request, Output::Table)
         }
@@ -435,17 +454,19 @@ async fn main() -> ExitCode {
             service,
             port,
             output,
+            include,
+            exclude,
             command,
         } => {
-            return netmux_cli::environment::run(
-                &cli.socket,
+            let source = netmux_cli::environment::Source {
+                socket: &cli.socket,
                 endpoint,
                 service,
-                *port,
-                *output,
-                command,
-            )
-            .await
+                port: *port,
+                include,
+                exclude,
+            };
+            return netmux_cli::environment::run(&source, *output, command).await;
         }
         Command::Leave {
             endpoint,

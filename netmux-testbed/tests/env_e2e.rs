@@ -149,6 +149,29 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 out.stderr
             );
 
+            // --exclude / --include trim it (`+` is the wildcard).
+            let out = user(
+                &w,
+                "env kube web -o json --exclude WEB_+ --exclude KUBERNETES_+",
+            );
+            let trimmed: Value = serde_json::from_str(&out.stdout).expect("json");
+            assert!(
+                trimmed.get("WEB_SERVICE_HOST").is_none() && trimmed["GREETING"] == "hello debug",
+                "{trimmed}"
+            );
+            assert!(
+                !out.stderr.contains("KUBERNETES_"),
+                "its note goes too: {}",
+                out.stderr
+            );
+            let out = user(&w, "env kube web -o json --include POD_+");
+            let only: Value = serde_json::from_str(&out.stdout).expect("json");
+            assert_eq!(
+                only.as_object().map(|o| o.len()),
+                Some(2),
+                "POD_NAME, POD_IP: {only}"
+            );
+
             // The dotenv form leaves out what it cannot carry, and says so.
             let out = user(&w, "env kube web");
             assert!(out.success(), "{}{}", out.stdout, out.stderr);
