@@ -19,6 +19,20 @@ use netmux_common::proto::control::INTERCEPT_ORIGINAL;
 use super::environment::{self, Sources};
 use super::forward::{is_ready, KubeLink};
 
+/// How long reading a workload may take before the user is told.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `denied` for a read `netmux env` cannot do without, with the fix.
+fn needed(verb: &str, what: &str, ns: &str, e: &kube::Error) -> String {
+    let why = denied(verb, what, ns, e);
+    match e {
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "{why}; fix: an admin grants `{verb} {what}` there (the built-in ClusterRole `view` does)"
+        ),
+        _ => why,
+    }
+}
+
 /// What `netmux env` shows.
 #[derive(Debug)]
 pub(crate) struct Workload {
@@ -30,11 +44,12 @@ pub(crate) struct Workload {
     pub(crate) environment: environment::Environment,
 }
 
-/// An API error as the user's fix: 403 names the permission asked for.
+/// An API error as the user reads it: 403 names the permission asked
+/// for (the caller or the note adds the fix).
 fn denied(verb: &str, what: &str, ns: &str, e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) if s.code == 403 => format!(
-            "forbidden: your Kubernetes user may not {verb} {what} in namespace {ns} ({}); fix: an admin grants it (the built-in Role `view` grants it, except Secrets)",
+            "forbidden: your Kubernetes user may not {verb} {what} in namespace {ns} ({})",
             s.message
         ),
         kube::Error::Api(s) if s.code == 401 => format!(
@@ -73,8 +88,26 @@ fn selector(what: &str, svc: &Service) -> Result<BTreeMap<String, String>, Strin
 
 impl KubeLink {
     /// The environment of Service `ns/name`'s container for `port` (the
-    /// Service port; `None`: its first) in one of its Ready pods.
+    /// Service port; `None`: its first) in one of its Ready pods, within
+    /// [`WITHIN`].
     pub(crate) async fn workload(
+        &self,
+        ns: &str,
+        name: &str,
+        port: Option<u16>,
+    ) -> Result<Workload, String> {
+        tokio::time::timeout(WITHIN, self.read_workload(ns, name, port))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the API server ({}) did not answer within {}s while reading Service {ns}/{name}: check `kubectl get pods -n {ns}` from here",
+                    self.api_server,
+                    WITHIN.as_secs()
+                ))
+            })
+    }
+
+    async fn read_workload(
         &self,
         ns: &str,
         name: &str,
@@ -85,7 +118,7 @@ impl KubeLink {
         let svc = Api::<Service>::namespaced(client.clone(), ns)
             .get(name)
             .await
-            .map_err(|e| format!("{what}: {}", denied("get", "services", ns, &e)))?;
+            .map_err(|e| format!("{what}: {}", needed("get", "services", ns, &e)))?;
         let selector = selector(&what, &svc)?;
         let spec = svc.spec.unwrap_or_default();
         let ports = spec.ports.unwrap_or_default();
@@ -108,12 +141,12 @@ impl KubeLink {
         let mut ready: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), ns)
             .list(&ListParams::default().labels(&labels))
             .await
-            .map_err(|e| format!("pods of {what}: {}", denied("list", "pods", ns, &e)))?
+            .map_err(|e| format!("pods of {what}: {}", needed("list", "pods", ns, &e)))?
             .items
             .into_iter()
             .filter(is_ready)
             .collect();
-        // The same pod each time while it lives: the oldest name first.
+        // The same pod each time while it lives: the first by name.
         ready.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         let pod = ready.into_iter().next().ok_or_else(|| {
             format!("no Ready pod behind {what} (selector {labels}): kubectl -n {ns} get pods -l {labels}")
