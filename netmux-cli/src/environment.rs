@@ -100,8 +100,9 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 /// Where the variables came from, for stderr.
 pub fn origin(view: &EnvironmentView) -> String {
     format!(
-        "{} variables of container {} in pod {} (Service {})",
+        "{} variable{} of container {} in pod {} (Service {})",
         view.vars.len(),
+        if view.vars.len() == 1 { "" } else { "s" },
         view.container,
         view.pod,
         view.service
@@ -251,18 +252,22 @@ pub async fn run(
 
 /// Runs `program` with `vars` added to this process's environment and
 /// returns its exit status (128 + the signal if one killed it, 127 if it
-/// cannot start). Ctrl-C reaches it through the terminal; this process
-/// waits for it to end instead of dying first, so the caller can clean up.
+/// cannot start). This process outlives it, so the caller can clean up:
+/// Ctrl-C reaches the command through the terminal and is waited out here;
+/// SIGTERM (an IDE's stop button, `kill`) and SIGHUP (the terminal
+/// closed) are passed on to it.
 pub async fn run_command(
     program: &str,
     args: &[String],
     vars: &[(String, String)],
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
-    // Taken before the command starts, so no Ctrl-C can end this process
+    use tokio::signal::unix::{signal, SignalKind};
+    // Taken before the command starts, so no signal can end this process
     // first (None: no handler could be installed; the default stands).
-    let mut interrupt =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    let mut hangup = signal(SignalKind::hangup()).ok();
     let mut child = match tokio::process::Command::new(program)
         .args(args)
         .envs(vars.iter().map(|(k, v)| (k, v)))
@@ -275,16 +280,12 @@ pub async fn run_command(
         }
     };
     let status = loop {
-        let ctrl_c = async {
-            match interrupt.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             status = child.wait() => break status,
             // The terminal sent it to the command too: wait for it.
-            _ = ctrl_c => continue,
+            _ = recv(&mut interrupt) => continue,
+            _ = recv(&mut terminate) => pass_on(&child, nix::sys::signal::Signal::SIGTERM),
+            _ = recv(&mut hangup) => pass_on(&child, nix::sys::signal::Signal::SIGHUP),
         }
     };
     match status {
@@ -300,6 +301,23 @@ pub async fn run_command(
             eprintln!("netmux: waiting for {program:?}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The next delivery of a signal handled here (never, without a handler).
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal.as_mut() {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends `sig` to the command (gone already: nothing to do).
+fn pass_on(child: &tokio::process::Child, sig: nix::sys::signal::Signal) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     }
 }
 

@@ -1,0 +1,104 @@
+//! `netmux intercept … -- COMMAND` as a user's terminal or IDE drives it:
+//! the real `netmux` binary against a stand-in for netmuxd (a unix socket
+//! served by this test, answering the environment, intercept and leave
+//! requests and recording them). The command gets the environment, and
+//! the intercept ends after it whichever way it ends: by itself, on
+//! Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or
+//! on SIGTERM to netmux alone (an IDE's stop button), which netmux passes
+//! on.
+//!
+//! No daemon, no root, no network.
+//!
+//! Run: `cargo test -p netmux-cli --test intercept_run_cli`
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+/// A stand-in netmuxd: answers each request line and records its `cmd`.
+fn fake_daemon(dir: &std::path::Path) -> (std::path::PathBuf, Arc<Mutex<Vec<String>>>) {
+    let path = dir.join("netmuxd.sock");
+    let listener = UnixListener::bind(&path).expect("bind the socket");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut line = String::new();
+            if BufReader::new(&conn).read_line(&mut line).is_err() {
+                continue;
+            }
+            let req: serde_json::Value = serde_json::from_str(&line).expect("a JSON request");
+            let cmd = req["cmd"].as_str().unwrap_or_default().to_owned();
+            log.lock().expect("log").push(cmd.clone());
+            let reply = match cmd.as_str() {
+                "environment" => serde_json::json!({"ok": {"kind": "environment",
+                    "service": "apps/web", "pod": "web-0", "container": "app",
+                    "vars": [["GREETING", "hello"], ["KUBERNETES_SERVICE_HOST", "10.96.0.1"]]}}),
+                _ => serde_json::json!({"ok": {"kind": "done", "message": format!("{cmd} done")}}),
+            };
+            let _ = writeln!(conn, "{reply}");
+        }
+    });
+    (path, seen)
+}
+
+/// Runs `netmux intercept ep web --to 8080 --env-exclude KUBERNETES_+ --
+/// sh -c SCRIPT` in a process group of its own; once the script printed
+/// `ready`, `signal` is applied. Returns (exit code, stdout, requests).
+fn run(script: &str, signal: impl FnOnce(Pid)) -> (Option<i32>, String, Vec<String>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (socket, seen) = fake_daemon(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netmux"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["intercept", "ep", "web", "--to", "8080"])
+        .args(["--env-exclude", "KUBERNETES_+", "--", "sh", "-c", script])
+        .env_remove("NETMUX_SOCKET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("running netmux");
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("the command's first line");
+    assert_eq!(first, "ready\n", "the command started");
+    signal(pid);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("the rest");
+    let status = child.wait().expect("netmux exits");
+    let seen = seen.lock().expect("log").clone();
+    (status.code(), rest, seen)
+}
+
+/// Reports which signal came and exits; its `sleep` goes with it (it
+/// holds the output pipe).
+const TRAPS: &str = "trap 'kill $! 2>/dev/null; echo \"int $GREETING ${KUBERNETES_SERVICE_HOST:-none}\"; exit 3' INT; \
+                     trap 'kill $! 2>/dev/null; echo \"term $GREETING\"; exit 4' TERM; \
+                     sleep 20 & echo ready; wait";
+
+#[test]
+fn the_intercept_ends_with_the_command_however_it_ends() {
+    // By itself: its status is netmux's.
+    let (code, out, seen) = run("echo ready; echo \"$GREETING\"; exit 5", |_| {});
+    assert_eq!((code, out.as_str()), (Some(5), "hello\n"));
+    assert_eq!(seen, ["environment", "intercept", "leave"]);
+
+    // Ctrl-C: the terminal signals the whole group; netmux waits for the
+    // command, then leaves.
+    let (code, out, seen) = run(TRAPS, |pid| killpg(pid, Signal::SIGINT).expect("SIGINT"));
+    assert_eq!((code, out.as_str()), (Some(3), "int hello none\n"));
+    assert_eq!(seen, ["environment", "intercept", "leave"]);
+
+    // SIGTERM to netmux alone: passed on to the command.
+    let (code, out, seen) = run(TRAPS, |pid| kill(pid, Signal::SIGTERM).expect("SIGTERM"));
+    assert_eq!((code, out.as_str()), (Some(4), "term hello\n"));
+    assert_eq!(seen, ["environment", "intercept", "leave"]);
+}
