@@ -115,6 +115,9 @@ pub enum Request {
         /// first) port.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u16>,
+        /// The container, by name, instead of the one serving the port.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
     },
     /// Daemon status.
     Status,

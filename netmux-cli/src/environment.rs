@@ -120,6 +120,8 @@ pub struct Source<'a> {
     pub service: &'a str,
     /// Service port (`None`: its first).
     pub port: Option<u16>,
+    /// The container by name, instead of the one serving the port.
+    pub container: Option<&'a str>,
     /// Keep only names matching one of these (`+` is a wildcard, as in
     /// `netmux start`); empty: keep all.
     pub include: &'a [String],
@@ -141,6 +143,7 @@ impl Source<'_> {
             endpoint: self.endpoint.to_owned(),
             service: self.service.to_owned(),
             port: self.port,
+            container: self.container.map(str::to_owned),
         };
         let response = netmux_api::call(self.socket, &request)
             .await
@@ -467,6 +470,7 @@ mod tests {
             endpoint: "ep",
             service: "web",
             port: None,
+            container: None,
             include: &include,
             exclude: &exclude,
         };

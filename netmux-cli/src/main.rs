@@ -141,6 +141,10 @@ enum Command {
         /// file first, as a JSON object (every value exact).
         #[arg(long)]
         env_json: Option<PathBuf>,
+        /// The container whose environment --env-file, --env-json and
+        /// COMMAND get (default: the one serving the intercepted port).
+        #[arg(long)]
+        container: Option<String>,
         /// Of the environment, keep only variables matching this (`+` is
         /// a wildcard; repeatable).
         #[arg(long)]
@@ -166,6 +170,10 @@ enum Command {
         /// Service port whose container is meant (default: its first).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         port: Option<u16>,
+        /// The container by name (default: the one serving the port, else
+        /// the pod's first).
+        #[arg(long)]
+        container: Option<String>,
         /// Output form.
         #[arg(long, short, value_enum, default_value = "dotenv")]
         output: netmux_cli::environment::Format,
@@ -410,6 +418,7 @@ async fn main() -> ExitCode {
             mirror,
             env_file,
             env_json,
+            container,
             env_include,
             env_exclude,
             command,
@@ -420,6 +429,7 @@ async fn main() -> ExitCode {
                 endpoint,
                 service,
                 port: *port,
+                container: container.as_deref(),
                 include: env_include,
                 exclude: env_exclude,
             };
@@ -453,6 +463,7 @@ async fn main() -> ExitCode {
             endpoint,
             service,
             port,
+            container,
             output,
             include,
             exclude,
@@ -463,6 +474,7 @@ async fn main() -> ExitCode {
                 endpoint,
                 service,
                 port: *port,
+                container: container.as_deref(),
                 include,
                 exclude,
             };

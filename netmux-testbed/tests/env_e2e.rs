@@ -70,6 +70,10 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                 {"name": "MULTI", "value": "a\nb"},
             ]);
+            if let Some(containers) = pod["spec"]["containers"].as_array_mut() {
+                containers.push(json!({"name": "proxy", "image": "proxy",
+                    "env": [{"name": "PROXY_MODE", "value": "sidecar"}]}));
+            }
             api.apply(pod);
 
             // Not connected yet: the fix is named.
@@ -146,6 +150,21 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
             assert!(
                 out.success() && out.stdout.contains("s3cret"),
                 "root: {}",
+                out.stderr
+            );
+
+            // --container: another container of the pod; a wrong name
+            // gets the ones it has.
+            let out = user(&w, "env kube web -o json --container proxy");
+            let proxy: Value = serde_json::from_str(&out.stdout).expect("json");
+            assert!(
+                proxy["PROXY_MODE"] == "sidecar" && proxy.get("GREETING").is_none(),
+                "{proxy}"
+            );
+            let out = user(&w, "env kube web --container nope");
+            assert!(
+                !out.success() && out.stderr.contains("it has app, proxy"),
+                "{}",
                 out.stderr
             );
 

@@ -153,6 +153,20 @@ pub(crate) fn references(pod: &Pod, container: &str) -> References {
     }
 }
 
+/// Container `name` of `pod` (sidecars included); Err names the ones it
+/// has.
+pub(crate) fn container_named(pod: &Pod, name: &str) -> Result<String, String> {
+    if find_container(pod, name).is_some() {
+        return Ok(name.to_owned());
+    }
+    let names: Vec<&str> = all_containers(pod).map(|c| c.name.as_str()).collect();
+    Err(format!(
+        "pod {} has no container {name}; it has {}",
+        pod_label(pod),
+        names.join(", ")
+    ))
+}
+
 /// The container a Service port's targetPort reaches: the one declaring that port (by number or name); with no match or no target, the pod's first container. Err when the pod has no containers.
 ///
 /// Sidecars (init containers with `restartPolicy: Always`) are searched

@@ -88,15 +88,16 @@ fn selector(what: &str, svc: &Service) -> Result<BTreeMap<String, String>, Strin
 
 impl KubeLink {
     /// The environment of Service `ns/name`'s container for `port` (the
-    /// Service port; `None`: its first) in one of its Ready pods, within
-    /// [`WITHIN`].
+    /// Service port; `None`: its first), or of the one named `container`,
+    /// in one of its Ready pods, within [`WITHIN`].
     pub(crate) async fn workload(
         &self,
         ns: &str,
         name: &str,
         port: Option<u16>,
+        container: Option<&str>,
     ) -> Result<Workload, String> {
-        tokio::time::timeout(WITHIN, self.read_workload(ns, name, port))
+        tokio::time::timeout(WITHIN, self.read_workload(ns, name, port, container))
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
@@ -112,6 +113,7 @@ impl KubeLink {
         ns: &str,
         name: &str,
         port: Option<u16>,
+        container: Option<&str>,
     ) -> Result<Workload, String> {
         let client = self.client().clone();
         let what = format!("Service {ns}/{name}");
@@ -153,7 +155,10 @@ impl KubeLink {
         })?;
         // A port without targetPort targets its own number.
         let target = svc_port.map(|p| p.target_port.clone().unwrap_or(IntOrString::Int(p.port)));
-        let container = environment::container_for(&pod, target.as_ref())?;
+        let container = match container {
+            Some(c) => environment::container_named(&pod, c)?,
+            None => environment::container_for(&pod, target.as_ref())?,
+        };
         let refs = environment::references(&pod, &container);
         let mut sources = Sources {
             config_maps: BTreeMap::new(),

@@ -9,12 +9,14 @@ use super::Daemon;
 use crate::api::{EnvironmentView, Reply};
 
 impl Daemon {
-    /// The environment of `service`'s container for `port` on `ep`.
+    /// The environment of `service`'s container for `port` (or the one
+    /// named `container`) on `ep`.
     pub async fn environment(
         &self,
         ep: &str,
         service: &str,
         port: Option<u16>,
+        container: Option<&str>,
         uid: u32,
     ) -> Result<Reply, String> {
         let (svc, kube) = {
@@ -36,7 +38,7 @@ impl Daemon {
             ));
         }
         let w = kube
-            .workload(&svc.namespace, &svc.name, port)
+            .workload(&svc.namespace, &svc.name, port, container)
             .await
             .map_err(|e| format!("{ep}: {e}"))?;
         Ok(Reply::Environment(EnvironmentView {

@@ -210,7 +210,11 @@ impl Daemon {
                 endpoint,
                 service,
                 port,
-            } => self.environment(&endpoint, &service, port, uid).await,
+                container,
+            } => {
+                self.environment(&endpoint, &service, port, container.as_deref(), uid)
+                    .await
+            }
             Exit => {
                 self.cleanup().await;
                 self.exit.notify_one();

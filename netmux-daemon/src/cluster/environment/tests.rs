@@ -109,6 +109,14 @@ fn container_for_picks_the_port_owner_or_the_first() {
     );
     let no_spec = Pod::default();
     assert!(container_for(&no_spec, Some(&IntOrString::Int(80))).is_err());
+
+    // Named (`--container`): any of them, sidecars and init containers too.
+    assert_eq!(container_named(&p, "mesh").unwrap(), "mesh");
+    assert_eq!(container_named(&p, "migrate").unwrap(), "migrate");
+    assert_eq!(
+        container_named(&p, "nope").unwrap_err(),
+        "pod apps/web-7f9c has no container nope; it has app, admin, mesh, migrate"
+    );
 }
 
 #[test]
