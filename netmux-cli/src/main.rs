@@ -112,6 +112,9 @@ enum Command {
     /// Intercepts a cluster Service: its traffic comes to this machine,
     /// all of it (global) or the HTTP requests with a header (personal);
     /// docs/intercept.md.
+    #[command(group(clap::ArgGroup::new("env_use")
+        .args(["env_file", "env_json", "command"])
+        .multiple(true)))]
     Intercept {
         /// Endpoint name.
         endpoint: String,
@@ -142,16 +145,17 @@ enum Command {
         #[arg(long)]
         env_json: Option<PathBuf>,
         /// The container whose environment --env-file, --env-json and
-        /// COMMAND get (default: the one serving the intercepted port).
-        #[arg(long)]
+        /// COMMAND get (default: the one serving the intercepted port);
+        /// the intercept itself is of the Service port.
+        #[arg(long, requires = "env_use")]
         container: Option<String>,
         /// Of the environment, keep only variables matching this (`+` is
         /// a wildcard; repeatable).
-        #[arg(long)]
+        #[arg(long, requires = "env_use")]
         env_include: Vec<String>,
         /// Of the environment, leave out variables matching this (`+` is
         /// a wildcard; repeatable), e.g. `KUBERNETES_+`.
-        #[arg(long)]
+        #[arg(long, requires = "env_use")]
         env_exclude: Vec<String>,
         /// Run this command (with the intercepted container's
         /// environment) and end the intercept when it exits:

@@ -79,6 +79,17 @@ fn malformed_arguments_are_named_before_the_daemon_is_asked() {
             "--output",
             "possible values: dotenv, sh, json",
         ),
+        // Options of the environment, on an intercept that uses none.
+        (
+            "intercept demo web --to 8080 --container app",
+            "--env-file <ENV_FILE>|--env-json <ENV_JSON>|COMMAND",
+            "required arguments were not provided",
+        ),
+        (
+            "intercept demo web --to 8080 --env-exclude KUBERNETES_+",
+            "--env-file <ENV_FILE>|--env-json <ENV_JSON>|COMMAND",
+            "required arguments were not provided",
+        ),
     ];
     for (args, flag, says) in cases {
         let (code, err) = netmux(args);
@@ -99,6 +110,7 @@ fn malformed_arguments_are_named_before_the_daemon_is_asked() {
         "intercept demo web --to 8080 --env-file web.env --env-json web.json",
         "env demo web -o sh --port 80",
         "env demo web -- sh -c true",
+        "intercept demo web --to 8080 --container app --env-exclude K+ -- sh -c true",
     ] {
         let (code, err) = netmux(args);
         assert!(
