@@ -115,11 +115,45 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 "the skipped key is named: {notes}"
             );
 
+            // The Service is not started here: its link host is named.
+            assert!(
+                notes.contains(
+                    "WEB_SERVICE_HOST: the cluster addresses of Services not started here"
+                ),
+                "{notes}"
+            );
+
             // Granted: the value is there, exactly.
             api.allow("alice", "get", "/secrets", "apps", "web-db");
             let (vars, notes) = env_json(&w);
             assert_eq!(vars["DB_PASSWORD"], "s3cret'x", "{vars}");
             assert!(!notes.contains("DB_PASSWORD"), "{notes}");
+
+            // Started here (loopback backend: the cluster address is not
+            // caught), the link variables hold its local address, which
+            // answers.
+            let out = user(&w, "start kube web");
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
+            let (vars, notes) = env_json(&w);
+            let host = vars["WEB_SERVICE_HOST"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(host.starts_with("127.77."), "{vars}");
+            assert_eq!(
+                vars["WEB_PORT"],
+                format!("tcp://{host}:8080").as_str(),
+                "{vars}"
+            );
+            assert!(notes.contains("now hold its local address"), "{notes}");
+            assert!(!notes.contains("WEB_SERVICE_HOST"), "{notes}");
+            let out = common::curl(&sb, Side::Workstation, &format!("http://{host}:8080/env"));
+            assert!(
+                out.success() && out.stdout.contains("path=/env"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
 
             // Another member of the socket group may not read them with
             // alice's credentials; root may.

@@ -4,9 +4,72 @@
 //! shows exactly what that user may read and nothing more, and only to
 //! that user (or root): another member of the socket group connects with
 //! their own credentials first.
+//!
+//! The values are the pod's, with one change for this machine: a cluster
+//! address of a Service started here that the redirect does not catch
+//! (the loopback backend, or an address the eBPF redirect leaves alone)
+//! becomes the Service's local address, so `WEB_SERVICE_HOST` and
+//! `WEB_PORT=tcp://…` reach it from here as they do in the pod.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::Daemon;
 use crate::api::{EnvironmentView, Reply};
+
+/// Where a started Service's cluster addresses are reached from here:
+/// the ones the redirect does not catch map to its local address; every
+/// started address is in the set.
+#[derive(Debug, Default)]
+pub(crate) struct Here {
+    /// Cluster address → the Service's local address.
+    pub(crate) local: BTreeMap<IpAddr, Ipv4Addr>,
+    /// Cluster addresses of Services started here.
+    pub(crate) started: BTreeSet<IpAddr>,
+}
+
+/// Rewrites values that are a cluster address in `here.local`, alone or
+/// in a `proto://ADDR:PORT` URL (the service-link forms), and notes the
+/// service-link hosts of Services not started here.
+pub(crate) fn localize(vars: &mut [(String, String)], here: &Here, ep: &str) -> Vec<String> {
+    let mut rewritten = 0;
+    let mut unreachable = Vec::new();
+    for (name, value) in vars.iter_mut() {
+        let (prefix, addr, suffix) = match value.split_once("://") {
+            Some((proto, rest)) => match rest.rsplit_once(':') {
+                Some((host, port)) => (format!("{proto}://"), host, format!(":{port}")),
+                None => continue,
+            },
+            None => (String::new(), value.as_str(), String::new()),
+        };
+        let Ok(ip) = addr.parse::<IpAddr>() else {
+            continue;
+        };
+        if let Some(local) = here.local.get(&ip) {
+            *value = format!("{prefix}{local}{suffix}");
+            rewritten += 1;
+        } else if !here.started.contains(&ip) && name.ends_with("_SERVICE_HOST") {
+            unreachable.push(name.clone());
+        }
+    }
+    let mut notes = Vec::new();
+    if rewritten > 0 {
+        notes.push(format!(
+            "{rewritten} value(s) holding the cluster address of a Service started here now hold its local address on this machine (the redirect does not catch that address here)"
+        ));
+    }
+    if !unreachable.is_empty() {
+        // Named in full only when few (a namespace can hold hundreds).
+        let named = match unreachable.len() {
+            n if n <= 6 => unreachable.join(", "),
+            n => format!("{}, … ({n} in all)", unreachable[..5].join(", ")),
+        };
+        notes.push(format!(
+            "{named}: the cluster addresses of Services not started here; fix: `netmux start {ep} NAME` (or `+`) to reach them from this machine"
+        ));
+    }
+    notes
+}
 
 impl Daemon {
     /// The environment of `service`'s container for `port` (or the one
@@ -19,11 +82,23 @@ impl Daemon {
         container: Option<&str>,
         uid: u32,
     ) -> Result<Reply, String> {
-        let (svc, kube) = {
+        let (svc, kube, here) = {
             let state = self.state.lock().await;
             let svc = self.cluster_service(&state, ep, service)?;
             let kube = self.connected(&state, ep)?.endpoint.kube();
-            (svc, kube)
+            let mut here = Here::default();
+            for ((e, _), running) in &state.running {
+                if e != ep {
+                    continue;
+                }
+                for addr in &running.service.addresses {
+                    here.started.insert(*addr);
+                    if !running.redirects.iter().any(|(to, _)| to.ip() == *addr) {
+                        here.local.insert(*addr, running.addr);
+                    }
+                }
+            }
+            (svc, kube, here)
         };
         let Some(kube) = kube else {
             return Err(format!(
@@ -37,10 +112,12 @@ impl Daemon {
                 kube.describe
             ));
         }
-        let w = kube
+        let mut w = kube
             .workload(&svc.namespace, &svc.name, port, container)
             .await
             .map_err(|e| format!("{ep}: {e}"))?;
+        let more = localize(&mut w.environment.vars, &here, ep);
+        w.environment.notes.extend(more);
         Ok(Reply::Environment(EnvironmentView {
             service: svc.key(),
             pod: w.pod,
@@ -48,5 +125,52 @@ impl Daemon {
             vars: w.environment.vars,
             notes: w.environment.notes,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn started_services_are_reached_at_their_local_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let here = Here {
+            local: BTreeMap::from([(ip("10.96.0.10"), Ipv4Addr::new(127, 77, 0, 2))]),
+            // 10.96.0.11 is started and redirected by eBPF: left as is.
+            started: BTreeSet::from([ip("10.96.0.10"), ip("10.96.0.11")]),
+        };
+        let mut v = vars(&[
+            ("WEB_SERVICE_HOST", "10.96.0.10"),
+            ("WEB_PORT", "tcp://10.96.0.10:8080"),
+            ("WEB_PORT_8080_TCP_ADDR", "10.96.0.10"),
+            ("API_SERVICE_HOST", "10.96.0.11"),
+            ("DB_SERVICE_HOST", "10.96.0.12"),
+            ("DB_URL", "postgres://db.apps:5432/app"),
+            ("PLAIN", "10.96.0.100"),
+        ]);
+        let notes = localize(&mut v, &here, "kind");
+        let got: BTreeMap<&str, &str> = v.iter().map(|(k, x)| (k.as_str(), x.as_str())).collect();
+        assert_eq!(got["WEB_SERVICE_HOST"], "127.77.0.2");
+        assert_eq!(got["WEB_PORT"], "tcp://127.77.0.2:8080");
+        assert_eq!(got["WEB_PORT_8080_TCP_ADDR"], "127.77.0.2");
+        assert_eq!(got["API_SERVICE_HOST"], "10.96.0.11");
+        assert_eq!(got["DB_SERVICE_HOST"], "10.96.0.12");
+        assert_eq!(got["DB_URL"], "postgres://db.apps:5432/app");
+        assert_eq!(got["PLAIN"], "10.96.0.100");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("3 value(s)"), "{notes:?}");
+        assert!(
+            notes[1].starts_with("DB_SERVICE_HOST: ") && notes[1].contains("netmux start kind"),
+            "{notes:?}"
+        );
+        let mut none = vars(&[("A", "b")]);
+        assert!(localize(&mut none, &Here::default(), "kind").is_empty());
     }
 }
