@@ -343,6 +343,15 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 "{}",
                 status.stdout
             );
+
+            // No Ready pod (crashing, say): the spec still gives the
+            // environment, with a note saying which pod and what may lack.
+            let mut crashing = api.get("/pods", "apps", "web-7d9f").expect("the pod");
+            crashing["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+            api.apply(crashing);
+            let (vars, notes) = env_json(&w);
+            assert_eq!(vars["GREETING"], "hello debug", "{vars}");
+            assert!(notes.contains("pod apps/web-7d9f is not Ready"), "{notes}");
         }),
     );
 }

@@ -140,19 +140,29 @@ impl KubeLink {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut ready: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), ns)
+        let mut pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), ns)
             .list(&ListParams::default().labels(&labels))
             .await
             .map_err(|e| format!("pods of {what}: {}", needed("list", "pods", ns, &e)))?
             .items
             .into_iter()
-            .filter(is_ready)
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
             .collect();
-        // The same pod each time while it lives: the first by name.
-        ready.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let pod = ready.into_iter().next().ok_or_else(|| {
-            format!("no Ready pod behind {what} (selector {labels}): kubectl -n {ns} get pods -l {labels}")
+        // A Ready pod, the same each time while it lives (the first by
+        // name); else one that is not (crashing, say: its spec still
+        // gives the environment, and that is when it is wanted here).
+        pods.sort_by_key(|p| (!is_ready(p), p.metadata.name.clone()));
+        let pod = pods.into_iter().next().ok_or_else(|| {
+            format!(
+                "no pod behind {what} (selector {labels}): kubectl -n {ns} get pods -l {labels}"
+            )
         })?;
+        let not_ready = (!is_ready(&pod)).then(|| {
+            format!(
+                "pod {ns}/{} is not Ready (no pod of the Service is); its spec gives the environment, and what only a running pod has (its IPs) may be missing",
+                pod.metadata.name.as_deref().unwrap_or("?")
+            )
+        });
         // A port without targetPort targets its own number.
         let target = svc_port.map(|p| p.target_port.clone().unwrap_or(IntOrString::Int(p.port)));
         let container = match container {
@@ -192,7 +202,8 @@ impl KubeLink {
             .await
             .ok()
             .flatten();
-        let environment = environment::resolve(&pod, &container, &sources);
+        let mut environment = environment::resolve(&pod, &container, &sources);
+        environment.notes.extend(not_ready);
         Ok(Workload {
             pod: pod.metadata.name.unwrap_or_default(),
             container,
