@@ -352,6 +352,29 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
             let (vars, notes) = env_json(&w);
             assert_eq!(vars["GREETING"], "hello debug", "{vars}");
             assert!(notes.contains("pod apps/web-7d9f is not Ready"), "{notes}");
+
+            // No pod at all (scaled to zero): the Deployment's template.
+            let spec = api.get("/pods", "apps", "web-7d9f").expect("the pod")["spec"].clone();
+            api.delete("v1", "Pod", "apps", "web-7d9f");
+            let out = user(&w, "env kube web");
+            assert!(
+                !out.success() && out.stderr.contains("no pod behind Service apps/web"),
+                "{}",
+                out.stderr
+            );
+            api.apply(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "apps"},
+                "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+                         "template": {"metadata": {"labels": {"app": "web"}}, "spec": spec}},
+            }));
+            let (vars, notes) = env_json(&w);
+            assert_eq!(vars["GREETING"], "hello debug", "{vars}");
+            assert_eq!(vars["DB_PASSWORD"], "s3cret'x", "{vars}");
+            assert!(
+                notes.contains("pod template of Deployment apps/web"),
+                "{notes}"
+            );
         }),
     );
 }

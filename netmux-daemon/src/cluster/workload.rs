@@ -10,7 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams};
 
@@ -86,6 +87,72 @@ fn selector(what: &str, svc: &Service) -> Result<BTreeMap<String, String>, Strin
         })
 }
 
+/// Whether pod labels `labels` carry every pair of `selector`.
+fn selects(selector: &BTreeMap<String, String>, labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels.is_some_and(|l| selector.iter().all(|(k, v)| l.get(k) == Some(v)))
+}
+
+/// A pod made from `template` in namespace `ns` (no name, no status).
+fn from_template(ns: &str, template: PodTemplateSpec) -> Pod {
+    let mut metadata = template.metadata.unwrap_or_default();
+    metadata.namespace = Some(ns.to_owned());
+    Pod {
+        metadata,
+        spec: template.spec,
+        status: None,
+    }
+}
+
+/// The first Deployment, StatefulSet or DaemonSet of `ns` (in that order)
+/// whose pod template `selector` selects, as `Kind ns/name` and a pod
+/// made from the template. Kinds the user may not list are passed over.
+async fn template(
+    client: &kube::Client,
+    ns: &str,
+    selector: &BTreeMap<String, String>,
+) -> Option<(String, Pod)> {
+    let lp = ListParams::default();
+    let found = |kind: &str, name: Option<String>, t: PodTemplateSpec| {
+        let labels = t.metadata.as_ref().and_then(|m| m.labels.as_ref());
+        selects(selector, labels).then(|| {
+            let name = name.unwrap_or_default();
+            (format!("{kind} {ns}/{name}"), from_template(ns, t))
+        })
+    };
+    if let Ok(list) = Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+    {
+        let hit = list.items.into_iter().find_map(|d| {
+            let t = d.spec.template;
+            found("Deployment", d.metadata.name, t)
+        });
+        if hit.is_some() {
+            return hit;
+        }
+    }
+    if let Ok(list) = Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+    {
+        let hit = list.items.into_iter().find_map(|d| {
+            let t = d.spec.template;
+            found("StatefulSet", d.metadata.name, t)
+        });
+        if hit.is_some() {
+            return hit;
+        }
+    }
+    let list = Api::<DaemonSet>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .ok()?;
+    list.items.into_iter().find_map(|d| {
+        let t = d.spec.template;
+        found("DaemonSet", d.metadata.name, t)
+    })
+}
+
 impl KubeLink {
     /// The environment of Service `ns/name`'s container for `port` (the
     /// Service port; `None`: its first), or of the one named `container`,
@@ -152,17 +219,31 @@ impl KubeLink {
         // name); else one that is not (crashing, say: its spec still
         // gives the environment, and that is when it is wanted here).
         pods.sort_by_key(|p| (!is_ready(p), p.metadata.name.clone()));
-        let pod = pods.into_iter().next().ok_or_else(|| {
-            format!(
-                "no pod behind {what} (selector {labels}): kubectl -n {ns} get pods -l {labels}"
-            )
-        })?;
-        let not_ready = (!is_ready(&pod)).then(|| {
-            format!(
-                "pod {ns}/{} is not Ready (no pod of the Service is); its spec gives the environment, and what only a running pod has (its IPs) may be missing",
-                pod.metadata.name.as_deref().unwrap_or("?")
-            )
-        });
+        let (pod, caveat) = match pods.into_iter().next() {
+            Some(pod) => {
+                let caveat = (!is_ready(&pod)).then(|| {
+                    format!(
+                        "pod {ns}/{} is not Ready (no pod of the Service is); its spec gives the environment, and what only a running pod has (its IPs) may be missing",
+                        pod.metadata.name.as_deref().unwrap_or("?")
+                    )
+                });
+                (pod, caveat)
+            }
+            // None at all (scaled to zero, say): the workload's template.
+            None => match template(&client, ns, &selector).await {
+                Some((workload, pod)) => (
+                    pod,
+                    Some(format!(
+                        "no pod behind {what}: the environment comes from the pod template of {workload}; what only a running pod has (its name, IPs, node) is missing"
+                    )),
+                ),
+                None => {
+                    return Err(format!(
+                        "no pod behind {what} (selector {labels}), and no Deployment, StatefulSet or DaemonSet in namespace {ns} whose pod template it selects: kubectl -n {ns} get pods -l {labels}"
+                    ))
+                }
+            },
+        };
         // A port without targetPort targets its own number.
         let target = svc_port.map(|p| p.target_port.clone().unwrap_or(IntOrString::Int(p.port)));
         let container = match container {
@@ -203,9 +284,9 @@ impl KubeLink {
             .ok()
             .flatten();
         let mut environment = environment::resolve(&pod, &container, &sources);
-        environment.notes.extend(not_ready);
+        environment.notes.extend(caveat);
         Ok(Workload {
-            pod: pod.metadata.name.unwrap_or_default(),
+            pod: pod.metadata.name.unwrap_or_else(|| "(template)".to_owned()),
             container,
             environment,
         })
@@ -221,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn an_intercepted_services_selector_comes_from_its_record() {
+    fn selectors_come_from_the_intercept_record_and_templates_become_pods() {
         let plain = svc(
             serde_json::json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}}}),
         );
@@ -241,6 +322,26 @@ mod tests {
             e.contains(INTERCEPT_ORIGINAL) && e.contains("docs/intercept.md"),
             "{e}"
         );
+        let labels =
+            |v: serde_json::Value| serde_json::from_value::<BTreeMap<String, String>>(v).unwrap();
+        let want = labels(serde_json::json!({"app": "web"}));
+        assert!(selects(
+            &want,
+            Some(&labels(serde_json::json!({"app": "web", "tier": "fe"})))
+        ));
+        assert!(!selects(
+            &want,
+            Some(&labels(serde_json::json!({"app": "db"})))
+        ));
+        assert!(!selects(&want, None));
+        let t: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app"}]},
+        }))
+        .unwrap();
+        let pod = from_template("apps", t);
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("apps"));
+        assert!(pod.metadata.name.is_none() && pod.status.is_none());
+        assert_eq!(pod.spec.map(|s| s.containers.len()), Some(1));
         let none = svc(serde_json::json!({"metadata": {"name": "db"}, "spec": {}}));
         let e = selector("Service apps/db", &none).unwrap_err();
         assert!(e.contains("has no selector"), "{e}");
