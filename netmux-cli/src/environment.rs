@@ -387,7 +387,20 @@ pub async fn intercept_and_run(
         }
         None => Vec::new(),
     };
-    match ask(socket, intercept).await {
+    // A Ctrl-C while the intercept is asked for must not leave it held
+    // with nothing running: it is noted, and the intercept ended.
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    let asked = ask(socket, intercept);
+    tokio::pin!(asked);
+    let mut interrupted = false;
+    let asked = loop {
+        tokio::select! {
+            r = &mut asked => break r,
+            _ = recv(&mut interrupt) => interrupted = true,
+        }
+    };
+    match asked {
         Ok(message) => eprintln!("{message}"),
         Err(e) => {
             eprintln!("netmux: {e}");
@@ -395,12 +408,21 @@ pub async fn intercept_and_run(
             return ExitCode::FAILURE;
         }
     }
-    let code = run_command(program, args, &vars).await;
     let leave = netmux_api::Request::Leave {
         endpoint: endpoint.clone(),
         service: service.clone(),
         port: *port,
     };
+    if interrupted {
+        match ask(socket, &leave).await {
+            Ok(message) => eprintln!("interrupted before {program} started: {message}"),
+            Err(e) => eprintln!(
+                "netmux: interrupted, and the intercept could not be ended: {e}; fix: `netmux leave {endpoint} {service}`"
+            ),
+        }
+        return ExitCode::from(130);
+    }
+    let code = run_command(program, args, &vars).await;
     match ask(socket, &leave).await {
         Ok(message) => eprintln!("{program} exited: {message}"),
         Err(e) => eprintln!(

@@ -20,8 +20,12 @@ use std::sync::{Arc, Mutex};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-/// A stand-in netmuxd: answers each request line and records its `cmd`.
-fn fake_daemon(dir: &std::path::Path) -> (std::path::PathBuf, Arc<Mutex<Vec<String>>>) {
+/// A stand-in netmuxd: answers each request line and records its `cmd`
+/// (an intercept after `intercept_delay`).
+fn fake_daemon(
+    dir: &std::path::Path,
+    intercept_delay: std::time::Duration,
+) -> (std::path::PathBuf, Arc<Mutex<Vec<String>>>) {
     let path = dir.join("netmuxd.sock");
     let listener = UnixListener::bind(&path).expect("bind the socket");
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -36,6 +40,9 @@ fn fake_daemon(dir: &std::path::Path) -> (std::path::PathBuf, Arc<Mutex<Vec<Stri
             let req: serde_json::Value = serde_json::from_str(&line).expect("a JSON request");
             let cmd = req["cmd"].as_str().unwrap_or_default().to_owned();
             log.lock().expect("log").push(cmd.clone());
+            if cmd == "intercept" {
+                std::thread::sleep(intercept_delay);
+            }
             let reply = match cmd.as_str() {
                 "environment" => serde_json::json!({"ok": {"kind": "environment",
                     "service": "apps/web", "pod": "web-0", "container": "app",
@@ -53,7 +60,7 @@ fn fake_daemon(dir: &std::path::Path) -> (std::path::PathBuf, Arc<Mutex<Vec<Stri
 /// `ready`, `signal` is applied. Returns (exit code, stdout, requests).
 fn run(script: &str, signal: impl FnOnce(Pid)) -> (Option<i32>, String, Vec<String>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (socket, seen) = fake_daemon(dir.path());
+    let (socket, seen) = fake_daemon(dir.path(), std::time::Duration::ZERO);
     let mut child = Command::new(env!("CARGO_BIN_EXE_netmux"))
         .arg("--socket")
         .arg(&socket)
@@ -80,6 +87,55 @@ fn run(script: &str, signal: impl FnOnce(Pid)) -> (Option<i32>, String, Vec<Stri
 
 /// Reports which signal came and exits; its `sleep` goes with it (it
 /// holds the output pipe).
+/// Ctrl-C while the intercept is being asked for: the command never
+/// starts, the intercept is ended, and netmux exits as interrupted (130).
+#[test]
+fn ctrl_c_while_the_intercept_is_asked_for_ends_it_and_runs_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (socket, seen) = fake_daemon(dir.path(), std::time::Duration::from_millis(800));
+    let child = Command::new(env!("CARGO_BIN_EXE_netmux"))
+        .arg("--socket")
+        .arg(&socket)
+        .args([
+            "intercept",
+            "ep",
+            "web",
+            "--to",
+            "8080",
+            "--",
+            "sh",
+            "-c",
+            "echo ran",
+        ])
+        .env_remove("NETMUX_SOCKET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("running netmux");
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !seen.lock().expect("log").iter().any(|c| c == "intercept") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the intercept was never asked for"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    killpg(pid, Signal::SIGINT).expect("SIGINT");
+    let out = child.wait_with_output().expect("netmux exits");
+    assert_eq!(out.status.code(), Some(130));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "the command never ran"
+    );
+    assert_eq!(
+        *seen.lock().expect("log"),
+        ["environment", "intercept", "leave"]
+    );
+}
+
 const TRAPS: &str = "trap 'kill $! 2>/dev/null; echo \"int $GREETING ${KUBERNETES_SERVICE_HOST:-none}\"; exit 3' INT; \
                      trap 'kill $! 2>/dev/null; echo \"term $GREETING\"; exit 4' TERM; \
                      sleep 20 & echo ready; wait";
