@@ -96,17 +96,8 @@ fn ctrl_c_while_the_intercept_is_asked_for_ends_it_and_runs_nothing() {
     let child = Command::new(env!("CARGO_BIN_EXE_netmux"))
         .arg("--socket")
         .arg(&socket)
-        .args([
-            "intercept",
-            "ep",
-            "web",
-            "--to",
-            "8080",
-            "--",
-            "sh",
-            "-c",
-            "echo ran",
-        ])
+        .args("intercept ep web --to 8080 -- sh -c".split(' '))
+        .arg("echo ran")
         .env_remove("NETMUX_SOCKET")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

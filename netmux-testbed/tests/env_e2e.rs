@@ -304,17 +304,9 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 nx.display(),
                 w.socket.display()
             );
-            let out = w.cli_as_user(&[
-                "intercept",
-                "kube",
-                "web",
-                "--to",
-                "8080",
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ]);
+            let mut args: Vec<&str> = "intercept kube web --to 8080 -- sh -c".split(' ').collect();
+            args.push(&script);
+            let out = w.cli_as_user(&args);
             assert_eq!(out.stdout, "hello debug|1\n", "{}", out.stderr);
             assert_eq!(out.status.code(), Some(4), "{}", out.stderr);
             assert!(out.stderr.contains("sh exited: left"), "{}", out.stderr);
