@@ -229,6 +229,14 @@ pub struct EnvironmentView {
     pub notes: Vec<String>,
 }
 
+/// The kubelet's `IsEnvVarName`, `[-._a-zA-Z][-._a-zA-Z0-9]*`: the names
+/// a container's environment holds (the daemon skips other keys; the CLI
+/// reads notes that start with such names).
+pub fn env_var_name(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    name.chars().all(ok) && name.chars().next().is_some_and(|c| !c.is_ascii_digit())
+}
+
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

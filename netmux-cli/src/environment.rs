@@ -172,17 +172,10 @@ impl Source<'_> {
                 return true;
             };
             let names: Vec<&str> = head.split(", ").map(|x| x.trim_end_matches('…')).collect();
-            !names.iter().all(|x| is_name(x)) || names.iter().any(|x| self.keeps(x))
+            !names.iter().all(|x| netmux_api::env_var_name(x))
+                || names.iter().any(|x| self.keeps(x))
         });
     }
-}
-
-/// An environment variable name as the kubelet accepts it.
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with(|c: char| c.is_ascii_digit())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Prints each note of `view` and of the forms written, on stderr.

@@ -14,7 +14,7 @@
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt as _;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{kill, killpg, Signal};
@@ -55,17 +55,16 @@ fn fake_daemon(
     (path, seen)
 }
 
-/// Runs `netmux intercept ep web --to 8080 --env-exclude KUBERNETES_+ --
-/// sh -c SCRIPT` in a process group of its own; once the script printed
-/// `ready`, `signal` is applied. Returns (exit code, stdout, requests).
-fn run(script: &str, signal: impl FnOnce(Pid)) -> (Option<i32>, String, Vec<String>) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (socket, seen) = fake_daemon(dir.path(), std::time::Duration::ZERO);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_netmux"))
+/// Starts `netmux intercept ep web --to 8080 OPTIONS -- sh -c SCRIPT`
+/// against `socket`, in a process group of its own (whose id is the
+/// returned pid), its output piped.
+fn intercept(socket: &std::path::Path, options: &str, script: &str) -> (Child, Pid) {
+    let child = Command::new(env!("CARGO_BIN_EXE_netmux"))
         .arg("--socket")
-        .arg(&socket)
-        .args(["intercept", "ep", "web", "--to", "8080"])
-        .args(["--env-exclude", "KUBERNETES_+", "--", "sh", "-c", script])
+        .arg(socket)
+        .args("intercept ep web --to 8080".split(' '))
+        .args(options.split_whitespace())
+        .args(["--", "sh", "-c", script])
         .env_remove("NETMUX_SOCKET")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -73,6 +72,17 @@ fn run(script: &str, signal: impl FnOnce(Pid)) -> (Option<i32>, String, Vec<Stri
         .spawn()
         .expect("running netmux");
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+    (child, pid)
+}
+
+/// Runs [`intercept`] with `--env-exclude KUBERNETES_+` and SCRIPT; once
+/// the script printed `ready`, `signal` is applied. Returns (exit code,
+/// stdout, requests).
+fn run(script: &str, signal: impl FnOnce(Pid)) -> (Option<i32>, String, Vec<String>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (socket, seen) = fake_daemon(dir.path(), std::time::Duration::ZERO);
+    let options = "--env-exclude KUBERNETES_+";
+    let (mut child, pid) = intercept(&socket, options, script);
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut first = String::new();
     out.read_line(&mut first).expect("the command's first line");
@@ -85,26 +95,13 @@ fn run(script: &str, signal: impl FnOnce(Pid)) -> (Option<i32>, String, Vec<Stri
     (status.code(), rest, seen)
 }
 
-/// Reports which signal came and exits; its `sleep` goes with it (it
-/// holds the output pipe).
 /// Ctrl-C while the intercept is being asked for: the command never
 /// starts, the intercept is ended, and netmux exits as interrupted (130).
 #[test]
 fn ctrl_c_while_the_intercept_is_asked_for_ends_it_and_runs_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (socket, seen) = fake_daemon(dir.path(), std::time::Duration::from_millis(800));
-    let child = Command::new(env!("CARGO_BIN_EXE_netmux"))
-        .arg("--socket")
-        .arg(&socket)
-        .args("intercept ep web --to 8080 -- sh -c".split(' '))
-        .arg("echo ran")
-        .env_remove("NETMUX_SOCKET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("running netmux");
-    let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+    let (child, pid) = intercept(&socket, "", "echo ran");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !seen.lock().expect("log").iter().any(|c| c == "intercept") {
         assert!(
@@ -127,6 +124,8 @@ fn ctrl_c_while_the_intercept_is_asked_for_ends_it_and_runs_nothing() {
     );
 }
 
+/// Reports which signal came and exits; its `sleep` goes with it (it
+/// holds the output pipe).
 const TRAPS: &str = "trap 'kill $! 2>/dev/null; echo \"int $GREETING ${KUBERNETES_SERVICE_HOST:-none}\"; exit 3' INT; \
                      trap 'kill $! 2>/dev/null; echo \"term $GREETING\"; exit 4' TERM; \
                      sleep 20 & echo ready; wait";

@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 
-use crate::rest::{bearer, query, status};
+use crate::rest::{query, status};
 use crate::{lock, FakeApi};
 
 /// `GET pods/NAME/portforward?ports=P`: upgrades to a WebSocket
@@ -30,30 +30,9 @@ pub(crate) async fn portforward(
     }
     // Authorized as the API server does a WebSocket GET: `get` on
     // pods/portforward (with require_auth).
+    if let Some(refused) = crate::rest::refuse_get(&fake, &headers, "/pods/portforward", &ns, &name)
     {
-        let st = lock(&fake.state);
-        if st.require_auth {
-            let user = bearer(&headers)
-                .and_then(|b| st.tokens.get(b))
-                .map(|(u, _)| u.clone())
-                .unwrap_or_default();
-            let allowed = [name.as_str(), "*"].iter().any(|n| {
-                st.allowed.contains(&(
-                    user.clone(),
-                    "get".to_owned(),
-                    "/pods/portforward".to_owned(),
-                    ns.clone(),
-                    (*n).to_owned(),
-                ))
-            });
-            if !allowed {
-                return status(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    &format!("pods \"{name}\" is forbidden: User \"{user}\" cannot get resource \"pods/portforward\" in API group \"\" in the namespace \"{ns}\""),
-                );
-            }
-        }
+        return refused;
     }
     let q = query(&uri);
     let Some(port) = q.get("ports").and_then(|p| p.parse::<u16>().ok()) else {

@@ -156,13 +156,16 @@ pub(crate) async fn handle(
         return status(StatusCode::NOT_FOUND, "NotFound", "no such path");
     };
     let q = query(&uri);
-    if method == Method::GET && t.name.is_some() {
-        if let Some((user, ns, name)) = secret_denied(&fake, &t, &headers) {
-            return status(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                &format!("secrets \"{name}\" is forbidden: User \"{user}\" cannot get resource \"secrets\" in API group \"\" in the namespace \"{ns}\""),
-            );
+    // Reading a Secret takes a grant, as RBAC holds Secrets back from
+    // roles like `view`; other reads stay open.
+    if let (true, "Secret", Some(ns), Some(name)) = (
+        method == Method::GET,
+        kind_for(&t.collection),
+        t.namespace.as_deref(),
+        t.name.as_deref(),
+    ) {
+        if let Some(refused) = refuse_get(&fake, &headers, "/secrets", ns, name) {
+            return refused;
         }
     }
     match (method, t.collection.as_str()) {
@@ -218,38 +221,45 @@ pub(crate) async fn handle(
     }
 }
 
-/// With [`FakeApi::require_auth`], reading a Secret takes a grant of
-/// [`FakeApi::allow`] (`get`, `/secrets`, its name or `*`), as RBAC
-/// holds Secrets back from roles like `view`; other reads stay open.
-/// `Some((user, namespace, name))` when this GET is refused.
-fn secret_denied(
+/// With [`FakeApi::require_auth`], the API server's 403 unless the bearer
+/// of `headers` may `get` `resource` (`/secrets`, `/pods/portforward`)
+/// `name` in `ns` by a grant of [`FakeApi::allow`] for that name or `*`,
+/// as RBAC decides (as [`FakeApi::admit`], `None` lets the request on).
+/// Without require_auth, anyone may.
+pub(crate) fn refuse_get(
     fake: &FakeApi,
-    t: &Target,
     headers: &HeaderMap,
-) -> Option<(String, String, String)> {
-    if kind_for(&t.collection) != "Secret" {
-        return None;
-    }
+    resource: &str,
+    ns: &str,
+    name: &str,
+) -> Option<Response> {
     let st = lock(&fake.state);
     if !st.require_auth {
         return None;
     }
-    let ns = t.namespace.clone().unwrap_or_default();
-    let name = t.name.clone().unwrap_or_default();
     let user = bearer(headers)
         .and_then(|b| st.tokens.get(b))
         .map(|(u, _)| u.clone())
         .unwrap_or_default();
-    let granted = [name.as_str(), "*"].iter().any(|n| {
+    let granted = [name, "*"].iter().any(|n| {
         st.allowed.contains(&(
             user.clone(),
             "get".to_owned(),
-            "/secrets".to_owned(),
-            ns.clone(),
+            resource.to_owned(),
+            ns.to_owned(),
             (*n).to_owned(),
         ))
     });
-    (!granted).then_some((user, ns, name))
+    if granted {
+        return None;
+    }
+    let resource = resource.trim_start_matches('/');
+    let plural = resource.split('/').next().unwrap_or(resource);
+    Some(status(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        &format!("{plural} \"{name}\" is forbidden: User \"{user}\" cannot get resource \"{resource}\" in API group \"\" in the namespace \"{ns}\""),
+    ))
 }
 
 /// Whether a DELETE body's `preconditions` (resourceVersion, uid) match

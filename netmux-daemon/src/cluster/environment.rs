@@ -416,7 +416,7 @@ impl Builder<'_> {
         let (mut invalid, mut unusable) = (Vec::new(), Vec::new());
         for (key, value) in entries {
             let var = format!("{prefix}{key}");
-            if !is_env_var_name(&var) {
+            if !netmux_api::env_var_name(&var) {
                 invalid.push(format!("`{var}`"));
             } else if let Some(value) = value {
                 self.define(var, value);
@@ -659,12 +659,6 @@ impl Builder<'_> {
 fn ip_set(service: &Service) -> bool {
     let ip = service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref());
     !matches!(ip, None | Some("") | Some("None"))
-}
-
-/// The kubelet's `IsEnvVarName`: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
-fn is_env_var_name(name: &str) -> bool {
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
-    name.chars().all(ok) && name.chars().next().is_some_and(|c| !c.is_ascii_digit())
 }
 
 /// Whether a fetch error is a not-found (kube: `… "x" not found`).

@@ -111,45 +111,47 @@ async fn template(
     ns: &str,
     selector: &BTreeMap<String, String>,
 ) -> Option<(String, Pod)> {
-    let lp = ListParams::default();
-    let found = |kind: &str, name: Option<String>, t: PodTemplateSpec| {
+    let hit =
+        first_selected::<Deployment>(client, ns, selector, |d| (d.metadata.name, d.spec.template));
+    if let Some(hit) = hit.await {
+        return Some(hit);
+    }
+    let hit =
+        first_selected::<StatefulSet>(client, ns, selector, |s| (s.metadata.name, s.spec.template));
+    if let Some(hit) = hit.await {
+        return Some(hit);
+    }
+    first_selected::<DaemonSet>(client, ns, selector, |d| (d.metadata.name, d.spec.template)).await
+}
+
+/// Of the workloads of kind `K` in `ns` (none if they cannot be listed),
+/// the first whose pod template (`parts` gives its name and template)
+/// `selector` selects: `Kind ns/name` and a pod made from the template.
+async fn first_selected<K>(
+    client: &kube::Client,
+    ns: &str,
+    selector: &BTreeMap<String, String>,
+    parts: fn(K) -> (Option<String>, PodTemplateSpec),
+) -> Option<(String, Pod)>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let list = Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .ok()?;
+    list.items.into_iter().find_map(|w| {
+        let (name, t) = parts(w);
         let labels = t.metadata.as_ref().and_then(|m| m.labels.as_ref());
         selects(selector, labels).then(|| {
             let name = name.unwrap_or_default();
             (format!("{kind} {ns}/{name}"), from_template(ns, t))
         })
-    };
-    if let Ok(list) = Api::<Deployment>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-    {
-        let hit = list.items.into_iter().find_map(|d| {
-            let t = d.spec.template;
-            found("Deployment", d.metadata.name, t)
-        });
-        if hit.is_some() {
-            return hit;
-        }
-    }
-    if let Ok(list) = Api::<StatefulSet>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-    {
-        let hit = list.items.into_iter().find_map(|d| {
-            let t = d.spec.template;
-            found("StatefulSet", d.metadata.name, t)
-        });
-        if hit.is_some() {
-            return hit;
-        }
-    }
-    let list = Api::<DaemonSet>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await
-        .ok()?;
-    list.items.into_iter().find_map(|d| {
-        let t = d.spec.template;
-        found("DaemonSet", d.metadata.name, t)
     })
 }
 
