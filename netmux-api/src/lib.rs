@@ -31,6 +31,11 @@ pub enum Request {
         /// the CLI (the daemon answers [`Reply::NeedKube`] without them).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kube: Option<crate::kube::KubeAccess>,
+        /// `sudo netmux connect`: the uid of the user who ran sudo, whose
+        /// kubeconfig `kube` was resolved from; they own the credentials
+        /// (`netmux env` answers them). Taken only from root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_behalf_of: Option<u32>,
     },
     /// Disconnect an endpoint and stop its services.
     Disconnect {

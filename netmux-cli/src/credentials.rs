@@ -50,6 +50,12 @@ pub(crate) fn invoking_user() -> Option<RunAs> {
     })
 }
 
+/// The uid of the user behind `sudo` (`netmux connect` tells the daemon:
+/// they own the credentials resolved from their kubeconfig).
+pub fn invoking_uid() -> Option<u32> {
+    invoking_user().map(|u| u.uid)
+}
+
 /// The kubeconfig files to read: `explicit`, else `$KUBECONFIG` (a
 /// colon-separated list), else `~/.kube/config`. Called as the user
 /// ([`resolve_as_user`] has become them under sudo), so `$HOME` is theirs.

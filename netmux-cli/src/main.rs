@@ -364,6 +364,7 @@ async fn main() -> ExitCode {
             Request::Connect {
                 endpoint: endpoint.clone(),
                 kube: None,
+                on_behalf_of: None,
             },
             Output::Table,
         ),
@@ -547,6 +548,7 @@ async fn main() -> ExitCode {
         let request = Request::Connect {
             endpoint: endpoint.clone(),
             kube: Some(access),
+            on_behalf_of: netmux_cli::credentials::invoking_uid(),
         };
         response = netmux_api::call(&cli.socket, &request).await;
     }

@@ -186,6 +186,16 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 "root: {}",
                 out.stderr
             );
+            // `sudo netmux connect` renews them from alice's kubeconfig:
+            // they stay hers, not root's.
+            let kubeconfig = w.dev.kubeconfig.display().to_string();
+            let out = w.cli_sudo(&["connect", "kube", "--kubeconfig", &kubeconfig]);
+            assert!(out.success(), "sudo connect: {}{}", out.stdout, out.stderr);
+            let (vars, _) = env_json(&w);
+            assert_eq!(
+                vars["DB_PASSWORD"], "s3cret'x",
+                "after sudo connect: {vars}"
+            );
 
             // --container: another container of the pod; a wrong name
             // gets the ones it has.

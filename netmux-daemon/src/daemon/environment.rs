@@ -128,6 +128,19 @@ impl Daemon {
     }
 }
 
+/// Who owns the Kubernetes credentials a client running as `uid` hands
+/// over with `netmux connect`: that user; for root under `sudo`, the user
+/// who ran sudo, whose kubeconfig the CLI resolved them from.
+pub(super) fn credentials_owner(uid: u32, on_behalf_of: Option<u32>) -> Result<u32, String> {
+    match on_behalf_of {
+        None => Ok(uid),
+        Some(other) if uid == 0 || other == uid => Ok(other),
+        Some(other) => Err(format!(
+            "connect: only root (sudo) connects on behalf of another user, and this client runs as uid {uid}, not root; fix: leave out on_behalf_of ({other}), the endpoint is then connected as uid {uid}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +185,15 @@ mod tests {
         );
         let mut none = vars(&[("A", "b")]);
         assert!(localize(&mut none, &Here::default(), "kind").is_empty());
+    }
+
+    #[test]
+    fn credentials_belong_to_the_user_behind_sudo() {
+        assert_eq!(credentials_owner(1000, None), Ok(1000));
+        assert_eq!(credentials_owner(0, None), Ok(0));
+        assert_eq!(credentials_owner(0, Some(1000)), Ok(1000));
+        assert_eq!(credentials_owner(1000, Some(1000)), Ok(1000));
+        let e = credentials_owner(1000, Some(1001)).unwrap_err();
+        assert!(e.contains("uid 1000") && e.contains("only root"), "{e}");
     }
 }

@@ -173,7 +173,14 @@ impl Daemon {
             List { filter } => Ok(Reply::List {
                 rows: self.list(filter.as_deref()).await,
             }),
-            Connect { endpoint, kube } => self.connect_request(&endpoint, kube, uid).await,
+            Connect {
+                endpoint,
+                kube,
+                on_behalf_of,
+            } => {
+                let owner = environment::credentials_owner(uid, on_behalf_of)?;
+                self.connect_request(&endpoint, kube, owner).await
+            }
             Disconnect { endpoint } => self.disconnect(&endpoint).await,
             Start {
                 endpoint,
