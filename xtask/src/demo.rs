@@ -10,7 +10,7 @@
 //! back to loopback, and it prints why.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,32 +76,57 @@ impl Services {
 
 /// What a demo's Ctrl-C handler and its main thread share.
 pub(crate) struct Interrupt {
-    /// Ctrl-C was pressed.
-    pressed: AtomicBool,
+    /// How many times Ctrl-C was pressed.
+    presses: AtomicU32,
     /// The main thread is in [`Interrupt::wait`] and cleans up itself.
     waiting: AtomicBool,
 }
 
+/// What one Ctrl-C does.
+#[derive(Debug, PartialEq, Eq)]
+enum Press {
+    /// The main thread ends its wait and its drops remove everything.
+    LeaveToMain,
+    /// The main thread is removing the sandbox: say so, once.
+    Removing,
+    /// Remove everything from the handler and exit.
+    TearDown,
+}
+
+/// The `n`th Ctrl-C (from 1), while the main thread waits or not.
+fn press(n: u32, waiting: bool) -> Press {
+    match (waiting, n) {
+        (true, 1) => Press::LeaveToMain,
+        (true, 2) => Press::Removing,
+        _ => Press::TearDown,
+    }
+}
+
 impl Interrupt {
     /// Installs the Ctrl-C handler. During [`Interrupt::wait`] Ctrl-C ends
-    /// the wait and the main thread's drops remove everything; during a
-    /// step (which may hang), or pressed again, the handler runs `teardown`
-    /// (what those drops would remove: drops do not run on `exit`) and
-    /// exits.
+    /// the wait and the main thread's drops remove everything (a second
+    /// Ctrl-C says so, a third removes it from the handler); during a step
+    /// (which may hang) the handler runs `teardown` (what those drops would
+    /// remove: drops do not run on `exit`) and exits.
     pub(crate) fn install(teardown: impl Fn() + Send + 'static) -> anyhow::Result<Arc<Interrupt>> {
         let it = Arc::new(Interrupt {
-            pressed: AtomicBool::new(false),
+            presses: AtomicU32::new(0),
             waiting: AtomicBool::new(false),
         });
         let seen = it.clone();
         ctrlc::set_handler(move || {
-            let again = seen.pressed.swap(true, Ordering::SeqCst);
-            if seen.waiting.load(Ordering::SeqCst) && !again {
-                return;
+            let n = seen.presses.fetch_add(1, Ordering::SeqCst) + 1;
+            match press(n, seen.waiting.load(Ordering::SeqCst)) {
+                Press::LeaveToMain => {}
+                Press::Removing => {
+                    eprintln!("\nthe sandbox is being removed (Ctrl-C again: remove it from here and exit)");
+                }
+                Press::TearDown => {
+                    eprintln!("\ninterrupted: removing the sandbox");
+                    teardown();
+                    std::process::exit(130);
+                }
             }
-            eprintln!("\ninterrupted: removing the sandbox");
-            teardown();
-            std::process::exit(130);
         })
         .context("installing the Ctrl-C handler")?;
         Ok(it)
@@ -110,7 +135,7 @@ impl Interrupt {
     /// Keeps the sandbox up until Ctrl-C.
     pub(crate) fn wait(&self) {
         self.waiting.store(true, Ordering::SeqCst);
-        while !self.pressed.load(Ordering::SeqCst) {
+        while self.presses.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(200));
         }
         eprintln!("\ninterrupted");
@@ -436,4 +461,21 @@ fn run_cli_steps(
     let out = sb.exec(Side::Cluster, "curl", ["-sS", "--max-time", "10", &c2l], T)?;
     show(&out);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctrl_c_tears_down_once() {
+        // Waiting: the main thread cleans up; a second press only says
+        // so (it used to run the teardown beside the main thread's, which
+        // printed every removal twice); a third removes from the handler.
+        assert_eq!(press(1, true), Press::LeaveToMain);
+        assert_eq!(press(2, true), Press::Removing);
+        assert_eq!(press(3, true), Press::TearDown);
+        // During a step the handler removes everything at once.
+        assert_eq!(press(1, false), Press::TearDown);
+    }
 }
