@@ -42,6 +42,11 @@ pub(crate) fn localize(vars: &mut [(String, String)], here: &Here, ep: &str) -> 
             },
             None => (String::new(), value.as_str(), String::new()),
         };
+        // An IPv6 cluster address is bracketed in a URL (`tcp://[fd00::10]:53`).
+        let addr = match addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+            Some(inner) if !prefix.is_empty() => inner,
+            _ => addr,
+        };
         let Ok(ip) = addr.parse::<IpAddr>() else {
             continue;
         };
@@ -155,9 +160,12 @@ mod tests {
     fn started_services_are_reached_at_their_local_address() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let here = Here {
-            local: BTreeMap::from([(ip("10.96.0.10"), Ipv4Addr::new(127, 77, 0, 2))]),
+            local: BTreeMap::from([
+                (ip("10.96.0.10"), Ipv4Addr::new(127, 77, 0, 2)),
+                (ip("fd00::10"), Ipv4Addr::new(127, 77, 0, 3)),
+            ]),
             // 10.96.0.11 is started and redirected by eBPF: left as is.
-            started: BTreeSet::from([ip("10.96.0.10"), ip("10.96.0.11")]),
+            started: BTreeSet::from([ip("10.96.0.10"), ip("10.96.0.11"), ip("fd00::10")]),
         };
         let mut v = vars(&[
             ("WEB_SERVICE_HOST", "10.96.0.10"),
@@ -167,6 +175,8 @@ mod tests {
             ("DB_SERVICE_HOST", "10.96.0.12"),
             ("DB_URL", "postgres://db.apps:5432/app"),
             ("PLAIN", "10.96.0.100"),
+            ("DNS_SERVICE_HOST", "fd00::10"),
+            ("DNS_PORT", "udp://[fd00::10]:53"),
         ]);
         let notes = localize(&mut v, &here, "kind");
         let got: BTreeMap<&str, &str> = v.iter().map(|(k, x)| (k.as_str(), x.as_str())).collect();
@@ -177,8 +187,10 @@ mod tests {
         assert_eq!(got["DB_SERVICE_HOST"], "10.96.0.12");
         assert_eq!(got["DB_URL"], "postgres://db.apps:5432/app");
         assert_eq!(got["PLAIN"], "10.96.0.100");
+        assert_eq!(got["DNS_SERVICE_HOST"], "127.77.0.3");
+        assert_eq!(got["DNS_PORT"], "udp://127.77.0.3:53");
         assert_eq!(notes.len(), 2, "{notes:?}");
-        assert!(notes[0].starts_with("3 value(s)"), "{notes:?}");
+        assert!(notes[0].starts_with("5 value(s)"), "{notes:?}");
         assert!(
             notes[1].starts_with("DB_SERVICE_HOST: ") && notes[1].contains("netmux start kind"),
             "{notes:?}"
