@@ -123,6 +123,10 @@ pub enum Request {
         /// The container, by name, instead of the one serving the port.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         container: Option<String>,
+        /// Also the files of its ConfigMap, Secret, downwardAPI and
+        /// projected volumes (`--mount`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        mounts: bool,
     },
     /// Daemon status.
     Status,
@@ -232,6 +236,47 @@ pub struct EnvironmentView {
     /// One line per variable left out or approximated, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// When asked for: the container's volume mounts whose files could be
+    /// read (ConfigMap, Secret, downwardAPI, projected), in spec order; the
+    /// notes name the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountView>,
+}
+
+/// One volume mount of a container, with the files it shows there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountView {
+    /// The container's mount path (absolute).
+    pub path: String,
+    /// The volume's name.
+    pub volume: String,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Its files; a mount of one file (a `subPath` naming a file) has one
+    /// entry with an empty path.
+    pub files: Vec<FileView>,
+}
+
+/// One file of a [`MountView`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileView {
+    /// Relative to the mount path, `/`-separated.
+    pub path: String,
+    /// The permission bits the kubelet gives it.
+    pub mode: u32,
+    /// The contents, standard base64.
+    pub data: String,
+}
+
+impl std::fmt::Debug for FileView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The contents may be a Secret's: never in a log line.
+        f.debug_struct("FileView")
+            .field("path", &self.path)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish_non_exhaustive()
+    }
 }
 
 /// The kubelet's `IsEnvVarName`, `[-._a-zA-Z][-._a-zA-Z0-9]*`: the names

@@ -127,6 +127,9 @@ pub struct Source<'a> {
     pub include: &'a [String],
     /// Then drop names matching one of these.
     pub exclude: &'a [String],
+    /// `--mount DIR`: also the files of the container's volumes, written
+    /// under DIR ([`crate::mounts`]).
+    pub mount: Option<&'a Path>,
 }
 
 impl Source<'_> {
@@ -144,6 +147,7 @@ impl Source<'_> {
             service: self.service.to_owned(),
             port: self.port,
             container: self.container.map(str::to_owned),
+            mounts: self.mount.is_some(),
         };
         let response = netmux_api::call(self.socket, &request)
             .await
@@ -160,6 +164,25 @@ impl Source<'_> {
                 "netmuxd answered {other:?} to an environment request; is it the same version as this CLI?"
             )),
         }
+    }
+
+    /// `--mount`: writes the volume files of `view` under the directory
+    /// and adds [`crate::mounts::ROOT_VAR`] naming it (None without
+    /// `--mount`).
+    pub fn write_mounts(
+        &self,
+        view: &mut EnvironmentView,
+    ) -> Result<Option<crate::mounts::Snapshot>, String> {
+        let Some(root) = self.mount else {
+            return Ok(None);
+        };
+        let (snapshot, notes) = crate::mounts::write(root, &view.mounts)?;
+        eprintln!("{}", snapshot.describe(view.mounts.len()));
+        view.notes.extend(notes);
+        let dir = snapshot.root.display().to_string();
+        view.vars.retain(|(k, _)| k != crate::mounts::ROOT_VAR);
+        view.vars.push((crate::mounts::ROOT_VAR.to_owned(), dir));
+        Ok(Some(snapshot))
     }
 
     /// Drops the variables not kept, and the notes that name only them.
@@ -185,17 +208,43 @@ fn print_notes(view: &EnvironmentView, more: &[String]) {
     }
 }
 
-/// `netmux intercept --env-file F --env-json J`: writes `view` (read
-/// before the intercept is asked for; a failure here asks for nothing);
-/// returns the paths written, which the caller removes if the intercept
-/// is refused.
-pub fn write_files(
-    view: Option<&Result<EnvironmentView, String>>,
+/// What `netmux intercept` wrote before asking for the intercept: removed
+/// if it is refused, and, for `-- COMMAND`, the volume files when the
+/// command exits.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// `--env-file` / `--env-json`.
+    files: Vec<std::path::PathBuf>,
+    /// `--mount`.
+    snapshot: Option<crate::mounts::Snapshot>,
+}
+
+impl Written {
+    /// Removes everything written.
+    pub fn remove(&self) {
+        for p in &self.files {
+            if std::fs::remove_file(p).is_ok() {
+                eprintln!("removed {}", p.display());
+            }
+        }
+        if let Some(s) = &self.snapshot {
+            s.remove();
+        }
+    }
+}
+
+/// `netmux intercept --env-file F --env-json J --mount DIR`: writes the
+/// volume files of `view` (read before the intercept is asked for; a
+/// failure here asks for nothing), then the environment files (which name
+/// the snapshot in `NETMUX_ROOT`).
+pub fn write_for_intercept(
+    source: &Source<'_>,
+    view: Option<&mut Result<EnvironmentView, String>>,
     dotenv: Option<&Path>,
     json: Option<&Path>,
-) -> Result<Vec<std::path::PathBuf>, String> {
-    let mut written = Vec::new();
-    if dotenv.is_none() && json.is_none() {
+) -> Result<Written, String> {
+    let mut written = Written::default();
+    if source.mount.is_none() && dotenv.is_none() && json.is_none() {
         return Ok(written);
     }
     let view = match view {
@@ -203,21 +252,25 @@ pub fn write_files(
         Some(Err(e)) => return Err(e.clone()),
         None => return Err("the environment was not read".into()),
     };
+    written.snapshot = source.write_mounts(view)?;
     let mut notes = Vec::new();
     for (path, format) in [(dotenv, Format::Dotenv), (json, Format::Json)] {
         let Some(path) = path else { continue };
         let (text, more) = render(view, format);
         notes.extend(more);
-        write_private(path, &text).map_err(|e| {
-            format!(
+        if let Err(e) = write_private(path, &text) {
+            written.remove();
+            return Err(format!(
                 "cannot write the environment to {}: {e}; fix: a path in a directory you may write",
                 path.display()
-            )
-        })?;
+            ));
+        }
         eprintln!("wrote {} to {}", origin(view), path.display());
-        written.push(path.to_owned());
+        written.files.push(path.to_owned());
     }
-    print_notes(view, &notes);
+    if dotenv.is_some() || json.is_some() {
+        print_notes(view, &notes);
+    }
     Ok(written)
 }
 
@@ -229,7 +282,11 @@ pub async fn run(
     command: &[String],
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let view = match source.fetch().await {
+    let fetched = match source.fetch().await {
+        Ok(mut view) => source.write_mounts(&mut view).map(|snap| (view, snap)),
+        Err(e) => Err(e),
+    };
+    let (view, snapshot) = match fetched {
         Ok(v) => v,
         Err(e) => {
             eprintln!("netmux: {e}");
@@ -243,7 +300,12 @@ pub async fn run(
         return ExitCode::SUCCESS;
     };
     print_notes(&view, &[]);
-    run_command(program, args, &view.vars).await
+    let code = run_command(program, args, &view.vars).await;
+    // A snapshot for the command (it may hold Secrets) goes with it.
+    if let Some(s) = snapshot {
+        s.remove();
+    }
+    code
 }
 
 /// Runs `program` with `vars` added to this process's environment and
@@ -317,15 +379,6 @@ fn pass_on(child: &tokio::process::Child, sig: nix::sys::signal::Signal) {
     }
 }
 
-/// Removes the environment files a refused intercept asked for.
-pub fn remove_files(paths: &[std::path::PathBuf]) {
-    for p in paths {
-        if std::fs::remove_file(p).is_ok() {
-            eprintln!("removed {}", p.display());
-        }
-    }
-}
-
 /// Sends `request` and returns the message of its `Done` reply.
 async fn ask(socket: &Path, request: &netmux_api::Request) -> Result<String, String> {
     let response = netmux_api::call(socket, request)
@@ -344,13 +397,14 @@ async fn ask(socket: &Path, request: &netmux_api::Request) -> Result<String, Str
 /// with the workload's environment (when it can be read; a note says why
 /// not otherwise), and ends the intercept when the command exits, by
 /// itself or on Ctrl-C. Returns the command's exit status. `view` is the
-/// environment as read before; `written` are the `--env-file` /
-/// `--env-json` files, removed if the intercept is refused.
+/// environment as read before; `written` is what [`write_for_intercept`]
+/// wrote: removed if the intercept is refused; its volume files are
+/// removed when the command exits.
 pub async fn intercept_and_run(
     socket: &Path,
     intercept: &netmux_api::Request,
     view: Option<Result<EnvironmentView, String>>,
-    written: &[std::path::PathBuf],
+    written: &Written,
     command: &[String],
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
@@ -368,7 +422,7 @@ pub async fn intercept_and_run(
     };
     let vars = match view {
         Some(Ok(view)) => {
-            if written.is_empty() {
+            if written.files.is_empty() {
                 print_notes(&view, &[]);
             }
             eprintln!("{program} gets the {}", origin(&view));
@@ -397,7 +451,7 @@ pub async fn intercept_and_run(
         Ok(message) => eprintln!("{message}"),
         Err(e) => {
             eprintln!("netmux: {e}");
-            remove_files(written);
+            written.remove();
             return ExitCode::FAILURE;
         }
     }
@@ -413,6 +467,9 @@ pub async fn intercept_and_run(
                 "netmux: interrupted, and the intercept could not be ended: {e}; fix: `netmux leave {endpoint} {service}`"
             ),
         }
+        if let Some(s) = &written.snapshot {
+            s.remove();
+        }
         return ExitCode::from(130);
     }
     let code = run_command(program, args, &vars).await;
@@ -421,6 +478,9 @@ pub async fn intercept_and_run(
         Err(e) => eprintln!(
             "netmux: {program} exited but the intercept could not be ended: {e}; fix: `netmux leave {endpoint} {service}`"
         ),
+    }
+    if let Some(s) = &written.snapshot {
+        s.remove();
     }
     code
 }
@@ -439,6 +499,7 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             notes: vec![],
+            mounts: vec![],
         }
     }
 
@@ -488,6 +549,7 @@ mod tests {
             container: None,
             include: &include,
             exclude: &exclude,
+            mount: None,
         };
         let mut v = view(&[("DB_HOST", "db"), ("DB_PASSWORD", "x"), ("LOG", "debug")]);
         v.notes = vec![

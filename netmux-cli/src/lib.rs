@@ -14,3 +14,4 @@ pub(crate) mod doctor;
 pub mod environment;
 pub mod install;
 pub mod intercepts;
+pub mod mounts;

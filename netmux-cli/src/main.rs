@@ -113,7 +113,7 @@ enum Command {
     /// all of it (global) or the HTTP requests with a header (personal);
     /// docs/intercept.md.
     #[command(group(clap::ArgGroup::new("env_use")
-        .args(["env_file", "env_json", "command"])
+        .args(["env_file", "env_json", "mount", "command"])
         .multiple(true)))]
     Intercept {
         /// Endpoint name.
@@ -144,9 +144,15 @@ enum Command {
         /// file first, as a JSON object (every value exact).
         #[arg(long)]
         env_json: Option<PathBuf>,
-        /// The container whose environment --env-file, --env-json and
-        /// COMMAND get (default: the one serving the intercepted port);
-        /// the intercept itself is of the Service port.
+        /// Also write the files of the intercepted container's
+        /// ConfigMap, Secret, downwardAPI and projected volumes under this
+        /// new (or empty) directory, at their mount paths; COMMAND finds it
+        /// in $NETMUX_ROOT and the files go when it exits.
+        #[arg(long, value_name = "DIR")]
+        mount: Option<PathBuf>,
+        /// The container whose environment --env-file, --env-json,
+        /// --mount and COMMAND get (default: the one serving the
+        /// intercepted port); the intercept itself is of the Service port.
         #[arg(long, requires = "env_use")]
         container: Option<String>,
         /// Of the environment, keep only variables matching this (`+` is
@@ -190,6 +196,12 @@ enum Command {
         /// takes those for a sign it runs in a pod.
         #[arg(long)]
         exclude: Vec<String>,
+        /// Also write the files of its ConfigMap, Secret, downwardAPI and
+        /// projected volumes under this new (or empty) directory, at their
+        /// mount paths (owner only); $NETMUX_ROOT names it. With COMMAND
+        /// they go when it exits.
+        #[arg(long, value_name = "DIR")]
+        mount: Option<PathBuf>,
         /// Run this command with the environment added, instead of
         /// printing it.
         #[arg(last = true)]
@@ -352,7 +364,7 @@ fn service_name_arg(text: &str) -> Result<String, String> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut env_files = Vec::new();
+    let mut written = netmux_cli::environment::Written::default();
     let (request, output) = match &cli.command {
         Command::List { filter, output } => (
             Request::List {
@@ -423,6 +435,7 @@ async fn main() -> ExitCode {
             mirror,
             env_file,
             env_json,
+            mount,
             container,
             env_include,
             env_exclude,
@@ -437,14 +450,16 @@ async fn main() -> ExitCode {
                 container: container.as_deref(),
                 include: env_include,
                 exclude: env_exclude,
+                mount: mount.as_deref(),
             };
             // Read once, before the intercept, for the files and the command.
-            let view = match (env_file, env_json, command.is_empty()) {
-                (None, None, true) => None,
+            let mut view = match (env_file, env_json, mount, command.is_empty()) {
+                (None, None, None, true) => None,
                 _ => Some(source.fetch().await),
             };
-            match env::write_files(view.as_ref(), env_file.as_deref(), env_json.as_deref()) {
-                Ok(paths) => env_files = paths,
+            let files = (env_file.as_deref(), env_json.as_deref());
+            match env::write_for_intercept(&source, view.as_mut(), files.0, files.1) {
+                Ok(w) => written = w,
                 Err(e) => {
                     eprintln!("netmux: not intercepted: {e}");
                     return ExitCode::FAILURE;
@@ -459,7 +474,7 @@ async fn main() -> ExitCode {
                 mirror: *mirror,
             };
             if !command.is_empty() {
-                return env::intercept_and_run(&cli.socket, &request, view, &env_files, command)
+                return env::intercept_and_run(&cli.socket, &request, view, &written, command)
                     .await;
             }
             (request, Output::Table)
@@ -472,6 +487,7 @@ async fn main() -> ExitCode {
             output,
             include,
             exclude,
+            mount,
             command,
         } => {
             let source = netmux_cli::environment::Source {
@@ -482,6 +498,7 @@ async fn main() -> ExitCode {
                 container: container.as_deref(),
                 include,
                 exclude,
+                mount: mount.as_deref(),
             };
             return netmux_cli::environment::run(&source, *output, command).await;
         }
@@ -569,13 +586,13 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("netmux: {e}");
-            netmux_cli::environment::remove_files(&env_files);
+            written.remove();
             return ExitCode::FAILURE;
         }
     };
     if let Some(e) = response.error {
         eprintln!("netmux: {e}");
-        netmux_cli::environment::remove_files(&env_files);
+        written.remove();
         return ExitCode::FAILURE;
     }
     match (response.ok, output) {

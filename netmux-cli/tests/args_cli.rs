@@ -82,12 +82,12 @@ fn malformed_arguments_are_named_before_the_daemon_is_asked() {
         // Options of the environment, on an intercept that uses none.
         (
             "intercept demo web --to 8080 --container app",
-            "--env-file <ENV_FILE>|--env-json <ENV_JSON>|COMMAND",
+            "--env-file <ENV_FILE>|--env-json <ENV_JSON>|--mount <DIR>|COMMAND",
             "required arguments were not provided",
         ),
         (
             "intercept demo web --to 8080 --env-exclude KUBERNETES_+",
-            "--env-file <ENV_FILE>|--env-json <ENV_JSON>|COMMAND",
+            "--env-file <ENV_FILE>|--env-json <ENV_JSON>|--mount <DIR>|COMMAND",
             "required arguments were not provided",
         ),
     ];

@@ -70,6 +70,24 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                 {"name": "MULTI", "value": "a\nb"},
             ]);
+            // Volumes for --mount: a ConfigMap, one key of a Secret, and
+            // an emptyDir (its contents live on the node: a note).
+            api.apply(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "web-files", "namespace": "apps"},
+                "data": {"app.yaml": "port: 8080\n"},
+            }));
+            pod["spec"]["volumes"] = json!([
+                {"name": "files", "configMap": {"name": "web-files"}},
+                {"name": "creds", "secret": {"secretName": "web-db",
+                    "items": [{"key": "password", "path": "db/password", "mode": 0o400}]}},
+                {"name": "cache", "emptyDir": {}},
+            ]);
+            pod["spec"]["containers"][0]["volumeMounts"] = json!([
+                {"name": "files", "mountPath": "/etc/web", "readOnly": true},
+                {"name": "creds", "mountPath": "/etc/secret"},
+                {"name": "cache", "mountPath": "/cache"},
+            ]);
             if let Some(containers) = pod["spec"]["containers"].as_array_mut() {
                 containers.push(json!({"name": "proxy", "image": "proxy",
                     "env": [{"name": "PROXY_MODE", "value": "sidecar"}]}));
@@ -256,6 +274,44 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
             assert_eq!(out.stdout, "hello debug|s3cret'x", "{}", out.stderr);
             assert_eq!(out.status.code(), Some(3), "its exit status is passed on");
 
+            // --mount: the files of its volumes at their mount paths, for
+            // the developer only, named by NETMUX_ROOT; the emptyDir noted.
+            let mounts = dir(sb.dir().join("mounts"), 0o777);
+            let root = mounts.join("web");
+            let line = format!("env kube web -o json --mount {}", root.display());
+            let out = user(&w, &line);
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
+            let vars: Value = serde_json::from_str(&out.stdout).expect("json");
+            assert_eq!(vars["NETMUX_ROOT"], root.display().to_string().as_str());
+            let read = |rel: &str| std::fs::read_to_string(root.join(rel)).unwrap_or_default();
+            assert_eq!(read("etc/web/app.yaml"), "port: 8080\n", "{}", out.stderr);
+            assert_eq!(read("etc/secret/db/password"), "s3cret'x", "{}", out.stderr);
+            let meta = std::fs::metadata(root.join("etc/secret/db/password")).expect("meta");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "owner only");
+            assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), USER_ID);
+            assert!(
+                out.stderr.contains("wrote 2 files of 2 volume mounts")
+                    && out.stderr.contains("/cache (volume cache)"),
+                "{}",
+                out.stderr
+            );
+            // Not into a directory that holds something; with a command,
+            // the files go when it exits.
+            let out = user(&w, &line);
+            assert!(
+                !out.success() && out.stderr.contains("not an empty directory"),
+                "{}",
+                out.stderr
+            );
+            let root2 = mounts.join("web2");
+            let root2_arg = root2.display().to_string();
+            let script = "cat \"$NETMUX_ROOT/etc/web/app.yaml\"";
+            let out = w.cli_as_user(&[
+                "env", "kube", "web", "--mount", &root2_arg, "--", "sh", "-c", script,
+            ]);
+            assert_eq!(out.stdout, "port: 8080\n", "{}", out.stderr);
+            assert!(!root2.exists(), "removed after the command: {}", out.stderr);
+
             // A Service outside the developer's catalog, a port it lacks.
             let out = user(&w, "env kube admin");
             assert!(
@@ -278,7 +334,11 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
             let envs = dir(sb.dir().join("envs"), 0o777);
             let file = envs.join("web.env");
             let file_arg = file.display().to_string();
-            let intercept = format!("intercept kube web --to 8080 --env-file {file_arg}");
+            let kept = mounts.join("kept");
+            let intercept = format!(
+                "intercept kube web --to 8080 --env-file {file_arg} --mount {}",
+                kept.display()
+            );
             let out = user(&w, &intercept);
             assert!(!out.success(), "{}{}", out.stdout, out.stderr);
             assert!(
@@ -287,6 +347,7 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 out.stderr
             );
             assert!(!file.exists(), "a refused intercept leaves no env file");
+            assert!(!kept.exists(), "nor volume files");
             // Granted (once the server's RBAC cache has expired), the
             // file stays, readable by its owner only.
             api.allow("alice", "intercept", "/services", "apps", "*");
@@ -295,6 +356,12 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
             });
             let text = std::fs::read_to_string(&file).expect("env file");
             assert!(text.lines().any(|l| l == "DB_PASSWORD=s3cret'x"), "{text}");
+            let root_line = format!("NETMUX_ROOT={}", kept.display());
+            assert!(text.lines().any(|l| l == root_line), "{text}");
+            assert!(
+                kept.join("etc/web/app.yaml").exists(),
+                "kept without a command"
+            );
             let mode = std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "the env file holds a Secret: owner only");
             // While intercepted (its selector recorded, not in the spec),
@@ -326,6 +393,19 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 "{}",
                 status.stdout
             );
+            // intercept --mount -- COMMAND: the command has the volume
+            // files, which go with it.
+            let root3 = mounts.join("web3");
+            let line = format!(
+                "intercept kube web --to 8080 --mount {} -- cat",
+                root3.display()
+            );
+            let mut args: Vec<&str> = line.split(' ').collect();
+            let file = format!("{}/etc/secret/db/password", root3.display());
+            args.push(&file);
+            let out = w.cli_as_user(&args);
+            assert_eq!(out.stdout, "s3cret'x", "{}", out.stderr);
+            assert!(!root3.exists(), "removed after the command: {}", out.stderr);
 
             // A path that cannot be written: nothing is asked for.
             let out = user(

@@ -22,8 +22,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use fields::{field, FieldUse};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvFromSource, EnvVar, ObjectFieldSelector, Pod, Secret, Service,
+    ConfigMap, Container, EnvFromSource, EnvVar, Pod, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -56,6 +57,18 @@ pub(crate) struct References {
     pub(crate) secrets: Vec<String>,
 }
 
+impl References {
+    /// From sets of names, dropping the empty one.
+    pub(super) fn new(mut config_maps: BTreeSet<String>, mut secrets: BTreeSet<String>) -> Self {
+        config_maps.remove("");
+        secrets.remove("");
+        References {
+            config_maps: config_maps.into_iter().collect(),
+            secrets: secrets.into_iter().collect(),
+        }
+    }
+}
+
 /// The resolved environment. Its `Debug` shows names, never values.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub(crate) struct Environment {
@@ -79,7 +92,7 @@ impl std::fmt::Debug for Environment {
 }
 
 /// The pod's namespace (`default` when unset, as the API server defaults it).
-fn namespace(pod: &Pod) -> &str {
+pub(super) fn namespace(pod: &Pod) -> &str {
     pod.metadata
         .namespace
         .as_deref()
@@ -108,7 +121,7 @@ fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
 }
 
 /// The container called `name`, of [`all_containers`].
-fn find_container<'p>(pod: &'p Pod, name: &str) -> Option<&'p Container> {
+pub(super) fn find_container<'p>(pod: &'p Pod, name: &str) -> Option<&'p Container> {
     all_containers(pod).find(|c| c.name == name)
 }
 
@@ -145,12 +158,7 @@ pub(crate) fn references(pod: &Pod, container: &str) -> References {
             }
         }
     }
-    config_maps.remove("");
-    secrets.remove("");
-    References {
-        config_maps: config_maps.into_iter().collect(),
-        secrets: secrets.into_iter().collect(),
-    }
+    References::new(config_maps, secrets)
 }
 
 /// Container `name` of `pod` (sidecars included); Err names the ones it
@@ -196,18 +204,23 @@ pub(crate) fn container_for(pod: &Pod, target: Option<&IntOrString>) -> Result<S
     Ok(found.unwrap_or(first).name.clone())
 }
 
+/// The note for a container `container` that `pod` does not have.
+pub(super) fn not_in_pod(pod: &Pod, container: &str) -> String {
+    let names: Vec<&str> = all_containers(pod).map(|c| c.name.as_str()).collect();
+    format!(
+        "container {container}: not in pod {} (it has: {}); fix: name one of those",
+        pod_label(pod),
+        names.join(", ")
+    )
+}
+
 /// The environment container `container` of `pod` has, as the kubelet
 /// computes it, from what the caller fetched.
 pub(crate) fn resolve(pod: &Pod, container: &str, sources: &Sources) -> Environment {
     let Some(own) = find_container(pod, container) else {
-        let names: Vec<&str> = all_containers(pod).map(|c| c.name.as_str()).collect();
         return Environment {
             vars: Vec::new(),
-            notes: vec![format!(
-                "container {container}: not in pod {} (it has: {}); fix: name one of those",
-                pod_label(pod),
-                names.join(", ")
-            )],
+            notes: vec![not_in_pod(pod, container)],
         };
     };
     let mut env = Builder {
@@ -376,16 +389,9 @@ impl Builder<'_> {
     /// The keys of ConfigMap or Secret `name` (`kind` is `configmap` or
     /// `secret`), or the error of fetching it.
     fn entries(&self, kind: &str, name: &str) -> Result<Entries, String> {
-        let missing = || "it was not fetched".to_owned();
         match kind {
-            "configmap" => match self.sources.config_maps.get(name) {
-                Some(Ok(cm)) => Ok(config_map_entries(cm)),
-                found => Err(found.and_then(|f| f.clone().err()).unwrap_or_else(missing)),
-            },
-            _ => match self.sources.secrets.get(name) {
-                Some(Ok(secret)) => Ok(secret_entries(secret)),
-                found => Err(found.and_then(|f| f.clone().err()).unwrap_or_else(missing)),
-            },
+            "configmap" => fetched(&self.sources.config_maps, name).map(config_map_entries),
+            _ => fetched(&self.sources.secrets, name).map(secret_entries),
         }
     }
 
@@ -406,7 +412,7 @@ impl Builder<'_> {
             Ok(got) => got,
             Err(e) if optional == Some(true) && is_not_found(&e) => return,
             Err(e) => {
-                let fix = fix(kind, name, self.ns, &e, "them");
+                let fix = fix(kind, name, self.ns, &e, "set them yourself");
                 self.notes
                     .push(format!("{what}: left out: {e}; fix: {fix}"));
                 self.unknown.push(what);
@@ -457,7 +463,7 @@ impl Builder<'_> {
             return self.define(name.to_owned(), value);
         };
         let resolved = if let Some(f) = &source.field_ref {
-            self.field(f).map(Some)
+            field(self.pod, f, FieldUse::Env).map(Some)
         } else if let Some(r) = &source.resource_field_ref {
             resources::value(self.pod, r, own).map(Some)
         } else if let Some(r) = &source.config_map_key_ref {
@@ -497,7 +503,7 @@ impl Builder<'_> {
             Err(e) => {
                 return Err(format!(
                     "{kind} {name}: {e}; fix: {}",
-                    fix(kind, name, self.ns, &e, "it")
+                    fix(kind, name, self.ns, &e, "set it yourself")
                 ))
             }
         };
@@ -513,81 +519,6 @@ impl Builder<'_> {
                     false => "",
                 };
                 Err(format!("{kind} {name} has no key `{key}`{binary}; fix: set it yourself"))
-            }
-        }
-    }
-
-    /// `fieldRef`, as the kubelet's `podFieldSelectorRuntimeValue`.
-    fn field(&self, sel: &ObjectFieldSelector) -> Result<String, String> {
-        let path = sel.field_path.as_str();
-        if let Some(v) = sel
-            .api_version
-            .as_deref()
-            .filter(|v| !v.is_empty() && *v != "v1")
-        {
-            return Err(format!(
-                "fieldRef `{path}` has apiVersion {v}, which the kubelet refuses"
-            ));
-        }
-        let (meta, spec) = (&self.pod.metadata, self.pod.spec.as_ref());
-        let status = self.pod.status.as_ref();
-        // Status fields (and the node) are empty until the pod runs.
-        let running = |value: Option<String>, what: &str| {
-            value.filter(|v| !v.is_empty()).ok_or_else(|| {
-                format!("fieldRef `{path}`: the pod has no {what} yet; fix: pick a running pod, or set it yourself")
-            })
-        };
-        let host_ip = status.and_then(|s| s.host_ip.clone());
-        let pod_ip = status.and_then(|s| s.pod_ip.clone());
-        let join = |ips: Vec<&str>, one: Option<String>| match ips.is_empty() {
-            true => one,
-            false => Some(ips.join(",")),
-        };
-        match path {
-            "metadata.name" => Ok(meta.name.clone().unwrap_or_default()),
-            "metadata.namespace" => Ok(self.ns.to_owned()),
-            "metadata.uid" => Ok(meta.uid.clone().unwrap_or_default()),
-            "spec.nodeName" => running(spec.and_then(|s| s.node_name.clone()), "node"),
-            "spec.serviceAccountName" => Ok(spec
-                .and_then(|s| s.service_account_name.clone())
-                .unwrap_or_default()),
-            "status.hostIP" => running(host_ip, "host IP"),
-            "status.podIP" => running(pod_ip, "IP"),
-            "status.hostIPs" => {
-                let ips = status
-                    .and_then(|s| s.host_ips.as_ref())
-                    .into_iter()
-                    .flatten();
-                running(
-                    join(ips.map(|i| i.ip.as_str()).collect(), host_ip),
-                    "host IP",
-                )
-            }
-            "status.podIPs" => {
-                let ips = status
-                    .and_then(|s| s.pod_ips.as_ref())
-                    .into_iter()
-                    .flatten();
-                running(join(ips.map(|i| i.ip.as_str()).collect(), pod_ip), "IP")
-            }
-            _ => {
-                // `metadata.labels['key']`: the kubelet gives "" for a missing key.
-                let subscript = path.strip_suffix("']").and_then(|p| p.split_once("['"));
-                let map = match subscript {
-                    Some(("metadata.labels", key)) => (&meta.labels, key),
-                    Some(("metadata.annotations", key)) => (&meta.annotations, key),
-                    _ => {
-                        return Err(format!(
-                            "fieldRef `{path}` is not a field the kubelet gives to env; fix: set it yourself"
-                        ))
-                    }
-                };
-                Ok(map
-                    .0
-                    .as_ref()
-                    .and_then(|m| m.get(map.1))
-                    .cloned()
-                    .unwrap_or_default())
             }
         }
     }
@@ -662,19 +593,32 @@ fn ip_set(service: &Service) -> bool {
 }
 
 /// Whether a fetch error is a not-found (kube: `… "x" not found`).
-fn is_not_found(error: &str) -> bool {
+pub(super) fn is_not_found(error: &str) -> bool {
     let lower = error.to_lowercase();
     lower.contains("not found") || lower.contains("notfound")
 }
 
-/// The fix for a failed fetch of `kind` `name`, for variables `it`/`them`.
-fn fix(kind: &str, name: &str, ns: &str, error: &str, it: &str) -> String {
+/// The fix for a failed fetch of `kind` `name`, ending with the other way
+/// (`otherwise`, e.g. "set it yourself").
+pub(super) fn fix(kind: &str, name: &str, ns: &str, error: &str, otherwise: &str) -> String {
     if error.to_lowercase().contains("forbidden") {
-        format!("ask for `get {kind}s` in namespace {ns}, or set {it} yourself")
+        format!("ask for `get {kind}s` in namespace {ns}, or {otherwise}")
     } else if is_not_found(error) {
-        format!("create {kind} {name} in namespace {ns}, or set {it} yourself")
+        format!("create {kind} {name} in namespace {ns}, or {otherwise}")
     } else {
-        format!("try again, or set {it} yourself")
+        format!("try again, or {otherwise}")
+    }
+}
+
+/// Object `name` of what the caller fetched, or the error of fetching it.
+pub(super) fn fetched<'s, T>(
+    all: &'s BTreeMap<String, Result<T, String>>,
+    name: &str,
+) -> Result<&'s T, String> {
+    match all.get(name) {
+        Some(Ok(object)) => Ok(object),
+        Some(Err(e)) => Err(e.clone()),
+        None => Err("it was not fetched".into()),
     }
 }
 
@@ -705,7 +649,9 @@ fn secret_entries(secret: &Secret) -> Entries {
     (merged.into_iter().collect(), Vec::new())
 }
 
+mod fields;
 mod resources;
+pub(crate) mod volumes;
 
 #[cfg(test)]
 mod tests;

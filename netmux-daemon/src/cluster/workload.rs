@@ -17,7 +17,7 @@ use kube::api::{Api, ListParams};
 
 use netmux_common::proto::control::INTERCEPT_ORIGINAL;
 
-use super::environment::{self, Sources};
+use super::environment::{self, volumes, Sources};
 use super::forward::{is_ready, KubeLink};
 
 /// How long reading a workload may take before the user is told.
@@ -34,6 +34,17 @@ fn needed(verb: &str, what: &str, ns: &str, e: &kube::Error) -> String {
     }
 }
 
+/// What `netmux env` asks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asked<'a> {
+    /// The Service port whose container is meant (`None`: its first).
+    pub(crate) port: Option<u16>,
+    /// The container by name instead.
+    pub(crate) container: Option<&'a str>,
+    /// Also the files of its volumes (`--mount`).
+    pub(crate) mounts: bool,
+}
+
 /// What `netmux env` shows.
 #[derive(Debug)]
 pub(crate) struct Workload {
@@ -41,8 +52,10 @@ pub(crate) struct Workload {
     pub(crate) pod: String,
     /// The container.
     pub(crate) container: String,
-    /// The resolved variables and notes.
+    /// The resolved variables and notes (the volumes' notes too).
     pub(crate) environment: environment::Environment,
+    /// When asked for: the volume mounts whose files could be read.
+    pub(crate) mounts: Vec<volumes::Mount>,
 }
 
 /// An API error as the user reads it: 403 names the permission asked
@@ -156,17 +169,16 @@ where
 }
 
 impl KubeLink {
-    /// The environment of Service `ns/name`'s container for `port` (the
-    /// Service port; `None`: its first), or of the one named `container`,
-    /// in one of its Ready pods, within [`WITHIN`].
+    /// The environment of Service `ns/name`'s container for `asked.port`
+    /// (the Service port; `None`: its first), or of the one named
+    /// `asked.container`, in one of its Ready pods, within [`WITHIN`].
     pub(crate) async fn workload(
         &self,
         ns: &str,
         name: &str,
-        port: Option<u16>,
-        container: Option<&str>,
+        asked: Asked<'_>,
     ) -> Result<Workload, String> {
-        tokio::time::timeout(WITHIN, self.read_workload(ns, name, port, container))
+        tokio::time::timeout(WITHIN, self.read_workload(ns, name, asked))
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
@@ -181,9 +193,11 @@ impl KubeLink {
         &self,
         ns: &str,
         name: &str,
-        port: Option<u16>,
-        container: Option<&str>,
+        asked: Asked<'_>,
     ) -> Result<Workload, String> {
+        let Asked {
+            port, container, ..
+        } = asked;
         let client = self.client().clone();
         let what = format!("Service {ns}/{name}");
         let svc = Api::<Service>::namespaced(client.clone(), ns)
@@ -252,7 +266,16 @@ impl KubeLink {
             Some(c) => environment::container_named(&pod, c)?,
             None => environment::container_for(&pod, target.as_ref())?,
         };
-        let refs = environment::references(&pod, &container);
+        let mut refs = environment::references(&pod, &container);
+        if asked.mounts {
+            let more = volumes::references(&pod, &container);
+            refs.config_maps.extend(more.config_maps);
+            refs.secrets.extend(more.secrets);
+            for names in [&mut refs.config_maps, &mut refs.secrets] {
+                names.sort();
+                names.dedup();
+            }
+        }
         let mut sources = Sources {
             config_maps: BTreeMap::new(),
             secrets: BTreeMap::new(),
@@ -286,11 +309,20 @@ impl KubeLink {
             .ok()
             .flatten();
         let mut environment = environment::resolve(&pod, &container, &sources);
+        let mounts = match asked.mounts {
+            true => {
+                let (mounts, notes) = volumes::mounts(&pod, &container, &sources);
+                environment.notes.extend(notes);
+                mounts
+            }
+            false => Vec::new(),
+        };
         environment.notes.extend(caveat);
         Ok(Workload {
             pod: pod.metadata.name.unwrap_or_else(|| "(template)".to_owned()),
             container,
             environment,
+            mounts,
         })
     }
 }

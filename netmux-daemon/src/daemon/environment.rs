@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::Daemon;
-use crate::api::{EnvironmentView, Reply};
+use crate::api::{EnvironmentView, FileView, MountView, Reply};
 
 /// Where a started Service's cluster addresses are reached from here:
 /// the ones the redirect does not catch map to its local address; every
@@ -77,14 +77,14 @@ pub(crate) fn localize(vars: &mut [(String, String)], here: &Here, ep: &str) -> 
 }
 
 impl Daemon {
-    /// The environment of `service`'s container for `port` (or the one
-    /// named `container`) on `ep`.
-    pub async fn environment(
+    /// The environment (and, if asked, the volume files) of `service`'s
+    /// container on `ep`: the one serving `asked.port`, or named
+    /// `asked.container`.
+    pub(crate) async fn environment(
         &self,
         ep: &str,
         service: &str,
-        port: Option<u16>,
-        container: Option<&str>,
+        asked: crate::cluster::workload::Asked<'_>,
         uid: u32,
     ) -> Result<Reply, String> {
         let (svc, kube, here) = {
@@ -118,7 +118,7 @@ impl Daemon {
             ));
         }
         let mut w = kube
-            .workload(&svc.namespace, &svc.name, port, container)
+            .workload(&svc.namespace, &svc.name, asked)
             .await
             .map_err(|e| format!("{ep}: {e}"))?;
         let more = localize(&mut w.environment.vars, &here, ep);
@@ -129,7 +129,27 @@ impl Daemon {
             container: w.container,
             vars: w.environment.vars,
             notes: w.environment.notes,
+            mounts: w.mounts.into_iter().map(mount_view).collect(),
         }))
+    }
+}
+
+/// A mount as the CLI gets it (contents in base64).
+fn mount_view(m: crate::cluster::environment::volumes::Mount) -> MountView {
+    use base64::Engine as _;
+    MountView {
+        path: m.mount_path,
+        volume: m.volume,
+        read_only: m.read_only,
+        files: m
+            .files
+            .into_iter()
+            .map(|f| FileView {
+                path: f.path,
+                mode: f.mode,
+                data: base64::engine::general_purpose::STANDARD.encode(&f.data),
+            })
+            .collect(),
     }
 }
 

@@ -218,9 +218,14 @@ impl Daemon {
                 service,
                 port,
                 container,
+                mounts,
             } => {
-                self.environment(&endpoint, &service, port, container.as_deref(), uid)
-                    .await
+                let what = crate::cluster::workload::Asked {
+                    port,
+                    container: container.as_deref(),
+                    mounts,
+                };
+                self.environment(&endpoint, &service, what, uid).await
             }
             Exit => {
                 self.cleanup().await;

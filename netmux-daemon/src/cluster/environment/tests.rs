@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 /// The note every result has when no `kubernetes` Service was handed over.
 const KUBE_NOTE: &str = "KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, KUBERNETES_PORT…: left out: the `kubernetes` Service of namespace default could not be read (absent, or your RBAC does not allow `get services` there); set them yourself if your program needs them";
 
-fn pod(spec: Value) -> Pod {
+pub(super) fn pod(spec: Value) -> Pod {
     serde_json::from_value(json!({
         "metadata": {
             "name": "web-7f9c", "namespace": "apps", "uid": "0b1c-22",
@@ -26,7 +26,7 @@ fn pod(spec: Value) -> Pod {
 
 /// A pod with one container `app` (links disabled, so only what the test
 /// declares shows).
-fn app(container: Value) -> Pod {
+pub(super) fn app(container: Value) -> Pod {
     let mut c = container;
     c["name"] = json!("app");
     pod(
@@ -34,7 +34,7 @@ fn app(container: Value) -> Pod {
     )
 }
 
-fn sources() -> Sources {
+pub(super) fn sources() -> Sources {
     Sources {
         config_maps: BTreeMap::new(),
         secrets: BTreeMap::new(),
@@ -43,11 +43,11 @@ fn sources() -> Sources {
     }
 }
 
-fn config_map(data: Value) -> Result<ConfigMap, String> {
+pub(super) fn config_map(data: Value) -> Result<ConfigMap, String> {
     Ok(serde_json::from_value(data).expect("configmap"))
 }
 
-fn secret(data: Value) -> Result<Secret, String> {
+pub(super) fn secret(data: Value) -> Result<Secret, String> {
     Ok(serde_json::from_value(data).expect("secret"))
 }
 
