@@ -148,7 +148,7 @@ enum Command {
         /// ConfigMap, Secret, downwardAPI and projected volumes under this
         /// new (or empty) directory, at their mount paths; COMMAND finds it
         /// in $NETMUX_ROOT and the files go when it exits.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", value_parser = netmux_cli::mounts::dir_arg)]
         mount: Option<PathBuf>,
         /// The container whose environment --env-file, --env-json,
         /// --mount and COMMAND get (default: the one serving the
@@ -200,7 +200,7 @@ enum Command {
         /// projected volumes under this new (or empty) directory, at their
         /// mount paths (owner only); $NETMUX_ROOT names it. With COMMAND
         /// they go when it exits.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", value_parser = netmux_cli::mounts::dir_arg)]
         mount: Option<PathBuf>,
         /// Run this command with the environment added, instead of
         /// printing it.

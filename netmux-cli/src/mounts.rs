@@ -51,34 +51,51 @@ fn below(rel: &str) -> Option<PathBuf> {
     Some(out)
 }
 
-/// Makes `root` ready: created 0700, or an empty directory of this user
-/// made 0700.
+/// The fix for a `--mount` directory that will not do.
+const FIX: &str = "fix: name a new directory (or an empty one) for --mount";
+
+/// `--mount DIR` as typed: a path that is new or an empty directory
+/// (checked before anything is asked of netmuxd, and again when written).
+pub fn dir_arg(text: &str) -> Result<PathBuf, String> {
+    if text.is_empty() {
+        return Err(format!("an empty path; {FIX}"));
+    }
+    let path = PathBuf::from(text);
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path),
+        Err(e) => Err(format!("{e}; {FIX}")),
+        Ok(meta) if meta.is_dir() && is_empty(&path) => Ok(path),
+        Ok(_) => Err(format!("exists and is not an empty directory; {FIX}")),
+    }
+}
+
+/// Whether directory `dir` has no entries.
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// Makes `root` ready: created 0700 (its parents as needed), or an empty
+/// directory made 0700.
 fn prepare(root: &Path) -> Result<(PathBuf, bool), String> {
-    let fix = "fix: name a new directory (or an empty one) for --mount";
+    let failed = |e: &dyn std::fmt::Display| format!("--mount {}: {e}; {FIX}", root.display());
+    if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| failed(&e))?;
+    }
     let created = match std::fs::DirBuilder::new().mode(0o700).create(root) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let meta = std::fs::symlink_metadata(root)
-                .map_err(|e| format!("--mount {}: {e}; {fix}", root.display()))?;
-            let empty = meta.is_dir()
-                && std::fs::read_dir(root)
-                    .map(|mut d| d.next().is_none())
-                    .unwrap_or(false);
-            if !empty {
-                return Err(format!(
-                    "--mount {}: exists and is not an empty directory; {fix}",
-                    root.display()
-                ));
+            let meta = std::fs::symlink_metadata(root).map_err(|e| failed(&e))?;
+            if !meta.is_dir() || !is_empty(root) {
+                return Err(failed(&"exists and is not an empty directory"));
             }
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("--mount {}: {e}; {fix}", root.display()))?;
+                .map_err(|e| failed(&e))?;
             false
         }
-        Err(e) => return Err(format!("--mount {}: {e}; {fix}", root.display())),
+        Err(e) => return Err(failed(&e)),
     };
-    let root =
-        std::fs::canonicalize(root).map_err(|e| format!("--mount {}: {e}", root.display()))?;
+    let root = std::fs::canonicalize(root).map_err(|e| failed(&e))?;
     Ok((root, created))
 }
 
@@ -318,5 +335,25 @@ mod tests {
         std::os::unix::fs::symlink(tmp.path(), &root).unwrap();
         let e = write(&root, &[]).unwrap_err();
         assert!(e.contains("not an empty directory"), "{e}");
+        let e = dir_arg(&root.display().to_string()).unwrap_err();
+        assert!(
+            e.contains("not an empty directory") && e.contains("fix:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_directory_is_checked_as_typed_and_its_parents_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(dir_arg("").unwrap_err().contains("empty path"));
+        let file = tmp.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        assert!(dir_arg(&file.display().to_string()).is_err());
+        let deep = tmp.path().join("a/b/pod");
+        assert_eq!(dir_arg(&deep.display().to_string()).unwrap(), deep);
+        let (snap, _) = write(&deep, &[]).unwrap();
+        assert_eq!(mode(&deep), 0o700);
+        snap.remove();
+        assert!(!deep.exists() && tmp.path().join("a/b").exists());
     }
 }

@@ -79,6 +79,12 @@ fn malformed_arguments_are_named_before_the_daemon_is_asked() {
             "--output",
             "possible values: dotenv, sh, json",
         ),
+        // --mount: a directory that holds something already.
+        (
+            "env demo web --mount /etc",
+            "--mount <DIR>",
+            "exists and is not an empty directory",
+        ),
         // Options of the environment, on an intercept that uses none.
         (
             "intercept demo web --to 8080 --container app",
