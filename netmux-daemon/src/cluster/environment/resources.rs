@@ -36,7 +36,7 @@ pub(super) fn value(
     let known = cpu || hugepages || res == "memory" || res == "ephemeral-storage";
     if !known || !matches!(kind, "limits" | "requests") {
         return Err(format!(
-            "resourceFieldRef `{what}` is not a resource the kubelet gives to env; fix: set it yourself"
+            "resourceFieldRef `{what}` is not a resource the kubelet exposes (limits or requests of cpu, memory, ephemeral-storage, hugepages-*); fix: set it yourself"
         ));
     }
     let parse =

@@ -346,7 +346,7 @@ fn resource_field_refs_round_up_by_divisor() {
         [
             "STORAGE_LIMIT: left out: container app sets no limits.ephemeral-storage, so the kubelet gives the node's allocatable, which netmux does not know; fix: set it yourself",
             "BAD_DIVISOR: left out: resourceFieldRef `limits.cpu`: quantity `1x` has a suffix netmux does not read",
-            "GPU: left out: resourceFieldRef `limits.nvidia.com/gpu` is not a resource the kubelet gives to env; fix: set it yourself",
+            "GPU: left out: resourceFieldRef `limits.nvidia.com/gpu` is not a resource the kubelet exposes (limits or requests of cpu, memory, ephemeral-storage, hugepages-*); fix: set it yourself",
         ]
     );
 }
