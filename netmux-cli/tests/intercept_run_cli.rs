@@ -46,7 +46,10 @@ fn fake_daemon(
             let reply = match cmd.as_str() {
                 "environment" => serde_json::json!({"ok": {"kind": "environment",
                     "service": "apps/web", "pod": "web-0", "container": "app",
-                    "vars": [["GREETING", "hello"], ["KUBERNETES_SERVICE_HOST", "10.96.0.1"]]}}),
+                    "vars": [["GREETING", "hello"], ["KUBERNETES_SERVICE_HOST", "10.96.0.1"]],
+                    // "port: 8080\n", written only for --mount.
+                    "mounts": [{"path": "/etc/web", "volume": "files", "read_only": true,
+                        "files": [{"path": "app.yaml", "mode": 420, "data": "cG9ydDogODA4MAo="}]}]}}),
                 _ => serde_json::json!({"ok": {"kind": "done", "message": format!("{cmd} done")}}),
             };
             let _ = writeln!(conn, "{reply}");
@@ -147,4 +150,32 @@ fn the_intercept_ends_with_the_command_however_it_ends() {
     let (code, out, seen) = run(TRAPS, |pid| kill(pid, Signal::SIGTERM).expect("SIGTERM"));
     assert_eq!((code, out.as_str()), (Some(4), "term hello\n"));
     assert_eq!(seen, ["environment", "intercept", "leave"]);
+}
+
+/// `--mount DIR`: the command reads the volume files under
+/// `$NETMUX_ROOT`; they go when it ends (here on Ctrl-C), with the
+/// intercept.
+#[test]
+fn the_volume_files_go_with_the_command() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (socket, seen) = fake_daemon(dir.path(), std::time::Duration::ZERO);
+    let root = dir.path().join("pod");
+    let script = "trap 'kill $! 2>/dev/null; exit 3' INT; \
+                  cat \"$NETMUX_ROOT/etc/web/app.yaml\"; sleep 20 & echo ready; wait";
+    let options = format!("--mount {}", root.display());
+    let (mut child, pid) = intercept(&socket, &options, script);
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let (mut file, mut ready) = (String::new(), String::new());
+    out.read_line(&mut file).expect("the file's line");
+    out.read_line(&mut ready).expect("ready");
+    assert_eq!((file.as_str(), ready.as_str()), ("port: 8080\n", "ready\n"));
+    assert!(root.join("etc/web/app.yaml").exists());
+    killpg(pid, Signal::SIGINT).expect("SIGINT");
+    let status = child.wait().expect("netmux exits");
+    assert_eq!(status.code(), Some(3));
+    assert!(!root.exists(), "the files go with the command");
+    assert_eq!(
+        *seen.lock().expect("log"),
+        ["environment", "intercept", "leave"]
+    );
 }
