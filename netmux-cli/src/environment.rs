@@ -268,9 +268,7 @@ pub fn write_for_intercept(
         eprintln!("wrote {} to {}", origin(view), path.display());
         written.files.push(path.to_owned());
     }
-    if dotenv.is_some() || json.is_some() {
-        print_notes(view, &notes);
-    }
+    print_notes(view, &notes);
     Ok(written)
 }
 
@@ -422,7 +420,8 @@ pub async fn intercept_and_run(
     };
     let vars = match view {
         Some(Ok(view)) => {
-            if written.files.is_empty() {
+            // Printed already when files were written.
+            if written.files.is_empty() && written.snapshot.is_none() {
                 print_notes(&view, &[]);
             }
             eprintln!("{program} gets the {}", origin(&view));

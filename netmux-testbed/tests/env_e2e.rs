@@ -373,6 +373,21 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
             );
             let out = user(&w, "leave kube web");
             assert!(out.success(), "{}{}", out.stdout, out.stderr);
+            // intercept --mount alone: the files stay, the notes are shown.
+            let alone = mounts.join("alone");
+            let out = user(
+                &w,
+                &format!("intercept kube web --to 8080 --mount {}", alone.display()),
+            );
+            assert!(
+                out.success() && out.stderr.contains("/cache (volume cache)"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+            assert!(alone.join("etc/secret/db/password").exists());
+            let out = user(&w, "leave kube web");
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
             // intercept -- COMMAND: the command runs with the environment
             // while the intercept is held, and the intercept ends with it.
             let nx = bin("netmux").expect("netmux built");
