@@ -38,9 +38,9 @@ fn global_intercept_takes_every_connection_and_leave_restores_the_exact_spec() {
             let env = w.cli(&alice, &["env", "kube", "web"]);
             assert!(
                 !env.success()
-                    && env
-                        .stderr
-                        .contains("not a Kubernetes endpoint connected with your credentials"),
+                    && env.stderr.contains(
+                        "has no Kubernetes credentials of yours (it connects with a token)"
+                    ),
                 "{}",
                 env.stderr
             );

@@ -107,7 +107,7 @@ impl Daemon {
         };
         let Some(kube) = kube else {
             return Err(format!(
-                "endpoint {ep} is not a Kubernetes endpoint connected with your credentials: a pod's environment is read with them ([endpoint.kubernetes] in the config, then `netmux connect {ep}`)"
+                "endpoint {ep} has no Kubernetes credentials of yours (it connects with a token): `netmux env` reads the pod spec, ConfigMaps and Secrets with your own credentials; fix: give the endpoint an [endpoint.kubernetes] section in the config, then `netmux connect {ep}`. A Docker or static server has no pod spec to read; for a container there: docker inspect -f '{{{{range .Config.Env}}}}{{{{println .}}}}{{{{end}}}}' NAME"
             ));
         };
         // Secrets are read with these credentials: only for their owner.
