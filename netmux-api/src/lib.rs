@@ -114,7 +114,9 @@ pub enum Request {
     Environment {
         /// Endpoint name (a Kubernetes endpoint).
         endpoint: String,
-        /// Service name or `namespace/name`, as `ls` shows it.
+        /// Service name or `namespace/name`, as `ls` shows it; or a
+        /// workload, `KIND/NAME` or `NAMESPACE/KIND/NAME` (deployment,
+        /// statefulset, daemonset, pod, or kubectl's short names).
         service: String,
         /// Service port whose container is meant; `None`: its only (or
         /// first) port.
@@ -225,7 +227,8 @@ pub struct InterceptView {
 /// `netmux env`: the environment of one container of a Service's pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentView {
-    /// `namespace/name` of the Service.
+    /// `namespace/name` of the Service, or `kind namespace/name` of the
+    /// workload named instead (`deployment apps/worker`).
     pub service: String,
     /// The pod it was read from.
     pub pod: String,

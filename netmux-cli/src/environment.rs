@@ -100,12 +100,16 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 /// Where the variables came from, for stderr.
 pub fn origin(view: &EnvironmentView) -> String {
     format!(
-        "{} variable{} of container {} in pod {} (Service {})",
+        "{} variable{} of container {} in pod {} ({})",
         view.vars.len(),
         if view.vars.len() == 1 { "" } else { "s" },
         view.container,
         view.pod,
-        view.service
+        match view.service.contains(' ') {
+            // `deployment apps/worker`: a workload named instead.
+            true => view.service.clone(),
+            false => format!("Service {}", view.service),
+        }
     )
 }
 

@@ -175,7 +175,8 @@ enum Command {
     Env {
         /// Endpoint name (a Kubernetes endpoint).
         endpoint: String,
-        /// Service name or namespace/name.
+        /// Service name or namespace/name; or a workload no Service
+        /// fronts, KIND/NAME or NAMESPACE/KIND/NAME (deploy, sts, ds, pod).
         service: String,
         /// Service port whose container is meant (default: its first).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]

@@ -472,6 +472,58 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 notes.contains("pod template of Deployment apps/web"),
                 "{notes}"
             );
+
+            // A worker no Service fronts, named as kubectl names it: its
+            // pod, the pod by name, its template once it has none.
+            let mut worker = app_pod(
+                "apps",
+                "worker-5c8d",
+                json!({"app": "worker"}),
+                &pod_ip,
+                &[],
+            );
+            worker["spec"]["containers"][0]["env"] = json!([{"name": "QUEUE", "value": "jobs"}]);
+            let template = json!({"metadata": {"labels": {"app": "worker"}},
+                "spec": worker["spec"].clone()});
+            api.apply(worker);
+            api.apply(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "worker", "namespace": "apps"},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "worker"}},
+                         "template": template},
+            }));
+            for line in [
+                "env kube apps/deploy/worker -o json",
+                "env kube apps/pod/worker-5c8d -o json",
+            ] {
+                let out = user(&w, line);
+                let vars: Value = serde_json::from_str(&out.stdout)
+                    .unwrap_or_else(|e| panic!("{line}: {e}: {}{}", out.stdout, out.stderr));
+                assert_eq!(vars["QUEUE"], "jobs", "{line}: {vars}");
+                assert!(!out.stderr.contains("template"), "{line}: {}", out.stderr);
+            }
+            api.delete("v1", "Pod", "apps", "worker-5c8d");
+            let out = user(&w, "env kube apps/deployment/worker -o json");
+            let vars: Value = serde_json::from_str(&out.stdout).expect("json");
+            assert_eq!(vars["QUEUE"], "jobs", "{vars}");
+            assert!(
+                out.stderr
+                    .contains("no pod of deployment apps/worker to read"),
+                "{}",
+                out.stderr
+            );
+            let out = user(&w, "env kube apps/cronjob/nightly");
+            assert!(
+                !out.success() && out.stderr.contains("not a kind netmux env reads"),
+                "{}",
+                out.stderr
+            );
+            let out = user(&w, "env kube apps/deploy/nope");
+            assert!(
+                !out.success() && out.stderr.contains("deployment apps/nope: not found"),
+                "{}",
+                out.stderr
+            );
         }),
     );
 }

@@ -87,9 +87,15 @@ impl Daemon {
         asked: crate::cluster::workload::Asked<'_>,
         uid: u32,
     ) -> Result<Reply, String> {
+        // A workload (`deploy/worker`) is read directly; a Service comes
+        // from the endpoint's catalog.
+        let named = crate::cluster::workload::Named::parse(service)?;
         let (svc, kube, here) = {
             let state = self.state.lock().await;
-            let svc = self.cluster_service(&state, ep, service)?;
+            let svc = match named {
+                Some(_) => None,
+                None => Some(self.cluster_service(&state, ep, service)?),
+            };
             let kube = self.connected(&state, ep)?.endpoint.kube();
             let mut here = Here::default();
             for ((e, _), running) in &state.running {
@@ -117,14 +123,26 @@ impl Daemon {
                 kube.describe
             ));
         }
-        let mut w = kube
-            .workload(&svc.namespace, &svc.name, asked)
-            .await
-            .map_err(|e| format!("{ep}: {e}"))?;
+        let (read, label) = match (&svc, &named) {
+            (Some(svc), _) => (
+                kube.workload(&svc.namespace, &svc.name, asked).await,
+                svc.key(),
+            ),
+            (None, Some(named)) => {
+                let ns = named
+                    .namespace
+                    .as_deref()
+                    .unwrap_or(kube.default_namespace());
+                let label = format!("{} {ns}/{}", named.kind.word(), named.name);
+                (kube.named_workload(ns, named, asked).await, label)
+            }
+            (None, None) => return Err(format!("{service}: neither a Service nor a workload")),
+        };
+        let mut w = read.map_err(|e| format!("{ep}: {e}"))?;
         let more = localize(&mut w.environment.vars, &here, ep);
         w.environment.notes.extend(more);
         Ok(Reply::Environment(EnvironmentView {
-            service: svc.key(),
+            service: label,
             pod: w.pod,
             container: w.container,
             vars: w.environment.vars,
