@@ -224,6 +224,14 @@ pub struct Written {
 }
 
 impl Written {
+    /// For an intercept without a command: says that the volume files
+    /// stay.
+    pub fn kept(&self) {
+        if let Some(s) = &self.snapshot {
+            s.kept();
+        }
+    }
+
     /// Removes everything written.
     pub fn remove(&self) {
         for p in &self.files {
@@ -299,6 +307,9 @@ pub async fn run(
         let (text, notes) = render(&view, format);
         print!("{text}");
         print_notes(&view, &notes);
+        if let Some(s) = &snapshot {
+            s.kept();
+        }
         return ExitCode::SUCCESS;
     };
     print_notes(&view, &[]);

@@ -596,6 +596,7 @@ async fn main() -> ExitCode {
         written.remove();
         return ExitCode::FAILURE;
     }
+    written.kept();
     match (response.ok, output) {
         (Some(reply), Output::Json) => match serde_json::to_string_pretty(&reply) {
             Ok(s) => println!("{s}"),

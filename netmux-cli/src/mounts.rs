@@ -203,6 +203,14 @@ impl Snapshot {
         )
     }
 
+    /// Says that the files stay (no command to remove them after).
+    pub fn kept(&self) {
+        eprintln!(
+            "the volume files stay until you remove them: rm -r {}",
+            self.root.display()
+        );
+    }
+
     /// Removes the snapshot: the directory if it was made here, else what
     /// is in it.
     pub fn remove(&self) {

@@ -291,7 +291,8 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
             assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), USER_ID);
             assert!(
                 out.stderr.contains("wrote 2 files of 2 volume mounts")
-                    && out.stderr.contains("/cache (volume cache)"),
+                    && out.stderr.contains("/cache (volume cache)")
+                    && out.stderr.contains("stay until you remove them"),
                 "{}",
                 out.stderr
             );
@@ -380,7 +381,9 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 &format!("intercept kube web --to 8080 --mount {}", alone.display()),
             );
             assert!(
-                out.success() && out.stderr.contains("/cache (volume cache)"),
+                out.success()
+                    && out.stderr.contains("/cache (volume cache)")
+                    && out.stderr.contains(&format!("rm -r {}", alone.display())),
                 "{}{}",
                 out.stdout,
                 out.stderr
