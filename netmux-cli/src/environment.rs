@@ -292,10 +292,10 @@ pub async fn run(
     command: &[String],
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let fetched = match source.fetch().await {
-        Ok(mut view) => source.write_mounts(&mut view).map(|snap| (view, snap)),
-        Err(e) => Err(e),
-    };
+    let fetched = source.fetch().await.and_then(|mut view| {
+        let snapshot = source.write_mounts(&mut view)?;
+        Ok((view, snapshot))
+    });
     let (view, snapshot) = match fetched {
         Ok(v) => v,
         Err(e) => {

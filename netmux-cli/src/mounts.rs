@@ -13,7 +13,7 @@
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use netmux_api::MountView;
@@ -32,23 +32,11 @@ pub struct Snapshot {
     pub files: usize,
 }
 
-/// `rel` as path components that stay below where they are joined, or
-/// None (absolute, `..`, `.`, empty parts).
+/// `rel` as a path that stays below where it is joined, or None (absolute,
+/// or with an empty, `.` or `..` part).
 fn below(rel: &str) -> Option<PathBuf> {
-    let path = Path::new(rel);
-    let mut out = PathBuf::new();
-    for part in rel.split('/') {
-        if part.is_empty() || part == "." || part == ".." {
-            return None;
-        }
-    }
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            _ => return None,
-        }
-    }
-    Some(out)
+    let plain = rel.split('/').all(|part| !matches!(part, "" | "." | ".."));
+    plain.then(|| PathBuf::from(rel))
 }
 
 /// The fix for a `--mount` directory that will not do.
@@ -61,11 +49,18 @@ pub fn dir_arg(text: &str) -> Result<PathBuf, String> {
         return Err(format!("an empty path; {FIX}"));
     }
     let path = PathBuf::from(text);
-    match std::fs::symlink_metadata(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path),
-        Err(e) => Err(format!("{e}; {FIX}")),
-        Ok(meta) if meta.is_dir() && is_empty(&path) => Ok(path),
-        Ok(_) => Err(format!("exists and is not an empty directory; {FIX}")),
+    usable(&path).map_err(|e| format!("{e}; {FIX}"))?;
+    Ok(path)
+}
+
+/// Whether `path` may take a snapshot: Ok(false) when it does not exist,
+/// Ok(true) when it is an empty directory (not a link to one); else why not.
+fn usable(path: &Path) -> Result<bool, String> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e.to_string()),
+        Ok(meta) if meta.is_dir() && is_empty(path) => Ok(true),
+        Ok(_) => Err("exists and is not an empty directory".into()),
     }
 }
 
@@ -84,10 +79,7 @@ fn prepare(root: &Path) -> Result<(PathBuf, bool), String> {
     let created = match std::fs::DirBuilder::new().mode(0o700).create(root) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let meta = std::fs::symlink_metadata(root).map_err(|e| failed(&e))?;
-            if !meta.is_dir() || !is_empty(root) {
-                return Err(failed(&"exists and is not an empty directory"));
-            }
+            usable(root).map_err(|e| failed(&e))?;
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| failed(&e))?;

@@ -58,6 +58,13 @@ pub(crate) struct References {
 }
 
 impl References {
+    /// The names of both, each once, sorted.
+    pub(crate) fn merge(self, other: References) -> References {
+        let cms = self.config_maps.into_iter().chain(other.config_maps);
+        let secrets = self.secrets.into_iter().chain(other.secrets);
+        References::new(cms.collect(), secrets.collect())
+    }
+
     /// From sets of names, dropping the empty one.
     pub(super) fn new(mut config_maps: BTreeSet<String>, mut secrets: BTreeSet<String>) -> Self {
         config_maps.remove("");

@@ -293,18 +293,21 @@ async fn pick_pod(
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
     pods.sort_by_key(|p| (!is_ready(p), p.metadata.name.clone()));
-    Ok(pods.into_iter().next().map(|pod| {
-        let caveat = (!is_ready(&pod)).then(|| not_ready(ns, &pod, what));
-        (pod, caveat)
-    }))
+    Ok(pods
+        .into_iter()
+        .next()
+        .map(|pod| with_caveat(ns, pod, what)))
 }
 
-/// The caveat of reading a pod that is not Ready.
-fn not_ready(ns: &str, pod: &Pod, what: &str) -> String {
-    format!(
-        "pod {ns}/{} is not Ready (no pod of {what} is); its spec gives the environment, and what only a running pod has (its IPs) may be missing",
-        pod.metadata.name.as_deref().unwrap_or("?")
-    )
+/// `pod` of `what`, with the caveat of reading it when it is not Ready.
+fn with_caveat(ns: &str, pod: Pod, what: &str) -> (Pod, Option<String>) {
+    let caveat = (!is_ready(&pod)).then(|| {
+        format!(
+            "pod {ns}/{} is not Ready (no pod of {what} is); its spec gives the environment, and what only a running pod has (its IPs) may be missing",
+            pod.metadata.name.as_deref().unwrap_or("?")
+        )
+    });
+    (pod, caveat)
 }
 
 /// The pod of workload `named` to read: the pod itself; else one of its
@@ -323,8 +326,7 @@ async fn named_pod(
                 .get(name)
                 .await
                 .map_err(|e| format!("{what}: {}", needed("get", "pods", ns, &e)))?;
-            let caveat = (!is_ready(&pod)).then(|| not_ready(ns, &pod, what));
-            return Ok((pod, caveat));
+            return Ok(with_caveat(ns, pod, what));
         }
         Kind::Deployment => {
             let parts = |d: Deployment| (d.spec.selector, d.spec.template);
@@ -506,13 +508,7 @@ impl KubeLink {
         let ns = ns.as_str();
         let mut refs = environment::references(&pod, &container);
         if mounts {
-            let more = volumes::references(&pod, &container);
-            refs.config_maps.extend(more.config_maps);
-            refs.secrets.extend(more.secrets);
-            for names in [&mut refs.config_maps, &mut refs.secrets] {
-                names.sort();
-                names.dedup();
-            }
+            refs = refs.merge(volumes::references(&pod, &container));
         }
         let mut sources = Sources {
             config_maps: BTreeMap::new(),

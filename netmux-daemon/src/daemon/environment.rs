@@ -76,6 +76,15 @@ pub(crate) fn localize(vars: &mut [(String, String)], here: &Here, ep: &str) -> 
     notes
 }
 
+/// What `netmux env` names: a Service of the endpoint's catalog, or a
+/// workload read directly.
+enum Target {
+    /// A catalog Service.
+    Service(netmux_common::proto::catalog::Service),
+    /// `KIND/NAME` or `NAMESPACE/KIND/NAME`.
+    Workload(crate::cluster::workload::Named),
+}
+
 impl Daemon {
     /// The environment (and, if asked, the volume files) of `service`'s
     /// container on `ep`: the one serving `asked.port`, or named
@@ -90,11 +99,11 @@ impl Daemon {
         // A workload (`deploy/worker`) is read directly; a Service comes
         // from the endpoint's catalog.
         let named = crate::cluster::workload::Named::parse(service)?;
-        let (svc, kube, here) = {
+        let (target, kube, here) = {
             let state = self.state.lock().await;
-            let svc = match named {
-                Some(_) => None,
-                None => Some(self.cluster_service(&state, ep, service)?),
+            let target = match named {
+                Some(named) => Target::Workload(named),
+                None => Target::Service(self.cluster_service(&state, ep, service)?),
             };
             let kube = self.connected(&state, ep)?.endpoint.kube();
             let mut here = Here::default();
@@ -109,7 +118,7 @@ impl Daemon {
                     }
                 }
             }
-            (svc, kube, here)
+            (target, kube, here)
         };
         let Some(kube) = kube else {
             return Err(format!(
@@ -123,20 +132,19 @@ impl Daemon {
                 kube.describe
             ));
         }
-        let (read, label) = match (&svc, &named) {
-            (Some(svc), _) => (
+        let (read, label) = match target {
+            Target::Service(svc) => (
                 kube.workload(&svc.namespace, &svc.name, asked).await,
                 svc.key(),
             ),
-            (None, Some(named)) => {
+            Target::Workload(named) => {
                 let ns = named
                     .namespace
                     .as_deref()
                     .unwrap_or(kube.default_namespace());
                 let label = format!("{} {ns}/{}", named.kind.word(), named.name);
-                (kube.named_workload(ns, named, asked).await, label)
+                (kube.named_workload(ns, &named, asked).await, label)
             }
-            (None, None) => return Err(format!("{service}: neither a Service nor a workload")),
         };
         let mut w = read.map_err(|e| format!("{ep}: {e}"))?;
         let more = localize(&mut w.environment.vars, &here, ep);
