@@ -97,6 +97,11 @@ pub enum Request {
         /// carrying it) comes here, answers discarded; the originals go on.
         #[serde(default)]
         mirror: bool,
+        /// Replace: a global intercept during which the workload running
+        /// the Service's pods (Deployments, StatefulSets) is scaled to
+        /// zero, and scaled back when it ends.
+        #[serde(default)]
+        replace: bool,
     },
     /// End an intercept.
     Leave {

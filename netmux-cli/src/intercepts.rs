@@ -4,11 +4,14 @@
 //! does: the selector recorded in the annotation goes back into the spec
 //! (a JSON merge patch), the annotations go, and netmux's EndpointSlice of
 //! the Service is deleted. The intercept Lease in netmux's namespace is
-//! left to expire.
+//! left to expire. Before that, the workloads a replace intercept stopped
+//! are scaled back from their record on the Service, as `kubectl scale`
+//! would (those still at zero; a count someone set since stands).
 
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::{json, Value};
@@ -16,6 +19,7 @@ use serde_json::{json, Value};
 pub use netmux_common::proto::control::{
     INTERCEPT_HOLDER as HOLDER, INTERCEPT_ORIGINAL as ORIGINAL,
 };
+use netmux_common::proto::replaced::{self, Kind, Replaced, INTERCEPT_REPLACED as REPLACED};
 
 /// The merge patch restoring a Service whose annotations are
 /// `annotations`; `None` if it is not intercepted. Refuses a record that
@@ -38,9 +42,36 @@ pub fn restore_patch(
         }
     }
     Ok(Some(json!({
-        "metadata": {"annotations": {ORIGINAL: null, HOLDER: null}},
+        "metadata": {"annotations": {ORIGINAL: null, HOLDER: null, REPLACED: null}},
         "spec": {"selector": selector},
     })))
+}
+
+/// Scales back `w` of `ns` if it is still at zero; what was done.
+async fn start_again(client: &Client, ns: &str, w: &Replaced) -> Result<String, String> {
+    let what = format!("{} {ns}/{}", w.kind, w.name);
+    let resource = match w.kind {
+        Kind::Deployment => ApiResource::erase::<Deployment>(&()),
+        Kind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let needs = format!(
+        "your user needs get and patch on {}/scale (apps) there",
+        w.kind.resource()
+    );
+    let now = match api.get_scale(&w.name).await {
+        Ok(s) => s.spec.and_then(|s| s.replicas).unwrap_or(0),
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(format!("{what} is gone")),
+        Err(e) => return Err(format!("cannot read the scale of {what}: {e}; {needs}")),
+    };
+    let Some(n) = replaced::scale_back(w, now) else {
+        return Ok(format!("{what} left at {now} replicas"));
+    };
+    let patch = Patch::Merge(json!({"spec": {"replicas": n}}));
+    api.patch_scale(&w.name, &PatchParams::default(), &patch)
+        .await
+        .map_err(|e| format!("cannot scale {what} back to {n}: {e}; {needs}"))?;
+    Ok(format!("{what} scaled back to {n}"))
 }
 
 /// A client from the inline kubeconfig `credentials` resolved.
@@ -61,7 +92,7 @@ pub async fn restore_all(
     let client = client(access).await?;
     let ns = namespace.unwrap_or(client.default_namespace()).to_owned();
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let slices: Api<EndpointSlice> = Api::namespaced(client, &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
     let list = services.list(&ListParams::default()).await.map_err(|e| {
         format!(
             "cannot list Services in {ns}: {e}; your user needs list and patch on services there"
@@ -70,13 +101,16 @@ pub async fn restore_all(
     let mut done = Vec::new();
     for svc in list.items {
         let name = svc.metadata.name.clone().unwrap_or_default();
-        let Some(patch) = restore_patch(
-            &format!("{ns}/{name}"),
-            &svc.metadata.annotations.clone().unwrap_or_default(),
-        )?
-        else {
+        let key = format!("{ns}/{name}");
+        let annotations = svc.metadata.annotations.clone().unwrap_or_default();
+        let Some(patch) = restore_patch(&key, &annotations)? else {
             continue;
         };
+        // The workloads first: their record goes with the annotations.
+        let mut started = Vec::new();
+        for w in replaced::recorded(&key, &annotations).map_err(|e| e.to_string())? {
+            started.push(start_again(&client, &ns, &w).await?);
+        }
         services
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -96,8 +130,13 @@ pub async fn restore_all(
                 Err(e) => return Err(format!("cannot delete EndpointSlice {ns}/{sname}: {e}")),
             }
         }
+        let started = if started.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", started.join(", "))
+        };
         done.push(format!(
-            "restored Service {ns}/{name} (selector {})",
+            "restored Service {ns}/{name} (selector {}){started}",
             patch["spec"]["selector"]
         ));
     }

@@ -136,6 +136,12 @@ enum Command {
         /// themselves go on to the pods.
         #[arg(long)]
         mirror: bool,
+        /// Replace the workload: a global intercept during which the
+        /// Deployments and StatefulSets running the Service's pods are
+        /// scaled to zero (queue consumers, schedulers stop too), and
+        /// scaled back when it ends. Needs `patch` on their scale.
+        #[arg(long, conflicts_with_all = ["header", "mirror"])]
+        replace: bool,
         /// Also write the intercepted container's environment to this
         /// file first, as `NAME=value` lines (see `netmux env`).
         #[arg(long)]
@@ -434,6 +440,7 @@ async fn main() -> ExitCode {
             to,
             header,
             mirror,
+            replace,
             env_file,
             env_json,
             mount,
@@ -473,6 +480,7 @@ async fn main() -> ExitCode {
                 to: to.clone(),
                 header: header.clone(),
                 mirror: *mirror,
+                replace: *replace,
             };
             if !command.is_empty() {
                 return env::intercept_and_run(&cli.socket, &request, view, &written, command)

@@ -85,6 +85,17 @@ fn malformed_arguments_are_named_before_the_daemon_is_asked() {
             "--mount <DIR>",
             "exists and is not an empty directory",
         ),
+        // --replace is global: the workload is stopped.
+        (
+            "intercept demo web --to 8080 --replace --header x-netmux-user=alice",
+            "--header <HEADER>",
+            "cannot be used with",
+        ),
+        (
+            "intercept demo web --to 8080 --mirror --replace",
+            "--replace",
+            "cannot be used with",
+        ),
         // Options of the environment, on an intercept that uses none.
         (
             "intercept demo web --to 8080 --container app",
@@ -114,6 +125,7 @@ fn malformed_arguments_are_named_before_the_daemon_is_asked() {
         "expose demo dbg --local 8080 --remote-port 8080",
         "intercept demo web --to 127.0.0.1:8080 --header x-netmux-user=alice --port 80",
         "intercept demo web --to 8080 --env-file web.env --env-json web.json",
+        "intercept demo web --to 8080 --replace --port 80",
         "env demo web -o sh --port 80",
         "env demo web -- sh -c true",
         "intercept demo web --to 8080 --container app --env-exclude K+ -- sh -c true",

@@ -37,6 +37,8 @@ pub(crate) enum ClaimKind {
         header: Option<(String, String)>,
         /// A mirror: copies of the requests, answers discarded.
         mirror: bool,
+        /// A replace intercept: the workload is stopped meanwhile.
+        replace: bool,
     },
 }
 

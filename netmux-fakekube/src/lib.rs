@@ -35,6 +35,7 @@ mod fixtures;
 mod portforward;
 mod rest;
 mod reviews;
+mod scale;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;

@@ -43,6 +43,8 @@ struct Target {
     api_version: String,
     namespace: Option<String>,
     name: Option<String>,
+    /// `scale` (the only subresource served this way).
+    subresource: Option<String>,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -52,10 +54,11 @@ fn parse_path(path: &str) -> Option<Target> {
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return None,
     };
-    let (namespace, resource, name) = match rest {
-        ["namespaces", ns, r] => (Some(*ns), *r, None),
-        ["namespaces", ns, r, n] => (Some(*ns), *r, Some(*n)),
-        [r] => (None, *r, None),
+    let (namespace, resource, name, subresource) = match rest {
+        ["namespaces", ns, r] => (Some(*ns), *r, None, None),
+        ["namespaces", ns, r, n] => (Some(*ns), *r, Some(*n), None),
+        ["namespaces", ns, r, n, "scale"] => (Some(*ns), *r, Some(*n), Some("scale")),
+        [r] => (None, *r, None, None),
         _ => return None,
     };
     Some(Target {
@@ -67,6 +70,7 @@ fn parse_path(path: &str) -> Option<Target> {
         },
         namespace: namespace.map(str::to_owned),
         name: name.map(str::to_owned),
+        subresource: subresource.map(str::to_owned),
     })
 }
 
@@ -156,6 +160,9 @@ pub(crate) async fn handle(
         return status(StatusCode::NOT_FOUND, "NotFound", "no such path");
     };
     let q = query(&uri);
+    if let (Some(_), Some(ns), Some(name)) = (&t.subresource, &t.namespace, &t.name) {
+        return crate::scale::handle(&fake, &method, &t.collection, ns, name, &body);
+    }
     // Reading a Secret takes a grant, as RBAC holds Secrets back from
     // roles like `view`; other reads stay open.
     if let (true, "Secret", Some(ns), Some(name)) = (

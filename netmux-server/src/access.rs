@@ -269,6 +269,36 @@ impl Access {
             user.username
         )))
     }
+
+    /// Whether `who` may stop `workloads` of `ns` for a replace intercept:
+    /// `patch` on their `scale` subresource, as `kubectl scale` needs (the
+    /// ClusterRole netmux-replace grants it).
+    pub async fn may_stop(
+        &self,
+        who: &Identity,
+        ns: &str,
+        workloads: &[netmux_common::proto::replaced::Replaced],
+    ) -> Result<(), Denied> {
+        let (Some(rbac), Some(user)) = (&self.rbac, &who.user) else {
+            return Ok(());
+        };
+        for w in workloads {
+            if !rbac
+                .review
+                .allowed(user, kubernetes::Verb::Scale(w.kind), ns, &w.name)
+                .await
+            {
+                return Err(Denied::NotAllowed(format!(
+                    "{} may not stop {} {ns}/{}: --replace scales it to zero, and RBAC does not allow `patch` on {}/scale (apps) there; fix: an admin binds the ClusterRole netmux-replace (manifests/base/rbac-users.yaml) to them with a RoleBinding in namespace {ns}, or intercept without --replace",
+                    user.username,
+                    w.kind,
+                    w.name,
+                    w.kind.resource()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -368,8 +368,17 @@ async fn handle_event(
             port,
             header,
             mirror,
+            replace,
         } => {
-            let r = intercept(server, holder, identity, &service, port, header, mirror).await;
+            let mode = match (header, mirror, replace) {
+                (_, _, true) => crate::intercept::route::Mode::Replace,
+                (header, true, _) => crate::intercept::route::Mode::Mirror { header },
+                (None, false, _) => crate::intercept::route::Mode::Global,
+                (Some((name, value)), false, _) => {
+                    crate::intercept::route::Mode::Personal { name, value }
+                }
+            };
+            let r = intercept(server, holder, identity, &service, port, mode).await;
             if let Err(e) = &r {
                 tracing::info!(client = %holder.client, %service, error = %e, "intercept refused");
             }
@@ -395,8 +404,7 @@ async fn intercept(
     identity: &Identity,
     key: &str,
     port: u16,
-    header: Option<(String, String)>,
-    mirror: bool,
+    mode: crate::intercept::route::Mode,
 ) -> Result<(), String> {
     let catalog = server.catalog.borrow().clone();
     let Some(svc) = catalog.values().find(|s| s.key() == key).cloned() else {
@@ -419,12 +427,19 @@ async fn intercept(
         .may_intercept(identity, &svc.namespace, &service)
         .await
         .map_err(|d| d.to_string())?;
+    if mode == crate::intercept::route::Mode::Replace {
+        // Stopping the workload is the user's own right to ask for.
+        let stopped = server
+            .intercepts
+            .would_stop(&svc.namespace, &service)
+            .await?;
+        server
+            .access
+            .may_stop(identity, &svc.namespace, &stopped)
+            .await
+            .map_err(|d| d.to_string())?;
+    }
     claims_left(server, holder)?;
-    let mode = match (header, mirror) {
-        (header, true) => crate::intercept::route::Mode::Mirror { header },
-        (None, false) => crate::intercept::route::Mode::Global,
-        (Some((name, value)), false) => crate::intercept::route::Mode::Personal { name, value },
-    };
     server
         .intercepts
         .start(

@@ -38,6 +38,7 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use cluster::{Cluster, SlicePort};
+use netmux_common::proto::replaced::Replaced;
 use pods::{Pods, PortPlan};
 use route::{Claim, Mode};
 
@@ -170,6 +171,9 @@ pub struct Routed {
     pub to_pods: Arc<Counts>,
     /// This replica's listening port for each Service port (its slice).
     slice_ports: Vec<SlicePort>,
+    /// The workloads a replace intercept stopped, as recorded on the
+    /// Service (`None`: not a replace intercept; then none may join).
+    stopped: Option<Vec<Replaced>>,
     held: Mutex<Vec<Held>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -382,10 +386,35 @@ impl Core {
         self.route_new(&cluster, holder, &ask).await
     }
 
+    /// The workloads a replace intercept of Service `ns/svc` would stop
+    /// (for the RBAC check of the user asking), or why it cannot.
+    pub(crate) async fn would_stop(&self, ns: &str, svc: &str) -> Result<Vec<Replaced>, String> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(Vec::new());
+        };
+        let key = format!("{ns}/{svc}");
+        let service = cluster.service(ns, svc).await?;
+        let recorded = record::replaced(&key, &service).map_err(|e| e.to_string())?;
+        if !recorded.is_empty() {
+            return Ok(recorded);
+        }
+        let labels = record::selector(&key, &service).map_err(|e| e.to_string())?;
+        cluster.workloads(ns, svc, &labels).await
+    }
+
     /// Adds `ask` of `holder` to a Service this replica routes (called
     /// with the operations lock held).
     fn add(&self, routed: &Routed, holder: &Who, ask: &Ask) -> Result<(), String> {
         let port = resolve_port(&ask.key, &routed.ports, ask.port)?;
+        // Between its last intercept's end and its restore, a Service
+        // whose workload is stopped takes only a replace intercept, and
+        // one whose workload runs none (the conflicts cover the rest).
+        if routed.stopped.is_some() != (ask.mode == Mode::Replace) && routed.claims().is_empty() {
+            return Err(format!(
+                "Service {} is being restored from its last intercept; ask again in a moment",
+                ask.key
+            ));
+        }
         let claim = Claim {
             session: holder.session,
             client: holder.client.clone(),
@@ -442,6 +471,13 @@ impl Core {
         let ports = pods::plan(&service);
         let port = resolve_port(&ask.key, &ports, ask.port)?;
         let selector = record::pod_selector(&ask.key, &service).map_err(|e| e.to_string())?;
+        // A replace intercept stops what runs the pods; a record already on
+        // the Service (this replica restarted, or took over) is the truth
+        // about their counts before.
+        let stopped = match ask.mode {
+            Mode::Replace => Some(self.would_stop(&ask.namespace, &ask.service).await?),
+            _ => None,
+        };
         let ip = cluster.pod_ip()?;
         let pods = Arc::new(Pods::default());
         pods.set(cluster.pods(&ask.namespace, &selector).await?);
@@ -473,6 +509,7 @@ impl Core {
             pods: pods.clone(),
             to_pods: Arc::default(),
             slice_ports: slice_ports.clone(),
+            stopped: stopped.clone(),
             held: Mutex::new(vec![self.held(holder, claim, ask.port)]),
             tasks: Mutex::new(Vec::new()),
         });
@@ -507,8 +544,13 @@ impl Core {
                     routed.describe(),
                     cluster.replica()
                 ),
+                stopped.as_deref().unwrap_or_default(),
             )
             .await?;
+        // Recorded: now stop them (a failure restores, counts included).
+        if let Some(stopped) = &stopped {
+            cluster.stop(&ask.namespace, stopped).await?;
+        }
         tasks.push(tokio::spawn(renew(
             Arc::downgrade(&routed),
             self.table.clone(),
@@ -756,7 +798,13 @@ async fn renew(
         // Level-triggered: whatever undid the divert, it is redone while
         // the intercepts live (docs/intercept.md, Limits: GitOps).
         if let Err(e) = cluster
-            .ensure_diverted(&r.namespace, &r.service, &r.slice_ports, &who)
+            .ensure_diverted(
+                &r.namespace,
+                &r.service,
+                &r.slice_ports,
+                &who,
+                r.stopped.as_deref().unwrap_or_default(),
+            )
             .await
         {
             tracing::warn!(service = %r.key, error = %e, "cannot check the intercepted Service");

@@ -132,6 +132,13 @@ const WATCH_AND_EVENTS: &[(&str, &str)] = &[
     // original pods listed.
     ("update", "/services"),
     ("list", "/pods"),
+    // Replace intercepts: the workloads found, stopped, started again.
+    ("list", "apps/deployments"),
+    ("list", "apps/statefulsets"),
+    ("get", "apps/deployments/scale"),
+    ("patch", "apps/deployments/scale"),
+    ("get", "apps/statefulsets/scale"),
+    ("patch", "apps/statefulsets/scale"),
 ];
 
 fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
@@ -290,6 +297,16 @@ fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
             ("services".to_owned(), "get".to_owned()),
             ("services".to_owned(), "intercept".to_owned()),
         ]
+    );
+    // What `netmux intercept --replace` asks of the user (a
+    // SubjectAccessReview per workload), as `kubectl scale` needs.
+    let replace: ClusterRole = as_(dir, one(docs, "ClusterRole", "netmux-replace"));
+    assert_eq!(
+        grants(replace.rules.as_deref().unwrap_or_default()),
+        set(&[
+            ("patch", "apps/deployments/scale"),
+            ("patch", "apps/statefulsets/scale"),
+        ])
     );
     let leases: Role = as_(dir, one(docs, "Role", "netmux-server-leases"));
     assert_eq!(leases.metadata.namespace.as_deref(), Some("netmux"));

@@ -99,6 +99,11 @@ pub enum ClientMessage {
         /// those carrying it) comes here, its answer discarded; the
         /// original goes on as before.
         mirror: bool,
+        /// A replace intercept (global only): the Deployments and
+        /// StatefulSets running the Service's pods are scaled to zero
+        /// while it lives (recorded on the Service, see
+        /// [`super::replaced`]) and scaled back when it ends.
+        replace: bool,
     },
     /// End an intercept (`netmux leave`).
     Leave {
@@ -196,10 +201,20 @@ impl ClientMessage {
                 }
             }
             ClientMessage::Intercept {
-                service, header, ..
+                service,
+                header,
+                mirror,
+                replace,
+                ..
             } => {
                 if service.len() > 253 {
                     return Err(DecodeError::invalid("intercept", "service name too long"));
+                }
+                if *replace && (header.is_some() || *mirror) {
+                    return Err(DecodeError::invalid(
+                        "intercept",
+                        "a replace intercept is global: no header, no mirror",
+                    ));
                 }
                 if let Some((name, value)) = header {
                     if !valid_header_name(name) || !valid_header_value(value) {
@@ -260,9 +275,30 @@ mod tests {
             port: 8080,
             header: Some(("x-netmux-user".into(), "alice".into())),
             mirror: false,
+            replace: false,
         };
         let bytes = encode(&ok).unwrap();
         assert_eq!(ClientMessage::decode(&bytes).unwrap(), ok);
+        let replace = |header: Option<(String, String)>, mirror| ClientMessage::Intercept {
+            request: 4,
+            service: "apps/worker".into(),
+            port: 0,
+            header,
+            mirror,
+            replace: true,
+        };
+        let global = replace(None, false);
+        assert_eq!(
+            ClientMessage::decode(&encode(&global).unwrap()).unwrap(),
+            global
+        );
+        for bad in [
+            replace(Some(("x-a".into(), "b".into())), false),
+            replace(None, true),
+        ] {
+            let e = ClientMessage::decode(&encode(&bad).unwrap()).unwrap_err();
+            assert!(e.to_string().contains("global"), "{e}");
+        }
         let leave = ClientMessage::Leave {
             service: "apps/web".into(),
             port: 0,
@@ -283,6 +319,7 @@ mod tests {
                 port: 1,
                 header: Some((name.into(), value.into())),
                 mirror: true,
+                replace: false,
             };
             assert!(
                 ClientMessage::decode(&encode(&bad).unwrap()).is_err(),

@@ -22,6 +22,7 @@ pub mod frame;
 pub mod hello;
 pub mod left_out;
 pub mod open;
+pub mod replaced;
 pub mod replica;
 pub mod session;
 pub mod stream;

@@ -60,6 +60,8 @@ pub enum WireMode {
         /// Only requests with this header.
         header: Option<(String, String)>,
     },
+    /// Every connection to the port, the workload scaled to zero.
+    Replace,
 }
 
 /// What a member sends on a registration stream.

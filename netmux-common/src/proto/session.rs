@@ -246,7 +246,8 @@ impl ClientSession {
     }
 
     /// Queues an intercept of port `port` (0: the only one) of the
-    /// Service behind catalog entry `service`; global without `header`.
+    /// Service behind catalog entry `service`; global without `header`,
+    /// and then replacing the workload with `replace`.
     /// Answered as [`ClientEvent::ClaimResult`] with the returned id.
     pub fn intercept(
         &mut self,
@@ -254,6 +255,7 @@ impl ClientSession {
         port: u16,
         header: Option<(String, String)>,
         mirror: bool,
+        replace: bool,
     ) -> u32 {
         let request = self.next_request();
         push_frame(
@@ -264,6 +266,7 @@ impl ClientSession {
                 port,
                 header,
                 mirror,
+                replace,
             },
         );
         request
@@ -433,6 +436,8 @@ pub enum ServerEvent {
         header: Option<(String, String)>,
         /// A mirror (copies only).
         mirror: bool,
+        /// A replace intercept (the workload scaled to zero meanwhile).
+        replace: bool,
     },
     /// The daemon ends an intercept.
     Leave {
@@ -628,12 +633,14 @@ impl ServerSession {
                             port,
                             header,
                             mirror,
+                            replace,
                         } => self.events.push_back(ServerEvent::Intercept {
                             request,
                             service,
                             port,
                             header,
                             mirror,
+                            replace,
                         }),
                         ClientMessage::Leave { service, port } => {
                             self.events.push_back(ServerEvent::Leave { service, port })

@@ -35,9 +35,21 @@ fn service_port(svc: &Service, asked: Option<u16>) -> Result<u16, String> {
     }
 }
 
+/// What an intercept takes, as `netmux intercept` asked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Takes<'a> {
+    /// `name=value`: a personal intercept (or a mirror's filter).
+    pub header: Option<&'a str>,
+    /// A mirror: copies only.
+    pub mirror: bool,
+    /// Replace: global, the workload stopped meanwhile.
+    pub replace: bool,
+}
+
 /// How `ls` and `status` name an intercept's mode (as the server does).
-fn mode(header: Option<&(String, String)>, mirror: bool) -> String {
+fn mode(header: Option<&(String, String)>, mirror: bool, replace: bool) -> String {
     match (header, mirror) {
+        _ if replace => "replace".into(),
         (None, true) => "mirror".into(),
         (Some((n, v)), true) => format!("mirror {n}={v}"),
         (Some((n, v)), false) => format!("personal {n}={v}"),
@@ -72,17 +84,24 @@ impl Daemon {
         }
     }
 
-    /// Intercepts port `port` of `service` on `ep` to `to`; personal with
-    /// `header` (`name=value`).
+    /// Intercepts port `port` of `service` on `ep` to `to`, taking what
+    /// `takes` says (global, personal, mirror, replace).
     pub async fn intercept(
         &self,
         ep: &str,
         service: &str,
         port: Option<u16>,
         to: &str,
-        header: Option<&str>,
-        mirror: bool,
+        takes: Takes<'_>,
     ) -> Result<Reply, String> {
+        let Takes {
+            header,
+            mirror,
+            replace,
+        } = takes;
+        if replace && (header.is_some() || mirror) {
+            return Err("--replace is a global intercept (the workload is stopped, so nothing is left to answer the other requests); fix: drop --header and --mirror, or --replace".into());
+        }
         let header = header
             .map(|h| api::args::header(h).map_err(|e| format!("--header {h:?}: {e}")))
             .transpose()?;
@@ -94,7 +113,7 @@ impl Daemon {
         let port = service_port(&svc, port)?;
         let c = self.connected(&state, ep)?;
         let name = intercept_name(&svc.key(), port);
-        let mode = mode(header.as_ref(), mirror);
+        let mode = mode(header.as_ref(), mirror, replace);
         c.endpoint.claim(
             &name,
             ClaimKind::Intercept {
@@ -102,6 +121,7 @@ impl Daemon {
                 port,
                 header,
                 mirror,
+                replace,
             },
             Targets::one(port, to),
         );
@@ -113,8 +133,13 @@ impl Daemon {
             return Err(format!("could not intercept: {e}"));
         }
         drop(state);
+        let stopped = if replace {
+            "; the workload running its pods is scaled to zero until then"
+        } else {
+            ""
+        };
         let message = format!(
-            "intercepting {} port {port} ({mode}) => {to}; end it with `netmux leave {ep} {}`",
+            "intercepting {} port {port} ({mode}) => {to}; end it with `netmux leave {ep} {}`{stopped}",
             svc.key(),
             svc.key()
         );
@@ -169,6 +194,7 @@ impl Daemon {
                     port,
                     header,
                     mirror,
+                    replace,
                 } = &claim.kind
                 else {
                     continue;
@@ -177,7 +203,7 @@ impl Daemon {
                     endpoint: ep.clone(),
                     service: service.clone(),
                     port: *port,
-                    mode: mode(header.as_ref(), *mirror),
+                    mode: mode(header.as_ref(), *mirror, *replace),
                     to: claim
                         .targets
                         .get(*port, Protocol::Tcp)

@@ -204,9 +204,14 @@ impl Daemon {
                 to,
                 header,
                 mirror,
+                replace,
             } => {
-                self.intercept(&endpoint, &service, port, &to, header.as_deref(), mirror)
-                    .await
+                let takes = intercept::Takes {
+                    header: header.as_deref(),
+                    mirror,
+                    replace,
+                };
+                self.intercept(&endpoint, &service, port, &to, takes).await
             }
             Leave {
                 endpoint,
@@ -663,26 +668,33 @@ mod bounds_tests {
     async fn intercept_targets_loopback_only_unless_allowed() {
         let dir = tempfile::tempdir().unwrap();
         let d = daemon(dir.path(), "");
+        let global = intercept::Takes::default();
         let e = d
-            .intercept("demo", "web", None, "169.254.169.254:80", None, false)
+            .intercept("demo", "web", None, "169.254.169.254:80", global)
             .await
             .unwrap_err();
         assert!(e.contains("expose_allow"), "{e}");
+        let personal = |header| intercept::Takes {
+            header: Some(header),
+            ..global
+        };
         let e = d
-            .intercept(
-                "demo",
-                "web",
-                None,
-                "127.0.0.1:80",
-                Some("bad name=x"),
-                false,
-            )
+            .intercept("demo", "web", None, "127.0.0.1:80", personal("bad name=x"))
             .await
             .unwrap_err();
         assert!(e.contains("--header"), "{e}");
+        let replace = intercept::Takes {
+            replace: true,
+            ..personal("x-user=a")
+        };
+        let e = d
+            .intercept("demo", "web", None, "127.0.0.1:80", replace)
+            .await
+            .unwrap_err();
+        assert!(e.contains("--replace is a global intercept"), "{e}");
         // A good target and header pass the checks, then need a connection.
         let e = d
-            .intercept("demo", "web", None, "127.0.0.1:80", Some("x-user=a"), false)
+            .intercept("demo", "web", None, "127.0.0.1:80", personal("x-user=a"))
             .await
             .unwrap_err();
         assert!(e.contains("not connected"), "{e}");

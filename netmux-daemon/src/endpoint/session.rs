@@ -155,7 +155,8 @@ fn send_pending(
                 port,
                 header,
                 mirror,
-            } => session.intercept(service, *port, header.clone(), *mirror),
+                replace,
+            } => session.intercept(service, *port, header.clone(), *mirror, *replace),
         };
         in_flight.insert(request, name.clone());
     }

@@ -55,14 +55,26 @@ pub(crate) enum Verb {
     /// `intercept services` (a verb only netmux asks about): intercept
     /// an existing Service (docs/intercept.md).
     Intercept,
+    /// `patch deployments/scale` (or statefulsets, group `apps`): stop a
+    /// workload for a replace intercept, as `kubectl scale` would.
+    Scale(netmux_common::proto::replaced::Kind),
 }
 
 impl Verb {
-    fn attributes(self) -> (&'static str, Option<&'static str>) {
+    /// (verb, group, resource, subresource) of the review.
+    fn attributes(
+        self,
+    ) -> (
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+    ) {
         match self {
-            Verb::Proxy => ("get", Some("proxy")),
-            Verb::Update => ("update", None),
-            Verb::Intercept => ("intercept", None),
+            Verb::Proxy => ("get", "", "services", Some("proxy")),
+            Verb::Update => ("update", "", "services", None),
+            Verb::Intercept => ("intercept", "", "services", None),
+            Verb::Scale(kind) => ("patch", "apps", kind.resource(), Some("scale")),
         }
     }
 }
@@ -337,7 +349,7 @@ impl Rbac {
     }
 
     async fn review(&self, user: &User, verb: Verb, ns: &str, name: &str) -> Result<bool, Denied> {
-        let (verb_name, subresource) = verb.attributes();
+        let (verb_name, group, resource, subresource) = verb.attributes();
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(user.username.clone()),
@@ -345,8 +357,8 @@ impl Rbac {
                 groups: Some(user.groups.clone()),
                 extra: (!user.extra.is_empty()).then(|| user.extra.clone()),
                 resource_attributes: Some(ResourceAttributes {
-                    group: Some(String::new()),
-                    resource: Some("services".into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
                     subresource: subresource.map(str::to_owned),
                     verb: Some(verb_name.into()),
                     namespace: Some(ns.to_owned()),

@@ -20,7 +20,11 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams
 use kube::{Api, Client};
 use serde_json::Value;
 
+use netmux_common::proto::replaced::Replaced;
+
 use super::record;
+
+mod replace;
 use crate::reverse::lease::{
     decide, describe, object_name, replica_endpoint, Decision, CLIENT, HOLDER, MANAGED_BY,
     MANAGED_BY_VALUE, SERVICE, SLICE_MANAGED_BY, SLICE_MANAGED_BY_VALUE,
@@ -305,21 +309,23 @@ impl Cluster {
     }
 
     /// Sends Service `ns/svc`'s traffic to this replica: its slice first,
-    /// then the selector recorded and removed. Returns the Service as read
-    /// before (its ports, its recorded selector).
+    /// then the selector recorded and removed (with the workloads a replace
+    /// intercept stops, `stopped`). Returns the Service as read before (its
+    /// ports, its records).
     pub async fn divert(
         &self,
         ns: &str,
         svc: &str,
         ports: &[SlicePort],
         holder: &str,
+        stopped: &[Replaced],
     ) -> Result<Value, String> {
         let service = self.service(ns, svc).await?;
         let key = format!("{ns}/{svc}");
         record::pod_selector(&key, &service).map_err(|e| e.to_string())?;
         self.write_slice(ns, svc, ports).await?;
         self.rewrite(ns, svc, service.clone(), |s| {
-            record::divert(&key, s, holder)
+            record::divert(&key, s, holder, stopped)
                 .map(Some)
                 .map_err(|e| e.to_string())
         })
@@ -338,13 +344,10 @@ impl Cluster {
         svc: &str,
         ports: &[SlicePort],
         holder: &str,
+        stopped: &[Replaced],
     ) -> Result<bool, String> {
         let service = self.service(ns, svc).await?;
-        let diverted = record::recorded(&format!("{ns}/{svc}"), &service)
-            .ok()
-            .flatten()
-            .is_some()
-            && service["spec"].get("selector").is_none_or(Value::is_null);
+        let diverted = record::is_diverted(&format!("{ns}/{svc}"), &service, stopped);
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), ns);
         let slice = slices
             .get_opt(&slice_name(svc))
@@ -354,7 +357,7 @@ impl Cluster {
             return Ok(false);
         }
         tracing::warn!(service = %format!("{ns}/{svc}"), diverted, slice = slice.is_some(), "an intercepted Service was changed under netmux; diverting it again");
-        self.divert(ns, svc, ports, holder).await?;
+        self.divert(ns, svc, ports, holder, stopped).await?;
         Ok(true)
     }
 
@@ -412,13 +415,15 @@ impl Cluster {
         Err(format!("{whose} kept changing; try again"))
     }
 
-    /// Undoes [`Self::divert`] and frees the Lease: the selector back
-    /// (spec as before), this replica's slice deleted once the pods' are
-    /// back, the Lease deleted. Each step is idempotent.
+    /// Undoes [`Self::divert`] and frees the Lease: the workloads a
+    /// replace intercept stopped scaled back, the selector back (spec as
+    /// before), this replica's slice deleted once the pods' are back, the
+    /// Lease deleted. Each step is idempotent.
     pub async fn restore(&self, ns: &str, svc: &str) -> Result<(), String> {
         let key = format!("{ns}/{svc}");
         match self.service(ns, svc).await {
             Ok(service) => {
+                self.start_again(ns, &key, &service).await?;
                 self.rewrite(ns, svc, service, |s| {
                     record::restore(&key, s).map_err(|e| e.to_string())
                 })

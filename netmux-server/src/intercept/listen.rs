@@ -11,7 +11,6 @@ use std::sync::{Arc, Weak};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::pods::PortPlan;
-use super::route::Mode;
 use super::Routed;
 use crate::metrics::Metrics;
 
@@ -63,7 +62,7 @@ async fn dispatch(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PortCtx>) {
         .into_iter()
         .filter(|h| h.claim.port == port)
         .collect();
-    if let Some(global) = held.iter().find(|h| h.claim.mode == Mode::Global) {
+    if let Some(global) = held.iter().find(|h| h.claim.mode.takes_every_connection()) {
         global
             .to_workstation
             .requests

@@ -8,11 +8,14 @@
 //! record lives in the cluster, any replica, `netmux cleanup`, or the
 //! `kubectl` command in docs/intercept.md can restore it.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 pub use netmux_common::proto::control::{
     INTERCEPT_HOLDER as HOLDER, INTERCEPT_ORIGINAL as ORIGINAL,
 };
+use netmux_common::proto::replaced::{self, Replaced, INTERCEPT_REPLACED as REPLACED};
 
 /// Why a Service cannot be intercepted or restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,9 +47,9 @@ pub fn recorded(name: &str, service: &Value) -> Result<Option<Map<String, Value>
     }
 }
 
-/// The selector of `service` as a `k=v,k2=v2` label selector, from the
-/// record if intercepted, else from its spec.
-pub fn pod_selector(name: &str, service: &Value) -> Result<String, RecordError> {
+/// The selector of `service`, from the record if intercepted, else from
+/// its spec.
+pub fn selector(name: &str, service: &Value) -> Result<BTreeMap<String, String>, RecordError> {
     let selector = match recorded(name, service)? {
         Some(m) => m,
         None => match &service["spec"]["selector"] {
@@ -55,17 +58,48 @@ pub fn pod_selector(name: &str, service: &Value) -> Result<String, RecordError> 
         },
     };
     Ok(selector
+        .into_iter()
+        .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
+        .collect())
+}
+
+/// The selector of `service` as a `k=v,k2=v2` label selector (see
+/// [`selector`]).
+pub fn pod_selector(name: &str, service: &Value) -> Result<String, RecordError> {
+    Ok(selector(name, service)?
         .iter()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(","))
 }
 
-/// `service` with its selector removed and recorded, `holder` named. An
-/// already intercepted Service (a replica died mid-way, or restarts) keeps
-/// its first record: the original is never overwritten by the intercepted
-/// state.
-pub fn divert(name: &str, service: &Value, holder: &str) -> Result<Value, RecordError> {
+/// The workloads a replace intercept recorded on `service` (empty: none).
+pub fn replaced(name: &str, service: &Value) -> Result<Vec<Replaced>, replaced::RecordError> {
+    let annotations: BTreeMap<String, String> =
+        serde_json::from_value(service["metadata"]["annotations"].clone()).unwrap_or_default();
+    replaced::recorded(name, &annotations)
+}
+
+/// Whether `service` is diverted as an intercept of this replica leaves
+/// it: selector recorded and removed, and the stopped workloads recorded
+/// when there are any.
+pub fn is_diverted(name: &str, service: &Value, stopped: &[Replaced]) -> bool {
+    recorded(name, service).ok().flatten().is_some()
+        && service["spec"].get("selector").is_none_or(Value::is_null)
+        && (stopped.is_empty() || service["metadata"]["annotations"].get(REPLACED).is_some())
+}
+
+/// `service` with its selector removed and recorded, `holder` named, and
+/// the workloads a replace intercept stops (`stopped`, if any) recorded.
+/// An already intercepted Service (a replica died mid-way, or restarts)
+/// keeps its first records: the original is never overwritten by the
+/// intercepted state (a stopped workload's count read now would be zero).
+pub fn divert(
+    name: &str,
+    service: &Value,
+    holder: &str,
+    stopped: &[Replaced],
+) -> Result<Value, RecordError> {
     let mut out = service.clone();
     let already = recorded(name, service)?;
     let spec = out
@@ -80,6 +114,9 @@ pub fn divert(name: &str, service: &Value, holder: &str) -> Result<Value, Record
     let annotations = annotations_mut(&mut out);
     annotations.insert(ORIGINAL.into(), Value::String(original.to_string()));
     annotations.insert(HOLDER.into(), Value::String(holder.to_owned()));
+    if !stopped.is_empty() && !annotations.contains_key(REPLACED) {
+        annotations.insert(REPLACED.into(), Value::String(replaced::record(stopped)));
+    }
     Ok(out)
 }
 
@@ -97,6 +134,7 @@ pub fn restore(name: &str, service: &Value) -> Result<Option<Value>, RecordError
     let annotations = annotations_mut(&mut out);
     annotations.remove(ORIGINAL);
     annotations.remove(HOLDER);
+    annotations.remove(REPLACED);
     if annotations.is_empty() {
         if let Some(meta) = out["metadata"].as_object_mut() {
             meta.remove("annotations");
@@ -137,14 +175,14 @@ mod tests {
     #[test]
     fn divert_then_restore_gives_the_spec_back_byte_for_byte() {
         let before = web();
-        let diverted = divert("apps/web", &before, "alice via pod-a").unwrap();
+        let diverted = divert("apps/web", &before, "alice via pod-a", &[]).unwrap();
         assert!(diverted["spec"].get("selector").is_none());
         assert_eq!(
             pod_selector("apps/web", &diverted).unwrap(),
             "app=web,tier=front"
         );
         // A second divert (a replica taking over) keeps the first record.
-        let again = divert("apps/web", &diverted, "bob via pod-b").unwrap();
+        let again = divert("apps/web", &diverted, "bob via pod-b", &[]).unwrap();
         let restored = restore("apps/web", &again).unwrap().unwrap();
         assert_eq!(
             serde_json::to_string(&restored["spec"]).unwrap(),
@@ -158,9 +196,12 @@ mod tests {
     fn other_annotations_stay_and_bad_records_are_named() {
         let mut svc = web();
         svc["metadata"]["annotations"] = json!({"team": "a"});
-        let restored = restore("apps/web", &divert("apps/web", &svc, "x").expect("divert"))
-            .unwrap()
-            .unwrap();
+        let restored = restore(
+            "apps/web",
+            &divert("apps/web", &svc, "x", &[]).expect("divert"),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(restored["metadata"]["annotations"], json!({"team": "a"}));
         let mut bad = svc.clone();
         bad["metadata"]["annotations"][ORIGINAL] = json!("[1]");
@@ -173,8 +214,43 @@ mod tests {
             .as_object_mut()
             .map(|s| s.remove("selector"));
         assert_eq!(
-            divert("apps/web", &selectorless, "x"),
+            divert("apps/web", &selectorless, "x", &[]),
             Err(RecordError::NoSelector("apps/web".into()))
+        );
+    }
+
+    #[test]
+    fn a_replace_record_is_written_once_and_restore_removes_it() {
+        use netmux_common::proto::replaced::Kind;
+        let before = web();
+        let stopped = vec![Replaced {
+            kind: Kind::Deployment,
+            name: "web".into(),
+            replicas: 3,
+        }];
+        let diverted = divert("apps/web", &before, "rita", &stopped).unwrap();
+        assert_eq!(replaced("apps/web", &diverted).unwrap(), stopped);
+        assert!(is_diverted("apps/web", &diverted, &stopped));
+        // Taken over after a restart, the counts read now are zero: the
+        // first record stays.
+        let now = vec![Replaced {
+            replicas: 0,
+            ..stopped[0].clone()
+        }];
+        let again = divert("apps/web", &diverted, "rita", &now).unwrap();
+        assert_eq!(replaced("apps/web", &again).unwrap(), stopped);
+        // A record removed under netmux is a divert to redo.
+        let mut lost = again.clone();
+        lost["metadata"]["annotations"]
+            .as_object_mut()
+            .map(|a| a.remove(REPLACED));
+        assert!(!is_diverted("apps/web", &lost, &stopped));
+        assert!(is_diverted("apps/web", &lost, &[]));
+        let restored = restore("apps/web", &again).unwrap().unwrap();
+        assert_eq!(restored["metadata"], before["metadata"]);
+        assert_eq!(
+            serde_json::to_string(&restored["spec"]).unwrap(),
+            serde_json::to_string(&before["spec"]).unwrap()
         );
     }
 }

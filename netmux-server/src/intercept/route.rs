@@ -21,12 +21,25 @@ pub enum Mode {
         /// Only requests with this header (name lower-case, value).
         header: Option<(String, String)>,
     },
+    /// Every connection to the port, as [`Mode::Global`], while the
+    /// workload's pods are stopped (scaled to zero): the workstation
+    /// stands in for the workload, queue consumers and schedulers
+    /// included.
+    Replace,
+}
+
+impl Mode {
+    /// Whether every connection to the port goes to the workstation.
+    pub fn takes_every_connection(&self) -> bool {
+        matches!(self, Mode::Global | Mode::Replace)
+    }
 }
 
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Mode::Global => write!(f, "global"),
+            Mode::Replace => write!(f, "replace"),
             Mode::Personal { name, value } => write!(f, "personal {name}={value}"),
             Mode::Mirror { header: None } => write!(f, "mirror"),
             Mode::Mirror {
@@ -73,6 +86,9 @@ pub fn conflict(existing: &[Claim], new: &Claim) -> Option<String> {
             _ if c.session == new.session && same_port => {
                 Some("this daemon already intercepts that port; leave it first")
             }
+            // The pods are stopped: nothing else of the Service works.
+            (Mode::Replace, _) => Some("a replace intercept stops the workload's pods, so every port goes to that workstation"),
+            (_, Mode::Replace) => Some("a replace intercept stops the workload's pods, which this intercept needs"),
             (Mode::Global, _) if same_port => Some("a global intercept takes every connection"),
             (_, Mode::Global) if same_port => {
                 Some("a global intercept conflicts with any other on the port")
@@ -113,7 +129,7 @@ pub fn choose(claims: &[Claim], port: u16, headers: &[(&str, &[u8])]) -> Choice 
     for c in claims.iter().filter(|c| c.port == port) {
         match &c.mode {
             Mode::Mirror { .. } => {}
-            Mode::Global => return Choice::Workstation(c.session),
+            Mode::Global | Mode::Replace => return Choice::Workstation(c.session),
             Mode::Personal { name, value } => {
                 if headers
                     .iter()
@@ -254,5 +270,34 @@ mod tests {
             choose(&[global(3, "c")], 8080, h(&[])),
             Choice::Workstation(3)
         );
+    }
+
+    #[test]
+    fn a_replace_intercept_is_alone_on_every_port_of_the_service() {
+        let rita = Claim {
+            mode: Mode::Replace,
+            ..global(7, "rita")
+        };
+        assert_eq!(conflict(&[], &rita), None);
+        assert_eq!(conflict(std::slice::from_ref(&rita), &rita), None);
+        let other_port = |c: Claim| Claim { port: 9090, ..c };
+        for other in [
+            global(1, "gus"),
+            personal(2, "alice", "alice"),
+            other_port(personal(3, "bob", "bob")),
+            other_port(Claim {
+                mode: Mode::Mirror { header: None },
+                ..global(4, "mia")
+            }),
+        ] {
+            let refused = conflict(std::slice::from_ref(&rita), &other).unwrap_or_default();
+            assert!(
+                refused.contains("held by rita (replace intercept"),
+                "{refused}"
+            );
+            let refused = conflict(std::slice::from_ref(&other), &rita).unwrap_or_default();
+            assert!(refused.contains("stops the workload's pods"), "{refused}");
+        }
+        assert_eq!(choose(&[rita], 8080, &[]), Choice::Workstation(7));
     }
 }

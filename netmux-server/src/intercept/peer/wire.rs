@@ -13,6 +13,7 @@ impl From<&Mode> for WireMode {
             Mode::Global => WireMode::Global,
             Mode::Personal { name, value } => WireMode::Personal { name, value },
             Mode::Mirror { header } => WireMode::Mirror { header },
+            Mode::Replace => WireMode::Replace,
         }
     }
 }
@@ -28,6 +29,7 @@ impl From<WireMode> for Mode {
             WireMode::Mirror { header } => Mode::Mirror {
                 header: header.map(|(n, v)| (n.to_ascii_lowercase(), v)),
             },
+            WireMode::Replace => Mode::Replace,
         }
     }
 }
@@ -48,6 +50,7 @@ mod tests {
             Mode::Mirror {
                 header: Some(("x-a".into(), "b".into())),
             },
+            Mode::Replace,
         ] {
             let b = to_bytes(&WireMode::from(&m)).unwrap();
             let mut r = Reader::new();

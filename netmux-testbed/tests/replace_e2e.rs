@@ -1,0 +1,277 @@
+//! End to end: replace intercepts (`netmux intercept --replace`,
+//! docs/intercept.md "Replace"). The workstation stands in for a workload:
+//! every connection to its Service comes here and the Deployments and
+//! StatefulSets running its pods are scaled to zero meanwhile (recorded on
+//! the Service), then scaled back by each way an intercept ends: `leave`,
+//! a daemon that dies, and `netmux cleanup --intercepts` with no server
+//! left. The real netmux-server (Kubernetes runtime, RBAC), netmuxd and
+//! `netmux` CLI, against the fake API server with the real kube client.
+//!
+//! Need root; run with `--test-threads=1` (as `cargo xtask test` does).
+//! Every address used is loopback or assigned inside the test's namespaces.
+
+use netmux_testbed::{bin, Side};
+use serde_json::{json, Value};
+
+mod common;
+mod intercept_world;
+use common::{on_failure_dump, sandbox, T};
+use intercept_world::*;
+
+const REPLACED: &str = "netmux.dev/intercept-replaced";
+
+/// A workload of `kind` named `name` in `apps` whose pod template carries
+/// `labels`, at `replicas`.
+fn workload(kind: &str, name: &str, labels: Value, replicas: i64) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": kind,
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "app", "image": "web:1"}]},
+            },
+        },
+    })
+}
+
+fn replicas(w: &World<'_>, collection: &str, name: &str) -> i64 {
+    w.cluster
+        .api()
+        .get(collection, "apps", name)
+        .and_then(|o| o["spec"]["replicas"].as_i64())
+        .unwrap_or_else(|| panic!("{collection} apps/{name} has no replica count"))
+}
+
+const DEPLOYMENTS: &str = "apps/deployments";
+const STATEFULSETS: &str = "apps/statefulsets";
+
+/// The counts of web (Deployment), web-legacy (StatefulSet) and the
+/// unrelated worker (Deployment).
+fn counts(w: &World<'_>) -> (i64, i64, i64) {
+    (
+        replicas(w, DEPLOYMENTS, "web"),
+        replicas(w, STATEFULSETS, "web-legacy"),
+        replicas(w, DEPLOYMENTS, "worker"),
+    )
+}
+
+fn replace(w: &World<'_>, d: &Daemon) -> netmux_testbed::Output {
+    w.cli(
+        d,
+        &[
+            "intercept",
+            "kube",
+            "web",
+            "--to",
+            ALICE_TARGET,
+            "--replace",
+        ],
+    )
+}
+
+#[test]
+fn a_replace_intercept_stops_the_workload_and_every_way_out_starts_it_again() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let api = w.cluster.api();
+            let mut alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            let bob = w.daemon("bob", BOB_TOKEN, 0, "127.78.0.0/16");
+            let _target = target(&sb, ALICE_TARGET, "alice-workstation");
+            let before = w.spec_text();
+
+            // Nothing runs web's pods that netmux could scale: refused,
+            // nothing touched.
+            let out = replace(&w, &alice);
+            assert!(
+                !out.success()
+                    && out.stderr.contains(
+                        "no Deployment or StatefulSet in namespace apps runs the pods of Service apps/web (selector app=web)"
+                    )
+                    && out.stderr.contains("fix: intercept without --replace"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+            assert!(!w.intercepted());
+
+            api.apply(workload("Deployment", "web", json!({"app": "web"}), 2));
+            api.apply(workload(
+                "StatefulSet",
+                "web-legacy",
+                json!({"app": "web", "tier": "legacy"}),
+                1,
+            ));
+            api.apply(workload(
+                "Deployment",
+                "worker",
+                json!({"app": "worker"}),
+                3,
+            ));
+            for user in ["alice", "bob"] {
+                api.allow(user, "patch", "apps/deployments/scale", "apps", "web");
+            }
+            api.allow("alice", "patch", "apps/statefulsets/scale", "apps", "*");
+
+            // bob may intercept and scale the Deployment, not the
+            // StatefulSet: refused with the ClusterRole to bind.
+            let out = replace(&w, &bob);
+            assert!(
+                !out.success()
+                    && out
+                        .stderr
+                        .contains("bob may not stop StatefulSet apps/web-legacy")
+                    && out.stderr.contains("ClusterRole netmux-replace"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+            assert!(!w.intercepted());
+            assert_eq!(counts(&w), (2, 1, 3), "nothing scaled for a refusal");
+
+            // alice replaces the workload.
+            let out = replace(&w, &alice);
+            assert_ok(&out, "intercept --replace");
+            assert!(
+                out.stdout.contains("(replace)")
+                    && out.stdout.contains("scaled to zero until then"),
+                "{}",
+                out.stdout
+            );
+            let record = w.service()["metadata"]["annotations"][REPLACED].clone();
+            let record: Value = serde_json::from_str(record.as_str().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("the record on the Service: {e}: {record}"));
+            assert_eq!(
+                record,
+                json!([
+                    {"kind": "Deployment", "name": "web", "replicas": 2},
+                    {"kind": "StatefulSet", "name": "web-legacy", "replicas": 1},
+                ])
+            );
+            assert_eq!(counts(&w), (0, 0, 3), "web's workloads stopped, worker not");
+            w.wait_for_answer("the workstation", &[], "alice-workstation");
+            let answers = w.fresh_requests(20, &[]);
+            assert!(
+                answers.iter().all(|a| a == "alice-workstation"),
+                "every connection reaches the workstation: {answers:?}"
+            );
+            let status = w.cli(&alice, &["status", "-o", "json"]).stdout;
+            let v: Value = serde_json::from_str(&status).unwrap_or_default();
+            assert_eq!(v["intercepts"][0]["mode"], "replace", "{status}");
+            // Nobody else may intercept a replaced Service, on any port.
+            let out = w.cli(
+                &bob,
+                &[
+                    "intercept",
+                    "kube",
+                    "web",
+                    "--to",
+                    BOB_TARGET,
+                    "--header",
+                    "x-netmux-user=bob",
+                ],
+            );
+            assert!(
+                !out.success() && out.stderr.contains("held by alice (replace intercept"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+
+            // leave: the counts back, the spec byte-identical.
+            assert_ok(&w.cli(&alice, &["leave", "kube", "web"]), "leave");
+            netmux_testbed::wait_until("the Service restored", T, || restored(&w))
+                .expect("restored");
+            assert_eq!(counts(&w), (2, 1, 3), "scaled back on leave");
+            assert_eq!(w.spec_text(), before, "the spec is byte-identical");
+            assert!(w.service()["metadata"]["annotations"]
+                .get(REPLACED)
+                .is_none());
+            w.wait_for_answer("the pods again", &[], "pod");
+
+            // Again; someone scales the StatefulSet meanwhile, and the
+            // daemon dies: the Deployment comes back to its count, the
+            // StatefulSet keeps the one set since.
+            assert_ok(&replace(&w, &alice), "intercept --replace again");
+            assert_eq!(counts(&w), (0, 0, 3));
+            let mut legacy = api
+                .get(STATEFULSETS, "apps", "web-legacy")
+                .expect("web-legacy");
+            legacy["spec"]["replicas"] = json!(4);
+            api.apply(legacy);
+            alice.process.kill();
+            netmux_testbed::wait_until("the Service restored", TTL, || restored(&w))
+                .expect("restored within the lease TTL");
+            assert_eq!(counts(&w), (2, 4, 3), "a count set since stands");
+            assert_eq!(w.spec_text(), before);
+            let log = w.servers[0].log();
+            assert!(
+                log.contains("workload scaled back") && log.contains("left at its count"),
+                "the server says what it did"
+            );
+        }),
+    );
+}
+
+#[test]
+fn netmux_cleanup_starts_a_replaced_workload_again_when_no_server_is_left() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let api = w.cluster.api();
+            api.apply(workload("Deployment", "web", json!({"app": "web"}), 2));
+            api.allow("alice", "patch", "apps/deployments/scale", "apps", "web");
+            let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            let _target = target(&sb, ALICE_TARGET, "alice-workstation");
+            let before = w.spec_text();
+            assert_ok(&replace(&w, &alice), "intercept --replace");
+            assert_eq!(replicas(&w, DEPLOYMENTS, "web"), 0);
+            w.wait_for_answer("the workstation", &[], "alice-workstation");
+            // Every netmux pod is gone.
+            w.servers[0].kill();
+            let kubeconfig = w.dir.join("alice-kubeconfig");
+            write(
+                &kubeconfig,
+                &w.cluster.kubeconfig("alice", ALICE_TOKEN, "apps"),
+            );
+            let out = sb
+                .process(
+                    Side::Workstation,
+                    "netmux-cleanup",
+                    bin("netmux").expect("built"),
+                )
+                .args(["cleanup", "--intercepts", "--namespace", "apps"])
+                .env("KUBECONFIG", &kubeconfig)
+                .run(T)
+                .expect("run netmux cleanup");
+            assert_ok(&out, "cleanup --intercepts");
+            assert!(
+                out.stdout.contains("restored Service apps/web")
+                    && out.stdout.contains("Deployment apps/web scaled back to 2"),
+                "{}",
+                out.stdout
+            );
+            assert_eq!(replicas(&w, DEPLOYMENTS, "web"), 2);
+            assert!(restored_but_the_lease(&w));
+            assert_eq!(w.spec_text(), before, "the spec is byte-identical");
+        }),
+    );
+}
+
+/// The Service as before (the Lease of a killed server expires by itself).
+fn restored_but_the_lease(w: &World<'_>) -> bool {
+    !w.intercepted()
+        && w.netmux_slice().is_none()
+        && w.service()["metadata"]["annotations"]
+            .get(REPLACED)
+            .is_none()
+}
