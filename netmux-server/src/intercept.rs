@@ -476,7 +476,12 @@ impl Core {
         // about their counts before.
         let stopped = match ask.mode {
             Mode::Replace => Some(self.would_stop(&ask.namespace, &ask.service).await?),
-            _ => None,
+            _ => {
+                cluster
+                    .start_left_stopped(&ask.namespace, &ask.service)
+                    .await?;
+                None
+            }
         };
         let ip = cluster.pod_ip()?;
         let pods = Arc::new(Pods::default());

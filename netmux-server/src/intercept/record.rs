@@ -120,6 +120,15 @@ pub fn divert(
     Ok(out)
 }
 
+/// `service` without the record of stopped workloads; `None` if it has
+/// none.
+pub fn without_replaced(service: &Value) -> Option<Value> {
+    service["metadata"]["annotations"].get(REPLACED)?;
+    let mut out = service.clone();
+    annotations_mut(&mut out).remove(REPLACED);
+    Some(out)
+}
+
 /// `service` as it was before [`divert`]: the recorded selector back, the
 /// annotations gone. `None` if it is not intercepted.
 pub fn restore(name: &str, service: &Value) -> Result<Option<Value>, RecordError> {
@@ -239,6 +248,11 @@ mod tests {
         }];
         let again = divert("apps/web", &diverted, "rita", &now).unwrap();
         assert_eq!(replaced("apps/web", &again).unwrap(), stopped);
+        // An intercept that does not replace, taking the Service over,
+        // drops the record (once the workloads run again).
+        let dropped = without_replaced(&again).unwrap();
+        assert!(replaced("apps/web", &dropped).unwrap().is_empty());
+        assert_eq!(without_replaced(&dropped), None);
         // A record removed under netmux is a divert to redo.
         let mut lost = again.clone();
         lost["metadata"]["annotations"]

@@ -102,6 +102,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts again what a replace intercept whose replica died left
+    /// stopped on Service `ns/svc`, and drops its record, before an
+    /// intercept that does not replace takes the Service over (so the
+    /// pods its other requests or ports need run).
+    pub async fn start_left_stopped(&self, ns: &str, svc: &str) -> Result<(), String> {
+        let key = format!("{ns}/{svc}");
+        let service = self.service(ns, svc).await?;
+        if record::without_replaced(&service).is_none() {
+            return Ok(());
+        }
+        tracing::warn!(service = %key, "a replace intercept of a replica gone left its workloads stopped; starting them again");
+        self.start_again(ns, &key, &service).await?;
+        self.rewrite(ns, svc, service, |s| Ok(record::without_replaced(s)))
+            .await
+    }
+
     /// Scales back the workloads `service` (`key`) records as stopped, those
     /// still at zero (someone else's count since stands); a workload
     /// deleted meanwhile is skipped, and an unreadable record is logged
