@@ -180,7 +180,7 @@ impl Source<'_> {
         let Some(root) = self.mount else {
             return Ok(None);
         };
-        let (snapshot, notes) = crate::mounts::write(root, &view.mounts)?;
+        let (snapshot, notes) = crate::mounts::write(root, &view.mounts, crate::mounts::owner())?;
         eprintln!("{}", snapshot.describe(view.mounts.len()));
         view.notes.extend(notes);
         let dir = snapshot.root.display().to_string();

@@ -9,7 +9,9 @@
 //! empty) and becomes 0700, directories 0700, files 0600 (0700 when the
 //! pod's mode makes them executable), each opened with `O_EXCL` and
 //! `O_NOFOLLOW`; a path from the cluster that would leave its mount is
-//! refused with a note, whatever the daemon sent.
+//! refused with a note, whatever the daemon sent. Under `sudo`, what is
+//! created belongs to the user who ran sudo (as the credentials the files
+//! were read with do), not to root.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -20,6 +22,24 @@ use netmux_api::MountView;
 
 /// The variable that names the snapshot's directory for the command.
 pub const ROOT_VAR: &str = "NETMUX_ROOT";
+
+/// Who what is created belongs to (uid, gid), when not this process's
+/// user: the user behind `sudo`.
+pub type Owner = Option<(u32, u32)>;
+
+/// The user behind `sudo` when this process is root through it, else
+/// `None` (what is created is this process's user's).
+pub fn owner() -> Owner {
+    crate::credentials::invoking_user().map(|u| (u.uid, u.gid))
+}
+
+/// Gives `path` (never following a link) to `owner`.
+fn give(path: &Path, owner: Owner) -> std::io::Result<()> {
+    match owner {
+        Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
+        None => Ok(()),
+    }
+}
 
 /// A snapshot written under a directory.
 #[derive(Debug)]
@@ -70,14 +90,25 @@ fn is_empty(dir: &Path) -> bool {
 }
 
 /// Makes `root` ready: created 0700 (its parents as needed), or an empty
-/// directory made 0700.
-fn prepare(root: &Path) -> Result<(PathBuf, bool), String> {
+/// directory made 0700; what is created here is given to `owner`.
+fn prepare(root: &Path, owner: Owner) -> Result<(PathBuf, bool), String> {
     let failed = |e: &dyn std::fmt::Display| format!("--mount {}: {e}; {FIX}", root.display());
     if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let missing: Vec<PathBuf> = parent
+            .ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err())
+            .map(Path::to_owned)
+            .collect();
         std::fs::create_dir_all(parent).map_err(|e| failed(&e))?;
+        for p in &missing {
+            give(p, owner).map_err(|e| failed(&e))?;
+        }
     }
     let created = match std::fs::DirBuilder::new().mode(0o700).create(root) {
-        Ok(()) => true,
+        Ok(()) => {
+            give(root, owner).map_err(|e| failed(&e))?;
+            true
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             usable(root).map_err(|e| failed(&e))?;
             use std::os::unix::fs::PermissionsExt as _;
@@ -92,13 +123,14 @@ fn prepare(root: &Path) -> Result<(PathBuf, bool), String> {
 }
 
 /// Creates the directories from `base` down to `dir` (all below `base`),
-/// 0700; existing ones are kept when they are directories.
-fn make_dirs(base: &Path, rel: &Path) -> std::io::Result<()> {
+/// 0700, given to `owner`; existing ones are kept when they are
+/// directories.
+fn make_dirs(base: &Path, rel: &Path, owner: Owner) -> std::io::Result<()> {
     let mut at = base.to_owned();
     for c in rel.components() {
         at.push(c);
         match std::fs::DirBuilder::new().mode(0o700).create(&at) {
-            Ok(()) => {}
+            Ok(()) => give(&at, owner)?,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 if !std::fs::symlink_metadata(&at)?.is_dir() {
                     return Err(std::io::Error::other(format!(
@@ -113,8 +145,8 @@ fn make_dirs(base: &Path, rel: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes one new file, for this user only.
-fn write_file(path: &Path, mode: u32, data: &[u8]) -> std::io::Result<()> {
+/// Writes one new file, for this user (or `owner`) only.
+fn write_file(path: &Path, mode: u32, data: &[u8], owner: Owner) -> std::io::Result<()> {
     let mode = match mode & 0o111 {
         0 => 0o600,
         _ => 0o700,
@@ -125,13 +157,21 @@ fn write_file(path: &Path, mode: u32, data: &[u8]) -> std::io::Result<()> {
         .mode(mode)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+    }
     f.write_all(data)
 }
 
-/// Writes `mounts` under `root`; returns the snapshot and a note for each
-/// file or mount refused here.
-pub fn write(root: &Path, mounts: &[MountView]) -> Result<(Snapshot, Vec<String>), String> {
-    let (root, created) = prepare(root)?;
+/// Writes `mounts` under `root`, what is created given to `owner`
+/// ([`owner`]); returns the snapshot and a note for each file or mount
+/// refused here.
+pub fn write(
+    root: &Path,
+    mounts: &[MountView],
+    owner: Owner,
+) -> Result<(Snapshot, Vec<String>), String> {
+    let (root, created) = prepare(root, owner)?;
     let mut notes = Vec::new();
     let mut files = 0;
     for m in mounts {
@@ -165,8 +205,8 @@ pub fn write(root: &Path, mounts: &[MountView]) -> Result<(Snapshot, Vec<String>
                 }
             };
             let parent = rel.parent().unwrap_or(Path::new(""));
-            let done =
-                make_dirs(&root, parent).and_then(|()| write_file(&root.join(&rel), f.mode, &data));
+            let done = make_dirs(&root, parent, owner)
+                .and_then(|()| write_file(&root.join(&rel), f.mode, &data, owner));
             match done {
                 Ok(()) => files += 1,
                 Err(e) => notes.push(format!("{at}: {} not written: {e}", rel.display())),
@@ -288,7 +328,7 @@ mod tests {
                 }],
             ),
         ];
-        let (snap, notes) = write(&root, &mounts).unwrap();
+        let (snap, notes) = write(&root, &mounts, None).unwrap();
         assert_eq!(snap.files, 3, "{notes:?}");
         assert_eq!(notes.len(), 4, "{notes:?}");
         assert!(notes
@@ -314,7 +354,7 @@ mod tests {
 
         // Not twice into the same directory; an empty one is taken and
         // kept when the snapshot goes.
-        let e = write(&root, &mounts).unwrap_err();
+        let e = write(&root, &mounts, None).unwrap_err();
         assert!(
             e.contains("not an empty directory") && e.contains("fix:"),
             "{e}"
@@ -322,7 +362,7 @@ mod tests {
         snap.remove();
         assert!(!root.exists());
         std::fs::create_dir(&root).unwrap();
-        let (snap, _) = write(&root, &mounts[..1]).unwrap();
+        let (snap, _) = write(&root, &mounts[..1], None).unwrap();
         assert_eq!(snap.files, 2);
         snap.remove();
         assert!(root.exists() && std::fs::read_dir(&root).unwrap().next().is_none());
@@ -333,7 +373,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("pod");
         std::os::unix::fs::symlink(tmp.path(), &root).unwrap();
-        let e = write(&root, &[]).unwrap_err();
+        let e = write(&root, &[], None).unwrap_err();
         assert!(e.contains("not an empty directory"), "{e}");
         let e = dir_arg(&root.display().to_string()).unwrap_err();
         assert!(
@@ -351,9 +391,42 @@ mod tests {
         assert!(dir_arg(&file.display().to_string()).is_err());
         let deep = tmp.path().join("a/b/pod");
         assert_eq!(dir_arg(&deep.display().to_string()).unwrap(), deep);
-        let (snap, _) = write(&deep, &[]).unwrap();
+        let (snap, _) = write(&deep, &[], None).unwrap();
         assert_eq!(mode(&deep), 0o700);
         snap.remove();
         assert!(!deep.exists() && tmp.path().join("a/b").exists());
+    }
+
+    #[test]
+    fn under_sudo_what_is_made_belongs_to_the_invoking_user() {
+        use std::os::unix::fs::MetadataExt as _;
+        // As root (how the tests run): to nobody; else to this user, the
+        // one chown a user may make.
+        let me = nix::unistd::geteuid();
+        let owner = match me.is_root() {
+            true => (65534, 65534),
+            false => (me.as_raw(), nix::unistd::getegid().as_raw()),
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("made/by/sudo");
+        let mounts = [mount(
+            "/etc/app",
+            vec![file("config.yaml", 0o644, b"a: 1\n")],
+        )];
+        let (snap, notes) = write(&root, &mounts, Some(owner)).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        for p in [
+            "made",
+            "made/by",
+            "made/by/sudo",
+            "made/by/sudo/etc",
+            "made/by/sudo/etc/app",
+            "made/by/sudo/etc/app/config.yaml",
+        ] {
+            let m = std::fs::symlink_metadata(tmp.path().join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), owner, "{p}");
+        }
+        snap.remove();
+        assert!(!root.exists());
     }
 }

@@ -296,6 +296,21 @@ fn env_reads_the_pods_environment_with_the_developers_rights() {
                 "{}",
                 out.stderr
             );
+            // Under sudo, what is made belongs to the user who ran sudo
+            // (their credentials read it), not to root.
+            let root3 = mounts.join("web-sudo");
+            let root3_arg = root3.display().to_string();
+            let out = w.cli_sudo(&["env", "kube", "web", "-o", "json", "--mount", &root3_arg]);
+            assert!(out.success(), "{}{}", out.stdout, out.stderr);
+            for rel in ["", "etc", "etc/secret/db", "etc/secret/db/password"] {
+                let meta = std::fs::symlink_metadata(root3.join(rel)).expect("written");
+                assert_eq!(
+                    std::os::unix::fs::MetadataExt::uid(&meta),
+                    USER_ID,
+                    "{rel} is the invoking user's"
+                );
+            }
+            std::fs::remove_dir_all(&root3).expect("remove");
             // Not into a directory that holds something; with a command,
             // the files go when it exits.
             let out = user(&w, &line);
