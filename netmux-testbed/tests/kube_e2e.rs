@@ -311,6 +311,23 @@ fn doctor_names_the_missing_intercept_permission_and_passes_once_granted() {
             let granted = check(&w);
             assert_eq!(granted["status"], "pass", "{granted}");
             assert!(granted.to_string().contains("namespace apps"), "{granted}");
+            // --replace, optional, is said of too: refused until alice may
+            // patch Deployments' scale there.
+            assert!(
+                granted.to_string().contains("--replace would be refused")
+                    && granted.to_string().contains("netmux-replace"),
+                "{granted}"
+            );
+            w.fake
+                .api()
+                .allow("alice", "patch", "apps/deployments/scale", "apps", "*");
+            let replace = check(&w);
+            assert!(
+                replace
+                    .to_string()
+                    .contains("stop their Deployments with --replace"),
+                "{replace}"
+            );
 
             // A Role limited to one Service does not grant the namespace.
             w.fake

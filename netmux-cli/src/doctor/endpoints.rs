@@ -215,16 +215,32 @@ pub(crate) async fn probe(cfg: &EndpointConfig, timeout: Duration) -> (Probe, Op
     }
 }
 
+/// What the API server said about the user's rights in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rights {
+    /// The verb `intercept` on services.
+    pub intercept: bool,
+    /// `patch` on deployments/scale (`intercept --replace`).
+    pub replace: bool,
+}
+
 /// Whether the user of Kubernetes endpoint `ep` may intercept Services in
-/// `namespace` (`Ok(allowed)`), or why that could not be asked.
-pub fn intercept_rights(ep: &str, namespace: &str, answer: Result<bool, String>) -> Check {
+/// `namespace`, and replace their Deployments (`Ok(rights)`), or why that
+/// could not be asked.
+pub fn intercept_rights(ep: &str, namespace: &str, answer: Result<Rights, String>) -> Check {
     let name = format!("intercept rights {ep}");
     match answer {
-        Ok(true) => Check::pass(
+        Ok(Rights {
+            intercept: true,
+            replace,
+        }) => Check::pass(
             name,
-            format!("you may intercept Services in namespace {namespace} (verb `intercept` on services)"),
+            match replace {
+                true => format!("you may intercept Services in namespace {namespace} (verb `intercept` on services), and stop their Deployments with --replace (patch on deployments/scale)"),
+                false => format!("you may intercept Services in namespace {namespace} (verb `intercept` on services); --replace would be refused there (it needs patch on deployments/scale: the ClusterRole netmux-replace, bound by a RoleBinding in {namespace})"),
+            },
         ),
-        Ok(false) => Check::warn(
+        Ok(Rights { intercept: false, .. }) => Check::warn(
             name,
             format!("your user may not intercept Services in namespace {namespace}: RBAC does not grant the verb `intercept` on services there"),
             format!("ask an admin to bind the Role netmux-user (manifests/base/rbac-users.yaml) to you in {namespace}, if you need `netmux intercept` (docs/intercept.md)"),
@@ -245,11 +261,15 @@ pub async fn probe_intercept_rights(cfg: &EndpointConfig, timeout: Duration) -> 
     let asked = async {
         let link = kube_link(settings).await.map_err(|p| format!("{p:?}"))?;
         let ns = link.default_namespace().to_owned();
-        let allowed = link.may_intercept(&ns).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((ns, allowed))
+        let intercept = link.may_intercept(&ns).await.map_err(|e| e.to_string())?;
+        let replace = link
+            .may_scale_deployments(&ns)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((ns, Rights { intercept, replace }))
     };
     Some(match tokio::time::timeout(timeout, asked).await {
-        Ok(Ok((ns, allowed))) => intercept_rights(&cfg.name, &ns, Ok(allowed)),
+        Ok(Ok((ns, rights))) => intercept_rights(&cfg.name, &ns, Ok(rights)),
         Ok(Err(e)) => intercept_rights(&cfg.name, "-", Err(e)),
         Err(_) => intercept_rights(
             &cfg.name,

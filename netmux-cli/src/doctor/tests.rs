@@ -496,9 +496,19 @@ async fn endpoint_reachable_and_not() {
 
 #[test]
 fn intercept_rights_name_the_role_to_bind() {
-    let ok = intercept_rights("kube", "apps", Ok(true));
+    let rights = |intercept, replace| Ok(Rights { intercept, replace });
+    let ok = intercept_rights("kube", "apps", rights(true, true));
     assert_eq!(ok.status, Status::Pass);
-    let no = intercept_rights("kube", "apps", Ok(false));
+    assert!(ok.detail.contains("--replace (patch"), "{}", ok.detail);
+    let no_replace = intercept_rights("kube", "apps", rights(true, false));
+    assert_eq!(no_replace.status, Status::Pass, "--replace is optional");
+    assert!(
+        no_replace.detail.contains("--replace would be refused")
+            && no_replace.detail.contains("netmux-replace"),
+        "{}",
+        no_replace.detail
+    );
+    let no = intercept_rights("kube", "apps", rights(false, false));
     assert_eq!(no.status, Status::Warn);
     assert!(no.detail.contains("`intercept`"), "{}", no.detail);
     assert!(

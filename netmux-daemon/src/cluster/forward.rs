@@ -183,6 +183,27 @@ impl KubeLink {
     /// in `namespace` (a SelfSubjectAccessReview; what the server asks
     /// about by SubjectAccessReview before an intercept).
     pub async fn may_intercept(&self, namespace: &str) -> Result<bool, KubeError> {
+        self.may(namespace, "intercept", "", "services", None).await
+    }
+
+    /// Whether these credentials may `patch` the scale of Deployments in
+    /// `namespace`, what the server asks about before `intercept
+    /// --replace` stops one.
+    pub async fn may_scale_deployments(&self, namespace: &str) -> Result<bool, KubeError> {
+        self.may(namespace, "patch", "apps", "deployments", Some("scale"))
+            .await
+    }
+
+    /// A SelfSubjectAccessReview of `verb` on `group`/`resource`
+    /// (`subresource`) in `namespace`.
+    async fn may(
+        &self,
+        namespace: &str,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        subresource: Option<&str>,
+    ) -> Result<bool, KubeError> {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
         };
@@ -190,8 +211,10 @@ impl KubeLink {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
                     namespace: Some(namespace.to_owned()),
-                    verb: Some("intercept".into()),
-                    resource: Some("services".into()),
+                    verb: Some(verb.into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    subresource: subresource.map(str::to_owned),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -199,16 +222,14 @@ impl KubeLink {
             ..Default::default()
         };
         let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
+        let what = match subresource {
+            Some(sub) => format!("SelfSubjectAccessReview ({verb} {resource}/{sub})"),
+            None => format!("SelfSubjectAccessReview ({verb} {resource})"),
+        };
         let answer = api
             .create(&kube::api::PostParams::default(), &review)
             .await
-            .map_err(|e| {
-                api_error(
-                    &self.settings,
-                    "SelfSubjectAccessReview (intercept services)",
-                    e,
-                )
-            })?;
+            .map_err(|e| api_error(&self.settings, &what, e))?;
         Ok(answer.status.is_some_and(|s| s.allowed))
     }
 
