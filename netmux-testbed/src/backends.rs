@@ -8,7 +8,10 @@
 //!   and `x-seen-user: <the request's x-netmux-user, or empty>`;
 //! - `content-type: application/grpc…`: a gRPC-shaped answer, one
 //!   length-prefixed message whose payload is the pod name, then trailers
-//!   `grpc-status: 0`.
+//!   `grpc-status: 0`;
+//! - an HTTP/1.1 `Upgrade` (as a WebSocket handshake): `101 Switching
+//!   Protocols` with `x-served-by`, then on the upgraded connection the pod
+//!   name and a newline, and every byte echoed back ([`upgrade_echo`]).
 //!
 //! Each pod counts the requests it answered ([`Counts`]).
 //!
@@ -23,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Buf as _, Bytes};
 use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
 use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
@@ -111,10 +114,47 @@ pub(crate) async fn serve(listener: TcpListener, pod: String, tally: Tally) {
             let service =
                 hyper::service::service_fn(move |req| answer(req, pod.clone(), tally.clone()));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+/// An `Upgrade` request: `101`, then the pod's name and a newline on the
+/// upgraded connection, then every byte echoed.
+fn switch_to_echo(mut req: Request<Incoming>, pod: Arc<str>, tally: &Tally) -> Response<Body> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tally.bump(&pod, req.uri().path(), req.version(), false);
+    let protocol = req
+        .headers()
+        .get(UPGRADE)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("echo"));
+    let on = hyper::upgrade::on(&mut req);
+    let name = pod.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        if io.write_all(format!("{name}\n").as_bytes()).await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = io.read(&mut buf).await {
+            if io.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(hyper::StatusCode::SWITCHING_PROTOCOLS)
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, protocol)
+        .header(
+            "x-served-by",
+            HeaderValue::from_str(&pod).unwrap_or_else(|_| HeaderValue::from_static("?")),
+        )
+        .body(BoxBody::new(Full::new(Bytes::new())))
+        .unwrap_or_else(|_| Response::new(BoxBody::new(Full::new(Bytes::new()))))
 }
 
 async fn answer(
@@ -122,6 +162,9 @@ async fn answer(
     pod: Arc<str>,
     tally: Tally,
 ) -> Result<Response<Body>, Infallible> {
+    if req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE) {
+        return Ok(switch_to_echo(req, pod, &tally));
+    }
     let version = req.version();
     let path = req.uri().path().to_owned();
     let grpc = req
@@ -427,6 +470,73 @@ impl Http1 {
             .map_err(http_error(what.clone()))?;
         read_reply(&what, resp).await
     }
+}
+
+/// What an [`upgrade_echo`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switched {
+    /// The handshake's status (101 when the protocol was switched).
+    pub status: u16,
+    /// Who answered: the first line on the upgraded connection (a
+    /// backend's name), or the body of a refusal.
+    pub by: String,
+    /// What came back for the line sent after it.
+    pub echoed: String,
+}
+
+/// An HTTP/1.1 `Upgrade: echo` to `addr` (`GET path` with `headers`, as a
+/// WebSocket handshake is), then `line` sent on the upgraded connection
+/// and its echo read back (call inside a tokio runtime).
+pub async fn upgrade_echo(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    line: &str,
+) -> Result<Switched> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let what = format!("Upgrade of http://{addr}{path}");
+    let io = dial(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(http_error(format!("{what}: handshake")))?;
+    tokio::spawn(conn.with_upgrades());
+    let mut all: Vec<(&str, &str)> = vec![("connection", "upgrade"), ("upgrade", "echo")];
+    all.extend_from_slice(headers);
+    let req = request(addr, "GET", path, &all, Bytes::new(), Version::HTTP_11)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(http_error(what.clone()))?;
+    let status = resp.status().as_u16();
+    if status != 101 {
+        let reply = read_reply(&what, resp).await?;
+        return Ok(Switched {
+            status,
+            by: reply.body,
+            echoed: String::new(),
+        });
+    }
+    let upgraded = hyper::upgrade::on(resp)
+        .await
+        .map_err(http_error(format!("{what}: switching")))?;
+    let mut io = tokio::io::BufReader::new(TokioIo::new(upgraded));
+    let io_error = |e| Error::Io {
+        context: what.clone(),
+        source: e,
+    };
+    let mut by = String::new();
+    io.read_line(&mut by).await.map_err(io_error)?;
+    io.get_mut()
+        .write_all(line.as_bytes())
+        .await
+        .map_err(io_error)?;
+    let mut echoed = vec![0u8; line.len()];
+    io.read_exact(&mut echoed).await.map_err(io_error)?;
+    Ok(Switched {
+        status,
+        by: by.trim_end().to_owned(),
+        echoed: String::from_utf8_lossy(&echoed).into_owned(),
+    })
 }
 
 /// One HTTP/2 connection with prior knowledge (h2c), shared by its clones:

@@ -196,6 +196,18 @@ fn personal_intercepts_of_two_users_route_only_their_requests_over_http1_and_h2c
             let h2 = mixed(&w, 1000, true);
             assert_eq!(h2.len(), 1000);
             assert_routed(&w, &h2, &expect);
+            // Upgrades (WebSocket handshakes) are routed by the header
+            // too, and the switched connection carries bytes both ways.
+            for (user, by) in expect {
+                let s = w.upgrade(&[("x-netmux-user", user)]);
+                assert_eq!((s.status, s.by.as_str()), (101, by), "{s:?}");
+                assert_eq!(s.echoed, UPGRADE_LINE, "{s:?}");
+            }
+            let s = w.upgrade(&[]);
+            assert!(
+                s.status == 101 && w.web.pod_names().contains(&s.by) && s.echoed == UPGRADE_LINE,
+                "to a pod: {s:?}"
+            );
 
             // ls shows the intercept, its mode and what came here.
             let ls = w.cli(&alice, &["ls"]);

@@ -9,6 +9,11 @@
 //! reused for its next requests, so requests of one client connection
 //! keep their order and never mix with another's.
 //!
+//! An HTTP/1.1 `Upgrade` (a WebSocket handshake) is routed like any
+//! request, by its header, on an upstream connection of its own; when the
+//! upstream answers `101 Switching Protocols`, both connections are
+//! upgraded and their bytes relayed until either side ends.
+//!
 //! A mirror gets a copy of each request whose body is known and at most
 //! [`MIRROR_MAX_BODY`], through a queue of [`MIRROR_QUEUE`] per client
 //! connection and mirror: when the workstation is slower than the
@@ -133,6 +138,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PortCtx>) {
         hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
             .serve_connection(io, svc)
+            .with_upgrades()
             .await
     };
     if let Err(e) = result {
@@ -166,7 +172,7 @@ where
         Ok(Sender::H2(s))
     } else {
         let (s, conn) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(conn);
+        tokio::spawn(conn.with_upgrades());
         Ok(Sender::H1(s))
     }
 }
@@ -215,8 +221,33 @@ where
     .boxed_unsync()
 }
 
+/// Whether `req` asks to switch protocols (HTTP/1.1 `Upgrade`).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == hyper::Version::HTTP_11 && req.headers().contains_key(hyper::header::UPGRADE)
+}
+
+/// Relays the bytes of an upgraded client connection and its upstream
+/// once both switched protocols; counts them.
+fn relay_upgraded(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    counts: Arc<Counts>,
+    metric: prometheus::IntCounter,
+) {
+    tokio::spawn(async move {
+        let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
+            return;
+        };
+        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+        if let Ok((a, b)) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            counts.bytes.fetch_add(a + b, Ordering::Relaxed);
+            metric.inc_by(a + b);
+        }
+    });
+}
+
 impl Conn {
-    async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn route(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         let Some(routed) = self.ctx.routed.upgrade() else {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -232,8 +263,14 @@ impl Conn {
             .map(|(n, v)| (n.as_str(), v.as_bytes()))
             .collect();
         let choice = route::choose(&claims, port, &headers);
-        let mirrors = route::mirrors(&claims, port, &headers);
+        // A switch of protocols is not copied: a mirror cannot take part.
+        let upgrade = is_upgrade(&req);
+        let mirrors = match upgrade {
+            true => Vec::new(),
+            false => route::mirrors(&claims, port, &headers),
+        };
         drop(headers);
+        let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
         let req = if mirrors.is_empty() {
             req.map(|b| b.boxed_unsync())
         } else {
@@ -265,7 +302,12 @@ impl Conn {
             .metrics
             .intercept_bytes
             .with_label_values(&[&key, label]);
-        let mut sender = match self.take(upstream) {
+        // An upgrade takes its upstream connection for good: a fresh one.
+        let reused = match upgrade {
+            true => None,
+            false => self.take(upstream),
+        };
+        let mut sender = match reused {
             Some(s) => s,
             None => {
                 let connected = match &holder {
@@ -282,8 +324,15 @@ impl Conn {
         let req = req.map(|b| counted(b, counts.clone(), bytes.clone()));
 
         match sender.send(req).await {
-            Ok(resp) => {
-                self.put(upstream, sender);
+            Ok(mut resp) => {
+                match downstream {
+                    Some(down) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let up = hyper::upgrade::on(&mut resp);
+                        relay_upgraded(down, up, counts.clone(), bytes.clone());
+                    }
+                    Some(_) => {}
+                    None => self.put(upstream, sender),
+                }
                 resp.map(|b| counted(b, counts, bytes))
             }
             Err(e) => {

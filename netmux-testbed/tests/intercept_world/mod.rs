@@ -20,6 +20,8 @@ pub const ALICE_TOKEN: &str = "alice-token-for-intercepts";
 pub const BOB_TOKEN: &str = "bob-token-for-intercepts";
 /// Sees the Service but may not intercept it.
 pub const CAROL_TOKEN: &str = "carol-token-without-the-verb";
+/// What [`World::upgrade`] sends on the switched connection.
+pub const UPGRADE_LINE: &str = "ping over the switched protocol\n";
 /// The intercept Lease's TTL in these tests (`intercept_ttl_ms`).
 pub const TTL: Duration = Duration::from_secs(6);
 /// Where the workstation's targets listen.
@@ -277,6 +279,23 @@ impl World<'_> {
                 out
             })
             .expect("cluster namespace")
+    }
+
+    /// An HTTP/1.1 `Upgrade` to the Service (a WebSocket handshake's
+    /// shape) with `headers`, then [`UPGRADE_LINE`] echoed on it.
+    pub fn upgrade(
+        &self,
+        headers: &[(&'static str, &'static str)],
+    ) -> netmux_testbed::backends::Switched {
+        let addr = self.web.addr();
+        let asked = headers.to_vec();
+        self.sb
+            .cluster()
+            .block_on(move || async move {
+                netmux_testbed::backends::upgrade_echo(addr, "/ws", &asked, UPGRADE_LINE).await
+            })
+            .expect("cluster namespace")
+            .unwrap_or_else(|e| panic!("upgrade with {headers:?}: {e}"))
     }
 
     /// Waits until a fresh request with `headers` is answered by `who`
