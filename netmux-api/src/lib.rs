@@ -87,7 +87,9 @@ pub enum Request {
         /// Service port; `None`: its only port.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u16>,
-        /// Where its traffic goes on this machine, `host:port`.
+        /// Where its traffic goes on this machine, `host:port`; empty for
+        /// a workload no Service fronts, stopped with `replace`.
+        #[serde(default)]
         to: String,
         /// `name=value`: a personal intercept (only requests with this
         /// header); `None`: global (every connection).

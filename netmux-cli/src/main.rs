@@ -118,15 +118,17 @@ enum Command {
     Intercept {
         /// Endpoint name.
         endpoint: String,
-        /// Service name or namespace/name.
+        /// Service name or namespace/name; with --replace also a workload
+        /// no Service fronts, KIND/NAME or NAMESPACE/KIND/NAME
+        /// (deploy/worker, sts/reader): it is stopped, no traffic comes.
         service: String,
         /// Service port (needed when it has several).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         port: Option<u16>,
         /// Where its traffic goes here, HOST:PORT, or PORT for
-        /// 127.0.0.1:PORT.
-        #[arg(long, value_parser = host_port_arg)]
-        to: String,
+        /// 127.0.0.1:PORT (not for a workload stopped with --replace).
+        #[arg(long, value_parser = host_port_arg, required_unless_present = "replace")]
+        to: Option<String>,
         /// NAME=VALUE: a personal intercept, only HTTP requests carrying
         /// this header come here; the others go on to the Service's pods.
         #[arg(long, value_parser = header_arg)]
@@ -477,7 +479,7 @@ async fn main() -> ExitCode {
                 endpoint: endpoint.clone(),
                 service: service.clone(),
                 port: *port,
-                to: to.clone(),
+                to: to.clone().unwrap_or_default(),
                 header: header.clone(),
                 mirror: *mirror,
                 replace: *replace,

@@ -40,6 +40,14 @@ pub(crate) enum ClaimKind {
         /// A replace intercept: the workload is stopped meanwhile.
         replace: bool,
     },
+    /// A workload no Service fronts, stopped while this daemon holds it
+    /// (`netmux intercept EP deploy/worker --replace`).
+    Stop(netmux_common::proto::replaced::Workload),
+}
+
+/// The claims-table name of the stop of `w`.
+pub fn stop_name(w: &netmux_common::proto::replaced::Workload) -> String {
+    format!("stop:{w}")
 }
 
 /// The claims-table name of the intercept of `service` port `port`.
@@ -56,6 +64,7 @@ impl ClaimKind {
             ClaimKind::Intercept { service, .. } => {
                 svc.direction == Direction::L2C && svc.key() == *service
             }
+            ClaimKind::Stop(_) => false,
         }
     }
 }
@@ -163,12 +172,14 @@ impl Claims {
     /// Applies the server's report on this daemon's intercepts.
     pub fn report(&self, reports: &[netmux_common::proto::control::InterceptReport]) {
         for c in self.lock().values_mut() {
-            let ClaimKind::Intercept { service, port, .. } = &c.kind else {
-                continue;
+            let (service, port) = match &c.kind {
+                ClaimKind::Intercept { service, port, .. } => (service.clone(), *port),
+                ClaimKind::Stop(w) => (w.to_string(), 0),
+                _ => continue,
             };
             if let Some(r) = reports
                 .iter()
-                .find(|r| r.service == *service && r.port == *port)
+                .find(|r| r.service == service && r.port == port)
             {
                 c.holder = Some(r.holder.clone());
                 c.served = r.to_workstation;

@@ -384,6 +384,16 @@ async fn handle_event(
             }
             session.claim_result(request, r.err());
         }
+        ServerEvent::StopWorkload { request, workload } => {
+            let r = stop_workload(server, holder, identity, workload).await;
+            if let Err(e) = &r {
+                tracing::info!(client = %holder.client, error = %e, "workload stop refused");
+            }
+            session.claim_result(request, r.err());
+        }
+        ServerEvent::StartWorkload { workload } => {
+            server.intercepts.start_workload(holder.session, &workload);
+        }
         ServerEvent::Leave { service, port } => {
             server.intercepts.leave(holder.session, &service, port);
         }
@@ -453,6 +463,42 @@ async fn intercept(
                 mode,
             },
         )
+        .await
+}
+
+/// Stops `w` (no Service in front) for `holder`, if RBAC lets the user
+/// scale it and the session's limit is not reached.
+async fn stop_workload(
+    server: &Server,
+    holder: &crate::reverse::Holder,
+    identity: &Identity,
+    w: netmux_common::proto::replaced::Workload,
+) -> Result<(), String> {
+    // Only where this server serves Services: never a namespace it does
+    // not watch, whatever its account could scale there.
+    let served = server.catalog.borrow().values().any(|s| {
+        s.direction == netmux_common::proto::catalog::Direction::L2C && s.namespace == w.namespace
+    });
+    if !served {
+        return Err(format!(
+            "namespace {} has no Service this server serves: it stops workloads only in the namespaces its catalog comes from; fix: name the workload's namespace as `netmux ls` shows it, or ask an admin to add it to the server's runtime namespaces",
+            w.namespace
+        ));
+    }
+    let one = netmux_common::proto::replaced::Replaced {
+        kind: w.kind,
+        name: w.name.clone(),
+        replicas: 0,
+    };
+    server
+        .access
+        .may_stop(identity, &w.namespace, std::slice::from_ref(&one))
+        .await
+        .map_err(|d| d.to_string())?;
+    claims_left(server, holder)?;
+    server
+        .intercepts
+        .stop_workload(&crate::intercept::Who::from(holder), w)
         .await
 }
 

@@ -25,6 +25,7 @@ pub mod record;
 pub mod remote;
 pub mod route;
 pub mod router;
+pub mod stop;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -239,6 +240,8 @@ pub struct Core {
     peers: Option<Arc<peer::Peers>>,
     /// This replica's intercepts routed by another replica.
     members: remote::Members,
+    /// Workloads with no Service in front, stopped for a daemon.
+    stopped: stop::Table,
 }
 
 impl std::ops::Deref for Intercepts {
@@ -291,21 +294,28 @@ impl Intercepts {
         ttl: Duration,
     ) -> Self {
         let table: Arc<Mutex<HashMap<String, Arc<Routed>>>> = Arc::default();
+        let stopped: stop::Table = Arc::default();
         let ops: Arc<tokio::sync::Mutex<()>> = Arc::default();
         if let (Some(c), Some(p)) = (&cluster, &peers) {
             c.advertise(p.addr());
         }
         let sweeper = cluster.clone().map(|c| {
             let table = Arc::downgrade(&table);
+            let stopped = Arc::downgrade(&stopped);
             let ops = ops.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(ttl / 4);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    let Some(table) = table.upgrade() else { return };
+                    let (Some(table), Some(stopped)) = (table.upgrade(), stopped.upgrade()) else {
+                        return;
+                    };
                     let _op = ops.lock().await;
-                    c.sweep(|key| lock(&table).contains_key(key)).await;
+                    c.sweep(|key| {
+                        lock(&table).contains_key(key) || lock(&stopped).contains_key(key)
+                    })
+                    .await;
                 }
             })
         });
@@ -318,6 +328,7 @@ impl Intercepts {
             ttl,
             peers,
             members: remote::Members::default(),
+            stopped,
         };
         let mut tasks: Vec<_> = sweeper.into_iter().collect();
         if let Some(p) = core.peers.clone() {
@@ -596,6 +607,7 @@ impl Core {
     /// Ends every intercept of `session` (its connection ended).
     pub fn release_all(&self, session: u64) {
         self.members.leave_all(session);
+        self.start_all_of(session);
         let keys: Vec<String> = lock(&self.table).keys().cloned().collect();
         for k in keys {
             self.leave(session, &k, 0);
@@ -605,6 +617,7 @@ impl Core {
     /// Intercepts `session` holds.
     pub fn held_by(&self, session: u64) -> usize {
         self.members.held_by(session)
+            + self.stops_held_by(session)
             + lock(&self.table)
                 .values()
                 .map(|r| {
@@ -624,6 +637,7 @@ impl Core {
             .map(|c| c.replica().to_owned())
             .unwrap_or_default();
         let mut out = self.members.views(session);
+        out.extend(self.stop_views(session, &replica));
         for r in lock(&self.table).values() {
             for h in lock(&r.held).iter().filter(|h| h.claim.session == session) {
                 out.push(View {
@@ -666,13 +680,14 @@ impl Core {
             lock(&r.held).clear();
             finish(r, self.table.clone(), self.ops.clone(), cluster.clone())
         });
-        if tokio::time::timeout(within, futures::future::join_all(restores))
-            .await
-            .is_err()
-        {
+        // Stopped workloads are started again alongside, within the same
+        // time.
+        let both =
+            futures::future::join(futures::future::join_all(restores), self.start_everything());
+        if tokio::time::timeout(within, both).await.is_err() {
             tracing::warn!(
                 ?within,
-                "not every intercepted Service was restored in time; their Leases expire and another replica restores them"
+                "not every intercepted Service was restored, or stopped workload started, in time; their Leases expire and another replica does it"
             );
         }
     }

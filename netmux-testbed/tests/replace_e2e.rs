@@ -275,3 +275,199 @@ fn restored_but_the_lease(w: &World<'_>) -> bool {
             .get(REPLACED)
             .is_none()
 }
+
+fn stop_lease(w: &World<'_>) -> Option<Value> {
+    w.cluster
+        .api()
+        .objects("coordination.k8s.io/leases")
+        .into_iter()
+        .find(|l| {
+            l["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("netmux-stop"))
+        })
+}
+
+fn worker(w: &World<'_>) -> i64 {
+    replicas(w, DEPLOYMENTS, "worker")
+}
+
+fn stop(w: &World<'_>, d: &Daemon) -> netmux_testbed::Output {
+    w.cli(d, &["intercept", "kube", "apps/deploy/worker", "--replace"])
+}
+
+/// A queue worker has no Service: `intercept EP NS/deploy/NAME --replace`
+/// stops it under a Lease of its own, keeps it stopped while held (a
+/// scale-up meanwhile is undone), and starts it again on leave, when its
+/// command exits, when the daemon dies, and by the other replica's sweep
+/// when the holding replica dies.
+#[test]
+fn a_workload_no_service_fronts_is_stopped_while_held_and_started_again_every_way() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    w.start_server(1);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let api = w.cluster.api();
+            api.apply(workload(
+                "Deployment",
+                "worker",
+                json!({"app": "worker"}),
+                3,
+            ));
+            for user in ["alice", "bob"] {
+                api.allow(user, "patch", "apps/deployments/scale", "apps", "worker");
+            }
+            let mut alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            let bob = w.daemon("bob", BOB_TOKEN, 0, "127.78.0.0/16");
+
+            // Only in a namespace the server serves.
+            let out = w.cli(
+                &alice,
+                &[
+                    "intercept",
+                    "kube",
+                    "kube-system/deploy/coredns",
+                    "--replace",
+                ],
+            );
+            assert!(
+                !out.success()
+                    && out
+                        .stderr
+                        .contains("namespace kube-system has no Service this server serves"),
+                "{}",
+                out.stderr
+            );
+            // A workload takes no --to (no Service, no traffic).
+            let out = w.cli(
+                &alice,
+                &[
+                    "intercept",
+                    "kube",
+                    "apps/deploy/worker",
+                    "--to",
+                    ALICE_TARGET,
+                    "--replace",
+                ],
+            );
+            assert!(
+                !out.success() && out.stderr.contains("no connection would come to --to"),
+                "{}",
+                out.stderr
+            );
+
+            let out = stop(&w, &alice);
+            assert_ok(&out, "stop worker");
+            assert!(
+                out.stdout.contains("stopped apps/Deployment/worker"),
+                "{}",
+                out.stdout
+            );
+            assert_eq!(worker(&w), 0);
+            let lease = stop_lease(&w).expect("a stop Lease");
+            assert_eq!(
+                lease["metadata"]["annotations"]["netmux.dev/replicas"], "3",
+                "{lease}"
+            );
+            let status = w.cli(&alice, &["status", "-o", "json"]).stdout;
+            let v: Value = serde_json::from_str(&status).unwrap_or_default();
+            let i = &v["intercepts"][0];
+            assert!(
+                i["service"] == "apps/Deployment/worker"
+                    && i["mode"] == "replace"
+                    && i["state"] == "held",
+                "{status}"
+            );
+            // Someone else may not take it meanwhile.
+            let out = stop(&w, &bob);
+            assert!(
+                !out.success() && out.stderr.contains("is stopped by alice"),
+                "{}",
+                out.stderr
+            );
+            // Scaled up under netmux: stopped again at the next renewal.
+            let mut d = api.get(DEPLOYMENTS, "apps", "worker").expect("worker");
+            d["spec"]["replicas"] = json!(2);
+            api.apply(d);
+            netmux_testbed::wait_until("stopped again", TTL, || worker(&w) == 0)
+                .expect("the renewal stops it again");
+
+            // leave: started again, the Lease gone.
+            let out = w.cli(&alice, &["leave", "kube", "apps/deploy/worker"]);
+            assert_ok(&out, "leave");
+            netmux_testbed::wait_until("started again", T, || {
+                worker(&w) == 3 && stop_lease(&w).is_none()
+            })
+            .expect("started again on leave");
+
+            // Around a command: stopped while it runs, started after.
+            let script = "true";
+            let out = w.cli(
+                &alice,
+                &[
+                    "intercept",
+                    "kube",
+                    "deploy/worker",
+                    "--replace",
+                    "--",
+                    "sh",
+                    "-c",
+                    script,
+                ],
+            );
+            // The token endpoint has no kubeconfig context: the namespace
+            // must be named.
+            assert!(
+                !out.success() && out.stderr.contains("name its namespace"),
+                "{}{}",
+                out.stdout,
+                out.stderr
+            );
+            let script = "echo ran";
+            let out = w.cli(
+                &alice,
+                &[
+                    "intercept",
+                    "kube",
+                    "apps/deploy/worker",
+                    "--replace",
+                    "--",
+                    "sh",
+                    "-c",
+                    script,
+                ],
+            );
+            assert!(out.stdout.contains("ran"), "{}{}", out.stdout, out.stderr);
+            netmux_testbed::wait_until("started after the command", T, || worker(&w) == 3)
+                .expect("started again after the command");
+
+            // The daemon dies: started again within the TTL.
+            assert_ok(&stop(&w, &alice), "stop again");
+            assert_eq!(worker(&w), 0);
+            alice.process.kill();
+            netmux_testbed::wait_until("started after the daemon died", TTL, || {
+                worker(&w) == 3 && stop_lease(&w).is_none()
+            })
+            .expect("started again within the TTL");
+
+            // The holding replica dies: the other one's sweep starts it.
+            let carol = w.daemon("alice2", ALICE_TOKEN, 0, "127.79.0.0/16");
+            assert_ok(&stop(&w, &carol), "stop through replica 0");
+            assert_eq!(worker(&w), 0);
+            w.servers[0].kill();
+            netmux_testbed::wait_until("started by replica 1", TTL * 3, || {
+                worker(&w) == 3 && stop_lease(&w).is_none()
+            })
+            .expect("started again by the other replica's sweep");
+            assert!(
+                w.servers[1]
+                    .log()
+                    .contains("stop Lease expired; starting the workload again"),
+                "replica 1 did it"
+            );
+        }),
+    );
+}

@@ -105,6 +105,21 @@ pub enum ClientMessage {
         /// [`super::replaced`]) and scaled back when it ends.
         replace: bool,
     },
+    /// Stop a workload no Service fronts for as long as this session
+    /// holds it (`netmux intercept EP deploy/worker --replace`): scaled to
+    /// zero, its count kept by the server, scaled back when it ends.
+    /// Answered by a [`ServerMessage::ClaimResult`].
+    StopWorkload {
+        /// Correlates the [`ServerMessage::ClaimResult`].
+        request: u32,
+        /// Which.
+        workload: super::replaced::Workload,
+    },
+    /// End a [`ClientMessage::StopWorkload`] (`netmux leave`).
+    StartWorkload {
+        /// Which.
+        workload: super::replaced::Workload,
+    },
     /// End an intercept (`netmux leave`).
     Leave {
         /// `namespace/name`.
@@ -225,6 +240,15 @@ impl ClientMessage {
                     }
                 }
             }
+            ClientMessage::StopWorkload { workload, .. }
+            | ClientMessage::StartWorkload { workload } => {
+                if !workload.is_valid() {
+                    return Err(DecodeError::invalid(
+                        "workload",
+                        "namespace or name is not a Kubernetes name",
+                    ));
+                }
+            }
             ClientMessage::Leave { service, .. } => {
                 if service.len() > 253 {
                     return Err(DecodeError::invalid("leave", "service name too long"));
@@ -324,6 +348,37 @@ mod tests {
             assert!(
                 ClientMessage::decode(&encode(&bad).unwrap()).is_err(),
                 "{name:?}: {value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn workloads_to_stop_round_trip_and_bad_names_are_refused() {
+        use crate::proto::replaced::{Kind, Workload};
+        let w = |namespace: &str, name: &str| Workload {
+            namespace: namespace.into(),
+            kind: Kind::Deployment,
+            name: name.into(),
+        };
+        for ok in [
+            ClientMessage::StopWorkload {
+                request: 9,
+                workload: w("apps", "worker"),
+            },
+            ClientMessage::StartWorkload {
+                workload: w("apps", "worker"),
+            },
+        ] {
+            assert_eq!(ClientMessage::decode(&encode(&ok).unwrap()).unwrap(), ok);
+        }
+        for (ns, name) in [("apps", "../x"), ("a.b", "x"), ("apps", ""), ("", "x")] {
+            let bad = ClientMessage::StopWorkload {
+                request: 1,
+                workload: w(ns, name),
+            };
+            assert!(
+                ClientMessage::decode(&encode(&bad).unwrap()).is_err(),
+                "{ns}/{name}"
             );
         }
     }

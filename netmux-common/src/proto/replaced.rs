@@ -73,6 +73,67 @@ impl std::fmt::Display for Replaced {
     }
 }
 
+/// A workload by namespace, kind and name: what `netmux intercept EP
+/// deploy/worker --replace` stops when no Service fronts it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Workload {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its name.
+    pub name: String,
+}
+
+impl Workload {
+    /// Whether the namespace and the name are names Kubernetes gives.
+    pub fn is_valid(&self) -> bool {
+        valid_name(&self.name)
+            && valid_name(&self.namespace)
+            && self.namespace.len() <= 63
+            && !self.namespace.contains('.')
+    }
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+
+    /// `namespace/Kind/name`, as [`Workload`] displays.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split('/');
+        let (Some(namespace), Some(kind), Some(name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("{s:?} is not NAMESPACE/KIND/NAME"));
+        };
+        let kind = match kind {
+            "Deployment" => Kind::Deployment,
+            "StatefulSet" => Kind::StatefulSet,
+            other => {
+                return Err(format!(
+                    "{s:?}: {other} is not a Deployment or a StatefulSet"
+                ))
+            }
+        };
+        let w = Workload {
+            namespace: namespace.to_owned(),
+            kind,
+            name: name.to_owned(),
+        };
+        match w.is_valid() {
+            true => Ok(w),
+            false => Err(format!("{s:?} does not name a workload")),
+        }
+    }
+}
+
+impl std::fmt::Display for Workload {
+    /// `namespace/Kind/name`, as status and refusals name it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.kind, self.name)
+    }
+}
+
 /// Why a record cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("annotation {INTERCEPT_REPLACED} of Service {service} is not a list of workloads ({why}); fix: scale each workload back by hand (kubectl -n NAMESPACE scale deployment/NAME --replicas=N) and remove the annotation")]
@@ -198,6 +259,27 @@ mod tests {
         assert!(!runs_pods_of(&sel, &labels(&[("app", "worker")])));
         assert!(!runs_pods_of(&sel, &labels(&[])));
         assert!(!runs_pods_of(&labels(&[]), &labels(&[("app", "web")])));
+    }
+
+    #[test]
+    fn a_workload_is_named_by_its_key_and_a_bad_one_is_refused() {
+        let w = Workload {
+            namespace: "apps".into(),
+            kind: Kind::StatefulSet,
+            name: "queue-reader".into(),
+        };
+        assert_eq!(w.to_string(), "apps/StatefulSet/queue-reader");
+        assert_eq!(w.to_string().parse::<Workload>(), Ok(w));
+        for bad in [
+            "apps/worker",
+            "apps/DaemonSet/x",
+            "apps/Deployment/Worker",
+            "a.b/Deployment/x",
+            "apps/Deployment/x/y",
+            "/Deployment/x",
+        ] {
+            assert!(bad.parse::<Workload>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -272,6 +272,30 @@ impl ClientSession {
         request
     }
 
+    /// Queues the stop of `workload` while this session holds it.
+    /// Answered as [`ClientEvent::ClaimResult`] with the returned id.
+    pub fn stop_workload(&mut self, workload: &super::replaced::Workload) -> u32 {
+        let request = self.next_request();
+        push_frame(
+            &mut self.out,
+            &ClientMessage::StopWorkload {
+                request,
+                workload: workload.clone(),
+            },
+        );
+        request
+    }
+
+    /// Queues the end of a [`Self::stop_workload`].
+    pub fn start_workload(&mut self, workload: &super::replaced::Workload) {
+        push_frame(
+            &mut self.out,
+            &ClientMessage::StartWorkload {
+                workload: workload.clone(),
+            },
+        );
+    }
+
     /// Queues the end of an intercept.
     pub fn leave(&mut self, service: &str, port: u16) {
         push_frame(
@@ -438,6 +462,19 @@ pub enum ServerEvent {
         mirror: bool,
         /// A replace intercept (the workload scaled to zero meanwhile).
         replace: bool,
+    },
+    /// The daemon stops a workload no Service fronts; answer with
+    /// [`ServerSession::claim_result`].
+    StopWorkload {
+        /// Request id.
+        request: u32,
+        /// Which.
+        workload: super::replaced::Workload,
+    },
+    /// The daemon ends a [`ServerEvent::StopWorkload`].
+    StartWorkload {
+        /// Which.
+        workload: super::replaced::Workload,
     },
     /// The daemon ends an intercept.
     Leave {
@@ -645,6 +682,12 @@ impl ServerSession {
                         ClientMessage::Leave { service, port } => {
                             self.events.push_back(ServerEvent::Leave { service, port })
                         }
+                        ClientMessage::StopWorkload { request, workload } => self
+                            .events
+                            .push_back(ServerEvent::StopWorkload { request, workload }),
+                        ClientMessage::StartWorkload { workload } => self
+                            .events
+                            .push_back(ServerEvent::StartWorkload { workload }),
                     }
                 }
                 Ok(())

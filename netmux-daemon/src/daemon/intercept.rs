@@ -7,7 +7,8 @@ use netmux_common::proto::catalog::{Direction, Protocol, Service};
 
 use super::{wait_claims, Daemon};
 use crate::api::{self, InterceptView, Reply};
-use crate::claims::intercept_name;
+use crate::claims::{intercept_name, stop_name};
+use crate::cluster::workload::{Kind as NamedKind, Named};
 use crate::endpoint::{ClaimKind, ClaimState, Targets};
 
 /// The TCP port of `svc` the user means: `asked`, or its only one.
@@ -102,6 +103,12 @@ impl Daemon {
         if replace && (header.is_some() || mirror) {
             return Err("--replace is a global intercept (the workload is stopped, so nothing is left to answer the other requests); fix: drop --header and --mirror, or --replace".into());
         }
+        if let Some(named) = Named::parse(service)? {
+            return self.stop_workload(ep, service, named, to, replace).await;
+        }
+        if to.is_empty() {
+            return Err(format!("--to is needed: where the connections of {service} go on this machine (HOST:PORT, or PORT for 127.0.0.1:PORT)"));
+        }
         let header = header
             .map(|h| api::args::header(h).map_err(|e| format!("--header {h:?}: {e}")))
             .transpose()?;
@@ -148,8 +155,69 @@ impl Daemon {
         })
     }
 
+    /// Stops workload `named` (`asked` as typed) of `ep`, which no Service
+    /// fronts, while this daemon holds it: a claim the server answers by
+    /// scaling it to zero, sent again on every reconnect.
+    async fn stop_workload(
+        &self,
+        ep: &str,
+        asked: &str,
+        named: Named,
+        to: &str,
+        replace: bool,
+    ) -> Result<Reply, String> {
+        use netmux_common::proto::replaced::{Kind, Workload};
+        if !replace {
+            return Err(format!("{asked} is a workload: an intercept takes a Service's connections; fix: intercept the Service in front of it, or add --replace to stop the workload while its copy runs here"));
+        }
+        if !to.is_empty() {
+            return Err(format!("{asked} is a workload with no Service in front: no connection would come to --to; fix: drop --to (--replace stops it), or intercept the Service that fronts it"));
+        }
+        let kind = match named.kind {
+            NamedKind::Deployment => Kind::Deployment,
+            NamedKind::StatefulSet => Kind::StatefulSet,
+            other => {
+                return Err(format!(
+                    "{asked}: a {} cannot be scaled to zero; --replace stops Deployments and StatefulSets",
+                    other.word()
+                ))
+            }
+        };
+        let state = self.state.lock().await;
+        let c = self.connected(&state, ep)?;
+        let namespace = match (named.namespace, c.endpoint.kube()) {
+            (Some(ns), _) => ns,
+            (None, Some(kube)) => kube.default_namespace().to_owned(),
+            (None, None) => {
+                return Err(format!("{asked}: name its namespace (NAMESPACE/{}/{}); endpoint {ep} has no kubeconfig context to take it from", named.kind.word(), named.name))
+            }
+        };
+        let w = Workload {
+            namespace,
+            kind,
+            name: named.name,
+        };
+        if !w.is_valid() {
+            return Err(format!(
+                "{asked} does not name a workload Kubernetes could have"
+            ));
+        }
+        let name = stop_name(&w);
+        c.endpoint
+            .claim(&name, ClaimKind::Stop(w.clone()), Targets::default());
+        let errors = wait_claims(&c.endpoint, std::slice::from_ref(&name)).await;
+        if let Some(e) = errors.first() {
+            c.endpoint.claims().lock().remove(&name);
+            return Err(format!("could not stop {w}: {e}"));
+        }
+        Ok(Reply::Done {
+            message: format!("stopped {w} (scaled to zero) for as long as this lasts; start it again with `netmux leave {ep} {asked}`"),
+        })
+    }
+
     /// Ends the intercepts of `service` on `ep` (of `port` only, if given).
     pub async fn leave(&self, ep: &str, service: &str, port: Option<u16>) -> Result<Reply, String> {
+        let named = Named::parse(service)?;
         let state = self.state.lock().await;
         let c = self.connected(&state, ep)?;
         let names: Vec<String> = c
@@ -158,6 +226,15 @@ impl Daemon {
             .snapshot_named()
             .into_iter()
             .filter_map(|(name, claim)| match claim.kind {
+                ClaimKind::Stop(w)
+                    if named.as_ref().is_some_and(|n| {
+                        n.name == w.name
+                            && n.kind.word() == w.kind.to_string().to_ascii_lowercase()
+                            && n.namespace.as_ref().is_none_or(|ns| *ns == w.namespace)
+                    }) =>
+                {
+                    Some(name)
+                }
                 ClaimKind::Intercept {
                     service: key,
                     port: p,
@@ -179,8 +256,12 @@ impl Daemon {
         for n in &names {
             c.endpoint.release(n);
         }
+        let restores = match named {
+            Some(_) => "the server starts the workload again",
+            None => "the server restores the Service",
+        };
         Ok(Reply::Done {
-            message: format!("left {}; the server restores the Service", names.join(", ")),
+            message: format!("left {}; {restores}", names.join(", ")),
         })
     }
 
@@ -189,24 +270,30 @@ impl Daemon {
         let mut out = Vec::new();
         for (ep, c) in &state.endpoints {
             for (_, claim) in c.endpoint.claims().snapshot_named() {
-                let ClaimKind::Intercept {
-                    service,
-                    port,
-                    header,
-                    mirror,
-                    replace,
-                } = &claim.kind
-                else {
-                    continue;
+                let (service, port, mode) = match &claim.kind {
+                    ClaimKind::Intercept {
+                        service,
+                        port,
+                        header,
+                        mirror,
+                        replace,
+                    } => (
+                        service.clone(),
+                        *port,
+                        mode(header.as_ref(), *mirror, *replace),
+                    ),
+                    // A workload stopped with no Service in front: no port.
+                    ClaimKind::Stop(w) => (w.to_string(), 0, "replace".to_owned()),
+                    _ => continue,
                 };
                 out.push(InterceptView {
                     endpoint: ep.clone(),
-                    service: service.clone(),
-                    port: *port,
-                    mode: mode(header.as_ref(), *mirror, *replace),
+                    service,
+                    port,
+                    mode,
                     to: claim
                         .targets
-                        .get(*port, Protocol::Tcp)
+                        .get(port, Protocol::Tcp)
                         .map(|a| a.to_string())
                         .unwrap_or_else(|| "-".into()),
                     state: match &claim.state {

@@ -157,6 +157,7 @@ fn send_pending(
                 mirror,
                 replace,
             } => session.intercept(service, *port, header.clone(), *mirror, *replace),
+            ClaimKind::Stop(w) => session.stop_workload(w),
         };
         in_flight.insert(request, name.clone());
     }
@@ -244,6 +245,7 @@ pub(crate) async fn follow(
                     Command::Release(ClaimKind::Intercept { service, port, .. }) => {
                         session.leave(&service, port)
                     }
+                    Command::Release(ClaimKind::Stop(w)) => session.start_workload(&w),
                 }
                 if flush(&mut session, &mut send).await.is_err() {
                     return "control stream closed".into();

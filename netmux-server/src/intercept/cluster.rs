@@ -169,30 +169,40 @@ impl Cluster {
     }
 
     fn lease(&self, ns: &str, svc: &str, who: &str, decision: &Decision) -> Lease {
+        let annotations = [
+            (CLIENT.to_owned(), who.to_owned()),
+            (SERVICE.to_owned(), format!("{ns}/{svc}")),
+        ]
+        .into_iter()
+        .chain(
+            self.address
+                .get()
+                .map(|a| (REPLICA_ADDRESS.to_owned(), a.to_string())),
+        )
+        .collect();
+        self.lease_named(lease_name(ns, svc), annotations, decision)
+    }
+
+    /// An intercept Lease (labelled for [`Self::sweep`]) named `name`,
+    /// held by this replica, carrying `annotations`.
+    fn lease_named(
+        &self,
+        name: String,
+        annotations: BTreeMap<String, String>,
+        decision: &Decision,
+    ) -> Lease {
         let now = MicroTime(Timestamp::now());
         let (rv, transitions) = decision.write_version();
         Lease {
             metadata: ObjectMeta {
-                name: Some(lease_name(ns, svc)),
+                name: Some(name),
                 namespace: Some(self.namespace.clone()),
                 resource_version: rv,
                 labels: Some(BTreeMap::from([
                     (MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
                     (LEASE_LABEL.to_owned(), "true".to_owned()),
                 ])),
-                annotations: Some(
-                    [
-                        (CLIENT.to_owned(), who.to_owned()),
-                        (SERVICE.to_owned(), format!("{ns}/{svc}")),
-                    ]
-                    .into_iter()
-                    .chain(
-                        self.address
-                            .get()
-                            .map(|a| (REPLICA_ADDRESS.to_owned(), a.to_string())),
-                    )
-                    .collect(),
-                ),
+                annotations: Some(annotations),
                 ..Default::default()
             },
             spec: Some(LeaseSpec {
@@ -502,13 +512,12 @@ impl Cluster {
             }
         };
         for lease in list.items {
-            let Some(key) = lease
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(SERVICE))
-                .cloned()
-            else {
+            let annotations = lease.metadata.annotations.clone().unwrap_or_default();
+            if let Some(workload) = annotations.get(replace::WORKLOAD) {
+                self.sweep_stopped(&lease, workload, &is_local).await;
+                continue;
+            }
+            let Some(key) = annotations.get(SERVICE).cloned() else {
                 continue;
             };
             if is_local(&key) {

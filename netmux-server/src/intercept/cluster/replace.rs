@@ -4,16 +4,40 @@
 //! subresource once their replica counts are recorded on the Service
 //! ([`netmux_common::proto::replaced`]), and scaled back from that record
 //! before the selector is restored.
+//!
+//! A workload no Service fronts (`netmux intercept EP deploy/worker
+//! --replace`) is stopped under a Lease of its own in the server's
+//! namespace (`netmux-stop-…`, labelled like the intercept Leases so the
+//! same sweep restores it), which carries its count before
+//! ([`REPLICAS`]): the server holds the record, and needs no right to
+//! change the workload beyond its scale.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::Api;
-use netmux_common::proto::replaced::{self, Kind, Replaced};
+use netmux_common::proto::replaced::{self, Kind, Replaced, Workload};
 use serde_json::{json, Value};
 
-use super::{api_error, code, record, Cluster};
+use super::{
+    api_error, code, decide, object_name, record, Cluster, Decision, TakeError, ATTEMPTS, CLIENT,
+};
+
+/// Annotation on a stop Lease: the workload, `namespace/Kind/name`.
+pub const WORKLOAD: &str = "netmux.dev/workload";
+/// Annotation on a stop Lease: the workload's replica count before.
+pub const REPLICAS: &str = "netmux.dev/replicas";
+
+/// The Lease under which `w` is stopped.
+pub fn stop_lease_name(w: &Workload) -> String {
+    let kind = w.kind.resource();
+    object_name("netmux-stop", &[&w.namespace, kind, &w.name])
+}
 
 impl Cluster {
     fn workloads_api(&self, ns: &str, kind: Kind) -> Api<DynamicObject> {
@@ -93,6 +117,158 @@ impl Cluster {
             })
     }
 
+    /// `w`'s replica count now.
+    async fn replicas_now(&self, w: &Workload) -> Result<i32, String> {
+        match self
+            .workloads_api(&w.namespace, w.kind)
+            .get_scale(&w.name)
+            .await
+        {
+            Ok(scale) => Ok(scale.spec.and_then(|s| s.replicas).unwrap_or(0)),
+            Err(e) if code(&e) == Some(404) => Err(format!(
+                "there is no {} {}/{}; fix: name one as `netmux env` or kubectl shows it",
+                w.kind, w.namespace, w.name
+            )),
+            Err(e) => Err(api_error(
+                &format!("cannot read the scale of {w}"),
+                &format!("get and patch on {}/scale (apps) there", w.kind.resource()),
+                &e,
+            )),
+        }
+    }
+
+    /// Takes (or renews) the Lease under which `w` is stopped for `who`,
+    /// keeping the count before (read once, never the zero), then, with
+    /// `stop`, scales `w` to zero if it is not (level-triggered: called
+    /// again while held, it stops what something started meanwhile).
+    /// Refused with the holder while another replica holds it.
+    pub async fn hold_stopped(&self, w: &Workload, who: &str, stop: bool) -> Result<(), TakeError> {
+        let name = stop_lease_name(w);
+        let whose = format!("Lease {}/{name}", self.namespace);
+        let needs = "get/create/update on leases (coordination.k8s.io) in its namespace";
+        let pp = PostParams::default();
+        for _ in 0..ATTEMPTS {
+            let current: Option<Lease> = self
+                .leases
+                .get_opt(&name)
+                .await
+                .map_err(|e| api_error(&format!("cannot read {whose}"), needs, &e))?;
+            let decision = decide(
+                current.as_ref(),
+                &self.me(),
+                &self.replica,
+                Timestamp::now(),
+            );
+            if let Decision::Held { by } = &decision {
+                return Err(TakeError::Held {
+                    by: format!("{w} is stopped by {by}"),
+                    address: None,
+                });
+            }
+            let kept = current
+                .as_ref()
+                .and_then(|l| l.metadata.annotations.as_ref())
+                .and_then(|a| a.get(REPLICAS))
+                .and_then(|n| n.parse::<i32>().ok());
+            let replicas = match kept {
+                Some(n) => n,
+                None => self.replicas_now(w).await?,
+            };
+            let annotations = BTreeMap::from([
+                (CLIENT.to_owned(), who.to_owned()),
+                (WORKLOAD.to_owned(), w.to_string()),
+                (REPLICAS.to_owned(), replicas.to_string()),
+            ]);
+            let lease = self.lease_named(name.clone(), annotations, &decision);
+            let written = match decision {
+                Decision::Create => self.leases.create(&pp, &lease).await.map(drop),
+                _ => self.leases.replace(&name, &pp, &lease).await.map(drop),
+            };
+            match written {
+                Ok(()) => {}
+                Err(e) if matches!(code(&e), Some(404 | 409)) => continue,
+                Err(e) => return Err(api_error(&format!("cannot write {whose}"), needs, &e).into()),
+            }
+            if stop && self.replicas_now(w).await? != 0 {
+                let one = Replaced {
+                    kind: w.kind,
+                    name: w.name.clone(),
+                    replicas,
+                };
+                self.stop(&w.namespace, std::slice::from_ref(&one)).await?;
+            }
+            return Ok(());
+        }
+        Err(format!("{whose} kept changing; try again").into())
+    }
+
+    /// Scales `w` back to the count its Lease keeps (if it is still at
+    /// zero) and deletes the Lease. Idempotent.
+    pub async fn release_stopped(&self, w: &Workload) -> Result<(), String> {
+        let name = stop_lease_name(w);
+        let lease = self
+            .leases
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("cannot read Lease {}/{name}: {e}", self.namespace))?;
+        let kept = lease
+            .as_ref()
+            .and_then(|l| l.metadata.annotations.as_ref())
+            .and_then(|a| a.get(REPLICAS))
+            .and_then(|n| n.parse::<i32>().ok());
+        if let Some(replicas) = kept {
+            let one = Replaced {
+                kind: w.kind,
+                name: w.name.clone(),
+                replicas,
+            };
+            self.start_one(&w.namespace, &one).await?;
+        }
+        match self.leases.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(format!(
+                "cannot delete Lease {}/{name}: {e}",
+                self.namespace
+            )),
+        }
+    }
+
+    /// The sweep's part for stop Leases: one whose holder stopped renewing
+    /// it (and that this replica does not hold, `is_local`) is taken and
+    /// its workload started again.
+    pub(super) async fn sweep_stopped(
+        &self,
+        lease: &Lease,
+        key: &str,
+        is_local: &impl Fn(&str) -> bool,
+    ) {
+        if is_local(key) {
+            return;
+        }
+        let Ok(w) = key.parse::<Workload>() else {
+            tracing::warn!(lease = ?lease.metadata.name, workload = %key, "a stop Lease names no workload; leaving it to expire");
+            return;
+        };
+        if matches!(
+            decide(Some(lease), &self.me(), &self.replica, Timestamp::now()),
+            Decision::Held { .. }
+        ) {
+            return;
+        }
+        tracing::warn!(workload = %key, "stop Lease expired; starting the workload again");
+        if let Err(e) = self
+            .hold_stopped(&w, "restoring (previous holder gone)", false)
+            .await
+        {
+            tracing::info!(workload = %key, error = %e, "not restoring: taken meanwhile");
+            return;
+        }
+        if let Err(e) = self.release_stopped(&w).await {
+            tracing::warn!(workload = %key, error = %e, "cannot start the workload again yet; retrying on the next sweep");
+        }
+    }
+
     /// Scales each of `stopped` (recorded on the Service first) to zero.
     pub async fn stop(&self, ns: &str, stopped: &[Replaced]) -> Result<(), String> {
         for w in stopped {
@@ -136,29 +312,36 @@ impl Cluster {
             }
         };
         for w in &stopped {
-            let what = format!("{} {ns}/{}", w.kind, w.name);
-            let now = match self.workloads_api(ns, w.kind).get_scale(&w.name).await {
-                Ok(scale) => scale.spec.and_then(|s| s.replicas).unwrap_or(0),
-                Err(e) if code(&e) == Some(404) => {
-                    tracing::info!(workload = %what, "a workload a replace intercept stopped is gone; nothing to scale back");
-                    continue;
-                }
-                Err(e) => {
-                    return Err(api_error(
-                        &format!("cannot read the scale of {what}"),
-                        &format!("get and patch on {}/scale (apps) there", w.kind.resource()),
-                        &e,
-                    ))
-                }
-            };
-            match replaced::scale_back(w, now) {
-                Some(n) => {
-                    self.scale(ns, w, n).await?;
-                    tracing::info!(workload = %what, replicas = n, "replace intercept ended: workload scaled back");
-                }
-                None => {
-                    tracing::info!(workload = %what, replicas = now, recorded = w.replicas, "replace intercept ended: workload left at its count (scaled since, or stopped before)")
-                }
+            self.start_one(ns, w).await?;
+        }
+        Ok(())
+    }
+
+    /// Scales `w` of `ns` back to its recorded count if it is still at
+    /// zero; gone, or scaled by someone since, it is left as it is.
+    async fn start_one(&self, ns: &str, w: &Replaced) -> Result<(), String> {
+        let what = format!("{} {ns}/{}", w.kind, w.name);
+        let now = match self.workloads_api(ns, w.kind).get_scale(&w.name).await {
+            Ok(scale) => scale.spec.and_then(|s| s.replicas).unwrap_or(0),
+            Err(e) if code(&e) == Some(404) => {
+                tracing::info!(workload = %what, "a workload a replace intercept stopped is gone; nothing to scale back");
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(api_error(
+                    &format!("cannot read the scale of {what}"),
+                    &format!("get and patch on {}/scale (apps) there", w.kind.resource()),
+                    &e,
+                ))
+            }
+        };
+        match replaced::scale_back(w, now) {
+            Some(n) => {
+                self.scale(ns, w, n).await?;
+                tracing::info!(workload = %what, replicas = n, "replace intercept ended: workload scaled back");
+            }
+            None => {
+                tracing::info!(workload = %what, replicas = now, recorded = w.replicas, "replace intercept ended: workload left at its count (scaled since, or stopped before)")
             }
         }
         Ok(())
