@@ -471,3 +471,44 @@ fn a_workload_no_service_fronts_is_stopped_while_held_and_started_again_every_wa
         }),
     );
 }
+
+/// A replica stopped by SIGTERM (a rolling update) starts what it stopped
+/// before it exits: a Service's replaced workload and a workload stopped on
+/// its own.
+#[test]
+fn a_draining_server_starts_what_it_stopped_before_it_exits() {
+    let sb = sandbox();
+    let mut w = world(&sb);
+    w.start_server(0);
+    on_failure_dump(
+        &sb,
+        std::panic::AssertUnwindSafe(|| {
+            let api = w.cluster.api();
+            api.apply(workload("Deployment", "web", json!({"app": "web"}), 2));
+            api.apply(workload(
+                "Deployment",
+                "worker",
+                json!({"app": "worker"}),
+                3,
+            ));
+            api.allow("alice", "patch", "apps/deployments/scale", "apps", "*");
+            let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+            let _target = target(&sb, ALICE_TARGET, "alice-workstation");
+            assert_ok(&replace(&w, &alice), "replace web");
+            assert_ok(&stop(&w, &alice), "stop worker");
+            assert_eq!(
+                (replicas(&w, DEPLOYMENTS, "web"), worker(&w)),
+                (0, 0),
+                "both stopped"
+            );
+            let status = w.servers[0].terminate(T);
+            assert!(status.is_some(), "the server exits on SIGTERM");
+            assert_eq!(
+                (replicas(&w, DEPLOYMENTS, "web"), worker(&w)),
+                (2, 3),
+                "both started before it exited"
+            );
+            assert!(stop_lease(&w).is_none() && restored(&w));
+        }),
+    );
+}
