@@ -707,6 +707,29 @@ fn rx_count(conn: &Connection) -> u64 {
     conn.stats().udp_rx.datagrams
 }
 
+/// Whether the daemon behind `conn` is gone: its connection closed, or no
+/// datagram from it for `silence` (`heard`: the count last seen, and
+/// since when).
+fn is_gone(conn: &Connection, heard: &Mutex<(u64, Instant)>, silence: Duration) -> bool {
+    if conn.close_reason().is_some() {
+        return true;
+    }
+    let mut heard = lock(heard);
+    let now = rx_count(conn);
+    if now != heard.0 {
+        *heard = (now, Instant::now());
+    }
+    heard.1.elapsed() >= silence
+}
+
+/// The ticker of the liveness checks: every [`LIVENESS`], from one
+/// [`LIVENESS`] on, late ticks delayed rather than bunched.
+fn liveness() -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS, LIVENESS);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// Removes `routed` (still empty) from the table and restores its Service.
 async fn finish(
     routed: Arc<Routed>,
@@ -777,25 +800,16 @@ async fn renew(
     // Silent this long, a daemon is gone (its QUIC keepalive is every
     // second): the Service is restored well before its Lease could expire.
     let silence = ttl / 2;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS, LIVENESS);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = liveness();
     let mut renewed = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let Some(r) = routed.upgrade() else { return };
         let dropped: Vec<Held> = {
             let mut held = lock(&r.held);
-            let (gone, live): (Vec<Held>, Vec<Held>) = held.drain(..).partition(|h| {
-                if h.via.conn().close_reason().is_some() {
-                    return true;
-                }
-                let mut heard = lock(&h.heard);
-                let now = rx_count(h.via.conn());
-                if now != heard.0 {
-                    *heard = (now, Instant::now());
-                }
-                heard.1.elapsed() >= silence
-            });
+            let (gone, live): (Vec<Held>, Vec<Held>) = held
+                .drain(..)
+                .partition(|h| is_gone(h.via.conn(), &h.heard, silence));
             *held = live;
             gone
         };

@@ -9,7 +9,7 @@
 //! Every address used is loopback or assigned inside the test's namespaces.
 
 use netmux_testbed::backends::Http1;
-use netmux_testbed::{bin, Side};
+use netmux_testbed::Side;
 use serde_json::Value;
 
 mod common;
@@ -404,21 +404,7 @@ fn netmux_cleanup_restores_with_the_users_kubeconfig_when_no_server_is_left() {
             w.wait_for_answer("the workstation", &[], "alice-workstation");
             // Every netmux pod is gone.
             w.servers[0].kill();
-            let kubeconfig = w.dir.join("alice-kubeconfig");
-            write(
-                &kubeconfig,
-                &w.cluster.kubeconfig("alice", ALICE_TOKEN, "apps"),
-            );
-            let out = sb
-                .process(
-                    Side::Workstation,
-                    "netmux-cleanup",
-                    bin("netmux").expect("built"),
-                )
-                .args(["cleanup", "--intercepts", "--namespace", "apps"])
-                .env("KUBECONFIG", &kubeconfig)
-                .run(T)
-                .expect("run netmux cleanup");
+            let out = w.cleanup_as("alice", ALICE_TOKEN);
             assert_ok(&out, "cleanup --intercepts");
             assert!(
                 out.stdout.contains("restored Service apps/web"),
@@ -428,16 +414,7 @@ fn netmux_cleanup_restores_with_the_users_kubeconfig_when_no_server_is_left() {
             assert!(!w.intercepted() && w.netmux_slice().is_none());
             assert_eq!(w.spec_text(), before, "the spec is byte-identical");
             w.wait_for_answer("the pods again", &[], "pod");
-            let out = sb
-                .process(
-                    Side::Workstation,
-                    "netmux-cleanup",
-                    bin("netmux").expect("built"),
-                )
-                .args(["cleanup", "--intercepts", "--namespace", "apps"])
-                .env("KUBECONFIG", &kubeconfig)
-                .run(T)
-                .expect("run netmux cleanup");
+            let out = w.cleanup_as("alice", ALICE_TOKEN);
             assert!(
                 out.stdout.contains("no intercepted Service"),
                 "{}",

@@ -10,7 +10,6 @@
 //! Need root; run with `--test-threads=1` (as `cargo xtask test` does).
 //! Every address used is loopback or assigned inside the test's namespaces.
 
-use netmux_testbed::{bin, Side};
 use serde_json::{json, Value};
 
 mod common;
@@ -238,21 +237,7 @@ fn netmux_cleanup_starts_a_replaced_workload_again_when_no_server_is_left() {
             w.wait_for_answer("the workstation", &[], "alice-workstation");
             // Every netmux pod is gone.
             w.servers[0].kill();
-            let kubeconfig = w.dir.join("alice-kubeconfig");
-            write(
-                &kubeconfig,
-                &w.cluster.kubeconfig("alice", ALICE_TOKEN, "apps"),
-            );
-            let out = sb
-                .process(
-                    Side::Workstation,
-                    "netmux-cleanup",
-                    bin("netmux").expect("built"),
-                )
-                .args(["cleanup", "--intercepts", "--namespace", "apps"])
-                .env("KUBECONFIG", &kubeconfig)
-                .run(T)
-                .expect("run netmux cleanup");
+            let out = w.cleanup_as("alice", ALICE_TOKEN);
             assert_ok(&out, "cleanup --intercepts");
             assert!(
                 out.stdout.contains("restored Service apps/web")

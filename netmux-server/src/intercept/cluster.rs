@@ -216,6 +216,28 @@ impl Cluster {
         }
     }
 
+    /// Lease `name` (`whose`, for errors) as it is now, and what this
+    /// replica may do with it.
+    async fn lease_decision(
+        &self,
+        name: &str,
+        whose: &str,
+        needs: &str,
+    ) -> Result<(Option<Lease>, Decision), String> {
+        let current = self
+            .leases
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(&format!("cannot read {whose}"), needs, &e))?;
+        let decision = decide(
+            current.as_ref(),
+            &self.me(),
+            &self.replica,
+            Timestamp::now(),
+        );
+        Ok((current, decision))
+    }
+
     /// Takes (or renews) the Lease of Service `ns/svc` for this replica;
     /// `who` describes its intercepts for others' refusals. Refused with
     /// the holder's description while another replica holds it.
@@ -225,17 +247,7 @@ impl Cluster {
         let needs = "get/create/update on leases (coordination.k8s.io) in its namespace";
         let pp = PostParams::default();
         for _ in 0..ATTEMPTS {
-            let current = self
-                .leases
-                .get_opt(&name)
-                .await
-                .map_err(|e| api_error(&format!("cannot read {whose}"), needs, &e))?;
-            let decision = decide(
-                current.as_ref(),
-                &self.me(),
-                &self.replica,
-                Timestamp::now(),
-            );
+            let (current, decision) = self.lease_decision(&name, &whose, needs).await?;
             let lease = self.lease(ns, svc, who, &decision);
             let written = match &decision {
                 Decision::Held { by } => {

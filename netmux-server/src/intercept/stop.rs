@@ -15,7 +15,7 @@ use netmux_common::proto::replaced::Workload;
 use netmux_common::sync::lock;
 use quinn::Connection;
 
-use super::{cluster::Cluster, rx_count, Core, View, Who, LIVENESS, RESTORE_PATIENCE};
+use super::{cluster::Cluster, is_gone, liveness, rx_count, Core, View, Who, RESTORE_PATIENCE};
 
 /// Workloads this replica holds stopped, by [`Workload`]'s key.
 pub(crate) type Table = Arc<Mutex<std::collections::HashMap<String, Arc<Stopped>>>>;
@@ -148,9 +148,9 @@ impl Core {
     }
 }
 
-/// Every [`LIVENESS`]: ends the stop when its daemon is gone or was silent
-/// for half the TTL; every `ttl / 4` renews the Lease and stops the
-/// workload again if something started it.
+/// Every [`super::LIVENESS`]: ends the stop when its daemon is gone or
+/// was silent for half the TTL; every `ttl / 4` renews the Lease and stops
+/// the workload again if something started it.
 async fn keep(
     stopped: Weak<Stopped>,
     table: Table,
@@ -159,21 +159,12 @@ async fn keep(
     ttl: Duration,
 ) {
     let silence = ttl / 2;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + LIVENESS, LIVENESS);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = liveness();
     let mut renewed = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let Some(s) = stopped.upgrade() else { return };
-        let gone = s.conn.close_reason().is_some() || {
-            let mut heard = lock(&s.heard);
-            let now = rx_count(&s.conn);
-            if now != heard.0 {
-                *heard = (now, Instant::now());
-            }
-            heard.1.elapsed() >= silence
-        };
-        if gone {
+        if is_gone(&s.conn, &s.heard, silence) {
             tracing::warn!(workload = %s.workload, client = %s.client, "stop ended: its daemon is gone or silent");
             let key = s.workload.to_string();
             let mine = {

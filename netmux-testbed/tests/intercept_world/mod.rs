@@ -207,6 +207,23 @@ impl World<'_> {
         d
     }
 
+    /// `netmux cleanup --intercepts --namespace apps` with `user`'s own
+    /// kubeconfig (`token`), as with no netmux pod left.
+    pub fn cleanup_as(&self, user: &str, token: &str) -> Output {
+        let kubeconfig = self.dir.join(format!("{user}-kubeconfig"));
+        write(&kubeconfig, &self.cluster.kubeconfig(user, token, "apps"));
+        self.sb
+            .process(
+                Side::Workstation,
+                "netmux-cleanup",
+                bin("netmux").expect("built"),
+            )
+            .args(["cleanup", "--intercepts", "--namespace", "apps"])
+            .env("KUBECONFIG", &kubeconfig)
+            .run(T)
+            .expect("run netmux cleanup")
+    }
+
     pub fn cli(&self, d: &Daemon, args: &[&str]) -> Output {
         self.sb
             .process(Side::Workstation, "netmux", bin("netmux").expect("built"))

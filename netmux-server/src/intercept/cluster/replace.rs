@@ -148,17 +148,7 @@ impl Cluster {
         let needs = "get/create/update on leases (coordination.k8s.io) in its namespace";
         let pp = PostParams::default();
         for _ in 0..ATTEMPTS {
-            let current: Option<Lease> = self
-                .leases
-                .get_opt(&name)
-                .await
-                .map_err(|e| api_error(&format!("cannot read {whose}"), needs, &e))?;
-            let decision = decide(
-                current.as_ref(),
-                &self.me(),
-                &self.replica,
-                Timestamp::now(),
-            );
+            let (current, decision) = self.lease_decision(&name, &whose, needs).await?;
             if let Decision::Held { by } = &decision {
                 return Err(TakeError::Held {
                     by: format!("{w} is stopped by {by}"),
