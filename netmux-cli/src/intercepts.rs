@@ -6,7 +6,10 @@
 //! the Service is deleted. The intercept Lease in netmux's namespace is
 //! left to expire. Before that, the workloads a replace intercept stopped
 //! are scaled back from their record on the Service, as `kubectl scale`
-//! would (those still at zero; a count someone set since stands).
+//! would (those still at zero; a count someone set since stands), and so
+//! are the workloads of the namespace stopped with no Service in front,
+//! whose counts the server keeps on its stop Leases (in its own namespace;
+//! the Lease is left to expire).
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
@@ -16,10 +19,64 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 
+use k8s_openapi::api::coordination::v1::Lease;
 pub use netmux_common::proto::control::{
     INTERCEPT_HOLDER as HOLDER, INTERCEPT_ORIGINAL as ORIGINAL,
 };
-use netmux_common::proto::replaced::{self, Kind, Replaced, INTERCEPT_REPLACED as REPLACED};
+use netmux_common::proto::replaced::{
+    self, Kind, Replaced, Workload, INTERCEPT_REPLACED as REPLACED, LEASE_LABEL, STOP_REPLICAS,
+    STOP_WORKLOAD,
+};
+
+/// Where `cleanup --intercepts` restores.
+#[derive(Debug, Clone, Copy)]
+pub struct Where<'a> {
+    /// The namespace of the Services and workloads (default: the
+    /// context's).
+    pub namespace: Option<&'a str>,
+    /// netmux-server's namespace (its stop Leases).
+    pub server_namespace: &'a str,
+}
+
+/// Starts again the workloads of `ns` stopped with no Service in front,
+/// from the counts on the stop Leases in `server_ns`; what was done. A
+/// user who may not list those Leases is told how to do it by hand.
+async fn start_stopped(client: &Client, ns: &str, server_ns: &str) -> Result<Vec<String>, String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), server_ns);
+    let lp = ListParams::default().labels(&format!("{LEASE_LABEL}=true"));
+    let list = match leases.list(&lp).await {
+        Ok(l) => l,
+        Err(e) => {
+            return Ok(vec![format!(
+                "note: cannot list netmux's Leases in namespace {server_ns} ({e}), so workloads stopped with no Service in front were not looked for; your user needs list on leases there (the Role netmux-user grants it), or see docs/intercept.md \"Replace\" for the kubectl commands"
+            )])
+        }
+    };
+    let mut done = Vec::new();
+    for lease in list.items {
+        let a = lease.metadata.annotations.unwrap_or_default();
+        let (Some(w), Some(n)) = (
+            a.get(STOP_WORKLOAD)
+                .and_then(|w| w.parse::<Workload>().ok()),
+            a.get(STOP_REPLICAS).and_then(|n| n.parse::<i32>().ok()),
+        ) else {
+            continue;
+        };
+        if w.namespace != ns {
+            continue;
+        }
+        let one = Replaced {
+            kind: w.kind,
+            name: w.name.clone(),
+            replicas: n,
+        };
+        done.push(format!(
+            "stopped workload {w}: {} (its Lease expires)",
+            start_again(client, ns, &one).await?
+        ));
+    }
+    Ok(done)
+}
 
 /// The merge patch restoring a Service whose annotations are
 /// `annotations`; `None` if it is not intercepted. Refuses a record that
@@ -83,14 +140,18 @@ async fn client(access: &netmux_api::kube::KubeAccess) -> Result<Client, String>
     Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
 }
 
-/// Restores every intercepted Service of `namespace` (default: the
-/// context's); returns what was done, one line each.
+/// Restores every intercepted Service of `at.namespace` (default: the
+/// context's) and starts its stopped workloads again; returns what was
+/// done, one line each.
 pub async fn restore_all(
     access: &netmux_api::kube::KubeAccess,
-    namespace: Option<&str>,
+    at: Where<'_>,
 ) -> Result<Vec<String>, String> {
     let client = client(access).await?;
-    let ns = namespace.unwrap_or(client.default_namespace()).to_owned();
+    let ns = at
+        .namespace
+        .unwrap_or(client.default_namespace())
+        .to_owned();
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
     let list = services.list(&ListParams::default()).await.map_err(|e| {
@@ -143,6 +204,7 @@ pub async fn restore_all(
     if done.is_empty() {
         done.push(format!("no intercepted Service in namespace {ns}"));
     }
+    done.extend(start_stopped(&client, &ns, at.server_namespace).await?);
     Ok(done)
 }
 

@@ -245,6 +245,11 @@ enum Command {
         /// With --intercepts: the namespace (default: the context's).
         #[arg(long, requires = "intercepts")]
         namespace: Option<String>,
+        /// With --intercepts: netmux-server's namespace, where the stop
+        /// Leases of workloads stopped with no Service in front keep their
+        /// counts.
+        #[arg(long, requires = "intercepts", default_value = "netmux")]
+        server_namespace: String,
         /// With --intercepts: the kubeconfig to use.
         #[arg(long, requires = "intercepts")]
         kubeconfig: Option<PathBuf>,
@@ -322,7 +327,7 @@ fn offline_cleanup(cli: &Cli) -> Result<String, String> {
 
 /// `netmux cleanup --intercepts`: as the user, with their kubeconfig.
 async fn restore_intercepts(
-    namespace: Option<&str>,
+    at: netmux_cli::intercepts::Where<'_>,
     kubeconfig: &Option<PathBuf>,
     context: &Option<String>,
 ) -> ExitCode {
@@ -340,7 +345,7 @@ async fn restore_intercepts(
             return ExitCode::FAILURE;
         }
     };
-    match netmux_cli::intercepts::restore_all(&access, namespace).await {
+    match netmux_cli::intercepts::restore_all(&access, at).await {
         Ok(done) => {
             for line in done {
                 println!("{line}");
@@ -530,9 +535,16 @@ async fn main() -> ExitCode {
         Command::Cleanup {
             intercepts: true,
             namespace,
+            server_namespace,
             kubeconfig,
             context,
-        } => return restore_intercepts(namespace.as_deref(), kubeconfig, context).await,
+        } => {
+            let at = netmux_cli::intercepts::Where {
+                namespace: namespace.as_deref(),
+                server_namespace,
+            };
+            return restore_intercepts(at, kubeconfig, context).await;
+        }
         Command::Cleanup { .. } => (Request::Cleanup, Output::Table),
         Command::Reload => (Request::Reload, Output::Table),
         Command::Install(a) => return sys::run_install(a, &Cli::command()),
@@ -642,17 +654,17 @@ async fn main() -> ExitCode {
                 }
             }
             for i in s.intercepts {
-                println!(
-                    "intercept {} port {} on {}: {} => {}, {}; holder {}; {} to the workstation",
-                    i.service,
-                    i.port,
-                    i.endpoint,
-                    i.mode,
-                    i.to,
-                    i.state,
-                    i.holder,
-                    i.to_workstation
-                );
+                match i.port {
+                    // A workload stopped with no Service in front.
+                    0 => println!(
+                        "stopped {} on {} ({}: scaled to zero), {}; holder {}",
+                        i.service, i.endpoint, i.mode, i.state, i.holder
+                    ),
+                    port => println!(
+                        "intercept {} port {port} on {}: {} => {}, {}; holder {}; {} to the workstation",
+                        i.service, i.endpoint, i.mode, i.to, i.state, i.holder, i.to_workstation
+                    ),
+                }
             }
         }
         (Some(Reply::Done { message }), Output::Table) => println!("{message}"),

@@ -291,6 +291,7 @@ fn check_server(dir: &str, docs: &[Value], expect_namespaces: &str) {
         granted,
         [
             ("configmaps".to_owned(), "get".to_owned()),
+            ("leases".to_owned(), "list".to_owned()),
             ("pods".to_owned(), "list".to_owned()),
             ("pods/portforward".to_owned(), "create".to_owned()),
             ("pods/portforward".to_owned(), "get".to_owned()),

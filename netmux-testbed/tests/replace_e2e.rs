@@ -228,12 +228,20 @@ fn netmux_cleanup_starts_a_replaced_workload_again_when_no_server_is_left() {
         std::panic::AssertUnwindSafe(|| {
             let api = w.cluster.api();
             api.apply(workload("Deployment", "web", json!({"app": "web"}), 2));
-            api.allow("alice", "patch", "apps/deployments/scale", "apps", "web");
+            api.apply(workload(
+                "Deployment",
+                "worker",
+                json!({"app": "worker"}),
+                3,
+            ));
+            api.allow("alice", "patch", "apps/deployments/scale", "apps", "*");
             let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
             let _target = target(&sb, ALICE_TARGET, "alice-workstation");
             let before = w.spec_text();
             assert_ok(&replace(&w, &alice), "intercept --replace");
             assert_eq!(replicas(&w, DEPLOYMENTS, "web"), 0);
+            assert_ok(&stop(&w, &alice), "stop worker");
+            assert_eq!(worker(&w), 0);
             w.wait_for_answer("the workstation", &[], "alice-workstation");
             // Every netmux pod is gone.
             w.servers[0].kill();
@@ -241,11 +249,15 @@ fn netmux_cleanup_starts_a_replaced_workload_again_when_no_server_is_left() {
             assert_ok(&out, "cleanup --intercepts");
             assert!(
                 out.stdout.contains("restored Service apps/web")
-                    && out.stdout.contains("Deployment apps/web scaled back to 2"),
+                    && out.stdout.contains("Deployment apps/web scaled back to 2")
+                    && out.stdout.contains(
+                        "stopped workload apps/Deployment/worker: Deployment apps/worker scaled back to 3"
+                    ),
                 "{}",
                 out.stdout
             );
             assert_eq!(replicas(&w, DEPLOYMENTS, "web"), 2);
+            assert_eq!(worker(&w), 3);
             assert!(restored_but_the_lease(&w));
             assert_eq!(w.spec_text(), before, "the spec is byte-identical");
         }),
@@ -364,6 +376,20 @@ fn a_workload_no_service_fronts_is_stopped_while_held_and_started_again_every_wa
                 i["service"] == "apps/Deployment/worker"
                     && i["mode"] == "replace"
                     && i["state"] == "held",
+                "{status}"
+            );
+            // The holder as the server reports it (about once a second).
+            netmux_testbed::wait_until("ls with the server's report", T, || {
+                let ls = w.cli(&alice, &["ls"]).stdout;
+                ls.contains("apps/Deployment/worker")
+                    && ls.contains("replace: stopped (scaled to zero); holder alice through replica netmux-server-0")
+            })
+            .unwrap_or_else(|e| panic!("{e}: {}", w.cli(&alice, &["ls"]).stdout));
+            let status = w.cli(&alice, &["status"]).stdout;
+            assert!(
+                status.contains(
+                    "stopped apps/Deployment/worker on kube (replace: scaled to zero), held"
+                ),
                 "{status}"
             );
             // Someone else may not take it meanwhile.

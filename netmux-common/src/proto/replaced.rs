@@ -20,6 +20,14 @@ use serde::{Deserialize, Serialize};
 /// intercept scaled to zero, as JSON (a list of [`Replaced`]).
 pub const INTERCEPT_REPLACED: &str = "netmux.dev/intercept-replaced";
 
+/// Label on the server's intercept and stop Leases (its sweep lists them).
+pub const LEASE_LABEL: &str = "netmux.io/intercept";
+/// Annotation on a stop Lease: the workload, `namespace/Kind/name`
+/// ([`Workload`]'s key).
+pub const STOP_WORKLOAD: &str = "netmux.dev/workload";
+/// Annotation on a stop Lease: the workload's replica count before.
+pub const STOP_REPLICAS: &str = "netmux.dev/replicas";
+
 /// The kinds of workload a replace intercept scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Kind {

@@ -123,10 +123,14 @@ impl Daemon {
                     kind: "ICPT".into(),
                     name: v.service,
                     parent: v.endpoint,
-                    description: format!(
-                        "port {} {} => {}; holder {}; {} to the workstation",
-                        v.port, v.mode, v.to, v.holder, v.to_workstation
-                    ),
+                    description: match v.port {
+                        // A workload stopped with no Service in front.
+                        0 => format!("{}: stopped (scaled to zero); holder {}", v.mode, v.holder),
+                        port => format!(
+                            "port {port} {} => {}; holder {}; {} to the workstation",
+                            v.mode, v.to, v.holder, v.to_workstation
+                        ),
+                    },
                     status: v.state,
                 });
             }

@@ -31,7 +31,7 @@ use crate::reverse::lease::{
 };
 
 /// Label on intercept Leases (what [`Cluster::sweep`] lists).
-pub const LEASE_LABEL: &str = "netmux.io/intercept";
+pub use netmux_common::proto::replaced::LEASE_LABEL;
 /// Annotation on intercept Leases: the holder's replica endpoint
 /// (`ip:port`), where other replicas register their users' intercepts.
 pub const REPLICA_ADDRESS: &str = "netmux.dev/replica-address";

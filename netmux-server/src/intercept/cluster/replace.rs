@@ -28,10 +28,7 @@ use super::{
     api_error, code, decide, object_name, record, Cluster, Decision, TakeError, ATTEMPTS, CLIENT,
 };
 
-/// Annotation on a stop Lease: the workload, `namespace/Kind/name`.
-pub const WORKLOAD: &str = "netmux.dev/workload";
-/// Annotation on a stop Lease: the workload's replica count before.
-pub const REPLICAS: &str = "netmux.dev/replicas";
+pub use netmux_common::proto::replaced::{STOP_REPLICAS as REPLICAS, STOP_WORKLOAD as WORKLOAD};
 
 /// The Lease under which `w` is stopped.
 pub fn stop_lease_name(w: &Workload) -> String {
