@@ -104,6 +104,11 @@ impl Daemon {
             return Err("--replace is a global intercept (the workload is stopped, so nothing is left to answer the other requests); fix: drop --header and --mirror, or --replace".into());
         }
         if let Some(named) = Named::parse(service)? {
+            if port.is_some() {
+                return Err(format!(
+                    "{service} is a workload: --port names a Service's port; fix: drop --port"
+                ));
+            }
             return self.stop_workload(ep, service, named, to, replace).await;
         }
         if to.is_empty() {

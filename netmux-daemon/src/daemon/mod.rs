@@ -692,6 +692,26 @@ mod bounds_tests {
             .await
             .unwrap_err();
         assert!(e.contains("--replace is a global intercept"), "{e}");
+        // A workload: --replace alone, no --port, no --to.
+        let stop = intercept::Takes {
+            replace: true,
+            ..global
+        };
+        let e = d
+            .intercept("demo", "deploy/worker", Some(80), "", stop)
+            .await
+            .unwrap_err();
+        assert!(e.contains("--port names a Service's port"), "{e}");
+        let e = d
+            .intercept("demo", "deploy/worker", None, "", global)
+            .await
+            .unwrap_err();
+        assert!(e.contains("add --replace"), "{e}");
+        let e = d
+            .intercept("demo", "ds/agent", None, "", stop)
+            .await
+            .unwrap_err();
+        assert!(e.contains("cannot be scaled to zero"), "{e}");
         // A good target and header pass the checks, then need a connection.
         let e = d
             .intercept("demo", "web", None, "127.0.0.1:80", personal("x-user=a"))
