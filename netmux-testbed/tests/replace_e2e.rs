@@ -218,6 +218,31 @@ fn a_replace_intercept_stops_the_workload_and_every_way_out_starts_it_again() {
     );
 }
 
+/// web (2 replicas, behind the Service) replaced and worker (3, no
+/// Service) stopped by alice, who may scale every Deployment of apps; her
+/// daemon and workstation target.
+fn both_stopped(w: &World<'_>) -> (Daemon, netmux_testbed::backends::Standalone) {
+    let api = w.cluster.api();
+    api.apply(workload("Deployment", "web", json!({"app": "web"}), 2));
+    api.apply(workload(
+        "Deployment",
+        "worker",
+        json!({"app": "worker"}),
+        3,
+    ));
+    api.allow("alice", "patch", "apps/deployments/scale", "apps", "*");
+    let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
+    let target = target(w.sb, ALICE_TARGET, "alice-workstation");
+    assert_ok(&replace(w, &alice), "replace web");
+    assert_ok(&stop(w, &alice), "stop worker");
+    assert_eq!(
+        (replicas(w, DEPLOYMENTS, "web"), worker(w)),
+        (0, 0),
+        "both stopped"
+    );
+    (alice, target)
+}
+
 #[test]
 fn netmux_cleanup_starts_a_replaced_workload_again_when_no_server_is_left() {
     let sb = sandbox();
@@ -226,22 +251,8 @@ fn netmux_cleanup_starts_a_replaced_workload_again_when_no_server_is_left() {
     on_failure_dump(
         &sb,
         std::panic::AssertUnwindSafe(|| {
-            let api = w.cluster.api();
-            api.apply(workload("Deployment", "web", json!({"app": "web"}), 2));
-            api.apply(workload(
-                "Deployment",
-                "worker",
-                json!({"app": "worker"}),
-                3,
-            ));
-            api.allow("alice", "patch", "apps/deployments/scale", "apps", "*");
-            let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
-            let _target = target(&sb, ALICE_TARGET, "alice-workstation");
             let before = w.spec_text();
-            assert_ok(&replace(&w, &alice), "intercept --replace");
-            assert_eq!(replicas(&w, DEPLOYMENTS, "web"), 0);
-            assert_ok(&stop(&w, &alice), "stop worker");
-            assert_eq!(worker(&w), 0);
+            let (_alice, _target) = both_stopped(&w);
             w.wait_for_answer("the workstation", &[], "alice-workstation");
             // Every netmux pod is gone.
             w.servers[0].kill();
@@ -494,24 +505,7 @@ fn a_draining_server_starts_what_it_stopped_before_it_exits() {
     on_failure_dump(
         &sb,
         std::panic::AssertUnwindSafe(|| {
-            let api = w.cluster.api();
-            api.apply(workload("Deployment", "web", json!({"app": "web"}), 2));
-            api.apply(workload(
-                "Deployment",
-                "worker",
-                json!({"app": "worker"}),
-                3,
-            ));
-            api.allow("alice", "patch", "apps/deployments/scale", "apps", "*");
-            let alice = w.daemon("alice", ALICE_TOKEN, 0, "127.77.0.0/16");
-            let _target = target(&sb, ALICE_TARGET, "alice-workstation");
-            assert_ok(&replace(&w, &alice), "replace web");
-            assert_ok(&stop(&w, &alice), "stop worker");
-            assert_eq!(
-                (replicas(&w, DEPLOYMENTS, "web"), worker(&w)),
-                (0, 0),
-                "both stopped"
-            );
+            let (_alice, _target) = both_stopped(&w);
             let status = w.servers[0].terminate(T);
             assert!(status.is_some(), "the server exits on SIGTERM");
             assert_eq!(
