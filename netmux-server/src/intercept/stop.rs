@@ -15,7 +15,8 @@ use netmux_common::proto::replaced::Workload;
 use netmux_common::sync::lock;
 use quinn::Connection;
 
-use super::{cluster::Cluster, is_gone, liveness, rx_count, Core, View, Who, RESTORE_PATIENCE};
+use super::live::{is_gone, liveness, rx_count, RESTORE_PATIENCE};
+use super::{cluster::Cluster, Core, View, Who};
 
 /// Workloads this replica holds stopped, by [`Workload`]'s key.
 pub(crate) type Table = Arc<Mutex<std::collections::HashMap<String, Arc<Stopped>>>>;
@@ -148,7 +149,7 @@ impl Core {
     }
 }
 
-/// Every [`super::LIVENESS`]: ends the stop when its daemon is gone or
+/// Every [`super::live::LIVENESS`]: ends the stop when its daemon is gone or
 /// was silent for half the TTL; every `ttl / 4` renews the Lease and stops
 /// the workload again if something started it.
 async fn keep(
