@@ -405,14 +405,8 @@ impl Core {
         let Some(cluster) = &self.cluster else {
             return Ok(Vec::new());
         };
-        let key = format!("{ns}/{svc}");
         let service = cluster.service(ns, svc).await?;
-        let recorded = record::replaced(&key, &service).map_err(|e| e.to_string())?;
-        if !recorded.is_empty() {
-            return Ok(recorded);
-        }
-        let labels = record::selector(&key, &service).map_err(|e| e.to_string())?;
-        cluster.workloads(ns, svc, &labels).await
+        cluster.would_stop(ns, svc, &service).await
     }
 
     /// Adds `ask` of `holder` to a Service this replica routes (called
@@ -488,10 +482,14 @@ impl Core {
         // the Service (this replica restarted, or took over) is the truth
         // about their counts before.
         let stopped = match ask.mode {
-            Mode::Replace => Some(self.would_stop(&ask.namespace, &ask.service).await?),
+            Mode::Replace => Some(
+                cluster
+                    .would_stop(&ask.namespace, &ask.service, &service)
+                    .await?,
+            ),
             _ => {
                 cluster
-                    .start_left_stopped(&ask.namespace, &ask.service)
+                    .start_left_stopped(&ask.namespace, &ask.service, &service)
                     .await?;
                 None
             }

@@ -40,6 +40,34 @@ pub(super) fn liveness() -> tokio::time::Interval {
     tick
 }
 
+/// The retry schedule of a restore: 250 ms doubling to 2 s between
+/// attempts, for up to [`RESTORE_PATIENCE`] (then the Lease, no longer
+/// renewed, expires and a replica's sweep does it).
+pub(super) struct Backoff {
+    give_up: Instant,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(super) fn new() -> Backoff {
+        Backoff {
+            give_up: Instant::now() + RESTORE_PATIENCE,
+            next: Duration::from_millis(250),
+        }
+    }
+
+    /// Whether the patience is spent.
+    pub(super) fn spent(&self) -> bool {
+        Instant::now() >= self.give_up
+    }
+
+    /// Sleeps until the next attempt.
+    pub(super) async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// Removes `routed` (still empty) from the table and restores its Service.
 pub(super) async fn finish(
     routed: Arc<Routed>,
@@ -62,13 +90,12 @@ pub(super) async fn finish(
     // again with backoff for up to RESTORE_PATIENCE, other operations
     // running in between; after that the Lease, no longer renewed,
     // expires and a replica's sweep restores the Service.
-    let give_up = Instant::now() + RESTORE_PATIENCE;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new();
     let mut attempt = 0u32;
     loop {
         match cluster.restore(&routed.namespace, &routed.service).await {
             Ok(()) => break,
-            Err(e) if Instant::now() >= give_up => {
+            Err(e) if backoff.spent() => {
                 tracing::warn!(service = %routed.key, attempt, error = %e, "cannot restore the Service; its intercept Lease expires and a replica's sweep restores it");
                 break;
             }
@@ -78,8 +105,7 @@ pub(super) async fn finish(
         }
         attempt += 1;
         drop(op);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff.wait().await;
         op = ops.lock().await;
         if lock(&table).contains_key(&routed.key) {
             // Intercepted again meanwhile: the new intercept owns it.
@@ -92,7 +118,7 @@ pub(super) async fn finish(
 }
 
 /// How long [`finish`] keeps trying to restore a Service.
-pub(super) const RESTORE_PATIENCE: Duration = Duration::from_secs(30);
+const RESTORE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How often the daemons of a Service's intercepts are checked.
 pub(super) const LIVENESS: Duration = Duration::from_millis(500);

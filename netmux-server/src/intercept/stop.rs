@@ -15,7 +15,7 @@ use netmux_common::proto::replaced::Workload;
 use netmux_common::sync::lock;
 use quinn::Connection;
 
-use super::live::{is_gone, liveness, rx_count, RESTORE_PATIENCE};
+use super::live::{is_gone, liveness, rx_count, Backoff};
 use super::{cluster::Cluster, Core, View, Who};
 
 /// Workloads this replica holds stopped, by [`Workload`]'s key.
@@ -191,14 +191,13 @@ async fn keep(
     }
 }
 
-/// Starts `s`'s workload again, tried with backoff for up to
-/// [`RESTORE_PATIENCE`] (then its Lease expires and a sweep does it).
+/// Starts `s`'s workload again, tried on the restore's [`Backoff`] (then
+/// its Lease expires and a sweep does it).
 async fn start_again(s: Arc<Stopped>, cluster: Arc<Cluster>, ops: Arc<tokio::sync::Mutex<()>>) {
     if let Some(t) = lock(&s.task).take() {
         t.abort();
     }
-    let give_up = Instant::now() + RESTORE_PATIENCE;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new();
     loop {
         let done = {
             let _op = ops.lock().await;
@@ -209,7 +208,7 @@ async fn start_again(s: Arc<Stopped>, cluster: Arc<Cluster>, ops: Arc<tokio::syn
                 tracing::info!(workload = %s.workload, "workload started again");
                 return;
             }
-            Err(e) if Instant::now() >= give_up => {
+            Err(e) if backoff.spent() => {
                 tracing::warn!(workload = %s.workload, error = %e, "cannot start the workload again; its stop Lease expires and a replica's sweep does it");
                 return;
             }
@@ -217,7 +216,6 @@ async fn start_again(s: Arc<Stopped>, cluster: Arc<Cluster>, ops: Arc<tokio::syn
                 tracing::warn!(workload = %s.workload, error = %e, "cannot start the workload again yet; trying again");
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff.wait().await;
     }
 }

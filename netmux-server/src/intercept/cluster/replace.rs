@@ -96,6 +96,39 @@ impl Cluster {
         Ok(found)
     }
 
+    /// The workloads a replace intercept of Service `ns/svc` (as read,
+    /// `service`) stops: those its record names (this replica restarted,
+    /// or took over: the record holds the counts before), else those that
+    /// run its pods now.
+    pub async fn would_stop(
+        &self,
+        ns: &str,
+        svc: &str,
+        service: &Value,
+    ) -> Result<Vec<Replaced>, String> {
+        let key = format!("{ns}/{svc}");
+        let recorded = record::replaced(&key, service).map_err(|e| e.to_string())?;
+        if !recorded.is_empty() {
+            return Ok(recorded);
+        }
+        let labels = record::selector(&key, service).map_err(|e| e.to_string())?;
+        self.workloads(ns, svc, &labels).await
+    }
+
+    /// The replica count of `kind` `name` in `ns` now; `None` when it is
+    /// gone.
+    async fn scale_now(&self, ns: &str, kind: Kind, name: &str) -> Result<Option<i32>, String> {
+        match self.workloads_api(ns, kind).get_scale(name).await {
+            Ok(scale) => Ok(Some(scale.spec.and_then(|s| s.replicas).unwrap_or(0))),
+            Err(e) if code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(api_error(
+                &format!("cannot read the scale of {kind} {ns}/{name}"),
+                &format!("get and patch on {}/scale (apps) there", kind.resource()),
+                &e,
+            )),
+        }
+    }
+
     async fn scale(&self, ns: &str, w: &Replaced, replicas: i32) -> Result<(), String> {
         self.workloads_api(ns, w.kind)
             .patch_scale(
@@ -114,24 +147,16 @@ impl Cluster {
             })
     }
 
-    /// `w`'s replica count now.
+    /// `w`'s replica count now; a missing workload is refused with the fix.
     async fn replicas_now(&self, w: &Workload) -> Result<i32, String> {
-        match self
-            .workloads_api(&w.namespace, w.kind)
-            .get_scale(&w.name)
-            .await
-        {
-            Ok(scale) => Ok(scale.spec.and_then(|s| s.replicas).unwrap_or(0)),
-            Err(e) if code(&e) == Some(404) => Err(format!(
-                "there is no {} {}/{}; fix: name one as `netmux env` or kubectl shows it",
-                w.kind, w.namespace, w.name
-            )),
-            Err(e) => Err(api_error(
-                &format!("cannot read the scale of {w}"),
-                &format!("get and patch on {}/scale (apps) there", w.kind.resource()),
-                &e,
-            )),
-        }
+        self.scale_now(&w.namespace, w.kind, &w.name)
+            .await?
+            .ok_or_else(|| {
+                format!(
+                    "there is no {} {}/{}; fix: name one as `netmux env` or kubectl shows it",
+                    w.kind, w.namespace, w.name
+                )
+            })
     }
 
     /// Takes (or renews) the Lease under which `w` is stopped for `who`,
@@ -157,10 +182,13 @@ impl Cluster {
                 .and_then(|l| l.metadata.annotations.as_ref())
                 .and_then(|a| a.get(REPLICAS))
                 .and_then(|n| n.parse::<i32>().ok());
-            let replicas = match kept {
-                Some(n) => n,
-                None => self.replicas_now(w).await?,
+            // Read once when there is no record yet; that read also says
+            // whether it runs.
+            let read = match kept {
+                Some(_) => None,
+                None => Some(self.replicas_now(w).await?),
             };
+            let replicas = kept.or(read).unwrap_or_default();
             let annotations = BTreeMap::from([
                 (CLIENT.to_owned(), who.to_owned()),
                 (WORKLOAD.to_owned(), w.to_string()),
@@ -176,7 +204,12 @@ impl Cluster {
                 Err(e) if matches!(code(&e), Some(404 | 409)) => continue,
                 Err(e) => return Err(api_error(&format!("cannot write {whose}"), needs, &e).into()),
             }
-            if stop && self.replicas_now(w).await? != 0 {
+            let running = match (stop, read) {
+                (false, _) => false,
+                (true, Some(now)) => now != 0,
+                (true, None) => self.replicas_now(w).await? != 0,
+            };
+            if running {
                 let one = Replaced {
                     kind: w.kind,
                     name: w.name.clone(),
@@ -269,16 +302,22 @@ impl Cluster {
     /// stopped on Service `ns/svc`, and drops its record, before an
     /// intercept that does not replace takes the Service over (so the
     /// pods its other requests or ports need run).
-    pub async fn start_left_stopped(&self, ns: &str, svc: &str) -> Result<(), String> {
+    pub async fn start_left_stopped(
+        &self,
+        ns: &str,
+        svc: &str,
+        service: &Value,
+    ) -> Result<(), String> {
         let key = format!("{ns}/{svc}");
-        let service = self.service(ns, svc).await?;
-        if record::without_replaced(&service).is_none() {
+        if record::without_replaced(service).is_none() {
             return Ok(());
         }
         tracing::warn!(service = %key, "a replace intercept of a replica gone left its workloads stopped; starting them again");
-        self.start_again(ns, &key, &service).await?;
-        self.rewrite(ns, svc, service, |s| Ok(record::without_replaced(s)))
-            .await
+        self.start_again(ns, &key, service).await?;
+        self.rewrite(ns, svc, service.clone(), |s| {
+            Ok(record::without_replaced(s))
+        })
+        .await
     }
 
     /// Scales back the workloads `service` (`key`) records as stopped, those
@@ -308,19 +347,9 @@ impl Cluster {
     /// zero; gone, or scaled by someone since, it is left as it is.
     async fn start_one(&self, ns: &str, w: &Replaced) -> Result<(), String> {
         let what = format!("{} {ns}/{}", w.kind, w.name);
-        let now = match self.workloads_api(ns, w.kind).get_scale(&w.name).await {
-            Ok(scale) => scale.spec.and_then(|s| s.replicas).unwrap_or(0),
-            Err(e) if code(&e) == Some(404) => {
-                tracing::info!(workload = %what, "a workload a replace intercept stopped is gone; nothing to scale back");
-                return Ok(());
-            }
-            Err(e) => {
-                return Err(api_error(
-                    &format!("cannot read the scale of {what}"),
-                    &format!("get and patch on {}/scale (apps) there", w.kind.resource()),
-                    &e,
-                ))
-            }
+        let Some(now) = self.scale_now(ns, w.kind, &w.name).await? else {
+            tracing::info!(workload = %what, "a workload a replace intercept stopped is gone; nothing to scale back");
+            return Ok(());
         };
         match replaced::scale_back(w, now) {
             Some(n) => {
